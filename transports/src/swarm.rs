@@ -1,0 +1,146 @@
+//! Building a swarm on the AgentMesh transport stack.
+
+use std::time::Duration;
+
+use libp2p::{
+    identity::Keypair, multiaddr::Protocol, noise, swarm::NetworkBehaviour, tcp, yamux, Multiaddr,
+    Swarm,
+};
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Addresses to listen on. Defaults to QUIC and TCP on `127.0.0.1`, ports
+    /// chosen by the OS.
+    pub listen: Vec<Multiaddr>,
+    /// How long a connection with no open stream stays up. Defaults to 60 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen_addrs(),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// QUIC and TCP on 127.0.0.1 with OS-chosen ports.
+pub(crate) fn default_listen_addrs() -> Vec<Multiaddr> {
+    [
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "/ip4/127.0.0.1/tcp/0",
+    ]
+    .iter()
+    .filter_map(|a| a.parse().ok())
+    .collect()
+}
+
+/// Errors while building a swarm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The Noise configuration could not be built from the key.
+    #[error("noise setup: {0}")]
+    Noise(#[from] noise::Error),
+    /// The behaviour constructor failed.
+    #[error("behaviour setup: {0}")]
+    Behaviour(String),
+    /// Listening on an address failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+}
+
+/// Builds a swarm speaking QUIC and TCP + Noise + Yamux, and starts listening
+/// on the configured addresses.
+pub fn build_swarm<B: NetworkBehaviour>(
+    key: Keypair,
+    config: &TransportConfig,
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> Result<Swarm<B>, TransportError> {
+    let idle = config.idle_timeout;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_behaviour(|k| Ok(behaviour(k)))
+        .map_err(|e| TransportError::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|source| TransportError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+    }
+    Ok(swarm)
+}
+
+/// The kind of path a connection address stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PathKind {
+    /// A direct QUIC connection.
+    DirectQuic,
+    /// A direct TCP + Noise + Yamux connection.
+    DirectTcp,
+    /// A connection through a circuit relay.
+    Relayed,
+    /// Any other transport.
+    Other,
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathKind::DirectQuic => "direct-quic",
+            PathKind::DirectTcp => "direct-tcp",
+            PathKind::Relayed => "relayed",
+            PathKind::Other => "other",
+        })
+    }
+}
+
+/// Classifies a connection's remote address.
+pub fn path_of(addr: &Multiaddr) -> PathKind {
+    let mut kind = PathKind::Other;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => return PathKind::Relayed,
+            Protocol::QuicV1 | Protocol::Quic => kind = PathKind::DirectQuic,
+            Protocol::Tcp(_) if kind == PathKind::Other => kind = PathKind::DirectTcp,
+            _ => {}
+        }
+    }
+    kind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_paths() {
+        let q: Multiaddr = "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap();
+        let t: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let r: Multiaddr = "/ip4/127.0.0.1/tcp/1/p2p-circuit".parse().unwrap();
+        assert_eq!(path_of(&q), PathKind::DirectQuic);
+        assert_eq!(path_of(&t), PathKind::DirectTcp);
+        assert_eq!(path_of(&r), PathKind::Relayed);
+    }
+}
