@@ -1,0 +1,100 @@
+//! The agent card: what an agent publishes in the DHT so others can reach it
+//! and start an encrypted session with no round trip.
+//!
+//! The card is the payload of a signed DHT record in namespace
+//! [`CARD_NAMESPACE`], signed by the agent's own key; the record carries its
+//! sequence number and expiry.
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use agentmesh_dht::VerifiedRecord;
+use agentmesh_transports::codec;
+
+use crate::identity::Amid;
+
+/// DHT namespace of agent cards.
+pub const CARD_NAMESPACE: &str = "card";
+/// Largest encoded card accepted.
+pub const MAX_CARD_SIZE: usize = 12 * 1024;
+/// Most one-time prekeys a card lists.
+pub const MAX_ONE_TIME_KEYS: usize = 32;
+/// Most addresses a card lists.
+pub const MAX_ADDRS: usize = 16;
+/// Most capabilities a card lists.
+pub const MAX_CAPABILITIES: usize = 32;
+
+/// Errors reading a card.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CardError {
+    /// The payload did not decode.
+    #[error("malformed card: {0}")]
+    Malformed(String),
+    /// The card names another agent than the key that signed it.
+    #[error("card subject does not match its signer")]
+    SubjectMismatch,
+    /// A list is over its limit.
+    #[error("card field {0} is over its limit")]
+    TooMany(&'static str),
+}
+
+/// An agent card.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AgentCard {
+    /// The agent.
+    pub amid: Amid,
+    /// Olm (Curve25519) identity key.
+    #[serde(with = "serde_bytes")]
+    pub olm_identity_key: [u8; 32],
+    /// Olm one-time prekeys.
+    pub one_time_keys: Vec<serde_bytes::ByteArray<32>>,
+    /// Olm fallback prekey, used when the one-time keys run out.
+    #[serde(with = "serde_bytes")]
+    pub fallback_key: [u8; 32],
+    /// Advertised capabilities, e.g. `chat` or `weather/forecast`.
+    pub capabilities: Vec<String>,
+    /// Addresses the agent listens on.
+    pub addrs: Vec<String>,
+    /// Sequence number of the record (filled in on read).
+    #[serde(skip)]
+    pub seq: u64,
+    /// Expiry of the record, ms since the epoch (filled in on read).
+    #[serde(skip)]
+    pub expires_ms: u64,
+}
+
+impl AgentCard {
+    /// Encodes the card as a record payload.
+    pub fn to_payload(&self) -> Result<Vec<u8>, CardError> {
+        codec::encode(self).map_err(|e| CardError::Malformed(e.to_string()))
+    }
+
+    /// Reads a card from a verified DHT record, checking that the card is
+    /// about the record's signer.
+    pub fn from_record(record: &VerifiedRecord) -> Result<Self, CardError> {
+        let mut card: AgentCard = codec::decode(&record.payload, MAX_CARD_SIZE)
+            .map_err(|e| CardError::Malformed(e.to_string()))?;
+        if Amid::from_libp2p(&record.public_key) != Some(card.amid) {
+            return Err(CardError::SubjectMismatch);
+        }
+        if card.one_time_keys.len() > MAX_ONE_TIME_KEYS {
+            return Err(CardError::TooMany("one_time_keys"));
+        }
+        if card.addrs.len() > MAX_ADDRS {
+            return Err(CardError::TooMany("addrs"));
+        }
+        if card.capabilities.len() > MAX_CAPABILITIES {
+            return Err(CardError::TooMany("capabilities"));
+        }
+        card.seq = record.seq;
+        card.expires_ms = record.expires_ms;
+        Ok(card)
+    }
+
+    /// The listed addresses that parse.
+    pub fn multiaddrs(&self) -> Vec<Multiaddr> {
+        self.addrs.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+}

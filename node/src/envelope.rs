@@ -1,0 +1,281 @@
+//! Envelopes: the signed, end-to-end encrypted unit of a message.
+//!
+//! Wire form: CBOR `SignedEnvelope { body, sig }` where `body` is the exact
+//! CBOR of [`EnvelopeBody`] and `sig` is the sender's Ed25519 signature over
+//! [`DOMAIN_SEP_ENVELOPE`]` || body`. The sender's key is the AMID itself, so
+//! the signature is checked before anything else, with no lookup.
+
+use serde::{Deserialize, Serialize};
+
+use agentmesh_transports::codec;
+
+use crate::identity::{Amid, Identity};
+
+/// Domain-separation context of envelope signatures.
+pub const DOMAIN_SEP_ENVELOPE: &[u8] = b"agentmesh/envelope/v1\0";
+/// Largest encoded envelope accepted.
+pub const MAX_ENVELOPE_SIZE: usize = 96 * 1024;
+/// Largest plaintext payload a message may carry.
+pub const MAX_PAYLOAD_SIZE: usize = 64 * 1024;
+/// Current envelope format version.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Clock skew tolerated on timestamps.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Identifier of one message, chosen by its sender.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(#[serde(with = "serde_bytes")] pub [u8; 16]);
+
+impl MessageId {
+    /// A random id.
+    pub fn random() -> Self {
+        Self(crate::storage::random_array())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// Identifier of a KNOCK-accepted session.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(#[serde(with = "serde_bytes")] pub [u8; 16]);
+
+impl SessionId {
+    /// A random id.
+    pub fn random() -> Self {
+        Self(crate::storage::random_array())
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// The signed part of an envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnvelopeBody {
+    /// Format version.
+    pub v: u8,
+    /// Message id.
+    pub id: MessageId,
+    /// Sender.
+    pub from: Amid,
+    /// Recipient.
+    pub to: Amid,
+    /// The KNOCK session the message belongs to.
+    pub session: SessionId,
+    /// Per-session sequence number of the sender.
+    pub seq: u64,
+    /// Sending time, ms since the epoch.
+    pub ts_ms: u64,
+    /// Expiry, ms since the epoch.
+    pub expires_ms: u64,
+    /// Olm message type (0 = pre-key, 1 = normal).
+    pub olm_type: u8,
+    /// Olm ciphertext.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Why an envelope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Over [`MAX_ENVELOPE_SIZE`].
+    #[error("envelope too large")]
+    TooLarge,
+    /// Not a valid envelope encoding.
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    /// Unknown version.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u8),
+    /// The signature does not verify against the sender's AMID.
+    #[error("bad envelope signature")]
+    BadSignature,
+    /// Addressed to another agent.
+    #[error("envelope is addressed to {0}")]
+    WrongRecipient(Amid),
+    /// Past its expiry.
+    #[error("envelope expired")]
+    Expired,
+    /// Timestamp too far in the future.
+    #[error("envelope timestamp is in the future")]
+    FromTheFuture,
+}
+
+/// A signed envelope as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedEnvelope {
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+impl SignedEnvelope {
+    /// Encodes and signs `body`.
+    pub fn seal(identity: &Identity, body: &EnvelopeBody) -> Result<Self, EnvelopeError> {
+        let body = codec::encode(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let sig = identity.sign(DOMAIN_SEP_ENVELOPE, &body).to_vec();
+        Ok(Self { body, sig })
+    }
+
+    /// Encodes for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self).unwrap_or_default()
+    }
+
+    /// Decodes from the wire without verifying.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        codec::decode(bytes, MAX_ENVELOPE_SIZE).map_err(|e| match e {
+            codec::CodecError::TooLarge { .. } => EnvelopeError::TooLarge,
+            e => EnvelopeError::Malformed(e.to_string()),
+        })
+    }
+
+    /// Verifies the signature, recipient and time window, returning the body.
+    /// Signature first: nothing of an unsigned body is trusted.
+    pub fn open(&self, me: &Amid, now_ms: u64) -> Result<EnvelopeBody, EnvelopeError> {
+        let body: EnvelopeBody = codec::decode(&self.body, MAX_ENVELOPE_SIZE)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if !body.from.verify(DOMAIN_SEP_ENVELOPE, &self.body, &self.sig) {
+            return Err(EnvelopeError::BadSignature);
+        }
+        if body.v != ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnsupportedVersion(body.v));
+        }
+        if &body.to != me {
+            return Err(EnvelopeError::WrongRecipient(body.to));
+        }
+        if body.expires_ms <= now_ms {
+            return Err(EnvelopeError::Expired);
+        }
+        if body.ts_ms > now_ms + MAX_CLOCK_SKEW_MS {
+            return Err(EnvelopeError::FromTheFuture);
+        }
+        Ok(body)
+    }
+
+    /// Flips one bit of the signed body (for tests of tamper detection).
+    #[doc(hidden)]
+    pub fn tamper(&mut self) {
+        if let Some(b) = self.body.last_mut() {
+            *b ^= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sha2::Digest;
+
+    fn body(from: &Identity, to: Amid, ciphertext: Vec<u8>) -> EnvelopeBody {
+        EnvelopeBody {
+            v: ENVELOPE_VERSION,
+            id: MessageId([1; 16]),
+            from: from.amid(),
+            to,
+            session: SessionId([2; 16]),
+            seq: 7,
+            ts_ms: 1_000,
+            expires_ms: 10_000,
+            olm_type: 1,
+            ciphertext,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let env = SignedEnvelope::seal(&a, &body(&a, b.amid(), vec![9; 10])).unwrap();
+        let bytes = env.to_bytes();
+        let decoded = SignedEnvelope::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded.open(&b.amid(), 2_000).unwrap().seq, 7);
+        assert_eq!(
+            decoded.open(&a.amid(), 2_000).unwrap_err(),
+            EnvelopeError::WrongRecipient(b.amid())
+        );
+        assert_eq!(decoded.open(&b.amid(), 10_000).unwrap_err(), EnvelopeError::Expired);
+        let mut t = decoded.clone();
+        t.tamper();
+        assert!(t.open(&b.amid(), 2_000).is_err());
+    }
+
+    #[test]
+    fn snapshot() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let env = SignedEnvelope::seal(&a, &body(&a, b.amid(), vec![9; 4])).unwrap();
+        let bytes = env.to_bytes();
+        // ed25519 is deterministic, so the whole encoding is stable.
+        assert_eq!(bytes.len(), 257);
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        assert_eq!(digest, "c13a0e675b01d32d4203eb26e80ff8782e6301568715426e7124a36f2d161fb0");
+    }
+
+    #[test]
+    fn forged_sender_is_refused() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let mallory = Identity::from_seed(&[3; 32]);
+        // mallory signs a body claiming to be from a
+        let env = SignedEnvelope::seal(&mallory, &body(&a, b.amid(), vec![1])).unwrap();
+        assert_eq!(env.open(&b.amid(), 2_000).unwrap_err(), EnvelopeError::BadSignature);
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode(ct: Vec<u8>, seq: u64) {
+            let a = Identity::from_seed(&[1; 32]);
+            let b = Identity::from_seed(&[2; 32]);
+            let mut bd = body(&a, b.amid(), ct);
+            bd.seq = seq;
+            let env = SignedEnvelope::seal(&a, &bd).unwrap();
+            let back = SignedEnvelope::from_bytes(&env.to_bytes()).unwrap();
+            prop_assert_eq!(back.open(&b.amid(), 2_000).unwrap(), bd);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes: Vec<u8>) {
+            let me = Identity::from_seed(&[2; 32]).amid();
+            if let Ok(e) = SignedEnvelope::from_bytes(&bytes) {
+                let _ = e.open(&me, 0);
+            }
+        }
+
+        #[test]
+        fn bit_flips_are_refused(pos: usize, bit in 0u8..8) {
+            let a = Identity::from_seed(&[1; 32]);
+            let b = Identity::from_seed(&[2; 32]);
+            let env = SignedEnvelope::seal(&a, &body(&a, b.amid(), vec![5; 32])).unwrap();
+            let mut bytes = env.to_bytes();
+            let i = pos % bytes.len();
+            bytes[i] ^= 1 << bit;
+            if let Ok(e) = SignedEnvelope::from_bytes(&bytes) {
+                prop_assert!(e.open(&b.amid(), 2_000).is_err() || e == env);
+            }
+        }
+    }
+}

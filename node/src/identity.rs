@@ -1,0 +1,317 @@
+//! Identity: one Ed25519 key that is both the agent's signing key and its
+//! libp2p key, so the PeerId and the AMID name the same key.
+//!
+//! An **AMID** (AgentMesh ID) is the self-certifying text form of the public
+//! key: `am` followed by base58 of `version (1 byte) || public key (32 bytes)
+//! || checksum (4 bytes)`, where the checksum is the first four bytes of
+//! SHA-256(SHA-256(version || key)). Because the key is inside the AMID, a
+//! signature can be checked and the peer dialled from the AMID alone.
+
+use std::{fmt, str::FromStr};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Text prefix of every AMID.
+pub const AMID_PREFIX: &str = "am";
+/// Version byte of the current AMID format.
+pub const AMID_VERSION: u8 = 1;
+const AMID_RAW_LEN: usize = 1 + 32 + 4;
+
+/// Errors parsing an AMID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmidError {
+    /// The text does not start with `am`.
+    #[error("AMID must start with \"am\"")]
+    MissingPrefix,
+    /// The text is not base58.
+    #[error("AMID is not valid base58")]
+    NotBase58,
+    /// The decoded length is wrong.
+    #[error("AMID has {0} bytes, expected 37")]
+    BadLength(usize),
+    /// Unknown format version.
+    #[error("unsupported AMID version {0}")]
+    UnsupportedVersion(u8),
+    /// The checksum does not match (typo?).
+    #[error("AMID checksum mismatch")]
+    BadChecksum,
+    /// The embedded bytes are not an Ed25519 public key.
+    #[error("AMID does not hold a valid Ed25519 key")]
+    InvalidKey,
+}
+
+/// An agent's identifier: its Ed25519 public key in checksummed text form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Amid([u8; 32]);
+
+fn checksum(version: u8, key: &[u8; 32]) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update([version]);
+    h.update(key);
+    let once = h.finalize();
+    let twice = Sha256::digest(once);
+    [twice[0], twice[1], twice[2], twice[3]]
+}
+
+impl Amid {
+    /// The AMID of a public key.
+    pub fn from_key(key: &VerifyingKey) -> Self {
+        Self(key.to_bytes())
+    }
+
+    /// The AMID of raw public key bytes, if they are a valid key.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, AmidError> {
+        VerifyingKey::from_bytes(bytes).map_err(|_| AmidError::InvalidKey)?;
+        Ok(Self(*bytes))
+    }
+
+    /// The public key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The Ed25519 public key.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, AmidError> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| AmidError::InvalidKey)
+    }
+
+    /// The libp2p PeerId of the same key.
+    pub fn peer_id(&self) -> Result<PeerId, AmidError> {
+        let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&self.0)
+            .map_err(|_| AmidError::InvalidKey)?;
+        Ok(libp2p::identity::PublicKey::from(pk).to_peer_id())
+    }
+
+    /// The AMID of a libp2p public key, if it is Ed25519.
+    pub fn from_libp2p(pk: &libp2p::identity::PublicKey) -> Option<Self> {
+        let ed = pk.clone().try_into_ed25519().ok()?;
+        Some(Self(ed.to_bytes()))
+    }
+
+    /// Verifies `sig` over `domain || msg`.
+    pub fn verify(&self, domain: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+        let Ok(key) = self.verifying_key() else {
+            return false;
+        };
+        let Ok(sig) = Signature::from_slice(sig) else {
+            return false;
+        };
+        key.verify(&[domain, msg].concat(), &sig).is_ok()
+    }
+
+    /// A short form for logs: the first 10 characters.
+    pub fn short(&self) -> String {
+        self.to_string().chars().take(10).collect()
+    }
+
+    /// Human fingerprint of the key: eight groups of four hex digits of its
+    /// SHA-256, e.g. `a1b2:c3d4:…`. Compare it out of band.
+    pub fn fingerprint(&self) -> String {
+        let h = Sha256::digest(self.0);
+        h[..16]
+            .chunks(2)
+            .map(hex::encode)
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+impl fmt::Display for Amid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut raw = Vec::with_capacity(AMID_RAW_LEN);
+        raw.push(AMID_VERSION);
+        raw.extend_from_slice(&self.0);
+        raw.extend_from_slice(&checksum(AMID_VERSION, &self.0));
+        write!(f, "{AMID_PREFIX}{}", bs58::encode(raw).into_string())
+    }
+}
+
+impl fmt::Debug for Amid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Amid({self})")
+    }
+}
+
+impl FromStr for Amid {
+    type Err = AmidError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let body = s.strip_prefix(AMID_PREFIX).ok_or(AmidError::MissingPrefix)?;
+        if body.len() > 64 {
+            return Err(AmidError::BadLength(body.len()));
+        }
+        let raw = bs58::decode(body)
+            .into_vec()
+            .map_err(|_| AmidError::NotBase58)?;
+        if raw.len() != AMID_RAW_LEN {
+            return Err(AmidError::BadLength(raw.len()));
+        }
+        if raw[0] != AMID_VERSION {
+            return Err(AmidError::UnsupportedVersion(raw[0]));
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&raw[1..33]);
+        if raw[33..] != checksum(raw[0], &key) {
+            return Err(AmidError::BadChecksum);
+        }
+        Self::from_bytes(&key)
+    }
+}
+
+impl Serialize for Amid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(D::Error::custom)
+        } else {
+            let b: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+            let arr: [u8; 32] = b
+                .as_slice()
+                .try_into()
+                .map_err(|_| D::Error::custom("AMID must be 32 bytes"))?;
+            Amid::from_bytes(&arr).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// The agent's secret identity. Zeroized on drop; `Debug` shows only the AMID.
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("amid", &self.amid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A new random identity.
+    pub fn generate() -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        crate::storage::fill_random(seed.as_mut());
+        Self::from_seed(&seed)
+    }
+
+    /// The identity with this 32-byte secret seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// The secret seed (for the keystore).
+    pub(crate) fn seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_bytes())
+    }
+
+    /// The AMID.
+    pub fn amid(&self) -> Amid {
+        Amid::from_key(&self.key.verifying_key())
+    }
+
+    /// Signs `domain || msg`.
+    pub fn sign(&self, domain: &[u8], msg: &[u8]) -> [u8; 64] {
+        self.key.sign(&[domain, msg].concat()).to_bytes()
+    }
+
+    /// The same key as a libp2p keypair.
+    pub fn libp2p_keypair(&self) -> Result<libp2p::identity::Keypair, AmidError> {
+        let mut seed = self.seed();
+        libp2p::identity::Keypair::ed25519_from_bytes(seed.as_mut())
+            .map_err(|_| AmidError::InvalidKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn peer_id_matches_libp2p_key() {
+        let id = Identity::generate();
+        assert_eq!(
+            id.amid().peer_id().unwrap(),
+            id.libp2p_keypair().unwrap().public().to_peer_id()
+        );
+        assert_eq!(
+            Amid::from_libp2p(&id.libp2p_keypair().unwrap().public()),
+            Some(id.amid())
+        );
+    }
+
+    #[test]
+    fn debug_leaks_no_secret() {
+        let id = Identity::from_seed(&[7u8; 32]);
+        let dbg = format!("{id:?}");
+        assert!(!dbg.contains(&hex::encode([7u8; 32])));
+        assert!(!dbg.contains("[7, 7"));
+    }
+
+    #[test]
+    fn fingerprint_shape() {
+        let fp = Identity::generate().amid().fingerprint();
+        assert_eq!(fp.len(), 8 * 4 + 7);
+        assert_eq!(fp.split(':').count(), 8);
+    }
+
+    #[test]
+    fn typos_are_caught() {
+        let amid = Identity::generate().amid().to_string();
+        assert!(matches!(
+            amid[2..].parse::<Amid>(),
+            Err(AmidError::MissingPrefix)
+        ));
+        assert!(matches!("am0OIl".parse::<Amid>(), Err(AmidError::NotBase58)));
+        assert!(matches!("am2g".parse::<Amid>(), Err(AmidError::BadLength(_))));
+        // change one character in the middle
+        let mut chars: Vec<char> = amid.chars().collect();
+        let i = chars.len() / 2;
+        chars[i] = if chars[i] == 'x' { 'y' } else { 'x' };
+        let typo: String = chars.into_iter().collect();
+        assert!(typo.parse::<Amid>().is_err());
+    }
+
+    #[test]
+    fn signatures_are_domain_separated() {
+        let id = Identity::generate();
+        let sig = id.sign(b"ctx-a", b"msg");
+        assert!(id.amid().verify(b"ctx-a", b"msg", &sig));
+        assert!(!id.amid().verify(b"ctx-b", b"msg", &sig));
+        assert!(!id.amid().verify(b"ctx-a", b"msh", &sig));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(seed: [u8; 32]) {
+            let amid = Identity::from_seed(&seed).amid();
+            let text = amid.to_string();
+            prop_assert!(text.starts_with("am"));
+            prop_assert_eq!(text.parse::<Amid>().unwrap(), amid);
+        }
+
+        #[test]
+        fn parse_never_panics(s: String) {
+            let _ = s.parse::<Amid>();
+        }
+    }
+}

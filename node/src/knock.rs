@@ -1,0 +1,440 @@
+//! KNOCK: how an agent asks another for a session, and how the receiver
+//! decides, by deterministic policy, never by looking at message content.
+//!
+//! Flow on `/agentmesh/knock/1` (one stream per KNOCK):
+//!
+//! ```text
+//! initiator                                   receiver
+//!   | -- SignedKnock {from, to, intent, ts,  --> |  Policy::evaluate(knock, state, now)
+//!   |    nonce, session, first envelope}         |
+//!   | <-- SignedDecision {Accept|Reject, hash} - |
+//! ```
+//!
+//! The KNOCK carries the first envelope (an Olm pre-key message), so key
+//! exchange and KNOCK are one step and a first message is never dropped
+//! between them. The decision is signed by the receiver and names the hash of
+//! the KNOCK it answers.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use agentmesh_transports::codec;
+
+use crate::{
+    envelope::{SessionId, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE_SIZE},
+    identity::{Amid, Identity},
+};
+
+/// Domain-separation context of KNOCK signatures.
+pub const DOMAIN_SEP_KNOCK: &[u8] = b"agentmesh/knock/v1\0";
+/// Domain-separation context of decision signatures.
+pub const DOMAIN_SEP_DECISION: &[u8] = b"agentmesh/knock-decision/v1\0";
+/// Largest encoded KNOCK accepted.
+pub const MAX_KNOCK_SIZE: usize = MAX_ENVELOPE_SIZE + 4 * 1024;
+/// Largest encoded decision accepted.
+pub const MAX_DECISION_SIZE: usize = 1024;
+/// Default lifetime of an accepted session.
+pub const DEFAULT_SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
+const MAX_INTENT_FIELD: usize = 128;
+
+/// The kind of session asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SessionType {
+    /// One request, one correlated reply.
+    RequestResponse,
+    /// Ordered, multi-turn.
+    #[default]
+    Conversation,
+    /// A sequence of chunks.
+    Stream,
+}
+
+/// What the initiator wants to do: checked by policy without seeing content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Intent {
+    /// Capability, e.g. `chat` or `weather/forecast`.
+    pub capability: String,
+    /// Action, e.g. `query`.
+    pub action: String,
+    /// Session type.
+    pub session_type: SessionType,
+}
+
+impl Default for Intent {
+    fn default() -> Self {
+        Self {
+            capability: "chat".into(),
+            action: "message".into(),
+            session_type: SessionType::Conversation,
+        }
+    }
+}
+
+impl Intent {
+    /// An intent for `capability` / `action`.
+    pub fn new(capability: impl Into<String>, action: impl Into<String>) -> Self {
+        Self {
+            capability: capability.into(),
+            action: action.into(),
+            session_type: SessionType::Conversation,
+        }
+    }
+}
+
+/// The signed part of a KNOCK.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KnockBody {
+    /// Initiator.
+    pub from: Amid,
+    /// Receiver.
+    pub to: Amid,
+    /// What the initiator wants.
+    pub intent: Intent,
+    /// Session id proposed by the initiator.
+    pub session: SessionId,
+    /// Sending time, ms since the epoch.
+    pub ts_ms: u64,
+    /// Random nonce; a reused nonce is refused.
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 16],
+    /// The first envelope (Olm pre-key message), encoded.
+    #[serde(with = "serde_bytes")]
+    pub first: Vec<u8>,
+}
+
+/// Why a KNOCK (or a message) was refused. Travels on the wire; unknown
+/// reasons from newer peers decode as [`RejectReason::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The initiator is on the receiver's blocklist.
+    #[error("blocked")]
+    Blocked,
+    /// The receiver only accepts its allowlist.
+    #[error("not on the allowlist")]
+    NotAllowed,
+    /// The KNOCK is addressed to someone else.
+    #[error("wrong recipient")]
+    WrongRecipient,
+    /// Timestamp outside the accepted window.
+    #[error("stale timestamp")]
+    StaleTimestamp,
+    /// The nonce was seen before.
+    #[error("replayed nonce")]
+    ReplayedNonce,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// The KNOCK is malformed or oversized.
+    #[error("malformed request")]
+    Malformed,
+    /// The prekey the initiator used is gone; retry with the fallback key.
+    #[error("prekey unavailable")]
+    PrekeyUnavailable,
+    /// The first message did not decrypt.
+    #[error("decryption failed")]
+    DecryptFailed,
+    /// The session id is unknown or expired: KNOCK again.
+    #[error("unknown session")]
+    UnknownSession,
+    /// The receiver is overloaded or failed internally.
+    #[error("unavailable")]
+    Unavailable,
+    /// A reason this version does not know.
+    #[serde(other)]
+    #[error("other")]
+    Other,
+}
+
+/// The receiver's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Decision {
+    /// Session accepted.
+    Accept {
+        /// The session.
+        session: SessionId,
+        /// Session expiry, ms since the epoch.
+        expires_ms: u64,
+    },
+    /// Refused.
+    Reject {
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct DecisionBody {
+    decision: Decision,
+    /// SHA-256 of the KNOCK's signed body.
+    #[serde(with = "serde_bytes")]
+    knock_hash: [u8; 32],
+    ts_ms: u64,
+}
+
+/// Errors decoding or verifying KNOCK messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KnockError {
+    /// Malformed or oversized.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// Bad signature.
+    #[error("bad signature")]
+    BadSignature,
+    /// The decision answers another KNOCK.
+    #[error("decision does not answer this knock")]
+    Unrelated,
+}
+
+/// A signed KNOCK as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedKnock {
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+impl SignedKnock {
+    /// Signs a KNOCK.
+    pub fn sign(identity: &Identity, body: &KnockBody) -> Result<Self, KnockError> {
+        let body = codec::encode(body).map_err(|e| KnockError::Malformed(e.to_string()))?;
+        let sig = identity.sign(DOMAIN_SEP_KNOCK, &body).to_vec();
+        Ok(Self { body, sig })
+    }
+
+    /// Encodes for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self).unwrap_or_default()
+    }
+
+    /// Decodes from the wire.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KnockError> {
+        codec::decode(bytes, MAX_KNOCK_SIZE).map_err(|e| KnockError::Malformed(e.to_string()))
+    }
+
+    /// Verifies the initiator's signature and returns the body.
+    pub fn verify(&self) -> Result<KnockBody, KnockError> {
+        let body: KnockBody = codec::decode(&self.body, MAX_KNOCK_SIZE)
+            .map_err(|e| KnockError::Malformed(e.to_string()))?;
+        if body.intent.capability.len() > MAX_INTENT_FIELD
+            || body.intent.action.len() > MAX_INTENT_FIELD
+        {
+            return Err(KnockError::Malformed("intent too long".into()));
+        }
+        if !body.from.verify(DOMAIN_SEP_KNOCK, &self.body, &self.sig) {
+            return Err(KnockError::BadSignature);
+        }
+        Ok(body)
+    }
+
+    /// SHA-256 of the signed body.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(&self.body).into()
+    }
+}
+
+/// A signed decision as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedDecision {
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+impl SignedDecision {
+    /// Signs `decision` as the answer to `knock`.
+    pub fn sign(identity: &Identity, knock: &SignedKnock, decision: Decision, now_ms: u64) -> Self {
+        let body = codec::encode(&DecisionBody {
+            decision,
+            knock_hash: knock.hash(),
+            ts_ms: now_ms,
+        })
+        .unwrap_or_default();
+        let sig = identity.sign(DOMAIN_SEP_DECISION, &body).to_vec();
+        Self { body, sig }
+    }
+
+    /// Encodes for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self).unwrap_or_default()
+    }
+
+    /// Decodes from the wire.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KnockError> {
+        codec::decode(bytes, MAX_DECISION_SIZE).map_err(|e| KnockError::Malformed(e.to_string()))
+    }
+
+    /// Verifies that `receiver` signed this answer to `knock`.
+    pub fn verify(&self, receiver: &Amid, knock: &SignedKnock) -> Result<Decision, KnockError> {
+        if !receiver.verify(DOMAIN_SEP_DECISION, &self.body, &self.sig) {
+            return Err(KnockError::BadSignature);
+        }
+        let body: DecisionBody = codec::decode(&self.body, MAX_DECISION_SIZE)
+            .map_err(|e| KnockError::Malformed(e.to_string()))?;
+        if body.knock_hash != knock.hash() {
+            return Err(KnockError::Unrelated);
+        }
+        Ok(body.decision)
+    }
+}
+
+/// The receiver's rules. Minimal for now: blocklist and allowlist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// Always refused.
+    pub block: BTreeSet<Amid>,
+    /// When not empty, only these are accepted.
+    pub allow: BTreeSet<Amid>,
+    /// Lifetime of accepted sessions, ms. Defaults to 24 h.
+    pub session_ttl_ms: u64,
+}
+
+impl Policy {
+    /// Accepts anyone not blocked.
+    pub fn permissive() -> Self {
+        Self {
+            block: BTreeSet::new(),
+            allow: BTreeSet::new(),
+            session_ttl_ms: DEFAULT_SESSION_TTL_MS,
+        }
+    }
+
+    /// Evaluates a verified KNOCK at `now_ms`. `nonce_seen` says whether the
+    /// nonce was already used. Pure: same inputs, same decision.
+    pub fn evaluate(&self, me: &Amid, knock: &KnockBody, nonce_seen: bool, now_ms: u64) -> Decision {
+        let reject = |reason| Decision::Reject { reason };
+        if &knock.to != me {
+            return reject(RejectReason::WrongRecipient);
+        }
+        if knock.ts_ms + MAX_CLOCK_SKEW_MS < now_ms || knock.ts_ms > now_ms + MAX_CLOCK_SKEW_MS {
+            return reject(RejectReason::StaleTimestamp);
+        }
+        if nonce_seen {
+            return reject(RejectReason::ReplayedNonce);
+        }
+        if self.block.contains(&knock.from) {
+            return reject(RejectReason::Blocked);
+        }
+        if !self.allow.is_empty() && !self.allow.contains(&knock.from) {
+            return reject(RejectReason::NotAllowed);
+        }
+        let ttl = if self.session_ttl_ms == 0 {
+            DEFAULT_SESSION_TTL_MS
+        } else {
+            self.session_ttl_ms
+        };
+        Decision::Accept {
+            session: knock.session,
+            expires_ms: now_ms + ttl,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn knock(from: &Identity, to: Amid, ts: u64) -> KnockBody {
+        KnockBody {
+            from: from.amid(),
+            to,
+            intent: Intent::default(),
+            session: SessionId([3; 16]),
+            ts_ms: ts,
+            nonce: [4; 16],
+            first: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn policy_rules() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let c = Identity::from_seed(&[3; 32]);
+        let now = 10_000_000;
+        let k = knock(&a, b.amid(), now);
+        let mut p = Policy::permissive();
+        assert!(matches!(p.evaluate(&b.amid(), &k, false, now), Decision::Accept { .. }));
+        assert_eq!(
+            p.evaluate(&c.amid(), &k, false, now),
+            Decision::Reject { reason: RejectReason::WrongRecipient }
+        );
+        assert_eq!(
+            p.evaluate(&b.amid(), &k, true, now),
+            Decision::Reject { reason: RejectReason::ReplayedNonce }
+        );
+        assert_eq!(
+            p.evaluate(&b.amid(), &k, false, now + MAX_CLOCK_SKEW_MS + 1),
+            Decision::Reject { reason: RejectReason::StaleTimestamp }
+        );
+        p.allow.insert(c.amid());
+        assert_eq!(
+            p.evaluate(&b.amid(), &k, false, now),
+            Decision::Reject { reason: RejectReason::NotAllowed }
+        );
+        p.allow.insert(a.amid());
+        p.block.insert(a.amid());
+        assert_eq!(
+            p.evaluate(&b.amid(), &k, false, now),
+            Decision::Reject { reason: RejectReason::Blocked }
+        );
+    }
+
+    #[test]
+    fn signed_round_trip() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let k = SignedKnock::sign(&a, &knock(&a, b.amid(), 5)).unwrap();
+        let back = SignedKnock::from_bytes(&k.to_bytes()).unwrap();
+        assert_eq!(back.verify().unwrap().from, a.amid());
+        let d = SignedDecision::sign(&b, &k, Decision::Reject { reason: RejectReason::Blocked }, 6);
+        let d2 = SignedDecision::from_bytes(&d.to_bytes()).unwrap();
+        assert_eq!(
+            d2.verify(&b.amid(), &k).unwrap(),
+            Decision::Reject { reason: RejectReason::Blocked }
+        );
+        assert_eq!(d2.verify(&a.amid(), &k).unwrap_err(), KnockError::BadSignature);
+        let other = SignedKnock::sign(&a, &knock(&a, b.amid(), 7)).unwrap();
+        assert_eq!(d2.verify(&b.amid(), &other).unwrap_err(), KnockError::Unrelated);
+    }
+
+    #[test]
+    fn unknown_reason_decodes_as_other() {
+        let bytes = codec::encode(&"rate_limited_v9").unwrap();
+        let r: RejectReason = codec::decode(&bytes, 100).unwrap();
+        assert_eq!(r, RejectReason::Other);
+    }
+
+    proptest! {
+        #[test]
+        fn evaluation_is_deterministic(ts in 0u64..20_000_000, now in 0u64..20_000_000, seen: bool) {
+            let a = Identity::from_seed(&[1; 32]);
+            let b = Identity::from_seed(&[2; 32]);
+            let k = knock(&a, b.amid(), ts);
+            let p = Policy::permissive();
+            prop_assert_eq!(p.evaluate(&b.amid(), &k, seen, now), p.evaluate(&b.amid(), &k, seen, now));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes: Vec<u8>) {
+            if let Ok(k) = SignedKnock::from_bytes(&bytes) { let _ = k.verify(); }
+            let a = Identity::from_seed(&[1; 32]).amid();
+            let k = SignedKnock { body: vec![], sig: vec![] };
+            if let Ok(d) = SignedDecision::from_bytes(&bytes) { let _ = d.verify(&a, &k); }
+        }
+    }
+}
