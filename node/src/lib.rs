@@ -4,7 +4,9 @@
 
 pub mod identity;
 pub mod keystore;
+pub mod session;
 pub mod storage;
 pub mod card;
 pub mod envelope;
 pub mod knock;
+pub mod wire;

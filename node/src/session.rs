@@ -1,0 +1,808 @@
+//! End-to-end encrypted sessions: the Olm account, Olm sessions per peer,
+//! KNOCK-accepted sessions, replay protection and the durable inbox, all in
+//! one sled tree so that each received message is committed atomically.
+//!
+//! Layout of the `node` tree (prefix → value):
+//! - `acct` → Olm account pickle (vodozemac-encrypted)
+//! - `olm/<peer 32><olm session id>` → Olm session pickle (vodozemac-encrypted)
+//! - `ses/<peer 32><session 16>` → [`SessionInfo`] (CBOR)
+//! - `seen/<sender 32><message 16>` → expiry (u64 BE): replay window
+//! - `nonce/<nonce 16>` → expiry (u64 BE): KNOCK nonces
+//! - `inbox/<arrival u64 BE>` → received message, sealed with XChaCha20-Poly1305
+//!
+//! Nothing here does I/O beyond sled or reads the clock: time is an argument.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+use vodozemac::{
+    olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle},
+    Curve25519PublicKey,
+};
+use zeroize::Zeroizing;
+
+use agentmesh_transports::codec;
+
+use crate::{
+    card::AgentCard,
+    envelope::{
+        EnvelopeBody, EnvelopeError, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION,
+        MAX_CLOCK_SKEW_MS, MAX_PAYLOAD_SIZE,
+    },
+    identity::{Amid, Identity},
+    knock::{Intent, RejectReason},
+    storage::{derive, Sealer, StorageError, SubKey},
+};
+
+/// One-time prekeys kept published.
+pub const ONE_TIME_KEYS: usize = 20;
+/// Below this many unused one-time keys, new ones are made.
+pub const ONE_TIME_KEYS_LOW: usize = 10;
+/// Olm sessions kept per peer.
+const MAX_OLM_SESSIONS_PER_PEER: usize = 4;
+/// Default lifetime of a message.
+pub const DEFAULT_MESSAGE_TTL_MS: u64 = 72 * 3600 * 1000;
+
+const TREE: &str = "node";
+const ACCOUNT_KEY: &[u8] = b"acct";
+
+/// Which side started a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// We sent the KNOCK.
+    Initiator,
+    /// We accepted the KNOCK.
+    Responder,
+}
+
+/// A KNOCK-accepted session, as cached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: SessionId,
+    /// The other agent.
+    pub peer: Amid,
+    /// Our side.
+    pub role: Role,
+    /// What it was opened for.
+    pub intent: Intent,
+    /// Creation, ms since the epoch.
+    pub created_ms: u64,
+    /// Expiry, ms since the epoch.
+    pub expires_ms: u64,
+    /// Next sequence number we send.
+    pub next_seq: u64,
+}
+
+/// A received, decrypted message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Received {
+    /// Message id.
+    pub id: MessageId,
+    /// Sender.
+    pub from: Amid,
+    /// Session.
+    pub session: SessionId,
+    /// Sender's sequence number.
+    pub seq: u64,
+    /// Sending time, ms since the epoch.
+    pub ts_ms: u64,
+    /// The decrypted payload (JSON).
+    pub payload: serde_json::Value,
+}
+
+/// Why an incoming envelope was not delivered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The envelope itself is invalid.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// Already delivered: acknowledge, do not deliver again.
+    #[error("duplicate message")]
+    Duplicate,
+    /// The session is unknown or expired.
+    #[error("unknown session")]
+    UnknownSession,
+    /// The prekey the sender used is gone.
+    #[error("one-time prekey unavailable")]
+    PrekeyUnavailable,
+    /// Olm decryption failed.
+    #[error("decryption failed: {0}")]
+    Decrypt(String),
+    /// The payload is not JSON.
+    #[error("payload is not valid JSON")]
+    BadPayload,
+    /// Local storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl OpenError {
+    /// The reason sent back to the sender.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            OpenError::Envelope(EnvelopeError::BadSignature) => RejectReason::BadSignature,
+            OpenError::Envelope(EnvelopeError::WrongRecipient(_)) => RejectReason::WrongRecipient,
+            OpenError::Envelope(EnvelopeError::Expired | EnvelopeError::FromTheFuture) => {
+                RejectReason::StaleTimestamp
+            }
+            OpenError::Envelope(_) | OpenError::BadPayload => RejectReason::Malformed,
+            OpenError::UnknownSession => RejectReason::UnknownSession,
+            OpenError::PrekeyUnavailable => RejectReason::PrekeyUnavailable,
+            OpenError::Decrypt(_) => RejectReason::DecryptFailed,
+            OpenError::Duplicate | OpenError::Storage(_) => RejectReason::Unavailable,
+        }
+    }
+}
+
+/// Why sealing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// No session with the peer.
+    #[error("no session with {0}")]
+    NoSession(Amid),
+    /// The payload is over [`MAX_PAYLOAD_SIZE`].
+    #[error("payload of {0} bytes is too large")]
+    PayloadTooLarge(usize),
+    /// The peer's card holds an invalid key.
+    #[error("peer card holds an invalid key")]
+    BadCard,
+    /// Olm failed.
+    #[error("olm: {0}")]
+    Olm(String),
+    /// Local storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// An outbound Olm session waiting for the KNOCK's answer.
+pub struct PendingOutbound {
+    peer: Amid,
+    olm: Session,
+    info: SessionInfo,
+}
+
+impl std::fmt::Debug for PendingOutbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingOutbound")
+            .field("peer", &self.peer)
+            .field("session", &self.info.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The crypto and session state of a node.
+pub struct SessionStore {
+    me: Amid,
+    tree: sled::Tree,
+    db: sled::Db,
+    account: Account,
+    olm: HashMap<Amid, Vec<Session>>,
+    pickle_key: SubKey,
+    inbox_sealer: Sealer,
+    prekeys_changed: bool,
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("me", &self.me)
+            .field("peers", &self.olm.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn be(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+fn read_be(b: &[u8]) -> u64 {
+    b.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+impl SessionStore {
+    /// Opens (or creates) the store in `db` for `me`, with secrets sealed by
+    /// keys derived from `storage_key`.
+    pub fn open(me: Amid, db: &sled::Db, storage_key: &[u8; 32]) -> Result<Self, StorageError> {
+        let tree = db.open_tree(TREE)?;
+        let pickle_key = derive(storage_key, "olm-pickle");
+        let account = match tree.get(ACCOUNT_KEY)? {
+            Some(bytes) => {
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                let pickle = AccountPickle::from_encrypted(text, &pickle_key.0)
+                    .map_err(|e| StorageError::Pickle(e.to_string()))?;
+                Account::from_pickle(pickle)
+            }
+            None => {
+                let mut a = Account::new();
+                a.generate_one_time_keys(ONE_TIME_KEYS);
+                a.generate_fallback_key();
+                a
+            }
+        };
+        let mut olm: HashMap<Amid, Vec<Session>> = HashMap::new();
+        for item in tree.scan_prefix(b"olm/") {
+            let (k, v) = item?;
+            let Some(peer) = k.get(4..36).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+                continue;
+            };
+            let Ok(peer) = Amid::from_bytes(&peer) else {
+                continue;
+            };
+            let text = std::str::from_utf8(&v).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let pickle = SessionPickle::from_encrypted(text, &pickle_key.0)
+                .map_err(|e| StorageError::Pickle(e.to_string()))?;
+            olm.entry(peer).or_default().push(Session::from_pickle(pickle));
+        }
+        let store = Self {
+            me,
+            tree,
+            db: db.clone(),
+            account,
+            olm,
+            inbox_sealer: Sealer::new(derive(storage_key, "inbox")),
+            pickle_key,
+            prekeys_changed: false,
+        };
+        let mut batch = sled::Batch::default();
+        store.put_account(&mut batch);
+        store.tree.apply_batch(batch)?;
+        Ok(store)
+    }
+
+    fn put_account(&self, batch: &mut sled::Batch) {
+        batch.insert(ACCOUNT_KEY, self.account.pickle().encrypt(&self.pickle_key.0).into_bytes());
+    }
+
+    fn put_olm(&self, batch: &mut sled::Batch, peer: &Amid, s: &Session) {
+        batch.insert(
+            key(b"olm/", &[peer.as_bytes(), s.session_id().as_bytes()]),
+            s.pickle().encrypt(&self.pickle_key.0).into_bytes(),
+        );
+    }
+
+    fn put_info(&self, batch: &mut sled::Batch, info: &SessionInfo) -> Result<(), StorageError> {
+        let v = codec::encode(info).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        batch.insert(key(b"ses/", &[info.peer.as_bytes(), &info.id.0]), v);
+        Ok(())
+    }
+
+    /// The keys to publish in the card: Olm identity key, unused one-time
+    /// keys and the fallback key. (Keys are never marked "published" in the
+    /// account: the card always lists every unused key, so vodozemac's
+    /// unpublished set is the set of live keys.)
+    pub fn card_keys(&self) -> ([u8; 32], Vec<[u8; 32]>, [u8; 32]) {
+        let id = self.account.curve25519_key().to_bytes();
+        let mut otks: Vec<[u8; 32]> = self
+            .account
+            .one_time_keys()
+            .values()
+            .map(|k| k.to_bytes())
+            .collect();
+        otks.sort();
+        otks.truncate(crate::card::MAX_ONE_TIME_KEYS);
+        let fallback = self
+            .account
+            .fallback_key()
+            .values()
+            .next()
+            .map(|k| k.to_bytes())
+            .unwrap_or(id);
+        (id, otks, fallback)
+    }
+
+    /// Whether the prekeys changed since the last call (the card must be
+    /// republished).
+    pub fn take_prekeys_changed(&mut self) -> bool {
+        std::mem::take(&mut self.prekeys_changed)
+    }
+
+    /// The newest valid session with `peer` at `now_ms` for which we also
+    /// hold an Olm session.
+    pub fn current_session(&self, peer: &Amid, now_ms: u64) -> Option<SessionInfo> {
+        if self.olm.get(peer).is_none_or(Vec::is_empty) {
+            return None;
+        }
+        self.sessions_with(peer)
+            .into_iter()
+            .filter(|s| s.expires_ms > now_ms)
+            .max_by_key(|s| s.created_ms)
+    }
+
+    fn sessions_with(&self, peer: &Amid) -> Vec<SessionInfo> {
+        self.tree
+            .scan_prefix(key(b"ses/", &[peer.as_bytes()]))
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| codec::decode(&v, 4096).ok())
+            .collect()
+    }
+
+    /// Every cached session (for status).
+    pub fn all_sessions(&self) -> Vec<SessionInfo> {
+        self.tree
+            .scan_prefix(b"ses/")
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| codec::decode(&v, 4096).ok())
+            .collect()
+    }
+
+    /// Forgets session `id` with `peer` (e.g. after the peer said it does not
+    /// know it).
+    pub fn forget_session(&mut self, peer: &Amid, id: &SessionId) -> Result<(), StorageError> {
+        self.tree.remove(key(b"ses/", &[peer.as_bytes(), &id.0]))?;
+        Ok(())
+    }
+
+    fn encrypt(&self, olm: &mut Session, payload: &serde_json::Value) -> Result<(u8, Vec<u8>), SealError> {
+        let plain = Zeroizing::new(
+            serde_json::to_vec(payload).map_err(|e| SealError::Olm(e.to_string()))?,
+        );
+        if plain.len() > MAX_PAYLOAD_SIZE {
+            return Err(SealError::PayloadTooLarge(plain.len()));
+        }
+        let msg = olm.encrypt(&*plain).map_err(|e| SealError::Olm(e.to_string()))?;
+        let (t, ct) = msg.to_parts();
+        Ok((t as u8, ct))
+    }
+
+    /// Starts an outbound session to `card`'s agent and seals the first
+    /// message in it. Nothing is stored until [`Self::commit_outbound`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_first(
+        &self,
+        identity: &Identity,
+        card: &AgentCard,
+        use_fallback: bool,
+        intent: Intent,
+        id: MessageId,
+        payload: &serde_json::Value,
+        now_ms: u64,
+    ) -> Result<(PendingOutbound, SignedEnvelope), SealError> {
+        let their_id = Curve25519PublicKey::from_bytes(card.olm_identity_key);
+        let otk = if use_fallback || card.one_time_keys.is_empty() {
+            card.fallback_key
+        } else {
+            let i = usize::from(crate::storage::random_array::<1>()[0]) % card.one_time_keys.len();
+            *card.one_time_keys[i]
+        };
+        let mut olm = self
+            .account
+            .create_outbound_session(
+                SessionConfig::version_1(),
+                their_id,
+                Curve25519PublicKey::from_bytes(otk),
+            )
+            .map_err(|_| SealError::BadCard)?;
+        let info = SessionInfo {
+            id: SessionId::random(),
+            peer: card.amid,
+            role: Role::Initiator,
+            intent,
+            created_ms: now_ms,
+            expires_ms: now_ms + crate::knock::DEFAULT_SESSION_TTL_MS,
+            next_seq: 1,
+        };
+        let (olm_type, ciphertext) = self.encrypt(&mut olm, payload)?;
+        let env = SignedEnvelope::seal(
+            identity,
+            &EnvelopeBody {
+                v: ENVELOPE_VERSION,
+                id,
+                from: self.me,
+                to: card.amid,
+                session: info.id,
+                seq: 0,
+                ts_ms: now_ms,
+                expires_ms: now_ms + DEFAULT_MESSAGE_TTL_MS,
+                olm_type,
+                ciphertext,
+            },
+        )
+        .map_err(|e| SealError::Olm(e.to_string()))?;
+        Ok((
+            PendingOutbound {
+                peer: card.amid,
+                olm,
+                info,
+            },
+            env,
+        ))
+    }
+
+    /// The session id a pending outbound session proposes.
+    pub fn pending_session_id(p: &PendingOutbound) -> SessionId {
+        p.info.id
+    }
+
+    /// Stores an outbound session once the peer accepted it.
+    pub fn commit_outbound(&mut self, p: PendingOutbound, expires_ms: u64) -> Result<SessionInfo, StorageError> {
+        let mut info = p.info;
+        info.expires_ms = expires_ms.min(info.expires_ms);
+        let mut batch = sled::Batch::default();
+        self.put_info(&mut batch, &info)?;
+        self.put_olm(&mut batch, &p.peer, &p.olm);
+        self.tree.apply_batch(batch)?;
+        self.push_olm(p.peer, p.olm);
+        Ok(info)
+    }
+
+    fn push_olm(&mut self, peer: Amid, s: Session) {
+        let list = self.olm.entry(peer).or_default();
+        list.retain(|x| x.session_id() != s.session_id());
+        list.push(s);
+        if list.len() > MAX_OLM_SESSIONS_PER_PEER {
+            let old = list.remove(0);
+            let _ = self
+                .tree
+                .remove(key(b"olm/", &[peer.as_bytes(), old.session_id().as_bytes()]));
+        }
+    }
+
+    /// Seals a message to `peer` in the current session.
+    pub fn seal(
+        &mut self,
+        identity: &Identity,
+        peer: &Amid,
+        id: MessageId,
+        payload: &serde_json::Value,
+        now_ms: u64,
+    ) -> Result<SignedEnvelope, SealError> {
+        let mut info = self
+            .current_session(peer, now_ms)
+            .ok_or(SealError::NoSession(*peer))?;
+        let mut olm = self
+            .olm
+            .get_mut(peer)
+            .and_then(Vec::pop)
+            .ok_or(SealError::NoSession(*peer))?;
+        let sealed = self.encrypt(&mut olm, payload);
+        let result = sealed.and_then(|(olm_type, ciphertext)| {
+            let env = SignedEnvelope::seal(
+                identity,
+                &EnvelopeBody {
+                    v: ENVELOPE_VERSION,
+                    id,
+                    from: self.me,
+                    to: *peer,
+                    session: info.id,
+                    seq: info.next_seq,
+                    ts_ms: now_ms,
+                    expires_ms: now_ms + DEFAULT_MESSAGE_TTL_MS,
+                    olm_type,
+                    ciphertext,
+                },
+            )
+            .map_err(|e| SealError::Olm(e.to_string()))?;
+            info.next_seq += 1;
+            let mut batch = sled::Batch::default();
+            self.put_info(&mut batch, &info)?;
+            self.put_olm(&mut batch, peer, &olm);
+            self.tree.apply_batch(batch).map_err(StorageError::from)?;
+            Ok(env)
+        });
+        self.olm.entry(*peer).or_default().push(olm);
+        result
+    }
+
+    /// Records a KNOCK nonce; returns whether it had been seen before.
+    pub fn check_nonce(&mut self, nonce: &[u8; 16], expires_ms: u64) -> Result<bool, StorageError> {
+        let k = key(b"nonce/", &[nonce]);
+        let prev = self.tree.insert(k, &be(expires_ms))?;
+        Ok(prev.is_some())
+    }
+
+    /// Opens a verified-or-not envelope from the network: checks signature,
+    /// recipient, time, session and replay, decrypts, and commits the Olm
+    /// state, the replay entry and the inbox entry in one atomic write.
+    ///
+    /// `knock_session` is the session a KNOCK is creating (its first
+    /// envelope); for plain messages it is `None` and the session must be
+    /// cached. Returns the inbox key and the message.
+    pub fn receive(
+        &mut self,
+        env: &SignedEnvelope,
+        knock_session: Option<&SessionInfo>,
+        now_ms: u64,
+    ) -> Result<(u64, Received), OpenError> {
+        let body = env.open(&self.me, now_ms)?;
+        let seen_key = key(b"seen/", &[body.from.as_bytes(), &body.id.0]);
+        if self.tree.contains_key(&seen_key).map_err(StorageError::from)? {
+            return Err(OpenError::Duplicate);
+        }
+        let info = match knock_session {
+            Some(info) if info.id == body.session && info.peer == body.from => info.clone(),
+            Some(_) => return Err(OpenError::UnknownSession),
+            None => self
+                .tree
+                .get(key(b"ses/", &[body.from.as_bytes(), &body.session.0]))
+                .map_err(StorageError::from)?
+                .and_then(|v| codec::decode::<SessionInfo>(&v, 4096).ok())
+                .filter(|s| s.expires_ms > now_ms)
+                .ok_or(OpenError::UnknownSession)?,
+        };
+        let msg = OlmMessage::from_parts(body.olm_type as usize, &body.ciphertext)
+            .map_err(|e| OpenError::Decrypt(e.to_string()))?;
+        let (olm, plain, created) = self.decrypt(&body.from, &msg)?;
+        let plain = Zeroizing::new(plain);
+        let payload: serde_json::Value = match serde_json::from_slice(&plain) {
+            Ok(p) => p,
+            Err(_) => {
+                // Keep the ratchet where it was: the message is refused.
+                self.olm.entry(body.from).or_default().push(olm);
+                return Err(OpenError::BadPayload);
+            }
+        };
+        let received = Received {
+            id: body.id,
+            from: body.from,
+            session: body.session,
+            seq: body.seq,
+            ts_ms: body.ts_ms,
+            payload,
+        };
+        let arrival = self.db.generate_id().map_err(StorageError::from)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            seen_key,
+            &be(body.expires_ms.max(now_ms) + MAX_CLOCK_SKEW_MS),
+        );
+        self.put_olm(&mut batch, &body.from, &olm);
+        if knock_session.is_some() {
+            self.put_info(&mut batch, &info)?;
+        }
+        if created {
+            self.put_account(&mut batch);
+        }
+        let plain_rec = Zeroizing::new(
+            codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        );
+        let inbox_key = key(b"inbox/", &[&be(arrival)]);
+        batch.insert(inbox_key.clone(), self.inbox_sealer.seal(&plain_rec, &inbox_key));
+        let committed = self.tree.apply_batch(batch);
+        self.push_olm(body.from, olm);
+        committed.map_err(StorageError::from)?;
+        if created && self.account.stored_one_time_key_count() < ONE_TIME_KEYS_LOW {
+            self.account
+                .generate_one_time_keys(ONE_TIME_KEYS - self.account.stored_one_time_key_count());
+            let mut batch = sled::Batch::default();
+            self.put_account(&mut batch);
+            self.tree.apply_batch(batch).map_err(StorageError::from)?;
+        }
+        if created {
+            self.prekeys_changed = true;
+        }
+        Ok((arrival, received))
+    }
+
+    /// Decrypts with an existing session of `peer` or a new inbound one.
+    /// Returns the session (removed from the in-memory list: the caller puts
+    /// it back), the plaintext and whether the session is new.
+    fn decrypt(&mut self, peer: &Amid, msg: &OlmMessage) -> Result<(Session, Vec<u8>, bool), OpenError> {
+        let list = self.olm.entry(*peer).or_default();
+        if let OlmMessage::PreKey(pre) = msg {
+            let sid = pre.session_id();
+            if let Some(i) = list.iter().position(|s| s.session_id() == sid) {
+                let mut s = list.remove(i);
+                return match s.decrypt(msg) {
+                    Ok(p) => Ok((s, p, false)),
+                    Err(e) => {
+                        list.insert(i, s);
+                        Err(OpenError::Decrypt(e.to_string()))
+                    }
+                };
+            }
+            let res = self
+                .account
+                .create_inbound_session(SessionConfig::version_1(), pre.identity_key(), pre)
+                .map_err(|e| match e {
+                    vodozemac::olm::SessionCreationError::MissingOneTimeKey(_) => {
+                        OpenError::PrekeyUnavailable
+                    }
+                    e => OpenError::Decrypt(e.to_string()),
+                })?;
+            return Ok((res.session, res.plaintext, true));
+        }
+        // Newest first.
+        for i in (0..list.len()).rev() {
+            if let Ok(p) = list[i].decrypt(msg) {
+                let s = list.remove(i);
+                return Ok((s, p, false));
+            }
+        }
+        debug!(%peer, "no olm session decrypts the message");
+        Err(OpenError::Decrypt("no session decrypts the message".into()))
+    }
+
+    /// Stores a session accepted by us (responder side) together with the
+    /// KNOCK's first message: see [`Self::receive`].
+    pub fn responder_info(peer: Amid, id: SessionId, intent: Intent, now_ms: u64, expires_ms: u64) -> SessionInfo {
+        SessionInfo {
+            id,
+            peer,
+            role: Role::Responder,
+            intent,
+            created_ms: now_ms,
+            expires_ms,
+            next_seq: 1,
+        }
+    }
+
+    /// Messages in the inbox not yet taken by the application, oldest first.
+    pub fn inbox(&self) -> Vec<(u64, Received)> {
+        self.tree
+            .scan_prefix(b"inbox/")
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let plain = self.inbox_sealer.open(&v, &k).ok()?;
+                let r: Received = codec::decode(&plain, usize::MAX).ok()?;
+                Some((read_be(&k[6..]), r))
+            })
+            .collect()
+    }
+
+    /// Removes a message the application has taken.
+    pub fn take_inbox(&self, arrival: u64) -> Result<(), StorageError> {
+        self.tree.remove(key(b"inbox/", &[&be(arrival)]))?;
+        Ok(())
+    }
+
+    /// Drops replay and nonce entries that expired before `now_ms`.
+    pub fn sweep(&self, now_ms: u64) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for prefix in [&b"seen/"[..], b"nonce/"] {
+            for item in self.tree.scan_prefix(prefix) {
+                let (k, v) = item?;
+                if read_be(&v) < now_ms {
+                    self.tree.remove(k)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Flushes to disk.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn card_of(store: &SessionStore, amid: Amid) -> AgentCard {
+        let (id, otks, fb) = store.card_keys();
+        AgentCard {
+            amid,
+            olm_identity_key: id,
+            one_time_keys: otks.into_iter().map(serde_bytes::ByteArray::new).collect(),
+            fallback_key: fb,
+            capabilities: vec![],
+            addrs: vec![],
+            seq: 0,
+            expires_ms: 0,
+        }
+    }
+
+    struct Side {
+        id: Identity,
+        store: SessionStore,
+        _dir: tempfile::TempDir,
+    }
+
+    fn side(seed: u8) -> Side {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let id = Identity::from_seed(&[seed; 32]);
+        let store = SessionStore::open(id.amid(), &db, &[seed; 32]).unwrap();
+        Side { id, store, _dir: dir }
+    }
+
+    #[test]
+    fn first_message_then_conversation_then_replay() {
+        let mut a = side(1);
+        let mut b = side(2);
+        let now = 1_000_000;
+        let card = card_of(&b.store, b.id.amid());
+        let (pending, env) = a
+            .store
+            .seal_first(&a.id, &card, false, Intent::default(), MessageId([1; 16]), &json!({"n": 1}), now)
+            .unwrap();
+        let sid = SessionStore::pending_session_id(&pending);
+        let info = SessionStore::responder_info(a.id.amid(), sid, Intent::default(), now, now + 10_000_000);
+        let (_, got) = b.store.receive(&env, Some(&info), now).unwrap();
+        assert_eq!(got.payload, json!({"n": 1}));
+        a.store.commit_outbound(pending, now + 10_000_000).unwrap();
+
+        // replay of the first envelope is a duplicate, never delivered twice
+        assert!(matches!(b.store.receive(&env, Some(&info), now), Err(OpenError::Duplicate)));
+
+        let env2 = a.store.seal(&a.id, &b.id.amid(), MessageId([2; 16]), &json!("two"), now).unwrap();
+        let (_, got) = b.store.receive(&env2, None, now).unwrap();
+        assert_eq!(got.payload, json!("two"));
+        assert_eq!(got.seq, 1);
+
+        // b answers in the same session
+        let env3 = b.store.seal(&b.id, &a.id.amid(), MessageId([3; 16]), &json!("three"), now).unwrap();
+        let (_, got) = a.store.receive(&env3, None, now).unwrap();
+        assert_eq!(got.payload, json!("three"));
+        assert_eq!(b.store.inbox().len(), 2);
+        assert!(b.store.take_prekeys_changed());
+    }
+
+    #[test]
+    fn tampered_and_unknown_session_refused() {
+        let mut a = side(1);
+        let mut b = side(2);
+        let now = 1_000_000;
+        let card = card_of(&b.store, b.id.amid());
+        let (pending, env) = a
+            .store
+            .seal_first(&a.id, &card, false, Intent::default(), MessageId([1; 16]), &json!(1), now)
+            .unwrap();
+        // no KNOCK accepted: the session is unknown
+        assert!(matches!(b.store.receive(&env, None, now), Err(OpenError::UnknownSession)));
+        let sid = SessionStore::pending_session_id(&pending);
+        let info = SessionStore::responder_info(a.id.amid(), sid, Intent::default(), now, now + 10_000);
+        let mut bad = env.clone();
+        bad.tamper();
+        assert!(matches!(
+            b.store.receive(&bad, Some(&info), now),
+            Err(OpenError::Envelope(_))
+        ));
+        assert!(b.store.inbox().is_empty());
+        // the genuine one still goes through
+        assert!(b.store.receive(&env, Some(&info), now).is_ok());
+    }
+
+    #[test]
+    fn survives_restart() {
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let ida = Identity::from_seed(&[1; 32]);
+        let idb = Identity::from_seed(&[2; 32]);
+        let now = 1_000_000;
+        let db_a = sled::open(dir_a.path()).unwrap();
+        let mut a = SessionStore::open(ida.amid(), &db_a, &[1; 32]).unwrap();
+        let info;
+        {
+            let db_b = sled::open(dir_b.path()).unwrap();
+            let mut b = SessionStore::open(idb.amid(), &db_b, &[2; 32]).unwrap();
+            let card = card_of(&b, idb.amid());
+            let (p, env) = a
+                .seal_first(&ida, &card, false, Intent::default(), MessageId([1; 16]), &json!(1), now)
+                .unwrap();
+            info = SessionStore::responder_info(ida.amid(), SessionStore::pending_session_id(&p), Intent::default(), now, now + 10_000_000);
+            b.receive(&env, Some(&info), now).unwrap();
+            a.commit_outbound(p, now + 10_000_000).unwrap();
+            b.flush().unwrap();
+        }
+        let db_b = sled::open(dir_b.path()).unwrap();
+        let mut b = SessionStore::open(idb.amid(), &db_b, &[2; 32]).unwrap();
+        let env = a.seal(&ida, &idb.amid(), MessageId([2; 16]), &json!("after"), now).unwrap();
+        assert_eq!(b.receive(&env, None, now).unwrap().1.payload, json!("after"));
+        // wrong storage key cannot read the pickles
+        drop(b);
+        drop(db_b);
+        let db_b = sled::open(dir_b.path()).unwrap();
+        assert!(SessionStore::open(idb.amid(), &db_b, &[9; 32]).is_err());
+    }
+}

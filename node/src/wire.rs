@@ -1,0 +1,96 @@
+//! Frames of the AgentMesh stream protocols.
+//!
+//! - `/agentmesh/knock/1`: one stream per KNOCK. The initiator writes one
+//!   [`SignedKnock`](crate::knock::SignedKnock) frame, the receiver answers
+//!   with one [`SignedDecision`](crate::knock::SignedDecision) frame.
+//! - `/agentmesh/msg/1`: one long-lived stream per peer and direction. The
+//!   sender writes [`MsgFrame::Envelope`]s; the receiver answers each with
+//!   [`MsgFrame::Ack`] once the message is durably stored, or
+//!   [`MsgFrame::Nack`] with a typed reason. Acks may be pipelined.
+//!
+//! Every frame is length-prefixed (see `agentmesh_transports::framing`) and
+//! at most [`MAX_FRAME_SIZE`] bytes.
+
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+use agentmesh_transports::codec;
+
+use crate::{
+    envelope::{MessageId, MAX_ENVELOPE_SIZE},
+    knock::{RejectReason, MAX_KNOCK_SIZE},
+};
+
+/// Protocol id of KNOCK.
+pub const KNOCK_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/knock/1");
+/// Protocol id of the message stream.
+pub const MSG_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/msg/1");
+/// Largest frame on any AgentMesh stream.
+pub const MAX_FRAME_SIZE: usize = MAX_KNOCK_SIZE + 1024;
+
+/// A frame on the message stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MsgFrame {
+    /// An encoded [`SignedEnvelope`](crate::envelope::SignedEnvelope).
+    Envelope(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The message was stored (or was a duplicate of a stored one).
+    Ack {
+        /// The message.
+        id: MessageId,
+    },
+    /// The message was refused and will never be delivered.
+    Nack {
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Errors decoding a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameDecodeError {
+    /// Not a valid frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+impl MsgFrame {
+    /// Encodes for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self).unwrap_or_default()
+    }
+
+    /// Decodes from the wire.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FrameDecodeError> {
+        codec::decode(bytes, MAX_ENVELOPE_SIZE + 64)
+            .map_err(|e| FrameDecodeError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        for f in [
+            MsgFrame::Envelope(vec![1, 2, 3]),
+            MsgFrame::Ack { id: MessageId([1; 16]) },
+            MsgFrame::Nack { id: MessageId([2; 16]), reason: RejectReason::UnknownSession },
+        ] {
+            assert_eq!(MsgFrame::from_bytes(&f.to_bytes()).unwrap(), f);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes: Vec<u8>) {
+            let _ = MsgFrame::from_bytes(&bytes);
+        }
+    }
+}
