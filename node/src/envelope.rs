@@ -175,6 +175,13 @@ impl SignedEnvelope {
         Ok(body)
     }
 
+    /// The message id from the (unverified) body, to label a refusal.
+    pub fn peek_id(&self) -> Option<MessageId> {
+        codec::decode::<EnvelopeBody>(&self.body, MAX_ENVELOPE_SIZE)
+            .ok()
+            .map(|b| b.id)
+    }
+
     /// Flips one bit of the signed body (for tests of tamper detection).
     #[doc(hidden)]
     pub fn tamper(&mut self) {

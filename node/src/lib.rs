@@ -1,12 +1,58 @@
 //! # agentmesh-node
+//!
+//! An AgentMesh agent: a cryptographic identity that finds other agents by
+//! AMID through a Kademlia DHT, asks them for a session with a KNOCK that
+//! their deterministic policy judges, and exchanges end-to-end encrypted
+//! messages (Olm: 3DH + Double Ratchet) over direct QUIC or TCP connections.
+//!
+//! - **Identity**: one Ed25519 key is the agent's signing key and its libp2p
+//!   key. Its text form, the [`Amid`], embeds the key with a checksum, so an
+//!   AMID is enough to check signatures and to dial.
+//! - **Discovery**: each agent publishes a signed [`AgentCard`](card::AgentCard)
+//!   (keys, one-time prekeys, addresses, capabilities) in the DHT.
+//! - **KNOCK**: the first message to a new peer rides in a signed KNOCK; the
+//!   receiver's [`Policy`] accepts or rejects it with a typed reason.
+//! - **Messages**: signed CBOR envelopes on one long-lived stream per peer,
+//!   acknowledged once durably stored; duplicates and replays are dropped.
+//!
+//! ```no_run
+//! use agentmesh_node::{Config, Node, Passphrase};
+//!
+//! # async fn run(bob: agentmesh_node::Amid, bootstrap: libp2p::Multiaddr) -> Result<(), Box<dyn std::error::Error>> {
+//! let alice = Node::builder(Config::local())
+//!     .data_dir("/tmp/alice")
+//!     .passphrase(Passphrase::new("correct horse battery staple"))
+//!     .bootstrap(bootstrap)
+//!     .spawn()
+//!     .await?;
+//! let receipt = alice.send(&bob, serde_json::json!({"text": "hello"})).await?;
+//! println!("delivered over {}", receipt.path);
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod card;
+pub mod control;
+pub mod envelope;
+pub mod events;
 pub mod identity;
 pub mod keystore;
+pub mod knock;
+mod node;
 pub mod session;
 pub mod storage;
-pub mod card;
-pub mod envelope;
-pub mod knock;
 pub mod wire;
+
+pub use events::{Message, NodeEvent, Receipt};
+pub use identity::{Amid, Identity};
+pub use keystore::Passphrase;
+pub use knock::{Intent, Policy, RejectReason};
+pub use node::{
+    amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
+    SendError, SessionStatus, SpawnError,
+};
+
+pub use agentmesh_transports::PathKind;
+pub use libp2p::{Multiaddr, PeerId};

@@ -521,7 +521,11 @@ impl SessionStore {
     ) -> Result<(u64, Received), OpenError> {
         let body = env.open(&self.me, now_ms)?;
         let seen_key = key(b"seen/", &[body.from.as_bytes(), &body.id.0]);
-        if self.tree.contains_key(&seen_key).map_err(StorageError::from)? {
+        let duplicate = self.tree.contains_key(&seen_key).map_err(StorageError::from)?;
+        // A duplicate plain message is dropped at once. A duplicate first
+        // message of a KNOCK (the initiator lost our answer and knocked
+        // again) still sets up the new session, but is not delivered again.
+        if duplicate && knock_session.is_none() {
             return Err(OpenError::Duplicate);
         }
         let info = match knock_session {
@@ -555,12 +559,7 @@ impl SessionStore {
             ts_ms: body.ts_ms,
             payload,
         };
-        let arrival = self.db.generate_id().map_err(StorageError::from)?;
         let mut batch = sled::Batch::default();
-        batch.insert(
-            seen_key,
-            &be(body.expires_ms.max(now_ms) + MAX_CLOCK_SKEW_MS),
-        );
         self.put_olm(&mut batch, &body.from, &olm);
         if knock_session.is_some() {
             self.put_info(&mut batch, &info)?;
@@ -568,6 +567,17 @@ impl SessionStore {
         if created {
             self.put_account(&mut batch);
         }
+        if duplicate {
+            let committed = self.tree.apply_batch(batch);
+            self.push_olm(body.from, olm);
+            committed.map_err(StorageError::from)?;
+            return Err(OpenError::Duplicate);
+        }
+        let arrival = self.db.generate_id().map_err(StorageError::from)?;
+        batch.insert(
+            seen_key,
+            &be(body.expires_ms.max(now_ms) + MAX_CLOCK_SKEW_MS),
+        );
         let plain_rec = Zeroizing::new(
             codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,
         );
@@ -732,8 +742,9 @@ mod tests {
         assert_eq!(got.payload, json!({"n": 1}));
         a.store.commit_outbound(pending, now + 10_000_000).unwrap();
 
-        // replay of the first envelope is a duplicate, never delivered twice
-        assert!(matches!(b.store.receive(&env, Some(&info), now), Err(OpenError::Duplicate)));
+        // replay of the first envelope as a plain message is a duplicate
+        assert!(matches!(b.store.receive(&env, None, now), Err(OpenError::Duplicate)));
+        assert_eq!(b.store.inbox().len(), 1);
 
         let env2 = a.store.seal(&a.id, &b.id.amid(), MessageId([2; 16]), &json!("two"), now).unwrap();
         let (_, got) = b.store.receive(&env2, None, now).unwrap();

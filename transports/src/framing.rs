@@ -91,3 +91,96 @@ impl FramedStream {
         }
     }
 }
+
+/// The write half of a split [`FramedStream`].
+pub struct FrameWriter {
+    inner: futures::stream::SplitSink<Framed<Compat<Stream>, LengthDelimitedCodec>, Bytes>,
+    max: usize,
+}
+
+/// The read half of a split [`FramedStream`].
+pub struct FrameReader {
+    inner: futures::stream::SplitStream<Framed<Compat<Stream>, LengthDelimitedCodec>>,
+    max: usize,
+}
+
+impl std::fmt::Debug for FrameWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameWriter").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader").finish_non_exhaustive()
+    }
+}
+
+fn map_io(e: std::io::Error, max: usize) -> FrameError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        FrameError::TooLarge { max }
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+impl FramedStream {
+    /// Splits into independent read and write halves.
+    pub fn split(self) -> (FrameWriter, FrameReader) {
+        let (w, r) = self.inner.split();
+        (
+            FrameWriter {
+                inner: w,
+                max: self.max,
+            },
+            FrameReader {
+                inner: r,
+                max: self.max,
+            },
+        )
+    }
+}
+
+impl FrameWriter {
+    /// Sends one frame and flushes it.
+    pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), FrameError> {
+        if frame.len() > self.max {
+            return Err(FrameError::TooLarge { max: self.max });
+        }
+        let max = self.max;
+        self.inner
+            .send(Bytes::from(frame))
+            .await
+            .map_err(|e| map_io(e, max))
+    }
+
+    /// Queues one frame without flushing.
+    pub async fn feed(&mut self, frame: Vec<u8>) -> Result<(), FrameError> {
+        if frame.len() > self.max {
+            return Err(FrameError::TooLarge { max: self.max });
+        }
+        let max = self.max;
+        self.inner
+            .feed(Bytes::from(frame))
+            .await
+            .map_err(|e| map_io(e, max))
+    }
+
+    /// Flushes queued frames.
+    pub async fn flush(&mut self) -> Result<(), FrameError> {
+        let max = self.max;
+        self.inner.flush().await.map_err(|e| map_io(e, max))
+    }
+}
+
+impl FrameReader {
+    /// Receives the next frame; `Ok(None)` when the peer closed the stream.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let max = self.max;
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(b.freeze())),
+            Some(Err(e)) => Err(map_io(e, max)),
+        }
+    }
+}

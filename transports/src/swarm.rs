@@ -16,6 +16,10 @@ pub struct TransportConfig {
     pub listen: Vec<Multiaddr>,
     /// How long a connection with no open stream stays up. Defaults to 60 s.
     pub idle_timeout: Duration,
+    /// How many of a peer's addresses are dialled at once. Defaults to 1, so
+    /// addresses are tried in the order given (QUIC first, see
+    /// [`sort_by_preference`]) and the preferred transport wins.
+    pub dial_concurrency: std::num::NonZeroU8,
 }
 
 impl Default for TransportConfig {
@@ -23,6 +27,7 @@ impl Default for TransportConfig {
         Self {
             listen: default_listen_addrs(),
             idle_timeout: Duration::from_secs(60),
+            dial_concurrency: std::num::NonZeroU8::MIN,
         }
     }
 }
@@ -67,6 +72,7 @@ pub fn build_swarm<B: NetworkBehaviour>(
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Result<Swarm<B>, TransportError> {
     let idle = config.idle_timeout;
+    let concurrency = config.dial_concurrency;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -77,7 +83,10 @@ pub fn build_swarm<B: NetworkBehaviour>(
         .with_quic()
         .with_behaviour(|k| Ok(behaviour(k)))
         .map_err(|e| TransportError::Behaviour(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle)
+                .with_dial_concurrency_factor(concurrency)
+        })
         .build();
     for addr in &config.listen {
         swarm
@@ -114,6 +123,17 @@ impl std::fmt::Display for PathKind {
             PathKind::Other => "other",
         })
     }
+}
+
+/// Orders addresses by transport preference: QUIC, then TCP, then relayed
+/// and others; stable within each kind.
+pub fn sort_by_preference(addrs: &mut [Multiaddr]) {
+    addrs.sort_by_key(|a| match path_of(a) {
+        PathKind::DirectQuic => 0,
+        PathKind::DirectTcp => 1,
+        PathKind::Relayed => 2,
+        PathKind::Other => 3,
+    });
 }
 
 /// Classifies a connection's remote address.

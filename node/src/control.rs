@@ -1,0 +1,223 @@
+//! The local control socket: how the `agentmesh` CLI (and the devnet) talk to
+//! a running node. A Unix socket in the data directory, readable only by its
+//! owner, carrying one JSON request and one JSON response per line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    events::Receipt,
+    identity::Amid,
+    knock::{Intent, RejectReason},
+    node::{Node, NodeStatus, SendError},
+};
+
+/// File name of the control socket inside the data directory.
+pub const SOCKET_FILE: &str = "agentmesh.sock";
+/// Longest request line accepted.
+const MAX_LINE: usize = 1024 * 1024;
+
+/// A request to the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Send a message and wait for its receipt.
+    Send {
+        /// Recipient AMID.
+        to: String,
+        /// JSON payload.
+        payload: serde_json::Value,
+        /// Capability declared in the KNOCK.
+        #[serde(default)]
+        capability: Option<String>,
+    },
+    /// Report status.
+    Status,
+    /// Block an agent.
+    Block {
+        /// The AMID.
+        amid: String,
+    },
+}
+
+/// The node's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The receipt of a sent message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+    /// The status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+    /// What went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why the recipient refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RejectReason>,
+}
+
+impl Response {
+    fn error(e: impl ToString) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Errors of the control client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No node is listening on the socket.
+    #[error("no running node at {path} (start one with `agentmesh run`): {source}")]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node answered something unreadable.
+    #[error("bad response: {0}")]
+    BadResponse(String),
+}
+
+/// Serves the control socket at `path` until the node stops.
+pub async fn serve(node: Node, path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(node, stream).await {
+                debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 64)).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.len() > MAX_LINE {
+            warn!("control request too long");
+            break;
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => answer(&node, req).await,
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+use tokio::io::AsyncReadExt;
+
+async fn answer(node: &Node, req: Request) -> Response {
+    match req {
+        Request::Send {
+            to,
+            payload,
+            capability,
+        } => {
+            let to: Amid = match to.parse() {
+                Ok(a) => a,
+                Err(e) => return Response::error(format!("invalid AMID: {e}")),
+            };
+            let mut intent = Intent::default();
+            if let Some(c) = capability {
+                intent.capability = c;
+            }
+            match node.send_with(&to, payload, intent).await {
+                Ok(r) => Response {
+                    ok: true,
+                    receipt: Some(r),
+                    ..Response::default()
+                },
+                Err(SendError::Rejected(reason)) => Response {
+                    ok: false,
+                    error: Some(format!("rejected: {reason}")),
+                    reason: Some(reason),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            }
+        }
+        Request::Status => Response {
+            ok: true,
+            status: Some(node.status().await),
+            ..Response::default()
+        },
+        Request::Block { amid } => match amid.parse() {
+            Ok(a) => {
+                node.block(a);
+                Response {
+                    ok: true,
+                    ..Response::default()
+                }
+            }
+            Err(e) => Response::error(format!("invalid AMID: {e}")),
+        },
+    }
+}
+
+/// A client of a node's control socket.
+#[derive(Debug)]
+pub struct Client {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to the node whose data directory is `dir`.
+    pub async fn connect(dir: &Path) -> Result<Self, ControlError> {
+        let path = dir.join(SOCKET_FILE);
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|source| ControlError::NotRunning { path, source })?;
+        let (r, w) = stream.into_split();
+        Ok(Self {
+            lines: BufReader::new(r).lines(),
+            w,
+        })
+    }
+
+    /// Sends `req` and reads the response.
+    pub async fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        line.push(b'\n');
+        self.w.write_all(&line).await?;
+        let resp = self
+            .lines
+            .next_line()
+            .await?
+            .ok_or_else(|| ControlError::BadResponse("connection closed".into()))?;
+        serde_json::from_str(&resp).map_err(|e| ControlError::BadResponse(e.to_string()))
+    }
+}

@@ -1,0 +1,150 @@
+//! What a node reports to its application.
+
+use serde::{Deserialize, Serialize};
+
+use agentmesh_transports::PathKind;
+
+use crate::{
+    envelope::{MessageId, SessionId},
+    identity::Amid,
+    knock::RejectReason,
+    session::Received,
+};
+
+/// An event of a running node. Also printed, one JSON object per line, by
+/// `agentmesh run --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A listener is up.
+    Listening {
+        /// The address, with `/p2p/<peer id>`.
+        addr: String,
+    },
+    /// The agent card was published in the DHT.
+    CardPublished {
+        /// Record sequence number.
+        seq: u64,
+        /// Whether at least one other peer stored it.
+        stored_remotely: bool,
+    },
+    /// A connection to a peer opened.
+    Connected {
+        /// The peer (its AMID when it is an agent key).
+        peer: String,
+        /// Over what.
+        path: PathKind,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: String,
+    },
+    /// A message arrived and was stored (read it with `Node::messages`).
+    MessageReceived {
+        /// Message id.
+        id: MessageId,
+        /// Sender.
+        from: Amid,
+        /// Over what.
+        path: PathKind,
+    },
+    /// A message we sent was acknowledged by its recipient.
+    Delivered {
+        /// Message id.
+        id: MessageId,
+        /// Recipient.
+        to: Amid,
+        /// Over what.
+        path: PathKind,
+        /// Whether this message opened the session (rode in the KNOCK).
+        knocked: bool,
+    },
+    /// A message we sent was refused by its recipient.
+    Rejected {
+        /// Message id.
+        id: MessageId,
+        /// Recipient.
+        to: Amid,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// A message we sent could not be delivered.
+    Failed {
+        /// Message id.
+        id: MessageId,
+        /// Recipient.
+        to: Amid,
+        /// Why.
+        error: String,
+    },
+    /// We decided on an incoming KNOCK.
+    KnockDecided {
+        /// Initiator.
+        from: Amid,
+        /// Accepted?
+        accepted: bool,
+        /// Why not.
+        reason: Option<RejectReason>,
+        /// The session, when accepted.
+        session: Option<SessionId>,
+    },
+    /// An incoming envelope or KNOCK was refused.
+    Refused {
+        /// The sender, when known.
+        from: Option<String>,
+        /// Why.
+        reason: RejectReason,
+        /// Details.
+        detail: String,
+    },
+}
+
+/// A received message, as handed to the application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Message {
+    /// Message id.
+    pub id: MessageId,
+    /// Sender.
+    pub from: Amid,
+    /// Session.
+    pub session: SessionId,
+    /// Sender's sequence number in the session.
+    pub seq: u64,
+    /// Sending time, ms since the epoch.
+    pub ts_ms: u64,
+    /// Decrypted payload.
+    pub payload: serde_json::Value,
+    /// Over what it arrived.
+    pub path: PathKind,
+}
+
+impl Message {
+    pub(crate) fn new(r: Received, path: PathKind) -> Self {
+        Self {
+            id: r.id,
+            from: r.from,
+            session: r.session,
+            seq: r.seq,
+            ts_ms: r.ts_ms,
+            payload: r.payload,
+            path,
+        }
+    }
+}
+
+/// Proof that a message reached its recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// Message id.
+    pub id: MessageId,
+    /// Recipient.
+    pub to: Amid,
+    /// Over what.
+    pub path: PathKind,
+    /// Whether the message rode in a KNOCK (opened the session).
+    pub knocked: bool,
+}

@@ -1,0 +1,713 @@
+//! The node: a handle to a running agent.
+//!
+//! [`Node`] is a cheap handle; the work happens in tasks it spawns: the swarm
+//! actor (libp2p: transports, DHT, identify, ping, streams), one acceptor per
+//! stream protocol, and one outbound link per peer that owns the long-lived
+//! message stream, its window of unacknowledged messages and reconnection.
+//! Dropping every handle, or [`Node::shutdown`], stops them all.
+
+mod inbound;
+mod link;
+mod swarm;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, Instrument};
+
+use agentmesh_dht::{now_ms, DhtConfig};
+use agentmesh_transports::{PathKind, TransportConfig};
+
+use crate::{
+    envelope::{MessageId, SessionId},
+    events::{Message, NodeEvent, Receipt},
+    identity::{Amid, Identity},
+    keystore::{KdfParams, Keystore, KeystoreError, Passphrase},
+    knock::{Intent, Policy, RejectReason},
+    session::{Role, SessionStore},
+    storage::StorageError,
+};
+
+/// Depth of the command channel to the swarm actor.
+const COMMAND_QUEUE: usize = 256;
+/// Depth of each peer's outbound queue.
+const PEER_QUEUE: usize = 1024;
+/// Depth of the channel of received messages to the application.
+const INBOX_QUEUE: usize = 256;
+/// Depth of the event broadcast.
+const EVENT_QUEUE: usize = 4096;
+
+/// Node settings. Build with a preset ([`Config::local`]) and adjust fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Transport settings. Defaults to QUIC + TCP on 127.0.0.1.
+    pub transport: TransportConfig,
+    /// DHT settings. Defaults to server mode.
+    pub dht: DhtConfig,
+    /// Capabilities advertised in the card. Defaults to `["chat"]`.
+    pub capabilities: Vec<String>,
+    /// Lifetime of a published card. Defaults to 1 h.
+    pub card_ttl: Duration,
+    /// Republish the card after this long. Defaults to 20 min.
+    pub republish_every: Duration,
+    /// How long a send keeps trying before it fails. Defaults to 60 s.
+    pub delivery_timeout: Duration,
+    /// Most unacknowledged messages in flight per peer. Defaults to 64.
+    pub window: usize,
+    /// Keystore key derivation cost. Defaults to Argon2id 19 MiB, t=2.
+    pub kdf: KdfParams,
+    /// The receiver's policy. Defaults to [`Policy::permissive`].
+    pub policy: Policy,
+}
+
+impl Config {
+    /// Everything on loopback: the preset for a local network and tests.
+    pub fn local() -> Self {
+        Self {
+            transport: TransportConfig::default(),
+            dht: DhtConfig::default(),
+            capabilities: vec!["chat".into()],
+            card_ttl: Duration::from_secs(3600),
+            republish_every: Duration::from_secs(20 * 60),
+            delivery_timeout: Duration::from_secs(60),
+            window: 64,
+            kdf: KdfParams::default(),
+            policy: Policy::permissive(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::local()
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// No data directory was given.
+    #[error("no data directory")]
+    NoDataDir,
+    /// The keystore could not be opened.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// The database could not be opened (is another node using it?).
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    /// Sessions could not be loaded.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The DHT could not be started.
+    #[error(transparent)]
+    Dht(#[from] agentmesh_dht::DhtError),
+    /// The transports could not be started.
+    #[error(transparent)]
+    Transport(#[from] agentmesh_transports::TransportError),
+    /// An identity error.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::AmidError),
+}
+
+/// Errors sending a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The recipient refused the KNOCK or the message.
+    #[error("rejected by recipient: {0}")]
+    Rejected(RejectReason),
+    /// The recipient's card was not found in the DHT.
+    #[error("no card found for {0}")]
+    NotFound(Amid),
+    /// The message could not be delivered in time.
+    #[error("delivery failed: {0}")]
+    Failed(String),
+    /// The payload is too large or not serializable.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// The node is shutting down.
+    #[error("node stopped")]
+    Stopped,
+}
+
+/// A message waiting in a peer link.
+struct Outgoing {
+    id: MessageId,
+    payload: serde_json::Value,
+    intent: Intent,
+    reply: Option<oneshot::Sender<Result<Receipt, SendError>>>,
+    deadline: tokio::time::Instant,
+}
+
+/// Command to the swarm actor.
+enum Command {
+    Resolve {
+        amid: Amid,
+        reply: oneshot::Sender<Option<crate::card::AgentCard>>,
+    },
+    Connect {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<PathKind, String>>,
+    },
+    Republish,
+    Status {
+        reply: oneshot::Sender<NetStatus>,
+    },
+}
+
+/// Network part of [`NodeStatus`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NetStatus {
+    /// Our listen addresses.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers and the path of their connection.
+    pub connected: Vec<PeerStatus>,
+    /// Peers in the DHT routing table.
+    pub routing_table: usize,
+    /// Records held in the local DHT store.
+    pub dht_records: usize,
+    /// Whether our card is published on at least one other peer.
+    pub card_published: bool,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// The peer (AMID when it is an agent key).
+    pub peer: String,
+    /// Path of the connection.
+    pub path: PathKind,
+}
+
+/// A cached session, as listed by [`Node::status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SessionStatus {
+    /// The other agent.
+    pub peer: Amid,
+    /// Session id.
+    pub session: SessionId,
+    /// Our side.
+    pub role: Role,
+    /// Expiry, ms since the epoch.
+    pub expires_ms: u64,
+}
+
+/// What [`Node::status`] reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// Our AMID.
+    pub amid: Amid,
+    /// Our key fingerprint.
+    pub fingerprint: String,
+    /// Network state.
+    #[serde(flatten)]
+    pub net: NetStatus,
+    /// Cached sessions.
+    pub sessions: Vec<SessionStatus>,
+    /// Peers we have sessions with.
+    pub known_peers: Vec<Amid>,
+}
+
+/// A message on its way to the application, with its inbox key.
+struct Delivery {
+    arrival: u64,
+    message: Message,
+}
+
+struct Shared {
+    identity: Identity,
+    amid: Amid,
+    config: Config,
+    store: Mutex<SessionStore>,
+    policy: RwLock<Policy>,
+    events: broadcast::Sender<NodeEvent>,
+    inbox_tx: mpsc::Sender<Delivery>,
+    commands: mpsc::Sender<Command>,
+    links: Mutex<HashMap<Amid, mpsc::Sender<Outgoing>>>,
+    paths: Mutex<HashMap<PeerId, PathKind>>,
+    control: libp2p_stream::Control,
+    db: sled::Db,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn emit(&self, e: NodeEvent) {
+        // No subscriber is not an error.
+        let _ = self.events.send(e);
+    }
+
+    fn path_to(&self, peer: &PeerId) -> PathKind {
+        self.paths
+            .lock()
+            .ok()
+            .and_then(|p| p.get(peer).copied())
+            .unwrap_or(PathKind::Other)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, SessionStore> {
+        // A panic while holding the lock is a bug; keep serving with the
+        // state as it is rather than poisoning the whole node.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Builder of a [`Node`].
+#[derive(Debug)]
+pub struct NodeBuilder {
+    config: Config,
+    data_dir: Option<PathBuf>,
+    passphrase: Option<Passphrase>,
+    bootstrap: Vec<Multiaddr>,
+}
+
+impl NodeBuilder {
+    /// Where the keystore and database live.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The keystore passphrase. Defaults to [`Passphrase::from_env`].
+    pub fn passphrase(mut self, p: Passphrase) -> Self {
+        self.passphrase = Some(p);
+        self
+    }
+
+    /// A bootstrap peer to join through (with `/p2p/<peer id>`).
+    pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Several bootstrap peers.
+    pub fn bootstraps(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.bootstrap.extend(addrs);
+        self
+    }
+
+    /// Starts the node.
+    pub async fn spawn(self) -> Result<Node, SpawnError> {
+        let dir = self.data_dir.ok_or(SpawnError::NoDataDir)?;
+        let pass = match self.passphrase {
+            Some(p) => p,
+            None => Passphrase::from_env()?,
+        };
+        let kdf = self.config.kdf;
+        let (keystore, _) = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || Keystore::load_or_create(&dir, &pass, kdf)
+        })
+        .await
+        .map_err(|_| SpawnError::NoDataDir)??;
+        Node::start(keystore, dir, self.config, self.bootstrap).await
+    }
+}
+
+/// A running AgentMesh node.
+///
+/// ```no_run
+/// use agentmesh_node::{Config, Node, Passphrase};
+///
+/// # async fn run(bob: agentmesh_node::Amid, bootstrap: libp2p::Multiaddr) -> Result<(), Box<dyn std::error::Error>> {
+/// let node = Node::builder(Config::local())
+///     .data_dir("/tmp/alice")
+///     .passphrase(Passphrase::new("correct horse battery staple"))
+///     .bootstrap(bootstrap)
+///     .spawn()
+///     .await?;
+/// let receipt = node.send(&bob, serde_json::json!({"text": "hello"})).await?;
+/// println!("delivered over {}", receipt.path);
+/// let mut inbox = node.messages().expect("first call");
+/// while let Some(msg) = inbox.recv().await {
+///     println!("{} says {}", msg.from, msg.payload);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+    inbox: Arc<Mutex<Option<mpsc::Receiver<Delivery>>>>,
+    _guard: Arc<DropGuard>,
+}
+
+struct DropGuard(CancellationToken);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("amid", &self.shared.amid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The application's end of the inbox: received messages, in arrival order.
+/// A message is removed from the durable inbox when it is taken from here.
+pub struct Messages {
+    rx: mpsc::Receiver<Delivery>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages").finish_non_exhaustive()
+    }
+}
+
+impl Messages {
+    /// The next message; `None` once the node stopped.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let d = self.rx.recv().await?;
+        if let Err(e) = self.shared.store().take_inbox(d.arrival) {
+            tracing::warn!(error = %e, "could not remove message from inbox");
+        }
+        Some(d.message)
+    }
+}
+
+impl Node {
+    /// A builder with `config`.
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            data_dir: None,
+            passphrase: None,
+            bootstrap: Vec::new(),
+        }
+    }
+
+    async fn start(
+        keystore: Keystore,
+        dir: PathBuf,
+        config: Config,
+        bootstrap: Vec<Multiaddr>,
+    ) -> Result<Node, SpawnError> {
+        let identity = Identity::from_seed(&keystore.identity().seed());
+        let amid = identity.amid();
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(Some(200))
+            .open()?;
+        let store = SessionStore::open(amid, &db, keystore.storage_key())?;
+        let _ = store.sweep(now_ms());
+        let backlog = store.inbox();
+        drop(keystore);
+
+        let keypair = identity.libp2p_keypair()?;
+        let stream_behaviour = libp2p_stream::Behaviour::new();
+        let control = stream_behaviour.new_control();
+        let behaviour = swarm::Behaviour::new(&keypair, &db, config.dht.clone(), stream_behaviour)?;
+        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |_| behaviour)?;
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            identity,
+            amid,
+            policy: RwLock::new(config.policy.clone()),
+            config,
+            store: Mutex::new(store),
+            events,
+            inbox_tx,
+            commands: cmd_tx,
+            links: Mutex::new(HashMap::new()),
+            paths: Mutex::new(HashMap::new()),
+            control,
+            db,
+            cancel: cancel.clone(),
+        });
+        let span = tracing::info_span!("node", id = %amid.short());
+        info!(parent: &span, %amid, "node starting");
+
+        tokio::spawn(
+            swarm::run(shared.clone(), swarm, cmd_rx, bootstrap).instrument(span.clone()),
+        );
+        // Messages stored before a restart go to the application first.
+        let (backlog_done_tx, backlog_done) = oneshot::channel();
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                for (arrival, r) in backlog {
+                    let message = Message::new(r, PathKind::Other);
+                    if shared.inbox_tx.send(Delivery { arrival, message }).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = backlog_done_tx.send(());
+            });
+        }
+        tokio::spawn(inbound::run(shared.clone(), backlog_done).instrument(span));
+        Ok(Node {
+            _guard: Arc::new(DropGuard(cancel)),
+            shared,
+            inbox: Arc::new(Mutex::new(Some(inbox_rx))),
+        })
+    }
+
+    /// Our AMID.
+    pub fn amid(&self) -> Amid {
+        self.shared.amid
+    }
+
+    /// Our key fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.shared.amid.fingerprint()
+    }
+
+    /// Subscribes to node events.
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The received messages. Returns `Some` once: there is one inbox.
+    pub fn messages(&self) -> Option<Messages> {
+        let rx = self.inbox.lock().ok()?.take()?;
+        Some(Messages {
+            rx,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Calls `handler` for every received message, in order, on a task.
+    /// Takes the inbox: returns `false` if it was already taken.
+    pub fn on_message<F>(&self, mut handler: F) -> bool
+    where
+        F: FnMut(Message) + Send + 'static,
+    {
+        let Some(mut inbox) = self.messages() else {
+            return false;
+        };
+        tokio::spawn(async move {
+            while let Some(m) = inbox.recv().await {
+                handler(m);
+            }
+        });
+        true
+    }
+
+    /// Sends `payload` to `to` and waits until the recipient acknowledged it
+    /// (or refused it). Resolves the recipient through the DHT and KNOCKs
+    /// first when there is no session; the first message rides in the KNOCK.
+    pub async fn send(&self, to: &Amid, payload: serde_json::Value) -> Result<Receipt, SendError> {
+        self.send_with(to, payload, Intent::default()).await
+    }
+
+    /// As [`Node::send`], with the intent declared in a KNOCK.
+    pub async fn send_with(
+        &self,
+        to: &Amid,
+        payload: serde_json::Value,
+        intent: Intent,
+    ) -> Result<Receipt, SendError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(to, payload, intent, Some(tx)).await?;
+        rx.await.map_err(|_| SendError::Stopped)?
+    }
+
+    /// Queues `payload` for `to` and returns at once with its id; the
+    /// outcome arrives as a [`NodeEvent::Delivered`], `Rejected` or `Failed`
+    /// naming that id.
+    pub async fn send_nowait(
+        &self,
+        to: &Amid,
+        payload: serde_json::Value,
+    ) -> Result<MessageId, SendError> {
+        self.enqueue(to, payload, Intent::default(), None).await
+    }
+
+    async fn enqueue(
+        &self,
+        to: &Amid,
+        payload: serde_json::Value,
+        intent: Intent,
+        reply: Option<oneshot::Sender<Result<Receipt, SendError>>>,
+    ) -> Result<MessageId, SendError> {
+        let size = serde_json::to_vec(&payload)
+            .map_err(|e| SendError::InvalidPayload(e.to_string()))?
+            .len();
+        if size > crate::envelope::MAX_PAYLOAD_SIZE {
+            return Err(SendError::InvalidPayload(format!("{size} bytes is too large")));
+        }
+        if to == &self.shared.amid {
+            return Err(SendError::InvalidPayload("cannot send to self".into()));
+        }
+        let id = MessageId::random();
+        let out = Outgoing {
+            id,
+            payload,
+            intent,
+            reply,
+            deadline: tokio::time::Instant::now() + self.shared.config.delivery_timeout,
+        };
+        let tx = link::sender_for(&self.shared, *to);
+        tx.send(out).await.map_err(|_| SendError::Stopped)?;
+        Ok(id)
+    }
+
+    /// Adds `amid` to the blocklist: its KNOCKs are refused from now on and
+    /// its cached sessions are dropped.
+    pub fn block(&self, amid: Amid) {
+        if let Ok(mut p) = self.shared.policy.write() {
+            p.block.insert(amid);
+        }
+        let mut store = self.shared.store();
+        for s in store.all_sessions() {
+            if s.peer == amid {
+                let _ = store.forget_session(&amid, &s.id);
+            }
+        }
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Policy {
+        self.shared
+            .policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sessions, known peers and network state.
+    pub async fn status(&self) -> NodeStatus {
+        let (tx, rx) = oneshot::channel();
+        let net = if self
+            .shared
+            .commands
+            .send(Command::Status { reply: tx })
+            .await
+            .is_ok()
+        {
+            rx.await.unwrap_or_default()
+        } else {
+            NetStatus::default()
+        };
+        let now = now_ms();
+        let sessions: Vec<SessionStatus> = self
+            .shared
+            .store()
+            .all_sessions()
+            .into_iter()
+            .filter(|s| s.expires_ms > now)
+            .map(|s| SessionStatus {
+                peer: s.peer,
+                session: s.id,
+                role: s.role,
+                expires_ms: s.expires_ms,
+            })
+            .collect();
+        let mut known_peers: Vec<Amid> = sessions.iter().map(|s| s.peer).collect();
+        known_peers.sort();
+        known_peers.dedup();
+        NodeStatus {
+            amid: self.shared.amid,
+            fingerprint: self.fingerprint(),
+            net,
+            sessions,
+            known_peers,
+        }
+    }
+
+    /// Waits until the card is published on at least one other peer, or
+    /// `timeout` passes. Returns whether it was published.
+    pub async fn wait_published(&self, timeout: Duration) -> bool {
+        let mut events = self.events();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.status().await.net.card_published {
+                return true;
+            }
+            let next = tokio::time::timeout_at(deadline, events.recv()).await;
+            match next {
+                Err(_) => return false,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return false,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Our listen addresses (with `/p2p/<peer id>`), once listening.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.status()
+            .await
+            .net
+            .listen_addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// Stops the node and flushes its database.
+    pub async fn shutdown(self) {
+        self.shared.cancel.cancel();
+        let _ = self.shared.store().flush();
+        let _ = self.shared.db.flush_async().await;
+    }
+
+    /// The libp2p stream control, for tests that speak the wire protocol
+    /// directly.
+    #[doc(hidden)]
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.shared.control.clone()
+    }
+
+    /// Dials `peer` at `addrs` (for tests that speak the wire directly).
+    #[doc(hidden)]
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<PathKind, String> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Connect {
+                peer,
+                addrs,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "stopped".to_string())?;
+        rx.await.map_err(|_| "stopped".to_string())?
+    }
+
+    /// The identity (for tests that sign wire messages directly).
+    #[doc(hidden)]
+    pub fn identity(&self) -> &Identity {
+        &self.shared.identity
+    }
+}
+
+/// The AMID of a peer id, when the peer's key is Ed25519.
+pub fn amid_of_peer(peer: &PeerId) -> Option<Amid> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Amid::from_libp2p(&pk)
+}
+
+fn peer_label(peer: &PeerId) -> String {
+    amid_of_peer(peer)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| peer.to_string())
+}

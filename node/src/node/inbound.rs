@@ -1,0 +1,350 @@
+//! Serving the AgentMesh protocols: KNOCKs and message streams from peers.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{debug, warn};
+
+use agentmesh_dht::now_ms;
+use agentmesh_transports::framing::FramedStream;
+
+use super::{peer_label, Command, Delivery, Shared};
+use crate::{
+    envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
+    events::{Message, NodeEvent},
+    knock::{Decision, RejectReason, SignedDecision, SignedKnock},
+    session::{OpenError, SessionStore},
+    wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
+};
+
+/// Most KNOCKs handled at once; more wait for a slot.
+const MAX_CONCURRENT_KNOCKS: usize = 64;
+/// Most message streams served at once; more are refused.
+const MAX_MSG_STREAMS: usize = 512;
+/// Time a peer has to send its KNOCK once the stream is open.
+const KNOCK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most envelopes committed together before their acks are sent.
+const ACK_BATCH: usize = 64;
+
+pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>) {
+    // Deliver what was stored before a restart before taking anything new.
+    let _ = backlog_done.await;
+    let mut control = shared.control.clone();
+    let (mut knocks, mut msgs) = match (
+        control.accept(KNOCK_PROTOCOL),
+        control.accept(MSG_PROTOCOL),
+    ) {
+        (Ok(k), Ok(m)) => (k, m),
+        _ => {
+            warn!("stream protocols already registered");
+            return;
+        }
+    };
+    let knock_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_KNOCKS));
+    let msg_slots = Arc::new(Semaphore::new(MAX_MSG_STREAMS));
+    let cancel = shared.cancel.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Some((peer, stream)) = knocks.next() => {
+                let Ok(permit) = knock_slots.clone().acquire_owned().await else { break };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    handle_knock(&shared, peer, stream).await;
+                    drop(permit);
+                });
+            }
+            Some((peer, stream)) = msgs.next() => {
+                let Ok(permit) = msg_slots.clone().try_acquire_owned() else {
+                    warn!(%peer, "too many message streams; refusing one");
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_messages(&shared, peer, stream).await;
+                    drop(permit);
+                });
+            }
+            else => break,
+        }
+    }
+}
+
+fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: String) {
+    warn!(from = from.as_deref().unwrap_or("?"), %reason, %detail, "refused");
+    shared.emit(NodeEvent::Refused {
+        from,
+        reason,
+        detail,
+    });
+}
+
+async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
+    let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
+    let frame = match tokio::time::timeout(KNOCK_READ_TIMEOUT, framed.recv()).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "knock timed out");
+            return;
+        }
+    };
+    let knock = match SignedKnock::from_bytes(&frame) {
+        Ok(k) => k,
+        Err(e) => {
+            // Not even a KNOCK: reset the stream.
+            refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+            return;
+        }
+    };
+    let now = now_ms();
+    let (decision, delivered) = decide(shared, &peer, &knock, now);
+    let signed = SignedDecision::sign(&shared.identity, &knock, decision.clone(), now);
+    if let Err(e) = framed.send(signed.to_bytes()).await {
+        debug!(%peer, error = %e, "could not answer knock");
+    }
+    let _ = framed.close().await;
+    if let Some(d) = delivered {
+        deliver(shared, vec![d]).await;
+    }
+}
+
+/// Runs the policy on a KNOCK and, when accepted, opens its first message.
+fn decide(
+    shared: &Arc<Shared>,
+    peer: &PeerId,
+    knock: &SignedKnock,
+    now: u64,
+) -> (Decision, Option<Delivery>) {
+    let reject = |reason| (Decision::Reject { reason }, None);
+    let body = match knock.verify() {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = match e {
+                crate::knock::KnockError::BadSignature => RejectReason::BadSignature,
+                _ => RejectReason::Malformed,
+            };
+            refuse(shared, Some(peer_label(peer)), reason, e.to_string());
+            return reject(reason);
+        }
+    };
+    // The connection must belong to the initiator: KNOCKs are not relayed.
+    if body.from.peer_id().ok().as_ref() != Some(peer) {
+        refuse(
+            shared,
+            Some(body.from.to_string()),
+            RejectReason::BadSignature,
+            "knock from another peer's connection".into(),
+        );
+        return reject(RejectReason::BadSignature);
+    }
+    let mut store = shared.store();
+    let seen = match store.check_nonce(&body.nonce, body.ts_ms + 2 * MAX_CLOCK_SKEW_MS) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "nonce store failed");
+            return reject(RejectReason::Unavailable);
+        }
+    };
+    let policy = shared
+        .policy
+        .read()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    let decision = policy.evaluate(&shared.amid, &body, seen, now);
+    let Decision::Accept {
+        session,
+        expires_ms,
+    } = decision
+    else {
+        let reason = match decision {
+            Decision::Reject { reason } => reason,
+            Decision::Accept { .. } => RejectReason::Other,
+        };
+        shared.emit(NodeEvent::KnockDecided {
+            from: body.from,
+            accepted: false,
+            reason: Some(reason),
+            session: None,
+        });
+        return (decision, None);
+    };
+    let info = SessionStore::responder_info(body.from, session, body.intent.clone(), now, expires_ms);
+    let first = match SignedEnvelope::from_bytes(&body.first) {
+        Ok(e) => e,
+        Err(e) => {
+            refuse(shared, Some(body.from.to_string()), RejectReason::Malformed, e.to_string());
+            return reject(RejectReason::Malformed);
+        }
+    };
+    let received = match store.receive(&first, Some(&info), now) {
+        Ok(r) => Ok(Some(r)),
+        // Knocked again after losing our answer: the session is set up
+        // anew, the message was delivered the first time.
+        Err(OpenError::Duplicate) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match received {
+        Ok(received) => {
+            let changed = store.take_prekeys_changed();
+            drop(store);
+            if changed {
+                let _ = shared.commands.try_send(Command::Republish);
+            }
+            shared.emit(NodeEvent::KnockDecided {
+                from: body.from,
+                accepted: true,
+                reason: None,
+                session: Some(session),
+            });
+            let path = shared.path_to(peer);
+            let delivery = received.map(|(arrival, r)| Delivery {
+                arrival,
+                message: Message::new(r, path),
+            });
+            (decision, delivery)
+        }
+        Err(e) => {
+            let reason = e.reason();
+            refuse(shared, Some(body.from.to_string()), reason, e.to_string());
+            reject(reason)
+        }
+    }
+}
+
+/// Hands messages to the application (waiting for room: back-pressure
+/// reaches the sender through withheld acks) and reports them.
+async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
+    for d in batch {
+        let event = NodeEvent::MessageReceived {
+            id: d.message.id,
+            from: d.message.from,
+            path: d.message.path,
+        };
+        if shared.inbox_tx.send(d).await.is_err() {
+            return;
+        }
+        shared.emit(event);
+    }
+}
+
+/// Serves one inbound message stream: each envelope is checked, decrypted
+/// and committed; a burst is flushed to disk together, then handed to the
+/// application and acknowledged.
+async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
+    let (mut writer, mut reader) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
+    let cancel = shared.cancel.clone();
+    let mut acks: Vec<MsgFrame> = Vec::new();
+    let mut batch: Vec<Delivery> = Vec::new();
+    loop {
+        // Take what is already buffered without waiting; when nothing is,
+        // commit the burst before blocking on the next frame.
+        let next = if acks.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                f = reader.recv() => Some(f),
+            }
+        } else if acks.len() >= ACK_BATCH {
+            None
+        } else {
+            reader.recv().now_or_never()
+        };
+        let frame = match next {
+            None => {
+                if !commit(shared, &mut batch, &mut acks, &mut writer).await {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(Some(f))) => f,
+            Some(Ok(None)) => {
+                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                return;
+            }
+            Some(Err(e)) => {
+                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+                return;
+            }
+        };
+        let bytes = match MsgFrame::from_bytes(&frame) {
+            Ok(MsgFrame::Envelope(b)) => b,
+            Ok(other) => {
+                debug!(%peer, ?other, "unexpected frame on inbound stream");
+                continue;
+            }
+            Err(e) => {
+                // Garbage on the stream: commit what was good, then reset.
+                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+                return;
+            }
+        };
+        let env = match SignedEnvelope::from_bytes(&bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+                return;
+            }
+        };
+        let id = env.peek_id();
+        let result = shared.store().receive(&env, None, now_ms());
+        match result {
+            Ok((arrival, received)) => {
+                let path = shared.path_to(&peer);
+                acks.push(MsgFrame::Ack { id: received.id });
+                batch.push(Delivery {
+                    arrival,
+                    message: Message::new(received, path),
+                });
+            }
+            Err(OpenError::Duplicate) => {
+                debug!(%peer, "duplicate envelope acknowledged, not delivered");
+                if let Some(id) = id {
+                    acks.push(MsgFrame::Ack { id });
+                }
+            }
+            Err(e) => {
+                let reason = e.reason();
+                refuse(shared, Some(peer_label(&peer)), reason, e.to_string());
+                if let Some(id) = id {
+                    acks.push(MsgFrame::Nack { id, reason });
+                }
+            }
+        }
+    }
+}
+
+/// Flushes the burst to disk, delivers it, and sends its acks. Returns
+/// whether the stream is still usable.
+async fn commit(
+    shared: &Arc<Shared>,
+    batch: &mut Vec<Delivery>,
+    acks: &mut Vec<MsgFrame>,
+    writer: &mut agentmesh_transports::framing::FrameWriter,
+) -> bool {
+    if acks.is_empty() {
+        return true;
+    }
+    if !batch.is_empty() {
+        if let Err(e) = shared.db.flush_async().await {
+            warn!(error = %e, "flush failed; withholding acks");
+            return false;
+        }
+        deliver(shared, std::mem::take(batch)).await;
+    }
+    for a in acks.drain(..) {
+        if writer.feed(a.to_bytes()).await.is_err() {
+            return false;
+        }
+    }
+    writer.flush().await.is_ok()
+}

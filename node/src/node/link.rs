@@ -1,0 +1,467 @@
+//! Outbound links: one task per peer that resolves its card, KNOCKs when
+//! there is no session, and carries messages on one long-lived stream with a
+//! window of unacknowledged messages. On a broken stream it reconnects with
+//! back-off (re-resolving the card when dialling fails) and resends what was
+//! not acknowledged, in order; the receiver drops duplicates by message id.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use libp2p::PeerId;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, warn};
+
+use agentmesh_dht::now_ms;
+use agentmesh_transports::{
+    framing::{FrameReader, FrameWriter, FramedStream},
+    PathKind,
+};
+
+use super::{Command, Outgoing, SendError, Shared, PEER_QUEUE};
+use crate::{
+    card::AgentCard,
+    events::{NodeEvent, Receipt},
+    identity::Amid,
+    knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
+    session::SessionStore,
+    wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
+};
+
+/// Time to wait for a KNOCK's answer.
+const KNOCK_TIMEOUT: Duration = Duration::from_secs(15);
+/// First reconnection delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Time to wait for a card lookup.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The queue of the link to `peer`, starting the link if needed.
+pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgoing> {
+    let mut links = shared.links.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = links.get(&peer) {
+        if !tx.is_closed() {
+            return tx.clone();
+        }
+    }
+    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+    links.insert(peer, tx.clone());
+    let link = Link {
+        shared: shared.clone(),
+        peer,
+        peer_id: peer.peer_id().ok(),
+        rx,
+        requeued: VecDeque::new(),
+        card: None,
+        writer: None,
+        reader: None,
+        inflight: VecDeque::new(),
+        backoff: MIN_BACKOFF,
+        reconnect_at: None,
+    };
+    tokio::spawn(link.run());
+    tx
+}
+
+struct InFlight {
+    out: Outgoing,
+    bytes: Vec<u8>,
+}
+
+struct Link {
+    shared: Arc<Shared>,
+    peer: Amid,
+    peer_id: Option<PeerId>,
+    rx: mpsc::Receiver<Outgoing>,
+    requeued: VecDeque<Outgoing>,
+    card: Option<AgentCard>,
+    writer: Option<FrameWriter>,
+    reader: Option<FrameReader>,
+    inflight: VecDeque<InFlight>,
+    backoff: Duration,
+    reconnect_at: Option<Instant>,
+}
+
+enum LinkError {
+    /// Try again later.
+    Retry(String),
+    /// Give up on this message.
+    Fatal(SendError),
+}
+
+impl Link {
+    async fn run(mut self) {
+        let Some(peer_id) = self.peer_id else {
+            while let Some(out) = self.rx.recv().await {
+                self.fail(out, SendError::Failed("AMID has no valid key".into()));
+            }
+            return;
+        };
+        let cancel = self.shared.cancel.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let window_open = self.inflight.len() < self.shared.config.window.max(1);
+            let reconnect_at = self.reconnect_at;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                frame = async {
+                    match self.reader.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_frame(frame),
+                _ = async { tokio::time::sleep_until(reconnect_at.unwrap_or_else(Instant::now)).await },
+                    if reconnect_at.is_some() => {
+                    self.reconnect_at = None;
+                    if let Err(e) = self.ensure_stream(peer_id).await {
+                        debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
+                        self.schedule_reconnect();
+                    }
+                }
+                Some(out) = async {
+                    match self.requeued.pop_front() {
+                        Some(o) => Some(o),
+                        None => self.rx.recv().await,
+                    }
+                }, if window_open && self.reconnect_at.is_none() => {
+                    self.process(peer_id, out).await;
+                }
+                _ = tick.tick() => self.expire(),
+            }
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.writer = None;
+        self.reader = None;
+        self.reconnect_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn fail(&self, out: Outgoing, err: SendError) {
+        let event = match &err {
+            SendError::Rejected(reason) => NodeEvent::Rejected {
+                id: out.id,
+                to: self.peer,
+                reason: *reason,
+            },
+            e => NodeEvent::Failed {
+                id: out.id,
+                to: self.peer,
+                error: e.to_string(),
+            },
+        };
+        warn!(peer = %self.peer.short(), id = %out.id, error = %err, "message not delivered");
+        self.shared.emit(event);
+        if let Some(r) = out.reply {
+            let _ = r.send(Err(err));
+        }
+    }
+
+    fn delivered(&self, out: Outgoing, path: PathKind, knocked: bool) {
+        let receipt = Receipt {
+            id: out.id,
+            to: self.peer,
+            path,
+            knocked,
+        };
+        self.shared.emit(NodeEvent::Delivered {
+            id: out.id,
+            to: self.peer,
+            path,
+            knocked,
+        });
+        if let Some(r) = out.reply {
+            let _ = r.send(Ok(receipt));
+        }
+    }
+
+    /// Fails messages whose delivery deadline passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while self.inflight.front().is_some_and(|m| m.out.deadline <= now) {
+            if let Some(m) = self.inflight.pop_front() {
+                self.fail(m.out, SendError::Failed("not acknowledged in time".into()));
+            }
+        }
+    }
+
+    async fn process(&mut self, peer_id: PeerId, out: Outgoing) {
+        if out.deadline <= Instant::now() {
+            self.fail(out, SendError::Failed("delivery timeout".into()));
+            return;
+        }
+        let has_session = self
+            .shared
+            .store()
+            .current_session(&self.peer, now_ms())
+            .is_some();
+        if !has_session {
+            self.knock(peer_id, out).await;
+            return;
+        }
+        let sealed = self.shared.store().seal(
+            &self.shared.identity,
+            &self.peer,
+            out.id,
+            &out.payload,
+            now_ms(),
+        );
+        let env = match sealed {
+            Ok(e) => e,
+            Err(e) => {
+                self.fail(out, SendError::InvalidPayload(e.to_string()));
+                return;
+            }
+        };
+        let bytes = MsgFrame::Envelope(env.to_bytes()).to_bytes();
+        self.inflight.push_back(InFlight {
+            out,
+            bytes: bytes.clone(),
+        });
+        if self.writer.is_none() {
+            // ensure_stream sends everything in flight, this one included.
+            if let Err(e) = self.ensure_stream(peer_id).await {
+                debug!(peer = %self.peer.short(), error = %e, "stream unavailable");
+                self.schedule_reconnect();
+            }
+            return;
+        }
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.send(bytes).await {
+                debug!(peer = %self.peer.short(), error = %e, "send failed");
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Result<Option<bytes::Bytes>, agentmesh_transports::framing::FrameError>) {
+        let bytes = match frame {
+            Ok(Some(b)) => b,
+            Ok(None) | Err(_) => {
+                debug!(peer = %self.peer.short(), "message stream closed");
+                self.schedule_reconnect();
+                return;
+            }
+        };
+        let (id, nack) = match MsgFrame::from_bytes(&bytes) {
+            Ok(MsgFrame::Ack { id }) => (id, None),
+            Ok(MsgFrame::Nack { id, reason }) => (id, Some(reason)),
+            Ok(_) | Err(_) => {
+                warn!(peer = %self.peer.short(), "peer broke the message protocol");
+                self.schedule_reconnect();
+                return;
+            }
+        };
+        let Some(pos) = self.inflight.iter().position(|m| m.out.id == id) else {
+            debug!(%id, "ack for a message not in flight");
+            return;
+        };
+        let Some(m) = self.inflight.remove(pos) else {
+            return;
+        };
+        self.backoff = MIN_BACKOFF;
+        match nack {
+            None => {
+                let path = self
+                    .peer_id
+                    .map(|p| self.shared.path_to(&p))
+                    .unwrap_or(PathKind::Other);
+                self.delivered(m.out, path, false);
+            }
+            Some(RejectReason::UnknownSession) => {
+                // The peer lost or expired the session: KNOCK again.
+                let mut store = self.shared.store();
+                if let Some(s) = store.current_session(&self.peer, now_ms()) {
+                    let _ = store.forget_session(&self.peer, &s.id);
+                }
+                drop(store);
+                debug!(peer = %self.peer.short(), "session unknown to peer; knocking again");
+                self.requeued.push_back(m.out);
+            }
+            Some(reason) => self.fail(m.out, SendError::Rejected(reason)),
+        }
+    }
+
+    async fn resolve(&mut self) -> Result<AgentCard, LinkError> {
+        if let Some(c) = &self.card {
+            if c.expires_ms > now_ms() {
+                return Ok(c.clone());
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Resolve {
+                amid: self.peer,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
+        match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
+            Ok(Ok(Some(card))) => {
+                self.card = Some(card.clone());
+                Ok(card)
+            }
+            Ok(Ok(None)) | Err(_) => Err(LinkError::Retry("card not found".into())),
+            Ok(Err(_)) => Err(LinkError::Fatal(SendError::Stopped)),
+        }
+    }
+
+    async fn connect(&mut self, peer_id: PeerId) -> Result<PathKind, LinkError> {
+        let card = self.resolve().await?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Connect {
+                peer: peer_id,
+                addrs: card.multiaddrs(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
+        match rx.await {
+            Ok(Ok(path)) => Ok(path),
+            Ok(Err(e)) => {
+                // The card may be stale (the peer restarted elsewhere).
+                self.card = None;
+                Err(LinkError::Retry(e))
+            }
+            Err(_) => Err(LinkError::Fatal(SendError::Stopped)),
+        }
+    }
+
+    /// Opens the message stream and resends everything in flight.
+    async fn ensure_stream(&mut self, peer_id: PeerId) -> Result<(), String> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        match self.connect(peer_id).await {
+            Ok(_) => {}
+            Err(LinkError::Retry(e)) => return Err(e),
+            Err(LinkError::Fatal(e)) => return Err(e.to_string()),
+        }
+        let mut control = self.shared.control.clone();
+        let stream = control
+            .open_stream(peer_id, MSG_PROTOCOL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut w, r) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
+        for m in &self.inflight {
+            w.feed(m.bytes.clone()).await.map_err(|e| e.to_string())?;
+        }
+        w.flush().await.map_err(|e| e.to_string())?;
+        self.writer = Some(w);
+        self.reader = Some(r);
+        Ok(())
+    }
+
+    /// Opens a session with a KNOCK that carries `out` as its first message.
+    async fn knock(&mut self, peer_id: PeerId, out: Outgoing) {
+        let mut use_fallback = false;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if out.deadline <= Instant::now() {
+                let err = if self.card.is_none() {
+                    SendError::NotFound(self.peer)
+                } else {
+                    SendError::Failed("delivery timeout".into())
+                };
+                self.fail(out, err);
+                return;
+            }
+            match self.try_knock(peer_id, &out, use_fallback).await {
+                Ok((decision, pending, path)) => match decision {
+                    Decision::Accept { expires_ms, .. } => {
+                        if let Err(e) = self.shared.store().commit_outbound(pending, expires_ms) {
+                            self.fail(out, SendError::Failed(e.to_string()));
+                            return;
+                        }
+                        self.delivered(out, path, true);
+                        return;
+                    }
+                    Decision::Reject {
+                        reason: RejectReason::PrekeyUnavailable,
+                    } if !use_fallback => {
+                        debug!(peer = %self.peer.short(), "prekey used up; retrying with the fallback key");
+                        use_fallback = true;
+                        self.card = None;
+                    }
+                    Decision::Reject { reason } => {
+                        self.fail(out, SendError::Rejected(reason));
+                        return;
+                    }
+                },
+                Err(LinkError::Fatal(e)) => {
+                    self.fail(out, e);
+                    return;
+                }
+                Err(LinkError::Retry(e)) => {
+                    debug!(peer = %self.peer.short(), error = %e, "knock attempt failed");
+                    let wait = backoff.min(out.deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn try_knock(
+        &mut self,
+        peer_id: PeerId,
+        out: &Outgoing,
+        use_fallback: bool,
+    ) -> Result<(Decision, crate::session::PendingOutbound, PathKind), LinkError> {
+        let path = self.connect(peer_id).await?;
+        let card = self.resolve().await?;
+        let now = now_ms();
+        let (pending, first) = self
+            .shared
+            .store()
+            .seal_first(
+                &self.shared.identity,
+                &card,
+                use_fallback,
+                out.intent.clone(),
+                out.id,
+                &out.payload,
+                now,
+            )
+            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
+        let body = KnockBody {
+            from: self.shared.amid,
+            to: self.peer,
+            intent: out.intent.clone(),
+            session: SessionStore::pending_session_id(&pending),
+            ts_ms: now,
+            nonce: crate::storage::random_array(),
+            first: first.to_bytes(),
+        };
+        let knock = SignedKnock::sign(&self.shared.identity, &body)
+            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
+        let mut control = self.shared.control.clone();
+        let stream = control
+            .open_stream(peer_id, KNOCK_PROTOCOL)
+            .await
+            .map_err(|e| LinkError::Retry(e.to_string()))?;
+        let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
+        framed
+            .send(knock.to_bytes())
+            .await
+            .map_err(|e| LinkError::Retry(e.to_string()))?;
+        let answer = tokio::time::timeout(KNOCK_TIMEOUT, framed.recv())
+            .await
+            .map_err(|_| LinkError::Retry("knock timed out".into()))?
+            .map_err(|e| LinkError::Retry(e.to_string()))?
+            .ok_or_else(|| LinkError::Retry("peer closed the knock stream".into()))?;
+        let decision = SignedDecision::from_bytes(&answer)
+            .and_then(|d| d.verify(&self.peer, &knock))
+            .map_err(|e| {
+                warn!(peer = %self.peer.short(), error = %e, "invalid knock answer");
+                LinkError::Retry(e.to_string())
+            })?;
+        Ok((decision, pending, path))
+    }
+}

@@ -1,0 +1,120 @@
+//! Nodes in one process, on real loopback sockets and real sled databases.
+
+use std::time::Duration;
+
+use agentmesh_node::{
+    keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind, RejectReason, SendError,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config() -> Config {
+    let mut c = Config::local();
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    c
+}
+
+async fn node(dir: &std::path::Path, name: &str, bootstrap: Option<&Node>) -> Node {
+    let mut b = Node::builder(config())
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name));
+    if let Some(boot) = bootstrap {
+        let addrs = boot.listen_addrs().await;
+        b = b.bootstraps(addrs);
+    }
+    b.spawn().await.expect("node starts")
+}
+
+async fn bootstrap(dir: &std::path::Path) -> Node {
+    let n = node(dir, "bootstrap", None).await;
+    // wait until it listens
+    tokio::time::timeout(WAIT, async {
+        while n.listen_addrs().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("bootstrap listens");
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_resolves_bob_knocks_and_sends() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await);
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+
+    let r = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"text": "hi bob"})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.knocked);
+    assert_eq!(r.path, PathKind::DirectQuic);
+    let m = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+    assert_eq!(m.payload, json!({"text": "hi bob"}));
+    assert_eq!(m.from, alice.amid());
+
+    // second message rides the session stream, no KNOCK
+    let r = alice.send(&bob.amid(), json!({"n": 2})).await.unwrap();
+    assert!(!r.knocked);
+    let m = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+    assert_eq!(m.payload, json!({"n": 2}));
+
+    // bob answers in the same session
+    let mut alice_inbox = alice.messages().unwrap();
+    let r = bob.send(&alice.amid(), json!("hello alice")).await.unwrap();
+    assert!(!r.knocked);
+    let m = tokio::time::timeout(WAIT, alice_inbox.recv()).await.unwrap().unwrap();
+    assert_eq!(m.payload, json!("hello alice"));
+
+    // a burst arrives complete and in order
+    for i in 0..50 {
+        alice.send_nowait(&bob.amid(), json!({"i": i})).await.unwrap();
+    }
+    for i in 0..50 {
+        let m = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+        assert_eq!(m.payload, json!({"i": i}));
+    }
+    let status = alice.status().await;
+    assert_eq!(status.known_peers, vec![bob.amid()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_sender_gets_reject_with_reason() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    bob.block(alice.amid());
+    assert!(bob.wait_published(WAIT).await);
+    let mut events = bob.events();
+    let err = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!("let me in")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err, SendError::Rejected(RejectReason::Blocked));
+    // bob logged the decision and delivered nothing
+    let decided = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(NodeEvent::KnockDecided { accepted, reason, .. }) = events.recv().await {
+                return (accepted, reason);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(decided, (false, Some(RejectReason::Blocked)));
+    let mut inbox = bob.messages().unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), inbox.recv()).await.is_err());
+}
