@@ -22,9 +22,10 @@ pub const ENVELOPE_VERSION: u8 = 1;
 /// Clock skew tolerated on timestamps.
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
-/// Identifier of one message, chosen by its sender.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MessageId(#[serde(with = "serde_bytes")] pub [u8; 16]);
+/// Identifier of one message, chosen by its sender. Bytes in CBOR, hex in
+/// JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
 
 impl MessageId {
     /// A random id.
@@ -45,9 +46,43 @@ impl std::fmt::Debug for MessageId {
     }
 }
 
-/// Identifier of a KNOCK-accepted session.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SessionId(#[serde(with = "serde_bytes")] pub [u8; 16]);
+/// Identifier of a KNOCK-accepted session. Bytes in CBOR, hex in JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub [u8; 16]);
+
+macro_rules! id_serde {
+    ($t:ident) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&hex::encode(self.0))
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                use serde::de::Error;
+                let bytes = if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    hex::decode(s).map_err(D::Error::custom)?
+                } else {
+                    serde_bytes::ByteBuf::deserialize(d)?.into_vec()
+                };
+                let arr: [u8; 16] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| D::Error::custom("id must be 16 bytes"))?;
+                Ok(Self(arr))
+            }
+        }
+    };
+}
+
+id_serde!(MessageId);
+id_serde!(SessionId);
 
 impl SessionId {
     /// A random id.

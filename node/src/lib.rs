@@ -35,6 +35,7 @@
 
 pub mod card;
 pub mod control;
+pub mod daemon;
 pub mod envelope;
 pub mod events;
 pub mod identity;

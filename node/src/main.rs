@@ -1,1 +1,223 @@
-fn main() {}
+//! `agentmesh`: run an AgentMesh agent and talk to it.
+//!
+//! ```text
+//! agentmesh init                         create the identity (keystore)
+//! agentmesh id                           print AMID and fingerprint
+//! agentmesh run --bootstrap <multiaddr>  join the network and serve
+//! agentmesh send <AMID> '<json>'         send through the running agent
+//! agentmesh status                       sessions, peers, network
+//! ```
+//!
+//! The keystore passphrase comes from `AGENTMESH_PASSPHRASE` or the file
+//! named by `AGENTMESH_PASSPHRASE_FILE`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use agentmesh_node::{
+    control::{Client, Request},
+    keystore::{KdfParams, Keystore},
+    Amid, Config, Multiaddr, Node, Passphrase,
+};
+
+#[derive(Parser)]
+#[command(name = "agentmesh", version, about = "An AgentMesh agent: P2P, end-to-end encrypted messaging for AI agents")]
+struct Cli {
+    /// Data directory (keystore, database, control socket).
+    #[arg(long, global = true, env = "AGENTMESH_HOME")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the identity in the data directory (if there is none).
+    Init,
+    /// Print this agent's AMID and fingerprint.
+    Id,
+    /// Join the network and run until interrupted.
+    Run {
+        /// Bootstrap peer(s), as multiaddrs ending in /p2p/<peer id>.
+        #[arg(long, env = "AGENTMESH_BOOTSTRAP", value_delimiter = ',')]
+        bootstrap: Vec<Multiaddr>,
+        /// Listen address(es). Defaults to QUIC and TCP on 127.0.0.1.
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// Refuse KNOCKs from this AMID.
+        #[arg(long)]
+        block: Vec<Amid>,
+        /// Accept KNOCKs only from these AMIDs.
+        #[arg(long)]
+        allow: Vec<Amid>,
+        /// Capability to advertise (repeatable). Defaults to `chat`.
+        #[arg(long)]
+        capability: Vec<String>,
+    },
+    /// Send a JSON payload to an agent through the running node.
+    Send {
+        /// Recipient AMID.
+        to: Amid,
+        /// Payload: JSON, or plain text (sent as {"text": ...}).
+        payload: String,
+        /// Capability declared in the KNOCK.
+        #[arg(long)]
+        capability: Option<String>,
+    },
+    /// Show sessions, known peers and network state of the running node.
+    Status,
+    /// Block an agent on the running node.
+    Block {
+        /// The AMID.
+        amid: Amid,
+    },
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    if let Some(d) = &cli.data_dir {
+        return Ok(d.clone());
+    }
+    let home = std::env::var_os("HOME").context("no --data-dir and no HOME")?;
+    Ok(PathBuf::from(home).join(".agentmesh"))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    init_tracing(cli.json);
+    let dir = data_dir(&cli)?;
+    match &cli.command {
+        Cmd::Init => {
+            let pass = Passphrase::from_env()?;
+            let (ks, created) = Keystore::load_or_create(&dir, &pass, KdfParams::default())?;
+            let amid = ks.identity().amid();
+            if cli.json {
+                println!("{}", json!({"amid": amid, "fingerprint": amid.fingerprint(), "created": created}));
+            } else {
+                println!("{} identity {amid}", if created { "created" } else { "existing" });
+                println!("fingerprint {}", amid.fingerprint());
+            }
+        }
+        Cmd::Id => {
+            let pass = Passphrase::from_env()?;
+            let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
+                .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
+            let amid = Keystore::decrypt(&bytes, &pass)?.identity().amid();
+            if cli.json {
+                println!("{}", json!({"amid": amid, "fingerprint": amid.fingerprint(), "peer_id": amid.peer_id()?.to_string()}));
+            } else {
+                println!("{amid}\nfingerprint {}", amid.fingerprint());
+            }
+        }
+        Cmd::Run {
+            bootstrap,
+            listen,
+            block,
+            allow,
+            capability,
+        } => run(&dir, cli.json, bootstrap, listen, block, allow, capability).await?,
+        Cmd::Send {
+            to,
+            payload,
+            capability,
+        } => {
+            let payload = serde_json::from_str(payload).unwrap_or_else(|_| json!({"text": payload}));
+            let mut client = Client::connect(&dir).await?;
+            let resp = client
+                .request(&Request::Send {
+                    to: to.to_string(),
+                    payload,
+                    capability: capability.clone(),
+                })
+                .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&resp)?);
+            }
+            match (resp.ok, resp.receipt) {
+                (true, Some(r)) if !cli.json => {
+                    println!("delivered {} to {} via {}{}", r.id, r.to, r.path, if r.knocked { " (KNOCK accepted)" } else { "" });
+                }
+                (true, _) => {}
+                (false, _) => bail!(resp.error.unwrap_or_else(|| "send failed".into())),
+            }
+        }
+        Cmd::Status => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client.request(&Request::Status).await?;
+            let status = resp.status.context("no status in response")?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                println!("amid         {}", status.amid);
+                println!("fingerprint  {}", status.fingerprint);
+                for a in &status.net.listen_addrs {
+                    println!("listening    {a}");
+                }
+                println!("card         {}", if status.net.card_published { "published" } else { "not yet published" });
+                println!("dht          {} peers in routing table, {} records", status.net.routing_table, status.net.dht_records);
+                for p in &status.net.connected {
+                    println!("connected    {} via {}", p.peer, p.path);
+                }
+                for s in &status.sessions {
+                    println!("session      {} with {} ({:?})", s.session, s.peer, s.role);
+                }
+            }
+        }
+        Cmd::Block { amid } => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client.request(&Request::Block { amid: amid.to_string() }).await?;
+            if !resp.ok {
+                bail!(resp.error.unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(
+    dir: &std::path::Path,
+    json: bool,
+    bootstrap: &[Multiaddr],
+    listen: &[Multiaddr],
+    block: &[Amid],
+    allow: &[Amid],
+    capability: &[String],
+) -> Result<()> {
+    let mut config = Config::local();
+    if !listen.is_empty() {
+        config.transport.listen = listen.to_vec();
+    }
+    if !capability.is_empty() {
+        config.capabilities = capability.to_vec();
+    }
+    config.policy.block.extend(block.iter().copied());
+    config.policy.allow.extend(allow.iter().copied());
+    let node = Node::builder(config)
+        .data_dir(dir)
+        .bootstraps(bootstrap.iter().cloned())
+        .spawn()
+        .await
+        .context("starting node")?;
+    agentmesh_node::daemon::serve(node, dir, json).await?;
+    Ok(())
+}

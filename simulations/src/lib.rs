@@ -1,1 +1,13 @@
-//! placeholder
+//! # agentmesh-sim
+//!
+//! Runs AgentMesh networks for researchers and developers. Today:
+//!
+//! - [`devnet`]: a whole local network of real processes on loopback (one
+//!   bootstrap, N agents), the quickest way to see AgentMesh work;
+//! - [`process`]: the harness that starts those processes and waits on
+//!   their JSON events, used by the devnet and the process tests.
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod devnet;
+pub mod process;

@@ -1,0 +1,116 @@
+//! Running a node as a long-lived process: the control socket, printing of
+//! events and messages (text, or one JSON object per line), and a clean stop
+//! on Ctrl-C or SIGTERM.
+
+use std::path::Path;
+
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{control, events::NodeEvent, node::Node};
+
+/// Serves `node` from data directory `dir` until Ctrl-C or SIGTERM, printing
+/// what happens to stdout, then shuts the node down.
+pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
+    let amid = node.amid();
+    if json {
+        println!("{}", json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint()}));
+    } else {
+        println!("agent {amid}\nfingerprint {}", node.fingerprint());
+    }
+    let sock = dir.join(control::SOCKET_FILE);
+    let control_node = node.clone();
+    let sock_path = sock.clone();
+    tokio::spawn(async move {
+        if let Err(e) = control::serve(control_node, &sock_path).await {
+            tracing::warn!(error = %e, "control socket stopped");
+        }
+    });
+    let mut events = node.events();
+    let Some(mut inbox) = node.messages() else {
+        return Err(std::io::Error::other("inbox already taken"));
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            m = inbox.recv() => {
+                let Some(m) = m else { break };
+                if json {
+                    println!("{}", json!({"event": "message", "id": m.id, "from": m.from, "payload": m.payload, "path": m.path, "seq": m.seq}));
+                } else {
+                    println!("message from {} via {}: {}", m.from, m.path, m.payload);
+                }
+            }
+            e = events.recv() => match e {
+                Ok(e) => print_event(json, &e),
+                Err(RecvError::Lagged(n)) => tracing::warn!(n, "events dropped"),
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    node.shutdown().await;
+    if json {
+        println!("{}", json!({"event": "stopped"}));
+    }
+    Ok(())
+}
+
+/// Prints one event as text or as a JSON line.
+pub fn print_event(json: bool, e: &NodeEvent) {
+    if json {
+        if let Ok(s) = serde_json::to_string(e) {
+            println!("{s}");
+        }
+        return;
+    }
+    match e {
+        NodeEvent::Listening { addr } => println!("listening on {addr}"),
+        NodeEvent::CardPublished {
+            seq,
+            stored_remotely,
+        } => println!(
+            "card published (seq {seq}){}",
+            if *stored_remotely { "" } else { " locally only, retrying" }
+        ),
+        NodeEvent::Delivered {
+            id,
+            to,
+            path,
+            knocked,
+        } => println!(
+            "delivered {id} to {to} via {path}{}",
+            if *knocked { " (KNOCK accepted)" } else { "" }
+        ),
+        NodeEvent::Rejected { id, to, reason } => println!("rejected {id} by {to}: {reason}"),
+        NodeEvent::Failed { id, to, error } => println!("failed {id} to {to}: {error}"),
+        NodeEvent::KnockDecided {
+            from,
+            accepted,
+            reason,
+            ..
+        } => {
+            if *accepted {
+                println!("accepted KNOCK from {from}");
+            } else {
+                println!(
+                    "rejected KNOCK from {from}: {}",
+                    reason.map(|r| r.to_string()).unwrap_or_default()
+                );
+            }
+        }
+        NodeEvent::Refused {
+            from,
+            reason,
+            detail,
+        } => println!(
+            "refused input from {}: {reason} ({detail})",
+            from.as_deref().unwrap_or("?")
+        ),
+        NodeEvent::Connected { peer, path } => println!("connected to {peer} via {path}"),
+        NodeEvent::Disconnected { peer } => println!("disconnected from {peer}"),
+        NodeEvent::MessageReceived { .. } => {}
+    }
+}

@@ -1,0 +1,158 @@
+//! Real processes for the devnet and process tests: spawn a role of this
+//! binary, read its JSON event lines, wait on events with timeouts, stop it
+//! with SIGTERM or SIGKILL.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+/// Passphrase the devnet gives its processes' keystores.
+pub const DEVNET_PASSPHRASE: &str = "agentmesh-devnet";
+
+/// A child process that prints one JSON object per line.
+#[derive(Debug)]
+pub struct Proc {
+    /// A name for messages.
+    pub name: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    /// Lines seen but not yet consumed by a wait.
+    backlog: Vec<Value>,
+}
+
+impl Proc {
+    /// Starts `exe` with `args`, in data directory `dir`.
+    pub fn spawn(name: &str, exe: &Path, args: &[String], dir: &Path) -> Result<Self> {
+        let mut child = Command::new(exe)
+            .args(args)
+            .env("AGENTMESH_PASSPHRASE", DEVNET_PASSPHRASE)
+            .env_remove("AGENTMESH_PASSPHRASE_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", exe.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            child,
+            lines: rx,
+            backlog: Vec::new(),
+        })
+    }
+
+    /// Waits up to `timeout` for a line that satisfies `pred`; lines before
+    /// it that do not match are kept for later waits.
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return Ok(self.backlog.remove(i));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) if pred(&v) => return Ok(v),
+                Ok(Some(v)) => self.backlog.push(v),
+                Ok(None) => bail!("{} exited", self.name),
+                Err(_) => bail!("{}: timed out after {timeout:?}", self.name),
+            }
+        }
+    }
+
+    /// Waits for an event named `event`.
+    pub async fn wait_event(&mut self, timeout: Duration, event: &str) -> Result<Value> {
+        self.wait_for(timeout, |v| v["event"] == event).await
+    }
+
+    /// Lines received so far that no wait consumed, and clears them.
+    pub fn drain(&mut self) -> Vec<Value> {
+        while let Ok(v) = self.lines.try_recv() {
+            self.backlog.push(v);
+        }
+        std::mem::take(&mut self.backlog)
+    }
+
+    /// Stops with SIGTERM and waits (SIGKILL after 10 s).
+    pub async fn terminate(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: sending a signal to our own child's pid has no memory
+            // effects.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                Err(anyhow!("{} did not stop on SIGTERM", self.name))
+            }
+        }
+    }
+
+    /// Kills with SIGKILL: no chance to flush anything.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Starts a bootstrap node; returns it and its first (QUIC) address.
+pub async fn start_bootstrap(exe: &Path, dir: &Path) -> Result<(Proc, String)> {
+    let args = vec!["bootstrap".into(), "--data-dir".into(), dir.display().to_string()];
+    let mut p = Proc::spawn("bootstrap", exe, &args, dir)?;
+    let ready = p.wait_event(Duration::from_secs(60), "ready").await?;
+    let addr = ready["addrs"][0]
+        .as_str()
+        .context("bootstrap printed no address")?
+        .to_owned();
+    Ok((p, addr))
+}
+
+/// Starts an agent joined through `bootstrap`; returns it and its AMID once
+/// its card is published on another peer.
+pub async fn start_agent(exe: &Path, name: &str, dir: &Path, bootstrap: &str, extra: &[String]) -> Result<(Proc, String)> {
+    let mut args = vec![
+        "agent".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--bootstrap".into(),
+        bootstrap.to_owned(),
+    ];
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn(name, exe, &args, dir)?;
+    let started = p.wait_event(Duration::from_secs(60), "started").await?;
+    let amid = started["amid"].as_str().context("no amid")?.to_owned();
+    p.wait_for(Duration::from_secs(60), |v| {
+        v["event"] == "card_published" && v["stored_remotely"] == true
+    })
+    .await?;
+    Ok((p, amid))
+}
