@@ -147,6 +147,8 @@ struct Outgoing {
     intent: Intent,
     reply: Option<oneshot::Sender<Result<Receipt, SendError>>>,
     deadline: tokio::time::Instant,
+    /// Times the session was re-opened for this message.
+    reknocks: u8,
 }
 
 /// Command to the swarm actor.
@@ -363,10 +365,16 @@ impl std::fmt::Debug for Node {
 }
 
 /// The application's end of the inbox: received messages, in arrival order.
-/// A message is removed from the durable inbox when it is taken from here.
+///
+/// A message stays in the node's durable inbox until it is taken from here;
+/// its removal is on disk before it is returned, so a crash never hands the
+/// same message to the application twice (and never loses one it was not
+/// given).
 pub struct Messages {
     rx: mpsc::Receiver<Delivery>,
     shared: Arc<Shared>,
+    ready: std::collections::VecDeque<Message>,
+    unflushed: bool,
 }
 
 impl std::fmt::Debug for Messages {
@@ -377,12 +385,37 @@ impl std::fmt::Debug for Messages {
 
 impl Messages {
     /// The next message; `None` once the node stopped.
+    ///
+    /// Cancel-safe: a message is never lost when this future is dropped.
     pub async fn recv(&mut self) -> Option<Message> {
-        let d = self.rx.recv().await?;
-        if let Err(e) = self.shared.store().take_inbox(d.arrival) {
-            tracing::warn!(error = %e, "could not remove message from inbox");
+        if self.ready.is_empty() {
+            // Take everything already waiting and remove it from the inbox;
+            // one flush below makes the removals durable.
+            let first = self.rx.recv().await?;
+            let mut batch = vec![first];
+            while batch.len() < INBOX_QUEUE {
+                match self.rx.try_recv() {
+                    Ok(d) => batch.push(d),
+                    Err(_) => break,
+                }
+            }
+            let store = self.shared.store();
+            for d in &batch {
+                if let Err(e) = store.take_inbox(d.arrival) {
+                    tracing::warn!(error = %e, "could not remove message from inbox");
+                }
+            }
+            drop(store);
+            self.ready.extend(batch.into_iter().map(|d| d.message));
+            self.unflushed = true;
         }
-        Some(d.message)
+        if self.unflushed {
+            if let Err(e) = self.shared.db.flush_async().await {
+                tracing::warn!(error = %e, "inbox flush failed");
+            }
+            self.unflushed = false;
+        }
+        self.ready.pop_front()
     }
 }
 
@@ -488,6 +521,8 @@ impl Node {
         Some(Messages {
             rx,
             shared: self.shared.clone(),
+            ready: std::collections::VecDeque::new(),
+            unflushed: false,
         })
     }
 
@@ -561,6 +596,7 @@ impl Node {
             intent,
             reply,
             deadline: tokio::time::Instant::now() + self.shared.config.delivery_timeout,
+            reknocks: 0,
         };
         let tx = link::sender_for(&self.shared, *to);
         tx.send(out).await.map_err(|_| SendError::Stopped)?;

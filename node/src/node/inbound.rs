@@ -106,6 +106,13 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     };
     let now = now_ms();
     let (decision, delivered) = decide(shared, &peer, &knock, now);
+    // The session and first message must be on disk before we say yes.
+    if matches!(decision, Decision::Accept { .. }) {
+        if let Err(e) = shared.db.flush_async().await {
+            warn!(error = %e, "flush failed; not answering the knock");
+            return;
+        }
+    }
     let signed = SignedDecision::sign(&shared.identity, &knock, decision.clone(), now);
     if let Err(e) = framed.send(signed.to_bytes()).await {
         debug!(%peer, error = %e, "could not answer knock");

@@ -271,15 +271,21 @@ impl Link {
                     .unwrap_or(PathKind::Other);
                 self.delivered(m.out, path, false);
             }
-            Some(RejectReason::UnknownSession) => {
-                // The peer lost or expired the session: KNOCK again.
+            Some(reason @ (RejectReason::UnknownSession | RejectReason::DecryptFailed))
+                if m.out.reknocks == 0 =>
+            {
+                // The peer lost or expired the session, or our ratchet state
+                // and theirs diverged (e.g. a crash before a flush): open a
+                // new session with a KNOCK, once per message.
                 let mut store = self.shared.store();
                 if let Some(s) = store.current_session(&self.peer, now_ms()) {
                     let _ = store.forget_session(&self.peer, &s.id);
                 }
                 drop(store);
-                debug!(peer = %self.peer.short(), "session unknown to peer; knocking again");
-                self.requeued.push_back(m.out);
+                debug!(peer = %self.peer.short(), %reason, "re-opening the session with a knock");
+                let mut out = m.out;
+                out.reknocks += 1;
+                self.requeued.push_back(out);
             }
             Some(reason) => self.fail(m.out, SendError::Rejected(reason)),
         }

@@ -1,0 +1,111 @@
+//! Real processes on loopback: a bootstrap and agents, each its own process
+//! with its own sled database on disk, talking over real QUIC sockets.
+
+use std::{path::Path, time::Duration};
+
+use agentmesh_node::control::{Client, Request, Response};
+use agentmesh_sim::process::{start_agent, start_bootstrap};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
+}
+
+async fn send(dir: &Path, to: &str, payload: Value) -> Response {
+    let mut c = Client::connect(dir).await.expect("control socket");
+    tokio::time::timeout(
+        WAIT,
+        c.request(&Request::Send {
+            to: to.into(),
+            payload,
+            capability: None,
+        }),
+    )
+    .await
+    .expect("send answers in time")
+    .expect("control request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_finds_bob_by_amid_and_bob_survives_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot")).await.unwrap();
+    let (alice, _alice_amid) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+        .await
+        .unwrap();
+    let bob_dir = root.path().join("bob");
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[]).await.unwrap();
+
+    // alice knows only bob's AMID: the card comes from the DHT.
+    let payload = json!({"text": "hello bob", "task": 42, "nested": {"ok": true}});
+    let r = send(&alice.dir, &bob_amid, payload.clone()).await;
+    assert!(r.ok, "{r:?}");
+    let receipt = r.receipt.unwrap();
+    assert!(receipt.knocked);
+    let id = receipt.id.to_string();
+    let got = bob
+        .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(got["payload"], payload);
+
+    // bob dies without a chance to flush, and comes back on new ports.
+    bob.kill().await.unwrap();
+    let (mut bob, again) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[]).await.unwrap();
+    assert_eq!(again, bob_amid, "same identity across restarts");
+
+    // alice's next message continues the same Olm session and decrypts.
+    let r = send(&alice.dir, &bob_amid, json!("after restart")).await;
+    assert!(r.ok, "{r:?}");
+    let receipt = r.receipt.unwrap();
+    assert!(!receipt.knocked, "the cached session is reused");
+    let id = receipt.id.to_string();
+    let got = bob
+        .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(got["payload"], json!("after restart"));
+    // nothing was delivered twice
+    let dupes: Vec<Value> = bob
+        .drain()
+        .into_iter()
+        .filter(|v| v["event"] == "message")
+        .collect();
+    assert!(dupes.is_empty(), "unexpected extra deliveries: {dupes:?}");
+
+    bob.terminate().await.unwrap();
+    alice.terminate().await.unwrap();
+    boot.terminate().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_sender_gets_reject_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot")).await.unwrap();
+    let (mallory, mallory_amid) =
+        start_agent(exe(), "mallory", &root.path().join("mallory"), &boot_addr, &[])
+            .await
+            .unwrap();
+    let (mut bob, bob_amid) = start_agent(
+        exe(),
+        "bob",
+        &root.path().join("bob"),
+        &boot_addr,
+        &["--block".into(), mallory_amid.clone()],
+    )
+    .await
+    .unwrap();
+    let r = send(&mallory.dir, &bob_amid, json!("let me in")).await;
+    assert!(!r.ok);
+    assert_eq!(r.reason, Some(agentmesh_node::RejectReason::Blocked));
+    let decided = bob.wait_event(WAIT, "knock_decided").await.unwrap();
+    assert_eq!(decided["accepted"], false);
+    assert_eq!(decided["reason"], "blocked");
+    assert_eq!(decided["from"], mallory_amid.as_str());
+    assert!(bob.drain().iter().all(|v| v["event"] != "message"));
+    bob.terminate().await.unwrap();
+    mallory.terminate().await.unwrap();
+    boot.terminate().await.unwrap();
+}
