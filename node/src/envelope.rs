@@ -105,7 +105,7 @@ impl std::fmt::Debug for SessionId {
 
 /// The signed part of an envelope.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[non_exhaustive]
+// Wire format: fixed by its version, hence not `non_exhaustive`.
 pub struct EnvelopeBody {
     /// Format version.
     pub v: u8,

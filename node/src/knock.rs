@@ -88,7 +88,7 @@ impl Intent {
 
 /// The signed part of a KNOCK.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[non_exhaustive]
+// Wire format: fixed by its version, hence not `non_exhaustive`.
 pub struct KnockBody {
     /// Initiator.
     pub from: Amid,

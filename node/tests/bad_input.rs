@@ -1,0 +1,140 @@
+//! Bad input on the wire: every refusal is typed, nothing bad reaches the
+//! application, and the node keeps serving.
+
+use std::time::Duration;
+
+use agentmesh_node::{
+    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    keystore::KdfParams,
+    wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
+    Config, Identity, Node, NodeEvent, Passphrase, RejectReason,
+};
+use agentmesh_transports::framing::FramedStream;
+use futures::AsyncWriteExt;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn node(dir: &std::path::Path, name: &str, boot: Option<&Node>) -> Node {
+    let mut c = Config::local();
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    let mut b = Node::builder(c)
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name));
+    if let Some(boot) = boot {
+        b = b.bootstraps(boot.listen_addrs().await);
+    }
+    let n = b.spawn().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while n.listen_addrs().await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    n
+}
+
+fn body(from: &Identity, to: agentmesh_node::Amid, session: SessionId, expires_ms: u64) -> EnvelopeBody {
+    let now = agentmesh_dht::now_ms();
+    EnvelopeBody {
+        v: ENVELOPE_VERSION,
+        id: MessageId::random(),
+        from: from.amid(),
+        to,
+        session,
+        seq: 1,
+        ts_ms: now,
+        expires_ms,
+        olm_type: 1,
+        ciphertext: vec![7; 64],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_typed_and_nothing_bad_is_delivered() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = node(dir.path(), "boot", None).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+    let mut events = bob.events();
+
+    // A real session first.
+    alice.send(&bob.amid(), json!("genuine 1")).await.unwrap();
+    assert_eq!(inbox.recv().await.unwrap().payload, json!("genuine 1"));
+    let session = bob.status().await.sessions[0].session;
+
+    let bob_peer = bob.amid().peer_id().unwrap();
+    let mut control = alice.stream_control();
+    let stream = control.open_stream(bob_peer, MSG_PROTOCOL).await.unwrap();
+    let (mut w, mut r) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
+    let far = agentmesh_dht::now_ms() + 3_600_000;
+    let me = alice.identity();
+    let mallory = Identity::generate();
+    let carol = Identity::generate();
+
+    let mut tampered = SignedEnvelope::seal(me, &body(me, bob.amid(), session, far)).unwrap();
+    tampered.tamper();
+    let forged = SignedEnvelope::seal(&mallory, &body(me, bob.amid(), session, far)).unwrap();
+    let wrong_to = SignedEnvelope::seal(me, &body(me, carol.amid(), session, far)).unwrap();
+    let expired = SignedEnvelope::seal(me, &body(me, bob.amid(), session, 1)).unwrap();
+    let unknown = SignedEnvelope::seal(me, &body(me, bob.amid(), SessionId([9; 16]), far)).unwrap();
+    let undecryptable = SignedEnvelope::seal(me, &body(me, bob.amid(), session, far)).unwrap();
+    let cases = [
+        (tampered, RejectReason::BadSignature),
+        (forged, RejectReason::BadSignature),
+        (wrong_to, RejectReason::WrongRecipient),
+        (expired, RejectReason::StaleTimestamp),
+        (unknown, RejectReason::UnknownSession),
+        (undecryptable, RejectReason::DecryptFailed),
+    ];
+    for (env, want) in cases {
+        w.send(MsgFrame::Envelope(env.to_bytes()).to_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, r.recv()).await.unwrap().unwrap().unwrap();
+        match MsgFrame::from_bytes(&answer).unwrap() {
+            MsgFrame::Nack { reason, .. } => assert_eq!(reason, want),
+            other => panic!("expected a nack for {want:?}, got {other:?}"),
+        }
+    }
+
+    // Malformed CBOR: the stream is reset.
+    w.send(vec![0xff, 0x00, 0x13]).await.unwrap();
+    let end = tokio::time::timeout(WAIT, r.recv()).await.unwrap();
+    assert!(matches!(end, Ok(None) | Err(_)), "stream must be reset");
+
+    // An oversized frame header: reset before any allocation.
+    let mut raw = control.open_stream(bob_peer, MSG_PROTOCOL).await.unwrap();
+    raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    raw.write_all(&[0; 16]).await.unwrap();
+    raw.flush().await.unwrap();
+
+    // A garbage KNOCK: no answer, stream closed.
+    let k = control.open_stream(bob_peer, KNOCK_PROTOCOL).await.unwrap();
+    let mut k = FramedStream::new(k, MAX_FRAME_SIZE);
+    k.send(b"not a knock".to_vec()).await.unwrap();
+    let end = tokio::time::timeout(WAIT, k.recv()).await.unwrap();
+    assert!(matches!(end, Ok(None) | Err(_)));
+
+    // Bob still serves, and only genuine messages ever reached him.
+    alice.send(&bob.amid(), json!("genuine 2")).await.unwrap();
+    assert_eq!(inbox.recv().await.unwrap().payload, json!("genuine 2"));
+    assert!(tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+        .await
+        .is_err());
+
+    let mut refused = 0;
+    while let Ok(e) = events.try_recv() {
+        if matches!(e, NodeEvent::Refused { .. }) {
+            refused += 1;
+        }
+    }
+    // six envelopes, the malformed frame, the oversized frame, the knock
+    assert!(refused >= 8, "refusals reported: {refused}");
+}
