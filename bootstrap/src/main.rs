@@ -10,7 +10,11 @@ use clap::Parser;
 use agentmesh_node::{Multiaddr, Node};
 
 #[derive(Parser)]
-#[command(name = "agentmesh-bootstrap", version, about = "AgentMesh bootstrap node")]
+#[command(
+    name = "agentmesh-bootstrap",
+    version,
+    about = "AgentMesh bootstrap node"
+)]
 struct Cli {
     /// Data directory (keystore, DHT records).
     #[arg(long, env = "AGENTMESH_HOME")]

@@ -12,8 +12,7 @@ use std::{
 use libp2p::{
     core::{transport::PortUse, Endpoint},
     kad::{
-        self, GetRecordOk, InboundRequest, PeerRecord, QueryResult, Quorum,
-        RecordKey, StoreInserts,
+        self, GetRecordOk, InboundRequest, PeerRecord, QueryResult, Quorum, RecordKey, StoreInserts,
     },
     swarm::{
         ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
@@ -97,7 +96,7 @@ pub enum DhtEvent {
         /// The query.
         query: QueryId,
         /// The best record found.
-        record: Option<VerifiedRecord>,
+        record: Option<Box<VerifiedRecord>>,
     },
     /// A `put` finished.
     PutDone {
@@ -128,7 +127,7 @@ pub enum DhtEvent {
 }
 
 enum Pending {
-    Get(Option<VerifiedRecord>),
+    Get(Option<Box<VerifiedRecord>>),
     Put,
     Closest,
 }
@@ -279,7 +278,7 @@ impl Dht {
                     match SignedRecord::validate(&record.value, record.key.as_ref(), now_ms()) {
                         Ok(v) => {
                             if best.as_ref().is_none_or(|b| v.seq > b.seq) {
-                                *best = Some(v);
+                                *best = Some(Box::new(v));
                             }
                         }
                         Err(e) => warn!(?peer, error = %e, "invalid record in lookup"),
@@ -295,7 +294,8 @@ impl Dht {
                     let _ = self.kad.store_mut().put_verified(r);
                 }
                 self.queries.remove(&id);
-                self.events.push_back(DhtEvent::RecordFound { query: qid, record });
+                self.events
+                    .push_back(DhtEvent::RecordFound { query: qid, record });
             }
             (QueryResult::PutRecord(res), Pending::Put) => {
                 if !last {
@@ -340,7 +340,8 @@ impl NetworkBehaviour for Dht {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        self.kad.handle_pending_inbound_connection(id, local, remote)
+        self.kad
+            .handle_pending_inbound_connection(id, local, remote)
     }
 
     fn handle_established_inbound_connection(

@@ -173,8 +173,8 @@ impl SignedRecord {
     pub fn verify(self, now_ms: u64) -> Result<VerifiedRecord, RecordError> {
         let body: RecordBody = codec::decode(&self.body, MAX_RECORD_SIZE)?;
         check_namespace(&body.namespace)?;
-        let public_key =
-            PublicKey::try_decode_protobuf(&body.public_key).map_err(|_| RecordError::InvalidKey)?;
+        let public_key = PublicKey::try_decode_protobuf(&body.public_key)
+            .map_err(|_| RecordError::InvalidKey)?;
         if !public_key.verify(&[DOMAIN_SEP_RECORD, &self.body].concat(), &self.signature) {
             return Err(RecordError::BadSignature);
         }

@@ -180,8 +180,10 @@ mod tests {
             let mut s = SledStore::open(peer, &db).unwrap();
             let r2 = SignedRecord::sign(&k, "card", b"two".to_vec(), 2, u64::MAX).unwrap();
             let r1 = SignedRecord::sign(&k, "card", b"one".to_vec(), 1, u64::MAX).unwrap();
-            s.put(Record::new(key.clone(), r2.to_bytes().unwrap())).unwrap();
-            s.put(Record::new(key.clone(), r1.to_bytes().unwrap())).unwrap();
+            s.put(Record::new(key.clone(), r2.to_bytes().unwrap()))
+                .unwrap();
+            s.put(Record::new(key.clone(), r1.to_bytes().unwrap()))
+                .unwrap();
             // invalid bytes are refused
             assert!(s.put(Record::new(key.clone(), vec![1, 2, 3])).is_err());
             db.flush().unwrap();

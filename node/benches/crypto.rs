@@ -3,36 +3,45 @@
 //! be attributed.
 //!
 //! Run with `cargo bench -p agentmesh-node --bench crypto`. Every line of the
-//! `envelope_1KiB` group moves one message from alice to bob:
+//! `envelope_1KiB` group handles one message from alice to bob whose payload
+//! is a JSON string of exactly 1024 bytes.
 //!
-//! - `olm encrypt+decrypt`: a bare vodozemac session pair (established in
-//!   both directions, so normal Olm messages), 1 KiB plaintext.
-//! - `olm encrypt+decrypt (pre-key msgs)`: the same on a session that never
-//!   received a reply, which keeps sending pre-key messages (what a one-way
-//!   flow such as the throughput bench puts on the wire).
-//! - `ed25519 sign+verify`: ed25519-dalek, over a message as long as the
-//!   signed part of a real envelope (domain || CBOR body).
+//! Primitives:
+//! - `olm encrypt+decrypt`: a bare vodozemac session pair, established in
+//!   both directions (normal Olm messages); `olm decrypt only` the receiving
+//!   half; `(pre-key msgs)` on a session that never got a reply and so keeps
+//!   sending pre-key messages, as a one-way flow does.
+//! - `ed25519 sign+verify`, `sign only`, `verify only`: ed25519-dalek over a
+//!   message as long as the signed part of a real envelope (domain || CBOR
+//!   body), with the verifying key already decompressed.
+//! - `ed25519 key decompress`: `VerifyingKey::from_bytes`, which
+//!   `Amid::from_bytes` (every AMID decoded from CBOR) and `Amid::verify` do.
 //! - `ed25519 verify via Amid::verify`: what `SignedEnvelope::open` does:
-//!   decompress the key from the AMID bytes, concatenate, verify.
-//! - `cbor encode+decode (envelope)`: `SignedEnvelope::to_bytes/from_bytes`.
-//! - `cbor encode+decode (body + envelope)`: the same plus the inner
-//!   `EnvelopeBody` encode/decode that `seal`/`open` do.
+//!   decompress the key, concatenate domain and body, verify.
+//! - `cbor encode+decode (envelope)`: `SignedEnvelope::to_bytes/from_bytes`;
+//!   `cbor decode (body)`: the inner `EnvelopeBody` decode that `open` and
+//!   `peek_id` do; `cbor encode+decode (body + envelope)`: all CBOR of a
+//!   seal and an open.
 //! - `json encode+decode (payload)`: `serde_json` to bytes and back to a
 //!   `Value`, as the store does around Olm.
 //! - `vodozemac pickle encrypt`: `Session::pickle().encrypt`, which the store
-//!   does on every seal and every receive.
-//! - `seal+open (envelope, no storage)`: the whole envelope path with no
-//!   storage: JSON, Olm encrypt, CBOR body, Ed25519 sign, CBOR envelope; then
-//!   CBOR decode, verify, checks, Olm decrypt, JSON parse.
+//!   does on every seal and on every receive.
+//!
+//! Paths:
+//! - `seal+open (envelope, no storage)`: JSON, Olm encrypt, CBOR body,
+//!   Ed25519 sign, CBOR envelope; then CBOR decode, verify and checks, Olm
+//!   decrypt, JSON parse: `SessionStore::seal` + `receive` minus storage.
+//!   `open only` is its receiving half.
 //! - `seal+receive (full, sled)`: `SessionStore::seal` on alice and
-//!   `SessionStore::receive` on bob on temporary sled databases, with the wire
-//!   encoding in between. Both sides pickle the Olm session and write sled;
-//!   bob also writes the replay entry and the sealed inbox entry. Bob's inbox
-//!   is drained every 1024 messages outside the timed region.
+//!   `SessionStore::receive` on bob on temporary sled databases, with the
+//!   wire encoding in between. Both sides pickle the Olm session and write
+//!   sled; bob also writes the replay entry and the sealed inbox entry. Bob's
+//!   inbox is drained every 1024 messages outside the timed region. `seal
+//!   only` and `receive only` time one half each.
 //! - `seal+receive+flush/64 (full, sled on disk)`: as above on on-disk
-//!   databases configured as a node configures them, flushing bob's database
-//!   after every 64 messages as the node's inbound stream does per burst
-//!   (time per message).
+//!   databases configured as a node configures its own, flushing bob's
+//!   database after every 64 messages as the node's inbound stream does per
+//!   burst (time per message).
 
 mod common;
 
@@ -41,8 +50,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ed25519_dalek::{Signer, SigningKey, Verifier};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use vodozemac::olm::OlmMessage;
 
 use agentmesh_node::{
@@ -61,10 +70,11 @@ const BURST: u64 = 64;
 fn bench_envelope(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope_1KiB");
     g.throughput(Throughput::Elements(1));
-    let plain = serde_json::to_vec(&payload(7)).expect("json");
+    let value = payload(3);
+    let plain = serde_json::to_vec(&value).expect("json");
     assert_eq!(plain.len(), PAYLOAD_BYTES);
 
-    // --- bare primitives -------------------------------------------------
+    // --- Olm -------------------------------------------------------------
     for (name, established) in [
         ("olm encrypt+decrypt", true),
         ("olm encrypt+decrypt (pre-key msgs)", false),
@@ -77,6 +87,16 @@ fn bench_envelope(c: &mut Criterion) {
             })
         });
     }
+    {
+        let (mut a, mut b) = olm_pair(true);
+        g.bench_function("olm decrypt only", |bench| {
+            bench.iter_batched(
+                || a.encrypt(&plain).expect("encrypts"),
+                |m| black_box(b.decrypt(&m).expect("decrypts")),
+                BatchSize::SmallInput,
+            )
+        });
+    }
 
     // A real envelope, for sizes and a template body.
     let (mut a, b) = pair(None, true);
@@ -86,41 +106,58 @@ fn bench_envelope(c: &mut Criterion) {
         .expect("seals");
     let body: EnvelopeBody = env.open(&b.amid(), NOW).expect("opens");
     let body_cbor = codec::encode(&body).expect("body encodes");
-    let signed_len = DOMAIN_SEP_ENVELOPE.len() + body_cbor.len();
+    let signed = [DOMAIN_SEP_ENVELOPE, &body_cbor[..]].concat();
     eprintln!(
-        "envelope: payload {PAYLOAD_BYTES} B, olm ciphertext {} B, signed part {signed_len} B, wire {} B",
+        "envelope: payload {PAYLOAD_BYTES} B, olm ciphertext {} B, signed part {} B, wire {} B",
         body.ciphertext.len(),
+        signed.len(),
         env.to_bytes().len()
     );
 
+    // --- Ed25519 -----------------------------------------------------------
     let key = SigningKey::from_bytes(&[7; 32]);
     let vk = key.verifying_key();
-    let msg = vec![0x5a; signed_len];
+    let sig = key.sign(&signed);
     g.bench_function("ed25519 sign+verify", |bench| {
         bench.iter(|| {
-            let sig = key.sign(black_box(&msg));
-            vk.verify(black_box(&msg), &sig).expect("verifies");
+            let sig = key.sign(black_box(&signed));
+            vk.verify(black_box(&signed), &sig).expect("verifies");
         })
     });
-    let signer = Identity::from_seed(&[7; 32]);
-    let sig = signer.sign(DOMAIN_SEP_ENVELOPE, &body_cbor);
-    let vk_bytes = signer.amid();
+    g.bench_function("ed25519 sign only", |bench| {
+        bench.iter(|| black_box(key.sign(black_box(&signed))))
+    });
     g.bench_function("ed25519 verify only", |bench| {
-        let full = [DOMAIN_SEP_ENVELOPE, &body_cbor[..]].concat();
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(vk_bytes.as_bytes()).expect("key");
-        let s = ed25519_dalek::Signature::from_bytes(&sig);
-        bench.iter(|| vk.verify(black_box(&full), &s).expect("verifies"))
+        bench.iter(|| vk.verify(black_box(&signed), &sig).expect("verifies"))
     });
-    g.bench_function("ed25519 verify via Amid::verify", |bench| {
-        bench.iter(|| {
-            assert!(vk_bytes.verify(DOMAIN_SEP_ENVELOPE, black_box(&body_cbor), &sig));
-        })
+    let vk_bytes = vk.to_bytes();
+    g.bench_function("ed25519 key decompress", |bench| {
+        bench.iter(|| black_box(VerifyingKey::from_bytes(black_box(&vk_bytes)).expect("key")))
     });
+    {
+        let signer = Identity::from_seed(&[7; 32]);
+        let amid = signer.amid();
+        let sig: [u8; 64] = signer.sign(DOMAIN_SEP_ENVELOPE, &body_cbor);
+        assert_eq!(Signature::from_bytes(&sig), key.sign(&signed));
+        g.bench_function("ed25519 verify via Amid::verify", |bench| {
+            bench.iter(|| {
+                assert!(amid.verify(DOMAIN_SEP_ENVELOPE, black_box(&body_cbor), &sig));
+            })
+        });
+    }
 
+    // --- CBOR, JSON, pickles -------------------------------------------------
     g.bench_function("cbor encode+decode (envelope)", |bench| {
         bench.iter(|| {
             let bytes = black_box(&env).to_bytes();
             black_box(SignedEnvelope::from_bytes(&bytes).expect("decodes"))
+        })
+    });
+    g.bench_function("cbor decode (body)", |bench| {
+        bench.iter(|| {
+            black_box(
+                codec::decode::<EnvelopeBody>(black_box(&body_cbor), usize::MAX).expect("decodes"),
+            )
         })
     });
     g.bench_function("cbor encode+decode (body + envelope)", |bench| {
@@ -131,7 +168,6 @@ fn bench_envelope(c: &mut Criterion) {
             black_box((back, SignedEnvelope::from_bytes(&bytes).expect("decodes")))
         })
     });
-    let value = payload(3);
     g.bench_function("json encode+decode (payload)", |bench| {
         bench.iter(|| {
             let bytes = serde_json::to_vec(black_box(&value)).expect("encodes");
@@ -141,7 +177,10 @@ fn bench_envelope(c: &mut Criterion) {
     {
         let (s, _) = olm_pair(true);
         let pickle_key = [9u8; 32];
-        eprintln!("olm session pickle: {} B", s.pickle().encrypt(&pickle_key).len());
+        eprintln!(
+            "olm session pickle: {} B",
+            s.pickle().encrypt(&pickle_key).len()
+        );
         g.bench_function("vodozemac pickle encrypt", |bench| {
             bench.iter(|| black_box(s.pickle().encrypt(black_box(&pickle_key))))
         });
@@ -149,58 +188,83 @@ fn bench_envelope(c: &mut Criterion) {
 
     // --- the envelope path, no storage -----------------------------------
     {
-        let (mut oa, mut ob) = olm_pair(true);
         let alice = Identity::from_seed(&[1; 32]);
         let bob = Identity::from_seed(&[2; 32]).amid();
         let mut template = body.clone();
         template.from = alice.amid();
         template.to = bob;
         let mut seq = 0u64;
+        // What SessionStore::seal does, minus sled.
+        let mut seal = |olm: &mut vodozemac::olm::Session| {
+            let plain = serde_json::to_vec(black_box(&value)).expect("json");
+            let (t, ct) = olm.encrypt(&plain).expect("encrypts").to_parts();
+            seq += 1;
+            let mut body = template.clone();
+            body.id = MessageId::random();
+            body.seq = seq;
+            body.olm_type = t as u8;
+            body.ciphertext = ct;
+            SignedEnvelope::seal(&alice, &body)
+                .expect("seals")
+                .to_bytes()
+        };
+        // What SessionStore::receive does, minus sled.
+        let open = |olm: &mut vodozemac::olm::Session, wire: &[u8]| {
+            let env = SignedEnvelope::from_bytes(black_box(wire)).expect("decodes");
+            let got = env.open(&bob, NOW).expect("verifies");
+            let m =
+                OlmMessage::from_parts(got.olm_type.into(), &got.ciphertext).expect("olm message");
+            let plain = olm.decrypt(&m).expect("decrypts");
+            serde_json::from_slice::<serde_json::Value>(&plain).expect("json")
+        };
+        let (mut oa, mut ob) = olm_pair(true);
         g.bench_function("seal+open (envelope, no storage)", |bench| {
             bench.iter(|| {
-                // alice: what SessionStore::seal does, minus sled.
-                let plain = serde_json::to_vec(black_box(&value)).expect("json");
-                let (t, ct) = oa.encrypt(&plain).expect("encrypts").to_parts();
-                seq += 1;
-                let mut body = template.clone();
-                body.id = MessageId::random();
-                body.seq = seq;
-                body.olm_type = t as u8;
-                body.ciphertext = ct;
-                let wire = SignedEnvelope::seal(&alice, &body).expect("seals").to_bytes();
-                // bob: what SessionStore::receive does, minus sled.
-                let env = SignedEnvelope::from_bytes(black_box(&wire)).expect("decodes");
-                let got = env.open(&bob, NOW).expect("verifies");
-                let m = OlmMessage::from_parts(got.olm_type.into(), &got.ciphertext)
-                    .expect("olm message");
-                let plain = ob.decrypt(&m).expect("decrypts");
-                black_box(serde_json::from_slice::<serde_json::Value>(&plain).expect("json"))
+                let wire = seal(&mut oa);
+                black_box(open(&mut ob, &wire))
             })
+        });
+        g.bench_function("open only (envelope, no storage)", |bench| {
+            bench.iter_batched(
+                || seal(&mut oa),
+                |wire| black_box(open(&mut ob, &wire)),
+                BatchSize::SmallInput,
+            )
         });
     }
 
     // --- the store, sled included ------------------------------------------
-    {
+    // `timed` selects what is timed: (seal, receive).
+    for (name, timed) in [
+        ("seal+receive (full, sled)", (true, true)),
+        ("seal only (full, sled)", (true, false)),
+        ("receive only (full, sled)", (false, true)),
+    ] {
         let (mut a, mut b) = pair(None, true);
         let to = b.amid();
         let mut pending = 0usize;
         let mut i = 0u64;
-        g.bench_function("seal+receive (full, sled)", |bench| {
+        g.bench_function(name, |bench| {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     i += 1;
                     let p = payload(i);
+                    let id = MessageId::random();
                     let t0 = Instant::now();
-                    let env = a
-                        .store
-                        .seal(&a.id, &to, MessageId::random(), &p, NOW)
-                        .expect("seals");
+                    let env = a.store.seal(&a.id, &to, id, &p, NOW).expect("seals");
                     let wire = env.to_bytes();
+                    let t1 = Instant::now();
                     let env = SignedEnvelope::from_bytes(&wire).expect("decodes");
                     let got = b.store.receive(&env, None, NOW).expect("receives");
-                    total += t0.elapsed();
+                    let t2 = Instant::now();
                     black_box(got);
+                    if timed.0 {
+                        total += t1 - t0;
+                    }
+                    if timed.1 {
+                        total += t2 - t1;
+                    }
                     pending += 1;
                     if pending >= DRAIN_EVERY {
                         b.drain();
@@ -245,7 +309,6 @@ fn bench_envelope(c: &mut Criterion) {
                 total
             })
         });
-        drop((a, b));
     }
     g.finish();
 }

@@ -12,6 +12,8 @@
 //! - `AGENTMESH_BENCH_WINDOW`: unacknowledged messages in flight, for the
 //!   node (`Config::window`) and for raw quinn alike (default: the node's
 //!   default, 64).
+//! - `AGENTMESH_BENCH_ONLY`: `node` or `quinn` to run only that side (for
+//!   profiling); the bound is always measured.
 //!
 //! What is measured:
 //!
@@ -201,7 +203,10 @@ async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>
 
     // Warm-up: the KNOCK opens the session; the message stream follows.
     let r = alice.send(&to, payload(u64::MAX)).await?;
-    eprintln!("  warm-up delivered over {} (knocked: {})", r.path, r.knocked);
+    eprintln!(
+        "  warm-up delivered over {} (knocked: {})",
+        r.path, r.knocked
+    );
     inbox.recv().await.ok_or("bob stopped")?;
     alice.send(&to, payload(u64::MAX - 1)).await?;
     inbox.recv().await.ok_or("bob stopped")?;
@@ -292,12 +297,19 @@ async fn serve_stream(
     Ok(())
 }
 
-async fn quinn_pair() -> Result<(Endpoint, quinn::Connection, mpsc::UnboundedReceiver<(u64, Instant)>), Error> {
+async fn quinn_pair() -> Result<
+    (
+        Endpoint,
+        quinn::Connection,
+        mpsc::UnboundedReceiver<(u64, Instant)>,
+    ),
+    Error,
+> {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-        rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()),
-    );
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        certified.key_pair.serialize_der(),
+    ));
     let server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key)?;
     let server = Endpoint::server(server_config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let server_addr = server.local_addr()?;
@@ -386,7 +398,10 @@ async fn quinn_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration
 fn summary(name: &str, n: usize, runs: &[Duration]) -> f64 {
     let per_s = median(runs.iter().map(|d| rates(n, *d).0).collect());
     let mib_s = per_s * PAYLOAD_BYTES as f64 / (1024.0 * 1024.0);
-    let all: Vec<String> = runs.iter().map(|d| format!("{:.0}", rates(n, *d).0)).collect();
+    let all: Vec<String> = runs
+        .iter()
+        .map(|d| format!("{:.0}", rates(n, *d).0))
+        .collect();
     println!(
         "{name:<12} {per_s:>9.0} msgs/s  {mib_s:>7.2} MiB/s  (median of {}: {})",
         runs.len(),
@@ -432,17 +447,30 @@ fn main() -> Result<(), Error> {
         .enable_all()
         .build()?;
 
-    eprintln!("raw quinn ...");
-    let quinn = rt.block_on(quinn_runs(n, runs, window))?;
-    eprintln!("agentmesh nodes ...");
-    let node = rt.block_on(node_runs(n, runs, window))?;
+    let only = std::env::var("AGENTMESH_BENCH_ONLY").unwrap_or_default();
+    let quinn = if only.is_empty() || only == "quinn" {
+        eprintln!("raw quinn ...");
+        Some(rt.block_on(quinn_runs(n, runs, window))?)
+    } else {
+        None
+    };
+    let node = if only.is_empty() || only == "node" {
+        eprintln!("agentmesh nodes ...");
+        Some(rt.block_on(node_runs(n, runs, window))?)
+    } else {
+        None
+    };
 
-    let quinn_rate = summary("raw quinn", n, &quinn);
-    let node_rate = summary("node", n, &node);
-    println!(
-        "node / bound {:>8.1} %   (target >= 60 %)",
-        100.0 * node_rate / bound_rate
-    );
-    println!("node / quinn {:>8.1} %", 100.0 * node_rate / quinn_rate);
+    let quinn_rate = quinn.map(|q| summary("raw quinn", n, &q));
+    let node_rate = node.map(|d| summary("node", n, &d));
+    if let Some(node_rate) = node_rate {
+        println!(
+            "node / bound {:>8.1} %   (target >= 60 %)",
+            100.0 * node_rate / bound_rate
+        );
+        if let Some(quinn_rate) = quinn_rate {
+            println!("node / quinn {:>8.1} %", 100.0 * node_rate / quinn_rate);
+        }
+    }
     Ok(())
 }

@@ -210,7 +210,8 @@ impl Client {
 
     /// Sends `req` and reads the response.
     pub async fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
-        let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        let mut line =
+            serde_json::to_vec(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
         line.push(b'\n');
         self.w.write_all(&line).await?;
         let resp = self

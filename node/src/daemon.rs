@@ -14,7 +14,10 @@ use crate::{control, events::NodeEvent, node::Node};
 pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
     let amid = node.amid();
     if json {
-        println!("{}", json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint()}));
+        println!(
+            "{}",
+            json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint()})
+        );
     } else {
         println!("agent {amid}\nfingerprint {}", node.fingerprint());
     }
@@ -73,7 +76,11 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             stored_remotely,
         } => println!(
             "card published (seq {seq}){}",
-            if *stored_remotely { "" } else { " locally only, retrying" }
+            if *stored_remotely {
+                ""
+            } else {
+                " locally only, retrying"
+            }
         ),
         NodeEvent::Delivered {
             id,

@@ -259,7 +259,10 @@ mod tests {
             decoded.open(&a.amid(), 2_000).unwrap_err(),
             EnvelopeError::WrongRecipient(b.amid())
         );
-        assert_eq!(decoded.open(&b.amid(), 10_000).unwrap_err(), EnvelopeError::Expired);
+        assert_eq!(
+            decoded.open(&b.amid(), 10_000).unwrap_err(),
+            EnvelopeError::Expired
+        );
         let mut t = decoded.clone();
         t.tamper();
         assert!(t.open(&b.amid(), 2_000).is_err());
@@ -274,7 +277,10 @@ mod tests {
         // ed25519 is deterministic, so the whole encoding is stable.
         assert_eq!(bytes.len(), 257);
         let digest = hex::encode(sha2::Sha256::digest(&bytes));
-        assert_eq!(digest, "c13a0e675b01d32d4203eb26e80ff8782e6301568715426e7124a36f2d161fb0");
+        assert_eq!(
+            digest,
+            "c13a0e675b01d32d4203eb26e80ff8782e6301568715426e7124a36f2d161fb0"
+        );
     }
 
     #[test]
@@ -284,7 +290,10 @@ mod tests {
         let mallory = Identity::from_seed(&[3; 32]);
         // mallory signs a body claiming to be from a
         let env = SignedEnvelope::seal(&mallory, &body(&a, b.amid(), vec![1])).unwrap();
-        assert_eq!(env.open(&b.amid(), 2_000).unwrap_err(), EnvelopeError::BadSignature);
+        assert_eq!(
+            env.open(&b.amid(), 2_000).unwrap_err(),
+            EnvelopeError::BadSignature
+        );
     }
 
     proptest! {

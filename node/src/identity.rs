@@ -141,7 +141,9 @@ impl FromStr for Amid {
     type Err = AmidError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let body = s.strip_prefix(AMID_PREFIX).ok_or(AmidError::MissingPrefix)?;
+        let body = s
+            .strip_prefix(AMID_PREFIX)
+            .ok_or(AmidError::MissingPrefix)?;
         if body.len() > 64 {
             return Err(AmidError::BadLength(body.len()));
         }
@@ -281,8 +283,14 @@ mod tests {
             amid[2..].parse::<Amid>(),
             Err(AmidError::MissingPrefix)
         ));
-        assert!(matches!("am0OIl".parse::<Amid>(), Err(AmidError::NotBase58)));
-        assert!(matches!("am2g".parse::<Amid>(), Err(AmidError::BadLength(_))));
+        assert!(matches!(
+            "am0OIl".parse::<Amid>(),
+            Err(AmidError::NotBase58)
+        ));
+        assert!(matches!(
+            "am2g".parse::<Amid>(),
+            Err(AmidError::BadLength(_))
+        ));
         // change one character in the middle
         let mut chars: Vec<char> = amid.chars().collect();
         let i = chars.len() / 2;

@@ -153,13 +153,24 @@ impl std::fmt::Debug for Keystore {
     }
 }
 
+/// Largest Argon2 memory cost a keystore may ask for (1 GiB, in KiB).
+const MAX_M_COST: u32 = 1024 * 1024;
+/// Largest Argon2 iteration count a keystore may ask for.
+const MAX_T_COST: u32 = 64;
+/// Largest Argon2 parallelism a keystore may ask for.
+const MAX_P_COST: u32 = 16;
+
 fn derive_key(
     pass: &Passphrase,
     salt: &[u8],
     kdf: KdfParams,
 ) -> Result<Zeroizing<[u8; 32]>, KeystoreError> {
-    let params =
-        Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32)).map_err(|_| KeystoreError::Kdf)?;
+    // A keystore file is input: it must not make us allocate without bound.
+    if kdf.m_cost > MAX_M_COST || kdf.t_cost > MAX_T_COST || kdf.p_cost > MAX_P_COST {
+        return Err(KeystoreError::Kdf);
+    }
+    let params = Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32))
+        .map_err(|_| KeystoreError::Kdf)?;
     let mut out = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(pass.0.as_bytes(), salt, out.as_mut())
@@ -334,6 +345,20 @@ mod tests {
         assert!(matches!(
             Keystore::decrypt(b"junk", &Passphrase::new("a")),
             Err(KeystoreError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_refused() {
+        let pass = Passphrase::new("a");
+        let huge = KdfParams {
+            m_cost: u32::MAX,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        assert!(matches!(
+            derive_key(&pass, &[0; 16], huge),
+            Err(KeystoreError::Kdf)
         ));
     }
 

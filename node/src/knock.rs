@@ -314,7 +314,13 @@ impl Policy {
 
     /// Evaluates a verified KNOCK at `now_ms`. `nonce_seen` says whether the
     /// nonce was already used. Pure: same inputs, same decision.
-    pub fn evaluate(&self, me: &Amid, knock: &KnockBody, nonce_seen: bool, now_ms: u64) -> Decision {
+    pub fn evaluate(
+        &self,
+        me: &Amid,
+        knock: &KnockBody,
+        nonce_seen: bool,
+        now_ms: u64,
+    ) -> Decision {
         let reject = |reason| Decision::Reject { reason };
         if &knock.to != me {
             return reject(RejectReason::WrongRecipient);
@@ -368,29 +374,42 @@ mod tests {
         let now = 10_000_000;
         let k = knock(&a, b.amid(), now);
         let mut p = Policy::permissive();
-        assert!(matches!(p.evaluate(&b.amid(), &k, false, now), Decision::Accept { .. }));
+        assert!(matches!(
+            p.evaluate(&b.amid(), &k, false, now),
+            Decision::Accept { .. }
+        ));
         assert_eq!(
             p.evaluate(&c.amid(), &k, false, now),
-            Decision::Reject { reason: RejectReason::WrongRecipient }
+            Decision::Reject {
+                reason: RejectReason::WrongRecipient
+            }
         );
         assert_eq!(
             p.evaluate(&b.amid(), &k, true, now),
-            Decision::Reject { reason: RejectReason::ReplayedNonce }
+            Decision::Reject {
+                reason: RejectReason::ReplayedNonce
+            }
         );
         assert_eq!(
             p.evaluate(&b.amid(), &k, false, now + MAX_CLOCK_SKEW_MS + 1),
-            Decision::Reject { reason: RejectReason::StaleTimestamp }
+            Decision::Reject {
+                reason: RejectReason::StaleTimestamp
+            }
         );
         p.allow.insert(c.amid());
         assert_eq!(
             p.evaluate(&b.amid(), &k, false, now),
-            Decision::Reject { reason: RejectReason::NotAllowed }
+            Decision::Reject {
+                reason: RejectReason::NotAllowed
+            }
         );
         p.allow.insert(a.amid());
         p.block.insert(a.amid());
         assert_eq!(
             p.evaluate(&b.amid(), &k, false, now),
-            Decision::Reject { reason: RejectReason::Blocked }
+            Decision::Reject {
+                reason: RejectReason::Blocked
+            }
         );
     }
 
@@ -401,15 +420,30 @@ mod tests {
         let k = SignedKnock::sign(&a, &knock(&a, b.amid(), 5)).unwrap();
         let back = SignedKnock::from_bytes(&k.to_bytes()).unwrap();
         assert_eq!(back.verify().unwrap().from, a.amid());
-        let d = SignedDecision::sign(&b, &k, Decision::Reject { reason: RejectReason::Blocked }, 6);
+        let d = SignedDecision::sign(
+            &b,
+            &k,
+            Decision::Reject {
+                reason: RejectReason::Blocked,
+            },
+            6,
+        );
         let d2 = SignedDecision::from_bytes(&d.to_bytes()).unwrap();
         assert_eq!(
             d2.verify(&b.amid(), &k).unwrap(),
-            Decision::Reject { reason: RejectReason::Blocked }
+            Decision::Reject {
+                reason: RejectReason::Blocked
+            }
         );
-        assert_eq!(d2.verify(&a.amid(), &k).unwrap_err(), KnockError::BadSignature);
+        assert_eq!(
+            d2.verify(&a.amid(), &k).unwrap_err(),
+            KnockError::BadSignature
+        );
         let other = SignedKnock::sign(&a, &knock(&a, b.amid(), 7)).unwrap();
-        assert_eq!(d2.verify(&b.amid(), &other).unwrap_err(), KnockError::Unrelated);
+        assert_eq!(
+            d2.verify(&b.amid(), &other).unwrap_err(),
+            KnockError::Unrelated
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ use agentmesh_node::{
 };
 
 #[derive(Parser)]
-#[command(name = "agentmesh", version, about = "An AgentMesh agent: P2P, end-to-end encrypted messaging for AI agents")]
+#[command(
+    name = "agentmesh",
+    version,
+    about = "An AgentMesh agent: P2P, end-to-end encrypted messaging for AI agents"
+)]
 struct Cli {
     /// Data directory (keystore, database, control socket).
     #[arg(long, global = true, env = "AGENTMESH_HOME")]
@@ -112,19 +116,30 @@ async fn main() -> Result<()> {
             let (ks, created) = Keystore::load_or_create(&dir, &pass, KdfParams::default())?;
             let amid = ks.identity().amid();
             if cli.json {
-                println!("{}", json!({"amid": amid, "fingerprint": amid.fingerprint(), "created": created}));
+                println!(
+                    "{}",
+                    json!({"amid": amid, "fingerprint": amid.fingerprint(), "created": created})
+                );
             } else {
-                println!("{} identity {amid}", if created { "created" } else { "existing" });
+                println!(
+                    "{} identity {amid}",
+                    if created { "created" } else { "existing" }
+                );
                 println!("fingerprint {}", amid.fingerprint());
             }
         }
         Cmd::Id => {
             let pass = Passphrase::from_env()?;
             let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
-                .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
+                .with_context(|| {
+                    format!("no identity in {} (run `agentmesh init`)", dir.display())
+                })?;
             let amid = Keystore::decrypt(&bytes, &pass)?.identity().amid();
             if cli.json {
-                println!("{}", json!({"amid": amid, "fingerprint": amid.fingerprint(), "peer_id": amid.peer_id()?.to_string()}));
+                println!(
+                    "{}",
+                    json!({"amid": amid, "fingerprint": amid.fingerprint(), "peer_id": amid.peer_id()?.to_string()})
+                );
             } else {
                 println!("{amid}\nfingerprint {}", amid.fingerprint());
             }
@@ -141,7 +156,8 @@ async fn main() -> Result<()> {
             payload,
             capability,
         } => {
-            let payload = serde_json::from_str(payload).unwrap_or_else(|_| json!({"text": payload}));
+            let payload =
+                serde_json::from_str(payload).unwrap_or_else(|_| json!({"text": payload}));
             let mut client = Client::connect(&dir).await?;
             let resp = client
                 .request(&Request::Send {
@@ -155,7 +171,13 @@ async fn main() -> Result<()> {
             }
             match (resp.ok, resp.receipt) {
                 (true, Some(r)) if !cli.json => {
-                    println!("delivered {} to {} via {}{}", r.id, r.to, r.path, if r.knocked { " (KNOCK accepted)" } else { "" });
+                    println!(
+                        "delivered {} to {} via {}{}",
+                        r.id,
+                        r.to,
+                        r.path,
+                        if r.knocked { " (KNOCK accepted)" } else { "" }
+                    );
                 }
                 (true, _) => {}
                 (false, _) => bail!(resp.error.unwrap_or_else(|| "send failed".into())),
@@ -173,8 +195,18 @@ async fn main() -> Result<()> {
                 for a in &status.net.listen_addrs {
                     println!("listening    {a}");
                 }
-                println!("card         {}", if status.net.card_published { "published" } else { "not yet published" });
-                println!("dht          {} peers in routing table, {} records", status.net.routing_table, status.net.dht_records);
+                println!(
+                    "card         {}",
+                    if status.net.card_published {
+                        "published"
+                    } else {
+                        "not yet published"
+                    }
+                );
+                println!(
+                    "dht          {} peers in routing table, {} records",
+                    status.net.routing_table, status.net.dht_records
+                );
                 for p in &status.net.connected {
                     println!("connected    {} via {}", p.peer, p.path);
                 }
@@ -185,7 +217,11 @@ async fn main() -> Result<()> {
         }
         Cmd::Block { amid } => {
             let mut client = Client::connect(&dir).await?;
-            let resp = client.request(&Request::Block { amid: amid.to_string() }).await?;
+            let resp = client
+                .request(&Request::Block {
+                    amid: amid.to_string(),
+                })
+                .await?;
             if !resp.ok {
                 bail!(resp.error.unwrap_or_default());
             }

@@ -316,7 +316,7 @@ impl NodeBuilder {
         })
         .await
         .map_err(|_| SpawnError::NoDataDir)??;
-        Node::start(keystore, dir, self.config, self.bootstrap).await
+        Node::start(keystore, dir, self.config, self.bootstrap)
     }
 }
 
@@ -430,7 +430,7 @@ impl Node {
         }
     }
 
-    async fn start(
+    fn start(
         keystore: Keystore,
         dir: PathBuf,
         config: Config,
@@ -475,9 +475,7 @@ impl Node {
         let span = tracing::info_span!("node", id = %amid.short());
         info!(parent: &span, %amid, "node starting");
 
-        tokio::spawn(
-            swarm::run(shared.clone(), swarm, cmd_rx, bootstrap).instrument(span.clone()),
-        );
+        tokio::spawn(swarm::run(shared.clone(), swarm, cmd_rx, bootstrap).instrument(span.clone()));
         // Messages stored before a restart go to the application first.
         let (backlog_done_tx, backlog_done) = oneshot::channel();
         {
@@ -485,7 +483,12 @@ impl Node {
             tokio::spawn(async move {
                 for (arrival, r) in backlog {
                     let message = Message::new(r, PathKind::Other);
-                    if shared.inbox_tx.send(Delivery { arrival, message }).await.is_err() {
+                    if shared
+                        .inbox_tx
+                        .send(Delivery { arrival, message })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -584,7 +587,9 @@ impl Node {
             .map_err(|e| SendError::InvalidPayload(e.to_string()))?
             .len();
         if size > crate::envelope::MAX_PAYLOAD_SIZE {
-            return Err(SendError::InvalidPayload(format!("{size} bytes is too large")));
+            return Err(SendError::InvalidPayload(format!(
+                "{size} bytes is too large"
+            )));
         }
         if to == &self.shared.amid {
             return Err(SendError::InvalidPayload("cannot send to self".into()));

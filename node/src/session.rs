@@ -247,7 +247,9 @@ impl SessionStore {
             let text = std::str::from_utf8(&v).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             let pickle = SessionPickle::from_encrypted(text, &pickle_key.0)
                 .map_err(|e| StorageError::Pickle(e.to_string()))?;
-            olm.entry(peer).or_default().push(Session::from_pickle(pickle));
+            olm.entry(peer)
+                .or_default()
+                .push(Session::from_pickle(pickle));
         }
         let store = Self {
             me,
@@ -266,7 +268,13 @@ impl SessionStore {
     }
 
     fn put_account(&self, batch: &mut sled::Batch) {
-        batch.insert(ACCOUNT_KEY, self.account.pickle().encrypt(&self.pickle_key.0).into_bytes());
+        batch.insert(
+            ACCOUNT_KEY,
+            self.account
+                .pickle()
+                .encrypt(&self.pickle_key.0)
+                .into_bytes(),
+        );
     }
 
     fn put_olm(&self, batch: &mut sled::Batch, peer: &Amid, s: &Session) {
@@ -348,14 +356,19 @@ impl SessionStore {
         Ok(())
     }
 
-    fn encrypt(&self, olm: &mut Session, payload: &serde_json::Value) -> Result<(u8, Vec<u8>), SealError> {
-        let plain = Zeroizing::new(
-            serde_json::to_vec(payload).map_err(|e| SealError::Olm(e.to_string()))?,
-        );
+    fn encrypt(
+        &self,
+        olm: &mut Session,
+        payload: &serde_json::Value,
+    ) -> Result<(u8, Vec<u8>), SealError> {
+        let plain =
+            Zeroizing::new(serde_json::to_vec(payload).map_err(|e| SealError::Olm(e.to_string()))?);
         if plain.len() > MAX_PAYLOAD_SIZE {
             return Err(SealError::PayloadTooLarge(plain.len()));
         }
-        let msg = olm.encrypt(&*plain).map_err(|e| SealError::Olm(e.to_string()))?;
+        let msg = olm
+            .encrypt(&*plain)
+            .map_err(|e| SealError::Olm(e.to_string()))?;
         let (t, ct) = msg.to_parts();
         Ok((t as u8, ct))
     }
@@ -430,7 +443,11 @@ impl SessionStore {
     }
 
     /// Stores an outbound session once the peer accepted it.
-    pub fn commit_outbound(&mut self, p: PendingOutbound, expires_ms: u64) -> Result<SessionInfo, StorageError> {
+    pub fn commit_outbound(
+        &mut self,
+        p: PendingOutbound,
+        expires_ms: u64,
+    ) -> Result<SessionInfo, StorageError> {
         let mut info = p.info;
         info.expires_ms = expires_ms.min(info.expires_ms);
         let mut batch = sled::Batch::default();
@@ -447,9 +464,10 @@ impl SessionStore {
         list.push(s);
         if list.len() > MAX_OLM_SESSIONS_PER_PEER {
             let old = list.remove(0);
-            let _ = self
-                .tree
-                .remove(key(b"olm/", &[peer.as_bytes(), old.session_id().as_bytes()]));
+            let _ = self.tree.remove(key(
+                b"olm/",
+                &[peer.as_bytes(), old.session_id().as_bytes()],
+            ));
         }
     }
 
@@ -521,7 +539,10 @@ impl SessionStore {
     ) -> Result<(u64, Received), OpenError> {
         let body = env.open(&self.me, now_ms)?;
         let seen_key = key(b"seen/", &[body.from.as_bytes(), &body.id.0]);
-        let duplicate = self.tree.contains_key(&seen_key).map_err(StorageError::from)?;
+        let duplicate = self
+            .tree
+            .contains_key(&seen_key)
+            .map_err(StorageError::from)?;
         // A duplicate plain message is dropped at once. A duplicate first
         // message of a KNOCK (the initiator lost our answer and knocked
         // again) still sets up the new session, but is not delivered again.
@@ -582,7 +603,10 @@ impl SessionStore {
             codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,
         );
         let inbox_key = key(b"inbox/", &[&be(arrival)]);
-        batch.insert(inbox_key.clone(), self.inbox_sealer.seal(&plain_rec, &inbox_key));
+        batch.insert(
+            inbox_key.clone(),
+            self.inbox_sealer.seal(&plain_rec, &inbox_key),
+        );
         let committed = self.tree.apply_batch(batch);
         self.push_olm(body.from, olm);
         committed.map_err(StorageError::from)?;
@@ -602,7 +626,11 @@ impl SessionStore {
     /// Decrypts with an existing session of `peer` or a new inbound one.
     /// Returns the session (removed from the in-memory list: the caller puts
     /// it back), the plaintext and whether the session is new.
-    fn decrypt(&mut self, peer: &Amid, msg: &OlmMessage) -> Result<(Session, Vec<u8>, bool), OpenError> {
+    fn decrypt(
+        &mut self,
+        peer: &Amid,
+        msg: &OlmMessage,
+    ) -> Result<(Session, Vec<u8>, bool), OpenError> {
         let list = self.olm.entry(*peer).or_default();
         if let OlmMessage::PreKey(pre) = msg {
             let sid = pre.session_id();
@@ -640,7 +668,13 @@ impl SessionStore {
 
     /// Stores a session accepted by us (responder side) together with the
     /// KNOCK's first message: see [`Self::receive`].
-    pub fn responder_info(peer: Amid, id: SessionId, intent: Intent, now_ms: u64, expires_ms: u64) -> SessionInfo {
+    pub fn responder_info(
+        peer: Amid,
+        id: SessionId,
+        intent: Intent,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> SessionInfo {
         SessionInfo {
             id,
             peer,
@@ -723,7 +757,11 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let id = Identity::from_seed(&[seed; 32]);
         let store = SessionStore::open(id.amid(), &db, &[seed; 32]).unwrap();
-        Side { id, store, _dir: dir }
+        Side {
+            id,
+            store,
+            _dir: dir,
+        }
     }
 
     #[test]
@@ -734,25 +772,54 @@ mod tests {
         let card = card_of(&b.store, b.id.amid());
         let (pending, env) = a
             .store
-            .seal_first(&a.id, &card, false, Intent::default(), MessageId([1; 16]), &json!({"n": 1}), now)
+            .seal_first(
+                &a.id,
+                &card,
+                false,
+                Intent::default(),
+                MessageId([1; 16]),
+                &json!({"n": 1}),
+                now,
+            )
             .unwrap();
         let sid = SessionStore::pending_session_id(&pending);
-        let info = SessionStore::responder_info(a.id.amid(), sid, Intent::default(), now, now + 10_000_000);
+        let info = SessionStore::responder_info(
+            a.id.amid(),
+            sid,
+            Intent::default(),
+            now,
+            now + 10_000_000,
+        );
         let (_, got) = b.store.receive(&env, Some(&info), now).unwrap();
         assert_eq!(got.payload, json!({"n": 1}));
         a.store.commit_outbound(pending, now + 10_000_000).unwrap();
 
         // replay of the first envelope as a plain message is a duplicate
-        assert!(matches!(b.store.receive(&env, None, now), Err(OpenError::Duplicate)));
+        assert!(matches!(
+            b.store.receive(&env, None, now),
+            Err(OpenError::Duplicate)
+        ));
         assert_eq!(b.store.inbox().len(), 1);
 
-        let env2 = a.store.seal(&a.id, &b.id.amid(), MessageId([2; 16]), &json!("two"), now).unwrap();
+        let env2 = a
+            .store
+            .seal(&a.id, &b.id.amid(), MessageId([2; 16]), &json!("two"), now)
+            .unwrap();
         let (_, got) = b.store.receive(&env2, None, now).unwrap();
         assert_eq!(got.payload, json!("two"));
         assert_eq!(got.seq, 1);
 
         // b answers in the same session
-        let env3 = b.store.seal(&b.id, &a.id.amid(), MessageId([3; 16]), &json!("three"), now).unwrap();
+        let env3 = b
+            .store
+            .seal(
+                &b.id,
+                &a.id.amid(),
+                MessageId([3; 16]),
+                &json!("three"),
+                now,
+            )
+            .unwrap();
         let (_, got) = a.store.receive(&env3, None, now).unwrap();
         assert_eq!(got.payload, json!("three"));
         assert_eq!(b.store.inbox().len(), 2);
@@ -761,18 +828,30 @@ mod tests {
 
     #[test]
     fn tampered_and_unknown_session_refused() {
-        let mut a = side(1);
+        let a = side(1);
         let mut b = side(2);
         let now = 1_000_000;
         let card = card_of(&b.store, b.id.amid());
         let (pending, env) = a
             .store
-            .seal_first(&a.id, &card, false, Intent::default(), MessageId([1; 16]), &json!(1), now)
+            .seal_first(
+                &a.id,
+                &card,
+                false,
+                Intent::default(),
+                MessageId([1; 16]),
+                &json!(1),
+                now,
+            )
             .unwrap();
         // no KNOCK accepted: the session is unknown
-        assert!(matches!(b.store.receive(&env, None, now), Err(OpenError::UnknownSession)));
+        assert!(matches!(
+            b.store.receive(&env, None, now),
+            Err(OpenError::UnknownSession)
+        ));
         let sid = SessionStore::pending_session_id(&pending);
-        let info = SessionStore::responder_info(a.id.amid(), sid, Intent::default(), now, now + 10_000);
+        let info =
+            SessionStore::responder_info(a.id.amid(), sid, Intent::default(), now, now + 10_000);
         let mut bad = env.clone();
         bad.tamper();
         assert!(matches!(
@@ -799,17 +878,36 @@ mod tests {
             let mut b = SessionStore::open(idb.amid(), &db_b, &[2; 32]).unwrap();
             let card = card_of(&b, idb.amid());
             let (p, env) = a
-                .seal_first(&ida, &card, false, Intent::default(), MessageId([1; 16]), &json!(1), now)
+                .seal_first(
+                    &ida,
+                    &card,
+                    false,
+                    Intent::default(),
+                    MessageId([1; 16]),
+                    &json!(1),
+                    now,
+                )
                 .unwrap();
-            info = SessionStore::responder_info(ida.amid(), SessionStore::pending_session_id(&p), Intent::default(), now, now + 10_000_000);
+            info = SessionStore::responder_info(
+                ida.amid(),
+                SessionStore::pending_session_id(&p),
+                Intent::default(),
+                now,
+                now + 10_000_000,
+            );
             b.receive(&env, Some(&info), now).unwrap();
             a.commit_outbound(p, now + 10_000_000).unwrap();
             b.flush().unwrap();
         }
         let db_b = sled::open(dir_b.path()).unwrap();
         let mut b = SessionStore::open(idb.amid(), &db_b, &[2; 32]).unwrap();
-        let env = a.seal(&ida, &idb.amid(), MessageId([2; 16]), &json!("after"), now).unwrap();
-        assert_eq!(b.receive(&env, None, now).unwrap().1.payload, json!("after"));
+        let env = a
+            .seal(&ida, &idb.amid(), MessageId([2; 16]), &json!("after"), now)
+            .unwrap();
+        assert_eq!(
+            b.receive(&env, None, now).unwrap().1.payload,
+            json!("after")
+        );
         // wrong storage key cannot read the pickles
         drop(b);
         drop(db_b);

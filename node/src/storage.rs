@@ -95,7 +95,11 @@ impl Sealer {
         [nonce.as_slice(), &ct].concat()
     }
 
-    pub(crate) fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, StorageError> {
+    pub(crate) fn open(
+        &self,
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StorageError> {
         if sealed.len() < 24 + 16 {
             return Err(StorageError::Unseal);
         }

@@ -80,8 +80,13 @@ mod tests {
     fn round_trip() {
         for f in [
             MsgFrame::Envelope(vec![1, 2, 3]),
-            MsgFrame::Ack { id: MessageId([1; 16]) },
-            MsgFrame::Nack { id: MessageId([2; 16]), reason: RejectReason::UnknownSession },
+            MsgFrame::Ack {
+                id: MessageId([1; 16]),
+            },
+            MsgFrame::Nack {
+                id: MessageId([2; 16]),
+                reason: RejectReason::UnknownSession,
+            },
         ] {
             assert_eq!(MsgFrame::from_bytes(&f.to_bytes()).unwrap(), f);
         }

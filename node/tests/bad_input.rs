@@ -39,7 +39,12 @@ async fn node(dir: &std::path::Path, name: &str, boot: Option<&Node>) -> Node {
     n
 }
 
-fn body(from: &Identity, to: agentmesh_node::Amid, session: SessionId, expires_ms: u64) -> EnvelopeBody {
+fn body(
+    from: &Identity,
+    to: agentmesh_node::Amid,
+    session: SessionId,
+    expires_ms: u64,
+) -> EnvelopeBody {
     let now = agentmesh_dht::now_ms();
     EnvelopeBody {
         v: ENVELOPE_VERSION,
@@ -96,8 +101,14 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
         (undecryptable, RejectReason::DecryptFailed),
     ];
     for (env, want) in cases {
-        w.send(MsgFrame::Envelope(env.to_bytes()).to_bytes()).await.unwrap();
-        let answer = tokio::time::timeout(WAIT, r.recv()).await.unwrap().unwrap().unwrap();
+        w.send(MsgFrame::Envelope(env.to_bytes()).to_bytes())
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, r.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         match MsgFrame::from_bytes(&answer).unwrap() {
             MsgFrame::Nack { reason, .. } => assert_eq!(reason, want),
             other => panic!("expected a nack for {want:?}, got {other:?}"),
@@ -125,9 +136,11 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
     // Bob still serves, and only genuine messages ever reached him.
     alice.send(&bob.amid(), json!("genuine 2")).await.unwrap();
     assert_eq!(inbox.recv().await.unwrap().payload, json!("genuine 2"));
-    assert!(tokio::time::timeout(Duration::from_millis(300), inbox.recv())
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err()
+    );
 
     let mut refused = 0;
     while let Ok(e) = events.try_recv() {

@@ -60,29 +60,44 @@ async fn alice_resolves_bob_knocks_and_sends() {
         .unwrap();
     assert!(r.knocked);
     assert_eq!(r.path, PathKind::DirectQuic);
-    let m = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.payload, json!({"text": "hi bob"}));
     assert_eq!(m.from, alice.amid());
 
     // second message rides the session stream, no KNOCK
     let r = alice.send(&bob.amid(), json!({"n": 2})).await.unwrap();
     assert!(!r.knocked);
-    let m = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.payload, json!({"n": 2}));
 
     // bob answers in the same session
     let mut alice_inbox = alice.messages().unwrap();
     let r = bob.send(&alice.amid(), json!("hello alice")).await.unwrap();
     assert!(!r.knocked);
-    let m = tokio::time::timeout(WAIT, alice_inbox.recv()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(WAIT, alice_inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.payload, json!("hello alice"));
 
     // a burst arrives complete and in order
     for i in 0..50 {
-        alice.send_nowait(&bob.amid(), json!({"i": i})).await.unwrap();
+        alice
+            .send_nowait(&bob.amid(), json!({"i": i}))
+            .await
+            .unwrap();
     }
     for i in 0..50 {
-        let m = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(m.payload, json!({"i": i}));
     }
     let status = alice.status().await;
@@ -107,7 +122,10 @@ async fn blocked_sender_gets_reject_with_reason() {
     // bob logged the decision and delivered nothing
     let decided = tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(NodeEvent::KnockDecided { accepted, reason, .. }) = events.recv().await {
+            if let Ok(NodeEvent::KnockDecided {
+                accepted, reason, ..
+            }) = events.recv().await
+            {
                 return (accepted, reason);
             }
         }
@@ -116,5 +134,9 @@ async fn blocked_sender_gets_reject_with_reason() {
     .unwrap();
     assert_eq!(decided, (false, Some(RejectReason::Blocked)));
     let mut inbox = bob.messages().unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(300), inbox.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err()
+    );
 }

@@ -12,7 +12,9 @@ use agentmesh_node::control::{Client, Request};
 
 use crate::process::{start_agent, start_bootstrap, Proc};
 
-const NAMES: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const NAMES: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Options of a devnet run.
@@ -50,7 +52,9 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     let root = match &opts.dir {
         Some(d) => d.clone(),
         None => {
-            tmp = tempfile::Builder::new().prefix("agentmesh-devnet").tempdir()?;
+            tmp = tempfile::Builder::new()
+                .prefix("agentmesh-devnet")
+                .tempdir()?;
             tmp.path().to_owned()
         }
     };
@@ -73,7 +77,11 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     // Round 2: each answers the greeting in the session it accepted.
     for round in 0..2 {
         for i in 0..n {
-            let (from, to) = if round == 0 { (i, (i + 1) % n) } else { ((i + 1) % n, i) };
+            let (from, to) = if round == 0 {
+                (i, (i + 1) % n)
+            } else {
+                ((i + 1) % n, i)
+            };
             let text = if round == 0 {
                 format!("hello {}, this is {}", agents[to].name, agents[from].name)
             } else {
@@ -91,14 +99,13 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
             )
             .await
             .context("send timed out")??;
-            let receipt = match (resp.ok, resp.receipt) {
-                (true, Some(r)) => r,
-                _ => bail!(
+            let (true, Some(receipt)) = (resp.ok, resp.receipt) else {
+                bail!(
                     "{} → {} failed: {}",
                     agents[from].name,
                     agents[to].name,
                     resp.error.unwrap_or_default()
-                ),
+                );
             };
             let id = receipt.id.to_string();
             let got = agents[to]
@@ -115,7 +122,11 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
                 agents[to].name,
                 payload,
                 receipt.path,
-                if receipt.knocked { " (KNOCK accepted, session opened)" } else { " (session cached)" }
+                if receipt.knocked {
+                    " (KNOCK accepted, session opened)"
+                } else {
+                    " (session cached)"
+                }
             );
         }
     }

@@ -13,7 +13,11 @@ use agentmesh_node::{Amid, Config, Multiaddr, Node};
 use agentmesh_sim::devnet::{self, DevnetOptions};
 
 #[derive(Parser)]
-#[command(name = "agentmesh-sim", version, about = "AgentMesh local networks and simulations")]
+#[command(
+    name = "agentmesh-sim",
+    version,
+    about = "AgentMesh local networks and simulations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -68,7 +68,11 @@ impl Proc {
 
     /// Waits up to `timeout` for a line that satisfies `pred`; lines before
     /// it that do not match are kept for later waits.
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return Ok(self.backlog.remove(i));
         }
@@ -126,7 +130,11 @@ impl Proc {
 
 /// Starts a bootstrap node; returns it and its first (QUIC) address.
 pub async fn start_bootstrap(exe: &Path, dir: &Path) -> Result<(Proc, String)> {
-    let args = vec!["bootstrap".into(), "--data-dir".into(), dir.display().to_string()];
+    let args = vec![
+        "bootstrap".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ];
     let mut p = Proc::spawn("bootstrap", exe, &args, dir)?;
     let ready = p.wait_event(Duration::from_secs(60), "ready").await?;
     let addr = ready["addrs"][0]
@@ -138,7 +146,13 @@ pub async fn start_bootstrap(exe: &Path, dir: &Path) -> Result<(Proc, String)> {
 
 /// Starts an agent joined through `bootstrap`; returns it and its AMID once
 /// its card is published on another peer.
-pub async fn start_agent(exe: &Path, name: &str, dir: &Path, bootstrap: &str, extra: &[String]) -> Result<(Proc, String)> {
+pub async fn start_agent(
+    exe: &Path,
+    name: &str,
+    dir: &Path,
+    bootstrap: &str,
+    extra: &[String],
+) -> Result<(Proc, String)> {
     let mut args = vec![
         "agent".into(),
         "--data-dir".into(),

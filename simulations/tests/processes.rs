@@ -31,12 +31,17 @@ async fn send(dir: &Path, to: &str, payload: Value) -> Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_finds_bob_by_amid_and_bob_survives_a_restart() {
     let root = tempfile::tempdir().unwrap();
-    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot")).await.unwrap();
-    let (alice, _alice_amid) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
         .await
         .unwrap();
+    let (alice, _alice_amid) =
+        start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+            .await
+            .unwrap();
     let bob_dir = root.path().join("bob");
-    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[]).await.unwrap();
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[])
+        .await
+        .unwrap();
 
     // alice knows only bob's AMID: the card comes from the DHT.
     let payload = json!({"text": "hello bob", "task": 42, "nested": {"ok": true}});
@@ -53,7 +58,9 @@ async fn alice_finds_bob_by_amid_and_bob_survives_a_restart() {
 
     // bob dies without a chance to flush, and comes back on new ports.
     bob.kill().await.unwrap();
-    let (mut bob, again) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[]).await.unwrap();
+    let (mut bob, again) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[])
+        .await
+        .unwrap();
     assert_eq!(again, bob_amid, "same identity across restarts");
 
     // alice's next message continues the same Olm session and decrypts.
@@ -83,11 +90,18 @@ async fn alice_finds_bob_by_amid_and_bob_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_sender_gets_reject_with_the_reason() {
     let root = tempfile::tempdir().unwrap();
-    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot")).await.unwrap();
-    let (mallory, mallory_amid) =
-        start_agent(exe(), "mallory", &root.path().join("mallory"), &boot_addr, &[])
-            .await
-            .unwrap();
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (mallory, mallory_amid) = start_agent(
+        exe(),
+        "mallory",
+        &root.path().join("mallory"),
+        &boot_addr,
+        &[],
+    )
+    .await
+    .unwrap();
     let (mut bob, bob_amid) = start_agent(
         exe(),
         "bob",

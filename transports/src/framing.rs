@@ -79,7 +79,9 @@ impl FramedStream {
 
     /// Closes the write half.
     pub async fn close(&mut self) -> Result<(), FrameError> {
-        SinkExt::<Bytes>::close(&mut self.inner).await.map_err(|e| self.map_err(e))
+        SinkExt::<Bytes>::close(&mut self.inner)
+            .await
+            .map_err(|e| self.map_err(e))
     }
 
     fn map_err(&self, e: std::io::Error) -> FrameError {

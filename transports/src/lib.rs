@@ -28,7 +28,9 @@ pub mod codec;
 pub mod framing;
 mod swarm;
 
-pub use swarm::{build_swarm, path_of, sort_by_preference, PathKind, TransportConfig, TransportError};
+pub use swarm::{
+    build_swarm, path_of, sort_by_preference, PathKind, TransportConfig, TransportError,
+};
 
 /// Re-export of the libp2p version this crate is built on.
 pub use libp2p;

@@ -34,13 +34,10 @@ impl Default for TransportConfig {
 
 /// QUIC and TCP on 127.0.0.1 with OS-chosen ports.
 pub(crate) fn default_listen_addrs() -> Vec<Multiaddr> {
-    [
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "/ip4/127.0.0.1/tcp/0",
-    ]
-    .iter()
-    .filter_map(|a| a.parse().ok())
-    .collect()
+    ["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
 }
 
 /// Errors while building a swarm.

@@ -107,12 +107,24 @@ pub(crate) fn pair(dir: Option<&Path>, reply: bool) -> (Side, Side) {
     let card = card_of(&b.store, b.amid());
     let (pending, env) = a
         .store
-        .seal_first(&a.id, &card, false, Intent::default(), MessageId::random(), &payload(0), NOW)
+        .seal_first(
+            &a.id,
+            &card,
+            false,
+            Intent::default(),
+            MessageId::random(),
+            &payload(0),
+            NOW,
+        )
         .expect("first message seals");
     let sid = SessionStore::pending_session_id(&pending);
     let info = SessionStore::responder_info(a.amid(), sid, Intent::default(), NOW, FAR);
-    b.store.receive(&env, Some(&info), NOW).expect("first message opens");
-    a.store.commit_outbound(pending, FAR).expect("session commits");
+    b.store
+        .receive(&env, Some(&info), NOW)
+        .expect("first message opens");
+    a.store
+        .commit_outbound(pending, FAR)
+        .expect("session commits");
     if reply {
         let r = b
             .store

@@ -32,15 +32,11 @@ pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>
     // Deliver what was stored before a restart before taking anything new.
     let _ = backlog_done.await;
     let mut control = shared.control.clone();
-    let (mut knocks, mut msgs) = match (
-        control.accept(KNOCK_PROTOCOL),
-        control.accept(MSG_PROTOCOL),
-    ) {
-        (Ok(k), Ok(m)) => (k, m),
-        _ => {
-            warn!("stream protocols already registered");
-            return;
-        }
+    let (Ok(mut knocks), Ok(mut msgs)) =
+        (control.accept(KNOCK_PROTOCOL), control.accept(MSG_PROTOCOL))
+    else {
+        warn!("stream protocols already registered");
+        return;
     };
     let knock_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_KNOCKS));
     let msg_slots = Arc::new(Semaphore::new(MAX_MSG_STREAMS));
@@ -88,7 +84,12 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+            refuse(
+                shared,
+                Some(peer_label(&peer)),
+                RejectReason::Malformed,
+                e.to_string(),
+            );
             return;
         }
         Err(_) => {
@@ -100,7 +101,12 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         Ok(k) => k,
         Err(e) => {
             // Not even a KNOCK: reset the stream.
-            refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+            refuse(
+                shared,
+                Some(peer_label(&peer)),
+                RejectReason::Malformed,
+                e.to_string(),
+            );
             return;
         }
     };
@@ -160,11 +166,7 @@ fn decide(
             return reject(RejectReason::Unavailable);
         }
     };
-    let policy = shared
-        .policy
-        .read()
-        .map(|p| p.clone())
-        .unwrap_or_default();
+    let policy = shared.policy.read().map(|p| p.clone()).unwrap_or_default();
     let decision = policy.evaluate(&shared.amid, &body, seen, now);
     let Decision::Accept {
         session,
@@ -183,11 +185,17 @@ fn decide(
         });
         return (decision, None);
     };
-    let info = SessionStore::responder_info(body.from, session, body.intent.clone(), now, expires_ms);
+    let info =
+        SessionStore::responder_info(body.from, session, body.intent.clone(), now, expires_ms);
     let first = match SignedEnvelope::from_bytes(&body.first) {
         Ok(e) => e,
         Err(e) => {
-            refuse(shared, Some(body.from.to_string()), RejectReason::Malformed, e.to_string());
+            refuse(
+                shared,
+                Some(body.from.to_string()),
+                RejectReason::Malformed,
+                e.to_string(),
+            );
             return reject(RejectReason::Malformed);
         }
     };
@@ -277,7 +285,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             }
             Some(Err(e)) => {
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
-                refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+                refuse(
+                    shared,
+                    Some(peer_label(&peer)),
+                    RejectReason::Malformed,
+                    e.to_string(),
+                );
                 return;
             }
         };
@@ -290,7 +303,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             Err(e) => {
                 // Garbage on the stream: commit what was good, then reset.
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
-                refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+                refuse(
+                    shared,
+                    Some(peer_label(&peer)),
+                    RejectReason::Malformed,
+                    e.to_string(),
+                );
                 return;
             }
         };
@@ -298,7 +316,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             Ok(e) => e,
             Err(e) => {
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
-                refuse(shared, Some(peer_label(&peer)), RejectReason::Malformed, e.to_string());
+                refuse(
+                    shared,
+                    Some(peer_label(&peer)),
+                    RejectReason::Malformed,
+                    e.to_string(),
+                );
                 return;
             }
         };

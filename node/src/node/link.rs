@@ -237,14 +237,14 @@ impl Link {
         }
     }
 
-    fn on_frame(&mut self, frame: Result<Option<bytes::Bytes>, agentmesh_transports::framing::FrameError>) {
-        let bytes = match frame {
-            Ok(Some(b)) => b,
-            Ok(None) | Err(_) => {
-                debug!(peer = %self.peer.short(), "message stream closed");
-                self.schedule_reconnect();
-                return;
-            }
+    fn on_frame(
+        &mut self,
+        frame: Result<Option<bytes::Bytes>, agentmesh_transports::framing::FrameError>,
+    ) {
+        let Ok(Some(bytes)) = frame else {
+            debug!(peer = %self.peer.short(), "message stream closed");
+            self.schedule_reconnect();
+            return;
         };
         let (id, nack) = match MsgFrame::from_bytes(&bytes) {
             Ok(MsgFrame::Ack { id }) => (id, None),

@@ -11,11 +11,17 @@ use std::{
 use futures::StreamExt;
 use libp2p::{
     core::ConnectedPoint,
-    identify, identity::Keypair, multiaddr::Protocol, ping,
+    identify,
+    identity::Keypair,
+    multiaddr::Protocol,
+    ping,
     swarm::{dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
-use tokio::{sync::{mpsc, oneshot}, time::Instant};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tracing::{debug, info, warn};
 
 use agentmesh_dht::{now_ms, Dht, DhtConfig, DhtEvent, QueryId, SignedRecord};
@@ -145,10 +151,20 @@ pub(super) async fn run(
 
 impl Actor {
     fn dial_bootstraps(&mut self) {
-        for (peer, addr) in self.bootstrap.clone() {
-            self.swarm.behaviour_mut().dht.add_address(&peer, addr.clone());
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                warn!(%addr, error = %e, "bootstrap dial failed");
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (peer, addr) in &self.bootstrap {
+            self.swarm
+                .behaviour_mut()
+                .dht
+                .add_address(peer, addr.clone());
+            by_peer.entry(*peer).or_default().push(addr.clone());
+        }
+        // One dial per bootstrap peer, its addresses in preference order.
+        for (peer, mut addrs) in by_peer {
+            agentmesh_transports::sort_by_preference(&mut addrs);
+            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                warn!(%peer, error = %e, "bootstrap dial failed");
             }
         }
     }
@@ -187,19 +203,10 @@ impl Actor {
         let seq = now.max(self.last_seq + 1);
         self.last_seq = seq;
         let expires = now + self.shared.config.card_ttl.as_millis() as u64;
-        let record = card
-            .to_payload()
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                SignedRecord::sign(
-                    &self.key,
-                    CARD_NAMESPACE,
-                    p,
-                    seq,
-                    expires,
-                )
+        let record = card.to_payload().map_err(|e| e.to_string()).and_then(|p| {
+            SignedRecord::sign(&self.key, CARD_NAMESPACE, p, seq, expires)
                 .map_err(|e| e.to_string())
-            });
+        });
         match record.map(|r| self.swarm.behaviour_mut().dht.put(r)) {
             Ok(Ok(q)) => {
                 debug!(seq, "publishing card");
@@ -272,7 +279,12 @@ impl Actor {
                     listen_addrs: self
                         .listen
                         .iter()
-                        .map(|a| a.clone().with_p2p(peer_id).unwrap_or_else(|a| a).to_string())
+                        .map(|a| {
+                            a.clone()
+                                .with_p2p(peer_id)
+                                .unwrap_or_else(|a| a)
+                                .to_string()
+                        })
                         .collect(),
                     connected,
                     routing_table: dht.routing_table_size(),
@@ -316,7 +328,11 @@ impl Actor {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
                 };
                 let path = path_of(addr);
-                let first = self.connections.entry(peer_id).or_default().insert(connection_id)
+                let first = self
+                    .connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id)
                     && self.connections.get(&peer_id).is_some_and(|c| c.len() == 1);
                 if first {
                     if let Ok(mut p) = self.shared.paths.lock() {
@@ -357,12 +373,14 @@ impl Actor {
                     });
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                if let Some(peer) = peer_id {
-                    debug!(%peer, %error, "dial failed");
-                    if !self.swarm.is_connected(&peer) {
-                        self.finish_dial(peer, Err(error.to_string()));
-                    }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "dial failed");
+                if !self.swarm.is_connected(&peer) {
+                    self.finish_dial(peer, Err(error.to_string()));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -405,24 +423,22 @@ impl Actor {
             DhtEvent::PutDone {
                 query,
                 stored_remotely,
-            } => {
-                if self.publish_query == Some(query) {
-                    self.publish_query = None;
-                    if stored_remotely {
-                        self.published_remotely = true;
-                    } else {
-                        self.next_publish = Some(Instant::now() + PUBLISH_RETRY);
-                    }
-                    self.shared.emit(NodeEvent::CardPublished {
-                        seq: self.last_seq,
-                        stored_remotely,
-                    });
+            } if self.publish_query == Some(query) => {
+                self.publish_query = None;
+                if stored_remotely {
+                    self.published_remotely = true;
+                } else {
+                    self.next_publish = Some(Instant::now() + PUBLISH_RETRY);
                 }
+                self.shared.emit(NodeEvent::CardPublished {
+                    seq: self.last_seq,
+                    stored_remotely,
+                });
             }
-            DhtEvent::RoutingUpdated { .. } => {
-                if !self.published_remotely && self.publish_query.is_none() {
-                    self.next_publish = Some(Instant::now() + Duration::from_millis(200));
-                }
+            DhtEvent::RoutingUpdated { .. }
+                if !self.published_remotely && self.publish_query.is_none() =>
+            {
+                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
             }
             DhtEvent::InboundRejected { from, error } => {
                 debug!(%from, %error, "refused DHT record");
