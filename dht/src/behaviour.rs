@@ -3,7 +3,7 @@
 //! [`DhtEvent`]s keyed by the [`QueryId`] its methods return.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     num::NonZeroUsize,
     task::{Context, Poll},
     time::Duration,
@@ -12,7 +12,8 @@ use std::{
 use libp2p::{
     core::{transport::PortUse, Endpoint},
     kad::{
-        self, GetRecordOk, InboundRequest, PeerRecord, QueryResult, Quorum, RecordKey, StoreInserts,
+        self, store::RecordStore, GetRecordOk, InboundRequest, PeerRecord, QueryResult, Quorum,
+        RecordKey, StoreInserts,
     },
     swarm::{
         ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
@@ -112,6 +113,20 @@ pub enum DhtEvent {
         /// The peers found.
         peers: Vec<PeerId>,
     },
+    /// A `provide` finished.
+    Provided {
+        /// The query.
+        query: QueryId,
+        /// Whether at least one remote peer took the announcement.
+        stored_remotely: bool,
+    },
+    /// A `providers` lookup finished.
+    ProvidersFound {
+        /// The query.
+        query: QueryId,
+        /// The peers that announced they provide the key.
+        providers: Vec<PeerId>,
+    },
     /// The routing table learned or refreshed a peer.
     RoutingUpdated {
         /// The peer.
@@ -130,6 +145,8 @@ enum Pending {
     Get(Option<Box<VerifiedRecord>>),
     Put,
     Closest,
+    Provide,
+    Providers(HashSet<PeerId>),
 }
 
 /// The DHT behaviour: Kademlia over signed records.
@@ -207,6 +224,21 @@ impl Dht {
         self.kad.store_mut().get_verified(&key, now_ms())
     }
 
+    /// Announces that the local peer provides `key` (e.g. a capability).
+    pub fn provide(&mut self, key: &[u8]) -> Result<QueryId, DhtError> {
+        let q = self
+            .kad
+            .start_providing(RecordKey::new(&key))
+            .map_err(|e| DhtError::Store(format!("{e:?}")))?;
+        Ok(self.track(q, Pending::Provide))
+    }
+
+    /// Looks up the peers that provide `key`.
+    pub fn providers(&mut self, key: &[u8]) -> QueryId {
+        let q = self.kad.get_providers(RecordKey::new(&key));
+        self.track(q, Pending::Providers(HashSet::new()))
+    }
+
     /// Looks up the peers closest to `peer`.
     pub fn closest_peers(&mut self, peer: PeerId) -> QueryId {
         let q = self.kad.get_closest_peers(peer);
@@ -258,6 +290,17 @@ impl Dht {
                         from: source,
                         error,
                     });
+                }
+            }
+            kad::Event::InboundRequest {
+                request:
+                    InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                // kad has checked that the provider is the sending peer.
+                if let Err(e) = self.kad.store_mut().add_provider(record) {
+                    debug!(error = ?e, "provider record not stored");
                 }
             }
             kad::Event::RoutingUpdated { peer, .. } => {
@@ -320,6 +363,30 @@ impl Dht {
                 self.queries.remove(&id);
                 self.events
                     .push_back(DhtEvent::ClosestPeers { query: qid, peers });
+            }
+            (QueryResult::StartProviding(res), Pending::Provide) => {
+                if !last {
+                    return;
+                }
+                self.queries.remove(&id);
+                self.events.push_back(DhtEvent::Provided {
+                    query: qid,
+                    stored_remotely: res.is_ok(),
+                });
+            }
+            (QueryResult::GetProviders(res), Pending::Providers(found)) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = res {
+                    found.extend(providers);
+                }
+                if !last {
+                    return;
+                }
+                let providers = found.drain().collect();
+                self.queries.remove(&id);
+                self.events.push_back(DhtEvent::ProvidersFound {
+                    query: qid,
+                    providers,
+                });
             }
             _ => {
                 if last {
