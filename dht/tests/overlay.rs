@@ -73,13 +73,10 @@ async fn records_and_providers_travel() {
     let mut nodes = [node(), node(), node()];
     let hub = listen_addr(&mut nodes[0]).await;
     let hub_id = nodes[0].key.public().to_peer_id();
-    for i in 1..3 {
-        listen_addr(&mut nodes[i]).await;
-        nodes[i]
-            .swarm
-            .behaviour_mut()
-            .add_address(&hub_id, hub.clone());
-        nodes[i].swarm.dial(hub.clone()).unwrap();
+    for n in nodes.iter_mut().skip(1) {
+        listen_addr(n).await;
+        n.swarm.behaviour_mut().add_address(&hub_id, hub.clone());
+        n.swarm.dial(hub.clone()).unwrap();
     }
     // let the routing tables fill
     for n in nodes.iter_mut().skip(1) {
