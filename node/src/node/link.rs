@@ -125,7 +125,7 @@ impl Link {
                         Some(o) => Some(o),
                         None => self.rx.recv().await,
                     }
-                }, if window_open && self.reconnect_at.is_none() => {
+                }, if window_open => {
                     self.process(peer_id, out).await;
                 }
                 _ = tick.tick() => self.expire(),
@@ -222,11 +222,10 @@ impl Link {
             bytes: bytes.clone(),
         });
         if self.writer.is_none() {
-            // ensure_stream sends everything in flight, this one included.
-            if let Err(e) = self.ensure_stream(peer_id).await {
-                debug!(peer = %self.peer.short(), error = %e, "stream unavailable");
-                self.schedule_reconnect();
-            }
+            // New work: try to connect now rather than at the end of the
+            // back-off; the attempt sends everything in flight, in order.
+            self.backoff = MIN_BACKOFF;
+            self.reconnect_at = Some(Instant::now());
             return;
         }
         if let Some(w) = self.writer.as_mut() {

@@ -122,7 +122,8 @@ pub(super) async fn run(
         last_seq: 0,
     };
     actor.dial_bootstraps();
-    let mut bootstrap_check = tokio::time::interval(BOOTSTRAP_CHECK);
+    let mut bootstrap_check =
+        tokio::time::interval_at(Instant::now() + BOOTSTRAP_CHECK, BOOTSTRAP_CHECK);
     let mut sweep = tokio::time::interval(Duration::from_secs(600));
     let cancel = shared.cancel.clone();
     loop {
@@ -164,7 +165,7 @@ impl Actor {
             agentmesh_transports::sort_by_preference(&mut addrs);
             let opts = DialOpts::peer_id(peer).addresses(addrs).build();
             if let Err(e) = self.swarm.dial(opts) {
-                warn!(%peer, error = %e, "bootstrap dial failed");
+                debug!(%peer, error = %e, "bootstrap dial not started");
             }
         }
     }
