@@ -48,7 +48,7 @@ enum Cmd {
     Id,
     /// Join the network and run until interrupted.
     Run {
-        /// Bootstrap peer(s), as multiaddrs ending in /p2p/<peer id>.
+        /// Bootstrap peer(s), as multiaddrs ending in `/p2p/<peer id>`.
         #[arg(long, env = "AGENTMESH_BOOTSTRAP", value_delimiter = ',')]
         bootstrap: Vec<Multiaddr>,
         /// Listen address(es). Defaults to QUIC and TCP on 127.0.0.1.
