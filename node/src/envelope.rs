@@ -19,6 +19,8 @@ pub const MAX_ENVELOPE_SIZE: usize = 96 * 1024;
 pub const MAX_PAYLOAD_SIZE: usize = 64 * 1024;
 /// Current envelope format version.
 pub const ENVELOPE_VERSION: u8 = 1;
+/// Longest lifetime an envelope may claim; its replay entry is kept that long.
+pub const MAX_ENVELOPE_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Clock skew tolerated on timestamps.
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
@@ -155,6 +157,9 @@ pub enum EnvelopeError {
     /// Timestamp too far in the future.
     #[error("envelope timestamp is in the future")]
     FromTheFuture,
+    /// Expiry further away than [`MAX_ENVELOPE_LIFETIME_MS`].
+    #[error("envelope expiry is too far in the future")]
+    ExpiryTooFar,
 }
 
 /// A signed envelope as it travels.
@@ -204,7 +209,10 @@ impl SignedEnvelope {
         if body.expires_ms <= now_ms {
             return Err(EnvelopeError::Expired);
         }
-        if body.ts_ms > now_ms + MAX_CLOCK_SKEW_MS {
+        if body.expires_ms > now_ms.saturating_add(MAX_ENVELOPE_LIFETIME_MS) {
+            return Err(EnvelopeError::ExpiryTooFar);
+        }
+        if body.ts_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
             return Err(EnvelopeError::FromTheFuture);
         }
         Ok(body)

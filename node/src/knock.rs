@@ -325,7 +325,9 @@ impl Policy {
         if &knock.to != me {
             return reject(RejectReason::WrongRecipient);
         }
-        if knock.ts_ms + MAX_CLOCK_SKEW_MS < now_ms || knock.ts_ms > now_ms + MAX_CLOCK_SKEW_MS {
+        if knock.ts_ms.saturating_add(MAX_CLOCK_SKEW_MS) < now_ms
+            || knock.ts_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS)
+        {
             return reject(RejectReason::StaleTimestamp);
         }
         if nonce_seen {
@@ -344,7 +346,7 @@ impl Policy {
         };
         Decision::Accept {
             session: knock.session,
-            expires_ms: now_ms + ttl,
+            expires_ms: now_ms.saturating_add(ttl),
         }
     }
 }
@@ -411,6 +413,27 @@ mod tests {
                 reason: RejectReason::Blocked
             }
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let p = Policy::permissive();
+        for ts in [0, u64::MAX] {
+            for now in [0, u64::MAX] {
+                let k = knock(&a, b.amid(), ts);
+                let d = p.evaluate(&b.amid(), &k, false, now);
+                if ts != now {
+                    assert_eq!(
+                        d,
+                        Decision::Reject {
+                            reason: RejectReason::StaleTimestamp
+                        }
+                    );
+                }
+            }
+        }
     }
 
     #[test]

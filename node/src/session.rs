@@ -128,9 +128,9 @@ impl OpenError {
         match self {
             OpenError::Envelope(EnvelopeError::BadSignature) => RejectReason::BadSignature,
             OpenError::Envelope(EnvelopeError::WrongRecipient(_)) => RejectReason::WrongRecipient,
-            OpenError::Envelope(EnvelopeError::Expired | EnvelopeError::FromTheFuture) => {
-                RejectReason::StaleTimestamp
-            }
+            OpenError::Envelope(
+                EnvelopeError::Expired | EnvelopeError::FromTheFuture | EnvelopeError::ExpiryTooFar,
+            ) => RejectReason::StaleTimestamp,
             OpenError::Envelope(_) | OpenError::BadPayload => RejectReason::Malformed,
             OpenError::UnknownSession => RejectReason::UnknownSession,
             OpenError::PrekeyUnavailable => RejectReason::PrekeyUnavailable,
@@ -407,7 +407,7 @@ impl SessionStore {
             role: Role::Initiator,
             intent,
             created_ms: now_ms,
-            expires_ms: now_ms + crate::knock::DEFAULT_SESSION_TTL_MS,
+            expires_ms: now_ms.saturating_add(crate::knock::DEFAULT_SESSION_TTL_MS),
             next_seq: 1,
         };
         let (olm_type, ciphertext) = self.encrypt(&mut olm, payload)?;
@@ -421,7 +421,7 @@ impl SessionStore {
                 session: info.id,
                 seq: 0,
                 ts_ms: now_ms,
-                expires_ms: now_ms + DEFAULT_MESSAGE_TTL_MS,
+                expires_ms: now_ms.saturating_add(DEFAULT_MESSAGE_TTL_MS),
                 olm_type,
                 ciphertext,
             },
@@ -500,7 +500,7 @@ impl SessionStore {
                     session: info.id,
                     seq: info.next_seq,
                     ts_ms: now_ms,
-                    expires_ms: now_ms + DEFAULT_MESSAGE_TTL_MS,
+                    expires_ms: now_ms.saturating_add(DEFAULT_MESSAGE_TTL_MS),
                     olm_type,
                     ciphertext,
                 },
@@ -597,7 +597,10 @@ impl SessionStore {
         let arrival = self.db.generate_id().map_err(StorageError::from)?;
         batch.insert(
             seen_key,
-            &be(body.expires_ms.max(now_ms) + MAX_CLOCK_SKEW_MS),
+            &be(body
+                .expires_ms
+                .max(now_ms)
+                .saturating_add(MAX_CLOCK_SKEW_MS)),
         );
         let plain_rec = Zeroizing::new(
             codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,

@@ -159,7 +159,10 @@ fn decide(
         return reject(RejectReason::BadSignature);
     }
     let mut store = shared.store();
-    let seen = match store.check_nonce(&body.nonce, body.ts_ms + 2 * MAX_CLOCK_SKEW_MS) {
+    let seen = match store.check_nonce(
+        &body.nonce,
+        body.ts_ms.saturating_add(2 * MAX_CLOCK_SKEW_MS),
+    ) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "nonce store failed");

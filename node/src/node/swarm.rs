@@ -201,9 +201,9 @@ impl Actor {
             expires_ms: 0,
         };
         let now = now_ms();
-        let seq = now.max(self.last_seq + 1);
+        let seq = now.max(self.last_seq.saturating_add(1));
         self.last_seq = seq;
-        let expires = now + self.shared.config.card_ttl.as_millis() as u64;
+        let expires = now.saturating_add(self.shared.config.card_ttl.as_millis() as u64);
         let record = card.to_payload().map_err(|e| e.to_string()).and_then(|p| {
             SignedRecord::sign(&self.key, CARD_NAMESPACE, p, seq, expires)
                 .map_err(|e| e.to_string())
