@@ -277,6 +277,19 @@ mod tests {
     }
 
     #[test]
+    fn far_expiry_is_refused() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let mut far = body(&a, b.amid(), vec![1]);
+        far.expires_ms = u64::MAX;
+        let far = SignedEnvelope::seal(&a, &far).unwrap();
+        assert_eq!(
+            far.open(&b.amid(), 2_000).unwrap_err(),
+            EnvelopeError::ExpiryTooFar
+        );
+    }
+
+    #[test]
     fn snapshot() {
         let a = Identity::from_seed(&[1; 32]);
         let b = Identity::from_seed(&[2; 32]);
