@@ -8,8 +8,8 @@
 //!
 //! Primitives:
 //! - `olm encrypt+decrypt`: a bare vodozemac session pair, established in
-//!   both directions (normal Olm messages); `olm decrypt only` the receiving
-//!   half; `(pre-key msgs)` on a session that never got a reply and so keeps
+//!   both directions (normal Olm messages); `olm encrypt only` and `olm
+//!   decrypt only` its halves; `(pre-key msgs)` on a session that never got a reply and so keeps
 //!   sending pre-key messages, as a one-way flow does.
 //! - `ed25519 sign+verify`, `sign only`, `verify only`: ed25519-dalek over a
 //!   message as long as the signed part of a real envelope (domain || CBOR
@@ -26,6 +26,9 @@
 //!   `Value`, as the store does around Olm.
 //! - `vodozemac pickle encrypt`: `Session::pickle().encrypt`, which the store
 //!   does on every seal and on every receive.
+//! - `sled apply_batch (receive's 3 writes)`: one `apply_batch` with the
+//!   three writes `receive` makes, values of the real sizes, on a temporary
+//!   database (the batch is built untimed).
 //!
 //! Paths:
 //! - `seal+open (envelope, no storage)`: JSON, Olm encrypt, CBOR body,
@@ -85,6 +88,13 @@ fn bench_envelope(c: &mut Criterion) {
                 let m = a.encrypt(black_box(&plain)).expect("encrypts");
                 black_box(b.decrypt(&m).expect("decrypts"))
             })
+        });
+    }
+    {
+        // Alice's messages are dropped: her chain just moves on.
+        let (mut a, _) = olm_pair(true);
+        g.bench_function("olm encrypt only", |bench| {
+            bench.iter(|| black_box(a.encrypt(black_box(&plain)).expect("encrypts")))
         });
     }
     {
@@ -183,6 +193,45 @@ fn bench_envelope(c: &mut Criterion) {
         );
         g.bench_function("vodozemac pickle encrypt", |bench| {
             bench.iter(|| black_box(s.pickle().encrypt(black_box(&pickle_key))))
+        });
+    }
+
+    {
+        // The three writes of SessionStore::receive, with values of the
+        // real sizes: the Olm pickle (overwritten), the replay entry and the
+        // sealed inbox entry (new keys); the inbox is drained untimed.
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("sled opens");
+        let tree = db.open_tree("node").expect("tree opens");
+        let pickle = vec![b'p'; 1547];
+        let inbox_value = vec![b'i'; 1140];
+        let olm_key = [&b"olm/"[..], &[1; 32], &[2; 43]].concat();
+        let mut n = 0u64;
+        g.bench_function("sled apply_batch (receive's 3 writes)", |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let id = db.generate_id().expect("id");
+                    let mut batch = sled::Batch::default();
+                    batch.insert(olm_key.as_slice(), pickle.as_slice());
+                    let seen = [&b"seen/"[..], &[1; 32], &n.to_be_bytes(), &[0; 8]].concat();
+                    batch.insert(seen, &NOW.to_be_bytes());
+                    let inbox = [&b"inbox/"[..], &id.to_be_bytes()].concat();
+                    batch.insert(inbox, inbox_value.as_slice());
+                    let t0 = Instant::now();
+                    tree.apply_batch(batch).expect("applies");
+                    total += t0.elapsed();
+                    if n.is_multiple_of(DRAIN_EVERY as u64) {
+                        for k in tree.scan_prefix(b"inbox/").keys() {
+                            tree.remove(k.expect("key")).expect("removed");
+                        }
+                    }
+                }
+                total
+            })
         });
     }
 

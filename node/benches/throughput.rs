@@ -12,6 +12,9 @@
 //! - `AGENTMESH_BENCH_WINDOW`: unacknowledged messages in flight, for the
 //!   node (`Config::window`) and for raw quinn alike (default: the node's
 //!   default, 64).
+//! - `AGENTMESH_BENCH_DIR`: where the nodes' temporary data directories go
+//!   (default: the system's temporary directory; e.g. `/dev/shm` to take the
+//!   disk out of the measurement).
 //! - `AGENTMESH_BENCH_ONLY`: `node` or `quinn` to run only that side (for
 //!   profiling); the bound is always measured.
 //!
@@ -61,6 +64,8 @@ use common::{olm_pair, pair, payload, NOW, PAYLOAD_BYTES};
 
 /// Longest a single run may take before the bench gives up.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+/// Depth of the channel of per-stream reports of the quinn server.
+const REPORT_QUEUE: usize = 16;
 /// How long the nodes get to join the DHT.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -80,6 +85,27 @@ fn median(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// CPU time used by this process so far (user + system), from
+/// `/proc/self/stat`; `None` where that is not available.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Cores kept busy on average between two `process_cpu` readings.
+fn cores_busy(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!("{:.2}", (a - b).as_secs_f64() / wall.as_secs_f64()),
+        _ => "?".into(),
     }
 }
 
@@ -185,7 +211,10 @@ async fn spawn_node(
 }
 
 async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>, Error> {
-    let dir = tempfile::tempdir()?;
+    let dir = match std::env::var_os("AGENTMESH_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent)?,
+        None => tempfile::tempdir()?,
+    };
     let boot = spawn_node(dir.path(), "bootstrap", window, None).await?;
     tokio::time::timeout(JOIN_TIMEOUT, async {
         while boot.listen_addrs().await.is_empty() {
@@ -214,6 +243,7 @@ async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>
     let mut out = Vec::with_capacity(runs);
     for run in 0..runs {
         let base = (run as u64) << 32;
+        let cpu0 = process_cpu();
         let t0 = Instant::now();
         let sender = {
             let alice = alice.clone();
@@ -238,10 +268,11 @@ async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>
         })
         .await??;
         let d = t0.elapsed();
+        let busy = cores_busy(cpu0, process_cpu(), d);
         sender.await??;
         let (per_s, mib_s) = rates(got, d);
         eprintln!(
-            "  node run {}: {got} msgs in {:.3} s = {per_s:.0} msgs/s, {mib_s:.2} MiB/s",
+            "  node run {}: {got} msgs in {:.3} s = {per_s:.0} msgs/s, {mib_s:.2} MiB/s, {busy} cores busy",
             run + 1,
             d.as_secs_f64()
         );
@@ -261,7 +292,7 @@ async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>
 async fn serve_stream(
     send: SendStream,
     recv: RecvStream,
-    report: mpsc::UnboundedSender<(u64, Instant)>,
+    report: mpsc::Sender<(u64, Instant)>,
 ) -> Result<(), Error> {
     let mut r = BufReader::with_capacity(64 * 1024, recv);
     let mut w = BufWriter::with_capacity(16 * 1024, send);
@@ -291,20 +322,14 @@ async fn serve_stream(
             w.flush().await?;
         }
     }
-    let _ = report.send((n, last));
+    let _ = report.send((n, last)).await;
     w.flush().await?;
     w.get_mut().finish()?;
     Ok(())
 }
 
-async fn quinn_pair() -> Result<
-    (
-        Endpoint,
-        quinn::Connection,
-        mpsc::UnboundedReceiver<(u64, Instant)>,
-    ),
-    Error,
-> {
+async fn quinn_pair() -> Result<(Endpoint, quinn::Connection, mpsc::Receiver<(u64, Instant)>), Error>
+{
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert = certified.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
@@ -313,7 +338,7 @@ async fn quinn_pair() -> Result<
     let server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key)?;
     let server = Endpoint::server(server_config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let server_addr = server.local_addr()?;
-    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
             let Ok(conn) = incoming.await else { continue };
@@ -360,6 +385,7 @@ async fn quinn_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration
                 Ok::<u64, std::io::Error>(acked)
             })
         };
+        let cpu0 = process_cpu();
         let t0 = Instant::now();
         for i in 0..n as u64 {
             slots.acquire().await?.forget();
@@ -378,12 +404,13 @@ async fn quinn_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration
             return Err(format!("quinn server read {got} of {n} messages").into());
         }
         let d = last.duration_since(t0);
+        let busy = cores_busy(cpu0, process_cpu(), t0.elapsed());
         if run == 0 {
             continue;
         }
         let (per_s, mib_s) = rates(n, d);
         eprintln!(
-            "  quinn run {run}: {n} msgs in {:.3} s = {per_s:.0} msgs/s, {mib_s:.2} MiB/s",
+            "  quinn run {run}: {n} msgs in {:.3} s = {per_s:.0} msgs/s, {mib_s:.2} MiB/s, {busy} cores busy",
             d.as_secs_f64()
         );
         out.push(d);
