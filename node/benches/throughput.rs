@@ -101,6 +101,30 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// Bytes this process wrote so far: (`wchar`, `write_bytes`) of
+/// `/proc/self/io`, i.e. through write calls and to the storage layer.
+fn process_writes() -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("wchar:")?, field("write_bytes:")?))
+}
+
+/// Written KiB per message between two `process_writes` readings.
+fn writes_per_msg(before: Option<(u64, u64)>, after: Option<(u64, u64)>, n: usize) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!(
+            "{:.1} KiB/msg written ({:.1} KiB/msg reached the block layer)",
+            (a.0 - b.0) as f64 / 1024.0 / n as f64,
+            (a.1 - b.1) as f64 / 1024.0 / n as f64
+        ),
+        _ => "writes unknown".into(),
+    }
+}
+
 /// Cores kept busy on average between two `process_cpu` readings.
 fn cores_busy(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> String {
     match (before, after) {
@@ -244,6 +268,7 @@ async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>
     for run in 0..runs {
         let base = (run as u64) << 32;
         let cpu0 = process_cpu();
+        let io0 = process_writes();
         let t0 = Instant::now();
         let sender = {
             let alice = alice.clone();
@@ -269,10 +294,11 @@ async fn node_runs(n: usize, runs: usize, window: usize) -> Result<Vec<Duration>
         .await??;
         let d = t0.elapsed();
         let busy = cores_busy(cpu0, process_cpu(), d);
+        let written = writes_per_msg(io0, process_writes(), got);
         sender.await??;
         let (per_s, mib_s) = rates(got, d);
         eprintln!(
-            "  node run {}: {got} msgs in {:.3} s = {per_s:.0} msgs/s, {mib_s:.2} MiB/s, {busy} cores busy",
+            "  node run {}: {got} msgs in {:.3} s = {per_s:.0} msgs/s, {mib_s:.2} MiB/s, {busy} cores busy, {written}",
             run + 1,
             d.as_secs_f64()
         );
