@@ -184,6 +184,8 @@ pub struct SessionStore {
     db: sled::Db,
     account: Account,
     olm: HashMap<Amid, Vec<Session>>,
+    /// Write-through cache of the `ses/` entries.
+    sessions: HashMap<Amid, Vec<SessionInfo>>,
     pickle_key: SubKey,
     inbox_sealer: Sealer,
     prekeys_changed: bool,
@@ -251,7 +253,15 @@ impl SessionStore {
                 .or_default()
                 .push(Session::from_pickle(pickle));
         }
+        let mut sessions: HashMap<Amid, Vec<SessionInfo>> = HashMap::new();
+        for item in tree.scan_prefix(b"ses/") {
+            let (_, v) = item?;
+            if let Ok(info) = codec::decode::<SessionInfo>(&v, 4096) {
+                sessions.entry(info.peer).or_default().push(info);
+            }
+        }
         let store = Self {
+            sessions,
             me,
             tree,
             db: db.clone(),
@@ -282,6 +292,15 @@ impl SessionStore {
             key(b"olm/", &[peer.as_bytes(), s.session_id().as_bytes()]),
             s.pickle().encrypt(&self.pickle_key.0).into_bytes(),
         );
+    }
+
+    /// Updates the cache once `info` is on disk.
+    fn cache_info(&mut self, info: SessionInfo) {
+        let list = self.sessions.entry(info.peer).or_default();
+        match list.iter_mut().find(|s| s.id == info.id) {
+            Some(s) => *s = info,
+            None => list.push(info),
+        }
     }
 
     fn put_info(&self, batch: &mut sled::Batch, info: &SessionInfo) -> Result<(), StorageError> {
@@ -326,33 +345,26 @@ impl SessionStore {
         if self.olm.get(peer).is_none_or(Vec::is_empty) {
             return None;
         }
-        self.sessions_with(peer)
-            .into_iter()
+        self.sessions
+            .get(peer)?
+            .iter()
             .filter(|s| s.expires_ms > now_ms)
             .max_by_key(|s| s.created_ms)
-    }
-
-    fn sessions_with(&self, peer: &Amid) -> Vec<SessionInfo> {
-        self.tree
-            .scan_prefix(key(b"ses/", &[peer.as_bytes()]))
-            .filter_map(Result::ok)
-            .filter_map(|(_, v)| codec::decode(&v, 4096).ok())
-            .collect()
+            .cloned()
     }
 
     /// Every cached session (for status).
     pub fn all_sessions(&self) -> Vec<SessionInfo> {
-        self.tree
-            .scan_prefix(b"ses/")
-            .filter_map(Result::ok)
-            .filter_map(|(_, v)| codec::decode(&v, 4096).ok())
-            .collect()
+        self.sessions.values().flatten().cloned().collect()
     }
 
     /// Forgets session `id` with `peer` (e.g. after the peer said it does not
     /// know it).
     pub fn forget_session(&mut self, peer: &Amid, id: &SessionId) -> Result<(), StorageError> {
         self.tree.remove(key(b"ses/", &[peer.as_bytes(), &id.0]))?;
+        if let Some(list) = self.sessions.get_mut(peer) {
+            list.retain(|s| &s.id != id);
+        }
         Ok(())
     }
 
@@ -455,6 +467,7 @@ impl SessionStore {
         self.put_olm(&mut batch, &p.peer, &p.olm);
         self.tree.apply_batch(batch)?;
         self.push_olm(p.peer, p.olm);
+        self.cache_info(info.clone());
         Ok(info)
     }
 
@@ -511,7 +524,11 @@ impl SessionStore {
             self.put_info(&mut batch, &info)?;
             self.put_olm(&mut batch, peer, &olm);
             self.tree.apply_batch(batch).map_err(StorageError::from)?;
-            Ok(env)
+            Ok((env, info))
+        });
+        let result = result.map(|(env, info)| {
+            self.cache_info(info);
+            env
         });
         self.olm.entry(*peer).or_default().push(olm);
         result
@@ -553,11 +570,11 @@ impl SessionStore {
             Some(info) if info.id == body.session && info.peer == body.from => info.clone(),
             Some(_) => return Err(OpenError::UnknownSession),
             None => self
-                .tree
-                .get(key(b"ses/", &[body.from.as_bytes(), &body.session.0]))
-                .map_err(StorageError::from)?
-                .and_then(|v| codec::decode::<SessionInfo>(&v, 4096).ok())
+                .sessions
+                .get(&body.from)
+                .and_then(|l| l.iter().find(|s| s.id == body.session))
                 .filter(|s| s.expires_ms > now_ms)
+                .cloned()
                 .ok_or(OpenError::UnknownSession)?,
         };
         let msg = OlmMessage::from_parts(body.olm_type as usize, &body.ciphertext)
@@ -592,6 +609,9 @@ impl SessionStore {
             let committed = self.tree.apply_batch(batch);
             self.push_olm(body.from, olm);
             committed.map_err(StorageError::from)?;
+            if knock_session.is_some() {
+                self.cache_info(info);
+            }
             return Err(OpenError::Duplicate);
         }
         let arrival = self.db.generate_id().map_err(StorageError::from)?;
@@ -613,6 +633,9 @@ impl SessionStore {
         let committed = self.tree.apply_batch(batch);
         self.push_olm(body.from, olm);
         committed.map_err(StorageError::from)?;
+        if knock_session.is_some() {
+            self.cache_info(info);
+        }
         if created && self.account.stored_one_time_key_count() < ONE_TIME_KEYS_LOW {
             self.account
                 .generate_one_time_keys(ONE_TIME_KEYS - self.account.stored_one_time_key_count());

@@ -127,6 +127,7 @@ impl Link {
                     }
                 }, if window_open => {
                     self.process(peer_id, out).await;
+                    self.flush_if_idle().await;
                 }
                 _ = tick.tick() => self.expire(),
             }
@@ -229,8 +230,24 @@ impl Link {
             return;
         }
         if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.send(bytes).await {
+            // Queued; flushed when the burst ends (see `flush_if_idle`).
+            if let Err(e) = w.feed(bytes).await {
                 debug!(peer = %self.peer.short(), error = %e, "send failed");
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    /// Flushes queued frames once no more messages are waiting, or when
+    /// the window is full (the acks we wait for need the frames out).
+    async fn flush_if_idle(&mut self) {
+        let window_full = self.inflight.len() >= self.shared.config.window.max(1);
+        if !(window_full || (self.rx.is_empty() && self.requeued.is_empty())) {
+            return;
+        }
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.flush().await {
+                debug!(peer = %self.peer.short(), error = %e, "flush failed");
                 self.schedule_reconnect();
             }
         }
