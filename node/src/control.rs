@@ -45,6 +45,8 @@ pub enum Request {
         /// The AMID.
         amid: String,
     },
+    /// Read the policy file again.
+    ReloadPolicy,
 }
 
 /// The node's answer.
@@ -65,6 +67,9 @@ pub struct Response {
     /// Why the recipient refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RejectReason>,
+    /// Hash of the policy in force (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
 }
 
 impl Response {
@@ -173,6 +178,14 @@ async fn answer(node: &Node, req: Request) -> Response {
             ok: true,
             status: Some(node.status().await),
             ..Response::default()
+        },
+        Request::ReloadPolicy => match node.reload_policy() {
+            Ok(h) => Response {
+                ok: true,
+                policy_hash: Some(hex::encode(h)),
+                ..Response::default()
+            },
+            Err(e) => Response::error(e),
         },
         Request::Block { amid } => match amid.parse() {
             Ok(a) => {

@@ -34,10 +34,21 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
         return Err(std::io::Error::other("inbox already taken"));
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = hup.recv() => match node.reload_policy() {
+                Ok(h) => {
+                    if json {
+                        println!("{}", json!({"event": "policy_reloaded", "policy_hash": hex::encode(h)}));
+                    } else {
+                        println!("policy reloaded ({})", hex::encode(h));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "policy reload failed; keeping the old policy"),
+            },
             m = inbox.recv() => {
                 let Some(m) = m else { break };
                 if json {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! initiator                                   receiver
-//!   | -- SignedKnock {from, to, intent, ts,  --> |  Policy::evaluate(knock, state, now)
+//!   | -- SignedKnock {from, to, intent, ts,  --> |  Policy::evaluate(knock, context, now)
 //!   |    nonce, session, first envelope}         |
 //!   | <-- SignedDecision {Accept|Reject, hash} - |
 //! ```
@@ -15,15 +15,13 @@
 //! between them. The decision is signed by the receiver and names the hash of
 //! the KNOCK it answers.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use agentmesh_transports::codec;
 
 use crate::{
-    envelope::{SessionId, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE_SIZE},
+    envelope::{SessionId, MAX_ENVELOPE_SIZE},
     identity::{Amid, Identity},
 };
 
@@ -36,7 +34,7 @@ pub const MAX_KNOCK_SIZE: usize = MAX_ENVELOPE_SIZE + 4 * 1024;
 /// Largest encoded decision accepted.
 pub const MAX_DECISION_SIZE: usize = 1024;
 /// Default lifetime of an accepted session.
-pub const DEFAULT_SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
+pub const DEFAULT_SESSION_TTL_MS: u64 = crate::policy::DEFAULT_SESSION_TTL_MS;
 const MAX_INTENT_FIELD: usize = 128;
 
 /// The kind of session asked for.
@@ -68,8 +66,8 @@ pub struct Intent {
 impl Default for Intent {
     fn default() -> Self {
         Self {
-            capability: "chat".into(),
-            action: "message".into(),
+            capability: "communication/messaging".into(),
+            action: "send".into(),
             session_type: SessionType::Conversation,
         }
     }
@@ -147,6 +145,19 @@ pub enum RejectReason {
     /// The receiver is overloaded or failed internally.
     #[error("unavailable")]
     Unavailable,
+    /// The capability is not in the taxonomy (or `x-<ns>/<cat>`), or the
+    /// action is empty.
+    #[error("invalid intent")]
+    InvalidIntent,
+    /// The initiator's tier is below the receiver's minimum.
+    #[error("tier too low")]
+    TierTooLow,
+    /// Over the rate limit: retry later.
+    #[error("rate limited")]
+    RateLimited,
+    /// The receiver's intent rules deny this capability or action.
+    #[error("intent denied")]
+    IntentDenied,
     /// A reason this version does not know.
     #[serde(other)]
     #[error("other")]
@@ -169,6 +180,9 @@ pub enum Decision {
     Reject {
         /// Why.
         reason: RejectReason,
+        /// When over a rate limit: retry after this many ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -178,6 +192,9 @@ struct DecisionBody {
     /// SHA-256 of the KNOCK's signed body.
     #[serde(with = "serde_bytes")]
     knock_hash: [u8; 32],
+    /// Hash of the policy that decided.
+    #[serde(with = "serde_bytes")]
+    policy_hash: [u8; 32],
     ts_ms: u64,
 }
 
@@ -254,11 +271,19 @@ pub struct SignedDecision {
 }
 
 impl SignedDecision {
-    /// Signs `decision` as the answer to `knock`.
-    pub fn sign(identity: &Identity, knock: &SignedKnock, decision: Decision, now_ms: u64) -> Self {
+    /// Signs `decision`, made by the policy with hash `policy_hash`, as the
+    /// answer to `knock`.
+    pub fn sign(
+        identity: &Identity,
+        knock: &SignedKnock,
+        decision: Decision,
+        policy_hash: [u8; 32],
+        now_ms: u64,
+    ) -> Self {
         let body = codec::encode(&DecisionBody {
             decision,
             knock_hash: knock.hash(),
+            policy_hash,
             ts_ms: now_ms,
         })
         .unwrap_or_default();
@@ -276,8 +301,13 @@ impl SignedDecision {
         codec::decode(bytes, MAX_DECISION_SIZE).map_err(|e| KnockError::Malformed(e.to_string()))
     }
 
-    /// Verifies that `receiver` signed this answer to `knock`.
-    pub fn verify(&self, receiver: &Amid, knock: &SignedKnock) -> Result<Decision, KnockError> {
+    /// Verifies that `receiver` signed this answer to `knock`; returns the
+    /// decision and the hash of the policy that made it.
+    pub fn verify(
+        &self,
+        receiver: &Amid,
+        knock: &SignedKnock,
+    ) -> Result<(Decision, [u8; 32]), KnockError> {
         if !receiver.verify(DOMAIN_SEP_DECISION, &self.body, &self.sig) {
             return Err(KnockError::BadSignature);
         }
@@ -286,68 +316,7 @@ impl SignedDecision {
         if body.knock_hash != knock.hash() {
             return Err(KnockError::Unrelated);
         }
-        Ok(body.decision)
-    }
-}
-
-/// The receiver's rules. Minimal for now: blocklist and allowlist.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Policy {
-    /// Always refused.
-    pub block: BTreeSet<Amid>,
-    /// When not empty, only these are accepted.
-    pub allow: BTreeSet<Amid>,
-    /// Lifetime of accepted sessions, ms. Defaults to 24 h.
-    pub session_ttl_ms: u64,
-}
-
-impl Policy {
-    /// Accepts anyone not blocked.
-    pub fn permissive() -> Self {
-        Self {
-            block: BTreeSet::new(),
-            allow: BTreeSet::new(),
-            session_ttl_ms: DEFAULT_SESSION_TTL_MS,
-        }
-    }
-
-    /// Evaluates a verified KNOCK at `now_ms`. `nonce_seen` says whether the
-    /// nonce was already used. Pure: same inputs, same decision.
-    pub fn evaluate(
-        &self,
-        me: &Amid,
-        knock: &KnockBody,
-        nonce_seen: bool,
-        now_ms: u64,
-    ) -> Decision {
-        let reject = |reason| Decision::Reject { reason };
-        if &knock.to != me {
-            return reject(RejectReason::WrongRecipient);
-        }
-        if knock.ts_ms.saturating_add(MAX_CLOCK_SKEW_MS) < now_ms
-            || knock.ts_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS)
-        {
-            return reject(RejectReason::StaleTimestamp);
-        }
-        if nonce_seen {
-            return reject(RejectReason::ReplayedNonce);
-        }
-        if self.block.contains(&knock.from) {
-            return reject(RejectReason::Blocked);
-        }
-        if !self.allow.is_empty() && !self.allow.contains(&knock.from) {
-            return reject(RejectReason::NotAllowed);
-        }
-        let ttl = if self.session_ttl_ms == 0 {
-            DEFAULT_SESSION_TTL_MS
-        } else {
-            self.session_ttl_ms
-        };
-        Decision::Accept {
-            session: knock.session,
-            expires_ms: now_ms.saturating_add(ttl),
-        }
+        Ok((body.decision, body.policy_hash))
     }
 }
 
@@ -369,95 +338,19 @@ mod tests {
     }
 
     #[test]
-    fn policy_rules() {
-        let a = Identity::from_seed(&[1; 32]);
-        let b = Identity::from_seed(&[2; 32]);
-        let c = Identity::from_seed(&[3; 32]);
-        let now = 10_000_000;
-        let k = knock(&a, b.amid(), now);
-        let mut p = Policy::permissive();
-        assert!(matches!(
-            p.evaluate(&b.amid(), &k, false, now),
-            Decision::Accept { .. }
-        ));
-        assert_eq!(
-            p.evaluate(&c.amid(), &k, false, now),
-            Decision::Reject {
-                reason: RejectReason::WrongRecipient
-            }
-        );
-        assert_eq!(
-            p.evaluate(&b.amid(), &k, true, now),
-            Decision::Reject {
-                reason: RejectReason::ReplayedNonce
-            }
-        );
-        assert_eq!(
-            p.evaluate(&b.amid(), &k, false, now + MAX_CLOCK_SKEW_MS + 1),
-            Decision::Reject {
-                reason: RejectReason::StaleTimestamp
-            }
-        );
-        p.allow.insert(c.amid());
-        assert_eq!(
-            p.evaluate(&b.amid(), &k, false, now),
-            Decision::Reject {
-                reason: RejectReason::NotAllowed
-            }
-        );
-        p.allow.insert(a.amid());
-        p.block.insert(a.amid());
-        assert_eq!(
-            p.evaluate(&b.amid(), &k, false, now),
-            Decision::Reject {
-                reason: RejectReason::Blocked
-            }
-        );
-    }
-
-    #[test]
-    fn extreme_timestamps_do_not_overflow() {
-        let a = Identity::from_seed(&[1; 32]);
-        let b = Identity::from_seed(&[2; 32]);
-        let p = Policy::permissive();
-        for ts in [0, u64::MAX] {
-            for now in [0, u64::MAX] {
-                let k = knock(&a, b.amid(), ts);
-                let d = p.evaluate(&b.amid(), &k, false, now);
-                if ts != now {
-                    assert_eq!(
-                        d,
-                        Decision::Reject {
-                            reason: RejectReason::StaleTimestamp
-                        }
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
     fn signed_round_trip() {
         let a = Identity::from_seed(&[1; 32]);
         let b = Identity::from_seed(&[2; 32]);
         let k = SignedKnock::sign(&a, &knock(&a, b.amid(), 5)).unwrap();
         let back = SignedKnock::from_bytes(&k.to_bytes()).unwrap();
         assert_eq!(back.verify().unwrap().from, a.amid());
-        let d = SignedDecision::sign(
-            &b,
-            &k,
-            Decision::Reject {
-                reason: RejectReason::Blocked,
-            },
-            6,
-        );
+        let blocked = Decision::Reject {
+            reason: RejectReason::Blocked,
+            retry_after_ms: None,
+        };
+        let d = SignedDecision::sign(&b, &k, blocked.clone(), [7; 32], 6);
         let d2 = SignedDecision::from_bytes(&d.to_bytes()).unwrap();
-        assert_eq!(
-            d2.verify(&b.amid(), &k).unwrap(),
-            Decision::Reject {
-                reason: RejectReason::Blocked
-            }
-        );
+        assert_eq!(d2.verify(&b.amid(), &k).unwrap(), (blocked, [7; 32]));
         assert_eq!(
             d2.verify(&a.amid(), &k).unwrap_err(),
             KnockError::BadSignature
@@ -477,15 +370,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn evaluation_is_deterministic(ts in 0u64..20_000_000, now in 0u64..20_000_000, seen: bool) {
-            let a = Identity::from_seed(&[1; 32]);
-            let b = Identity::from_seed(&[2; 32]);
-            let k = knock(&a, b.amid(), ts);
-            let p = Policy::permissive();
-            prop_assert_eq!(p.evaluate(&b.amid(), &k, seen, now), p.evaluate(&b.amid(), &k, seen, now));
-        }
-
         #[test]
         fn garbage_never_panics(bytes: Vec<u8>) {
             if let Ok(k) = SignedKnock::from_bytes(&bytes) { let _ = k.verify(); }

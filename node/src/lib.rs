@@ -42,6 +42,7 @@ pub mod identity;
 pub mod keystore;
 pub mod knock;
 mod node;
+pub mod policy;
 pub mod session;
 pub mod storage;
 pub mod wire;
@@ -49,11 +50,12 @@ pub mod wire;
 pub use events::{Message, NodeEvent, Receipt};
 pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
-pub use knock::{Intent, Policy, RejectReason};
+pub use knock::{Intent, RejectReason};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
     SendError, SessionStatus, SpawnError,
 };
+pub use policy::{Policy, Preset, Tier};
 
 pub use agentmesh_transports::PathKind;
 pub use libp2p::{Multiaddr, PeerId};

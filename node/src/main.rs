@@ -20,7 +20,9 @@ use serde_json::json;
 use agentmesh_node::{
     control::{Client, Request},
     keystore::{KdfParams, Keystore},
-    Amid, Config, Multiaddr, Node, Passphrase,
+    knock::{Decision, KnockBody},
+    policy::KnockContext,
+    Amid, Config, Identity, Intent, Multiaddr, Node, Passphrase, Policy, Tier,
 };
 
 #[derive(Parser)]
@@ -38,6 +40,30 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Evaluate a KNOCK against a policy file locally (a dry run: no
+    /// network, no state).
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// The initiator. Defaults to a fresh anonymous AMID.
+        #[arg(long)]
+        from: Option<Amid>,
+        /// Capability of the intent.
+        #[arg(long, default_value = "communication/messaging")]
+        capability: String,
+        /// Action of the intent.
+        #[arg(long, default_value = "send")]
+        action: String,
+        /// Tier of the initiator: anonymous, verified or organization.
+        #[arg(long, default_value = "anonymous")]
+        tier: String,
+    },
+    /// Make the running node read its policy file again.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -60,10 +86,17 @@ enum Cmd {
         /// Accept KNOCKs only from these AMIDs.
         #[arg(long)]
         allow: Vec<Amid>,
-        /// Capability to advertise (repeatable). Defaults to `chat`.
+        /// Capability to advertise (repeatable). Defaults to
+        /// `communication/messaging`.
         #[arg(long)]
         capability: Vec<String>,
+        /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
+    /// Check or reload a KNOCK policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Send a JSON payload to an agent through the running node.
     Send {
         /// Recipient AMID.
@@ -150,7 +183,74 @@ async fn main() -> Result<()> {
             block,
             allow,
             capability,
-        } => run(&dir, cli.json, bootstrap, listen, block, allow, capability).await?,
+            policy,
+        } => {
+            let mut config = Config::local();
+            if !listen.is_empty() {
+                config.transport.listen = listen.clone();
+            }
+            if !capability.is_empty() {
+                config.capabilities = capability.clone();
+            }
+            config.policy_file = policy.clone();
+            config.policy.block.extend(block.iter().copied());
+            config.policy.allow.extend(allow.iter().copied());
+            let node = Node::builder(config)
+                .data_dir(&dir)
+                .bootstraps(bootstrap.iter().cloned())
+                .spawn()
+                .await
+                .context("starting node")?;
+            agentmesh_node::daemon::serve(node, &dir, cli.json).await?;
+        }
+        Cmd::Policy(PolicyCmd::Check {
+            file,
+            from,
+            capability,
+            action,
+            tier,
+        }) => {
+            let policy = Policy::from_file(file)?;
+            let tier: Tier = serde_json::from_value(json!(tier))
+                .context("tier: anonymous, verified or organization")?;
+            let me = Identity::generate();
+            let from = from.unwrap_or_else(|| Identity::generate().amid());
+            let now = agentmesh_dht::now_ms();
+            let knock = KnockBody {
+                from,
+                to: me.amid(),
+                intent: Intent::new(capability.clone(), action.clone()),
+                session: agentmesh_node::envelope::SessionId([0; 16]),
+                ts_ms: now,
+                nonce: [0; 16],
+                first: Vec::new(),
+            };
+            let ctx = KnockContext {
+                tier,
+                nonce_seen: false,
+                rate_limited: None,
+            };
+            let decision = policy.evaluate(&me.amid(), &knock, ctx, now);
+            let hash = hex::encode(policy.hash());
+            if cli.json {
+                println!("{}", json!({"decision": decision, "policy_hash": hash}));
+            } else {
+                match decision {
+                    Decision::Accept { .. } => println!("ACCEPT"),
+                    Decision::Reject { reason, .. } => println!("REJECT: {reason}"),
+                    _ => println!("{decision:?}"),
+                }
+                println!("policy {hash}");
+            }
+        }
+        Cmd::Policy(PolicyCmd::Reload) => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client.request(&Request::ReloadPolicy).await?;
+            if !resp.ok {
+                bail!(resp.error.unwrap_or_default());
+            }
+            println!("policy reloaded ({})", resp.policy_hash.unwrap_or_default());
+        }
         Cmd::Send {
             to,
             payload,
@@ -227,33 +327,5 @@ async fn main() -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-async fn run(
-    dir: &std::path::Path,
-    json: bool,
-    bootstrap: &[Multiaddr],
-    listen: &[Multiaddr],
-    block: &[Amid],
-    allow: &[Amid],
-    capability: &[String],
-) -> Result<()> {
-    let mut config = Config::local();
-    if !listen.is_empty() {
-        config.transport.listen = listen.to_vec();
-    }
-    if !capability.is_empty() {
-        config.capabilities = capability.to_vec();
-    }
-    config.policy.block.extend(block.iter().copied());
-    config.policy.allow.extend(allow.iter().copied());
-    let node = Node::builder(config)
-        .data_dir(dir)
-        .bootstraps(bootstrap.iter().cloned())
-        .spawn()
-        .await
-        .context("starting node")?;
-    agentmesh_node::daemon::serve(node, dir, json).await?;
     Ok(())
 }

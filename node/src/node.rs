@@ -31,7 +31,8 @@ use crate::{
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
     keystore::{KdfParams, Keystore, KeystoreError, Passphrase},
-    knock::{Intent, Policy, RejectReason},
+    knock::{Intent, RejectReason},
+    policy::Policy,
     session::{Role, SessionStore},
     storage::StorageError,
 };
@@ -53,7 +54,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// DHT settings. Defaults to server mode.
     pub dht: DhtConfig,
-    /// Capabilities advertised in the card. Defaults to `["chat"]`.
+    /// Capabilities advertised in the card. Defaults to
+    /// `["communication/messaging"]`.
     pub capabilities: Vec<String>,
     /// Lifetime of a published card. Defaults to 1 h.
     pub card_ttl: Duration,
@@ -65,8 +67,11 @@ pub struct Config {
     pub window: usize,
     /// Keystore key derivation cost. Defaults to Argon2id 19 MiB, t=2.
     pub kdf: KdfParams,
-    /// The receiver's policy. Defaults to [`Policy::permissive`].
+    /// The receiver's policy. Defaults to the `default` preset.
     pub policy: Policy,
+    /// A TOML policy file: read at start (replacing `policy`) and again by
+    /// [`Node::reload_policy`]. Defaults to none.
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -75,13 +80,14 @@ impl Config {
         Self {
             transport: TransportConfig::default(),
             dht: DhtConfig::default(),
-            capabilities: vec!["chat".into()],
+            capabilities: vec!["communication/messaging".into()],
             card_ttl: Duration::from_secs(3600),
             republish_every: Duration::from_secs(20 * 60),
             delivery_timeout: Duration::from_secs(60),
             window: 64,
             kdf: KdfParams::default(),
-            policy: Policy::permissive(),
+            policy: Policy::default(),
+            policy_file: None,
         }
     }
 }
@@ -117,6 +123,9 @@ pub enum SpawnError {
     /// An identity error.
     #[error(transparent)]
     Identity(#[from] crate::identity::AmidError),
+    /// The policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Errors sending a message.
@@ -303,8 +312,11 @@ impl NodeBuilder {
     }
 
     /// Starts the node.
-    pub async fn spawn(self) -> Result<Node, SpawnError> {
+    pub async fn spawn(mut self) -> Result<Node, SpawnError> {
         let dir = self.data_dir.ok_or(SpawnError::NoDataDir)?;
+        if let Some(path) = &self.config.policy_file {
+            self.config.policy = Policy::from_file(path)?;
+        }
         let pass = match self.passphrase {
             Some(p) => p,
             None => Passphrase::from_env()?,
@@ -620,6 +632,31 @@ impl Node {
                 let _ = store.forget_session(&amid, &s.id);
             }
         }
+    }
+
+    /// Replaces the policy. Sessions already accepted stay open; blocked
+    /// agents lose theirs at once.
+    pub fn set_policy(&self, policy: Policy) {
+        let blocked: Vec<Amid> = policy.block.iter().copied().collect();
+        if let Ok(mut p) = self.shared.policy.write() {
+            *p = policy;
+        }
+        for amid in blocked {
+            self.block(amid);
+        }
+    }
+
+    /// Reads the policy file again (see [`Config::policy_file`]) and applies
+    /// it. Returns the new policy's hash.
+    pub fn reload_policy(&self) -> Result<[u8; 32], crate::policy::PolicyError> {
+        let Some(path) = &self.shared.config.policy_file else {
+            return Ok(self.policy().hash());
+        };
+        let policy = Policy::from_file(path)?;
+        let hash = policy.hash();
+        self.set_policy(policy);
+        tracing::info!(hash = %hex::encode(hash), "policy reloaded");
+        Ok(hash)
     }
 
     /// The current policy.

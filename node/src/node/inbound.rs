@@ -15,6 +15,7 @@ use crate::{
     envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
     events::{Message, NodeEvent},
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
+    policy::{KnockContext, Tier},
     session::{OpenError, SessionStore},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
@@ -111,6 +112,7 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         }
     };
     let now = now_ms();
+    let policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
     let (decision, delivered) = decide(shared, &peer, &knock, now);
     // The session and first message must be on disk before we say yes.
     if matches!(decision, Decision::Accept { .. }) {
@@ -119,7 +121,7 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             return;
         }
     }
-    let signed = SignedDecision::sign(&shared.identity, &knock, decision.clone(), now);
+    let signed = SignedDecision::sign(&shared.identity, &knock, decision.clone(), policy_hash, now);
     if let Err(e) = framed.send(signed.to_bytes()).await {
         debug!(%peer, error = %e, "could not answer knock");
     }
@@ -136,7 +138,15 @@ fn decide(
     knock: &SignedKnock,
     now: u64,
 ) -> (Decision, Option<Delivery>) {
-    let reject = |reason| (Decision::Reject { reason }, None);
+    let reject = |reason| {
+        (
+            Decision::Reject {
+                reason,
+                retry_after_ms: None,
+            },
+            None,
+        )
+    };
     let body = match knock.verify() {
         Ok(b) => b,
         Err(e) => {
@@ -170,14 +180,19 @@ fn decide(
         }
     };
     let policy = shared.policy.read().map(|p| p.clone()).unwrap_or_default();
-    let decision = policy.evaluate(&shared.amid, &body, seen, now);
+    let ctx = KnockContext {
+        tier: Tier::Anonymous,
+        nonce_seen: seen,
+        rate_limited: None,
+    };
+    let decision = policy.evaluate(&shared.amid, &body, ctx, now);
     let Decision::Accept {
         session,
         expires_ms,
     } = decision
     else {
         let reason = match decision {
-            Decision::Reject { reason } => reason,
+            Decision::Reject { reason, .. } => reason,
             Decision::Accept { .. } => RejectReason::Other,
         };
         shared.emit(NodeEvent::KnockDecided {

@@ -406,12 +406,13 @@ impl Link {
                     }
                     Decision::Reject {
                         reason: RejectReason::PrekeyUnavailable,
+                        ..
                     } if !use_fallback => {
                         debug!(peer = %self.peer.short(), "prekey used up; retrying with the fallback key");
                         use_fallback = true;
                         self.card = None;
                     }
-                    Decision::Reject { reason } => {
+                    Decision::Reject { reason, .. } => {
                         self.fail(out, SendError::Rejected(reason));
                         return;
                     }
@@ -480,6 +481,7 @@ impl Link {
             .ok_or_else(|| LinkError::Retry("peer closed the knock stream".into()))?;
         let decision = SignedDecision::from_bytes(&answer)
             .and_then(|d| d.verify(&self.peer, &knock))
+            .map(|(decision, _policy_hash)| decision)
             .map_err(|e| {
                 warn!(peer = %self.peer.short(), error = %e, "invalid knock answer");
                 LinkError::Retry(e.to_string())
