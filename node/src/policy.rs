@@ -479,7 +479,15 @@ mod tests {
 
         use RejectReason::*;
         use Tier::*;
-        let cases: Vec<(&Policy, Tier, &str, &str, Option<u64>, Option<RejectReason>)> = vec![
+        type Case<'a> = (
+            &'a Policy,
+            Tier,
+            &'a str,
+            &'a str,
+            Option<u64>,
+            Option<RejectReason>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (&policy, Anonymous, "travel/flights", "query", None, None),
             (
                 &policy,
