@@ -12,6 +12,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
+    audit::{AuditEntry, AuditFilter},
     events::Receipt,
     identity::Amid,
     knock::{Intent, RejectReason},
@@ -47,6 +48,27 @@ pub enum Request {
     },
     /// Read the policy file again.
     ReloadPolicy,
+    /// List (and optionally verify) the audit log.
+    Audit {
+        /// Only entries about this AMID.
+        #[serde(default)]
+        peer: Option<String>,
+        /// Only entries of this kind (e.g. `knock_decision`).
+        #[serde(default)]
+        kind: Option<String>,
+        /// Only the most recent N.
+        #[serde(default)]
+        limit: Option<usize>,
+        /// Verify the whole chain.
+        #[serde(default)]
+        verify: bool,
+    },
+    /// Close sessions at once and block: one agent, or everyone.
+    Kill {
+        /// The agent; `None` for all.
+        #[serde(default)]
+        amid: Option<String>,
+    },
 }
 
 /// The node's answer.
@@ -70,6 +92,12 @@ pub struct Response {
     /// Hash of the policy in force (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
+    /// Audit log entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Vec<AuditEntry>>,
+    /// Number of audit entries whose chain verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<u64>,
 }
 
 impl Response {
@@ -179,6 +207,54 @@ async fn answer(node: &Node, req: Request) -> Response {
             status: Some(node.status().await),
             ..Response::default()
         },
+        Request::Audit {
+            peer,
+            kind,
+            limit,
+            verify,
+        } => {
+            let mut filter = AuditFilter::default();
+            if let Some(p) = peer {
+                match p.parse() {
+                    Ok(a) => filter = filter.peer(a),
+                    Err(e) => return Response::error(format!("invalid AMID: {e}")),
+                }
+            }
+            if let Some(k) = kind {
+                filter = filter.kind(k);
+            }
+            if let Some(l) = limit {
+                filter = filter.limit(l);
+            }
+            let verified = if verify {
+                match node.verify_audit_log() {
+                    Ok(n) => Some(n),
+                    Err(e) => return Response::error(format!("audit chain: {e}")),
+                }
+            } else {
+                None
+            };
+            match node.audit_log(&filter) {
+                Ok(entries) => Response {
+                    ok: true,
+                    audit: Some(entries),
+                    verified,
+                    ..Response::default()
+                },
+                Err(e) => Response::error(format!("audit log: {e}")),
+            }
+        }
+        Request::Kill { amid } => {
+            let target = match amid.map(|a| a.parse::<Amid>()).transpose() {
+                Ok(t) => t,
+                Err(e) => return Response::error(format!("invalid AMID: {e}")),
+            };
+            node.kill(target).await;
+            Response {
+                ok: true,
+                ..Response::default()
+            }
+        }
         Request::ReloadPolicy => match node.reload_policy() {
             Ok(h) => Response {
                 ok: true,

@@ -33,6 +33,8 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod audit;
+pub mod breaker;
 pub mod card;
 pub mod control;
 pub mod daemon;
@@ -43,6 +45,7 @@ pub mod keystore;
 pub mod knock;
 mod node;
 pub mod policy;
+pub mod ratelimit;
 pub mod session;
 pub mod storage;
 pub mod wire;

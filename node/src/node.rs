@@ -27,6 +27,7 @@ use agentmesh_dht::{now_ms, DhtConfig};
 use agentmesh_transports::{PathKind, TransportConfig};
 
 use crate::{
+    audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
     envelope::{MessageId, SessionId},
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
@@ -37,6 +38,8 @@ use crate::{
     storage::StorageError,
 };
 
+/// Key of the persisted "kill everything" switch.
+const KILLED_ALL_KEY: &[u8] = b"killed-all";
 /// Depth of the command channel to the swarm actor.
 const COMMAND_QUEUE: usize = 256;
 /// Depth of each peer's outbound queue.
@@ -126,6 +129,9 @@ pub enum SpawnError {
     /// The policy file is invalid.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The audit log does not open (tampered, or another key).
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Errors sending a message.
@@ -144,9 +150,12 @@ pub enum SendError {
     /// The payload is too large or not serializable.
     #[error("invalid payload: {0}")]
     InvalidPayload(String),
-    /// The node is shutting down.
+    /// The node is shutting down, or the owner killed the peer's link.
     #[error("node stopped")]
     Stopped,
+    /// The owner's kill switch is on: nothing is sent.
+    #[error("the owner's kill switch is on")]
+    Killed,
 }
 
 /// A message waiting in a peer link.
@@ -172,6 +181,9 @@ enum Command {
         reply: oneshot::Sender<Result<PathKind, String>>,
     },
     Republish,
+    Disconnect {
+        peer: PeerId,
+    },
     Status {
         reply: oneshot::Sender<NetStatus>,
     },
@@ -249,10 +261,13 @@ struct Shared {
     events: broadcast::Sender<NodeEvent>,
     inbox_tx: mpsc::Sender<Delivery>,
     commands: mpsc::Sender<Command>,
-    links: Mutex<HashMap<Amid, mpsc::Sender<Outgoing>>>,
+    links: Mutex<HashMap<Amid, (mpsc::Sender<Outgoing>, CancellationToken)>>,
+    /// The owner's kill switch for everyone is on: refuse all, send nothing.
+    killed_all: std::sync::atomic::AtomicBool,
     paths: Mutex<HashMap<PeerId, PathKind>>,
     control: libp2p_stream::Control,
     db: sled::Db,
+    audit: Mutex<AuditLog>,
     cancel: CancellationToken,
 }
 
@@ -268,6 +283,14 @@ impl Shared {
             .ok()
             .and_then(|p| p.get(peer).copied())
             .unwrap_or(PathKind::Other)
+    }
+
+    /// Appends to the audit log; a failure is logged, never fatal.
+    fn audit(&self, event: AuditEvent) {
+        let mut log = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = log.append(event, now_ms()) {
+            tracing::warn!(error = %e, "audit log append failed");
+        }
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, SessionStore> {
@@ -455,6 +478,8 @@ impl Node {
             .flush_every_ms(Some(200))
             .open()?;
         let store = SessionStore::open(amid, &db, keystore.storage_key())?;
+        let audit = AuditLog::open(&db, Some(keystore.storage_key()))?;
+        let killed_all = db.get(KILLED_ALL_KEY)?.is_some();
         let _ = store.sweep(now_ms());
         let backlog = store.inbox();
         drop(keystore);
@@ -479,9 +504,11 @@ impl Node {
             inbox_tx,
             commands: cmd_tx,
             links: Mutex::new(HashMap::new()),
+            killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
             control,
             db,
+            audit: Mutex::new(audit),
             cancel: cancel.clone(),
         });
         let span = tracing::info_span!("node", id = %amid.short());
@@ -603,6 +630,9 @@ impl Node {
                 "{size} bytes is too large"
             )));
         }
+        if self.is_killed() {
+            return Err(SendError::Killed);
+        }
         if to == &self.shared.amid {
             return Err(SendError::InvalidPayload("cannot send to self".into()));
         }
@@ -637,6 +667,9 @@ impl Node {
     /// Replaces the policy. Sessions already accepted stay open; blocked
     /// agents lose theirs at once.
     pub fn set_policy(&self, policy: Policy) {
+        self.shared.audit(AuditEvent::PolicyChanged {
+            policy_hash: hex::encode(policy.hash()),
+        });
         let blocked: Vec<Amid> = policy.block.iter().copied().collect();
         if let Ok(mut p) = self.shared.policy.write() {
             *p = policy;
@@ -657,6 +690,104 @@ impl Node {
         self.set_policy(policy);
         tracing::info!(hash = %hex::encode(hash), "policy reloaded");
         Ok(hash)
+    }
+
+    /// The owner's kill switch. With `Some(amid)`: block the agent, close
+    /// its sessions and connections at once, and fail what was queued for
+    /// it. With `None`: do that for every peer, refuse every KNOCK and
+    /// message, and send nothing, until [`Node::clear_kill`]; this switch
+    /// survives restarts.
+    pub async fn kill(&self, target: Option<Amid>) {
+        self.shared.audit(AuditEvent::Kill { target });
+        let peers: Vec<Amid> = match target {
+            Some(a) => vec![a],
+            None => {
+                self.shared
+                    .killed_all
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = self.shared.db.insert(KILLED_ALL_KEY, &[1u8]);
+                let _ = self.shared.db.flush_async().await;
+                let mut all: Vec<Amid> = self
+                    .shared
+                    .store()
+                    .all_sessions()
+                    .into_iter()
+                    .map(|s| s.peer)
+                    .collect();
+                all.extend(
+                    self.shared
+                        .links
+                        .lock()
+                        .map(|l| l.keys().copied().collect::<Vec<_>>())
+                        .unwrap_or_default(),
+                );
+                all.sort();
+                all.dedup();
+                all
+            }
+        };
+        for amid in peers {
+            if target.is_some() {
+                self.block(amid);
+            } else {
+                let mut store = self.shared.store();
+                for s in store.all_sessions() {
+                    if s.peer == amid {
+                        let _ = store.forget_session(&amid, &s.id);
+                    }
+                }
+            }
+            let link = self
+                .shared
+                .links
+                .lock()
+                .ok()
+                .and_then(|mut l| l.remove(&amid));
+            if let Some((_, cancel)) = link {
+                cancel.cancel();
+            }
+            if let Ok(peer) = amid.peer_id() {
+                let _ = self
+                    .shared
+                    .commands
+                    .send(Command::Disconnect { peer })
+                    .await;
+            }
+        }
+    }
+
+    /// Turns the kill switch for everyone off again.
+    pub fn clear_kill(&self) {
+        self.shared
+            .killed_all
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.shared.db.remove(KILLED_ALL_KEY);
+    }
+
+    /// Whether the kill switch for everyone is on.
+    pub fn is_killed(&self) -> bool {
+        self.shared
+            .killed_all
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Entries of the audit log that match `filter`, oldest first.
+    pub fn audit_log(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, AuditError> {
+        self.shared
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list(filter)
+    }
+
+    /// Verifies the whole audit chain; returns the number of entries, or
+    /// the position of the first tampered one.
+    pub fn verify_audit_log(&self) -> Result<u64, AuditError> {
+        self.shared
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify()
     }
 
     /// The current policy.
@@ -741,6 +872,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.shared.cancel.cancel();
         let _ = self.shared.store().flush();
+        if let Ok(log) = self.shared.audit.lock() {
+            let _ = log.flush();
+        }
         let _ = self.shared.db.flush_async().await;
     }
 

@@ -12,6 +12,7 @@ use agentmesh_transports::framing::FramedStream;
 
 use super::{peer_label, Command, Delivery, Shared};
 use crate::{
+    audit::AuditEvent,
     envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
     events::{Message, NodeEvent},
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
@@ -72,6 +73,10 @@ pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>
 
 fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: String) {
     warn!(from = from.as_deref().unwrap_or("?"), %reason, %detail, "refused");
+    shared.audit(AuditEvent::Refused {
+        from: from.clone(),
+        reason,
+    });
     shared.emit(NodeEvent::Refused {
         from,
         reason,
@@ -185,7 +190,15 @@ fn decide(
         nonce_seen: seen,
         rate_limited: None,
     };
-    let decision = policy.evaluate(&shared.amid, &body, ctx, now);
+    let mut decision = policy.evaluate(&shared.amid, &body, ctx, now);
+    if shared.killed_all.load(std::sync::atomic::Ordering::SeqCst) {
+        // The owner's kill switch overrides every policy.
+        decision = Decision::Reject {
+            reason: RejectReason::Blocked,
+            retry_after_ms: None,
+        };
+    }
+    let policy_hash = Some(hex::encode(policy.hash()));
     let Decision::Accept {
         session,
         expires_ms,
@@ -200,6 +213,14 @@ fn decide(
             accepted: false,
             reason: Some(reason),
             session: None,
+        });
+        shared.audit(AuditEvent::KnockDecision {
+            from: body.from,
+            accepted: false,
+            reason: Some(reason),
+            session: None,
+            intent: Some(body.intent.clone()),
+            policy_hash,
         });
         return (decision, None);
     };
@@ -237,6 +258,27 @@ fn decide(
                 reason: None,
                 session: Some(session),
             });
+            shared.audit(AuditEvent::KnockDecision {
+                from: body.from,
+                accepted: true,
+                reason: None,
+                session: Some(session),
+                intent: Some(body.intent.clone()),
+                policy_hash,
+            });
+            shared.audit(AuditEvent::SessionOpened {
+                peer: body.from,
+                session,
+                role: "responder".into(),
+            });
+            if let Some((_, r)) = &received {
+                shared.audit(AuditEvent::MessageIn {
+                    from: r.from,
+                    id: r.id,
+                    session: r.session,
+                    size: body.first.len() as u32,
+                });
+            }
             let path = shared.path_to(peer);
             let delivery = received.map(|(arrival, r)| Delivery {
                 arrival,
@@ -348,6 +390,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         match result {
             Ok((arrival, received)) => {
                 let path = shared.path_to(&peer);
+                shared.audit(AuditEvent::MessageIn {
+                    from: received.from,
+                    id: received.id,
+                    session: received.session,
+                    size: bytes.len() as u32,
+                });
                 acks.push(MsgFrame::Ack { id: received.id });
                 batch.push(Delivery {
                     arrival,

@@ -21,7 +21,9 @@ use agentmesh_transports::{
 
 use super::{Command, Outgoing, SendError, Shared, PEER_QUEUE};
 use crate::{
+    audit::AuditEvent,
     card::AgentCard,
+    envelope::SessionId,
     events::{NodeEvent, Receipt},
     identity::Amid,
     knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
@@ -40,14 +42,16 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The queue of the link to `peer`, starting the link if needed.
 pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgoing> {
     let mut links = shared.links.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = links.get(&peer) {
+    if let Some((tx, _)) = links.get(&peer) {
         if !tx.is_closed() {
             return tx.clone();
         }
     }
     let (tx, rx) = mpsc::channel(PEER_QUEUE);
-    links.insert(peer, tx.clone());
+    let cancel = shared.cancel.child_token();
+    links.insert(peer, (tx.clone(), cancel.clone()));
     let link = Link {
+        cancel,
         shared: shared.clone(),
         peer,
         peer_id: peer.peer_id().ok(),
@@ -59,6 +63,7 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         inflight: VecDeque::new(),
         backoff: MIN_BACKOFF,
         reconnect_at: None,
+        skipped_knock_for: None,
     };
     tokio::spawn(link.run());
     tx
@@ -67,9 +72,12 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
 struct InFlight {
     out: Outgoing,
     bytes: Vec<u8>,
+    session: SessionId,
 }
 
 struct Link {
+    /// Cancelled when the node stops or the owner kills this peer.
+    cancel: tokio_util::sync::CancellationToken,
     shared: Arc<Shared>,
     peer: Amid,
     peer_id: Option<PeerId>,
@@ -81,6 +89,8 @@ struct Link {
     inflight: VecDeque<InFlight>,
     backoff: Duration,
     reconnect_at: Option<Instant>,
+    /// The session last used without a KNOCK (for the audit log).
+    skipped_knock_for: Option<SessionId>,
 }
 
 enum LinkError {
@@ -98,7 +108,7 @@ impl Link {
             }
             return;
         };
-        let cancel = self.shared.cancel.clone();
+        let cancel = self.cancel.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let window_open = self.inflight.len() < self.shared.config.window.max(1);
@@ -131,6 +141,20 @@ impl Link {
                 }
                 _ = tick.tick() => self.expire(),
             }
+        }
+        // Stopped or killed: whatever was not delivered fails, visibly.
+        self.rx.close();
+        let pending: Vec<Outgoing> = self
+            .inflight
+            .drain(..)
+            .map(|m| m.out)
+            .chain(self.requeued.drain(..))
+            .collect();
+        for out in pending {
+            self.fail(out, SendError::Stopped);
+        }
+        while let Ok(out) = self.rx.try_recv() {
+            self.fail(out, SendError::Stopped);
         }
     }
 
@@ -194,14 +218,22 @@ impl Link {
             self.fail(out, SendError::Failed("delivery timeout".into()));
             return;
         }
-        let has_session = self
+        let current = self
             .shared
             .store()
             .current_session(&self.peer, now_ms())
-            .is_some();
-        if !has_session {
+            .map(|s| s.id);
+        let Some(session) = current else {
             self.knock(peer_id, out).await;
             return;
+        };
+        if self.skipped_knock_for != Some(session) {
+            // A cached contact: no KNOCK. Noted once per session.
+            self.skipped_knock_for = Some(session);
+            self.shared.audit(AuditEvent::KnockSkipped {
+                peer: self.peer,
+                session,
+            });
         }
         let sealed = self.shared.store().seal(
             &self.shared.identity,
@@ -221,6 +253,7 @@ impl Link {
         self.inflight.push_back(InFlight {
             out,
             bytes: bytes.clone(),
+            session,
         });
         if self.writer.is_none() {
             // New work: try to connect now rather than at the end of the
@@ -285,6 +318,13 @@ impl Link {
                     .peer_id
                     .map(|p| self.shared.path_to(&p))
                     .unwrap_or(PathKind::Other);
+                self.shared.audit(AuditEvent::MessageOut {
+                    to: self.peer,
+                    id: m.out.id,
+                    session: m.session,
+                    size: m.bytes.len() as u32,
+                    path: path.to_string(),
+                });
                 self.delivered(m.out, path, false);
             }
             Some(reason @ (RejectReason::UnknownSession | RejectReason::DecryptFailed))
@@ -397,10 +437,27 @@ impl Link {
             match self.try_knock(peer_id, &out, use_fallback).await {
                 Ok((decision, pending, path)) => match decision {
                     Decision::Accept { expires_ms, .. } => {
-                        if let Err(e) = self.shared.store().commit_outbound(pending, expires_ms) {
-                            self.fail(out, SendError::Failed(e.to_string()));
-                            return;
-                        }
+                        let committed = self.shared.store().commit_outbound(pending, expires_ms);
+                        let info = match committed {
+                            Ok(info) => info,
+                            Err(e) => {
+                                self.fail(out, SendError::Failed(e.to_string()));
+                                return;
+                            }
+                        };
+                        self.shared.audit(AuditEvent::SessionOpened {
+                            peer: self.peer,
+                            session: info.id,
+                            role: "initiator".into(),
+                        });
+                        self.shared.audit(AuditEvent::MessageOut {
+                            to: self.peer,
+                            id: out.id,
+                            session: info.id,
+                            size: 0,
+                            path: path.to_string(),
+                        });
+                        self.skipped_knock_for = Some(info.id);
                         self.delivered(out, path, true);
                         return;
                     }

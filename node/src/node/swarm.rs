@@ -262,6 +262,9 @@ impl Actor {
                     }
                 }
             }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Republish => {
                 self.next_publish = Some(Instant::now());
             }
