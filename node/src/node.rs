@@ -34,9 +34,19 @@ use crate::{
     keystore::{KdfParams, Keystore, KeystoreError, Passphrase},
     knock::{Intent, RejectReason},
     policy::Policy,
+    ratelimit::{RateLimit, RateLimiter},
     session::{Role, SessionStore},
     storage::StorageError,
 };
+
+/// Most senders tracked by each rate limiter.
+const MAX_RATE_KEYS: usize = 65_536;
+
+fn rate_limits(p: &Policy) -> (RateLimit, RateLimit) {
+    let k = p.rate.knocks_per_minute;
+    let m = p.rate.messages_per_minute;
+    (RateLimit::new(k, k), RateLimit::new(m, m))
+}
 
 /// Key of the persisted "kill everything" switch.
 const KILLED_ALL_KEY: &[u8] = b"killed-all";
@@ -262,6 +272,10 @@ struct Shared {
     inbox_tx: mpsc::Sender<Delivery>,
     commands: mpsc::Sender<Command>,
     links: Mutex<HashMap<Amid, (mpsc::Sender<Outgoing>, CancellationToken)>>,
+    /// KNOCKs per initiator.
+    knock_limiter: Mutex<RateLimiter<Amid>>,
+    /// Messages per sender.
+    msg_limiter: Mutex<RateLimiter<Amid>>,
     /// The owner's kill switch for everyone is on: refuse all, send nothing.
     killed_all: std::sync::atomic::AtomicBool,
     paths: Mutex<HashMap<PeerId, PathKind>>,
@@ -480,6 +494,7 @@ impl Node {
         let store = SessionStore::open(amid, &db, keystore.storage_key())?;
         let audit = AuditLog::open(&db, Some(keystore.storage_key()))?;
         let killed_all = db.get(KILLED_ALL_KEY)?.is_some();
+        let (knock_rate, msg_rate) = rate_limits(&config.policy);
         let _ = store.sweep(now_ms());
         let backlog = store.inbox();
         drop(keystore);
@@ -504,6 +519,8 @@ impl Node {
             inbox_tx,
             commands: cmd_tx,
             links: Mutex::new(HashMap::new()),
+            knock_limiter: Mutex::new(RateLimiter::new(knock_rate, MAX_RATE_KEYS)),
+            msg_limiter: Mutex::new(RateLimiter::new(msg_rate, MAX_RATE_KEYS)),
             killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
             control,
@@ -671,6 +688,14 @@ impl Node {
             policy_hash: hex::encode(policy.hash()),
         });
         let blocked: Vec<Amid> = policy.block.iter().copied().collect();
+        let (knock_rate, msg_rate) = rate_limits(&policy);
+        let now = now_ms();
+        if let Ok(mut l) = self.shared.knock_limiter.lock() {
+            l.set_limit(knock_rate, now);
+        }
+        if let Ok(mut l) = self.shared.msg_limiter.lock() {
+            l.set_limit(msg_rate, now);
+        }
         if let Ok(mut p) = self.shared.policy.write() {
             *p = policy;
         }

@@ -46,6 +46,10 @@ pub enum MsgFrame {
         id: MessageId,
         /// Why.
         reason: RejectReason,
+        /// When rate limited: send it again after this many ms (it was not
+        /// opened, so the same envelope stays valid).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -86,6 +90,12 @@ mod tests {
             MsgFrame::Nack {
                 id: MessageId([2; 16]),
                 reason: RejectReason::UnknownSession,
+                retry_after_ms: None,
+            },
+            MsgFrame::Nack {
+                id: MessageId([3; 16]),
+                reason: RejectReason::RateLimited,
+                retry_after_ms: Some(600),
             },
         ] {
             assert_eq!(MsgFrame::from_bytes(&f.to_bytes()).unwrap(), f);

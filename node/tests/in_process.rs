@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use agentmesh_node::{
-    keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind, RejectReason, SendError,
+    audit::AuditFilter, keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind,
+    RejectReason, SendError,
 };
 use serde_json::json;
 
@@ -138,5 +139,126 @@ async fn blocked_sender_gets_reject_with_reason() {
         tokio::time::timeout(Duration::from_millis(300), inbox.recv())
             .await
             .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_sender_is_rate_limited_while_a_polite_one_is_not() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    // bob accepts 20 messages a minute per sender
+    let mut c = config();
+    c.policy.rate.messages_per_minute = 20;
+    let bob = Node::builder(c)
+        .data_dir(dir.path().join("bob"))
+        .passphrase(Passphrase::new("bob"))
+        .bootstraps(boot.listen_addrs().await)
+        .spawn()
+        .await
+        .unwrap();
+    let flood = node(dir.path(), "flood", Some(&boot)).await;
+    let polite = node(dir.path(), "polite", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+
+    // 60 messages at once: 3x the limit.
+    for i in 0..60 {
+        flood
+            .send_nowait(&bob.amid(), json!({"flood": i}))
+            .await
+            .unwrap();
+    }
+    // The polite sender's 5 messages all arrive despite the flood.
+    for i in 0..5 {
+        let r = tokio::time::timeout(WAIT, polite.send(&bob.amid(), json!({"polite": i})))
+            .await
+            .unwrap();
+        assert!(r.is_ok(), "polite message {i}: {r:?}");
+    }
+    let mut polite_seen = 0;
+    let mut flood_seen = 0;
+    while polite_seen < 5 {
+        let m = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.from == polite.amid() {
+            assert_eq!(m.payload, json!({"polite": polite_seen}));
+            polite_seen += 1;
+        } else {
+            flood_seen += 1;
+        }
+    }
+    // Bob took the flood's burst, and no more, so far.
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await {
+        assert_eq!(m.from, flood.amid());
+        flood_seen += 1;
+    }
+    assert!(
+        flood_seen <= 21,
+        "the flood got {flood_seen} messages through"
+    );
+    assert!(
+        flood_seen >= 19,
+        "the flood's burst should pass: {flood_seen}"
+    );
+    // Every delivered message, and only those, is in bob's audit log.
+    let logged = bob
+        .audit_log(&AuditFilter::default().kind("message_in"))
+        .unwrap();
+    assert_eq!(logged.len(), flood_seen + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_contacts_skip_knock_until_killed_and_the_audit_chain_holds() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+
+    assert!(alice.send(&bob.amid(), json!(1)).await.unwrap().knocked);
+    assert!(!alice.send(&bob.amid(), json!(2)).await.unwrap().knocked);
+    inbox.recv().await.unwrap();
+    inbox.recv().await.unwrap();
+    let skipped = alice
+        .audit_log(&AuditFilter::default().kind("knock_skipped"))
+        .unwrap();
+    assert_eq!(skipped.len(), 1, "the cached session skipped the KNOCK");
+    let decided = bob
+        .audit_log(
+            &AuditFilter::default()
+                .kind("knock_decision")
+                .peer(alice.amid()),
+        )
+        .unwrap();
+    assert_eq!(decided.len(), 1);
+
+    // The owner kills alice on bob's side: her session is gone, and her
+    // next attempt is refused as blocked.
+    bob.kill(Some(alice.amid())).await;
+    let err = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!(3)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err, SendError::Rejected(RejectReason::Blocked));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err()
+    );
+    let kills = bob.audit_log(&AuditFilter::default().kind("kill")).unwrap();
+    assert_eq!(kills.len(), 1);
+    assert!(bob.verify_audit_log().unwrap() >= 5);
+    assert!(alice.verify_audit_log().unwrap() >= 3);
+
+    // Kill everything: nothing goes out any more.
+    alice.kill(None).await;
+    assert_eq!(
+        alice.send(&boot.amid(), json!("x")).await.unwrap_err(),
+        SendError::Killed
     );
 }

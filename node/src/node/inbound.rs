@@ -185,10 +185,15 @@ fn decide(
         }
     };
     let policy = shared.policy.read().map(|p| p.clone()).unwrap_or_default();
+    let rate_limited = shared
+        .knock_limiter
+        .lock()
+        .map(|mut l| l.try_acquire(&body.from, now).err().map(|r| r.ms))
+        .unwrap_or(None);
     let ctx = KnockContext {
         tier: Tier::Anonymous,
         nonce_seen: seen,
-        rate_limited: None,
+        rate_limited,
     };
     let mut decision = policy.evaluate(&shared.amid, &body, ctx, now);
     if shared.killed_all.load(std::sync::atomic::Ordering::SeqCst) {
@@ -314,6 +319,7 @@ async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
 /// and committed; a burst is flushed to disk together, then handed to the
 /// application and acknowledged.
 async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
+    let sender = super::amid_of_peer(&peer);
     let (mut writer, mut reader) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
     let cancel = shared.cancel.clone();
     let mut acks: Vec<MsgFrame> = Vec::new();
@@ -386,7 +392,28 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             }
         };
         let id = env.peek_id();
-        let result = shared.store().receive(&env, None, now_ms());
+        let now = now_ms();
+        // Rate limit by the connection's authenticated peer, before any
+        // signature check or decryption: over-limit costs almost nothing.
+        let limited = sender.and_then(|a| {
+            shared
+                .msg_limiter
+                .lock()
+                .map(|mut l| l.try_acquire(&a, now).err())
+                .unwrap_or(None)
+        });
+        if let Some(retry) = limited {
+            debug!(%peer, retry_ms = retry.ms, "message rate limited");
+            if let Some(id) = id {
+                acks.push(MsgFrame::Nack {
+                    id,
+                    reason: RejectReason::RateLimited,
+                    retry_after_ms: Some(retry.ms),
+                });
+            }
+            continue;
+        }
+        let result = shared.store().receive(&env, None, now);
         match result {
             Ok((arrival, received)) => {
                 let path = shared.path_to(&peer);
@@ -412,7 +439,11 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 let reason = e.reason();
                 refuse(shared, Some(peer_label(&peer)), reason, e.to_string());
                 if let Some(id) = id {
-                    acks.push(MsgFrame::Nack { id, reason });
+                    acks.push(MsgFrame::Nack {
+                        id,
+                        reason,
+                        retry_after_ms: None,
+                    });
                 }
             }
         }

@@ -64,6 +64,7 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         backoff: MIN_BACKOFF,
         reconnect_at: None,
         skipped_knock_for: None,
+        delayed: VecDeque::new(),
     };
     tokio::spawn(link.run());
     tx
@@ -91,6 +92,8 @@ struct Link {
     reconnect_at: Option<Instant>,
     /// The session last used without a KNOCK (for the audit log).
     skipped_knock_for: Option<SessionId>,
+    /// Messages the peer rate-limited, with when to send them again.
+    delayed: VecDeque<(Instant, InFlight)>,
 }
 
 enum LinkError {
@@ -139,14 +142,16 @@ impl Link {
                     self.process(peer_id, out).await;
                     self.flush_if_idle().await;
                 }
-                _ = tick.tick() => self.expire(),
+                _ = tick.tick() => self.expire().await,
             }
         }
         // Stopped or killed: whatever was not delivered fails, visibly.
         self.rx.close();
+        let delayed: Vec<InFlight> = self.delayed.drain(..).map(|(_, m)| m).collect();
         let pending: Vec<Outgoing> = self
             .inflight
             .drain(..)
+            .chain(delayed)
             .map(|m| m.out)
             .chain(self.requeued.drain(..))
             .collect();
@@ -203,13 +208,42 @@ impl Link {
         }
     }
 
-    /// Fails messages whose delivery deadline passed.
-    fn expire(&mut self) {
+    /// Fails messages whose delivery deadline passed, and puts messages
+    /// the peer rate-limited back in flight once their wait is over.
+    async fn expire(&mut self) {
         let now = Instant::now();
         while self.inflight.front().is_some_and(|m| m.out.deadline <= now) {
             if let Some(m) = self.inflight.pop_front() {
                 self.fail(m.out, SendError::Failed("not acknowledged in time".into()));
             }
+        }
+        let mut resend = Vec::new();
+        while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, m)) = self.delayed.pop_front() {
+                if m.out.deadline <= now {
+                    self.fail(m.out, SendError::Rejected(RejectReason::RateLimited));
+                } else {
+                    resend.push(m.bytes.clone());
+                    self.inflight.push_back(m);
+                }
+            }
+        }
+        if resend.is_empty() {
+            return;
+        }
+        if let Some(w) = self.writer.as_mut() {
+            for b in resend {
+                if w.feed(b).await.is_err() {
+                    self.schedule_reconnect();
+                    return;
+                }
+            }
+            if w.flush().await.is_err() {
+                self.schedule_reconnect();
+            }
+        } else {
+            // ensure_stream resends everything in flight.
+            self.reconnect_at = Some(now);
         }
     }
 
@@ -295,9 +329,13 @@ impl Link {
             self.schedule_reconnect();
             return;
         };
-        let (id, nack) = match MsgFrame::from_bytes(&bytes) {
-            Ok(MsgFrame::Ack { id }) => (id, None),
-            Ok(MsgFrame::Nack { id, reason }) => (id, Some(reason)),
+        let (id, nack, retry_after_ms) = match MsgFrame::from_bytes(&bytes) {
+            Ok(MsgFrame::Ack { id }) => (id, None, None),
+            Ok(MsgFrame::Nack {
+                id,
+                reason,
+                retry_after_ms,
+            }) => (id, Some(reason), retry_after_ms),
             Ok(_) | Err(_) => {
                 warn!(peer = %self.peer.short(), "peer broke the message protocol");
                 self.schedule_reconnect();
@@ -342,6 +380,13 @@ impl Link {
                 let mut out = m.out;
                 out.reknocks += 1;
                 self.requeued.push_back(out);
+            }
+            Some(RejectReason::RateLimited) if m.out.deadline > Instant::now() => {
+                // Not opened by the peer: the same envelope is sent again
+                // once the peer's bucket has a token.
+                let wait = Duration::from_millis(retry_after_ms.unwrap_or(1000).clamp(10, 60_000));
+                debug!(peer = %self.peer.short(), ?wait, "rate limited by peer; will resend");
+                self.delayed.push_back((Instant::now() + wait, m));
             }
             Some(reason) => self.fail(m.out, SendError::Rejected(reason)),
         }
@@ -457,7 +502,6 @@ impl Link {
                             size: 0,
                             path: path.to_string(),
                         });
-                        self.skipped_knock_for = Some(info.id);
                         self.delivered(out, path, true);
                         return;
                     }
