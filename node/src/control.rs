@@ -69,6 +69,8 @@ pub enum Request {
         #[serde(default)]
         amid: Option<String>,
     },
+    /// Turn the kill switch for everyone off.
+    ClearKill,
 }
 
 /// The node's answer.
@@ -250,6 +252,13 @@ async fn answer(node: &Node, req: Request) -> Response {
                 Err(e) => return Response::error(format!("invalid AMID: {e}")),
             };
             node.kill(target).await;
+            Response {
+                ok: true,
+                ..Response::default()
+            }
+        }
+        Request::ClearKill => {
+            node.clear_kill();
             Response {
                 ok: true,
                 ..Response::default()

@@ -114,6 +114,34 @@ enum Cmd {
         /// The AMID.
         amid: Amid,
     },
+    /// List the running node's audit log (metadata only, never content).
+    Audit {
+        /// Only entries about this AMID.
+        #[arg(long)]
+        peer: Option<Amid>,
+        /// Only entries of this kind, e.g. knock_decision, message_in, kill.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only the most recent N entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Verify the whole hash chain (reports the first tampered entry).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// The owner's kill switch: close an agent's sessions at once and block
+    /// it, or (`--all`) everyone, until `--clear`.
+    Kill {
+        /// The agent.
+        #[arg(required_unless_present_any = ["all", "clear"])]
+        amid: Option<Amid>,
+        /// Everyone: refuse all, send nothing (survives restarts).
+        #[arg(long, conflicts_with = "amid")]
+        all: bool,
+        /// Turn the kill switch for everyone off.
+        #[arg(long, conflicts_with_all = ["amid", "all"])]
+        clear: bool,
+    },
 }
 
 fn data_dir(cli: &Cli) -> Result<PathBuf> {
@@ -313,6 +341,59 @@ async fn main() -> Result<()> {
                 for s in &status.sessions {
                     println!("session      {} with {} ({:?})", s.session, s.peer, s.role);
                 }
+            }
+        }
+        Cmd::Audit {
+            peer,
+            kind,
+            limit,
+            verify,
+        } => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client
+                .request(&Request::Audit {
+                    peer: peer.map(|p| p.to_string()),
+                    kind: kind.clone(),
+                    limit: *limit,
+                    verify: *verify,
+                })
+                .await?;
+            if !resp.ok {
+                bail!(resp.error.unwrap_or_default());
+            }
+            let entries = resp.audit.unwrap_or_default();
+            if cli.json {
+                println!("{}", json!({"entries": entries, "verified": resp.verified}));
+            } else {
+                for e in &entries {
+                    println!(
+                        "{:>6}  {}  {}",
+                        e.index,
+                        e.ts_ms,
+                        serde_json::to_string(&e.event)?
+                    );
+                }
+                if let Some(n) = resp.verified {
+                    println!("chain verified: {n} entries");
+                }
+            }
+        }
+        Cmd::Kill { amid, all, clear } => {
+            let mut client = Client::connect(&dir).await?;
+            let req = if *clear {
+                Request::ClearKill
+            } else {
+                Request::Kill {
+                    amid: if *all {
+                        None
+                    } else {
+                        amid.map(|a| a.to_string())
+                    },
+                }
+            };
+            let resp = client.request(&req).await?;
+            if !resp.ok {
+                bail!(resp.error.unwrap_or_default());
             }
         }
         Cmd::Block { amid } => {

@@ -28,6 +28,7 @@ use agentmesh_transports::{PathKind, TransportConfig};
 
 use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
+    breaker::{BreakerConfig, CircuitBreakers},
     envelope::{MessageId, SessionId},
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
@@ -85,6 +86,10 @@ pub struct Config {
     /// A TOML policy file: read at start (replacing `policy`) and again by
     /// [`Node::reload_policy`]. Defaults to none.
     pub policy_file: Option<PathBuf>,
+    /// Outbound circuit breakers: after this many consecutive failures or
+    /// rejections by a peer, sends to it fail at once until a cool-down has
+    /// passed. Defaults to 5 failures, 30 s.
+    pub breaker: BreakerConfig,
 }
 
 impl Config {
@@ -101,6 +106,7 @@ impl Config {
             kdf: KdfParams::default(),
             policy: Policy::default(),
             policy_file: None,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -166,6 +172,13 @@ pub enum SendError {
     /// The owner's kill switch is on: nothing is sent.
     #[error("the owner's kill switch is on")]
     Killed,
+    /// Too many recent failures with this peer: not tried again before the
+    /// cool-down ends.
+    #[error("circuit open; retry in {retry_after_ms} ms")]
+    CircuitOpen {
+        /// Time left in the cool-down.
+        retry_after_ms: u64,
+    },
 }
 
 /// A message waiting in a peer link.
@@ -276,6 +289,8 @@ struct Shared {
     knock_limiter: Mutex<RateLimiter<Amid>>,
     /// Messages per sender.
     msg_limiter: Mutex<RateLimiter<Amid>>,
+    /// Outbound circuit breakers per peer.
+    breakers: Mutex<CircuitBreakers<Amid>>,
     /// The owner's kill switch for everyone is on: refuse all, send nothing.
     killed_all: std::sync::atomic::AtomicBool,
     paths: Mutex<HashMap<PeerId, PathKind>>,
@@ -305,6 +320,10 @@ impl Shared {
         if let Err(e) = log.append(event, now_ms()) {
             tracing::warn!(error = %e, "audit log append failed");
         }
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, CircuitBreakers<Amid>> {
+        self.breakers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, SessionStore> {
@@ -495,6 +514,7 @@ impl Node {
         let audit = AuditLog::open(&db, Some(keystore.storage_key()))?;
         let killed_all = db.get(KILLED_ALL_KEY)?.is_some();
         let (knock_rate, msg_rate) = rate_limits(&config.policy);
+        let breaker = config.breaker;
         let _ = store.sweep(now_ms());
         let backlog = store.inbox();
         drop(keystore);
@@ -521,6 +541,7 @@ impl Node {
             links: Mutex::new(HashMap::new()),
             knock_limiter: Mutex::new(RateLimiter::new(knock_rate, MAX_RATE_KEYS)),
             msg_limiter: Mutex::new(RateLimiter::new(msg_rate, MAX_RATE_KEYS)),
+            breakers: Mutex::new(CircuitBreakers::new(breaker, MAX_RATE_KEYS)),
             killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
             control,

@@ -262,3 +262,27 @@ async fn cached_contacts_skip_knock_until_killed_and_the_audit_chain_holds() {
         SendError::Killed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_rejections_open_the_circuit_breaker() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    bob.block(alice.amid());
+    assert!(bob.wait_published(WAIT).await);
+    // The default breaker opens after 5 consecutive failures.
+    for _ in 0..5 {
+        let err = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!("hi")))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err, SendError::Rejected(RejectReason::Blocked));
+    }
+    let err = alice.send(&bob.amid(), json!("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, SendError::CircuitOpen { retry_after_ms } if retry_after_ms > 0),
+        "{err:?}"
+    );
+}

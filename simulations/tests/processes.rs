@@ -123,3 +123,67 @@ async fn a_blocked_sender_gets_reject_with_the_reason() {
     mallory.terminate().await.unwrap();
     boot.terminate().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_reads_the_audit_log_and_kills_a_contact() {
+    let root = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (alice, alice_amid) =
+        start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+            .await
+            .unwrap();
+    let (bob, bob_amid) = start_agent(exe(), "bob", &root.path().join("bob"), &boot_addr, &[])
+        .await
+        .unwrap();
+    assert!(send(&alice.dir, &bob_amid, json!("one")).await.ok);
+    assert!(send(&alice.dir, &bob_amid, json!("two")).await.ok);
+
+    let mut owner = Client::connect(&bob.dir).await.unwrap();
+    let audit = owner
+        .request(&Request::Audit {
+            peer: Some(alice_amid.clone()),
+            kind: None,
+            limit: None,
+            verify: true,
+        })
+        .await
+        .unwrap();
+    assert!(audit.ok, "{audit:?}");
+    assert!(audit.verified.unwrap() >= 4);
+    let kinds: Vec<&str> = audit
+        .audit
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "knock_decision",
+            "session_opened",
+            "message_in",
+            "message_in"
+        ]
+    );
+    // the log holds metadata, never the content
+    let text = serde_json::to_string(&audit.audit).unwrap();
+    assert!(!text.contains("\"one\"") && !text.contains("\"two\""));
+
+    let killed = owner
+        .request(&Request::Kill {
+            amid: Some(alice_amid.clone()),
+        })
+        .await
+        .unwrap();
+    assert!(killed.ok);
+    let r = send(&alice.dir, &bob_amid, json!("three")).await;
+    assert!(!r.ok);
+    assert_eq!(r.reason, Some(agentmesh_node::RejectReason::Blocked));
+
+    bob.terminate().await.unwrap();
+    alice.terminate().await.unwrap();
+    boot.terminate().await.unwrap();
+}

@@ -8,7 +8,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
-use agentmesh_transports::framing::FramedStream;
+use agentmesh_transports::framing::{FrameError, FramedStream};
 
 use super::{peer_label, Command, Delivery, Shared};
 use crate::{
@@ -89,13 +89,17 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     let frame = match tokio::time::timeout(KNOCK_READ_TIMEOUT, framed.recv()).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
+        Ok(Err(FrameError::TooLarge { max })) => {
             refuse(
                 shared,
                 Some(peer_label(&peer)),
                 RejectReason::Malformed,
-                e.to_string(),
+                format!("frame over {max} bytes"),
             );
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "knock stream ended");
             return;
         }
         Err(_) => {
@@ -349,14 +353,20 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
                 return;
             }
-            Some(Err(e)) => {
+            Some(Err(FrameError::TooLarge { max })) => {
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
                 refuse(
                     shared,
                     Some(peer_label(&peer)),
                     RejectReason::Malformed,
-                    e.to_string(),
+                    format!("frame over {max} bytes"),
                 );
+                return;
+            }
+            Some(Err(e)) => {
+                // The connection went away: nothing the peer did wrong.
+                debug!(%peer, error = %e, "message stream ended");
+                commit(shared, &mut batch, &mut acks, &mut writer).await;
                 return;
             }
         };

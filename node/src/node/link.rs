@@ -128,9 +128,21 @@ impl Link {
                 _ = async { tokio::time::sleep_until(reconnect_at.unwrap_or_else(Instant::now)).await },
                     if reconnect_at.is_some() => {
                     self.reconnect_at = None;
-                    if let Err(e) = self.ensure_stream(peer_id).await {
-                        debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
-                        self.schedule_reconnect();
+                    let allowed = self.shared.breakers().allow(&self.peer, now_ms());
+                    match allowed {
+                        Err(open) => {
+                            // Wait out the cool-down; deadlines still apply.
+                            self.reconnect_at = Some(
+                                Instant::now() + Duration::from_millis(open.retry_after_ms.clamp(10, 60_000)),
+                            );
+                        }
+                        Ok(()) => {
+                            if let Err(e) = self.ensure_stream(peer_id).await {
+                                debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
+                                self.shared.breakers().record_failure(&self.peer, now_ms());
+                                self.schedule_reconnect();
+                            }
+                        }
                     }
                 }
                 Some(out) = async {
@@ -352,6 +364,7 @@ impl Link {
         self.backoff = MIN_BACKOFF;
         match nack {
             None => {
+                self.shared.breakers().record_success(&self.peer, now_ms());
                 let path = self
                     .peer_id
                     .map(|p| self.shared.path_to(&p))
@@ -479,7 +492,34 @@ impl Link {
                 self.fail(out, err);
                 return;
             }
-            match self.try_knock(peer_id, &out, use_fallback).await {
+            if let Err(open) = self.shared.breakers().allow(&self.peer, now_ms()) {
+                self.fail(
+                    out,
+                    SendError::CircuitOpen {
+                        retry_after_ms: open.retry_after_ms,
+                    },
+                );
+                return;
+            }
+            let attempt = self.try_knock(peer_id, &out, use_fallback).await;
+            match &attempt {
+                Ok((Decision::Accept { .. }, _, _)) => {
+                    self.shared.breakers().record_success(&self.peer, now_ms())
+                }
+                Ok((
+                    Decision::Reject {
+                        reason: RejectReason::PrekeyUnavailable,
+                        ..
+                    },
+                    _,
+                    _,
+                )) => {}
+                Ok(_) | Err(LinkError::Retry(_)) => {
+                    self.shared.breakers().record_failure(&self.peer, now_ms())
+                }
+                Err(LinkError::Fatal(_)) => {}
+            }
+            match attempt {
                 Ok((decision, pending, path)) => match decision {
                     Decision::Accept { expires_ms, .. } => {
                         let committed = self.shared.store().commit_outbound(pending, expires_ms);
