@@ -32,15 +32,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    agentmesh_node::daemon::init_process(false);
     let mut config = agentmesh_bootstrap::config();
     if !cli.listen.is_empty() {
         config.transport.listen = cli.listen.clone();

@@ -9,6 +9,24 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{control, events::NodeEvent, node::Node};
 
+/// Sets up a process that runs nodes: installs the TLS crypto provider (QUIC
+/// and WebRTC would otherwise disagree on one) and logs to stderr through
+/// `tracing`, filtered by `AGENTMESH_LOG` (default `warn`), as JSON when
+/// `json` is set.
+pub fn init_process(json: bool) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Serves `node` from data directory `dir` until Ctrl-C or SIGTERM, printing
 /// what happens to stdout, then shuts the node down.
 pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {

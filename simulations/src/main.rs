@@ -58,14 +58,7 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    agentmesh_node::daemon::init_process(false);
     match Cli::parse().command {
         Cmd::Devnet { agents, once, dir } => {
             devnet::run(DevnetOptions { agents, once, dir }).await?;
