@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn flooder_does_not_affect_well_behaved_sender() {
-        // The scenario: one sender at 10x the KNOCK limit, another
+        // One sender at 10x the KNOCK limit, another
         // exactly at it, for ten minutes.
         let limit = RateLimit::KNOCK_DEFAULT;
         let mut l = RateLimiter::new(limit, 1_000);
