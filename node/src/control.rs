@@ -71,6 +71,11 @@ pub enum Request {
     },
     /// Turn the kill switch for everyone off.
     ClearKill,
+    /// End every session with an agent.
+    Close {
+        /// The agent.
+        amid: String,
+    },
 }
 
 /// The node's answer.
@@ -257,6 +262,17 @@ async fn answer(node: &Node, req: Request) -> Response {
                 ..Response::default()
             }
         }
+        Request::Close { amid } => match amid.parse::<Amid>() {
+            Ok(a) => {
+                let n = node.close_session(&a).await;
+                Response {
+                    ok: n > 0,
+                    error: (n == 0).then(|| format!("no session with {a}")),
+                    ..Response::default()
+                }
+            }
+            Err(e) => Response::error(format!("invalid AMID: {e}")),
+        },
         Request::ClearKill => {
             node.clear_kill();
             Response {

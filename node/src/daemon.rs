@@ -147,6 +147,14 @@ pub fn print_event(json: bool, e: &NodeEvent) {
         ),
         NodeEvent::Connected { peer, path } => println!("connected to {peer} via {path}"),
         NodeEvent::Disconnected { peer } => println!("disconnected from {peer}"),
+        NodeEvent::SessionClosed {
+            peer,
+            session,
+            by_peer,
+        } => println!(
+            "session {session} with {peer} closed{}",
+            if *by_peer { " by the peer" } else { "" }
+        ),
         NodeEvent::MessageReceived { .. } => {}
     }
 }

@@ -90,6 +90,15 @@ pub enum NodeEvent {
         /// The session, when accepted.
         session: Option<SessionId>,
     },
+    /// A session ended (closed by us or by the peer).
+    SessionClosed {
+        /// The other agent.
+        peer: Amid,
+        /// The session.
+        session: SessionId,
+        /// Whether the peer closed it.
+        by_peer: bool,
+    },
     /// An incoming envelope or KNOCK was refused.
     Refused {
         /// The sender, when known.

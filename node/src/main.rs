@@ -114,6 +114,11 @@ enum Cmd {
         /// The AMID.
         amid: Amid,
     },
+    /// End every session with an agent (both sides forget it).
+    Close {
+        /// The agent.
+        amid: Amid,
+    },
     /// List the running node's audit log (metadata only, never content).
     Audit {
         /// Only entries about this AMID.
@@ -362,6 +367,17 @@ async fn main() -> Result<()> {
                 if let Some(n) = resp.verified {
                     println!("chain verified: {n} entries");
                 }
+            }
+        }
+        Cmd::Close { amid } => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client
+                .request(&Request::Close {
+                    amid: amid.to_string(),
+                })
+                .await?;
+            if !resp.ok {
+                bail!(resp.error.unwrap_or_default());
             }
         }
         Cmd::Kill { amid, all, clear } => {

@@ -802,6 +802,62 @@ impl Node {
         }
     }
 
+    /// Ends every session with `peer`: both sides forget it (the peer is
+    /// told over a message stream when it is reachable), and the next
+    /// message to or from it needs a new KNOCK. Returns how many sessions
+    /// were closed.
+    pub async fn close_session(&self, peer: &Amid) -> usize {
+        let sessions: Vec<SessionId> = {
+            let mut store = self.shared.store();
+            let ids: Vec<SessionId> = store
+                .all_sessions()
+                .into_iter()
+                .filter(|s| &s.peer == peer)
+                .map(|s| s.id)
+                .collect();
+            for id in &ids {
+                let _ = store.forget_session(peer, id);
+            }
+            ids
+        };
+        for session in &sessions {
+            self.shared.audit(AuditEvent::SessionClosed {
+                peer: *peer,
+                session: *session,
+                why: "closed by us".into(),
+            });
+            self.shared.emit(NodeEvent::SessionClosed {
+                peer: *peer,
+                session: *session,
+                by_peer: false,
+            });
+        }
+        // Tell the peer, best effort: an unreachable peer learns it from
+        // `unknown_session` on its next message.
+        if let (Ok(peer_id), false) = (peer.peer_id(), sessions.is_empty()) {
+            let mut control = self.shared.control.clone();
+            let opened = tokio::time::timeout(
+                Duration::from_secs(10),
+                control.open_stream(peer_id, crate::wire::MSG_PROTOCOL),
+            )
+            .await;
+            if let Ok(Ok(stream)) = opened {
+                let mut framed = agentmesh_transports::framing::FramedStream::new(
+                    stream,
+                    crate::wire::MAX_FRAME_SIZE,
+                );
+                for session in &sessions {
+                    let frame = crate::wire::MsgFrame::Close { session: *session };
+                    if framed.send(frame.to_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = framed.close().await;
+            }
+        }
+        sessions.len()
+    }
+
     /// Turns the kill switch for everyone off again.
     pub fn clear_kill(&self) {
         self.shared

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use agentmesh_transports::codec;
 
 use crate::{
-    envelope::{MessageId, MAX_ENVELOPE_SIZE},
+    envelope::{MessageId, SessionId, MAX_ENVELOPE_SIZE},
     knock::{RejectReason, MAX_KNOCK_SIZE},
 };
 
@@ -50,6 +50,13 @@ pub enum MsgFrame {
         /// opened, so the same envelope stays valid).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+    },
+    /// The sender ends a session: both sides forget it, and the next
+    /// message needs a new KNOCK. Authenticated by the connection (the
+    /// stream's peer is the session's other party).
+    Close {
+        /// The session.
+        session: SessionId,
     },
 }
 
@@ -96,6 +103,9 @@ mod tests {
                 id: MessageId([3; 16]),
                 reason: RejectReason::RateLimited,
                 retry_after_ms: Some(600),
+            },
+            MsgFrame::Close {
+                session: SessionId([4; 16]),
             },
         ] {
             assert_eq!(MsgFrame::from_bytes(&f.to_bytes()).unwrap(), f);

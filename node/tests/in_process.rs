@@ -286,3 +286,38 @@ async fn repeated_rejections_open_the_circuit_breaker() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_session_is_forgotten_on_both_sides() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+    let mut bob_events = bob.events();
+    assert!(alice.send(&bob.amid(), json!(1)).await.unwrap().knocked);
+    inbox.recv().await.unwrap();
+
+    assert_eq!(alice.close_session(&bob.amid()).await, 1);
+    assert!(alice.status().await.sessions.is_empty());
+    // bob hears of it
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(NodeEvent::SessionClosed { by_peer: true, .. }) = bob_events.recv().await {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(bob.status().await.sessions.is_empty());
+    // the next message opens a new session
+    assert!(alice.send(&bob.amid(), json!(2)).await.unwrap().knocked);
+    assert_eq!(inbox.recv().await.unwrap().payload, json!(2));
+    let closed = bob
+        .audit_log(&AuditFilter::default().kind("session_closed"))
+        .unwrap();
+    assert_eq!(closed.len(), 1);
+}

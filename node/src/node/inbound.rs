@@ -372,6 +372,29 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         };
         let bytes = match MsgFrame::from_bytes(&frame) {
             Ok(MsgFrame::Envelope(b)) => b,
+            Ok(MsgFrame::Close { session }) => {
+                if let Some(from) = sender {
+                    let known = shared
+                        .store()
+                        .all_sessions()
+                        .iter()
+                        .any(|s| s.peer == from && s.id == session);
+                    if known {
+                        let _ = shared.store().forget_session(&from, &session);
+                        shared.audit(AuditEvent::SessionClosed {
+                            peer: from,
+                            session,
+                            why: "closed by peer".into(),
+                        });
+                        shared.emit(NodeEvent::SessionClosed {
+                            peer: from,
+                            session,
+                            by_peer: true,
+                        });
+                    }
+                }
+                continue;
+            }
             Ok(other) => {
                 debug!(%peer, ?other, "unexpected frame on inbound stream");
                 continue;
