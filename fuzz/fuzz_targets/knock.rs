@@ -19,9 +19,10 @@ use agentmesh_node::{
     envelope::SessionId,
     identity::{Amid, Identity},
     knock::{
-        Intent, KnockBody, Policy, SignedDecision, SignedKnock, DOMAIN_SEP_DECISION,
-        MAX_DECISION_SIZE, MAX_KNOCK_SIZE,
+        Intent, KnockBody, SignedDecision, SignedKnock, DOMAIN_SEP_DECISION, MAX_DECISION_SIZE,
+        MAX_KNOCK_SIZE,
     },
+    policy::{KnockContext, Policy},
 };
 use agentmesh_transports::codec;
 use libfuzzer_sys::fuzz_target;
@@ -95,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = k.hash();
         let _ = k.to_bytes();
         if let Ok(body) = k.verify() {
-            let _ = fx.policy.evaluate(&fx.me, &body, false, NOW);
+            let _ = fx.policy.evaluate(&fx.me, &body, KnockContext::default(), NOW);
         }
     }
 
@@ -125,7 +126,11 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(k) = SignedKnock::from_bytes(&k.to_bytes()) {
                 if let Ok(verified) = k.verify() {
                     assert_eq!(verified, body);
-                    let _ = fx.policy.evaluate(&fx.me, &verified, sel & 2 == 2, NOW);
+                    let ctx = KnockContext {
+                        nonce_seen: sel & 2 == 2,
+                        ..KnockContext::default()
+                    };
+                    let _ = fx.policy.evaluate(&fx.me, &verified, ctx, NOW);
                 }
             }
         }
