@@ -39,6 +39,38 @@ pub enum CardError {
     TooMany(&'static str),
 }
 
+/// Whether an agent wants to be reached, as published in its card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Presence {
+    /// Reachable and answering.
+    #[default]
+    Online,
+    /// Reachable, answers may be slow.
+    Away,
+    /// Do not disturb: reachable, but asks not to be contacted.
+    Dnd,
+    /// Not reachable.
+    Offline,
+}
+
+impl std::str::FromStr for Presence {
+    type Err = CardError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "online" => Ok(Self::Online),
+            "away" => Ok(Self::Away),
+            "dnd" => Ok(Self::Dnd),
+            "offline" => Ok(Self::Offline),
+            other => Err(CardError::Malformed(format!(
+                "presence {other:?}: online, away, dnd or offline"
+            ))),
+        }
+    }
+}
+
 /// An agent card.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[non_exhaustive]
@@ -57,6 +89,9 @@ pub struct AgentCard {
     pub capabilities: Vec<String>,
     /// Addresses the agent listens on.
     pub addrs: Vec<String>,
+    /// The agent's presence.
+    #[serde(default)]
+    pub presence: Presence,
     /// Sequence number of the record (filled in on read).
     #[serde(skip)]
     pub seq: u64,

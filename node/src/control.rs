@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::{
     audit::{AuditEntry, AuditFilter},
+    card::{AgentCard, Presence},
     events::Receipt,
     identity::Amid,
     knock::{Intent, RejectReason},
@@ -71,6 +72,16 @@ pub enum Request {
     },
     /// Turn the kill switch for everyone off.
     ClearKill,
+    /// Set this agent's presence.
+    Presence {
+        /// online, away, dnd or offline.
+        state: String,
+    },
+    /// Look an agent's card up in the DHT.
+    Lookup {
+        /// The agent.
+        amid: String,
+    },
     /// End every session with an agent.
     Close {
         /// The agent.
@@ -105,6 +116,9 @@ pub struct Response {
     /// Number of audit entries whose chain verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<u64>,
+    /// A looked-up card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<AgentCard>,
 }
 
 impl Response {
@@ -262,6 +276,27 @@ async fn answer(node: &Node, req: Request) -> Response {
                 ..Response::default()
             }
         }
+        Request::Presence { state } => match state.parse::<Presence>() {
+            Ok(p) => {
+                node.set_presence(p).await;
+                Response {
+                    ok: true,
+                    ..Response::default()
+                }
+            }
+            Err(e) => Response::error(e),
+        },
+        Request::Lookup { amid } => match amid.parse::<Amid>() {
+            Ok(a) => match node.lookup(&a).await {
+                Some(card) => Response {
+                    ok: true,
+                    card: Some(card),
+                    ..Response::default()
+                },
+                None => Response::error(format!("no card found for {a}")),
+            },
+            Err(e) => Response::error(format!("invalid AMID: {e}")),
+        },
         Request::Close { amid } => match amid.parse::<Amid>() {
             Ok(a) => {
                 let n = node.close_session(&a).await;

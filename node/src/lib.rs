@@ -8,7 +8,7 @@
 //! - **Identity**: one Ed25519 key is the agent's signing key and its libp2p
 //!   key. Its text form, the [`Amid`], embeds the key with a checksum, so an
 //!   AMID is enough to check signatures and to dial.
-//! - **Discovery**: each agent publishes a signed [`AgentCard`](card::AgentCard)
+//! - **Discovery**: each agent publishes a signed [`AgentCard`]
 //!   (keys, one-time prekeys, addresses, capabilities) in the DHT.
 //! - **KNOCK**: the first message to a new peer rides in a signed KNOCK; the
 //!   receiver's [`Policy`] accepts or rejects it with a typed reason.
@@ -50,6 +50,7 @@ pub mod session;
 pub mod storage;
 pub mod wire;
 
+pub use card::{AgentCard, Presence};
 pub use events::{Message, NodeEvent, Receipt};
 pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;

@@ -114,6 +114,17 @@ enum Cmd {
         /// The AMID.
         amid: Amid,
     },
+    /// Set this agent's presence: online, away, dnd or offline.
+    Presence {
+        /// The state.
+        state: String,
+    },
+    /// Look an agent's card up in the DHT (keys, addresses, capabilities,
+    /// presence).
+    Lookup {
+        /// The agent.
+        amid: Amid,
+    },
     /// End every session with an agent (both sides forget it).
     Close {
         /// The agent.
@@ -367,6 +378,42 @@ async fn main() -> Result<()> {
                 if let Some(n) = resp.verified {
                     println!("chain verified: {n} entries");
                 }
+            }
+        }
+        Cmd::Presence { state } => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client
+                .request(&Request::Presence {
+                    state: state.clone(),
+                })
+                .await?;
+            if !resp.ok {
+                bail!(resp.error.unwrap_or_default());
+            }
+        }
+        Cmd::Lookup { amid } => {
+            let mut client = Client::connect(&dir).await?;
+            let resp = client
+                .request(&Request::Lookup {
+                    amid: amid.to_string(),
+                })
+                .await?;
+            let (true, Some(card)) = (resp.ok, resp.card) else {
+                bail!(resp.error.unwrap_or_default())
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string(&card)?);
+            } else {
+                println!("amid          {}", card.amid);
+                println!("presence      {:?}", card.presence);
+                println!("capabilities  {}", card.capabilities.join(", "));
+                for a in &card.addrs {
+                    println!("address       {a}");
+                }
+                println!(
+                    "prekeys       {} one-time + fallback",
+                    card.one_time_keys.len()
+                );
             }
         }
         Cmd::Close { amid } => {

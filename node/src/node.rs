@@ -29,6 +29,7 @@ use agentmesh_transports::{PathKind, TransportConfig};
 use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
     breaker::{BreakerConfig, CircuitBreakers},
+    card::{AgentCard, Presence},
     envelope::{MessageId, SessionId},
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
@@ -196,7 +197,7 @@ struct Outgoing {
 enum Command {
     Resolve {
         amid: Amid,
-        reply: oneshot::Sender<Option<crate::card::AgentCard>>,
+        reply: oneshot::Sender<Option<AgentCard>>,
     },
     Connect {
         peer: PeerId,
@@ -289,6 +290,8 @@ struct Shared {
     knock_limiter: Mutex<RateLimiter<Amid>>,
     /// Messages per sender.
     msg_limiter: Mutex<RateLimiter<Amid>>,
+    /// Presence published in the card.
+    presence: RwLock<Presence>,
     /// Outbound circuit breakers per peer.
     breakers: Mutex<CircuitBreakers<Amid>>,
     /// The owner's kill switch for everyone is on: refuse all, send nothing.
@@ -542,6 +545,7 @@ impl Node {
             knock_limiter: Mutex::new(RateLimiter::new(knock_rate, MAX_RATE_KEYS)),
             msg_limiter: Mutex::new(RateLimiter::new(msg_rate, MAX_RATE_KEYS)),
             breakers: Mutex::new(CircuitBreakers::new(breaker, MAX_RATE_KEYS)),
+            presence: RwLock::new(Presence::Online),
             killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
             control,
@@ -856,6 +860,32 @@ impl Node {
             }
         }
         sessions.len()
+    }
+
+    /// Sets the presence published in the card and republishes it.
+    pub async fn set_presence(&self, presence: Presence) {
+        if let Ok(mut p) = self.shared.presence.write() {
+            *p = presence;
+        }
+        let _ = self.shared.commands.send(Command::Republish).await;
+    }
+
+    /// Looks up an agent's card (keys, addresses, capabilities, presence)
+    /// through the DHT.
+    pub async fn lookup(&self, amid: &Amid) -> Option<AgentCard> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Resolve {
+                amid: *amid,
+                reply: tx,
+            })
+            .await
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// Turns the kill switch for everyone off again.

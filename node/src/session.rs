@@ -767,6 +767,7 @@ mod tests {
             fallback_key: fb,
             capabilities: vec![],
             addrs: vec![],
+            presence: Default::default(),
             seq: 0,
             expires_ms: 0,
         }

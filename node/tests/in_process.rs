@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use agentmesh_node::{
     audit::AuditFilter, keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind,
-    RejectReason, SendError,
+    Presence, RejectReason, SendError,
 };
 use serde_json::json;
 
@@ -320,4 +320,32 @@ async fn a_closed_session_is_forgotten_on_both_sides() {
         .audit_log(&AuditFilter::default().kind("session_closed"))
         .unwrap();
     assert_eq!(closed.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_published_in_the_card() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let card = alice.lookup(&bob.amid()).await.expect("bob's card");
+    assert_eq!(card.presence, Presence::Online);
+    assert_eq!(card.amid, bob.amid());
+
+    bob.set_presence(Presence::Dnd).await;
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(c) = alice.lookup(&bob.amid()).await {
+                if c.presence == Presence::Dnd {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the new presence reaches the DHT");
+    assert!(seen.seq > card.seq);
 }

@@ -197,6 +197,7 @@ impl Actor {
             fallback_key,
             capabilities: self.shared.config.capabilities.clone(),
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
+            presence: self.shared.presence.read().map(|p| *p).unwrap_or_default(),
             seq: 0,
             expires_ms: 0,
         };
