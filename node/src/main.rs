@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use agentmesh_node::{
-    control::{Client, Request},
+    control::{Client, Request, Response},
     keystore::{KdfParams, Keystore},
     knock::{Decision, KnockBody},
     policy::KnockContext,
@@ -168,6 +168,16 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".agentmesh"))
 }
 
+/// Sends `req` to the running node in `dir`; an answer that is not ok
+/// becomes the error.
+async fn ask(dir: &std::path::Path, req: &Request) -> Result<Response> {
+    let resp = Client::connect(dir).await?.request(req).await?;
+    if !resp.ok {
+        bail!(resp.error.unwrap_or_else(|| "request failed".into()));
+    }
+    Ok(resp)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -274,11 +284,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Policy(PolicyCmd::Reload) => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client.request(&Request::ReloadPolicy).await?;
-            if !resp.ok {
-                bail!(resp.error.unwrap_or_default());
-            }
+            let resp = ask(&dir, &Request::ReloadPolicy).await?;
             println!("policy reloaded ({})", resp.policy_hash.unwrap_or_default());
         }
         Cmd::Send {
@@ -314,8 +320,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Status => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client.request(&Request::Status).await?;
+            let resp = ask(&dir, &Request::Status).await?;
             let status = resp.status.context("no status in response")?;
             if cli.json {
                 println!("{}", serde_json::to_string(&status)?);
@@ -351,18 +356,13 @@ async fn main() -> Result<()> {
             limit,
             verify,
         } => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client
-                .request(&Request::Audit {
-                    peer: peer.map(|p| p.to_string()),
-                    kind: kind.clone(),
-                    limit: *limit,
-                    verify: *verify,
-                })
-                .await?;
-            if !resp.ok {
-                bail!(resp.error.unwrap_or_default());
-            }
+            let req = Request::Audit {
+                peer: peer.map(|p| p.to_string()),
+                kind: kind.clone(),
+                limit: *limit,
+                verify: *verify,
+            };
+            let resp = ask(&dir, &req).await?;
             let entries = resp.audit.unwrap_or_default();
             if cli.json {
                 println!("{}", json!({"entries": entries, "verified": resp.verified}));
@@ -381,26 +381,13 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Presence { state } => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client
-                .request(&Request::Presence {
-                    state: state.clone(),
-                })
-                .await?;
-            if !resp.ok {
-                bail!(resp.error.unwrap_or_default());
-            }
+            let state = state.clone();
+            ask(&dir, &Request::Presence { state }).await?;
         }
         Cmd::Lookup { amid } => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client
-                .request(&Request::Lookup {
-                    amid: amid.to_string(),
-                })
-                .await?;
-            let (true, Some(card)) = (resp.ok, resp.card) else {
-                bail!(resp.error.unwrap_or_default())
-            };
+            let amid = amid.to_string();
+            let resp = ask(&dir, &Request::Lookup { amid }).await?;
+            let card = resp.card.context("no card in response")?;
             if cli.json {
                 println!("{}", serde_json::to_string(&card)?);
             } else {
@@ -417,18 +404,10 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Close { amid } => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client
-                .request(&Request::Close {
-                    amid: amid.to_string(),
-                })
-                .await?;
-            if !resp.ok {
-                bail!(resp.error.unwrap_or_default());
-            }
+            let amid = amid.to_string();
+            ask(&dir, &Request::Close { amid }).await?;
         }
         Cmd::Kill { amid, all, clear } => {
-            let mut client = Client::connect(&dir).await?;
             let req = if *clear {
                 Request::ClearKill
             } else {
@@ -440,21 +419,11 @@ async fn main() -> Result<()> {
                     },
                 }
             };
-            let resp = client.request(&req).await?;
-            if !resp.ok {
-                bail!(resp.error.unwrap_or_default());
-            }
+            ask(&dir, &req).await?;
         }
         Cmd::Block { amid } => {
-            let mut client = Client::connect(&dir).await?;
-            let resp = client
-                .request(&Request::Block {
-                    amid: amid.to_string(),
-                })
-                .await?;
-            if !resp.ok {
-                bail!(resp.error.unwrap_or_default());
-            }
+            let amid = amid.to_string();
+            ask(&dir, &Request::Block { amid }).await?;
         }
     }
     Ok(())

@@ -698,12 +698,7 @@ impl Node {
         if let Ok(mut p) = self.shared.policy.write() {
             p.block.insert(amid);
         }
-        let mut store = self.shared.store();
-        for s in store.all_sessions() {
-            if s.peer == amid {
-                let _ = store.forget_session(&amid, &s.id);
-            }
-        }
+        self.shared.store().forget_peer(&amid);
     }
 
     /// Replaces the policy. Sessions already accepted stay open; blocked
@@ -780,12 +775,7 @@ impl Node {
             if target.is_some() {
                 self.block(amid);
             } else {
-                let mut store = self.shared.store();
-                for s in store.all_sessions() {
-                    if s.peer == amid {
-                        let _ = store.forget_session(&amid, &s.id);
-                    }
-                }
+                self.shared.store().forget_peer(&amid);
             }
             let link = self
                 .shared
@@ -811,19 +801,7 @@ impl Node {
     /// message to or from it needs a new KNOCK. Returns how many sessions
     /// were closed.
     pub async fn close_session(&self, peer: &Amid) -> usize {
-        let sessions: Vec<SessionId> = {
-            let mut store = self.shared.store();
-            let ids: Vec<SessionId> = store
-                .all_sessions()
-                .into_iter()
-                .filter(|s| &s.peer == peer)
-                .map(|s| s.id)
-                .collect();
-            for id in &ids {
-                let _ = store.forget_session(peer, id);
-            }
-            ids
-        };
+        let sessions = self.shared.store().forget_peer(peer);
         for session in &sessions {
             self.shared.audit(AuditEvent::SessionClosed {
                 peer: *peer,

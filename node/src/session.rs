@@ -358,14 +358,31 @@ impl SessionStore {
         self.sessions.values().flatten().cloned().collect()
     }
 
-    /// Forgets session `id` with `peer` (e.g. after the peer said it does not
-    /// know it).
-    pub fn forget_session(&mut self, peer: &Amid, id: &SessionId) -> Result<(), StorageError> {
-        self.tree.remove(key(b"ses/", &[peer.as_bytes(), &id.0]))?;
-        if let Some(list) = self.sessions.get_mut(peer) {
-            list.retain(|s| &s.id != id);
+    /// Forgets every session with `peer`; returns their ids.
+    pub fn forget_peer(&mut self, peer: &Amid) -> Vec<SessionId> {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .get(peer)
+            .map(|l| l.iter().map(|s| s.id).collect())
+            .unwrap_or_default();
+        for id in &ids {
+            if let Err(e) = self.forget_session(peer, id) {
+                tracing::warn!(error = %e, "could not forget a session");
+            }
         }
-        Ok(())
+        ids
+    }
+
+    /// Forgets session `id` with `peer` (e.g. after the peer said it does not
+    /// know it). Returns whether there was such a session.
+    pub fn forget_session(&mut self, peer: &Amid, id: &SessionId) -> Result<bool, StorageError> {
+        self.tree.remove(key(b"ses/", &[peer.as_bytes(), &id.0]))?;
+        let Some(list) = self.sessions.get_mut(peer) else {
+            return Ok(false);
+        };
+        let before = list.len();
+        list.retain(|s| &s.id != id);
+        Ok(list.len() < before)
     }
 
     fn encrypt(

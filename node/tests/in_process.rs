@@ -44,13 +44,19 @@ async fn bootstrap(dir: &std::path::Path) -> Node {
     n
 }
 
+/// A bootstrap, alice and bob, all joined.
+async fn trio(dir: &std::path::Path) -> (Node, Node, Node) {
+    let boot = bootstrap(dir).await;
+    let alice = node(dir, "alice", Some(&boot)).await;
+    let bob = node(dir, "bob", Some(&boot)).await;
+    (boot, alice, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_resolves_bob_knocks_and_sends() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = bootstrap(dir.path()).await;
-    let alice = node(dir.path(), "alice", Some(&boot)).await;
-    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let (_boot, alice, bob) = trio(dir.path()).await;
     assert!(alice.wait_published(WAIT).await);
     assert!(bob.wait_published(WAIT).await);
     let mut inbox = bob.messages().unwrap();
@@ -109,9 +115,7 @@ async fn alice_resolves_bob_knocks_and_sends() {
 async fn blocked_sender_gets_reject_with_reason() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = bootstrap(dir.path()).await;
-    let alice = node(dir.path(), "alice", Some(&boot)).await;
-    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let (_boot, alice, bob) = trio(dir.path()).await;
     bob.block(alice.amid());
     assert!(bob.wait_published(WAIT).await);
     let mut events = bob.events();
@@ -214,9 +218,7 @@ async fn a_flooding_sender_is_rate_limited_while_a_polite_one_is_not() {
 async fn cached_contacts_skip_knock_until_killed_and_the_audit_chain_holds() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = bootstrap(dir.path()).await;
-    let alice = node(dir.path(), "alice", Some(&boot)).await;
-    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let (boot, alice, bob) = trio(dir.path()).await;
     assert!(bob.wait_published(WAIT).await);
     let mut inbox = bob.messages().unwrap();
 
@@ -267,9 +269,7 @@ async fn cached_contacts_skip_knock_until_killed_and_the_audit_chain_holds() {
 async fn repeated_rejections_open_the_circuit_breaker() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = bootstrap(dir.path()).await;
-    let alice = node(dir.path(), "alice", Some(&boot)).await;
-    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let (_boot, alice, bob) = trio(dir.path()).await;
     bob.block(alice.amid());
     assert!(bob.wait_published(WAIT).await);
     // The default breaker opens after 5 consecutive failures.
@@ -291,9 +291,7 @@ async fn repeated_rejections_open_the_circuit_breaker() {
 async fn a_closed_session_is_forgotten_on_both_sides() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = bootstrap(dir.path()).await;
-    let alice = node(dir.path(), "alice", Some(&boot)).await;
-    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let (_boot, alice, bob) = trio(dir.path()).await;
     assert!(bob.wait_published(WAIT).await);
     let mut inbox = bob.messages().unwrap();
     let mut bob_events = bob.events();
@@ -326,9 +324,7 @@ async fn a_closed_session_is_forgotten_on_both_sides() {
 async fn presence_is_published_in_the_card() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = bootstrap(dir.path()).await;
-    let alice = node(dir.path(), "alice", Some(&boot)).await;
-    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let (_boot, alice, bob) = trio(dir.path()).await;
     assert!(bob.wait_published(WAIT).await);
     let card = alice.lookup(&bob.amid()).await.expect("bob's card");
     assert_eq!(card.presence, Presence::Online);

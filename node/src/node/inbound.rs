@@ -84,22 +84,27 @@ fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: S
     });
 }
 
+/// A stream read failed: an oversized frame is the peer's fault and is
+/// refused; anything else is the connection going away.
+fn stream_failed(shared: &Shared, peer: &PeerId, e: FrameError) {
+    match e {
+        FrameError::TooLarge { max } => refuse(
+            shared,
+            Some(peer_label(peer)),
+            RejectReason::Malformed,
+            format!("frame over {max} bytes"),
+        ),
+        e => debug!(%peer, error = %e, "stream ended"),
+    }
+}
+
 async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
     let frame = match tokio::time::timeout(KNOCK_READ_TIMEOUT, framed.recv()).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return,
-        Ok(Err(FrameError::TooLarge { max })) => {
-            refuse(
-                shared,
-                Some(peer_label(&peer)),
-                RejectReason::Malformed,
-                format!("frame over {max} bytes"),
-            );
-            return;
-        }
         Ok(Err(e)) => {
-            debug!(%peer, error = %e, "knock stream ended");
+            stream_failed(shared, &peer, e);
             return;
         }
         Err(_) => {
@@ -353,45 +358,29 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
                 return;
             }
-            Some(Err(FrameError::TooLarge { max })) => {
-                commit(shared, &mut batch, &mut acks, &mut writer).await;
-                refuse(
-                    shared,
-                    Some(peer_label(&peer)),
-                    RejectReason::Malformed,
-                    format!("frame over {max} bytes"),
-                );
-                return;
-            }
             Some(Err(e)) => {
-                // The connection went away: nothing the peer did wrong.
-                debug!(%peer, error = %e, "message stream ended");
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
+                stream_failed(shared, &peer, e);
                 return;
             }
         };
         let bytes = match MsgFrame::from_bytes(&frame) {
             Ok(MsgFrame::Envelope(b)) => b,
             Ok(MsgFrame::Close { session }) => {
-                if let Some(from) = sender {
-                    let known = shared
-                        .store()
-                        .all_sessions()
-                        .iter()
-                        .any(|s| s.peer == from && s.id == session);
-                    if known {
-                        let _ = shared.store().forget_session(&from, &session);
-                        shared.audit(AuditEvent::SessionClosed {
-                            peer: from,
-                            session,
-                            why: "closed by peer".into(),
-                        });
-                        shared.emit(NodeEvent::SessionClosed {
-                            peer: from,
-                            session,
-                            by_peer: true,
-                        });
-                    }
+                let closed = sender.filter(|from| {
+                    matches!(shared.store().forget_session(from, &session), Ok(true))
+                });
+                if let Some(from) = closed {
+                    shared.audit(AuditEvent::SessionClosed {
+                        peer: from,
+                        session,
+                        why: "closed by peer".into(),
+                    });
+                    shared.emit(NodeEvent::SessionClosed {
+                        peer: from,
+                        session,
+                        by_peer: true,
+                    });
                 }
                 continue;
             }
