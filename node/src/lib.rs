@@ -36,6 +36,7 @@
 pub mod audit;
 pub mod breaker;
 pub mod card;
+pub mod cert;
 pub mod control;
 pub mod daemon;
 pub mod envelope;
