@@ -7,6 +7,8 @@
 //!    `Certificate`, signed by the root (so the checks after the signature
 //!    are reached), optionally under a fixed organization certificate, and
 //!    the chain verified.
+//! 4. Revocations as found in DHT records: `SignedRevocation::from_bytes` +
+//!    `verify` against the fixed root.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -15,6 +17,7 @@ use agentmesh_node::{
     cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
     identity::{Amid, Identity},
     policy::Tier,
+    registry::SignedRevocation,
 };
 use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
@@ -69,6 +72,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(c) = SignedCertificate::from_bytes(data) {
         let _ = c.certificate();
         let _ = c.signed_by(&root);
+    }
+
+    // 4. Revocation record.
+    if let Ok(r) = SignedRevocation::from_bytes(data) {
+        let _ = r.verify(&root);
+        let _ = r.to_bytes();
     }
 
     // 3. Arbitrary certificate body, validly signed.

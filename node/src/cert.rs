@@ -25,7 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use agentmesh_transports::codec;
 
-use crate::{identity::Amid, policy::Tier};
+use crate::{
+    identity::{Amid, Identity},
+    policy::Tier,
+};
 
 /// Domain-separation context of certificate signatures.
 pub const DOMAIN_SEP_CERT: &[u8] = b"agentmesh/cert/v1\0";
@@ -193,15 +196,34 @@ impl Certificate {
                 "issuer_key is not the signing key".into(),
             ));
         }
+        let body = self.encode()?;
+        let signature = issuer
+            .sign(&[DOMAIN_SEP_CERT, body.as_slice()].concat())
+            .to_bytes();
+        Ok(SignedCertificate { body, signature })
+    }
+
+    /// Encodes and signs this certificate with an [`Identity`] key (e.g. a
+    /// registry root kept in a keystore). The issuer key recorded in the
+    /// certificate must be the identity's.
+    pub fn sign_as(&self, issuer: &Identity) -> Result<SignedCertificate, CertError> {
+        if issuer.amid().as_bytes() != &self.issuer_key {
+            return Err(CertError::Malformed(
+                "issuer_key is not the signing key".into(),
+            ));
+        }
+        let body = self.encode()?;
+        let signature = issuer.sign(DOMAIN_SEP_CERT, &body);
+        Ok(SignedCertificate { body, signature })
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, CertError> {
         self.check_fields()?;
         let body = codec::encode(self).map_err(|e| CertError::Malformed(e.to_string()))?;
         if body.len() > MAX_CERT_SIZE {
             return Err(CertError::Malformed("certificate too large".into()));
         }
-        let signature = issuer
-            .sign(&[DOMAIN_SEP_CERT, body.as_slice()].concat())
-            .to_bytes();
-        Ok(SignedCertificate { body, signature })
+        Ok(body)
     }
 
     /// The agent's AMID, for an agent certificate.
@@ -370,7 +392,6 @@ impl CertChain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
     use proptest::prelude::*;
 
     const NOW: u64 = 1_800_000_000_000;
@@ -510,6 +531,22 @@ mod tests {
             chain.verify(&f.agent.amid(), &f.root.verifying_key(), NOW, never),
             Err(CertError::BadSignature { index: 0 })
         );
+    }
+
+    #[test]
+    fn identity_signing_matches_key_signing() {
+        let root_id = Identity::from_seed(&[1; 32]);
+        let f = fx();
+        let c = cert(
+            CertKind::Agent,
+            *f.agent.amid().as_bytes(),
+            Tier::Verified,
+            &f.root,
+            1,
+        );
+        let a = c.sign_as(&root_id).unwrap();
+        assert_eq!(a, c.sign(&f.root).unwrap());
+        assert!(c.sign_as(&f.agent).is_err());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub mod knock;
 mod node;
 pub mod policy;
 pub mod ratelimit;
+pub mod registry;
+pub mod reputation;
 pub mod session;
 pub mod storage;
 pub mod wire;
