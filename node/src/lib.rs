@@ -36,6 +36,7 @@
 pub mod audit;
 pub mod breaker;
 pub mod card;
+pub mod cert;
 pub mod content;
 pub mod control;
 pub mod daemon;
@@ -47,6 +48,8 @@ pub mod knock;
 mod node;
 pub mod policy;
 pub mod ratelimit;
+pub mod registry;
+pub mod reputation;
 pub mod session;
 pub mod storage;
 pub mod wire;

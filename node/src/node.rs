@@ -233,6 +233,17 @@ enum Command {
     Status {
         reply: oneshot::Sender<NetStatus>,
     },
+    PutRecord {
+        namespace: String,
+        payload: Vec<u8>,
+        ttl: Duration,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    GetRecord {
+        namespace: String,
+        subject: PeerId,
+        reply: oneshot::Sender<Option<agentmesh_dht::VerifiedRecord>>,
+    },
 }
 
 /// Network part of [`NodeStatus`].
@@ -901,6 +912,58 @@ impl Node {
             .commands
             .send(Command::Resolve {
                 amid: *amid,
+                reply: tx,
+            })
+            .await
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    /// Publishes a record about this node in `namespace` (signed by the
+    /// node's key, sequence = current time in ms, expiring after `ttl`) to
+    /// the DHT, for services built on a node (a registry publishing
+    /// revocations, for instance). Returns whether at least one other peer
+    /// stored it; `Err` when it could not be signed or stored locally.
+    pub async fn publish_record(
+        &self,
+        namespace: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::PutRecord {
+                namespace: namespace.to_owned(),
+                payload,
+                ttl,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "node stopped".to_owned())?;
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .map_err(|_| "publish timed out".to_owned())?
+            .map_err(|_| "node stopped".to_owned())?
+    }
+
+    /// Looks up the record in `namespace` about `subject` through the DHT
+    /// (validated: signed by `subject`, not expired). `None` when no peer
+    /// has one.
+    pub async fn get_record(
+        &self,
+        namespace: &str,
+        subject: &PeerId,
+    ) -> Option<agentmesh_dht::VerifiedRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::GetRecord {
+                namespace: namespace.to_owned(),
+                subject: *subject,
                 reply: tx,
             })
             .await

@@ -345,3 +345,22 @@ async fn presence_is_published_in_the_card() {
     .expect("the new presence reaches the DHT");
     assert!(seen.seq > card.seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_record_is_found_by_another_node() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio(dir.path()).await;
+    assert!(alice.wait_published(WAIT).await);
+    assert!(bob.wait_published(WAIT).await);
+    let stored = alice
+        .publish_record("notes", b"hello".to_vec(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(stored);
+    let peer = alice.amid().peer_id().unwrap();
+    let found = bob.get_record("notes", &peer).await.expect("record found");
+    assert_eq!(found.payload, b"hello");
+    assert_eq!(found.subject, peer);
+    assert!(bob.get_record("other", &peer).await.is_none());
+}
