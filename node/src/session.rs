@@ -157,7 +157,7 @@ pub enum SealError {
     /// The session the message belongs to ended (closed, or expired).
     #[error("session {0} has ended")]
     SessionEnded(SessionId),
-    /// The payload is over [`MAX_PAYLOAD_SIZE`].
+    /// The payload is over [`MAX_CONTENT_SIZE`].
     #[error("payload of {0} bytes is too large")]
     PayloadTooLarge(usize),
     /// The peer's card holds an invalid key.
