@@ -62,7 +62,7 @@ pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
     SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
-    STREAM_BUFFER, STREAM_WINDOW,
+    SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

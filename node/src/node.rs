@@ -66,6 +66,9 @@ const PEER_QUEUE: usize = 1024;
 const INBOX_QUEUE: usize = 256;
 /// Depth of the event broadcast.
 const EVENT_QUEUE: usize = 4096;
+/// Longest wait, on [`Node::shutdown`], for the card with presence
+/// `offline` to be stored by a peer.
+pub const SHUTDOWN_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Node settings. Build with a preset ([`Config::local`]) and adjust fields.
 #[derive(Debug, Clone)]
@@ -904,6 +907,36 @@ impl Node {
         let _ = self.shared.commands.send(Command::Republish).await;
     }
 
+    /// Republishes the card with presence `offline` and waits until a peer
+    /// stored it, or the timeout.
+    async fn publish_offline(&self) {
+        let mut events = self.events();
+        if let Ok(mut p) = self.shared.presence.write() {
+            *p = Presence::Offline;
+        }
+        // The new record's sequence number is at least the current time.
+        let since = now_ms();
+        if self.shared.commands.send(Command::Republish).await.is_err() {
+            return;
+        }
+        let stored = tokio::time::timeout(SHUTDOWN_PUBLISH_TIMEOUT, async {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::CardPublished {
+                        seq,
+                        stored_remotely: true,
+                    }) if seq >= since => return true,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        if !matches!(stored, Ok(true)) {
+            tracing::warn!("could not publish presence offline before stopping");
+        }
+    }
+
     /// Looks up an agent's card (keys, addresses, capabilities, presence)
     /// through the DHT.
     pub async fn lookup(&self, amid: &Amid) -> Option<AgentCard> {
@@ -1086,8 +1119,14 @@ impl Node {
             .collect()
     }
 
-    /// Stops the node and flushes its database.
+    /// Stops the node and flushes its database. A node whose card is
+    /// published first republishes it with presence `offline` (waiting at
+    /// most [`SHUTDOWN_PUBLISH_TIMEOUT`] for a peer to store it), so that
+    /// lookups see it gone.
     pub async fn shutdown(self) {
+        if !self.is_killed() && self.status().await.net.card_published {
+            self.publish_offline().await;
+        }
         self.shared.cancel.cancel();
         let _ = self.shared.store().flush();
         if let Ok(log) = self.shared.audit.lock() {
