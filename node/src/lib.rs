@@ -37,6 +37,7 @@ pub mod audit;
 pub mod breaker;
 pub mod card;
 pub mod cert;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod envelope;
@@ -54,13 +55,14 @@ pub mod storage;
 pub mod wire;
 
 pub use card::{AgentCard, Presence};
-pub use events::{Message, NodeEvent, Receipt};
+pub use events::{Message, MessageKind, NodeEvent, Receipt};
 pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
-pub use knock::{Intent, RejectReason};
+pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
-    SendError, SessionStatus, SpawnError,
+    SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
+    SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 
