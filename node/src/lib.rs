@@ -48,6 +48,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod session;
 pub mod storage;
+pub mod transparency;
 pub mod wire;
 
 pub use card::{AgentCard, Presence};
