@@ -21,6 +21,9 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod oauth;
+pub mod translog;
+
 use std::time::Duration;
 
 use agentmesh_node::{Config, Multiaddr, Node};

@@ -270,7 +270,10 @@ pub fn prove_inclusion<S: SubtreeHashes>(
     size: u64,
 ) -> Result<InclusionProof, ProveError<S::Error>> {
     if index >= size {
-        return Err(ProveError::Range(ProofError::IndexOutOfRange { index, size }));
+        return Err(ProveError::Range(ProofError::IndexOutOfRange {
+            index,
+            size,
+        }));
     }
     let mut out = Vec::new();
     path(s, index, 0, size, &mut out).map_err(ProveError::Store)?;
@@ -289,7 +292,10 @@ pub fn prove_consistency<S: SubtreeHashes>(
     second: u64,
 ) -> Result<ConsistencyProof, ProveError<S::Error>> {
     if first > second {
-        return Err(ProveError::Range(ProofError::SizesOutOfOrder { first, second }));
+        return Err(ProveError::Range(ProofError::SizesOutOfOrder {
+            first,
+            second,
+        }));
     }
     let mut out = Vec::new();
     if first > 0 && first < second {
@@ -325,7 +331,13 @@ impl InclusionProof {
                 head: head.size,
             });
         }
-        verify_inclusion(leaf, self.leaf_index, self.tree_size, &self.path, &head.root)
+        verify_inclusion(
+            leaf,
+            self.leaf_index,
+            self.tree_size,
+            &self.path,
+            &head.root,
+        )
     }
 
     /// CBOR encoding.
@@ -672,7 +684,11 @@ impl MemoryTree {
 
     /// Consistency proof between the first `first` and first `second`
     /// leaves.
-    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<ConsistencyProof, ProofError> {
+    pub fn consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<ConsistencyProof, ProofError> {
         if second > self.len() {
             return Err(ProofError::IndexOutOfRange {
                 index: second,
@@ -865,7 +881,10 @@ mod tests {
         assert!(json.contains(&hex::encode(head.root)), "{json}");
         assert_eq!(serde_json::from_str::<SignedTreeHead>(&json).unwrap(), head);
 
-        let other = Identity::from_seed(&[8; 32]).amid().verifying_key().unwrap();
+        let other = Identity::from_seed(&[8; 32])
+            .amid()
+            .verifying_key()
+            .unwrap();
         assert_eq!(head.verify(&other), Err(TreeHeadError::BadSignature));
         for tamper in 0..3 {
             let mut h = head.clone();
