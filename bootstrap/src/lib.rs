@@ -35,7 +35,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod http;
+pub mod oauth;
 pub mod registry;
+pub mod translog;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
