@@ -52,6 +52,7 @@ pub mod registry;
 pub mod reputation;
 pub mod session;
 pub mod storage;
+pub mod transparency;
 pub mod wire;
 
 pub use card::{AgentCard, Presence};

@@ -381,12 +381,14 @@ pub enum Operation {
         /// The domain registered.
         domain: String,
     },
-    /// Certify an agent of the signer's verified organization (tier 1.5).
+    /// File the certificate the signer's verified organization issued to
+    /// one of its agents (tier 1.5).
     OrgAgent {
         /// The agent.
         agent: Amid,
-        /// Its name within the organization.
-        name: String,
+        /// The agent certificate signed by the organization key: CBOR of a
+        /// [`crate::cert::SignedCertificate`], hex.
+        certificate: String,
     },
 }
 

@@ -92,7 +92,7 @@ async fn main() -> Result<()> {
                 .spawn()
                 .await
                 .context("starting bootstrap")?;
-            agentmesh_bootstrap::serve(node, expected, true).await?;
+            agentmesh_bootstrap::serve(node, expected, true, None).await?;
         }
     }
     Ok(())
