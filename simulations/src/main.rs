@@ -48,6 +48,8 @@ enum Cmd {
         bootstrap: Vec<Multiaddr>,
         #[arg(long)]
         block: Vec<Amid>,
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// (process role) Run a bootstrap node; prints JSON event lines.
     #[command(hide = true)]
@@ -68,8 +70,12 @@ async fn main() -> Result<()> {
             data_dir,
             bootstrap,
             block,
+            policy,
         } => {
             let mut config = Config::local();
+            if let Some(file) = policy {
+                config.policy = agentmesh_node::Policy::from_file(&file)?;
+            }
             config.policy.block.extend(block);
             let node = Node::builder(config)
                 .data_dir(&data_dir)
