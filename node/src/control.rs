@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::{
     audit::{AuditEntry, AuditFilter},
     card::{AgentCard, Presence},
-    envelope::MessageId,
+    envelope::{MessageId, SessionId},
     events::{Message, Receipt},
     identity::Amid,
     knock::{Intent, RejectReason},
@@ -110,6 +110,10 @@ pub enum Request {
         to: String,
         /// Its message id (hex).
         id: String,
+        /// Its session (hex): the reply fails when that session has ended.
+        /// Defaults to the current session with the agent.
+        #[serde(default)]
+        session: Option<String>,
         /// JSON payload.
         payload: serde_json::Value,
     },
@@ -210,6 +214,13 @@ impl Response {
             Err(e) => Self::send_error(e),
         }
     }
+}
+
+/// A 16-byte id from its hex form.
+fn id16(hex_text: &str) -> Option<[u8; 16]> {
+    hex::decode(hex_text)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
 }
 
 fn intent(capability: Option<String>) -> Intent {
@@ -362,19 +373,25 @@ async fn answer(node: &Node, req: Request) -> Response {
                 Err(e) => Response::send_error(e),
             }
         }
-        Request::Reply { to, id, payload } => {
+        Request::Reply {
+            to,
+            id,
+            session,
+            payload,
+        } => {
             let to: Amid = match to.parse() {
                 Ok(a) => a,
                 Err(e) => return Response::error(format!("invalid AMID: {e}")),
             };
-            let id = match hex::decode(&id)
-                .ok()
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            {
-                Some(b) => MessageId(b),
-                None => return Response::error("invalid message id: 32 hex digits expected"),
+            let Some(id) = id16(&id) else {
+                return Response::error("invalid message id: 32 hex digits expected");
             };
-            Response::receipt(node.reply_to(&to, id, None, payload).await)
+            let session = match session.map(|s| id16(&s)) {
+                None => None,
+                Some(Some(s)) => Some(SessionId(s)),
+                Some(None) => return Response::error("invalid session: 32 hex digits expected"),
+            };
+            Response::receipt(node.reply_to(&to, MessageId(id), session, payload).await)
         }
         Request::End { amid } => match amid.parse::<Amid>() {
             Ok(a) => match node.end_conversation(&a).await {

@@ -130,6 +130,10 @@ enum Cmd {
         id: String,
         /// Payload: JSON, or plain text (sent as {"text": ...}).
         payload: String,
+        /// Reply in this session only (as printed by `run --json`); fails
+        /// when the conversation has ended.
+        #[arg(long)]
+        session: Option<String>,
     },
     /// End the conversation with an agent: an end message after everything
     /// sent before it; both sides then forget the session.
@@ -387,10 +391,16 @@ async fn main() -> Result<()> {
                 println!("{}", reply.payload);
             }
         }
-        Cmd::Reply { to, id, payload } => {
+        Cmd::Reply {
+            to,
+            id,
+            payload,
+            session,
+        } => {
             let req = Request::Reply {
                 to: to.to_string(),
                 id: id.clone(),
+                session: session.clone(),
                 payload: json_or_text(payload),
             };
             let resp = ask(&dir, &req).await?;

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use agentmesh_node::{Amid, Config, Multiaddr, Node};
+use agentmesh_bootstrap::registry::RegistrySettings;
+use agentmesh_node::{Amid, Config, Multiaddr, Node, Passphrase};
 use agentmesh_sim::devnet::{self, DevnetOptions};
 
 #[derive(Parser)]
@@ -47,6 +48,8 @@ enum Cmd {
         bootstrap: Vec<Multiaddr>,
         #[arg(long)]
         block: Vec<Amid>,
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// (process role) Run a bootstrap node; prints JSON event lines.
     #[command(hide = true)]
@@ -67,8 +70,12 @@ async fn main() -> Result<()> {
             data_dir,
             bootstrap,
             block,
+            policy,
         } => {
             let mut config = Config::local();
+            if let Some(file) = policy {
+                config.policy = agentmesh_node::Policy::from_file(&file)?;
+            }
             config.policy.block.extend(block);
             let node = Node::builder(config)
                 .data_dir(&data_dir)
@@ -81,12 +88,24 @@ async fn main() -> Result<()> {
         Cmd::Bootstrap { data_dir } => {
             let config = agentmesh_bootstrap::config();
             let expected = config.transport.listen.len();
+            let pass = Passphrase::from_env().context("keystore passphrase")?;
             let node = Node::builder(config)
                 .data_dir(&data_dir)
+                .passphrase(pass.clone())
                 .spawn()
                 .await
                 .context("starting bootstrap")?;
-            agentmesh_bootstrap::serve(node, expected, true, None).await?;
+            // Embedded defaults: the registry on an ephemeral loopback port.
+            let registry = agentmesh_bootstrap::start_registry(
+                &node,
+                &data_dir,
+                &pass,
+                RegistrySettings::default(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            )
+            .await
+            .context("starting the registry")?;
+            agentmesh_bootstrap::serve(node, expected, true, Some(registry)).await?;
         }
     }
     Ok(())
