@@ -34,6 +34,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod dns;
 pub mod http;
 pub mod oauth;
 pub mod registry;
