@@ -16,6 +16,7 @@
 use std::sync::LazyLock;
 
 use agentmesh_node::{
+    credentials::{self, CredentialError},
     envelope::SessionId,
     identity::{Amid, Identity},
     knock::{
@@ -55,6 +56,7 @@ struct SignedWire<'a> {
 }
 
 struct Fixtures {
+    root: ed25519_dalek::VerifyingKey,
     initiator: Identity,
     receiver: Identity,
     me: Amid,
@@ -80,6 +82,10 @@ static FX: LazyLock<Fixtures> = LazyLock::new(|| {
     let knock = SignedKnock::sign(&initiator, &body).expect("sign");
     assert_eq!(knock.verify().expect("fixture knock verifies"), body);
     Fixtures {
+        root: Identity::from_seed(&[9; 32])
+            .amid()
+            .verifying_key()
+            .expect("root key"),
         initiator,
         receiver,
         me,
@@ -126,8 +132,20 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(k) = SignedKnock::from_bytes(&k.to_bytes()) {
                 if let Ok(verified) = k.verify() {
                     assert_eq!(verified, body);
+                    let checked = credentials::check(
+                        &verified.credentials,
+                        &verified.from,
+                        &fx.root,
+                        sel & 4 == 4,
+                        NOW,
+                        |_| sel & 8 == 8,
+                    );
                     let ctx = KnockContext {
                         nonce_seen: sel & 2 == 2,
+                        tier: checked.as_ref().map(|c| c.tier).unwrap_or_default(),
+                        reputation: checked.as_ref().ok().and_then(|c| c.reputation),
+                        revoked: matches!(checked, Err(CredentialError::Revoked)),
+                        invalid_credentials: checked.is_err(),
                         ..KnockContext::default()
                     };
                     let _ = fx.policy.evaluate(&fx.me, &verified, ctx, NOW);
