@@ -17,7 +17,7 @@ use agentmesh_node::{
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
     Config, Intent, MessageKind, Node, NodeEvent, Passphrase, RejectReason, SendError, SessionType,
-    STREAM_BUFFER, STREAM_WINDOW,
+    StreamError, STREAM_BUFFER, STREAM_WINDOW,
 };
 use agentmesh_transports::framing::FramedStream;
 use serde_json::json;
@@ -387,4 +387,30 @@ async fn a_knock_for_an_unknown_session_type_is_refused_as_an_invalid_intent() {
     .await
     .unwrap();
     assert_eq!(decided, (false, Some(RejectReason::InvalidIntent)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_session_is_closed_is_reported_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio(dir.path()).await;
+    let mut streams = bob.streams().unwrap();
+    let mut tx = alice.open_stream(&bob.amid(), Intent::default());
+    tx.send_chunk(b"first".to_vec()).await.unwrap();
+    let mut rx = tokio::time::timeout(WAIT, streams.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), Some(b"first".to_vec()));
+    // The sender goes away without finishing: closing the session ends the
+    // stream on bob's side, and bob is told it did not end cleanly.
+    assert_eq!(alice.close_session(&bob.amid()).await, 1);
+    let end = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+    assert_eq!(end, Err(StreamError::Interrupted));
+    // The sender's next chunk belongs to the closed session.
+    let err = tx.send_chunk(b"second".to_vec()).await;
+    let err = match err {
+        Ok(()) => tx.finish().await.map(|_| ()).unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(matches!(err, SendError::SessionEnded { .. }), "{err:?}");
 }
