@@ -132,7 +132,11 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr` and serves the API of `registry`.
     pub async fn spawn(registry: Registry, addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::serve(registry, TcpListener::bind(addr).await?)
+    }
+
+    /// Serves the API of `registry` on a bound listener.
+    pub fn serve(registry: Registry, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(registry).into_make_service_with_connect_info::<SocketAddr>();

@@ -34,6 +34,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod dns;
 pub mod http;
 pub mod oauth;
 pub mod registry;
@@ -91,19 +92,22 @@ pub async fn start_registry(
     node: &Node,
     data_dir: &Path,
     passphrase: &Passphrase,
-    settings: RegistrySettings,
+    mut settings: RegistrySettings,
     http: SocketAddr,
 ) -> Result<RunningRegistry, StartError> {
+    let bind = |source| StartError::Bind { addr: http, source };
+    let listener = tokio::net::TcpListener::bind(http).await.map_err(bind)?;
+    let url = format!("http://{}", listener.local_addr().map_err(bind)?);
+    if settings.public_url.is_empty() {
+        settings.public_url = url.clone();
+    }
     let dir = data_dir.to_owned();
     let pass = passphrase.clone();
     let registry = tokio::task::spawn_blocking(move || Registry::open(&dir, &pass, settings))
         .await
         .map_err(|_| StartError::Join)??;
     registry.set_node(node.clone());
-    let server = HttpServer::spawn(registry.clone(), http)
-        .await
-        .map_err(|source| StartError::Bind { addr: http, source })?;
-    let url = format!("http://{}", server.addr);
+    let server = HttpServer::serve(registry.clone(), listener).map_err(bind)?;
     Ok(RunningRegistry {
         registry,
         http: server,

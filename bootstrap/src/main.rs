@@ -165,10 +165,7 @@ async fn main() -> Result<()> {
         let r = &file.registry;
         let http = cli.http.unwrap_or(r.http);
         let mut settings = RegistrySettings::default();
-        settings.public_url = r
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http}"));
+        settings.public_url = r.public_url.clone().unwrap_or_default();
         settings.relays = r.relays.clone();
         settings.agent_cert_validity = Duration::from_secs(r.agent_cert_days * 86_400);
         settings.org_cert_validity = Duration::from_secs(r.org_cert_days * 86_400);

@@ -182,7 +182,8 @@ pub trait DomainVerifier: Send + Sync + std::fmt::Debug {
 #[non_exhaustive]
 pub struct RegistrySettings {
     /// Public URL of the HTTP API (without `/v1`), named in DID documents.
-    /// Defaults to `http://127.0.0.1:8080`.
+    /// Defaults to empty, which [`crate::start_registry`] replaces with
+    /// `http://<bound address>`.
     pub public_url: String,
     /// Relays named as services in DID documents of agents that list none.
     /// Defaults to none.
@@ -201,7 +202,7 @@ pub struct RegistrySettings {
 impl Default for RegistrySettings {
     fn default() -> Self {
         Self {
-            public_url: "http://127.0.0.1:8080".into(),
+            public_url: String::new(),
             relays: Vec::new(),
             agent_cert_validity: Duration::from_secs(365 * 24 * 3600),
             org_cert_validity: Duration::from_secs(365 * 24 * 3600),

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use agentmesh_node::{Amid, Config, Multiaddr, Node};
+use agentmesh_bootstrap::registry::RegistrySettings;
+use agentmesh_node::{Amid, Config, Multiaddr, Node, Passphrase};
 use agentmesh_sim::devnet::{self, DevnetOptions};
 
 #[derive(Parser)]
@@ -87,12 +88,24 @@ async fn main() -> Result<()> {
         Cmd::Bootstrap { data_dir } => {
             let config = agentmesh_bootstrap::config();
             let expected = config.transport.listen.len();
+            let pass = Passphrase::from_env().context("keystore passphrase")?;
             let node = Node::builder(config)
                 .data_dir(&data_dir)
+                .passphrase(pass.clone())
                 .spawn()
                 .await
                 .context("starting bootstrap")?;
-            agentmesh_bootstrap::serve(node, expected, true, None).await?;
+            // Embedded defaults: the registry on an ephemeral loopback port.
+            let registry = agentmesh_bootstrap::start_registry(
+                &node,
+                &data_dir,
+                &pass,
+                RegistrySettings::default(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            )
+            .await
+            .context("starting the registry")?;
+            agentmesh_bootstrap::serve(node, expected, true, Some(registry)).await?;
         }
     }
     Ok(())
