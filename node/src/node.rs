@@ -888,6 +888,7 @@ impl Node {
     pub async fn close_session(&self, peer: &Amid) -> usize {
         let sessions = self.shared.store().forget_peer(peer);
         for session in &sessions {
+            exchange::end_streams(&self.shared, peer, session);
             self.shared.audit(AuditEvent::SessionClosed {
                 peer: *peer,
                 session: *session,

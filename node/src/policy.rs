@@ -148,7 +148,9 @@ fn pattern_matches(pattern: &str, value: &str) -> bool {
         return true;
     }
     if let Some(prefix) = pattern.strip_suffix("/*") {
-        return value == prefix || value.starts_with(&format!("{prefix}/"));
+        return value
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     }
     pattern == value
 }

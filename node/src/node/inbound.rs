@@ -367,6 +367,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                     matches!(shared.store().forget_session(from, &session), Ok(true))
                 });
                 if let Some(from) = closed {
+                    super::exchange::end_streams(shared, &from, &session);
                     shared.audit(AuditEvent::SessionClosed {
                         peer: from,
                         session,
