@@ -11,6 +11,9 @@
 //! 5. Signed decision: the input (after the selector) is the body of a
 //!    decision validly signed by the receiver, so the decision body decoder
 //!    (which runs after the signature check) is reached.
+//! 6. Signed reputation attestation: the input (after the selector) is the
+//!    body of an attestation validly signed by the registry root, so the
+//!    attestation body decoder is reached.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -56,6 +59,7 @@ struct SignedWire<'a> {
 }
 
 struct Fixtures {
+    registry: Identity,
     root: ed25519_dalek::VerifyingKey,
     initiator: Identity,
     receiver: Identity,
@@ -82,6 +86,7 @@ static FX: LazyLock<Fixtures> = LazyLock::new(|| {
     let knock = SignedKnock::sign(&initiator, &body).expect("sign");
     assert_eq!(knock.verify().expect("fixture knock verifies"), body);
     Fixtures {
+        registry: Identity::from_seed(&[9; 32]),
         root: Identity::from_seed(&[9; 32])
             .amid()
             .verifying_key()
@@ -162,5 +167,14 @@ fuzz_target!(|data: &[u8]| {
                 let _ = d.verify(&fx.me, &fx.knock);
             }
         }
+    }
+
+    // 6. Arbitrary attestation body, validly signed by the registry root.
+    if rest.len() <= credentials::MAX_ATTESTATION_SIZE {
+        let a = credentials::SignedAttestation {
+            body: rest.to_vec(),
+            signature: fx.registry.sign(credentials::DOMAIN_SEP_REPUTATION, rest),
+        };
+        let _ = a.verify(&fx.root, &fx.initiator.amid(), NOW);
     }
 });

@@ -254,3 +254,98 @@ async fn organization_tier_is_checked_against_the_registry_root() {
         Some(RejectReason::Revoked)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_published_in_the_dht_is_fetched_and_enforced() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Identity::generate();
+
+    // The registry's node publishes the revocation record, then stops.
+    let registry = node(dir.path(), "registry", config(), None).await;
+    tokio::time::timeout(WAIT, async {
+        while registry.listen_addrs().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut bob_config = config();
+    bob_config.registry_root = Some(*root.amid().as_bytes());
+    let bob = node(dir.path(), "bob", bob_config, Some(&registry)).await;
+    let mallory = node(dir.path(), "mallory", config(), Some(&registry)).await;
+    assert!(bob.wait_published(WAIT).await);
+    assert!(mallory.wait_published(WAIT).await);
+
+    let revocation = Revocation {
+        subject_key: *mallory.amid().as_bytes(),
+        serial: None,
+        reason: "abuse".into(),
+        revoked_ms: now(),
+        issuer_key: *root.amid().as_bytes(),
+    }
+    .sign(&root)
+    .unwrap();
+    let ns = agentmesh_node::registry::revocation_namespace(mallory.amid().as_bytes());
+    let registry_peer = registry.amid().peer_id().unwrap();
+    assert!(registry
+        .publish_record(
+            &ns,
+            revocation.to_bytes().unwrap(),
+            Duration::from_secs(3600)
+        )
+        .await
+        .unwrap());
+
+    // Before bob knows: mallory is anonymous and accepted.
+    knock_result(&mallory, &bob)
+        .await
+        .expect("accepted before the revocation is known");
+    assert!(bob
+        .status()
+        .await
+        .sessions
+        .iter()
+        .any(|s| s.peer == mallory.amid()));
+
+    // Bob fetches the record from the DHT, which ends his session with
+    // mallory; her next KNOCK is refused while the registry is gone.
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            if bob
+                .fetch_revocation(&registry_peer, &mallory.amid())
+                .await
+                .unwrap()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "revocation found in the DHT");
+    assert!(bob.is_revoked(&mallory.amid()));
+    // Fetching it again adds nothing new.
+    assert!(!bob
+        .fetch_revocation(&registry_peer, &mallory.amid())
+        .await
+        .unwrap());
+    registry.shutdown().await;
+
+    // Mallory closes the session and knocks again: refused, with no
+    // registry running.
+    assert!(bob
+        .status()
+        .await
+        .sessions
+        .iter()
+        .all(|s| s.peer != mallory.amid()));
+    let mut events = bob.events();
+    mallory.close_session(&bob.amid()).await;
+    let err = knock_result(&mallory, &bob).await.unwrap_err();
+    assert_eq!(err, SendError::Rejected(RejectReason::Revoked));
+    assert_eq!(
+        decided(&mut events, mallory.amid()).await,
+        Some(RejectReason::Revoked)
+    );
+}

@@ -6,6 +6,7 @@ use libp2p::PeerId;
 
 use super::{Node, Shared};
 use crate::{
+    audit::AuditEvent,
     cert::Revocable,
     credentials::{self, Checked, CredentialError, Credentials},
     identity::Amid,
@@ -118,6 +119,22 @@ impl Shared {
         }
     }
 
+    /// Ends every session with a revoked agent: its next message needs a
+    /// KNOCK, which is refused.
+    fn close_revoked(&self, key: &[u8; 32]) {
+        let Ok(peer) = Amid::from_bytes(key) else {
+            return;
+        };
+        let sessions = self.store().forget_peer(&peer);
+        for session in sessions {
+            self.audit(AuditEvent::SessionClosed {
+                peer,
+                session,
+                why: "revoked".into(),
+            });
+        }
+    }
+
     fn add_revocations(&self, revocations: &[SignedRevocation]) -> Result<usize, TrustError> {
         let root = self.registry_root().ok_or(TrustError::NoRegistryRoot)?;
         let mut verified = Vec::with_capacity(revocations.len());
@@ -140,6 +157,9 @@ impl Shared {
             };
             if self.revoked.insert(entry, bytes)?.is_none() {
                 added += 1;
+                if rev.serial.is_none() {
+                    self.close_revoked(&rev.subject_key);
+                }
                 tracing::info!(
                     subject = %bs58::encode(rev.subject_key).into_string(),
                     serial = rev.serial.is_some(),
