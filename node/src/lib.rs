@@ -44,6 +44,7 @@ pub mod card;
 pub mod cert;
 pub mod content;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 pub mod envelope;
 pub mod events;
@@ -68,7 +69,7 @@ pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
     SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
-    SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    TrustError, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

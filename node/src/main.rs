@@ -63,6 +63,10 @@ enum PolicyCmd {
         /// Tier of the initiator: anonymous, verified or organization.
         #[arg(long, default_value = "anonymous")]
         tier: String,
+        /// Registry-attested reputation of the initiator, 0 to 1. Defaults
+        /// to none shown.
+        #[arg(long)]
+        reputation: Option<f64>,
     },
     /// Make the running node read its policy file again.
     Reload,
@@ -95,6 +99,11 @@ enum Cmd {
         /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// The registry root key (its AMID) that KNOCK certificates,
+        /// revocations and reputation attestations are checked against.
+        /// Without it every initiator is anonymous.
+        #[arg(long, env = "AGENTMESH_REGISTRY_ROOT")]
+        registry_root: Option<Amid>,
     },
     /// Check or reload a KNOCK policy.
     #[command(subcommand)]
@@ -277,8 +286,10 @@ async fn main() -> Result<()> {
             allow,
             capability,
             policy,
+            registry_root,
         } => {
             let mut config = Config::local();
+            config.registry_root = registry_root.map(|r| *r.as_bytes());
             if !listen.is_empty() {
                 config.transport.listen = listen.clone();
             }
@@ -302,6 +313,7 @@ async fn main() -> Result<()> {
             capability,
             action,
             tier,
+            reputation,
         }) => {
             let policy = Policy::from_file(file)?;
             let tier: Tier = serde_json::from_value(json!(tier))
@@ -317,11 +329,12 @@ async fn main() -> Result<()> {
                 ts_ms: now,
                 nonce: [0; 16],
                 first: Vec::new(),
+                credentials: Default::default(),
             };
             let ctx = KnockContext {
                 tier,
-                nonce_seen: false,
-                rate_limited: None,
+                reputation: reputation.map(agentmesh_node::credentials::Reputation::from_f64),
+                ..KnockContext::default()
             };
             let decision = policy.evaluate(&me.amid(), &knock, ctx, now);
             let hash = hex::encode(policy.hash());

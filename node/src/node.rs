@@ -10,6 +10,7 @@ mod exchange;
 mod inbound;
 mod link;
 mod swarm;
+mod trust;
 
 pub use exchange::{
     StreamError, StreamReceiver, StreamSender, Streams, STREAM_BUFFER, STREAM_WINDOW,
@@ -31,11 +32,14 @@ use tracing::{info, Instrument};
 use agentmesh_dht::{now_ms, DhtConfig};
 use agentmesh_transports::{PathKind, TransportConfig};
 
+pub use trust::TrustError;
+
 use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
     breaker::{BreakerConfig, CircuitBreakers},
     card::{AgentCard, Presence},
     content::{Content, Kind},
+    credentials::Credentials,
     envelope::{MessageId, SessionId},
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
@@ -100,6 +104,17 @@ pub struct Config {
     /// rejections by a peer, sends to it fail at once until a cool-down has
     /// passed. Defaults to 5 failures, 30 s.
     pub breaker: BreakerConfig,
+    /// The registry root key: initiators' certificates, log proofs,
+    /// reputation attestations and revocations are checked against it.
+    /// Without it every initiator is [`Tier::Anonymous`](crate::Tier) and
+    /// shows no reputation. Defaults to none.
+    pub registry_root: Option<[u8; 32]>,
+    /// Refuse certificate chains that come without a transparency-log
+    /// inclusion proof. Defaults to false.
+    pub require_log_inclusion: bool,
+    /// What this node shows in its KNOCKs (certificates, log proof,
+    /// reputation); see also [`Node::set_credentials`]. Defaults to none.
+    pub credentials: Credentials,
 }
 
 impl Config {
@@ -117,6 +132,9 @@ impl Config {
             policy: Policy::default(),
             policy_file: None,
             breaker: BreakerConfig::default(),
+            registry_root: None,
+            require_log_inclusion: false,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -346,6 +364,10 @@ struct Shared {
     streams_tx: mpsc::Sender<StreamReceiver>,
     control: libp2p_stream::Control,
     db: sled::Db,
+    /// Revoked keys and serials (verified revocations, by key or serial).
+    revoked: sled::Tree,
+    /// What our KNOCKs show.
+    credentials: RwLock<Credentials>,
     audit: Mutex<AuditLog>,
     cancel: CancellationToken,
 }
@@ -582,6 +604,8 @@ impl Node {
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
         let (streams_tx, streams_rx) = mpsc::channel(exchange::NEW_STREAM_QUEUE);
         let cancel = CancellationToken::new();
+        let revoked = db.open_tree(trust::REVOKED_TREE)?;
+        let credentials = RwLock::new(config.credentials.clone());
         let shared = Arc::new(Shared {
             identity,
             amid,
@@ -603,6 +627,8 @@ impl Node {
             streams_tx,
             control,
             db,
+            revoked,
+            credentials,
             audit: Mutex::new(audit),
             cancel: cancel.clone(),
         });

@@ -349,6 +349,7 @@ async fn a_knock_for_an_unknown_session_type_is_refused_as_an_invalid_intent() {
         ts_ms: agentmesh_dht::now_ms(),
         nonce: [42; 16],
         first: Vec::new(),
+        credentials: Default::default(),
     };
     let knock = SignedKnock::sign(alice.identity(), &body).unwrap();
     let mut control = alice.stream_control();
