@@ -14,6 +14,11 @@
 //!   receiver's [`Policy`] accepts or rejects it with a typed reason.
 //! - **Messages**: signed CBOR envelopes on one long-lived stream per peer,
 //!   acknowledged once durably stored; duplicates and replays are dropped.
+//! - **Session types**: [`Node::request`] waits for the reply correlated to
+//!   its request; a conversation is ordered turns that either side ends with
+//!   [`Node::end_conversation`]; [`Node::open_stream`] sends chunks with
+//!   back-pressure from the receiver and a clean end. Their metadata travels
+//!   inside the encryption ([`content`]).
 //!
 //! ```no_run
 //! use agentmesh_node::{Config, Node, Passphrase};
