@@ -94,7 +94,12 @@ async fn main() {
     println!("registry bench: {agents} agents, {concurrency} concurrent clients, {base}");
 
     let ids: Vec<Identity> = (0..agents).map(|_| Identity::generate()).collect();
-    let caps = ["weather/forecast", "travel/booking", "communication/chat", "code/review"];
+    let caps = [
+        "weather/forecast",
+        "travel/booking",
+        "communication/chat",
+        "code/review",
+    ];
     let now = agentmesh_dht::now_ms();
     let register: Vec<_> = ids
         .iter()
