@@ -396,3 +396,35 @@ async fn oauth_callback_issues_a_tier_one_certificate() {
     // The state is single-use.
     assert!(r.oauth_callback(&cb, NOW).await.is_err());
 }
+
+#[tokio::test]
+async fn agents_whose_key_holds_zero_bytes_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    // Keys with a zero byte somewhere, as random keys often have.
+    let mut found = 0;
+    for seed in 0u8..=255 {
+        let who = id(seed);
+        if !who.amid().as_bytes().contains(&0) {
+            continue;
+        }
+        register(&r, &who, &["weather/forecast"]).await;
+        found += 1;
+        if found == 3 {
+            break;
+        }
+    }
+    assert_eq!(found, 3);
+    assert_eq!(
+        r.search("weather", Tier::Anonymous, 0.0, 50, NOW)
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        r.search("weather/forecast", Tier::Anonymous, 0.0, 50, NOW)
+            .unwrap()
+            .len(),
+        3
+    );
+}
