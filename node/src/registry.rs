@@ -381,6 +381,9 @@ pub enum Operation {
         /// The domain registered.
         domain: String,
     },
+    /// Start OAuth verification (tier 1) of the signer: the answer names
+    /// the provider URL to open in a browser.
+    OauthAuthorize {},
     /// File the certificate the signer's verified organization issued to
     /// one of its agents (tier 1.5).
     OrgAgent {
@@ -406,6 +409,7 @@ impl Operation {
             Self::OrgRegister { .. } => "org_register",
             Self::OrgVerify { .. } => "org_verify",
             Self::OrgAgent { .. } => "org_agent",
+            Self::OauthAuthorize {} => "oauth_authorize",
         }
     }
 }
