@@ -222,6 +222,38 @@ async fn organization_tier_is_checked_against_the_registry_root() {
     alice.set_credentials(logged(alice_chain, ia));
     knock_result(&alice, &bob).await.expect("tier 1.5 accepted");
 
+    // A valid, logged tier-1 chain (root → agent) is below the minimum.
+    let tier1 = CertChain(vec![{
+        let mut c = cert(
+            &root,
+            *erin.amid().as_bytes(),
+            CertKind::Agent,
+            5,
+            now() - HOUR,
+            now() + HOUR,
+        );
+        let mut body: Certificate = c.certificate().unwrap();
+        body.tier = Tier::Verified;
+        c = body.sign_as(&root).unwrap();
+        c
+    }]);
+    let mut log3 = log.clone();
+    let i1 = log3.append(&Credentials::log_leaf(&tier1).unwrap());
+    erin.set_credentials(Credentials {
+        chain: Some(tier1),
+        inclusion: Some(LogInclusion {
+            proof: log3.inclusion_proof(i1, log3.len()).unwrap(),
+            head: SignedTreeHead::sign(&root, log3.len(), log3.root(), now()),
+        }),
+        reputation: None,
+    });
+    let err = knock_result(&erin, &bob).await.unwrap_err();
+    assert_eq!(err, SendError::Rejected(RejectReason::TierTooLow));
+    assert_eq!(
+        decided(&mut events, erin.amid()).await,
+        Some(RejectReason::TierTooLow)
+    );
+
     // Erin's chain is valid and logged, but the registry revoked her key;
     // bob learned it earlier and refuses her with no registry running.
     erin.set_credentials(logged(erin_chain, ie));
