@@ -30,6 +30,9 @@ pub enum StoreError {
     /// sled failed.
     #[error("database: {0}")]
     Db(#[from] sled::Error),
+    /// A background task failed.
+    #[error("task: {0}")]
+    Task(String),
     /// The system random source failed.
     #[error("random source: {0}")]
     Random(String),
@@ -203,7 +206,12 @@ impl Store {
 
     /// Writes everything to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        // On the blocking pool: concurrent `flush_async` calls were seen to
+        // stall the runtime under load.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(())
     }
 
