@@ -120,6 +120,18 @@ pub enum AuditEvent {
         /// Size of the envelope in bytes.
         size: u32,
     },
+    /// A message deposited in a relay mailbox was fetched by its
+    /// recipient (its delivery receipt arrived).
+    MessageDelivered {
+        /// The recipient.
+        #[serde(deserialize_with = "flex::amid")]
+        to: Amid,
+        /// The message.
+        #[serde(deserialize_with = "flex::message")]
+        id: MessageId,
+        /// The path it took (`mailbox`).
+        path: String,
+    },
     /// A message was sent.
     MessageOut {
         /// The recipient.
@@ -171,6 +183,7 @@ impl AuditEvent {
         "knock_decision",
         "session_opened",
         "session_closed",
+        "message_delivered",
         "message_in",
         "message_out",
         "refused",
@@ -187,6 +200,7 @@ impl AuditEvent {
             AuditEvent::SessionClosed { .. } => "session_closed",
             AuditEvent::MessageIn { .. } => "message_in",
             AuditEvent::MessageOut { .. } => "message_out",
+            AuditEvent::MessageDelivered { .. } => "message_delivered",
             AuditEvent::Refused { .. } => "refused",
             AuditEvent::PolicyChanged { .. } => "policy_changed",
             AuditEvent::Kill { .. } => "kill",
@@ -205,7 +219,9 @@ impl AuditEvent {
             AuditEvent::SessionOpened { peer: p, .. }
             | AuditEvent::SessionClosed { peer: p, .. }
             | AuditEvent::KnockSkipped { peer: p, .. } => p == peer,
-            AuditEvent::MessageOut { to, .. } => to == peer,
+            AuditEvent::MessageOut { to, .. } | AuditEvent::MessageDelivered { to, .. } => {
+                to == peer
+            }
             AuditEvent::Refused { from, .. } => from.as_deref().is_some_and(|f| names(f, peer)),
             AuditEvent::Kill { target } => target.as_ref() == Some(peer),
             AuditEvent::PolicyChanged { .. } => false,

@@ -8,6 +8,7 @@
 
 mod inbound;
 mod link;
+mod mailbox;
 mod swarm;
 
 use std::{
@@ -24,6 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
 use agentmesh_dht::{now_ms, DhtConfig};
+use agentmesh_relay::{
+    mailbox::{MailboxError, MailboxStore},
+    RelayConfig,
+};
 use agentmesh_transports::{PathKind, TransportConfig};
 
 use crate::{
@@ -91,6 +96,30 @@ pub struct Config {
     /// rejections by a peer, sends to it fail at once until a cool-down has
     /// passed. Defaults to 5 failures, 30 s.
     pub breaker: BreakerConfig,
+    /// Serve as a relay (circuit relay v2 and mailbox) with these limits.
+    /// Defaults to none: an agent, not a relay.
+    pub relay: Option<RelayConfig>,
+    /// Relays to use, each ending in `/p2p/<relay id>`. When empty, relays
+    /// are found in the DHT. Defaults to none.
+    pub relays: Vec<Multiaddr>,
+    /// How many relays keep our mailbox (listed in the card). Defaults to 2.
+    pub mailbox_relays: usize,
+    /// Whether peers can dial us directly. Defaults to
+    /// [`Reachability::Public`].
+    pub reachability: Reachability,
+}
+
+/// Whether a node can be dialled directly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reachability {
+    /// Listens on its own addresses and lists them in its card.
+    #[default]
+    Public,
+    /// Behind a NAT or firewall: listens only through relay reservations
+    /// and lists only relayed addresses.
+    Private,
 }
 
 impl Config {
@@ -108,6 +137,10 @@ impl Config {
             policy: Policy::default(),
             policy_file: None,
             breaker: BreakerConfig::default(),
+            relay: None,
+            relays: Vec::new(),
+            mailbox_relays: 2,
+            reachability: Reachability::Public,
         }
     }
 }
@@ -149,6 +182,9 @@ pub enum SpawnError {
     /// The audit log does not open (tampered, or another key).
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    /// The relay mailbox could not be opened.
+    #[error("relay mailbox: {0}")]
+    Mailbox(#[from] agentmesh_relay::mailbox::StoreError),
 }
 
 /// Errors sending a message.
@@ -180,6 +216,10 @@ pub enum SendError {
         /// Time left in the cool-down.
         retry_after_ms: u64,
     },
+    /// The recipient could not be reached and no relay took the envelope
+    /// for its mailbox.
+    #[error("mailbox deposit failed: {0}")]
+    Mailbox(#[from] MailboxError),
 }
 
 /// A message waiting in a peer link.
@@ -227,6 +267,26 @@ pub struct NetStatus {
     pub dht_records: usize,
     /// Whether our card is published on at least one other peer.
     pub card_published: bool,
+    /// Whether peers can dial us directly.
+    pub reachability: Reachability,
+    /// The relays that keep our mailbox.
+    pub mailbox_relays: Vec<String>,
+    /// When we serve as a relay: what it carries and stores.
+    pub relay: Option<RelayStatus>,
+}
+
+/// What a relay node carries and stores.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RelayStatus {
+    /// Reservations held by peers listening through us.
+    pub reservations: usize,
+    /// Circuits open through us.
+    pub circuits: usize,
+    /// Envelopes in the mailbox.
+    pub envelopes: u64,
+    /// Their size in bytes.
+    pub bytes: u64,
 }
 
 /// A connected peer.
@@ -300,6 +360,15 @@ struct Shared {
     control: libp2p_stream::Control,
     db: sled::Db,
     audit: Mutex<AuditLog>,
+    /// Our mailbox for others, when we serve as a relay.
+    mailbox: Option<Arc<MailboxStore>>,
+    /// The relays that keep our mailbox (chosen by the swarm actor).
+    my_relays: RwLock<Vec<(PeerId, Multiaddr)>>,
+    /// Messages deposited in a mailbox, waiting for the recipient's
+    /// delivery receipt.
+    awaiting_receipt: Mutex<HashMap<MessageId, Amid>>,
+    /// One mailbox drain at a time, so mail is delivered in order.
+    drain_lock: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
 }
 
@@ -522,11 +591,22 @@ impl Node {
         let backlog = store.inbox();
         drop(keystore);
 
+        let mailbox = match &config.relay {
+            Some(r) => Some(Arc::new(MailboxStore::open(&db, r.mailbox.clone())?)),
+            None => None,
+        };
+        let mut config = config;
+        if config.reachability == Reachability::Private {
+            // Reachable only through relays: no direct listener at all.
+            config.transport.listen.clear();
+        }
         let keypair = identity.libp2p_keypair()?;
         let stream_behaviour = libp2p_stream::Behaviour::new();
         let control = stream_behaviour.new_control();
-        let behaviour = swarm::Behaviour::new(&keypair, &db, config.dht.clone(), stream_behaviour)?;
-        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |_| behaviour)?;
+        let dht = agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
+        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |key, relay| {
+            swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay)
+        })?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -551,6 +631,10 @@ impl Node {
             control,
             db,
             audit: Mutex::new(audit),
+            mailbox,
+            my_relays: RwLock::new(Vec::new()),
+            awaiting_receipt: Mutex::new(HashMap::new()),
+            drain_lock: tokio::sync::Mutex::new(()),
             cancel: cancel.clone(),
         });
         let span = tracing::info_span!("node", id = %amid.short());

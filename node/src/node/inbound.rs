@@ -71,7 +71,7 @@ pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>
     }
 }
 
-fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: String) {
+pub(super) fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: String) {
     warn!(from = from.as_deref().unwrap_or("?"), %reason, %detail, "refused");
     shared.audit(AuditEvent::Refused {
         from: from.clone(),
@@ -310,7 +310,7 @@ fn decide(
 
 /// Hands messages to the application (waiting for room: back-pressure
 /// reaches the sender through withheld acks) and reports them.
-async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
+pub(super) async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
     for d in batch {
         let event = NodeEvent::MessageReceived {
             id: d.message.id,
@@ -381,6 +381,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                         session,
                         by_peer: true,
                     });
+                }
+                continue;
+            }
+            Ok(MsgFrame::Delivered { ids }) => {
+                if let Some(from) = sender {
+                    super::mailbox::on_receipts(shared, &from, &ids);
                 }
                 continue;
             }

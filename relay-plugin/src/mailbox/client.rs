@@ -13,7 +13,7 @@ use super::{EnvelopeId, ErrorCode, MailItem, Request, Response, MAILBOX_PROTOCOL
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a mailbox request failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MailboxError {
     /// No stream to the relay (not connected, or it is not a relay).
