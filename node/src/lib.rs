@@ -57,9 +57,10 @@ pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
-    SendError, SessionStatus, SpawnError,
+    Reachability, RelayStatus, SendError, SessionStatus, SpawnError,
 };
 pub use policy::{Policy, Preset, Tier};
 
+pub use agentmesh_relay::RelayConfig;
 pub use agentmesh_transports::PathKind;
 pub use libp2p::{Multiaddr, PeerId};

@@ -640,6 +640,16 @@ impl Node {
         let span = tracing::info_span!("node", id = %amid.short());
         info!(parent: &span, %amid, "node starting");
 
+        if let Some(store) = &shared.mailbox {
+            tokio::spawn(
+                agentmesh_relay::mailbox::serve(
+                    store.clone(),
+                    shared.control.clone(),
+                    cancel.clone(),
+                )
+                .instrument(span.clone()),
+            );
+        }
         tokio::spawn(swarm::run(shared.clone(), swarm, cmd_rx, bootstrap).instrument(span.clone()));
         // Messages stored before a restart go to the application first.
         let (backlog_done_tx, backlog_done) = oneshot::channel();
@@ -1048,6 +1058,22 @@ impl Node {
                 Ok(Err(broadcast::error::RecvError::Closed)) => return false,
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// Waits until we listen on `count` addresses (or `timeout` passes) and
+    /// returns them, QUIC first, each ending in `/p2p/<peer id>`.
+    pub async fn wait_listening(&self, count: usize, timeout: Duration) -> Vec<Multiaddr> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.events();
+        loop {
+            let addrs = self.listen_addrs().await;
+            if addrs.len() >= count || tokio::time::Instant::now() >= deadline {
+                return addrs;
+            }
+            // Woken by the next event (a new listener is one), at the latest
+            // when the deadline passes.
+            let _ = tokio::time::timeout_at(deadline, events.recv()).await;
         }
     }
 

@@ -26,7 +26,7 @@ mod store;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-pub use client::{deposit, fetch, ack, MailboxError};
+pub use client::{ack, deposit, fetch, MailboxError};
 pub use server::serve;
 pub use store::{DepositError, MailboxStats, MailboxStore, StoreError};
 
@@ -239,7 +239,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             Response::from_bytes(&bytes).unwrap(),
-            Response::Error { code: ErrorCode::Other, .. }
+            Response::Error {
+                code: ErrorCode::Other,
+                ..
+            }
         ));
         assert!(Request::from_bytes(&[0xff, 0x00]).is_err());
     }

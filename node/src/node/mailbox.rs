@@ -142,7 +142,9 @@ pub(super) fn on_receipts(shared: &Shared, from: &Amid, ids: &[MessageId]) {
 /// senders. One drain at a time, so mail is delivered in order.
 pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
     let _turn = shared.drain_lock.lock().await;
-    let Ok(me) = shared.amid.peer_id() else { return };
+    let Ok(me) = shared.amid.peer_id() else {
+        return;
+    };
     let mut total = 0usize;
     loop {
         let mut control = shared.control.clone();
@@ -236,7 +238,10 @@ async fn send_receipts(shared: Arc<Shared>, to: Amid, ids: Vec<MessageId>) {
     let (tx, rx) = oneshot::channel();
     if shared
         .commands
-        .send(Command::Resolve { amid: to, reply: tx })
+        .send(Command::Resolve {
+            amid: to,
+            reply: tx,
+        })
         .await
         .is_err()
     {

@@ -415,11 +415,17 @@ impl Actor {
                 endpoint,
                 ..
             } => {
-                let addr = match &endpoint {
-                    ConnectedPoint::Dialer { address, .. } => address,
-                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                let path = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => path_of(address),
+                    // A connection that came through a relay arrives on our
+                    // circuit listener.
+                    ConnectedPoint::Listener { local_addr, .. }
+                        if path_of(local_addr) == PathKind::Relayed =>
+                    {
+                        PathKind::Relayed
+                    }
+                    ConnectedPoint::Listener { send_back_addr, .. } => path_of(send_back_addr),
                 };
-                let path = path_of(addr);
                 let first = self
                     .connections
                     .entry(peer_id)
@@ -535,21 +541,26 @@ impl Actor {
         if picks.is_empty() {
             return;
         }
+        self.relays.chosen.extend(picks.iter().cloned());
+        if let Ok(mut mine) = self.shared.my_relays.write() {
+            *mine = self.relays.chosen.clone();
+        }
         for (peer, addr) in &picks {
             info!(relay = %addr, "mailbox relay chosen");
-            self.swarm.behaviour_mut().dht.add_address(peer, addr.clone());
+            self.swarm
+                .behaviour_mut()
+                .dht
+                .add_address(peer, addr.clone());
             if self.swarm.is_connected(peer) {
                 self.on_relay_connected(*peer);
             } else {
-                let opts = DialOpts::peer_id(*peer).addresses(vec![addr.clone()]).build();
+                let opts = DialOpts::peer_id(*peer)
+                    .addresses(vec![addr.clone()])
+                    .build();
                 if let Err(e) = self.swarm.dial(opts) {
                     debug!(%peer, error = %e, "relay dial not started");
                 }
             }
-        }
-        self.relays.chosen.extend(picks);
-        if let Ok(mut mine) = self.shared.my_relays.write() {
-            *mine = self.relays.chosen.clone();
         }
         self.next_publish = Some(Instant::now() + Duration::from_millis(200));
     }
@@ -681,7 +692,9 @@ impl Actor {
                     }
                 }
             }
-            DhtEvent::RecordFound { query, record } if self.relays.card_queries.contains_key(&query) => {
+            DhtEvent::RecordFound { query, record }
+                if self.relays.card_queries.contains_key(&query) =>
+            {
                 let Some(peer) = self.relays.card_queries.remove(&query) else {
                     return;
                 };
@@ -689,9 +702,7 @@ impl Actor {
                 let addr = card.and_then(|c| {
                     let mut addrs = c.multiaddrs();
                     agentmesh_transports::sort_by_preference(&mut addrs);
-                    addrs
-                        .into_iter()
-                        .find(|a| path_of(a) != PathKind::Relayed)
+                    addrs.into_iter().find(|a| path_of(a) != PathKind::Relayed)
                 });
                 if let Some(addr) = addr.and_then(|a| a.with_p2p(peer).ok()) {
                     debug!(%peer, %addr, "relay discovered");

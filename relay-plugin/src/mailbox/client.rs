@@ -45,7 +45,9 @@ async fn request(
     relay: PeerId,
     req: &Request,
 ) -> Result<Response, MailboxError> {
-    let bytes = req.to_bytes().map_err(|e| MailboxError::Protocol(e.to_string()))?;
+    let bytes = req
+        .to_bytes()
+        .map_err(|e| MailboxError::Protocol(e.to_string()))?;
     let exchange = async {
         let stream = control
             .open_stream(relay, MAILBOX_PROTOCOL)
@@ -134,12 +136,16 @@ pub async fn ack(
 ) -> Result<(u32, Vec<EnvelopeId>), MailboxError> {
     let req = Request::Ack {
         recipient: me.to_bytes(),
-        ids: ids.iter().map(|i| serde_bytes::ByteArray::new(*i)).collect(),
+        ids: ids
+            .iter()
+            .map(|i| serde_bytes::ByteArray::new(*i))
+            .collect(),
     };
     match request(control, relay, &req).await? {
-        Response::Acked { removed, unknown } => {
-            Ok((removed, unknown.into_iter().map(|i| i.into_array()).collect()))
-        }
+        Response::Acked { removed, unknown } => Ok((
+            removed,
+            unknown.into_iter().map(|i| i.into_array()).collect(),
+        )),
         r => Err(unexpected(r)),
     }
 }

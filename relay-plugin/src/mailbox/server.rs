@@ -10,9 +10,7 @@ use tracing::{debug, info, warn};
 
 use agentmesh_transports::framing::FramedStream;
 
-use super::{
-    store::MailboxStore, ErrorCode, Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE,
-};
+use super::{store::MailboxStore, ErrorCode, Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE};
 
 /// Most mailbox requests handled at once; more are refused at the door.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
@@ -86,7 +84,11 @@ async fn handle(store: &MailboxStore, peer: PeerId, stream: Stream) {
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "mailbox request unreadable");
-            let _ = send(&mut framed, Response::error(ErrorCode::Malformed, e.to_string())).await;
+            let _ = send(
+                &mut framed,
+                Response::error(ErrorCode::Malformed, e.to_string()),
+            )
+            .await;
             return;
         }
         Err(_) => {
@@ -162,7 +164,10 @@ async fn answer(store: &MailboxStore, peer: &PeerId, req: Request) -> Response {
                 Ok((removed, unknown)) => match store.flush().await {
                     Ok(()) => Response::Acked {
                         removed,
-                        unknown: unknown.into_iter().map(serde_bytes::ByteArray::new).collect(),
+                        unknown: unknown
+                            .into_iter()
+                            .map(serde_bytes::ByteArray::new)
+                            .collect(),
                     },
                     Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
                 },

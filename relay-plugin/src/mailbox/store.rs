@@ -1,10 +1,7 @@
 //! The mailbox's sled storage and its bookkeeping: limits, per-sender rate,
 //! expiry. Methods take `now` and never read the clock.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-};
+use std::{collections::HashMap, sync::Mutex};
 
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
@@ -195,7 +192,11 @@ impl MailboxStore {
             expires_ms.min(now_ms.saturating_add(self.limits.ttl().as_millis() as u64));
         let _guard = self.deposit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let p = prefix(&to);
-        if self.ids.contains_key(key(&p, &id)).map_err(StoreError::from)? {
+        if self
+            .ids
+            .contains_key(key(&p, &id))
+            .map_err(StoreError::from)?
+        {
             return Ok(true);
         }
         self.purge_recipient(&p, now_ms)?;
@@ -204,7 +205,11 @@ impl MailboxStore {
             return Err(DepositError::Full(held));
         }
         self.check_rate(from, now_ms)?;
-        let seq = self.db.generate_id().map_err(StoreError::from)?.to_be_bytes();
+        let seq = self
+            .db
+            .generate_id()
+            .map_err(StoreError::from)?
+            .to_be_bytes();
         let item = MailItem {
             id,
             from: from.to_bytes(),
@@ -299,7 +304,11 @@ impl MailboxStore {
         Ok(n)
     }
 
-    fn expired_in(&self, scan: sled::Iter, now_ms: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn expired_in(
+        &self,
+        scan: sled::Iter,
+        now_ms: u64,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for kv in scan {
             let (k, v) = kv?;
@@ -365,18 +374,28 @@ mod tests {
         let (_d, s) = store(MailboxLimits::default());
         let (alice, bob) = (PeerId::random(), PeerId::random());
         for i in 0..5u8 {
-            assert!(!s.deposit(&alice, &bob.to_bytes(), [i; 16], 10_000, &[i], 1).unwrap());
+            assert!(!s
+                .deposit(&alice, &bob.to_bytes(), [i; 16], 10_000, &[i], 1)
+                .unwrap());
         }
-        assert!(s.deposit(&alice, &bob.to_bytes(), [2; 16], 10_000, &[2], 1).unwrap());
+        assert!(s
+            .deposit(&alice, &bob.to_bytes(), [2; 16], 10_000, &[2], 1)
+            .unwrap());
         let (items, more) = s.fetch(&bob, 3, 2).unwrap();
         assert!(more);
-        assert_eq!(items.iter().map(|i| i.id[0]).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            items.iter().map(|i| i.id[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         assert_eq!(items[0].from, alice.to_bytes());
         let (removed, unknown) = s.ack(&bob, &[[0; 16], [1; 16], [9; 16]]).unwrap();
         assert_eq!((removed, unknown), (2, vec![[9; 16]]));
         let (items, more) = s.fetch(&bob, 10, 2).unwrap();
         assert!(!more);
-        assert_eq!(items.iter().map(|i| i.id[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            items.iter().map(|i| i.id[0]).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         // Nothing for carol.
         assert!(s.fetch(&PeerId::random(), 10, 2).unwrap().0.is_empty());
         assert_eq!(
@@ -400,7 +419,8 @@ mod tests {
         let (_d, s) = store(limits);
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         for i in 0..3u8 {
-            s.deposit(&a, &b.to_bytes(), [i; 16], 10_000, &[0], 1).unwrap();
+            s.deposit(&a, &b.to_bytes(), [i; 16], 10_000, &[0], 1)
+                .unwrap();
         }
         assert!(matches!(
             s.deposit(&a, &b.to_bytes(), [3; 16], 10_000, &[0], 1),
@@ -418,11 +438,23 @@ mod tests {
             s.deposit(&a, b"nope", [4; 16], 10_000, &[0], 1),
             Err(DepositError::InvalidRecipient)
         ));
-        s.deposit(&a, &c.to_bytes(), [5; 16], 10_000, &[0], 1).unwrap();
-        let err = s.deposit(&a, &c.to_bytes(), [6; 16], 10_000, &[0], 1_000).unwrap_err();
-        assert!(matches!(err, DepositError::RateLimited { retry_after_ms: 59_001 }), "{err:?}");
+        s.deposit(&a, &c.to_bytes(), [5; 16], 10_000, &[0], 1)
+            .unwrap();
+        let err = s
+            .deposit(&a, &c.to_bytes(), [6; 16], 10_000, &[0], 1_000)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DepositError::RateLimited {
+                    retry_after_ms: 59_001
+                }
+            ),
+            "{err:?}"
+        );
         // A new window.
-        s.deposit(&a, &c.to_bytes(), [6; 16], 100_000, &[0], 61_000).unwrap();
+        s.deposit(&a, &c.to_bytes(), [6; 16], 100_000, &[0], 61_000)
+            .unwrap();
     }
 
     #[test]
@@ -430,7 +462,8 @@ mod tests {
         let (_d, s) = store(MailboxLimits::default());
         let (a, b) = (PeerId::random(), PeerId::random());
         s.deposit(&a, &b.to_bytes(), [1; 16], 100, &[1], 1).unwrap();
-        s.deposit(&a, &b.to_bytes(), [2; 16], 10_000, &[2], 1).unwrap();
+        s.deposit(&a, &b.to_bytes(), [2; 16], 10_000, &[2], 1)
+            .unwrap();
         let (items, _) = s.fetch(&b, 10, 100).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].id, [2; 16]);
@@ -446,9 +479,16 @@ mod tests {
         let (a, b) = (PeerId::random(), PeerId::random());
         {
             let db = sled::open(dir.path()).unwrap();
-            let s = MailboxStore::open(&db, MailboxLimits { ttl_secs: 1, ..Default::default() })
+            let s = MailboxStore::open(
+                &db,
+                MailboxLimits {
+                    ttl_secs: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            s.deposit(&a, &b.to_bytes(), [1; 16], u64::MAX, &[1], 1)
                 .unwrap();
-            s.deposit(&a, &b.to_bytes(), [1; 16], u64::MAX, &[1], 1).unwrap();
             db.flush().unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
