@@ -105,6 +105,9 @@ pub struct MailboxStore {
     rate: Mutex<HashMap<PeerId, (u64, u32)>>,
 }
 
+/// The keys of one stored item: in the `mailbox` tree and in `mailbox-ids`.
+type ItemKeys = (Vec<u8>, Vec<u8>);
+
 fn prefix(recipient: &PeerId) -> Vec<u8> {
     let b = recipient.to_bytes();
     let mut p = Vec::with_capacity(b.len() + 1);
@@ -290,7 +293,7 @@ impl MailboxStore {
         Ok((removed, unknown))
     }
 
-    fn remove_items(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, StoreError> {
+    fn remove_items(&self, entries: Vec<ItemKeys>) -> Result<usize, StoreError> {
         let n = entries.len();
         for (mk, ik) in entries {
             (&self.mail, &self.ids)
@@ -304,11 +307,7 @@ impl MailboxStore {
         Ok(n)
     }
 
-    fn expired_in(
-        &self,
-        scan: sled::Iter,
-        now_ms: u64,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn expired_in(&self, scan: sled::Iter, now_ms: u64) -> Result<Vec<ItemKeys>, StoreError> {
         let mut out = Vec::new();
         for kv in scan {
             let (k, v) = kv?;
