@@ -597,8 +597,10 @@ impl Node {
         };
         let mut config = config;
         if config.reachability == Reachability::Private {
-            // Reachable only through relays: no direct listener at all.
+            // Reachable only through relays: no direct listener at all, and
+            // not a DHT server others would try to dial.
             config.transport.listen.clear();
+            config.dht.mode = agentmesh_dht::DhtMode::Client;
         }
         let keypair = identity.libp2p_keypair()?;
         let stream_behaviour = libp2p_stream::Behaviour::new();

@@ -37,6 +37,8 @@ use crate::{
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 /// How often to check the bootstrap connections.
 const BOOTSTRAP_CHECK: Duration = Duration::from_secs(10);
+/// How often to look for more relays once we have one.
+const RELAY_SEARCH_EVERY: Duration = Duration::from_secs(300);
 /// How often to look for mail at our relays, besides on each reconnection.
 const DRAIN_EVERY: Duration = Duration::from_secs(30);
 
@@ -112,6 +114,8 @@ struct Relays {
     card_queries: HashMap<QueryId, PeerId>,
     /// Whether we announced ourselves as a relay in the DHT.
     provided: bool,
+    /// When the DHT was last asked for relays.
+    last_search: Option<Instant>,
     /// Reservations held on us.
     reservations: usize,
     /// Circuits open through us.
@@ -318,8 +322,10 @@ impl Actor {
                         .addresses(addrs)
                         .extend_addresses_through_behaviour()
                         .build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        self.finish_dial(peer, Err(e.to_string()));
+                    match self.swarm.dial(opts) {
+                        // Someone else is dialling it: its outcome is ours.
+                        Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                        Err(e) => self.finish_dial(peer, Err(e.to_string())),
                     }
                 }
             }
@@ -426,6 +432,7 @@ impl Actor {
                     }
                     ConnectedPoint::Listener { send_back_addr, .. } => path_of(send_back_addr),
                 };
+                debug!(peer = %peer_id, ?endpoint, %path, "connection established");
                 let first = self
                     .connections
                     .entry(peer_id)
@@ -491,6 +498,12 @@ impl Actor {
                 info,
                 ..
             })) => {
+                // Only DHT servers go into the routing table: a client (an
+                // agent behind a NAT, say) would be handed out to others
+                // who cannot query it.
+                if !info.protocols.contains(&agentmesh_dht::PROTOCOL) {
+                    return;
+                }
                 let mut addrs = info.listen_addrs;
                 agentmesh_transports::sort_by_preference(&mut addrs);
                 for addr in addrs {
@@ -568,12 +581,23 @@ impl Actor {
     /// Looks for relays in the DHT while we have fewer than we want and
     /// none were configured.
     fn find_relays(&mut self) {
+        // Often while we have none, rarely once we have one.
+        let every = if self.relays.chosen.is_empty() {
+            BOOTSTRAP_CHECK
+        } else {
+            RELAY_SEARCH_EVERY
+        };
         if self.relays.chosen.len() >= self.shared.config.mailbox_relays
             || self.relays.providers_query.is_some()
             || !self.shared.config.relays.is_empty()
+            || self
+                .relays
+                .last_search
+                .is_some_and(|t| t.elapsed() < every.saturating_sub(Duration::from_millis(500)))
         {
             return;
         }
+        self.relays.last_search = Some(Instant::now());
         let q = self
             .swarm
             .behaviour_mut()
