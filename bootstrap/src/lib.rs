@@ -3,27 +3,117 @@
 //! A bootstrap node is where new agents join an AgentMesh network: a
 //! well-known peer that serves the DHT, so an agent that dials it learns the
 //! rest of the overlay. It is a full node (same identity, DHT membership and
-//! API) with settings for that role; the registry (tier certificates,
-//! reputation, revocation) builds on it.
+//! API) with settings for that role.
+//!
+//! It also runs the **registry** ([`registry::Registry`]) behind an HTTP API
+//! ([`http`], under `/v1`): agent registration and lookup, search by
+//! capability with tier and reputation filters, presence, prekey bundles,
+//! tier certificates signed by the registry root key, reputation from
+//! receipts both sides of a session signed, revocations (a list over HTTP
+//! and records in the DHT) and DID documents.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use agentmesh_bootstrap::{registry::RegistrySettings, start_registry};
+//! use agentmesh_node::Passphrase;
+//!
+//! let dir = std::path::Path::new("/var/lib/agentmesh-bootstrap");
+//! let pass = Passphrase::new("correct horse battery staple");
 //! let node = agentmesh_node::Node::builder(agentmesh_bootstrap::config())
-//!     .data_dir("/var/lib/agentmesh-bootstrap")
+//!     .data_dir(dir)
+//!     .passphrase(pass.clone())
 //!     .spawn()
 //!     .await?;
-//! for addr in agentmesh_bootstrap::wait_listening(&node, 2).await {
-//!     println!("{addr}");
-//! }
+//! let running = start_registry(&node, dir, &pass, RegistrySettings::default(),
+//!     "127.0.0.1:8080".parse()?).await?;
+//! println!("registry at {}", running.url);
+//! agentmesh_bootstrap::serve(node, 2, false, Some(running)).await?;
 //! # Ok(())
 //! # }
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use std::time::Duration;
+pub mod dns;
+pub mod http;
+pub mod oauth;
+pub mod registry;
+pub mod translog;
 
-use agentmesh_node::{Config, Multiaddr, Node};
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use agentmesh_node::{Config, Multiaddr, Node, Passphrase};
+use tracing::warn;
+
+use crate::{
+    http::HttpServer,
+    registry::{OpenError, Registry, RegistrySettings},
+};
+
+/// How often revocations are published in the DHT again.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// A registry serving HTTP.
+#[derive(Debug)]
+pub struct RunningRegistry {
+    /// The registry.
+    pub registry: Registry,
+    /// Its HTTP server.
+    pub http: HttpServer,
+    /// Base URL of the API, e.g. `http://127.0.0.1:8080` (paths start with
+    /// `/v1`).
+    pub url: String,
+}
+
+/// Errors starting the registry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The HTTP address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The opening task failed.
+    #[error("registry opening task failed")]
+    Join,
+}
+
+/// Opens the registry in `data_dir` (root keystore under `root/`, database
+/// under `registry/`), publishes revocations through `node`, and serves the
+/// HTTP API on `http`.
+pub async fn start_registry(
+    node: &Node,
+    data_dir: &Path,
+    passphrase: &Passphrase,
+    mut settings: RegistrySettings,
+    http: SocketAddr,
+) -> Result<RunningRegistry, StartError> {
+    let bind = |source| StartError::Bind { addr: http, source };
+    let listener = tokio::net::TcpListener::bind(http).await.map_err(bind)?;
+    let url = format!("http://{}", listener.local_addr().map_err(bind)?);
+    if settings.public_url.is_empty() {
+        settings.public_url = url.clone();
+    }
+    let dir = data_dir.to_owned();
+    let pass = passphrase.clone();
+    let registry = tokio::task::spawn_blocking(move || Registry::open(&dir, &pass, settings))
+        .await
+        .map_err(|_| StartError::Join)??;
+    registry.set_node(node.clone());
+    let server = HttpServer::serve(registry.clone(), listener).map_err(bind)?;
+    Ok(RunningRegistry {
+        registry,
+        http: server,
+        url,
+    })
+}
 
 /// Settings of a bootstrap node: a DHT server that advertises the
 /// `bootstrap` capability.
@@ -46,10 +136,19 @@ pub async fn wait_listening(node: &Node, count: usize) -> Vec<Multiaddr> {
     }
 }
 
-/// Prints the node's addresses (a `ready` JSON line with `json`), then a
-/// status line every 30 s, until Ctrl-C or SIGTERM; then shuts it down.
-pub async fn serve(node: Node, expected_listeners: usize, json: bool) -> std::io::Result<()> {
+/// Prints the node's addresses and the registry URL (a `ready` JSON line
+/// with `json`), then a status line every 30 s, until Ctrl-C or SIGTERM;
+/// then shuts the registry and the node down. While running, revocations
+/// are republished in the DHT every [`REPUBLISH_EVERY`] and the replay
+/// store is pruned.
+pub async fn serve(
+    node: Node,
+    expected_listeners: usize,
+    json: bool,
+    registry: Option<RunningRegistry>,
+) -> std::io::Result<()> {
     let addrs = wait_listening(&node, expected_listeners).await;
+    let url = registry.as_ref().map(|r| r.url.clone());
     if json {
         println!(
             "{}",
@@ -57,6 +156,8 @@ pub async fn serve(node: Node, expected_listeners: usize, json: bool) -> std::io
                 "event": "ready",
                 "amid": node.amid(),
                 "addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "registry": url,
+                "registry_root": registry.as_ref().map(|r| r.registry.root_amid()),
             })
         );
     } else {
@@ -64,7 +165,11 @@ pub async fn serve(node: Node, expected_listeners: usize, json: bool) -> std::io
         for a in &addrs {
             println!("{a}");
         }
+        if let Some(r) = &registry {
+            println!("registry {} (root {})", r.url, r.registry.root_amid());
+        }
     }
+    let mut republish = tokio::time::interval(REPUBLISH_EVERY);
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.tick().await;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -72,7 +177,19 @@ pub async fn serve(node: Node, expected_listeners: usize, json: bool) -> std::io
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = republish.tick() => {
+                if let Some(r) = &registry {
+                    if let Err(e) = r.registry.republish_revocations() {
+                        warn!(error = %e, "republishing revocations failed");
+                    }
+                }
+            }
             _ = tick.tick() => {
+                if let Some(r) = &registry {
+                    if let Err(e) = r.registry.prune(agentmesh_dht::now_ms()) {
+                        warn!(error = %e, "pruning the replay store failed");
+                    }
+                }
                 let s = node.status().await;
                 if json {
                     println!(
@@ -93,6 +210,12 @@ pub async fn serve(node: Node, expected_listeners: usize, json: bool) -> std::io
                     );
                 }
             }
+        }
+    }
+    if let Some(r) = registry {
+        r.http.shutdown().await;
+        if let Err(e) = r.registry.store().flush().await {
+            warn!(error = %e, "flushing the registry failed");
         }
     }
     node.shutdown().await;

@@ -1,50 +1,180 @@
-//! `agentmesh-bootstrap`: a node that other agents dial to join the network.
-//! Prints its addresses (first line, or a JSON object with `--json`), then a
-//! status line every 30 s until interrupted.
+//! `agentmesh-bootstrap`: a node that other agents dial to join the network,
+//! and the registry's HTTP API. Prints its addresses and the registry URL
+//! (or a JSON `ready` object with `--json`), then a status line every 30 s
+//! until interrupted.
+//!
+//! Settings come from a TOML file (`--config`, see `config.dev.toml` and
+//! `config.prod.toml`); command-line flags override it; without either,
+//! embedded defaults serve on loopback.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use serde::Deserialize;
 
-use agentmesh_node::{Multiaddr, Node};
+use agentmesh_bootstrap::registry::RegistrySettings;
+use agentmesh_node::{Multiaddr, Node, Passphrase};
 
 #[derive(Parser)]
 #[command(
     name = "agentmesh-bootstrap",
     version,
-    about = "AgentMesh bootstrap node"
+    about = "AgentMesh bootstrap node and registry"
 )]
 struct Cli {
-    /// Data directory (keystore, DHT records).
+    /// TOML configuration file.
+    #[arg(long, env = "AGENTMESH_BOOTSTRAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (keystores, DHT records, registry database).
     #[arg(long, env = "AGENTMESH_HOME")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Listen address(es). Defaults to QUIC and TCP on 127.0.0.1.
     #[arg(long)]
     listen: Vec<Multiaddr>,
     /// Other bootstrap peers to join.
     #[arg(long, value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
+    /// HTTP address of the registry API. Defaults to 127.0.0.1:8080.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Do not run the registry, only the bootstrap node.
+    #[arg(long)]
+    no_registry: bool,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
+}
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    /// Data directory.
+    data_dir: Option<PathBuf>,
+    /// libp2p listen addresses.
+    listen: Vec<Multiaddr>,
+    /// Other bootstrap peers.
+    bootstrap: Vec<Multiaddr>,
+    /// Registry settings.
+    registry: RegistryFile,
+    /// OAuth provider for tier 1.
+    oauth: Option<OAuthFile>,
+    /// DNS resolver for tier 1.5.
+    dns: Option<DnsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RegistryFile {
+    /// Serve the registry.
+    enabled: bool,
+    /// HTTP listen address.
+    http: SocketAddr,
+    /// Public URL of the API (without `/v1`).
+    public_url: Option<String>,
+    /// Relays named in DID documents.
+    relays: Vec<String>,
+    /// Tier 1 certificate validity, days.
+    agent_cert_days: u64,
+    /// Organization certificate validity, days.
+    org_cert_days: u64,
+    /// Take client addresses from X-Forwarded-For.
+    trust_forwarded_for: bool,
+}
+
+impl Default for RegistryFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            relays: Vec::new(),
+            agent_cert_days: 365,
+            org_cert_days: 365,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+/// OAuth/OIDC provider (tier 1 verification).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct OAuthFile {
+    /// Provider name, e.g. `github`.
+    provider: String,
+    /// Authorization endpoint.
+    authorize_url: String,
+    /// Token endpoint.
+    token_url: String,
+    /// User-info endpoint.
+    userinfo_url: String,
+    /// Client id.
+    client_id: String,
+    /// File holding the client secret.
+    client_secret_file: Option<PathBuf>,
+    /// Redirect URL registered with the provider.
+    redirect_url: String,
+}
+
+/// DNS resolver (tier 1.5 verification).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct DnsFile {
+    /// Resolver address, e.g. `1.1.1.1:53`.
+    resolver: SocketAddr,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     agentmesh_node::daemon::init_process(false);
+    let file: FileConfig = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .context("no data directory: --data-dir, AGENTMESH_HOME or data_dir in the config")?;
     let mut config = agentmesh_bootstrap::config();
     if !cli.listen.is_empty() {
         config.transport.listen = cli.listen.clone();
+    } else if !file.listen.is_empty() {
+        config.transport.listen = file.listen.clone();
     }
     let expected = config.transport.listen.len();
+    let pass = Passphrase::from_env().context("keystore passphrase")?;
     let node = Node::builder(config)
-        .data_dir(&cli.data_dir)
-        .bootstraps(cli.bootstrap.iter().cloned())
+        .data_dir(&data_dir)
+        .passphrase(pass.clone())
+        .bootstraps(cli.bootstrap.iter().chain(&file.bootstrap).cloned())
         .spawn()
         .await
         .context("starting bootstrap node")?;
-    agentmesh_bootstrap::serve(node, expected, cli.json).await?;
+    let registry = if cli.no_registry || !file.registry.enabled {
+        None
+    } else {
+        let r = &file.registry;
+        let http = cli.http.unwrap_or(r.http);
+        let mut settings = RegistrySettings::default();
+        settings.public_url = r.public_url.clone().unwrap_or_default();
+        settings.relays = r.relays.clone();
+        settings.agent_cert_validity = Duration::from_secs(r.agent_cert_days * 86_400);
+        settings.org_cert_validity = Duration::from_secs(r.org_cert_days * 86_400);
+        settings.trust_forwarded_for = r.trust_forwarded_for;
+        let running = agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
+            .await
+            .context("starting the registry")?;
+        Some(running)
+    };
+    agentmesh_bootstrap::serve(node, expected, cli.json, registry).await?;
     Ok(())
 }

@@ -63,7 +63,7 @@ use agentmesh_node::{
 };
 use agentmesh_transports::codec;
 
-use common::{olm_pair, pair, payload, NOW, PAYLOAD_BYTES};
+use common::{content, olm_pair, pair, payload, NOW, PAYLOAD_BYTES};
 
 /// Inbox entries allowed to pile up before they are drained (untimed).
 const DRAIN_EVERY: usize = 1024;
@@ -112,7 +112,14 @@ fn bench_envelope(c: &mut Criterion) {
     let (mut a, b) = pair(None, true);
     let env = a
         .store
-        .seal(&a.id, &b.amid(), MessageId::random(), &payload(2), NOW)
+        .seal(
+            &a.id,
+            &b.amid(),
+            None,
+            MessageId::random(),
+            &content(2),
+            NOW,
+        )
         .expect("seals");
     let body: EnvelopeBody = env.open(&b.amid(), NOW).expect("opens");
     let body_cbor = codec::encode(&body).expect("body encodes");
@@ -298,10 +305,10 @@ fn bench_envelope(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     i += 1;
-                    let p = payload(i);
+                    let p = content(i);
                     let id = MessageId::random();
                     let t0 = Instant::now();
-                    let env = a.store.seal(&a.id, &to, id, &p, NOW).expect("seals");
+                    let env = a.store.seal(&a.id, &to, None, id, &p, NOW).expect("seals");
                     let wire = env.to_bytes();
                     let t1 = Instant::now();
                     let env = SignedEnvelope::from_bytes(&wire).expect("decodes");
@@ -342,7 +349,7 @@ fn bench_envelope(c: &mut Criterion) {
                         i += 1;
                         let env = a
                             .store
-                            .seal(&a.id, &to, MessageId::random(), &payload(i), NOW)
+                            .seal(&a.id, &to, None, MessageId::random(), &content(i), NOW)
                             .expect("seals");
                         let env = SignedEnvelope::from_bytes(&env.to_bytes()).expect("decodes");
                         black_box(b.store.receive(&env, None, NOW).expect("receives"));

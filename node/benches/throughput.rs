@@ -60,7 +60,7 @@ use agentmesh_node::{
 };
 use agentmesh_transports::codec;
 
-use common::{olm_pair, pair, payload, NOW, PAYLOAD_BYTES};
+use common::{content, olm_pair, pair, payload, NOW, PAYLOAD_BYTES};
 
 /// Longest a single run may take before the bench gives up.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -186,7 +186,14 @@ fn measure_bound() -> Bound {
     let (mut a, b) = pair(None, false);
     let env = a
         .store
-        .seal(&a.id, &b.amid(), MessageId::random(), &payload(2), NOW)
+        .seal(
+            &a.id,
+            &b.amid(),
+            None,
+            MessageId::random(),
+            &content(2),
+            NOW,
+        )
         .expect("seals");
     let body: EnvelopeBody = env.open(&b.amid(), NOW).expect("opens");
     let body_cbor = codec::encode(&body).expect("encodes");

@@ -2,7 +2,10 @@
 //! a running node. A Unix socket in the data directory, readable only by its
 //! owner, carrying one JSON request and one JSON response per line.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -14,7 +17,8 @@ use tracing::{debug, warn};
 use crate::{
     audit::{AuditEntry, AuditFilter},
     card::{AgentCard, Presence},
-    events::Receipt,
+    envelope::{MessageId, SessionId},
+    events::{Message, Receipt},
     identity::Amid,
     knock::{Intent, RejectReason},
     node::{Node, NodeStatus, SendError},
@@ -87,7 +91,56 @@ pub enum Request {
         /// The agent.
         amid: String,
     },
+    /// Send a request and wait for its reply.
+    SendRequest {
+        /// Recipient AMID.
+        to: String,
+        /// JSON payload.
+        payload: serde_json::Value,
+        /// Capability declared in the KNOCK.
+        #[serde(default)]
+        capability: Option<String>,
+        /// How long to wait for the reply. Defaults to 30 s.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Reply to a received request or message.
+    Reply {
+        /// The agent that sent it.
+        to: String,
+        /// Its message id (hex).
+        id: String,
+        /// Its session (hex): the reply fails when that session has ended.
+        /// Defaults to the current session with the agent.
+        #[serde(default)]
+        session: Option<String>,
+        /// JSON payload.
+        payload: serde_json::Value,
+    },
+    /// End the conversation with an agent (an ordered end message).
+    End {
+        /// The agent.
+        amid: String,
+    },
+    /// Send a file as a stream of chunks.
+    Stream {
+        /// Recipient AMID.
+        to: String,
+        /// The file to send (read by the node, which runs as the same user).
+        path: PathBuf,
+        /// Bytes per chunk. Defaults to 16 KiB.
+        #[serde(default)]
+        chunk_size: Option<usize>,
+        /// Capability declared in the KNOCK.
+        #[serde(default)]
+        capability: Option<String>,
+    },
 }
+
+/// Default wait for a reply to a request sent through the control socket.
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default chunk size of a stream sent through the control socket.
+const DEFAULT_CHUNK_SIZE: usize = 16 * 1024;
 
 /// The node's answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -119,6 +172,15 @@ pub struct Response {
     /// A looked-up card.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<AgentCard>,
+    /// The reply to a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Message>,
+    /// Chunks of a sent stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
+    /// Bytes of a sent stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl Response {
@@ -128,6 +190,88 @@ impl Response {
             error: Some(e.to_string()),
             ..Self::default()
         }
+    }
+
+    fn send_error(e: SendError) -> Self {
+        match e {
+            SendError::Rejected(reason) => Self {
+                ok: false,
+                error: Some(format!("rejected: {reason}")),
+                reason: Some(reason),
+                ..Self::default()
+            },
+            e => Self::error(e),
+        }
+    }
+
+    fn receipt(r: Result<Receipt, SendError>) -> Self {
+        match r {
+            Ok(r) => Self {
+                ok: true,
+                receipt: Some(r),
+                ..Self::default()
+            },
+            Err(e) => Self::send_error(e),
+        }
+    }
+}
+
+/// A 16-byte id from its hex form.
+fn id16(hex_text: &str) -> Option<[u8; 16]> {
+    hex::decode(hex_text)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+}
+
+fn intent(capability: Option<String>) -> Intent {
+    let mut intent = Intent::default();
+    if let Some(c) = capability {
+        intent.capability = c;
+    }
+    intent
+}
+
+/// Sends the file at `path` to `to` as a stream.
+async fn send_file(
+    node: &Node,
+    to: &Amid,
+    path: &Path,
+    chunk_size: usize,
+    intent: Intent,
+) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => return Response::error(format!("{}: {e}", path.display())),
+    };
+    let mut tx = node.open_stream(to, intent);
+    let mut bytes = 0u64;
+    loop {
+        let mut buf = vec![0u8; chunk_size];
+        let mut filled = 0;
+        while filled < chunk_size {
+            match file.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Response::error(format!("{}: {e}", path.display())),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        bytes += filled as u64;
+        if let Err(e) = tx.send_chunk(buf).await {
+            return Response::send_error(e);
+        }
+    }
+    match tx.finish().await {
+        Ok(chunks) => Response {
+            ok: true,
+            chunks: Some(chunks),
+            bytes: Some(bytes),
+            ..Response::default()
+        },
+        Err(e) => Response::send_error(e),
     }
 }
 
@@ -204,24 +348,75 @@ async fn answer(node: &Node, req: Request) -> Response {
                 Ok(a) => a,
                 Err(e) => return Response::error(format!("invalid AMID: {e}")),
             };
-            let mut intent = Intent::default();
-            if let Some(c) = capability {
-                intent.capability = c;
-            }
-            match node.send_with(&to, payload, intent).await {
-                Ok(r) => Response {
+            Response::receipt(node.send_with(&to, payload, intent(capability)).await)
+        }
+        Request::SendRequest {
+            to,
+            payload,
+            capability,
+            timeout_ms,
+        } => {
+            let to: Amid = match to.parse() {
+                Ok(a) => a,
+                Err(e) => return Response::error(format!("invalid AMID: {e}")),
+            };
+            let timeout = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS));
+            match node
+                .request(&to, intent(capability), payload, timeout)
+                .await
+            {
+                Ok(m) => Response {
                     ok: true,
-                    receipt: Some(r),
+                    reply: Some(m),
                     ..Response::default()
                 },
-                Err(SendError::Rejected(reason)) => Response {
-                    ok: false,
-                    error: Some(format!("rejected: {reason}")),
-                    reason: Some(reason),
-                    ..Response::default()
-                },
-                Err(e) => Response::error(e),
+                Err(e) => Response::send_error(e),
             }
+        }
+        Request::Reply {
+            to,
+            id,
+            session,
+            payload,
+        } => {
+            let to: Amid = match to.parse() {
+                Ok(a) => a,
+                Err(e) => return Response::error(format!("invalid AMID: {e}")),
+            };
+            let Some(id) = id16(&id) else {
+                return Response::error("invalid message id: 32 hex digits expected");
+            };
+            let session = match session.map(|s| id16(&s)) {
+                None => None,
+                Some(Some(s)) => Some(SessionId(s)),
+                Some(None) => return Response::error("invalid session: 32 hex digits expected"),
+            };
+            Response::receipt(node.reply_to(&to, MessageId(id), session, payload).await)
+        }
+        Request::End { amid } => match amid.parse::<Amid>() {
+            Ok(a) => match node.end_conversation(&a).await {
+                Ok(_) => Response {
+                    ok: true,
+                    ..Response::default()
+                },
+                Err(e) => Response::send_error(e),
+            },
+            Err(e) => Response::error(format!("invalid AMID: {e}")),
+        },
+        Request::Stream {
+            to,
+            path,
+            chunk_size,
+            capability,
+        } => {
+            let to: Amid = match to.parse() {
+                Ok(a) => a,
+                Err(e) => return Response::error(format!("invalid AMID: {e}")),
+            };
+            let size = chunk_size
+                .unwrap_or(DEFAULT_CHUNK_SIZE)
+                .clamp(1, crate::content::MAX_CHUNK_SIZE);
+            send_file(node, &to, &path, size, intent(capability)).await
         }
         Request::Status => Response {
             ok: true,

@@ -7,7 +7,13 @@ use std::path::Path;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::{control, events::NodeEvent, node::Node};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    control,
+    events::{MessageKind, NodeEvent},
+    node::{Node, Streams},
+};
 
 /// Sets up a process that runs nodes: installs the TLS crypto provider (QUIC
 /// and WebRTC would otherwise disagree on one) and logs to stderr through
@@ -51,6 +57,9 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
     let Some(mut inbox) = node.messages() else {
         return Err(std::io::Error::other("inbox already taken"));
     };
+    if let Some(streams) = node.streams() {
+        tokio::spawn(receive_streams(streams, json));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -70,9 +79,18 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
             m = inbox.recv() => {
                 let Some(m) = m else { break };
                 if json {
-                    println!("{}", json!({"event": "message", "id": m.id, "from": m.from, "payload": m.payload, "path": m.path, "seq": m.seq}));
+                    println!("{}", json!({
+                        "event": "message", "id": m.id, "from": m.from, "payload": m.payload,
+                        "path": m.path, "seq": m.seq, "kind": m.kind, "session": m.session,
+                        "reply_to": m.reply_to,
+                    }));
                 } else {
-                    println!("message from {} via {}: {}", m.from, m.path, m.payload);
+                    let what = match m.kind {
+                        MessageKind::Request => "request",
+                        MessageKind::Reply => "reply",
+                        _ => "message",
+                    };
+                    println!("{what} {} from {} via {}: {}", m.id, m.from, m.path, m.payload);
                 }
             }
             e = events.recv() => match e {
@@ -88,6 +106,53 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
         println!("{}", json!({"event": "stopped"}));
     }
     Ok(())
+}
+
+/// Receives every incoming stream and reports it: its chunks are counted
+/// and hashed (SHA-256), and its end is printed.
+async fn receive_streams(mut streams: Streams, json: bool) {
+    while let Some(mut s) = streams.next().await {
+        tokio::spawn(async move {
+            let (from, id) = (s.from(), s.id());
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "stream_opened", "from": from, "stream": id})
+                );
+            } else {
+                println!("stream {id} from {from} opened");
+            }
+            let (mut chunks, mut bytes, mut hash) = (0u64, 0u64, Sha256::new());
+            let end = loop {
+                match s.recv().await {
+                    Ok(Some(chunk)) => {
+                        chunks += 1;
+                        bytes += chunk.len() as u64;
+                        hash.update(&chunk);
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            let sha256 = hex::encode(hash.finalize());
+            match (json, end) {
+                (true, None) => println!(
+                    "{}",
+                    json!({"event": "stream_ended", "from": from, "stream": id, "chunks": chunks, "bytes": bytes, "sha256": sha256})
+                ),
+                (true, Some(error)) => println!(
+                    "{}",
+                    json!({"event": "stream_failed", "from": from, "stream": id, "chunks": chunks, "error": error})
+                ),
+                (false, None) => println!(
+                    "stream {id} from {from} ended: {chunks} chunks, {bytes} bytes, sha256 {sha256}"
+                ),
+                (false, Some(error)) => {
+                    println!("stream {id} from {from} failed after {chunks} chunks: {error}")
+                }
+            }
+        });
+    }
 }
 
 /// Prints one event as text or as a JSON line.

@@ -85,6 +85,30 @@ macro_rules! id_serde {
 
 id_serde!(MessageId);
 id_serde!(SessionId);
+id_serde!(StreamId);
+
+/// Identifier of a stream, chosen by its sender. Bytes in CBOR, hex in JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub [u8; 16]);
+
+impl StreamId {
+    /// A random id.
+    pub fn random() -> Self {
+        Self(crate::storage::random_array())
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamId({self})")
+    }
+}
 
 impl SessionId {
     /// A random id.

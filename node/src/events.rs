@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use agentmesh_transports::PathKind;
 
 use crate::{
+    content::Kind,
     envelope::{MessageId, SessionId},
     identity::Amid,
     knock::RejectReason,
@@ -139,6 +140,26 @@ pub struct Message {
     pub payload: serde_json::Value,
     /// Over what it arrived.
     pub path: PathKind,
+    /// A message, a request (answer it with `Node::reply`) or a reply.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// The message this one answers, for a reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+}
+
+/// How a received message is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// A message (a conversation turn).
+    #[default]
+    Message,
+    /// A request: its sender waits for one reply.
+    Request,
+    /// A reply to the message named by [`Message::reply_to`].
+    Reply,
 }
 
 impl Message {
@@ -151,6 +172,15 @@ impl Message {
             ts_ms: r.ts_ms,
             payload: r.payload,
             path,
+            kind: match r.kind {
+                Kind::Request => MessageKind::Request,
+                Kind::Reply { .. } => MessageKind::Reply,
+                _ => MessageKind::Message,
+            },
+            reply_to: match r.kind {
+                Kind::Reply { to } => Some(to),
+                _ => None,
+            },
         }
     }
 }
@@ -167,4 +197,6 @@ pub struct Receipt {
     pub path: PathKind,
     /// Whether the message rode in a KNOCK (opened the session).
     pub knocked: bool,
+    /// The session it was sent in.
+    pub session: SessionId,
 }

@@ -47,8 +47,24 @@ pub enum SessionType {
     /// Ordered, multi-turn.
     #[default]
     Conversation,
-    /// A sequence of chunks.
+    /// A sequence of chunks with back-pressure and a clean end.
     Stream,
+    /// A session type this version does not know: refused with
+    /// [`RejectReason::InvalidIntent`].
+    #[serde(other)]
+    Unknown,
+}
+
+impl SessionType {
+    /// The name used on the wire and in policy files.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionType::RequestResponse => "request_response",
+            SessionType::Conversation => "conversation",
+            SessionType::Stream => "stream",
+            SessionType::Unknown => "unknown",
+        }
+    }
 }
 
 /// What the initiator wants to do: checked by policy without seeing content.
@@ -81,6 +97,12 @@ impl Intent {
             action: action.into(),
             session_type: SessionType::Conversation,
         }
+    }
+
+    /// The same intent for a session of type `t`.
+    pub fn with_session_type(mut self, t: SessionType) -> Self {
+        self.session_type = t;
+        self
     }
 }
 
@@ -360,6 +382,22 @@ mod tests {
             d2.verify(&b.amid(), &other).unwrap_err(),
             KnockError::Unrelated
         );
+    }
+
+    #[test]
+    fn unknown_session_type_decodes_as_unknown() {
+        let bytes = codec::encode(&"telepathy").unwrap();
+        let t: SessionType = codec::decode(&bytes, 100).unwrap();
+        assert_eq!(t, SessionType::Unknown);
+        for t in [
+            SessionType::RequestResponse,
+            SessionType::Conversation,
+            SessionType::Stream,
+        ] {
+            let back: SessionType = codec::decode(&codec::encode(&t).unwrap(), 100).unwrap();
+            assert_eq!(back, t);
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@
 pub mod audit;
 pub mod breaker;
 pub mod card;
+pub mod cert;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod envelope;
@@ -46,18 +48,22 @@ pub mod knock;
 mod node;
 pub mod policy;
 pub mod ratelimit;
+pub mod registry;
+pub mod reputation;
 pub mod session;
 pub mod storage;
+pub mod transparency;
 pub mod wire;
 
 pub use card::{AgentCard, Presence};
-pub use events::{Message, NodeEvent, Receipt};
+pub use events::{Message, MessageKind, NodeEvent, Receipt};
 pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
-pub use knock::{Intent, RejectReason};
+pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
-    Reachability, RelayStatus, SendError, SessionStatus, SpawnError,
+    Reachability, RelayStatus, SendError, SessionStatus, SpawnError, StreamError, StreamReceiver,
+    StreamSender, Streams, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

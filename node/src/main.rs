@@ -5,6 +5,8 @@
 //! agentmesh id                           print AMID and fingerprint
 //! agentmesh run --bootstrap <multiaddr>  join the network and serve
 //! agentmesh send <AMID> '<json>'         send through the running agent
+//! agentmesh request <AMID> '<json>'      send a request, print the reply
+//! agentmesh stream <AMID> <file>         send a file as a stream
 //! agentmesh status                       sessions, peers, network
 //! ```
 //!
@@ -116,6 +118,52 @@ enum Cmd {
         #[arg(long)]
         capability: Option<String>,
     },
+    /// Send a request and print its reply (a `request_response` session).
+    Request {
+        /// Recipient AMID.
+        to: Amid,
+        /// Payload: JSON, or plain text (sent as {"text": ...}).
+        payload: String,
+        /// Capability declared in the KNOCK.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Reply to a received request or message (its id as printed by `run`).
+    Reply {
+        /// The agent that sent it.
+        to: Amid,
+        /// Its message id.
+        id: String,
+        /// Payload: JSON, or plain text (sent as {"text": ...}).
+        payload: String,
+        /// Reply in this session only (as printed by `run --json`); fails
+        /// when the conversation has ended.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// End the conversation with an agent: an end message after everything
+    /// sent before it; both sides then forget the session.
+    End {
+        /// The agent.
+        amid: Amid,
+    },
+    /// Send a file as a stream of end-to-end encrypted chunks (the receiver
+    /// prints its size and SHA-256 at the end).
+    Stream {
+        /// Recipient AMID.
+        to: Amid,
+        /// The file.
+        file: PathBuf,
+        /// Bytes per chunk (at most 64 KiB).
+        #[arg(long, default_value_t = 16 * 1024)]
+        chunk_size: usize,
+        /// Capability declared in the KNOCK.
+        #[arg(long)]
+        capability: Option<String>,
+    },
     /// Show sessions, known peers and network state of the running node.
     Status,
     /// Block an agent on the running node.
@@ -185,6 +233,11 @@ async fn ask(dir: &std::path::Path, req: &Request) -> Result<Response> {
         bail!(resp.error.unwrap_or_else(|| "request failed".into()));
     }
     Ok(resp)
+}
+
+/// A JSON argument, or plain text as `{"text": ...}`.
+fn json_or_text(arg: &str) -> serde_json::Value {
+    serde_json::from_str(arg).unwrap_or_else(|_| json!({"text": arg}))
 }
 
 #[tokio::main]
@@ -307,8 +360,7 @@ async fn main() -> Result<()> {
             payload,
             capability,
         } => {
-            let payload =
-                serde_json::from_str(payload).unwrap_or_else(|_| json!({"text": payload}));
+            let payload = json_or_text(payload);
             let mut client = Client::connect(&dir).await?;
             let resp = client
                 .request(&Request::Send {
@@ -332,6 +384,73 @@ async fn main() -> Result<()> {
                 }
                 (true, _) => {}
                 (false, _) => bail!(resp.error.unwrap_or_else(|| "send failed".into())),
+            }
+        }
+        Cmd::Request {
+            to,
+            payload,
+            capability,
+            timeout,
+        } => {
+            let req = Request::SendRequest {
+                to: to.to_string(),
+                payload: json_or_text(payload),
+                capability: capability.clone(),
+                timeout_ms: Some(timeout.saturating_mul(1000)),
+            };
+            let resp = ask(&dir, &req).await?;
+            let reply = resp.reply.context("no reply in response")?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&reply)?);
+            } else {
+                println!("{}", reply.payload);
+            }
+        }
+        Cmd::Reply {
+            to,
+            id,
+            payload,
+            session,
+        } => {
+            let req = Request::Reply {
+                to: to.to_string(),
+                id: id.clone(),
+                session: session.clone(),
+                payload: json_or_text(payload),
+            };
+            let resp = ask(&dir, &req).await?;
+            if let Some(r) = resp.receipt {
+                if cli.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("delivered {} to {} via {}", r.id, r.to, r.path);
+                }
+            }
+        }
+        Cmd::End { amid } => {
+            let amid = amid.to_string();
+            ask(&dir, &Request::End { amid }).await?;
+        }
+        Cmd::Stream {
+            to,
+            file,
+            chunk_size,
+            capability,
+        } => {
+            let path =
+                std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+            let req = Request::Stream {
+                to: to.to_string(),
+                path,
+                chunk_size: Some(*chunk_size),
+                capability: capability.clone(),
+            };
+            let resp = ask(&dir, &req).await?;
+            let (chunks, bytes) = (resp.chunks.unwrap_or(0), resp.bytes.unwrap_or(0));
+            if cli.json {
+                println!("{}", json!({"chunks": chunks, "bytes": bytes}));
+            } else {
+                println!("sent {bytes} bytes in {chunks} chunks to {to}");
             }
         }
         Cmd::Status => {

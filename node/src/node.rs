@@ -6,10 +6,15 @@
 //! message stream, its window of unacknowledged messages and reconnection.
 //! Dropping every handle, or [`Node::shutdown`], stops them all.
 
+mod exchange;
 mod inbound;
 mod link;
 mod mailbox;
 mod swarm;
+
+pub use exchange::{
+    StreamError, StreamReceiver, StreamSender, Streams, STREAM_BUFFER, STREAM_WINDOW,
+};
 
 use std::{
     collections::HashMap,
@@ -35,6 +40,7 @@ use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
     breaker::{BreakerConfig, CircuitBreakers},
     card::{AgentCard, Presence},
+    content::{Content, Kind},
     envelope::{MessageId, SessionId},
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
@@ -65,6 +71,9 @@ const PEER_QUEUE: usize = 1024;
 const INBOX_QUEUE: usize = 256;
 /// Depth of the event broadcast.
 const EVENT_QUEUE: usize = 4096;
+/// Longest wait, on [`Node::shutdown`], for the card with presence
+/// `offline` to be stored by a peer.
+pub const SHUTDOWN_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Node settings. Build with a preset ([`Config::local`]) and adjust fields.
 #[derive(Debug, Clone)]
@@ -220,12 +229,28 @@ pub enum SendError {
     /// for its mailbox.
     #[error("mailbox deposit failed: {0}")]
     Mailbox(#[from] MailboxError),
+    /// The session (conversation) this message belongs to has ended: one
+    /// side ended or closed it, or it expired. A plain `send` opens a new one.
+    #[error("the session has ended")]
+    SessionEnded {
+        /// The session, when there was one.
+        session: Option<SessionId>,
+    },
+    /// No reply to a request came in time.
+    #[error("no reply within {timeout_ms} ms")]
+    Timeout {
+        /// The time waited.
+        timeout_ms: u64,
+    },
 }
 
 /// A message waiting in a peer link.
 struct Outgoing {
     id: MessageId,
-    payload: serde_json::Value,
+    content: Content,
+    /// The session the message must go in; `None` for the current one (or a
+    /// new one, opened with a KNOCK).
+    session: Option<SessionId>,
     intent: Intent,
     reply: Option<oneshot::Sender<Result<Receipt, SendError>>>,
     deadline: tokio::time::Instant,
@@ -250,6 +275,17 @@ enum Command {
     },
     Status {
         reply: oneshot::Sender<NetStatus>,
+    },
+    PutRecord {
+        namespace: String,
+        payload: Vec<u8>,
+        ttl: Duration,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    GetRecord {
+        namespace: String,
+        subject: PeerId,
+        reply: oneshot::Sender<Option<agentmesh_dht::VerifiedRecord>>,
     },
 }
 
@@ -332,8 +368,13 @@ pub struct NodeStatus {
 
 /// A message on its way to the application, with its inbox key.
 struct Delivery {
-    arrival: u64,
+    /// Inbox key; `None` for stream chunks and ends, which are not stored.
+    arrival: Option<u64>,
     message: Message,
+    /// The bytes of a stream chunk.
+    data: Vec<u8>,
+    /// How the message is used.
+    kind: Kind,
 }
 
 struct Shared {
@@ -357,6 +398,12 @@ struct Shared {
     /// The owner's kill switch for everyone is on: refuse all, send nothing.
     killed_all: std::sync::atomic::AtomicBool,
     paths: Mutex<HashMap<PeerId, PathKind>>,
+    /// Requests waiting for their reply.
+    requests: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
+    /// Incoming streams being received.
+    streams_in: Mutex<exchange::Incoming>,
+    /// New incoming streams, to the application.
+    streams_tx: mpsc::Sender<StreamReceiver>,
     control: libp2p_stream::Control,
     db: sled::Db,
     audit: Mutex<AuditLog>,
@@ -485,6 +532,7 @@ impl NodeBuilder {
 pub struct Node {
     shared: Arc<Shared>,
     inbox: Arc<Mutex<Option<mpsc::Receiver<Delivery>>>>,
+    streams: Arc<Mutex<Option<mpsc::Receiver<StreamReceiver>>>>,
     _guard: Arc<DropGuard>,
 }
 
@@ -541,7 +589,8 @@ impl Messages {
             }
             let store = self.shared.store();
             for d in &batch {
-                if let Err(e) = store.take_inbox(d.arrival) {
+                let Some(arrival) = d.arrival else { continue };
+                if let Err(e) = store.take_inbox(arrival) {
                     tracing::warn!(error = %e, "could not remove message from inbox");
                 }
             }
@@ -613,6 +662,7 @@ impl Node {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
+        let (streams_tx, streams_rx) = mpsc::channel(exchange::NEW_STREAM_QUEUE);
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             identity,
@@ -630,6 +680,9 @@ impl Node {
             presence: RwLock::new(Presence::Online),
             killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            streams_in: Mutex::new(exchange::Incoming::default()),
+            streams_tx,
             control,
             db,
             audit: Mutex::new(audit),
@@ -662,7 +715,12 @@ impl Node {
                     let message = Message::new(r, PathKind::Other);
                     if shared
                         .inbox_tx
-                        .send(Delivery { arrival, message })
+                        .send(Delivery {
+                            arrival: Some(arrival),
+                            message,
+                            data: Vec::new(),
+                            kind: Kind::Message,
+                        })
                         .await
                         .is_err()
                     {
@@ -677,6 +735,7 @@ impl Node {
             _guard: Arc::new(DropGuard(cancel)),
             shared,
             inbox: Arc::new(Mutex::new(Some(inbox_rx))),
+            streams: Arc::new(Mutex::new(Some(streams_rx))),
         })
     }
 
@@ -738,7 +797,9 @@ impl Node {
         intent: Intent,
     ) -> Result<Receipt, SendError> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(to, payload, intent, Some(tx)).await?;
+        let content = json_content(Kind::Message, &payload)?;
+        self.enqueue(to, MessageId::random(), content, None, intent, Some(tx))
+            .await?;
         rx.await.map_err(|_| SendError::Stopped)?
     }
 
@@ -750,34 +811,32 @@ impl Node {
         to: &Amid,
         payload: serde_json::Value,
     ) -> Result<MessageId, SendError> {
-        self.enqueue(to, payload, Intent::default(), None).await
+        let content = json_content(Kind::Message, &payload)?;
+        let id = MessageId::random();
+        self.enqueue(to, id, content, None, Intent::default(), None)
+            .await
     }
 
+    /// Queues `content` for `to` in `session` (or the current one).
     async fn enqueue(
         &self,
         to: &Amid,
-        payload: serde_json::Value,
+        id: MessageId,
+        content: Content,
+        session: Option<SessionId>,
         intent: Intent,
         reply: Option<oneshot::Sender<Result<Receipt, SendError>>>,
     ) -> Result<MessageId, SendError> {
-        let size = serde_json::to_vec(&payload)
-            .map_err(|e| SendError::InvalidPayload(e.to_string()))?
-            .len();
-        if size > crate::envelope::MAX_PAYLOAD_SIZE {
-            return Err(SendError::InvalidPayload(format!(
-                "{size} bytes is too large"
-            )));
-        }
         if self.is_killed() {
             return Err(SendError::Killed);
         }
         if to == &self.shared.amid {
             return Err(SendError::InvalidPayload("cannot send to self".into()));
         }
-        let id = MessageId::random();
         let out = Outgoing {
             id,
-            payload,
+            content,
+            session,
             intent,
             reply,
             deadline: tokio::time::Instant::now() + self.shared.config.delivery_timeout,
@@ -944,6 +1003,36 @@ impl Node {
         let _ = self.shared.commands.send(Command::Republish).await;
     }
 
+    /// Republishes the card with presence `offline` and waits until a peer
+    /// stored it, or the timeout.
+    async fn publish_offline(&self) {
+        let mut events = self.events();
+        if let Ok(mut p) = self.shared.presence.write() {
+            *p = Presence::Offline;
+        }
+        // The new record's sequence number is at least the current time.
+        let since = now_ms();
+        if self.shared.commands.send(Command::Republish).await.is_err() {
+            return;
+        }
+        let stored = tokio::time::timeout(SHUTDOWN_PUBLISH_TIMEOUT, async {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::CardPublished {
+                        seq,
+                        stored_remotely: true,
+                    }) if seq >= since => return true,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        if !matches!(stored, Ok(true)) {
+            tracing::warn!("could not publish presence offline before stopping");
+        }
+    }
+
     /// Looks up an agent's card (keys, addresses, capabilities, presence)
     /// through the DHT.
     pub async fn lookup(&self, amid: &Amid) -> Option<AgentCard> {
@@ -952,6 +1041,58 @@ impl Node {
             .commands
             .send(Command::Resolve {
                 amid: *amid,
+                reply: tx,
+            })
+            .await
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    /// Publishes a record about this node in `namespace` (signed by the
+    /// node's key, sequence = current time in ms, expiring after `ttl`) to
+    /// the DHT, for services built on a node (a registry publishing
+    /// revocations, for instance). Returns whether at least one other peer
+    /// stored it; `Err` when it could not be signed or stored locally.
+    pub async fn publish_record(
+        &self,
+        namespace: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::PutRecord {
+                namespace: namespace.to_owned(),
+                payload,
+                ttl,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "node stopped".to_owned())?;
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .map_err(|_| "publish timed out".to_owned())?
+            .map_err(|_| "node stopped".to_owned())?
+    }
+
+    /// Looks up the record in `namespace` about `subject` through the DHT
+    /// (validated: signed by `subject`, not expired). `None` when no peer
+    /// has one.
+    pub async fn get_record(
+        &self,
+        namespace: &str,
+        subject: &PeerId,
+    ) -> Option<agentmesh_dht::VerifiedRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::GetRecord {
+                namespace: namespace.to_owned(),
+                subject: *subject,
                 reply: tx,
             })
             .await
@@ -1090,8 +1231,14 @@ impl Node {
             .collect()
     }
 
-    /// Stops the node and flushes its database.
+    /// Stops the node and flushes its database. A node whose card is
+    /// published first republishes it with presence `offline` (waiting at
+    /// most [`SHUTDOWN_PUBLISH_TIMEOUT`] for a peer to store it), so that
+    /// lookups see it gone.
     pub async fn shutdown(self) {
+        if !self.is_killed() && self.status().await.net.card_published {
+            self.publish_offline().await;
+        }
         self.shared.cancel.cancel();
         let _ = self.shared.store().flush();
         if let Ok(log) = self.shared.audit.lock() {
@@ -1128,6 +1275,19 @@ impl Node {
     pub fn identity(&self) -> &Identity {
         &self.shared.identity
     }
+}
+
+/// The content of a JSON message of `kind`, size-checked.
+fn json_content(kind: Kind, payload: &serde_json::Value) -> Result<Content, SendError> {
+    let content =
+        Content::json(kind, payload).map_err(|e| SendError::InvalidPayload(e.to_string()))?;
+    if content.body.len() > crate::envelope::MAX_PAYLOAD_SIZE {
+        return Err(SendError::InvalidPayload(format!(
+            "{} bytes is too large",
+            content.body.len()
+        )));
+    }
+    Ok(content)
 }
 
 /// The AMID of a peer id, when the peer's key is Ed25519.

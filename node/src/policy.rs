@@ -36,7 +36,7 @@ use agentmesh_transports::codec;
 use crate::{
     envelope::MAX_CLOCK_SKEW_MS,
     identity::Amid,
-    knock::{Decision, KnockBody, RejectReason},
+    knock::{Decision, KnockBody, RejectReason, SessionType},
 };
 
 /// Capability categories of the AgentMesh taxonomy. Custom categories are
@@ -353,7 +353,10 @@ impl Policy {
         if ctx.nonce_seen {
             return reject(RejectReason::ReplayedNonce);
         }
-        if !is_valid_capability(&knock.intent.capability) || knock.intent.action.is_empty() {
+        if !is_valid_capability(&knock.intent.capability)
+            || knock.intent.action.is_empty()
+            || knock.intent.session_type == SessionType::Unknown
+        {
             return reject(RejectReason::InvalidIntent);
         }
         if self.block.contains(&knock.from) {
@@ -595,6 +598,49 @@ mod tests {
                 reason: RateLimited,
                 retry_after_ms: Some(1500)
             }
+        );
+    }
+
+    #[test]
+    fn every_known_session_type_is_accepted_and_an_unknown_one_is_invalid() {
+        let a = Identity::from_seed(&[1; 32]);
+        let me = Identity::from_seed(&[2; 32]).amid();
+        let p = Policy::default();
+        for t in [
+            SessionType::RequestResponse,
+            SessionType::Conversation,
+            SessionType::Stream,
+        ] {
+            let mut k = knock(&a, me, "travel/flights", "query", NOW);
+            k.intent.session_type = t;
+            assert_eq!(
+                reason(p.evaluate(&me, &k, KnockContext::default(), NOW)),
+                None
+            );
+        }
+        // A KNOCK naming a session type this version does not know.
+        #[derive(Serialize)]
+        struct WireIntent {
+            capability: &'static str,
+            action: &'static str,
+            session_type: &'static str,
+        }
+        let intent: Intent = codec::decode(
+            &codec::encode(&WireIntent {
+                capability: "travel/flights",
+                action: "query",
+                session_type: "telepathy",
+            })
+            .unwrap(),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(intent.session_type, SessionType::Unknown);
+        let mut k = knock(&a, me, "travel/flights", "query", NOW);
+        k.intent = intent;
+        assert_eq!(
+            reason(p.evaluate(&me, &k, KnockContext::default(), NOW)),
+            Some(RejectReason::InvalidIntent)
         );
     }
 

@@ -26,9 +26,10 @@ use agentmesh_transports::codec;
 
 use crate::{
     card::AgentCard,
+    content::{Content, Kind, MAX_CONTENT_SIZE},
     envelope::{
         EnvelopeBody, EnvelopeError, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION,
-        MAX_CLOCK_SKEW_MS, MAX_PAYLOAD_SIZE,
+        MAX_CLOCK_SKEW_MS,
     },
     identity::{Amid, Identity},
     knock::{Intent, RejectReason},
@@ -91,8 +92,14 @@ pub struct Received {
     pub seq: u64,
     /// Sending time, ms since the epoch.
     pub ts_ms: u64,
-    /// The decrypted payload (JSON).
+    /// The decrypted payload (JSON; `Null` for stream chunks and ends).
     pub payload: serde_json::Value,
+    /// How the message is used (request, reply, stream chunk, ...).
+    #[serde(default)]
+    pub kind: Kind,
+    /// The bytes of a stream chunk; empty otherwise.
+    #[serde(default, with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// Why an incoming envelope was not delivered.
@@ -147,7 +154,10 @@ pub enum SealError {
     /// No session with the peer.
     #[error("no session with {0}")]
     NoSession(Amid),
-    /// The payload is over [`MAX_PAYLOAD_SIZE`].
+    /// The session the message belongs to ended (closed, or expired).
+    #[error("session {0} has ended")]
+    SessionEnded(SessionId),
+    /// The payload is over [`MAX_CONTENT_SIZE`].
     #[error("payload of {0} bytes is too large")]
     PayloadTooLarge(usize),
     /// The peer's card holds an invalid key.
@@ -353,6 +363,19 @@ impl SessionStore {
             .cloned()
     }
 
+    /// Session `id` with `peer`, when it is known and not expired at
+    /// `now_ms` (and an Olm session with the peer exists).
+    pub fn session(&self, peer: &Amid, id: &SessionId, now_ms: u64) -> Option<SessionInfo> {
+        if self.olm.get(peer).is_none_or(Vec::is_empty) {
+            return None;
+        }
+        self.sessions
+            .get(peer)?
+            .iter()
+            .find(|s| &s.id == id && s.expires_ms > now_ms)
+            .cloned()
+    }
+
     /// Every cached session (for status).
     pub fn all_sessions(&self) -> Vec<SessionInfo> {
         self.sessions.values().flatten().cloned().collect()
@@ -385,14 +408,12 @@ impl SessionStore {
         Ok(list.len() < before)
     }
 
-    fn encrypt(
-        &self,
-        olm: &mut Session,
-        payload: &serde_json::Value,
-    ) -> Result<(u8, Vec<u8>), SealError> {
-        let plain =
-            Zeroizing::new(serde_json::to_vec(payload).map_err(|e| SealError::Olm(e.to_string()))?);
-        if plain.len() > MAX_PAYLOAD_SIZE {
+    fn encrypt(&self, olm: &mut Session, content: &Content) -> Result<(u8, Vec<u8>), SealError> {
+        let plain = Zeroizing::new(content.to_bytes().map_err(|e| match e {
+            crate::content::ContentError::TooLarge(n) => SealError::PayloadTooLarge(n),
+            e => SealError::Olm(e.to_string()),
+        })?);
+        if plain.len() > MAX_CONTENT_SIZE {
             return Err(SealError::PayloadTooLarge(plain.len()));
         }
         let msg = olm
@@ -412,7 +433,7 @@ impl SessionStore {
         use_fallback: bool,
         intent: Intent,
         id: MessageId,
-        payload: &serde_json::Value,
+        content: &Content,
         now_ms: u64,
     ) -> Result<(PendingOutbound, SignedEnvelope), SealError> {
         let their_id = Curve25519PublicKey::from_bytes(card.olm_identity_key);
@@ -439,7 +460,7 @@ impl SessionStore {
             expires_ms: now_ms.saturating_add(crate::knock::DEFAULT_SESSION_TTL_MS),
             next_seq: 1,
         };
-        let (olm_type, ciphertext) = self.encrypt(&mut olm, payload)?;
+        let (olm_type, ciphertext) = self.encrypt(&mut olm, content)?;
         let env = SignedEnvelope::seal(
             identity,
             &EnvelopeBody {
@@ -501,24 +522,31 @@ impl SessionStore {
         }
     }
 
-    /// Seals a message to `peer` in the current session.
+    /// Seals a message to `peer` in session `session`, or in the current
+    /// session when `None`.
     pub fn seal(
         &mut self,
         identity: &Identity,
         peer: &Amid,
+        session: Option<SessionId>,
         id: MessageId,
-        payload: &serde_json::Value,
+        content: &Content,
         now_ms: u64,
     ) -> Result<SignedEnvelope, SealError> {
-        let mut info = self
-            .current_session(peer, now_ms)
-            .ok_or(SealError::NoSession(*peer))?;
+        let mut info = match session {
+            None => self
+                .current_session(peer, now_ms)
+                .ok_or(SealError::NoSession(*peer))?,
+            Some(s) => self
+                .session(peer, &s, now_ms)
+                .ok_or(SealError::SessionEnded(s))?,
+        };
         let mut olm = self
             .olm
             .get_mut(peer)
             .and_then(Vec::pop)
             .ok_or(SealError::NoSession(*peer))?;
-        let sealed = self.encrypt(&mut olm, payload);
+        let sealed = self.encrypt(&mut olm, content);
         let result = sealed.and_then(|(olm_type, ciphertext)| {
             let env = SignedEnvelope::seal(
                 identity,
@@ -564,13 +592,15 @@ impl SessionStore {
     ///
     /// `knock_session` is the session a KNOCK is creating (its first
     /// envelope); for plain messages it is `None` and the session must be
-    /// cached. Returns the inbox key and the message.
+    /// cached. Returns the inbox key and the message. Messages for the
+    /// application (JSON kinds) are put in the inbox; stream chunks and ends
+    /// are not (they have no inbox key).
     pub fn receive(
         &mut self,
         env: &SignedEnvelope,
         knock_session: Option<&SessionInfo>,
         now_ms: u64,
-    ) -> Result<(u64, Received), OpenError> {
+    ) -> Result<(Option<u64>, Received), OpenError> {
         let body = env.open(&self.me, now_ms)?;
         let seen_key = key(b"seen/", &[body.from.as_bytes(), &body.id.0]);
         let duplicate = self
@@ -598,13 +628,11 @@ impl SessionStore {
             .map_err(|e| OpenError::Decrypt(e.to_string()))?;
         let (olm, plain, created) = self.decrypt(&body.from, &msg)?;
         let plain = Zeroizing::new(plain);
-        let payload: serde_json::Value = match serde_json::from_slice(&plain) {
-            Ok(p) => p,
-            Err(_) => {
-                // Keep the ratchet where it was: the message is refused.
-                self.olm.entry(body.from).or_default().push(olm);
-                return Err(OpenError::BadPayload);
-            }
+        let decoded = Content::from_bytes(&plain).and_then(|c| Ok((c.payload()?, c)));
+        let Ok((payload, content)) = decoded else {
+            // Keep the ratchet where it was: the message is refused.
+            self.olm.entry(body.from).or_default().push(olm);
+            return Err(OpenError::BadPayload);
         };
         let received = Received {
             id: body.id,
@@ -613,6 +641,12 @@ impl SessionStore {
             seq: body.seq,
             ts_ms: body.ts_ms,
             payload,
+            kind: content.kind,
+            data: if content.kind.carries_json() {
+                Vec::new()
+            } else {
+                content.body
+            },
         };
         let mut batch = sled::Batch::default();
         self.put_olm(&mut batch, &body.from, &olm);
@@ -631,7 +665,6 @@ impl SessionStore {
             }
             return Err(OpenError::Duplicate);
         }
-        let arrival = self.db.generate_id().map_err(StorageError::from)?;
         batch.insert(
             seen_key,
             &be(body
@@ -639,14 +672,19 @@ impl SessionStore {
                 .max(now_ms)
                 .saturating_add(MAX_CLOCK_SKEW_MS)),
         );
-        let plain_rec = Zeroizing::new(
-            codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,
-        );
-        let inbox_key = key(b"inbox/", &[&be(arrival)]);
-        batch.insert(
-            inbox_key.clone(),
-            self.inbox_sealer.seal(&plain_rec, &inbox_key),
-        );
+        let mut arrival = None;
+        if received.kind.carries_json() {
+            let a = self.db.generate_id().map_err(StorageError::from)?;
+            let plain_rec = Zeroizing::new(
+                codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+            );
+            let inbox_key = key(b"inbox/", &[&be(a)]);
+            batch.insert(
+                inbox_key.clone(),
+                self.inbox_sealer.seal(&plain_rec, &inbox_key),
+            );
+            arrival = Some(a);
+        }
         let committed = self.tree.apply_batch(batch);
         self.push_olm(body.from, olm);
         committed.map_err(StorageError::from)?;
@@ -775,6 +813,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn msg(v: serde_json::Value) -> Content {
+        Content::json(Kind::Message, &v).unwrap()
+    }
+
     fn card_of(store: &SessionStore, amid: Amid) -> AgentCard {
         let (id, otks, fb) = store.card_keys();
         AgentCard {
@@ -823,7 +865,7 @@ mod tests {
                 false,
                 Intent::default(),
                 MessageId([1; 16]),
-                &json!({"n": 1}),
+                &msg(json!({"n": 1})),
                 now,
             )
             .unwrap();
@@ -848,7 +890,14 @@ mod tests {
 
         let env2 = a
             .store
-            .seal(&a.id, &b.id.amid(), MessageId([2; 16]), &json!("two"), now)
+            .seal(
+                &a.id,
+                &b.id.amid(),
+                None,
+                MessageId([2; 16]),
+                &msg(json!("two")),
+                now,
+            )
             .unwrap();
         let (_, got) = b.store.receive(&env2, None, now).unwrap();
         assert_eq!(got.payload, json!("two"));
@@ -860,8 +909,9 @@ mod tests {
             .seal(
                 &b.id,
                 &a.id.amid(),
+                None,
                 MessageId([3; 16]),
-                &json!("three"),
+                &msg(json!("three")),
                 now,
             )
             .unwrap();
@@ -885,7 +935,7 @@ mod tests {
                 false,
                 Intent::default(),
                 MessageId([1; 16]),
-                &json!(1),
+                &msg(json!(1)),
                 now,
             )
             .unwrap();
@@ -929,7 +979,7 @@ mod tests {
                     false,
                     Intent::default(),
                     MessageId([1; 16]),
-                    &json!(1),
+                    &msg(json!(1)),
                     now,
                 )
                 .unwrap();
@@ -947,7 +997,14 @@ mod tests {
         let db_b = sled::open(dir_b.path()).unwrap();
         let mut b = SessionStore::open(idb.amid(), &db_b, &[2; 32]).unwrap();
         let env = a
-            .seal(&ida, &idb.amid(), MessageId([2; 16]), &json!("after"), now)
+            .seal(
+                &ida,
+                &idb.amid(),
+                None,
+                MessageId([2; 16]),
+                &msg(json!("after")),
+                now,
+            )
             .unwrap();
         assert_eq!(
             b.receive(&env, None, now).unwrap().1.payload,

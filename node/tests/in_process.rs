@@ -345,3 +345,53 @@ async fn presence_is_published_in_the_card() {
     .expect("the new presence reaches the DHT");
     assert!(seen.seq > card.seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_record_is_found_by_another_node() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio(dir.path()).await;
+    assert!(alice.wait_published(WAIT).await);
+    assert!(bob.wait_published(WAIT).await);
+    let stored = alice
+        .publish_record("notes", b"hello".to_vec(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(stored);
+    let peer = alice.amid().peer_id().unwrap();
+    let found = bob.get_record("notes", &peer).await.expect("record found");
+    assert_eq!(found.payload, b"hello");
+    assert_eq!(found.subject, peer);
+    assert!(bob.get_record("other", &peer).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_publishes_presence_offline() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio(dir.path()).await;
+    assert!(bob.wait_published(WAIT).await);
+    assert!(alice.wait_published(WAIT).await);
+    let before = alice.lookup(&bob.amid()).await.expect("bob's card");
+    assert_eq!(before.presence, Presence::Online);
+
+    let bob_amid = bob.amid();
+    tokio::time::timeout(WAIT, bob.shutdown())
+        .await
+        .expect("shutdown ends");
+    // bob is stopped: a card saying offline can only have been published
+    // by its shutdown.
+    let after = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(c) = alice.lookup(&bob_amid).await {
+                if c.presence == Presence::Offline {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("lookups see bob offline");
+    assert!(after.seq > before.seq);
+}

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use agentmesh_node::control::{Client, Request};
 
-use crate::process::{start_agent, start_bootstrap, Proc};
+use crate::process::{start_agent, start_bootstrap_with_registry, Proc};
 
 const NAMES: [&str; 8] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
@@ -59,8 +59,12 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
         }
     };
     println!("devnet: data in {}", root.display());
-    let (boot, boot_addr) = start_bootstrap(&exe, &root.join("bootstrap")).await?;
+    let (boot, boot_addr, registry) =
+        start_bootstrap_with_registry(&exe, &root.join("bootstrap")).await?;
     println!("devnet: bootstrap listening on {boot_addr}");
+    println!(
+        "devnet: registry at {registry}/v1 (try `agentmesh search chat --registry {registry}`)"
+    );
 
     let mut agents = Vec::new();
     for i in 0..opts.agents {

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use agentmesh_node::{Amid, Config, Multiaddr, Node};
+use agentmesh_bootstrap::registry::RegistrySettings;
+use agentmesh_node::{Amid, Config, Multiaddr, Node, Passphrase};
 use agentmesh_sim::devnet::{self, DevnetOptions};
 
 #[derive(Parser)]
@@ -56,6 +57,8 @@ enum Cmd {
         /// Query the DHT without serving it.
         #[arg(long)]
         dht_client: bool,
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// (process role) Run a relay node; prints JSON event lines.
     #[command(hide = true)]
@@ -92,8 +95,12 @@ async fn main() -> Result<()> {
             relays,
             private,
             dht_client,
+            policy,
         } => {
             let mut config = Config::local();
+            if let Some(file) = policy {
+                config.policy = agentmesh_node::Policy::from_file(&file)?;
+            }
             config.policy.block.extend(block);
             config.relays = relays;
             if dht_client {
@@ -138,12 +145,24 @@ async fn main() -> Result<()> {
         Cmd::Bootstrap { data_dir } => {
             let config = agentmesh_bootstrap::config();
             let expected = config.transport.listen.len();
+            let pass = Passphrase::from_env().context("keystore passphrase")?;
             let node = Node::builder(config)
                 .data_dir(&data_dir)
+                .passphrase(pass.clone())
                 .spawn()
                 .await
                 .context("starting bootstrap")?;
-            agentmesh_bootstrap::serve(node, expected, true).await?;
+            // Embedded defaults: the registry on an ephemeral loopback port.
+            let registry = agentmesh_bootstrap::start_registry(
+                &node,
+                &data_dir,
+                &pass,
+                RegistrySettings::default(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            )
+            .await
+            .context("starting the registry")?;
+            agentmesh_bootstrap::serve(node, expected, true, Some(registry)).await?;
         }
     }
     Ok(())

@@ -130,6 +130,16 @@ impl Proc {
 
 /// Starts a bootstrap node; returns it and its first (QUIC) address.
 pub async fn start_bootstrap(exe: &Path, dir: &Path) -> Result<(Proc, String)> {
+    let (p, addr, _) = start_bootstrap_with_registry(exe, dir).await?;
+    Ok((p, addr))
+}
+
+/// Starts a bootstrap node with its registry; returns it, its first
+/// address and the registry's base URL.
+pub async fn start_bootstrap_with_registry(
+    exe: &Path,
+    dir: &Path,
+) -> Result<(Proc, String, String)> {
     let args = vec![
         "bootstrap".into(),
         "--data-dir".into(),
@@ -141,7 +151,11 @@ pub async fn start_bootstrap(exe: &Path, dir: &Path) -> Result<(Proc, String)> {
         .as_str()
         .context("bootstrap printed no address")?
         .to_owned();
-    Ok((p, addr))
+    let registry = ready["registry"]
+        .as_str()
+        .context("bootstrap printed no registry URL")?
+        .to_owned();
+    Ok((p, addr, registry))
 }
 
 /// Starts an agent joined through `bootstrap`; returns it and its AMID once

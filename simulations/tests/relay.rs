@@ -121,10 +121,10 @@ async fn offline_mail_survives_a_killed_relay_and_arrives_once_in_order() {
         .unwrap();
     let mut got = Vec::new();
     for _ in 0..10 {
-        let m = bob
-            .wait_for(WAIT, |v| v["event"] == "message")
-            .await
-            .unwrap();
+        let m = match bob.wait_for(WAIT, |v| v["event"] == "message").await {
+            Ok(m) => m,
+            Err(e) => panic!("{e}; got {got:?}; bob said {:#?}", bob.drain()),
+        };
         assert_eq!(m["path"], "mailbox");
         got.push(m["payload"]["n"].as_i64().unwrap());
     }
@@ -215,11 +215,7 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
         bob.amid().peer_id().unwrap(),
         carol.amid().peer_id().unwrap(),
     );
-    let (mut a, mut b, mut c) = (
-        alice.stream_control(),
-        bob.stream_control(),
-        carol.stream_control(),
-    );
+    let (mut b, mut c) = (bob.stream_control(), carol.stream_control());
     let far = now_ms() + 3_600_000;
 
     // Bob fills carol's mailbox: 100 envelopes; the 101st is refused, typed.

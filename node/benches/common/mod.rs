@@ -33,6 +33,12 @@ pub(crate) fn payload(i: u64) -> serde_json::Value {
     serde_json::Value::String(s)
 }
 
+/// [`payload`] as the content of a message.
+pub(crate) fn content(i: u64) -> agentmesh_node::content::Content {
+    agentmesh_node::content::Content::json(agentmesh_node::content::Kind::Message, &payload(i))
+        .expect("json")
+}
+
 /// The shape of an [`AgentCard`] on the wire (the card is `non_exhaustive`,
 /// so it is built by decoding).
 #[derive(Serialize)]
@@ -113,7 +119,7 @@ pub(crate) fn pair(dir: Option<&Path>, reply: bool) -> (Side, Side) {
             false,
             Intent::default(),
             MessageId::random(),
-            &payload(0),
+            &content(0),
             NOW,
         )
         .expect("first message seals");
@@ -128,7 +134,14 @@ pub(crate) fn pair(dir: Option<&Path>, reply: bool) -> (Side, Side) {
     if reply {
         let r = b
             .store
-            .seal(&b.id, &a.amid(), MessageId::random(), &payload(1), NOW)
+            .seal(
+                &b.id,
+                &a.amid(),
+                None,
+                MessageId::random(),
+                &content(1),
+                NOW,
+            )
             .expect("reply seals");
         a.store.receive(&r, None, NOW).expect("reply opens");
     }

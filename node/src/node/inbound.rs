@@ -14,7 +14,7 @@ use super::{peer_label, Command, Delivery, Shared};
 use crate::{
     audit::AuditEvent,
     envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
-    events::{Message, NodeEvent},
+    events::NodeEvent,
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
     policy::{KnockContext, Tier},
     session::{OpenError, SessionStore},
@@ -294,10 +294,7 @@ fn decide(
                 });
             }
             let path = shared.path_to(peer);
-            let delivery = received.map(|(arrival, r)| Delivery {
-                arrival,
-                message: Message::new(r, path),
-            });
+            let delivery = received.map(|(arrival, r)| super::exchange::delivery(arrival, r, path));
             (decision, delivery)
         }
         Err(e) => {
@@ -308,19 +305,14 @@ fn decide(
     }
 }
 
-/// Hands messages to the application (waiting for room: back-pressure
-/// reaches the sender through withheld acks) and reports them.
+/// Hands messages to the application, replies to their requests, chunks
+/// to their streams (waiting for room: back-pressure reaches the sender
+/// through withheld acks) and reports them.
 pub(super) async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
     for d in batch {
-        let event = NodeEvent::MessageReceived {
-            id: d.message.id,
-            from: d.message.from,
-            path: d.message.path,
-        };
-        if shared.inbox_tx.send(d).await.is_err() {
+        if !super::exchange::route(shared, d).await {
             return;
         }
-        shared.emit(event);
     }
 }
 
@@ -443,6 +435,19 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         }
         let result = shared.store().receive(&env, None, now);
         match result {
+            Ok((_, received)) if !super::exchange::accepts(shared, &received.kind) => {
+                refuse(
+                    shared,
+                    Some(peer_label(&peer)),
+                    RejectReason::Unavailable,
+                    "streams are not accepted".into(),
+                );
+                acks.push(MsgFrame::Nack {
+                    id: received.id,
+                    reason: RejectReason::Unavailable,
+                    retry_after_ms: None,
+                });
+            }
             Ok((arrival, received)) => {
                 let path = shared.path_to(&peer);
                 shared.audit(AuditEvent::MessageIn {
@@ -452,10 +457,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                     size: bytes.len() as u32,
                 });
                 acks.push(MsgFrame::Ack { id: received.id });
-                batch.push(Delivery {
-                    arrival,
-                    message: Message::new(received, path),
-                });
+                batch.push(super::exchange::delivery(arrival, received, path));
             }
             Err(OpenError::Duplicate) => {
                 debug!(%peer, "duplicate envelope acknowledged, not delivered");

@@ -27,7 +27,7 @@ use crate::{
     events::{NodeEvent, Receipt},
     identity::Amid,
     knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
-    session::SessionStore,
+    session::{SealError, SessionStore},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
 
@@ -213,12 +213,13 @@ impl Link {
         }
     }
 
-    fn delivered(&self, out: Outgoing, path: PathKind, knocked: bool) {
+    fn delivered(&self, out: Outgoing, path: PathKind, knocked: bool, session: SessionId) {
         let receipt = Receipt {
             id: out.id,
             to: self.peer,
             path,
             knocked,
+            session,
         };
         self.shared.emit(NodeEvent::Delivered {
             id: out.id,
@@ -275,11 +276,22 @@ impl Link {
             self.fail(out, SendError::Failed("delivery timeout".into()));
             return;
         }
-        let current = self
-            .shared
-            .store()
-            .current_session(&self.peer, now_ms())
-            .map(|s| s.id);
+        let current = match out.session {
+            None => self
+                .shared
+                .store()
+                .current_session(&self.peer, now_ms())
+                .map(|s| s.id),
+            // A message of a given session (a reply, a conversation's end)
+            // never opens another one.
+            Some(s) => match self.shared.store().session(&self.peer, &s, now_ms()) {
+                Some(_) => Some(s),
+                None => {
+                    self.fail(out, SendError::SessionEnded { session: Some(s) });
+                    return;
+                }
+            },
+        };
         let Some(session) = current else {
             self.knock(peer_id, out).await;
             return;
@@ -295,12 +307,17 @@ impl Link {
         let sealed = self.shared.store().seal(
             &self.shared.identity,
             &self.peer,
+            Some(session),
             out.id,
-            &out.payload,
+            &out.content,
             now_ms(),
         );
         let env = match sealed {
             Ok(e) => e,
+            Err(SealError::SessionEnded(s)) => {
+                self.fail(out, SendError::SessionEnded { session: Some(s) });
+                return;
+            }
             Err(e) => {
                 self.fail(out, SendError::InvalidPayload(e.to_string()));
                 return;
@@ -392,7 +409,17 @@ impl Link {
                     size: m.bytes.len() as u32,
                     path: path.to_string(),
                 });
-                self.delivered(m.out, path, false);
+                self.delivered(m.out, path, false, m.session);
+            }
+            Some(RejectReason::UnknownSession) if m.out.session.is_some() => {
+                // The peer ended the session this message belongs to.
+                let _ = self.shared.store().forget_session(&self.peer, &m.session);
+                self.fail(
+                    m.out,
+                    SendError::SessionEnded {
+                        session: Some(m.session),
+                    },
+                );
             }
             Some(reason @ (RejectReason::UnknownSession | RejectReason::DecryptFailed))
                 if m.out.reknocks == 0 =>
@@ -517,6 +544,7 @@ impl Link {
                             to: self.peer,
                             path: PathKind::Mailbox,
                             knocked: false,
+                            session: m.session,
                         }));
                     }
                 }
@@ -624,7 +652,7 @@ impl Link {
                             size: 0,
                             path: path.to_string(),
                         });
-                        self.delivered(out, path, true);
+                        self.delivered(out, path, true, info.id);
                         return;
                     }
                     Decision::Reject {
@@ -672,7 +700,7 @@ impl Link {
                 use_fallback,
                 out.intent.clone(),
                 out.id,
-                &out.payload,
+                &out.content,
                 now,
             )
             .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;

@@ -13,11 +13,11 @@ use agentmesh_dht::now_ms;
 use agentmesh_relay::mailbox::{self, MailboxError};
 use agentmesh_transports::{framing::FramedStream, PathKind};
 
-use super::{inbound, Command, Delivery, Shared};
+use super::{inbound, Command, Shared};
 use crate::{
     audit::AuditEvent,
     envelope::{MessageId, SignedEnvelope},
-    events::{Message, NodeEvent},
+    events::NodeEvent,
     identity::Amid,
     session::OpenError,
     wire::{MsgFrame, MAX_FRAME_SIZE, MSG_PROTOCOL},
@@ -186,10 +186,11 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
                     });
                     receipts.entry(received.from).or_default().push(received.id);
                     acks.push(item.id);
-                    batch.push(Delivery {
+                    batch.push(super::exchange::delivery(
                         arrival,
-                        message: Message::new(received, PathKind::Mailbox),
-                    });
+                        received,
+                        PathKind::Mailbox,
+                    ));
                 }
                 Err(OpenError::Duplicate) => acks.push(item.id),
                 Err(OpenError::Storage(e)) => {

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use agentmesh_dht::{now_ms, Dht, DhtEvent, QueryId, SignedRecord};
+use agentmesh_dht::{now_ms, Dht, DhtEvent, QueryId, SignedRecord, VerifiedRecord};
 use agentmesh_transports::{path_of, PathKind};
 
 use super::{peer_label, Command, NetStatus, PeerStatus, Reachability, RelayStatus, Shared};
@@ -93,6 +93,8 @@ struct Actor {
     connections: HashMap<PeerId, HashSet<libp2p::swarm::ConnectionId>>,
     publish_query: Option<QueryId>,
     published_remotely: bool,
+    record_puts: HashMap<QueryId, oneshot::Sender<Result<bool, String>>>,
+    record_gets: HashMap<QueryId, oneshot::Sender<Option<VerifiedRecord>>>,
     next_publish: Option<Instant>,
     last_seq: u64,
     relays: Relays,
@@ -157,6 +159,8 @@ pub(super) async fn run(
         connections: HashMap::new(),
         publish_query: None,
         published_remotely: false,
+        record_puts: HashMap::new(),
+        record_gets: HashMap::new(),
         next_publish: None,
         last_seq: 0,
         relays: Relays::default(),
@@ -331,6 +335,40 @@ impl Actor {
             }
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::PutRecord {
+                namespace,
+                payload,
+                ttl,
+                reply,
+            } => {
+                let now = now_ms();
+                let expires = now.saturating_add(ttl.as_millis() as u64);
+                let put = SignedRecord::sign(&self.key, &namespace, payload, now, expires)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        self.swarm
+                            .behaviour_mut()
+                            .dht
+                            .put(r)
+                            .map_err(|e| e.to_string())
+                    });
+                match put {
+                    Ok(q) => {
+                        self.record_puts.insert(q, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::GetRecord {
+                namespace,
+                subject,
+                reply,
+            } => {
+                let q = self.swarm.behaviour_mut().dht.get(&namespace, &subject);
+                self.record_gets.insert(q, reply);
             }
             Command::Republish => {
                 self.next_publish = Some(Instant::now());
@@ -732,6 +770,19 @@ impl Actor {
                     debug!(%peer, %addr, "relay discovered");
                     self.relays.candidates.push((peer, addr));
                     self.choose_relays();
+                }
+            }
+            DhtEvent::RecordFound { query, record } if self.record_gets.contains_key(&query) => {
+                if let Some(w) = self.record_gets.remove(&query) {
+                    let _ = w.send(record.map(|r| *r));
+                }
+            }
+            DhtEvent::PutDone {
+                query,
+                stored_remotely,
+            } if self.record_puts.contains_key(&query) => {
+                if let Some(w) = self.record_puts.remove(&query) {
+                    let _ = w.send(Ok(stored_remotely));
                 }
             }
             DhtEvent::RecordFound { query, record } => {

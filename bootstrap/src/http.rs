@@ -1,0 +1,428 @@
+//! The registry's HTTP API (axum) under `/v1`. JSON in and out; every
+//! error is `{"error": {"code": "...", "message": "..."}}` with a stable
+//! code (see [`RegistryError::code`]). The OpenAPI document is served at
+//! `/v1/openapi.json`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{
+        rejection::{BytesRejection, QueryRejection},
+        ConnectInfo, DefaultBodyLimit, Path, Query, State,
+    },
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tracing::{debug, warn};
+
+use agentmesh_dht::now_ms;
+use agentmesh_node::{registry::SignedRequest, Amid, Tier};
+
+use crate::registry::{did, parse_tier, Registry, RegistryError, DEFAULT_LIMIT};
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError(pub RegistryError);
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            warn!(target: "agentmesh::registry", error = %self.0, "request failed");
+        } else {
+            debug!(target: "agentmesh::registry", code = self.0.code(), error = %self.0, "request refused");
+        }
+        let message = match &self.0 {
+            RegistryError::Store(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        error_response(status, self.0.code(), &message)
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+#[derive(Clone)]
+struct AppState {
+    registry: Registry,
+}
+
+/// The API's routes over `registry`.
+pub fn router(registry: Registry) -> Router {
+    let signed = |op: &'static str| {
+        post(
+            move |s: State<AppState>,
+                  c: ConnectInfo<SocketAddr>,
+                  h: HeaderMap,
+                  b: Result<Bytes, BytesRejection>| signed_op(op, s, c, h, b),
+        )
+    };
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/registry/register", signed("register"))
+        .route("/v1/registry/lookup", get(lookup))
+        .route("/v1/registry/search", get(search))
+        .route("/v1/registry/status", signed("status"))
+        .route("/v1/registry/capabilities", signed("capabilities"))
+        .route("/v1/registry/stats", get(stats))
+        .route("/v1/registry/prekeys", signed("prekeys"))
+        .route("/v1/registry/prekeys/{amid}", get(prekeys))
+        .route("/v1/registry/reputation", signed("feedback"))
+        .route("/v1/registry/reputation/score", get(score))
+        .route("/v1/registry/reputation/leaderboard", get(leaderboard))
+        .route("/v1/registry/reputation/session", signed("session"))
+        .route("/v1/registry/reputation/evidence", get(evidence))
+        .route("/v1/registry/revoke", signed("revoke"))
+        .route("/v1/registry/revocation", get(revocation))
+        .route("/v1/registry/crl", get(crl))
+        .route("/v1/registry/root", get(root))
+        .route("/v1/registry/did/{amid}", get(did_document))
+        .route("/v1/auth/oauth/authorize", post(oauth_unavailable))
+        .route("/v1/auth/oauth/callback", get(oauth_unavailable))
+        .route("/v1/org/register", signed("org_register"))
+        .route("/v1/org/verify", signed("org_verify"))
+        .route("/v1/org/agents", signed("org_agent"))
+        .route("/v1/org/{domain}", get(org_info))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { registry })
+}
+
+/// A running HTTP server. Dropping it does not stop it; call
+/// [`HttpServer::shutdown`].
+#[derive(Debug)]
+pub struct HttpServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// Binds `addr` and serves the API of `registry`.
+    pub async fn spawn(registry: Registry, addr: SocketAddr) -> std::io::Result<Self> {
+        Self::serve(registry, TcpListener::bind(addr).await?)
+    }
+
+    /// Serves the API of `registry` on a bound listener.
+    pub fn serve(registry: Registry, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(registry).into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stops accepting, finishes requests in flight (at most 10 s).
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if state.registry.settings().trust_forwarded_for {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+async fn signed_op(
+    op: &'static str,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RegistryError::TooLarge
+        } else {
+            RegistryError::MalformedJson(e.body_text())
+        }
+    })?;
+    let req: SignedRequest =
+        serde_json::from_slice(&body).map_err(|e| RegistryError::MalformedJson(e.to_string()))?;
+    let ip = client_ip(&state, peer, &headers);
+    let out = state
+        .registry
+        .apply(&req, Some(op), Some(ip), now_ms())
+        .await?;
+    Ok(Json(out))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError(RegistryError::Invalid(e.body_text())))
+}
+
+fn parse_amid(s: &str) -> Result<Amid, ApiError> {
+    s.parse()
+        .map_err(|e| ApiError(RegistryError::Invalid(format!("amid: {e}"))))
+}
+
+async fn health(State(state): State<AppState>) -> Json<Value> {
+    let agents = state.registry.store().agents.len();
+    Json(json!({
+        "status": "ok",
+        "database": "ok",
+        "agents": agents,
+        "root": state.registry.root_amid(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+struct AmidQuery {
+    amid: String,
+}
+
+async fn lookup(
+    State(state): State<AppState>,
+    q: Result<Query<AmidQuery>, QueryRejection>,
+) -> ApiResult {
+    let amid = parse_amid(&query(q)?.amid)?;
+    let v = state.registry.lookup(&amid, now_ms())?;
+    Ok(Json(json!(v)))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    capability: String,
+    tier_min: Option<String>,
+    reputation_min: Option<f64>,
+    limit: Option<usize>,
+}
+
+async fn search(
+    State(state): State<AppState>,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    if q.capability.is_empty() || q.capability.len() > 128 {
+        return Err(RegistryError::Invalid("capability length".into()).into());
+    }
+    let tier_min = match q.tier_min.as_deref() {
+        None | Some("") => Tier::Anonymous,
+        Some(t) => parse_tier(t).ok_or_else(|| {
+            RegistryError::Invalid("tier_min: anonymous, verified or organization".into())
+        })?,
+    };
+    let reputation_min = q.reputation_min.unwrap_or(0.0);
+    if !reputation_min.is_finite() {
+        return Err(RegistryError::Invalid("reputation_min".into()).into());
+    }
+    let results = state.registry.search(
+        &q.capability,
+        tier_min,
+        reputation_min,
+        q.limit.unwrap_or(DEFAULT_LIMIT),
+        now_ms(),
+    )?;
+    Ok(Json(json!({"count": results.len(), "results": results})))
+}
+
+async fn stats(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(state.registry.stats()?))
+}
+
+async fn prekeys(State(state): State<AppState>, Path(amid): Path<String>) -> ApiResult {
+    let amid = parse_amid(&amid)?;
+    Ok(Json(state.registry.take_prekeys(&amid).await?))
+}
+
+async fn score(
+    State(state): State<AppState>,
+    q: Result<Query<AmidQuery>, QueryRejection>,
+) -> ApiResult {
+    let amid = parse_amid(&query(q)?.amid)?;
+    let s = state.registry.score(&amid, now_ms())?;
+    let mut v = json!(s);
+    v["amid"] = json!(amid);
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn leaderboard(
+    State(state): State<AppState>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult {
+    let limit = query(q)?.limit.unwrap_or(10);
+    Ok(Json(state.registry.leaderboard(limit, now_ms())?))
+}
+
+async fn evidence(
+    State(state): State<AppState>,
+    q: Result<Query<AmidQuery>, QueryRejection>,
+) -> ApiResult {
+    let amid = parse_amid(&query(q)?.amid)?;
+    Ok(Json(state.registry.evidence_json(&amid, now_ms())?))
+}
+
+async fn revocation(
+    State(state): State<AppState>,
+    q: Result<Query<AmidQuery>, QueryRejection>,
+) -> ApiResult {
+    let amid = parse_amid(&query(q)?.amid)?;
+    Ok(Json(state.registry.revocation(&amid)?))
+}
+
+async fn crl(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(state.registry.crl(now_ms())?))
+}
+
+async fn root(State(state): State<AppState>) -> Json<Value> {
+    let r = &state.registry;
+    Json(json!({
+        "root": r.root_amid(),
+        "root_key": hex::encode(r.root_key().to_bytes()),
+        "node": r.node().map(|n| n.amid()),
+        "node_peer_id": r.node().and_then(|n| n.amid().peer_id().ok()).map(|p| p.to_string()),
+        "revocation_namespace_prefix": agentmesh_node::registry::REVOCATION_NAMESPACE_PREFIX,
+    }))
+}
+
+async fn did_document(State(state): State<AppState>, Path(amid): Path<String>) -> ApiResult {
+    let amid = parse_amid(&amid)?;
+    let rec = state
+        .registry
+        .store()
+        .agent(&amid)
+        .map_err(RegistryError::from)?
+        .ok_or_else(|| RegistryError::UnknownAgent(amid.to_string()))?;
+    if rec.revoked {
+        return Err(RegistryError::Revoked.into());
+    }
+    let s = state.registry.settings();
+    Ok(Json(did::document(&rec, &s.public_url, &s.relays)))
+}
+
+async fn org_info(State(state): State<AppState>, Path(domain): Path<String>) -> ApiResult {
+    Ok(Json(state.registry.org_info(&domain)?))
+}
+
+async fn oauth_unavailable() -> ApiError {
+    ApiError(RegistryError::NotConfigured(
+        "OAuth verification is not configured on this registry".into(),
+    ))
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Every route as `(method, path)`, for checks against the OpenAPI document.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/health"),
+    ("get", "/v1/openapi.json"),
+    ("post", "/v1/registry/register"),
+    ("get", "/v1/registry/lookup"),
+    ("get", "/v1/registry/search"),
+    ("post", "/v1/registry/status"),
+    ("post", "/v1/registry/capabilities"),
+    ("get", "/v1/registry/stats"),
+    ("post", "/v1/registry/prekeys"),
+    ("get", "/v1/registry/prekeys/{amid}"),
+    ("post", "/v1/registry/reputation"),
+    ("get", "/v1/registry/reputation/score"),
+    ("get", "/v1/registry/reputation/leaderboard"),
+    ("post", "/v1/registry/reputation/session"),
+    ("get", "/v1/registry/reputation/evidence"),
+    ("post", "/v1/registry/revoke"),
+    ("get", "/v1/registry/revocation"),
+    ("get", "/v1/registry/crl"),
+    ("get", "/v1/registry/root"),
+    ("get", "/v1/registry/did/{amid}"),
+    ("post", "/v1/auth/oauth/authorize"),
+    ("get", "/v1/auth/oauth/callback"),
+    ("post", "/v1/org/register"),
+    ("post", "/v1/org/verify"),
+    ("post", "/v1/org/agents"),
+    ("get", "/v1/org/{domain}"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for (method, path) in ROUTES {
+            assert!(
+                paths.get(*path).and_then(|p| p.get(*method)).is_some(),
+                "{method} {path} missing from openapi.json"
+            );
+        }
+        // And nothing documented that is not served.
+        let served: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(served, ROUTES.len());
+    }
+}

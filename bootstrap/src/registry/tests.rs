@@ -1,0 +1,312 @@
+//! Registry operations on a real sled database in a temporary directory.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use super::*;
+use agentmesh_node::registry::{Feedback, Operation, ReceiptBody, Registration, SessionReceipt};
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn fast_settings() -> RegistrySettings {
+    RegistrySettings {
+        kdf: KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..RegistrySettings::default()
+    }
+}
+
+fn open(dir: &Path) -> Registry {
+    Registry::open(dir, &Passphrase::new("test"), fast_settings()).unwrap()
+}
+
+fn id(b: u8) -> Identity {
+    Identity::from_seed(&[b; 32])
+}
+
+async fn apply(r: &Registry, who: &Identity, op: Operation) -> Result<Value, RegistryError> {
+    let req = SignedRequest::sign(who, op, NOW).unwrap();
+    r.apply(&req, None, None, NOW).await
+}
+
+async fn register(r: &Registry, who: &Identity, caps: &[&str]) {
+    let reg = Registration::new("agent", caps.iter().map(|c| c.to_string()).collect());
+    apply(r, who, Operation::Register(reg)).await.unwrap();
+}
+
+#[derive(Debug, Default)]
+struct FakeDns(Mutex<HashMap<String, String>>);
+
+impl DomainVerifier for FakeDns {
+    fn verify<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> {
+        let found = self.0.lock().unwrap().get(name) == Some(&value.to_owned());
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+#[tokio::test]
+async fn tier1_issuance_gives_a_chain_nodes_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let alice = id(1);
+    register(&r, &alice, &["chat"]).await;
+    let chain = r
+        .issue_verified(&alice.amid(), "github:12345", NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        chain.verify(&alice.amid(), &r.root_key(), NOW, |_| false),
+        Ok(Tier::Verified)
+    );
+    let view = r.lookup(&alice.amid(), NOW).unwrap();
+    assert_eq!(view.tier, Tier::Verified);
+    let stored = CertChain::from_bytes(&hex::decode(view.certificate.unwrap()).unwrap()).unwrap();
+    assert_eq!(stored, chain);
+    // Unknown agents get nothing.
+    assert!(matches!(
+        r.issue_verified(&id(9).amid(), "github:1", NOW).await,
+        Err(RegistryError::UnknownAgent(_))
+    ));
+}
+
+#[tokio::test]
+async fn organization_flow_gives_tier_one_and_a_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let org_key = id(7);
+    let bot = id(2);
+    register(&r, &bot, &["travel/booking"]).await;
+
+    let op = Operation::OrgRegister {
+        domain: "acme.example".into(),
+        name: "Acme".into(),
+    };
+    let challenge = apply(&r, &org_key, op).await.unwrap();
+    assert_eq!(challenge["txt_name"], "_agentmesh.acme.example");
+    let value = challenge["txt_value"].as_str().unwrap().to_owned();
+
+    // Without a verifier: typed refusal, nothing changes.
+    let verify = || Operation::OrgVerify {
+        domain: "acme.example".into(),
+    };
+    assert!(matches!(
+        apply(&r, &org_key, verify()).await,
+        Err(RegistryError::NotConfigured(_))
+    ));
+    let dns = Arc::new(FakeDns::default());
+    r.set_domain_verifier(dns.clone());
+    // The TXT record is not there yet.
+    assert!(matches!(
+        apply(&r, &org_key, verify()).await,
+        Err(RegistryError::VerificationFailed(_))
+    ));
+    dns.0
+        .lock()
+        .unwrap()
+        .insert("_agentmesh.acme.example".into(), value);
+    // Someone else cannot verify it.
+    assert!(matches!(
+        apply(&r, &id(8), verify()).await,
+        Err(RegistryError::Forbidden(_))
+    ));
+    let out = apply(&r, &org_key, verify()).await.unwrap();
+    assert_eq!(out["verified"], true);
+
+    // The organization signs its agent's certificate and files it.
+    let cert = Certificate {
+        version: CERT_VERSION,
+        kind: CertKind::Agent,
+        subject_key: *bot.amid().as_bytes(),
+        subject_name: "Acme booking bot".into(),
+        tier: Tier::Organization,
+        issuer_key: *org_key.amid().as_bytes(),
+        serial: [1; 16],
+        not_before_ms: NOW - 1000,
+        not_after_ms: NOW + 86_400_000,
+    }
+    .sign_as(&org_key)
+    .unwrap();
+    let file = Operation::OrgAgent {
+        agent: bot.amid(),
+        certificate: hex::encode(cert.to_bytes().unwrap()),
+    };
+    let out = apply(&r, &org_key, file).await.unwrap();
+    assert_eq!(out["tier"], "organization");
+    let view = r.lookup(&bot.amid(), NOW).unwrap();
+    assert_eq!(view.tier, Tier::Organization);
+    let chain = CertChain::from_bytes(&hex::decode(view.certificate.unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        chain.verify(&bot.amid(), &r.root_key(), NOW, |_| false),
+        Ok(Tier::Organization)
+    );
+
+    // A certificate the organization did not sign is refused.
+    let forged = Certificate {
+        version: CERT_VERSION,
+        kind: CertKind::Agent,
+        subject_key: *bot.amid().as_bytes(),
+        subject_name: "x".into(),
+        tier: Tier::Organization,
+        issuer_key: *id(8).amid().as_bytes(),
+        serial: [2; 16],
+        not_before_ms: NOW - 1000,
+        not_after_ms: NOW + 1000,
+    }
+    .sign_as(&id(8))
+    .unwrap();
+    let file = Operation::OrgAgent {
+        agent: bot.amid(),
+        certificate: hex::encode(forged.to_bytes().unwrap()),
+    };
+    assert!(matches!(
+        apply(&r, &org_key, file).await,
+        Err(RegistryError::Certificate(_))
+    ));
+
+    // The organization may revoke its agent.
+    let revoke = Operation::Revoke {
+        subject: bot.amid(),
+        reason: "decommissioned".into(),
+    };
+    apply(&r, &org_key, revoke).await.unwrap();
+    assert!(r.lookup(&bot.amid(), NOW).unwrap().revoked);
+    let info = r.org_info("acme.example").unwrap();
+    assert_eq!(info["agents"][0]["revoked"], true);
+}
+
+#[tokio::test]
+async fn feedback_needs_a_receipt_and_the_score_follows_the_formula() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b, c) = (id(1), id(2), id(3));
+    for who in [&a, &b, &c] {
+        register(&r, who, &["chat"]).await;
+    }
+    let sid = [5u8; 16];
+    let fb = |target: &Identity, score| {
+        Operation::Feedback(Feedback::new(hex::encode(sid), target.amid(), score))
+    };
+    // No receipt yet.
+    assert!(matches!(
+        apply(&r, &a, fb(&b, 1.0)).await,
+        Err(RegistryError::Forbidden(_))
+    ));
+    let body = ReceiptBody::new(sid, a.amid(), b.amid(), true, NOW - 1000);
+    let receipt = SessionReceipt::sign(&body, &a, &b).unwrap();
+    // A third party cannot file it.
+    assert!(matches!(
+        apply(
+            &r,
+            &c,
+            Operation::Session {
+                receipt: receipt.clone()
+            }
+        )
+        .await,
+        Err(RegistryError::Forbidden(_))
+    ));
+    apply(
+        &r,
+        &a,
+        Operation::Session {
+            receipt: receipt.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        apply(&r, &b, Operation::Session { receipt }).await,
+        Err(RegistryError::Conflict(_))
+    ));
+    // c was not in the session.
+    assert!(matches!(
+        apply(&r, &c, fb(&b, 1.0)).await,
+        Err(RegistryError::Forbidden(_))
+    ));
+    apply(&r, &a, fb(&b, 1.0)).await.unwrap();
+    assert!(matches!(
+        apply(&r, &a, fb(&b, 0.0)).await,
+        Err(RegistryError::Conflict(_))
+    ));
+    // b: one completed session; one rating of 1.0 by a tier-2 account that
+    // is new (registered at NOW): weight 0.5 * 0.25 = 0.125.
+    let s = r.score(&b.amid(), NOW).unwrap();
+    assert_eq!(s.weights, vec![0.125]);
+    let feedback = (0.125 + 0.5) / 1.125;
+    assert!((s.feedback - feedback).abs() < 1e-9);
+    assert!((s.score - (0.3 + 0.4 * feedback)).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn refused_requests_store_nothing_and_replays_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let a = id(1);
+    let req = SignedRequest::sign(
+        &a,
+        Operation::Register(Registration::new("a", vec!["chat".into()])),
+        NOW,
+    )
+    .unwrap();
+    // Wrong endpoint for the operation.
+    assert!(matches!(
+        r.apply(&req, Some("status"), None, NOW).await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(r.store().agent(&a.amid()).unwrap().is_none());
+    r.apply(&req, Some("register"), None, NOW).await.unwrap();
+    assert!(matches!(
+        r.apply(&req, Some("register"), None, NOW).await,
+        Err(RegistryError::Replayed)
+    ));
+    // Status of an unknown agent.
+    let st = Operation::Status {
+        presence: Presence::Away,
+    };
+    assert!(matches!(
+        apply(&r, &id(2), st).await,
+        Err(RegistryError::UnknownAgent(_))
+    ));
+}
+
+#[tokio::test]
+async fn search_filters_by_capability_tier_and_reputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b, c) = (id(1), id(2), id(3));
+    register(&r, &a, &["weather/forecast"]).await;
+    register(&r, &b, &["weather/alerts", "chat"]).await;
+    register(&r, &c, &["chat"]).await;
+    r.issue_verified(&b.amid(), "github:2", NOW).await.unwrap();
+    let found = |cap: &str, tier, rep| {
+        r.search(cap, tier, rep, 50, NOW)
+            .unwrap()
+            .into_iter()
+            .map(|v| v.amid)
+            .collect::<Vec<_>>()
+    };
+    // Tier 1 starts at 0.6, tier 2 at 0.5: b ranks first.
+    assert_eq!(
+        found("weather", Tier::Anonymous, 0.0),
+        vec![b.amid(), a.amid()]
+    );
+    assert_eq!(
+        found("weather/forecast", Tier::Anonymous, 0.0),
+        vec![a.amid()]
+    );
+    assert_eq!(found("weather", Tier::Verified, 0.0), vec![b.amid()]);
+    assert_eq!(found("weather", Tier::Anonymous, 0.55), vec![b.amid()]);
+    assert!(found("weath", Tier::Anonymous, 0.0).is_empty());
+    // Capabilities replaced: the index follows.
+    let caps = Operation::Capabilities {
+        capabilities: vec!["chat".into()],
+    };
+    apply(&r, &a, caps).await.unwrap();
+    assert_eq!(found("weather", Tier::Anonymous, 0.0), vec![b.amid()]);
+}

@@ -1,0 +1,543 @@
+//! The `agentmesh-bootstrap` binary as a real process, its HTTP API on
+//! loopback, endpoint by endpoint; then killed and restarted on the same
+//! data directory.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use agentmesh_node::{
+    card::Presence,
+    keystore::KdfParams,
+    registry::{
+        revocation_namespace, Feedback, Operation, PrekeyBundle, ReceiptBody, Registration,
+        SessionReceipt, SignedRequest, SignedRevocation,
+    },
+    Amid, Config, Identity, Node, Passphrase,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn now_ms() -> u64 {
+    agentmesh_dht::now_ms()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    addr: String,
+    root: String,
+}
+
+async fn start(dir: &Path, http: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentmesh-bootstrap"))
+        .args([
+            "--data-dir",
+            &dir.display().to_string(),
+            "--http",
+            http,
+            "--json",
+        ])
+        .env("AGENTMESH_PASSPHRASE", "registry-test")
+        .env_remove("AGENTMESH_PASSPHRASE_FILE")
+        .env_remove("AGENTMESH_BOOTSTRAP_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("ready line");
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["event"] == "ready" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .expect("ready in time");
+    // Keep draining stdout so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server {
+        child,
+        url: ready["registry"].as_str().unwrap().to_owned(),
+        addr: ready["addrs"][0].as_str().unwrap().to_owned(),
+        root: ready["registry_root"].as_str().unwrap().to_owned(),
+    }
+}
+
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Http {
+    fn new(base: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.to_owned(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, self.client.request(req))
+            .await
+            .expect("answer in time")
+            .expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None).await
+    }
+
+    async fn post(&self, path: &str, v: &impl serde::Serialize) -> (u16, Value) {
+        self.call("POST", path, Some(serde_json::to_vec(v).unwrap()))
+            .await
+    }
+
+    async fn signed(&self, path: &str, who: &Identity, op: Operation) -> (u16, Value) {
+        let req = SignedRequest::sign(who, op, now_ms()).unwrap();
+        self.post(path, &req).await
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+fn reg(name: &str, caps: &[&str]) -> Operation {
+    Operation::Register(Registration::new(
+        name,
+        caps.iter().map(|c| c.to_string()).collect(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_endpoints_and_restart() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bootstrap");
+    let mut server = start(&data, "127.0.0.1:0").await;
+    let http = Http::new(&server.url);
+    let (alice, bob, carol) = (
+        Identity::from_seed(&[1; 32]),
+        Identity::from_seed(&[2; 32]),
+        Identity::from_seed(&[3; 32]),
+    );
+
+    // health
+    let (s, v) = http.get("/v1/health").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["root"], server.root);
+
+    // register
+    let (s, v) = http
+        .signed(
+            "/v1/registry/register",
+            &alice,
+            reg("Alice", &["weather/forecast", "chat"]),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["created"], true);
+    for (who, name, caps) in [
+        (&bob, "Bob", &["weather/alerts"][..]),
+        (&carol, "Carol", &["chat"][..]),
+    ] {
+        let (s, v) = http
+            .signed("/v1/registry/register", who, reg(name, caps))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    // lookup
+    let (s, v) = http
+        .get(&format!("/v1/registry/lookup?amid={}", alice.amid()))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["display_name"], "Alice");
+    assert_eq!(v["tier"], "anonymous");
+    assert_eq!(v["reputation"], 0.5);
+    assert_eq!(v["presence"], "online");
+
+    // bad input: forged signature, malformed JSON, oversized body, unknown
+    // and invalid AMIDs, replay, stale timestamp, wrong operation.
+    let mut forged = SignedRequest::sign(&bob, reg("Mallory", &["chat"]), now_ms()).unwrap();
+    forged.signer = alice.amid();
+    let (s, v) = http.post("/v1/registry/register", &forged).await;
+    assert_eq!((s, code(&v)), (401, "bad_signature"));
+    let (s, v) = http
+        .call("POST", "/v1/registry/register", Some(b"{not json".to_vec()))
+        .await;
+    assert_eq!((s, code(&v)), (400, "malformed_json"));
+    let big = vec![b'x'; 200 * 1024];
+    let (s, v) = http.call("POST", "/v1/registry/register", Some(big)).await;
+    assert_eq!((s, code(&v)), (413, "payload_too_large"));
+    let stranger = Identity::from_seed(&[9; 32]).amid();
+    let (s, v) = http
+        .get(&format!("/v1/registry/lookup?amid={stranger}"))
+        .await;
+    assert_eq!((s, code(&v)), (404, "unknown_agent"));
+    let (s, v) = http.get("/v1/registry/lookup?amid=amNOPE").await;
+    assert_eq!((s, code(&v)), (400, "invalid_request"));
+    let (s, v) = http.get("/v1/registry/lookup").await;
+    assert_eq!((s, code(&v)), (400, "invalid_request"));
+    let once = SignedRequest::sign(
+        &bob,
+        Operation::Status {
+            presence: Presence::Away,
+        },
+        now_ms(),
+    )
+    .unwrap();
+    assert_eq!(http.post("/v1/registry/status", &once).await.0, 200);
+    let (s, v) = http.post("/v1/registry/status", &once).await;
+    assert_eq!((s, code(&v)), (409, "replayed"));
+    let stale = SignedRequest::sign(&carol, reg("Old", &["chat"]), now_ms() - 3_600_000).unwrap();
+    let (s, v) = http.post("/v1/registry/register", &stale).await;
+    assert_eq!((s, code(&v)), (401, "stale_timestamp"));
+    let (s, v) = http
+        .signed("/v1/registry/status", &carol, reg("Carol", &["chat"]))
+        .await;
+    assert_eq!((s, code(&v)), (400, "invalid_request"));
+    let (s, v) = http
+        .signed(
+            "/v1/registry/status",
+            &Identity::from_seed(&[9; 32]),
+            Operation::Status {
+                presence: Presence::Away,
+            },
+        )
+        .await;
+    assert_eq!((s, code(&v)), (404, "unknown_agent"));
+    let (s, v) = http.get("/v1/nothing-here").await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = http.get("/v1/registry/register").await;
+    assert_eq!((s, code(&v)), (405, "method_not_allowed"));
+    // Nothing of the refused requests was stored.
+    let (_, v) = http
+        .get(&format!("/v1/registry/lookup?amid={}", alice.amid()))
+        .await;
+    assert_eq!(v["display_name"], "Alice");
+    let (_, v) = http
+        .get(&format!("/v1/registry/lookup?amid={}", carol.amid()))
+        .await;
+    assert_eq!(v["display_name"], "Carol");
+    let (_, v) = http
+        .get(&format!("/v1/registry/lookup?amid={}", bob.amid()))
+        .await;
+    assert_eq!(v["presence"], "away");
+
+    // capabilities
+    let (s, _) = http
+        .signed(
+            "/v1/registry/capabilities",
+            &carol,
+            Operation::Capabilities {
+                capabilities: vec!["chat".into(), "weather/radar".into()],
+            },
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // search
+    let (s, v) = http.get("/v1/registry/search?capability=weather").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["count"], 3);
+    let (_, v) = http
+        .get("/v1/registry/search?capability=weather/forecast")
+        .await;
+    assert_eq!(v["results"][0]["amid"], alice.amid().to_string());
+    assert_eq!(v["count"], 1);
+    let (_, v) = http
+        .get("/v1/registry/search?capability=weather&tier_min=verified")
+        .await;
+    assert_eq!(v["count"], 0);
+    let (_, v) = http
+        .get("/v1/registry/search?capability=weather&reputation_min=0.9")
+        .await;
+    assert_eq!(v["count"], 0);
+    let (s, v) = http
+        .get("/v1/registry/search?capability=weather&tier_min=gold")
+        .await;
+    assert_eq!((s, code(&v)), (400, "invalid_request"));
+
+    // prekeys
+    let bundle = PrekeyBundle::new([4; 32], [5; 32], &[[6; 32], [7; 32]]);
+    let (s, v) = http
+        .signed("/v1/registry/prekeys", &alice, Operation::Prekeys(bundle))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let path = format!("/v1/registry/prekeys/{}", alice.amid());
+    let (_, first) = http.get(&path).await;
+    let (_, second) = http.get(&path).await;
+    let (_, third) = http.get(&path).await;
+    assert_eq!(first["one_time_key"], hex::encode([6; 32]));
+    assert_eq!(second["one_time_key"], hex::encode([7; 32]));
+    assert_eq!(third["one_time_key"], Value::Null);
+    assert_eq!(third["fallback_key"], hex::encode([5; 32]));
+    let (s, v) = http
+        .get(&format!("/v1/registry/prekeys/{}", bob.amid()))
+        .await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+
+    // reputation: receipts signed by both sides, then ratings.
+    let sid = [8u8; 16];
+    let receipt = SessionReceipt::sign(
+        &ReceiptBody::new(sid, alice.amid(), bob.amid(), true, now_ms()),
+        &alice,
+        &bob,
+    )
+    .unwrap();
+    let rate = |target: &Identity, score| {
+        Operation::Feedback(Feedback::new(hex::encode(sid), target.amid(), score))
+    };
+    let (s, v) = http
+        .signed("/v1/registry/reputation", &alice, rate(&bob, 1.0))
+        .await;
+    assert_eq!((s, code(&v)), (403, "forbidden"));
+    let (s, v) = http
+        .signed(
+            "/v1/registry/reputation/session",
+            &alice,
+            Operation::Session {
+                receipt: receipt.clone(),
+            },
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = http
+        .signed("/v1/registry/reputation", &alice, rate(&bob, 1.0))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = http
+        .signed("/v1/registry/reputation", &bob, rate(&alice, 0.0))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = http
+        .get(&format!(
+            "/v1/registry/reputation/score?amid={}",
+            bob.amid()
+        ))
+        .await;
+    assert_eq!(s, 200);
+    // Alice: tier 2 (×0.5), registered just now (×0.25), rated back by bob
+    // (mutual, ×0.2): 0.025.
+    assert!(
+        (v["weights"][0].as_f64().unwrap() - 0.025).abs() < 1e-9,
+        "{v}"
+    );
+    assert_eq!(v["sessions"], 1);
+    // Bob's rating of Alice comes from the same address as Alice's of Bob,
+    // but to another target: it counts (×0.025 too).
+    let (_, v) = http
+        .get(&format!(
+            "/v1/registry/reputation/score?amid={}",
+            alice.amid()
+        ))
+        .await;
+    assert!(
+        (v["weights"][0].as_f64().unwrap() - 0.025).abs() < 1e-9,
+        "{v}"
+    );
+    // The evidence is public and checks out.
+    let (s, v) = http
+        .get(&format!(
+            "/v1/registry/reputation/evidence?amid={}",
+            bob.amid()
+        ))
+        .await;
+    assert_eq!(s, 200);
+    let r: SessionReceipt = serde_json::from_value(v["receipts"][0].clone()).unwrap();
+    assert!(r.verify().is_ok());
+    let req: SignedRequest = serde_json::from_value(v["ratings"][0]["request"].clone()).unwrap();
+    assert_eq!(req.signer, alice.amid());
+    let (s, v) = http
+        .get("/v1/registry/reputation/leaderboard?limit=2")
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["leaderboard"].as_array().unwrap().len(), 2);
+
+    // DID document
+    let (s, v) = http
+        .get(&format!("/v1/registry/did/{}", alice.amid()))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["id"], format!("did:agentmesh:{}", alice.amid()));
+    assert_eq!(
+        v["verificationMethod"][1]["type"],
+        "X25519KeyAgreementKey2020"
+    );
+    assert_eq!(
+        v["service"][0]["serviceEndpoint"],
+        format!("{}/v1", server.url)
+    );
+    let (s, v) = http.get(&format!("/v1/registry/did/{stranger}")).await;
+    assert_eq!((s, code(&v)), (404, "unknown_agent"));
+
+    // revocation: only the agent itself (or its organization).
+    let revoke = |subject: Amid| Operation::Revoke {
+        subject,
+        reason: "key compromised".into(),
+    };
+    let (s, v) = http
+        .signed("/v1/registry/revoke", &alice, revoke(carol.amid()))
+        .await;
+    assert_eq!((s, code(&v)), (403, "forbidden"));
+    let (s, v) = http
+        .signed("/v1/registry/revoke", &carol, revoke(carol.amid()))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = http
+        .get(&format!("/v1/registry/revocation?amid={}", carol.amid()))
+        .await;
+    assert_eq!(v["revoked"], true);
+    assert_eq!(v["reason"], "key compromised");
+    let (_, v) = http
+        .get(&format!("/v1/registry/revocation?amid={}", alice.amid()))
+        .await;
+    assert_eq!(v["revoked"], false);
+    let (s, v) = http.get("/v1/registry/crl").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["count"], 1);
+    let root: Amid = server.root.parse().unwrap();
+    let signed = SignedRevocation::from_bytes(
+        &hex::decode(v["revocations"][0]["signed"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let rev = signed.verify(&root.verifying_key().unwrap()).unwrap();
+    assert_eq!(&rev.subject_key, carol.amid().as_bytes());
+    let (_, v) = http.get("/v1/registry/search?capability=chat").await;
+    assert_eq!(v["count"], 1, "a revoked agent is not found: {v}");
+    let (s, v) = http
+        .signed(
+            "/v1/registry/register",
+            &carol,
+            reg("Carol again", &["chat"]),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (403, "revoked"));
+    let (s, v) = http
+        .get(&format!("/v1/registry/did/{}", carol.amid()))
+        .await;
+    assert_eq!((s, code(&v)), (403, "revoked"));
+
+    // The revocation is in the DHT: another node finds it through the
+    // bootstrap node, signed by the root.
+    let (_, v) = http.get("/v1/registry/root").await;
+    let registry_peer: libp2p::PeerId = v["node_peer_id"].as_str().unwrap().parse().unwrap();
+    let mut config = Config::local();
+    config.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    let watcher = Node::builder(config)
+        .data_dir(dir.path().join("watcher"))
+        .passphrase(Passphrase::new("w"))
+        .bootstrap(server.addr.parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
+    let ns = revocation_namespace(carol.amid().as_bytes());
+    let record = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(r) = watcher.get_record(&ns, &registry_peer).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("revocation found in the DHT");
+    let from_dht = SignedRevocation::from_bytes(&record.payload).unwrap();
+    assert_eq!(
+        from_dht.verify(&root.verifying_key().unwrap()).unwrap(),
+        rev
+    );
+    watcher.shutdown().await;
+
+    // stats
+    let (s, v) = http.get("/v1/registry/stats").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["agents"], 3);
+    assert_eq!(v["revoked"], 1);
+    assert_eq!(v["receipts"], 1);
+    assert_eq!(v["ratings"], 2);
+
+    // oauth is not configured here: typed refusal
+    let (s, v) = http.call("POST", "/v1/auth/oauth/authorize", None).await;
+    assert_eq!((s, code(&v)), (501, "not_configured"));
+
+    // Every documented path is served (no endpoint-not-found, no 405).
+    let (s, doc) = http.get("/v1/openapi.json").await;
+    assert_eq!(s, 200);
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{amid}", &alice.amid().to_string())
+                .replace("{domain}", "acme.example");
+            let (s, v) = http
+                .call(&method.to_uppercase(), &concrete, Some(b"{}".to_vec()))
+                .await;
+            assert_ne!(s, 405, "{method} {path}");
+            assert!(
+                !(s == 404 && v["error"]["message"] == "no such endpoint"),
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+
+    // Kill the process (no clean shutdown), restart on the same data.
+    server.child.kill().await.unwrap();
+    let _ = server.child.wait().await;
+    let server = start(&data, "127.0.0.1:0").await;
+    let http = Http::new(&server.url);
+    assert_eq!(server.root, root.to_string(), "same root key");
+    let (_, v) = http
+        .get(&format!("/v1/registry/lookup?amid={}", alice.amid()))
+        .await;
+    assert_eq!(v["display_name"], "Alice");
+    assert_eq!(v["capabilities"], json!(["weather/forecast", "chat"]));
+    let (_, v) = http
+        .get(&format!("/v1/registry/revocation?amid={}", carol.amid()))
+        .await;
+    assert_eq!(v["revoked"], true);
+    let (_, v) = http.get("/v1/registry/stats").await;
+    assert_eq!(v["receipts"], 1);
+    assert_eq!(v["ratings"], 2);
+    let (_, v) = http.get(&path).await;
+    assert_eq!(
+        v["one_time_key"],
+        Value::Null,
+        "consumed keys stay consumed"
+    );
+    let (s, v) = http.post("/v1/registry/status", &once).await;
+    assert_eq!((s, code(&v)), (409, "replayed"), "replay store survives");
+}
