@@ -107,8 +107,8 @@ pub fn router(registry: Registry) -> Router {
         .route("/v1/registry/crl", get(crl))
         .route("/v1/registry/root", get(root))
         .route("/v1/registry/did/{amid}", get(did_document))
-        .route("/v1/auth/oauth/authorize", post(oauth_unavailable))
-        .route("/v1/auth/oauth/callback", get(oauth_unavailable))
+        .route("/v1/auth/oauth/authorize", signed("oauth_authorize"))
+        .route("/v1/auth/oauth/callback", get(oauth_callback))
         .route("/v1/org/register", signed("org_register"))
         .route("/v1/org/verify", signed("org_verify"))
         .route("/v1/org/agents", signed("org_agent"))
@@ -359,9 +359,13 @@ async fn org_info(State(state): State<AppState>, Path(domain): Path<String>) -> 
     Ok(Json(state.registry.org_info(&domain)?))
 }
 
-async fn oauth_unavailable() -> ApiError {
-    ApiError(RegistryError::NotConfigured(
-        "OAuth verification is not configured on this registry".into(),
+async fn oauth_callback(
+    State(state): State<AppState>,
+    q: Result<Query<crate::oauth::CallbackParams>, QueryRejection>,
+) -> ApiResult {
+    let params = query(q)?;
+    Ok(Json(
+        state.registry.oauth_callback(&params, now_ms()).await?,
     ))
 }
 

@@ -7,13 +7,17 @@
 //! `config.prod.toml`); command-line flags override it; without either,
 //! embedded defaults serve on loopback.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
-use agentmesh_bootstrap::registry::RegistrySettings;
+use agentmesh_bootstrap::{
+    dns::DnsVerifier,
+    oauth::{OAuth, ProviderConfig},
+    registry::RegistrySettings,
+};
 use agentmesh_node::{Multiaddr, Node, Passphrase};
 
 #[derive(Parser)]
@@ -100,30 +104,52 @@ impl Default for RegistryFile {
 /// OAuth/OIDC provider (tier 1 verification).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct OAuthFile {
-    /// Provider name, e.g. `github`.
+    /// `github`, `google`, or any other name for a generic OpenID Connect
+    /// provider (then the three URLs are required).
     provider: String,
-    /// Authorization endpoint.
-    authorize_url: String,
-    /// Token endpoint.
-    token_url: String,
-    /// User-info endpoint.
-    userinfo_url: String,
     /// Client id.
     client_id: String,
     /// File holding the client secret.
-    client_secret_file: Option<PathBuf>,
-    /// Redirect URL registered with the provider.
+    client_secret_file: PathBuf,
+    /// Redirect URL registered with the provider: the registry's
+    /// `/v1/auth/oauth/callback`.
     redirect_url: String,
+    /// Authorization endpoint (generic OIDC).
+    authorize_url: Option<String>,
+    /// Token endpoint (generic OIDC).
+    token_url: Option<String>,
+    /// User-info endpoint (generic OIDC).
+    userinfo_url: Option<String>,
+}
+
+impl OAuthFile {
+    fn provider(&self) -> Result<ProviderConfig> {
+        let secret = std::fs::read_to_string(&self.client_secret_file)
+            .with_context(|| format!("reading {}", self.client_secret_file.display()))?
+            .trim()
+            .to_owned();
+        Ok(match self.provider.as_str() {
+            "github" => ProviderConfig::github(&self.client_id, secret, &self.redirect_url),
+            "google" => ProviderConfig::google(&self.client_id, secret, &self.redirect_url),
+            name => ProviderConfig::oidc(
+                name,
+                self.authorize_url.clone().context("oauth.authorize_url")?,
+                self.token_url.clone().context("oauth.token_url")?,
+                self.userinfo_url.clone().context("oauth.userinfo_url")?,
+                &self.client_id,
+                secret,
+                &self.redirect_url,
+            ),
+        })
+    }
 }
 
 /// DNS resolver (tier 1.5 verification).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct DnsFile {
-    /// Resolver address, e.g. `1.1.1.1:53`.
+    /// Nameserver address, e.g. `1.1.1.1:53`.
     resolver: SocketAddr,
 }
 
@@ -173,6 +199,15 @@ async fn main() -> Result<()> {
         let running = agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
             .await
             .context("starting the registry")?;
+        if let Some(o) = &file.oauth {
+            running
+                .registry
+                .set_oauth(OAuth::new(o.provider()?).context("OAuth provider")?);
+        }
+        if let Some(d) = &file.dns {
+            let verifier = DnsVerifier::new(d.resolver).context("DNS resolver")?;
+            running.registry.set_domain_verifier(Arc::new(verifier));
+        }
         Some(running)
     };
     agentmesh_bootstrap::serve(node, expected, cli.json, registry).await?;

@@ -109,6 +109,9 @@ pub enum RegistryError {
     /// The body is over the size limit.
     #[error("payload too large")]
     TooLarge,
+    /// The OAuth flow failed.
+    #[error("OAuth: {0}")]
+    OAuth(#[from] crate::oauth::OAuthError),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -132,6 +135,7 @@ impl RegistryError {
             Self::VerificationFailed(_) => "verification_failed",
             Self::NotConfigured(_) => "not_configured",
             Self::TooLarge => "payload_too_large",
+            Self::OAuth(e) => e.code(),
             Self::Store(_) => "internal",
         }
     }
@@ -146,6 +150,8 @@ impl RegistryError {
             Self::Replayed | Self::Conflict(_) => 409,
             Self::TooLarge => 413,
             Self::NotConfigured(_) => 501,
+            Self::OAuth(e) if e.is_client_error() => 400,
+            Self::OAuth(_) => 502,
             Self::Store(_) => 500,
         }
     }
@@ -235,6 +241,7 @@ struct Inner {
     origin_salt: [u8; 32],
     node: OnceLock<Node>,
     verifier: OnceLock<Arc<dyn DomainVerifier>>,
+    oauth: OnceLock<Arc<crate::oauth::OAuth>>,
 }
 
 /// A registry. Cheap to clone; clones share the database.
@@ -345,6 +352,7 @@ impl Registry {
                 origin_salt,
                 node: OnceLock::new(),
                 verifier: OnceLock::new(),
+                oauth: OnceLock::new(),
             }),
         })
     }
@@ -357,6 +365,11 @@ impl Registry {
     /// Uses `verifier` for organization DNS checks (first call wins).
     pub fn set_domain_verifier(&self, verifier: Arc<dyn DomainVerifier>) {
         let _ = self.inner.verifier.set(verifier);
+    }
+
+    /// Verifies tier 1 with `oauth` from now on (first call wins).
+    pub fn set_oauth(&self, oauth: crate::oauth::OAuth) {
+        let _ = self.inner.oauth.set(Arc::new(oauth));
     }
 
     /// The storage.
@@ -469,6 +482,7 @@ impl Registry {
             Operation::OrgVerify { domain } => {
                 self.org_verify(req, &signer, domain, now_ms).await?
             }
+            Operation::OauthAuthorize {} => self.oauth_authorize(req, &signer, now_ms)?,
             Operation::OrgAgent { agent, certificate } => {
                 self.org_agent(req, &signer, agent, certificate, now_ms)?
             }
@@ -926,6 +940,53 @@ impl Registry {
         Ok(chain)
     }
 
+    fn oauth_authorize(
+        &self,
+        req: &SignedRequest,
+        signer: &Amid,
+        now_ms: u64,
+    ) -> Result<Value, RegistryError> {
+        let oauth = self
+            .inner
+            .oauth
+            .get()
+            .cloned()
+            .ok_or_else(|| RegistryError::NotConfigured("OAuth verification".into()))?;
+        self.live_agent(signer)?;
+        self.mark_seen(req, now_ms)?;
+        let url = oauth.start(*signer, now_ms)?;
+        Ok(json!({
+            "amid": signer,
+            "provider": oauth.provider().name,
+            "authorize_url": url.to_string(),
+        }))
+    }
+
+    /// Finishes an OAuth verification (the provider's redirect): checks the
+    /// state, exchanges the code, and issues the tier 1 certificate to the
+    /// agent that started the flow.
+    pub async fn oauth_callback(
+        &self,
+        params: &crate::oauth::CallbackParams,
+        now_ms: u64,
+    ) -> Result<Value, RegistryError> {
+        let oauth = self
+            .inner
+            .oauth
+            .get()
+            .cloned()
+            .ok_or_else(|| RegistryError::NotConfigured("OAuth verification".into()))?;
+        let subject = oauth.finish(params, now_ms).await?;
+        let name = format!("{}:{}", subject.provider, subject.subject);
+        let chain = self.issue_verified(&subject.amid, &name, now_ms).await?;
+        Ok(json!({
+            "amid": subject.amid,
+            "tier": Tier::Verified,
+            "subject": name,
+            "certificate": hex::encode(chain.to_bytes()?),
+        }))
+    }
+
     fn org_register(
         &self,
         req: &SignedRequest,
@@ -1293,3 +1354,25 @@ fn revocation_json(s: &SignedRevocation, root: &ed25519_dalek::VerifyingKey) -> 
 
 #[cfg(test)]
 mod tests;
+
+/// Organizations' TXT records checked at a real nameserver.
+impl DomainVerifier for crate::dns::DnsVerifier {
+    fn verify<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let fqdn = if name.ends_with('.') {
+                name.to_owned()
+            } else {
+                format!("{name}.")
+            };
+            match self.txt(&fqdn).await {
+                Ok(values) => Ok(values.iter().any(|v| v.trim() == value)),
+                Err(crate::dns::DnsChallengeError::NoRecord { .. }) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}

@@ -492,7 +492,13 @@ async fn registry_endpoints_and_restart() {
     assert_eq!(v["ratings"], 2);
 
     // oauth is not configured here: typed refusal
-    let (s, v) = http.call("POST", "/v1/auth/oauth/authorize", None).await;
+    let (s, v) = http
+        .signed(
+            "/v1/auth/oauth/authorize",
+            &alice,
+            Operation::OauthAuthorize {},
+        )
+        .await;
     assert_eq!((s, code(&v)), (501, "not_configured"));
 
     // Every documented path is served (no endpoint-not-found, no 405).

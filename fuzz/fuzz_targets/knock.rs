@@ -11,11 +11,15 @@
 //! 5. Signed decision: the input (after the selector) is the body of a
 //!    decision validly signed by the receiver, so the decision body decoder
 //!    (which runs after the signature check) is reached.
+//! 6. Signed reputation attestation: the input (after the selector) is the
+//!    body of an attestation validly signed by the registry root, so the
+//!    attestation body decoder is reached.
 #![no_main]
 
 use std::sync::LazyLock;
 
 use agentmesh_node::{
+    credentials::{self, CredentialError},
     envelope::SessionId,
     identity::{Amid, Identity},
     knock::{
@@ -55,6 +59,8 @@ struct SignedWire<'a> {
 }
 
 struct Fixtures {
+    registry: Identity,
+    root: ed25519_dalek::VerifyingKey,
     initiator: Identity,
     receiver: Identity,
     me: Amid,
@@ -80,6 +86,11 @@ static FX: LazyLock<Fixtures> = LazyLock::new(|| {
     let knock = SignedKnock::sign(&initiator, &body).expect("sign");
     assert_eq!(knock.verify().expect("fixture knock verifies"), body);
     Fixtures {
+        registry: Identity::from_seed(&[9; 32]),
+        root: Identity::from_seed(&[9; 32])
+            .amid()
+            .verifying_key()
+            .expect("root key"),
         initiator,
         receiver,
         me,
@@ -126,8 +137,20 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(k) = SignedKnock::from_bytes(&k.to_bytes()) {
                 if let Ok(verified) = k.verify() {
                     assert_eq!(verified, body);
+                    let checked = credentials::check(
+                        &verified.credentials,
+                        &verified.from,
+                        &fx.root,
+                        sel & 4 == 4,
+                        NOW,
+                        |_| sel & 8 == 8,
+                    );
                     let ctx = KnockContext {
                         nonce_seen: sel & 2 == 2,
+                        tier: checked.as_ref().map(|c| c.tier).unwrap_or_default(),
+                        reputation: checked.as_ref().ok().and_then(|c| c.reputation),
+                        revoked: matches!(checked, Err(CredentialError::Revoked)),
+                        invalid_credentials: checked.is_err(),
                         ..KnockContext::default()
                     };
                     let _ = fx.policy.evaluate(&fx.me, &verified, ctx, NOW);
@@ -144,5 +167,14 @@ fuzz_target!(|data: &[u8]| {
                 let _ = d.verify(&fx.me, &fx.knock);
             }
         }
+    }
+
+    // 6. Arbitrary attestation body, validly signed by the registry root.
+    if rest.len() <= credentials::MAX_ATTESTATION_SIZE {
+        let a = credentials::SignedAttestation {
+            body: rest.to_vec(),
+            signature: fx.registry.sign(credentials::DOMAIN_SEP_REPUTATION, rest),
+        };
+        let _ = a.verify(&fx.root, &fx.initiator.amid(), NOW);
     }
 });

@@ -44,6 +44,7 @@ fn knock_body(from: &Identity, to: agentmesh_node::Amid) -> KnockBody {
         ts_ms: NOW,
         nonce: [4; 16],
         first: vec![0; 64],
+        credentials: Default::default(),
     }
 }
 

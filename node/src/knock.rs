@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use agentmesh_transports::codec;
 
 use crate::{
+    credentials::Credentials,
     envelope::{SessionId, MAX_ENVELOPE_SIZE},
     identity::{Amid, Identity},
 };
@@ -30,7 +31,7 @@ pub const DOMAIN_SEP_KNOCK: &[u8] = b"agentmesh/knock/v1\0";
 /// Domain-separation context of decision signatures.
 pub const DOMAIN_SEP_DECISION: &[u8] = b"agentmesh/knock-decision/v1\0";
 /// Largest encoded KNOCK accepted.
-pub const MAX_KNOCK_SIZE: usize = MAX_ENVELOPE_SIZE + 4 * 1024;
+pub const MAX_KNOCK_SIZE: usize = MAX_ENVELOPE_SIZE + 10 * 1024;
 /// Largest encoded decision accepted.
 pub const MAX_DECISION_SIZE: usize = 1024;
 /// Default lifetime of an accepted session.
@@ -126,6 +127,9 @@ pub struct KnockBody {
     /// The first envelope (Olm pre-key message), encoded.
     #[serde(with = "serde_bytes")]
     pub first: Vec<u8>,
+    /// The initiator's certificates and reputation; empty when anonymous.
+    #[serde(default, skip_serializing_if = "Credentials::is_empty")]
+    pub credentials: Credentials,
 }
 
 /// Why a KNOCK (or a message) was refused. Travels on the wire; unknown
@@ -180,6 +184,17 @@ pub enum RejectReason {
     /// The receiver's intent rules deny this capability or action.
     #[error("intent denied")]
     IntentDenied,
+    /// The initiator (or a certificate in its chain) is revoked.
+    #[error("revoked")]
+    Revoked,
+    /// The initiator's certificates, log proof or reputation attestation do
+    /// not verify against the receiver's registry root.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The initiator's attested reputation is below the receiver's minimum,
+    /// or none is shown.
+    #[error("reputation too low")]
+    ReputationTooLow,
     /// A reason this version does not know.
     #[serde(other)]
     #[error("other")]
@@ -356,6 +371,7 @@ mod tests {
             ts_ms: ts,
             nonce: [4; 16],
             first: vec![1, 2, 3],
+            credentials: Credentials::default(),
         }
     }
 

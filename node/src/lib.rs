@@ -14,6 +14,11 @@
 //!   receiver's [`Policy`] accepts or rejects it with a typed reason.
 //! - **Messages**: signed CBOR envelopes on one long-lived stream per peer,
 //!   acknowledged once durably stored; duplicates and replays are dropped.
+//! - **Session types**: [`Node::request`] waits for the reply correlated to
+//!   its request; a conversation is ordered turns that either side ends with
+//!   [`Node::end_conversation`]; [`Node::open_stream`] sends chunks with
+//!   back-pressure from the receiver and a clean end. Their metadata travels
+//!   inside the encryption ([`content`]).
 //!
 //! ```no_run
 //! use agentmesh_node::{Config, Node, Passphrase};
@@ -39,6 +44,7 @@ pub mod card;
 pub mod cert;
 pub mod content;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 pub mod envelope;
 pub mod events;
@@ -63,7 +69,7 @@ pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
     Reachability, RelayStatus, SendError, SessionStatus, SpawnError, StreamError, StreamReceiver,
-    StreamSender, Streams, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    StreamSender, Streams, TrustError, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

@@ -8,10 +8,16 @@
 //! agentmesh request <AMID> '<json>'      send a request, print the reply
 //! agentmesh stream <AMID> <file>         send a file as a stream
 //! agentmesh status                       sessions, peers, network
+//! agentmesh register --name <name>       register with a registry
+//! agentmesh search <capability>          find agents in a registry
+//! agentmesh did <AMID>                   an agent's DID document
+//! agentmesh reputation verify <AMID>     recompute a published score
 //! ```
 //!
 //! The keystore passphrase comes from `AGENTMESH_PASSPHRASE` or the file
 //! named by `AGENTMESH_PASSPHRASE_FILE`.
+
+mod registry_cli;
 
 use std::path::PathBuf;
 
@@ -63,6 +69,10 @@ enum PolicyCmd {
         /// Tier of the initiator: anonymous, verified or organization.
         #[arg(long, default_value = "anonymous")]
         tier: String,
+        /// Registry-attested reputation of the initiator, 0 to 1. Defaults
+        /// to none shown.
+        #[arg(long)]
+        reputation: Option<f64>,
     },
     /// Make the running node read its policy file again.
     Reload,
@@ -70,6 +80,47 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Register this agent with a registry (or update its entry); the
+    /// request is signed with the agent's key.
+    Register {
+        /// Display name. Defaults to `agent-<short AMID>`.
+        #[arg(long)]
+        name: Option<String>,
+        /// A capability offered (repeat for several).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// A mailbox relay (multiaddr; repeat for several).
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+        #[command(flatten)]
+        registry: registry_cli::RegistryArg,
+    },
+    /// Search a registry for agents offering a capability.
+    Search {
+        /// Capability or category, e.g. `weather` or `weather/forecast`.
+        capability: String,
+        /// Lowest tier: anonymous, verified or organization.
+        #[arg(long)]
+        tier_min: Option<String>,
+        /// Lowest reputation, 0..1.
+        #[arg(long)]
+        reputation_min: Option<f64>,
+        /// At most this many results.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        registry: registry_cli::RegistryArg,
+    },
+    /// Print an agent's DID document (`did:agentmesh:<AMID>`) from a registry.
+    Did {
+        /// The agent.
+        amid: Amid,
+        #[command(flatten)]
+        registry: registry_cli::RegistryArg,
+    },
+    /// Reputation published by a registry.
+    #[command(subcommand)]
+    Reputation(registry_cli::ReputationCmd),
     /// Create the identity in the data directory (if there is none).
     Init,
     /// Print this agent's AMID and fingerprint.
@@ -104,6 +155,11 @@ enum Cmd {
         /// through relays and advertise only relayed addresses.
         #[arg(long)]
         private: bool,
+        /// The registry root key (its AMID) that KNOCK certificates,
+        /// revocations and reputation attestations are checked against.
+        /// Without it every initiator is anonymous.
+        #[arg(long, env = "AGENTMESH_REGISTRY_ROOT")]
+        registry_root: Option<Amid>,
     },
     /// Check or reload a KNOCK policy.
     #[command(subcommand)]
@@ -288,8 +344,10 @@ async fn main() -> Result<()> {
             policy,
             relays,
             private,
+            registry_root,
         } => {
             let mut config = Config::local();
+            config.registry_root = registry_root.map(|r| *r.as_bytes());
             config.relays = relays.clone();
             if *private {
                 config.reachability = agentmesh_node::Reachability::Private;
@@ -317,6 +375,7 @@ async fn main() -> Result<()> {
             capability,
             action,
             tier,
+            reputation,
         }) => {
             let policy = Policy::from_file(file)?;
             let tier: Tier = serde_json::from_value(json!(tier))
@@ -332,11 +391,12 @@ async fn main() -> Result<()> {
                 ts_ms: now,
                 nonce: [0; 16],
                 first: Vec::new(),
+                credentials: Default::default(),
             };
             let ctx = KnockContext {
                 tier,
-                nonce_seen: false,
-                rate_limited: None,
+                reputation: reputation.map(agentmesh_node::credentials::Reputation::from_f64),
+                ..KnockContext::default()
             };
             let decision = policy.evaluate(&me.amid(), &knock, ctx, now);
             let hash = hex::encode(policy.hash());
@@ -518,6 +578,50 @@ async fn main() -> Result<()> {
             let state = state.clone();
             ask(&dir, &Request::Presence { state }).await?;
         }
+        Cmd::Register {
+            name,
+            capabilities,
+            relays,
+            registry,
+        } => {
+            let pass = Passphrase::from_env()?;
+            let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
+                .with_context(|| {
+                    format!("no identity in {} (run `agentmesh init`)", dir.display())
+                })?;
+            let ks = Keystore::decrypt(&bytes, &pass)?;
+            let name = name
+                .clone()
+                .unwrap_or_else(|| format!("agent-{}", ks.identity().amid().short()));
+            registry_cli::register(
+                ks.identity(),
+                registry,
+                &name,
+                capabilities,
+                relays,
+                cli.json,
+            )
+            .await?;
+        }
+        Cmd::Search {
+            capability,
+            tier_min,
+            reputation_min,
+            limit,
+            registry,
+        } => {
+            registry_cli::search(
+                registry,
+                capability,
+                tier_min.as_deref(),
+                *reputation_min,
+                *limit,
+                cli.json,
+            )
+            .await?;
+        }
+        Cmd::Did { amid, registry } => registry_cli::did(registry, amid).await?,
+        Cmd::Reputation(cmd) => registry_cli::reputation(cmd, cli.json).await?,
         Cmd::Lookup { amid } => {
             let amid = amid.to_string();
             let resp = ask(&dir, &Request::Lookup { amid }).await?;

@@ -11,6 +11,7 @@ mod inbound;
 mod link;
 mod mailbox;
 mod swarm;
+mod trust;
 
 pub use exchange::{
     StreamError, StreamReceiver, StreamSender, Streams, STREAM_BUFFER, STREAM_WINDOW,
@@ -36,11 +37,14 @@ use agentmesh_relay::{
 };
 use agentmesh_transports::{PathKind, TransportConfig};
 
+pub use trust::TrustError;
+
 use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
     breaker::{BreakerConfig, CircuitBreakers},
     card::{AgentCard, Presence},
     content::{Content, Kind},
+    credentials::Credentials,
     envelope::{MessageId, SessionId},
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
@@ -116,6 +120,17 @@ pub struct Config {
     /// Whether peers can dial us directly. Defaults to
     /// [`Reachability::Public`].
     pub reachability: Reachability,
+    /// The registry root key: initiators' certificates, log proofs,
+    /// reputation attestations and revocations are checked against it.
+    /// Without it every initiator is [`Tier::Anonymous`](crate::Tier) and
+    /// shows no reputation. Defaults to none.
+    pub registry_root: Option<[u8; 32]>,
+    /// Refuse certificate chains that come without a transparency-log
+    /// inclusion proof. Defaults to false.
+    pub require_log_inclusion: bool,
+    /// What this node shows in its KNOCKs (certificates, log proof,
+    /// reputation); see also [`Node::set_credentials`]. Defaults to none.
+    pub credentials: Credentials,
 }
 
 /// Whether a node can be dialled directly.
@@ -150,6 +165,9 @@ impl Config {
             relays: Vec::new(),
             mailbox_relays: 2,
             reachability: Reachability::Public,
+            registry_root: None,
+            require_log_inclusion: false,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -406,6 +424,10 @@ struct Shared {
     streams_tx: mpsc::Sender<StreamReceiver>,
     control: libp2p_stream::Control,
     db: sled::Db,
+    /// Revoked keys and serials (verified revocations, by key or serial).
+    revoked: sled::Tree,
+    /// What our KNOCKs show.
+    credentials: RwLock<Credentials>,
     audit: Mutex<AuditLog>,
     /// Our mailbox for others, when we serve as a relay.
     mailbox: Option<Arc<MailboxStore>>,
@@ -664,6 +686,8 @@ impl Node {
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
         let (streams_tx, streams_rx) = mpsc::channel(exchange::NEW_STREAM_QUEUE);
         let cancel = CancellationToken::new();
+        let revoked = db.open_tree(trust::REVOKED_TREE)?;
+        let credentials = RwLock::new(config.credentials.clone());
         let shared = Arc::new(Shared {
             identity,
             amid,
@@ -685,6 +709,8 @@ impl Node {
             streams_tx,
             control,
             db,
+            revoked,
+            credentials,
             audit: Mutex::new(audit),
             mailbox,
             my_relays: RwLock::new(Vec::new()),
@@ -958,6 +984,7 @@ impl Node {
     pub async fn close_session(&self, peer: &Amid) -> usize {
         let sessions = self.shared.store().forget_peer(peer);
         for session in &sessions {
+            exchange::end_streams(&self.shared, peer, session);
             self.shared.audit(AuditEvent::SessionClosed {
                 peer: *peer,
                 session: *session,

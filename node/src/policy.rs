@@ -2,9 +2,10 @@
 //!
 //! [`Policy::evaluate`] takes the KNOCK, the local state that matters (was
 //! the nonce seen, is the sender within its rate limit) and the time, and
-//! checks, in this order: recipient and timestamp, replayed nonce, blocklist,
-//! allowlist, tier minimum, rate limit, intent rules. It never looks at
-//! message content. The same inputs always give the same decision, and every
+//! checks, in this order: recipient and timestamp, replayed nonce, intent
+//! validity, revocation, credentials, blocklist, allowlist, tier minimum,
+//! rate limit, intent rules, reputation minimum. It never looks at message
+//! content. The same inputs always give the same decision, and every
 //! decision names the [`Policy::hash`] of the policy that made it.
 //!
 //! Policies come from presets ([`Preset`]) or a TOML file:
@@ -12,6 +13,7 @@
 //! ```toml
 //! preset = "default"          # permissive | default | strict
 //! min_tier = "anonymous"      # anonymous | verified | organization
+//! reputation_min = 0.6        # registry-attested score in 0..=1; unset: none
 //! session_ttl_secs = 86400
 //! block = ["am…"]
 //! allow = []                  # empty: everyone not blocked
@@ -34,6 +36,7 @@ use sha2::{Digest, Sha256};
 use agentmesh_transports::codec;
 
 use crate::{
+    credentials::Reputation,
     envelope::MAX_CLOCK_SKEW_MS,
     identity::Amid,
     knock::{Decision, KnockBody, RejectReason, SessionType},
@@ -145,7 +148,9 @@ fn pattern_matches(pattern: &str, value: &str) -> bool {
         return true;
     }
     if let Some(prefix) = pattern.strip_suffix("/*") {
-        return value == prefix || value.starts_with(&format!("{prefix}/"));
+        return value
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     }
     pattern == value
 }
@@ -195,6 +200,10 @@ pub struct Policy {
     pub allow_unmatched_intents: bool,
     /// Lifetime of accepted sessions, seconds.
     pub session_ttl_secs: u64,
+    /// Lowest registry-attested reputation accepted; a KNOCK without an
+    /// attestation is refused when set. Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation_min: Option<Reputation>,
 }
 
 impl Default for Policy {
@@ -233,6 +242,13 @@ pub struct KnockContext {
     pub nonce_seen: bool,
     /// `Some(ms)` when the initiator is over its KNOCK rate: retry after.
     pub rate_limited: Option<u64>,
+    /// The initiator, or a certificate it shows, is in the local revocation
+    /// set.
+    pub revoked: bool,
+    /// The initiator's credentials do not verify against the registry root.
+    pub invalid_credentials: bool,
+    /// The initiator's registry-attested reputation, if shown and valid.
+    pub reputation: Option<Reputation>,
 }
 
 impl Policy {
@@ -252,6 +268,7 @@ impl Policy {
             intents: Vec::new(),
             allow_unmatched_intents: true,
             session_ttl_secs: DEFAULT_SESSION_TTL_MS / 1000,
+            reputation_min: None,
         };
         match preset {
             Preset::Permissive | Preset::Default => base,
@@ -359,6 +376,12 @@ impl Policy {
         {
             return reject(RejectReason::InvalidIntent);
         }
+        if ctx.revoked {
+            return reject(RejectReason::Revoked);
+        }
+        if ctx.invalid_credentials {
+            return reject(RejectReason::InvalidCredentials);
+        }
         if self.block.contains(&knock.from) {
             return reject(RejectReason::Blocked);
         }
@@ -382,6 +405,11 @@ impl Policy {
             .unwrap_or(self.allow_unmatched_intents);
         if !allowed {
             return reject(RejectReason::IntentDenied);
+        }
+        if let Some(min) = self.reputation_min {
+            if ctx.reputation.is_none_or(|r| r < min) {
+                return reject(RejectReason::ReputationTooLow);
+            }
         }
         Decision::Accept {
             session: knock.session,
@@ -407,6 +435,7 @@ mod tests {
             ts_ms: ts,
             nonce: [4; 16],
             first: vec![],
+            credentials: Default::default(),
         }
     }
 
@@ -573,8 +602,8 @@ mod tests {
             let k = knock(&a, me, cap, action, NOW);
             let ctx = KnockContext {
                 tier,
-                nonce_seen: false,
                 rate_limited: rate,
+                ..KnockContext::default()
             };
             assert_eq!(
                 reason(p.evaluate(&me, &k, ctx, NOW)),
@@ -599,6 +628,203 @@ mod tests {
                 retry_after_ms: Some(1500)
             }
         );
+    }
+
+    /// The policy matrix: tier × reputation × revocation × credentials,
+    /// and the evaluation order (revocation, credentials, blocklist,
+    /// allowlist, tier, rate, intents, reputation).
+    #[test]
+    fn matrix_tier_reputation_revocation() {
+        let a = Identity::from_seed(&[1; 32]);
+        let me = Identity::from_seed(&[2; 32]).amid();
+        let policy = Policy::from_toml(
+            r#"
+            min_tier = "verified"
+            reputation_min = 0.6
+            [[intent]]
+            capability = "finance/*"
+            allow = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(policy.reputation_min, Some(Reputation::from_f64(0.6)));
+        let mut blocked = policy.clone();
+        blocked.block.insert(a.amid());
+        let no_rep = Policy {
+            reputation_min: None,
+            ..policy.clone()
+        };
+
+        use RejectReason::*;
+        use Tier::*;
+        let r = |x: f64| Some(Reputation::from_f64(x));
+        // (policy, tier, reputation, revoked, invalid credentials, rate, capability, expected)
+        type Case<'a> = (
+            &'a Policy,
+            Tier,
+            Option<Reputation>,
+            bool,
+            bool,
+            Option<u64>,
+            &'a str,
+            Option<RejectReason>,
+        );
+        let q = "travel/flights";
+        let cases: Vec<Case<'_>> = vec![
+            (&policy, Verified, r(0.6), false, false, None, q, None),
+            (&policy, Organization, r(0.9), false, false, None, q, None),
+            (
+                &policy,
+                Verified,
+                r(0.599),
+                false,
+                false,
+                None,
+                q,
+                Some(ReputationTooLow),
+            ),
+            (
+                &policy,
+                Organization,
+                None,
+                false,
+                false,
+                None,
+                q,
+                Some(ReputationTooLow),
+            ),
+            (
+                &policy,
+                Anonymous,
+                r(1.0),
+                false,
+                false,
+                None,
+                q,
+                Some(TierTooLow),
+            ),
+            (&no_rep, Verified, None, false, false, None, q, None),
+            (
+                &no_rep,
+                Anonymous,
+                None,
+                false,
+                false,
+                None,
+                q,
+                Some(TierTooLow),
+            ),
+            // revocation first: before credentials, lists, tier, rate
+            (
+                &policy,
+                Organization,
+                r(1.0),
+                true,
+                false,
+                None,
+                q,
+                Some(Revoked),
+            ),
+            (
+                &blocked,
+                Anonymous,
+                None,
+                true,
+                true,
+                Some(5),
+                q,
+                Some(Revoked),
+            ),
+            (
+                &policy,
+                Organization,
+                r(1.0),
+                false,
+                true,
+                None,
+                q,
+                Some(InvalidCredentials),
+            ),
+            (
+                &blocked,
+                Organization,
+                r(1.0),
+                false,
+                true,
+                None,
+                q,
+                Some(InvalidCredentials),
+            ),
+            (
+                &blocked,
+                Organization,
+                r(1.0),
+                false,
+                false,
+                None,
+                q,
+                Some(Blocked),
+            ),
+            // tier before rate, rate before intents, intents before reputation
+            (
+                &policy,
+                Anonymous,
+                None,
+                false,
+                false,
+                Some(5),
+                q,
+                Some(TierTooLow),
+            ),
+            (
+                &policy,
+                Verified,
+                None,
+                false,
+                false,
+                Some(5),
+                q,
+                Some(RateLimited),
+            ),
+            (
+                &policy,
+                Verified,
+                None,
+                false,
+                false,
+                None,
+                "finance/pay",
+                Some(IntentDenied),
+            ),
+            (
+                &policy,
+                Verified,
+                r(0.9),
+                false,
+                false,
+                None,
+                "finance/pay",
+                Some(IntentDenied),
+            ),
+        ];
+        for (p, tier, reputation, revoked, invalid, rate, cap, want) in cases {
+            let k = knock(&a, me, cap, "query", NOW);
+            let ctx = KnockContext {
+                tier,
+                reputation,
+                revoked,
+                invalid_credentials: invalid,
+                rate_limited: rate,
+                ..KnockContext::default()
+            };
+            assert_eq!(
+                reason(p.evaluate(&me, &k, ctx, NOW)),
+                want,
+                "{tier:?} {reputation:?} revoked={revoked} invalid={invalid} {rate:?} {cap}"
+            );
+        }
+        assert!(Policy::from_toml("reputation_min = 1.5").is_err());
+        assert_ne!(policy.hash(), no_rep.hash());
     }
 
     #[test]
@@ -687,7 +913,12 @@ mod tests {
             for s in blocked_seeds.iter().rev() {
                 p2.block.insert(Identity::from_seed(&[*s; 32]).amid());
             }
-            let ctx = KnockContext { tier, nonce_seen: seen, rate_limited: rate };
+            let ctx = KnockContext {
+                tier,
+                nonce_seen: seen,
+                rate_limited: rate,
+                ..KnockContext::default()
+            };
             let d1 = p1.evaluate(&b.amid(), &k, ctx, now);
             prop_assert_eq!(&d1, &p1.evaluate(&b.amid(), &k, ctx, now));
             prop_assert_eq!(&d1, &p2.evaluate(&b.amid(), &k, ctx, now));

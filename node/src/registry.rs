@@ -156,9 +156,9 @@ impl Registration {
 /// Checks a capability list's bounds.
 pub fn check_capabilities(caps: &[String]) -> Result<(), RegistryError> {
     if caps.len() > MAX_CAPABILITIES
-        || caps
-            .iter()
-            .any(|c| c.is_empty() || c.len() > MAX_CAPABILITY_LEN)
+        || caps.iter().any(|c| {
+            c.is_empty() || c.len() > MAX_CAPABILITY_LEN || c.chars().any(char::is_control)
+        })
     {
         return Err(RegistryError::Malformed(
             "too many, empty or too long capabilities".into(),
@@ -381,6 +381,9 @@ pub enum Operation {
         /// The domain registered.
         domain: String,
     },
+    /// Start OAuth verification (tier 1) of the signer: the answer names
+    /// the provider URL to open in a browser.
+    OauthAuthorize {},
     /// File the certificate the signer's verified organization issued to
     /// one of its agents (tier 1.5).
     OrgAgent {
@@ -406,6 +409,7 @@ impl Operation {
             Self::OrgRegister { .. } => "org_register",
             Self::OrgVerify { .. } => "org_verify",
             Self::OrgAgent { .. } => "org_agent",
+            Self::OauthAuthorize {} => "oauth_authorize",
         }
     }
 }

@@ -78,3 +78,27 @@ fn policy_check_is_a_dry_run_of_the_policy_file() {
     let invalid = check(&["--capability", "chat"]);
     assert_eq!(invalid["decision"]["reject"]["reason"], "invalid_intent");
 }
+
+#[test]
+fn policy_check_with_a_reputation_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, "min_tier = \"verified\"\nreputation_min = 0.6\n").unwrap();
+    let check = |args: &[&str]| {
+        let mut c = agentmesh();
+        c.args(["--json", "policy", "check"])
+            .arg(&file)
+            .args(["--tier", "verified"])
+            .args(args);
+        json_of(c.output().unwrap())
+    };
+    assert_eq!(
+        check(&[])["decision"]["reject"]["reason"],
+        "reputation_too_low"
+    );
+    assert_eq!(
+        check(&["--reputation", "0.5"])["decision"]["reject"]["reason"],
+        "reputation_too_low"
+    );
+    assert!(check(&["--reputation", "0.6"])["decision"]["accept"].is_object());
+}

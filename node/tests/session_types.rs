@@ -12,9 +12,14 @@ use std::{
 };
 
 use agentmesh_node::{
-    keystore::KdfParams, Config, Intent, MessageKind, Node, NodeEvent, Passphrase, RejectReason,
-    SendError, STREAM_BUFFER, STREAM_WINDOW,
+    envelope::SessionId,
+    keystore::KdfParams,
+    knock::{Decision, KnockBody, SignedDecision, SignedKnock},
+    wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
+    Config, Intent, MessageKind, Node, NodeEvent, Passphrase, RejectReason, SendError, SessionType,
+    StreamError, STREAM_BUFFER, STREAM_WINDOW,
 };
+use agentmesh_transports::framing::FramedStream;
 use serde_json::json;
 use tokio::sync::broadcast;
 
@@ -323,4 +328,90 @@ async fn streams_are_refused_by_a_node_that_does_not_take_them() {
         .await
         .unwrap_err();
     assert_eq!(err, SendError::Rejected(RejectReason::Unavailable));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knock_for_an_unknown_session_type_is_refused_as_an_invalid_intent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio(dir.path()).await;
+    // A connection to bob first.
+    alice.send(&bob.amid(), json!("hello")).await.unwrap();
+    let mut events = bob.events();
+
+    // A session type this version does not know travels as "unknown".
+    let mut intent = Intent::new("research/search", "query");
+    intent.session_type = SessionType::Unknown;
+    let body = KnockBody {
+        from: alice.amid(),
+        to: bob.amid(),
+        intent,
+        session: SessionId::random(),
+        ts_ms: agentmesh_dht::now_ms(),
+        nonce: [42; 16],
+        first: Vec::new(),
+        credentials: Default::default(),
+    };
+    let knock = SignedKnock::sign(alice.identity(), &body).unwrap();
+    let mut control = alice.stream_control();
+    let stream = control
+        .open_stream(bob.amid().peer_id().unwrap(), KNOCK_PROTOCOL)
+        .await
+        .unwrap();
+    let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
+    framed.send(knock.to_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, framed.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (decision, _) = SignedDecision::from_bytes(&answer)
+        .unwrap()
+        .verify(&bob.amid(), &knock)
+        .unwrap();
+    assert_eq!(
+        decision,
+        Decision::Reject {
+            reason: RejectReason::InvalidIntent,
+            retry_after_ms: None
+        }
+    );
+    let decided = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(NodeEvent::KnockDecided {
+                accepted, reason, ..
+            }) = events.recv().await
+            {
+                return (accepted, reason);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(decided, (false, Some(RejectReason::InvalidIntent)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_session_is_closed_is_reported_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio(dir.path()).await;
+    let mut streams = bob.streams().unwrap();
+    let mut tx = alice.open_stream(&bob.amid(), Intent::default());
+    tx.send_chunk(b"first".to_vec()).await.unwrap();
+    let mut rx = tokio::time::timeout(WAIT, streams.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), Some(b"first".to_vec()));
+    // The sender goes away without finishing: closing the session ends the
+    // stream on bob's side, and bob is told it did not end cleanly.
+    assert_eq!(alice.close_session(&bob.amid()).await, 1);
+    let end = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+    assert_eq!(end, Err(StreamError::Interrupted));
+    // The sender's next chunk belongs to the closed session.
+    let err = tx.send_chunk(b"second".to_vec()).await;
+    let err = match err {
+        Ok(()) => tx.finish().await.map(|_| ()).unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(matches!(err, SendError::SessionEnded { .. }), "{err:?}");
 }

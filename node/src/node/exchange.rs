@@ -61,6 +61,7 @@ enum Item {
 struct InStream {
     tx: mpsc::Sender<Item>,
     next: u64,
+    session: SessionId,
 }
 
 /// Incoming streams by sender and stream id.
@@ -126,6 +127,7 @@ pub(super) async fn route(shared: &Arc<Shared>, d: Delivery) -> bool {
         }
         Kind::End => {
             let session = d.message.session;
+            end_streams(shared, &from, &session);
             if matches!(shared.store().forget_session(&from, &session), Ok(true)) {
                 shared.audit(AuditEvent::SessionClosed {
                     peer: from,
@@ -148,6 +150,15 @@ pub(super) async fn route(shared: &Arc<Shared>, d: Delivery) -> bool {
             on_finish(shared, &d.message, stream, chunks).await;
             true
         }
+    }
+}
+
+/// Interrupts the incoming streams of `peer` in `session` (it ended):
+/// their receivers report [`StreamError::Interrupted`].
+pub(super) fn end_streams(shared: &Shared, peer: &Amid, session: &SessionId) {
+    if let Ok(mut i) = shared.streams_in.lock() {
+        i.streams
+            .retain(|(from, _), s| !(from == peer && &s.session == session));
     }
 }
 
@@ -226,6 +237,7 @@ async fn on_chunk(shared: &Arc<Shared>, m: &Message, stream: StreamId, index: u6
                         InStream {
                             tx: tx.clone(),
                             next: 1,
+                            session: m.session,
                         },
                     );
                     Ok(tx)
@@ -417,6 +429,7 @@ impl Node {
         };
         // Over on our side whatever the outcome: a peer that missed the end
         // learns it from `unknown_session` on its next message.
+        end_streams(&self.shared, peer, &session);
         if matches!(self.shared.store().forget_session(peer, &session), Ok(true)) {
             self.shared.audit(AuditEvent::SessionClosed {
                 peer: *peer,

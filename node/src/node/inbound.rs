@@ -16,7 +16,7 @@ use crate::{
     envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
     events::NodeEvent,
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
-    policy::{KnockContext, Tier},
+    policy::KnockContext,
     session::{OpenError, SessionStore},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
@@ -199,10 +199,14 @@ fn decide(
         .lock()
         .map(|mut l| l.try_acquire(&body.from, now).err().map(|r| r.ms))
         .unwrap_or(None);
+    let trust = shared.assess(&body, now);
     let ctx = KnockContext {
-        tier: Tier::Anonymous,
+        tier: trust.checked.tier,
         nonce_seen: seen,
         rate_limited,
+        revoked: trust.revoked,
+        invalid_credentials: trust.invalid,
+        reputation: trust.checked.reputation,
     };
     let mut decision = policy.evaluate(&shared.amid, &body, ctx, now);
     if shared.killed_all.load(std::sync::atomic::Ordering::SeqCst) {
@@ -363,6 +367,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                     matches!(shared.store().forget_session(from, &session), Ok(true))
                 });
                 if let Some(from) = closed {
+                    super::exchange::end_streams(shared, &from, &session);
                     shared.audit(AuditEvent::SessionClosed {
                         peer: from,
                         session,

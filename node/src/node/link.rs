@@ -712,6 +712,7 @@ impl Link {
             ts_ms: now,
             nonce: crate::storage::random_array(),
             first: first.to_bytes(),
+            credentials: self.shared.credentials(),
         };
         let knock = SignedKnock::sign(&self.shared.identity, &body)
             .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;

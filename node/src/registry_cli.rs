@@ -1,0 +1,343 @@
+//! The CLI's registry commands: `register`, `search`, `did` and
+//! `reputation verify`, over the registry's HTTP API (`/v1`).
+
+use std::{collections::HashSet, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde_json::{json, Value};
+
+use agentmesh_node::{
+    registry::{Operation, ReceiptBody, Registration, RequestBody, SessionReceipt, SignedRequest},
+    reputation::{self, Evidence, Rating, SessionOutcome},
+    Amid, Identity, Tier,
+};
+
+/// Largest answer read from a registry.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Timeout of one request.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the registry is.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RegistryArg {
+    /// Registry base URL (without `/v1`).
+    #[arg(
+        long,
+        env = "AGENTMESH_REGISTRY",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub(crate) registry: String,
+}
+
+/// `agentmesh reputation ...`
+#[derive(Subcommand, Debug)]
+pub(crate) enum ReputationCmd {
+    /// Recompute an agent's score from the registry's published evidence
+    /// (receipts signed by both sides, signed ratings) and compare it with
+    /// the score the registry reports.
+    Verify {
+        /// The agent.
+        amid: Amid,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+}
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A small JSON-over-HTTP(S) client.
+pub(crate) struct RegistryClient {
+    base: String,
+    client: Client<Https, Full<Bytes>>,
+}
+
+impl RegistryClient {
+    pub(crate) fn new(base: &str) -> Result<Self> {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
+            .await
+            .with_context(|| format!("{url}: timed out"))?
+            .with_context(|| format!("{url}: request failed"))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{url}: reading the answer: {e}"))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{url}: answer is not JSON ({status})"))?;
+        if !status.is_success() {
+            bail!(
+                "{status}: {} ({})",
+                v["error"]["message"].as_str().unwrap_or("error"),
+                v["error"]["code"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(v)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
+        self.call("GET", path, None).await
+    }
+
+    pub(crate) async fn signed(&self, path: &str, who: &Identity, op: Operation) -> Result<Value> {
+        let req = SignedRequest::sign(who, op, agentmesh_dht::now_ms())?;
+        self.call("POST", path, Some(serde_json::to_vec(&req)?))
+            .await
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `agentmesh register`.
+pub(crate) async fn register(
+    identity: &Identity,
+    registry: &RegistryArg,
+    name: &str,
+    capabilities: &[String],
+    relays: &[String],
+    json_out: bool,
+) -> Result<()> {
+    let client = RegistryClient::new(&registry.registry)?;
+    let mut reg = Registration::new(name, capabilities.to_vec());
+    reg.relays = relays.to_vec();
+    let v = client
+        .signed("/v1/registry/register", identity, Operation::Register(reg))
+        .await?;
+    if json_out {
+        println!("{v}");
+    } else {
+        println!(
+            "{} {} (tier {})",
+            if v["created"] == true {
+                "registered"
+            } else {
+                "updated"
+            },
+            identity.amid(),
+            v["tier"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// `agentmesh search`.
+pub(crate) async fn search(
+    registry: &RegistryArg,
+    capability: &str,
+    tier_min: Option<&str>,
+    reputation_min: Option<f64>,
+    limit: Option<usize>,
+    json_out: bool,
+) -> Result<()> {
+    let client = RegistryClient::new(&registry.registry)?;
+    let mut path = format!("/v1/registry/search?capability={}", enc(capability));
+    if let Some(t) = tier_min {
+        path.push_str(&format!("&tier_min={}", enc(t)));
+    }
+    if let Some(r) = reputation_min {
+        path.push_str(&format!("&reputation_min={r}"));
+    }
+    if let Some(l) = limit {
+        path.push_str(&format!("&limit={l}"));
+    }
+    let v = client.get(&path).await?;
+    if json_out {
+        println!("{v}");
+        return Ok(());
+    }
+    let results = v["results"].as_array().cloned().unwrap_or_default();
+    if results.is_empty() {
+        println!("no agent offers {capability}");
+    }
+    for r in results {
+        println!(
+            "{}  {:<12} rep {:.3}  {:<8} {}  [{}]",
+            r["amid"].as_str().unwrap_or("?"),
+            r["tier"].as_str().unwrap_or("?"),
+            r["reputation"].as_f64().unwrap_or(0.0),
+            r["presence"].as_str().unwrap_or("?"),
+            r["display_name"].as_str().unwrap_or(""),
+            r["capabilities"]
+                .as_array()
+                .map(|c| c
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// `agentmesh did`.
+pub(crate) async fn did(registry: &RegistryArg, amid: &Amid) -> Result<()> {
+    let client = RegistryClient::new(&registry.registry)?;
+    let v = client.get(&format!("/v1/registry/did/{amid}")).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// The outcome of recomputing a score.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) recomputed: f64,
+    pub(crate) reported: f64,
+    pub(crate) receipts: usize,
+    pub(crate) ratings: usize,
+}
+
+/// Checks the published evidence and recomputes the score from it.
+pub(crate) fn recompute(amid: &Amid, ev: &Value) -> Result<Verified> {
+    let tier: Tier = serde_json::from_value(ev["tier"].clone()).context("tier")?;
+    let registered_ms = ev["registered_ms"].as_u64().context("registered_ms")?;
+    let at = ev["computed_ms"].as_u64().context("computed_ms")?;
+    let mut outcomes = Vec::new();
+    let mut sessions: HashSet<(String, Amid)> = HashSet::new();
+    for r in ev["receipts"].as_array().context("receipts")? {
+        let receipt: SessionReceipt = serde_json::from_value(r.clone())?;
+        let body: ReceiptBody = receipt
+            .verify()
+            .context("a receipt's signatures do not verify")?;
+        let other = if body.initiator == *amid {
+            body.responder
+        } else if body.responder == *amid {
+            body.initiator
+        } else {
+            bail!("a receipt does not name {amid}");
+        };
+        sessions.insert((body.session_id.clone(), other));
+        outcomes.push(SessionOutcome {
+            ended_ms: body.ended_ms,
+            completed: body.completed,
+        });
+    }
+    let mut ratings = Vec::new();
+    for f in ev["ratings"].as_array().context("ratings")? {
+        let req: SignedRequest = serde_json::from_value(f["request"].clone())?;
+        // The timestamp window is the registry's business at filing time;
+        // here only the signature and content count.
+        let body: RequestBody = serde_json::from_str(&req.body)?;
+        let sig_ok = {
+            let sig = hex::decode(&req.signature).unwrap_or_default();
+            req.signer.verify(
+                agentmesh_node::registry::DOMAIN_SEP_REQUEST,
+                req.body.as_bytes(),
+                &sig,
+            )
+        };
+        if !sig_ok {
+            bail!("a rating by {} is not signed by it", req.signer);
+        }
+        let Operation::Feedback(fb) = body.op else {
+            bail!("a rating is not a feedback request");
+        };
+        if fb.target != *amid || f["score"].as_f64() != Some(fb.score) {
+            bail!("a rating does not match its signed request");
+        }
+        if !sessions.contains(&(fb.session_id.clone(), req.signer)) {
+            bail!("a rating names a session without a receipt of both sides");
+        }
+        ratings.push(Rating {
+            rater: req.signer,
+            score: fb.score,
+            ts_ms: f["ts_ms"].as_u64().context("ts_ms")?,
+            rater_tier: serde_json::from_value(f["rater_tier"].clone())?,
+            rater_registered_ms: f["rater_registered_ms"]
+                .as_u64()
+                .context("rater_registered_ms")?,
+            origin: f["origin"].as_str().unwrap_or("").to_owned(),
+        });
+    }
+    let rated: HashSet<Amid> = serde_json::from_value(ev["rated"].clone())?;
+    let score = reputation::score(
+        &Evidence {
+            tier,
+            registered_ms,
+            outcomes: &outcomes,
+            ratings: &ratings,
+            rated_by_subject: &rated,
+        },
+        at,
+    );
+    Ok(Verified {
+        recomputed: score.score,
+        reported: ev["score"]["score"].as_f64().context("score")?,
+        receipts: outcomes.len(),
+        ratings: ratings.len(),
+    })
+}
+
+/// `agentmesh reputation verify`.
+pub(crate) async fn reputation(cmd: &ReputationCmd, json_out: bool) -> Result<()> {
+    let ReputationCmd::Verify { amid, registry } = cmd;
+    let client = RegistryClient::new(&registry.registry)?;
+    let ev = client
+        .get(&format!("/v1/registry/reputation/evidence?amid={amid}"))
+        .await?;
+    let v = recompute(amid, &ev)?;
+    let ok = (v.recomputed - v.reported).abs() < 1e-9;
+    if json_out {
+        println!(
+            "{}",
+            json!({"amid": amid, "ok": ok, "recomputed": v.recomputed, "reported": v.reported,
+                   "receipts": v.receipts, "ratings": v.ratings})
+        );
+    } else {
+        println!(
+            "{amid}: {} receipts and {} ratings checked; recomputed {:.6}, registry says {:.6}: {}",
+            v.receipts,
+            v.ratings,
+            v.recomputed,
+            v.reported,
+            if ok { "OK" } else { "MISMATCH" }
+        );
+    }
+    if !ok {
+        bail!("the registry's score does not follow from its evidence");
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The session types from the `agentmesh` CLI: three `agentmesh run`
+//! processes (one the others join through), and `agentmesh request`,
+//! `reply`, `end` and `stream` as separate processes talking to them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn agentmesh(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_agentmesh"));
+    c.env("AGENTMESH_PASSPHRASE", "cli sessions")
+        .env_remove("AGENTMESH_PASSPHRASE_FILE")
+        .env_remove("AGENTMESH_HOME")
+        .arg("--data-dir")
+        .arg(dir)
+        .kill_on_drop(true);
+    c
+}
+
+/// An `agentmesh run --json` process and its output lines.
+struct Agent {
+    dir: PathBuf,
+    amid: String,
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Agent {
+    async fn start(dir: PathBuf, bootstrap: Option<&str>) -> Agent {
+        let mut cmd = agentmesh(&dir);
+        cmd.args(["--json", "run"]);
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("agentmesh run starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut a = Agent {
+            dir,
+            amid: String::new(),
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let started = a.wait(|v| v["event"] == "started").await;
+        a.amid = started["amid"].as_str().unwrap().to_owned();
+        a
+    }
+
+    async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.seen.iter().position(&pred) {
+            return self.seen.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .expect("expected output in time")
+                .expect("agent still running");
+            if pred(&v) {
+                return v;
+            }
+            self.seen.push(v);
+        }
+    }
+
+    async fn published(&mut self) {
+        self.wait(|v| v["event"] == "card_published" && v["stored_remotely"] == true)
+            .await;
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // A clean stop: the node republishes its card as offline.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+/// Runs one CLI command against the agent in `dir`; returns its stdout.
+async fn cli(dir: &Path, args: &[&str]) -> String {
+    let out = agentmesh(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cli runs");
+    assert!(
+        out.status.success(),
+        "agentmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_end_and_stream_from_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let boot = Agent::start(root.path().join("boot"), None).await;
+    // Its QUIC address, from `agentmesh status` once the node listens.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let addr = loop {
+        let out = agentmesh(&boot.dir)
+            .args(["--json", "status"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let quic = status["listen_addrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/quic"));
+        if let Some(a) = quic {
+            break a.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "boot never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut alice = Agent::start(root.path().join("alice"), Some(&addr)).await;
+    let mut bob = Agent::start(root.path().join("bob"), Some(&addr)).await;
+    alice.published().await;
+    bob.published().await;
+
+    // request: `agentmesh request` waits while bob's owner replies.
+    let request = {
+        let (dir, to) = (alice.dir.clone(), bob.amid.clone());
+        tokio::spawn(async move {
+            cli(
+                &dir,
+                &[
+                    "--json",
+                    "request",
+                    &to,
+                    r#"{"q":"weather?"}"#,
+                    "--timeout",
+                    "60",
+                ],
+            )
+            .await
+        })
+    };
+    let req = bob
+        .wait(|v| v["event"] == "message" && v["kind"] == "request")
+        .await;
+    let id = req["id"].as_str().unwrap().to_owned();
+    cli(&bob.dir, &["reply", &alice.amid, &id, r#"{"a":"sunny"}"#]).await;
+    let reply: Value = serde_json::from_str(request.await.unwrap().trim()).unwrap();
+    assert_eq!(reply["payload"]["a"], "sunny");
+    assert_eq!(reply["reply_to"], id.as_str());
+    assert_eq!(reply["kind"], "reply");
+
+    // end: both sides see the session closed.
+    cli(&bob.dir, &["end", &alice.amid]).await;
+    let closed = alice.wait(|v| v["event"] == "session_closed").await;
+    assert_eq!(closed["by_peer"], true);
+    assert_eq!(closed["peer"], bob.amid.as_str());
+
+    // stream: a file, chunk by chunk; bob prints its size and hash.
+    let file = root.path().join("data.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = cli(
+        &alice.dir,
+        &[
+            "--json",
+            "stream",
+            &bob.amid,
+            file.to_str().unwrap(),
+            "--chunk-size",
+            "32768",
+        ],
+    )
+    .await;
+    let sent: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(sent["chunks"], 10);
+    let ended = bob
+        .wait(|v| v["event"] == "stream_ended" || v["event"] == "stream_failed")
+        .await;
+    assert_eq!(ended["event"], "stream_ended");
+    assert_eq!(ended["bytes"], data.len() as u64);
+    assert_eq!(ended["sha256"], hex::encode(Sha256::digest(&data)));
+
+    // A clean stop publishes bob as offline.
+    let bob_amid = bob.amid.clone();
+    bob.stop().await;
+    // bob is gone: only its shutdown can have published this.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let looked = cli(&alice.dir, &["--json", "lookup", &bob_amid]).await;
+        let card: Value = serde_json::from_str(looked.trim()).unwrap();
+        if card["presence"] == "offline" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob still looks {}",
+            card["presence"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    alice.stop().await;
+    boot.stop().await;
+}
