@@ -156,9 +156,9 @@ impl Registration {
 /// Checks a capability list's bounds.
 pub fn check_capabilities(caps: &[String]) -> Result<(), RegistryError> {
     if caps.len() > MAX_CAPABILITIES
-        || caps
-            .iter()
-            .any(|c| c.is_empty() || c.len() > MAX_CAPABILITY_LEN)
+        || caps.iter().any(|c| {
+            c.is_empty() || c.len() > MAX_CAPABILITY_LEN || c.chars().any(char::is_control)
+        })
     {
         return Err(RegistryError::Malformed(
             "too many, empty or too long capabilities".into(),

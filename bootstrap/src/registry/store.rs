@@ -238,16 +238,17 @@ impl Store {
         let mut out = Vec::new();
         for item in self.caps.scan_prefix(capability.as_bytes()) {
             let (k, _) = item?;
-            let rest = &k[capability.len()..];
-            let Some(zero) = k.iter().rposition(|b| *b == 0) else {
+            // Key: capability ‖ 0 ‖ 32-byte agent key (which may hold zeros).
+            if k.len() < 33 || k[k.len() - 33] != 0 {
                 continue;
-            };
-            let matches = rest.first() == Some(&0) || rest.first() == Some(&b'/');
-            if !matches || k.len() - zero - 1 != 32 {
+            }
+            let cap = &k[..k.len() - 33];
+            let rest = &cap[capability.len().min(cap.len())..];
+            if !(rest.is_empty() || rest.first() == Some(&b'/')) {
                 continue;
             }
             let mut key = [0u8; 32];
-            key.copy_from_slice(&k[zero + 1..]);
+            key.copy_from_slice(&k[k.len() - 32..]);
             if let Ok(a) = Amid::from_bytes(&key) {
                 if !out.contains(&a) {
                     out.push(a);

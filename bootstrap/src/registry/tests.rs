@@ -310,3 +310,121 @@ async fn search_filters_by_capability_tier_and_reputation() {
     apply(&r, &a, caps).await.unwrap();
     assert_eq!(found("weather", Tier::Anonymous, 0.0), vec![b.amid()]);
 }
+
+#[tokio::test]
+async fn oauth_callback_issues_a_tier_one_certificate() {
+    use axum::{
+        http::HeaderMap,
+        routing::{get, post},
+        Json, Router,
+    };
+    // An OpenID-like provider on loopback: a token for any code, and the
+    // user behind the token.
+    async fn token() -> Json<Value> {
+        Json(json!({"access_token": "tok-1", "token_type": "bearer"}))
+    }
+    async fn userinfo(headers: HeaderMap) -> Result<Json<Value>, axum::http::StatusCode> {
+        match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            Some("Bearer tok-1") => Ok(Json(json!({"sub": "user-42", "email": "a@example.org"}))),
+            _ => Err(axum::http::StatusCode::UNAUTHORIZED),
+        }
+    }
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/userinfo", get(userinfo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let alice = id(1);
+    let op = || Operation::OauthAuthorize {};
+    assert!(matches!(
+        apply(&r, &alice, op()).await,
+        Err(RegistryError::NotConfigured(_))
+    ));
+    let base = format!("http://{addr}");
+    r.set_oauth(
+        crate::oauth::OAuth::new(crate::oauth::ProviderConfig::oidc(
+            "idp",
+            format!("{base}/authorize"),
+            format!("{base}/token"),
+            format!("{base}/userinfo"),
+            "client",
+            "secret",
+            "http://127.0.0.1:1/v1/auth/oauth/callback",
+        ))
+        .unwrap(),
+    );
+    // Only registered agents may start.
+    assert!(matches!(
+        apply(&r, &alice, op()).await,
+        Err(RegistryError::UnknownAgent(_))
+    ));
+    register(&r, &alice, &["chat"]).await;
+    let out = apply(&r, &alice, op()).await.unwrap();
+    let url = url::Url::parse(out["authorize_url"].as_str().unwrap()).unwrap();
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned());
+    // A forged state is refused before anything is issued.
+    let forged = crate::oauth::CallbackParams {
+        code: Some("c".into()),
+        state: Some("forged".into()),
+        error: None,
+    };
+    let e = r.oauth_callback(&forged, NOW).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (400, "oauth_state_mismatch"));
+    assert_eq!(r.lookup(&alice.amid(), NOW).unwrap().tier, Tier::Anonymous);
+
+    let cb = crate::oauth::CallbackParams {
+        code: Some("c".into()),
+        state,
+        error: None,
+    };
+    let out = r.oauth_callback(&cb, NOW).await.unwrap();
+    assert_eq!(out["subject"], "idp:user-42");
+    let view = r.lookup(&alice.amid(), NOW).unwrap();
+    assert_eq!(view.tier, Tier::Verified);
+    let chain = CertChain::from_bytes(&hex::decode(view.certificate.unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        chain.verify(&alice.amid(), &r.root_key(), NOW, |_| false),
+        Ok(Tier::Verified)
+    );
+    // The state is single-use.
+    assert!(r.oauth_callback(&cb, NOW).await.is_err());
+}
+
+#[tokio::test]
+async fn agents_whose_key_holds_zero_bytes_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    // Keys with a zero byte somewhere, as random keys often have.
+    let mut found = 0;
+    for seed in 0u8..=255 {
+        let who = id(seed);
+        if !who.amid().as_bytes().contains(&0) {
+            continue;
+        }
+        register(&r, &who, &["weather/forecast"]).await;
+        found += 1;
+        if found == 3 {
+            break;
+        }
+    }
+    assert_eq!(found, 3);
+    assert_eq!(
+        r.search("weather", Tier::Anonymous, 0.0, 50, NOW)
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        r.search("weather/forecast", Tier::Anonymous, 0.0, 50, NOW)
+            .unwrap()
+            .len(),
+        3
+    );
+}
