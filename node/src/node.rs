@@ -1284,17 +1284,7 @@ impl Node {
     /// Dials `peer` at `addrs` (for tests that speak the wire directly).
     #[doc(hidden)]
     pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<PathKind, String> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send(Command::Connect {
-                peer,
-                addrs,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| "stopped".to_string())?;
-        rx.await.map_err(|_| "stopped".to_string())?
+        mailbox::connect(&self.shared, peer, addrs).await
     }
 
     /// The identity (for tests that sign wire messages directly).

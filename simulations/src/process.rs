@@ -219,3 +219,24 @@ pub async fn start_relay(
     }
     Ok((p, addrs))
 }
+
+/// Asks the agent whose data directory is `dir` to send `payload` to `to`,
+/// through its control socket; the answer carries the receipt.
+pub async fn control_send(
+    dir: &Path,
+    to: &str,
+    payload: Value,
+    timeout: Duration,
+) -> Result<agentmesh_node::control::Response> {
+    use agentmesh_node::control::{Client, Request};
+    let mut c = Client::connect(dir).await.context("control socket")?;
+    let request = Request::Send {
+        to: to.into(),
+        payload,
+        capability: None,
+    };
+    tokio::time::timeout(timeout, c.request(&request))
+        .await
+        .context("send did not answer in time")?
+        .context("control request")
+}

@@ -5,13 +5,9 @@
 
 use std::{path::Path, time::Duration};
 
-use agentmesh_node::{
-    control::{Client, Request, Response},
-    keystore::KdfParams,
-    Config, Node, Passphrase, PathKind,
-};
+use agentmesh_node::{control::Response, keystore::KdfParams, Config, Node, Passphrase, PathKind};
 use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};
-use agentmesh_sim::process::{start_agent, start_bootstrap, start_relay};
+use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, start_relay};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -21,18 +17,7 @@ fn exe() -> &'static Path {
 }
 
 async fn send(dir: &Path, to: &str, payload: Value) -> Response {
-    let mut c = Client::connect(dir).await.expect("control socket");
-    tokio::time::timeout(
-        WAIT,
-        c.request(&Request::Send {
-            to: to.into(),
-            payload,
-            capability: None,
-        }),
-    )
-    .await
-    .expect("send answers in time")
-    .expect("control request")
+    control_send(dir, to, payload, WAIT).await.expect("send")
 }
 
 /// An in-process node joined through `boot`, for driving the mailbox

@@ -30,8 +30,13 @@ const MAX_AWAITING_RECEIPTS: usize = 100_000;
 /// Time to wait for a card lookup or a dial made for a mailbox exchange.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Dials `peer` at `addrs` through the swarm actor.
-async fn connect(shared: &Shared, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), String> {
+/// Dials `peer` at `addrs` through the swarm actor; the path of the
+/// connection.
+pub(super) async fn connect(
+    shared: &Shared,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+) -> Result<PathKind, String> {
     let (tx, rx) = oneshot::channel();
     shared
         .commands
@@ -43,8 +48,7 @@ async fn connect(shared: &Shared, peer: PeerId, addrs: Vec<Multiaddr>) -> Result
         .await
         .map_err(|_| "node stopped".to_string())?;
     match tokio::time::timeout(LOOKUP_TIMEOUT, rx).await {
-        Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e),
+        Ok(Ok(r)) => r,
         Ok(Err(_)) => Err("node stopped".into()),
         Err(_) => Err("dial timed out".into()),
     }

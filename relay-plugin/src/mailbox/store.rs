@@ -272,24 +272,16 @@ impl MailboxStore {
         ids: &[EnvelopeId],
     ) -> Result<(u32, Vec<EnvelopeId>), StoreError> {
         let p = prefix(recipient);
-        let mut removed = 0;
+        let mut held = Vec::new();
         let mut unknown = Vec::new();
         for id in ids {
             let ik = key(&p, id);
-            let Some(seq) = self.ids.get(&ik)? else {
-                unknown.push(*id);
-                continue;
-            };
-            let mk = key(&p, &seq);
-            (&self.mail, &self.ids)
-                .transaction(|(mail, ids)| {
-                    mail.remove(mk.as_slice())?;
-                    ids.remove(ik.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                })
-                .map_err(tx_error)?;
-            removed += 1;
+            match self.ids.get(&ik)? {
+                Some(seq) => held.push((key(&p, &seq), ik)),
+                None => unknown.push(*id),
+            }
         }
+        let removed = self.remove_items(held)? as u32;
         Ok((removed, unknown))
     }
 
