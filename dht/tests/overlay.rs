@@ -22,7 +22,7 @@ fn node() -> Node {
     let dht = Dht::new(key.public().to_peer_id(), &db, DhtConfig::default()).unwrap();
     let mut config = TransportConfig::default();
     config.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
-    let swarm = build_swarm(key.clone(), &config, |_| dht).unwrap();
+    let swarm = build_swarm(key.clone(), &config, |_, _| dht).unwrap();
     Node {
         key,
         swarm,

@@ -120,6 +120,18 @@ pub enum AuditEvent {
         /// Size of the envelope in bytes.
         size: u32,
     },
+    /// A message deposited in a relay mailbox was fetched by its
+    /// recipient (its delivery receipt arrived).
+    MessageDelivered {
+        /// The recipient.
+        #[serde(deserialize_with = "flex::amid")]
+        to: Amid,
+        /// The message.
+        #[serde(deserialize_with = "flex::message")]
+        id: MessageId,
+        /// The path it took (`mailbox`).
+        path: String,
+    },
     /// A message was sent.
     MessageOut {
         /// The recipient.
@@ -171,6 +183,7 @@ impl AuditEvent {
         "knock_decision",
         "session_opened",
         "session_closed",
+        "message_delivered",
         "message_in",
         "message_out",
         "refused",
@@ -187,6 +200,7 @@ impl AuditEvent {
             AuditEvent::SessionClosed { .. } => "session_closed",
             AuditEvent::MessageIn { .. } => "message_in",
             AuditEvent::MessageOut { .. } => "message_out",
+            AuditEvent::MessageDelivered { .. } => "message_delivered",
             AuditEvent::Refused { .. } => "refused",
             AuditEvent::PolicyChanged { .. } => "policy_changed",
             AuditEvent::Kill { .. } => "kill",
@@ -205,7 +219,9 @@ impl AuditEvent {
             AuditEvent::SessionOpened { peer: p, .. }
             | AuditEvent::SessionClosed { peer: p, .. }
             | AuditEvent::KnockSkipped { peer: p, .. } => p == peer,
-            AuditEvent::MessageOut { to, .. } => to == peer,
+            AuditEvent::MessageOut { to, .. } | AuditEvent::MessageDelivered { to, .. } => {
+                to == peer
+            }
             AuditEvent::Refused { from, .. } => from.as_deref().is_some_and(|f| names(f, peer)),
             AuditEvent::Kill { target } => target.as_ref() == Some(peer),
             AuditEvent::PolicyChanged { .. } => false,
@@ -761,6 +777,11 @@ mod tests {
                 size: 321,
                 path: "direct".into(),
             },
+            AuditEvent::MessageDelivered {
+                to: a,
+                id: MessageId([3; 16]),
+                path: "mailbox".into(),
+            },
             AuditEvent::Refused {
                 from: Some(b.to_string()),
                 reason: RejectReason::Blocked,
@@ -817,7 +838,7 @@ mod tests {
             assert_eq!(of_b.len(), 2, "{of_b:?}");
             assert!(of_b.iter().all(|e| e.event.involves(&b)));
             let of_a = log.list(&AuditFilter::default().peer(a)).unwrap();
-            assert_eq!(of_a.len(), 7);
+            assert_eq!(of_a.len(), 8);
             let kills = log.list(&AuditFilter::default().kind("kill")).unwrap();
             assert_eq!(kills.len(), 2);
             let kill_a = log
@@ -826,15 +847,15 @@ mod tests {
             assert_eq!(kill_a.len(), 1);
             assert_eq!(kill_a[0].event, AuditEvent::Kill { target: Some(a) });
             let since = log.list(&AuditFilter::default().since_ms(1_100)).unwrap();
-            assert_eq!(since.len(), 2);
+            assert_eq!(since.len(), 3);
             assert_eq!(since[0].index, 10);
             // the limit keeps the most recent, oldest first
             let last3 = log.list(&AuditFilter::default().limit(3)).unwrap();
             let idx: Vec<u64> = last3.iter().map(|e| e.index).collect();
-            assert_eq!(idx, vec![9, 10, 11]);
+            assert_eq!(idx, vec![10, 11, 12]);
             let last_a = log.list(&AuditFilter::default().peer(a).limit(2)).unwrap();
             let idx: Vec<u64> = last_a.iter().map(|e| e.index).collect();
-            assert_eq!(idx, vec![9, 10]);
+            assert_eq!(idx, vec![10, 11]);
             let by_peer_id = AuditEvent::Refused {
                 from: Some(b.peer_id().unwrap().to_string()),
                 reason: RejectReason::Blocked,
@@ -1243,6 +1264,11 @@ mod tests {
             (arb_amid(), id16).prop_map(|(peer, s)| AuditEvent::KnockSkipped {
                 peer,
                 session: SessionId(s),
+            }),
+            (arb_amid(), id16).prop_map(|(to, i)| AuditEvent::MessageDelivered {
+                to,
+                id: MessageId(i),
+                path: "mailbox".into(),
             }),
         ]
     }

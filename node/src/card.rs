@@ -92,6 +92,11 @@ pub struct AgentCard {
     /// The agent's presence.
     #[serde(default)]
     pub presence: Presence,
+    /// Relays that keep the agent's mailbox, each ending in
+    /// `/p2p/<relay id>`: senders deposit sealed envelopes there when the
+    /// agent cannot be reached.
+    #[serde(default)]
+    pub relays: Vec<String>,
     /// Sequence number of the record (filled in on read).
     #[serde(skip)]
     pub seq: u64,
@@ -131,5 +136,17 @@ impl AgentCard {
     /// The listed addresses that parse.
     pub fn multiaddrs(&self) -> Vec<Multiaddr> {
         self.addrs.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
+    /// The listed mailbox relays that parse and name their PeerId.
+    pub fn relay_addrs(&self) -> Vec<(libp2p::PeerId, Multiaddr)> {
+        self.relays
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter_map(|a| match a.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(p)) => Some((p, a)),
+                _ => None,
+            })
+            .collect()
     }
 }

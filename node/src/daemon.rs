@@ -185,6 +185,9 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             "delivered {id} to {to} via {path}{}",
             if *knocked { " (KNOCK accepted)" } else { "" }
         ),
+        NodeEvent::Deposited { id, to, relays } => {
+            println!("deposited {id} for {to} in {relays} relay mailbox(es)")
+        }
         NodeEvent::Rejected { id, to, reason } => println!("rejected {id} by {to}: {reason}"),
         NodeEvent::Failed { id, to, error } => println!("failed {id} to {to}: {error}"),
         NodeEvent::KnockDecided {

@@ -244,9 +244,13 @@ impl SignedEnvelope {
 
     /// The message id from the (unverified) body, to label a refusal.
     pub fn peek_id(&self) -> Option<MessageId> {
-        codec::decode::<EnvelopeBody>(&self.body, MAX_ENVELOPE_SIZE)
-            .ok()
-            .map(|b| b.id)
+        self.peek().map(|b| b.id)
+    }
+
+    /// The (unverified) body: id and expiry for a mailbox deposit or a
+    /// refusal's label.
+    pub fn peek(&self) -> Option<EnvelopeBody> {
+        codec::decode::<EnvelopeBody>(&self.body, MAX_ENVELOPE_SIZE).ok()
     }
 
     /// Flips one bit of the signed body (for tests of tamper detection).

@@ -62,6 +62,17 @@ pub enum NodeEvent {
         /// Whether this message opened the session (rode in the KNOCK).
         knocked: bool,
     },
+    /// The recipient could not be reached: a message we sent is stored in
+    /// its mailbox at `relays` relays. [`NodeEvent::Delivered`] with path
+    /// `mailbox` follows when the recipient has fetched it.
+    Deposited {
+        /// Message id.
+        id: MessageId,
+        /// Recipient.
+        to: Amid,
+        /// How many relays hold it.
+        relays: usize,
+    },
     /// A message we sent was refused by its recipient.
     Rejected {
         /// Message id.

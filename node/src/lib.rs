@@ -68,10 +68,11 @@ pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
     amid_of_peer, Config, Messages, NetStatus, Node, NodeBuilder, NodeStatus, PeerStatus,
-    SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
-    TrustError, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    Reachability, RelayStatus, SendError, SessionStatus, SpawnError, StreamError, StreamReceiver,
+    StreamSender, Streams, TrustError, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 
+pub use agentmesh_relay::RelayConfig;
 pub use agentmesh_transports::PathKind;
 pub use libp2p::{Multiaddr, PeerId};

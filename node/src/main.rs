@@ -146,6 +146,15 @@ enum Cmd {
         /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Relay(s) to keep our mailbox and, with `--private`, to listen
+        /// through; multiaddrs ending in `/p2p/<relay id>`. Defaults to
+        /// relays found in the DHT.
+        #[arg(long = "relay", env = "AGENTMESH_RELAYS", value_delimiter = ',')]
+        relays: Vec<Multiaddr>,
+        /// Not reachable directly (behind a NAT or firewall): listen only
+        /// through relays and advertise only relayed addresses.
+        #[arg(long)]
+        private: bool,
         /// The registry root key (its AMID) that KNOCK certificates,
         /// revocations and reputation attestations are checked against.
         /// Without it every initiator is anonymous.
@@ -333,10 +342,16 @@ async fn main() -> Result<()> {
             allow,
             capability,
             policy,
+            relays,
+            private,
             registry_root,
         } => {
             let mut config = Config::local();
             config.registry_root = registry_root.map(|r| *r.as_bytes());
+            config.relays = relays.clone();
+            if *private {
+                config.reachability = agentmesh_node::Reachability::Private;
+            }
             if !listen.is_empty() {
                 config.transport.listen = listen.clone();
             }

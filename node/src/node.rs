@@ -9,6 +9,7 @@
 mod exchange;
 mod inbound;
 mod link;
+mod mailbox;
 mod swarm;
 mod trust;
 
@@ -30,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
 use agentmesh_dht::{now_ms, DhtConfig};
+use agentmesh_relay::{
+    mailbox::{MailboxError, MailboxStore},
+    RelayConfig,
+};
 use agentmesh_transports::{PathKind, TransportConfig};
 
 pub use trust::TrustError;
@@ -104,6 +109,17 @@ pub struct Config {
     /// rejections by a peer, sends to it fail at once until a cool-down has
     /// passed. Defaults to 5 failures, 30 s.
     pub breaker: BreakerConfig,
+    /// Serve as a relay (circuit relay v2 and mailbox) with these limits.
+    /// Defaults to none: an agent, not a relay.
+    pub relay: Option<RelayConfig>,
+    /// Relays to use, each ending in `/p2p/<relay id>`. When empty, relays
+    /// are found in the DHT. Defaults to none.
+    pub relays: Vec<Multiaddr>,
+    /// How many relays keep our mailbox (listed in the card). Defaults to 2.
+    pub mailbox_relays: usize,
+    /// Whether peers can dial us directly. Defaults to
+    /// [`Reachability::Public`].
+    pub reachability: Reachability,
     /// The registry root key: initiators' certificates, log proofs,
     /// reputation attestations and revocations are checked against it.
     /// Without it every initiator is [`Tier::Anonymous`](crate::Tier) and
@@ -115,6 +131,19 @@ pub struct Config {
     /// What this node shows in its KNOCKs (certificates, log proof,
     /// reputation); see also [`Node::set_credentials`]. Defaults to none.
     pub credentials: Credentials,
+}
+
+/// Whether a node can be dialled directly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reachability {
+    /// Listens on its own addresses and lists them in its card.
+    #[default]
+    Public,
+    /// Behind a NAT or firewall: listens only through relay reservations
+    /// and lists only relayed addresses.
+    Private,
 }
 
 impl Config {
@@ -132,6 +161,10 @@ impl Config {
             policy: Policy::default(),
             policy_file: None,
             breaker: BreakerConfig::default(),
+            relay: None,
+            relays: Vec::new(),
+            mailbox_relays: 2,
+            reachability: Reachability::Public,
             registry_root: None,
             require_log_inclusion: false,
             credentials: Credentials::default(),
@@ -176,6 +209,9 @@ pub enum SpawnError {
     /// The audit log does not open (tampered, or another key).
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    /// The relay mailbox could not be opened.
+    #[error("relay mailbox: {0}")]
+    Mailbox(#[from] agentmesh_relay::mailbox::StoreError),
 }
 
 /// Errors sending a message.
@@ -207,6 +243,10 @@ pub enum SendError {
         /// Time left in the cool-down.
         retry_after_ms: u64,
     },
+    /// The recipient could not be reached and no relay took the envelope
+    /// for its mailbox.
+    #[error("mailbox deposit failed: {0}")]
+    Mailbox(#[from] MailboxError),
     /// The session (conversation) this message belongs to has ended: one
     /// side ended or closed it, or it expired. A plain `send` opens a new one.
     #[error("the session has ended")]
@@ -281,6 +321,26 @@ pub struct NetStatus {
     pub dht_records: usize,
     /// Whether our card is published on at least one other peer.
     pub card_published: bool,
+    /// Whether peers can dial us directly.
+    pub reachability: Reachability,
+    /// The relays that keep our mailbox.
+    pub mailbox_relays: Vec<String>,
+    /// When we serve as a relay: what it carries and stores.
+    pub relay: Option<RelayStatus>,
+}
+
+/// What a relay node carries and stores.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RelayStatus {
+    /// Reservations held by peers listening through us.
+    pub reservations: usize,
+    /// Circuits open through us.
+    pub circuits: usize,
+    /// Envelopes in the mailbox.
+    pub envelopes: u64,
+    /// Their size in bytes.
+    pub bytes: u64,
 }
 
 /// A connected peer.
@@ -369,6 +429,15 @@ struct Shared {
     /// What our KNOCKs show.
     credentials: RwLock<Credentials>,
     audit: Mutex<AuditLog>,
+    /// Our mailbox for others, when we serve as a relay.
+    mailbox: Option<Arc<MailboxStore>>,
+    /// The relays that keep our mailbox (chosen by the swarm actor).
+    my_relays: RwLock<Vec<(PeerId, Multiaddr)>>,
+    /// Messages deposited in a mailbox, waiting for the recipient's
+    /// delivery receipt.
+    awaiting_receipt: Mutex<HashMap<MessageId, Amid>>,
+    /// One mailbox drain at a time, so mail is delivered in order.
+    drain_lock: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
 }
 
@@ -593,11 +662,24 @@ impl Node {
         let backlog = store.inbox();
         drop(keystore);
 
+        let mailbox = match &config.relay {
+            Some(r) => Some(Arc::new(MailboxStore::open(&db, r.mailbox.clone())?)),
+            None => None,
+        };
+        let mut config = config;
+        if config.reachability == Reachability::Private {
+            // Reachable only through relays: no direct listener at all, and
+            // not a DHT server others would try to dial.
+            config.transport.listen.clear();
+            config.dht.mode = agentmesh_dht::DhtMode::Client;
+        }
         let keypair = identity.libp2p_keypair()?;
         let stream_behaviour = libp2p_stream::Behaviour::new();
         let control = stream_behaviour.new_control();
-        let behaviour = swarm::Behaviour::new(&keypair, &db, config.dht.clone(), stream_behaviour)?;
-        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |_| behaviour)?;
+        let dht = agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
+        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |key, relay| {
+            swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay)
+        })?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -630,11 +712,25 @@ impl Node {
             revoked,
             credentials,
             audit: Mutex::new(audit),
+            mailbox,
+            my_relays: RwLock::new(Vec::new()),
+            awaiting_receipt: Mutex::new(HashMap::new()),
+            drain_lock: tokio::sync::Mutex::new(()),
             cancel: cancel.clone(),
         });
         let span = tracing::info_span!("node", id = %amid.short());
         info!(parent: &span, %amid, "node starting");
 
+        if let Some(store) = &shared.mailbox {
+            tokio::spawn(
+                agentmesh_relay::mailbox::serve(
+                    store.clone(),
+                    shared.control.clone(),
+                    cancel.clone(),
+                )
+                .instrument(span.clone()),
+            );
+        }
         tokio::spawn(swarm::run(shared.clone(), swarm, cmd_rx, bootstrap).instrument(span.clone()));
         // Messages stored before a restart go to the application first.
         let (backlog_done_tx, backlog_done) = oneshot::channel();
@@ -1135,6 +1231,22 @@ impl Node {
         }
     }
 
+    /// Waits until we listen on `count` addresses (or `timeout` passes) and
+    /// returns them, QUIC first, each ending in `/p2p/<peer id>`.
+    pub async fn wait_listening(&self, count: usize, timeout: Duration) -> Vec<Multiaddr> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.events();
+        loop {
+            let addrs = self.listen_addrs().await;
+            if addrs.len() >= count || tokio::time::Instant::now() >= deadline {
+                return addrs;
+            }
+            // Woken by the next event (a new listener is one), at the latest
+            // when the deadline passes.
+            let _ = tokio::time::timeout_at(deadline, events.recv()).await;
+        }
+    }
+
     /// Our listen addresses (with `/p2p/<peer id>`), once listening.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.status()
@@ -1172,17 +1284,7 @@ impl Node {
     /// Dials `peer` at `addrs` (for tests that speak the wire directly).
     #[doc(hidden)]
     pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<PathKind, String> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send(Command::Connect {
-                peer,
-                addrs,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| "stopped".to_string())?;
-        rx.await.map_err(|_| "stopped".to_string())?
+        mailbox::connect(&self.shared, peer, addrs).await
     }
 
     /// The identity (for tests that sign wire messages directly).

@@ -827,6 +827,7 @@ mod tests {
             capabilities: vec![],
             addrs: vec![],
             presence: Default::default(),
+            relays: Vec::new(),
             seq: 0,
             expires_ms: 0,
         }

@@ -58,6 +58,13 @@ pub enum MsgFrame {
         /// The session.
         session: SessionId,
     },
+    /// Delivery receipts: the sender of this frame fetched these messages
+    /// from its mailbox and stored them. Authenticated by the connection;
+    /// the receiver honours only ids it deposited for that peer.
+    Delivered {
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
 }
 
 /// Errors decoding a frame.

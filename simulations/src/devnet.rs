@@ -1,7 +1,10 @@
 //! `agentmesh-sim devnet`: a whole local network on loopback. One bootstrap
-//! and N agents, each a separate process with its own temporary data
-//! directory. The agents find each other by AMID through the DHT, KNOCK, and
-//! exchange encrypted messages; every delivery is printed with its path.
+//! (with the registry), one relay and N agents, each a separate process
+//! with its own temporary data directory. The last agent is unreachable (no
+//! direct address: it listens through the relay). The agents find each
+//! other by AMID through the DHT, KNOCK, and exchange encrypted messages;
+//! then one agent goes offline, gets mail in its relay mailbox, and fetches
+//! it when it comes back. Every delivery is printed with its path.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -10,7 +13,7 @@ use serde_json::json;
 
 use agentmesh_node::control::{Client, Request};
 
-use crate::process::{start_agent, start_bootstrap_with_registry, Proc};
+use crate::process::{start_agent, start_bootstrap_with_registry, start_relay, Proc};
 
 const NAMES: [&str; 8] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
@@ -66,11 +69,23 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
         "devnet: registry at {registry}/v1 (try `agentmesh search chat --registry {registry}`)"
     );
 
+    let (relay, relay_addrs) = start_relay(&exe, &root.join("relay"), &boot_addr, &[], &[]).await?;
+    let relay_addr = relay_addrs.first().cloned().context("relay address")?;
+    println!("devnet: relay listening on {relay_addr}");
+
     let mut agents = Vec::new();
     for i in 0..opts.agents {
         let name = agent_name(i);
-        let (proc, amid) = start_agent(&exe, &name, &root.join(&name), &boot_addr, &[]).await?;
-        println!("devnet: {name:<6} is {amid} (card published in the DHT)");
+        let args = agent_args(&relay_addr, i + 1 == opts.agents);
+        let (proc, amid) = start_agent(&exe, &name, &root.join(&name), &boot_addr, &args).await?;
+        println!(
+            "devnet: {name:<6} is {amid} ({})",
+            if i + 1 == opts.agents {
+                "unreachable: listens through the relay"
+            } else {
+                "card published in the DHT"
+            }
+        );
         agents.push(Agent { name, amid, proc });
     }
 
@@ -134,6 +149,69 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
             );
         }
     }
+
+    // Round 3: bob goes offline; alice's message waits in his relay mailbox,
+    // sealed, and bob fetches it when he is back.
+    let bob = agents.remove(1);
+    let bob_args = agent_args(&relay_addr, n == 2);
+    bob.proc.terminate().await?;
+    println!("devnet: {} is offline", bob.name);
+    let payload = json!({ "text": format!("{}, this waits in your mailbox", bob.name) });
+    let mut client = Client::connect(&agents[0].proc.dir).await?;
+    let resp = tokio::time::timeout(
+        WAIT,
+        client.request(&Request::Send {
+            to: bob.amid.clone(),
+            payload: payload.clone(),
+            capability: None,
+        }),
+    )
+    .await
+    .context("send timed out")??;
+    let (true, Some(receipt)) = (resp.ok, resp.receipt) else {
+        bail!("mailbox deposit failed: {}", resp.error.unwrap_or_default());
+    };
+    println!(
+        "{:<6} → {:<6} {}  via {} (stored at the relay)",
+        agents[0].name, bob.name, payload, receipt.path
+    );
+    let (mut proc, _) = start_agent(
+        &exe,
+        &bob.name,
+        &root.join(&bob.name),
+        &boot_addr,
+        &bob_args,
+    )
+    .await?;
+    let id = receipt.id.to_string();
+    let got = proc
+        .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+        .await?;
+    if got["payload"] != payload {
+        bail!("{} received something else than was sent", bob.name);
+    }
+    agents[0]
+        .proc
+        .wait_for(WAIT, |v| {
+            v["event"] == "delivered" && v["id"] == id.as_str()
+        })
+        .await?;
+    delivered += 1;
+    println!(
+        "{:<6} ← {:<6} fetched from the mailbox on return  via {}; {} got the delivery receipt",
+        bob.name,
+        agents[0].name,
+        got["path"].as_str().unwrap_or("?"),
+        agents[0].name
+    );
+    agents.insert(
+        1,
+        Agent {
+            name: bob.name,
+            amid: bob.amid,
+            proc,
+        },
+    );
     println!("devnet: {delivered} messages delivered end-to-end encrypted, each exactly once");
 
     if !opts.once {
@@ -157,6 +235,17 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     for a in agents {
         let _ = a.proc.terminate().await;
     }
+    let _ = relay.terminate().await;
     let _ = boot.terminate().await;
     Ok(delivered)
+}
+
+/// Arguments of agent processes: every agent keeps its mailbox at the
+/// relay; an unreachable one also listens through it.
+fn agent_args(relay: &str, unreachable: bool) -> Vec<String> {
+    let mut args = vec!["--relay".to_string(), relay.to_string()];
+    if unreachable {
+        args.push("--private".into());
+    }
+    args
 }

@@ -48,8 +48,30 @@ enum Cmd {
         bootstrap: Vec<Multiaddr>,
         #[arg(long)]
         block: Vec<Amid>,
+        /// Mailbox relay(s).
+        #[arg(long = "relay")]
+        relays: Vec<Multiaddr>,
+        /// Reachable only through relays.
+        #[arg(long)]
+        private: bool,
+        /// Query the DHT without serving it.
+        #[arg(long)]
+        dht_client: bool,
         #[arg(long)]
         policy: Option<PathBuf>,
+    },
+    /// (process role) Run a relay node; prints JSON event lines.
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        bootstrap: Vec<Multiaddr>,
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// Seconds between status lines.
+        #[arg(long, default_value_t = 30)]
+        status_every: u64,
     },
     /// (process role) Run a bootstrap node; prints JSON event lines.
     #[command(hide = true)]
@@ -70,6 +92,9 @@ async fn main() -> Result<()> {
             data_dir,
             bootstrap,
             block,
+            relays,
+            private,
+            dht_client,
             policy,
         } => {
             let mut config = Config::local();
@@ -77,6 +102,13 @@ async fn main() -> Result<()> {
                 config.policy = agentmesh_node::Policy::from_file(&file)?;
             }
             config.policy.block.extend(block);
+            config.relays = relays;
+            if dht_client {
+                config.dht.mode = agentmesh_dht::DhtMode::Client;
+            }
+            if private {
+                config.reachability = agentmesh_node::Reachability::Private;
+            }
             let node = Node::builder(config)
                 .data_dir(&data_dir)
                 .bootstraps(bootstrap)
@@ -84,6 +116,31 @@ async fn main() -> Result<()> {
                 .await
                 .context("starting agent")?;
             agentmesh_node::daemon::serve(node, &data_dir, true).await?;
+        }
+        Cmd::Relay {
+            data_dir,
+            bootstrap,
+            listen,
+            status_every,
+        } => {
+            let mut config = agentmesh_relay_daemon::config(agentmesh_node::RelayConfig::default());
+            if !listen.is_empty() {
+                config.transport.listen = listen;
+            }
+            let expected = config.transport.listen.len();
+            let node = Node::builder(config)
+                .data_dir(&data_dir)
+                .bootstraps(bootstrap)
+                .spawn()
+                .await
+                .context("starting relay")?;
+            agentmesh_relay_daemon::serve(
+                node,
+                expected,
+                true,
+                std::time::Duration::from_secs(status_every),
+            )
+            .await?;
         }
         Cmd::Bootstrap { data_dir } => {
             let config = agentmesh_bootstrap::config();

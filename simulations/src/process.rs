@@ -184,3 +184,59 @@ pub async fn start_agent(
     .await?;
     Ok((p, amid))
 }
+
+/// Starts a relay node joined through `bootstrap`, listening on `listen`
+/// (defaults when empty); returns it and its addresses once it is ready.
+pub async fn start_relay(
+    exe: &Path,
+    dir: &Path,
+    bootstrap: &str,
+    listen: &[String],
+    extra: &[String],
+) -> Result<(Proc, Vec<String>)> {
+    let mut args = vec![
+        "relay".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--bootstrap".into(),
+        bootstrap.to_owned(),
+    ];
+    for l in listen {
+        args.push("--listen".into());
+        args.push(l.clone());
+    }
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn("relay", exe, &args, dir)?;
+    let ready = p.wait_event(Duration::from_secs(60), "ready").await?;
+    let addrs = ready["addrs"]
+        .as_array()
+        .context("relay printed no addresses")?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect::<Vec<_>>();
+    if addrs.is_empty() {
+        bail!("relay printed no addresses");
+    }
+    Ok((p, addrs))
+}
+
+/// Asks the agent whose data directory is `dir` to send `payload` to `to`,
+/// through its control socket; the answer carries the receipt.
+pub async fn control_send(
+    dir: &Path,
+    to: &str,
+    payload: Value,
+    timeout: Duration,
+) -> Result<agentmesh_node::control::Response> {
+    use agentmesh_node::control::{Client, Request};
+    let mut c = Client::connect(dir).await.context("control socket")?;
+    let request = Request::Send {
+        to: to.into(),
+        payload,
+        capability: None,
+    };
+    tokio::time::timeout(timeout, c.request(&request))
+        .await
+        .context("send did not answer in time")?
+        .context("control request")
+}

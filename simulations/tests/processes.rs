@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use agentmesh_node::control::{Client, Request, Response};
-use agentmesh_sim::process::{start_agent, start_bootstrap};
+use agentmesh_sim::process::{control_send, start_agent, start_bootstrap};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -14,18 +14,7 @@ fn exe() -> &'static Path {
 }
 
 async fn send(dir: &Path, to: &str, payload: Value) -> Response {
-    let mut c = Client::connect(dir).await.expect("control socket");
-    tokio::time::timeout(
-        WAIT,
-        c.request(&Request::Send {
-            to: to.into(),
-            payload,
-            capability: None,
-        }),
-    )
-    .await
-    .expect("send answers in time")
-    .expect("control request")
+    control_send(dir, to, payload, WAIT).await.expect("send")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

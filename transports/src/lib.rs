@@ -16,7 +16,7 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let key = Keypair::generate_ed25519();
-//! let swarm = build_swarm(key, &TransportConfig::default(), |_| ping::Behaviour::default())?;
+//! let swarm = build_swarm(key, &TransportConfig::default(), |_, _relay| ping::Behaviour::default())?;
 //! # let _ = swarm;
 //! # Ok(())
 //! # }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use libp2p::{
-    identity::Keypair, multiaddr::Protocol, noise, swarm::NetworkBehaviour, tcp, yamux, Multiaddr,
-    Swarm,
+    identity::Keypair, multiaddr::Protocol, noise, relay, swarm::NetworkBehaviour, tcp, yamux,
+    Multiaddr, Swarm,
 };
 
 /// Transport settings.
@@ -61,12 +61,17 @@ pub enum TransportError {
     },
 }
 
-/// Builds a swarm speaking QUIC and TCP + Noise + Yamux, and starts listening
-/// on the configured addresses.
+/// Builds a swarm speaking QUIC, TCP + Noise + Yamux and circuit relay v2
+/// (as a client: dialling and listening through relays), and starts
+/// listening on the configured addresses.
+///
+/// `behaviour` receives the relay client behaviour that goes with the relay
+/// transport; compose it into the swarm's behaviour, or circuit addresses
+/// can be neither dialled nor listened on.
 pub fn build_swarm<B: NetworkBehaviour>(
     key: Keypair,
     config: &TransportConfig,
-    behaviour: impl FnOnce(&Keypair) -> B,
+    behaviour: impl FnOnce(&Keypair, relay::client::Behaviour) -> B,
 ) -> Result<Swarm<B>, TransportError> {
     let idle = config.idle_timeout;
     let concurrency = config.dial_concurrency;
@@ -78,7 +83,8 @@ pub fn build_swarm<B: NetworkBehaviour>(
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|k| Ok(behaviour(k)))
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|k, relay| Ok(behaviour(k, relay)))
         .map_err(|e| TransportError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(idle)
@@ -109,6 +115,8 @@ pub enum PathKind {
     Relayed,
     /// Any other transport.
     Other,
+    /// Not a connection: stored in a relay's mailbox for later delivery.
+    Mailbox,
 }
 
 impl std::fmt::Display for PathKind {
@@ -118,6 +126,7 @@ impl std::fmt::Display for PathKind {
             PathKind::DirectTcp => "direct-tcp",
             PathKind::Relayed => "relayed",
             PathKind::Other => "other",
+            PathKind::Mailbox => "mailbox",
         })
     }
 }
@@ -129,7 +138,7 @@ pub fn sort_by_preference(addrs: &mut [Multiaddr]) {
         PathKind::DirectQuic => 0,
         PathKind::DirectTcp => 1,
         PathKind::Relayed => 2,
-        PathKind::Other => 3,
+        PathKind::Other | PathKind::Mailbox => 3,
     });
 }
 

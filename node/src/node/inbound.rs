@@ -71,7 +71,7 @@ pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>
     }
 }
 
-fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: String) {
+pub(super) fn refuse(shared: &Shared, from: Option<String>, reason: RejectReason, detail: String) {
     warn!(from = from.as_deref().unwrap_or("?"), %reason, %detail, "refused");
     shared.audit(AuditEvent::Refused {
         from: from.clone(),
@@ -312,7 +312,7 @@ fn decide(
 /// Hands messages to the application, replies to their requests, chunks
 /// to their streams (waiting for room: back-pressure reaches the sender
 /// through withheld acks) and reports them.
-async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
+pub(super) async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
     for d in batch {
         if !super::exchange::route(shared, d).await {
             return;
@@ -378,6 +378,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                         session,
                         by_peer: true,
                     });
+                }
+                continue;
+            }
+            Ok(MsgFrame::Delivered { ids }) => {
+                if let Some(from) = sender {
+                    super::mailbox::on_receipts(shared, &from, &ids);
                 }
                 continue;
             }

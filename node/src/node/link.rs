@@ -65,6 +65,8 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         reconnect_at: None,
         skipped_knock_for: None,
         delayed: VecDeque::new(),
+        peer_relays: Vec::new(),
+        mailbox_until: None,
     };
     tokio::spawn(link.run());
     tx
@@ -94,7 +96,15 @@ struct Link {
     skipped_knock_for: Option<SessionId>,
     /// Messages the peer rate-limited, with when to send them again.
     delayed: VecDeque<(Instant, InFlight)>,
+    /// The peer's mailbox relays, from its last card.
+    peer_relays: Vec<(PeerId, libp2p::Multiaddr)>,
+    /// Until then, the peer is taken to be unreachable: messages go to its
+    /// mailbox without a dial first.
+    mailbox_until: Option<Instant>,
 }
+
+/// How long a peer that could not be dialled is taken to be unreachable.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 
 enum LinkError {
     /// Try again later.
@@ -141,6 +151,7 @@ impl Link {
                                 debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
                                 self.shared.breakers().record_failure(&self.peer, now_ms());
                                 self.schedule_reconnect();
+                                self.deposit_inflight().await;
                             }
                         }
                     }
@@ -318,6 +329,11 @@ impl Link {
             bytes: bytes.clone(),
             session,
         });
+        if self.writer.is_none() && self.unreachable(peer_id) {
+            // Dialled and failed moments ago: straight to the mailbox.
+            self.deposit_inflight().await;
+            return;
+        }
         if self.writer.is_none() {
             // New work: try to connect now rather than at the end of the
             // back-off; the attempt sends everything in flight, in order.
@@ -449,6 +465,7 @@ impl Link {
             .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
         match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
             Ok(Ok(Some(card))) => {
+                self.peer_relays = card.relay_addrs();
                 self.card = Some(card.clone());
                 Ok(card)
             }
@@ -478,6 +495,72 @@ impl Link {
             }
             Err(_) => Err(LinkError::Fatal(SendError::Stopped)),
         }
+    }
+
+    /// Whether the peer failed a dial moments ago and has not connected
+    /// since.
+    fn unreachable(&self, peer_id: PeerId) -> bool {
+        let connected = self
+            .shared
+            .paths
+            .lock()
+            .map(|p| p.contains_key(&peer_id))
+            .unwrap_or(false);
+        !connected && self.mailbox_until.is_some_and(|t| t > Instant::now())
+    }
+
+    /// The peer cannot be reached: hands everything in flight, in order, to
+    /// its mailbox relays. A message is done once a relay holds it on disk;
+    /// its receipt says `mailbox`, and [`NodeEvent::Delivered`] follows when
+    /// the peer has fetched it.
+    async fn deposit_inflight(&mut self) {
+        if self.inflight.is_empty() || self.peer_relays.is_empty() {
+            return;
+        }
+        while let Some(m) = self.inflight.pop_front() {
+            let Ok(MsgFrame::Envelope(envelope)) = MsgFrame::from_bytes(&m.bytes) else {
+                self.fail(m.out, SendError::Failed("not an envelope".into()));
+                continue;
+            };
+            let relays = self.peer_relays.clone();
+            match super::mailbox::deposit(&self.shared, &self.peer, &relays, &envelope).await {
+                Ok(n) => {
+                    self.mailbox_until = Some(Instant::now() + UNREACHABLE_FOR);
+                    self.shared.audit(AuditEvent::MessageOut {
+                        to: self.peer,
+                        id: m.out.id,
+                        session: m.session,
+                        size: envelope.len() as u32,
+                        path: PathKind::Mailbox.to_string(),
+                    });
+                    self.shared.emit(NodeEvent::Deposited {
+                        id: m.out.id,
+                        to: self.peer,
+                        relays: n,
+                    });
+                    if let Some(r) = m.out.reply {
+                        let _ = r.send(Ok(Receipt {
+                            id: m.out.id,
+                            to: self.peer,
+                            path: PathKind::Mailbox,
+                            knocked: false,
+                            session: m.session,
+                        }));
+                    }
+                }
+                Err(e @ agentmesh_relay::mailbox::MailboxError::Refused { .. }) => {
+                    self.fail(m.out, SendError::Mailbox(e));
+                }
+                Err(e) => {
+                    // No relay reachable either: keep it for the next try.
+                    debug!(peer = %self.peer.short(), error = %e, "mailbox unreachable");
+                    self.inflight.push_front(m);
+                    return;
+                }
+            }
+        }
+        // Nothing left to resend: no reason to keep dialling.
+        self.reconnect_at = None;
     }
 
     /// Opens the message stream and resends everything in flight.

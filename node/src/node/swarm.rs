@@ -14,8 +14,8 @@ use libp2p::{
     identify,
     identity::Keypair,
     multiaddr::Protocol,
-    ping,
-    swarm::{dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
+    ping, relay,
+    swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
 use tokio::{
@@ -24,10 +24,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use agentmesh_dht::{now_ms, Dht, DhtConfig, DhtEvent, QueryId, SignedRecord, VerifiedRecord};
+use agentmesh_dht::{now_ms, Dht, DhtEvent, QueryId, SignedRecord, VerifiedRecord};
 use agentmesh_transports::{path_of, PathKind};
 
-use super::{peer_label, Command, NetStatus, PeerStatus, Shared};
+use super::{peer_label, Command, NetStatus, PeerStatus, Reachability, RelayStatus, Shared};
 use crate::{
     card::{AgentCard, CARD_NAMESPACE},
     events::NodeEvent,
@@ -37,6 +37,10 @@ use crate::{
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 /// How often to check the bootstrap connections.
 const BOOTSTRAP_CHECK: Duration = Duration::from_secs(10);
+/// How often to look for more relays once we have one.
+const RELAY_SEARCH_EVERY: Duration = Duration::from_secs(300);
+/// How often to look for mail at our relays, besides on each reconnection.
+const DRAIN_EVERY: Duration = Duration::from_secs(30);
 
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
@@ -45,25 +49,35 @@ pub(super) struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
 }
 
 impl Behaviour {
     pub(super) fn new(
         key: &Keypair,
-        db: &sled::Db,
-        dht: DhtConfig,
+        dht: Dht,
+        config: &super::Config,
         stream: libp2p_stream::Behaviour,
-    ) -> Result<Self, agentmesh_dht::DhtError> {
+        relay_client: relay::client::Behaviour,
+    ) -> Self {
         let local = key.public().to_peer_id();
-        Ok(Self {
-            dht: Dht::new(local, db, dht)?,
+        Self {
+            dht,
             identify: identify::Behaviour::new(
                 identify::Config::new("/agentmesh/id/1".into(), key.public())
                     .with_agent_version(format!("agentmesh/{}", env!("CARGO_PKG_VERSION"))),
             ),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(25))),
             stream,
-        })
+            relay_client,
+            relay: Toggle::from(
+                config
+                    .relay
+                    .as_ref()
+                    .map(|r| agentmesh_relay::circuit_behaviour(local, &r.circuit)),
+            ),
+        }
     }
 }
 
@@ -83,6 +97,31 @@ struct Actor {
     record_gets: HashMap<QueryId, oneshot::Sender<Option<VerifiedRecord>>>,
     next_publish: Option<Instant>,
     last_seq: u64,
+    relays: Relays,
+}
+
+/// Relay state: the mailbox relays we picked, and what we carry when we
+/// serve as a relay.
+#[derive(Default)]
+struct Relays {
+    /// Known relays, from the configuration and the DHT.
+    candidates: Vec<(PeerId, Multiaddr)>,
+    /// The relays keeping our mailbox (also in `Shared::my_relays`).
+    chosen: Vec<(PeerId, Multiaddr)>,
+    /// Relays we listen through (private reachability).
+    reserved: HashSet<PeerId>,
+    /// The running query for relay providers.
+    providers_query: Option<QueryId>,
+    /// Card lookups of discovered relays.
+    card_queries: HashMap<QueryId, PeerId>,
+    /// Whether we announced ourselves as a relay in the DHT.
+    provided: bool,
+    /// When the DHT was last asked for relays.
+    last_search: Option<Instant>,
+    /// Reservations held on us.
+    reservations: usize,
+    /// Circuits open through us.
+    circuits: usize,
 }
 
 pub(super) async fn run(
@@ -124,11 +163,26 @@ pub(super) async fn run(
         record_gets: HashMap::new(),
         next_publish: None,
         last_seq: 0,
+        relays: Relays::default(),
     };
+    actor.relays.candidates = shared
+        .config
+        .relays
+        .iter()
+        .filter_map(|a| match a.iter().last() {
+            Some(Protocol::P2p(p)) => Some((p, a.clone())),
+            _ => {
+                warn!(addr = %a, "relay address lacks /p2p/<peer id>; ignored");
+                None
+            }
+        })
+        .collect();
+    actor.choose_relays();
     actor.dial_bootstraps();
     let mut bootstrap_check =
         tokio::time::interval_at(Instant::now() + BOOTSTRAP_CHECK, BOOTSTRAP_CHECK);
     let mut sweep = tokio::time::interval(Duration::from_secs(600));
+    let mut drain_tick = tokio::time::interval_at(Instant::now() + DRAIN_EVERY, DRAIN_EVERY);
     let cancel = shared.cancel.clone();
     loop {
         let publish_at = actor.next_publish;
@@ -144,7 +198,11 @@ pub(super) async fn run(
             _ = async { tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)).await }, if publish_at.is_some() => {
                 actor.publish_card();
             }
-            _ = bootstrap_check.tick() => actor.check_bootstrap(),
+            _ = bootstrap_check.tick() => {
+                actor.check_bootstrap();
+                actor.check_relays();
+            }
+            _ = drain_tick.tick() => actor.drain_all(),
             _ = sweep.tick() => {
                 let _ = shared.store().sweep(now_ms());
             }
@@ -202,6 +260,12 @@ impl Actor {
             capabilities: self.shared.config.capabilities.clone(),
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
             presence: self.shared.presence.read().map(|p| *p).unwrap_or_default(),
+            relays: self
+                .relays
+                .chosen
+                .iter()
+                .map(|(_, a)| a.to_string())
+                .collect(),
             seq: 0,
             expires_ms: 0,
         };
@@ -262,8 +326,10 @@ impl Actor {
                         .addresses(addrs)
                         .extend_addresses_through_behaviour()
                         .build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        self.finish_dial(peer, Err(e.to_string()));
+                    match self.swarm.dial(opts) {
+                        // Someone else is dialling it: its outcome is ours.
+                        Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                        Err(e) => self.finish_dial(peer, Err(e.to_string())),
                     }
                 }
             }
@@ -333,6 +399,27 @@ impl Actor {
                     routing_table: dht.routing_table_size(),
                     dht_records: dht.stored_records(),
                     card_published: self.published_remotely,
+                    reachability: self.shared.config.reachability,
+                    mailbox_relays: self
+                        .relays
+                        .chosen
+                        .iter()
+                        .map(|(_, a)| a.to_string())
+                        .collect(),
+                    relay: self.shared.config.relay.as_ref().map(|_| {
+                        let stats = self
+                            .shared
+                            .mailbox
+                            .as_ref()
+                            .map(|m| m.stats())
+                            .unwrap_or_default();
+                        RelayStatus {
+                            reservations: self.relays.reservations,
+                            circuits: self.relays.circuits,
+                            envelopes: stats.envelopes,
+                            bytes: stats.bytes,
+                        }
+                    }),
                 });
             }
         }
@@ -355,6 +442,12 @@ impl Actor {
                 self.shared.emit(NodeEvent::Listening {
                     addr: full.to_string(),
                 });
+                let relayed = path_of(&address) == PathKind::Relayed;
+                if self.shared.config.relay.is_some() && !relayed {
+                    // A relay is reachable by definition: its listen
+                    // addresses go into reservations and provider records.
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen.push(address);
                 agentmesh_transports::sort_by_preference(&mut self.listen);
                 // Let the other listeners come up, then publish once.
@@ -366,11 +459,18 @@ impl Actor {
                 endpoint,
                 ..
             } => {
-                let addr = match &endpoint {
-                    ConnectedPoint::Dialer { address, .. } => address,
-                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                let path = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => path_of(address),
+                    // A connection that came through a relay arrives on our
+                    // circuit listener.
+                    ConnectedPoint::Listener { local_addr, .. }
+                        if path_of(local_addr) == PathKind::Relayed =>
+                    {
+                        PathKind::Relayed
+                    }
+                    ConnectedPoint::Listener { send_back_addr, .. } => path_of(send_back_addr),
                 };
-                let path = path_of(addr);
+                debug!(peer = %peer_id, ?endpoint, %path, "connection established");
                 let first = self
                     .connections
                     .entry(peer_id)
@@ -391,6 +491,11 @@ impl Actor {
                     if !self.published_remotely {
                         self.next_publish = Some(Instant::now() + Duration::from_millis(200));
                     }
+                    self.announce_relay();
+                    self.find_relays();
+                }
+                if first && self.relays.chosen.iter().any(|(p, _)| p == &peer_id) {
+                    self.on_relay_connected(peer_id);
                 }
                 self.finish_dial(peer_id, Ok(path));
             }
@@ -431,6 +536,12 @@ impl Actor {
                 info,
                 ..
             })) => {
+                // Only DHT servers go into the routing table: a client (an
+                // agent behind a NAT, say) would be handed out to others
+                // who cannot query it.
+                if !info.protocols.contains(&agentmesh_dht::PROTOCOL) {
+                    return;
+                }
                 let mut addrs = info.listen_addrs;
                 agentmesh_transports::sort_by_preference(&mut addrs);
                 for addr in addrs {
@@ -438,12 +549,229 @@ impl Actor {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dht(e)) => self.on_dht_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => {
+                debug!(?e, "relay client");
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                for a in addresses {
+                    self.listen.retain(|l| l != &a);
+                    if let Some(relay) = relay_of(&a) {
+                        debug!(%relay, "relay reservation lost");
+                        self.relays.reserved.remove(&relay);
+                    }
+                }
+                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+            }
+            _ => {}
+        }
+    }
+
+    /// Picks up to `mailbox_relays` relays among the candidates, nearest to
+    /// our id first (so a restart picks the same ones), and dials the new
+    /// picks.
+    fn choose_relays(&mut self) {
+        let want = self.shared.config.mailbox_relays;
+        if self.relays.chosen.len() >= want {
+            return;
+        }
+        let me = libp2p::kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let mut candidates: Vec<_> = self
+            .relays
+            .candidates
+            .iter()
+            .filter(|(p, _)| p != me.preimage())
+            .filter(|(p, _)| !self.relays.chosen.iter().any(|(c, _)| c == p))
+            .cloned()
+            .collect();
+        candidates.sort_by_key(|(p, _)| me.distance(&libp2p::kad::KBucketKey::from(*p)));
+        let picks: Vec<_> = candidates
+            .into_iter()
+            .take(want - self.relays.chosen.len())
+            .collect();
+        if picks.is_empty() {
+            return;
+        }
+        self.relays.chosen.extend(picks.iter().cloned());
+        if let Ok(mut mine) = self.shared.my_relays.write() {
+            *mine = self.relays.chosen.clone();
+        }
+        for (peer, addr) in &picks {
+            info!(relay = %addr, "mailbox relay chosen");
+            self.swarm
+                .behaviour_mut()
+                .dht
+                .add_address(peer, addr.clone());
+            if self.swarm.is_connected(peer) {
+                self.on_relay_connected(*peer);
+            } else {
+                let opts = DialOpts::peer_id(*peer)
+                    .addresses(vec![addr.clone()])
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(%peer, error = %e, "relay dial not started");
+                }
+            }
+        }
+        self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+    }
+
+    /// Looks for relays in the DHT while we have fewer than we want and
+    /// none were configured.
+    fn find_relays(&mut self) {
+        // Often while we have none, rarely once we have one.
+        let every = if self.relays.chosen.is_empty() {
+            BOOTSTRAP_CHECK
+        } else {
+            RELAY_SEARCH_EVERY
+        };
+        if self.relays.chosen.len() >= self.shared.config.mailbox_relays
+            || self.relays.providers_query.is_some()
+            || !self.shared.config.relays.is_empty()
+            || self
+                .relays
+                .last_search
+                .is_some_and(|t| t.elapsed() < every.saturating_sub(Duration::from_millis(500)))
+        {
+            return;
+        }
+        self.relays.last_search = Some(Instant::now());
+        let q = self
+            .swarm
+            .behaviour_mut()
+            .dht
+            .providers(agentmesh_relay::RELAY_PROVIDER_KEY);
+        self.relays.providers_query = Some(q);
+    }
+
+    /// A relay announces itself in the DHT once it is connected to the
+    /// network.
+    fn announce_relay(&mut self) {
+        if self.shared.config.relay.is_none() || self.relays.provided {
+            return;
+        }
+        match self
+            .swarm
+            .behaviour_mut()
+            .dht
+            .provide(agentmesh_relay::RELAY_PROVIDER_KEY)
+        {
+            Ok(_) => self.relays.provided = true,
+            Err(e) => warn!(error = %e, "relay announcement failed"),
+        }
+    }
+
+    /// Redials chosen relays that dropped, and keeps looking for more.
+    fn check_relays(&mut self) {
+        for (peer, addr) in self.relays.chosen.clone() {
+            if !self.swarm.is_connected(&peer) {
+                let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+        if self.swarm.connected_peers().next().is_some() {
+            self.find_relays();
+        }
+    }
+
+    /// A mailbox relay is connected: listen through it when we are not
+    /// reachable directly, and collect our mail.
+    fn on_relay_connected(&mut self, relay: PeerId) {
+        let private = self.shared.config.reachability == Reachability::Private;
+        if private && !self.relays.reserved.contains(&relay) {
+            if let Some((_, addr)) = self.relays.chosen.iter().find(|(p, _)| p == &relay) {
+                let circuit = addr.clone().with(Protocol::P2pCircuit);
+                match self.swarm.listen_on(circuit.clone()) {
+                    Ok(_) => {
+                        info!(addr = %circuit, "listening through relay");
+                        self.relays.reserved.insert(relay);
+                    }
+                    Err(e) => warn!(addr = %circuit, error = %e, "relay listen failed"),
+                }
+            }
+        }
+        tokio::spawn(super::mailbox::drain(self.shared.clone(), relay));
+    }
+
+    /// Collects mail from every connected mailbox relay.
+    fn drain_all(&mut self) {
+        for (peer, _) in &self.relays.chosen {
+            if self.swarm.is_connected(peer) {
+                tokio::spawn(super::mailbox::drain(self.shared.clone(), *peer));
+            }
+        }
+    }
+
+    fn on_relay_event(&mut self, event: relay::Event) {
+        let r = &mut self.relays;
+        match event {
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed,
+            } => {
+                if !renewed {
+                    r.reservations += 1;
+                }
+                debug!(peer = %src_peer_id, renewed, "reservation accepted");
+            }
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
+                r.reservations = r.reservations.saturating_sub(1);
+            }
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                r.circuits += 1;
+                debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
+            }
+            relay::Event::CircuitClosed { .. } => r.circuits = r.circuits.saturating_sub(1),
+            relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+                debug!(peer = %src_peer_id, "reservation denied");
+            }
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit denied"),
             _ => {}
         }
     }
 
     fn on_dht_event(&mut self, event: DhtEvent) {
         match event {
+            DhtEvent::ProvidersFound { query, providers }
+                if self.relays.providers_query == Some(query) =>
+            {
+                self.relays.providers_query = None;
+                let me = *self.swarm.local_peer_id();
+                for p in providers {
+                    let known = p == me
+                        || self.relays.candidates.iter().any(|(c, _)| c == &p)
+                        || self.relays.card_queries.values().any(|c| c == &p);
+                    if !known {
+                        let q = self.swarm.behaviour_mut().dht.get(CARD_NAMESPACE, &p);
+                        self.relays.card_queries.insert(q, p);
+                    }
+                }
+            }
+            DhtEvent::RecordFound { query, record }
+                if self.relays.card_queries.contains_key(&query) =>
+            {
+                let Some(peer) = self.relays.card_queries.remove(&query) else {
+                    return;
+                };
+                let card = record.and_then(|r| AgentCard::from_record(&r).ok());
+                let addr = card.and_then(|c| {
+                    let mut addrs = c.multiaddrs();
+                    agentmesh_transports::sort_by_preference(&mut addrs);
+                    addrs.into_iter().find(|a| path_of(a) != PathKind::Relayed)
+                });
+                if let Some(addr) = addr.and_then(|a| a.with_p2p(peer).ok()) {
+                    debug!(%peer, %addr, "relay discovered");
+                    self.relays.candidates.push((peer, addr));
+                    self.choose_relays();
+                }
+            }
             DhtEvent::RecordFound { query, record } if self.record_gets.contains_key(&query) => {
                 if let Some(w) = self.record_gets.remove(&query) {
                     let _ = w.send(record.map(|r| *r));
@@ -502,4 +830,17 @@ impl Actor {
             _ => {}
         }
     }
+}
+
+/// The relay a circuit address goes through.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }

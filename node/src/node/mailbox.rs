@@ -1,0 +1,281 @@
+//! The node's side of relay mailboxes: depositing sealed envelopes for a
+//! peer that cannot be reached, draining our own mailboxes (storing before
+//! acknowledging), and the delivery receipts that tell a sender its
+//! deposited messages arrived.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use agentmesh_dht::now_ms;
+use agentmesh_relay::mailbox::{self, MailboxError};
+use agentmesh_transports::{framing::FramedStream, PathKind};
+
+use super::{inbound, Command, Shared};
+use crate::{
+    audit::AuditEvent,
+    envelope::{MessageId, SignedEnvelope},
+    events::NodeEvent,
+    identity::Amid,
+    session::OpenError,
+    wire::{MsgFrame, MAX_FRAME_SIZE, MSG_PROTOCOL},
+};
+
+/// Envelopes asked for per fetch.
+const FETCH_BATCH: u32 = 50;
+/// Most deposited messages remembered while waiting for their receipts.
+const MAX_AWAITING_RECEIPTS: usize = 100_000;
+/// Time to wait for a card lookup or a dial made for a mailbox exchange.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Dials `peer` at `addrs` through the swarm actor; the path of the
+/// connection.
+pub(super) async fn connect(
+    shared: &Shared,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+) -> Result<PathKind, String> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .commands
+        .send(Command::Connect {
+            peer,
+            addrs,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| "node stopped".to_string())?;
+    match tokio::time::timeout(LOOKUP_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("node stopped".into()),
+        Err(_) => Err("dial timed out".into()),
+    }
+}
+
+/// Deposits one sealed envelope for `to` at every relay in `relays`.
+/// Returns how many relays hold it on disk; an error when none does.
+pub(super) async fn deposit(
+    shared: &Shared,
+    to: &Amid,
+    relays: &[(PeerId, Multiaddr)],
+    envelope: &[u8],
+) -> Result<usize, MailboxError> {
+    let to_peer = to
+        .peer_id()
+        .map_err(|e| MailboxError::Unreachable(e.to_string()))?;
+    let body = SignedEnvelope::from_bytes(envelope)
+        .ok()
+        .and_then(|e| e.peek())
+        .ok_or_else(|| MailboxError::Protocol("not a sealed envelope".into()))?;
+    let mut stored = 0;
+    let mut last = MailboxError::Unreachable("the recipient lists no mailbox relay".into());
+    for (relay, addr) in relays {
+        if let Err(e) = connect(shared, *relay, vec![addr.clone()]).await {
+            last = MailboxError::Unreachable(e);
+            continue;
+        }
+        let mut control = shared.control.clone();
+        match mailbox::deposit(
+            &mut control,
+            *relay,
+            &to_peer,
+            body.id.0,
+            body.expires_ms,
+            envelope.to_vec(),
+        )
+        .await
+        {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                debug!(%relay, error = %e, "deposit refused");
+                last = e;
+            }
+        }
+    }
+    if stored == 0 {
+        return Err(last);
+    }
+    let mut awaiting = shared
+        .awaiting_receipt
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if awaiting.len() >= MAX_AWAITING_RECEIPTS {
+        warn!("too many deposits awaiting receipts; forgetting the oldest");
+        awaiting.clear();
+    }
+    awaiting.insert(body.id, *to);
+    Ok(stored)
+}
+
+/// A delivery receipt from `from`: reports the messages we deposited for
+/// it as delivered. Ids we did not deposit for `from` are ignored.
+pub(super) fn on_receipts(shared: &Shared, from: &Amid, ids: &[MessageId]) {
+    for id in ids {
+        let ours = {
+            let mut awaiting = shared
+                .awaiting_receipt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match awaiting.get(id) {
+                Some(to) if to == from => awaiting.remove(id).is_some(),
+                _ => false,
+            }
+        };
+        if !ours {
+            debug!(%id, "receipt for a message not awaiting one");
+            continue;
+        }
+        shared.audit(AuditEvent::MessageDelivered {
+            to: *from,
+            id: *id,
+            path: PathKind::Mailbox.to_string(),
+        });
+        shared.emit(NodeEvent::Delivered {
+            id: *id,
+            to: *from,
+            path: PathKind::Mailbox,
+            knocked: false,
+        });
+    }
+}
+
+/// Fetches everything held for us at `relay`, stores it, hands it to the
+/// application, acknowledges it to the relay, and sends receipts to the
+/// senders. One drain at a time, so mail is delivered in order.
+pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
+    let _turn = shared.drain_lock.lock().await;
+    let Ok(me) = shared.amid.peer_id() else {
+        return;
+    };
+    let mut total = 0usize;
+    loop {
+        let mut control = shared.control.clone();
+        let (items, more) = match mailbox::fetch(&mut control, relay, &me, FETCH_BATCH).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%relay, error = %e, "mailbox fetch failed");
+                return;
+            }
+        };
+        if items.is_empty() {
+            break;
+        }
+        let mut batch = Vec::new();
+        let mut acks = Vec::new();
+        let mut receipts: BTreeMap<Amid, Vec<MessageId>> = BTreeMap::new();
+        for item in &items {
+            let env = match SignedEnvelope::from_bytes(&item.envelope) {
+                Ok(e) => e,
+                Err(e) => {
+                    inbound::refuse(
+                        &shared,
+                        Some(format!("mailbox {relay}")),
+                        crate::knock::RejectReason::Malformed,
+                        e.to_string(),
+                    );
+                    acks.push(item.id);
+                    continue;
+                }
+            };
+            let result = shared.store().receive(&env, None, now_ms());
+            match result {
+                Ok((arrival, received)) => {
+                    shared.audit(AuditEvent::MessageIn {
+                        from: received.from,
+                        id: received.id,
+                        session: received.session,
+                        size: item.envelope.len() as u32,
+                    });
+                    receipts.entry(received.from).or_default().push(received.id);
+                    acks.push(item.id);
+                    batch.push(super::exchange::delivery(
+                        arrival,
+                        received,
+                        PathKind::Mailbox,
+                    ));
+                }
+                Err(OpenError::Duplicate) => acks.push(item.id),
+                Err(OpenError::Storage(e)) => {
+                    // Left at the relay; fetched again on the next drain.
+                    warn!(error = %e, "storing mail failed");
+                }
+                Err(e) => {
+                    inbound::refuse(
+                        &shared,
+                        env.peek().map(|b| b.from.to_string()),
+                        e.reason(),
+                        e.to_string(),
+                    );
+                    acks.push(item.id);
+                }
+            }
+        }
+        // On disk before the relay may forget it.
+        if let Err(e) = shared.db.flush_async().await {
+            warn!(error = %e, "flush failed; mail left at the relay");
+            return;
+        }
+        total += batch.len();
+        inbound::deliver(&shared, batch).await;
+        let mut control = shared.control.clone();
+        if let Err(e) = mailbox::ack(&mut control, relay, &me, &acks).await {
+            // Fetched again next time; duplicates are dropped by id.
+            debug!(%relay, error = %e, "mailbox ack failed");
+        }
+        for (from, ids) in receipts {
+            tokio::spawn(send_receipts(shared.clone(), from, ids));
+        }
+        if !more {
+            break;
+        }
+    }
+    if total > 0 {
+        info!(%relay, messages = total, "mailbox drained");
+    }
+}
+
+/// Tells `to` that we stored `ids`. Best effort: a sender that is offline
+/// does not learn of the delivery.
+async fn send_receipts(shared: Arc<Shared>, to: Amid, ids: Vec<MessageId>) {
+    let Ok(peer) = to.peer_id() else { return };
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .commands
+        .send(Command::Resolve {
+            amid: to,
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let addrs = match tokio::time::timeout(LOOKUP_TIMEOUT, rx).await {
+        Ok(Ok(Some(card))) => card.multiaddrs(),
+        _ => Vec::new(),
+    };
+    if let Err(e) = connect(&shared, peer, addrs).await {
+        debug!(peer = %to.short(), error = %e, "receipt not sent");
+        return;
+    }
+    let mut control = shared.control.clone();
+    let stream = match control.open_stream(peer, MSG_PROTOCOL).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(peer = %to.short(), error = %e, "receipt not sent");
+            return;
+        }
+    };
+    let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
+    let n = ids.len();
+    if framed
+        .send(MsgFrame::Delivered { ids }.to_bytes())
+        .await
+        .is_ok()
+    {
+        debug!(peer = %to.short(), n, "delivery receipts sent");
+    }
+    let _ = framed.close().await;
+}

@@ -1,0 +1,242 @@
+//! Relays in one process, on real loopback sockets and sled databases: an
+//! agent with no direct address reached through a circuit, and an offline
+//! agent's mail deposited, kept across its restart, fetched once and
+//! reported delivered.
+
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use agentmesh_node::{
+    envelope::MessageId, keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind,
+    Reachability, RelayConfig,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Logs with RUST_LOG=…
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+struct Spec {
+    relay: bool,
+    private: bool,
+    relays: Vec<agentmesh_node::Multiaddr>,
+}
+
+async fn start(dir: &Path, name: &str, spec: Spec, bootstrap: Option<&Node>) -> Node {
+    let mut c = Config::local();
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    if spec.relay {
+        c.relay = Some(RelayConfig::default());
+    }
+    if spec.private {
+        c.reachability = Reachability::Private;
+    }
+    c.relays = spec.relays;
+    let mut b = Node::builder(c)
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name));
+    if let Some(boot) = bootstrap {
+        b = b.bootstraps(boot.wait_listening(2, WAIT).await);
+    }
+    let node = b.spawn().await.expect("node starts");
+    if !spec.private {
+        assert_eq!(node.wait_listening(2, WAIT).await.len(), 2);
+    }
+    node
+}
+
+fn plain() -> Spec {
+    Spec {
+        relay: false,
+        private: false,
+        relays: Vec::new(),
+    }
+}
+
+/// Waits for the first event that `f` maps to `Some`.
+async fn wait_for<T>(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    mut f: impl FnMut(&NodeEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = f(&e) {
+                        return t;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_agent_is_reached_through_a_relay_found_in_the_dht() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start(dir.path(), "boot", plain(), None).await;
+    let relay = start(
+        dir.path(),
+        "relay",
+        Spec {
+            relay: true,
+            ..plain()
+        },
+        Some(&boot),
+    )
+    .await;
+    // Bob has no direct listener; he finds the relay in the DHT and
+    // listens through it.
+    let spec = Spec {
+        private: true,
+        ..plain()
+    };
+    let bob = {
+        let b = start(dir.path(), "bob", spec, Some(&boot)).await;
+        let mut events = b.events();
+        let circuit = wait_for(&mut events, |e| match e {
+            NodeEvent::Listening { addr } if addr.contains("p2p-circuit") => Some(addr.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(circuit.contains(&relay.amid().peer_id().unwrap().to_string()));
+        b
+    };
+    assert!(bob.wait_published(WAIT).await);
+    let card = bob.lookup(&bob.amid()).await.expect("own card");
+    assert!(!card.addrs.is_empty());
+    assert!(
+        card.addrs.iter().all(|a| a.contains("p2p-circuit")),
+        "only relayed addresses: {:?}",
+        card.addrs
+    );
+    assert_eq!(card.relays.len(), 1);
+
+    let alice = start(dir.path(), "alice", plain(), Some(&boot)).await;
+    let mut inbox = bob.messages().unwrap();
+    let r = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"via": "circuit"})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.path, PathKind::Relayed);
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload, json!({"via": "circuit"}));
+    assert_eq!(m.path, PathKind::Relayed);
+    let s = relay.status().await;
+    let r = s.net.relay.expect("relay status");
+    assert!(r.reservations >= 1, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delivered() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start(dir.path(), "boot", plain(), None).await;
+    let relay = start(
+        dir.path(),
+        "relay",
+        Spec {
+            relay: true,
+            ..plain()
+        },
+        Some(&boot),
+    )
+    .await;
+    let relay_addr = relay.wait_listening(2, WAIT).await[0].clone();
+    let bob_spec = || Spec {
+        relays: vec![relay_addr.clone()],
+        ..plain()
+    };
+    let bob = start(dir.path(), "bob", bob_spec(), Some(&boot)).await;
+    let alice = start(dir.path(), "alice", plain(), Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let card = alice.lookup(&bob.amid()).await.expect("bob's card");
+    assert_eq!(card.relays.len(), 1, "bob lists his mailbox relay");
+
+    // A session first, while bob is online.
+    let mut inbox = bob.messages().unwrap();
+    let r = alice.send(&bob.amid(), json!({"n": 0})).await.unwrap();
+    assert!(r.knocked);
+    assert_eq!(
+        tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        json!({"n": 0})
+    );
+    drop(inbox);
+    let bob_amid = bob.amid();
+    bob.shutdown().await;
+
+    // Bob is offline: the messages go to his mailbox.
+    let mut alice_events = alice.events();
+    let mut sent: Vec<MessageId> = Vec::new();
+    for n in 1..=5 {
+        let r = tokio::time::timeout(WAIT, alice.send(&bob_amid, json!({ "n": n })))
+            .await
+            .expect("send finishes")
+            .expect("deposited");
+        assert_eq!(r.path, PathKind::Mailbox, "message {n}");
+        sent.push(r.id);
+    }
+    let stored = relay.status().await.net.relay.unwrap();
+    assert_eq!(stored.envelopes, 5);
+
+    // Bob comes back: all five, in order, once; alice hears of each.
+    let bob = start(dir.path(), "bob", bob_spec(), Some(&boot)).await;
+    let mut inbox = bob.messages().unwrap();
+    for n in 1..=5 {
+        let m = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.payload, json!({ "n": n }));
+        assert_eq!(m.path, PathKind::Mailbox);
+    }
+    let mut delivered = HashSet::new();
+    while delivered.len() < sent.len() {
+        let id = wait_for(&mut alice_events, |e| match e {
+            NodeEvent::Delivered {
+                id,
+                path: PathKind::Mailbox,
+                ..
+            } => Some(*id),
+            _ => None,
+        })
+        .await;
+        delivered.insert(id);
+    }
+    assert_eq!(delivered, sent.iter().copied().collect());
+    // The relay forgot them once acked; a later drain brings nothing new.
+    tokio::time::timeout(WAIT, async {
+        while relay.status().await.net.relay.unwrap().envelopes > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("relay emptied");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), inbox.recv())
+            .await
+            .is_err()
+    );
+}

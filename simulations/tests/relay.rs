@@ -1,0 +1,361 @@
+//! Relays as real processes: an offline agent's mail survives a relay killed
+//! with SIGKILL and arrives once, in order; an agent with no direct address
+//! is reached through a circuit; the mailbox's limits and access rules hold
+//! against a real relay; the relay's files hold no plaintext.
+
+use std::{path::Path, time::Duration};
+
+use agentmesh_node::{control::Response, keystore::KdfParams, Config, Node, Passphrase, PathKind};
+use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};
+use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, start_relay};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
+}
+
+async fn send(dir: &Path, to: &str, payload: Value) -> Response {
+    control_send(dir, to, payload, WAIT).await.expect("send")
+}
+
+/// An in-process node joined through `boot`, for driving the mailbox
+/// protocol by hand: it keeps no mailbox itself, so it never drains one.
+async fn local_node(dir: &Path, name: &str, boot: &str) -> Node {
+    let mut c = Config::local();
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    c.mailbox_relays = 0;
+    Node::builder(c)
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name))
+        .bootstrap(boot.parse().unwrap())
+        .spawn()
+        .await
+        .expect("node starts")
+}
+
+fn peer_of(addr: &str) -> agentmesh_node::PeerId {
+    addr.rsplit("/p2p/").next().unwrap().parse().unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mail_survives_a_killed_relay_and_arrives_once_in_order() {
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let relay_dir = root.path().join("relay");
+    let (relay, relay_addrs) = start_relay(exe(), &relay_dir, &boot_addr, &[], &[])
+        .await
+        .unwrap();
+    let relay_addr = relay_addrs[0].clone();
+    let bob_args = vec!["--relay".to_string(), relay_addr.clone()];
+    let bob_dir = root.path().join("bob");
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    let (mut alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+        .await
+        .unwrap();
+
+    // A session while bob is online.
+    let r = send(&alice.dir, &bob_amid, json!("hello")).await;
+    assert!(r.ok, "{r:?}");
+    bob.wait_for(WAIT, |v| v["event"] == "message")
+        .await
+        .unwrap();
+    bob.terminate().await.unwrap();
+
+    // Bob is offline: ten messages go to his mailbox.
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let r = send(&alice.dir, &bob_amid, json!({ "n": n })).await;
+        assert!(r.ok, "{r:?}");
+        let receipt = r.receipt.unwrap();
+        assert_eq!(receipt.path, PathKind::Mailbox, "message {n}");
+        ids.push(receipt.id.to_string());
+    }
+
+    // The relay dies without a chance to flush and comes back on the same
+    // addresses.
+    relay.kill().await.unwrap();
+    let listen: Vec<String> = relay_addrs
+        .iter()
+        .map(|a| a.split("/p2p/").next().unwrap().to_string())
+        .collect();
+    let (_relay, again) = start_relay(exe(), &relay_dir, &boot_addr, &listen, &[])
+        .await
+        .unwrap();
+    assert_eq!(again[0], relay_addr, "same identity and address");
+
+    // Bob comes back: all ten, in order, once.
+    let (mut bob, _) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let m = match bob.wait_for(WAIT, |v| v["event"] == "message").await {
+            Ok(m) => m,
+            Err(e) => panic!("{e}; got {got:?}; bob said {:#?}", bob.drain()),
+        };
+        assert_eq!(m["path"], "mailbox");
+        got.push(m["payload"]["n"].as_i64().unwrap());
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+
+    // Alice learns that each one was delivered.
+    for id in &ids {
+        alice
+            .wait_for(WAIT, |v| {
+                v["event"] == "delivered" && v["id"] == id.as_str() && v["path"] == "mailbox"
+            })
+            .await
+            .unwrap();
+    }
+    let extra: Vec<Value> = bob
+        .drain()
+        .into_iter()
+        .filter(|v| v["event"] == "message")
+        .collect();
+    assert!(extra.is_empty(), "delivered twice: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_direct_address_is_reached_through_the_circuit() {
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (_relay, _) = start_relay(exe(), &root.path().join("relay"), &boot_addr, &[], &[])
+        .await
+        .unwrap();
+    // Bob finds the relay in the DHT and listens only through it.
+    let (mut bob, bob_amid) = start_agent(
+        exe(),
+        "bob",
+        &root.path().join("bob"),
+        &boot_addr,
+        &["--private".to_string()],
+    )
+    .await
+    .unwrap();
+    // Alice only queries the DHT, so bob's DHT traffic never opens a direct
+    // connection to her: her message has to take the circuit.
+    let (alice, _) = start_agent(
+        exe(),
+        "alice",
+        &root.path().join("alice"),
+        &boot_addr,
+        &["--dht-client".to_string()],
+    )
+    .await
+    .unwrap();
+    let r = send(&alice.dir, &bob_amid, json!("through the relay")).await;
+    assert!(r.ok, "{r:?}");
+
+    assert_eq!(r.receipt.unwrap().path, PathKind::Relayed);
+    let m = bob
+        .wait_for(WAIT, |v| v["event"] == "message")
+        .await
+        .unwrap();
+    assert_eq!(m["payload"], json!("through the relay"));
+    assert_eq!(m["path"], "relayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let relay_dir = root.path().join("relay");
+    let (relay, relay_addrs) = start_relay(exe(), &relay_dir, &boot_addr, &[], &[])
+        .await
+        .unwrap();
+    let relay_peer = peer_of(&relay_addrs[0]);
+    let relay_ma: agentmesh_node::Multiaddr = relay_addrs[0].parse().unwrap();
+
+    let alice = local_node(root.path(), "alice", &boot_addr).await;
+    let bob = local_node(root.path(), "bob", &boot_addr).await;
+    let carol = local_node(root.path(), "carol", &boot_addr).await;
+    for n in [&alice, &bob, &carol] {
+        n.connect(relay_peer, vec![relay_ma.clone()])
+            .await
+            .expect("reaches the relay");
+    }
+    let (bob_peer, carol_peer) = (
+        bob.amid().peer_id().unwrap(),
+        carol.amid().peer_id().unwrap(),
+    );
+    let (mut b, mut c) = (bob.stream_control(), carol.stream_control());
+    let far = now_ms() + 3_600_000;
+
+    // Bob fills carol's mailbox: 100 envelopes; the 101st is refused, typed.
+    for i in 0..100u8 {
+        mailbox::deposit(&mut b, relay_peer, &carol_peer, [i; 16], far, vec![i; 64])
+            .await
+            .expect("deposit");
+    }
+    let full = mailbox::deposit(&mut b, relay_peer, &carol_peer, [200; 16], far, vec![0; 64]).await;
+    assert!(
+        matches!(
+            full,
+            Err(MailboxError::Refused {
+                code: ErrorCode::MailboxFull,
+                ..
+            })
+        ),
+        "{full:?}"
+    );
+    // Bob has used his 100 deposits this minute: a flood stops here.
+    let flood = mailbox::deposit(
+        &mut b,
+        relay_peer,
+        &alice.amid().peer_id().unwrap(),
+        [1; 16],
+        far,
+        vec![1],
+    )
+    .await;
+    assert!(
+        matches!(
+            flood,
+            Err(MailboxError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(_),
+                ..
+            })
+        ),
+        "{flood:?}"
+    );
+    // Already expired: refused. Expiring soon: never delivered.
+    let expired = mailbox::deposit(
+        &mut c,
+        relay_peer,
+        &bob_peer,
+        [1; 16],
+        now_ms() - 1,
+        vec![1],
+    )
+    .await;
+    assert!(matches!(
+        expired,
+        Err(MailboxError::Refused {
+            code: ErrorCode::Expired,
+            ..
+        })
+    ));
+    let soon = now_ms() + 1_500;
+    mailbox::deposit(&mut c, relay_peer, &bob_peer, [2; 16], soon, vec![2])
+        .await
+        .unwrap();
+    mailbox::deposit(&mut c, relay_peer, &bob_peer, [3; 16], far, vec![3])
+        .await
+        .unwrap();
+    // Wait until the short one has expired (a clock, not a race).
+    while now_ms() <= soon {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (items, more) = mailbox::fetch(&mut b, relay_peer, &bob_peer, 50)
+        .await
+        .unwrap();
+    assert!(!more);
+    assert_eq!(
+        items.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![[3; 16]]
+    );
+    // Bob cannot read carol's mail, nor ack it away.
+    let theft = mailbox::fetch(&mut b, relay_peer, &carol_peer, 50).await;
+    assert!(
+        matches!(
+            theft,
+            Err(MailboxError::Refused {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ),
+        "{theft:?}"
+    );
+    let wipe = mailbox::ack(&mut b, relay_peer, &carol_peer, &[[0; 16]]).await;
+    assert!(matches!(
+        wipe,
+        Err(MailboxError::Refused {
+            code: ErrorCode::Forbidden,
+            ..
+        })
+    ));
+    // Acking an unknown id says so.
+    let (removed, unknown) = mailbox::ack(&mut b, relay_peer, &bob_peer, &[[3; 16], [9; 16]])
+        .await
+        .unwrap();
+    assert_eq!((removed, unknown), (1, vec![[9; 16]]));
+
+    // Real sealed messages for an offline agent: the relay keeps only
+    // ciphertext. Dave has a session with alice, lists the relay, goes away.
+    let mut c = Config::local();
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    c.relays = vec![relay_ma.clone()];
+    let dave = Node::builder(c)
+        .data_dir(root.path().join("dave"))
+        .passphrase(Passphrase::new("dave"))
+        .bootstrap(boot_addr.parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
+    assert!(dave.wait_published(WAIT).await);
+    let dave_amid = dave.amid();
+    alice.send(&dave_amid, json!("first")).await.unwrap();
+    dave.shutdown().await;
+    const CANARY: &str = "plaintext-canary-5d1f0c";
+    for _ in 0..3 {
+        let r = alice
+            .send(&dave_amid, json!({ "secret": CANARY }))
+            .await
+            .unwrap();
+        assert_eq!(r.path, PathKind::Mailbox);
+    }
+    relay.terminate().await.unwrap();
+    let mut files = 0;
+    let mut bytes = 0;
+    for entry in walk(&relay_dir) {
+        let data = std::fs::read(&entry).unwrap();
+        files += 1;
+        bytes += data.len();
+        assert!(
+            !data.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+            "plaintext in {}",
+            entry.display()
+        );
+    }
+    assert!(files > 0 && bytes > 0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
