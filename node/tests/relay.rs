@@ -63,6 +63,17 @@ fn plain() -> Spec {
     }
 }
 
+/// A bootstrap node and a relay joined to it.
+async fn boot_and_relay(dir: &Path) -> (Node, Node) {
+    let boot = start(dir, "boot", plain(), None).await;
+    let spec = Spec {
+        relay: true,
+        ..plain()
+    };
+    let relay = start(dir, "relay", spec, Some(&boot)).await;
+    (boot, relay)
+}
+
 /// Waits for the first event that `f` maps to `Some`.
 async fn wait_for<T>(
     events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
@@ -89,17 +100,7 @@ async fn wait_for<T>(
 async fn unreachable_agent_is_reached_through_a_relay_found_in_the_dht() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let boot = start(dir.path(), "boot", plain(), None).await;
-    let relay = start(
-        dir.path(),
-        "relay",
-        Spec {
-            relay: true,
-            ..plain()
-        },
-        Some(&boot),
-    )
-    .await;
+    let (boot, relay) = boot_and_relay(dir.path()).await;
     // Bob has no direct listener; he finds the relay in the DHT and
     // listens through it.
     let spec = Spec {
@@ -149,17 +150,7 @@ async fn unreachable_agent_is_reached_through_a_relay_found_in_the_dht() {
 async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delivered() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let boot = start(dir.path(), "boot", plain(), None).await;
-    let relay = start(
-        dir.path(),
-        "relay",
-        Spec {
-            relay: true,
-            ..plain()
-        },
-        Some(&boot),
-    )
-    .await;
+    let (boot, relay) = boot_and_relay(dir.path()).await;
     let relay_addr = relay.wait_listening(2, WAIT).await[0].clone();
     let bob_spec = || Spec {
         relays: vec![relay_addr.clone()],
