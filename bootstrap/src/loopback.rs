@@ -147,7 +147,12 @@ async fn authorize(
 
 async fn token(State(s): State<Arc<ProviderState>>, body: Bytes) -> Response {
     let f: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let err = |e: &str| (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": e})));
+    let err = |e: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": e})),
+        )
+    };
     if f.get("client_id").map(String::as_str) != Some(CLIENT_ID)
         || f.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
     {

@@ -563,8 +563,8 @@ impl OAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentmesh_node::identity::Identity;
     use crate::loopback::{OidcProvider, CLIENT_ID, CLIENT_SECRET};
+    use agentmesh_node::identity::Identity;
     use axum::{extract::Query, routing::get, Json, Router};
     use std::sync::Arc;
 

@@ -32,10 +32,10 @@ use tracing::{debug, info, warn};
 
 use agentmesh_node::{
     card::Presence,
-    credentials::{Credentials, LogInclusion, Reputation, ReputationAttestation},
     cert::{
         CertChain, CertError, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION,
     },
+    credentials::{Credentials, LogInclusion, Reputation, ReputationAttestation},
     identity::Identity,
     keystore::{KdfParams, Keystore, KeystoreError},
     registry::{
@@ -566,9 +566,7 @@ impl Registry {
             last_seen_ms: now_ms,
             revoked: false,
         };
-        let rebound = old
-            .as_ref()
-            .is_none_or(|o| o.x25519_key != rec.x25519_key);
+        let rebound = old.as_ref().is_none_or(|o| o.x25519_key != rec.x25519_key);
         self.mark_seen(req, now_ms)?;
         self.inner.store.put_agent(&rec, old.as_ref())?;
         if rebound {
@@ -1375,7 +1373,11 @@ impl Registry {
 
     /// The head of the first `size` leaves of the transparency log (the
     /// whole log when `None`), signed by the root key.
-    pub fn log_head(&self, size: Option<u64>, now_ms: u64) -> Result<SignedTreeHead, RegistryError> {
+    pub fn log_head(
+        &self,
+        size: Option<u64>,
+        now_ms: u64,
+    ) -> Result<SignedTreeHead, RegistryError> {
         let log = &self.inner.log;
         let size = match size {
             Some(s) => s,

@@ -490,7 +490,9 @@ async fn bindings_certificates_and_revocations_are_logged_and_proven() {
     assert_eq!(r.log().size().unwrap(), 4);
     let rev = r.log().leaf(3).unwrap().unwrap();
     assert_eq!(rev[0], LeafKind::Revocation as u8);
-    let v = r.log_proof(None, Some(&leaf_hash(&rev)), None, NOW).unwrap();
+    let v = r
+        .log_proof(None, Some(&leaf_hash(&rev)), None, NOW)
+        .unwrap();
     let proof: InclusionProof = serde_json::from_value(v["proof"].clone()).unwrap();
     let head: SignedTreeHead = serde_json::from_value(v["head"].clone()).unwrap();
     head.verify(&root).unwrap();
