@@ -1,99 +1,21 @@
 //! The `agentmesh` CLI's registry commands against the real
 //! `agentmesh-bootstrap` binary.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
-
-use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use std::path::Path;
 
 use agentmesh_node::{
     registry::{Feedback, Operation, ReceiptBody, Registration, SessionReceipt, SignedRequest},
     Identity,
 };
 
-const WAIT: Duration = Duration::from_secs(90);
+mod support;
+
+use support::{json_of, start};
+
 const PASS: &str = "cli-test";
 
-/// The `agentmesh` binary, next to this package's binary, brought up to
-/// date once per test run (a no-op when it is).
-fn agentmesh_exe() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "agentmesh-node", "--bin", "agentmesh"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building agentmesh");
-    });
-    PathBuf::from(env!("CARGO_BIN_EXE_agentmesh-bootstrap")).with_file_name("agentmesh")
-}
-
-async fn start(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentmesh-bootstrap"))
-        .args([
-            "--data-dir",
-            &dir.display().to_string(),
-            "--http",
-            "127.0.0.1:0",
-            "--json",
-        ])
-        .env("AGENTMESH_PASSPHRASE", PASS)
-        .env_remove("AGENTMESH_PASSPHRASE_FILE")
-        .env_remove("AGENTMESH_BOOTSTRAP_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(WAIT, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("ready line");
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["event"] == "ready" {
-                    return v["registry"].as_str().unwrap().to_owned();
-                }
-            }
-        }
-    })
-    .await
-    .expect("ready in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
-}
-
 async fn cli(home: &Path, registry: &str, args: &[&str]) -> (bool, String) {
-    let out = tokio::time::timeout(
-        WAIT,
-        Command::new(agentmesh_exe())
-            .arg("--data-dir")
-            .arg(home)
-            .args(args)
-            .env("AGENTMESH_PASSPHRASE", PASS)
-            .env("AGENTMESH_REGISTRY", registry)
-            .env_remove("AGENTMESH_PASSPHRASE_FILE")
-            .output(),
-    )
-    .await
-    .expect("cli in time")
-    .expect("cli runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn json_of(text: &str) -> Value {
-    text.lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| panic!("no JSON in {text}"))
+    support::cli(home, PASS, registry, args).await
 }
 
 async fn post(url: &str, req: &SignedRequest) -> u16 {
@@ -121,7 +43,13 @@ async fn post(url: &str, req: &SignedRequest) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_search_did_and_verify_reputation_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, url) = start(&dir.path().join("bootstrap")).await;
+    let server = start(
+        &dir.path().join("bootstrap"),
+        PASS,
+        &["--http", "127.0.0.1:0"],
+    )
+    .await;
+    let url = server.url.clone();
     let home = dir.path().join("alice");
 
     let (ok, out) = cli(&home, &url, &["--json", "init"]).await;

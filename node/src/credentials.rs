@@ -55,6 +55,13 @@ use crate::{
 pub const DOMAIN_SEP_REPUTATION: &[u8] = b"agentmesh/reputation/v1\0";
 /// Largest encoded attestation body accepted.
 pub const MAX_ATTESTATION_SIZE: usize = 256;
+/// Largest encoded [`Credentials`] accepted: a chain, a proof, a tree head
+/// and an attestation.
+pub const MAX_CREDENTIALS_SIZE: usize = crate::cert::MAX_CHAIN_SIZE
+    + crate::transparency::MAX_PROOF_SIZE
+    + crate::transparency::MAX_TREE_HEAD_SIZE
+    + MAX_ATTESTATION_SIZE
+    + 256;
 
 /// A reputation score in `0..=1`, kept in thousandths so that policies and
 /// KNOCKs compare and hash exactly. Written as a number in `0..=1`.
@@ -210,6 +217,17 @@ impl Credentials {
     /// Whether nothing is shown.
     pub fn is_empty(&self) -> bool {
         self.chain.is_none() && self.inclusion.is_none() && self.reputation.is_none()
+    }
+
+    /// CBOR encoding, as the registry hands credentials out and a node
+    /// stores them.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, codec::CodecError> {
+        codec::encode(self)
+    }
+
+    /// Decodes CBOR credentials (at most [`MAX_CREDENTIALS_SIZE`] bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, codec::CodecError> {
+        codec::decode(bytes, MAX_CREDENTIALS_SIZE)
     }
 
     /// The transparency-log leaf of a chain's agent certificate.

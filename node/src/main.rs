@@ -539,6 +539,21 @@ async fn main() -> Result<()> {
                 for p in &status.net.connected {
                     println!("connected    {} via {}", p.peer, p.path);
                 }
+                for (kind, c) in &status.net.path_attempts {
+                    println!(
+                        "paths        {kind}: {} attempts, {} connected, {} failed",
+                        c.attempts, c.successes, c.failures
+                    );
+                }
+                for l in &status.net.learned_paths {
+                    let last = l.last_ok.map_or("none".to_string(), |k| k.to_string());
+                    let failing: Vec<String> = l.failing.iter().map(|k| k.to_string()).collect();
+                    println!(
+                        "learned      {} first {last}, failing [{}]",
+                        l.peer,
+                        failing.join(", ")
+                    );
+                }
                 for s in &status.sessions {
                     println!("session      {} with {} ({:?})", s.session, s.peer, s.role);
                 }

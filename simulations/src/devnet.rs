@@ -63,7 +63,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     };
     println!("devnet: data in {}", root.display());
     let (boot, boot_addr, registry) =
-        start_bootstrap_with_registry(&exe, &root.join("bootstrap")).await?;
+        start_bootstrap_with_registry(&exe, &root.join("bootstrap"), &[]).await?;
     println!("devnet: bootstrap listening on {boot_addr}");
     println!(
         "devnet: registry at {registry}/v1 (try `agentmesh search chat --registry {registry}`)"

@@ -57,6 +57,9 @@ enum Cmd {
         /// Query the DHT without serving it.
         #[arg(long)]
         dht_client: bool,
+        /// Addresses to listen on (defaults when none).
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
         #[arg(long)]
         policy: Option<PathBuf>,
     },
@@ -78,6 +81,9 @@ enum Cmd {
     Bootstrap {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Addresses to listen on (defaults when none).
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
     },
 }
 
@@ -95,6 +101,7 @@ async fn main() -> Result<()> {
             relays,
             private,
             dht_client,
+            listen,
             policy,
         } => {
             let mut config = Config::local();
@@ -108,6 +115,9 @@ async fn main() -> Result<()> {
             }
             if private {
                 config.reachability = agentmesh_node::Reachability::Private;
+            }
+            if !listen.is_empty() {
+                config.transport.listen = listen;
             }
             let node = Node::builder(config)
                 .data_dir(&data_dir)
@@ -142,8 +152,11 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Cmd::Bootstrap { data_dir } => {
-            let config = agentmesh_bootstrap::config();
+        Cmd::Bootstrap { data_dir, listen } => {
+            let mut config = agentmesh_bootstrap::config();
+            if !listen.is_empty() {
+                config.transport.listen = listen;
+            }
             let expected = config.transport.listen.len();
             let pass = Passphrase::from_env().context("keystore passphrase")?;
             let node = Node::builder(config)

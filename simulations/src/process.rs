@@ -19,6 +19,50 @@ use tokio::{
 /// Passphrase the devnet gives its processes' keystores.
 pub const DEVNET_PASSPHRASE: &str = "agentmesh-devnet";
 
+/// What to run: a binary, optionally inside a network namespace (with
+/// `ip netns exec`).
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The binary.
+    pub exe: PathBuf,
+    /// The namespace to run it in.
+    pub netns: Option<String>,
+}
+
+impl From<&Path> for Launcher {
+    fn from(exe: &Path) -> Self {
+        Self {
+            exe: exe.to_owned(),
+            netns: None,
+        }
+    }
+}
+
+impl From<&PathBuf> for Launcher {
+    fn from(exe: &PathBuf) -> Self {
+        exe.as_path().into()
+    }
+}
+
+impl From<&Launcher> for Launcher {
+    fn from(l: &Launcher) -> Self {
+        l.clone()
+    }
+}
+
+impl Launcher {
+    fn command(&self) -> Command {
+        match &self.netns {
+            None => Command::new(&self.exe),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.exe);
+                c
+            }
+        }
+    }
+}
+
 /// A child process that prints one JSON object per line.
 #[derive(Debug)]
 pub struct Proc {
@@ -34,8 +78,15 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `exe` with `args`, in data directory `dir`.
-    pub fn spawn(name: &str, exe: &Path, args: &[String], dir: &Path) -> Result<Self> {
-        let mut child = Command::new(exe)
+    pub fn spawn(
+        name: &str,
+        exe: impl Into<Launcher>,
+        args: &[String],
+        dir: &Path,
+    ) -> Result<Self> {
+        let exe = exe.into();
+        let mut child = exe
+            .command()
             .args(args)
             .env("AGENTMESH_PASSPHRASE", DEVNET_PASSPHRASE)
             .env_remove("AGENTMESH_PASSPHRASE_FILE")
@@ -44,7 +95,7 @@ impl Proc {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {name} ({})", exe.display()))?;
+            .with_context(|| format!("starting {name} ({})", exe.exe.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
@@ -129,22 +180,28 @@ impl Proc {
 }
 
 /// Starts a bootstrap node; returns it and its first (QUIC) address.
-pub async fn start_bootstrap(exe: &Path, dir: &Path) -> Result<(Proc, String)> {
-    let (p, addr, _) = start_bootstrap_with_registry(exe, dir).await?;
+pub async fn start_bootstrap(exe: impl Into<Launcher>, dir: &Path) -> Result<(Proc, String)> {
+    let (p, addr, _) = start_bootstrap_with_registry(exe, dir, &[]).await?;
     Ok((p, addr))
 }
 
-/// Starts a bootstrap node with its registry; returns it, its first
-/// address and the registry's base URL.
+/// Starts a bootstrap node with its registry, listening on `listen`
+/// (defaults when empty); returns it, its first address and the
+/// registry's base URL.
 pub async fn start_bootstrap_with_registry(
-    exe: &Path,
+    exe: impl Into<Launcher>,
     dir: &Path,
+    listen: &[String],
 ) -> Result<(Proc, String, String)> {
-    let args = vec![
+    let mut args = vec![
         "bootstrap".into(),
         "--data-dir".into(),
         dir.display().to_string(),
     ];
+    for l in listen {
+        args.push("--listen".into());
+        args.push(l.clone());
+    }
     let mut p = Proc::spawn("bootstrap", exe, &args, dir)?;
     let ready = p.wait_event(Duration::from_secs(60), "ready").await?;
     let addr = ready["addrs"][0]
@@ -161,7 +218,7 @@ pub async fn start_bootstrap_with_registry(
 /// Starts an agent joined through `bootstrap`; returns it and its AMID once
 /// its card is published on another peer.
 pub async fn start_agent(
-    exe: &Path,
+    exe: impl Into<Launcher>,
     name: &str,
     dir: &Path,
     bootstrap: &str,
@@ -188,7 +245,7 @@ pub async fn start_agent(
 /// Starts a relay node joined through `bootstrap`, listening on `listen`
 /// (defaults when empty); returns it and its addresses once it is ready.
 pub async fn start_relay(
-    exe: &Path,
+    exe: impl Into<Launcher>,
     dir: &Path,
     bootstrap: &str,
     listen: &[String],
