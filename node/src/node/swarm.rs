@@ -96,6 +96,8 @@ struct Actor {
     /// Which paths reached which peers.
     path_memory: super::paths::PathMemory,
     connections: HashMap<PeerId, HashSet<libp2p::swarm::ConnectionId>>,
+    /// The path of each open connection.
+    conn_paths: HashMap<libp2p::swarm::ConnectionId, PathKind>,
     publish_query: Option<QueryId>,
     published_remotely: bool,
     record_puts: HashMap<QueryId, oneshot::Sender<Result<bool, String>>>,
@@ -164,6 +166,7 @@ pub(super) async fn run(
         dial_started: HashMap::new(),
         path_memory: Default::default(),
         connections: HashMap::new(),
+        conn_paths: HashMap::new(),
         publish_query: None,
         published_remotely: false,
         record_puts: HashMap::new(),
@@ -453,6 +456,75 @@ impl Actor {
         });
     }
 
+    /// The peer's path is that of its best open connection: direct before
+    /// relayed.
+    fn refresh_path(&mut self, peer: PeerId) {
+        let best = self
+            .connections
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| self.conn_paths.get(c).copied())
+            .min_by_key(|p| match p {
+                PathKind::DirectQuic | PathKind::DirectTcp | PathKind::DirectWebRtc => 0,
+                PathKind::Relayed => 1,
+                _ => 2,
+            });
+        if let (Some(best), Ok(mut p)) = (best, self.shared.paths.lock()) {
+            if p.insert(peer, best) != Some(best) {
+                debug!(%peer, path = %best, "path changed");
+            }
+        }
+    }
+
+    /// WebRTC hole punching: a relayed connection we dialled is upgraded by
+    /// dialling `<relayed address>/webrtc/p2p/<peer>` (signalled over it);
+    /// once a WebRTC connection is up, the peer's relayed connections close.
+    fn on_webrtc(
+        &mut self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        endpoint: &ConnectedPoint,
+        path: PathKind,
+    ) {
+        match (path, endpoint) {
+            (PathKind::Relayed, ConnectedPoint::Dialer { address, .. })
+                if self.shared.config.hole_punch.webrtc() =>
+            {
+                let mut addr = address.clone();
+                if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                    addr.pop();
+                }
+                let addr = addr.with(Protocol::WebRTC).with(Protocol::P2p(peer));
+                debug!(%peer, %addr, "trying webrtc");
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(%peer, error = %e, "webrtc dial not started");
+                }
+            }
+            (PathKind::DirectWebRtc, _) => {
+                info!(%peer, "direct webrtc connection; closing relayed ones");
+                let relayed: Vec<_> = self
+                    .connections
+                    .get(&peer)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| {
+                        **c != connection && self.conn_paths.get(c) == Some(&PathKind::Relayed)
+                    })
+                    .copied()
+                    .collect();
+                for c in relayed {
+                    self.swarm.close_connection(c);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn finish_dial(&mut self, peer: PeerId, result: Result<PathKind, String>) {
         self.dial_started.remove(&peer);
         for w in self.dials.remove(&peer).unwrap_or_default() {
@@ -507,6 +579,7 @@ impl Actor {
                     .or_default()
                     .insert(connection_id)
                     && self.connections.get(&peer_id).is_some_and(|c| c.len() == 1);
+                self.conn_paths.insert(connection_id, path);
                 if first {
                     if let Ok(mut p) = self.shared.paths.lock() {
                         p.insert(peer_id, path);
@@ -515,7 +588,10 @@ impl Actor {
                         peer: peer_label(&peer_id),
                         path,
                     });
+                } else {
+                    self.refresh_path(peer_id);
                 }
+                self.on_webrtc(peer_id, connection_id, &endpoint, path);
                 if self.bootstrap.iter().any(|(p, _)| p == &peer_id) {
                     let _ = self.swarm.behaviour_mut().dht.bootstrap();
                     if !self.published_remotely {
@@ -540,6 +616,7 @@ impl Actor {
                 connection_id,
                 ..
             } => {
+                self.conn_paths.remove(&connection_id);
                 let gone = match self.connections.get_mut(&peer_id) {
                     Some(c) => {
                         c.remove(&connection_id);
@@ -547,6 +624,9 @@ impl Actor {
                     }
                     None => false,
                 };
+                if !gone {
+                    self.refresh_path(peer_id);
+                }
                 if gone {
                     self.connections.remove(&peer_id);
                     if let Ok(mut p) = self.shared.paths.lock() {
