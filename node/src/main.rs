@@ -146,15 +146,21 @@ enum Cmd {
         /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Relay(s) to keep our mailbox and, with `--private`, to listen
+        /// Relay(s) to keep our mailbox and, when behind a NAT, to listen
         /// through; multiaddrs ending in `/p2p/<relay id>`. Defaults to
         /// relays found in the DHT.
         #[arg(long = "relay", env = "AGENTMESH_RELAYS", value_delimiter = ',')]
         relays: Vec<Multiaddr>,
         /// Not reachable directly (behind a NAT or firewall): listen only
-        /// through relays and advertise only relayed addresses.
-        #[arg(long)]
+        /// through relays and advertise only relayed addresses. Without
+        /// `--private` or `--public`, reachability is learned from peers
+        /// (AutoNAT).
+        #[arg(long, conflicts_with = "public")]
         private: bool,
+        /// Reachable directly: never listen through relays, whatever
+        /// peers report.
+        #[arg(long)]
+        public: bool,
         /// The registry root key (its AMID) that KNOCK certificates,
         /// revocations and reputation attestations are checked against.
         /// Without it every initiator is anonymous.
@@ -344,6 +350,7 @@ async fn main() -> Result<()> {
             policy,
             relays,
             private,
+            public,
             registry_root,
         } => {
             let mut config = Config::local();
@@ -351,6 +358,9 @@ async fn main() -> Result<()> {
             config.relays = relays.clone();
             if *private {
                 config.reachability = agentmesh_node::Reachability::Private;
+            }
+            if *public {
+                config.reachability = agentmesh_node::Reachability::Public;
             }
             if !listen.is_empty() {
                 config.transport.listen = listen.clone();
@@ -536,8 +546,18 @@ async fn main() -> Result<()> {
                     "dht          {} peers in routing table, {} records",
                     status.net.routing_table, status.net.dht_records
                 );
+                println!(
+                    "reachability {} ({:?} mode)",
+                    status.net.nat, status.net.reachability
+                );
+                for a in &status.net.external_addrs {
+                    println!("external     {a}");
+                }
                 for p in &status.net.connected {
-                    println!("connected    {} via {}", p.peer, p.path);
+                    match p.addrs.first() {
+                        Some(a) => println!("connected    {} via {} at {a}", p.peer, p.path),
+                        None => println!("connected    {} via {}", p.peer, p.path),
+                    }
                 }
                 for s in &status.sessions {
                     println!("session      {} with {} ({:?})", s.session, s.peer, s.role);

@@ -12,5 +12,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod devnet;
+pub mod natlab;
 pub mod netns;
 pub mod process;
