@@ -45,6 +45,10 @@ struct Cli {
     /// Do not run the registry, only the bootstrap node.
     #[arg(long)]
     no_registry: bool,
+    /// UDP address of a STUN binding server to run (for WebRTC ICE), e.g.
+    /// `0.0.0.0:3478`. Defaults to none.
+    #[arg(long)]
+    stun_listen: Option<SocketAddr>,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -66,6 +70,8 @@ struct FileConfig {
     oauth: Option<OAuthFile>,
     /// DNS resolver for tier 1.5.
     dns: Option<DnsFile>,
+    /// UDP address of a STUN binding server to run.
+    stun_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +188,18 @@ async fn main() -> Result<()> {
         config.transport.listen = file.listen.clone();
     }
     let expected = config.transport.listen.len();
+    if let Some(addr) = cli.stun_listen.or(file.stun_listen) {
+        let stun = agentmesh_transports::stun::StunServer::bind(addr)
+            .await
+            .with_context(|| format!("STUN server on {addr}"))?;
+        let bound = stun.local_addr()?;
+        tracing::info!(addr = %bound, "STUN server listening");
+        tokio::spawn(async move {
+            if let Err(e) = stun.run().await {
+                tracing::error!(error = %e, "STUN server stopped");
+            }
+        });
+    }
     let pass = Passphrase::from_env().context("keystore passphrase")?;
     let node = Node::builder(config)
         .data_dir(&data_dir)

@@ -218,7 +218,7 @@ async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delive
         .await;
         delivered.insert(id);
     }
-    assert_eq!(delivered, sent.iter().copied().collect());
+    assert_eq!(delivered, sent.iter().copied().collect::<HashSet<_>>());
     // The relay forgot them once acked; a later drain brings nothing new.
     tokio::time::timeout(WAIT, async {
         while relay.status().await.net.relay.unwrap().envelopes > 0 {
