@@ -214,8 +214,7 @@ async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
         PASS,
         &url,
         &["verify", "--org", "acme.example", "--timeout", "90"],
-    )
-    .await;
+    );
     let publish = verify.wait(|v| v["event"] == "publish").await;
     assert_eq!(publish["txt_name"], "_agentmesh.acme.example");
     dns.publish(
@@ -248,7 +247,7 @@ async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
     assert!(bob.wait_published(support::WAIT).await);
     let mut events = bob.events();
     for home in [&alice, &carol] {
-        let mut run = Running::spawn(home, PASS, &url, &["run", "--bootstrap", &server.addr]).await;
+        let mut run = Running::spawn(home, PASS, &url, &["run", "--bootstrap", &server.addr]);
         let started = run.wait(|v| v["event"] == "started").await;
         let amid: Amid = started["amid"].as_str().unwrap().parse().unwrap();
         let (ok, out) = cli(home, &url, &["send", &bob.amid().to_string(), "hello"]).await;

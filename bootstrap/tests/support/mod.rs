@@ -233,7 +233,7 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn spawn(home: &Path, pass: &str, registry: &str, args: &[&str]) -> Self {
+    pub fn spawn(home: &Path, pass: &str, registry: &str, args: &[&str]) -> Self {
         let mut child = Command::new(agentmesh_exe())
             .arg("--data-dir")
             .arg(home)
