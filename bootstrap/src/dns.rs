@@ -282,75 +282,16 @@ fn is_no_record(e: &NetError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::{
-        op::{Message, MessageType, OpCode},
-        rr::{rdata::TXT, Name, Record, RecordType},
-    };
-    use std::{
-        collections::HashMap,
-        sync::{Arc, Mutex},
-    };
+    use hickory_resolver::proto::rr::Name;
 
-    /// A small authoritative DNS server on loopback UDP: answers TXT queries
-    /// from an in-memory zone, NXDOMAIN for names it does not hold.
-    struct TestDns {
-        addr: SocketAddr,
-        zone: Arc<Mutex<HashMap<String, Vec<String>>>>,
-        queries: Arc<Mutex<u32>>,
+    use crate::loopback::DnsServer;
+
+    async fn dns_server() -> DnsServer {
+        DnsServer::spawn().await.unwrap()
     }
 
-    async fn dns_server() -> TestDns {
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        let zone: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
-        let queries: Arc<Mutex<u32>> = Arc::default();
-        let (z, q) = (zone.clone(), queries.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let (n, from) = sock.recv_from(&mut buf).await.unwrap();
-                let Ok(req) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                *q.lock().unwrap() += 1;
-                let mut resp = Message::response(req.metadata.id, OpCode::Query);
-                resp.metadata.authoritative = true;
-                resp.metadata.recursion_desired = req.metadata.recursion_desired;
-                resp.metadata.message_type = MessageType::Response;
-                let Some(query) = req.queries.first().cloned() else {
-                    continue;
-                };
-                resp.add_query(query.clone());
-                let name = query.name().to_lowercase().to_ascii();
-                let records = z.lock().unwrap().get(&name).cloned();
-                match records {
-                    None => resp.metadata.response_code = ResponseCode::NXDomain,
-                    Some(values) if query.query_type() == RecordType::TXT => {
-                        for v in values {
-                            resp.add_answer(Record::from_rdata(
-                                query.name().clone(),
-                                0,
-                                RData::TXT(TXT::new(vec![v])),
-                            ));
-                        }
-                    }
-                    Some(_) => {}
-                }
-                let _ = sock.send_to(&resp.to_vec().unwrap(), from).await;
-            }
-        });
-        TestDns {
-            addr,
-            zone,
-            queries,
-        }
-    }
-
-    fn publish(dns: &TestDns, name: &str, values: &[&str]) {
-        dns.zone.lock().unwrap().insert(
-            name.to_string(),
-            values.iter().map(|v| v.to_string()).collect(),
-        );
+    fn publish(dns: &DnsServer, name: &str, values: &[&str]) {
+        dns.publish(name, values);
     }
 
     const NOW: u64 = 1_700_000_000_000;
@@ -386,14 +327,14 @@ mod tests {
 
         // The right token, next to other records: verified, and not from a
         // cache of the earlier answers.
-        let before = *dns.queries.lock().unwrap();
+        let before = dns.queries();
         publish(
             &dns,
             "_agentmesh.example.org.",
             &["v=spf1 -all", &c.record_value()],
         );
         verifier.verify(&c, NOW).await.unwrap();
-        assert!(*dns.queries.lock().unwrap() > before);
+        assert!(dns.queries() > before);
 
         // A token published for another domain does not count.
         let other = Challenge::new("other.example", NOW).unwrap();

@@ -107,6 +107,10 @@ pub fn router(registry: Registry) -> Router {
         .route("/v1/registry/crl", get(crl))
         .route("/v1/registry/root", get(root))
         .route("/v1/registry/did/{amid}", get(did_document))
+        .route("/v1/registry/credentials", get(credentials))
+        .route("/v1/log/head", get(log_head))
+        .route("/v1/log/proof", get(log_proof))
+        .route("/v1/log/consistency", get(log_consistency))
         .route("/v1/auth/oauth/authorize", signed("oauth_authorize"))
         .route("/v1/auth/oauth/callback", get(oauth_callback))
         .route("/v1/org/register", signed("org_register"))
@@ -355,6 +359,74 @@ async fn did_document(State(state): State<AppState>, Path(amid): Path<String>) -
     Ok(Json(did::document(&rec, &s.public_url, &s.relays)))
 }
 
+async fn credentials(
+    State(state): State<AppState>,
+    q: Result<Query<AmidQuery>, QueryRejection>,
+) -> ApiResult {
+    let amid = parse_amid(&query(q)?.amid)?;
+    Ok(Json(state.registry.credentials_json(&amid, now_ms())?))
+}
+
+#[derive(Deserialize)]
+struct HeadQuery {
+    size: Option<u64>,
+}
+
+async fn log_head(
+    State(state): State<AppState>,
+    q: Result<Query<HeadQuery>, QueryRejection>,
+) -> ApiResult {
+    let size = query(q)?.size;
+    Ok(Json(json!(state.registry.log_head(size, now_ms())?)))
+}
+
+#[derive(Deserialize)]
+struct ProofQuery {
+    index: Option<u64>,
+    hash: Option<String>,
+    size: Option<u64>,
+}
+
+async fn log_proof(
+    State(state): State<AppState>,
+    q: Result<Query<ProofQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let hash = match &q.hash {
+        None => None,
+        Some(h) => Some(
+            hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| RegistryError::Invalid("hash must be 32 bytes hex".into()))?,
+        ),
+    };
+    Ok(Json(state.registry.log_proof(
+        q.index,
+        hash.as_ref(),
+        q.size,
+        now_ms(),
+    )?))
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    first: u64,
+    second: Option<u64>,
+}
+
+async fn log_consistency(
+    State(state): State<AppState>,
+    q: Result<Query<ConsistencyQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    Ok(Json(state.registry.log_consistency(
+        q.first,
+        q.second,
+        now_ms(),
+    )?))
+}
+
 async fn org_info(State(state): State<AppState>, Path(domain): Path<String>) -> ApiResult {
     Ok(Json(state.registry.org_info(&domain)?))
 }
@@ -403,6 +475,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/registry/crl"),
     ("get", "/v1/registry/root"),
     ("get", "/v1/registry/did/{amid}"),
+    ("get", "/v1/registry/credentials"),
+    ("get", "/v1/log/head"),
+    ("get", "/v1/log/proof"),
+    ("get", "/v1/log/consistency"),
     ("post", "/v1/auth/oauth/authorize"),
     ("get", "/v1/auth/oauth/callback"),
     ("post", "/v1/org/register"),

@@ -36,6 +36,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod loopback;
 pub mod oauth;
 pub mod registry;
 pub mod translog;

@@ -45,6 +45,10 @@ struct Cli {
     /// Do not run the registry, only the bootstrap node.
     #[arg(long)]
     no_registry: bool,
+    /// UDP address of a STUN binding server to run (for WebRTC ICE), e.g.
+    /// `0.0.0.0:3478`. Defaults to none.
+    #[arg(long)]
+    stun_listen: Option<SocketAddr>,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -66,6 +70,8 @@ struct FileConfig {
     oauth: Option<OAuthFile>,
     /// DNS resolver for tier 1.5.
     dns: Option<DnsFile>,
+    /// UDP address of a STUN binding server to run.
+    stun_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,8 +119,9 @@ struct OAuthFile {
     /// File holding the client secret.
     client_secret_file: PathBuf,
     /// Redirect URL registered with the provider: the registry's
-    /// `/v1/auth/oauth/callback`.
-    redirect_url: String,
+    /// `/v1/auth/oauth/callback`. Defaults to that path under the
+    /// registry's public URL.
+    redirect_url: Option<String>,
     /// Authorization endpoint (generic OIDC).
     authorize_url: Option<String>,
     /// Token endpoint (generic OIDC).
@@ -124,14 +131,18 @@ struct OAuthFile {
 }
 
 impl OAuthFile {
-    fn provider(&self) -> Result<ProviderConfig> {
+    fn provider(&self, registry_url: &str) -> Result<ProviderConfig> {
+        let redirect = self
+            .redirect_url
+            .clone()
+            .unwrap_or_else(|| format!("{registry_url}/v1/auth/oauth/callback"));
         let secret = std::fs::read_to_string(&self.client_secret_file)
             .with_context(|| format!("reading {}", self.client_secret_file.display()))?
             .trim()
             .to_owned();
         Ok(match self.provider.as_str() {
-            "github" => ProviderConfig::github(&self.client_id, secret, &self.redirect_url),
-            "google" => ProviderConfig::google(&self.client_id, secret, &self.redirect_url),
+            "github" => ProviderConfig::github(&self.client_id, secret, &redirect),
+            "google" => ProviderConfig::google(&self.client_id, secret, &redirect),
             name => ProviderConfig::oidc(
                 name,
                 self.authorize_url.clone().context("oauth.authorize_url")?,
@@ -139,7 +150,7 @@ impl OAuthFile {
                 self.userinfo_url.clone().context("oauth.userinfo_url")?,
                 &self.client_id,
                 secret,
-                &self.redirect_url,
+                &redirect,
             ),
         })
     }
@@ -177,6 +188,18 @@ async fn main() -> Result<()> {
         config.transport.listen = file.listen.clone();
     }
     let expected = config.transport.listen.len();
+    if let Some(addr) = cli.stun_listen.or(file.stun_listen) {
+        let stun = agentmesh_transports::stun::StunServer::bind(addr)
+            .await
+            .with_context(|| format!("STUN server on {addr}"))?;
+        let bound = stun.local_addr()?;
+        tracing::info!(addr = %bound, "STUN server listening");
+        tokio::spawn(async move {
+            if let Err(e) = stun.run().await {
+                tracing::error!(error = %e, "STUN server stopped");
+            }
+        });
+    }
     let pass = Passphrase::from_env().context("keystore passphrase")?;
     let node = Node::builder(config)
         .data_dir(&data_dir)
@@ -199,10 +222,11 @@ async fn main() -> Result<()> {
         let running = agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
             .await
             .context("starting the registry")?;
+        let public = running.registry.settings().public_url.clone();
         if let Some(o) = &file.oauth {
             running
                 .registry
-                .set_oauth(OAuth::new(o.provider()?).context("OAuth provider")?);
+                .set_oauth(OAuth::new(o.provider(&public)?).context("OAuth provider")?);
         }
         if let Some(d) = &file.dns {
             let verifier = DnsVerifier::new(d.resolver).context("DNS resolver")?;

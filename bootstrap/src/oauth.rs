@@ -563,116 +563,13 @@ impl OAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loopback::{OidcProvider, CLIENT_ID, CLIENT_SECRET};
     use agentmesh_node::identity::Identity;
-    use axum::{
-        extract::{Query, State},
-        http::HeaderMap,
-        response::{IntoResponse, Redirect, Response},
-        routing::{get, post},
-        Form, Json, Router,
-    };
+    use axum::{extract::Query, routing::get, Json, Router};
     use std::sync::Arc;
 
-    /// A small OpenID-Connect-like provider: `/authorize` consents at once
-    /// and redirects with a one-time code bound to the PKCE challenge;
-    /// `/token` checks client, redirect URI, code and verifier;
-    /// `/userinfo` checks the bearer token.
-    #[derive(Default)]
-    struct ProviderState {
-        codes: Mutex<HashMap<String, (String, String)>>, // code -> (challenge, redirect_uri)
-        tokens: Mutex<HashMap<String, String>>,          // token -> subject
-        counter: Mutex<u64>,
-    }
-
-    async fn authorize(
-        State(s): State<Arc<ProviderState>>,
-        Query(q): Query<HashMap<String, String>>,
-    ) -> Response {
-        if q.get("response_type").map(String::as_str) != Some("code")
-            || q.get("client_id").map(String::as_str) != Some("test-client")
-            || q.get("code_challenge_method").map(String::as_str) != Some("S256")
-        {
-            return (StatusCode::BAD_REQUEST, "bad authorize request").into_response();
-        }
-        let (Some(redirect), Some(state), Some(challenge)) = (
-            q.get("redirect_uri"),
-            q.get("state"),
-            q.get("code_challenge"),
-        ) else {
-            return (StatusCode::BAD_REQUEST, "missing parameter").into_response();
-        };
-        let code = {
-            let mut c = s.counter.lock().unwrap();
-            *c += 1;
-            format!("code-{c}")
-        };
-        s.codes
-            .lock()
-            .unwrap()
-            .insert(code.clone(), (challenge.clone(), redirect.clone()));
-        let mut to = url::Url::parse(redirect).unwrap();
-        to.query_pairs_mut()
-            .append_pair("code", &code)
-            .append_pair("state", state);
-        Redirect::to(to.as_str()).into_response()
-    }
-
-    async fn token(
-        State(s): State<Arc<ProviderState>>,
-        Form(f): Form<HashMap<String, String>>,
-    ) -> Response {
-        let err = |e: &str| {
-            (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": e})),
-            )
-        };
-        if f.get("client_id").map(String::as_str) != Some("test-client")
-            || f.get("client_secret").map(String::as_str) != Some("test-secret")
-        {
-            return err("invalid_client").into_response();
-        }
-        let Some((challenge, redirect)) = f
-            .get("code")
-            .and_then(|c| s.codes.lock().unwrap().remove(c))
-        else {
-            return err("invalid_grant").into_response();
-        };
-        if f.get("redirect_uri") != Some(&redirect)
-            || f.get("code_verifier").map(|v| pkce_challenge(v)) != Some(challenge)
-        {
-            return err("invalid_grant").into_response();
-        }
-        let token = format!("token-{}", random_token().unwrap());
-        s.tokens
-            .lock()
-            .unwrap()
-            .insert(token.clone(), "user-42".into());
-        Json(serde_json::json!({"access_token": token, "token_type": "Bearer"})).into_response()
-    }
-
-    async fn userinfo(State(s): State<Arc<ProviderState>>, headers: HeaderMap) -> Response {
-        let sub = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|t| s.tokens.lock().unwrap().get(t).cloned());
-        match sub {
-            Some(sub) => {
-                Json(serde_json::json!({"sub": sub, "email": "alice@example.org"})).into_response()
-            }
-            None => StatusCode::UNAUTHORIZED.into_response(),
-        }
-    }
-
-    async fn serve(app: Router) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    }
-
     struct Fixture {
+        _provider: OidcProvider,
         oauth: Arc<OAuth>,
         browser: Client<HttpConnector, Full<Bytes>>,
     }
@@ -680,14 +577,7 @@ mod tests {
     type Outcome = Result<VerifiedSubject, String>;
 
     async fn fixture() -> Fixture {
-        let provider = serve(
-            Router::new()
-                .route("/authorize", get(authorize))
-                .route("/token", post(token))
-                .route("/userinfo", get(userinfo))
-                .with_state(Arc::new(ProviderState::default())),
-        )
-        .await;
+        let provider = OidcProvider::spawn("user-42").await.unwrap();
         // The registry's callback: reserve the port first so the redirect
         // URI is known before the flow exists.
         let cb_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -695,11 +585,11 @@ mod tests {
         let oauth = Arc::new(
             OAuth::new(ProviderConfig::oidc(
                 "test",
-                format!("http://{provider}/authorize"),
-                format!("http://{provider}/token"),
-                format!("http://{provider}/userinfo"),
-                "test-client",
-                "test-secret",
+                provider.authorize_url(),
+                provider.token_url(),
+                provider.userinfo_url(),
+                CLIENT_ID,
+                CLIENT_SECRET,
                 format!("http://{cb}/oauth/callback"),
             ))
             .unwrap(),
@@ -717,6 +607,7 @@ mod tests {
         );
         tokio::spawn(async move { axum::serve(cb_listener, app).await.unwrap() });
         Fixture {
+            _provider: provider,
             oauth,
             browser: Client::builder(TokioExecutor::new()).build_http(),
         }

@@ -35,6 +35,7 @@ use agentmesh_node::{
     cert::{
         CertChain, CertError, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION,
     },
+    credentials::{Credentials, LogInclusion, Reputation, ReputationAttestation},
     identity::Identity,
     keystore::{KdfParams, Keystore, KeystoreError},
     registry::{
@@ -43,8 +44,11 @@ use agentmesh_node::{
         SignedRevocation, MAX_CLOCK_SKEW_MS, MAX_REASON,
     },
     reputation::{self, Evidence, Rating, Score, SessionOutcome},
+    transparency::{leaf_hash, ConsistencyProof, Hash, InclusionProof, LeafKind, SignedTreeHead},
     Amid, Node, Passphrase, Tier,
 };
+
+use crate::translog::{LogError, TransLog};
 
 pub use store::{AgentRecord, FeedbackRecord, OrgRecord, Store, StoreError};
 
@@ -112,6 +116,9 @@ pub enum RegistryError {
     /// The OAuth flow failed.
     #[error("OAuth: {0}")]
     OAuth(#[from] crate::oauth::OAuthError),
+    /// A log index or tree size out of range.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -136,6 +143,7 @@ impl RegistryError {
             Self::NotConfigured(_) => "not_configured",
             Self::TooLarge => "payload_too_large",
             Self::OAuth(e) => e.code(),
+            Self::OutOfRange(_) => "out_of_range",
             Self::Store(_) => "internal",
         }
     }
@@ -143,7 +151,10 @@ impl RegistryError {
     /// HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::MalformedJson(_) | Self::Invalid(_) | Self::Certificate(_) => 400,
+            Self::MalformedJson(_)
+            | Self::Invalid(_)
+            | Self::Certificate(_)
+            | Self::OutOfRange(_) => 400,
             Self::BadSignature | Self::StaleTimestamp => 401,
             Self::Forbidden(_) | Self::Revoked | Self::VerificationFailed(_) => 403,
             Self::UnknownAgent(_) | Self::NotFound(_) => 404,
@@ -160,6 +171,28 @@ impl RegistryError {
 impl From<sled::Error> for RegistryError {
     fn from(e: sled::Error) -> Self {
         Self::Store(StoreError::Db(e))
+    }
+}
+
+impl From<agentmesh_transports::codec::CodecError> for RegistryError {
+    fn from(e: agentmesh_transports::codec::CodecError) -> Self {
+        Self::Store(StoreError::Corrupt {
+            tree: "encode",
+            message: e.to_string(),
+        })
+    }
+}
+
+impl From<LogError> for RegistryError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Range(e) => Self::OutOfRange(e.to_string()),
+            LogError::Storage(e) => Self::Store(StoreError::Db(e)),
+            other => Self::Store(StoreError::Corrupt {
+                tree: "translog",
+                message: other.to_string(),
+            }),
+        }
     }
 }
 
@@ -203,6 +236,9 @@ pub struct RegistrySettings {
     pub trust_forwarded_for: bool,
     /// Argon2 cost of the root keystore. Defaults to [`KdfParams::default`].
     pub kdf: KdfParams,
+    /// Validity of the reputation attestations handed out with credentials.
+    /// Defaults to 24 hours.
+    pub attestation_validity: Duration,
 }
 
 impl Default for RegistrySettings {
@@ -214,6 +250,7 @@ impl Default for RegistrySettings {
             org_cert_validity: Duration::from_secs(365 * 24 * 3600),
             trust_forwarded_for: false,
             kdf: KdfParams::default(),
+            attestation_validity: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -235,6 +272,7 @@ pub enum OpenError {
 
 struct Inner {
     store: Store,
+    log: TransLog,
     root: Keystore,
     root_key: ed25519_dalek::VerifyingKey,
     settings: RegistrySettings,
@@ -343,9 +381,17 @@ impl Registry {
             .map_err(|_| OpenError::InvalidRootKey)?;
         let store = Store::open(&dir.join("registry"))?;
         let origin_salt = store.secret("origin_salt")?;
+        let log = TransLog::open(store.db()).map_err(|e| match e {
+            LogError::Storage(e) => StoreError::Db(e),
+            other => StoreError::Corrupt {
+                tree: "translog",
+                message: other.to_string(),
+            },
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                log,
                 root,
                 root_key,
                 settings,
@@ -520,8 +566,17 @@ impl Registry {
             last_seen_ms: now_ms,
             revoked: false,
         };
+        let rebound = old.as_ref().is_none_or(|o| o.x25519_key != rec.x25519_key);
         self.mark_seen(req, now_ms)?;
         self.inner.store.put_agent(&rec, old.as_ref())?;
+        if rebound {
+            let binding = KeyBinding {
+                amid: *signer,
+                x25519_key: rec.x25519_key.clone(),
+                bound_ms: now_ms,
+            };
+            self.log_append(LeafKind::KeyBinding, &binding.to_bytes()?)?;
+        }
         info!(target: "agentmesh::registry", amid = %signer, created, "registered");
         Ok(json!({
             "amid": signer,
@@ -805,6 +860,7 @@ impl Registry {
             .store
             .revocations
             .insert(subject.as_bytes(), bytes.clone())?;
+        self.log_append(LeafKind::Revocation, &bytes)?;
         if let Some(old) = agent {
             let mut rec = old.clone();
             rec.revoked = true;
@@ -929,13 +985,14 @@ impl Registry {
             now_ms,
         )?;
         let chain = CertChain(vec![cert]);
+        self.log_append_leaf(&Credentials::log_leaf(&chain)?)?;
         if old.tier != Tier::Organization {
             let mut rec = old.clone();
             rec.tier = Tier::Verified;
             rec.certificate = Some(hex::encode(chain.to_bytes()?));
             self.inner.store.put_agent(&rec, Some(&old))?;
-            self.inner.store.flush().await?;
         }
+        self.inner.store.flush().await?;
         info!(target: "agentmesh::registry", %amid, subject_name, "tier 1 certificate issued");
         Ok(chain)
     }
@@ -979,11 +1036,14 @@ impl Registry {
         let subject = oauth.finish(params, now_ms).await?;
         let name = format!("{}:{}", subject.provider, subject.subject);
         let chain = self.issue_verified(&subject.amid, &name, now_ms).await?;
+        let creds = self.credentials_for(&subject.amid, Some(chain.clone()), now_ms)?;
         Ok(json!({
             "amid": subject.amid,
             "tier": Tier::Verified,
             "subject": name,
             "certificate": hex::encode(chain.to_bytes()?),
+            "inclusion": creds.inclusion,
+            "credentials": hex::encode(creds.to_bytes()?),
         }))
     }
 
@@ -1096,6 +1156,7 @@ impl Registry {
             self.inner.settings.org_cert_validity,
             now_ms,
         )?;
+        self.log_append_leaf(&Credentials::log_leaf(&CertChain(vec![cert.clone()]))?)?;
         org.verified = true;
         org.certificate = Some(hex::encode(cert.to_bytes()?));
         self.inner.store.put_org(&org)?;
@@ -1141,7 +1202,8 @@ impl Registry {
         rec.certificate = Some(hex::encode(chain.to_bytes()?));
         self.mark_seen(req, now_ms)?;
         self.inner.store.put_agent(&rec, Some(&old))?;
-        Ok(json!({"agent": agent, "org": org.domain, "tier": tier}))
+        let index = self.log_append_leaf(&Credentials::log_leaf(&chain)?)?;
+        Ok(json!({"agent": agent, "org": org.domain, "tier": tier, "log_index": index}))
     }
 
     /// Public view of `amid`.
@@ -1292,12 +1354,194 @@ impl Registry {
         }))
     }
 
+    fn log_append(&self, kind: LeafKind, payload: &[u8]) -> Result<u64, RegistryError> {
+        self.log_append_leaf(&kind.leaf(payload))
+    }
+
+    /// Appends a leaf to the transparency log; durable with the next flush
+    /// of the store, which every caller does before it answers.
+    fn log_append_leaf(&self, leaf: &[u8]) -> Result<u64, RegistryError> {
+        let index = self.inner.log.append_unflushed(leaf)?;
+        debug!(target: "agentmesh::registry", index, kind = leaf.first().copied(), "logged");
+        Ok(index)
+    }
+
+    /// The transparency log.
+    pub fn log(&self) -> &TransLog {
+        &self.inner.log
+    }
+
+    /// The head of the first `size` leaves of the transparency log (the
+    /// whole log when `None`), signed by the root key.
+    pub fn log_head(
+        &self,
+        size: Option<u64>,
+        now_ms: u64,
+    ) -> Result<SignedTreeHead, RegistryError> {
+        let log = &self.inner.log;
+        let size = match size {
+            Some(s) => s,
+            None => log.size()?,
+        };
+        let root = log.root_at(size)?;
+        Ok(SignedTreeHead::sign(self.root(), size, root, now_ms))
+    }
+
+    /// Inclusion proof of the leaf at `index` (or with leaf hash `hash`) in
+    /// the tree of `size` leaves (the whole log when `None`), with the leaf
+    /// data and the signed head the proof leads to.
+    pub fn log_proof(
+        &self,
+        index: Option<u64>,
+        hash: Option<&Hash>,
+        size: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Value, RegistryError> {
+        let log = &self.inner.log;
+        let index = match (index, hash) {
+            (Some(i), None) => i,
+            (None, Some(h)) => log
+                .index_of(h)?
+                .ok_or_else(|| RegistryError::NotFound("no leaf with this hash".into()))?,
+            _ => {
+                return Err(RegistryError::Invalid(
+                    "give exactly one of index and hash".into(),
+                ))
+            }
+        };
+        let head = self.log_head(size, now_ms)?;
+        let proof = log.inclusion_proof(index, head.size)?;
+        let leaf = log
+            .leaf(index)?
+            .ok_or_else(|| RegistryError::OutOfRange(format!("leaf {index}")))?;
+        Ok(json!({
+            "leaf": hex::encode(&leaf),
+            "leaf_hash": hex::encode(leaf_hash(&leaf)),
+            "proof": proof,
+            "head": head,
+        }))
+    }
+
+    /// Consistency proof between the trees of `first` and `second` leaves
+    /// (the whole log when `None`), with both signed heads.
+    pub fn log_consistency(
+        &self,
+        first: u64,
+        second: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Value, RegistryError> {
+        let newer = self.log_head(second, now_ms)?;
+        if first > newer.size {
+            return Err(RegistryError::OutOfRange(format!(
+                "first {first} is beyond the tree of {}",
+                newer.size
+            )));
+        }
+        let older = self.log_head(Some(first), now_ms)?;
+        let proof: ConsistencyProof = self.inner.log.consistency_proof(first, newer.size)?;
+        Ok(json!({"proof": proof, "first": older, "second": newer}))
+    }
+
+    /// Where the first certificate of `chain` is in the log, proven against
+    /// the current head; `None` when it is not in the log.
+    pub fn inclusion_of(
+        &self,
+        chain: &CertChain,
+        now_ms: u64,
+    ) -> Result<Option<LogInclusion>, RegistryError> {
+        let leaf = Credentials::log_leaf(chain)?;
+        let Some(index) = self.inner.log.index_of(&leaf_hash(&leaf))? else {
+            return Ok(None);
+        };
+        let head = self.log_head(None, now_ms)?;
+        let proof: InclusionProof = self.inner.log.inclusion_proof(index, head.size)?;
+        Ok(Some(LogInclusion { proof, head }))
+    }
+
+    /// What `amid`'s KNOCKs should show: its certificate chain (`chain`, or
+    /// the stored one), the chain's inclusion proof against the current
+    /// signed head, and a reputation attestation signed by the root, valid
+    /// for [`RegistrySettings::attestation_validity`].
+    pub fn credentials_for(
+        &self,
+        amid: &Amid,
+        chain: Option<CertChain>,
+        now_ms: u64,
+    ) -> Result<Credentials, RegistryError> {
+        let agent = self.live_agent(amid)?;
+        let chain = match chain {
+            Some(c) => Some(c),
+            None => match &agent.certificate {
+                Some(h) => {
+                    let bytes = hex::decode(h).map_err(|e| StoreError::Corrupt {
+                        tree: "agents",
+                        message: e.to_string(),
+                    })?;
+                    Some(CertChain::from_bytes(&bytes)?)
+                }
+                None => None,
+            },
+        };
+        let inclusion = match &chain {
+            Some(c) => self.inclusion_of(c, now_ms)?,
+            None => None,
+        };
+        let score = self.score(amid, now_ms)?.score;
+        let validity = self.inner.settings.attestation_validity.as_millis() as u64;
+        let reputation = ReputationAttestation {
+            amid: *amid,
+            score: Reputation::from_f64(score),
+            expires_ms: now_ms.saturating_add(validity),
+        }
+        .sign(self.root());
+        Ok(Credentials {
+            chain,
+            inclusion,
+            reputation: Some(reputation),
+        })
+    }
+
+    /// [`Registry::credentials_for`] as the API returns it: the tier, the
+    /// proof and the CBOR credentials (hex) a node loads.
+    pub fn credentials_json(&self, amid: &Amid, now_ms: u64) -> Result<Value, RegistryError> {
+        let tier = self.live_agent(amid)?.tier;
+        let creds = self.credentials_for(amid, None, now_ms)?;
+        Ok(json!({
+            "amid": amid,
+            "tier": tier,
+            "certificate": creds.chain.as_ref().map(|c| c.to_bytes().map(hex::encode)).transpose()?,
+            "inclusion": creds.inclusion,
+            "credentials": hex::encode(creds.to_bytes()?),
+        }))
+    }
+
     /// Forgets replay-store entries that are outside the timestamp window.
     pub fn prune(&self, now_ms: u64) -> Result<usize, RegistryError> {
         Ok(self
             .inner
             .store
             .prune_seen(now_ms.saturating_sub(2 * MAX_CLOCK_SKEW_MS))?)
+    }
+}
+
+/// A transparency-log entry binding an AMID to its key-agreement key, logged
+/// when an agent registers or changes that key. Leaf data: the
+/// [`LeafKind::KeyBinding`] byte, then this struct in CBOR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KeyBinding {
+    /// The agent.
+    pub amid: Amid,
+    /// Its key-agreement key (hex), when it named one; otherwise the
+    /// Montgomery form of the AMID's key.
+    pub x25519_key: Option<String>,
+    /// When the binding was registered, ms since the epoch.
+    pub bound_ms: u64,
+}
+
+impl KeyBinding {
+    /// CBOR encoding.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RegistryError> {
+        Ok(agentmesh_transports::codec::encode(self)?)
     }
 }
 

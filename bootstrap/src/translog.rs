@@ -115,6 +115,15 @@ impl TransLog {
     /// Appends raw leaf data; returns its leaf index. Durable when this
     /// returns.
     pub fn append_leaf(&self, data: &[u8]) -> Result<u64, LogError> {
+        let index = self.append_unflushed(data)?;
+        self.nodes.flush()?;
+        Ok(index)
+    }
+
+    /// Appends raw leaf data without flushing: durable once the database is
+    /// flushed, which a caller that writes more in the same step does once
+    /// for everything. Proofs and heads see the leaf at once.
+    pub fn append_unflushed(&self, data: &[u8]) -> Result<u64, LogError> {
         if data.len() > MAX_LEAF_SIZE {
             return Err(LogError::LeafTooLarge(data.len()));
         }
@@ -141,7 +150,6 @@ impl TransLog {
                 sled::transaction::TransactionError::Storage(e) => LogError::Storage(e),
                 sled::transaction::TransactionError::Abort(()) => LogError::Corrupt("abort"),
             })?;
-        self.nodes.flush()?;
         tracing::debug!(target: "agentmesh::translog", index, "appended");
         Ok(index)
     }

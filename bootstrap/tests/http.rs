@@ -2,19 +2,9 @@
 //! loopback, endpoint by endpoint; then killed and restarted on the same
 //! data directory.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
 use agentmesh_node::{
     card::Presence,
@@ -26,129 +16,9 @@ use agentmesh_node::{
     Amid, Config, Identity, Node, Passphrase,
 };
 
-const WAIT: Duration = Duration::from_secs(90);
+mod support;
 
-fn now_ms() -> u64 {
-    agentmesh_dht::now_ms()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    addr: String,
-    root: String,
-}
-
-async fn start(dir: &Path, http: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentmesh-bootstrap"))
-        .args([
-            "--data-dir",
-            &dir.display().to_string(),
-            "--http",
-            http,
-            "--json",
-        ])
-        .env("AGENTMESH_PASSPHRASE", "registry-test")
-        .env_remove("AGENTMESH_PASSPHRASE_FILE")
-        .env_remove("AGENTMESH_BOOTSTRAP_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(WAIT, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("ready line");
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["event"] == "ready" {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
-    .expect("ready in time");
-    // Keep draining stdout so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server {
-        child,
-        url: ready["registry"].as_str().unwrap().to_owned(),
-        addr: ready["addrs"][0].as_str().unwrap().to_owned(),
-        root: ready["registry_root"].as_str().unwrap().to_owned(),
-    }
-}
-
-struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-}
-
-impl Http {
-    fn new(base: &str) -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            base: base.to_owned(),
-        }
-    }
-
-    async fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Option<(u16, Value)> {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .unwrap();
-        let resp = tokio::time::timeout(WAIT, self.client.request(req))
-            .await
-            .expect("answer in time")
-            .ok()?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-        Some((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .unwrap();
-        let resp = tokio::time::timeout(WAIT, self.client.request(req))
-            .await
-            .expect("answer in time")
-            .expect("request");
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, v)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call("GET", path, None).await
-    }
-
-    async fn post(&self, path: &str, v: &impl serde::Serialize) -> (u16, Value) {
-        self.call("POST", path, Some(serde_json::to_vec(v).unwrap()))
-            .await
-    }
-
-    async fn signed(&self, path: &str, who: &Identity, op: Operation) -> (u16, Value) {
-        let req = SignedRequest::sign(who, op, now_ms()).unwrap();
-        self.post(path, &req).await
-    }
-}
+use support::{now_ms, start, Http, WAIT};
 
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
@@ -166,7 +36,7 @@ async fn registry_endpoints_and_restart() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bootstrap");
-    let mut server = start(&data, "127.0.0.1:0").await;
+    let mut server = start(&data, "registry-test", &["--http", "127.0.0.1:0"]).await;
     let http = Http::new(&server.url);
     let (alice, bob, carol) = (
         Identity::from_seed(&[1; 32]),
@@ -560,7 +430,7 @@ async fn registry_endpoints_and_restart() {
     // Kill the process (no clean shutdown), restart on the same data.
     server.child.kill().await.unwrap();
     let _ = server.child.wait().await;
-    let server = start(&data, "127.0.0.1:0").await;
+    let server = start(&data, "registry-test", &["--http", "127.0.0.1:0"]).await;
     let http = Http::new(&server.url);
     assert_eq!(server.root, root.to_string(), "same root key");
     let (_, v) = http

@@ -166,6 +166,22 @@ pub enum AuditEvent {
         #[serde(default, deserialize_with = "flex::opt_amid")]
         target: Option<Amid>,
     },
+    /// An attempt to connect to a peer over one path, and how it ended.
+    PathAttempt {
+        /// The peer, as an AMID (or a libp2p peer id for other keys).
+        peer: String,
+        /// The kind of path: `direct-quic`, `direct-tcp`, `relayed`, …
+        path: String,
+        /// The address dialled.
+        addr: String,
+        /// Whether it ended in a connection.
+        ok: bool,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Milliseconds from the start of the dial to this outcome.
+        ms: u64,
+    },
     /// A cached contact skipped KNOCK: its session was still valid.
     KnockSkipped {
         /// The other agent.
@@ -190,6 +206,7 @@ impl AuditEvent {
         "policy_changed",
         "kill",
         "knock_skipped",
+        "path_attempt",
     ];
 
     /// The event's kind, as its `kind` field spells it.
@@ -205,6 +222,7 @@ impl AuditEvent {
             AuditEvent::PolicyChanged { .. } => "policy_changed",
             AuditEvent::Kill { .. } => "kill",
             AuditEvent::KnockSkipped { .. } => "knock_skipped",
+            AuditEvent::PathAttempt { .. } => "path_attempt",
         }
     }
 
@@ -223,6 +241,7 @@ impl AuditEvent {
                 to == peer
             }
             AuditEvent::Refused { from, .. } => from.as_deref().is_some_and(|f| names(f, peer)),
+            AuditEvent::PathAttempt { peer: p, .. } => names(p, peer),
             AuditEvent::Kill { target } => target.as_ref() == Some(peer),
             AuditEvent::PolicyChanged { .. } => false,
         }
@@ -804,6 +823,14 @@ mod tests {
             },
             AuditEvent::Kill { target: Some(a) },
             AuditEvent::Kill { target: None },
+            AuditEvent::PathAttempt {
+                peer: b.peer_id().unwrap().to_string(),
+                path: "direct-quic".into(),
+                addr: "/ip4/127.0.0.1/udp/1/quic-v1".into(),
+                ok: false,
+                error: Some("timed out".into()),
+                ms: 5000,
+            },
         ]
     }
 
@@ -835,7 +862,7 @@ mod tests {
 
             let (a, b) = (amid(1), amid(2));
             let of_b = log.list(&AuditFilter::default().peer(b)).unwrap();
-            assert_eq!(of_b.len(), 2, "{of_b:?}");
+            assert_eq!(of_b.len(), 3, "{of_b:?}");
             assert!(of_b.iter().all(|e| e.event.involves(&b)));
             let of_a = log.list(&AuditFilter::default().peer(a)).unwrap();
             assert_eq!(of_a.len(), 8);
@@ -847,12 +874,12 @@ mod tests {
             assert_eq!(kill_a.len(), 1);
             assert_eq!(kill_a[0].event, AuditEvent::Kill { target: Some(a) });
             let since = log.list(&AuditFilter::default().since_ms(1_100)).unwrap();
-            assert_eq!(since.len(), 3);
+            assert_eq!(since.len(), 4);
             assert_eq!(since[0].index, 10);
             // the limit keeps the most recent, oldest first
             let last3 = log.list(&AuditFilter::default().limit(3)).unwrap();
             let idx: Vec<u64> = last3.iter().map(|e| e.index).collect();
-            assert_eq!(idx, vec![10, 11, 12]);
+            assert_eq!(idx, vec![11, 12, 13]);
             let last_a = log.list(&AuditFilter::default().peer(a).limit(2)).unwrap();
             let idx: Vec<u64> = last_a.iter().map(|e| e.index).collect();
             assert_eq!(idx, vec![10, 11]);

@@ -10,6 +10,7 @@ mod exchange;
 mod inbound;
 mod link;
 mod mailbox;
+mod paths;
 mod swarm;
 mod trust;
 
@@ -37,6 +38,7 @@ use agentmesh_relay::{
 };
 use agentmesh_transports::{PathKind, TransportConfig};
 
+pub use paths::{LearnedPath, PathCounters};
 pub use trust::TrustError;
 
 use crate::{
@@ -365,6 +367,13 @@ pub struct NetStatus {
     pub mailbox_relays: Vec<String>,
     /// When we serve as a relay: what it carries and stores.
     pub relay: Option<RelayStatus>,
+    /// Connection attempts per kind of path (`direct-quic`, `relayed`, …).
+    #[serde(default)]
+    pub path_attempts: std::collections::BTreeMap<String, PathCounters>,
+    /// Per peer: the kind of path that last reached it (tried first next
+    /// time) and the kinds that failed lately (tried last).
+    #[serde(default)]
+    pub learned_paths: Vec<LearnedPath>,
 }
 
 /// What a relay node carries and stores.
@@ -1329,6 +1338,16 @@ impl Node {
     #[doc(hidden)]
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.shared.control.clone()
+    }
+
+    /// Closes every connection to `peer`. Sessions stay: the next message
+    /// reconnects.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self
+            .shared
+            .commands
+            .send(Command::Disconnect { peer })
+            .await;
     }
 
     /// Dials `peer` at `addrs` (for tests that speak the wire directly).

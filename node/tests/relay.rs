@@ -6,8 +6,10 @@
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use agentmesh_node::{
-    envelope::MessageId, keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind,
-    Reachability, RelayConfig,
+    audit::{AuditEvent, AuditFilter},
+    envelope::MessageId,
+    keystore::KdfParams,
+    Config, Node, NodeEvent, Passphrase, PathKind, Reachability, RelayConfig,
 };
 use serde_json::json;
 
@@ -216,7 +218,7 @@ async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delive
         .await;
         delivered.insert(id);
     }
-    assert_eq!(delivered, sent.iter().copied().collect());
+    assert_eq!(delivered, sent.iter().copied().collect::<HashSet<_>>());
     // The relay forgot them once acked; a later drain brings nothing new.
     tokio::time::timeout(WAIT, async {
         while relay.status().await.net.relay.unwrap().envelopes > 0 {
@@ -229,5 +231,94 @@ async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delive
         tokio::time::timeout(Duration::from_millis(500), inbox.recv())
             .await
             .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_that_worked_is_tried_first_and_each_attempt_is_audited() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, _relay) = boot_and_relay(dir.path()).await;
+    let spec = Spec {
+        private: true,
+        ..plain()
+    };
+    let bob = start(dir.path(), "bob", spec, Some(&boot)).await;
+    let mut events = bob.events();
+    let circuit = wait_for(&mut events, |e| match e {
+        NodeEvent::Listening { addr } if addr.contains("p2p-circuit") => Some(addr.clone()),
+        _ => None,
+    })
+    .await;
+    // Alice joins no DHT: nobody but her dials anyone in this test.
+    let alice = start(dir.path(), "alice", plain(), None).await;
+    let bob_id = bob.amid().peer_id().unwrap();
+    // A direct address that refuses: a TCP port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("/ip4/127.0.0.1/tcp/{port}")
+    };
+    let addrs: Vec<agentmesh_node::Multiaddr> =
+        vec![dead.parse().unwrap(), circuit.parse().unwrap()];
+    let attempts = |node: &Node| -> Vec<(String, bool)> {
+        let filter = AuditFilter::default().peer(bob.amid()).kind("path_attempt");
+        node.audit_log(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.event {
+                AuditEvent::PathAttempt { path, ok, .. } => (path, ok),
+                other => panic!("not a path attempt: {other:?}"),
+            })
+            .collect()
+    };
+
+    // First time: the direct address is tried first, fails, and the
+    // circuit works.
+    let path = tokio::time::timeout(WAIT, alice.connect(bob_id, addrs.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(path, PathKind::Relayed);
+    assert_eq!(
+        attempts(&alice),
+        [
+            ("direct-tcp".to_string(), false),
+            ("relayed".to_string(), true)
+        ]
+    );
+    let status = alice.status().await;
+    let learned = status
+        .net
+        .learned_paths
+        .iter()
+        .find(|l| l.peer == bob.amid().to_string())
+        .expect("bob's path is remembered");
+    assert_eq!(learned.last_ok, Some(PathKind::Relayed));
+    assert_eq!(learned.failing, [PathKind::DirectTcp]);
+    assert_eq!(status.net.path_attempts["direct-tcp"].failures, 1);
+    assert_eq!(status.net.path_attempts["relayed"].successes, 1);
+
+    // Next time the circuit goes first and the dead address is not tried.
+    let mut alice_events = alice.events();
+    alice.disconnect(bob_id).await;
+    wait_for(&mut alice_events, |e| match e {
+        NodeEvent::Disconnected { peer } if *peer == bob.amid().to_string() => Some(()),
+        _ => None,
+    })
+    .await;
+    let path = tokio::time::timeout(WAIT, alice.connect(bob_id, addrs))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(path, PathKind::Relayed);
+    assert_eq!(
+        attempts(&alice),
+        [
+            ("direct-tcp".to_string(), false),
+            ("relayed".to_string(), true),
+            ("relayed".to_string(), true)
+        ]
     );
 }

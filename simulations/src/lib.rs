@@ -7,10 +7,12 @@
 //! - [`process`]: the harness that starts those processes and waits on
 //!   their JSON events, used by the devnet and the process tests;
 //! - [`netns`]: network namespaces with NAT routers (nftables), for
-//!   NAT traversal tests and `agentmesh-sim natlab`.
+//!   NAT traversal tests and `agentmesh-sim natlab`;
+//! - [`delayline`]: latency added in user space to a host's packets.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod delayline;
 pub mod devnet;
 pub mod natlab;
 pub mod netns;

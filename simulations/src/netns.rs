@@ -547,8 +547,16 @@ fn sweep_stale() {
     }
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     run(Command::new("ip").args(args), None)
+}
+
+/// Runs a shell script inside namespace `ns`.
+pub(crate) fn sh(ns: &str, script: &str) -> Result<()> {
+    run(
+        Command::new("ip").args(["netns", "exec", ns, "sh", "-c", script]),
+        None,
+    )
 }
 
 fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<()> {

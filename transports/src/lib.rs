@@ -26,10 +26,13 @@
 
 pub mod codec;
 pub mod framing;
+pub mod stun;
 mod swarm;
+pub mod webrtc;
 
 pub use swarm::{
-    build_swarm, path_of, sort_by_preference, PathKind, TransportConfig, TransportError,
+    build_swarm, build_swarm_with_signalling, path_of, sort_by_preference, PathKind,
+    TransportConfig, TransportError,
 };
 
 /// Re-export of the libp2p version this crate is built on.

@@ -3,9 +3,15 @@
 use std::time::Duration;
 
 use libp2p::{
-    identity::Keypair, multiaddr::Protocol, noise, relay, swarm::NetworkBehaviour, tcp, yamux,
-    Multiaddr, Swarm,
+    core::{muxing::StreamMuxerBox, transport::OptionalTransport, upgrade::Version},
+    identity::Keypair,
+    multiaddr::Protocol,
+    noise, quic, relay,
+    swarm::NetworkBehaviour,
+    tcp, yamux, Multiaddr, Swarm, Transport,
 };
+
+use crate::webrtc::{WebRtcConfig, WebRtcTransport};
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -20,6 +26,10 @@ pub struct TransportConfig {
     /// addresses are tried in the order given (QUIC first, see
     /// [`sort_by_preference`]) and the preferred transport wins.
     pub dial_concurrency: std::num::NonZeroU8,
+    /// WebRTC (private-to-private, over relayed connections). Used only by
+    /// [`build_swarm_with_signalling`]; listen on `/webrtc` to answer.
+    /// Defaults to the [`WebRtcConfig`] defaults.
+    pub webrtc: WebRtcConfig,
 }
 
 impl Default for TransportConfig {
@@ -28,6 +38,7 @@ impl Default for TransportConfig {
             listen: default_listen_addrs(),
             idle_timeout: Duration::from_secs(60),
             dial_concurrency: std::num::NonZeroU8::MIN,
+            webrtc: WebRtcConfig::default(),
         }
     }
 }
@@ -73,18 +84,64 @@ pub fn build_swarm<B: NetworkBehaviour>(
     config: &TransportConfig,
     behaviour: impl FnOnce(&Keypair, relay::client::Behaviour) -> B,
 ) -> Result<Swarm<B>, TransportError> {
+    build_swarm_with_signalling(key, config, None, behaviour)
+}
+
+/// [`build_swarm`] plus WebRTC when `signalling` is given: a control of a
+/// [`libp2p_stream::Behaviour`] that `behaviour` composes into the swarm.
+/// WebRTC addresses (`<relayed address>/webrtc/p2p/<peer>`) can then be
+/// dialled, and listening on `/webrtc` answers peers that dial us so.
+pub fn build_swarm_with_signalling<B: NetworkBehaviour>(
+    key: Keypair,
+    config: &TransportConfig,
+    signalling: Option<libp2p_stream::Control>,
+    behaviour: impl FnOnce(&Keypair, relay::client::Behaviour) -> B,
+) -> Result<Swarm<B>, TransportError> {
     let idle = config.idle_timeout;
     let concurrency = config.dial_concurrency;
+    let local = key.public().to_peer_id();
+    let (relay_transport, relay_behaviour) = relay::client::new(local);
+    let webrtc = match signalling {
+        Some(control) => OptionalTransport::some(WebRtcTransport::new(
+            key.clone(),
+            config.webrtc.clone(),
+            control,
+        )),
+        None => OptionalTransport::none(),
+    };
+    let relayed = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(&key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(&key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    let quic = quic::tokio::Transport::new(quic::Config::new(&key))
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    // WebRTC first: its addresses also contain `/p2p-circuit`, which the
+    // relay transport would otherwise claim.
+    let transport = webrtc
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+        .or_transport(relayed)
+        .map(|e, _| e.into_inner())
+        .or_transport(quic)
+        .map(|e, _| e.into_inner())
+        .or_transport(tcp)
+        .map(|e, _| e.into_inner());
+    let mut relay_behaviour = Some(relay_behaviour);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|k, relay| Ok(behaviour(k, relay)))
+        .with_other_transport(|_| transport)
+        .map_err(|e| TransportError::Behaviour(e.to_string()))?
+        .with_behaviour(|k| {
+            let relay = relay_behaviour
+                .take()
+                .ok_or("relay behaviour already taken")?;
+            Ok(behaviour(k, relay))
+        })
         .map_err(|e| TransportError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(idle)
@@ -111,6 +168,9 @@ pub enum PathKind {
     DirectQuic,
     /// A direct TCP + Noise + Yamux connection.
     DirectTcp,
+    /// A direct WebRTC connection (ICE, DTLS, SCTP data channels), set up
+    /// over a relayed connection.
+    DirectWebRtc,
     /// A connection through a circuit relay.
     Relayed,
     /// Any other transport.
@@ -124,6 +184,7 @@ impl std::fmt::Display for PathKind {
         f.write_str(match self {
             PathKind::DirectQuic => "direct-quic",
             PathKind::DirectTcp => "direct-tcp",
+            PathKind::DirectWebRtc => "direct-webrtc",
             PathKind::Relayed => "relayed",
             PathKind::Other => "other",
             PathKind::Mailbox => "mailbox",
@@ -131,19 +192,26 @@ impl std::fmt::Display for PathKind {
     }
 }
 
-/// Orders addresses by transport preference: QUIC, then TCP, then relayed
-/// and others; stable within each kind.
+/// Orders addresses by transport preference: QUIC, then TCP, then relayed,
+/// then WebRTC (set up over a relayed connection) and others; stable within
+/// each kind.
 pub fn sort_by_preference(addrs: &mut [Multiaddr]) {
     addrs.sort_by_key(|a| match path_of(a) {
         PathKind::DirectQuic => 0,
         PathKind::DirectTcp => 1,
         PathKind::Relayed => 2,
-        PathKind::Other | PathKind::Mailbox => 3,
+        PathKind::DirectWebRtc => 3,
+        PathKind::Other | PathKind::Mailbox => 4,
     });
 }
 
-/// Classifies a connection's remote address.
+/// Classifies a connection's remote address. An address with `/webrtc` is
+/// a WebRTC connection even when it names the relay its signalling went
+/// through (`<relay>/p2p-circuit/webrtc/p2p/<peer>`).
 pub fn path_of(addr: &Multiaddr) -> PathKind {
+    if addr.iter().any(|p| matches!(p, Protocol::WebRTC)) {
+        return PathKind::DirectWebRtc;
+    }
     let mut kind = PathKind::Other;
     for p in addr.iter() {
         match p {
@@ -168,5 +236,11 @@ mod tests {
         assert_eq!(path_of(&q), PathKind::DirectQuic);
         assert_eq!(path_of(&t), PathKind::DirectTcp);
         assert_eq!(path_of(&r), PathKind::Relayed);
+        let w: Multiaddr = "/ip4/127.0.0.1/tcp/1/p2p-circuit/webrtc".parse().unwrap();
+        let d: Multiaddr = "/ip4/127.0.0.1/udp/1/webrtc".parse().unwrap();
+        assert_eq!(path_of(&w), PathKind::DirectWebRtc);
+        assert_eq!(path_of(&d), PathKind::DirectWebRtc);
+        let direct_webrtc: Multiaddr = "/ip4/127.0.0.1/udp/1/webrtc-direct".parse().unwrap();
+        assert_eq!(path_of(&direct_webrtc), PathKind::Other);
     }
 }

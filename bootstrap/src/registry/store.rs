@@ -204,6 +204,11 @@ impl Store {
         })
     }
 
+    /// The database (the transparency log keeps its trees in it).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Writes everything to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         // On the blocking pool: concurrent `flush_async` calls were seen to

@@ -428,3 +428,105 @@ async fn agents_whose_key_holds_zero_bytes_are_found() {
         3
     );
 }
+
+#[tokio::test]
+async fn bindings_certificates_and_revocations_are_logged_and_proven() {
+    use agentmesh_node::credentials::{check, CredentialError};
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let root = r.root_key();
+    let (alice, bob) = (id(1), id(2));
+    register(&r, &alice, &["chat"]).await;
+    register(&r, &bob, &["chat"]).await;
+    // Two key bindings.
+    assert_eq!(r.log().size().unwrap(), 2);
+    // Registering again with the same key binds nothing new.
+    register(&r, &alice, &["chat", "weather"]).await;
+    assert_eq!(r.log().size().unwrap(), 2);
+    let leaf = r.log().leaf(0).unwrap().unwrap();
+    assert_eq!(leaf[0], LeafKind::KeyBinding as u8);
+
+    // The certificate goes into the log, and the credentials prove it.
+    let chain = r
+        .issue_verified(&alice.amid(), "github:1", NOW)
+        .await
+        .unwrap();
+    assert_eq!(r.log().size().unwrap(), 3);
+    let creds = r.credentials_for(&alice.amid(), None, NOW).unwrap();
+    assert_eq!(creds.chain.as_ref(), Some(&chain));
+    let inc = creds.inclusion.clone().expect("logged");
+    assert_eq!(inc.proof.leaf_index, 2);
+    assert_eq!(inc.head.size, 3);
+    let checked = check(&creds, &alice.amid(), &root, true, NOW, |_| false).unwrap();
+    assert_eq!(checked.tier, Tier::Verified);
+    assert_eq!(
+        checked.reputation.map(|r| r.as_f64()),
+        Some((r.score(&alice.amid(), NOW).unwrap().score * 1000.0).round() / 1000.0)
+    );
+    // The attestation expires.
+    let late = NOW + r.settings().attestation_validity.as_millis() as u64;
+    assert_eq!(
+        check(&creds, &alice.amid(), &root, true, late, |_| false),
+        Err(CredentialError::AttestationExpired)
+    );
+    // Round trip through the bytes a node stores.
+    let bytes = creds.to_bytes().unwrap();
+    assert_eq!(Credentials::from_bytes(&bytes).unwrap(), creds);
+    // Bob has no certificate: credentials carry only the attestation.
+    let b = r.credentials_for(&bob.amid(), None, NOW).unwrap();
+    assert!(b.chain.is_none() && b.inclusion.is_none() && b.reputation.is_some());
+
+    // A revocation is logged too; the JSON proof endpoint finds it by hash.
+    apply(
+        &r,
+        &bob,
+        Operation::Revoke {
+            subject: bob.amid(),
+            reason: "retired".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.log().size().unwrap(), 4);
+    let rev = r.log().leaf(3).unwrap().unwrap();
+    assert_eq!(rev[0], LeafKind::Revocation as u8);
+    let v = r
+        .log_proof(None, Some(&leaf_hash(&rev)), None, NOW)
+        .unwrap();
+    let proof: InclusionProof = serde_json::from_value(v["proof"].clone()).unwrap();
+    let head: SignedTreeHead = serde_json::from_value(v["head"].clone()).unwrap();
+    head.verify(&root).unwrap();
+    proof.verify(&leaf_hash(&rev), &head).unwrap();
+    assert_eq!(proof.leaf_index, 3);
+
+    // The old head is consistent with the new one.
+    let v = r.log_consistency(3, None, NOW).unwrap();
+    let c: ConsistencyProof = serde_json::from_value(v["proof"].clone()).unwrap();
+    let old: SignedTreeHead = serde_json::from_value(v["first"].clone()).unwrap();
+    assert_eq!(old, inc.head.clone());
+    c.verify(&inc.head, &head).unwrap();
+
+    // Out of range requests are typed.
+    assert!(matches!(
+        r.log_proof(Some(4), None, None, NOW),
+        Err(RegistryError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        r.log_consistency(5, None, NOW),
+        Err(RegistryError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        r.log_proof(None, Some(&[7; 32]), None, NOW),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        r.log_proof(Some(0), Some(&[7; 32]), None, NOW),
+        Err(RegistryError::Invalid(_))
+    ));
+
+    // A restart keeps the log.
+    drop(r);
+    let r = open(dir.path());
+    assert_eq!(r.log().size().unwrap(), 4);
+    assert_eq!(r.log_head(None, NOW).unwrap().root, head.root);
+}

@@ -32,6 +32,7 @@ use super::{
     peer_label, Command, NatStatus, NetStatus, PeerStatus, Reachability, RelayStatus, Shared,
 };
 use crate::{
+    audit::AuditEvent,
     card::{AgentCard, CARD_NAMESPACE},
     events::NodeEvent,
 };
@@ -119,6 +120,10 @@ struct Actor {
     resolves: HashMap<QueryId, Vec<oneshot::Sender<Option<AgentCard>>>>,
     resolving: HashMap<PeerId, QueryId>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PathKind, String>>>>,
+    /// When each dial in `dials` began.
+    dial_started: HashMap<PeerId, Instant>,
+    /// Which paths reached which peers.
+    path_memory: super::paths::PathMemory,
     connections: HashMap<PeerId, HashSet<libp2p::swarm::ConnectionId>>,
     /// Path and remote address of every open connection.
     conn_info: HashMap<libp2p::swarm::ConnectionId, (PathKind, Multiaddr)>,
@@ -189,6 +194,8 @@ pub(super) async fn run(
         resolves: HashMap::new(),
         resolving: HashMap::new(),
         dials: HashMap::new(),
+        dial_started: HashMap::new(),
+        path_memory: Default::default(),
         connections: HashMap::new(),
         conn_info: HashMap::new(),
         external: Vec::new(),
@@ -346,7 +353,7 @@ impl Actor {
                 mut addrs,
                 reply,
             } => {
-                agentmesh_transports::sort_by_preference(&mut addrs);
+                self.path_memory.order(&peer, &mut addrs, Instant::now());
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(self.shared.path_to(&peer)));
                     return;
@@ -357,6 +364,7 @@ impl Actor {
                 let first = !self.dials.contains_key(&peer);
                 self.dials.entry(peer).or_default().push(reply);
                 if first {
+                    self.dial_started.insert(peer, Instant::now());
                     let opts = DialOpts::peer_id(peer)
                         .addresses(addrs)
                         .extend_addresses_through_behaviour()
@@ -465,12 +473,33 @@ impl Actor {
                             bytes: stats.bytes,
                         }
                     }),
+                    path_attempts: self.path_memory.counters(),
+                    learned_paths: self.path_memory.learned(Instant::now(), peer_label),
                 });
             }
         }
     }
 
+    /// Records one attempt of a dial that a link asked for (see
+    /// [`Command::Connect`]): in the path memory and the audit log.
+    fn record_attempt(&mut self, peer: PeerId, addr: &Multiaddr, error: Option<String>) {
+        let Some(started) = self.dial_started.get(&peer) else {
+            return;
+        };
+        let now = Instant::now();
+        self.path_memory.record(peer, addr, error.is_none(), now);
+        self.shared.audit(AuditEvent::PathAttempt {
+            peer: peer_label(&peer),
+            path: path_of(addr).to_string(),
+            addr: addr.to_string(),
+            ok: error.is_none(),
+            error,
+            ms: now.saturating_duration_since(*started).as_millis() as u64,
+        });
+    }
+
     fn finish_dial(&mut self, peer: PeerId, result: Result<PathKind, String>) {
+        self.dial_started.remove(&peer);
         for w in self.dials.remove(&peer).unwrap_or_default() {
             let _ = w.send(result.clone());
         }
@@ -504,6 +533,7 @@ impl Actor {
                 peer_id,
                 connection_id,
                 endpoint,
+                concurrent_dial_errors,
                 ..
             } => {
                 let path = match &endpoint {
@@ -548,6 +578,12 @@ impl Actor {
                 if first && self.relays.chosen.iter().any(|(p, _)| p == &peer_id) {
                     self.on_relay_connected(peer_id);
                 }
+                for (addr, e) in concurrent_dial_errors.unwrap_or_default() {
+                    self.record_attempt(peer_id, &addr, Some(e.to_string()));
+                }
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    self.record_attempt(peer_id, address, None);
+                }
                 self.finish_dial(peer_id, Ok(path));
             }
             SwarmEvent::ConnectionClosed {
@@ -590,6 +626,11 @@ impl Actor {
                 ..
             } => {
                 debug!(%peer, %error, "dial failed");
+                if let libp2p::swarm::DialError::Transport(failed) = &error {
+                    for (addr, e) in failed {
+                        self.record_attempt(peer, addr, Some(e.to_string()));
+                    }
+                }
                 if !self.swarm.is_connected(&peer) {
                     self.finish_dial(peer, Err(error.to_string()));
                 }
@@ -825,6 +866,9 @@ impl Actor {
                     .is_some_and(|(p, _)| *p == PathKind::Relayed)
             })
             .collect();
+        if path_rank(path) > path_rank(PathKind::Relayed) {
+            return;
+        }
         if path == PathKind::Relayed {
             if relayed.len() < conns.len() {
                 debug!(%peer, "relayed connection next to a direct one; closing it");
@@ -1052,8 +1096,9 @@ fn path_rank(path: PathKind) -> u8 {
     match path {
         PathKind::DirectQuic => 0,
         PathKind::DirectTcp => 1,
-        PathKind::Relayed => 2,
-        _ => 3,
+        PathKind::DirectWebRtc => 2,
+        PathKind::Relayed => 3,
+        _ => 4,
     }
 }
 
