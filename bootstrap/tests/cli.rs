@@ -10,7 +10,10 @@ use agentmesh_node::{
 
 mod support;
 
-use support::{json_of, start};
+use agentmesh_bootstrap::loopback::{DnsServer, OidcProvider};
+use agentmesh_node::{keystore::KdfParams, Amid, Config, Node, NodeEvent, Passphrase, Policy};
+use serde_json::Value;
+use support::{json_of, oauth_config, start, Running};
 
 const PASS: &str = "cli-test";
 
@@ -143,4 +146,123 @@ async fn register_search_did_and_verify_reputation_from_the_cli() {
     let (ok, out) = cli(&home, &url, &["did", &stranger]).await;
     assert!(!ok);
     assert!(out.contains("unknown_agent"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let provider = OidcProvider::spawn("user-9").await.unwrap();
+    let dns = DnsServer::spawn().await.unwrap();
+    let cfg = oauth_config(
+        dir.path(),
+        &provider,
+        &format!("[dns]\nresolver = \"{}\"\n", dns.addr),
+    );
+    let server = start(
+        &dir.path().join("bootstrap"),
+        PASS,
+        &["--config", &cfg, "--http", "127.0.0.1:0"],
+    )
+    .await;
+    let url = server.url.clone();
+    let (alice, carol) = (dir.path().join("alice"), dir.path().join("carol"));
+    for home in [&alice, &carol] {
+        let (ok, out) = cli(home, &url, &["init"]).await;
+        assert!(ok, "{out}");
+        let (ok, out) = cli(home, &url, &["register", "--capability", "chat"]).await;
+        assert!(ok, "{out}");
+    }
+
+    // Tier 1: the OAuth flow, its redirects followed by the CLI.
+    let (ok, out) = cli(
+        &alice,
+        &url,
+        &["verify", "--oauth", "google", "--follow", "--timeout", "60"],
+    )
+    .await;
+    assert!(!ok && out.contains("loopback"), "wrong provider: {out}");
+    let (ok, out) = cli(
+        &alice,
+        &url,
+        &[
+            "--json",
+            "verify",
+            "--oauth",
+            "loopback",
+            "--follow",
+            "--timeout",
+            "60",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let stored = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "stored")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(stored["tier"], "verified");
+    assert!(stored["log_index"].is_u64(), "{stored}");
+    let creds = agentmesh_node::credentials::load(&alice).unwrap().unwrap();
+    assert!(creds.chain.is_some() && creds.inclusion.is_some() && creds.reputation.is_some());
+
+    // Tier 1.5: the CLI prints the TXT record and asks the registry to
+    // check it until the nameserver has it.
+    let mut verify = Running::spawn(
+        &carol,
+        PASS,
+        &url,
+        &["verify", "--org", "acme.example", "--timeout", "90"],
+    );
+    let publish = verify.wait(|v| v["event"] == "publish").await;
+    assert_eq!(publish["txt_name"], "_agentmesh.acme.example");
+    dns.publish(
+        &format!("{}.", publish["txt_name"].as_str().unwrap()),
+        &[publish["txt_value"].as_str().unwrap()],
+    );
+    let stored = verify.wait(|v| v["event"] == "stored").await;
+    assert_eq!(stored["tier"], "organization");
+    assert!(verify.exit().await);
+
+    // `agentmesh run` loads them: a node that wants verified agents with
+    // logged certificates accepts both.
+    let root: Amid = server.root.parse().unwrap();
+    let mut config = Config::local();
+    config.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    config.registry_root = Some(*root.as_bytes());
+    config.require_log_inclusion = true;
+    config.policy = Policy::from_toml(r#"min_tier = "verified""#).unwrap();
+    let bob = Node::builder(config)
+        .data_dir(dir.path().join("bob"))
+        .passphrase(Passphrase::new("bob"))
+        .bootstrap(server.addr.parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
+    assert!(bob.wait_published(support::WAIT).await);
+    let mut events = bob.events();
+    for home in [&alice, &carol] {
+        let mut run = Running::spawn(home, PASS, &url, &["run", "--bootstrap", &server.addr]);
+        let started = run.wait(|v| v["event"] == "started").await;
+        let amid: Amid = started["amid"].as_str().unwrap().parse().unwrap();
+        let (ok, out) = cli(home, &url, &["send", &bob.amid().to_string(), "hello"]).await;
+        assert!(ok, "{out}");
+        let reason = tokio::time::timeout(support::WAIT, async {
+            loop {
+                if let Ok(NodeEvent::KnockDecided { from, reason, .. }) = events.recv().await {
+                    if from == amid {
+                        return reason;
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(reason, None);
+    }
 }

@@ -238,6 +238,58 @@ impl Credentials {
     }
 }
 
+/// File in an agent's data directory that holds the credentials its KNOCKs
+/// show (CBOR); `agentmesh verify` writes it and `agentmesh run` loads it.
+pub const CREDENTIALS_FILE: &str = "credentials.cbor";
+
+/// Why stored credentials could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoredCredentialsError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not hold credentials.
+    #[error("{path}: malformed credentials: {source}")]
+    Malformed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: codec::CodecError,
+    },
+}
+
+/// Writes `creds` to [`CREDENTIALS_FILE`] in `dir` (atomically, owner-only).
+pub fn save(dir: &std::path::Path, creds: &Credentials) -> Result<(), StoredCredentialsError> {
+    let path = dir.join(CREDENTIALS_FILE);
+    let bytes = creds
+        .to_bytes()
+        .map_err(|source| StoredCredentialsError::Malformed {
+            path: path.clone(),
+            source,
+        })?;
+    crate::keystore::write_private(&path, &bytes)
+        .map_err(|source| StoredCredentialsError::Io { path, source })
+}
+
+/// Reads [`CREDENTIALS_FILE`] from `dir`; `None` when there is none.
+pub fn load(dir: &std::path::Path) -> Result<Option<Credentials>, StoredCredentialsError> {
+    let path = dir.join(CREDENTIALS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StoredCredentialsError::Io { path, source }),
+    };
+    Credentials::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|source| StoredCredentialsError::Malformed { path, source })
+}
+
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -364,6 +416,31 @@ pub(crate) mod tests {
             NOW + 3_600_000,
         );
         CertChain(vec![agent_cert, org_cert])
+    }
+
+    #[test]
+    fn stored_credentials_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        let root = Identity::generate();
+        let creds = Credentials {
+            reputation: Some(
+                ReputationAttestation {
+                    amid: Identity::generate().amid(),
+                    score: Reputation::from_f64(0.7),
+                    expires_ms: NOW,
+                }
+                .sign(&root),
+            ),
+            ..Credentials::default()
+        };
+        save(dir.path(), &creds).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(creds));
+        std::fs::write(dir.path().join(CREDENTIALS_FILE), b"\xff\x00junk").unwrap();
+        assert!(matches!(
+            load(dir.path()),
+            Err(StoredCredentialsError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! agentmesh status                       sessions, peers, network
 //! agentmesh register --name <name>       register with a registry
 //! agentmesh search <capability>          find agents in a registry
+//! agentmesh verify --oauth <provider>    tier 1: sign in, store credentials
+//! agentmesh verify --org <domain>        tier 1.5: DNS TXT challenge
 //! agentmesh did <AMID>                   an agent's DID document
 //! agentmesh reputation verify <AMID>     recompute a published score
 //! ```
@@ -18,6 +20,7 @@
 //! named by `AGENTMESH_PASSPHRASE_FILE`.
 
 mod registry_cli;
+mod verify_cli;
 
 use std::path::PathBuf;
 
@@ -111,6 +114,32 @@ enum Cmd {
         #[command(flatten)]
         registry: registry_cli::RegistryArg,
     },
+    /// Prove a tier to a registry and store the credentials it issues
+    /// (certificate chain, transparency-log proof, reputation attestation)
+    /// in the data directory; `agentmesh run` shows them in its KNOCKs.
+    /// With neither `--oauth` nor `--org`, fetch them again.
+    Verify {
+        /// Tier 1: sign in with this OAuth provider (the name the registry
+        /// is configured with, e.g. `github`).
+        #[arg(long, conflicts_with = "org")]
+        oauth: Option<String>,
+        /// Tier 1.5: prove control of this domain with a DNS TXT record at
+        /// `_agentmesh.<domain>`; this agent's key is the organization key.
+        #[arg(long)]
+        org: Option<String>,
+        /// Organization name (with `--org`). Defaults to the domain.
+        #[arg(long, requires = "org")]
+        org_name: Option<String>,
+        /// Follow the provider's redirects here instead of waiting for a
+        /// browser (providers that consent without a page).
+        #[arg(long, requires = "oauth")]
+        follow: bool,
+        /// Seconds to wait for the sign-in or the DNS record.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        registry: registry_cli::RegistryArg,
+    },
     /// Print an agent's DID document (`did:agentmesh:<AMID>`) from a registry.
     Did {
         /// The agent.
@@ -146,15 +175,21 @@ enum Cmd {
         /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Relay(s) to keep our mailbox and, with `--private`, to listen
+        /// Relay(s) to keep our mailbox and, when behind a NAT, to listen
         /// through; multiaddrs ending in `/p2p/<relay id>`. Defaults to
         /// relays found in the DHT.
         #[arg(long = "relay", env = "AGENTMESH_RELAYS", value_delimiter = ',')]
         relays: Vec<Multiaddr>,
         /// Not reachable directly (behind a NAT or firewall): listen only
-        /// through relays and advertise only relayed addresses.
-        #[arg(long)]
+        /// through relays and advertise only relayed addresses. Without
+        /// `--private` or `--public`, reachability is learned from peers
+        /// (AutoNAT).
+        #[arg(long, conflicts_with = "public")]
         private: bool,
+        /// Reachable directly: never listen through relays, whatever
+        /// peers report.
+        #[arg(long)]
+        public: bool,
         /// The registry root key (its AMID) that KNOCK certificates,
         /// revocations and reputation attestations are checked against.
         /// Without it every initiator is anonymous.
@@ -281,6 +316,14 @@ enum Cmd {
     },
 }
 
+/// The agent's keystore in `dir`.
+fn load_keystore(dir: &std::path::Path) -> Result<Keystore> {
+    let pass = Passphrase::from_env()?;
+    let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
+        .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
+    Ok(Keystore::decrypt(&bytes, &pass)?)
+}
+
 fn data_dir(cli: &Cli) -> Result<PathBuf> {
     if let Some(d) = &cli.data_dir {
         return Ok(d.clone());
@@ -352,6 +395,7 @@ async fn main() -> Result<()> {
             policy,
             relays,
             private,
+            public,
             registry_root,
             hole_punch,
             stun,
@@ -364,6 +408,9 @@ async fn main() -> Result<()> {
             if *private {
                 config.reachability = agentmesh_node::Reachability::Private;
             }
+            if *public {
+                config.reachability = agentmesh_node::Reachability::Public;
+            }
             if !listen.is_empty() {
                 config.transport.listen = listen.clone();
             }
@@ -373,12 +420,32 @@ async fn main() -> Result<()> {
             config.policy_file = policy.clone();
             config.policy.block.extend(block.iter().copied());
             config.policy.allow.extend(allow.iter().copied());
+            let stored = agentmesh_node::credentials::load(&dir)?;
             let node = Node::builder(config)
                 .data_dir(&dir)
                 .bootstraps(bootstrap.iter().cloned())
                 .spawn()
                 .await
                 .context("starting node")?;
+            if let Some(creds) = stored {
+                let subject = creds
+                    .chain
+                    .as_ref()
+                    .and_then(|c| c.0.first())
+                    .and_then(|c| c.certificate().ok())
+                    .map(|c| c.subject_key);
+                if subject.is_some_and(|k| k != *node.amid().as_bytes()) {
+                    tracing::warn!("stored credentials are another agent's; not shown");
+                } else {
+                    tracing::info!(
+                        chain = creds.chain.is_some(),
+                        logged = creds.inclusion.is_some(),
+                        reputation = creds.reputation.is_some(),
+                        "stored credentials loaded"
+                    );
+                    node.set_credentials(creds);
+                }
+            }
             agentmesh_node::daemon::serve(node, &dir, cli.json).await?;
         }
         Cmd::Policy(PolicyCmd::Check {
@@ -548,8 +615,18 @@ async fn main() -> Result<()> {
                     "dht          {} peers in routing table, {} records",
                     status.net.routing_table, status.net.dht_records
                 );
+                println!(
+                    "reachability {} ({:?} mode)",
+                    status.net.nat, status.net.reachability
+                );
+                for a in &status.net.external_addrs {
+                    println!("external     {a}");
+                }
                 for p in &status.net.connected {
-                    println!("connected    {} via {}", p.peer, p.path);
+                    match p.addrs.first() {
+                        Some(a) => println!("connected    {} via {} at {a}", p.peer, p.path),
+                        None => println!("connected    {} via {}", p.peer, p.path),
+                    }
                 }
                 for (kind, c) in &status.net.path_attempts {
                     println!(
@@ -611,12 +688,7 @@ async fn main() -> Result<()> {
             relays,
             registry,
         } => {
-            let pass = Passphrase::from_env()?;
-            let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
-                .with_context(|| {
-                    format!("no identity in {} (run `agentmesh init`)", dir.display())
-                })?;
-            let ks = Keystore::decrypt(&bytes, &pass)?;
+            let ks = load_keystore(&dir)?;
             let name = name
                 .clone()
                 .unwrap_or_else(|| format!("agent-{}", ks.identity().amid().short()));
@@ -643,6 +715,36 @@ async fn main() -> Result<()> {
                 tier_min.as_deref(),
                 *reputation_min,
                 *limit,
+                cli.json,
+            )
+            .await?;
+        }
+        Cmd::Verify {
+            oauth,
+            org,
+            org_name,
+            follow,
+            timeout,
+            registry,
+        } => {
+            let ks = load_keystore(&dir)?;
+            let method = match (oauth, org) {
+                (Some(provider), _) => verify_cli::Method::OAuth {
+                    provider,
+                    follow: *follow,
+                },
+                (None, Some(domain)) => verify_cli::Method::Org {
+                    domain,
+                    name: org_name.as_deref().unwrap_or(domain),
+                },
+                (None, None) => verify_cli::Method::Refresh,
+            };
+            verify_cli::verify(
+                ks.identity(),
+                &dir,
+                registry,
+                method,
+                std::time::Duration::from_secs(*timeout),
                 cli.json,
             )
             .await?;

@@ -119,8 +119,8 @@ pub struct Config {
     pub relays: Vec<Multiaddr>,
     /// How many relays keep our mailbox (listed in the card). Defaults to 2.
     pub mailbox_relays: usize,
-    /// Whether peers can dial us directly. Defaults to
-    /// [`Reachability::Public`].
+    /// Whether peers can dial us directly: declared, or learned with
+    /// AutoNAT. Defaults to [`Reachability::Auto`].
     pub reachability: Reachability,
     /// The registry root key: initiators' certificates, log proofs,
     /// reputation attestations and revocations are checked against it.
@@ -192,12 +192,43 @@ pub struct UnknownHolePunch(pub String);
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Reachability {
-    /// Listens on its own addresses and lists them in its card.
-    #[default]
+    /// Declared reachable: listens on its own addresses and lists them in
+    /// its card.
     Public,
-    /// Behind a NAT or firewall: listens only through relay reservations
-    /// and lists only relayed addresses.
+    /// Declared behind a NAT or firewall: listens only through relay
+    /// reservations and lists only relayed addresses.
     Private,
+    /// Learned: listens on its own addresses, and asks peers (AutoNAT) to
+    /// dial it back. Once they report it [`NatStatus::BehindNat`], it also
+    /// listens through its relays' reservations and its card lists only
+    /// relayed addresses; hole punching (DCUtR) then upgrades relayed
+    /// connections to direct ones where the NATs allow it.
+    #[default]
+    Auto,
+}
+
+/// What the network reports about our reachability (AutoNAT).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NatStatus {
+    /// Peers dialled us back on an address of ours.
+    Public,
+    /// Peers could not dial us back: behind a NAT or firewall.
+    BehindNat,
+    /// Not known yet.
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for NatStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatStatus::Public => "public",
+            NatStatus::BehindNat => "behind NAT",
+            NatStatus::Unknown => "unknown",
+        })
+    }
 }
 
 impl Config {
@@ -218,7 +249,7 @@ impl Config {
             relay: None,
             relays: Vec::new(),
             mailbox_relays: 2,
-            reachability: Reachability::Public,
+            reachability: Reachability::Auto,
             registry_root: None,
             require_log_inclusion: false,
             credentials: Credentials::default(),
@@ -377,8 +408,15 @@ pub struct NetStatus {
     pub dht_records: usize,
     /// Whether our card is published on at least one other peer.
     pub card_published: bool,
-    /// Whether peers can dial us directly.
+    /// Whether peers can dial us directly (the configured mode).
     pub reachability: Reachability,
+    /// What the network reports about our reachability (AutoNAT).
+    #[serde(default)]
+    pub nat: NatStatus,
+    /// Our own addresses that peers confirmed they can dial directly
+    /// (relayed addresses are in `listen_addrs`).
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
     /// The relays that keep our mailbox.
     pub mailbox_relays: Vec<String>,
     /// When we serve as a relay: what it carries and stores.
@@ -414,6 +452,9 @@ pub struct PeerStatus {
     pub peer: String,
     /// Path of the connection.
     pub path: PathKind,
+    /// The remote address of each open connection, preferred first.
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 /// A cached session, as listed by [`Node::status`].
@@ -479,6 +520,8 @@ struct Shared {
     /// The owner's kill switch for everyone is on: refuse all, send nothing.
     killed_all: std::sync::atomic::AtomicBool,
     paths: Mutex<HashMap<PeerId, PathKind>>,
+    /// What AutoNAT reports.
+    nat: RwLock<NatStatus>,
     /// Requests waiting for their reply.
     requests: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
     /// Incoming streams being received.
@@ -777,6 +820,7 @@ impl Node {
             presence: RwLock::new(Presence::Online),
             killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
+            nat: RwLock::new(NatStatus::Unknown),
             requests: Mutex::new(HashMap::new()),
             streams_in: Mutex::new(exchange::Incoming::default()),
             streams_tx,
@@ -841,6 +885,12 @@ impl Node {
     /// Our AMID.
     pub fn amid(&self) -> Amid {
         self.shared.amid
+    }
+
+    /// What the network reports about our reachability: public, behind a
+    /// NAT, or not known yet (AutoNAT).
+    pub fn reachability(&self) -> NatStatus {
+        self.shared.nat.read().map(|n| *n).unwrap_or_default()
     }
 
     /// Our key fingerprint.

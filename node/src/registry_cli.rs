@@ -80,11 +80,16 @@ impl RegistryClient {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
+    /// Status and body of a request to `url` (redirects are not followed).
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(hyper::StatusCode, Option<String>, Bytes)> {
         let req = hyper::Request::builder()
             .method(method)
-            .uri(&url)
+            .uri(url)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
@@ -92,13 +97,35 @@ impl RegistryClient {
             .with_context(|| format!("{url}: timed out"))?
             .with_context(|| format!("{url}: request failed"))?;
         let status = resp.status();
+        let location = resp
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| anyhow::anyhow!("{url}: reading the answer: {e}"))?
             .to_bytes();
+        Ok((status, location, bytes))
+    }
+
+    /// Status and JSON body of a request to a path of the registry.
+    pub(crate) async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(hyper::StatusCode, Value)> {
+        let url = format!("{}{path}", self.base);
+        let (status, _, bytes) = self.raw(method, &url, body).await?;
         let v: Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{url}: answer is not JSON ({status})"))?;
+        Ok((status, v))
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+        let (status, v) = self.try_call(method, path, body).await?;
         if !status.is_success() {
             bail!(
                 "{status}: {} ({})",

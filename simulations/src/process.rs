@@ -143,6 +143,12 @@ impl Proc {
         self.wait_for(timeout, |v| v["event"] == event).await
     }
 
+    /// Forgets the lines that earlier waits passed over, so the next wait
+    /// sees only lines printed from now on (and any not yet read).
+    pub fn clear_backlog(&mut self) {
+        self.backlog.clear();
+    }
+
     /// Lines received so far that no wait consumed, and clears them.
     pub fn drain(&mut self) -> Vec<Value> {
         while let Ok(v) = self.lines.try_recv() {
@@ -296,4 +302,16 @@ pub async fn control_send(
         .await
         .context("send did not answer in time")?
         .context("control request")
+}
+
+/// Asks the agent whose data directory is `dir` for its status, through its
+/// control socket.
+pub async fn control_status(dir: &Path) -> Result<agentmesh_node::NodeStatus> {
+    use agentmesh_node::control::{Client, Request};
+    let mut c = Client::connect(dir).await.context("control socket")?;
+    let r = tokio::time::timeout(Duration::from_secs(30), c.request(&Request::Status))
+        .await
+        .context("status did not answer in time")?
+        .context("control request")?;
+    r.status.context("no status in the answer")
 }

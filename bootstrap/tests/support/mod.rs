@@ -225,6 +225,59 @@ pub fn oauth_config(dir: &Path, provider: &OidcProvider, extra: &str) -> String 
     path.display().to_string()
 }
 
+/// `agentmesh --data-dir <home> --json <args>` as a running process, with
+/// its stdout lines as JSON values.
+pub struct Running {
+    pub child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Running {
+    pub fn spawn(home: &Path, pass: &str, registry: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(agentmesh_exe())
+            .arg("--data-dir")
+            .arg(home)
+            .arg("--json")
+            .args(args)
+            .env("AGENTMESH_PASSPHRASE", pass)
+            .env("AGENTMESH_REGISTRY", registry)
+            .env_remove("AGENTMESH_PASSPHRASE_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("agentmesh starts");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, lines }
+    }
+
+    /// The next output line for which `pred` holds.
+    pub async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().expect("output line");
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("output in time")
+    }
+
+    /// Waits for the process to exit; whether it succeeded.
+    pub async fn exit(mut self) -> bool {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait")
+            .success()
+    }
+}
+
 /// The first JSON line of a command's output.
 pub fn json_of(text: &str) -> Value {
     text.lines()
