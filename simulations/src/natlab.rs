@@ -51,14 +51,19 @@ pub struct NatPair {
 }
 
 /// Arguments for an agent behind a NAT: QUIC on its LAN address, the
-/// relay, and a DHT client (peers could not dial it to serve queries).
-fn agent_args(host: &NatHost, relay: &str) -> Vec<String> {
+/// relay, and a DHT client (peers could not dial it to serve queries);
+/// the hole punching mode, with the bootstrap's STUN server.
+fn agent_args(host: &NatHost, relay: &str, hole_punch: &str, stun: &str) -> Vec<String> {
     vec![
         "--listen".into(),
         host.host.quic_listen(),
         "--relay".into(),
         relay.into(),
         "--dht-client".into(),
+        "--hole-punch".into(),
+        hole_punch.into(),
+        "--stun".into(),
+        stun.into(),
     ]
 }
 
@@ -66,6 +71,17 @@ impl NatPair {
     /// Starts the public side and the two agents, and waits until both
     /// know they are behind a NAT and their cards list a relayed address.
     pub async fn start(exe: &Path, alice_kind: NatKind, bob_kind: NatKind) -> Result<Self> {
+        Self::start_with(exe, alice_kind, bob_kind, "quic").await
+    }
+
+    /// [`NatPair::start`] with a hole punching mode (`quic`, `webrtc` or
+    /// `both`); the bootstrap serves STUN on port 3478 of its address.
+    pub async fn start_with(
+        exe: &Path,
+        alice_kind: NatKind,
+        bob_kind: NatKind,
+        hole_punch: &str,
+    ) -> Result<Self> {
         let mut lab = Lab::new()?;
         let dir = tempfile::tempdir()?;
         let boot_host = lab.public_host("boot")?;
@@ -89,12 +105,13 @@ impl NatPair {
         .await
         .context("relay")?;
         let relay_addr = relay_addrs[0].clone();
+        let stun = format!("{}:3478", boot_host.ip);
         let (mut alice, alice_amid) = start_agent(
             alice_nat.host.launcher(exe),
             "alice",
             &dir.path().join("alice"),
             &boot_addr,
-            &agent_args(&alice_nat, &relay_addr),
+            &agent_args(&alice_nat, &relay_addr, hole_punch, &stun),
         )
         .await
         .context("alice")?;
@@ -103,7 +120,7 @@ impl NatPair {
             "bob",
             &dir.path().join("bob"),
             &boot_addr,
-            &agent_args(&bob_nat, &relay_addr),
+            &agent_args(&bob_nat, &relay_addr, hole_punch, &stun),
         )
         .await
         .context("bob")?;
