@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
+    delayline::DelayLine,
     netns::{Lab, NatHost, NatKind},
     process::{control_send, start_agent, start_bootstrap_with_registry, start_relay, Proc},
 };
@@ -45,6 +46,8 @@ pub struct NatPair {
     pub relay_addr: String,
     /// The bootstrap's address.
     pub boot_addr: String,
+    /// Delay lines on the agents' hosts, when asked for.
+    _delays: Vec<DelayLine>,
     _dir: tempfile::TempDir,
     /// The namespaces.
     pub lab: Lab,
@@ -66,12 +69,28 @@ impl NatPair {
     /// Starts the public side and the two agents, and waits until both
     /// know they are behind a NAT and their cards list a relayed address.
     pub async fn start(exe: &Path, alice_kind: NatKind, bob_kind: NatKind) -> Result<Self> {
+        Self::start_with_delay(exe, alice_kind, bob_kind, None).await
+    }
+
+    /// [`NatPair::start`], with every packet the agents send held for
+    /// `delay` (so a direct round trip between them takes twice that).
+    pub async fn start_with_delay(
+        exe: &Path,
+        alice_kind: NatKind,
+        bob_kind: NatKind,
+        delay: Option<Duration>,
+    ) -> Result<Self> {
         let mut lab = Lab::new()?;
         let dir = tempfile::tempdir()?;
         let boot_host = lab.public_host("boot")?;
         let relay_host = lab.public_host("relay")?;
         let alice_nat = lab.nat_host("alice", alice_kind)?;
         let bob_nat = lab.nat_host("bob", bob_kind)?;
+        let mut delays = Vec::new();
+        if let Some(d) = delay.filter(|d| !d.is_zero()) {
+            delays.push(alice_nat.host.delay_egress(d)?);
+            delays.push(bob_nat.host.delay_egress(d)?);
+        }
         let (boot, boot_addr, _) = start_bootstrap_with_registry(
             boot_host.launcher(exe),
             &dir.path().join("boot"),
@@ -120,6 +139,7 @@ impl NatPair {
             bob_nat,
             relay_addr,
             boot_addr,
+            _delays: delays,
             _dir: dir,
             lab,
         })
@@ -211,4 +231,182 @@ pub async fn wait_behind_nat(p: &mut Proc) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// A transport the lab measures hole punching over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC hole punching coordinated by DCUtR over the relayed connection.
+    Quic,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "quic",
+        })
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quic" => Ok(Transport::Quic),
+            _ => anyhow::bail!("unknown transport {s:?} (quic)"),
+        }
+    }
+}
+
+/// What `natlab` runs.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Runs per NAT pair and transport.
+    pub runs: usize,
+    /// NAT kinds to pair (every ordered pair of them).
+    pub kinds: Vec<NatKind>,
+    /// Transports to measure.
+    pub transports: Vec<Transport>,
+    /// How long a run waits for the direct connection.
+    pub timeout: Duration,
+    /// One-way delay added to everything the agents send.
+    pub delay: Option<Duration>,
+}
+
+/// The results of one NAT pair over one transport.
+#[derive(Debug, Clone)]
+pub struct PairResult {
+    /// Alice's (the sender's) NAT.
+    pub alice: NatKind,
+    /// Bob's (the receiver's) NAT.
+    pub bob: NatKind,
+    /// The transport.
+    pub transport: Transport,
+    /// Runs that completed (set up, first message delivered).
+    pub runs: usize,
+    /// Of those, runs that ended on a direct connection.
+    pub direct: usize,
+    /// Time to direct of each direct run, from the relayed connection.
+    pub times: Vec<Duration>,
+    /// Runs that could not be set up or lost the first message.
+    pub errors: Vec<String>,
+}
+
+impl PairResult {
+    /// Median time to direct.
+    pub fn median(&self) -> Option<Duration> {
+        let mut t = self.times.clone();
+        t.sort();
+        match t.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(t[n / 2]),
+            n => Some((t[n / 2 - 1] + t[n / 2]) / 2),
+        }
+    }
+}
+
+/// Runs every ordered pair of `opts.kinds`, `opts.runs` times per
+/// transport, printing a progress line per run on stderr.
+pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
+    let total = opts.kinds.len() * opts.kinds.len() * opts.transports.len() * opts.runs;
+    let mut done = 0;
+    let mut results = Vec::new();
+    for &alice in &opts.kinds {
+        for &bob in &opts.kinds {
+            for &transport in &opts.transports {
+                let mut r = PairResult {
+                    alice,
+                    bob,
+                    transport,
+                    runs: 0,
+                    direct: 0,
+                    times: Vec::new(),
+                    errors: Vec::new(),
+                };
+                for run in 1..=opts.runs {
+                    done += 1;
+                    let started = Instant::now();
+                    let outcome = one_run(exe, alice, bob, transport, opts).await;
+                    let line = match &outcome {
+                        Ok(o) if o.direct => format!(
+                            "direct after {} ms",
+                            o.time_to_direct.unwrap_or_default().as_millis()
+                        ),
+                        Ok(_) => "stayed relayed".to_owned(),
+                        Err(e) => format!("error: {e:#}"),
+                    };
+                    eprintln!(
+                        "[{done}/{total}] {alice} -> {bob} over {transport}, run {run}: {line} ({:.1} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    match outcome {
+                        Ok(o) => {
+                            r.runs += 1;
+                            if o.direct {
+                                r.direct += 1;
+                                r.times.extend(o.time_to_direct);
+                            }
+                        }
+                        Err(e) => r.errors.push(format!("{e:#}")),
+                    }
+                }
+                results.push(r);
+            }
+        }
+    }
+    results
+}
+
+async fn one_run(
+    exe: &Path,
+    alice: NatKind,
+    bob: NatKind,
+    transport: Transport,
+    opts: &LabOptions,
+) -> Result<Outcome> {
+    match transport {
+        Transport::Quic => {
+            let mut pair = NatPair::start_with_delay(exe, alice, bob, opts.delay).await?;
+            pair.attempt(opts.timeout).await
+        }
+    }
+}
+
+/// The results as a Markdown table; with a `delay`, times are also given
+/// in round trips between the agents (`2 × delay`).
+pub fn table(results: &[PairResult], delay: Option<Duration>) -> String {
+    let rtt = delay.filter(|d| !d.is_zero()).map(|d| 2 * d);
+    let mut out = String::from(
+        "| alice's NAT | bob's NAT | transport | direct | success | median time to direct |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let rate = if r.runs == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0} %", 100.0 * r.direct as f64 / r.runs as f64)
+        };
+        let median = r
+            .median()
+            .map(|d| match rtt {
+                Some(rtt) => format!(
+                    "{} ms ({:.1} RTT)",
+                    d.as_millis(),
+                    d.as_secs_f64() / rtt.as_secs_f64()
+                ),
+                None => format!("{} ms", d.as_millis()),
+            })
+            .unwrap_or_else(|| "-".into());
+        let errors = if r.errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} failed to run)", r.errors.len())
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {}/{}{errors} | {rate} | {median} |\n",
+            r.alice, r.bob, r.transport, r.direct, r.runs
+        ));
+    }
+    out
 }
