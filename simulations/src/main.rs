@@ -139,7 +139,15 @@ async fn main() -> Result<()> {
                 timeout: std::time::Duration::from_secs(timeout),
                 delay,
             };
-            let results = agentmesh_sim::natlab::run_lab(&exe, &opts).await;
+            // Interrupted: the lab is dropped, which stops its processes
+            // and deletes its namespaces.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let results = tokio::select! {
+                r = agentmesh_sim::natlab::run_lab(&exe, &opts) => r,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                _ = term.recv() => anyhow::bail!("terminated"),
+            };
             println!("{}", agentmesh_sim::natlab::table(&results, delay));
         }
         Cmd::Agent {

@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use crate::{
     delayline::DelayLine,
     netns::{Lab, NatHost, NatKind},
-    process::{control_send, start_agent, start_bootstrap_with_registry, start_relay, Proc},
+    process::{
+        control_send, seen_at, start_agent, start_bootstrap_with_registry, start_relay, Proc,
+    },
 };
 
 /// Generous bound on each wait (the machine may be loaded).
@@ -67,7 +69,7 @@ fn agent_args(host: &NatHost, relay: &str) -> Vec<String> {
 
 impl NatPair {
     /// Starts the public side and the two agents, and waits until both
-    /// know they are behind a NAT and their cards list a relayed address.
+    /// learned their reachability and their cards list a relayed address.
     pub async fn start(exe: &Path, alice_kind: NatKind, bob_kind: NatKind) -> Result<Self> {
         Self::start_with_delay(exe, alice_kind, bob_kind, None).await
     }
@@ -126,8 +128,12 @@ impl NatPair {
         )
         .await
         .context("bob")?;
-        wait_behind_nat(&mut alice).await?;
-        wait_behind_nat(&mut bob).await?;
+        wait_reachable_through_relay(&mut alice)
+            .await
+            .context("alice")?;
+        wait_reachable_through_relay(&mut bob)
+            .await
+            .context("bob")?;
         Ok(Self {
             alice,
             bob,
@@ -161,8 +167,9 @@ impl NatPair {
         Ok((receipt.path, received))
     }
 
-    /// Sends a first message, which opens a relayed connection, and waits
-    /// for bob to report the connection direct or the hole punch failed.
+    /// Sends a first message, which opens a connection (relayed unless
+    /// bob's NAT lets alice's direct dial in), and waits for bob to report
+    /// the connection direct or the hole punch failed.
     pub async fn attempt(&mut self, timeout: Duration) -> Result<Outcome> {
         let (first, _) = self.send(json!({ "n": 0 })).await?;
         let relayed_at = self
@@ -171,7 +178,16 @@ impl NatPair {
                 v["event"] == "connected" && v["peer"] == self.alice_amid.as_str()
             })
             .await
-            .map(|v| (v["path"] == "relayed", Instant::now()))?;
+            .map(|v| (v["path"] == "relayed", seen_at(&v)))?;
+        if !relayed_at.0 {
+            return Ok(Outcome {
+                first_path: first,
+                started_relayed: false,
+                direct: true,
+                time_to_direct: None,
+                direct_addr: None,
+            });
+        }
         let alice = self.alice_amid.clone();
         let end = self
             .bob
@@ -189,7 +205,10 @@ impl NatPair {
             first_path: first,
             started_relayed: relayed_at.0,
             direct,
-            time_to_direct: direct.then(|| relayed_at.1.elapsed()),
+            time_to_direct: match (&end, direct) {
+                (Ok(v), true) => Some(seen_at(v).saturating_sub(relayed_at.1)),
+                _ => None,
+            },
             direct_addr: end.ok().and_then(|v| v["addr"].as_str().map(str::to_owned)),
         })
     }
@@ -202,7 +221,7 @@ pub struct Outcome {
     pub first_path: PathKind,
     /// Whether the first connection was relayed.
     pub started_relayed: bool,
-    /// Whether it became direct.
+    /// Whether it became direct (or was direct from the start).
     pub direct: bool,
     /// From the relayed connection (as bob saw it) to the direct one.
     pub time_to_direct: Option<Duration>,
@@ -210,11 +229,12 @@ pub struct Outcome {
     pub direct_addr: Option<String>,
 }
 
-/// Waits until an agent reports itself behind a NAT and has published a
-/// card listing its relayed address.
-pub async fn wait_behind_nat(p: &mut Proc) -> Result<()> {
+/// Waits until an agent learned its reachability (behind a NAT, or public
+/// through a NAT's translation) and has published a card listing its
+/// relayed address.
+pub async fn wait_reachable_through_relay(p: &mut Proc) -> Result<()> {
     p.wait_for(WAIT, |v| {
-        v["event"] == "reachability" && v["status"] == "behind_nat"
+        v["event"] == "reachability" && v["status"] != "unknown"
     })
     .await?;
     p.wait_for(WAIT, |v| {
@@ -287,6 +307,9 @@ pub struct PairResult {
     pub runs: usize,
     /// Of those, runs that ended on a direct connection.
     pub direct: usize,
+    /// Of those, runs whose first connection was already direct (no hole
+    /// punch needed: the NAT let a direct dial in).
+    pub direct_at_once: usize,
     /// Time to direct of each direct run, from the relayed connection.
     pub times: Vec<Duration>,
     /// Runs that could not be set up or lost the first message.
@@ -321,6 +344,7 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                     transport,
                     runs: 0,
                     direct: 0,
+                    direct_at_once: 0,
                     times: Vec::new(),
                     errors: Vec::new(),
                 };
@@ -329,6 +353,9 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                     let started = Instant::now();
                     let outcome = one_run(exe, alice, bob, transport, opts).await;
                     let line = match &outcome {
+                        Ok(o) if o.direct && !o.started_relayed => {
+                            "direct at once (no relay needed)".to_owned()
+                        }
                         Ok(o) if o.direct => format!(
                             "direct after {} ms",
                             o.time_to_direct.unwrap_or_default().as_millis()
@@ -346,6 +373,9 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                             if o.direct {
                                 r.direct += 1;
                                 r.times.extend(o.time_to_direct);
+                            }
+                            if !o.started_relayed {
+                                r.direct_at_once += 1;
                             }
                         }
                         Err(e) => r.errors.push(format!("{e:#}")),
@@ -378,8 +408,8 @@ async fn one_run(
 pub fn table(results: &[PairResult], delay: Option<Duration>) -> String {
     let rtt = delay.filter(|d| !d.is_zero()).map(|d| 2 * d);
     let mut out = String::from(
-        "| alice's NAT | bob's NAT | transport | direct | success | median time to direct |\n\
-         |---|---|---|---|---|---|\n",
+        "| alice's NAT | bob's NAT | transport | direct | of which at once | success | median time to direct (hole punched) |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let rate = if r.runs == 0 {
@@ -404,8 +434,8 @@ pub fn table(results: &[PairResult], delay: Option<Duration>) -> String {
             format!(" ({} failed to run)", r.errors.len())
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {}/{}{errors} | {rate} | {median} |\n",
-            r.alice, r.bob, r.transport, r.direct, r.runs
+            "| {} | {} | {} | {}/{}{errors} | {} | {rate} | {median} |\n",
+            r.alice, r.bob, r.transport, r.direct, r.runs, r.direct_at_once
         ));
     }
     out
