@@ -195,6 +195,14 @@ enum Cmd {
         /// Without it every initiator is anonymous.
         #[arg(long, env = "AGENTMESH_REGISTRY_ROOT")]
         registry_root: Option<Amid>,
+        /// How a relayed connection becomes direct: `quic` (DCUtR hole
+        /// punching), `webrtc` (ICE with STUN, signalled over the relay) or
+        /// `both`.
+        #[arg(long, default_value = "quic")]
+        hole_punch: agentmesh_node::HolePunch,
+        /// STUN server(s) for WebRTC, as `host:port` (repeatable).
+        #[arg(long = "stun", env = "AGENTMESH_STUN", value_delimiter = ',')]
+        stun: Vec<String>,
     },
     /// Check or reload a KNOCK policy.
     #[command(subcommand)]
@@ -389,8 +397,12 @@ async fn main() -> Result<()> {
             private,
             public,
             registry_root,
+            hole_punch,
+            stun,
         } => {
             let mut config = Config::local();
+            config.hole_punch = *hole_punch;
+            config.stun_servers = stun.clone();
             config.registry_root = registry_root.map(|r| *r.as_bytes());
             config.relays = relays.clone();
             if *private {

@@ -133,7 +133,59 @@ pub struct Config {
     /// What this node shows in its KNOCKs (certificates, log proof,
     /// reputation); see also [`Node::set_credentials`]. Defaults to none.
     pub credentials: Credentials,
+    /// How a relayed connection is upgraded to a direct one. Defaults to
+    /// [`HolePunch::Quic`].
+    pub hole_punch: HolePunch,
+    /// STUN servers (`host:port`) WebRTC learns its public address from.
+    /// Defaults to none (host candidates only).
+    pub stun_servers: Vec<String>,
 }
+
+/// How a node turns a relayed connection into a direct one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HolePunch {
+    /// QUIC hole punching coordinated over the relay (DCUtR).
+    #[default]
+    Quic,
+    /// WebRTC (ICE with STUN) signalled over the relayed connection; the
+    /// node also answers WebRTC from peers.
+    Webrtc,
+    /// Both: the node answers WebRTC and, for relayed connections it
+    /// dialled, tries WebRTC alongside QUIC hole punching.
+    Both,
+}
+
+impl HolePunch {
+    /// Whether WebRTC is tried and answered.
+    pub fn webrtc(self) -> bool {
+        matches!(self, HolePunch::Webrtc | HolePunch::Both)
+    }
+
+    /// Whether QUIC hole punching is used.
+    pub fn quic(self) -> bool {
+        matches!(self, HolePunch::Quic | HolePunch::Both)
+    }
+}
+
+impl std::str::FromStr for HolePunch {
+    type Err = UnknownHolePunch;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(HolePunch::Quic),
+            "webrtc" => Ok(HolePunch::Webrtc),
+            "both" => Ok(HolePunch::Both),
+            other => Err(UnknownHolePunch(other.to_owned())),
+        }
+    }
+}
+
+/// A hole-punching mode other than `quic`, `webrtc` or `both`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown hole punching mode {0:?} (quic, webrtc or both)")]
+pub struct UnknownHolePunch(pub String);
 
 /// Whether a node can be dialled directly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +253,8 @@ impl Config {
             registry_root: None,
             require_log_inclusion: false,
             credentials: Credentials::default(),
+            hole_punch: HolePunch::default(),
+            stun_servers: Vec::new(),
         }
     }
 }
@@ -725,13 +779,23 @@ impl Node {
             config.transport.listen.clear();
             config.dht.mode = agentmesh_dht::DhtMode::Client;
         }
+        if config.hole_punch.webrtc() {
+            config.transport.webrtc.stun_servers = config.stun_servers.clone();
+            let webrtc = Multiaddr::empty().with(libp2p::multiaddr::Protocol::WebRTC);
+            if !config.transport.listen.contains(&webrtc) {
+                config.transport.listen.push(webrtc);
+            }
+        }
         let keypair = identity.libp2p_keypair()?;
         let stream_behaviour = libp2p_stream::Behaviour::new();
         let control = stream_behaviour.new_control();
         let dht = agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
-        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |key, relay| {
-            swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay)
-        })?;
+        let swarm = agentmesh_transports::build_swarm_with_signalling(
+            keypair,
+            &config.transport,
+            Some(control.clone()),
+            |key, relay| swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay),
+        )?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);

@@ -64,7 +64,7 @@ pub(super) struct Behaviour {
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
     autonat: autonat::Behaviour,
-    dcutr: dcutr::Behaviour,
+    dcutr: Toggle<dcutr::Behaviour>,
 }
 
 impl Behaviour {
@@ -106,7 +106,13 @@ impl Behaviour {
                     ..Default::default()
                 },
             ),
-            dcutr: dcutr::Behaviour::new(local),
+            // QUIC hole punching unless only WebRTC is wanted.
+            dcutr: Toggle::from(
+                config
+                    .hole_punch
+                    .quic()
+                    .then(|| dcutr::Behaviour::new(local)),
+            ),
         }
     }
 }
@@ -498,6 +504,33 @@ impl Actor {
         });
     }
 
+    /// WebRTC hole punching: a relayed connection we dialled is upgraded by
+    /// dialling `<relayed address>/webrtc/p2p/<peer>` (signalled over it);
+    /// once the WebRTC connection is up, [`Self::prefer_direct`] closes the
+    /// relayed one.
+    fn on_webrtc(&mut self, peer: PeerId, endpoint: &ConnectedPoint, path: PathKind) {
+        if path != PathKind::Relayed || !self.shared.config.hole_punch.webrtc() {
+            return;
+        }
+        if let ConnectedPoint::Dialer { address, .. } = endpoint {
+            {
+                let mut addr = address.clone();
+                if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                    addr.pop();
+                }
+                let addr = addr.with(Protocol::WebRTC).with(Protocol::P2p(peer));
+                debug!(%peer, %addr, "trying webrtc");
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(%peer, error = %e, "webrtc dial not started");
+                }
+            }
+        }
+    }
+
     fn finish_dial(&mut self, peer: PeerId, result: Result<PathKind, String>) {
         self.dial_started.remove(&peer);
         for w in self.dials.remove(&peer).unwrap_or_default() {
@@ -567,6 +600,7 @@ impl Actor {
                 } else {
                     self.prefer_direct(peer_id, connection_id, path, &remote);
                 }
+                self.on_webrtc(peer_id, &endpoint, path);
                 if self.bootstrap.iter().any(|(p, _)| p == &peer_id) {
                     let _ = self.swarm.behaviour_mut().dht.bootstrap();
                     if !self.published_remotely {
