@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! agentmesh-sim devnet [--agents N] [--once]   a whole local network
+//! agentmesh-sim natlab [--runs N]               hole punching behind NATs (root)
 //! ```
 
 use std::path::PathBuf;
@@ -38,6 +39,32 @@ enum Cmd {
         /// Keep the network's data here instead of a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Run two agents behind every pair of NAT kinds (network namespaces,
+    /// nftables; needs root) and report how often their relayed connection
+    /// became direct, and how fast.
+    Natlab {
+        /// Runs per NAT pair and transport.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// NAT kinds to pair, comma-separated (full-cone,
+        /// address-restricted, port-restricted, symmetric).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "full-cone,address-restricted,port-restricted,symmetric"
+        )]
+        kinds: Vec<agentmesh_sim::netns::NatKind>,
+        /// Transports to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "quic")]
+        transports: Vec<agentmesh_sim::natlab::Transport>,
+        /// One-way delay (ms) added to everything the agents send; times
+        /// are then also reported in round trips.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Seconds a run waits for the direct connection.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// (process role) Run one agent; prints JSON event lines.
     #[command(hide = true)]
@@ -117,6 +144,35 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Devnet { agents, once, dir } => {
             devnet::run(DevnetOptions { agents, once, dir }).await?;
+        }
+        Cmd::Natlab {
+            runs,
+            kinds,
+            transports,
+            delay_ms,
+            timeout,
+        } => {
+            // Fails at once, with the reason, without root or the tools.
+            drop(agentmesh_sim::netns::Lab::new()?);
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let delay = (delay_ms > 0).then(|| std::time::Duration::from_millis(delay_ms));
+            let opts = agentmesh_sim::natlab::LabOptions {
+                runs,
+                kinds,
+                transports,
+                timeout: std::time::Duration::from_secs(timeout),
+                delay,
+            };
+            // Interrupted: the lab is dropped, which stops its processes
+            // and deletes its namespaces.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let results = tokio::select! {
+                r = agentmesh_sim::natlab::run_lab(&exe, &opts) => r,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                _ = term.recv() => anyhow::bail!("terminated"),
+            };
+            println!("{}", agentmesh_sim::natlab::table(&results, delay));
         }
         Cmd::Agent {
             data_dir,

@@ -14,8 +14,11 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
+    delayline::DelayLine,
     netns::{Lab, NatHost, NatKind},
-    process::{control_send, start_agent, start_bootstrap_with_registry, start_relay, Proc},
+    process::{
+        control_send, seen_at, start_agent, start_bootstrap_with_registry, start_relay, Proc,
+    },
 };
 
 /// Generous bound on each wait (the machine may be loaded).
@@ -45,6 +48,8 @@ pub struct NatPair {
     pub relay_addr: String,
     /// The bootstrap's address.
     pub boot_addr: String,
+    /// Delay lines on the agents' hosts, when asked for.
+    _delays: Vec<DelayLine>,
     _dir: tempfile::TempDir,
     /// The namespaces.
     pub lab: Lab,
@@ -69,9 +74,20 @@ fn agent_args(host: &NatHost, relay: &str, hole_punch: &str, stun: &str) -> Vec<
 
 impl NatPair {
     /// Starts the public side and the two agents, and waits until both
-    /// know they are behind a NAT and their cards list a relayed address.
+    /// learned their reachability and their cards list a relayed address.
     pub async fn start(exe: &Path, alice_kind: NatKind, bob_kind: NatKind) -> Result<Self> {
-        Self::start_with(exe, alice_kind, bob_kind, "quic").await
+        Self::start_opts(exe, alice_kind, bob_kind, "quic", None).await
+    }
+
+    /// [`NatPair::start`], with every packet the agents send held for
+    /// `delay` (so a direct round trip between them takes twice that).
+    pub async fn start_with_delay(
+        exe: &Path,
+        alice_kind: NatKind,
+        bob_kind: NatKind,
+        delay: Option<Duration>,
+    ) -> Result<Self> {
+        Self::start_opts(exe, alice_kind, bob_kind, "quic", delay).await
     }
 
     /// [`NatPair::start`] with a hole punching mode (`quic`, `webrtc` or
@@ -82,12 +98,28 @@ impl NatPair {
         bob_kind: NatKind,
         hole_punch: &str,
     ) -> Result<Self> {
+        Self::start_opts(exe, alice_kind, bob_kind, hole_punch, None).await
+    }
+
+    /// [`NatPair::start_with`] and [`NatPair::start_with_delay`] in one.
+    pub async fn start_opts(
+        exe: &Path,
+        alice_kind: NatKind,
+        bob_kind: NatKind,
+        hole_punch: &str,
+        delay: Option<Duration>,
+    ) -> Result<Self> {
         let mut lab = Lab::new()?;
         let dir = tempfile::tempdir()?;
         let boot_host = lab.public_host("boot")?;
         let relay_host = lab.public_host("relay")?;
         let alice_nat = lab.nat_host("alice", alice_kind)?;
         let bob_nat = lab.nat_host("bob", bob_kind)?;
+        let mut delays = Vec::new();
+        if let Some(d) = delay.filter(|d| !d.is_zero()) {
+            delays.push(alice_nat.host.delay_egress(d)?);
+            delays.push(bob_nat.host.delay_egress(d)?);
+        }
         let (boot, boot_addr, _) = start_bootstrap_with_registry(
             boot_host.launcher(exe),
             &dir.path().join("boot"),
@@ -124,8 +156,12 @@ impl NatPair {
         )
         .await
         .context("bob")?;
-        wait_behind_nat(&mut alice).await?;
-        wait_behind_nat(&mut bob).await?;
+        wait_reachable_through_relay(&mut alice)
+            .await
+            .context("alice")?;
+        wait_reachable_through_relay(&mut bob)
+            .await
+            .context("bob")?;
         Ok(Self {
             alice,
             bob,
@@ -137,6 +173,7 @@ impl NatPair {
             bob_nat,
             relay_addr,
             boot_addr,
+            _delays: delays,
             _dir: dir,
             lab,
         })
@@ -158,8 +195,9 @@ impl NatPair {
         Ok((receipt.path, received))
     }
 
-    /// Sends a first message, which opens a relayed connection, and waits
-    /// for bob to report the connection direct or the hole punch failed.
+    /// Sends a first message, which opens a connection (relayed unless
+    /// bob's NAT lets alice's direct dial in), and waits for bob to report
+    /// the connection direct or the hole punch failed.
     pub async fn attempt(&mut self, timeout: Duration) -> Result<Outcome> {
         let (first, _) = self.send(json!({ "n": 0 })).await?;
         let relayed_at = self
@@ -168,7 +206,16 @@ impl NatPair {
                 v["event"] == "connected" && v["peer"] == self.alice_amid.as_str()
             })
             .await
-            .map(|v| (v["path"] == "relayed", Instant::now()))?;
+            .map(|v| (v["path"] == "relayed", seen_at(&v)))?;
+        if !relayed_at.0 {
+            return Ok(Outcome {
+                first_path: first,
+                started_relayed: false,
+                direct: true,
+                time_to_direct: None,
+                direct_addr: None,
+            });
+        }
         let alice = self.alice_amid.clone();
         let end = self
             .bob
@@ -186,7 +233,10 @@ impl NatPair {
             first_path: first,
             started_relayed: relayed_at.0,
             direct,
-            time_to_direct: direct.then(|| relayed_at.1.elapsed()),
+            time_to_direct: match (&end, direct) {
+                (Ok(v), true) => Some(seen_at(v).saturating_sub(relayed_at.1)),
+                _ => None,
+            },
             direct_addr: end.ok().and_then(|v| v["addr"].as_str().map(str::to_owned)),
         })
     }
@@ -199,7 +249,7 @@ pub struct Outcome {
     pub first_path: PathKind,
     /// Whether the first connection was relayed.
     pub started_relayed: bool,
-    /// Whether it became direct.
+    /// Whether it became direct (or was direct from the start).
     pub direct: bool,
     /// From the relayed connection (as bob saw it) to the direct one.
     pub time_to_direct: Option<Duration>,
@@ -207,11 +257,12 @@ pub struct Outcome {
     pub direct_addr: Option<String>,
 }
 
-/// Waits until an agent reports itself behind a NAT and has published a
-/// card listing its relayed address.
-pub async fn wait_behind_nat(p: &mut Proc) -> Result<()> {
+/// Waits until an agent learned its reachability (behind a NAT, or public
+/// through a NAT's translation) and has published a card listing its
+/// relayed address.
+pub async fn wait_reachable_through_relay(p: &mut Proc) -> Result<()> {
     p.wait_for(WAIT, |v| {
-        v["event"] == "reachability" && v["status"] == "behind_nat"
+        v["event"] == "reachability" && v["status"] != "unknown"
     })
     .await?;
     p.wait_for(WAIT, |v| {
@@ -228,4 +279,192 @@ pub async fn wait_behind_nat(p: &mut Proc) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// A transport the lab measures hole punching over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC hole punching coordinated by DCUtR over the relayed connection.
+    Quic,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "quic",
+        })
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quic" => Ok(Transport::Quic),
+            _ => anyhow::bail!("unknown transport {s:?} (quic)"),
+        }
+    }
+}
+
+/// What `natlab` runs.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Runs per NAT pair and transport.
+    pub runs: usize,
+    /// NAT kinds to pair (every ordered pair of them).
+    pub kinds: Vec<NatKind>,
+    /// Transports to measure.
+    pub transports: Vec<Transport>,
+    /// How long a run waits for the direct connection.
+    pub timeout: Duration,
+    /// One-way delay added to everything the agents send.
+    pub delay: Option<Duration>,
+}
+
+/// The results of one NAT pair over one transport.
+#[derive(Debug, Clone)]
+pub struct PairResult {
+    /// Alice's (the sender's) NAT.
+    pub alice: NatKind,
+    /// Bob's (the receiver's) NAT.
+    pub bob: NatKind,
+    /// The transport.
+    pub transport: Transport,
+    /// Runs that completed (set up, first message delivered).
+    pub runs: usize,
+    /// Of those, runs that ended on a direct connection.
+    pub direct: usize,
+    /// Of those, runs whose first connection was already direct (no hole
+    /// punch needed: the NAT let a direct dial in).
+    pub direct_at_once: usize,
+    /// Time to direct of each direct run, from the relayed connection.
+    pub times: Vec<Duration>,
+    /// Runs that could not be set up or lost the first message.
+    pub errors: Vec<String>,
+}
+
+impl PairResult {
+    /// Median time to direct.
+    pub fn median(&self) -> Option<Duration> {
+        let mut t = self.times.clone();
+        t.sort();
+        match t.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(t[n / 2]),
+            n => Some((t[n / 2 - 1] + t[n / 2]) / 2),
+        }
+    }
+}
+
+/// Runs every ordered pair of `opts.kinds`, `opts.runs` times per
+/// transport, printing a progress line per run on stderr.
+pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
+    let total = opts.kinds.len() * opts.kinds.len() * opts.transports.len() * opts.runs;
+    let mut done = 0;
+    let mut results = Vec::new();
+    for &alice in &opts.kinds {
+        for &bob in &opts.kinds {
+            for &transport in &opts.transports {
+                let mut r = PairResult {
+                    alice,
+                    bob,
+                    transport,
+                    runs: 0,
+                    direct: 0,
+                    direct_at_once: 0,
+                    times: Vec::new(),
+                    errors: Vec::new(),
+                };
+                for run in 1..=opts.runs {
+                    done += 1;
+                    let started = Instant::now();
+                    let outcome = one_run(exe, alice, bob, transport, opts).await;
+                    let line = match &outcome {
+                        Ok(o) if o.direct && !o.started_relayed => {
+                            "direct at once (no relay needed)".to_owned()
+                        }
+                        Ok(o) if o.direct => format!(
+                            "direct after {} ms",
+                            o.time_to_direct.unwrap_or_default().as_millis()
+                        ),
+                        Ok(_) => "stayed relayed".to_owned(),
+                        Err(e) => format!("error: {e:#}"),
+                    };
+                    eprintln!(
+                        "[{done}/{total}] {alice} -> {bob} over {transport}, run {run}: {line} ({:.1} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    match outcome {
+                        Ok(o) => {
+                            r.runs += 1;
+                            if o.direct {
+                                r.direct += 1;
+                                r.times.extend(o.time_to_direct);
+                            }
+                            if !o.started_relayed {
+                                r.direct_at_once += 1;
+                            }
+                        }
+                        Err(e) => r.errors.push(format!("{e:#}")),
+                    }
+                }
+                results.push(r);
+            }
+        }
+    }
+    results
+}
+
+async fn one_run(
+    exe: &Path,
+    alice: NatKind,
+    bob: NatKind,
+    transport: Transport,
+    opts: &LabOptions,
+) -> Result<Outcome> {
+    match transport {
+        Transport::Quic => {
+            let mut pair = NatPair::start_with_delay(exe, alice, bob, opts.delay).await?;
+            pair.attempt(opts.timeout).await
+        }
+    }
+}
+
+/// The results as a Markdown table; with a `delay`, times are also given
+/// in round trips between the agents (`2 × delay`).
+pub fn table(results: &[PairResult], delay: Option<Duration>) -> String {
+    let rtt = delay.filter(|d| !d.is_zero()).map(|d| 2 * d);
+    let mut out = String::from(
+        "| alice's NAT | bob's NAT | transport | direct | of which at once | success | median time to direct (hole punched) |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let rate = if r.runs == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0} %", 100.0 * r.direct as f64 / r.runs as f64)
+        };
+        let median = r
+            .median()
+            .map(|d| match rtt {
+                Some(rtt) => format!(
+                    "{} ms ({:.1} RTT)",
+                    d.as_millis(),
+                    d.as_secs_f64() / rtt.as_secs_f64()
+                ),
+                None => format!("{} ms", d.as_millis()),
+            })
+            .unwrap_or_else(|| "-".into());
+        let errors = if r.errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} failed to run)", r.errors.len())
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {}/{}{errors} | {} | {rate} | {median} |\n",
+            r.alice, r.bob, r.transport, r.direct, r.runs, r.direct_at_once
+        ));
+    }
+    out
 }

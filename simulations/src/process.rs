@@ -63,6 +63,23 @@ impl Launcher {
     }
 }
 
+/// Member the harness adds to every JSON line: when it was read, in µs
+/// since the harness's first read (see [`seen_at`]).
+pub const SEEN_US: &str = "_seen_us";
+
+fn seen_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
+/// When the harness read a line, comparable between processes.
+pub fn seen_at(v: &Value) -> Duration {
+    Duration::from_micros(v[SEEN_US].as_u64().unwrap_or_default())
+}
+
 /// A child process that prints one JSON object per line.
 #[derive(Debug)]
 pub struct Proc {
@@ -101,7 +118,10 @@ impl Proc {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert(SEEN_US.into(), seen_us().into());
+                    }
                     if tx.send(v).await.is_err() {
                         break;
                     }

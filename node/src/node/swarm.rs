@@ -708,6 +708,7 @@ impl Actor {
                 // with the listen addresses, not as our own.
                 if path_of(&address) != PathKind::Relayed && !self.external.contains(&address) {
                     self.external.push(address);
+                    self.listen_through_relays_if_needed();
                     self.next_publish = Some(Instant::now() + Duration::from_millis(200));
                 }
             }
@@ -854,19 +855,69 @@ impl Actor {
         }
     }
 
+    /// Whether peers reach us on an address that is none of ours: a NAT
+    /// that lets them in (a full-cone or address-restricted one; the
+    /// latter only for peers we contacted), in automatic mode.
+    fn translated(&self) -> bool {
+        let ip = |a: &Multiaddr| {
+            a.iter().find_map(|p| match p {
+                Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+        };
+        self.shared.config.reachability == Reachability::Auto
+            && !self.external.is_empty()
+            && self
+                .external
+                .iter()
+                .all(|e| !self.listen.iter().any(|l| ip(l) == ip(e)))
+    }
+
+    /// Whether to listen through our relays too: behind a NAT, or
+    /// reachable only through a translation that may filter.
+    fn wants_relays(&self) -> bool {
+        self.behind_nat() || self.translated()
+    }
+
+    /// Starts listening through every connected relay when we want to.
+    fn listen_through_relays_if_needed(&mut self) {
+        if !self.wants_relays() {
+            return;
+        }
+        let connected: Vec<PeerId> = self
+            .relays
+            .chosen
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| self.swarm.is_connected(p))
+            .collect();
+        for relay in connected {
+            self.listen_through(relay);
+        }
+    }
+
     /// The addresses our card lists: only relayed ones behind a NAT;
-    /// otherwise confirmed external addresses, then the listen addresses.
+    /// behind a translation, confirmed external addresses then relayed
+    /// ones; otherwise confirmed external addresses, then the listen
+    /// addresses.
     fn card_addrs(&self) -> Vec<String> {
+        let relayed = |a: &&Multiaddr| path_of(a) == PathKind::Relayed;
         if self.behind_nat() {
             return self
                 .listen
                 .iter()
-                .filter(|a| path_of(a) == PathKind::Relayed)
+                .filter(relayed)
                 .map(|a| a.to_string())
                 .collect();
         }
         let mut addrs: Vec<String> = self.external.iter().map(|a| a.to_string()).collect();
+        let translated = self.translated();
         for a in &self.listen {
+            if translated && !relayed(&a) {
+                // A LAN address: nobody outside can dial it.
+                continue;
+            }
             let a = a.to_string();
             if !addrs.contains(&a) {
                 addrs.push(a);
@@ -945,18 +996,7 @@ impl Actor {
             *n = status;
         }
         self.shared.emit(NodeEvent::Reachability { status, addr });
-        if self.behind_nat() {
-            let connected: Vec<PeerId> = self
-                .relays
-                .chosen
-                .iter()
-                .map(|(p, _)| *p)
-                .filter(|p| self.swarm.is_connected(p))
-                .collect();
-            for relay in connected {
-                self.listen_through(relay);
-            }
-        }
+        self.listen_through_relays_if_needed();
         self.next_publish = Some(Instant::now() + Duration::from_millis(200));
     }
 
@@ -980,7 +1020,7 @@ impl Actor {
     /// A mailbox relay is connected: listen through it when we are not
     /// reachable directly, and collect our mail.
     fn on_relay_connected(&mut self, relay: PeerId) {
-        if self.behind_nat() {
+        if self.wants_relays() {
             self.listen_through(relay);
         }
         tokio::spawn(super::mailbox::drain(self.shared.clone(), relay));
