@@ -55,8 +55,8 @@ enum Cmd {
             default_value = "full-cone,address-restricted,port-restricted,symmetric"
         )]
         kinds: Vec<agentmesh_sim::netns::NatKind>,
-        /// Transports to measure, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "quic")]
+        /// Transports to measure (`quic`, `webrtc`), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "quic,webrtc")]
         transports: Vec<agentmesh_sim::natlab::Transport>,
         /// One-way delay (ms) added to everything the agents send; times
         /// are then also reported in round trips.

@@ -286,12 +286,16 @@ pub async fn wait_reachable_through_relay(p: &mut Proc) -> Result<()> {
 pub enum Transport {
     /// QUIC hole punching coordinated by DCUtR over the relayed connection.
     Quic,
+    /// WebRTC (ICE with the bootstrap's STUN server) signalled over the
+    /// relayed connection.
+    WebRtc,
 }
 
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Transport::Quic => "quic",
+            Transport::WebRtc => "webrtc",
         })
     }
 }
@@ -302,7 +306,8 @@ impl std::str::FromStr for Transport {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "quic" => Ok(Transport::Quic),
-            _ => anyhow::bail!("unknown transport {s:?} (quic)"),
+            "webrtc" => Ok(Transport::WebRtc),
+            _ => anyhow::bail!("unknown transport {s:?} (quic, webrtc)"),
         }
     }
 }
@@ -423,12 +428,12 @@ async fn one_run(
     transport: Transport,
     opts: &LabOptions,
 ) -> Result<Outcome> {
-    match transport {
-        Transport::Quic => {
-            let mut pair = NatPair::start_with_delay(exe, alice, bob, opts.delay).await?;
-            pair.attempt(opts.timeout).await
-        }
-    }
+    let mode = match transport {
+        Transport::Quic => "quic",
+        Transport::WebRtc => "webrtc",
+    };
+    let mut pair = NatPair::start_opts(exe, alice, bob, mode, opts.delay).await?;
+    pair.attempt(opts.timeout).await
 }
 
 /// The results as a Markdown table; with a `delay`, times are also given
