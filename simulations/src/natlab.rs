@@ -110,30 +110,19 @@ impl NatPair {
         .await
         .context("relay")?;
         let relay_addr = relay_addrs[0].clone();
-        let (mut alice, alice_amid) = start_agent(
-            alice_nat.host.launcher(exe),
-            "alice",
-            &dir.path().join("alice"),
-            &boot_addr,
-            &agent_args(&alice_nat, &relay_addr),
-        )
-        .await
-        .context("alice")?;
-        let (mut bob, bob_amid) = start_agent(
-            bob_nat.host.launcher(exe),
-            "bob",
-            &dir.path().join("bob"),
-            &boot_addr,
-            &agent_args(&bob_nat, &relay_addr),
-        )
-        .await
-        .context("bob")?;
-        wait_reachable_through_relay(&mut alice)
-            .await
-            .context("alice")?;
-        wait_reachable_through_relay(&mut bob)
-            .await
-            .context("bob")?;
+        let agent = |name: &'static str, nat: &NatHost| {
+            let launcher = nat.host.launcher(exe);
+            let data = dir.path().join(name);
+            let args = agent_args(nat, &relay_addr);
+            let boot_addr = boot_addr.clone();
+            async move {
+                let (mut p, amid) = start_agent(launcher, name, &data, &boot_addr, &args).await?;
+                wait_reachable_through_relay(&mut p).await?;
+                anyhow::Ok((p, amid))
+            }
+        };
+        let (alice, alice_amid) = agent("alice", &alice_nat).await.context("alice")?;
+        let (bob, bob_amid) = agent("bob", &bob_nat).await.context("bob")?;
         Ok(Self {
             alice,
             bob,
