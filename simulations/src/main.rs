@@ -89,6 +89,12 @@ enum Cmd {
         listen: Vec<Multiaddr>,
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// `quic`, `webrtc` or `both`.
+        #[arg(long, default_value = "quic")]
+        hole_punch: agentmesh_node::HolePunch,
+        /// STUN server(s), `host:port`.
+        #[arg(long)]
+        stun: Vec<String>,
     },
     /// (process role) Run a relay node; prints JSON event lines.
     #[command(hide = true)]
@@ -111,7 +117,25 @@ enum Cmd {
         /// Addresses to listen on (defaults when none).
         #[arg(long)]
         listen: Vec<Multiaddr>,
+        /// UDP address of the STUN server. Defaults to port 3478 of the
+        /// first listen address when that is not loopback (a lab host).
+        #[arg(long)]
+        stun_listen: Option<std::net::SocketAddr>,
     },
+}
+
+/// Port 3478 of the first listen address, unless it is loopback.
+fn lab_stun_addr(listen: &[Multiaddr]) -> Option<std::net::SocketAddr> {
+    let ip = listen.first()?.iter().find_map(|p| match p {
+        agentmesh_transports::libp2p::multiaddr::Protocol::Ip4(ip) => {
+            Some(std::net::IpAddr::V4(ip))
+        }
+        agentmesh_transports::libp2p::multiaddr::Protocol::Ip6(ip) => {
+            Some(std::net::IpAddr::V6(ip))
+        }
+        _ => None,
+    })?;
+    (!ip.is_loopback()).then(|| std::net::SocketAddr::new(ip, 3478))
 }
 
 #[tokio::main]
@@ -159,6 +183,8 @@ async fn main() -> Result<()> {
             dht_client,
             listen,
             policy,
+            hole_punch,
+            stun,
         } => {
             let mut config = Config::local();
             if let Some(file) = policy {
@@ -175,6 +201,8 @@ async fn main() -> Result<()> {
             if !listen.is_empty() {
                 config.transport.listen = listen;
             }
+            config.hole_punch = hole_punch;
+            config.stun_servers = stun;
             let node = Node::builder(config)
                 .data_dir(&data_dir)
                 .bootstraps(bootstrap)
@@ -208,7 +236,19 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Cmd::Bootstrap { data_dir, listen } => {
+        Cmd::Bootstrap {
+            data_dir,
+            listen,
+            stun_listen,
+        } => {
+            let stun_listen = stun_listen.or_else(|| lab_stun_addr(&listen));
+            if let Some(addr) = stun_listen {
+                let stun = agentmesh_transports::stun::StunServer::bind(addr)
+                    .await
+                    .with_context(|| format!("STUN server on {addr}"))?;
+                tracing::info!(%addr, "STUN server listening");
+                tokio::spawn(stun.run());
+            }
             let mut config = agentmesh_bootstrap::config();
             if !listen.is_empty() {
                 config.transport.listen = listen;

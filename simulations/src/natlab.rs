@@ -56,14 +56,19 @@ pub struct NatPair {
 }
 
 /// Arguments for an agent behind a NAT: QUIC on its LAN address, the
-/// relay, and a DHT client (peers could not dial it to serve queries).
-fn agent_args(host: &NatHost, relay: &str) -> Vec<String> {
+/// relay, and a DHT client (peers could not dial it to serve queries);
+/// the hole punching mode, with the bootstrap's STUN server.
+fn agent_args(host: &NatHost, relay: &str, hole_punch: &str, stun: &str) -> Vec<String> {
     vec![
         "--listen".into(),
         host.host.quic_listen(),
         "--relay".into(),
         relay.into(),
         "--dht-client".into(),
+        "--hole-punch".into(),
+        hole_punch.into(),
+        "--stun".into(),
+        stun.into(),
     ]
 }
 
@@ -71,7 +76,7 @@ impl NatPair {
     /// Starts the public side and the two agents, and waits until both
     /// learned their reachability and their cards list a relayed address.
     pub async fn start(exe: &Path, alice_kind: NatKind, bob_kind: NatKind) -> Result<Self> {
-        Self::start_with_delay(exe, alice_kind, bob_kind, None).await
+        Self::start_opts(exe, alice_kind, bob_kind, "quic", None).await
     }
 
     /// [`NatPair::start`], with every packet the agents send held for
@@ -80,6 +85,28 @@ impl NatPair {
         exe: &Path,
         alice_kind: NatKind,
         bob_kind: NatKind,
+        delay: Option<Duration>,
+    ) -> Result<Self> {
+        Self::start_opts(exe, alice_kind, bob_kind, "quic", delay).await
+    }
+
+    /// [`NatPair::start`] with a hole punching mode (`quic`, `webrtc` or
+    /// `both`); the bootstrap serves STUN on port 3478 of its address.
+    pub async fn start_with(
+        exe: &Path,
+        alice_kind: NatKind,
+        bob_kind: NatKind,
+        hole_punch: &str,
+    ) -> Result<Self> {
+        Self::start_opts(exe, alice_kind, bob_kind, hole_punch, None).await
+    }
+
+    /// [`NatPair::start_with`] and [`NatPair::start_with_delay`] in one.
+    pub async fn start_opts(
+        exe: &Path,
+        alice_kind: NatKind,
+        bob_kind: NatKind,
+        hole_punch: &str,
         delay: Option<Duration>,
     ) -> Result<Self> {
         let mut lab = Lab::new()?;
@@ -110,19 +137,31 @@ impl NatPair {
         .await
         .context("relay")?;
         let relay_addr = relay_addrs[0].clone();
-        let agent = |name: &'static str, nat: &NatHost| {
-            let launcher = nat.host.launcher(exe);
-            let data = dir.path().join(name);
-            let args = agent_args(nat, &relay_addr);
-            let boot_addr = boot_addr.clone();
-            async move {
-                let (mut p, amid) = start_agent(launcher, name, &data, &boot_addr, &args).await?;
-                wait_reachable_through_relay(&mut p).await?;
-                anyhow::Ok((p, amid))
-            }
-        };
-        let (alice, alice_amid) = agent("alice", &alice_nat).await.context("alice")?;
-        let (bob, bob_amid) = agent("bob", &bob_nat).await.context("bob")?;
+        let stun = format!("{}:3478", boot_host.ip);
+        let (mut alice, alice_amid) = start_agent(
+            alice_nat.host.launcher(exe),
+            "alice",
+            &dir.path().join("alice"),
+            &boot_addr,
+            &agent_args(&alice_nat, &relay_addr, hole_punch, &stun),
+        )
+        .await
+        .context("alice")?;
+        let (mut bob, bob_amid) = start_agent(
+            bob_nat.host.launcher(exe),
+            "bob",
+            &dir.path().join("bob"),
+            &boot_addr,
+            &agent_args(&bob_nat, &relay_addr, hole_punch, &stun),
+        )
+        .await
+        .context("bob")?;
+        wait_reachable_through_relay(&mut alice)
+            .await
+            .context("alice")?;
+        wait_reachable_through_relay(&mut bob)
+            .await
+            .context("bob")?;
         Ok(Self {
             alice,
             bob,

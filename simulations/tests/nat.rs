@@ -154,3 +154,38 @@ async fn behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive() {
         assert_eq!((receipt, received), (PathKind::Relayed, PathKind::Relayed));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_port_restricted_nats_the_relayed_path_goes_direct_over_webrtc() {
+    let mut pair = NatPair::start_with(
+        exe(),
+        NatKind::PortRestricted,
+        NatKind::PortRestricted,
+        "webrtc",
+    )
+    .await
+    .unwrap();
+    let outcome = pair.attempt(WAIT).await.unwrap();
+    assert!(outcome.started_relayed, "{outcome:?}");
+    assert!(
+        outcome.direct,
+        "{outcome:?}; bob said {:#?}",
+        pair.bob.drain()
+    );
+    // Bob's WebRTC connection comes from alice's NAT (the address ICE
+    // selected), not through the circuit.
+    let addr = outcome.direct_addr.unwrap();
+    assert!(
+        addr.starts_with(&format!("/ip4/{}/udp/", pair.alice_nat.public_ip))
+            && addr.contains("/webrtc")
+            && !addr.contains("p2p-circuit"),
+        "{addr}"
+    );
+    // Messages go over it, also once the relay is gone.
+    pair.relay.take().unwrap().kill().await.unwrap();
+    for n in 1..4 {
+        let (receipt, received) = pair.send(json!({ "n": n })).await.unwrap();
+        assert_eq!(receipt, PathKind::DirectWebRtc, "message {n}");
+        assert_eq!(received, PathKind::DirectWebRtc, "message {n}");
+    }
+}
