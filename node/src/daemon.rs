@@ -215,6 +215,20 @@ pub fn print_event(json: bool, e: &NodeEvent) {
         ),
         NodeEvent::Connected { peer, path } => println!("connected to {peer} via {path}"),
         NodeEvent::Disconnected { peer } => println!("disconnected from {peer}"),
+        NodeEvent::PathUpgraded { peer, path, addr } => {
+            println!("direct path to {peer}: {path} at {addr}")
+        }
+        NodeEvent::HolePunch { peer, ok, error } => match (ok, error) {
+            (true, _) => println!("hole punch to {peer} succeeded"),
+            (false, e) => println!(
+                "hole punch to {peer} failed: {}",
+                e.as_deref().unwrap_or("unknown")
+            ),
+        },
+        NodeEvent::Reachability { status, addr } => match addr {
+            Some(a) => println!("reachability: {status} at {a}"),
+            None => println!("reachability: {status}"),
+        },
         NodeEvent::SessionClosed {
             peer,
             session,

@@ -37,6 +37,33 @@ pub enum NodeEvent {
         /// Over what.
         path: PathKind,
     },
+    /// A direct connection replaced the relayed one to a peer (after a
+    /// hole punch, or a direct dial): relayed connections to it are
+    /// closed and messages go direct.
+    PathUpgraded {
+        /// The peer.
+        peer: String,
+        /// The new path.
+        path: PathKind,
+        /// The direct connection's remote address.
+        addr: String,
+    },
+    /// A hole punch (DCUtR) over a relayed connection ended.
+    HolePunch {
+        /// The peer.
+        peer: String,
+        /// Whether a direct connection came of it.
+        ok: bool,
+        /// Why not.
+        error: Option<String>,
+    },
+    /// The network reported a change of our reachability (AutoNAT).
+    Reachability {
+        /// Public, behind a NAT, or unknown.
+        status: crate::node::NatStatus,
+        /// The address peers dialled us back on, when public.
+        addr: Option<String>,
+    },
     /// The last connection to a peer closed.
     Disconnected {
         /// The peer.

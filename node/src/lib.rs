@@ -67,10 +67,10 @@ pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
-    amid_of_peer, Config, LearnedPath, Messages, NetStatus, Node, NodeBuilder, NodeStatus,
-    PathCounters, PeerStatus, Reachability, RelayStatus, SendError, SessionStatus, SpawnError,
-    StreamError, StreamReceiver, StreamSender, Streams, TrustError, SHUTDOWN_PUBLISH_TIMEOUT,
-    STREAM_BUFFER, STREAM_WINDOW,
+    amid_of_peer, Config, HolePunch, LearnedPath, Messages, NatStatus, NetStatus, Node,
+    NodeBuilder, NodeStatus, PathCounters, PeerStatus, Reachability, RelayStatus, SendError,
+    SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams, TrustError,
+    UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

@@ -176,20 +176,34 @@ enum Cmd {
         /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Relay(s) to keep our mailbox and, with `--private`, to listen
+        /// Relay(s) to keep our mailbox and, when behind a NAT, to listen
         /// through; multiaddrs ending in `/p2p/<relay id>`. Defaults to
         /// relays found in the DHT.
         #[arg(long = "relay", env = "AGENTMESH_RELAYS", value_delimiter = ',')]
         relays: Vec<Multiaddr>,
         /// Not reachable directly (behind a NAT or firewall): listen only
-        /// through relays and advertise only relayed addresses.
-        #[arg(long)]
+        /// through relays and advertise only relayed addresses. Without
+        /// `--private` or `--public`, reachability is learned from peers
+        /// (AutoNAT).
+        #[arg(long, conflicts_with = "public")]
         private: bool,
+        /// Reachable directly: never listen through relays, whatever
+        /// peers report.
+        #[arg(long)]
+        public: bool,
         /// The registry root key (its AMID) that KNOCK certificates,
         /// revocations and reputation attestations are checked against.
         /// Without it every initiator is anonymous.
         #[arg(long, env = "AGENTMESH_REGISTRY_ROOT")]
         registry_root: Option<Amid>,
+        /// How a relayed connection becomes direct: `quic` (DCUtR hole
+        /// punching), `webrtc` (ICE with STUN, signalled over the relay) or
+        /// `both`.
+        #[arg(long, default_value = "quic")]
+        hole_punch: agentmesh_node::HolePunch,
+        /// STUN server(s) for WebRTC, as `host:port` (repeatable).
+        #[arg(long = "stun", env = "AGENTMESH_STUN", value_delimiter = ',')]
+        stun: Vec<String>,
     },
     /// Check or reload a KNOCK policy.
     #[command(subcommand)]
@@ -382,13 +396,21 @@ async fn main() -> Result<()> {
             policy,
             relays,
             private,
+            public,
             registry_root,
+            hole_punch,
+            stun,
         } => {
             let mut config = Config::local();
+            config.hole_punch = *hole_punch;
+            config.stun_servers = stun.clone();
             config.registry_root = registry_root.map(|r| *r.as_bytes());
             config.relays = relays.clone();
             if *private {
                 config.reachability = agentmesh_node::Reachability::Private;
+            }
+            if *public {
+                config.reachability = agentmesh_node::Reachability::Public;
             }
             if !listen.is_empty() {
                 config.transport.listen = listen.clone();
@@ -594,8 +616,18 @@ async fn main() -> Result<()> {
                     "dht          {} peers in routing table, {} records",
                     status.net.routing_table, status.net.dht_records
                 );
+                println!(
+                    "reachability {} ({:?} mode)",
+                    status.net.nat, status.net.reachability
+                );
+                for a in &status.net.external_addrs {
+                    println!("external     {a}");
+                }
                 for p in &status.net.connected {
-                    println!("connected    {} via {}", p.peer, p.path);
+                    match p.addrs.first() {
+                        Some(a) => println!("connected    {} via {} at {a}", p.peer, p.path),
+                        None => println!("connected    {} via {}", p.peer, p.path),
+                    }
                 }
                 for (kind, c) in &status.net.path_attempts {
                     println!(

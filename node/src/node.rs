@@ -119,8 +119,8 @@ pub struct Config {
     pub relays: Vec<Multiaddr>,
     /// How many relays keep our mailbox (listed in the card). Defaults to 2.
     pub mailbox_relays: usize,
-    /// Whether peers can dial us directly. Defaults to
-    /// [`Reachability::Public`].
+    /// Whether peers can dial us directly: declared, or learned with
+    /// AutoNAT. Defaults to [`Reachability::Auto`].
     pub reachability: Reachability,
     /// The registry root key: initiators' certificates, log proofs,
     /// reputation attestations and revocations are checked against it.
@@ -133,19 +133,102 @@ pub struct Config {
     /// What this node shows in its KNOCKs (certificates, log proof,
     /// reputation); see also [`Node::set_credentials`]. Defaults to none.
     pub credentials: Credentials,
+    /// How a relayed connection is upgraded to a direct one. Defaults to
+    /// [`HolePunch::Quic`].
+    pub hole_punch: HolePunch,
+    /// STUN servers (`host:port`) WebRTC learns its public address from.
+    /// Defaults to none (host candidates only).
+    pub stun_servers: Vec<String>,
 }
+
+/// How a node turns a relayed connection into a direct one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HolePunch {
+    /// QUIC hole punching coordinated over the relay (DCUtR).
+    #[default]
+    Quic,
+    /// WebRTC (ICE with STUN) signalled over the relayed connection; the
+    /// node also answers WebRTC from peers.
+    Webrtc,
+    /// Both: the node answers WebRTC and, for relayed connections it
+    /// dialled, tries WebRTC alongside QUIC hole punching.
+    Both,
+}
+
+impl HolePunch {
+    /// Whether WebRTC is tried and answered.
+    pub fn webrtc(self) -> bool {
+        matches!(self, HolePunch::Webrtc | HolePunch::Both)
+    }
+
+    /// Whether QUIC hole punching is used.
+    pub fn quic(self) -> bool {
+        matches!(self, HolePunch::Quic | HolePunch::Both)
+    }
+}
+
+impl std::str::FromStr for HolePunch {
+    type Err = UnknownHolePunch;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(HolePunch::Quic),
+            "webrtc" => Ok(HolePunch::Webrtc),
+            "both" => Ok(HolePunch::Both),
+            other => Err(UnknownHolePunch(other.to_owned())),
+        }
+    }
+}
+
+/// A hole-punching mode other than `quic`, `webrtc` or `both`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown hole punching mode {0:?} (quic, webrtc or both)")]
+pub struct UnknownHolePunch(pub String);
 
 /// Whether a node can be dialled directly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Reachability {
-    /// Listens on its own addresses and lists them in its card.
-    #[default]
+    /// Declared reachable: listens on its own addresses and lists them in
+    /// its card.
     Public,
-    /// Behind a NAT or firewall: listens only through relay reservations
-    /// and lists only relayed addresses.
+    /// Declared behind a NAT or firewall: listens only through relay
+    /// reservations and lists only relayed addresses.
     Private,
+    /// Learned: listens on its own addresses, and asks peers (AutoNAT) to
+    /// dial it back. Once they report it [`NatStatus::BehindNat`], it also
+    /// listens through its relays' reservations and its card lists only
+    /// relayed addresses; hole punching (DCUtR) then upgrades relayed
+    /// connections to direct ones where the NATs allow it.
+    #[default]
+    Auto,
+}
+
+/// What the network reports about our reachability (AutoNAT).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NatStatus {
+    /// Peers dialled us back on an address of ours.
+    Public,
+    /// Peers could not dial us back: behind a NAT or firewall.
+    BehindNat,
+    /// Not known yet.
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for NatStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatStatus::Public => "public",
+            NatStatus::BehindNat => "behind NAT",
+            NatStatus::Unknown => "unknown",
+        })
+    }
 }
 
 impl Config {
@@ -166,10 +249,12 @@ impl Config {
             relay: None,
             relays: Vec::new(),
             mailbox_relays: 2,
-            reachability: Reachability::Public,
+            reachability: Reachability::Auto,
             registry_root: None,
             require_log_inclusion: false,
             credentials: Credentials::default(),
+            hole_punch: HolePunch::default(),
+            stun_servers: Vec::new(),
         }
     }
 }
@@ -323,8 +408,15 @@ pub struct NetStatus {
     pub dht_records: usize,
     /// Whether our card is published on at least one other peer.
     pub card_published: bool,
-    /// Whether peers can dial us directly.
+    /// Whether peers can dial us directly (the configured mode).
     pub reachability: Reachability,
+    /// What the network reports about our reachability (AutoNAT).
+    #[serde(default)]
+    pub nat: NatStatus,
+    /// Our own addresses that peers confirmed they can dial directly
+    /// (relayed addresses are in `listen_addrs`).
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
     /// The relays that keep our mailbox.
     pub mailbox_relays: Vec<String>,
     /// When we serve as a relay: what it carries and stores.
@@ -360,6 +452,9 @@ pub struct PeerStatus {
     pub peer: String,
     /// Path of the connection.
     pub path: PathKind,
+    /// The remote address of each open connection, preferred first.
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 /// A cached session, as listed by [`Node::status`].
@@ -425,6 +520,8 @@ struct Shared {
     /// The owner's kill switch for everyone is on: refuse all, send nothing.
     killed_all: std::sync::atomic::AtomicBool,
     paths: Mutex<HashMap<PeerId, PathKind>>,
+    /// What AutoNAT reports.
+    nat: RwLock<NatStatus>,
     /// Requests waiting for their reply.
     requests: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
     /// Incoming streams being received.
@@ -682,13 +779,23 @@ impl Node {
             config.transport.listen.clear();
             config.dht.mode = agentmesh_dht::DhtMode::Client;
         }
+        if config.hole_punch.webrtc() {
+            config.transport.webrtc.stun_servers = config.stun_servers.clone();
+            let webrtc = Multiaddr::empty().with(libp2p::multiaddr::Protocol::WebRTC);
+            if !config.transport.listen.contains(&webrtc) {
+                config.transport.listen.push(webrtc);
+            }
+        }
         let keypair = identity.libp2p_keypair()?;
         let stream_behaviour = libp2p_stream::Behaviour::new();
         let control = stream_behaviour.new_control();
         let dht = agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
-        let swarm = agentmesh_transports::build_swarm(keypair, &config.transport, |key, relay| {
-            swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay)
-        })?;
+        let swarm = agentmesh_transports::build_swarm_with_signalling(
+            keypair,
+            &config.transport,
+            Some(control.clone()),
+            |key, relay| swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay),
+        )?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -713,6 +820,7 @@ impl Node {
             presence: RwLock::new(Presence::Online),
             killed_all: std::sync::atomic::AtomicBool::new(killed_all),
             paths: Mutex::new(HashMap::new()),
+            nat: RwLock::new(NatStatus::Unknown),
             requests: Mutex::new(HashMap::new()),
             streams_in: Mutex::new(exchange::Incoming::default()),
             streams_tx,
@@ -777,6 +885,12 @@ impl Node {
     /// Our AMID.
     pub fn amid(&self) -> Amid {
         self.shared.amid
+    }
+
+    /// What the network reports about our reachability: public, behind a
+    /// NAT, or not known yet (AutoNAT).
+    pub fn reachability(&self) -> NatStatus {
+        self.shared.nat.read().map(|n| *n).unwrap_or_default()
     }
 
     /// Our key fingerprint.

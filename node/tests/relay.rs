@@ -9,7 +9,7 @@ use agentmesh_node::{
     audit::{AuditEvent, AuditFilter},
     envelope::MessageId,
     keystore::KdfParams,
-    Config, Node, NodeEvent, Passphrase, PathKind, Reachability, RelayConfig,
+    Config, HolePunch, Node, NodeEvent, Passphrase, PathKind, Reachability, RelayConfig,
 };
 use serde_json::json;
 
@@ -28,6 +28,8 @@ struct Spec {
     relay: bool,
     private: bool,
     relays: Vec<agentmesh_node::Multiaddr>,
+    /// WebRTC hole punching on loopback.
+    webrtc: bool,
 }
 
 async fn start(dir: &Path, name: &str, spec: Spec, bootstrap: Option<&Node>) -> Node {
@@ -44,6 +46,10 @@ async fn start(dir: &Path, name: &str, spec: Spec, bootstrap: Option<&Node>) -> 
         c.reachability = Reachability::Private;
     }
     c.relays = spec.relays;
+    if spec.webrtc {
+        c.hole_punch = HolePunch::Webrtc;
+        c.transport.webrtc.local_ips = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+    }
     let mut b = Node::builder(c)
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name));
@@ -62,6 +68,7 @@ fn plain() -> Spec {
         relay: false,
         private: false,
         relays: Vec::new(),
+        webrtc: false,
     }
 }
 
@@ -96,6 +103,87 @@ async fn wait_for<T>(
     })
     .await
     .expect("event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_connection_becomes_direct_webrtc() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, relay) = boot_and_relay(dir.path()).await;
+    let relay_addr = relay.wait_listening(2, WAIT).await[0].clone();
+    let bob = start(
+        dir.path(),
+        "bob",
+        Spec {
+            private: true,
+            webrtc: true,
+            relays: vec![relay_addr],
+            ..plain()
+        },
+        Some(&boot),
+    )
+    .await;
+    assert!(bob.wait_published(WAIT).await);
+    let alice = start(
+        dir.path(),
+        "alice",
+        Spec {
+            webrtc: true,
+            ..plain()
+        },
+        Some(&boot),
+    )
+    .await;
+    let mut inbox = bob.messages().unwrap();
+    // The first message may go through the relay; the node then sets up
+    // WebRTC over it and drops the circuit, so later receipts say so.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        let r = tokio::time::timeout_at(deadline, alice.send(&bob.amid(), json!({ "n": n })))
+            .await
+            .expect("send in time")
+            .expect("sent");
+        let m = tokio::time::timeout_at(deadline, inbox.recv())
+            .await
+            .expect("delivery in time")
+            .expect("a message");
+        assert_eq!(m.payload, json!({ "n": n }));
+        n += 1;
+        if r.path == PathKind::DirectWebRtc && m.path == PathKind::DirectWebRtc {
+            break;
+        }
+        for p in [r.path, m.path] {
+            assert!(
+                matches!(p, PathKind::Relayed | PathKind::DirectWebRtc),
+                "unexpected path {p:?}"
+            );
+        }
+    }
+    // With the relay gone, only the WebRTC connection can carry messages.
+    relay.shutdown().await;
+    let r = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({ "after": "relay" })))
+        .await
+        .expect("send in time")
+        .expect("sent without the relay");
+    assert_eq!(r.path, PathKind::DirectWebRtc);
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("delivery in time")
+        .expect("a message");
+    assert_eq!(m.payload, json!({ "after": "relay" }));
+    assert_eq!(m.path, PathKind::DirectWebRtc);
+    let status = alice.status().await;
+    let bob_label = bob.amid().to_string();
+    assert!(
+        status
+            .net
+            .connected
+            .iter()
+            .any(|p| p.path == PathKind::DirectWebRtc && p.peer == bob_label),
+        "{:?}",
+        status.net.connected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

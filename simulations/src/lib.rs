@@ -14,5 +14,6 @@
 
 pub mod delayline;
 pub mod devnet;
+pub mod natlab;
 pub mod netns;
 pub mod process;

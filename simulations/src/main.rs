@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! agentmesh-sim devnet [--agents N] [--once]   a whole local network
+//! agentmesh-sim natlab [--runs N]               hole punching behind NATs (root)
 //! ```
 
 use std::path::PathBuf;
@@ -39,6 +40,32 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run two agents behind every pair of NAT kinds (network namespaces,
+    /// nftables; needs root) and report how often their relayed connection
+    /// became direct, and how fast.
+    Natlab {
+        /// Runs per NAT pair and transport.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// NAT kinds to pair, comma-separated (full-cone,
+        /// address-restricted, port-restricted, symmetric).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "full-cone,address-restricted,port-restricted,symmetric"
+        )]
+        kinds: Vec<agentmesh_sim::netns::NatKind>,
+        /// Transports to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "quic")]
+        transports: Vec<agentmesh_sim::natlab::Transport>,
+        /// One-way delay (ms) added to everything the agents send; times
+        /// are then also reported in round trips.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Seconds a run waits for the direct connection.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// (process role) Run one agent; prints JSON event lines.
     #[command(hide = true)]
     Agent {
@@ -62,6 +89,12 @@ enum Cmd {
         listen: Vec<Multiaddr>,
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// `quic`, `webrtc` or `both`.
+        #[arg(long, default_value = "quic")]
+        hole_punch: agentmesh_node::HolePunch,
+        /// STUN server(s), `host:port`.
+        #[arg(long)]
+        stun: Vec<String>,
     },
     /// (process role) Run a relay node; prints JSON event lines.
     #[command(hide = true)]
@@ -84,7 +117,25 @@ enum Cmd {
         /// Addresses to listen on (defaults when none).
         #[arg(long)]
         listen: Vec<Multiaddr>,
+        /// UDP address of the STUN server. Defaults to port 3478 of the
+        /// first listen address when that is not loopback (a lab host).
+        #[arg(long)]
+        stun_listen: Option<std::net::SocketAddr>,
     },
+}
+
+/// Port 3478 of the first listen address, unless it is loopback.
+fn lab_stun_addr(listen: &[Multiaddr]) -> Option<std::net::SocketAddr> {
+    let ip = listen.first()?.iter().find_map(|p| match p {
+        agentmesh_transports::libp2p::multiaddr::Protocol::Ip4(ip) => {
+            Some(std::net::IpAddr::V4(ip))
+        }
+        agentmesh_transports::libp2p::multiaddr::Protocol::Ip6(ip) => {
+            Some(std::net::IpAddr::V6(ip))
+        }
+        _ => None,
+    })?;
+    (!ip.is_loopback()).then(|| std::net::SocketAddr::new(ip, 3478))
 }
 
 #[tokio::main]
@@ -93,6 +144,35 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Devnet { agents, once, dir } => {
             devnet::run(DevnetOptions { agents, once, dir }).await?;
+        }
+        Cmd::Natlab {
+            runs,
+            kinds,
+            transports,
+            delay_ms,
+            timeout,
+        } => {
+            // Fails at once, with the reason, without root or the tools.
+            drop(agentmesh_sim::netns::Lab::new()?);
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let delay = (delay_ms > 0).then(|| std::time::Duration::from_millis(delay_ms));
+            let opts = agentmesh_sim::natlab::LabOptions {
+                runs,
+                kinds,
+                transports,
+                timeout: std::time::Duration::from_secs(timeout),
+                delay,
+            };
+            // Interrupted: the lab is dropped, which stops its processes
+            // and deletes its namespaces.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let results = tokio::select! {
+                r = agentmesh_sim::natlab::run_lab(&exe, &opts) => r,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                _ = term.recv() => anyhow::bail!("terminated"),
+            };
+            println!("{}", agentmesh_sim::natlab::table(&results, delay));
         }
         Cmd::Agent {
             data_dir,
@@ -103,6 +183,8 @@ async fn main() -> Result<()> {
             dht_client,
             listen,
             policy,
+            hole_punch,
+            stun,
         } => {
             let mut config = Config::local();
             if let Some(file) = policy {
@@ -119,6 +201,8 @@ async fn main() -> Result<()> {
             if !listen.is_empty() {
                 config.transport.listen = listen;
             }
+            config.hole_punch = hole_punch;
+            config.stun_servers = stun;
             let node = Node::builder(config)
                 .data_dir(&data_dir)
                 .bootstraps(bootstrap)
@@ -152,7 +236,19 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Cmd::Bootstrap { data_dir, listen } => {
+        Cmd::Bootstrap {
+            data_dir,
+            listen,
+            stun_listen,
+        } => {
+            let stun_listen = stun_listen.or_else(|| lab_stun_addr(&listen));
+            if let Some(addr) = stun_listen {
+                let stun = agentmesh_transports::stun::StunServer::bind(addr)
+                    .await
+                    .with_context(|| format!("STUN server on {addr}"))?;
+                tracing::info!(%addr, "STUN server listening");
+                tokio::spawn(stun.run());
+            }
             let mut config = agentmesh_bootstrap::config();
             if !listen.is_empty() {
                 config.transport.listen = listen;

@@ -63,6 +63,23 @@ impl Launcher {
     }
 }
 
+/// Member the harness adds to every JSON line: when it was read, in µs
+/// since the harness's first read (see [`seen_at`]).
+pub const SEEN_US: &str = "_seen_us";
+
+fn seen_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
+/// When the harness read a line, comparable between processes.
+pub fn seen_at(v: &Value) -> Duration {
+    Duration::from_micros(v[SEEN_US].as_u64().unwrap_or_default())
+}
+
 /// A child process that prints one JSON object per line.
 #[derive(Debug)]
 pub struct Proc {
@@ -101,7 +118,10 @@ impl Proc {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert(SEEN_US.into(), seen_us().into());
+                    }
                     if tx.send(v).await.is_err() {
                         break;
                     }
@@ -141,6 +161,12 @@ impl Proc {
     /// Waits for an event named `event`.
     pub async fn wait_event(&mut self, timeout: Duration, event: &str) -> Result<Value> {
         self.wait_for(timeout, |v| v["event"] == event).await
+    }
+
+    /// Forgets the lines that earlier waits passed over, so the next wait
+    /// sees only lines printed from now on (and any not yet read).
+    pub fn clear_backlog(&mut self) {
+        self.backlog.clear();
     }
 
     /// Lines received so far that no wait consumed, and clears them.
@@ -296,4 +322,16 @@ pub async fn control_send(
         .await
         .context("send did not answer in time")?
         .context("control request")
+}
+
+/// Asks the agent whose data directory is `dir` for its status, through its
+/// control socket.
+pub async fn control_status(dir: &Path) -> Result<agentmesh_node::NodeStatus> {
+    use agentmesh_node::control::{Client, Request};
+    let mut c = Client::connect(dir).await.context("control socket")?;
+    let r = tokio::time::timeout(Duration::from_secs(30), c.request(&Request::Status))
+        .await
+        .context("status did not answer in time")?
+        .context("control request")?;
+    r.status.context("no status in the answer")
 }

@@ -10,8 +10,9 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
+    autonat,
     core::ConnectedPoint,
-    identify,
+    dcutr, identify,
     identity::Keypair,
     multiaddr::Protocol,
     ping, relay,
@@ -27,7 +28,9 @@ use tracing::{debug, info, warn};
 use agentmesh_dht::{now_ms, Dht, DhtEvent, QueryId, SignedRecord, VerifiedRecord};
 use agentmesh_transports::{path_of, PathKind};
 
-use super::{peer_label, Command, NetStatus, PeerStatus, Reachability, RelayStatus, Shared};
+use super::{
+    peer_label, Command, NatStatus, NetStatus, PeerStatus, Reachability, RelayStatus, Shared,
+};
 use crate::{
     audit::AuditEvent,
     card::{AgentCard, CARD_NAMESPACE},
@@ -42,6 +45,14 @@ const BOOTSTRAP_CHECK: Duration = Duration::from_secs(10);
 const RELAY_SEARCH_EVERY: Duration = Duration::from_secs(300);
 /// How often to look for mail at our relays, besides on each reconnection.
 const DRAIN_EVERY: Duration = Duration::from_secs(30);
+/// AutoNAT: first probe this long after start.
+const AUTONAT_BOOT_DELAY: Duration = Duration::from_secs(1);
+/// AutoNAT: probe again this often while unsure.
+const AUTONAT_RETRY: Duration = Duration::from_secs(10);
+/// AutoNAT: probe again this often once sure.
+const AUTONAT_REFRESH: Duration = Duration::from_secs(5 * 60);
+/// AutoNAT: ask the same peer again no sooner than this.
+const AUTONAT_SERVER_THROTTLE: Duration = Duration::from_secs(15);
 
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
@@ -52,6 +63,8 @@ pub(super) struct Behaviour {
     stream: libp2p_stream::Behaviour,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
+    autonat: autonat::Behaviour,
+    dcutr: Toggle<dcutr::Behaviour>,
 }
 
 impl Behaviour {
@@ -78,6 +91,28 @@ impl Behaviour {
                     .as_ref()
                     .map(|r| agentmesh_relay::circuit_behaviour(local, &r.circuit)),
             ),
+            // Every node answers dial-back requests (bootstraps and relays
+            // are the ones agents behind NATs reach) and asks its peers.
+            // Addresses are not filtered to global ones, so private and
+            // documentation networks (a LAN, a test lab) work too.
+            autonat: autonat::Behaviour::new(
+                local,
+                autonat::Config {
+                    boot_delay: AUTONAT_BOOT_DELAY,
+                    retry_interval: AUTONAT_RETRY,
+                    refresh_interval: AUTONAT_REFRESH,
+                    throttle_server_period: AUTONAT_SERVER_THROTTLE,
+                    only_global_ips: false,
+                    ..Default::default()
+                },
+            ),
+            // QUIC hole punching unless only WebRTC is wanted.
+            dcutr: Toggle::from(
+                config
+                    .hole_punch
+                    .quic()
+                    .then(|| dcutr::Behaviour::new(local)),
+            ),
         }
     }
 }
@@ -96,6 +131,10 @@ struct Actor {
     /// Which paths reached which peers.
     path_memory: super::paths::PathMemory,
     connections: HashMap<PeerId, HashSet<libp2p::swarm::ConnectionId>>,
+    /// Path and remote address of every open connection.
+    conn_info: HashMap<libp2p::swarm::ConnectionId, (PathKind, Multiaddr)>,
+    /// Our addresses that peers confirmed they can dial.
+    external: Vec<Multiaddr>,
     publish_query: Option<QueryId>,
     published_remotely: bool,
     record_puts: HashMap<QueryId, oneshot::Sender<Result<bool, String>>>,
@@ -164,6 +203,8 @@ pub(super) async fn run(
         dial_started: HashMap::new(),
         path_memory: Default::default(),
         connections: HashMap::new(),
+        conn_info: HashMap::new(),
+        external: Vec::new(),
         publish_query: None,
         published_remotely: false,
         record_puts: HashMap::new(),
@@ -265,7 +306,7 @@ impl Actor {
             one_time_keys: otks.into_iter().map(serde_bytes::ByteArray::new).collect(),
             fallback_key,
             capabilities: self.shared.config.capabilities.clone(),
-            addrs: self.listen.iter().map(|a| a.to_string()).collect(),
+            addrs: self.card_addrs(),
             presence: self.shared.presence.read().map(|p| *p).unwrap_or_default(),
             relays: self
                 .relays
@@ -385,12 +426,20 @@ impl Actor {
                 let peer_id = *self.swarm.local_peer_id();
                 let connected = self
                     .connections
-                    .keys()
-                    .map(|p| PeerStatus {
-                        peer: peer_label(p),
-                        path: self.shared.path_to(p),
+                    .iter()
+                    .map(|(p, conns)| {
+                        let mut addrs: Vec<_> =
+                            conns.iter().filter_map(|c| self.conn_info.get(c)).collect();
+                        addrs.sort_by_key(|(path, _)| path_rank(*path));
+                        PeerStatus {
+                            peer: peer_label(p),
+                            path: self.shared.path_to(p),
+                            addrs: addrs.iter().map(|(_, a)| a.to_string()).collect(),
+                        }
                     })
                     .collect();
+                let nat = self.nat_status();
+                let external_addrs = self.external.iter().map(|a| a.to_string()).collect();
                 let dht = &mut self.swarm.behaviour_mut().dht;
                 let _ = reply.send(NetStatus {
                     listen_addrs: self
@@ -408,6 +457,8 @@ impl Actor {
                     dht_records: dht.stored_records(),
                     card_published: self.published_remotely,
                     reachability: self.shared.config.reachability,
+                    nat,
+                    external_addrs,
                     mailbox_relays: self
                         .relays
                         .chosen
@@ -453,6 +504,33 @@ impl Actor {
         });
     }
 
+    /// WebRTC hole punching: a relayed connection we dialled is upgraded by
+    /// dialling `<relayed address>/webrtc/p2p/<peer>` (signalled over it);
+    /// once the WebRTC connection is up, [`Self::prefer_direct`] closes the
+    /// relayed one.
+    fn on_webrtc(&mut self, peer: PeerId, endpoint: &ConnectedPoint, path: PathKind) {
+        if path != PathKind::Relayed || !self.shared.config.hole_punch.webrtc() {
+            return;
+        }
+        if let ConnectedPoint::Dialer { address, .. } = endpoint {
+            {
+                let mut addr = address.clone();
+                if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                    addr.pop();
+                }
+                let addr = addr.with(Protocol::WebRTC).with(Protocol::P2p(peer));
+                debug!(%peer, %addr, "trying webrtc");
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(%peer, error = %e, "webrtc dial not started");
+                }
+            }
+        }
+    }
+
     fn finish_dial(&mut self, peer: PeerId, result: Result<PathKind, String>) {
         self.dial_started.remove(&peer);
         for w in self.dials.remove(&peer).unwrap_or_default() {
@@ -477,8 +555,10 @@ impl Actor {
                     // addresses go into reservations and provider records.
                     self.swarm.add_external_address(address.clone());
                 }
-                self.listen.push(address);
-                agentmesh_transports::sort_by_preference(&mut self.listen);
+                if !self.listen.contains(&address) {
+                    self.listen.push(address);
+                    agentmesh_transports::sort_by_preference(&mut self.listen);
+                }
                 // Let the other listeners come up, then publish once.
                 self.next_publish = Some(Instant::now() + Duration::from_millis(200));
             }
@@ -501,6 +581,8 @@ impl Actor {
                     ConnectedPoint::Listener { send_back_addr, .. } => path_of(send_back_addr),
                 };
                 debug!(peer = %peer_id, ?endpoint, %path, "connection established");
+                let remote = endpoint.get_remote_address().clone();
+                self.conn_info.insert(connection_id, (path, remote.clone()));
                 let first = self
                     .connections
                     .entry(peer_id)
@@ -515,7 +597,10 @@ impl Actor {
                         peer: peer_label(&peer_id),
                         path,
                     });
+                } else {
+                    self.prefer_direct(peer_id, connection_id, path, &remote);
                 }
+                self.on_webrtc(peer_id, &endpoint, path);
                 if self.bootstrap.iter().any(|(p, _)| p == &peer_id) {
                     let _ = self.swarm.behaviour_mut().dht.bootstrap();
                     if !self.published_remotely {
@@ -540,6 +625,7 @@ impl Actor {
                 connection_id,
                 ..
             } => {
+                self.conn_info.remove(&connection_id);
                 let gone = match self.connections.get_mut(&peer_id) {
                     Some(c) => {
                         c.remove(&connection_id);
@@ -547,6 +633,17 @@ impl Actor {
                     }
                     None => false,
                 };
+                if !gone {
+                    // The path is that of the best connection left.
+                    let best = self.connections.get(&peer_id).and_then(|c| {
+                        c.iter()
+                            .filter_map(|id| self.conn_info.get(id).map(|(p, _)| *p))
+                            .min_by_key(|p| path_rank(*p))
+                    });
+                    if let (Some(best), Ok(mut p)) = (best, self.shared.paths.lock()) {
+                        p.insert(peer_id, best);
+                    }
+                }
                 if gone {
                     self.connections.remove(&peer_id);
                     if let Ok(mut p) = self.shared.paths.lock() {
@@ -590,6 +687,34 @@ impl Actor {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dht(e)) => self.on_dht_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => {
+                match &result {
+                    Ok(_) => info!(peer = %remote_peer_id, "hole punch succeeded"),
+                    Err(e) => info!(peer = %remote_peer_id, error = %e, "hole punch failed"),
+                }
+                self.shared.emit(NodeEvent::HolePunch {
+                    peer: peer_label(&remote_peer_id),
+                    ok: result.is_ok(),
+                    error: result.err().map(|e| e.to_string()),
+                });
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(addr = %address, "external address confirmed");
+                // Relay reservations are confirmed too; they are listed
+                // with the listen addresses, not as our own.
+                if path_of(&address) != PathKind::Relayed && !self.external.contains(&address) {
+                    self.external.push(address);
+                    self.listen_through_relays_if_needed();
+                    self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+                }
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.external.retain(|a| a != &address);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => {
                 debug!(?e, "relay client");
@@ -715,21 +840,188 @@ impl Actor {
         }
     }
 
+    /// What AutoNAT reports.
+    fn nat_status(&self) -> NatStatus {
+        self.shared.nat.read().map(|n| *n).unwrap_or_default()
+    }
+
+    /// Whether we are taken to be unreachable directly: declared so, or
+    /// reported behind a NAT in automatic mode.
+    fn behind_nat(&self) -> bool {
+        match self.shared.config.reachability {
+            Reachability::Private => true,
+            Reachability::Auto => self.nat_status() == NatStatus::BehindNat,
+            _ => false,
+        }
+    }
+
+    /// Whether peers reach us on an address that is none of ours: a NAT
+    /// that lets them in (a full-cone or address-restricted one; the
+    /// latter only for peers we contacted), in automatic mode.
+    fn translated(&self) -> bool {
+        let ip = |a: &Multiaddr| {
+            a.iter().find_map(|p| match p {
+                Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+        };
+        self.shared.config.reachability == Reachability::Auto
+            && !self.external.is_empty()
+            && self
+                .external
+                .iter()
+                .all(|e| !self.listen.iter().any(|l| ip(l) == ip(e)))
+    }
+
+    /// Whether to listen through our relays too: behind a NAT, or
+    /// reachable only through a translation that may filter.
+    fn wants_relays(&self) -> bool {
+        self.behind_nat() || self.translated()
+    }
+
+    /// Starts listening through every connected relay when we want to.
+    fn listen_through_relays_if_needed(&mut self) {
+        if !self.wants_relays() {
+            return;
+        }
+        let connected: Vec<PeerId> = self
+            .relays
+            .chosen
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| self.swarm.is_connected(p))
+            .collect();
+        for relay in connected {
+            self.listen_through(relay);
+        }
+    }
+
+    /// The addresses our card lists: only relayed ones behind a NAT;
+    /// behind a translation, confirmed external addresses then relayed
+    /// ones; otherwise confirmed external addresses, then the listen
+    /// addresses.
+    fn card_addrs(&self) -> Vec<String> {
+        let relayed = |a: &&Multiaddr| path_of(a) == PathKind::Relayed;
+        if self.behind_nat() {
+            return self
+                .listen
+                .iter()
+                .filter(relayed)
+                .map(|a| a.to_string())
+                .collect();
+        }
+        let mut addrs: Vec<String> = self.external.iter().map(|a| a.to_string()).collect();
+        let translated = self.translated();
+        for a in &self.listen {
+            if translated && !relayed(&a) {
+                // A LAN address: nobody outside can dial it.
+                continue;
+            }
+            let a = a.to_string();
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
+    }
+
+    /// A new connection to a peer we are already connected to: when it is
+    /// direct and the path so far was relayed, it becomes the path and the
+    /// relayed connections close, so every stream moves to the direct one.
+    /// A relayed connection next to a direct one is closed at once.
+    fn prefer_direct(
+        &mut self,
+        peer: PeerId,
+        new: libp2p::swarm::ConnectionId,
+        path: PathKind,
+        addr: &Multiaddr,
+    ) {
+        let conns: Vec<_> = self
+            .connections
+            .get(&peer)
+            .map(|c| c.iter().copied().filter(|c| *c != new).collect())
+            .unwrap_or_default();
+        let relayed: Vec<_> = conns
+            .iter()
+            .copied()
+            .filter(|c| {
+                self.conn_info
+                    .get(c)
+                    .is_some_and(|(p, _)| *p == PathKind::Relayed)
+            })
+            .collect();
+        if path_rank(path) > path_rank(PathKind::Relayed) {
+            return;
+        }
+        if path == PathKind::Relayed {
+            if relayed.len() < conns.len() {
+                debug!(%peer, "relayed connection next to a direct one; closing it");
+                self.swarm.close_connection(new);
+            }
+            return;
+        }
+        let was = self.shared.path_to(&peer);
+        if path_rank(path) < path_rank(was) {
+            if let Ok(mut p) = self.shared.paths.lock() {
+                p.insert(peer, path);
+            }
+        }
+        if relayed.is_empty() {
+            return;
+        }
+        info!(%peer, %addr, %path, "direct connection; closing the relayed one");
+        for c in relayed {
+            self.swarm.close_connection(c);
+        }
+        self.shared.emit(NodeEvent::PathUpgraded {
+            peer: peer_label(&peer),
+            path,
+            addr: addr.to_string(),
+        });
+    }
+
+    fn on_autonat_event(&mut self, event: autonat::Event) {
+        let autonat::Event::StatusChanged { old, new } = event else {
+            debug!(?event, "autonat");
+            return;
+        };
+        let (status, addr) = match &new {
+            autonat::NatStatus::Public(a) => (NatStatus::Public, Some(a.to_string())),
+            autonat::NatStatus::Private => (NatStatus::BehindNat, None),
+            autonat::NatStatus::Unknown => (NatStatus::Unknown, None),
+        };
+        info!(?old, ?new, "reachability changed");
+        if let Ok(mut n) = self.shared.nat.write() {
+            *n = status;
+        }
+        self.shared.emit(NodeEvent::Reachability { status, addr });
+        self.listen_through_relays_if_needed();
+        self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+    }
+
+    /// Listens through `relay`'s reservation, once.
+    fn listen_through(&mut self, relay: PeerId) {
+        if self.relays.reserved.contains(&relay) {
+            return;
+        }
+        if let Some((_, addr)) = self.relays.chosen.iter().find(|(p, _)| p == &relay) {
+            let circuit = addr.clone().with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(_) => {
+                    info!(addr = %circuit, "listening through relay");
+                    self.relays.reserved.insert(relay);
+                }
+                Err(e) => warn!(addr = %circuit, error = %e, "relay listen failed"),
+            }
+        }
+    }
+
     /// A mailbox relay is connected: listen through it when we are not
     /// reachable directly, and collect our mail.
     fn on_relay_connected(&mut self, relay: PeerId) {
-        let private = self.shared.config.reachability == Reachability::Private;
-        if private && !self.relays.reserved.contains(&relay) {
-            if let Some((_, addr)) = self.relays.chosen.iter().find(|(p, _)| p == &relay) {
-                let circuit = addr.clone().with(Protocol::P2pCircuit);
-                match self.swarm.listen_on(circuit.clone()) {
-                    Ok(_) => {
-                        info!(addr = %circuit, "listening through relay");
-                        self.relays.reserved.insert(relay);
-                    }
-                    Err(e) => warn!(addr = %circuit, error = %e, "relay listen failed"),
-                }
-            }
+        if self.wants_relays() {
+            self.listen_through(relay);
         }
         tokio::spawn(super::mailbox::drain(self.shared.clone(), relay));
     }
@@ -870,6 +1162,17 @@ impl Actor {
             }
             _ => {}
         }
+    }
+}
+
+/// Order of preference between paths (lower is better).
+fn path_rank(path: PathKind) -> u8 {
+    match path {
+        PathKind::DirectQuic => 0,
+        PathKind::DirectTcp => 1,
+        PathKind::DirectWebRtc => 2,
+        PathKind::Relayed => 3,
+        _ => 4,
     }
 }
 
