@@ -106,11 +106,11 @@ impl Behaviour {
                     ..Default::default()
                 },
             ),
-            // QUIC hole punching unless only WebRTC is wanted.
+            // QUIC hole punching unless only WebRTC is wanted, or the node
+            // is declared private (relayed only: it has no listener for
+            // the NAT to map).
             dcutr: Toggle::from(
-                config
-                    .hole_punch
-                    .quic()
+                (config.hole_punch.quic() && config.reachability != Reachability::Private)
                     .then(|| dcutr::Behaviour::new(local)),
             ),
         }
