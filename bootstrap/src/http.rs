@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use agentmesh_dht::now_ms;
 use agentmesh_node::{registry::SignedRequest, Amid, Tier};
 
-use crate::registry::{did, parse_tier, Registry, RegistryError, DEFAULT_LIMIT};
+use crate::registry::{parse_leaf_hash, parse_tier, Registry, RegistryError, DEFAULT_LIMIT};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -257,27 +257,19 @@ async fn search(
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    if q.capability.is_empty() || q.capability.len() > 128 {
-        return Err(RegistryError::Invalid("capability length".into()).into());
-    }
     let tier_min = match q.tier_min.as_deref() {
         None | Some("") => Tier::Anonymous,
         Some(t) => parse_tier(t).ok_or_else(|| {
             RegistryError::Invalid("tier_min: anonymous, verified or organization".into())
         })?,
     };
-    let reputation_min = q.reputation_min.unwrap_or(0.0);
-    if !reputation_min.is_finite() {
-        return Err(RegistryError::Invalid("reputation_min".into()).into());
-    }
-    let results = state.registry.search(
+    Ok(Json(state.registry.search_json(
         &q.capability,
         tier_min,
-        reputation_min,
+        q.reputation_min.unwrap_or(0.0),
         q.limit.unwrap_or(DEFAULT_LIMIT),
         now_ms(),
-    )?;
-    Ok(Json(json!({"count": results.len(), "results": results})))
+    )?))
 }
 
 async fn stats(State(state): State<AppState>) -> ApiResult {
@@ -334,29 +326,12 @@ async fn crl(State(state): State<AppState>) -> ApiResult {
 }
 
 async fn root(State(state): State<AppState>) -> Json<Value> {
-    let r = &state.registry;
-    Json(json!({
-        "root": r.root_amid(),
-        "root_key": hex::encode(r.root_key().to_bytes()),
-        "node": r.node().map(|n| n.amid()),
-        "node_peer_id": r.node().and_then(|n| n.amid().peer_id().ok()).map(|p| p.to_string()),
-        "revocation_namespace_prefix": agentmesh_node::registry::REVOCATION_NAMESPACE_PREFIX,
-    }))
+    Json(state.registry.root_json())
 }
 
 async fn did_document(State(state): State<AppState>, Path(amid): Path<String>) -> ApiResult {
     let amid = parse_amid(&amid)?;
-    let rec = state
-        .registry
-        .store()
-        .agent(&amid)
-        .map_err(RegistryError::from)?
-        .ok_or_else(|| RegistryError::UnknownAgent(amid.to_string()))?;
-    if rec.revoked {
-        return Err(RegistryError::Revoked.into());
-    }
-    let s = state.registry.settings();
-    Ok(Json(did::document(&rec, &s.public_url, &s.relays)))
+    Ok(Json(state.registry.did_document(&amid)?))
 }
 
 async fn credentials(
@@ -392,15 +367,7 @@ async fn log_proof(
     q: Result<Query<ProofQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let hash = match &q.hash {
-        None => None,
-        Some(h) => Some(
-            hex::decode(h)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| RegistryError::Invalid("hash must be 32 bytes hex".into()))?,
-        ),
-    };
+    let hash = q.hash.as_deref().map(parse_leaf_hash).transpose()?;
     Ok(Json(state.registry.log_proof(
         q.index,
         hash.as_ref(),

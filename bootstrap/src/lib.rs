@@ -38,6 +38,7 @@ pub mod dns;
 pub mod http;
 pub mod loopback;
 pub mod oauth;
+pub mod p2p;
 pub mod registry;
 pub mod translog;
 
@@ -61,6 +62,8 @@ pub struct RunningRegistry {
     pub registry: Registry,
     /// Its HTTP server.
     pub http: HttpServer,
+    /// Its libp2p protocol server (`/agentmesh/registry/1`).
+    pub p2p: Option<p2p::P2pServer>,
     /// Base URL of the API, e.g. `http://127.0.0.1:8080` (paths start with
     /// `/v1`).
     pub url: String,
@@ -88,7 +91,8 @@ pub enum StartError {
 
 /// Opens the registry in `data_dir` (root keystore under `root/`, database
 /// under `registry/`), publishes revocations through `node`, and serves the
-/// HTTP API on `http`.
+/// HTTP API on `http` and the libp2p protocol `/agentmesh/registry/1` on
+/// `node`.
 pub async fn start_registry(
     node: &Node,
     data_dir: &Path,
@@ -109,9 +113,17 @@ pub async fn start_registry(
         .map_err(|_| StartError::Join)??;
     registry.set_node(node.clone());
     let server = HttpServer::serve(registry.clone(), listener).map_err(bind)?;
+    let p2p = match p2p::P2pServer::spawn(registry.clone(), node.stream_control()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "registry protocol not served");
+            None
+        }
+    };
     Ok(RunningRegistry {
         registry,
         http: server,
+        p2p,
         url,
     })
 }

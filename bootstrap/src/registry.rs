@@ -57,6 +57,8 @@ pub use store::{AgentRecord, FeedbackRecord, OrgRecord, Store, StoreError};
 pub const REVOCATION_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default number of search results.
 pub const DEFAULT_LIMIT: usize = 50;
+/// Longest capability searched for.
+pub const MAX_SEARCH_CAPABILITY: usize = 128;
 /// Largest number of search or leaderboard results.
 pub const MAX_LIMIT: usize = 500;
 /// Longest organization name.
@@ -333,6 +335,14 @@ fn random16() -> Result<[u8; 16], RegistryError> {
     let mut s = [0u8; 16];
     getrandom::fill(&mut s).map_err(|e| StoreError::Random(e.to_string()))?;
     Ok(s)
+}
+
+/// Parses a transparency-log leaf hash (64 hex digits).
+pub fn parse_leaf_hash(s: &str) -> Result<Hash, RegistryError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| RegistryError::Invalid("hash must be 32 bytes hex".into()))
 }
 
 /// Parses a tier filter: `anonymous`/`2`, `verified`/`1`,
@@ -1266,6 +1276,48 @@ impl Registry {
         });
         out.truncate(limit.min(MAX_LIMIT));
         Ok(out)
+    }
+
+    /// [`Registry::search`] as the API answers it, with its bounds checked:
+    /// `{"count", "results"}`.
+    pub fn search_json(
+        &self,
+        capability: &str,
+        tier_min: Tier,
+        reputation_min: f64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Value, RegistryError> {
+        if capability.is_empty() || capability.len() > MAX_SEARCH_CAPABILITY {
+            return Err(RegistryError::Invalid("capability length".into()));
+        }
+        if !reputation_min.is_finite() {
+            return Err(RegistryError::Invalid("reputation_min".into()));
+        }
+        let results = self.search(capability, tier_min, reputation_min, limit, now_ms)?;
+        Ok(json!({"count": results.len(), "results": results}))
+    }
+
+    /// The DID document of a registered, unrevoked agent.
+    pub fn did_document(&self, amid: &Amid) -> Result<Value, RegistryError> {
+        let rec = self.agent_or_unknown(amid)?;
+        if rec.revoked {
+            return Err(RegistryError::Revoked);
+        }
+        let s = self.settings();
+        Ok(did::document(&rec, &s.public_url, &s.relays))
+    }
+
+    /// The root key, the registry node and where revocations are in the
+    /// DHT.
+    pub fn root_json(&self) -> Value {
+        json!({
+            "root": self.root_amid(),
+            "root_key": hex::encode(self.root_key().to_bytes()),
+            "node": self.node().map(|n| n.amid()),
+            "node_peer_id": self.node().and_then(|n| n.amid().peer_id().ok()).map(|p| p.to_string()),
+            "revocation_namespace_prefix": agentmesh_node::registry::REVOCATION_NAMESPACE_PREFIX,
+        })
     }
 
     /// The `limit` best reputations.

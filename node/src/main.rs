@@ -20,6 +20,7 @@
 //! named by `AGENTMESH_PASSPHRASE_FILE`.
 
 mod registry_cli;
+mod registry_p2p;
 mod verify_cli;
 
 use std::path::PathBuf;

@@ -18,6 +18,8 @@
 //! under [`revocation_namespace`], so nodes can check them while the
 //! registry is down.
 
+pub mod protocol;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 

@@ -27,7 +27,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the registry is.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct RegistryArg {
-    /// Registry base URL (without `/v1`).
+    /// Registry base URL (without `/v1`), or the registry node's multiaddr
+    /// (ending in `/p2p/<peer id>`) to use `/agentmesh/registry/1`.
     #[arg(
         long,
         env = "AGENTMESH_REGISTRY",
@@ -52,10 +53,12 @@ pub(crate) enum ReputationCmd {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// A small JSON-over-HTTP(S) client.
+/// A small JSON-over-HTTP(S) client, or, when the registry is given as a
+/// multiaddr, a `/agentmesh/registry/1` client answering the same JSON.
 pub(crate) struct RegistryClient {
     base: String,
     client: Client<Https, Full<Bytes>>,
+    p2p: Option<crate::registry_p2p::P2pRegistry>,
 }
 
 impl RegistryClient {
@@ -74,9 +77,16 @@ impl RegistryClient {
             .https_or_http()
             .enable_http1()
             .build();
+        let p2p = if base.starts_with('/') {
+            let addr: agentmesh_node::Multiaddr = base.parse().context("registry multiaddr")?;
+            Some(crate::registry_p2p::P2pRegistry::connect(&addr)?)
+        } else {
+            None
+        };
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            p2p,
         })
     }
 
@@ -117,6 +127,13 @@ impl RegistryClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(hyper::StatusCode, Value)> {
+        if let Some(p2p) = &self.p2p {
+            return match (method, body) {
+                ("GET", _) => p2p.get(path).await,
+                (_, Some(b)) => p2p.signed(serde_json::from_slice(&b)?).await,
+                _ => bail!("{method} {path} is served over HTTP only"),
+            };
+        }
         let url = format!("{}{path}", self.base);
         let (status, _, bytes) = self.raw(method, &url, body).await?;
         let v: Value = serde_json::from_slice(&bytes)

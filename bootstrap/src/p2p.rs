@@ -1,0 +1,162 @@
+//! The registry over libp2p: serves
+//! [`/agentmesh/registry/1`](agentmesh_node::registry::protocol) on the
+//! bootstrap node, one request per stream, with the same answers and error
+//! codes as the HTTP API.
+//!
+//! At most [`MAX_CONCURRENT_STREAMS`] requests are served at once (further
+//! streams are dropped with a warning), each within [`STREAM_TIMEOUT`].
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{AsyncWriteExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::{sync::Semaphore, task::JoinHandle};
+use tracing::{debug, warn};
+
+use agentmesh_dht::now_ms;
+use agentmesh_node::registry::protocol::{
+    read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL,
+};
+
+use crate::registry::{parse_leaf_hash, Registry, RegistryError, DEFAULT_LIMIT};
+
+/// Most requests served at once.
+pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// Time for one request: reading it, answering, writing the answer.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The protocol server. Dropping it stops accepting streams.
+#[derive(Debug)]
+pub struct P2pServer {
+    task: JoinHandle<()>,
+}
+
+impl Drop for P2pServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum P2pError {
+    /// Something else already serves the protocol on this node.
+    #[error("{PROTOCOL} is already served on this node")]
+    AlreadyServed,
+}
+
+impl P2pServer {
+    /// Serves `registry` on the streams `control` accepts.
+    pub fn spawn(
+        registry: Registry,
+        mut control: libp2p_stream::Control,
+    ) -> Result<Self, P2pError> {
+        let mut incoming = control
+            .accept(PROTOCOL)
+            .map_err(|_| P2pError::AlreadyServed)?;
+        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
+        let task = tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    warn!(%peer, "registry protocol: too many requests at once, stream dropped");
+                    continue;
+                };
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(STREAM_TIMEOUT, serve_stream(&registry, stream))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!(%peer, error = %e, "registry protocol stream failed"),
+                        Err(_) => debug!(%peer, "registry protocol stream timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+async fn serve_stream(
+    registry: &Registry,
+    mut stream: libp2p::Stream,
+) -> Result<(), agentmesh_node::registry::protocol::ProtocolError> {
+    let bytes = read_frame(&mut stream, MAX_REQUEST_SIZE).await?;
+    let response = match Request::from_bytes(&bytes) {
+        Ok(request) => answer(registry, request, now_ms()).await,
+        Err(e) => error(RegistryError::Invalid(format!("request: {e}"))),
+    };
+    write_frame(&mut stream, &response.to_bytes()?).await?;
+    stream.close().await?;
+    Ok(())
+}
+
+fn error(e: RegistryError) -> Response {
+    let message = match &e {
+        RegistryError::Store(_) => "internal error".to_owned(),
+        other => other.to_string(),
+    };
+    Response::Error {
+        code: e.code().to_owned(),
+        message,
+    }
+}
+
+/// Answers one request as the HTTP API would.
+pub async fn answer(registry: &Registry, request: Request, now_ms: u64) -> Response {
+    match dispatch(registry, request, now_ms).await {
+        Ok(body) => Response::Ok { body },
+        Err(e) => {
+            if e.status() >= 500 {
+                warn!(target: "agentmesh::registry", error = %e, "registry protocol request failed");
+            }
+            error(e)
+        }
+    }
+}
+
+async fn dispatch(
+    registry: &Registry,
+    request: Request,
+    now_ms: u64,
+) -> Result<Value, RegistryError> {
+    Ok(match request {
+        Request::Lookup { amid } => json!(registry.lookup(&amid, now_ms)?),
+        Request::Search {
+            capability,
+            tier_min,
+            reputation_min,
+            limit,
+        } => registry.search_json(
+            &capability,
+            tier_min.unwrap_or_default(),
+            reputation_min.unwrap_or(0.0),
+            limit.map_or(DEFAULT_LIMIT, |l| l as usize),
+            now_ms,
+        )?,
+        Request::Did { amid } => registry.did_document(&amid)?,
+        Request::Signed { request } => {
+            let body = request.verify(now_ms)?;
+            if body.op.name() == "feedback" {
+                return Err(RegistryError::Forbidden(
+                    "ratings are filed over HTTP, where the client address is known".into(),
+                ));
+            }
+            registry.apply(&request, None, None, now_ms).await?
+        }
+        Request::Revocation { amid } => registry.revocation(&amid)?,
+        Request::Credentials { amid } => registry.credentials_json(&amid, now_ms)?,
+        Request::Root => registry.root_json(),
+        Request::LogHead { size } => json!(registry.log_head(size, now_ms)?),
+        Request::LogProof { index, hash, size } => {
+            let hash = hash.as_deref().map(parse_leaf_hash).transpose()?;
+            registry.log_proof(index, hash.as_ref(), size, now_ms)?
+        }
+        Request::LogConsistency { first, second } => {
+            registry.log_consistency(first, second, now_ms)?
+        }
+        _ => return Err(RegistryError::Invalid("unsupported request".into())),
+    })
+}

@@ -1,0 +1,212 @@
+//! `/agentmesh/registry/1` against the `agentmesh-bootstrap` binary: an
+//! in-process node registers, looks up, searches, checks revocations and
+//! the transparency log over libp2p streams; bad frames are refused.
+
+use std::time::Duration;
+
+use agentmesh_node::{
+    keystore::KdfParams,
+    registry::{
+        protocol::{call, read_frame, write_frame, Request, Response, MAX_RESPONSE_SIZE, PROTOCOL},
+        Feedback, Operation, Registration, SignedRequest,
+    },
+    transparency::{leaf_hash, InclusionProof, SignedTreeHead},
+    Amid, Config, Identity, Node, Passphrase, PeerId, Tier,
+};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use serde_json::Value;
+
+mod support;
+
+use support::{cli, json_of, now_ms, start, WAIT};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ok(r: Response) -> Value {
+    match r {
+        Response::Ok { body } => body,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn code(r: Response) -> String {
+    match r {
+        Response::Error { code, .. } => code,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_answers_over_libp2p() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        &dir.path().join("bootstrap"),
+        "p2p-test",
+        &["--http", "127.0.0.1:0"],
+    )
+    .await;
+    let registry: PeerId = server.addr.rsplit("/p2p/").next().unwrap().parse().unwrap();
+    let mut config = Config::local();
+    config.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    let node = Node::builder(config)
+        .data_dir(dir.path().join("alice"))
+        .passphrase(Passphrase::new("alice"))
+        .bootstrap(server.addr.parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
+    let me = node.identity();
+    let control = node.stream_control();
+    let ask = |r: Request| {
+        let mut c = control.clone();
+        async move { call(&mut c, registry, &r, TIMEOUT).await.expect("answer") }
+    };
+
+    // Register (a signed request), then find the agent.
+    let reg = Registration::new("Alice", vec!["weather/forecast".into()]);
+    let request = SignedRequest::sign(me, Operation::Register(reg), now_ms()).unwrap();
+    let v = ok(ask(Request::Signed {
+        request: request.clone(),
+    })
+    .await);
+    assert_eq!(v["created"], true, "{v}");
+    // The same signed request again is a replay.
+    assert_eq!(code(ask(Request::Signed { request }).await), "replayed");
+    let v = ok(ask(Request::Lookup { amid: me.amid() }).await);
+    assert_eq!(v["display_name"], "Alice");
+    let v = ok(ask(Request::Search {
+        capability: "weather".into(),
+        tier_min: None,
+        reputation_min: None,
+        limit: Some(5),
+    })
+    .await);
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["results"][0]["amid"], me.amid().to_string());
+    let v = ok(ask(Request::Search {
+        capability: "weather".into(),
+        tier_min: Some(Tier::Verified),
+        reputation_min: None,
+        limit: None,
+    })
+    .await);
+    assert_eq!(v["count"], 0);
+    let v = ok(ask(Request::Did { amid: me.amid() }).await);
+    assert_eq!(v["id"], format!("did:agentmesh:{}", me.amid()));
+    let stranger: Amid = Identity::from_seed(&[9; 32]).amid();
+    assert_eq!(
+        code(ask(Request::Lookup { amid: stranger }).await),
+        "unknown_agent"
+    );
+    let v = ok(ask(Request::Revocation { amid: me.amid() }).await);
+    assert_eq!(v["revoked"], false);
+    let v = ok(ask(Request::Root).await);
+    assert_eq!(v["root"], server.root);
+    let v = ok(ask(Request::Credentials { amid: me.amid() }).await);
+    assert_eq!(v["tier"], "anonymous");
+
+    // Ratings go over HTTP only.
+    let fb = Operation::Feedback(Feedback::new(hex::encode([1u8; 16]), stranger, 0.9));
+    let request = SignedRequest::sign(me, fb, now_ms()).unwrap();
+    assert_eq!(code(ask(Request::Signed { request }).await), "forbidden");
+
+    // The registration is a key binding in the transparency log.
+    let root: Amid = server.root.parse().unwrap();
+    let head: SignedTreeHead =
+        serde_json::from_value(ok(ask(Request::LogHead { size: None }).await)).unwrap();
+    head.verify(&root.verifying_key().unwrap()).unwrap();
+    assert_eq!(head.size, 1);
+    let v = ok(ask(Request::LogProof {
+        index: Some(0),
+        hash: None,
+        size: None,
+    })
+    .await);
+    let proof: InclusionProof = serde_json::from_value(v["proof"].clone()).unwrap();
+    let leaf = hex::decode(v["leaf"].as_str().unwrap()).unwrap();
+    proof.verify(&leaf_hash(&leaf), &head).unwrap();
+    assert_eq!(
+        code(
+            ask(Request::LogConsistency {
+                first: 2,
+                second: None
+            })
+            .await
+        ),
+        "out_of_range"
+    );
+
+    // Garbage in a frame: a typed refusal, not a dropped connection.
+    let mut stream = node
+        .stream_control()
+        .open_stream(registry, PROTOCOL)
+        .await
+        .unwrap();
+    write_frame(&mut stream, b"\xa1\x64junk").await.unwrap();
+    let answer = read_frame(&mut stream, MAX_RESPONSE_SIZE).await.unwrap();
+    assert_eq!(
+        code(Response::from_bytes(&answer).unwrap()),
+        "invalid_request"
+    );
+    // An oversized frame: the registry closes the stream without reading it.
+    let mut stream = node
+        .stream_control()
+        .open_stream(registry, PROTOCOL)
+        .await
+        .unwrap();
+    stream
+        .write_all(&(64u32 * 1024 * 1024).to_be_bytes())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(read.is_err() || rest.is_empty());
+    // The registry still answers.
+    ok(ask(Request::Root).await);
+    node.shutdown().await;
+
+    // The CLI speaks the protocol when the registry is a multiaddr.
+    let home = dir.path().join("bob");
+    let (ok, out) = cli(&home, "p2p-test", &server.addr, &["init"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        &home,
+        "p2p-test",
+        &server.addr,
+        &[
+            "--json",
+            "register",
+            "--name",
+            "Bob",
+            "--capability",
+            "weather/alerts",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["created"], true, "{out}");
+    let (ok, out) = cli(
+        &home,
+        "p2p-test",
+        &server.addr,
+        &["--json", "search", "weather"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["count"], 2, "{out}");
+    let (ok, out) = cli(
+        &home,
+        "p2p-test",
+        &server.addr,
+        &["did", &stranger.to_string()],
+    )
+    .await;
+    assert!(!ok && out.contains("unknown_agent"), "{out}");
+}
