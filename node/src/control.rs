@@ -296,8 +296,8 @@ pub enum ControlError {
     BadResponse(String),
 }
 
-/// Serves the control socket at `path` until the node stops.
-pub async fn serve(node: Node, path: &Path) -> std::io::Result<()> {
+/// Creates the control socket at `path`, readable by its owner only.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     #[cfg(unix)]
@@ -305,6 +305,12 @@ pub async fn serve(node: Node, path: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
+    Ok(listener)
+}
+
+/// Answers requests on the control socket (see [`bind`]) until the node
+/// stops.
+pub async fn serve(node: Node, listener: UnixListener) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let node = node.clone();

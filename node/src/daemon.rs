@@ -37,6 +37,10 @@ pub fn init_process(json: bool) {
 /// what happens to stdout, then shuts the node down.
 pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
     let amid = node.amid();
+    // The socket exists before `started` is printed: whoever waits for
+    // that line can use the control socket at once.
+    let sock = dir.join(control::SOCKET_FILE);
+    let listener = control::bind(&sock)?;
     if json {
         println!(
             "{}",
@@ -45,11 +49,9 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
     } else {
         println!("agent {amid}\nfingerprint {}", node.fingerprint());
     }
-    let sock = dir.join(control::SOCKET_FILE);
     let control_node = node.clone();
-    let sock_path = sock.clone();
     tokio::spawn(async move {
-        if let Err(e) = control::serve(control_node, &sock_path).await {
+        if let Err(e) = control::serve(control_node, listener).await {
             tracing::warn!(error = %e, "control socket stopped");
         }
     });

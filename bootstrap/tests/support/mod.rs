@@ -167,13 +167,15 @@ impl Http {
 }
 
 /// The `agentmesh` binary, next to this package's binary, brought up to
-/// date once per test run (a no-op when it is).
+/// date once per test run. The whole workspace is named so that features
+/// unify as in `cargo build --workspace --all-targets`: after that build
+/// (or `cargo test --workspace`) this is a no-op, not a second build.
 pub fn agentmesh_exe() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "agentmesh-node", "--bin", "agentmesh"])
+            .args(["build", "--workspace", "--all-targets"])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building agentmesh");
