@@ -13,6 +13,7 @@
 //! registry runs on a node ([`Registry::set_node`]).
 
 pub mod did;
+pub mod scores;
 pub mod store;
 
 use std::{
@@ -43,7 +44,7 @@ use agentmesh_node::{
         Registration, RegistryError as WireError, Revocation, SessionReceipt, SignedRequest,
         SignedRevocation, MAX_CLOCK_SKEW_MS, MAX_REASON,
     },
-    reputation::{self, Evidence, Rating, Score, SessionOutcome},
+    reputation::{Rating, Score, SessionOutcome},
     transparency::{leaf_hash, ConsistencyProof, Hash, InclusionProof, LeafKind, SignedTreeHead},
     Amid, Node, Passphrase, Tier,
 };
@@ -282,6 +283,7 @@ struct Inner {
     node: OnceLock<Node>,
     verifier: OnceLock<Arc<dyn DomainVerifier>>,
     oauth: OnceLock<Arc<crate::oauth::OAuth>>,
+    scores: scores::ScoreCache,
 }
 
 /// A registry. Cheap to clone; clones share the database.
@@ -409,6 +411,7 @@ impl Registry {
                 node: OnceLock::new(),
                 verifier: OnceLock::new(),
                 oauth: OnceLock::new(),
+                scores: scores::ScoreCache::default(),
             }),
         })
     }
@@ -484,6 +487,13 @@ impl Registry {
             return Err(RegistryError::Revoked);
         }
         Ok(a)
+    }
+
+    /// Writes an agent record; its score inputs change with it.
+    fn put_agent(&self, rec: &AgentRecord, old: Option<&AgentRecord>) -> Result<(), RegistryError> {
+        self.inner.store.put_agent(rec, old)?;
+        self.inner.scores.invalidate(&[&rec.amid]);
+        Ok(())
     }
 
     fn mark_seen(&self, req: &SignedRequest, now_ms: u64) -> Result<(), RegistryError> {
@@ -578,7 +588,7 @@ impl Registry {
         };
         let rebound = old.as_ref().is_none_or(|o| o.x25519_key != rec.x25519_key);
         self.mark_seen(req, now_ms)?;
-        self.inner.store.put_agent(&rec, old.as_ref())?;
+        self.put_agent(&rec, old.as_ref())?;
         if rebound {
             let binding = KeyBinding {
                 amid: *signer,
@@ -608,7 +618,7 @@ impl Registry {
         change(&mut rec)?;
         rec.last_seen_ms = now_ms;
         self.mark_seen(req, now_ms)?;
-        self.inner.store.put_agent(&rec, Some(&old))?;
+        self.put_agent(&rec, Some(&old))?;
         Ok(json!({
             "amid": signer,
             "presence": rec.presence,
@@ -698,6 +708,9 @@ impl Registry {
                 .receipts_by
                 .insert(store::cat(&[party.as_bytes(), &sid]), &[])?;
         }
+        self.inner
+            .scores
+            .invalidate(&[&body.initiator, &body.responder]);
         Ok(json!({"session_id": body.session_id, "completed": body.completed}))
     }
 
@@ -755,6 +768,8 @@ impl Registry {
             .store
             .rated_by
             .insert(store::cat(&[signer.as_bytes(), f.target.as_bytes()]), &[])?;
+        // The target's ratings and, for the mutual rule, whom the signer rated.
+        self.inner.scores.invalidate(&[&f.target, signer]);
         let score = self.score(&f.target, now_ms)?;
         if score.flagged {
             warn!(target: "agentmesh::registry", amid = %f.target, score = score.score, "rapid reputation change flagged for review");
@@ -786,20 +801,36 @@ impl Registry {
         })
     }
 
-    /// `amid`'s reputation now.
-    pub fn score(&self, amid: &Amid, now_ms: u64) -> Result<Score, RegistryError> {
+    /// The inputs of `amid`'s score, read from storage.
+    fn score_inputs(&self, amid: &Amid) -> Result<scores::ScoreInputs, RegistryError> {
         let g = self.evidence(amid)?;
-        let ratings: Vec<Rating> = g.ratings.iter().map(rating_of).collect();
-        Ok(reputation::score(
-            &Evidence {
-                tier: g.agent.tier,
-                registered_ms: g.agent.registered_ms,
-                outcomes: &g.outcomes,
-                ratings: &ratings,
-                rated_by_subject: &g.rated,
-            },
-            now_ms,
-        ))
+        Ok(scores::ScoreInputs {
+            tier: g.agent.tier,
+            registered_ms: g.agent.registered_ms,
+            outcomes: g.outcomes,
+            ratings: g.ratings.iter().map(rating_of).collect(),
+            rated: g.rated,
+        })
+    }
+
+    /// `amid`'s reputation now, from cached inputs when they are current
+    /// (see [`scores`]).
+    pub fn score(&self, amid: &Amid, now_ms: u64) -> Result<Score, RegistryError> {
+        let cache = &self.inner.scores;
+        match cache.get(amid) {
+            Ok(inputs) => Ok(inputs.score(now_ms)),
+            Err(generation) => {
+                let inputs = Arc::new(self.score_inputs(amid)?);
+                let score = inputs.score(now_ms);
+                cache.insert(*amid, generation, inputs);
+                Ok(score)
+            }
+        }
+    }
+
+    /// `amid`'s reputation now, computed from storage without the cache.
+    pub fn score_uncached(&self, amid: &Amid, now_ms: u64) -> Result<Score, RegistryError> {
+        Ok(self.score_inputs(amid)?.score(now_ms))
     }
 
     /// The published evidence behind `amid`'s score: receipts, ratings with
@@ -874,7 +905,7 @@ impl Registry {
         if let Some(old) = agent {
             let mut rec = old.clone();
             rec.revoked = true;
-            self.inner.store.put_agent(&rec, Some(&old))?;
+            self.put_agent(&rec, Some(&old))?;
             self.inner.store.prekeys.remove(subject.as_bytes())?;
         }
         info!(target: "agentmesh::registry", amid = %subject, by = %signer, "revoked");
@@ -1000,7 +1031,7 @@ impl Registry {
             let mut rec = old.clone();
             rec.tier = Tier::Verified;
             rec.certificate = Some(hex::encode(chain.to_bytes()?));
-            self.inner.store.put_agent(&rec, Some(&old))?;
+            self.put_agent(&rec, Some(&old))?;
         }
         self.inner.store.flush().await?;
         info!(target: "agentmesh::registry", %amid, subject_name, "tier 1 certificate issued");
@@ -1211,7 +1242,7 @@ impl Registry {
         rec.org = Some(org.domain.clone());
         rec.certificate = Some(hex::encode(chain.to_bytes()?));
         self.mark_seen(req, now_ms)?;
-        self.inner.store.put_agent(&rec, Some(&old))?;
+        self.put_agent(&rec, Some(&old))?;
         let index = self.log_append_leaf(&Credentials::log_leaf(&chain)?)?;
         Ok(json!({"agent": agent, "org": org.domain, "tier": tier, "log_index": index}))
     }

@@ -530,3 +530,145 @@ async fn bindings_certificates_and_revocations_are_logged_and_proven() {
     assert_eq!(r.log().size().unwrap(), 4);
     assert_eq!(r.log_head(None, NOW).unwrap().root, head.root);
 }
+
+/// Scores `amid` twice (the second from the cache) and checks both against
+/// a computation from storage.
+fn cached_equals_fresh(r: &Registry, amid: &Amid, now_ms: u64) -> Score {
+    let first = r.score(amid, now_ms).unwrap();
+    assert!(r.inner.scores.contains(amid));
+    let cached = r.score(amid, now_ms).unwrap();
+    let fresh = r.score_uncached(amid, now_ms).unwrap();
+    assert_eq!(first, fresh);
+    assert_eq!(cached, fresh);
+    fresh
+}
+
+async fn file_receipt(r: &Registry, a: &Identity, b: &Identity, sid: [u8; 16], completed: bool) {
+    let body = ReceiptBody::new(sid, a.amid(), b.amid(), completed, NOW - 1000);
+    let receipt = SessionReceipt::sign(&body, a, b).unwrap();
+    apply(r, a, Operation::Session { receipt }).await.unwrap();
+}
+
+async fn rate(r: &Registry, who: &Identity, target: &Identity, sid: [u8; 16], score: f64) {
+    let fb = Feedback::new(hex::encode(sid), target.amid(), score);
+    apply(r, who, Operation::Feedback(fb)).await.unwrap();
+}
+
+async fn two_agents(r: &Registry) -> (Identity, Identity) {
+    let (a, b) = (id(1), id(2));
+    register(r, &a, &["chat"]).await;
+    register(r, &b, &["chat"]).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn cached_score_follows_a_new_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b) = two_agents(&r).await;
+    let before = cached_equals_fresh(&r, &b.amid(), NOW);
+    cached_equals_fresh(&r, &a.amid(), NOW);
+    file_receipt(&r, &a, &b, [1; 16], false).await;
+    // Both parties' entries were dropped.
+    assert!(!r.inner.scores.contains(&a.amid()));
+    assert!(!r.inner.scores.contains(&b.amid()));
+    let after = cached_equals_fresh(&r, &b.amid(), NOW);
+    assert_eq!(after.sessions, 1);
+    assert_ne!(before.score, after.score);
+    assert_eq!(cached_equals_fresh(&r, &a.amid(), NOW).sessions, 1);
+}
+
+#[tokio::test]
+async fn cached_score_follows_new_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b) = two_agents(&r).await;
+    file_receipt(&r, &a, &b, [1; 16], true).await;
+    let before = cached_equals_fresh(&r, &b.amid(), NOW);
+    rate(&r, &a, &b, [1; 16], 0.0).await;
+    let after = cached_equals_fresh(&r, &b.amid(), NOW);
+    assert_eq!(after.ratings, 1);
+    assert!(after.score < before.score);
+}
+
+#[tokio::test]
+async fn cached_score_follows_the_mutual_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b) = two_agents(&r).await;
+    file_receipt(&r, &a, &b, [1; 16], true).await;
+    rate(&r, &a, &b, [1; 16], 1.0).await;
+    let before = cached_equals_fresh(&r, &b.amid(), NOW);
+    // b rating a makes a's rating of b mutual: b's own score changes.
+    rate(&r, &b, &a, [1; 16], 1.0).await;
+    assert!(!r.inner.scores.contains(&b.amid()));
+    let after = cached_equals_fresh(&r, &b.amid(), NOW);
+    assert!(after.weights[0] < before.weights[0]);
+    assert!(after.score < before.score);
+}
+
+#[tokio::test]
+async fn cached_score_follows_a_tier_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (_, b) = two_agents(&r).await;
+    let before = cached_equals_fresh(&r, &b.amid(), NOW);
+    r.issue_verified(&b.amid(), "github:777", NOW)
+        .await
+        .unwrap();
+    let after = cached_equals_fresh(&r, &b.amid(), NOW);
+    assert_eq!(
+        after.tier_bonus,
+        agentmesh_node::reputation::tier_bonus(Tier::Verified)
+    );
+    assert!(after.score > before.score);
+}
+
+#[tokio::test]
+async fn cached_score_follows_a_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b) = two_agents(&r).await;
+    file_receipt(&r, &a, &b, [1; 16], true).await;
+    cached_equals_fresh(&r, &b.amid(), NOW);
+    let revoke = Operation::Revoke {
+        subject: b.amid(),
+        reason: "retired".into(),
+    };
+    apply(&r, &b, revoke).await.unwrap();
+    assert!(!r.inner.scores.contains(&b.amid()));
+    cached_equals_fresh(&r, &b.amid(), NOW);
+    assert!(r.store().agent(&b.amid()).unwrap().unwrap().revoked);
+}
+
+#[tokio::test]
+async fn cached_score_follows_the_age_factor_over_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (a, b) = two_agents(&r).await;
+    file_receipt(&r, &a, &b, [1; 16], true).await;
+    let now = cached_equals_fresh(&r, &b.amid(), NOW);
+    // Same cache entry, 30 days later: the age term moved.
+    let later_ms = NOW + 30 * 86_400_000;
+    let later = cached_equals_fresh(&r, &b.amid(), later_ms);
+    assert!(later.age_factor > now.age_factor);
+    assert!(later.score > now.score);
+}
+
+#[tokio::test]
+async fn scores_are_the_same_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (id(1), id(2));
+    let before = {
+        let r = open(dir.path());
+        two_agents(&r).await;
+        file_receipt(&r, &a, &b, [1; 16], true).await;
+        rate(&r, &a, &b, [1; 16], 0.9).await;
+        let s = cached_equals_fresh(&r, &b.amid(), NOW);
+        r.store().flush().await.unwrap();
+        s
+    };
+    let r = open(dir.path());
+    assert!(!r.inner.scores.contains(&b.amid()));
+    assert_eq!(cached_equals_fresh(&r, &b.amid(), NOW), before);
+}
