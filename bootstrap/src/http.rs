@@ -27,7 +27,10 @@ use tracing::{debug, warn};
 use agentmesh_dht::now_ms;
 use agentmesh_node::{registry::SignedRequest, Amid, Tier};
 
-use crate::registry::{parse_leaf_hash, parse_tier, Registry, RegistryError, DEFAULT_LIMIT};
+use crate::registry::{
+    parse_leaf_hash, parse_tier, Registry, RegistryError, SearchQuery, DEFAULT_LEADERBOARD_LIMIT,
+    DEFAULT_LIMIT,
+};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -245,7 +248,7 @@ async fn lookup(
 }
 
 #[derive(Deserialize)]
-struct SearchQuery {
+struct SearchParams {
     capability: String,
     tier_min: Option<String>,
     reputation_min: Option<f64>,
@@ -254,7 +257,7 @@ struct SearchQuery {
 
 async fn search(
     State(state): State<AppState>,
-    q: Result<Query<SearchQuery>, QueryRejection>,
+    q: Result<Query<SearchParams>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
     let tier_min = match q.tier_min.as_deref() {
@@ -263,13 +266,13 @@ async fn search(
             RegistryError::Invalid("tier_min: anonymous, verified or organization".into())
         })?,
     };
-    Ok(Json(state.registry.search_json(
-        &q.capability,
+    let search = SearchQuery {
+        capability: q.capability,
         tier_min,
-        q.reputation_min.unwrap_or(0.0),
-        q.limit.unwrap_or(DEFAULT_LIMIT),
-        now_ms(),
-    )?))
+        reputation_min: q.reputation_min.unwrap_or(0.0),
+        limit: q.limit.unwrap_or(DEFAULT_LIMIT),
+    };
+    Ok(Json(state.registry.search_json(&search, now_ms())?))
 }
 
 async fn stats(State(state): State<AppState>) -> ApiResult {
@@ -301,7 +304,7 @@ async fn leaderboard(
     State(state): State<AppState>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult {
-    let limit = query(q)?.limit.unwrap_or(10);
+    let limit = query(q)?.limit.unwrap_or(DEFAULT_LEADERBOARD_LIMIT);
     Ok(Json(state.registry.leaderboard(limit, now_ms())?))
 }
 

@@ -18,7 +18,9 @@ use agentmesh_node::registry::protocol::{
     read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL,
 };
 
-use crate::registry::{parse_leaf_hash, Registry, RegistryError, DEFAULT_LIMIT};
+use crate::registry::{
+    parse_leaf_hash, Registry, RegistryError, SearchQuery, DEFAULT_LEADERBOARD_LIMIT, DEFAULT_LIMIT,
+};
 
 /// Most requests served at once.
 pub const MAX_CONCURRENT_STREAMS: usize = 64;
@@ -130,10 +132,12 @@ async fn dispatch(
             reputation_min,
             limit,
         } => registry.search_json(
-            &capability,
-            tier_min.unwrap_or_default(),
-            reputation_min.unwrap_or(0.0),
-            limit.map_or(DEFAULT_LIMIT, |l| l as usize),
+            &SearchQuery {
+                capability,
+                tier_min: tier_min.unwrap_or_default(),
+                reputation_min: reputation_min.unwrap_or(0.0),
+                limit: limit.map_or(DEFAULT_LIMIT, |l| l as usize),
+            },
             now_ms,
         )?,
         Request::Did { amid } => registry.did_document(&amid)?,
@@ -157,6 +161,12 @@ async fn dispatch(
         Request::LogConsistency { first, second } => {
             registry.log_consistency(first, second, now_ms)?
         }
+        Request::Org { domain } => registry.org_info(&domain)?,
+        Request::Evidence { amid } => registry.evidence_json(&amid, now_ms)?,
+        Request::Leaderboard { limit } => registry.leaderboard(
+            limit.map_or(DEFAULT_LEADERBOARD_LIMIT, |l| l as usize),
+            now_ms,
+        )?,
         _ => return Err(RegistryError::Invalid("unsupported request".into())),
     })
 }

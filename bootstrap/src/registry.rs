@@ -58,6 +58,33 @@ pub use store::{AgentRecord, FeedbackRecord, OrgRecord, Store, StoreError};
 pub const REVOCATION_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default number of search results.
 pub const DEFAULT_LIMIT: usize = 50;
+/// What a search asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchQuery {
+    /// Capability or category (`weather` also finds `weather/forecast`).
+    pub capability: String,
+    /// Lowest tier.
+    pub tier_min: Tier,
+    /// Lowest reputation, 0..1.
+    pub reputation_min: f64,
+    /// At most this many results (capped at the registry's maximum).
+    pub limit: usize,
+}
+
+impl SearchQuery {
+    /// Any agent with `capability`, at most [`DEFAULT_LIMIT`] of them.
+    pub fn new(capability: impl Into<String>) -> Self {
+        Self {
+            capability: capability.into(),
+            tier_min: Tier::Anonymous,
+            reputation_min: 0.0,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Leaderboard rows when the request names no limit.
+pub const DEFAULT_LEADERBOARD_LIMIT: usize = 10;
 /// Longest capability searched for.
 pub const MAX_SEARCH_CAPABILITY: usize = 128;
 /// Largest number of search or leaderboard results.
@@ -1277,26 +1304,18 @@ impl Registry {
         })
     }
 
-    /// Agents with `capability` (or one under it), at least `tier_min` and
-    /// `reputation_min`, best reputation first, at most `limit`.
-    pub fn search(
-        &self,
-        capability: &str,
-        tier_min: Tier,
-        reputation_min: f64,
-        limit: usize,
-        now_ms: u64,
-    ) -> Result<Vec<AgentView>, RegistryError> {
+    /// Agents matching `q`, best reputation first.
+    pub fn search(&self, q: &SearchQuery, now_ms: u64) -> Result<Vec<AgentView>, RegistryError> {
         let mut out = Vec::new();
-        for amid in self.inner.store.agents_with(capability)? {
+        for amid in self.inner.store.agents_with(&q.capability)? {
             let Some(a) = self.inner.store.agent(&amid)? else {
                 continue;
             };
-            if a.revoked || a.tier < tier_min {
+            if a.revoked || a.tier < q.tier_min {
                 continue;
             }
             let v = self.view(a, now_ms)?;
-            if v.reputation >= reputation_min {
+            if v.reputation >= q.reputation_min {
                 out.push(v);
             }
         }
@@ -1305,27 +1324,20 @@ impl Registry {
                 .total_cmp(&a.reputation)
                 .then(a.amid.cmp(&b.amid))
         });
-        out.truncate(limit.min(MAX_LIMIT));
+        out.truncate(q.limit.min(MAX_LIMIT));
         Ok(out)
     }
 
     /// [`Registry::search`] as the API answers it, with its bounds checked:
     /// `{"count", "results"}`.
-    pub fn search_json(
-        &self,
-        capability: &str,
-        tier_min: Tier,
-        reputation_min: f64,
-        limit: usize,
-        now_ms: u64,
-    ) -> Result<Value, RegistryError> {
-        if capability.is_empty() || capability.len() > MAX_SEARCH_CAPABILITY {
+    pub fn search_json(&self, q: &SearchQuery, now_ms: u64) -> Result<Value, RegistryError> {
+        if q.capability.is_empty() || q.capability.len() > MAX_SEARCH_CAPABILITY {
             return Err(RegistryError::Invalid("capability length".into()));
         }
-        if !reputation_min.is_finite() {
+        if !q.reputation_min.is_finite() {
             return Err(RegistryError::Invalid("reputation_min".into()));
         }
-        let results = self.search(capability, tier_min, reputation_min, limit, now_ms)?;
+        let results = self.search(q, now_ms)?;
         Ok(json!({"count": results.len(), "results": results}))
     }
 

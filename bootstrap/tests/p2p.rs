@@ -61,6 +61,7 @@ async fn the_registry_answers_over_libp2p() {
         .await
         .unwrap();
     let me = node.identity();
+    let me_amid = me.amid();
     let control = node.stream_control();
     let ask = |r: Request| {
         let mut c = control.clone();
@@ -109,6 +110,28 @@ async fn the_registry_answers_over_libp2p() {
     assert_eq!(v["root"], server.root);
     let v = ok(ask(Request::Credentials { amid: me.amid() }).await);
     assert_eq!(v["tier"], "anonymous");
+
+    // Reputation evidence, the leaderboard and organizations.
+    let v = ok(ask(Request::Evidence { amid: me.amid() }).await);
+    assert_eq!(v["amid"], serde_json::json!(me.amid()));
+    assert_eq!(v["score"]["score"], 0.5);
+    assert_eq!(v["receipts"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        code(ask(Request::Evidence { amid: stranger }).await),
+        "unknown_agent"
+    );
+    let v = ok(ask(Request::Leaderboard { limit: Some(5) }).await);
+    assert_eq!(v["leaderboard"][0]["amid"], serde_json::json!(me.amid()));
+    assert_eq!(v["leaderboard"][0]["rank"], 1);
+    assert_eq!(
+        code(
+            ask(Request::Org {
+                domain: "example.com".into()
+            })
+            .await
+        ),
+        "not_found"
+    );
 
     // Ratings go over HTTP only.
     let fb = Operation::Feedback(Feedback::new(hex::encode([1u8; 16]), stranger, 0.9));
@@ -201,6 +224,15 @@ async fn the_registry_answers_over_libp2p() {
     .await;
     assert!(ok, "{out}");
     assert_eq!(json_of(&out)["count"], 2, "{out}");
+    let (ok, out) = cli(
+        &home,
+        "p2p-test",
+        &server.addr,
+        &["--json", "reputation", "verify", &me_amid.to_string()],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["ok"], true, "{out}");
     let (ok, out) = cli(
         &home,
         "p2p-test",

@@ -141,10 +141,22 @@ pub(crate) fn request_for(path_and_query: &str) -> Result<Request> {
             first: num("first")?.context("first")?,
             second: num("second")?,
         },
-        p => match p.strip_prefix("/v1/registry/did/") {
-            Some(a) => Request::Did { amid: a.parse()? },
-            None => bail!("{p} is served over HTTP only; give the registry's http(s) URL"),
+        "/v1/registry/reputation/evidence" => Request::Evidence { amid: amid()? },
+        "/v1/registry/reputation/leaderboard" => Request::Leaderboard {
+            limit: num("limit")?.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
         },
+        p => {
+            if let Some(a) = p.strip_prefix("/v1/registry/did/") {
+                Request::Did { amid: a.parse()? }
+            } else if let Some(d) = p.strip_prefix("/v1/org/").filter(|d| !d.contains('/')) {
+                // Domains are plain ASCII (lowercase letters, digits, '-', '.').
+                Request::Org {
+                    domain: d.to_owned(),
+                }
+            } else {
+                bail!("{p} is served over HTTP only; give the registry's http(s) URL")
+            }
+        }
     })
 }
 
@@ -182,6 +194,21 @@ mod tests {
             }
         );
         assert!(request_for("/v1/registry/reputation/evidence?amid=x").is_err());
+        assert_eq!(
+            request_for(&format!("/v1/registry/reputation/evidence?amid={a}")).unwrap(),
+            Request::Evidence { amid: a }
+        );
+        assert_eq!(
+            request_for("/v1/registry/reputation/leaderboard?limit=5").unwrap(),
+            Request::Leaderboard { limit: Some(5) }
+        );
+        assert_eq!(
+            request_for("/v1/org/example.com").unwrap(),
+            Request::Org {
+                domain: "example.com".into()
+            }
+        );
+        assert!(request_for("/v1/registry/stats").is_err());
         assert!(request_for("/v1/registry/search?capability=x&tier_min=gold").is_err());
     }
 }

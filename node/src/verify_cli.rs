@@ -208,7 +208,7 @@ async fn verify_org(
     json_out: bool,
 ) -> Result<()> {
     let amid = identity.amid();
-    // Over libp2p the organization entry is not served: register again.
+    // An unknown or unverified organization is registered (again).
     let info = match client
         .try_call("GET", &format!("/v1/org/{domain}"), None)
         .await

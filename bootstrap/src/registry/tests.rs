@@ -285,7 +285,13 @@ async fn search_filters_by_capability_tier_and_reputation() {
     register(&r, &c, &["chat"]).await;
     r.issue_verified(&b.amid(), "github:2", NOW).await.unwrap();
     let found = |cap: &str, tier, rep| {
-        r.search(cap, tier, rep, 50, NOW)
+        let q = SearchQuery {
+            capability: cap.into(),
+            tier_min: tier,
+            reputation_min: rep,
+            limit: 50,
+        };
+        r.search(&q, NOW)
             .unwrap()
             .into_iter()
             .map(|v| v.amid)
@@ -416,13 +422,11 @@ async fn agents_whose_key_holds_zero_bytes_are_found() {
     }
     assert_eq!(found, 3);
     assert_eq!(
-        r.search("weather", Tier::Anonymous, 0.0, 50, NOW)
-            .unwrap()
-            .len(),
+        r.search(&SearchQuery::new("weather"), NOW).unwrap().len(),
         3
     );
     assert_eq!(
-        r.search("weather/forecast", Tier::Anonymous, 0.0, 50, NOW)
+        r.search(&SearchQuery::new("weather/forecast"), NOW)
             .unwrap()
             .len(),
         3

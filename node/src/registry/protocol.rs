@@ -109,6 +109,23 @@ pub enum Request {
         #[serde(default)]
         second: Option<u64>,
     },
+    /// An organization and its agents (`GET /v1/org/{domain}`).
+    Org {
+        /// The organization's domain.
+        domain: String,
+    },
+    /// The published evidence behind an agent's score
+    /// (`GET /v1/registry/reputation/evidence`).
+    Evidence {
+        /// The agent.
+        amid: Amid,
+    },
+    /// Agents by reputation (`GET /v1/registry/reputation/leaderboard`).
+    Leaderboard {
+        /// At most this many rows; the registry's default when absent.
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 /// The registry's answer.
@@ -274,7 +291,27 @@ mod tests {
                 hash: None,
                 size: None,
             },
+            Request::Evidence { amid: a.amid() },
+            Request::Org {
+                domain: "example.com".into(),
+            },
+            Request::Leaderboard { limit: Some(5) },
         ]
+    }
+
+    #[test]
+    fn fuzz_seeds_decode_to_the_samples() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/seeds/registry_protocol"
+        );
+        for (i, r) in samples().into_iter().enumerate() {
+            if matches!(r, Request::Signed { .. }) {
+                continue;
+            }
+            let bytes = std::fs::read(format!("{dir}/request-{i}.cbor")).unwrap();
+            assert_eq!(Request::from_bytes(&bytes).unwrap(), r, "request-{i}");
+        }
     }
 
     #[test]
