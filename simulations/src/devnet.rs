@@ -6,7 +6,10 @@
 //! then one agent goes offline, gets mail in its relay mailbox, and fetches
 //! it when it comes back. Every delivery is printed with its path.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -14,6 +17,8 @@ use serde_json::json;
 use agentmesh_node::control::{Client, Request};
 
 use crate::process::{start_agent, start_bootstrap_with_registry, start_relay, Proc};
+
+mod registry;
 
 const NAMES: [&str; 8] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
@@ -88,6 +93,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
         );
         agents.push(Agent { name, amid, proc });
     }
+    let registrar = register_agents(&root, &boot_addr, &agents).await?;
 
     let n = agents.len();
     let mut delivered = 0;
@@ -213,6 +219,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
         },
     );
     println!("devnet: {delivered} messages delivered end-to-end encrypted, each exactly once");
+    report_registry(registrar, &agents).await?;
 
     if !opts.once {
         println!("devnet: running; send with `agentmesh --data-dir {}/alice send <AMID> '<json>'` (Ctrl-C to stop)", root.display());
@@ -238,6 +245,40 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     let _ = relay.terminate().await;
     let _ = boot.terminate().await;
     Ok(delivered)
+}
+
+/// Registers every agent with the devnet registry, with the `chat`
+/// capability; returns the client that did.
+async fn register_agents(
+    root: &Path,
+    boot_addr: &str,
+    agents: &[Agent],
+) -> Result<registry::RegistryClient> {
+    let client = registry::RegistryClient::start(&root.join("registrar"), boot_addr).await?;
+    for a in agents {
+        client
+            .register(&a.name, &a.proc.dir)
+            .await
+            .with_context(|| format!("registering {}", a.name))?;
+    }
+    println!(
+        "devnet: {} agents registered with capability `{}`",
+        agents.len(),
+        registry::CAPABILITY
+    );
+    Ok(client)
+}
+
+/// Prints the registry's view of the agents (tier, reputation) and checks
+/// that searching their capability finds them.
+async fn report_registry(client: registry::RegistryClient, agents: &[Agent]) -> Result<()> {
+    let list: Vec<(&str, &str)> = agents
+        .iter()
+        .map(|a| (a.name.as_str(), a.amid.as_str()))
+        .collect();
+    let report = client.report(&list).await;
+    client.shutdown().await;
+    report
 }
 
 /// Arguments of agent processes: every agent keeps its mailbox at the
