@@ -21,7 +21,7 @@ use agentmesh_node::{
 use crate::process::DEVNET_PASSPHRASE;
 
 /// The capability the devnet's agents register.
-pub const CAPABILITY: &str = "chat";
+pub(super) const CAPABILITY: &str = "chat";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A node asking the devnet registry.
