@@ -13,6 +13,7 @@ mod mailbox;
 mod paths;
 mod swarm;
 mod trust;
+mod upgrade;
 
 pub use exchange::{
     StreamError, StreamReceiver, StreamSender, Streams, STREAM_BUFFER, STREAM_WINDOW,
