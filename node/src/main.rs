@@ -619,8 +619,8 @@ async fn main() -> Result<()> {
                     }
                 );
                 println!(
-                    "dht          {} peers in routing table, {} records",
-                    status.net.routing_table, status.net.dht_records
+                    "dht          {} peers in routing table, {} records, {:?} mode",
+                    status.net.routing_table, status.net.dht_records, status.net.dht_mode
                 );
                 println!(
                     "reachability {} ({:?} mode)",

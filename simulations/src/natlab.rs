@@ -56,15 +56,14 @@ pub struct NatPair {
 }
 
 /// Arguments for an agent behind a NAT: QUIC on its LAN address, the
-/// relay, and a DHT client (peers could not dial it to serve queries);
-/// the hole punching mode, with the bootstrap's STUN server.
+/// relay, the hole punching mode, with the bootstrap's STUN server. Once
+/// AutoNAT finds the agent behind its NAT, it only queries the DHT.
 fn agent_args(host: &NatHost, relay: &str, hole_punch: &str, stun: &str) -> Vec<String> {
     vec![
         "--listen".into(),
         host.host.quic_listen(),
         "--relay".into(),
         relay.into(),
-        "--dht-client".into(),
         "--hole-punch".into(),
         hole_punch.into(),
         "--stun".into(),

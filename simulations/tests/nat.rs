@@ -48,6 +48,8 @@ async fn autonat_tells_an_agent_behind_nat_from_a_public_one() {
     let status = control_status(&pair.alice.dir).await.unwrap();
     assert_eq!(status.net.nat, agentmesh_node::NatStatus::BehindNat);
     assert!(status.net.external_addrs.is_empty(), "{status:?}");
+    // Nobody could dial her to query the DHT: she only queries it.
+    assert_eq!(status.net.dht_mode, agentmesh_dht::DhtMode::Client);
 
     // Carol on the public segment is told she is public, at her address.
     let carol_host = pair.lab.public_host("carol").unwrap();
@@ -74,6 +76,7 @@ async fn autonat_tells_an_agent_behind_nat_from_a_public_one() {
     let status = control_status(dir.path()).await.unwrap();
     assert_eq!(status.net.nat, agentmesh_node::NatStatus::Public);
     assert!(!status.net.external_addrs.is_empty());
+    assert_eq!(status.net.dht_mode, agentmesh_dht::DhtMode::Server);
     // A public agent never listens through a relay.
     assert!(
         !status

@@ -461,6 +461,7 @@ impl Actor {
                         .collect(),
                     connected,
                     routing_table: dht.routing_table_size(),
+                    dht_mode: dht.mode(),
                     dht_records: dht.stored_records(),
                     card_published: self.published_remotely,
                     reachability: self.shared.config.reachability,
@@ -1048,9 +1049,31 @@ impl Actor {
         if let Ok(mut n) = self.shared.nat.write() {
             *n = status;
         }
+        self.follow_reachability_in_dht(status);
         self.shared.emit(NodeEvent::Reachability { status, addr });
         self.listen_through_relays_if_needed();
         self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+    }
+
+    /// With automatic reachability and a DHT configured to serve, a node
+    /// behind a NAT only queries the DHT (peers could not dial it to ask),
+    /// and serves again once it is found public.
+    fn follow_reachability_in_dht(&mut self, status: NatStatus) {
+        if self.shared.config.reachability != Reachability::Auto
+            || self.shared.config.dht.mode != agentmesh_dht::DhtMode::Server
+        {
+            return;
+        }
+        let mode = match status {
+            NatStatus::BehindNat => agentmesh_dht::DhtMode::Client,
+            NatStatus::Public => agentmesh_dht::DhtMode::Server,
+            NatStatus::Unknown => return,
+        };
+        let dht = &mut self.swarm.behaviour_mut().dht;
+        if dht.mode() != mode {
+            info!(?mode, "DHT mode follows reachability");
+            dht.set_mode(mode);
+        }
     }
 
     /// Listens through `relay`'s reservation, once.
