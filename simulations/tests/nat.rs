@@ -133,6 +133,9 @@ async fn behind_port_restricted_nats_the_relayed_path_goes_direct_and_survives_t
         (receipt, received),
         (PathKind::DirectQuic, PathKind::DirectQuic)
     );
+    // So does a 1 MiB stream, whole and with the right digest.
+    let (path, _) = pair.stream(1 << 20).await.unwrap();
+    assert_eq!(path, PathKind::DirectQuic);
 
     // The relay dies: messages sent after it still arrive, all of them.
     pair.relay.take().unwrap().kill().await.unwrap();
@@ -152,6 +155,8 @@ async fn behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive() {
     assert!(outcome.started_relayed, "{outcome:?}");
     assert!(!outcome.direct, "{outcome:?}");
     assert_eq!(outcome.first_path, PathKind::Relayed);
+    let (path, _) = pair.stream(1 << 20).await.unwrap();
+    assert_eq!(path, PathKind::Relayed);
     for n in 1..4 {
         let (receipt, received) = pair.send(json!({ "n": n })).await.unwrap();
         assert_eq!((receipt, received), (PathKind::Relayed, PathKind::Relayed));
