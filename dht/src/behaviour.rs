@@ -32,7 +32,8 @@ use crate::{
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/kad/1");
 
 /// Whether this node answers DHT requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DhtMode {
     /// Serve the DHT (store records, answer queries).
@@ -63,6 +64,13 @@ impl Default for DhtConfig {
             query_timeout: Duration::from_secs(10),
             replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
         }
+    }
+}
+
+fn kad_mode(mode: DhtMode) -> kad::Mode {
+    match mode {
+        DhtMode::Server => kad::Mode::Server,
+        DhtMode::Client => kad::Mode::Client,
     }
 }
 
@@ -152,6 +160,7 @@ enum Pending {
 /// The DHT behaviour: Kademlia over signed records.
 pub struct Dht {
     kad: kad::Behaviour<SledStore>,
+    mode: DhtMode,
     queries: HashMap<kad::QueryId, (QueryId, Pending)>,
     next_id: u64,
     events: VecDeque<DhtEvent>,
@@ -178,11 +187,9 @@ impl Dht {
             .set_record_ttl(None)
             .set_provider_record_ttl(Some(Duration::from_secs(24 * 3600)));
         let mut kad = kad::Behaviour::with_config(local, store, cfg);
-        kad.set_mode(Some(match config.mode {
-            DhtMode::Server => kad::Mode::Server,
-            DhtMode::Client => kad::Mode::Client,
-        }));
+        kad.set_mode(Some(kad_mode(config.mode)));
         Ok(Self {
+            mode: config.mode,
             kad,
             queries: HashMap::new(),
             next_id: 0,
@@ -261,6 +268,20 @@ impl Dht {
     /// Number of records held locally.
     pub fn stored_records(&mut self) -> usize {
         self.kad.store_mut().len()
+    }
+
+    /// Serves the DHT or stops serving it. Peers learn of the change through
+    /// identify and drop (or add) this node in their routing tables.
+    pub fn set_mode(&mut self, mode: DhtMode) {
+        if mode != self.mode {
+            self.mode = mode;
+            self.kad.set_mode(Some(kad_mode(mode)));
+        }
+    }
+
+    /// Whether this node serves the DHT.
+    pub fn mode(&self) -> DhtMode {
+        self.mode
     }
 
     /// Number of peers in the routing table.

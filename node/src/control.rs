@@ -91,6 +91,12 @@ pub enum Request {
         /// The agent.
         amid: String,
     },
+    /// Close every connection to an agent. Sessions stay: the next message
+    /// finds a path again (direct, relayed or mailbox).
+    Disconnect {
+        /// The agent.
+        amid: String,
+    },
     /// Send a request and wait for its reply.
     SendRequest {
         /// Recipient AMID.
@@ -504,6 +510,20 @@ async fn answer(node: &Node, req: Request) -> Response {
                 Response {
                     ok: n > 0,
                     error: (n == 0).then(|| format!("no session with {a}")),
+                    ..Response::default()
+                }
+            }
+            Err(e) => Response::error(format!("invalid AMID: {e}")),
+        },
+        Request::Disconnect { amid } => match amid
+            .parse::<Amid>()
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.peer_id().map_err(|e| e.to_string()))
+        {
+            Ok(peer) => {
+                node.disconnect(peer).await;
+                Response {
+                    ok: true,
                     ..Response::default()
                 }
             }

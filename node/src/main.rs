@@ -287,6 +287,12 @@ enum Cmd {
         /// The agent.
         amid: Amid,
     },
+    /// Close every connection to an agent; sessions stay, and the next
+    /// message finds a path again.
+    Disconnect {
+        /// The agent.
+        amid: Amid,
+    },
     /// List the running node's audit log (metadata only, never content).
     Audit {
         /// Only entries about this AMID.
@@ -613,8 +619,8 @@ async fn main() -> Result<()> {
                     }
                 );
                 println!(
-                    "dht          {} peers in routing table, {} records",
-                    status.net.routing_table, status.net.dht_records
+                    "dht          {} peers in routing table, {} records, {:?} mode",
+                    status.net.routing_table, status.net.dht_records, status.net.dht_mode
                 );
                 println!(
                     "reachability {} ({:?} mode)",
@@ -774,6 +780,10 @@ async fn main() -> Result<()> {
         Cmd::Close { amid } => {
             let amid = amid.to_string();
             ask(&dir, &Request::Close { amid }).await?;
+        }
+        Cmd::Disconnect { amid } => {
+            let amid = amid.to_string();
+            ask(&dir, &Request::Disconnect { amid }).await?;
         }
         Cmd::Kill { amid, all, clear } => {
             let req = if *clear {

@@ -13,6 +13,7 @@ mod mailbox;
 mod paths;
 mod swarm;
 mod trust;
+mod upgrade;
 
 pub use exchange::{
     StreamError, StreamReceiver, StreamSender, Streams, STREAM_BUFFER, STREAM_WINDOW,
@@ -404,6 +405,11 @@ pub struct NetStatus {
     pub connected: Vec<PeerStatus>,
     /// Peers in the DHT routing table.
     pub routing_table: usize,
+    /// Whether we serve the DHT (`server`) or only query it (`client`).
+    /// With [`Reachability::Auto`], a node AutoNAT finds behind a NAT
+    /// switches to `client`, and back to `server` when found public.
+    #[serde(default)]
+    pub dht_mode: agentmesh_dht::DhtMode,
     /// Records held in the local DHT store.
     pub dht_records: usize,
     /// Whether our card is published on at least one other peer.

@@ -281,6 +281,25 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         result
     }
 
+    /// Gives back one token taken from `key`'s bucket, for work that turned
+    /// out not to count (never above the burst). Unknown keys are ignored.
+    pub fn refund(&mut self, key: &K) {
+        let limit = self.limit;
+        let Some(bucket) = self.buckets.get_mut(key) else {
+            return;
+        };
+        let old = self.by_full_at.remove(&(bucket.full_at_ms, bucket.tick));
+        bucket.units = bucket
+            .units
+            .saturating_add(UNITS_PER_TOKEN)
+            .min(limit.capacity());
+        bucket.full_at_ms = bucket.compute_full_at(&limit);
+        self.by_full_at.insert(
+            (bucket.full_at_ms, bucket.tick),
+            old.unwrap_or_else(|| key.clone()),
+        );
+    }
+
     /// Replaces the limit (e.g. on a config reload) without forgetting any
     /// bucket. Each bucket first accrues what it earned up to `now_ms` under
     /// the old limit; a balance above the new burst is cut to it, and a
@@ -401,6 +420,32 @@ mod tests {
         assert_eq!(l.try_acquire(&a, T0 + 1_999), Err(RetryAfter { ms: 1 }));
         l.try_acquire(&a, T0 + 2_000).unwrap();
         assert_eq!(l.try_acquire(&a, T0 + 2_000), Err(RetryAfter { ms: 2_000 }));
+        assert_consistent(&l);
+    }
+
+    #[test]
+    fn a_refunded_token_can_be_taken_again_but_never_above_the_burst() {
+        let mut l = RateLimiter::new(RateLimit::KNOCK_DEFAULT, 16);
+        let (a, b) = (amid(1), amid(2));
+        // Unknown keys: nothing to give back, nothing remembered.
+        l.refund(&a);
+        assert!(l.is_empty());
+        for _ in 0..30 {
+            l.try_acquire(&a, T0).unwrap();
+        }
+        assert!(l.try_acquire(&a, T0).is_err());
+        l.refund(&a);
+        l.try_acquire(&a, T0).unwrap();
+        assert!(l.try_acquire(&a, T0).is_err());
+        assert_consistent(&l);
+        // A full bucket stays at the burst.
+        l.try_acquire(&b, T0).unwrap();
+        l.refund(&b);
+        l.refund(&b);
+        for _ in 0..30 {
+            l.try_acquire(&b, T0).unwrap();
+        }
+        assert!(l.try_acquire(&b, T0).is_err());
         assert_consistent(&l);
     }
 

@@ -36,7 +36,16 @@ fn config() -> Config {
 }
 
 async fn node(dir: &std::path::Path, name: &str, bootstrap: Option<&Node>) -> Node {
-    let mut b = Node::builder(config())
+    node_with(dir, name, config(), bootstrap).await
+}
+
+async fn node_with(
+    dir: &std::path::Path,
+    name: &str,
+    config: Config,
+    bootstrap: Option<&Node>,
+) -> Node {
+    let mut b = Node::builder(config)
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name));
     if let Some(boot) = bootstrap {
@@ -47,6 +56,15 @@ async fn node(dir: &std::path::Path, name: &str, bootstrap: Option<&Node>) -> No
 
 /// A bootstrap, alice and bob, joined and published.
 async fn trio(dir: &std::path::Path) -> (Node, Node, Node) {
+    trio_with(dir, config(), config()).await
+}
+
+/// [`trio`] with alice's and bob's configurations.
+async fn trio_with(
+    dir: &std::path::Path,
+    alice_config: Config,
+    bob_config: Config,
+) -> (Node, Node, Node) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let boot = node(dir, "bootstrap", None).await;
     tokio::time::timeout(WAIT, async {
@@ -56,8 +74,8 @@ async fn trio(dir: &std::path::Path) -> (Node, Node, Node) {
     })
     .await
     .expect("bootstrap listens");
-    let alice = node(dir, "alice", Some(&boot)).await;
-    let bob = node(dir, "bob", Some(&boot)).await;
+    let alice = node_with(dir, "alice", alice_config, Some(&boot)).await;
+    let bob = node_with(dir, "bob", bob_config, Some(&boot)).await;
     assert!(alice.wait_published(WAIT).await);
     assert!(bob.wait_published(WAIT).await);
     (boot, alice, bob)
@@ -414,4 +432,44 @@ async fn a_stream_whose_session_is_closed_is_reported_interrupted() {
         Err(e) => e,
     };
     assert!(matches!(err, SendError::SessionEnded { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_counts_as_one_message_against_the_rate_limit() {
+    // Bob takes two messages a minute from anyone; alice gives up on a
+    // message after 5 s.
+    let mut bob_config = config();
+    bob_config.policy.rate.messages_per_minute = 2;
+    let mut alice_config = config();
+    alice_config.delivery_timeout = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, alice, bob) = trio_with(dir.path(), alice_config, bob_config).await;
+
+    // Forty chunks: at two messages a minute that would take twenty
+    // minutes, and each chunk would fail after 5 s.
+    const CHUNKS: u64 = 40;
+    let mut streams = bob.streams().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut s = tokio::time::timeout(WAIT, streams.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut n = 0u64;
+        while let Ok(Some(_)) = s.recv().await {
+            n += 1;
+        }
+        n
+    });
+    let mut tx = alice.open_stream(&bob.amid(), Intent::default());
+    for i in 0..CHUNKS {
+        tx.send_chunk(vec![i as u8; 4096]).await.unwrap();
+    }
+    assert_eq!(tx.finish().await.unwrap(), CHUNKS);
+    assert_eq!(reader.await.unwrap(), CHUNKS);
+
+    // Messages still count: the stream's end took one of the two, the
+    // next takes the other, and the one after is refused.
+    alice.send(&bob.amid(), json!("one")).await.unwrap();
+    let err = alice.send(&bob.amid(), json!("two")).await.unwrap_err();
+    assert_eq!(err, SendError::Rejected(RejectReason::RateLimited));
 }

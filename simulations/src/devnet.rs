@@ -113,6 +113,15 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
                 format!("hi {}, got your message", agents[to].name)
             };
             let payload = json!({ "text": text });
+            if round == 0 && to + 1 == n {
+                // The unreachable agent dialled everyone for the DHT; without
+                // those connections, the only way to her is the relay.
+                disconnect(&agents[from].proc.dir, &agents[to].amid).await?;
+                println!(
+                    "devnet: {} closes the connections {} opened to it",
+                    agents[from].name, agents[to].name
+                );
+            }
             let mut client = Client::connect(&agents[from].proc.dir).await?;
             let resp = tokio::time::timeout(
                 WAIT,
@@ -279,6 +288,33 @@ async fn report_registry(client: registry::RegistryClient, agents: &[Agent]) -> 
     let report = client.report(&list).await;
     client.shutdown().await;
     report
+}
+
+/// Has the agent in `dir` close its connections to `amid` and waits until
+/// its status lists none.
+async fn disconnect(dir: &Path, amid: &str) -> Result<()> {
+    let mut client = Client::connect(dir).await?;
+    let resp = client
+        .request(&Request::Disconnect { amid: amid.into() })
+        .await?;
+    if !resp.ok {
+        bail!("disconnect: {}", resp.error.unwrap_or_default());
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = client
+            .request(&Request::Status)
+            .await?
+            .status
+            .context("status")?;
+        if !status.net.connected.iter().any(|p| p.peer == amid) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the connections to {amid} stayed open");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Arguments of agent processes: every agent keeps its mailbox at the

@@ -55,8 +55,7 @@ enum Cmd {
             default_value = "full-cone,address-restricted,port-restricted,symmetric"
         )]
         kinds: Vec<agentmesh_sim::netns::NatKind>,
-        /// Transports to measure (`quic`, `webrtc`), comma-separated; WebRTC
-        /// attempts are not retried yet, so it is measured on request.
+        /// Transports to measure (`quic`, `webrtc`), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "quic")]
         transports: Vec<agentmesh_sim::natlab::Transport>,
         /// One-way delay (ms) added to everything the agents send; times
@@ -66,6 +65,10 @@ enum Cmd {
         /// Seconds a run waits for the direct connection.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// After each attempt, stream this many MiB from alice to bob over
+        /// the path it ended on and report the throughput (0: none).
+        #[arg(long, default_value_t = 0)]
+        stream_mib: usize,
     },
     /// (process role) Run one agent; prints JSON event lines.
     #[command(hide = true)]
@@ -152,6 +155,7 @@ async fn main() -> Result<()> {
             transports,
             delay_ms,
             timeout,
+            stream_mib,
         } => {
             // Fails at once, with the reason, without root or the tools.
             drop(agentmesh_sim::netns::Lab::new()?);
@@ -163,6 +167,7 @@ async fn main() -> Result<()> {
                 transports,
                 timeout: std::time::Duration::from_secs(timeout),
                 delay,
+                stream_bytes: stream_mib << 20,
             };
             // Interrupted: the lab is dropped, which stops its processes
             // and deletes its namespaces.
@@ -174,6 +179,9 @@ async fn main() -> Result<()> {
                 _ = term.recv() => anyhow::bail!("terminated"),
             };
             println!("{}", agentmesh_sim::natlab::table(&results, delay));
+            if let Some(t) = agentmesh_sim::natlab::stream_table(&results, stream_mib << 20) {
+                println!("{t}");
+            }
         }
         Cmd::Agent {
             data_dir,

@@ -9,15 +9,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentmesh_node::PathKind;
+use agentmesh_node::{
+    control::{Client, Request},
+    PathKind,
+};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use crate::{
     delayline::DelayLine,
     netns::{Lab, NatHost, NatKind},
     process::{
-        control_send, seen_at, start_agent, start_bootstrap_with_registry, start_relay, Proc,
+        control_send, control_status, seen_at, start_agent, start_bootstrap_with_registry,
+        start_relay, Proc,
     },
 };
 
@@ -56,15 +61,14 @@ pub struct NatPair {
 }
 
 /// Arguments for an agent behind a NAT: QUIC on its LAN address, the
-/// relay, and a DHT client (peers could not dial it to serve queries);
-/// the hole punching mode, with the bootstrap's STUN server.
+/// relay, the hole punching mode, with the bootstrap's STUN server. Once
+/// AutoNAT finds the agent behind its NAT, it only queries the DHT.
 fn agent_args(host: &NatHost, relay: &str, hole_punch: &str, stun: &str) -> Vec<String> {
     vec![
         "--listen".into(),
         host.host.quic_listen(),
         "--relay".into(),
         relay.into(),
-        "--dht-client".into(),
         "--hole-punch".into(),
         hole_punch.into(),
         "--stun".into(),
@@ -193,6 +197,67 @@ impl NatPair {
         let received: PathKind =
             serde_json::from_value(m["path"].clone()).context("message without a path")?;
         Ok((receipt.path, received))
+    }
+
+    /// Streams `bytes` from alice to bob (`agentmesh stream`, 16 KiB
+    /// chunks, each sealed and acknowledged) over their current connection
+    /// and waits until bob has all of it with the right digest. Returns the
+    /// path of the connection and the time from the request to bob's
+    /// `stream_ended`.
+    pub async fn stream(&mut self, bytes: usize) -> Result<(PathKind, Duration)> {
+        let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+        let digest = hex::encode(sha2::Sha256::digest(&data));
+        let file = self._dir.path().join("bulk.bin");
+        std::fs::write(&file, &data)?;
+        let path = self.path_to_bob().await?;
+        let started = Instant::now();
+        let mut client = Client::connect(&self.alice.dir).await?;
+        let resp = tokio::time::timeout(
+            10 * WAIT,
+            client.request(&Request::Stream {
+                to: self.bob_amid.clone(),
+                path: file,
+                chunk_size: None,
+                capability: None,
+            }),
+        )
+        .await
+        .context("stream timed out")??;
+        if !resp.ok {
+            anyhow::bail!("stream failed: {}", resp.error.unwrap_or_default());
+        }
+        let alice = self.alice_amid.clone();
+        let end = self
+            .bob
+            .wait_for(WAIT, |v| {
+                v["from"] == alice.as_str()
+                    && (v["event"] == "stream_ended" || v["event"] == "stream_failed")
+            })
+            .await?;
+        let elapsed = started.elapsed();
+        if end["event"] != "stream_ended"
+            || end["bytes"] != bytes as u64
+            || end["sha256"] != digest.as_str()
+        {
+            anyhow::bail!("bob received something else: {end}");
+        }
+        let after = self.path_to_bob().await?;
+        if after != path {
+            anyhow::bail!("the path changed during the stream: {path} then {after}");
+        }
+        Ok((path, elapsed))
+    }
+
+    /// The path of alice's connection to bob.
+    async fn path_to_bob(&self) -> Result<PathKind> {
+        let status = control_status(&self.alice.dir).await?;
+        status
+            .net
+            .connected
+            .iter()
+            .find(|p| p.peer == self.bob_amid)
+            .map(|p| p.path)
+            .context("alice is not connected to bob")
     }
 
     /// Sends a first message, which opens a connection (relayed unless
@@ -325,6 +390,9 @@ pub struct LabOptions {
     pub timeout: Duration,
     /// One-way delay added to everything the agents send.
     pub delay: Option<Duration>,
+    /// After each attempt, stream this many bytes from alice to bob over
+    /// the path it ended on (0: no stream).
+    pub stream_bytes: usize,
 }
 
 /// The results of one NAT pair over one transport.
@@ -347,6 +415,8 @@ pub struct PairResult {
     pub times: Vec<Duration>,
     /// Runs that could not be set up or lost the first message.
     pub errors: Vec<String>,
+    /// Streams measured after the attempts: the path and the time.
+    pub streams: Vec<(PathKind, Duration)>,
 }
 
 impl PairResult {
@@ -380,20 +450,23 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                     direct_at_once: 0,
                     times: Vec::new(),
                     errors: Vec::new(),
+                    streams: Vec::new(),
                 };
                 for run in 1..=opts.runs {
                     done += 1;
                     let started = Instant::now();
                     let outcome = one_run(exe, alice, bob, transport, opts).await;
                     let line = match &outcome {
-                        Ok(o) if o.direct && !o.started_relayed => {
-                            "direct at once (no relay needed)".to_owned()
-                        }
-                        Ok(o) if o.direct => format!(
-                            "direct after {} ms",
-                            o.time_to_direct.unwrap_or_default().as_millis()
+                        Ok((o, Some(Ok((path, t))))) => format!(
+                            "{}; {} MiB streamed over {path} in {} ms",
+                            attempt_line(o),
+                            opts.stream_bytes >> 20,
+                            t.as_millis()
                         ),
-                        Ok(_) => "stayed relayed".to_owned(),
+                        Ok((o, Some(Err(e)))) => {
+                            format!("{}; stream failed: {e:#}", attempt_line(o))
+                        }
+                        Ok((o, None)) => attempt_line(o),
                         Err(e) => format!("error: {e:#}"),
                     };
                     eprintln!(
@@ -401,7 +474,7 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                         started.elapsed().as_secs_f64()
                     );
                     match outcome {
-                        Ok(o) => {
+                        Ok((o, stream)) => {
                             r.runs += 1;
                             if o.direct {
                                 r.direct += 1;
@@ -409,6 +482,11 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                             }
                             if !o.started_relayed {
                                 r.direct_at_once += 1;
+                            }
+                            match stream {
+                                Some(Ok(s)) => r.streams.push(s),
+                                Some(Err(e)) => r.errors.push(format!("stream: {e:#}")),
+                                None => {}
                             }
                         }
                         Err(e) => r.errors.push(format!("{e:#}")),
@@ -421,19 +499,37 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
     results
 }
 
+/// How an attempt ended, for the progress line.
+fn attempt_line(o: &Outcome) -> String {
+    match o {
+        o if o.direct && !o.started_relayed => "direct at once (no relay needed)".to_owned(),
+        o if o.direct => format!(
+            "direct after {} ms",
+            o.time_to_direct.unwrap_or_default().as_millis()
+        ),
+        _ => "stayed relayed".to_owned(),
+    }
+}
+
 async fn one_run(
     exe: &Path,
     alice: NatKind,
     bob: NatKind,
     transport: Transport,
     opts: &LabOptions,
-) -> Result<Outcome> {
+) -> Result<(Outcome, Option<Result<(PathKind, Duration)>>)> {
     let mode = match transport {
         Transport::Quic => "quic",
         Transport::WebRtc => "webrtc",
     };
     let mut pair = NatPair::start_opts(exe, alice, bob, mode, opts.delay).await?;
-    pair.attempt(opts.timeout).await
+    let outcome = pair.attempt(opts.timeout).await?;
+    let stream = if opts.stream_bytes > 0 {
+        Some(pair.stream(opts.stream_bytes).await)
+    } else {
+        None
+    };
+    Ok((outcome, stream))
 }
 
 /// The results as a Markdown table; with a `delay`, times are also given
@@ -472,4 +568,47 @@ pub fn table(results: &[PairResult], delay: Option<Duration>) -> String {
         ));
     }
     out
+}
+
+/// The streams measured, as a Markdown table: per NAT pair, transport and
+/// path, the median time for `bytes` and the throughput it makes. `None`
+/// when nothing was streamed.
+pub fn stream_table(results: &[PairResult], bytes: usize) -> Option<String> {
+    if results.iter().all(|r| r.streams.is_empty()) {
+        return None;
+    }
+    let mut out = String::from(
+        "| alice's NAT | bob's NAT | transport | path | streams | median time | throughput |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let mut paths: Vec<PathKind> = r.streams.iter().map(|(p, _)| *p).collect();
+        paths.sort_by_key(|p| p.to_string());
+        paths.dedup();
+        for path in paths {
+            let mut times: Vec<Duration> = r
+                .streams
+                .iter()
+                .filter(|(p, _)| *p == path)
+                .map(|(_, t)| *t)
+                .collect();
+            times.sort();
+            let n = times.len();
+            let median = if n % 2 == 1 {
+                times[n / 2]
+            } else {
+                (times[n / 2 - 1] + times[n / 2]) / 2
+            };
+            let mib = bytes as f64 / f64::from(1u32 << 20);
+            out.push_str(&format!(
+                "| {} | {} | {} | {path} | {n} | {} ms | {:.1} MiB/s |\n",
+                r.alice,
+                r.bob,
+                r.transport,
+                median.as_millis(),
+                mib / median.as_secs_f64().max(1e-9)
+            ));
+        }
+    }
+    Some(out)
 }

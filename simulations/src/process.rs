@@ -198,6 +198,22 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP` to freeze the process with its
+    /// sockets open, `libc::SIGCONT` to let it go on).
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self.child.id().context("the process has exited")?;
+        // SAFETY: sending a signal to our own child's pid has no memory
+        // effects.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!(
+                "signal {signal} to {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// Kills with SIGKILL: no chance to flush anything.
     pub async fn kill(mut self) -> Result<()> {
         self.child.kill().await?;

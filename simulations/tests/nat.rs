@@ -48,6 +48,8 @@ async fn autonat_tells_an_agent_behind_nat_from_a_public_one() {
     let status = control_status(&pair.alice.dir).await.unwrap();
     assert_eq!(status.net.nat, agentmesh_node::NatStatus::BehindNat);
     assert!(status.net.external_addrs.is_empty(), "{status:?}");
+    // Nobody could dial her to query the DHT: she only queries it.
+    assert_eq!(status.net.dht_mode, agentmesh_dht::DhtMode::Client);
 
     // Carol on the public segment is told she is public, at her address.
     let carol_host = pair.lab.public_host("carol").unwrap();
@@ -74,6 +76,7 @@ async fn autonat_tells_an_agent_behind_nat_from_a_public_one() {
     let status = control_status(dir.path()).await.unwrap();
     assert_eq!(status.net.nat, agentmesh_node::NatStatus::Public);
     assert!(!status.net.external_addrs.is_empty());
+    assert_eq!(status.net.dht_mode, agentmesh_dht::DhtMode::Server);
     // A public agent never listens through a relay.
     assert!(
         !status
@@ -130,6 +133,9 @@ async fn behind_port_restricted_nats_the_relayed_path_goes_direct_and_survives_t
         (receipt, received),
         (PathKind::DirectQuic, PathKind::DirectQuic)
     );
+    // So does a 1 MiB stream, whole and with the right digest.
+    let (path, _) = pair.stream(1 << 20).await.unwrap();
+    assert_eq!(path, PathKind::DirectQuic);
 
     // The relay dies: messages sent after it still arrive, all of them.
     pair.relay.take().unwrap().kill().await.unwrap();
@@ -149,6 +155,8 @@ async fn behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive() {
     assert!(outcome.started_relayed, "{outcome:?}");
     assert!(!outcome.direct, "{outcome:?}");
     assert_eq!(outcome.first_path, PathKind::Relayed);
+    let (path, _) = pair.stream(1 << 20).await.unwrap();
+    assert_eq!(path, PathKind::Relayed);
     for n in 1..4 {
         let (receipt, received) = pair.send(json!({ "n": n })).await.unwrap();
         assert_eq!((receipt, received), (PathKind::Relayed, PathKind::Relayed));
@@ -156,7 +164,6 @@ async fn behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a failed WebRTC attempt is not retried yet, and one ICE attempt in four failed under load: run with --ignored"]
 async fn behind_port_restricted_nats_the_relayed_path_goes_direct_over_webrtc() {
     let mut pair = NatPair::start_with(
         exe(),

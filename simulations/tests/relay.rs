@@ -132,6 +132,85 @@ async fn offline_mail_survives_a_killed_relay_and_arrives_once_in_order() {
     assert!(extra.is_empty(), "delivered twice: {extra:?}");
 }
 
+/// A hung agent: SIGSTOP freezes bob with his sockets open. Over TCP the
+/// kernel keeps acknowledging segments, so alice's connection looks alive;
+/// only the missing acknowledgements of the message tell. The message goes
+/// to bob's mailbox, and when bob resumes it arrives once, whichever copy
+/// he reads first, and alice gets the delivery receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_agents_message_goes_to_the_mailbox_and_arrives_once() {
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (_relay, relay_addrs) =
+        start_relay(exe(), &root.path().join("relay"), &boot_addr, &[], &[])
+            .await
+            .unwrap();
+    let tcp_only = |relay: Option<&str>| {
+        let mut a = vec!["--listen".to_string(), "/ip4/127.0.0.1/tcp/0".to_string()];
+        if let Some(r) = relay {
+            a.extend(["--relay".to_string(), r.to_string()]);
+        }
+        a
+    };
+    let (mut bob, bob_amid) = start_agent(
+        exe(),
+        "bob",
+        &root.path().join("bob"),
+        &boot_addr,
+        &tcp_only(Some(&relay_addrs[0])),
+    )
+    .await
+    .unwrap();
+    let (mut alice, _) = start_agent(
+        exe(),
+        "alice",
+        &root.path().join("alice"),
+        &boot_addr,
+        &tcp_only(None),
+    )
+    .await
+    .unwrap();
+    // The KNOCK, then a message on the open message stream.
+    for text in ["hello", "again"] {
+        let r = send(&alice.dir, &bob_amid, json!(text)).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.receipt.unwrap().path, PathKind::DirectTcp);
+        bob.wait_for(WAIT, |v| v["event"] == "message" && v["payload"] == text)
+            .await
+            .unwrap();
+    }
+
+    bob.signal(libc::SIGSTOP).unwrap();
+    let r = send(&alice.dir, &bob_amid, json!({ "while": "hung" })).await;
+    bob.signal(libc::SIGCONT).unwrap();
+    assert!(r.ok, "{r:?}");
+    let receipt = r.receipt.unwrap();
+    assert_eq!(receipt.path, PathKind::Mailbox);
+    let id = receipt.id.to_string();
+
+    let m = bob
+        .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(m["payload"], json!({ "while": "hung" }));
+    alice
+        .wait_for(WAIT, |v| {
+            v["event"] == "delivered" && v["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    // The receipt comes from bob's mailbox drain, which has seen the copy
+    // at the relay by then: a second delivery would have been printed.
+    let again: Vec<Value> = bob
+        .drain()
+        .into_iter()
+        .filter(|v| v["event"] == "message" && v["id"] == id.as_str())
+        .collect();
+    assert!(again.is_empty(), "delivered twice: {again:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_a_direct_address_is_reached_through_the_circuit() {
     let root = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@ use agentmesh_transports::framing::{FrameError, FramedStream};
 use super::{peer_label, Command, Delivery, Shared};
 use crate::{
     audit::AuditEvent,
+    content::Kind,
     envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
     events::NodeEvent,
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
@@ -454,6 +455,14 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 });
             }
             Ok((arrival, received)) => {
+                if matches!(received.kind, Kind::Chunk { .. }) {
+                    // A stream counts as one message (its end); its chunks
+                    // are paced by the stream's window and the receiver's
+                    // buffer, not by the message rate.
+                    if let (Some(a), Ok(mut l)) = (sender, shared.msg_limiter.lock()) {
+                        l.refund(&a);
+                    }
+                }
                 let path = shared.path_to(&peer);
                 shared.audit(AuditEvent::MessageIn {
                     from: received.from,

@@ -76,6 +76,8 @@ struct InFlight {
     out: Outgoing,
     bytes: Vec<u8>,
     session: SessionId,
+    /// When it was last written to a stream.
+    sent: Instant,
 }
 
 struct Link {
@@ -102,6 +104,11 @@ struct Link {
     /// mailbox without a dial first.
     mailbox_until: Option<Instant>,
 }
+
+/// How long the oldest message in flight waits for its acknowledgement
+/// before the stream is taken to be dead (at most half the delivery
+/// timeout).
+const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a peer that could not be dialled is taken to be unreachable.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
@@ -241,6 +248,7 @@ impl Link {
                 self.fail(m.out, SendError::Failed("not acknowledged in time".into()));
             }
         }
+        self.deposit_unacknowledged(now).await;
         let mut resend = Vec::new();
         while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, m)) = self.delayed.pop_front() {
@@ -248,7 +256,7 @@ impl Link {
                     self.fail(m.out, SendError::Rejected(RejectReason::RateLimited));
                 } else {
                     resend.push(m.bytes.clone());
-                    self.inflight.push_back(m);
+                    self.inflight.push_back(InFlight { sent: now, ..m });
                 }
             }
         }
@@ -268,6 +276,40 @@ impl Link {
         } else {
             // ensure_stream resends everything in flight.
             self.reconnect_at = Some(now);
+        }
+    }
+
+    /// A stream on which the oldest message waited [`ACK_TIMEOUT`] for its
+    /// acknowledgement is taken to be dead (a peer that hangs, a connection
+    /// that broke without a word): its connection is closed and what is in
+    /// flight goes to the peer's mailbox. Should the peer have stored a
+    /// message after all, it drops the mailbox copy by envelope id.
+    async fn deposit_unacknowledged(&mut self, now: Instant) {
+        let wait = ACK_TIMEOUT.min(self.shared.config.delivery_timeout / 2);
+        let stale = self
+            .inflight
+            .front()
+            .is_some_and(|m| now.saturating_duration_since(m.sent) >= wait);
+        if !stale || self.writer.is_none() || self.peer_relays.is_empty() {
+            return;
+        }
+        warn!(
+            peer = %self.peer.short(),
+            in_flight = self.inflight.len(),
+            "no acknowledgement in time; closing the connection and using the mailbox"
+        );
+        self.writer = None;
+        self.reader = None;
+        if let Some(peer) = self.peer_id {
+            let _ = self
+                .shared
+                .commands
+                .send(Command::Disconnect { peer })
+                .await;
+        }
+        self.deposit_inflight().await;
+        if !self.inflight.is_empty() {
+            self.schedule_reconnect();
         }
     }
 
@@ -328,6 +370,7 @@ impl Link {
             out,
             bytes: bytes.clone(),
             session,
+            sent: Instant::now(),
         });
         if self.writer.is_none() && self.unreachable(peer_id) {
             // Dialled and failed moments ago: straight to the mailbox.
@@ -583,6 +626,10 @@ impl Link {
             w.feed(m.bytes.clone()).await.map_err(|e| e.to_string())?;
         }
         w.flush().await.map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        for m in &mut self.inflight {
+            m.sent = now;
+        }
         self.writer = Some(w);
         self.reader = Some(r);
         Ok(())

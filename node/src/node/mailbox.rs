@@ -196,7 +196,14 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
                         PathKind::Mailbox,
                     ));
                 }
-                Err(OpenError::Duplicate) => acks.push(item.id),
+                Err(OpenError::Duplicate) => {
+                    // Already here by another path; the sender may still be
+                    // waiting for the receipt of its mailbox copy.
+                    acks.push(item.id);
+                    if let Some(b) = env.peek() {
+                        receipts.entry(b.from).or_default().push(b.id);
+                    }
+                }
                 Err(OpenError::Storage(e)) => {
                     // Left at the relay; fetched again on the next drain.
                     warn!(error = %e, "storing mail failed");

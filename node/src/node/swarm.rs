@@ -142,6 +142,8 @@ struct Actor {
     next_publish: Option<Instant>,
     last_seq: u64,
     relays: Relays,
+    /// WebRTC upgrades of relayed connections, retried when they fail.
+    webrtc_upgrades: super::upgrade::WebRtcUpgrades,
 }
 
 /// Relay state: the mailbox relays we picked, and what we carry when we
@@ -212,6 +214,7 @@ pub(super) async fn run(
         next_publish: None,
         last_seq: 0,
         relays: Relays::default(),
+        webrtc_upgrades: Default::default(),
     };
     actor.relays.candidates = shared
         .config
@@ -234,6 +237,7 @@ pub(super) async fn run(
     let cancel = shared.cancel.clone();
     loop {
         let publish_at = actor.next_publish;
+        let upgrade_at = actor.webrtc_upgrades.next_due();
         tokio::select! {
             biased;
             // Shutdown first.
@@ -249,6 +253,9 @@ pub(super) async fn run(
             _ = bootstrap_check.tick() => {
                 actor.check_bootstrap();
                 actor.check_relays();
+            }
+            _ = async { tokio::time::sleep_until(upgrade_at.unwrap_or_else(Instant::now)).await }, if upgrade_at.is_some() => {
+                actor.retry_webrtc();
             }
             _ = drain_tick.tick() => actor.drain_all(),
             _ = sweep.tick() => {
@@ -454,6 +461,7 @@ impl Actor {
                         .collect(),
                     connected,
                     routing_table: dht.routing_table_size(),
+                    dht_mode: dht.mode(),
                     dht_records: dht.stored_records(),
                     card_published: self.published_remotely,
                     reachability: self.shared.config.reachability,
@@ -507,26 +515,68 @@ impl Actor {
     /// WebRTC hole punching: a relayed connection we dialled is upgraded by
     /// dialling `<relayed address>/webrtc/p2p/<peer>` (signalled over it);
     /// once the WebRTC connection is up, [`Self::prefer_direct`] closes the
-    /// relayed one.
+    /// relayed one. A failed attempt is retried ([`super::upgrade`]).
     fn on_webrtc(&mut self, peer: PeerId, endpoint: &ConnectedPoint, path: PathKind) {
-        if path != PathKind::Relayed || !self.shared.config.hole_punch.webrtc() {
+        if path == PathKind::DirectWebRtc {
+            self.webrtc_upgrades.finish(&peer);
+        }
+        if path != PathKind::Relayed
+            || !self.shared.config.hole_punch.webrtc()
+            || self.webrtc_upgrades.is_active(&peer)
+        {
             return;
         }
         if let ConnectedPoint::Dialer { address, .. } = endpoint {
-            {
-                let mut addr = address.clone();
-                if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-                    addr.pop();
-                }
-                let addr = addr.with(Protocol::WebRTC).with(Protocol::P2p(peer));
-                debug!(%peer, %addr, "trying webrtc");
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(vec![addr])
-                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-                    .build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    debug!(%peer, error = %e, "webrtc dial not started");
-                }
+            let mut addr = address.clone();
+            if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                addr.pop();
+            }
+            let addr = addr.with(Protocol::WebRTC).with(Protocol::P2p(peer));
+            if let Some(dial) = self.dial_webrtc(peer, addr.clone()) {
+                self.webrtc_upgrades.start(peer, addr, dial);
+            }
+        }
+    }
+
+    /// Starts one WebRTC attempt; returns its connection id.
+    fn dial_webrtc(
+        &mut self,
+        peer: PeerId,
+        addr: Multiaddr,
+    ) -> Option<libp2p::swarm::ConnectionId> {
+        debug!(%peer, %addr, "trying webrtc");
+        let opts = DialOpts::peer_id(peer)
+            .addresses(vec![addr])
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                debug!(%peer, error = %e, "webrtc dial not started");
+                None
+            }
+        }
+    }
+
+    /// Dials the WebRTC attempts that are due, for peers still reached
+    /// only through a relay.
+    fn retry_webrtc(&mut self) {
+        for (peer, addr) in self.webrtc_upgrades.take_due(Instant::now()) {
+            let relayed_only = self.connections.get(&peer).is_some_and(|conns| {
+                conns.iter().all(|c| {
+                    self.conn_info
+                        .get(c)
+                        .is_some_and(|(p, _)| *p == PathKind::Relayed)
+                })
+            });
+            if !relayed_only {
+                self.webrtc_upgrades.finish(&peer);
+                continue;
+            }
+            match self.dial_webrtc(peer, addr) {
+                Some(dial) => self.webrtc_upgrades.dialled(peer, dial),
+                None => self.webrtc_upgrades.finish(&peer),
             }
         }
     }
@@ -645,6 +695,7 @@ impl Actor {
                     }
                 }
                 if gone {
+                    self.webrtc_upgrades.finish(&peer_id);
                     self.connections.remove(&peer_id);
                     if let Ok(mut p) = self.shared.paths.lock() {
                         p.remove(&peer_id);
@@ -657,9 +708,12 @@ impl Actor {
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
-                ..
+                connection_id,
             } => {
                 debug!(%peer, %error, "dial failed");
+                if let Some(pause) = self.webrtc_upgrades.failed(connection_id, Instant::now()) {
+                    debug!(%peer, ?pause, "webrtc attempt failed; trying again");
+                }
                 if let libp2p::swarm::DialError::Transport(failed) = &error {
                     for (addr, e) in failed {
                         self.record_attempt(peer, addr, Some(e.to_string()));
@@ -995,9 +1049,31 @@ impl Actor {
         if let Ok(mut n) = self.shared.nat.write() {
             *n = status;
         }
+        self.follow_reachability_in_dht(status);
         self.shared.emit(NodeEvent::Reachability { status, addr });
         self.listen_through_relays_if_needed();
         self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+    }
+
+    /// With automatic reachability and a DHT configured to serve, a node
+    /// behind a NAT only queries the DHT (peers could not dial it to ask),
+    /// and serves again once it is found public.
+    fn follow_reachability_in_dht(&mut self, status: NatStatus) {
+        if self.shared.config.reachability != Reachability::Auto
+            || self.shared.config.dht.mode != agentmesh_dht::DhtMode::Server
+        {
+            return;
+        }
+        let mode = match status {
+            NatStatus::BehindNat => agentmesh_dht::DhtMode::Client,
+            NatStatus::Public => agentmesh_dht::DhtMode::Server,
+            NatStatus::Unknown => return,
+        };
+        let dht = &mut self.swarm.behaviour_mut().dht;
+        if dht.mode() != mode {
+            info!(?mode, "DHT mode follows reachability");
+            dht.set_mode(mode);
+        }
     }
 
     /// Listens through `relay`'s reservation, once.

@@ -18,6 +18,7 @@ use futures::{
     StreamExt,
 };
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
+use libp2p_webrtc_utils::MAX_MSG_LEN;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use webrtc::{
     data::data_channel::{DataChannel as Detached, PollDataChannel},
@@ -35,12 +36,92 @@ const MAX_INBOUND_IN_FLIGHT: usize = 16;
 pub(crate) const INIT_LABEL: &str = "init";
 
 /// A substream: one data channel.
-pub type WebRtcStream = libp2p_webrtc_utils::Stream<Compat<PollDataChannel>>;
-type DropListener = libp2p_webrtc_utils::DropListener<Compat<PollDataChannel>>;
+pub type WebRtcStream = libp2p_webrtc_utils::Stream<OneFramePerMessage>;
+type DropListener = libp2p_webrtc_utils::DropListener<OneFramePerMessage>;
+
+/// Largest SCTP message read whole. Frames are at most
+/// [`MAX_MSG_LEN`] (16 KiB), but a peer's writer may pack several frames
+/// into one message (libp2p's framed writer buffers up to 16 KiB before it
+/// writes, plus the frame that crossed the mark); a read buffer smaller
+/// than the message fails the read with a short buffer error.
+const READ_BUF: usize = 64 * 1024;
 
 /// Wraps a detached data channel as a framed stream.
 pub(crate) fn stream_of(dc: Arc<Detached>) -> (WebRtcStream, DropListener) {
-    libp2p_webrtc_utils::Stream::new(PollDataChannel::new(dc).compat())
+    libp2p_webrtc_utils::Stream::new(OneFramePerMessage::new(PollDataChannel::new(dc)))
+}
+
+/// A data channel whose writes are cut at frame boundaries, so every SCTP
+/// message carries exactly one length-prefixed frame, as the spec asks and
+/// as peers that read message by message expect.
+pub struct OneFramePerMessage {
+    inner: Compat<PollDataChannel>,
+}
+
+impl OneFramePerMessage {
+    fn new(mut channel: PollDataChannel) -> Self {
+        channel.set_read_buf_capacity(READ_BUF);
+        Self {
+            inner: channel.compat(),
+        }
+    }
+}
+
+/// `PollDataChannel`'s own clone forgets the read buffer's capacity.
+impl Clone for OneFramePerMessage {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.get_ref().clone())
+    }
+}
+
+impl std::fmt::Debug for OneFramePerMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneFramePerMessage").finish_non_exhaustive()
+    }
+}
+
+/// Length of the first frame of `buf` (prefix included), or all of `buf`
+/// up to [`MAX_MSG_LEN`] when it does not start with a whole prefix.
+fn first_frame_len(buf: &[u8]) -> usize {
+    let mut rest = buf;
+    match prost::encoding::decode_varint(&mut rest) {
+        Ok(len) => {
+            let prefix = buf.len() - rest.len();
+            usize::try_from(len)
+                .map_or(buf.len(), |l| l.saturating_add(prefix))
+                .min(buf.len())
+        }
+        Err(_) => buf.len().min(MAX_MSG_LEN),
+    }
+}
+
+impl futures::AsyncRead for OneFramePerMessage {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for OneFramePerMessage {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = first_frame_len(buf);
+        Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }
 
 /// Registers the handler for data channels opened by the remote, before any
@@ -234,5 +315,32 @@ impl Drop for Connection {
                 let _ = pc.close().await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(len: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        prost::encoding::encode_varint(len as u64, &mut b);
+        b.extend(std::iter::repeat_n(7u8, len));
+        b
+    }
+
+    #[test]
+    fn writes_are_cut_at_frame_boundaries() {
+        let mut two = framed(16_000);
+        let first = two.len();
+        two.extend(framed(300));
+        assert_eq!(first_frame_len(&two), first);
+        assert_eq!(first_frame_len(&two[first..]), two.len() - first);
+        // A frame cut short by the caller: what there is.
+        assert_eq!(first_frame_len(&two[..100]), 100);
+        // No whole prefix: at most one frame's worth.
+        assert_eq!(first_frame_len(&[0x80; 3]), 3);
+        assert_eq!(first_frame_len(&vec![0xff; 40_000]), MAX_MSG_LEN);
+        assert_eq!(first_frame_len(&[]), 0);
     }
 }
