@@ -724,8 +724,21 @@ impl Registry {
         }
         let sid = hex::decode(&body.session_id)
             .map_err(|_| RegistryError::Invalid("session_id".into()))?;
-        if self.inner.store.receipts.contains_key(&sid)? {
-            return Err(RegistryError::Conflict("receipt already filed".into()));
+        if let Some(filed) = self.inner.store.receipts.get(&sid)? {
+            // Both parties file the same receipt: the second filing is
+            // answered as the first, and counts nothing twice.
+            let same = serde_json::from_slice::<SessionReceipt>(&filed)
+                .map(|f| f.body == receipt.body)
+                .unwrap_or(false);
+            if !same {
+                return Err(RegistryError::Conflict(
+                    "another receipt is filed for this session".into(),
+                ));
+            }
+            self.mark_seen(req, now_ms)?;
+            return Ok(
+                json!({"session_id": body.session_id, "completed": body.completed, "duplicate": true}),
+            );
         }
         self.mark_seen(req, now_ms)?;
         store::put_json(&self.inner.store.receipts, &sid, &receipt)?;
@@ -738,7 +751,7 @@ impl Registry {
         self.inner
             .scores
             .invalidate(&[&body.initiator, &body.responder]);
-        Ok(json!({"session_id": body.session_id, "completed": body.completed}))
+        Ok(json!({"session_id": body.session_id, "completed": body.completed, "duplicate": false}))
     }
 
     fn feedback(

@@ -162,6 +162,13 @@ pub struct SignedAttestation {
 }
 
 impl SignedAttestation {
+    /// The expiry the body states, unchecked; `None` if it does not decode.
+    pub fn expires_ms(&self) -> Option<u64> {
+        codec::decode::<ReputationAttestation>(&self.body, MAX_ATTESTATION_SIZE)
+            .ok()
+            .map(|a| a.expires_ms)
+    }
+
     /// Checks the signature, the subject and the expiry; returns the score.
     pub fn verify(
         &self,
@@ -320,6 +327,26 @@ pub struct Checked {
     pub tier: Tier,
     /// The attested reputation, if shown.
     pub reputation: Option<Reputation>,
+}
+
+impl Checked {
+    /// What `creds` claim, without checking any signature: for showing
+    /// stored credentials when no root key is configured.
+    pub fn unverified(creds: &Credentials) -> Self {
+        let tier = creds
+            .chain
+            .as_ref()
+            .and_then(|c| c.0.first())
+            .and_then(|c| c.certificate().ok())
+            .map(|c| c.tier)
+            .unwrap_or_default();
+        let reputation = creds.reputation.as_ref().and_then(|a| {
+            codec::decode::<ReputationAttestation>(&a.body, MAX_ATTESTATION_SIZE)
+                .ok()
+                .map(|a| a.score)
+        });
+        Self { tier, reputation }
+    }
 }
 
 /// Checks `creds` of the initiator `subject` against the registry `root`

@@ -13,6 +13,7 @@ use crate::{
     control,
     events::{MessageKind, NodeEvent},
     node::{Node, Streams},
+    receipts::Filing,
 };
 
 /// Sets up a process that runs nodes: installs the TLS crypto provider (QUIC
@@ -238,6 +239,38 @@ pub fn print_event(json: bool, e: &NodeEvent) {
         } => println!(
             "session {session} with {peer} closed{}",
             if *by_peer { " by the peer" } else { "" }
+        ),
+        NodeEvent::ReceiptSigned { peer, session } => {
+            println!("session {session} with {peer}: receipt signed by both sides")
+        }
+        NodeEvent::ReceiptFiled {
+            session, filing, ..
+        } => match filing {
+            Filing::Filed => println!("session {session}: receipt filed with the registry"),
+            Filing::Refused { code } => {
+                println!("session {session}: the registry refused the receipt ({code})")
+            }
+            _ => {}
+        },
+        NodeEvent::CredentialsUpdated {
+            tier,
+            reputation,
+            attestation_expires_ms,
+        } => println!(
+            "credentials: tier {}{}{}",
+            serde_json::to_value(tier)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            reputation
+                .map(|r| format!(", reputation {r:.2}"))
+                .unwrap_or_default(),
+            attestation_expires_ms
+                .map(|t| format!(
+                    ", attested for {} h",
+                    t.saturating_sub(agentmesh_dht::now_ms()) / 3_600_000
+                ))
+                .unwrap_or_default()
         ),
         NodeEvent::MessageReceived { .. } => {}
     }

@@ -138,6 +138,33 @@ pub enum NodeEvent {
         /// Whether the peer closed it.
         by_peer: bool,
     },
+    /// Both sides signed the receipt of a session that ended (see
+    /// [`crate::receipts`]).
+    ReceiptSigned {
+        /// The other agent.
+        peer: Amid,
+        /// The session.
+        session: SessionId,
+    },
+    /// A session receipt was filed with the registry, or refused by it.
+    ReceiptFiled {
+        /// The other agent.
+        peer: Amid,
+        /// The session.
+        session: SessionId,
+        /// Where it stands.
+        filing: crate::receipts::Filing,
+    },
+    /// New credentials are shown in our KNOCKs (renewed from the registry
+    /// or reloaded from the data directory).
+    CredentialsUpdated {
+        /// The tier the certificates prove.
+        tier: crate::policy::Tier,
+        /// The attested reputation.
+        reputation: Option<f64>,
+        /// When the reputation attestation expires, ms since the epoch.
+        attestation_expires_ms: Option<u64>,
+    },
     /// An incoming envelope or KNOCK was refused.
     Refused {
         /// The sender, when known.

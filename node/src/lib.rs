@@ -54,6 +54,7 @@ pub mod knock;
 mod node;
 pub mod policy;
 pub mod ratelimit;
+pub mod receipts;
 pub mod registry;
 pub mod reputation;
 pub mod session;
@@ -67,10 +68,10 @@ pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
-    amid_of_peer, Config, HolePunch, LearnedPath, Messages, NatStatus, NetStatus, Node,
-    NodeBuilder, NodeStatus, PathCounters, PeerStatus, Reachability, RelayStatus, SendError,
-    SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams, TrustError,
-    UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    amid_of_peer, Config, CredentialsState, HolePunch, LearnedPath, Messages, NatStatus, NetStatus,
+    Node, NodeBuilder, NodeStatus, PathCounters, PeerStatus, Reachability, RegistryClientError,
+    RelayStatus, SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender,
+    Streams, TrustError, UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

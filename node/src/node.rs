@@ -11,6 +11,7 @@ mod inbound;
 mod link;
 mod mailbox;
 mod paths;
+mod registry;
 mod swarm;
 mod trust;
 mod upgrade;
@@ -40,6 +41,7 @@ use agentmesh_relay::{
 use agentmesh_transports::{PathKind, TransportConfig};
 
 pub use paths::{LearnedPath, PathCounters};
+pub use registry::{CredentialsState, RegistryClientError};
 pub use trust::TrustError;
 
 use crate::{
@@ -140,6 +142,15 @@ pub struct Config {
     /// STUN servers (`host:port`) WebRTC learns its public address from.
     /// Defaults to none (host candidates only).
     pub stun_servers: Vec<String>,
+    /// The registry's node (a multiaddr ending in `/p2p/<peer id>`,
+    /// usually a bootstrap node): session receipts are filed with it over
+    /// `/agentmesh/registry/1`, and the credentials KNOCKs show are fetched
+    /// from it at start and every [`Config::credentials_refresh`]. Defaults
+    /// to none.
+    pub registry: Option<Multiaddr>,
+    /// How often fresh credentials (and so a fresh 24 h reputation
+    /// attestation) are fetched from [`Config::registry`]. Defaults to 6 h.
+    pub credentials_refresh: Duration,
 }
 
 /// How a node turns a relayed connection into a direct one.
@@ -256,6 +267,8 @@ impl Config {
             credentials: Credentials::default(),
             hole_punch: HolePunch::default(),
             stun_servers: Vec::new(),
+            registry: None,
+            credentials_refresh: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -300,6 +313,9 @@ pub enum SpawnError {
     /// The relay mailbox could not be opened.
     #[error("relay mailbox: {0}")]
     Mailbox(#[from] agentmesh_relay::mailbox::StoreError),
+    /// The registry address is not usable.
+    #[error(transparent)]
+    Registry(#[from] RegistryClientError),
 }
 
 /// Errors sending a message.
@@ -540,6 +556,12 @@ struct Shared {
     revoked: sled::Tree,
     /// What our KNOCKs show.
     credentials: RwLock<Credentials>,
+    /// Session receipts proposed and held.
+    receipts: crate::receipts::ReceiptStore,
+    /// Wakes the registry task (a receipt to file).
+    registry_wake: tokio::sync::Notify,
+    /// The data directory (stored credentials).
+    dir: PathBuf,
     audit: Mutex<AuditLog>,
     /// Our mailbox for others, when we serve as a relay.
     mailbox: Option<Arc<MailboxStore>>,
@@ -774,6 +796,11 @@ impl Node {
         let backlog = store.inbox();
         drop(keystore);
 
+        if let Some(addr) = &config.registry {
+            registry::registry_peer(addr)?;
+        }
+        let receipts = crate::receipts::ReceiptStore::open(&db)?;
+        let _ = receipts.sweep(now_ms());
         let mailbox = match &config.relay {
             Some(r) => Some(Arc::new(MailboxStore::open(&db, r.mailbox.clone())?)),
             None => None,
@@ -834,6 +861,9 @@ impl Node {
             db,
             revoked,
             credentials,
+            receipts,
+            registry_wake: tokio::sync::Notify::new(),
+            dir,
             audit: Mutex::new(audit),
             mailbox,
             my_relays: RwLock::new(Vec::new()),
@@ -878,6 +908,9 @@ impl Node {
                 }
                 let _ = backlog_done_tx.send(());
             });
+        }
+        if shared.config.registry.is_some() {
+            tokio::spawn(registry::run(shared.clone()).instrument(span.clone()));
         }
         tokio::spawn(inbound::run(shared.clone(), backlog_done).instrument(span));
         Ok(Node {

@@ -65,6 +65,16 @@ pub enum MsgFrame {
         /// The messages.
         ids: Vec<MessageId>,
     },
+    /// The sender's signature of the session receipt we proposed in our
+    /// end message for `session` (see [`crate::receipts`]). Checked
+    /// against the proposal; the signature authenticates it.
+    Countersigned {
+        /// The session.
+        session: SessionId,
+        /// Signature over the receipt body.
+        #[serde(with = "serde_bytes")]
+        signature: [u8; 64],
+    },
 }
 
 /// Errors decoding a frame.
@@ -113,6 +123,10 @@ mod tests {
             },
             MsgFrame::Close {
                 session: SessionId([4; 16]),
+            },
+            MsgFrame::Countersigned {
+                session: SessionId([5; 16]),
+                signature: [6; 64],
             },
         ] {
             assert_eq!(MsgFrame::from_bytes(&f.to_bytes()).unwrap(), f);

@@ -220,8 +220,16 @@ async fn feedback_needs_a_receipt_and_the_score_follows_the_formula() {
     )
     .await
     .unwrap();
+    // The other party filing the same receipt is answered alike and counts
+    // once; a different receipt for the same session is a conflict.
+    let again = apply(&r, &b, Operation::Session { receipt }).await.unwrap();
+    assert_eq!(again["duplicate"], true, "{again}");
+    let ev = r.evidence_json(&a.amid(), NOW).unwrap();
+    assert_eq!(ev["receipts"].as_array().unwrap().len(), 1, "{ev}");
+    let other = ReceiptBody::new(sid, a.amid(), b.amid(), false, NOW - 500);
+    let other = SessionReceipt::sign(&other, &a, &b).unwrap();
     assert!(matches!(
-        apply(&r, &b, Operation::Session { receipt }).await,
+        apply(&r, &b, Operation::Session { receipt: other }).await,
         Err(RegistryError::Conflict(_))
     ));
     // c was not in the session.

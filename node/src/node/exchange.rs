@@ -128,7 +128,13 @@ pub(super) async fn route(shared: &Arc<Shared>, d: Delivery) -> bool {
         Kind::End => {
             let session = d.message.session;
             end_streams(shared, &from, &session);
+            let info = shared
+                .store()
+                .session(&from, &session, agentmesh_dht::now_ms());
             if matches!(shared.store().forget_session(&from, &session), Ok(true)) {
+                if let Some(info) = info {
+                    super::registry::on_end(shared, &info, &d.data);
+                }
                 shared.audit(AuditEvent::SessionClosed {
                     peer: from,
                     session,
@@ -405,14 +411,15 @@ impl Node {
     /// session with a KNOCK. Returns the ended session.
     pub async fn end_conversation(&self, peer: &Amid) -> Result<SessionId, SendError> {
         let now = agentmesh_dht::now_ms();
-        let session = self
+        let info = self
             .shared
             .store()
             .current_session(peer, now)
-            .map(|s| s.id)
             .ok_or(SendError::SessionEnded { session: None })?;
+        let session = info.id;
         let (tx, rx) = oneshot::channel();
-        let end = Content::bytes(Kind::End, Vec::new());
+        // The end carries our half of the session receipt.
+        let end = Content::bytes(Kind::End, super::registry::propose(&self.shared, &info));
         let queued = self
             .enqueue(
                 peer,

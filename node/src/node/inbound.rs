@@ -388,6 +388,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 }
                 continue;
             }
+            Ok(MsgFrame::Countersigned { session, signature }) => {
+                if let Some(from) = sender {
+                    super::registry::on_countersigned(shared, &from, session, signature);
+                }
+                continue;
+            }
             Ok(other) => {
                 debug!(%peer, ?other, "unexpected frame on inbound stream");
                 continue;

@@ -246,43 +246,47 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
 /// Tells `to` that we stored `ids`. Best effort: a sender that is offline
 /// does not learn of the delivery.
 async fn send_receipts(shared: Arc<Shared>, to: Amid, ids: Vec<MessageId>) {
-    let Ok(peer) = to.peer_id() else { return };
+    let n = ids.len();
+    if send_frame(&shared, &to, MsgFrame::Delivered { ids }).await {
+        debug!(peer = %to.short(), n, "delivery receipts sent");
+    }
+}
+
+/// Sends one frame to `to` on a new message stream, finding and dialling
+/// it first when it is not connected. Best effort: returns whether the
+/// frame was written.
+pub(super) async fn send_frame(shared: &Shared, to: &Amid, frame: MsgFrame) -> bool {
+    let Ok(peer) = to.peer_id() else { return false };
     let (tx, rx) = oneshot::channel();
     if shared
         .commands
         .send(Command::Resolve {
-            amid: to,
+            amid: *to,
             reply: tx,
         })
         .await
         .is_err()
     {
-        return;
+        return false;
     }
     let addrs = match tokio::time::timeout(LOOKUP_TIMEOUT, rx).await {
         Ok(Ok(Some(card))) => card.multiaddrs(),
         _ => Vec::new(),
     };
-    if let Err(e) = connect(&shared, peer, addrs).await {
-        debug!(peer = %to.short(), error = %e, "receipt not sent");
-        return;
+    if let Err(e) = connect(shared, peer, addrs).await {
+        debug!(peer = %to.short(), error = %e, "frame not sent");
+        return false;
     }
     let mut control = shared.control.clone();
     let stream = match control.open_stream(peer, MSG_PROTOCOL).await {
         Ok(s) => s,
         Err(e) => {
-            debug!(peer = %to.short(), error = %e, "receipt not sent");
-            return;
+            debug!(peer = %to.short(), error = %e, "frame not sent");
+            return false;
         }
     };
     let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
-    let n = ids.len();
-    if framed
-        .send(MsgFrame::Delivered { ids }.to_bytes())
-        .await
-        .is_ok()
-    {
-        debug!(peer = %to.short(), n, "delivery receipts sent");
-    }
+    let sent = framed.send(frame.to_bytes()).await.is_ok();
     let _ = framed.close().await;
+    sent
 }

@@ -1,0 +1,219 @@
+//! Nodes and their registry, against the `agentmesh-bootstrap` binary: at
+//! the end of a conversation both nodes sign the session receipt and file
+//! it themselves; a node renews its credentials from the registry on its
+//! own and shows them in its KNOCKs.
+
+use std::time::Duration;
+
+use agentmesh_node::{
+    events::NodeEvent,
+    keystore::KdfParams,
+    receipts::Filing,
+    registry::{
+        protocol::{call, Request, Response},
+        Operation, ReceiptBody, Registration, SignedRequest,
+    },
+    Amid, Config, Node, Passphrase, PeerId, Policy,
+};
+use serde_json::{json, Value};
+use tokio::sync::broadcast::Receiver;
+
+mod support;
+
+use support::{now_ms, start, Http, WAIT};
+
+fn config(registry: &str, root: &str) -> Config {
+    let mut c = Config::local();
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    c.registry = Some(registry.parse().unwrap());
+    c.registry_root = Some(*root.parse::<Amid>().unwrap().as_bytes());
+    c
+}
+
+async fn node(dir: &std::path::Path, name: &str, config: Config, boot: &str) -> Node {
+    Node::builder(config)
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name))
+        .bootstrap(boot.parse().unwrap())
+        .spawn()
+        .await
+        .expect("node starts")
+}
+
+async fn ask(node: &Node, registry: PeerId, r: Request) -> Value {
+    let mut control = node.stream_control();
+    match call(&mut control, registry, &r, WAIT)
+        .await
+        .expect("answer")
+    {
+        Response::Ok { body } => body,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn register(node: &Node, registry: PeerId, name: &str) {
+    let op = Operation::Register(Registration::new(name, vec!["chat".into()]));
+    let request = SignedRequest::sign(node.identity(), op, now_ms()).unwrap();
+    let v = ask(node, registry, Request::Signed { request }).await;
+    assert_eq!(v["created"], true, "{v}");
+}
+
+/// Waits for the first event `pick` maps to something.
+async fn next<T>(events: &mut Receiver<NodeEvent>, pick: impl Fn(NodeEvent) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(e) {
+                        return t;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+fn filed(e: NodeEvent) -> Option<Filing> {
+    match e {
+        NodeEvent::ReceiptFiled { filing, .. } => Some(filing),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_nodes_sign_and_file_the_receipt_of_an_ended_conversation() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        &dir.path().join("bootstrap"),
+        "receipts-test",
+        &["--http", "127.0.0.1:0"],
+    )
+    .await;
+    let registry: PeerId = server.addr.rsplit("/p2p/").next().unwrap().parse().unwrap();
+    let alice = node(
+        dir.path(),
+        "alice",
+        config(&server.addr, &server.root),
+        &server.addr,
+    )
+    .await;
+    let bob = node(
+        dir.path(),
+        "bob",
+        config(&server.addr, &server.root),
+        &server.addr,
+    )
+    .await;
+    register(&alice, registry, "alice").await;
+    register(&bob, registry, "bob").await;
+    let mut alice_events = alice.events();
+    let mut bob_events = bob.events();
+
+    let receipt = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"text": "hi"})))
+        .await
+        .expect("send in time")
+        .expect("delivered");
+    let ended = alice.end_conversation(&bob.amid()).await.expect("ended");
+    assert_eq!(ended, receipt.session);
+
+    // Bob countersigns the end and files; alice completes her copy with
+    // bob's signature and files the same receipt.
+    assert_eq!(next(&mut bob_events, filed).await, Filing::Filed);
+    assert_eq!(next(&mut alice_events, filed).await, Filing::Filed);
+    let (a, b) = (alice.receipts(), bob.receipts());
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 1);
+    assert_eq!(a[0].receipt, b[0].receipt);
+    let body: ReceiptBody = a[0].receipt.verify().expect("both signatures verify");
+    assert_eq!(body.initiator, alice.amid());
+    assert_eq!(body.responder, bob.amid());
+    assert!(body.completed);
+    assert_eq!(body.session_id, hex::encode(receipt.session.0));
+
+    // The registry holds it once, for both agents.
+    for who in [alice.amid(), bob.amid()] {
+        let ev = ask(&alice, registry, Request::Evidence { amid: who }).await;
+        let receipts = ev["receipts"].as_array().expect("receipts");
+        assert_eq!(receipts.len(), 1, "{ev}");
+        assert_eq!(receipts[0]["body"], a[0].receipt.body.as_str(), "{ev}");
+    }
+    let (status, _, stats) = Http::new(&server.url)
+        .request("GET", &format!("{}/v1/registry/stats", server.url), None)
+        .await
+        .expect("stats");
+    assert_eq!(status, 200);
+    assert_eq!(stats["receipts"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_its_credentials_from_the_registry() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        &dir.path().join("bootstrap"),
+        "renewal-test",
+        &["--http", "127.0.0.1:0"],
+    )
+    .await;
+    let registry: PeerId = server.addr.rsplit("/p2p/").next().unwrap().parse().unwrap();
+    let mut c = config(&server.addr, &server.root);
+    c.credentials_refresh = Duration::from_secs(2);
+    let alice = node(dir.path(), "alice", c, &server.addr).await;
+    let mut events = alice.events();
+    register(&alice, registry, "alice").await;
+
+    let updated = |e: NodeEvent| match e {
+        NodeEvent::CredentialsUpdated {
+            reputation,
+            attestation_expires_ms,
+            ..
+        } => Some((reputation, attestation_expires_ms)),
+        _ => None,
+    };
+    // Once registered, the next refresh brings an attestation, and the one
+    // after that a later one.
+    let (reputation, first) = next(&mut events, updated).await;
+    assert_eq!(reputation, Some(0.5), "an anonymous agent's starting score");
+    let first = first.expect("attested");
+    assert!(
+        first > now_ms() + 23 * 3_600_000,
+        "a fresh 24 h attestation"
+    );
+    let (_, second) = next(&mut events, updated).await;
+    assert!(second.expect("attested") > first, "renewed");
+
+    // Stored for the next start, and shown in KNOCKs: a receiver that
+    // trusts the root sees the attested reputation.
+    let stored = agentmesh_node::credentials::load(&dir.path().join("alice"))
+        .unwrap()
+        .expect("stored");
+    assert!(stored.reputation.is_some());
+    let mut strict = config(&server.addr, &server.root);
+    strict.registry = None;
+    strict.policy = Policy::from_toml("reputation_min = 0.5").unwrap();
+    let bob = node(dir.path(), "bob", strict, &server.addr).await;
+    let mut bob_events = bob.events();
+    tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"text": "hi"})))
+        .await
+        .expect("send in time")
+        .expect("delivered");
+    let accepted = next(&mut bob_events, |e| match e {
+        NodeEvent::KnockDecided { from, accepted, .. } if from == alice.amid() => Some(accepted),
+        _ => None,
+    })
+    .await;
+    assert!(accepted, "bob wants an attested reputation of 0.5 or more");
+
+    // A node reloads what `agentmesh verify` stored.
+    let reloaded = alice.reload_credentials().unwrap().expect("stored");
+    assert!(reloaded.attestation_expires_ms.is_some());
+}
