@@ -266,3 +266,84 @@ async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
         assert_eq!(reason, None);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        &dir.path().join("bootstrap"),
+        PASS,
+        &["--http", "127.0.0.1:0"],
+    )
+    .await;
+    let url = server.url.clone();
+    let (alice, carol) = (dir.path().join("alice"), dir.path().join("carol"));
+    let mut runs = Vec::new();
+    let mut amids = Vec::new();
+    for home in [&alice, &carol] {
+        let (ok, out) = cli(home, &url, &["init"]).await;
+        assert!(ok, "{out}");
+        let (ok, out) = cli(home, &url, &["register", "--capability", "chat"]).await;
+        assert!(ok, "{out}");
+        let mut run = Running::spawn(
+            home,
+            PASS,
+            &url,
+            &[
+                "run",
+                "--bootstrap",
+                &server.addr,
+                "--registry",
+                &server.addr,
+                "--registry-root",
+                &server.root,
+            ],
+        );
+        let started = run.wait(|v| v["event"] == "started").await;
+        amids.push(started["amid"].as_str().unwrap().to_owned());
+        // Registered before it started: its first renewal brings the
+        // registry's attestation.
+        let creds = run.wait(|v| v["event"] == "credentials_updated").await;
+        assert_eq!(creds["tier"], "anonymous", "{creds}");
+        assert_eq!(creds["reputation"], 0.5, "{creds}");
+        runs.push(run);
+    }
+
+    let (ok, out) = cli(&alice, &url, &["send", &amids[1], "hello"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&alice, &url, &["end", &amids[1]]).await;
+    assert!(ok, "{out}");
+    for run in &mut runs {
+        let filed = run.wait(|v| v["event"] == "receipt_filed").await;
+        assert_eq!(filed["filing"]["state"], "filed", "{filed}");
+    }
+    for (home, peer) in [(&alice, &amids[1]), (&carol, &amids[0])] {
+        let (ok, out) = cli(home, &url, &["--json", "receipts"]).await;
+        assert!(ok, "{out}");
+        let list = json_of(&out);
+        let list = list.as_array().expect("a list");
+        assert_eq!(list.len(), 1, "{out}");
+        assert_eq!(list[0]["peer"], peer.as_str(), "{out}");
+        assert_eq!(list[0]["filing"]["state"], "filed", "{out}");
+    }
+    // The registry counts the session for both.
+    let (ok, out) = cli(&alice, &url, &["--json", "reputation", "verify", &amids[1]]).await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["receipts"], 1, "{out}");
+
+    // On demand: renewed from the registry, or reloaded after `verify`.
+    let (ok, out) = cli(&alice, &url, &["--json", "credentials", "renew"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["reputation"], 0.5, "{out}");
+    let (ok, out) = cli(&alice, &url, &["--json", "verify"]).await;
+    assert!(ok, "{out}");
+    let stored = json_of(&out);
+    assert_eq!(stored["event"], "stored", "{out}");
+    assert_eq!(stored["reloaded"], true, "{out}");
+    let (ok, out) = cli(&alice, &url, &["--json", "credentials", "reload"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        json_of(&out)["attestation_expires_ms"].as_u64().is_some(),
+        "{out}"
+    );
+}

@@ -172,11 +172,9 @@ async fn a_node_renews_its_credentials_from_the_registry() {
     register(&alice, registry, "alice").await;
 
     let updated = |e: NodeEvent| match e {
-        NodeEvent::CredentialsUpdated {
-            reputation,
-            attestation_expires_ms,
-            ..
-        } => Some((reputation, attestation_expires_ms)),
+        NodeEvent::CredentialsUpdated(c) => {
+            Some((c.reputation.map(|r| r.as_f64()), c.attestation_expires_ms))
+        }
         _ => None,
     };
     // Once registered, the next refresh brings an attestation, and the one

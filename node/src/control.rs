@@ -21,7 +21,8 @@ use crate::{
     events::{Message, Receipt},
     identity::Amid,
     knock::{Intent, RejectReason},
-    node::{Node, NodeStatus, SendError},
+    node::{CredentialsState, Node, NodeStatus, SendError},
+    receipts::Held,
 };
 
 /// File name of the control socket inside the data directory.
@@ -96,6 +97,17 @@ pub enum Request {
     Disconnect {
         /// The agent.
         amid: String,
+    },
+    /// List the session receipts held (both sides signed) and where each
+    /// stands with the registry.
+    Receipts,
+    /// Show new credentials in KNOCKs: read them again from the data
+    /// directory (after `agentmesh verify`), or, with `renew`, fetch fresh
+    /// ones from the configured registry.
+    Credentials {
+        /// Fetch from the registry instead of reading the stored file.
+        #[serde(default)]
+        renew: bool,
     },
     /// Send a request and wait for its reply.
     SendRequest {
@@ -187,6 +199,12 @@ pub struct Response {
     /// Bytes of a sent stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Session receipts held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<Vec<Held>>,
+    /// The credentials now shown in KNOCKs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsState>,
 }
 
 impl Response {
@@ -529,6 +547,27 @@ async fn answer(node: &Node, req: Request) -> Response {
             }
             Err(e) => Response::error(format!("invalid AMID: {e}")),
         },
+        Request::Receipts => Response {
+            ok: true,
+            receipts: Some(node.receipts()),
+            ..Response::default()
+        },
+        Request::Credentials { renew } => {
+            let state = if renew {
+                node.renew_credentials().await.map(Some)
+            } else {
+                node.reload_credentials()
+            };
+            match state {
+                Ok(Some(state)) => Response {
+                    ok: true,
+                    credentials: Some(state),
+                    ..Response::default()
+                },
+                Ok(None) => Response::error("no credentials stored (run `agentmesh verify`)"),
+                Err(e) => Response::error(e),
+            }
+        }
         Request::ClearKill => {
             node.clear_kill();
             Response {

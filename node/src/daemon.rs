@@ -252,26 +252,7 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             }
             _ => {}
         },
-        NodeEvent::CredentialsUpdated {
-            tier,
-            reputation,
-            attestation_expires_ms,
-        } => println!(
-            "credentials: tier {}{}{}",
-            serde_json::to_value(tier)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            reputation
-                .map(|r| format!(", reputation {r:.2}"))
-                .unwrap_or_default(),
-            attestation_expires_ms
-                .map(|t| format!(
-                    ", attested for {} h",
-                    t.saturating_sub(agentmesh_dht::now_ms()) / 3_600_000
-                ))
-                .unwrap_or_default()
-        ),
+        NodeEvent::CredentialsUpdated(state) => println!("credentials: {state}"),
         NodeEvent::MessageReceived { .. } => {}
     }
 }

@@ -157,14 +157,7 @@ pub enum NodeEvent {
     },
     /// New credentials are shown in our KNOCKs (renewed from the registry
     /// or reloaded from the data directory).
-    CredentialsUpdated {
-        /// The tier the certificates prove.
-        tier: crate::policy::Tier,
-        /// The attested reputation.
-        reputation: Option<f64>,
-        /// When the reputation attestation expires, ms since the epoch.
-        attestation_expires_ms: Option<u64>,
-    },
+    CredentialsUpdated(crate::CredentialsState),
     /// An incoming envelope or KNOCK was refused.
     Refused {
         /// The sender, when known.

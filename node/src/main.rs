@@ -34,6 +34,7 @@ use agentmesh_node::{
     keystore::{KdfParams, Keystore},
     knock::{Decision, KnockBody},
     policy::KnockContext,
+    receipts::Filing,
     Amid, Config, Identity, Intent, Multiaddr, Node, Passphrase, Policy, Tier,
 };
 
@@ -80,6 +81,16 @@ enum PolicyCmd {
     },
     /// Make the running node read its policy file again.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum CredentialsCmd {
+    /// Make the running node read the credentials `agentmesh verify`
+    /// stored again and show them in its KNOCKs.
+    Reload,
+    /// Make the running node fetch fresh credentials (a new 24 h
+    /// reputation attestation) from its registry now (`run --registry`).
+    Renew,
 }
 
 #[derive(Subcommand)]
@@ -204,6 +215,15 @@ enum Cmd {
         /// STUN server(s) for WebRTC, as `host:port` (repeatable).
         #[arg(long = "stun", env = "AGENTMESH_STUN", value_delimiter = ',')]
         stun: Vec<String>,
+        /// The registry's node, a multiaddr ending in `/p2p/<peer id>`
+        /// (usually the bootstrap node): session receipts are filed with
+        /// it, and credentials are fetched from it at start and renewed
+        /// every `--credentials-refresh` seconds.
+        #[arg(long)]
+        registry: Option<Multiaddr>,
+        /// Seconds between credential renewals from `--registry`.
+        #[arg(long, default_value_t = 6 * 3600)]
+        credentials_refresh: u64,
     },
     /// Check or reload a KNOCK policy.
     #[command(subcommand)]
@@ -293,6 +313,13 @@ enum Cmd {
         /// The agent.
         amid: Amid,
     },
+    /// List the session receipts the running node holds (signed by both
+    /// sides at the end of a conversation) and whether its registry has
+    /// them.
+    Receipts,
+    /// Reload or renew the credentials the running node shows in KNOCKs.
+    #[command(subcommand)]
+    Credentials(CredentialsCmd),
     /// List the running node's audit log (metadata only, never content).
     Audit {
         /// Only entries about this AMID.
@@ -406,11 +433,16 @@ async fn main() -> Result<()> {
             registry_root,
             hole_punch,
             stun,
+            registry,
+            credentials_refresh,
         } => {
             let mut config = Config::local();
             config.hole_punch = *hole_punch;
             config.stun_servers = stun.clone();
             config.registry_root = registry_root.map(|r| *r.as_bytes());
+            config.registry = registry.clone();
+            config.credentials_refresh =
+                std::time::Duration::from_secs((*credentials_refresh).max(1));
             config.relays = relays.clone();
             if *private {
                 config.reachability = agentmesh_node::Reachability::Private;
@@ -784,6 +816,45 @@ async fn main() -> Result<()> {
         Cmd::Disconnect { amid } => {
             let amid = amid.to_string();
             ask(&dir, &Request::Disconnect { amid }).await?;
+        }
+        Cmd::Receipts => {
+            let receipts = ask(&dir, &Request::Receipts)
+                .await?
+                .receipts
+                .unwrap_or_default();
+            if cli.json {
+                println!("{}", serde_json::to_string(&receipts)?);
+            }
+            for held in receipts.iter().filter(|_| !cli.json) {
+                let body = held.receipt.verify()?;
+                let filing = match &held.filing {
+                    Filing::Filed => "filed".to_owned(),
+                    Filing::Refused { code } => format!("refused ({code})"),
+                    _ => "not filed yet".to_owned(),
+                };
+                println!(
+                    "session {} with {}: {}, {filing}",
+                    body.session_id,
+                    held.peer,
+                    if body.completed {
+                        "completed"
+                    } else {
+                        "not completed"
+                    },
+                );
+            }
+        }
+        Cmd::Credentials(cmd) => {
+            let renew = matches!(cmd, CredentialsCmd::Renew);
+            let state = ask(&dir, &Request::Credentials { renew })
+                .await?
+                .credentials
+                .context("no credentials in the answer")?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&state)?);
+            } else {
+                println!("showing {state} in KNOCKs");
+            }
         }
         Cmd::Kill { amid, all, clear } => {
             let req = if *clear {

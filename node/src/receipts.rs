@@ -355,15 +355,14 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     fn info(peer: &Identity, role: Role) -> SessionInfo {
-        SessionInfo {
-            id: SessionId([7; 16]),
-            peer: peer.amid(),
+        SessionInfo::new(
+            SessionId([7; 16]),
+            peer.amid(),
             role,
-            intent: Intent::default(),
-            created_ms: NOW - 60_000,
-            expires_ms: NOW + 3_600_000,
-            next_seq: 0,
-        }
+            Intent::default(),
+            NOW - 60_000,
+            NOW + 3_600_000,
+        )
     }
 
     fn pair() -> (Identity, Identity) {

@@ -78,6 +78,28 @@ pub struct SessionInfo {
     pub next_seq: u64,
 }
 
+impl SessionInfo {
+    /// A session with no message sent yet.
+    pub fn new(
+        id: SessionId,
+        peer: Amid,
+        role: Role,
+        intent: Intent,
+        created_ms: u64,
+        expires_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            peer,
+            role,
+            intent,
+            created_ms,
+            expires_ms,
+            next_seq: 0,
+        }
+    }
+}
+
 /// A received, decrypted message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

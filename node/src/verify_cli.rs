@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use agentmesh_node::{
     cert::{CertKind, Certificate, SignedCertificate, CERT_VERSION},
+    control::{Client, Request},
     credentials::{self, Credentials},
     registry::Operation,
     Amid, Identity, Tier,
@@ -102,13 +103,26 @@ pub(crate) async fn verify(
     check_against_root(&client, &amid, &creds).await?;
     credentials::save(dir, &creds)?;
     let index = creds.inclusion.as_ref().map(|i| i.proof.leaf_index);
+    // An agent running on this data directory shows them at once.
+    let reloaded = match Client::connect(dir).await {
+        Ok(mut c) => c
+            .request(&Request::Credentials { renew: false })
+            .await
+            .is_ok_and(|r| r.ok),
+        Err(_) => false,
+    };
     print(
         json_out,
         &json!({"event": "stored", "amid": amid, "tier": tier, "log_index": index,
-                "file": dir.join(credentials::CREDENTIALS_FILE)}),
+                "file": dir.join(credentials::CREDENTIALS_FILE), "reloaded": reloaded}),
         &format!(
-            "tier {tier:?} credentials stored in {} (loaded by `agentmesh run`)",
-            dir.join(credentials::CREDENTIALS_FILE).display()
+            "tier {tier:?} credentials stored in {} ({})",
+            dir.join(credentials::CREDENTIALS_FILE).display(),
+            if reloaded {
+                "the running agent shows them now"
+            } else {
+                "loaded by `agentmesh run`"
+            }
         ),
     );
     Ok(())

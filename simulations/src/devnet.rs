@@ -81,7 +81,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     let mut agents = Vec::new();
     for i in 0..opts.agents {
         let name = agent_name(i);
-        let args = agent_args(&relay_addr, i + 1 == opts.agents);
+        let args = agent_args(&relay_addr, &boot_addr, i + 1 == opts.agents);
         let (proc, amid) = start_agent(&exe, &name, &root.join(&name), &boot_addr, &args).await?;
         println!(
             "devnet: {name:<6} is {amid} ({})",
@@ -168,7 +168,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     // Round 3: bob goes offline; alice's message waits in his relay mailbox,
     // sealed, and bob fetches it when he is back.
     let bob = agents.remove(1);
-    let bob_args = agent_args(&relay_addr, n == 2);
+    let bob_args = agent_args(&relay_addr, &boot_addr, n == 2);
     bob.proc.terminate().await?;
     println!("devnet: {} is offline", bob.name);
     let payload = json!({ "text": format!("{}, this waits in your mailbox", bob.name) });
@@ -228,6 +228,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
         },
     );
     println!("devnet: {delivered} messages delivered end-to-end encrypted, each exactly once");
+    end_with_receipt(&mut agents).await?;
     report_registry(registrar, &agents).await?;
 
     if !opts.once {
@@ -290,6 +291,48 @@ async fn report_registry(client: registry::RegistryClient, agents: &[Agent]) -> 
     report
 }
 
+/// alice ends her conversation with bob: both sign the session receipt
+/// and file it with the registry.
+async fn end_with_receipt(agents: &mut [Agent]) -> Result<()> {
+    let [alice, bob, ..] = agents else {
+        return Ok(());
+    };
+    let mut client = Client::connect(&alice.proc.dir).await?;
+    let resp = tokio::time::timeout(
+        WAIT,
+        client.request(&Request::End {
+            amid: bob.amid.clone(),
+        }),
+    )
+    .await
+    .context("end timed out")??;
+    if !resp.ok {
+        bail!(
+            "ending the conversation: {}",
+            resp.error.unwrap_or_default()
+        );
+    }
+    for a in [&mut *alice, &mut *bob] {
+        let v = a
+            .proc
+            .wait_for(WAIT, |v| v["event"] == "receipt_filed")
+            .await
+            .with_context(|| format!("{}'s receipt filing", a.name))?;
+        if v["filing"]["state"] != "filed" {
+            bail!(
+                "the registry did not take {}'s receipt: {}",
+                a.name,
+                v["filing"]
+            );
+        }
+    }
+    println!(
+        "{:<6} ✕ {:<6} conversation ended; the session receipt is signed by both and filed by both",
+        alice.name, bob.name
+    );
+    Ok(())
+}
+
 /// Has the agent in `dir` close its connections to `amid` and waits until
 /// its status lists none.
 async fn disconnect(dir: &Path, amid: &str) -> Result<()> {
@@ -318,9 +361,15 @@ async fn disconnect(dir: &Path, amid: &str) -> Result<()> {
 }
 
 /// Arguments of agent processes: every agent keeps its mailbox at the
-/// relay; an unreachable one also listens through it.
-fn agent_args(relay: &str, unreachable: bool) -> Vec<String> {
-    let mut args = vec!["--relay".to_string(), relay.to_string()];
+/// relay and files session receipts with the bootstrap node's registry;
+/// an unreachable one also listens through the relay.
+fn agent_args(relay: &str, registry: &str, unreachable: bool) -> Vec<String> {
+    let mut args = vec![
+        "--relay".to_string(),
+        relay.to_string(),
+        "--registry".to_string(),
+        registry.to_string(),
+    ];
     if unreachable {
         args.push("--private".into());
     }

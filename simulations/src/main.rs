@@ -99,6 +99,9 @@ enum Cmd {
         /// STUN server(s), `host:port`.
         #[arg(long)]
         stun: Vec<String>,
+        /// The registry's node: session receipts are filed with it.
+        #[arg(long)]
+        registry: Option<Multiaddr>,
     },
     /// (process role) Run a relay node; prints JSON event lines.
     #[command(hide = true)]
@@ -194,8 +197,10 @@ async fn main() -> Result<()> {
             policy,
             hole_punch,
             stun,
+            registry,
         } => {
             let mut config = Config::local();
+            config.registry = registry;
             if let Some(file) = policy {
                 config.policy = agentmesh_node::Policy::from_file(&file)?;
             }

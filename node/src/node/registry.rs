@@ -274,7 +274,7 @@ async fn root(shared: &Shared) -> Result<Amid, RegistryClientError> {
 
 /// What [`Node::renew_credentials`] and [`Node::reload_credentials`]
 /// installed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct CredentialsState {
     /// The tier the certificate chain proves.
@@ -283,6 +283,21 @@ pub struct CredentialsState {
     pub reputation: Option<credentials::Reputation>,
     /// When the reputation attestation expires, ms since the epoch.
     pub attestation_expires_ms: Option<u64>,
+}
+
+impl std::fmt::Display for CredentialsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tier = serde_json::to_value(self.tier).unwrap_or_default();
+        write!(f, "tier {}", tier.as_str().unwrap_or("?"))?;
+        if let Some(r) = self.reputation {
+            write!(f, ", reputation {:.2}", r.as_f64())?;
+        }
+        if let Some(t) = self.attestation_expires_ms {
+            let hours = t.saturating_sub(now_ms()) / 3_600_000;
+            write!(f, ", attestation valid {hours} h more")?;
+        }
+        Ok(())
+    }
 }
 
 fn state_of(checked: Checked, creds: &Credentials) -> CredentialsState {
@@ -325,11 +340,7 @@ fn install(shared: &Shared, checked: Checked, creds: Credentials) -> Credentials
         *c = creds;
     }
     info!(tier = ?state.tier, reputation = ?state.reputation.map(|r| r.as_f64()), "credentials installed");
-    shared.emit(NodeEvent::CredentialsUpdated {
-        tier: state.tier,
-        reputation: state.reputation.map(|r| r.as_f64()),
-        attestation_expires_ms: state.attestation_expires_ms,
-    });
+    shared.emit(NodeEvent::CredentialsUpdated(state.clone()));
     state
 }
 

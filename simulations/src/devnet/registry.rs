@@ -79,17 +79,19 @@ impl RegistryClient {
     /// them, and checks that a search for [`CAPABILITY`] finds them all.
     pub(super) async fn report(&self, agents: &[(&str, &str)]) -> Result<()> {
         println!("devnet: the registry's view");
-        println!("{:<6}  {:<10}  {:>10}", "agent", "tier", "reputation");
+        println!(
+            "{:<6}  {:<10}  {:>10}  {:>8}",
+            "agent", "tier", "reputation", "receipts"
+        );
         for (name, amid) in agents {
-            let v = self
-                .ask(&Request::Lookup {
-                    amid: amid.parse().context("agent AMID")?,
-                })
-                .await?;
+            let amid: agentmesh_node::Amid = amid.parse().context("agent AMID")?;
+            let v = self.ask(&Request::Lookup { amid }).await?;
+            let evidence = self.ask(&Request::Evidence { amid }).await?;
             println!(
-                "{name:<6}  {:<10}  {:>10.3}",
+                "{name:<6}  {:<10}  {:>10.3}  {:>8}",
                 v["tier"].as_str().unwrap_or("?"),
-                v["reputation"].as_f64().unwrap_or(f64::NAN)
+                v["reputation"].as_f64().unwrap_or(f64::NAN),
+                evidence["receipts"].as_array().map_or(0, Vec::len)
             );
         }
         let found = self
