@@ -850,22 +850,28 @@ impl Registry {
             outcomes: g.outcomes,
             ratings: g.ratings.iter().map(rating_of).collect(),
             rated: g.rated,
+            revoked: g.agent.revoked,
         })
+    }
+
+    /// `amid`'s score inputs, from the cache when they are current (see
+    /// [`scores`]).
+    fn inputs(&self, amid: &Amid) -> Result<Arc<scores::ScoreInputs>, RegistryError> {
+        let cache = &self.inner.scores;
+        match cache.get(amid) {
+            Ok(inputs) => Ok(inputs),
+            Err(generation) => {
+                let inputs = Arc::new(self.score_inputs(amid)?);
+                cache.insert(*amid, generation, inputs.clone());
+                Ok(inputs)
+            }
+        }
     }
 
     /// `amid`'s reputation now, from cached inputs when they are current
     /// (see [`scores`]).
     pub fn score(&self, amid: &Amid, now_ms: u64) -> Result<Score, RegistryError> {
-        let cache = &self.inner.scores;
-        match cache.get(amid) {
-            Ok(inputs) => Ok(inputs.score(now_ms)),
-            Err(generation) => {
-                let inputs = Arc::new(self.score_inputs(amid)?);
-                let score = inputs.score(now_ms);
-                cache.insert(*amid, generation, inputs);
-                Ok(score)
-            }
-        }
+        Ok(self.inputs(amid)?.score(now_ms))
     }
 
     /// `amid`'s reputation now, computed from storage without the cache.
@@ -1295,11 +1301,16 @@ impl Registry {
 
     fn view(&self, a: AgentRecord, now_ms: u64) -> Result<AgentView, RegistryError> {
         let reputation = self.score(&a.amid, now_ms)?.score;
+        Ok(Self::view_scored(a, reputation))
+    }
+
+    /// The public view of `a`, whose score is `reputation`.
+    fn view_scored(a: AgentRecord, reputation: f64) -> AgentView {
         let x25519_key = match &a.x25519_key {
             Some(k) => k.clone(),
             None => did::x25519_of(&a.amid).map(hex::encode).unwrap_or_default(),
         };
-        Ok(AgentView {
+        AgentView {
             amid: a.amid,
             display_name: a.display_name,
             capabilities: a.capabilities,
@@ -1314,30 +1325,36 @@ impl Registry {
             registered_ms: a.registered_ms,
             last_seen_ms: a.last_seen_ms,
             revoked: a.revoked,
-        })
+        }
     }
 
     /// Agents matching `q`, best reputation first.
     pub fn search(&self, q: &SearchQuery, now_ms: u64) -> Result<Vec<AgentView>, RegistryError> {
-        let mut out = Vec::new();
+        // Filtered and ranked on the cached score inputs; records are read
+        // (and views built) only for the results answered.
+        let mut matches = Vec::new();
         for amid in self.inner.store.agents_with(&q.capability)? {
-            let Some(a) = self.inner.store.agent(&amid)? else {
-                continue;
+            let inputs = match self.inputs(&amid) {
+                Ok(i) => i,
+                Err(RegistryError::UnknownAgent(_)) => continue,
+                Err(e) => return Err(e),
             };
-            if a.revoked || a.tier < q.tier_min {
+            if inputs.revoked || inputs.tier < q.tier_min {
                 continue;
             }
-            let v = self.view(a, now_ms)?;
-            if v.reputation >= q.reputation_min {
-                out.push(v);
+            let reputation = inputs.score(now_ms).score;
+            if reputation >= q.reputation_min {
+                matches.push((reputation, amid));
             }
         }
-        out.sort_by(|a, b| {
-            b.reputation
-                .total_cmp(&a.reputation)
-                .then(a.amid.cmp(&b.amid))
-        });
-        out.truncate(q.limit.min(MAX_LIMIT));
+        matches.sort_by(|(ra, a), (rb, b)| rb.total_cmp(ra).then(a.cmp(b)));
+        matches.truncate(q.limit.min(MAX_LIMIT));
+        let mut out = Vec::with_capacity(matches.len());
+        for (reputation, amid) in matches {
+            if let Some(a) = self.inner.store.agent(&amid)? {
+                out.push(Self::view_scored(a, reputation));
+            }
+        }
         Ok(out)
     }
 

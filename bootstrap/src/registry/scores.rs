@@ -41,6 +41,8 @@ pub struct ScoreInputs {
     pub ratings: Vec<Rating>,
     /// Agents it rated.
     pub rated: HashSet<Amid>,
+    /// Whether the agent is revoked (searches skip it).
+    pub revoked: bool,
 }
 
 impl ScoreInputs {

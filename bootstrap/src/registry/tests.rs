@@ -323,6 +323,28 @@ async fn search_filters_by_capability_tier_and_reputation() {
     };
     apply(&r, &a, caps).await.unwrap();
     assert_eq!(found("weather", Tier::Anonymous, 0.0), vec![b.amid()]);
+    // Ranked before the limit applies; a revocation drops the agent even
+    // though its score inputs were cached by the searches above.
+    assert_eq!(found("chat", Tier::Anonymous, 0.0).len(), 3);
+    let q = SearchQuery {
+        limit: 1,
+        ..SearchQuery::new("chat")
+    };
+    let best: Vec<_> = r
+        .search(&q, NOW)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.amid)
+        .collect();
+    assert_eq!(best, vec![b.amid()]);
+    let revoke = Operation::Revoke {
+        subject: b.amid(),
+        reason: "key lost".into(),
+    };
+    apply(&r, &b, revoke).await.unwrap();
+    let left = found("chat", Tier::Anonymous, 0.0);
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&b.amid()));
 }
 
 #[tokio::test]
