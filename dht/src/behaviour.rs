@@ -217,6 +217,27 @@ impl Dht {
         Ok(self.track(q, Pending::Put))
     }
 
+    /// Stores `record` locally and on `peers` only, without looking up the
+    /// closest peers first: done once one of them stored it. For a quick
+    /// update when there is no time for a lookup (a node stopping), to
+    /// peers it is connected to.
+    pub fn put_to(
+        &mut self,
+        record: SignedRecord,
+        peers: Vec<PeerId>,
+    ) -> Result<QueryId, DhtError> {
+        let now = now_ms();
+        let v = record.verify(now)?;
+        let bytes = v.signed.to_bytes()?;
+        self.kad.store_mut().put_verified(&v)?;
+        let q = self.kad.put_record_to(
+            crate::store::to_kad(&v, bytes, now),
+            peers.into_iter(),
+            Quorum::One,
+        );
+        Ok(self.track(q, Pending::Put))
+    }
+
     /// Looks up the record in `namespace` about `subject`.
     pub fn get(&mut self, namespace: &str, subject: &PeerId) -> QueryId {
         let q = self

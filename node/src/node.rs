@@ -392,6 +392,8 @@ enum Command {
         reply: oneshot::Sender<Result<PathKind, String>>,
     },
     Republish,
+    /// Publish the card now to the connected peers only (stopping).
+    PublishToConnected,
     Disconnect {
         peer: PeerId,
     },
@@ -1201,23 +1203,27 @@ impl Node {
         }
         // The new record's sequence number is at least the current time.
         let since = now_ms();
-        if self.shared.commands.send(Command::Republish).await.is_err() {
+        if self
+            .shared
+            .commands
+            .send(Command::PublishToConnected)
+            .await
+            .is_err()
+        {
             return;
         }
         let stored = tokio::time::timeout(SHUTDOWN_PUBLISH_TIMEOUT, async {
             loop {
                 match events.recv().await {
-                    Ok(NodeEvent::CardPublished {
-                        seq,
-                        stored_remotely: true,
-                    }) if seq >= since => return true,
+                    // Stored, or there was no peer to store it.
+                    Ok(NodeEvent::CardPublished { seq, .. }) if seq >= since => return,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return false,
+                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         })
         .await;
-        if !matches!(stored, Ok(true)) {
+        if stored.is_err() {
             tracing::warn!("could not publish presence offline before stopping");
         }
     }

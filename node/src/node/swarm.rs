@@ -248,7 +248,7 @@ pub(super) async fn run(
                 None => break,
             },
             _ = async { tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)).await }, if publish_at.is_some() => {
-                actor.publish_card();
+                actor.publish_card(false);
             }
             _ = bootstrap_check.tick() => {
                 actor.check_bootstrap();
@@ -301,7 +301,7 @@ impl Actor {
         }
     }
 
-    fn publish_card(&mut self) {
+    fn publish_card(&mut self, to_connected: bool) {
         self.next_publish = None;
         if self.listen.is_empty() {
             return;
@@ -332,7 +332,27 @@ impl Actor {
             SignedRecord::sign(&self.key, CARD_NAMESPACE, p, seq, expires)
                 .map_err(|e| e.to_string())
         });
-        match record.map(|r| self.swarm.behaviour_mut().dht.put(r)) {
+        // When stopping there is no time for a lookup of the closest peers
+        // (a stale address of one can take a handshake timeout): the card
+        // goes straight to the peers we are connected to.
+        if to_connected && self.connections.is_empty() {
+            info!("no peer connected: the card is not republished before stopping");
+            self.shared.emit(NodeEvent::CardPublished {
+                seq: now_ms().max(self.last_seq),
+                stored_remotely: false,
+            });
+            return;
+        }
+        let direct = to_connected;
+        let connected: Vec<PeerId> = self.connections.keys().copied().collect();
+        let dht = &mut self.swarm.behaviour_mut().dht;
+        match record.map(|r| {
+            if direct {
+                dht.put_to(r, connected)
+            } else {
+                dht.put(r)
+            }
+        }) {
             Ok(Ok(q)) => {
                 debug!(seq, "publishing card");
                 self.publish_query = Some(q);
@@ -429,6 +449,7 @@ impl Actor {
             Command::Republish => {
                 self.next_publish = Some(Instant::now());
             }
+            Command::PublishToConnected => self.publish_card(true),
             Command::Status { reply } => {
                 let peer_id = *self.swarm.local_peer_id();
                 let connected = self
