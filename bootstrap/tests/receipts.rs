@@ -7,41 +7,25 @@ use std::time::Duration;
 
 use agentmesh_node::{
     events::NodeEvent,
-    keystore::KdfParams,
     receipts::Filing,
     registry::{
         protocol::{call, Request, Response},
         Operation, ReceiptBody, Registration, SignedRequest,
     },
-    Amid, Config, Node, Passphrase, PeerId, Policy,
+    Amid, Config, Node, PeerId, Policy,
 };
 use serde_json::{json, Value};
 use tokio::sync::broadcast::Receiver;
 
 mod support;
 
-use support::{now_ms, start, Http, WAIT};
+use support::{fast_config, node, now_ms, start, Http, WAIT};
 
 fn config(registry: &str, root: &str) -> Config {
-    let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    let mut c = fast_config();
     c.registry = Some(registry.parse().unwrap());
     c.registry_root = Some(*root.parse::<Amid>().unwrap().as_bytes());
     c
-}
-
-async fn node(dir: &std::path::Path, name: &str, config: Config, boot: &str) -> Node {
-    Node::builder(config)
-        .data_dir(dir.join(name))
-        .passphrase(Passphrase::new(name))
-        .bootstrap(boot.parse().unwrap())
-        .spawn()
-        .await
-        .expect("node starts")
 }
 
 async fn ask(node: &Node, registry: PeerId, r: Request) -> Value {

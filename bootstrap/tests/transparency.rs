@@ -12,35 +12,15 @@ use agentmesh_node::{
     policy::Policy,
     registry::{Operation, Registration},
     transparency::{leaf_hash, ConsistencyProof, InclusionProof, SignedTreeHead},
-    Amid, Config, Node, NodeEvent, Passphrase, RejectReason, SendError, Tier,
+    Amid, Node, NodeEvent, Passphrase, RejectReason, SendError, Tier,
 };
 use serde_json::{json, Value};
 
 mod support;
 
-use support::{now_ms, oauth_config, start, Http, WAIT};
+use support::{fast_config as config, node, now_ms, oauth_config, start, Http, WAIT};
 
 const PASS: &str = "transparency-test";
-
-fn config() -> Config {
-    let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
-    c
-}
-
-async fn node(dir: &std::path::Path, name: &str, config: Config, boot: &str) -> Node {
-    Node::builder(config)
-        .data_dir(dir.join(name))
-        .passphrase(Passphrase::new(name))
-        .bootstrap(boot.parse().unwrap())
-        .spawn()
-        .await
-        .expect("node starts")
-}
 
 async fn knock(from: &Node, to: &Node) -> Result<(), SendError> {
     tokio::time::timeout(WAIT, from.send(&to.amid(), json!({"text": "hello"})))

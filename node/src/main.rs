@@ -459,31 +459,17 @@ async fn main() -> Result<()> {
             config.policy_file = policy.clone();
             config.policy.block.extend(block.iter().copied());
             config.policy.allow.extend(allow.iter().copied());
-            let stored = agentmesh_node::credentials::load(&dir)?;
             let node = Node::builder(config)
                 .data_dir(&dir)
                 .bootstraps(bootstrap.iter().cloned())
                 .spawn()
                 .await
                 .context("starting node")?;
-            if let Some(creds) = stored {
-                let subject = creds
-                    .chain
-                    .as_ref()
-                    .and_then(|c| c.0.first())
-                    .and_then(|c| c.certificate().ok())
-                    .map(|c| c.subject_key);
-                if subject.is_some_and(|k| k != *node.amid().as_bytes()) {
-                    tracing::warn!("stored credentials are another agent's; not shown");
-                } else {
-                    tracing::info!(
-                        chain = creds.chain.is_some(),
-                        logged = creds.inclusion.is_some(),
-                        reputation = creds.reputation.is_some(),
-                        "stored credentials loaded"
-                    );
-                    node.set_credentials(creds);
-                }
+            // What `agentmesh verify` stored, shown in KNOCKs from the start.
+            match node.reload_credentials() {
+                Ok(Some(state)) => tracing::info!(%state, "stored credentials loaded"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "stored credentials not shown"),
             }
             agentmesh_node::daemon::serve(node, &dir, cli.json).await?;
         }

@@ -26,6 +26,34 @@ use agentmesh_node::{
     Identity,
 };
 
+/// A node configuration for tests: loopback, and a cheap key derivation.
+pub fn fast_config() -> agentmesh_node::Config {
+    let mut c = agentmesh_node::Config::local();
+    c.kdf = agentmesh_node::keystore::KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    c
+}
+
+/// An in-process node named `name` (its data directory and passphrase)
+/// under `dir`, joining through `boot`.
+pub async fn node(
+    dir: &Path,
+    name: &str,
+    config: agentmesh_node::Config,
+    boot: &str,
+) -> agentmesh_node::Node {
+    agentmesh_node::Node::builder(config)
+        .data_dir(dir.join(name))
+        .passphrase(agentmesh_node::Passphrase::new(name))
+        .bootstrap(boot.parse().unwrap())
+        .spawn()
+        .await
+        .expect("node starts")
+}
+
 /// Generous: the machine is shared by parallel builds.
 pub const WAIT: Duration = Duration::from_secs(90);
 
