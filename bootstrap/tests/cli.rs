@@ -326,10 +326,51 @@ async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
         assert_eq!(list[0]["peer"], peer.as_str(), "{out}");
         assert_eq!(list[0]["filing"]["state"], "filed", "{out}");
     }
-    // The registry counts the session for both.
+    // The registry counts the session for both, and alice may now rate
+    // carol for it.
+    let (ok, out) = cli(&alice, &url, &["--json", "receipts"]).await;
+    assert!(ok, "{out}");
+    let body: Value =
+        serde_json::from_str(json_of(&out)[0]["receipt"]["body"].as_str().unwrap()).unwrap();
+    let session = body["session_id"].as_str().unwrap();
+    let (ok, out) = cli(
+        &alice,
+        &url,
+        &[
+            "reputation",
+            "rate",
+            &amids[1],
+            "--session",
+            session,
+            "--score",
+            "0.9",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
     let (ok, out) = cli(&alice, &url, &["--json", "reputation", "verify", &amids[1]]).await;
     assert!(ok, "{out}");
-    assert_eq!(json_of(&out)["receipts"], 1, "{out}");
+    let verified = json_of(&out);
+    assert_eq!(verified["receipts"], 1, "{out}");
+    assert_eq!(verified["ratings"], 1, "{out}");
+    assert_eq!(verified["ok"], true, "{out}");
+    // Once per rater and session.
+    let (ok, out) = cli(
+        &alice,
+        &url,
+        &[
+            "reputation",
+            "rate",
+            &amids[1],
+            "--session",
+            session,
+            "--score",
+            "0.1",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("conflict"), "{out}");
 
     // On demand: renewed from the registry, or reloaded after `verify`.
     let (ok, out) = cli(&alice, &url, &["--json", "credentials", "renew"]).await;

@@ -775,7 +775,18 @@ async fn main() -> Result<()> {
             .await?;
         }
         Cmd::Did { amid, registry } => registry_cli::did(registry, amid).await?,
-        Cmd::Reputation(cmd) => registry_cli::reputation(cmd, cli.json).await?,
+        Cmd::Reputation(registry_cli::ReputationCmd::Verify { amid, registry }) => {
+            registry_cli::reputation(amid, registry, cli.json).await?
+        }
+        Cmd::Reputation(registry_cli::ReputationCmd::Rate {
+            amid,
+            session,
+            score,
+            registry,
+        }) => {
+            let ks = load_keystore(&dir)?;
+            registry_cli::rate(ks.identity(), amid, session, *score, registry, cli.json).await?
+        }
         Cmd::Lookup { amid } => {
             let amid = amid.to_string();
             let resp = ask(&dir, &Request::Lookup { amid }).await?;

@@ -14,7 +14,9 @@ use hyper_util::{
 use serde_json::{json, Value};
 
 use agentmesh_node::{
-    registry::{Operation, ReceiptBody, Registration, RequestBody, SessionReceipt, SignedRequest},
+    registry::{
+        Feedback, Operation, ReceiptBody, Registration, RequestBody, SessionReceipt, SignedRequest,
+    },
     reputation::{self, Evidence, Rating, SessionOutcome},
     Amid, Identity, Tier,
 };
@@ -46,6 +48,21 @@ pub(crate) enum ReputationCmd {
     Verify {
         /// The agent.
         amid: Amid,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Rate the other agent of a session that ended with a receipt both
+    /// sides signed (`agentmesh receipts` lists them). Over HTTP only: the
+    /// anti-gaming rules need the rater's network address.
+    Rate {
+        /// The agent rated.
+        amid: Amid,
+        /// The session (hex, as `agentmesh receipts` prints it).
+        #[arg(long)]
+        session: String,
+        /// The rating, 0 to 1.
+        #[arg(long)]
+        score: f64,
         #[command(flatten)]
         registry: RegistryArg,
     },
@@ -356,8 +373,33 @@ pub(crate) fn recompute(amid: &Amid, ev: &Value) -> Result<Verified> {
 }
 
 /// `agentmesh reputation verify`.
-pub(crate) async fn reputation(cmd: &ReputationCmd, json_out: bool) -> Result<()> {
-    let ReputationCmd::Verify { amid, registry } = cmd;
+/// `agentmesh reputation rate`.
+pub(crate) async fn rate(
+    identity: &Identity,
+    amid: &Amid,
+    session: &str,
+    score: f64,
+    registry: &RegistryArg,
+    json_out: bool,
+) -> Result<()> {
+    if !(0.0..=1.0).contains(&score) {
+        bail!("the score is between 0 and 1");
+    }
+    let client = RegistryClient::new(&registry.registry)?;
+    let op = Operation::Feedback(Feedback::new(session, *amid, score));
+    let v = client
+        .signed("/v1/registry/reputation", identity, op)
+        .await?;
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("rated {amid} {score} for session {session}");
+    }
+    Ok(())
+}
+
+/// `agentmesh reputation verify`.
+pub(crate) async fn reputation(amid: &Amid, registry: &RegistryArg, json_out: bool) -> Result<()> {
     let client = RegistryClient::new(&registry.registry)?;
     let ev = client
         .get(&format!("/v1/registry/reputation/evidence?amid={amid}"))
