@@ -301,11 +301,6 @@ async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
         );
         let started = run.wait(|v| v["event"] == "started").await;
         amids.push(started["amid"].as_str().unwrap().to_owned());
-        // Registered before it started: its first renewal brings the
-        // registry's attestation.
-        let creds = run.wait(|v| v["event"] == "credentials_updated").await;
-        assert_eq!(creds["tier"], "anonymous", "{creds}");
-        assert_eq!(creds["reputation"], 0.5, "{creds}");
         runs.push(run);
     }
 

@@ -38,6 +38,9 @@ pub fn init_process(json: bool) {
 /// what happens to stdout, then shuts the node down.
 pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
     let amid = node.amid();
+    // Subscribed first: events of the start (credentials from the
+    // registry, say) are printed too.
+    let mut events = node.events();
     // The socket exists before `started` is printed: whoever waits for
     // that line can use the control socket at once.
     let sock = dir.join(control::SOCKET_FILE);
@@ -56,7 +59,6 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
             tracing::warn!(error = %e, "control socket stopped");
         }
     });
-    let mut events = node.events();
     let Some(mut inbox) = node.messages() else {
         return Err(std::io::Error::other("inbox already taken"));
     };

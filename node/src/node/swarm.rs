@@ -303,7 +303,17 @@ impl Actor {
 
     fn publish_card(&mut self, to_connected: bool) {
         self.next_publish = None;
-        if self.listen.is_empty() {
+        // When stopping there is no time for a lookup of the closest peers
+        // (a stale address of one can take a handshake timeout): the card
+        // goes straight to the peers we are connected to, if any.
+        if self.listen.is_empty() || (to_connected && self.connections.is_empty()) {
+            if to_connected {
+                info!("the card is not republished before stopping: no peer or no address");
+                self.shared.emit(NodeEvent::CardPublished {
+                    seq: now_ms().max(self.last_seq),
+                    stored_remotely: false,
+                });
+            }
             return;
         }
         let (olm_identity_key, otks, fallback_key) = self.shared.store().card_keys();
@@ -332,22 +342,10 @@ impl Actor {
             SignedRecord::sign(&self.key, CARD_NAMESPACE, p, seq, expires)
                 .map_err(|e| e.to_string())
         });
-        // When stopping there is no time for a lookup of the closest peers
-        // (a stale address of one can take a handshake timeout): the card
-        // goes straight to the peers we are connected to.
-        if to_connected && self.connections.is_empty() {
-            info!("no peer connected: the card is not republished before stopping");
-            self.shared.emit(NodeEvent::CardPublished {
-                seq: now_ms().max(self.last_seq),
-                stored_remotely: false,
-            });
-            return;
-        }
-        let direct = to_connected;
         let connected: Vec<PeerId> = self.connections.keys().copied().collect();
         let dht = &mut self.swarm.behaviour_mut().dht;
         match record.map(|r| {
-            if direct {
+            if to_connected {
                 dht.put_to(r, connected)
             } else {
                 dht.put(r)
