@@ -1,6 +1,6 @@
 //! Nodes and their registry, against the `agentmesh-bootstrap` binary: at
-//! the end of a conversation both nodes sign the session receipt and file
-//! it themselves; a node renews its credentials from the registry on its
+//! the end of a conversation (or an abrupt close) both nodes sign the
+//! session receipt and file it themselves; a node renews its credentials from the registry on its
 //! own and shows them in its KNOCKs.
 
 use std::time::Duration;
@@ -73,7 +73,7 @@ fn filed(e: NodeEvent) -> Option<Filing> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_nodes_sign_and_file_the_receipt_of_an_ended_conversation() {
+async fn both_nodes_sign_and_file_the_receipts_of_ended_and_closed_sessions() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let server = start(
@@ -130,12 +130,40 @@ async fn both_nodes_sign_and_file_the_receipt_of_an_ended_conversation() {
         assert_eq!(receipts.len(), 1, "{ev}");
         assert_eq!(receipts[0]["body"], a[0].receipt.body.as_str(), "{ev}");
     }
+    // A session closed abruptly gets a receipt too, recording it as not
+    // completed: it counts against both agents' completion rate.
+    let before = ask(&alice, registry, Request::Lookup { amid: bob.amid() }).await;
+    let second = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"text": "again"})))
+        .await
+        .expect("send in time")
+        .expect("delivered");
+    assert_ne!(second.session, receipt.session, "a new session");
+    assert_eq!(alice.close_session(&bob.amid()).await, 1);
+    assert_eq!(next(&mut bob_events, filed).await, Filing::Filed);
+    assert_eq!(next(&mut alice_events, filed).await, Filing::Filed);
+    let closed = alice
+        .receipts()
+        .into_iter()
+        .map(|h| h.receipt.verify().unwrap())
+        .find(|b| b.session_id == hex::encode(second.session.0))
+        .expect("a receipt for the closed session");
+    assert!(!closed.completed);
+    let ev = ask(&alice, registry, Request::Evidence { amid: bob.amid() }).await;
+    assert_eq!(ev["receipts"].as_array().unwrap().len(), 2, "{ev}");
+    let after = ask(&alice, registry, Request::Lookup { amid: bob.amid() }).await;
+    let (b, a) = (
+        before["reputation"].as_f64().unwrap(),
+        after["reputation"].as_f64().unwrap(),
+    );
+    // Completion 1 → 0.5, weighted 0.3.
+    assert!((b - a - 0.15).abs() < 0.01, "{b} → {a}");
+
     let (status, _, stats) = Http::new(&server.url)
         .request("GET", &format!("{}/v1/registry/stats", server.url), None)
         .await
         .expect("stats");
     assert_eq!(status, 200);
-    assert_eq!(stats["receipts"], 1, "{stats}");
+    assert_eq!(stats["receipts"], 2, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

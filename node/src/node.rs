@@ -57,7 +57,7 @@ use crate::{
     knock::{Intent, RejectReason},
     policy::Policy,
     ratelimit::{RateLimit, RateLimiter},
-    session::{Role, SessionStore},
+    session::{Role, SessionInfo, SessionStore},
     storage::StorageError,
 };
 
@@ -1146,6 +1146,14 @@ impl Node {
     /// message to or from it needs a new KNOCK. Returns how many sessions
     /// were closed.
     pub async fn close_session(&self, peer: &Amid) -> usize {
+        let mut infos: HashMap<SessionId, SessionInfo> = self
+            .shared
+            .store()
+            .all_sessions()
+            .into_iter()
+            .filter(|s| s.peer == *peer)
+            .map(|s| (s.id, s))
+            .collect();
         let sessions = self.shared.store().forget_peer(peer);
         for session in &sessions {
             exchange::end_streams(&self.shared, peer, session);
@@ -1175,7 +1183,15 @@ impl Node {
                     crate::wire::MAX_FRAME_SIZE,
                 );
                 for session in &sessions {
-                    let frame = crate::wire::MsgFrame::Close { session: *session };
+                    // Our half of a receipt recording the session as not
+                    // completed.
+                    let receipt = infos
+                        .remove(session)
+                        .and_then(|info| registry::propose(&self.shared, &info, false));
+                    let frame = crate::wire::MsgFrame::Close {
+                        session: *session,
+                        receipt,
+                    };
                     if framed.send(frame.to_bytes()).await.is_err() {
                         break;
                     }

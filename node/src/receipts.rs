@@ -16,7 +16,10 @@
 //! [`DOMAIN_SEP_RECEIPT`] ‖ body. The other agent checks the body against
 //! the session it holds (same id, the same initiator and responder, marked
 //! completed, an end time between the session's start and now), signs the
-//! same bytes, and keeps the whole [`SessionReceipt`]. Its signature goes
+//! same bytes, and keeps the whole [`SessionReceipt`]. An agent that closes
+//! a session abruptly proposes the same way in its `close` frame, with the
+//! session marked not completed; a proposal is countersigned only when it
+//! records how the session really ended. Its signature goes
 //! back to the ender, who completes its own copy. Each side files its copy
 //! with its registry, when it has one; a registry takes the same receipt
 //! twice as one.
@@ -131,9 +134,10 @@ pub enum ReceiptError {
     /// The body's initiator and responder are not this session's.
     #[error("the receipt names other parties")]
     WrongParties,
-    /// The end of the conversation is not recorded as completed.
-    #[error("the receipt does not record a completed session")]
-    NotCompleted,
+    /// The receipt records another outcome than the session had (completed
+    /// for a session closed without an end message, or the reverse).
+    #[error("the receipt records another outcome of the session")]
+    WrongOutcome,
     /// The end time is before the session started or in the future.
     #[error("the receipt's end time is out of range")]
     BadTime,
@@ -156,25 +160,30 @@ fn parties(me: Amid, info: &SessionInfo) -> (Amid, Amid) {
     }
 }
 
-/// The receipt we propose as we end the session `info` at `now_ms`.
+/// The receipt we propose as we end the session `info` at `now_ms`:
+/// `completed` with an end message, not completed when we close it
+/// abruptly.
 pub fn propose(
     identity: &Identity,
     info: &SessionInfo,
+    completed: bool,
     now_ms: u64,
 ) -> Result<Proposal, ReceiptError> {
     let (initiator, responder) = parties(identity.amid(), info);
-    let body = ReceiptBody::new(info.id.0, initiator, responder, true, now_ms);
+    let body = ReceiptBody::new(info.id.0, initiator, responder, completed, now_ms);
     let body = serde_json::to_string(&body).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     let signature = identity.sign(DOMAIN_SEP_RECEIPT, body.as_bytes());
     Ok(Proposal { body, signature })
 }
 
-/// Checks the peer's `proposal` for the session `info` it just ended and
-/// signs it: returns the receipt with both signatures.
+/// Checks the peer's `proposal` for the session `info` it just ended
+/// (`completed`: with an end message, or closed abruptly) and signs it:
+/// returns the receipt with both signatures.
 pub fn countersign(
     identity: &Identity,
     info: &SessionInfo,
     proposal: &Proposal,
+    completed: bool,
     now_ms: u64,
 ) -> Result<SessionReceipt, ReceiptError> {
     let body: ReceiptBody =
@@ -185,8 +194,8 @@ pub fn countersign(
     if (body.initiator, body.responder) != parties(identity.amid(), info) {
         return Err(ReceiptError::WrongParties);
     }
-    if !body.completed {
-        return Err(ReceiptError::NotCompleted);
+    if body.completed != completed {
+        return Err(ReceiptError::WrongOutcome);
     }
     if body.ended_ms + MAX_CLOCK_SKEW_MS < info.created_ms
         || body.ended_ms > now_ms + MAX_CLOCK_SKEW_MS
@@ -375,9 +384,9 @@ mod tests {
         // Alice initiated and ends the session.
         let alice_side = info(&bob, Role::Initiator);
         let bob_side = info(&alice, Role::Responder);
-        let p = propose(&alice, &alice_side, NOW).unwrap();
+        let p = propose(&alice, &alice_side, true, NOW).unwrap();
         let p = Proposal::from_bytes(&p.to_bytes().unwrap()).unwrap();
-        let at_bob = countersign(&bob, &bob_side, &p, NOW + 10).unwrap();
+        let at_bob = countersign(&bob, &bob_side, &p, true, NOW + 10).unwrap();
         let body = at_bob.verify().unwrap();
         assert_eq!(body.initiator, alice.amid());
         assert_eq!(body.responder, bob.amid());
@@ -432,8 +441,8 @@ mod tests {
     #[test]
     fn a_responder_ending_the_session_signs_as_responder() {
         let (alice, bob) = pair();
-        let p = propose(&bob, &info(&alice, Role::Responder), NOW).unwrap();
-        let r = countersign(&alice, &info(&bob, Role::Initiator), &p, NOW).unwrap();
+        let p = propose(&bob, &info(&alice, Role::Responder), true, NOW).unwrap();
+        let r = countersign(&alice, &info(&bob, Role::Initiator), &p, true, NOW).unwrap();
         let body = r.verify().unwrap();
         assert_eq!((body.initiator, body.responder), (alice.amid(), bob.amid()));
     }
@@ -448,39 +457,47 @@ mod tests {
             Proposal { body, signature }
         };
         let good = ReceiptBody::new([7; 16], alice.amid(), bob.amid(), true, NOW);
-        assert!(countersign(&bob, &bob_side, &sign(&good, &alice), NOW).is_ok());
+        assert!(countersign(&bob, &bob_side, &sign(&good, &alice), true, NOW).is_ok());
 
         let other_session = ReceiptBody::new([8; 16], alice.amid(), bob.amid(), true, NOW);
         assert!(matches!(
-            countersign(&bob, &bob_side, &sign(&other_session, &alice), NOW),
+            countersign(&bob, &bob_side, &sign(&other_session, &alice), true, NOW),
             Err(ReceiptError::WrongSession)
         ));
         // Alice claiming bob initiated.
         let swapped = ReceiptBody::new([7; 16], bob.amid(), alice.amid(), true, NOW);
         assert!(matches!(
-            countersign(&bob, &bob_side, &sign(&swapped, &alice), NOW),
+            countersign(&bob, &bob_side, &sign(&swapped, &alice), true, NOW),
             Err(ReceiptError::WrongParties)
         ));
+        // An end message records a completed session, an abrupt close an
+        // incomplete one; a proposal must say what happened.
         let incomplete = ReceiptBody::new([7; 16], alice.amid(), bob.amid(), false, NOW);
         assert!(matches!(
-            countersign(&bob, &bob_side, &sign(&incomplete, &alice), NOW),
-            Err(ReceiptError::NotCompleted)
+            countersign(&bob, &bob_side, &sign(&incomplete, &alice), true, NOW),
+            Err(ReceiptError::WrongOutcome)
         ));
+        assert!(matches!(
+            countersign(&bob, &bob_side, &sign(&good, &alice), false, NOW),
+            Err(ReceiptError::WrongOutcome)
+        ));
+        let closed = countersign(&bob, &bob_side, &sign(&incomplete, &alice), false, NOW).unwrap();
+        assert!(!closed.verify().unwrap().completed);
         let future = ReceiptBody::new([7; 16], alice.amid(), bob.amid(), true, NOW + 3_600_000);
         assert!(matches!(
-            countersign(&bob, &bob_side, &sign(&future, &alice), NOW),
+            countersign(&bob, &bob_side, &sign(&future, &alice), true, NOW),
             Err(ReceiptError::BadTime)
         ));
         let before_start =
             ReceiptBody::new([7; 16], alice.amid(), bob.amid(), true, NOW - 3_600_000);
         assert!(matches!(
-            countersign(&bob, &bob_side, &sign(&before_start, &alice), NOW),
+            countersign(&bob, &bob_side, &sign(&before_start, &alice), true, NOW),
             Err(ReceiptError::BadTime)
         ));
         // Signed by someone else than alice.
         let mallory = Identity::from_seed(&[3; 32]);
         assert!(matches!(
-            countersign(&bob, &bob_side, &sign(&good, &mallory), NOW),
+            countersign(&bob, &bob_side, &sign(&good, &mallory), true, NOW),
             Err(ReceiptError::BadSignature)
         ));
         let garbage = Proposal {
@@ -488,7 +505,7 @@ mod tests {
             signature: [0; 64],
         };
         assert!(matches!(
-            countersign(&bob, &bob_side, &garbage, NOW),
+            countersign(&bob, &bob_side, &garbage, true, NOW),
             Err(ReceiptError::Malformed(_))
         ));
         assert!(Proposal::from_bytes(&[0xff; 8]).is_err());
@@ -501,7 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let store = ReceiptStore::open(&db).unwrap();
-        let p = propose(&alice, &info(&bob, Role::Initiator), NOW).unwrap();
+        let p = propose(&alice, &info(&bob, Role::Initiator), true, NOW).unwrap();
         let proposed = Proposed {
             body: p.body,
             signature: p.signature,

@@ -57,6 +57,10 @@ pub enum MsgFrame {
     Close {
         /// The session.
         session: SessionId,
+        /// Our half of the session's receipt, recording it as not
+        /// completed (see [`crate::receipts`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt: Option<crate::receipts::Proposal>,
     },
     /// Delivery receipts: the sender of this frame fetched these messages
     /// from its mailbox and stored them. Authenticated by the connection;
@@ -123,6 +127,14 @@ mod tests {
             },
             MsgFrame::Close {
                 session: SessionId([4; 16]),
+                receipt: None,
+            },
+            MsgFrame::Close {
+                session: SessionId([4; 16]),
+                receipt: Some(crate::receipts::Proposal {
+                    body: "{}".into(),
+                    signature: [7; 64],
+                }),
             },
             MsgFrame::Countersigned {
                 session: SessionId([5; 16]),

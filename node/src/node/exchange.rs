@@ -419,7 +419,7 @@ impl Node {
         let session = info.id;
         let (tx, rx) = oneshot::channel();
         // The end carries our half of the session receipt.
-        let end = Content::bytes(Kind::End, super::registry::propose(&self.shared, &info));
+        let end = Content::bytes(Kind::End, super::registry::end_body(&self.shared, &info));
         let queued = self
             .enqueue(
                 peer,

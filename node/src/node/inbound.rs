@@ -363,11 +363,16 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         };
         let bytes = match MsgFrame::from_bytes(&frame) {
             Ok(MsgFrame::Envelope(b)) => b,
-            Ok(MsgFrame::Close { session }) => {
+            Ok(MsgFrame::Close { session, receipt }) => {
+                let info =
+                    sender.and_then(|from| shared.store().session(&from, &session, now_ms()));
                 let closed = sender.filter(|from| {
                     matches!(shared.store().forget_session(from, &session), Ok(true))
                 });
                 if let Some(from) = closed {
+                    if let (Some(info), Some(p)) = (&info, &receipt) {
+                        super::registry::on_proposal(shared, info, p, false);
+                    }
                     super::exchange::end_streams(shared, &from, &session);
                     shared.audit(AuditEvent::SessionClosed {
                         peer: from,

@@ -17,7 +17,7 @@ use crate::{
     events::NodeEvent,
     identity::Amid,
     policy::Tier,
-    receipts::{self, Filing, Held, Proposal, Proposed, ReceiptError, PROPOSAL_TTL_MS},
+    receipts::{self, Filing, Held, Proposal, Proposed, PROPOSAL_TTL_MS},
     registry::{
         protocol::{self, ProtocolError, Request, Response},
         Operation, SignedRequest,
@@ -115,12 +115,12 @@ async fn call(shared: &Shared, request: Request) -> Result<serde_json::Value, Re
 
 // ---- session receipts ----
 
-/// The body of our end message for the session `info`: a receipt
-/// proposal, also kept until the peer countersigns it. Empty (no receipt)
-/// if it cannot be stored.
-pub(super) fn propose(shared: &Shared, info: &SessionInfo) -> Vec<u8> {
+/// Our receipt proposal as we end the session `info` (`completed`: with
+/// an end message, or closing it abruptly), kept until the peer
+/// countersigns it. `None` if it cannot be stored.
+pub(super) fn propose(shared: &Shared, info: &SessionInfo, completed: bool) -> Option<Proposal> {
     let now = now_ms();
-    let made = receipts::propose(&shared.identity, info, now).and_then(|p| {
+    let made = receipts::propose(&shared.identity, info, completed, now).and_then(|p| {
         let proposed = Proposed {
             body: p.body.clone(),
             signature: p.signature,
@@ -129,28 +129,47 @@ pub(super) fn propose(shared: &Shared, info: &SessionInfo) -> Vec<u8> {
             expires_ms: now + PROPOSAL_TTL_MS,
         };
         shared.receipts.propose(&info.id, &proposed)?;
-        p.to_bytes()
-            .map_err(|e| ReceiptError::Malformed(e.to_string()))
+        Ok(p)
     });
     match made {
-        Ok(bytes) => bytes,
+        Ok(p) => Some(p),
         Err(e) => {
             warn!(peer = %info.peer.short(), error = %e, "no session receipt proposed");
-            Vec::new()
+            None
         }
     }
 }
 
+/// The body of our end message for the session `info`: our proposal of a
+/// completed receipt, encoded; empty when there is none.
+pub(super) fn end_body(shared: &Shared, info: &SessionInfo) -> Vec<u8> {
+    propose(shared, info, true)
+        .and_then(|p| p.to_bytes().ok())
+        .unwrap_or_default()
+}
+
 /// The peer ended the session `info` with `data` in its end message:
-/// countersigns the proposal it carries, keeps the receipt, sends our
-/// signature back and files it.
+/// countersigns the completed receipt it proposes.
 pub(super) fn on_end(shared: &Arc<Shared>, info: &SessionInfo, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    let signed = Proposal::from_bytes(data)
-        .map_err(|e| ReceiptError::Malformed(e.to_string()))
-        .and_then(|p| receipts::countersign(&shared.identity, info, &p, now_ms()));
+    match Proposal::from_bytes(data) {
+        Ok(p) => on_proposal(shared, info, &p, true),
+        Err(e) => warn!(peer = %info.peer.short(), error = %e, "malformed session receipt"),
+    }
+}
+
+/// The peer ended the session `info` (`completed`: with an end message,
+/// or closed it abruptly) and proposes `proposal`: countersigns it, keeps
+/// the receipt, sends our signature back and files it.
+pub(super) fn on_proposal(
+    shared: &Arc<Shared>,
+    info: &SessionInfo,
+    proposal: &Proposal,
+    completed: bool,
+) {
+    let signed = receipts::countersign(&shared.identity, info, proposal, completed, now_ms());
     let receipt = match signed {
         Ok(r) => r,
         Err(e) => {
