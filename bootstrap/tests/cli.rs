@@ -13,7 +13,7 @@ mod support;
 use agentmesh_bootstrap::loopback::{DnsServer, OidcProvider};
 use agentmesh_node::{keystore::KdfParams, Amid, Config, Node, NodeEvent, Passphrase, Policy};
 use serde_json::Value;
-use support::{json_of, oauth_config, start, Running};
+use support::{json_of, oauth_config, start, start_registry, Running};
 
 const PASS: &str = "cli-test";
 
@@ -46,12 +46,7 @@ async fn post(url: &str, req: &SignedRequest) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_search_did_and_verify_reputation_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir.path().join("bootstrap"),
-        PASS,
-        &["--http", "127.0.0.1:0"],
-    )
-    .await;
+    let server = start_registry(dir.path(), PASS).await;
     let url = server.url.clone();
     let home = dir.path().join("alice");
 
@@ -270,12 +265,7 @@ async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir.path().join("bootstrap"),
-        PASS,
-        &["--http", "127.0.0.1:0"],
-    )
-    .await;
+    let server = start_registry(dir.path(), PASS).await;
     let url = server.url.clone();
     let (alice, carol) = (dir.path().join("alice"), dir.path().join("carol"));
     let mut runs = Vec::new();
@@ -328,20 +318,24 @@ async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
     let body: Value =
         serde_json::from_str(json_of(&out)[0]["receipt"]["body"].as_str().unwrap()).unwrap();
     let session = body["session_id"].as_str().unwrap();
-    let (ok, out) = cli(
-        &alice,
-        &url,
-        &[
+    let rate = |score: &'static str| {
+        let args = [
             "reputation",
             "rate",
             &amids[1],
             "--session",
             session,
             "--score",
-            "0.9",
-        ],
-    )
-    .await;
+            score,
+        ];
+        let (alice, url) = (alice.clone(), url.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&alice, &url, &args).await
+        }
+    };
+    let (ok, out) = rate("0.9").await;
     assert!(ok, "{out}");
     let (ok, out) = cli(&alice, &url, &["--json", "reputation", "verify", &amids[1]]).await;
     assert!(ok, "{out}");
@@ -350,20 +344,7 @@ async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
     assert_eq!(verified["ratings"], 1, "{out}");
     assert_eq!(verified["ok"], true, "{out}");
     // Once per rater and session.
-    let (ok, out) = cli(
-        &alice,
-        &url,
-        &[
-            "reputation",
-            "rate",
-            &amids[1],
-            "--session",
-            session,
-            "--score",
-            "0.1",
-        ],
-    )
-    .await;
+    let (ok, out) = rate("0.1").await;
     assert!(!ok, "{out}");
     assert!(out.contains("conflict"), "{out}");
 

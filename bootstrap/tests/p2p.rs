@@ -18,7 +18,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::{cli, json_of, now_ms, start, WAIT};
+use support::{cli, json_of, now_ms, start_registry, WAIT};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,13 +40,8 @@ fn code(r: Response) -> String {
 async fn the_registry_answers_over_libp2p() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir.path().join("bootstrap"),
-        "p2p-test",
-        &["--http", "127.0.0.1:0"],
-    )
-    .await;
-    let registry: PeerId = server.addr.rsplit("/p2p/").next().unwrap().parse().unwrap();
+    let server = start_registry(dir.path(), "p2p-test").await;
+    let registry: PeerId = server.peer_id();
     let mut config = Config::local();
     config.kdf = KdfParams {
         m_cost: 256,

@@ -19,7 +19,7 @@ use tokio::sync::broadcast::Receiver;
 
 mod support;
 
-use support::{fast_config, node, now_ms, start, Http, WAIT};
+use support::{fast_config, node, now_ms, start_registry, Http, WAIT};
 
 fn config(registry: &str, root: &str) -> Config {
     let mut c = fast_config();
@@ -76,13 +76,8 @@ fn filed(e: NodeEvent) -> Option<Filing> {
 async fn both_nodes_sign_and_file_the_receipts_of_ended_and_closed_sessions() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir.path().join("bootstrap"),
-        "receipts-test",
-        &["--http", "127.0.0.1:0"],
-    )
-    .await;
-    let registry: PeerId = server.addr.rsplit("/p2p/").next().unwrap().parse().unwrap();
+    let server = start_registry(dir.path(), "receipts-test").await;
+    let registry: PeerId = server.peer_id();
     let alice = node(
         dir.path(),
         "alice",
@@ -170,13 +165,8 @@ async fn both_nodes_sign_and_file_the_receipts_of_ended_and_closed_sessions() {
 async fn a_node_renews_its_credentials_from_the_registry() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir.path().join("bootstrap"),
-        "renewal-test",
-        &["--http", "127.0.0.1:0"],
-    )
-    .await;
-    let registry: PeerId = server.addr.rsplit("/p2p/").next().unwrap().parse().unwrap();
+    let server = start_registry(dir.path(), "renewal-test").await;
+    let registry: PeerId = server.peer_id();
     let mut c = config(&server.addr, &server.root);
     c.credentials_refresh = Duration::from_secs(2);
     let alice = node(dir.path(), "alice", c, &server.addr).await;

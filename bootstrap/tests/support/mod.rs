@@ -72,6 +72,19 @@ pub struct Server {
     pub root: String,
 }
 
+/// Starts the binary on `<dir>/bootstrap` with its HTTP API on a free
+/// loopback port.
+pub async fn start_registry(dir: &Path, pass: &str) -> Server {
+    start(&dir.join("bootstrap"), pass, &["--http", "127.0.0.1:0"]).await
+}
+
+impl Server {
+    /// The bootstrap node's peer id (the end of its first address).
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.addr.rsplit("/p2p/").next().unwrap().parse().unwrap()
+    }
+}
+
 /// Starts the binary on `dir` with `--json` and `args`; waits for its
 /// `ready` line.
 pub async fn start(dir: &Path, pass: &str, args: &[&str]) -> Server {
