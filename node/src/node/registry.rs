@@ -280,14 +280,15 @@ async fn file_pending(shared: &Shared) -> bool {
 
 /// The root key credentials are checked against: the configured one, or
 /// the one the registry names.
-async fn root(shared: &Shared) -> Result<Amid, RegistryClientError> {
-    if let Some(root) = shared.config.registry_root {
-        return Amid::from_bytes(&root).map_err(|e| RegistryClientError::Answer(e.to_string()));
+async fn root(shared: &Shared) -> Result<ed25519_dalek::VerifyingKey, RegistryClientError> {
+    if let Some(key) = shared.registry_root() {
+        return Ok(key);
     }
     let v = call(shared, Request::Root).await?;
     v["root"]
         .as_str()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.parse::<Amid>().ok())
+        .and_then(|a| a.verifying_key().ok())
         .ok_or_else(|| RegistryClientError::Answer("no root key".into()))
 }
 
@@ -337,10 +338,7 @@ async fn renew(shared: &Shared) -> Result<CredentialsState, RegistryClientError>
         .ok_or_else(|| RegistryClientError::Answer("credentials are not hex".into()))?;
     let creds =
         Credentials::from_bytes(&bytes).map_err(|e| RegistryClientError::Answer(e.to_string()))?;
-    let root = root(shared).await?;
-    let key = root
-        .verifying_key()
-        .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
+    let key = root(shared).await?;
     let checked = credentials::check(
         &creds,
         &shared.amid,
@@ -380,13 +378,8 @@ fn reload(shared: &Shared) -> Result<Option<CredentialsState>, RegistryClientErr
     }
     // Checked against the root when one is configured; otherwise shown as
     // stored (the receivers check them).
-    let checked = match shared.config.registry_root {
-        Some(root) => {
-            let key = Amid::from_bytes(&root)
-                .and_then(|a| a.verifying_key())
-                .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
-            credentials::check(&creds, &shared.amid, &key, false, now_ms(), |_| false)?
-        }
+    let checked = match shared.registry_root() {
+        Some(key) => credentials::check(&creds, &shared.amid, &key, false, now_ms(), |_| false)?,
         None => Checked::unverified(&creds),
     };
     Ok(Some(install(shared, checked, creds)))
