@@ -39,7 +39,9 @@ pub enum NodeEvent {
     },
     /// A direct connection replaced the relayed one to a peer (after a
     /// hole punch, or a direct dial): relayed connections to it are
-    /// closed and messages go direct.
+    /// closed and messages go direct. When the peer closed the relayed
+    /// connection first, this follows a `Disconnected` and the direct
+    /// `Connected` (within ten seconds of the close).
     PathUpgraded {
         /// The peer.
         peer: String,

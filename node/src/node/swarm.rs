@@ -144,7 +144,15 @@ struct Actor {
     relays: Relays,
     /// WebRTC upgrades of relayed connections, retried when they fail.
     webrtc_upgrades: super::upgrade::WebRtcUpgrades,
+    /// Peers whose last connection, a relayed one, closed lately: the
+    /// other side may have closed it for a direct connection we have not
+    /// seen come up yet.
+    relayed_closed: HashMap<PeerId, Instant>,
 }
+
+/// How long after its relayed connection closed a direct connection to a
+/// peer still counts as an upgrade of that path.
+const UPGRADE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Relay state: the mailbox relays we picked, and what we carry when we
 /// serve as a relay.
@@ -206,6 +214,7 @@ pub(super) async fn run(
         path_memory: Default::default(),
         connections: HashMap::new(),
         conn_info: HashMap::new(),
+        relayed_closed: HashMap::new(),
         external: Vec::new(),
         publish_query: None,
         published_remotely: false,
@@ -666,6 +675,19 @@ impl Actor {
                         peer: peer_label(&peer_id),
                         path,
                     });
+                    let upgraded = self
+                        .relayed_closed
+                        .remove(&peer_id)
+                        .is_some_and(|at| at.elapsed() < UPGRADE_WINDOW);
+                    if upgraded && path != PathKind::Relayed {
+                        // The peer closed the relayed connection as soon as
+                        // it saw this one, before we did.
+                        self.shared.emit(NodeEvent::PathUpgraded {
+                            peer: peer_label(&peer_id),
+                            path,
+                            addr: remote.to_string(),
+                        });
+                    }
                 } else {
                     self.prefer_direct(peer_id, connection_id, path, &remote);
                 }
@@ -694,7 +716,7 @@ impl Actor {
                 connection_id,
                 ..
             } => {
-                self.conn_info.remove(&connection_id);
+                let closed = self.conn_info.remove(&connection_id);
                 let gone = match self.connections.get_mut(&peer_id) {
                     Some(c) => {
                         c.remove(&connection_id);
@@ -714,6 +736,12 @@ impl Actor {
                     }
                 }
                 if gone {
+                    if closed.is_some_and(|(p, _)| p == PathKind::Relayed) {
+                        let now = Instant::now();
+                        self.relayed_closed
+                            .retain(|_, at| now.duration_since(*at) < UPGRADE_WINDOW);
+                        self.relayed_closed.insert(peer_id, now);
+                    }
                     self.webrtc_upgrades.finish(&peer_id);
                     self.connections.remove(&peer_id);
                     if let Ok(mut p) = self.shared.paths.lock() {
