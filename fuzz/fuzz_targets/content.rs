@@ -39,9 +39,9 @@ fuzz_target!(|data: &[u8]| {
                 1_000,
                 2_000,
             );
-            if let Ok(receipt) = countersign(&me, &info, &p, true, 1_500) {
+            if let Ok(signed) = countersign(&me, &info, &p, true, 1_500) {
                 // Only a proposal the peer signed is countersigned.
-                receipt.verify().expect("a countersigned receipt verifies");
+                signed.receipt.verify().expect("a countersigned receipt verifies");
             }
         }
     }

@@ -178,14 +178,14 @@ pub fn propose(
 
 /// Checks the peer's `proposal` for the session `info` it just ended
 /// (`completed`: with an end message, or closed abruptly) and signs it:
-/// returns the receipt with both signatures.
+/// returns the receipt with both signatures, and ours to send back.
 pub fn countersign(
     identity: &Identity,
     info: &SessionInfo,
     proposal: &Proposal,
     completed: bool,
     now_ms: u64,
-) -> Result<SessionReceipt, ReceiptError> {
+) -> Result<Countersigned, ReceiptError> {
     let body: ReceiptBody =
         serde_json::from_str(&proposal.body).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     if body.session_id != hex::encode(info.id.0) {
@@ -214,11 +214,23 @@ pub fn countersign(
         Role::Initiator => (mine, proposal.signature),
         Role::Responder => (proposal.signature, mine),
     };
-    Ok(SessionReceipt::from_signatures(
-        proposal.body.clone(),
-        initiator_sig,
-        responder_sig,
-    ))
+    Ok(Countersigned {
+        receipt: SessionReceipt::from_signatures(
+            proposal.body.clone(),
+            initiator_sig,
+            responder_sig,
+        ),
+        signature: mine,
+    })
+}
+
+/// A receipt we countersigned.
+#[derive(Debug, Clone)]
+pub struct Countersigned {
+    /// The receipt, signed by both parties.
+    pub receipt: SessionReceipt,
+    /// Our signature, for the proposer to complete its copy.
+    pub signature: [u8; 64],
 }
 
 /// Our proposal completed with the peer's `signature`; both signatures
@@ -386,7 +398,9 @@ mod tests {
         let bob_side = info(&alice, Role::Responder);
         let p = propose(&alice, &alice_side, true, NOW).unwrap();
         let p = Proposal::from_bytes(&p.to_bytes().unwrap()).unwrap();
-        let at_bob = countersign(&bob, &bob_side, &p, true, NOW + 10).unwrap();
+        let at_bob = countersign(&bob, &bob_side, &p, true, NOW + 10)
+            .unwrap()
+            .receipt;
         let body = at_bob.verify().unwrap();
         assert_eq!(body.initiator, alice.amid());
         assert_eq!(body.responder, bob.amid());
@@ -442,7 +456,9 @@ mod tests {
     fn a_responder_ending_the_session_signs_as_responder() {
         let (alice, bob) = pair();
         let p = propose(&bob, &info(&alice, Role::Responder), true, NOW).unwrap();
-        let r = countersign(&alice, &info(&bob, Role::Initiator), &p, true, NOW).unwrap();
+        let r = countersign(&alice, &info(&bob, Role::Initiator), &p, true, NOW)
+            .unwrap()
+            .receipt;
         let body = r.verify().unwrap();
         assert_eq!((body.initiator, body.responder), (alice.amid(), bob.amid()));
     }
@@ -482,7 +498,8 @@ mod tests {
             Err(ReceiptError::WrongOutcome)
         ));
         let closed = countersign(&bob, &bob_side, &sign(&incomplete, &alice), false, NOW).unwrap();
-        assert!(!closed.verify().unwrap().completed);
+        assert!(!closed.receipt.verify().unwrap().completed);
+        assert_eq!(hex::encode(closed.signature), closed.receipt.responder_sig);
         let future = ReceiptBody::new([7; 16], alice.amid(), bob.amid(), true, NOW + 3_600_000);
         assert!(matches!(
             countersign(&bob, &bob_side, &sign(&future, &alice), true, NOW),

@@ -170,18 +170,13 @@ pub(super) fn on_proposal(
     completed: bool,
 ) {
     let signed = receipts::countersign(&shared.identity, info, proposal, completed, now_ms());
-    let receipt = match signed {
+    let receipts::Countersigned { receipt, signature } = match signed {
         Ok(r) => r,
         Err(e) => {
             warn!(peer = %info.peer.short(), error = %e, "session receipt not countersigned");
             return;
         }
     };
-    let ours = match info.role {
-        crate::session::Role::Initiator => &receipt.initiator_sig,
-        crate::session::Role::Responder => &receipt.responder_sig,
-    };
-    let signature: Option<[u8; 64]> = hex::decode(ours).ok().and_then(|s| s.try_into().ok());
     let held = Held {
         receipt,
         peer: info.peer,
@@ -192,17 +187,15 @@ pub(super) fn on_proposal(
         return;
     }
     signed_event(shared, &info.peer, info.id);
-    if let Some(signature) = signature {
-        let (shared, peer, session) = (shared.clone(), info.peer, info.id);
-        tokio::spawn(async move {
-            let frame = MsgFrame::Countersigned { session, signature };
-            if mailbox::send_frame(&shared, &peer, frame).await {
-                debug!(peer = %peer.short(), "receipt countersignature sent");
-            } else {
-                debug!(peer = %peer.short(), "receipt countersignature not sent");
-            }
-        });
-    }
+    let (shared, peer, session) = (shared.clone(), info.peer, info.id);
+    tokio::spawn(async move {
+        let frame = MsgFrame::Countersigned { session, signature };
+        if mailbox::send_frame(&shared, &peer, frame).await {
+            debug!(peer = %peer.short(), "receipt countersignature sent");
+        } else {
+            debug!(peer = %peer.short(), "receipt countersignature not sent");
+        }
+    });
 }
 
 /// `from` countersigned the receipt we proposed for `session`.
