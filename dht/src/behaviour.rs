@@ -356,6 +356,7 @@ impl Dht {
         let Some((qid, pending)) = self.queries.get_mut(&id) else {
             return;
         };
+        debug!(?id, last, query = ?qid, "query progressed");
         let qid = *qid;
         match (result, pending) {
             (QueryResult::GetRecord(res), Pending::Get(best)) => {

@@ -326,23 +326,43 @@ pub struct Outcome {
 /// through a NAT's translation) and has published a card listing its
 /// relayed address.
 pub async fn wait_reachable_through_relay(p: &mut Proc) -> Result<()> {
+    match reachable_through_relay(p).await {
+        Ok(()) => Ok(()),
+        // What the agent printed tells why.
+        Err(e) => {
+            let printed = p.drain();
+            Err(e.context(format!("{} printed {printed:?}", p.name)))
+        }
+    }
+}
+
+async fn reachable_through_relay(p: &mut Proc) -> Result<()> {
     p.wait_for(WAIT, |v| {
         v["event"] == "reachability" && v["status"] != "unknown"
     })
-    .await?;
-    p.wait_for(WAIT, |v| {
-        v["event"] == "listening"
-            && v["addr"]
-                .as_str()
-                .is_some_and(|a| a.contains("/p2p-circuit"))
-    })
-    .await?;
-    // The card published after the relayed listener came up.
-    p.clear_backlog();
-    p.wait_for(WAIT, |v| {
-        v["event"] == "card_published" && v["stored_remotely"] == true
-    })
-    .await?;
+    .await
+    .context("no reachability found")?;
+    let listening = p
+        .wait_for(WAIT, |v| {
+            v["event"] == "listening"
+                && v["addr"]
+                    .as_str()
+                    .is_some_and(|a| a.contains("/p2p-circuit"))
+        })
+        .await
+        .context("not listening through the relay")?;
+    // A card published after the relayed listener came up (an earlier wait
+    // may have read it already).
+    let since = seen_at(&listening);
+    let published = |v: &Value| {
+        v["event"] == "card_published" && v["stored_remotely"] == true && seen_at(v) > since
+    };
+    if p.last_event("card_published").is_some_and(published) {
+        return Ok(());
+    }
+    p.wait_for(WAIT, published)
+        .await
+        .context("no card published")?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! with SIGTERM or SIGKILL.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -91,6 +92,8 @@ pub struct Proc {
     lines: mpsc::Receiver<Value>,
     /// Lines seen but not yet consumed by a wait.
     backlog: Vec<Value>,
+    /// The last line read of each event, consumed or not.
+    last: HashMap<String, Value>,
 }
 
 impl Proc {
@@ -134,6 +137,7 @@ impl Proc {
             child,
             lines: rx,
             backlog: Vec::new(),
+            last: HashMap::new(),
         })
     }
 
@@ -149,7 +153,11 @@ impl Proc {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv()).await;
+            if let Ok(Some(v)) = &line {
+                self.remember(v);
+            }
+            match line {
                 Ok(Some(v)) if pred(&v) => return Ok(v),
                 Ok(Some(v)) => self.backlog.push(v),
                 Ok(None) => bail!("{} exited", self.name),
@@ -169,9 +177,22 @@ impl Proc {
         self.backlog.clear();
     }
 
+    fn remember(&mut self, v: &Value) {
+        if let Some(event) = v["event"].as_str() {
+            self.last.insert(event.to_owned(), v.clone());
+        }
+    }
+
+    /// The last line of `event` read so far, whether a wait consumed it
+    /// or not.
+    pub fn last_event(&self, event: &str) -> Option<&Value> {
+        self.last.get(event)
+    }
+
     /// Lines received so far that no wait consumed, and clears them.
     pub fn drain(&mut self) -> Vec<Value> {
         while let Ok(v) = self.lines.try_recv() {
+            self.remember(&v);
             self.backlog.push(v);
         }
         std::mem::take(&mut self.backlog)
