@@ -3,7 +3,11 @@
 //! temporary directory (every state change flushed to disk before the
 //! answer).
 //!
-//! `cargo run --release -p agentmesh-bootstrap --example registry_bench -- [agents] [concurrency]`
+//! `cargo run --release -p agentmesh-bootstrap --example registry_bench -- [agents] [concurrency] [--hold]`
+//!
+//! With `--hold` the registry keeps serving, with its agents, after the
+//! runs until Ctrl-C, and the bench prints a lookup and a search URL, so
+//! that an outside load tool (`oha`) can measure the same server.
 
 use std::{sync::Arc, time::Instant};
 
@@ -144,5 +148,11 @@ async fn main() {
         })
         .collect();
     run("search", &client, search, concurrency).await;
+    if std::env::args().any(|a| a == "--hold") {
+        println!("lookup URL: {base}/v1/registry/lookup?amid={}", ids[0].amid());
+        println!("search URL: {base}/v1/registry/search?capability=weather&limit=20");
+        println!("serving until Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     server.shutdown().await;
 }
