@@ -149,7 +149,10 @@ async fn main() {
         .collect();
     run("search", &client, search, concurrency).await;
     if std::env::args().any(|a| a == "--hold") {
-        println!("lookup URL: {base}/v1/registry/lookup?amid={}", ids[0].amid());
+        println!(
+            "lookup URL: {base}/v1/registry/lookup?amid={}",
+            ids[0].amid()
+        );
         println!("search URL: {base}/v1/registry/search?capability=weather&limit=20");
         println!("serving until Ctrl-C");
         let _ = tokio::signal::ctrl_c().await;

@@ -8,7 +8,9 @@
 //!   their JSON events, used by the devnet and the process tests;
 //! - [`netns`]: network namespaces with NAT routers (nftables), for
 //!   NAT traversal tests and `agentmesh-sim natlab`;
-//! - [`delayline`]: latency added in user space to a host's packets.
+//! - [`delayline`]: latency added in user space to a host's packets;
+//! - [`scale`]: many agents in one process, first contacts, sessions and
+//!   offline delivery measured (`agentmesh-sim scale`).
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -17,3 +19,4 @@ pub mod devnet;
 pub mod natlab;
 pub mod netns;
 pub mod process;
+pub mod scale;

@@ -3,6 +3,7 @@
 //! ```text
 //! agentmesh-sim devnet [--agents N] [--once]   a whole local network
 //! agentmesh-sim natlab [--runs N]               hole punching behind NATs (root)
+//! agentmesh-sim scale [--agents N]              many agents in one process
 //! ```
 
 use std::path::PathBuf;
@@ -69,6 +70,25 @@ enum Cmd {
         /// the path it ended on and report the throughput (0: none).
         #[arg(long, default_value_t = 0)]
         stream_mib: usize,
+    },
+    /// Start a bootstrap, a mailbox relay and N agents in this process (on
+    /// loopback), then measure first contacts (DHT lookup, KNOCK,
+    /// delivery), messages over the sessions opened, and delivery to
+    /// agents that were offline.
+    Scale {
+        /// Number of agents.
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        /// Messages in the first-contact phase and again in the session
+        /// phase (one per sender/recipient pair).
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Recipients that go offline in the last phase.
+        #[arg(long, default_value_t = 5)]
+        offline: usize,
+        /// Messages in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// (process role) Run one agent; prints JSON event lines.
     #[command(hide = true)]
@@ -151,6 +171,32 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Devnet { agents, once, dir } => {
             devnet::run(DevnetOptions { agents, once, dir }).await?;
+        }
+        Cmd::Scale {
+            agents,
+            messages,
+            offline,
+            concurrency,
+        } => {
+            let opts = agentmesh_sim::scale::ScaleOptions {
+                agents,
+                messages,
+                offline,
+                concurrency,
+            };
+            let report = tokio::select! {
+                r = agentmesh_sim::scale::run(&opts, |line| eprintln!("{line}")) => r?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            };
+            print!("{}", report.table());
+            let lost: usize = report
+                .phases
+                .iter()
+                .map(|p| p.sent - p.delivered.min(p.sent) + p.errors.len())
+                .sum();
+            if lost > 0 {
+                anyhow::bail!("{lost} messages not delivered");
+            }
         }
         Cmd::Natlab {
             runs,

@@ -803,16 +803,16 @@ impl Actor {
                     error: result.err().map(|e| e.to_string()),
                 });
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                // Relay reservations are confirmed too; they are listed
-                // with the listen addresses, not as our own. AutoNAT
-                // confirms again on every probe: only news is logged.
-                if path_of(&address) != PathKind::Relayed && !self.external.contains(&address) {
-                    info!(addr = %address, "external address confirmed");
-                    self.external.push(address);
-                    self.listen_through_relays_if_needed();
-                    self.next_publish = Some(Instant::now() + Duration::from_millis(200));
-                }
+            // Relay reservations are confirmed too; they are listed with
+            // the listen addresses, not as our own. AutoNAT confirms again
+            // on every probe: only news counts.
+            SwarmEvent::ExternalAddrConfirmed { address }
+                if path_of(&address) != PathKind::Relayed && !self.external.contains(&address) =>
+            {
+                info!(addr = %address, "external address confirmed");
+                self.external.push(address);
+                self.listen_through_relays_if_needed();
+                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.external.retain(|a| a != &address);

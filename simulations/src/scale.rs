@@ -1,0 +1,523 @@
+//! Many agents in one process (`agentmesh-sim scale`): a bootstrap, a
+//! mailbox relay and N agents, all real nodes on loopback sockets with
+//! their own sled databases. They join through the bootstrap, publish
+//! their cards in the DHT, and then exchange messages in three phases:
+//!
+//! 1. **first contact**: M pairs, each a DHT lookup of the recipient, a
+//!    KNOCK that carries the first message, and its delivery receipt;
+//! 2. **again**: the same pairs once more, over the sessions opened;
+//! 3. **offline**: some recipients stop, messages to them go to their
+//!    mailbox relay, and they get them when they start again.
+//!
+//! Every message is checked at its recipient: delivered once, to the right
+//! agent. The report gives, per phase, how many arrived, over which paths,
+//! and the time from `send` to its receipt.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+
+use agentmesh_node::{keystore::KdfParams, Amid, Config, Multiaddr, Node, Passphrase, RelayConfig};
+
+/// Generous bound on each wait (the machine may be loaded).
+const WAIT: Duration = Duration::from_secs(120);
+/// Least depth of the channel that gathers what the agents received.
+const COLLECT_DEPTH: usize = 1024;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct ScaleOptions {
+    /// Number of agents.
+    pub agents: usize,
+    /// Messages in each of the first two phases (one per pair).
+    pub messages: usize,
+    /// Recipients that go offline in the third phase.
+    pub offline: usize,
+    /// Messages in flight at once.
+    pub concurrency: usize,
+}
+
+/// One phase's outcome.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// Its name.
+    pub name: &'static str,
+    /// Messages sent (receipts received).
+    pub sent: usize,
+    /// Messages the recipients got, each counted once.
+    pub delivered: usize,
+    /// Messages a recipient got more than once.
+    pub duplicates: usize,
+    /// Sends that opened a session with a KNOCK.
+    pub knocked: usize,
+    /// Receipts per path.
+    pub paths: BTreeMap<String, usize>,
+    /// From `send` to its receipt, sorted.
+    pub latencies: Vec<Duration>,
+    /// Sends that failed, with the reason.
+    pub errors: Vec<String>,
+}
+
+impl Phase {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            sent: 0,
+            delivered: 0,
+            duplicates: 0,
+            knocked: 0,
+            paths: BTreeMap::new(),
+            latencies: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The `q` quantile (0–1) of the latencies.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let n = self.latencies.len();
+        if n == 0 {
+            return None;
+        }
+        let i = ((n as f64 - 1.0) * q).round() as usize;
+        self.latencies.get(i.min(n - 1)).copied()
+    }
+}
+
+/// What a run gave.
+#[derive(Debug, Clone)]
+pub struct ScaleReport {
+    /// Number of agents.
+    pub agents: usize,
+    /// From the first agent's start to the last one's card in the DHT.
+    pub joined_in: Duration,
+    /// The phases, in order.
+    pub phases: Vec<Phase>,
+}
+
+impl ScaleReport {
+    /// The report as a Markdown table.
+    pub fn table(&self) -> String {
+        let ms = |d: Option<Duration>| {
+            d.map(|d| format!("{} ms", d.as_millis()))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut out = format!(
+            "{} agents joined and published their cards in {:.1} s\n\n\
+             | phase | sent | delivered | duplicates | KNOCKs | paths | send → receipt p50 | p90 | max | errors |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
+            self.agents,
+            self.joined_in.as_secs_f64()
+        );
+        for p in &self.phases {
+            let paths: Vec<String> = p.paths.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                p.name,
+                p.sent,
+                p.delivered,
+                p.duplicates,
+                p.knocked,
+                paths.join(", "),
+                ms(p.quantile(0.5)),
+                ms(p.quantile(0.9)),
+                ms(p.latencies.last().copied()),
+                p.errors.len()
+            ));
+        }
+        out
+    }
+}
+
+fn config() -> Config {
+    let mut c = Config::local();
+    // Throwaway identities: a light key derivation keeps N starts quick.
+    c.kdf = KdfParams {
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    c
+}
+
+async fn start(
+    dir: &Path,
+    name: &str,
+    mut config: Config,
+    bootstrap: &[Multiaddr],
+) -> Result<Node> {
+    config.relays.dedup();
+    Node::builder(config)
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name))
+        .bootstraps(bootstrap.iter().cloned())
+        .spawn()
+        .await
+        .with_context(|| format!("starting {name}"))
+}
+
+/// A message the recipient got: `(recipient index, phase, k)`.
+type Got = (usize, String, u64);
+
+/// The task forwarding an agent's messages, and how to stop it.
+struct Collector {
+    task: tokio::task::JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+/// Forwards every message agent `i` receives to `tx`, until stopped.
+fn collect(i: usize, node: &Node, tx: mpsc::Sender<Got>) -> Result<Collector> {
+    let mut inbox = node.messages().context("inbox taken")?;
+    let (stop, mut stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            // `recv` is cancel-safe: nothing is lost when stopped.
+            let m = tokio::select! {
+                m = inbox.recv() => m,
+                _ = &mut stopped => None,
+            };
+            let Some(m) = m else { break };
+            let phase = m.payload["phase"].as_str().unwrap_or_default().to_owned();
+            let k = m.payload["k"].as_u64().unwrap_or(u64::MAX);
+            if tx.send((i, phase, k)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Collector { task, stop })
+}
+
+/// `count` (sender, recipient) pairs spread over `n` agents, never an agent
+/// to itself, and no pair twice until all `n × (n − 1)` are used; the same
+/// for the same arguments.
+pub fn pairs(n: usize, count: usize) -> Vec<(usize, usize)> {
+    if n < 2 {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|k| {
+            // Round r sends from every agent once, each time to another
+            // distance: within n − 1 rounds no distance repeats per sender.
+            let (from, round) = (k % n, k / n);
+            let step = 1 + (round + from) % (n - 1);
+            (from, (from + step) % n)
+        })
+        .collect()
+}
+
+struct Net {
+    dir: tempfile::TempDir,
+    boot_addrs: Vec<Multiaddr>,
+    agent_config: Config,
+    agents: Vec<Option<Node>>,
+    amids: Vec<Amid>,
+    collectors: Vec<Option<Collector>>,
+    tx: mpsc::Sender<Got>,
+    rx: mpsc::Receiver<Got>,
+    _boot: Node,
+    _relay: Node,
+}
+
+impl Net {
+    fn node(&self, i: usize) -> Result<Node> {
+        self.agents[i]
+            .clone()
+            .with_context(|| format!("agent {i} is offline"))
+    }
+
+    /// Sends one message per pair, `concurrency` at a time; with
+    /// `wait_delivery`, waits until each recipient got its message.
+    async fn phase(
+        &mut self,
+        name: &'static str,
+        pairs: &[(usize, usize)],
+        concurrency: usize,
+        wait_delivery: bool,
+    ) -> Result<Phase> {
+        let mut phase = Phase::new(name);
+        let mut jobs = JoinSet::new();
+        let mut next = 0;
+        let mut expected: HashMap<u64, usize> = HashMap::new();
+        while next < pairs.len() || !jobs.is_empty() {
+            while next < pairs.len() && jobs.len() < concurrency.max(1) {
+                let (from, to) = pairs[next];
+                let k = next as u64;
+                expected.insert(k, to);
+                let (node, amid) = (self.node(from)?, self.amids[to]);
+                jobs.spawn(async move {
+                    let started = Instant::now();
+                    let payload = json!({ "phase": name, "k": k });
+                    let r = tokio::time::timeout(WAIT, node.send(&amid, payload)).await;
+                    (started.elapsed(), r)
+                });
+                next += 1;
+            }
+            match jobs.join_next().await {
+                Some(Ok((took, Ok(Ok(receipt))))) => {
+                    phase.sent += 1;
+                    phase.knocked += usize::from(receipt.knocked);
+                    *phase.paths.entry(receipt.path.to_string()).or_default() += 1;
+                    phase.latencies.push(took);
+                }
+                Some(Ok((_, Ok(Err(e))))) => phase.errors.push(e.to_string()),
+                Some(Ok((_, Err(_)))) => phase.errors.push("send timed out".into()),
+                Some(Err(e)) => phase.errors.push(e.to_string()),
+                None => {}
+            }
+        }
+        phase.latencies.sort();
+        if wait_delivery {
+            self.await_delivery(&mut phase, name, &expected).await?;
+        }
+        Ok(phase)
+    }
+
+    /// Reads what the recipients got until every message of `phase` in
+    /// `expected` (k → recipient) arrived, or the wait is over.
+    async fn await_delivery(
+        &mut self,
+        phase: &mut Phase,
+        name: &str,
+        expected: &HashMap<u64, usize>,
+    ) -> Result<()> {
+        let mut got: HashMap<u64, usize> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while got.len() < expected.len() {
+            let Ok(Some((at, p, k))) = tokio::time::timeout_at(deadline, self.rx.recv()).await
+            else {
+                break;
+            };
+            if p != name {
+                continue;
+            }
+            if expected.get(&k) != Some(&at) {
+                bail!("message {name}/{k} reached agent {at}, not its recipient");
+            }
+            *got.entry(k).or_default() += 1;
+        }
+        phase.delivered = got.len();
+        // Duplicates that arrive right after the last first copy.
+        while let Ok(Some((_, p, k))) =
+            tokio::time::timeout(Duration::from_millis(500), self.rx.recv()).await
+        {
+            if p == name {
+                *got.entry(k).or_default() += 1;
+            }
+        }
+        phase.duplicates = got.values().map(|c| c - 1).sum();
+        Ok(())
+    }
+
+    async fn stop(&mut self, i: usize) -> Result<()> {
+        let node = self.agents[i].take().context("already offline")?;
+        node.shutdown().await;
+        // The inbox holds the node's database open: let it go.
+        if let Some(c) = self.collectors[i].take() {
+            let _ = c.stop.send(());
+            tokio::time::timeout(WAIT, c.task)
+                .await
+                .context("the inbox did not close")??;
+        }
+        Ok(())
+    }
+
+    /// Starts agent `i` again on its data directory; its database is free
+    /// once the stopped node's tasks have ended.
+    async fn restart(&mut self, i: usize) -> Result<()> {
+        let name = format!("agent-{i}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let node = loop {
+            match start(
+                self.dir.path(),
+                &name,
+                self.agent_config.clone(),
+                &self.boot_addrs,
+            )
+            .await
+            {
+                Ok(node) => break node,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "{name} not started yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.collectors[i] = Some(collect(i, &node, self.tx.clone())?);
+        self.agents[i] = Some(node);
+        Ok(())
+    }
+}
+
+/// Runs the simulation; `progress` is told what happens as it happens.
+pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleReport> {
+    if opts.agents < 2 {
+        bail!("at least two agents");
+    }
+    let dir = tempfile::tempdir()?;
+    let boot = start(dir.path(), "boot", config(), &[]).await?;
+    let boot_addrs = boot.wait_listening(1, WAIT).await;
+    if boot_addrs.is_empty() {
+        bail!("the bootstrap does not listen");
+    }
+    let mut relay_config = config();
+    relay_config.relay = Some(RelayConfig::default());
+    let relay = start(dir.path(), "relay", relay_config, &boot_addrs).await?;
+    let relay_addr = relay
+        .wait_listening(1, WAIT)
+        .await
+        .into_iter()
+        .next()
+        .context("the relay does not listen")?;
+    let mut agent_config = config();
+    agent_config.relays = vec![relay_addr];
+
+    // Room for every message of the run: a collector never waits.
+    let (tx, rx) = mpsc::channel(COLLECT_DEPTH.max(2 * opts.messages + opts.offline));
+    let started = Instant::now();
+    let mut agents = Vec::new();
+    let mut collectors = Vec::new();
+    for i in 0..opts.agents {
+        let node = start(
+            dir.path(),
+            &format!("agent-{i}"),
+            agent_config.clone(),
+            &boot_addrs,
+        )
+        .await?;
+        collectors.push(Some(collect(i, &node, tx.clone())?));
+        agents.push(Some(node));
+        if (i + 1) % 10 == 0 || i + 1 == opts.agents {
+            progress(&format!("started {}/{} agents", i + 1, opts.agents));
+        }
+    }
+    for (i, a) in agents.iter().enumerate() {
+        let a = a.as_ref().context("agent missing")?;
+        if !a.wait_published(WAIT).await {
+            bail!("agent {i} did not publish its card");
+        }
+    }
+    let joined_in = started.elapsed();
+    progress(&format!(
+        "all {} cards published in {:.1} s",
+        opts.agents,
+        joined_in.as_secs_f64()
+    ));
+    let amids = agents
+        .iter()
+        .map(|a| a.as_ref().map(Node::amid).context("agent missing"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut net = Net {
+        dir,
+        boot_addrs,
+        agent_config,
+        agents,
+        amids,
+        collectors,
+        tx,
+        rx,
+        _boot: boot,
+        _relay: relay,
+    };
+
+    let first = pairs(opts.agents, opts.messages);
+    let mut phases = Vec::new();
+    let p = net
+        .phase("first contact", &first, opts.concurrency, true)
+        .await?;
+    progress(&format!(
+        "first contact: {}/{} delivered",
+        p.delivered,
+        first.len()
+    ));
+    phases.push(p);
+    let p = net.phase("again", &first, opts.concurrency, true).await?;
+    progress(&format!("again: {}/{} delivered", p.delivered, first.len()));
+    phases.push(p);
+
+    // Recipients that go offline, each with a sender it has a session with.
+    let mut offline: Vec<(usize, usize)> = Vec::new();
+    for &(from, to) in &first {
+        if offline.len() == opts.offline {
+            break;
+        }
+        let taken = |i: usize| offline.iter().any(|&(f, t)| f == i || t == i);
+        if !taken(from) && !taken(to) {
+            offline.push((from, to));
+        }
+    }
+    for &(_, to) in &offline {
+        net.stop(to).await?;
+    }
+    progress(&format!("{} recipients stopped", offline.len()));
+    let mut p = net
+        .phase("offline", &offline, opts.concurrency, false)
+        .await?;
+    for &(_, to) in &offline {
+        net.restart(to).await?;
+    }
+    progress(&format!("{} recipients started again", offline.len()));
+    let expected = (0..offline.len() as u64)
+        .zip(offline.iter().map(|&(_, to)| to))
+        .collect();
+    net.await_delivery(&mut p, "offline", &expected).await?;
+    progress(&format!(
+        "offline: {}/{} delivered",
+        p.delivered,
+        offline.len()
+    ));
+    phases.push(p);
+
+    for i in 0..net.agents.len() {
+        if net.agents[i].is_some() {
+            net.stop(i).await?;
+        }
+    }
+    Ok(ScaleReport {
+        agents: opts.agents,
+        joined_in,
+        phases,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_spread_and_never_self() {
+        let p = pairs(8, 40);
+        assert_eq!(p.len(), 40);
+        assert!(p.iter().all(|(a, b)| a != b && *a < 8 && *b < 8));
+        // Every agent sends and receives.
+        for i in 0..8 {
+            assert!(p.iter().any(|(a, _)| *a == i));
+            assert!(p.iter().any(|(_, b)| *b == i));
+        }
+        assert_eq!(p, pairs(8, 40));
+        assert!(pairs(1, 5).is_empty());
+        // All 56 ordered pairs before any repeats.
+        let mut all = pairs(8, 56);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 56);
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut p = Phase::new("x");
+        assert_eq!(p.quantile(0.5), None);
+        p.latencies = (1..=10).map(Duration::from_millis).collect();
+        assert_eq!(p.quantile(0.0), Some(Duration::from_millis(1)));
+        assert_eq!(p.quantile(1.0), Some(Duration::from_millis(10)));
+        assert_eq!(p.quantile(0.5), Some(Duration::from_millis(6)));
+    }
+}
