@@ -386,6 +386,12 @@ enum Command {
         amid: Amid,
         reply: oneshot::Sender<Option<AgentCard>>,
     },
+    /// The card about `amid` in our own DHT store, without a lookup (e.g.
+    /// the offline card a peer pushed to us as it stopped).
+    LocalCard {
+        amid: Amid,
+        reply: oneshot::Sender<Option<AgentCard>>,
+    },
     Connect {
         peer: PeerId,
         addrs: Vec<Multiaddr>,

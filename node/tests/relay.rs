@@ -9,7 +9,7 @@ use agentmesh_node::{
     audit::{AuditEvent, AuditFilter},
     envelope::MessageId,
     keystore::KdfParams,
-    Config, HolePunch, Node, NodeEvent, Passphrase, PathKind, Reachability, RelayConfig,
+    Config, HolePunch, Node, NodeEvent, Passphrase, PathKind, Presence, Reachability, RelayConfig,
 };
 use serde_json::json;
 
@@ -291,9 +291,26 @@ async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delive
     );
     drop(inbox);
     let bob_amid = bob.amid();
+    let dials_to_bob = |node: &Node| {
+        let filter = AuditFilter::default().peer(bob_amid).kind("path_attempt");
+        node.audit_log(&filter).unwrap().len()
+    };
+    let dialled = dials_to_bob(&alice);
     bob.shutdown().await;
+    // His last card says offline; once alice has it she does not dial him.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let card = alice.lookup(&bob_amid).await;
+            if card.is_some_and(|c| c.presence == Presence::Offline) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("bob's offline card");
 
-    // Bob is offline: the messages go to his mailbox.
+    // Bob is offline: the messages go to his mailbox, with no dial first.
     let mut alice_events = alice.events();
     let mut sent: Vec<MessageId> = Vec::new();
     for n in 1..=5 {
@@ -306,6 +323,11 @@ async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delive
     }
     let stored = relay.status().await.net.relay.unwrap();
     assert_eq!(stored.envelopes, 5);
+    assert_eq!(
+        dials_to_bob(&alice),
+        dialled,
+        "alice dialled an offline bob"
+    );
 
     // Bob comes back: all five, in order, once; alice hears of each.
     let bob = start(dir.path(), "bob", bob_spec(), Some(&boot)).await;

@@ -22,7 +22,7 @@ use agentmesh_transports::{
 use super::{Command, Outgoing, SendError, Shared, PEER_QUEUE};
 use crate::{
     audit::AuditEvent,
-    card::AgentCard,
+    card::{AgentCard, Presence},
     envelope::SessionId,
     events::{NodeEvent, Receipt},
     identity::Amid,
@@ -58,6 +58,7 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         rx,
         requeued: VecDeque::new(),
         card: None,
+        card_at: None,
         writer: None,
         reader: None,
         inflight: VecDeque::new(),
@@ -89,6 +90,8 @@ struct Link {
     rx: mpsc::Receiver<Outgoing>,
     requeued: VecDeque<Outgoing>,
     card: Option<AgentCard>,
+    /// When `card` was looked up or read.
+    card_at: Option<Instant>,
     writer: Option<FrameWriter>,
     reader: Option<FrameReader>,
     inflight: VecDeque<InFlight>,
@@ -112,6 +115,10 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a peer that could not be dialled is taken to be unreachable.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+
+/// How long a card that says `offline` is believed before it is looked up
+/// again (the peer may have come back and published a newer one).
+const OFFLINE_RECHECK: Duration = Duration::from_secs(30);
 
 enum LinkError {
     /// Try again later.
@@ -145,6 +152,13 @@ impl Link {
                 _ = async { tokio::time::sleep_until(reconnect_at.unwrap_or_else(Instant::now)).await },
                     if reconnect_at.is_some() => {
                     self.reconnect_at = None;
+                    if self.writer.is_none() && self.said_offline(peer_id).await {
+                        // Not a failure of the peer's: it said it stopped.
+                        debug!(peer = %self.peer.short(), "offline by its card: to the mailbox");
+                        self.schedule_reconnect();
+                        self.deposit_inflight().await;
+                        continue;
+                    }
                     let allowed = self.shared.breakers().allow(&self.peer, now_ms());
                     match allowed {
                         Err(open) => {
@@ -508,13 +522,66 @@ impl Link {
             .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
         match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
             Ok(Ok(Some(card))) => {
-                self.peer_relays = card.relay_addrs();
-                self.card = Some(card.clone());
+                self.take_card(card.clone());
                 Ok(card)
             }
             Ok(Ok(None)) | Err(_) => Err(LinkError::Retry("card not found".into())),
             Ok(Err(_)) => Err(LinkError::Fatal(SendError::Stopped)),
         }
+    }
+
+    fn take_card(&mut self, card: AgentCard) {
+        self.peer_relays = card.relay_addrs();
+        self.card = Some(card);
+        self.card_at = Some(Instant::now());
+    }
+
+    /// Whether the peer, not connected to us, said it went offline: a
+    /// newer card in our own DHT store (a peer pushes its offline card to
+    /// the peers it is connected to as it stops) or a looked-up one.
+    /// Messages for it then go to its mailbox without a dial that could
+    /// only time out. A card that says `offline` is looked up again after
+    /// [`OFFLINE_RECHECK`], so a peer that came back is dialled again.
+    async fn said_offline(&mut self, peer_id: PeerId) -> bool {
+        if self.peer_relays.is_empty() || self.is_connected(peer_id) {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        let asked = self
+            .shared
+            .commands
+            .send(Command::LocalCard {
+                amid: self.peer,
+                reply: tx,
+            })
+            .await;
+        if let (Ok(()), Ok(Some(local))) = (asked, rx.await) {
+            if self.card.as_ref().is_none_or(|c| local.seq > c.seq) {
+                self.take_card(local);
+            }
+        }
+        let offline = |c: &Option<AgentCard>| {
+            c.as_ref()
+                .is_some_and(|c| c.presence == Presence::Offline && c.expires_ms > now_ms())
+        };
+        let stale = self.card_at.is_none_or(|t| t.elapsed() >= OFFLINE_RECHECK);
+        if offline(&self.card) && stale {
+            let believed = self.card.take();
+            if self.resolve().await.is_err() {
+                // Not found now: keep what we had, and ask again later.
+                self.card = believed;
+                self.card_at = Some(Instant::now());
+            }
+        }
+        offline(&self.card)
+    }
+
+    fn is_connected(&self, peer_id: PeerId) -> bool {
+        self.shared
+            .paths
+            .lock()
+            .map(|p| p.contains_key(&peer_id))
+            .unwrap_or(false)
     }
 
     async fn connect(&mut self, peer_id: PeerId) -> Result<PathKind, LinkError> {
@@ -543,13 +610,7 @@ impl Link {
     /// Whether the peer failed a dial moments ago and has not connected
     /// since.
     fn unreachable(&self, peer_id: PeerId) -> bool {
-        let connected = self
-            .shared
-            .paths
-            .lock()
-            .map(|p| p.contains_key(&peer_id))
-            .unwrap_or(false);
-        !connected && self.mailbox_until.is_some_and(|t| t > Instant::now())
+        !self.is_connected(peer_id) && self.mailbox_until.is_some_and(|t| t > Instant::now())
     }
 
     /// The peer cannot be reached: hands everything in flight, in order, to

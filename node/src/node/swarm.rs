@@ -388,6 +388,17 @@ impl Actor {
                 self.resolving.insert(peer, q);
                 self.resolves.insert(q, vec![reply]);
             }
+            Command::LocalCard { amid, reply } => {
+                let card = amid.peer_id().ok().and_then(|peer| {
+                    let record = self
+                        .swarm
+                        .behaviour_mut()
+                        .dht
+                        .get_local(CARD_NAMESPACE, &peer)?;
+                    AgentCard::from_record(&record).ok()
+                });
+                let _ = reply.send(card);
+            }
             Command::Connect {
                 peer,
                 mut addrs,
