@@ -1,6 +1,7 @@
 //! Nodes and their registry, against the `agentmesh-bootstrap` binary: at
 //! the end of a conversation (or an abrupt close) both nodes sign the
-//! session receipt and file it themselves; a node renews its credentials from the registry on its
+//! session receipt and file it themselves, again later when the registry
+//! does not know one of them yet; a node renews its credentials from the registry on its
 //! own and shows them in its KNOCKs.
 
 use std::time::Duration;
@@ -216,4 +217,51 @@ async fn a_node_renews_its_credentials_from_the_registry() {
     // A node reloads what `agentmesh verify` stored.
     let reloaded = alice.reload_credentials().unwrap().expect("stored");
     assert!(reloaded.attestation_expires_ms.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_naming_an_agent_the_registry_does_not_know_yet_is_filed_once_it_registers() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(dir.path(), "unknown-agent-test").await;
+    let registry: PeerId = server.peer_id();
+    let alice = node(
+        dir.path(),
+        "alice",
+        config(&server.addr, &server.root),
+        &server.addr,
+    )
+    .await;
+    let bob = node(
+        dir.path(),
+        "bob",
+        config(&server.addr, &server.root),
+        &server.addr,
+    )
+    .await;
+    register(&alice, registry, "alice").await;
+    let mut alice_events = alice.events();
+    let mut bob_events = bob.events();
+    tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"text": "hi"})))
+        .await
+        .expect("send in time")
+        .expect("delivered");
+    alice.end_conversation(&bob.amid()).await.expect("ended");
+
+    // The registry has no record of bob yet: both put the receipt off.
+    assert_eq!(next(&mut alice_events, filed).await, Filing::Pending);
+    assert_eq!(next(&mut bob_events, filed).await, Filing::Pending);
+    assert_eq!(alice.receipts()[0].filing, Filing::Pending);
+    let ev = ask(&alice, registry, Request::Evidence { amid: alice.amid() }).await;
+    assert_eq!(ev["receipts"].as_array().unwrap().len(), 0, "{ev}");
+
+    // Once he registers, the next round files it, once.
+    register(&bob, registry, "bob").await;
+    assert_eq!(next(&mut alice_events, filed).await, Filing::Filed);
+    assert_eq!(next(&mut bob_events, filed).await, Filing::Filed);
+    assert_eq!(alice.receipts()[0].filing, Filing::Filed);
+    for who in [alice.amid(), bob.amid()] {
+        let ev = ask(&alice, registry, Request::Evidence { amid: who }).await;
+        assert_eq!(ev["receipts"].as_array().unwrap().len(), 1, "{ev}");
+    }
 }

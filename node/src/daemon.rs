@@ -252,7 +252,9 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             Filing::Refused { code } => {
                 println!("session {session}: the registry refused the receipt ({code})")
             }
-            _ => {}
+            Filing::Pending => println!(
+                "session {session}: the registry does not know an agent of the receipt yet; filing it again later"
+            ),
         },
         NodeEvent::CredentialsUpdated(state) => println!("credentials: {state}"),
         NodeEvent::MessageReceived { .. } => {}

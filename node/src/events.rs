@@ -148,7 +148,10 @@ pub enum NodeEvent {
         /// The session.
         session: SessionId,
     },
-    /// A session receipt was filed with the registry, or refused by it.
+    /// A session receipt was filed with the registry, or refused by it, or
+    /// put off ([`Filing::Pending`](crate::receipts::Filing::Pending): the
+    /// registry does not know one of the agents yet; it is filed again
+    /// later, for up to a week after the session ended).
     ReceiptFiled {
         /// The other agent.
         peer: Amid,

@@ -98,7 +98,8 @@ pub struct Proposed {
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Filing {
-    /// Not filed yet (no registry configured, or not reached yet).
+    /// Not filed yet (no registry configured, not reached yet, or it does
+    /// not know one of the agents yet).
     Pending,
     /// The registry has it.
     Filed,

@@ -8,7 +8,10 @@ use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
-use agentmesh_transports::framing::{FrameError, FramedStream};
+use agentmesh_transports::{
+    framing::{FrameError, FramedStream},
+    PathKind,
+};
 
 use super::{peer_label, Command, Delivery, Shared};
 use crate::{
@@ -330,6 +333,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     let cancel = shared.cancel.clone();
     let mut acks: Vec<MsgFrame> = Vec::new();
     let mut batch: Vec<Delivery> = Vec::new();
+    let mut stream_path = shared.path_to(&peer);
     loop {
         // Take what is already buffered without waiting; when nothing is,
         // commit the burst before blocking on the next frame.
@@ -474,7 +478,16 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                         l.refund(&a);
                     }
                 }
-                let path = shared.path_to(&peer);
+                // While no connection to the peer is known (one just
+                // closed, the one this stream is on not yet seen), the
+                // path last seen on this stream.
+                let path = match shared.path_to(&peer) {
+                    PathKind::Other => stream_path,
+                    p => {
+                        stream_path = p;
+                        p
+                    }
+                };
                 shared.audit(AuditEvent::MessageIn {
                     from: received.from,
                     id: received.id,

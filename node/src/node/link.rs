@@ -59,6 +59,8 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         requeued: VecDeque::new(),
         card: None,
         card_at: None,
+        stream_retries: 0,
+        stream_path: PathKind::Other,
         writer: None,
         reader: None,
         inflight: VecDeque::new(),
@@ -92,6 +94,10 @@ struct Link {
     card: Option<AgentCard>,
     /// When `card` was looked up or read.
     card_at: Option<Instant>,
+    /// Streams opened again at once since the last one that worked.
+    stream_retries: u8,
+    /// The path of the connection the message stream was opened on.
+    stream_path: PathKind,
     writer: Option<FrameWriter>,
     reader: Option<FrameReader>,
     inflight: VecDeque<InFlight>,
@@ -113,12 +119,33 @@ struct Link {
 /// timeout).
 const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How many times in a row a stream is opened again at once, without a
+/// dial or the mailbox, while the peer stays connected.
+const STREAM_RETRIES: u8 = 3;
+
 /// How long a peer that could not be dialled is taken to be unreachable.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 
 /// How long a card that says `offline` is believed before it is looked up
 /// again (the peer may have come back and published a newer one).
 const OFFLINE_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why the message stream could not be opened.
+enum StreamError {
+    /// The peer could not be reached.
+    Unreachable(String),
+    /// The peer was reached, and opening or writing the stream failed.
+    Stream(String),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Self::Stream(e) => write!(f, "stream: {e}"),
+        }
+    }
+}
 
 enum LinkError {
     /// Try again later.
@@ -167,14 +194,28 @@ impl Link {
                                 Instant::now() + Duration::from_millis(open.retry_after_ms.clamp(10, 60_000)),
                             );
                         }
-                        Ok(()) => {
-                            if let Err(e) = self.ensure_stream(peer_id).await {
+                        Ok(()) => match self.ensure_stream(peer_id).await {
+                            Ok(()) => self.stream_retries = 0,
+                            Err(StreamError::Stream(e)) if self.stream_retries < STREAM_RETRIES => {
+                                // Reached, but the stream failed: most often it
+                                // was opened on a connection closed under it (a
+                                // relayed one replaced by a direct one). Try
+                                // again now rather than call the peer
+                                // unreachable.
+                                debug!(peer = %self.peer.short(), error = %e, "message stream failed; opening it again");
+                                self.stream_retries += 1;
+                                self.writer = None;
+                                self.reader = None;
+                                self.reconnect_at = Some(Instant::now() + MIN_BACKOFF);
+                            }
+                            Err(e) => {
                                 debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
+                                self.stream_retries = 0;
                                 self.shared.breakers().record_failure(&self.peer, now_ms());
                                 self.schedule_reconnect();
                                 self.deposit_inflight().await;
                             }
-                        }
+                        },
                     }
                 }
                 Some(out) = async {
@@ -455,10 +496,12 @@ impl Link {
         match nack {
             None => {
                 self.shared.breakers().record_success(&self.peer, now_ms());
-                let path = self
-                    .peer_id
-                    .map(|p| self.shared.path_to(&p))
-                    .unwrap_or(PathKind::Other);
+                // The peer's best connection; while none is known (one
+                // just closed, the next not yet seen), the stream's.
+                let path = match self.peer_id.map(|p| self.shared.path_to(&p)) {
+                    Some(p) if p != PathKind::Other => p,
+                    _ => self.stream_path,
+                };
                 self.shared.audit(AuditEvent::MessageOut {
                     to: self.peer,
                     id: m.out.id,
@@ -668,25 +711,29 @@ impl Link {
     }
 
     /// Opens the message stream and resends everything in flight.
-    async fn ensure_stream(&mut self, peer_id: PeerId) -> Result<(), String> {
+    /// An error means the peer could not be reached
+    /// ([`StreamError::Unreachable`]) or was reached and the stream failed
+    /// ([`StreamError::Stream`]).
+    async fn ensure_stream(&mut self, peer_id: PeerId) -> Result<(), StreamError> {
         if self.writer.is_some() {
             return Ok(());
         }
         match self.connect(peer_id).await {
-            Ok(_) => {}
-            Err(LinkError::Retry(e)) => return Err(e),
-            Err(LinkError::Fatal(e)) => return Err(e.to_string()),
+            Ok(path) => self.stream_path = path,
+            Err(LinkError::Retry(e)) => return Err(StreamError::Unreachable(e)),
+            Err(LinkError::Fatal(e)) => return Err(StreamError::Unreachable(e.to_string())),
         }
+        let failed = |e: &dyn std::fmt::Display| StreamError::Stream(e.to_string());
         let mut control = self.shared.control.clone();
         let stream = control
             .open_stream(peer_id, MSG_PROTOCOL)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
         let (mut w, r) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
         for m in &self.inflight {
-            w.feed(m.bytes.clone()).await.map_err(|e| e.to_string())?;
+            w.feed(m.bytes.clone()).await.map_err(|e| failed(&e))?;
         }
-        w.flush().await.map_err(|e| e.to_string())?;
+        w.flush().await.map_err(|e| failed(&e))?;
         let now = Instant::now();
         for m in &mut self.inflight {
             m.sent = now;

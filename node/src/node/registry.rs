@@ -3,7 +3,7 @@
 //! conversation, filed over `/agentmesh/registry/1`, and the credentials
 //! its KNOCKs show, renewed before their reputation attestation expires.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use tracing::{debug, info, warn};
@@ -42,9 +42,20 @@ const FINAL_REFUSALS: &[&str] = &[
     "forbidden",
     "conflict",
     "revoked",
-    "unknown_agent",
     "not_configured",
 ];
+
+/// The registry's code for an agent it has no record of. A receipt it
+/// refuses so is filed again, as one of the agents may register later,
+/// until [`UNKNOWN_AGENT_GRACE_MS`] after the session ended; then the
+/// refusal is final.
+const UNKNOWN_AGENT: &str = "unknown_agent";
+/// How long after its session ended a receipt naming an agent unknown to
+/// the registry is still filed again.
+const UNKNOWN_AGENT_GRACE_MS: u64 = 7 * 24 * 3_600_000;
+/// Longest pause between filings of such a receipt (the pause doubles from
+/// [`RETRY`]).
+const RETRY_UNKNOWN_MAX: Duration = Duration::from_secs(3600);
 
 /// Why the registry could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -220,18 +231,28 @@ fn signed_event(shared: &Shared, peer: &Amid, session: SessionId) {
     shared.registry_wake.notify_one();
 }
 
-/// Files `held` with the registry; where it stands afterwards. An error
-/// means the registry was not reached: try again later.
+/// Files `held` with the registry; where it stands afterwards
+/// ([`Filing::Pending`]: the registry does not know one of the agents yet).
+/// An error means the registry was not reached: try again later.
 async fn file(shared: &Shared, held: &Held) -> Result<Filing, RegistryClientError> {
     let op = Operation::Session {
         receipt: held.receipt.clone(),
     };
-    let request = SignedRequest::sign(&shared.identity, op, now_ms())
+    let now = now_ms();
+    let request = SignedRequest::sign(&shared.identity, op, now)
         .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
     match call(shared, Request::Signed { request }).await {
         Ok(_) => Ok(Filing::Filed),
         Err(RegistryClientError::Refused { code, message }) => {
-            if FINAL_REFUSALS.contains(&code.as_str()) {
+            let in_grace = || {
+                held.receipt
+                    .verify()
+                    .is_ok_and(|b| b.ended_ms.saturating_add(UNKNOWN_AGENT_GRACE_MS) > now)
+            };
+            if code == UNKNOWN_AGENT && in_grace() {
+                info!(%message, "the registry does not know an agent of a session receipt yet; filing it again later");
+                Ok(Filing::Pending)
+            } else if code == UNKNOWN_AGENT || FINAL_REFUSALS.contains(&code.as_str()) {
                 warn!(%code, %message, "the registry refused a session receipt");
                 Ok(Filing::Refused { code })
             } else {
@@ -242,12 +263,35 @@ async fn file(shared: &Shared, held: &Held) -> Result<Filing, RegistryClientErro
     }
 }
 
-/// Files every pending receipt; returns whether all were settled.
-async fn file_pending(shared: &Shared) -> bool {
+/// Receipts put off because the registry did not know one of their
+/// agents: when to file each again, and the pause before that.
+type Deferred = HashMap<SessionId, (tokio::time::Instant, Duration)>;
+
+/// Files every pending receipt that is due; returns whether all were
+/// settled.
+async fn file_pending(shared: &Shared, deferred: &mut Deferred) -> bool {
     let mut settled = true;
     for (session, held) in shared.receipts.pending() {
+        let now = tokio::time::Instant::now();
+        if deferred.get(&session).is_some_and(|(at, _)| *at > now) {
+            settled = false;
+            continue;
+        }
         match file(shared, &held).await {
+            Ok(Filing::Pending) => {
+                settled = false;
+                let pause = deferred
+                    .get(&session)
+                    .map_or(RETRY, |(_, p)| (*p * 2).min(RETRY_UNKNOWN_MAX));
+                deferred.insert(session, (now + pause, pause));
+                shared.emit(NodeEvent::ReceiptFiled {
+                    peer: held.peer,
+                    session,
+                    filing: Filing::Pending,
+                });
+            }
             Ok(filing) => {
+                deferred.remove(&session);
                 if let Err(e) = shared.receipts.set_filing(&session, filing.clone()) {
                     warn!(error = %e, "receipt filing not recorded");
                 }
@@ -387,6 +431,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let refresh = shared.config.credentials_refresh;
     let mut next_renewal = tokio::time::Instant::now();
     let mut retry_filing = false;
+    let mut deferred = Deferred::new();
     loop {
         let now = tokio::time::Instant::now();
         if now >= next_renewal {
@@ -405,7 +450,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             };
         }
         if retry_filing || !shared.receipts.pending().is_empty() {
-            retry_filing = !file_pending(&shared).await;
+            retry_filing = !file_pending(&shared, &mut deferred).await;
         }
         let mut wake = next_renewal;
         if retry_filing {
