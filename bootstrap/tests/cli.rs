@@ -224,11 +224,7 @@ async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
     // logged certificates accepts both.
     let root: Amid = server.root.parse().unwrap();
     let mut config = Config::local();
-    config.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    config.kdf = KdfParams::throwaway();
     config.registry_root = Some(*root.as_bytes());
     config.require_log_inclusion = true;
     config.policy = Policy::from_toml(r#"min_tier = "verified""#).unwrap();

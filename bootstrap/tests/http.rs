@@ -360,11 +360,7 @@ async fn registry_endpoints_and_restart() {
     let (_, v) = http.get("/v1/registry/root").await;
     let registry_peer: libp2p::PeerId = v["node_peer_id"].as_str().unwrap().parse().unwrap();
     let mut config = Config::local();
-    config.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    config.kdf = KdfParams::throwaway();
     let watcher = Node::builder(config)
         .data_dir(dir.path().join("watcher"))
         .passphrase(Passphrase::new("w"))

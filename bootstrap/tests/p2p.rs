@@ -43,11 +43,7 @@ async fn the_registry_answers_over_libp2p() {
     let server = start_registry(dir.path(), "p2p-test").await;
     let registry: PeerId = server.peer_id();
     let mut config = Config::local();
-    config.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    config.kdf = KdfParams::throwaway();
     let node = Node::builder(config)
         .data_dir(dir.path().join("alice"))
         .passphrase(Passphrase::new("alice"))

@@ -20,13 +20,19 @@ use tokio::sync::broadcast::Receiver;
 
 mod support;
 
-use support::{fast_config, node, now_ms, start_registry, Http, WAIT};
+use support::{fast_config, node, now_ms, start_registry, Http, Server, WAIT};
 
 fn config(registry: &str, root: &str) -> Config {
     let mut c = fast_config();
     c.registry = Some(registry.parse().unwrap());
     c.registry_root = Some(*root.parse::<Amid>().unwrap().as_bytes());
     c
+}
+
+/// Two agents that file their receipts with `server`.
+async fn alice_and_bob(dir: &std::path::Path, server: &Server) -> (Node, Node) {
+    let start = |name| node(dir, name, config(&server.addr, &server.root), &server.addr);
+    (start("alice").await, start("bob").await)
 }
 
 async fn ask(node: &Node, registry: PeerId, r: Request) -> Value {
@@ -79,20 +85,7 @@ async fn both_nodes_sign_and_file_the_receipts_of_ended_and_closed_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_registry(dir.path(), "receipts-test").await;
     let registry: PeerId = server.peer_id();
-    let alice = node(
-        dir.path(),
-        "alice",
-        config(&server.addr, &server.root),
-        &server.addr,
-    )
-    .await;
-    let bob = node(
-        dir.path(),
-        "bob",
-        config(&server.addr, &server.root),
-        &server.addr,
-    )
-    .await;
+    let (alice, bob) = alice_and_bob(dir.path(), &server).await;
     register(&alice, registry, "alice").await;
     register(&bob, registry, "bob").await;
     let mut alice_events = alice.events();
@@ -225,20 +218,7 @@ async fn a_receipt_naming_an_agent_the_registry_does_not_know_yet_is_filed_once_
     let dir = tempfile::tempdir().unwrap();
     let server = start_registry(dir.path(), "unknown-agent-test").await;
     let registry: PeerId = server.peer_id();
-    let alice = node(
-        dir.path(),
-        "alice",
-        config(&server.addr, &server.root),
-        &server.addr,
-    )
-    .await;
-    let bob = node(
-        dir.path(),
-        "bob",
-        config(&server.addr, &server.root),
-        &server.addr,
-    )
-    .await;
+    let (alice, bob) = alice_and_bob(dir.path(), &server).await;
     register(&alice, registry, "alice").await;
     let mut alice_events = alice.events();
     let mut bob_events = bob.events();

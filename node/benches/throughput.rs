@@ -217,11 +217,7 @@ fn measure_bound() -> Bound {
 fn node_config(window: usize) -> Config {
     let mut c = Config::local();
     // The keystore KDF only runs at start; keep it cheap.
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     c.window = window;
     // Measure the data path, not the per-sender message limit.
     c.policy.rate.messages_per_minute = u32::MAX / 2;

@@ -119,6 +119,19 @@ impl Default for KdfParams {
     }
 }
 
+impl KdfParams {
+    /// The lightest setting (256 KiB, 1 iteration, 1 lane): for throwaway
+    /// identities in tests, benches and simulations that start many nodes,
+    /// never for a key that matters.
+    pub const fn throwaway() -> Self {
+        Self {
+            m_cost: 256,
+            t_cost: 1,
+            p_cost: 1,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct KeystoreFile {
     version: u8,

@@ -17,11 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 async fn node(dir: &std::path::Path, name: &str, boot: Option<&Node>) -> Node {
     let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     let mut b = Node::builder(c)
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name));

@@ -34,11 +34,7 @@ struct Spec {
 
 async fn start(dir: &Path, name: &str, spec: Spec, bootstrap: Option<&Node>) -> Node {
     let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     if spec.relay {
         c.relay = Some(RelayConfig::default());
     }

@@ -27,11 +27,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn config() -> Config {
     let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     c
 }
 

@@ -25,11 +25,7 @@ fn now() -> u64 {
 
 fn config() -> Config {
     let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     c
 }
 

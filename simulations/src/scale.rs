@@ -140,11 +140,7 @@ impl ScaleReport {
 fn config() -> Config {
     let mut c = Config::local();
     // Throwaway identities: a light key derivation keeps N starts quick.
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     c
 }
 

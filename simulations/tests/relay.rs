@@ -24,11 +24,7 @@ async fn send(dir: &Path, to: &str, payload: Value) -> Response {
 /// protocol by hand: it keeps no mailbox itself, so it never drains one.
 async fn local_node(dir: &Path, name: &str, boot: &str) -> Node {
     let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     c.mailbox_relays = 0;
     Node::builder(c)
         .data_dir(dir.join(name))
@@ -385,11 +381,7 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
     // Real sealed messages for an offline agent: the relay keeps only
     // ciphertext. Dave has a session with alice, lists the relay, goes away.
     let mut c = Config::local();
-    c.kdf = KdfParams {
-        m_cost: 256,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    c.kdf = KdfParams::throwaway();
     c.relays = vec![relay_ma.clone()];
     let dave = Node::builder(c)
         .data_dir(root.path().join("dave"))
