@@ -218,9 +218,10 @@ impl Dht {
     }
 
     /// Stores `record` locally and on `peers` only, without looking up the
-    /// closest peers first: done once one of them stored it. For a quick
-    /// update when there is no time for a lookup (a node stopping), to
-    /// peers it is connected to.
+    /// closest peers first: done once every one of them answered. For a
+    /// quick update when there is no time for a lookup (a node stopping),
+    /// to peers it is connected to, each of which may be about to write to
+    /// it.
     pub fn put_to(
         &mut self,
         record: SignedRecord,
@@ -233,7 +234,7 @@ impl Dht {
         let q = self.kad.put_record_to(
             crate::store::to_kad(&v, bytes, now),
             peers.into_iter(),
-            Quorum::One,
+            Quorum::All,
         );
         Ok(self.track(q, Pending::Put))
     }

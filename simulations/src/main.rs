@@ -89,6 +89,10 @@ enum Cmd {
         /// Messages in flight at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Rounds of churn at the end (each stops `--offline` agents while
+        /// the others write to them); 0 for none.
+        #[arg(long, default_value_t = 3)]
+        churn: usize,
     },
     /// (process role) Run one agent; prints JSON event lines.
     #[command(hide = true)]
@@ -177,12 +181,14 @@ async fn main() -> Result<()> {
             messages,
             offline,
             concurrency,
+            churn,
         } => {
             let opts = agentmesh_sim::scale::ScaleOptions {
                 agents,
                 messages,
                 offline,
                 concurrency,
+                churn,
             };
             let report = tokio::select! {
                 r = agentmesh_sim::scale::run(&opts, |line| eprintln!("{line}")) => r?,

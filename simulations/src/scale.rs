@@ -7,7 +7,10 @@
 //!    KNOCK that carries the first message, and its delivery receipt;
 //! 2. **again**: the same pairs once more, over the sessions opened;
 //! 3. **offline**: some recipients stop, messages to them go to their
-//!    mailbox relay, and they get them when they start again.
+//!    mailbox relay, and they get them when they start again;
+//! 4. **churn**: rounds in which some agents stop while the others write
+//!    to everyone they have a session with (online or not), and start
+//!    again (on new ports) before the next round.
 //!
 //! Every message is checked at its recipient: delivered once, to the right
 //! agent. The report gives, per phase, how many arrived, over which paths,
@@ -44,6 +47,8 @@ pub struct ScaleOptions {
     pub offline: usize,
     /// Messages in flight at once.
     pub concurrency: usize,
+    /// Rounds of the churn phase (0: none); each stops `offline` agents.
+    pub churn: usize,
 }
 
 /// One phase's outcome.
@@ -239,13 +244,32 @@ impl Net {
         wait_delivery: bool,
     ) -> Result<Phase> {
         let mut phase = Phase::new(name);
+        let expected = self.send_all(&mut phase, pairs, concurrency, 0).await?;
+        phase.latencies.sort();
+        if wait_delivery {
+            self.await_delivery(&mut phase, name, &expected).await?;
+        }
+        Ok(phase)
+    }
+
+    /// Sends one message per pair for `phase`, numbered from `k0`,
+    /// `concurrency` at a time, and records the receipts; returns which
+    /// recipient each number is for.
+    async fn send_all(
+        &mut self,
+        phase: &mut Phase,
+        pairs: &[(usize, usize)],
+        concurrency: usize,
+        k0: u64,
+    ) -> Result<HashMap<u64, usize>> {
+        let name = phase.name;
         let mut jobs = JoinSet::new();
         let mut next = 0;
         let mut expected: HashMap<u64, usize> = HashMap::new();
         while next < pairs.len() || !jobs.is_empty() {
             while next < pairs.len() && jobs.len() < concurrency.max(1) {
                 let (from, to) = pairs[next];
-                let k = next as u64;
+                let k = k0 + next as u64;
                 expected.insert(k, to);
                 let (node, amid) = (self.node(from)?, self.amids[to]);
                 jobs.spawn(async move {
@@ -269,10 +293,51 @@ impl Net {
                 None => {}
             }
         }
-        phase.latencies.sort();
-        if wait_delivery {
-            self.await_delivery(&mut phase, name, &expected).await?;
+        Ok(expected)
+    }
+
+    /// `rounds` rounds: `per_round` agents stop, every online agent writes
+    /// to the recipients of its `pairs` (stopped or not), and the stopped
+    /// ones start again; then every message must arrive once.
+    async fn churn(
+        &mut self,
+        pairs: &[(usize, usize)],
+        rounds: usize,
+        per_round: usize,
+        concurrency: usize,
+        progress: &impl Fn(&str),
+    ) -> Result<Phase> {
+        let n = self.agents.len();
+        let per_round = per_round.min(n - 1);
+        let mut phase = Phase::new("churn");
+        let mut expected = HashMap::new();
+        let mut k0 = 0;
+        for round in 0..rounds {
+            let stopped: Vec<usize> = (0..per_round)
+                .map(|j| (round * per_round + j) % n)
+                .collect();
+            for &i in &stopped {
+                self.stop(i).await?;
+            }
+            let online: Vec<(usize, usize)> = pairs
+                .iter()
+                .copied()
+                .filter(|(from, _)| !stopped.contains(from))
+                .collect();
+            expected.extend(self.send_all(&mut phase, &online, concurrency, k0).await?);
+            k0 += online.len() as u64;
+            for &i in &stopped {
+                self.restart(i).await?;
+            }
+            progress(&format!(
+                "churn round {}/{rounds}: {} stopped and started again, {} sent",
+                round + 1,
+                stopped.len(),
+                online.len()
+            ));
         }
+        phase.latencies.sort();
+        self.await_delivery(&mut phase, "churn", &expected).await?;
         Ok(phase)
     }
 
@@ -377,7 +442,8 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
     agent_config.relays = vec![relay_addr];
 
     // Room for every message of the run: a collector never waits.
-    let (tx, rx) = mpsc::channel(COLLECT_DEPTH.max(2 * opts.messages + opts.offline));
+    let (tx, rx) =
+        mpsc::channel(COLLECT_DEPTH.max((2 + opts.churn) * opts.messages + opts.offline));
     let started = Instant::now();
     let mut agents = Vec::new();
     let mut collectors = Vec::new();
@@ -471,6 +537,20 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
         offline.len()
     ));
     phases.push(p);
+
+    if opts.churn > 0 {
+        let p = net
+            .churn(
+                &first,
+                opts.churn,
+                opts.offline,
+                opts.concurrency,
+                &progress,
+            )
+            .await?;
+        progress(&format!("churn: {}/{} delivered", p.delivered, p.sent));
+        phases.push(p);
+    }
 
     for i in 0..net.agents.len() {
         if net.agents[i].is_some() {
