@@ -217,16 +217,20 @@ impl Dht {
         Ok(self.track(q, Pending::Put))
     }
 
-    /// Stores `record` locally and on `peers` only, without looking up the
-    /// closest peers first: done once every one of them answered. For a
-    /// quick update when there is no time for a lookup (a node stopping),
-    /// to peers it is connected to, each of which may be about to write to
-    /// it.
+    /// Stores `record` locally and on `peers` only, in their order, without
+    /// looking up the closest peers first: done once `quorum` of them
+    /// stored it. For a quick update when there is no time for a lookup (a
+    /// node stopping), to peers it is connected to.
     pub fn put_to(
         &mut self,
         record: SignedRecord,
         peers: Vec<PeerId>,
+        quorum: usize,
     ) -> Result<QueryId, DhtError> {
+        let quorum = match NonZeroUsize::new(quorum.min(peers.len())) {
+            Some(n) => Quorum::N(n),
+            None => Quorum::One,
+        };
         let now = now_ms();
         let v = record.verify(now)?;
         let bytes = v.signed.to_bytes()?;
@@ -234,7 +238,7 @@ impl Dht {
         let q = self.kad.put_record_to(
             crate::store::to_kad(&v, bytes, now),
             peers.into_iter(),
-            Quorum::All,
+            quorum,
         );
         Ok(self.track(q, Pending::Put))
     }

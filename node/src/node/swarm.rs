@@ -273,10 +273,33 @@ pub(super) async fn run(
             event = actor.swarm.select_next_some() => actor.on_swarm_event(event),
         }
     }
+    actor.close_all().await;
     debug!("swarm actor stopped");
 }
 
+/// Longest wait, as the node stops, for its connections to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 impl Actor {
+    /// Closes every connection and drives the swarm until they are closed
+    /// (or [`CLOSE_GRACE`]), so peers learn at once that we left instead
+    /// of at their idle timeout, and write to our mailbox meanwhile.
+    async fn close_all(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        let closed = tokio::time::timeout(CLOSE_GRACE, async {
+            while self.swarm.connected_peers().next().is_some() {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
+        if closed.is_err() {
+            debug!("connections still open as the node stops");
+        }
+    }
+
     fn dial_bootstraps(&mut self) {
         let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         for (peer, addr) in &self.bootstrap {
@@ -351,11 +374,19 @@ impl Actor {
             SignedRecord::sign(&self.key, CARD_NAMESPACE, p, seq, expires)
                 .map_err(|e| e.to_string())
         });
-        let connected: Vec<PeerId> = self.connections.keys().copied().collect();
+        // Peers we have a session with first: they are the ones that may
+        // write to us next. Done once as many peers as those stored it.
+        let store = self.shared.store();
+        let (mut connected, others): (Vec<PeerId>, Vec<PeerId>) =
+            self.connections.keys().copied().partition(|p| {
+                super::amid_of_peer(p).is_some_and(|a| store.current_session(&a, now).is_some())
+            });
+        let quorum = connected.len().max(1);
+        connected.extend(others);
         let dht = &mut self.swarm.behaviour_mut().dht;
         match record.map(|r| {
             if to_connected {
-                dht.put_to(r, connected)
+                dht.put_to(r, connected, quorum)
             } else {
                 dht.put(r)
             }
