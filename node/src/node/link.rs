@@ -119,8 +119,9 @@ struct Link {
 /// timeout).
 const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How many times in a row a stream is opened again at once, without a
-/// dial or the mailbox, while the peer stays connected.
+/// How many times in a row a message stream that failed on a peer we
+/// reached is opened again at once, before the peer counts as unreachable
+/// (and its mail goes to the mailbox).
 const STREAM_RETRIES: u8 = 3;
 
 /// How long a peer that could not be dialled is taken to be unreachable.
