@@ -376,11 +376,14 @@ impl Actor {
         });
         // Peers we have a session with first: they are the ones that may
         // write to us next. Done once as many peers as those stored it.
-        let store = self.shared.store();
-        let (mut connected, others): (Vec<PeerId>, Vec<PeerId>) =
+        let (mut connected, others): (Vec<PeerId>, Vec<PeerId>) = if to_connected {
+            let store = self.shared.store();
             self.connections.keys().copied().partition(|p| {
                 super::amid_of_peer(p).is_some_and(|a| store.current_session(&a, now).is_some())
-            });
+            })
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let quorum = connected.len().max(1);
         connected.extend(others);
         let dht = &mut self.swarm.behaviour_mut().dht;
