@@ -334,17 +334,22 @@ async fn end_with_receipt(agents: &mut [Agent]) -> Result<()> {
 }
 
 /// Has the agent in `dir` close its connections to `amid` and waits until
-/// its status lists none.
+/// its status lists none; asks again every second, as the other agent may
+/// dial again meanwhile (for the DHT).
 async fn disconnect(dir: &Path, amid: &str) -> Result<()> {
     let mut client = Client::connect(dir).await?;
-    let resp = client
-        .request(&Request::Disconnect { amid: amid.into() })
-        .await?;
-    if !resp.ok {
-        bail!("disconnect: {}", resp.error.unwrap_or_default());
-    }
     let deadline = tokio::time::Instant::now() + WAIT;
+    let mut asked: Option<tokio::time::Instant> = None;
     loop {
+        if asked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            let resp = client
+                .request(&Request::Disconnect { amid: amid.into() })
+                .await?;
+            if !resp.ok {
+                bail!("disconnect: {}", resp.error.unwrap_or_default());
+            }
+            asked = Some(tokio::time::Instant::now());
+        }
         let status = client
             .request(&Request::Status)
             .await?
