@@ -58,5 +58,12 @@ fuzz_target!(|data: &[u8]| {
             let ids: Vec<[u8; 16]> = ids.into_iter().map(|i| i.into_array()).collect();
             let _ = s.ack(&me, &ids);
         }
+        Request::Senders { known, .. } => {
+            let senders: Vec<PeerId> = known
+                .iter()
+                .filter_map(|k| PeerId::from_bytes(k).ok())
+                .collect();
+            let _ = s.name_senders(&me, &senders);
+        }
     }
 });

@@ -219,11 +219,7 @@ impl SignedEnvelope {
     /// Verifies the signature, recipient and time window, returning the body.
     /// Signature first: nothing of an unsigned body is trusted.
     pub fn open(&self, me: &Amid, now_ms: u64) -> Result<EnvelopeBody, EnvelopeError> {
-        let body: EnvelopeBody = codec::decode(&self.body, MAX_ENVELOPE_SIZE)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if !body.from.verify(DOMAIN_SEP_ENVELOPE, &self.body, &self.sig) {
-            return Err(EnvelopeError::BadSignature);
-        }
+        let body = self.verify_signature()?;
         if body.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion(body.v));
         }
@@ -238,6 +234,17 @@ impl SignedEnvelope {
         }
         if body.ts_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
             return Err(EnvelopeError::FromTheFuture);
+        }
+        Ok(body)
+    }
+
+    /// Checks the signature against the sender the body names, and nothing
+    /// else: what a relay can check of an envelope it only stores.
+    pub fn verify_signature(&self) -> Result<EnvelopeBody, EnvelopeError> {
+        let body: EnvelopeBody = codec::decode(&self.body, MAX_ENVELOPE_SIZE)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if !body.from.verify(DOMAIN_SEP_ENVELOPE, &self.body, &self.sig) {
+            return Err(EnvelopeError::BadSignature);
         }
         Ok(body)
     }

@@ -51,7 +51,9 @@ pub mod events;
 pub mod identity;
 pub mod keystore;
 pub mod knock;
+pub mod mailbox;
 mod node;
+pub mod plugin;
 pub mod policy;
 pub mod ratelimit;
 pub mod receipts;
@@ -75,6 +77,5 @@ pub use node::{
 };
 pub use policy::{Policy, Preset, Tier};
 
-pub use agentmesh_relay::RelayConfig;
 pub use agentmesh_transports::PathKind;
 pub use libp2p::{Multiaddr, PeerId};

@@ -33,11 +33,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
+use crate::mailbox::MailboxError;
 use agentmesh_dht::{now_ms, DhtConfig};
-use agentmesh_relay::{
-    mailbox::{MailboxError, MailboxStore},
-    RelayConfig,
-};
 use agentmesh_transports::{PathKind, TransportConfig};
 
 pub use paths::{LearnedPath, PathCounters};
@@ -55,6 +52,7 @@ use crate::{
     identity::{Amid, Identity},
     keystore::{KdfParams, Keystore, KeystoreError, Passphrase},
     knock::{Intent, RejectReason},
+    plugin::{Plugin, PluginContext},
     policy::Policy,
     ratelimit::{RateLimit, RateLimiter},
     session::{Role, SessionInfo, SessionStore},
@@ -114,9 +112,6 @@ pub struct Config {
     /// rejections by a peer, sends to it fail at once until a cool-down has
     /// passed. Defaults to 5 failures, 30 s.
     pub breaker: BreakerConfig,
-    /// Serve as a relay (circuit relay v2 and mailbox) with these limits.
-    /// Defaults to none: an agent, not a relay.
-    pub relay: Option<RelayConfig>,
     /// Relays to use, each ending in `/p2p/<relay id>`. When empty, relays
     /// are found in the DHT. Defaults to none.
     pub relays: Vec<Multiaddr>,
@@ -258,7 +253,6 @@ impl Config {
             policy: Policy::default(),
             policy_file: None,
             breaker: BreakerConfig::default(),
-            relay: None,
             relays: Vec::new(),
             mailbox_relays: 2,
             reachability: Reachability::Auto,
@@ -310,9 +304,9 @@ pub enum SpawnError {
     /// The audit log does not open (tampered, or another key).
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
-    /// The relay mailbox could not be opened.
-    #[error("relay mailbox: {0}")]
-    Mailbox(#[from] agentmesh_relay::mailbox::StoreError),
+    /// A plugin did not start.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
     /// The registry address is not usable.
     #[error(transparent)]
     Registry(#[from] RegistryClientError),
@@ -571,8 +565,8 @@ struct Shared {
     /// The data directory (stored credentials).
     dir: PathBuf,
     audit: Mutex<AuditLog>,
-    /// Our mailbox for others, when we serve as a relay.
-    mailbox: Option<Arc<MailboxStore>>,
+    /// The plugins this node carries (a relay's circuit relay and mailbox).
+    plugins: Vec<Arc<dyn Plugin>>,
     /// The relays that keep our mailbox (chosen by the swarm actor).
     my_relays: RwLock<Vec<(PeerId, Multiaddr)>>,
     /// Messages deposited in a mailbox, waiting for the recipient's
@@ -580,6 +574,8 @@ struct Shared {
     awaiting_receipt: Mutex<HashMap<MessageId, Amid>>,
     /// One mailbox drain at a time, so mail is delivered in order.
     drain_lock: tokio::sync::Mutex<()>,
+    /// Per mailbox relay: a digest of the senders last named there.
+    named_senders: Mutex<HashMap<PeerId, u64>>,
     cancel: CancellationToken,
 }
 
@@ -623,6 +619,7 @@ pub struct NodeBuilder {
     data_dir: Option<PathBuf>,
     passphrase: Option<Passphrase>,
     bootstrap: Vec<Multiaddr>,
+    plugins: Vec<Arc<dyn Plugin>>,
 }
 
 impl NodeBuilder {
@@ -650,6 +647,18 @@ impl NodeBuilder {
         self
     }
 
+    /// A plugin the node carries (see [`crate::plugin`]). Its capabilities
+    /// join the node's card.
+    pub fn plugin(mut self, plugin: impl Plugin) -> Self {
+        for c in plugin.capabilities() {
+            if !self.config.capabilities.contains(&c) {
+                self.config.capabilities.push(c);
+            }
+        }
+        self.plugins.push(Arc::new(plugin));
+        self
+    }
+
     /// Starts the node.
     pub async fn spawn(mut self) -> Result<Node, SpawnError> {
         let dir = self.data_dir.ok_or(SpawnError::NoDataDir)?;
@@ -667,7 +676,7 @@ impl NodeBuilder {
         })
         .await
         .map_err(|_| SpawnError::NoDataDir)??;
-        Node::start(keystore, dir, self.config, self.bootstrap)
+        Node::start(keystore, dir, self.config, self.bootstrap, self.plugins)
     }
 }
 
@@ -780,6 +789,7 @@ impl Node {
             data_dir: None,
             passphrase: None,
             bootstrap: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 
@@ -788,6 +798,7 @@ impl Node {
         dir: PathBuf,
         config: Config,
         bootstrap: Vec<Multiaddr>,
+        plugins: Vec<Arc<dyn Plugin>>,
     ) -> Result<Node, SpawnError> {
         let identity = Identity::from_seed(&keystore.identity().seed());
         let amid = identity.amid();
@@ -809,10 +820,6 @@ impl Node {
         }
         let receipts = crate::receipts::ReceiptStore::open(&db)?;
         let _ = receipts.sweep(now_ms());
-        let mailbox = match &config.relay {
-            Some(r) => Some(Arc::new(MailboxStore::open(&db, r.mailbox.clone())?)),
-            None => None,
-        };
         let mut config = config;
         if config.reachability == Reachability::Private {
             // Reachable only through relays: no direct listener at all, and
@@ -835,7 +842,9 @@ impl Node {
             keypair,
             &config.transport,
             Some(control.clone()),
-            |key, relay| swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay),
+            |key, relay| {
+                swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay, &plugins)
+            },
         )?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -873,24 +882,25 @@ impl Node {
             registry_wake: tokio::sync::Notify::new(),
             dir,
             audit: Mutex::new(audit),
-            mailbox,
+            plugins,
             my_relays: RwLock::new(Vec::new()),
             awaiting_receipt: Mutex::new(HashMap::new()),
             drain_lock: tokio::sync::Mutex::new(()),
+            named_senders: Mutex::new(HashMap::new()),
             cancel: cancel.clone(),
         });
         let span = tracing::info_span!("node", id = %amid.short());
         info!(parent: &span, %amid, "node starting");
 
-        if let Some(store) = &shared.mailbox {
-            tokio::spawn(
-                agentmesh_relay::mailbox::serve(
-                    store.clone(),
-                    shared.control.clone(),
-                    cancel.clone(),
-                )
-                .instrument(span.clone()),
-            );
+        for plugin in &shared.plugins {
+            let _entered = span.enter();
+            plugin.start(PluginContext {
+                control: shared.control.clone(),
+                db: shared.db.clone(),
+                dir: shared.dir.clone(),
+                cancel: cancel.clone(),
+            })?;
+            info!(plugin = plugin.name(), "plugin started");
         }
         tokio::spawn(swarm::run(shared.clone(), swarm, cmd_rx, bootstrap).instrument(span.clone()));
         // Messages stored before a restart go to the application first.
@@ -1453,6 +1463,17 @@ impl Node {
     /// most [`SHUTDOWN_PUBLISH_TIMEOUT`] for a peer to store it), so that
     /// lookups see it gone.
     pub async fn shutdown(self) {
+        // Our relays learn who may fill our mailbox while we are away.
+        let relays: Vec<PeerId> = self
+            .shared
+            .my_relays
+            .read()
+            .map(|r| r.iter().map(|(p, _)| *p).collect())
+            .unwrap_or_default();
+        for relay in relays {
+            let named = mailbox::name_senders(&self.shared, relay);
+            let _ = tokio::time::timeout(SHUTDOWN_PUBLISH_TIMEOUT, named).await;
+        }
         if !self.is_killed() && self.status().await.net.card_published {
             self.publish_offline().await;
         }

@@ -2,7 +2,7 @@
 
 use std::{num::NonZeroU32, path::Path, time::Duration};
 
-use libp2p::{relay, PeerId};
+use libp2p::relay;
 use serde::{Deserialize, Serialize};
 
 /// Everything a relay volunteer can set.
@@ -67,6 +67,24 @@ pub struct MailboxLimits {
     pub max_envelope_bytes: usize,
     /// Most envelopes returned by one fetch. Defaults to 50.
     pub max_fetch: usize,
+    /// Most envelopes one sender the recipient has not named may have
+    /// waiting for it (see [`Request::Senders`]). Defaults to 5.
+    ///
+    /// [`Request::Senders`]: agentmesh_node::mailbox::Request::Senders
+    pub stranger_share: usize,
+    /// Most envelopes all senders the recipient has not named may have
+    /// waiting for it together, so fresh identities cannot fill a
+    /// mailbox. Defaults to 25.
+    pub strangers_total: usize,
+    /// Most envelopes one sender the recipient named may have waiting for
+    /// it. Defaults to 50.
+    pub known_share: usize,
+    /// Most senders a recipient may name. Defaults to 1024.
+    pub max_known_senders: usize,
+    /// Most bytes held for one recipient. Defaults to 8 MiB.
+    pub max_bytes_per_recipient: u64,
+    /// Most bytes the relay holds in all. Defaults to 1 GiB.
+    pub max_total_bytes: u64,
 }
 
 impl Default for MailboxLimits {
@@ -77,11 +95,25 @@ impl Default for MailboxLimits {
             deposits_per_minute: 100,
             max_envelope_bytes: 256 * 1024,
             max_fetch: 50,
+            stranger_share: 5,
+            strangers_total: 25,
+            known_share: 50,
+            max_known_senders: 1024,
+            max_bytes_per_recipient: 8 << 20,
+            max_total_bytes: 1 << 30,
         }
     }
 }
 
 impl MailboxLimits {
+    /// The largest request frame the server reads: a deposit of the
+    /// largest envelope, or a list of the most named senders, with room
+    /// for the framing around them.
+    pub fn max_request_bytes(&self) -> usize {
+        let senders = self.max_known_senders.saturating_mul(48);
+        self.max_envelope_bytes.max(senders).saturating_add(4096)
+    }
+
     /// The time-to-live as a duration.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl_secs)
@@ -126,12 +158,11 @@ impl RelayConfig {
     }
 }
 
-/// The circuit relay v2 server behaviour with these limits, advertising the
-/// relay protocol from the start (a volunteer relay is reachable by
-/// definition; libp2p would otherwise wait for a confirmed external address).
-pub fn circuit_behaviour(local: PeerId, limits: &CircuitLimits) -> relay::Behaviour {
+/// The circuit relay v2 server's settings with these limits (the node
+/// hosts the server and advertises it from the start).
+pub fn circuit_config(limits: &CircuitLimits) -> relay::Config {
     let per_minute = NonZeroU32::new(limits.circuits_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-    let config = relay::Config {
+    relay::Config {
         max_reservations: limits.max_reservations,
         max_reservations_per_peer: limits.max_reservations_per_peer,
         reservation_duration: Duration::from_secs(limits.reservation_secs.max(1)),
@@ -141,10 +172,7 @@ pub fn circuit_behaviour(local: PeerId, limits: &CircuitLimits) -> relay::Behavi
         max_circuit_bytes: limits.max_circuit_bytes,
         ..relay::Config::default()
     }
-    .circuit_src_per_peer(per_minute, Duration::from_secs(60));
-    let mut behaviour = relay::Behaviour::new(local, config);
-    behaviour.set_status(Some(relay::Status::Enable));
-    behaviour
+    .circuit_src_per_peer(per_minute, Duration::from_secs(60))
 }
 
 #[cfg(test)]

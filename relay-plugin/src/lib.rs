@@ -14,17 +14,23 @@
 //!   are opaque to the relay: it stores ciphertext, an id and an expiry.
 //!   Storage is sled, every acknowledged change is on disk before the answer.
 //!
-//! A relay node is a node: the node crate composes [`circuit_behaviour`] into
-//! its swarm and serves [`mailbox::MAILBOX_PROTOCOL`] with
-//! [`mailbox::serve`].
+//! A relay node is a node carrying the [`RelayPlugin`]: the node hosts the
+//! plugin's circuit relay server, announces it in the DHT under
+//! [`RELAY_PROVIDER_KEY`] and lets it serve
+//! [`mailbox::MAILBOX_PROTOCOL`] on its streams. The node knows nothing of
+//! this crate; this crate depends on the node.
 //!
 //! ```no_run
-//! # async fn run(control: libp2p_stream::Control) -> Result<(), Box<dyn std::error::Error>> {
-//! use agentmesh_relay::{mailbox::{self, MailboxStore}, RelayConfig};
-//! let config = RelayConfig::default();
-//! let store = std::sync::Arc::new(MailboxStore::open(&sled::open("relay-db")?, config.mailbox.clone())?);
-//! let cancel = tokio_util::sync::CancellationToken::new();
-//! tokio::spawn(mailbox::serve(store, control, cancel));
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use agentmesh_node::{Config, Node};
+//! use agentmesh_relay::{RelayConfig, RelayPlugin};
+//!
+//! let node = Node::builder(Config::local())
+//!     .data_dir("/var/lib/agentmesh-relay")
+//!     .plugin(RelayPlugin::new(RelayConfig::default()))
+//!     .spawn()
+//!     .await?;
+//! agentmesh_relay::daemon::serve(node, 2, false, std::time::Duration::from_secs(30)).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -32,9 +38,81 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
+pub mod daemon;
 pub mod mailbox;
 
-pub use config::{circuit_behaviour, CircuitLimits, ConfigError, MailboxLimits, RelayConfig};
+use std::sync::{Arc, OnceLock};
 
-/// The DHT provider key under which relays advertise themselves.
-pub const RELAY_PROVIDER_KEY: &[u8] = b"/agentmesh/relay/1";
+use agentmesh_node::plugin::{Plugin, PluginContext, PluginError, Stored};
+use tracing::Instrument;
+
+pub use agentmesh_node::mailbox::RELAY_PROVIDER_KEY;
+pub use config::{circuit_config, CircuitLimits, ConfigError, MailboxLimits, RelayConfig};
+
+use mailbox::MailboxStore;
+
+/// The capability a relay node advertises in its card.
+pub const RELAY_CAPABILITY: &str = "relay";
+
+/// The relay as a node plugin: circuit relay v2 and the mailbox, with the
+/// limits of a [`RelayConfig`].
+#[derive(Debug)]
+pub struct RelayPlugin {
+    config: RelayConfig,
+    store: OnceLock<Arc<MailboxStore>>,
+}
+
+impl RelayPlugin {
+    /// A relay with these limits.
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            config,
+            store: OnceLock::new(),
+        }
+    }
+
+    /// The mailbox store, once the node started the plugin.
+    pub fn store(&self) -> Option<&Arc<MailboxStore>> {
+        self.store.get()
+    }
+}
+
+impl Plugin for RelayPlugin {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn circuit_relay(&self) -> Option<libp2p::relay::Config> {
+        Some(circuit_config(&self.config.circuit))
+    }
+
+    fn provides(&self) -> Vec<Vec<u8>> {
+        vec![RELAY_PROVIDER_KEY.to_vec()]
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        vec![RELAY_CAPABILITY.into()]
+    }
+
+    fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
+        let store = Arc::new(
+            MailboxStore::open(&ctx.db, self.config.mailbox.clone())
+                .map_err(|e| PluginError::new(self.name(), e))?,
+        );
+        if self.store.set(store.clone()).is_err() {
+            return Err(PluginError::new(self.name(), "started twice"));
+        }
+        tokio::spawn(
+            mailbox::serve(store, ctx.control, ctx.cancel).instrument(tracing::Span::current()),
+        );
+        Ok(())
+    }
+
+    fn stored(&self) -> Option<Stored> {
+        let stats = self.store.get()?.stats();
+        Some(Stored {
+            items: stats.envelopes,
+            bytes: stats.bytes,
+        })
+    }
+}

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use agentmesh_bootstrap::registry::RegistrySettings;
 use agentmesh_node::{Amid, Config, Multiaddr, Node, Passphrase};
+use agentmesh_relay::RelayConfig;
 use agentmesh_sim::devnet::{self, DevnetOptions};
 
 #[derive(Parser)]
@@ -283,18 +284,18 @@ async fn main() -> Result<()> {
             listen,
             status_every,
         } => {
-            let mut config = agentmesh_relay_daemon::config(agentmesh_node::RelayConfig::default());
+            let mut config = agentmesh_relay::daemon::config();
             if !listen.is_empty() {
                 config.transport.listen = listen;
             }
             let expected = config.transport.listen.len();
-            let node = Node::builder(config)
+            let node = agentmesh_relay::daemon::builder(config, RelayConfig::default())
                 .data_dir(&data_dir)
                 .bootstraps(bootstrap)
                 .spawn()
                 .await
                 .context("starting relay")?;
-            agentmesh_relay_daemon::serve(
+            agentmesh_relay::daemon::serve(
                 node,
                 expected,
                 true,

@@ -235,6 +235,19 @@ impl Proc {
         Ok(())
     }
 
+    /// The process's resident memory in KiB (`VmRSS` in
+    /// `/proc/<pid>/status`), while it runs.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id().context("the process has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS line")
+    }
+
     /// Kills with SIGKILL: no chance to flush anything.
     pub async fn kill(mut self) -> Result<()> {
         self.child.kill().await?;

@@ -29,7 +29,8 @@ use tokio::{
     task::JoinSet,
 };
 
-use agentmesh_node::{keystore::KdfParams, Amid, Config, Multiaddr, Node, Passphrase, RelayConfig};
+use agentmesh_node::{keystore::KdfParams, Amid, Config, Multiaddr, Node, NodeBuilder, Passphrase};
+use agentmesh_relay::{RelayConfig, RelayPlugin};
 
 /// Generous bound on each wait (the machine may be loaded).
 const WAIT: Duration = Duration::from_secs(120);
@@ -156,7 +157,16 @@ async fn start(
     bootstrap: &[Multiaddr],
 ) -> Result<Node> {
     config.relays.dedup();
-    Node::builder(config)
+    start_with(dir, name, Node::builder(config), bootstrap).await
+}
+
+async fn start_with(
+    dir: &Path,
+    name: &str,
+    builder: NodeBuilder,
+    bootstrap: &[Multiaddr],
+) -> Result<Node> {
+    builder
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name))
         .bootstraps(bootstrap.iter().cloned())
@@ -429,9 +439,8 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
     if boot_addrs.is_empty() {
         bail!("the bootstrap does not listen");
     }
-    let mut relay_config = config();
-    relay_config.relay = Some(RelayConfig::default());
-    let relay = start(dir.path(), "relay", relay_config, &boot_addrs).await?;
+    let relay_node = Node::builder(config()).plugin(RelayPlugin::new(RelayConfig::default()));
+    let relay = start_with(dir.path(), "relay", relay_node, &boot_addrs).await?;
     let relay_addr = relay
         .wait_listening(1, WAIT)
         .await

@@ -5,7 +5,12 @@
 
 use std::{path::Path, time::Duration};
 
-use agentmesh_node::{control::Response, keystore::KdfParams, Config, Node, Passphrase, PathKind};
+use agentmesh_node::{
+    control::Response,
+    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    keystore::KdfParams,
+    Amid, Config, Node, Passphrase, PathKind,
+};
 use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};
 use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, start_relay};
 use serde_json::{json, Value};
@@ -37,6 +42,49 @@ async fn local_node(dir: &Path, name: &str, boot: &str) -> Node {
 
 fn peer_of(addr: &str) -> agentmesh_node::PeerId {
     addr.rsplit("/p2p/").next().unwrap().parse().unwrap()
+}
+
+/// Deposits at `relay`, from `from` for `to`, an envelope `from` signed.
+async fn put(
+    from: &Node,
+    to: &Node,
+    relay: agentmesh_node::PeerId,
+    i: u8,
+    expires_ms: u64,
+) -> Result<bool, MailboxError> {
+    let env = sealed(from, &to.amid(), [i; 16], expires_ms);
+    let to = to.amid().peer_id().unwrap();
+    mailbox::deposit(
+        &mut from.stream_control(),
+        relay,
+        &to,
+        [i; 16],
+        expires_ms,
+        env,
+    )
+    .await
+}
+
+/// An envelope `from` signs for `to` (the relay checks the signature, the
+/// sender and the recipient; it cannot read the ciphertext).
+fn sealed(from: &Node, to: &Amid, id: [u8; 16], expires_ms: u64) -> Vec<u8> {
+    SignedEnvelope::seal(
+        from.identity(),
+        &EnvelopeBody {
+            v: ENVELOPE_VERSION,
+            id: MessageId(id),
+            from: from.amid(),
+            to: *to,
+            session: SessionId([0; 16]),
+            seq: 0,
+            ts_ms: now_ms(),
+            expires_ms,
+            olm_type: 1,
+            ciphertext: vec![id[0]; 64],
+        },
+    )
+    .unwrap()
+    .to_bytes()
 }
 
 fn now_ms() -> u64 {
@@ -278,33 +326,109 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
     let (mut b, mut c) = (bob.stream_control(), carol.stream_control());
     let far = now_ms() + 3_600_000;
 
-    // Bob fills carol's mailbox: 100 envelopes; the 101st is refused, typed.
-    for i in 0..100u8 {
-        mailbox::deposit(&mut b, relay_peer, &carol_peer, [i; 16], far, vec![i; 64])
-            .await
-            .expect("deposit");
+    // Only what the depositing peer signed, to the named recipient, is
+    // taken: junk, another's envelope, or a mismatched id are forged.
+    let forged = [
+        vec![0u8; 64],
+        sealed(&alice, &carol.amid(), [1; 16], far),
+        sealed(&bob, &alice.amid(), [1; 16], far),
+    ];
+    for env in forged {
+        let r = mailbox::deposit(&mut b, relay_peer, &carol_peer, [1; 16], far, env).await;
+        assert!(
+            matches!(
+                r,
+                Err(MailboxError::Refused {
+                    code: ErrorCode::Forged,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
     }
-    let full = mailbox::deposit(&mut b, relay_peer, &carol_peer, [200; 16], far, vec![0; 64]).await;
+    let env = sealed(&bob, &carol.amid(), [1; 16], far);
+    let r = mailbox::deposit(&mut b, relay_peer, &carol_peer, [2; 16], far, env).await;
     assert!(
         matches!(
-            full,
+            r,
             Err(MailboxError::Refused {
-                code: ErrorCode::MailboxFull,
+                code: ErrorCode::Forged,
                 ..
             })
         ),
-        "{full:?}"
+        "{r:?}"
     );
-    // Bob has used his 100 deposits this minute: a flood stops here.
-    let flood = mailbox::deposit(
-        &mut b,
+
+    // Bob is a stranger to carol: his share is 5 envelopes.
+    for i in 0..5u8 {
+        put(&bob, &carol, relay_peer, i, far)
+            .await
+            .expect("deposit");
+    }
+    let quota = put(&bob, &carol, relay_peer, 5, far).await;
+    assert!(
+        matches!(
+            quota,
+            Err(MailboxError::Refused {
+                code: ErrorCode::SenderQuota,
+                ..
+            })
+        ),
+        "{quota:?}"
+    );
+    // Carol names bob (only carol may): his share grows to 50.
+    let mut a = alice.stream_control();
+    let theft = mailbox::name_senders(&mut a, relay_peer, &carol_peer, &[bob_peer]).await;
+    assert!(
+        matches!(
+            theft,
+            Err(MailboxError::Refused {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ),
+        "{theft:?}"
+    );
+    let kept = mailbox::name_senders(&mut c, relay_peer, &carol_peer, &[bob_peer])
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    for i in 5..50u8 {
+        put(&bob, &carol, relay_peer, i, far)
+            .await
+            .expect("deposit");
+    }
+    let quota = put(&bob, &carol, relay_peer, 50, far).await;
+    assert!(
+        matches!(
+            quota,
+            Err(MailboxError::Refused {
+                code: ErrorCode::SenderQuota,
+                ..
+            })
+        ),
+        "{quota:?}"
+    );
+    // Bob has made 50 deposits this minute; 45 more to alice's mailbox
+    // (alice names him too) and 5 to his own make 100, then a flood stops
+    // here, although alice's mailbox has room for him.
+    mailbox::name_senders(
+        &mut a,
         relay_peer,
         &alice.amid().peer_id().unwrap(),
-        [1; 16],
-        far,
-        vec![1],
+        &[bob_peer],
     )
-    .await;
+    .await
+    .unwrap();
+    for i in 100..145u8 {
+        put(&bob, &alice, relay_peer, i, far)
+            .await
+            .expect("deposit");
+    }
+    for i in 200..205u8 {
+        put(&bob, &bob, relay_peer, i, far).await.expect("deposit");
+    }
+    let flood = put(&bob, &alice, relay_peer, 145, far).await;
     assert!(
         matches!(
             flood,
@@ -317,13 +441,14 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
         "{flood:?}"
     );
     // Already expired: refused. Expiring soon: never delivered.
+    let past = now_ms() - 1;
     let expired = mailbox::deposit(
         &mut c,
         relay_peer,
         &bob_peer,
         [1; 16],
-        now_ms() - 1,
-        vec![1],
+        past,
+        sealed(&carol, &bob.amid(), [1; 16], past),
     )
     .await;
     assert!(matches!(
@@ -334,12 +459,26 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
         })
     ));
     let soon = now_ms() + 1_500;
-    mailbox::deposit(&mut c, relay_peer, &bob_peer, [2; 16], soon, vec![2])
-        .await
-        .unwrap();
-    mailbox::deposit(&mut c, relay_peer, &bob_peer, [3; 16], far, vec![3])
-        .await
-        .unwrap();
+    mailbox::deposit(
+        &mut c,
+        relay_peer,
+        &bob_peer,
+        [2; 16],
+        soon,
+        sealed(&carol, &bob.amid(), [2; 16], soon),
+    )
+    .await
+    .unwrap();
+    mailbox::deposit(
+        &mut c,
+        relay_peer,
+        &bob_peer,
+        [3; 16],
+        far,
+        sealed(&carol, &bob.amid(), [3; 16], far),
+    )
+    .await
+    .unwrap();
     // Wait until the short one has expired (a clock, not a race).
     while now_ms() <= soon {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -348,10 +487,9 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
         .await
         .unwrap();
     assert!(!more);
-    assert_eq!(
-        items.iter().map(|i| i.id).collect::<Vec<_>>(),
-        vec![[3; 16]]
-    );
+    let mut want: Vec<[u8; 16]> = (200..205u8).map(|i| [i; 16]).collect();
+    want.push([3; 16]);
+    assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), want);
     // Bob cannot read carol's mail, nor ack it away.
     let theft = mailbox::fetch(&mut b, relay_peer, &carol_peer, 50).await;
     assert!(

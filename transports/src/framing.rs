@@ -57,6 +57,13 @@ impl FramedStream {
         }
     }
 
+    /// Changes the largest frame accepted from here on (a server reads a
+    /// small request, then sends a larger answer).
+    pub fn set_max(&mut self, max: usize) {
+        self.inner.codec_mut().set_max_frame_length(max);
+        self.max = max;
+    }
+
     /// Sends one frame and flushes it.
     pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), FrameError> {
         if frame.len() > self.max {

@@ -696,7 +696,7 @@ impl Link {
                         }));
                     }
                 }
-                Err(e @ agentmesh_relay::mailbox::MailboxError::Refused { .. }) => {
+                Err(e @ crate::mailbox::MailboxError::Refused { .. }) => {
                     self.fail(m.out, SendError::Mailbox(e));
                 }
                 Err(e) => {

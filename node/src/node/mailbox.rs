@@ -9,8 +9,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::mailbox::{self, MailboxError};
 use agentmesh_dht::now_ms;
-use agentmesh_relay::mailbox::{self, MailboxError};
 use agentmesh_transports::{framing::FramedStream, PathKind};
 
 use super::{inbound, Command, Shared};
@@ -149,6 +149,7 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
     let Ok(me) = shared.amid.peer_id() else {
         return;
     };
+    name_senders(&shared, relay).await;
     let mut total = 0usize;
     loop {
         let mut control = shared.control.clone();
@@ -240,6 +241,59 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
     }
     if total > 0 {
         info!(%relay, messages = total, "mailbox drained");
+    }
+}
+
+/// Names the peers we have sessions with at `relay`, when that list
+/// changed since we last named it there: the relay then keeps a larger
+/// share of our mailbox for them than for strangers, so a flood of
+/// deposits from other identities cannot lock them out while we are away.
+pub(super) async fn name_senders(shared: &Shared, relay: PeerId) {
+    let Ok(me) = shared.amid.peer_id() else {
+        return;
+    };
+    let mut peers: Vec<PeerId> = shared
+        .store()
+        .all_sessions()
+        .iter()
+        .filter_map(|s| s.peer.peer_id().ok())
+        .collect();
+    peers.sort();
+    peers.dedup();
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        peers.hash(&mut h);
+        h.finish()
+    };
+    let named = |d: u64| {
+        shared
+            .named_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(relay, d)
+    };
+    if shared
+        .named_senders
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&relay)
+        == Some(&digest)
+    {
+        return;
+    }
+    let mut control = shared.control.clone();
+    match mailbox::name_senders(&mut control, relay, &me, &peers).await {
+        Ok(kept) => {
+            debug!(%relay, named = peers.len(), kept, "senders named at the relay");
+            named(digest);
+        }
+        Err(MailboxError::Refused { code, .. }) => {
+            // An older relay: no shares to ask for; do not ask again.
+            debug!(%relay, %code, "relay does not take named senders");
+            named(digest);
+        }
+        Err(e) => debug!(%relay, error = %e, "naming senders failed"),
     }
 }
 

@@ -35,6 +35,7 @@ use crate::{
     audit::AuditEvent,
     card::{AgentCard, CARD_NAMESPACE},
     events::NodeEvent,
+    plugin::{Plugin, Stored},
 };
 
 /// How often to retry publishing while no peer has stored the card.
@@ -74,6 +75,7 @@ impl Behaviour {
         config: &super::Config,
         stream: libp2p_stream::Behaviour,
         relay_client: relay::client::Behaviour,
+        plugins: &[Arc<dyn Plugin>],
     ) -> Self {
         let local = key.public().to_peer_id();
         Self {
@@ -85,12 +87,14 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(25))),
             stream,
             relay_client,
-            relay: Toggle::from(
-                config
-                    .relay
-                    .as_ref()
-                    .map(|r| agentmesh_relay::circuit_behaviour(local, &r.circuit)),
-            ),
+            // A plugin's circuit relay server, advertised from the start (a
+            // volunteer relay is reachable by definition; libp2p would
+            // otherwise wait for a confirmed external address).
+            relay: Toggle::from(plugins.iter().find_map(|p| p.circuit_relay()).map(|c| {
+                let mut b = relay::Behaviour::new(local, c);
+                b.set_status(Some(relay::Status::Enable));
+                b
+            })),
             // Every node answers dial-back requests (bootstraps and relays
             // are the ones agents behind NATs reach) and asks its peers.
             // Addresses are not filtered to global ones, so private and
@@ -546,18 +550,19 @@ impl Actor {
                         .iter()
                         .map(|(_, a)| a.to_string())
                         .collect(),
-                    relay: self.shared.config.relay.as_ref().map(|_| {
-                        let stats = self
-                            .shared
-                            .mailbox
-                            .as_ref()
-                            .map(|m| m.stats())
-                            .unwrap_or_default();
+                    relay: self.serves_circuits().then(|| {
+                        let stored = self.shared.plugins.iter().filter_map(|p| p.stored()).fold(
+                            Stored::default(),
+                            |a, s| Stored {
+                                items: a.items + s.items,
+                                bytes: a.bytes + s.bytes,
+                            },
+                        );
                         RelayStatus {
                             reservations: self.relays.reservations,
                             circuits: self.relays.circuits,
-                            envelopes: stats.envelopes,
-                            bytes: stats.bytes,
+                            envelopes: stored.items,
+                            bytes: stored.bytes,
                         }
                     }),
                     path_attempts: self.path_memory.counters(),
@@ -673,7 +678,7 @@ impl Actor {
                     addr: full.to_string(),
                 });
                 let relayed = path_of(&address) == PathKind::Relayed;
-                if self.shared.config.relay.is_some() && !relayed {
+                if self.serves_circuits() && !relayed {
                     // A relay is reachable by definition: its listen
                     // addresses go into reservations and provider records.
                     self.swarm.add_external_address(address.clone());
@@ -953,25 +958,35 @@ impl Actor {
             .swarm
             .behaviour_mut()
             .dht
-            .providers(agentmesh_relay::RELAY_PROVIDER_KEY);
+            .providers(crate::mailbox::RELAY_PROVIDER_KEY);
         self.relays.providers_query = Some(q);
     }
 
-    /// A relay announces itself in the DHT once it is connected to the
-    /// network.
+    /// Whether a plugin has us serve circuit relay.
+    fn serves_circuits(&self) -> bool {
+        self.swarm.behaviour().relay.is_enabled()
+    }
+
+    /// A node announces its plugins' provider keys (a relay's, for one) in
+    /// the DHT once it is connected to the network.
     fn announce_relay(&mut self) {
-        if self.shared.config.relay.is_none() || self.relays.provided {
+        if self.relays.provided {
             return;
         }
-        match self
-            .swarm
-            .behaviour_mut()
-            .dht
-            .provide(agentmesh_relay::RELAY_PROVIDER_KEY)
-        {
-            Ok(_) => self.relays.provided = true,
-            Err(e) => warn!(error = %e, "relay announcement failed"),
+        let keys: Vec<Vec<u8>> = self
+            .shared
+            .plugins
+            .iter()
+            .flat_map(|p| p.provides())
+            .collect();
+        let mut ok = true;
+        for key in keys {
+            if let Err(e) = self.swarm.behaviour_mut().dht.provide(&key) {
+                warn!(error = %e, "provider announcement failed");
+                ok = false;
+            }
         }
+        self.relays.provided = ok;
     }
 
     /// Redials chosen relays that dropped, and keeps looking for more.

@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use agentmesh_node::envelope::{EnvelopeError, SignedEnvelope};
 use agentmesh_transports::framing::FramedStream;
 
 use super::{store::MailboxStore, ErrorCode, Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE};
@@ -78,17 +79,20 @@ pub async fn serve(
 }
 
 async fn handle(store: &MailboxStore, peer: PeerId, stream: Stream) {
-    let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
+    // A request's length is checked against the largest request this relay
+    // takes before any of it is read; answers may be larger.
+    let mut framed = FramedStream::new(stream, store.limits().max_request_bytes());
     let frame = match tokio::time::timeout(REQUEST_TIMEOUT, framed.recv()).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "mailbox request unreadable");
-            let _ = send(
-                &mut framed,
-                Response::error(ErrorCode::Malformed, e.to_string()),
-            )
-            .await;
+            let code = match e {
+                agentmesh_transports::framing::FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::Malformed,
+            };
+            framed.set_max(MAX_FRAME_SIZE);
+            let _ = send(&mut framed, Response::error(code, e.to_string())).await;
             return;
         }
         Err(_) => {
@@ -96,6 +100,7 @@ async fn handle(store: &MailboxStore, peer: PeerId, stream: Stream) {
             return;
         }
     };
+    framed.set_max(MAX_FRAME_SIZE);
     let response = match Request::from_bytes(&frame) {
         Ok(req) => answer(store, &peer, req).await,
         Err(e) => Response::error(ErrorCode::Malformed, e.to_string()),
@@ -129,23 +134,31 @@ async fn answer(store: &MailboxStore, peer: &PeerId, req: Request) -> Response {
             id,
             expires_ms,
             envelope,
-        } => match store.deposit(peer, &to, id, expires_ms, &envelope, now) {
-            Ok(duplicate) => match store.flush().await {
-                Ok(()) => {
-                    debug!(from = %peer, duplicate, "envelope deposited");
-                    Response::Deposited { duplicate }
-                }
-                Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
-            },
-            Err(e) => Response::Error {
-                code: e.code(),
-                retry_after_ms: match e {
-                    super::DepositError::RateLimited { retry_after_ms } => Some(retry_after_ms),
-                    _ => None,
+        } => {
+            if let Err(r) = signed_by(peer, &to, id, expires_ms, &envelope) {
+                return r;
+            }
+            deposit(store, peer, &to, id, expires_ms, &envelope, now).await
+        }
+        Request::Senders { recipient, known } => {
+            if let Err(r) = own(peer, &recipient) {
+                return r;
+            }
+            let Ok(senders) = known
+                .iter()
+                .map(|k| PeerId::from_bytes(k))
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                return Response::error(ErrorCode::Malformed, "a named sender is not a PeerId");
+            };
+            match store.name_senders(peer, &senders) {
+                Ok(n) => match store.flush().await {
+                    Ok(()) => Response::Named { count: n as u32 },
+                    Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
                 },
-                detail: e.to_string(),
-            },
-        },
+                Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
+            }
+        }
         Request::Fetch { recipient, max } => {
             if let Err(r) = own(peer, &recipient) {
                 return r;
@@ -175,4 +188,63 @@ async fn answer(store: &MailboxStore, peer: &PeerId, req: Request) -> Response {
             }
         }
     }
+}
+
+/// Stores a checked deposit; on disk before the answer says so.
+async fn deposit(
+    store: &MailboxStore,
+    peer: &PeerId,
+    to: &[u8],
+    id: super::EnvelopeId,
+    expires_ms: u64,
+    envelope: &[u8],
+    now: u64,
+) -> Response {
+    match store.deposit(peer, to, id, expires_ms, envelope, now) {
+        Ok(duplicate) => match store.flush().await {
+            Ok(()) => {
+                debug!(from = %peer, duplicate, "envelope deposited");
+                Response::Deposited { duplicate }
+            }
+            Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
+        },
+        Err(e) => Response::Error {
+            code: e.code(),
+            retry_after_ms: match e {
+                super::DepositError::RateLimited { retry_after_ms } => Some(retry_after_ms),
+                _ => None,
+            },
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Whether `envelope` is a signed envelope from `peer` (the connection's
+/// key) to `to`, with the deposit's id and expiry: a relay stores only what
+/// its sender signed, so the per-sender shares count real senders.
+#[allow(clippy::result_large_err)]
+fn signed_by(
+    peer: &PeerId,
+    to: &[u8],
+    id: super::EnvelopeId,
+    expires_ms: u64,
+    envelope: &[u8],
+) -> Result<(), Response> {
+    let forged = |why: &str| Response::error(ErrorCode::Forged, why.to_string());
+    let body = SignedEnvelope::from_bytes(envelope)
+        .and_then(|e| e.verify_signature())
+        .map_err(|e| match e {
+            EnvelopeError::TooLarge => Response::error(ErrorCode::TooLarge, e.to_string()),
+            e => forged(&e.to_string()),
+        })?;
+    if body.from.peer_id().ok().as_ref() != Some(peer) {
+        return Err(forged("not signed by the depositing peer"));
+    }
+    if body.to.peer_id().ok().map(|p| p.to_bytes()).as_deref() != Some(to) {
+        return Err(forged("addressed to another recipient"));
+    }
+    if body.id.0 != id || body.expires_ms != expires_ms {
+        return Err(forged("id or expiry differ from the envelope's"));
+    }
+    Ok(())
 }

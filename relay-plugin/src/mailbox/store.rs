@@ -1,7 +1,13 @@
-//! The mailbox's sled storage and its bookkeeping: limits, per-sender rate,
-//! expiry. Methods take `now` and never read the clock.
+//! The mailbox's sled storage and its bookkeeping: limits, per-sender
+//! shares and rate, expiry. Methods take `now` and never read the clock.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
@@ -33,9 +39,21 @@ pub enum StoreError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DepositError {
-    /// The recipient already holds the most envelopes allowed.
+    /// The recipient already holds the most envelopes (or bytes) allowed,
+    /// or the most allowed from senders it has not named.
     #[error("mailbox full ({0} envelopes)")]
     Full(usize),
+    /// The sender already has its whole share of the recipient's mailbox.
+    #[error("sender's share of this mailbox is used ({held} of {max} envelopes)")]
+    SenderQuota {
+        /// Envelopes of this sender waiting for the recipient.
+        held: usize,
+        /// Its share.
+        max: usize,
+    },
+    /// The relay holds all the bytes it will hold.
+    #[error("relay storage full")]
+    RelayFull,
     /// The sender is over its deposit rate.
     #[error("rate limited; retry after {retry_after_ms} ms")]
     RateLimited {
@@ -66,6 +84,8 @@ impl DepositError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DepositError::Full(_) => ErrorCode::MailboxFull,
+            DepositError::SenderQuota { .. } => ErrorCode::SenderQuota,
+            DepositError::RelayFull => ErrorCode::RelayFull,
             DepositError::RateLimited { .. } => ErrorCode::RateLimited,
             DepositError::TooLarge { .. } => ErrorCode::TooLarge,
             DepositError::Expired => ErrorCode::Expired,
@@ -90,13 +110,18 @@ pub struct MailboxStats {
 ///
 /// Layout: tree `mailbox` maps `recipient ‖ seq` to the CBOR [`MailItem`]
 /// (so a recipient's mail is a prefix scan, oldest first); tree
-/// `mailbox-ids` maps `recipient ‖ id` to `seq` (duplicates and acks).
-/// Both change in one transaction.
+/// `mailbox-ids` maps `recipient ‖ id` to `seq ‖ size ‖ sender` (duplicates,
+/// acks and the per-sender shares, without reading the envelopes). Both
+/// change in one transaction. Tree `mailbox-known` holds
+/// `recipient ‖ sender` for the senders each recipient named.
 #[derive(Debug)]
 pub struct MailboxStore {
     db: sled::Db,
     mail: sled::Tree,
     ids: sled::Tree,
+    known: sled::Tree,
+    /// Bytes held in all (the `mailbox` tree's values).
+    total_bytes: AtomicU64,
     limits: MailboxLimits,
     /// Serialises deposits, so the per-recipient limit holds under
     /// concurrency.
@@ -122,6 +147,35 @@ fn key(prefix: &[u8], tail: &[u8]) -> Vec<u8> {
     k
 }
 
+/// What `mailbox-ids` holds of one envelope.
+struct IdEntry {
+    seq: [u8; 8],
+    size: u64,
+    /// The sender's PeerId bytes; empty for entries stored before senders
+    /// were recorded.
+    from: Vec<u8>,
+}
+
+impl IdEntry {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12 + self.from.len());
+        v.extend_from_slice(&self.seq);
+        v.extend_from_slice(&(self.size.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+        v.extend_from_slice(&self.from);
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let seq: [u8; 8] = v.get(..8)?.try_into().ok()?;
+        let size = v
+            .get(8..12)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, |b| u64::from(u32::from_be_bytes(b)));
+        let from = v.get(12..).unwrap_or_default().to_vec();
+        Some(Self { seq, size, from })
+    }
+}
+
 fn decode_item(bytes: &[u8]) -> Result<MailItem, StoreError> {
     agentmesh_transports::codec::decode(bytes, super::MAX_FRAME_SIZE)
         .map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -130,10 +184,17 @@ fn decode_item(bytes: &[u8]) -> Result<MailItem, StoreError> {
 impl MailboxStore {
     /// Opens (or creates) the mailbox trees in `db`.
     pub fn open(db: &sled::Db, limits: MailboxLimits) -> Result<Self, StoreError> {
+        let mail = db.open_tree("mailbox")?;
+        let mut total = 0u64;
+        for kv in mail.iter() {
+            total += kv?.1.len() as u64;
+        }
         Ok(Self {
             db: db.clone(),
-            mail: db.open_tree("mailbox")?,
+            mail,
             ids: db.open_tree("mailbox-ids")?,
+            known: db.open_tree("mailbox-known")?,
+            total_bytes: AtomicU64::new(total),
             limits,
             deposit_lock: Mutex::new(()),
             rate: Mutex::new(HashMap::new()),
@@ -203,10 +264,7 @@ impl MailboxStore {
             return Ok(true);
         }
         self.purge_recipient(&p, now_ms)?;
-        let held = self.ids.scan_prefix(&p).count();
-        if held >= self.limits.max_per_recipient {
-            return Err(DepositError::Full(held));
-        }
+        self.check_room(&p, from, envelope.len())?;
         self.check_rate(from, now_ms)?;
         let seq = self
             .db
@@ -223,14 +281,98 @@ impl MailboxStore {
         let bytes = agentmesh_transports::codec::encode(&item)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (mk, ik) = (key(&p, &seq), key(&p, &id));
+        let entry = IdEntry {
+            seq,
+            size: bytes.len() as u64,
+            from: from.to_bytes(),
+        }
+        .encode();
         (&self.mail, &self.ids)
             .transaction(|(mail, ids)| {
                 mail.insert(mk.as_slice(), bytes.as_slice())?;
-                ids.insert(ik.as_slice(), &seq[..])?;
+                ids.insert(ik.as_slice(), entry.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(tx_error)?;
+        self.total_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(false)
+    }
+
+    /// Whether the recipient under `p` has room for `size` more bytes from
+    /// `from`: its count and byte caps, the sender's share (larger for a
+    /// sender the recipient named), the strangers' part, and the relay's
+    /// byte cap. Called under the deposit lock.
+    fn check_room(&self, p: &[u8], from: &PeerId, size: usize) -> Result<(), DepositError> {
+        let l = &self.limits;
+        if self.total_bytes.load(Ordering::Relaxed) + size as u64 > l.max_total_bytes {
+            return Err(DepositError::RelayFull);
+        }
+        let from_bytes = from.to_bytes();
+        let mut named: HashMap<Vec<u8>, bool> = HashMap::new();
+        let mut is_named = |sender: &[u8]| -> Result<bool, StoreError> {
+            if let Some(k) = named.get(sender) {
+                return Ok(*k);
+            }
+            let k = !sender.is_empty() && self.known.contains_key(key(p, sender))?;
+            named.insert(sender.to_vec(), k);
+            Ok(k)
+        };
+        let (mut held, mut bytes, mut mine, mut strangers) = (0usize, 0u64, 0usize, 0usize);
+        for kv in self.ids.scan_prefix(p) {
+            let (_, v) = kv.map_err(StoreError::from)?;
+            let Some(e) = IdEntry::decode(&v) else {
+                continue;
+            };
+            held += 1;
+            bytes += e.size;
+            if e.from == from_bytes {
+                mine += 1;
+            }
+            if !is_named(&e.from)? {
+                strangers += 1;
+            }
+        }
+        if held >= l.max_per_recipient || bytes + size as u64 > l.max_bytes_per_recipient {
+            return Err(DepositError::Full(held));
+        }
+        let share = if is_named(&from_bytes)? {
+            l.known_share
+        } else {
+            if strangers >= l.strangers_total {
+                return Err(DepositError::Full(held));
+            }
+            l.stranger_share
+        };
+        if mine >= share {
+            return Err(DepositError::SenderQuota {
+                held: mine,
+                max: share,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces the senders `recipient` named with `senders` (the first
+    /// [`MailboxLimits::max_known_senders`] of them). Returns how many are
+    /// kept. Not durable until [`MailboxStore::flush`].
+    pub fn name_senders(
+        &self,
+        recipient: &PeerId,
+        senders: &[PeerId],
+    ) -> Result<usize, StoreError> {
+        let p = prefix(recipient);
+        let _guard = self.deposit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        for k in self.known.scan_prefix(&p).keys() {
+            batch.remove(k?);
+        }
+        let kept = senders.len().min(self.limits.max_known_senders);
+        for s in &senders[..kept] {
+            batch.insert(key(&p, &s.to_bytes()), &[][..]);
+        }
+        self.known.apply_batch(batch)?;
+        Ok(kept)
     }
 
     /// Up to `max` unexpired envelopes held for `recipient`, oldest first,
@@ -276,8 +418,8 @@ impl MailboxStore {
         let mut unknown = Vec::new();
         for id in ids {
             let ik = key(&p, id);
-            match self.ids.get(&ik)? {
-                Some(seq) => held.push((key(&p, &seq), ik)),
+            match self.ids.get(&ik)?.as_deref().and_then(IdEntry::decode) {
+                Some(e) => held.push((key(&p, &e.seq), ik)),
                 None => unknown.push(*id),
             }
         }
@@ -288,13 +430,19 @@ impl MailboxStore {
     fn remove_items(&self, entries: Vec<ItemKeys>) -> Result<usize, StoreError> {
         let n = entries.len();
         for (mk, ik) in entries {
-            (&self.mail, &self.ids)
+            let removed = (&self.mail, &self.ids)
                 .transaction(|(mail, ids)| {
-                    mail.remove(mk.as_slice())?;
+                    let old = mail.remove(mk.as_slice())?;
                     ids.remove(ik.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
+                    Ok::<_, ConflictableTransactionError<()>>(old.map_or(0, |v| v.len() as u64))
                 })
                 .map_err(tx_error)?;
+            // Never below zero, whatever a concurrent removal did.
+            let _ = self
+                .total_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some(t.saturating_sub(removed))
+                });
         }
         Ok(n)
     }
@@ -446,6 +594,96 @@ mod tests {
         // A new window.
         s.deposit(&a, &c.to_bytes(), [6; 16], 100_000, &[0], 61_000)
             .unwrap();
+    }
+
+    #[test]
+    fn each_sender_has_a_share_and_strangers_together_a_part() {
+        let limits = MailboxLimits {
+            stranger_share: 2,
+            strangers_total: 5,
+            known_share: 4,
+            max_per_recipient: 8,
+            ..MailboxLimits::default()
+        };
+        let (_d, s) = store(limits);
+        let bob = PeerId::random();
+        let to = bob.to_bytes();
+        let (alice, mallory) = (PeerId::random(), PeerId::random());
+        let mut id = 0u8;
+        let mut put = |from: &PeerId| {
+            id += 1;
+            s.deposit(from, &to, [id; 16], 10_000, &[0], 1)
+        };
+        put(&mallory).unwrap();
+        put(&mallory).unwrap();
+        assert!(matches!(
+            put(&mallory),
+            Err(DepositError::SenderQuota { held: 2, max: 2 })
+        ));
+        // Fresh identities fill the strangers' part, then nobody unnamed
+        // gets in.
+        let sybils: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        for p in &sybils {
+            let _ = put(p);
+        }
+        assert!(matches!(put(&alice), Err(DepositError::Full(5))));
+        // Bob names alice: she has her own, larger share.
+        assert_eq!(s.name_senders(&bob, &[alice]).unwrap(), 1);
+        for _ in 0..3 {
+            put(&alice).unwrap();
+        }
+        // The mailbox's own cap still holds.
+        assert!(matches!(put(&alice), Err(DepositError::Full(8))));
+        // Naming anew replaces the list: alice is a stranger again.
+        assert_eq!(s.name_senders(&bob, &[]).unwrap(), 0);
+        assert!(matches!(put(&alice), Err(DepositError::Full(_))));
+    }
+
+    #[test]
+    fn byte_caps_per_recipient_and_per_relay() {
+        let limits = MailboxLimits {
+            max_bytes_per_recipient: 300,
+            ..MailboxLimits::default()
+        };
+        let (_d, s) = store(limits);
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        s.deposit(&a, &b.to_bytes(), [1; 16], 10_000, &[0; 100], 1)
+            .unwrap();
+        assert!(matches!(
+            s.deposit(&a, &b.to_bytes(), [2; 16], 10_000, &[0; 200], 1),
+            Err(DepositError::Full(1))
+        ));
+        let held = s.stats().bytes;
+        let (_d2, s) = store(MailboxLimits {
+            max_total_bytes: held + 50,
+            ..MailboxLimits::default()
+        });
+        s.deposit(&a, &b.to_bytes(), [1; 16], 10_000, &[0; 100], 1)
+            .unwrap();
+        assert!(matches!(
+            s.deposit(&a, &c.to_bytes(), [2; 16], 10_000, &[0; 100], 1),
+            Err(DepositError::RelayFull)
+        ));
+        // Space comes back with the ack.
+        s.ack(&b, &[[1; 16]]).unwrap();
+        s.deposit(&a, &c.to_bytes(), [2; 16], 10_000, &[0; 100], 1)
+            .unwrap();
+    }
+
+    #[test]
+    fn entries_without_a_recorded_sender_are_read_and_acked() {
+        let (_d, s) = store(MailboxLimits::default());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        s.deposit(&a, &b.to_bytes(), [1; 16], 10_000, &[1], 1)
+            .unwrap();
+        // An entry as stored before senders were recorded: the seq alone.
+        let k = key(&prefix(&b), &[1; 16]);
+        let v = s.ids.get(&k).unwrap().unwrap();
+        s.ids.insert(&k, &v[..8]).unwrap();
+        s.deposit(&a, &b.to_bytes(), [2; 16], 10_000, &[2], 1)
+            .unwrap();
+        assert_eq!(s.fetch(&b, 10, 2).unwrap().0.len(), 2);
+        assert_eq!(s.ack(&b, &[[1; 16], [2; 16]]).unwrap(), (2, vec![]));
     }
 
     #[test]

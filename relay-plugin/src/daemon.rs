@@ -1,36 +1,28 @@
-//! # agentmesh-relay-daemon
+//! Running a node as a volunteer relay: the settings of a relay node, and
+//! the loop of the `agentmesh-relay` binary (addresses, then status lines).
 //!
-//! Runs an AgentMesh node as a volunteer relay: circuit relay v2 for agents
-//! behind NATs and a mailbox for agents that are offline. The relay is a
-//! full node (identity, DHT membership) that announces itself in the DHT,
-//! so agents find it without configuration.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = agentmesh_relay_daemon::config(agentmesh_relay::RelayConfig::default());
-//! let node = agentmesh_node::Node::builder(config)
-//!     .data_dir("/var/lib/agentmesh-relay")
-//!     .spawn()
-//!     .await?;
-//! agentmesh_relay_daemon::serve(node, 2, false, std::time::Duration::from_secs(30)).await?;
-//! # Ok(())
-//! # }
-//! ```
-#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+//! The relay is a full node (identity, DHT membership) that carries the
+//! [`RelayPlugin`] and announces itself in the DHT, so agents find it
+//! without configuration.
 
 use std::time::Duration;
 
-use agentmesh_node::{Config, Node};
-use agentmesh_relay::RelayConfig;
+use agentmesh_node::{Config, Node, NodeBuilder};
 
-/// Settings of a relay node: a DHT server that serves circuit relay and the
-/// mailbox with `relay`'s limits and advertises the `relay` capability.
-pub fn config(relay: RelayConfig) -> Config {
+use crate::{RelayConfig, RelayPlugin};
+
+/// Settings of a relay node: a DHT server whose card advertises nothing
+/// but the `relay` capability (which the plugin adds).
+pub fn config() -> Config {
     let mut c = Config::local();
-    c.capabilities = vec!["relay".into()];
-    c.relay = Some(relay);
+    c.capabilities = Vec::new();
     c
+}
+
+/// A builder of a relay node: [`config`] with `config`'s transport
+/// settings left to the caller, carrying a [`RelayPlugin`] with `limits`.
+pub fn builder(config: Config, limits: RelayConfig) -> NodeBuilder {
+    Node::builder(config).plugin(RelayPlugin::new(limits))
 }
 
 /// Prints the relay's addresses (a `ready` JSON line with `json`), then a

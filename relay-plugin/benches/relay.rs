@@ -18,12 +18,15 @@
 
 use std::time::{Duration, Instant};
 
+use agentmesh_node::envelope::{
+    EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION,
+};
 use agentmesh_node::{
-    keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind, Reachability, RelayConfig,
+    keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind, Reachability,
 };
 use agentmesh_relay::{
     mailbox::{self, MailboxStore},
-    MailboxLimits,
+    MailboxLimits, RelayConfig, RelayPlugin,
 };
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -51,7 +54,16 @@ async fn start(
     c: Config,
     boot: &[agentmesh_node::Multiaddr],
 ) -> Result<Node, Error> {
-    let node = Node::builder(c)
+    start_with(dir, name, Node::builder(c), boot).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    name: &str,
+    builder: agentmesh_node::NodeBuilder,
+    boot: &[agentmesh_node::Multiaddr],
+) -> Result<Node, Error> {
+    let node = builder
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name))
         .bootstraps(boot.iter().cloned())
@@ -68,6 +80,10 @@ fn limits() -> MailboxLimits {
     MailboxLimits {
         max_per_recipient: usize::MAX,
         deposits_per_minute: u32::MAX,
+        stranger_share: usize::MAX,
+        strangers_total: usize::MAX,
+        max_bytes_per_recipient: u64::MAX,
+        max_total_bytes: u64::MAX,
         ..MailboxLimits::default()
     }
 }
@@ -109,12 +125,11 @@ async fn bare_store(n: usize, dir: &std::path::Path) -> Result<(f64, f64), Error
 }
 
 async fn over_network(n: usize, dir: &std::path::Path) -> Result<(f64, f64), Error> {
-    let mut rc = config();
-    rc.relay = Some(RelayConfig {
+    let rc = Node::builder(config()).plugin(RelayPlugin::new(RelayConfig {
         mailbox: limits(),
         ..RelayConfig::default()
-    });
-    let relay = start(dir, "relay", rc, &[]).await?;
+    }));
+    let relay = start_with(dir, "relay", rc, &[]).await?;
     let relay_addrs = relay.wait_listening(2, WAIT).await;
     let mut c = config();
     c.mailbox_relays = 0;
@@ -129,7 +144,24 @@ async fn over_network(n: usize, dir: &std::path::Path) -> Result<(f64, f64), Err
     for i in 0..n {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        mailbox::deposit(&mut s, relay_peer, &me, id, far(), vec![7u8; 1024]).await?;
+        let expires_ms = far();
+        let envelope = SignedEnvelope::seal(
+            sender.identity(),
+            &EnvelopeBody {
+                v: ENVELOPE_VERSION,
+                id: MessageId(id),
+                from: sender.amid(),
+                to: recipient.amid(),
+                session: SessionId([0; 16]),
+                seq: i as u64,
+                ts_ms: agentmesh_dht::now_ms(),
+                expires_ms,
+                olm_type: 1,
+                ciphertext: vec![7u8; 1024],
+            },
+        )?
+        .to_bytes();
+        mailbox::deposit(&mut s, relay_peer, &me, id, expires_ms, envelope).await?;
     }
     let deposit = n as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -155,9 +187,8 @@ async fn rate(n: usize, dir: &std::path::Path, private: bool) -> Result<(f64, Pa
     let tag = if private { "p" } else { "d" };
     let boot = start(dir, &format!("boot-{tag}"), config(), &[]).await?;
     let boot_addrs = boot.wait_listening(2, WAIT).await;
-    let mut rc = config();
-    rc.relay = Some(RelayConfig::default());
-    let relay = start(dir, &format!("relay-{tag}"), rc, &boot_addrs).await?;
+    let rc = Node::builder(config()).plugin(RelayPlugin::new(RelayConfig::default()));
+    let relay = start_with(dir, &format!("relay-{tag}"), rc, &boot_addrs).await?;
     let relay_addr = relay.wait_listening(2, WAIT).await[0].clone();
     let mut bc = config();
     bc.relays = vec![relay_addr];

@@ -7,8 +7,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use agentmesh_node::{Multiaddr, Node};
-use agentmesh_relay::RelayConfig;
+use agentmesh_node::Multiaddr;
+use agentmesh_relay::{daemon, RelayConfig};
 
 #[derive(Parser)]
 #[command(name = "agentmesh-relay", version, about = "AgentMesh relay node")]
@@ -42,18 +42,18 @@ async fn main() -> Result<()> {
         Some(path) => RelayConfig::from_file(path)?,
         None => RelayConfig::default(),
     };
-    let mut config = agentmesh_relay_daemon::config(limits);
+    let mut config = daemon::config();
     if !cli.listen.is_empty() {
         config.transport.listen = cli.listen.clone();
     }
     let expected = config.transport.listen.len();
-    let node = Node::builder(config)
+    let node = daemon::builder(config, limits)
         .data_dir(&cli.data_dir)
         .bootstraps(cli.bootstrap.iter().cloned())
         .spawn()
         .await
         .context("starting relay node")?;
-    agentmesh_relay_daemon::serve(
+    daemon::serve(
         node,
         expected,
         cli.json,

@@ -9,8 +9,9 @@ use agentmesh_node::{
     audit::{AuditEvent, AuditFilter},
     envelope::MessageId,
     keystore::KdfParams,
-    Config, HolePunch, Node, NodeEvent, Passphrase, PathKind, Presence, Reachability, RelayConfig,
+    Config, HolePunch, Node, NodeEvent, Passphrase, PathKind, Presence, Reachability,
 };
+use agentmesh_relay::{RelayConfig, RelayPlugin};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -35,9 +36,6 @@ struct Spec {
 async fn start(dir: &Path, name: &str, spec: Spec, bootstrap: Option<&Node>) -> Node {
     let mut c = Config::local();
     c.kdf = KdfParams::throwaway();
-    if spec.relay {
-        c.relay = Some(RelayConfig::default());
-    }
     if spec.private {
         c.reachability = Reachability::Private;
     }
@@ -49,6 +47,9 @@ async fn start(dir: &Path, name: &str, spec: Spec, bootstrap: Option<&Node>) -> 
     let mut b = Node::builder(c)
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name));
+    if spec.relay {
+        b = b.plugin(RelayPlugin::new(RelayConfig::default()));
+    }
     if let Some(boot) = bootstrap {
         b = b.bootstraps(boot.wait_listening(2, WAIT).await);
     }

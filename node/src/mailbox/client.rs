@@ -149,3 +149,27 @@ pub async fn ack(
         r => Err(unexpected(r)),
     }
 }
+
+/// Names the senders whose mail `me` wants most (the peers it has sessions
+/// with) at `relay`, replacing the list named before. A named sender gets a
+/// larger share of `me`'s mailbox than a stranger, and strangers together
+/// cannot crowd it out. Returns how many the relay kept (it keeps at most
+/// its own limit).
+pub async fn name_senders(
+    control: &mut libp2p_stream::Control,
+    relay: PeerId,
+    me: &PeerId,
+    senders: &[PeerId],
+) -> Result<u32, MailboxError> {
+    let req = Request::Senders {
+        recipient: me.to_bytes(),
+        known: senders
+            .iter()
+            .map(|p| ByteBuf::from(p.to_bytes()))
+            .collect(),
+    };
+    match request(control, relay, &req).await? {
+        Response::Named { count } => Ok(count),
+        r => Err(unexpected(r)),
+    }
+}
