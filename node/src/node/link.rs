@@ -3,6 +3,14 @@
 //! window of unacknowledged messages. On a broken stream it reconnects with
 //! back-off (re-resolving the card when dialling fails) and resends what was
 //! not acknowledged, in order; the receiver drops duplicates by message id.
+//!
+//! Sealing advances the Olm ratchet, and the new state is written to the
+//! store but not flushed. No envelope leaves the process (on the stream, or
+//! to a mailbox) before the state that sealed it is on disk: a sender that
+//! died and came back with an older ratchet would seal its next message
+//! under the message key of the last one it sent. Messages are sealed as
+//! they come, and written to the stream at the end of the burst, after one
+//! flush for all of them (see [`Link::make_durable`]).
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -64,6 +72,7 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         writer: None,
         reader: None,
         inflight: VecDeque::new(),
+        undurable: false,
         backoff: MIN_BACKOFF,
         reconnect_at: None,
         skipped_knock_for: None,
@@ -81,6 +90,10 @@ struct InFlight {
     session: SessionId,
     /// When it was last written to a stream.
     sent: Instant,
+    /// Whether it was written to the current stream. A message sealed
+    /// while the stream is open waits for the end of its burst (see
+    /// [`Link::write_pending`]).
+    written: bool,
 }
 
 struct Link {
@@ -101,6 +114,10 @@ struct Link {
     writer: Option<FrameWriter>,
     reader: Option<FrameReader>,
     inflight: VecDeque<InFlight>,
+    /// Whether messages were sealed since the store was last flushed: their
+    /// ratchet state must reach the disk before any of them is sent (see
+    /// [`Link::make_durable`]).
+    undurable: bool,
     backoff: Duration,
     reconnect_at: Option<Instant>,
     /// The session last used without a KNOCK (for the audit log).
@@ -137,6 +154,8 @@ enum StreamError {
     Unreachable(String),
     /// The peer was reached, and opening or writing the stream failed.
     Stream(String),
+    /// The messages in flight could not be made durable, so none was sent.
+    NotDurable,
 }
 
 impl std::fmt::Display for StreamError {
@@ -144,6 +163,7 @@ impl std::fmt::Display for StreamError {
         match self {
             Self::Unreachable(e) => write!(f, "unreachable: {e}"),
             Self::Stream(e) => write!(f, "stream: {e}"),
+            Self::NotDurable => write!(f, "sealed messages not on disk"),
         }
     }
 }
@@ -209,6 +229,8 @@ impl Link {
                                 self.reader = None;
                                 self.reconnect_at = Some(Instant::now() + MIN_BACKOFF);
                             }
+                            // Our disk, not the peer: try again later.
+                            Err(StreamError::NotDurable) => self.schedule_reconnect(),
                             Err(e) => {
                                 debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
                                 self.stream_retries = 0;
@@ -305,31 +327,25 @@ impl Link {
             }
         }
         self.deposit_unacknowledged(now).await;
-        let mut resend = Vec::new();
+        let mut resend = false;
         while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, m)) = self.delayed.pop_front() {
                 if m.out.deadline <= now {
                     self.fail(m.out, SendError::Rejected(RejectReason::RateLimited));
                 } else {
-                    resend.push(m.bytes.clone());
-                    self.inflight.push_back(InFlight { sent: now, ..m });
+                    resend = true;
+                    self.inflight.push_back(InFlight {
+                        sent: now,
+                        written: false,
+                        ..m
+                    });
                 }
             }
         }
-        if resend.is_empty() {
-            return;
-        }
-        if let Some(w) = self.writer.as_mut() {
-            for b in resend {
-                if w.feed(b).await.is_err() {
-                    self.schedule_reconnect();
-                    return;
-                }
-            }
-            if w.flush().await.is_err() {
-                self.schedule_reconnect();
-            }
-        } else {
+        if self.writer.is_some() {
+            // Also writes a burst held back by a failed flush.
+            self.write_pending().await;
+        } else if resend {
             // ensure_stream resends everything in flight.
             self.reconnect_at = Some(now);
         }
@@ -421,12 +437,13 @@ impl Link {
                 return;
             }
         };
-        let bytes = MsgFrame::Envelope(env.to_bytes()).to_bytes();
+        self.undurable = true;
         self.inflight.push_back(InFlight {
             out,
-            bytes: bytes.clone(),
+            bytes: MsgFrame::Envelope(env.to_bytes()).to_bytes(),
             session,
             sent: Instant::now(),
+            written: false,
         });
         if self.writer.is_none() && self.unreachable(peer_id) {
             // Dialled and failed moments ago: straight to the mailbox.
@@ -438,29 +455,74 @@ impl Link {
             // back-off; the attempt sends everything in flight, in order.
             self.backoff = MIN_BACKOFF;
             self.reconnect_at = Some(Instant::now());
-            return;
         }
-        if let Some(w) = self.writer.as_mut() {
-            // Queued; flushed when the burst ends (see `flush_if_idle`).
-            if let Err(e) = w.feed(bytes).await {
-                debug!(peer = %self.peer.short(), error = %e, "send failed");
-                self.schedule_reconnect();
+        // With a stream open, the message is written when the burst ends
+        // (see `flush_if_idle`).
+    }
+
+    /// Ends a burst once no more messages are waiting, or when the window
+    /// is full (the acks we wait for need the frames out): writes what it
+    /// sealed, after one flush for all of it.
+    async fn flush_if_idle(&mut self) {
+        let window_full = self.inflight.len() >= self.shared.config.window.max(1);
+        if window_full || (self.rx.is_empty() && self.requeued.is_empty()) {
+            self.write_pending().await;
+        }
+    }
+
+    /// Puts the ratchet state of every message sealed so far on disk, with
+    /// one flush for all of them. Call it before any sealed envelope leaves
+    /// the process: a sender killed after sending, and restarted on the
+    /// ratchet it had before, would seal its next message under the same
+    /// message key as the last one (two plaintexts under one key, and a
+    /// peer that cannot decrypt the second). Returns `false` when the flush
+    /// failed; then nothing may be sent until a later call succeeds.
+    async fn make_durable(&mut self) -> bool {
+        if !self.undurable {
+            return true;
+        }
+        match self.shared.db.flush_async().await {
+            Ok(_) => {
+                self.undurable = false;
+                true
+            }
+            Err(e) => {
+                warn!(peer = %self.peer.short(), error = %e, "flush failed; sealed messages held back");
+                false
             }
         }
     }
 
-    /// Flushes queued frames once no more messages are waiting, or when
-    /// the window is full (the acks we wait for need the frames out).
-    async fn flush_if_idle(&mut self) {
-        let window_full = self.inflight.len() >= self.shared.config.window.max(1);
-        if !(window_full || (self.rx.is_empty() && self.requeued.is_empty())) {
+    /// Writes the messages in flight that are not on the open stream yet,
+    /// in order, once they are durable, and flushes the stream. After a
+    /// failed flush they stay unwritten, and the next tick tries again
+    /// (see `expire`).
+    async fn write_pending(&mut self) {
+        if self.writer.is_none() || self.inflight.iter().all(|m| m.written) {
             return;
         }
-        if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.flush().await {
-                debug!(peer = %self.peer.short(), error = %e, "flush failed");
-                self.schedule_reconnect();
+        if !self.make_durable().await {
+            return;
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut result = Ok(());
+        for m in self.inflight.iter_mut().filter(|m| !m.written) {
+            result = w.feed(m.bytes.clone()).await;
+            if result.is_err() {
+                break;
             }
+            m.written = true;
+            m.sent = now;
+        }
+        if result.is_ok() {
+            result = w.flush().await;
+        }
+        if let Err(e) = result {
+            debug!(peer = %self.peer.short(), error = %e, "send failed");
+            self.schedule_reconnect();
         }
     }
 
@@ -665,6 +727,13 @@ impl Link {
         if self.inflight.is_empty() || self.peer_relays.is_empty() {
             return;
         }
+        if !self.make_durable().await {
+            // Nothing leaves before it is durable: try again later.
+            if self.reconnect_at.is_none() {
+                self.schedule_reconnect();
+            }
+            return;
+        }
         while let Some(m) = self.inflight.pop_front() {
             let Ok(MsgFrame::Envelope(envelope)) = MsgFrame::from_bytes(&m.bytes) else {
                 self.fail(m.out, SendError::Failed("not an envelope".into()));
@@ -719,6 +788,9 @@ impl Link {
         if self.writer.is_some() {
             return Ok(());
         }
+        if !self.make_durable().await {
+            return Err(StreamError::NotDurable);
+        }
         match self.connect(peer_id).await {
             Ok(path) => self.stream_path = path,
             Err(LinkError::Retry(e)) => return Err(StreamError::Unreachable(e)),
@@ -738,6 +810,7 @@ impl Link {
         let now = Instant::now();
         for m in &mut self.inflight {
             m.sent = now;
+            m.written = true;
         }
         self.writer = Some(w);
         self.reader = Some(r);
@@ -788,6 +861,14 @@ impl Link {
             match attempt {
                 Ok((decision, pending, path)) => match decision {
                     Decision::Accept { expires_ms, .. } => {
+                        // No flush needed: the first message was sealed in
+                        // a session made for this KNOCK from a fresh
+                        // ephemeral key, and the session is stored only
+                        // here. Should we die before it reaches the disk,
+                        // we come back without it and KNOCK again with a
+                        // new session: no message key is used twice. The
+                        // next messages in it flush it with their burst
+                        // (`make_durable`).
                         let committed = self.shared.store().commit_outbound(pending, expires_ms);
                         let info = match committed {
                             Ok(info) => info,

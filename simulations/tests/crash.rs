@@ -1,0 +1,100 @@
+//! A sender killed with SIGKILL right after its messages were acknowledged,
+//! and restarted on the same data directory, goes on in the same Olm
+//! session: the ratchet state of every message it sent was on disk before
+//! the message left, so it never seals again under a message key it used.
+
+use std::{path::Path, time::Duration};
+
+use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, Proc};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+/// Kills and restarts of the sender. Each one lands within moments of the
+/// last seal, well inside the store's periodic flush.
+const ROUNDS: usize = 8;
+/// Messages sent at once in each round.
+const BURST: usize = 4;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
+}
+
+/// Sends `BURST` messages at once, each through its own control
+/// connection; returns their ids once every one has its receipt. A receipt
+/// that needed a KNOCK means the sender lost its session.
+async fn burst(dir: &Path, to: &str, round: usize) -> Vec<String> {
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..BURST {
+        let (dir, to) = (dir.to_owned(), to.to_owned());
+        sends.spawn(async move {
+            let payload = json!({"round": round, "i": i});
+            control_send(&dir, &to, payload, WAIT).await.expect("send")
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = sends.join_next().await {
+        let r = r.expect("send task");
+        assert!(r.ok, "round {round}: {r:?}");
+        let receipt = r.receipt.expect("receipt");
+        assert!(
+            !receipt.knocked,
+            "round {round}: a new KNOCK was needed: the session did not survive the restart"
+        );
+        ids.push(receipt.id.to_string());
+    }
+    ids
+}
+
+async fn restart(alice: Proc, boot_addr: &str) -> Proc {
+    let dir = alice.dir.clone();
+    alice.kill().await.unwrap();
+    start_agent(exe(), "alice", &dir, boot_addr, &[])
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_after_sending_never_reuses_a_message_key() {
+    let root = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (mut alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+        .await
+        .unwrap();
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &root.path().join("bob"), &boot_addr, &[])
+        .await
+        .unwrap();
+
+    let r = control_send(&alice.dir, &bob_amid, json!("hello"), WAIT)
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    let receipt = r.receipt.unwrap();
+    assert!(receipt.knocked);
+    let mut ids = vec![receipt.id.to_string()];
+
+    for round in 0..ROUNDS {
+        ids.extend(burst(&alice.dir, &bob_amid, round).await);
+        // Right after the last receipt: no time for a periodic flush.
+        alice = restart(alice, &boot_addr).await;
+    }
+    ids.extend(burst(&alice.dir, &bob_amid, ROUNDS).await);
+
+    for id in &ids {
+        bob.wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("message {id} not delivered: {e}"));
+    }
+    let rest = bob.drain();
+    let again: Vec<&Value> = rest.iter().filter(|v| v["event"] == "message").collect();
+    assert!(again.is_empty(), "delivered more than once: {again:?}");
+    // A reused message key shows as an envelope bob cannot decrypt.
+    let refused: Vec<&Value> = rest.iter().filter(|v| v["event"] == "refused").collect();
+    assert!(refused.is_empty(), "bob refused envelopes: {refused:?}");
+
+    bob.terminate().await.unwrap();
+    alice.terminate().await.unwrap();
+    boot.terminate().await.unwrap();
+}
