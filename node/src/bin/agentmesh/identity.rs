@@ -1,0 +1,154 @@
+//! Commands on the agent's own identity and policy, without a running node.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use agentmesh_node::{
+    keystore::{KdfParams, Keystore},
+    knock::{Decision, KnockBody},
+    policy::KnockContext,
+    Config, Identity, Intent, Node, Passphrase, Policy, Tier,
+};
+
+use crate::args::{CheckArgs, RunArgs};
+
+/// `agentmesh init`: creates the identity, or reports the existing one.
+pub(crate) fn init(dir: &Path, json: bool) -> Result<()> {
+    let pass = Passphrase::from_env()?;
+    let (ks, created) = Keystore::load_or_create(dir, &pass, KdfParams::default())?;
+    let amid = ks.identity().amid();
+    if json {
+        println!(
+            "{}",
+            json!({"amid": amid, "fingerprint": amid.fingerprint(), "created": created})
+        );
+    } else {
+        println!(
+            "{} identity {amid}",
+            if created { "created" } else { "existing" }
+        );
+        println!("fingerprint {}", amid.fingerprint());
+    }
+    Ok(())
+}
+
+/// `agentmesh id`: the AMID, its fingerprint and PeerId.
+pub(crate) fn id(dir: &Path, json: bool) -> Result<()> {
+    let pass = Passphrase::from_env()?;
+    let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
+        .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
+    let amid = Keystore::decrypt(&bytes, &pass)?.identity().amid();
+    if json {
+        println!(
+            "{}",
+            json!({"amid": amid, "fingerprint": amid.fingerprint(), "peer_id": amid.peer_id()?.to_string()})
+        );
+    } else {
+        println!("{amid}\nfingerprint {}", amid.fingerprint());
+    }
+    Ok(())
+}
+
+/// `agentmesh policy check`: a KNOCK judged by a policy file, locally.
+pub(crate) fn check(a: &CheckArgs, json: bool) -> Result<()> {
+    let CheckArgs {
+        file,
+        from,
+        capability,
+        action,
+        tier,
+        reputation,
+    } = a;
+    let policy = Policy::from_file(file)?;
+    let tier: Tier =
+        serde_json::from_value(json!(tier)).context("tier: anonymous, verified or organization")?;
+    let me = Identity::generate();
+    let from = from.unwrap_or_else(|| Identity::generate().amid());
+    let now = agentmesh_dht::now_ms();
+    let knock = KnockBody {
+        from,
+        to: me.amid(),
+        intent: Intent::new(capability.clone(), action.clone()),
+        session: agentmesh_node::envelope::SessionId([0; 16]),
+        ts_ms: now,
+        nonce: [0; 16],
+        first: Vec::new(),
+        credentials: Default::default(),
+    };
+    let ctx = KnockContext {
+        tier,
+        reputation: reputation.map(agentmesh_node::credentials::Reputation::from_f64),
+        ..KnockContext::default()
+    };
+    let decision = policy.evaluate(&me.amid(), &knock, ctx, now);
+    let hash = hex::encode(policy.hash());
+    if json {
+        println!("{}", json!({"decision": decision, "policy_hash": hash}));
+    } else {
+        match decision {
+            Decision::Accept { .. } => println!("ACCEPT"),
+            Decision::Reject { reason, .. } => println!("REJECT: {reason}"),
+            _ => println!("{decision:?}"),
+        }
+        println!("policy {hash}");
+    }
+    Ok(())
+}
+
+/// `agentmesh run`: joins the network and serves until stopped.
+pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
+    let RunArgs {
+        bootstrap,
+        listen,
+        block,
+        allow,
+        capability,
+        policy,
+        relays,
+        private,
+        public,
+        registry_root,
+        hole_punch,
+        stun,
+        registry,
+        credentials_refresh,
+    } = a;
+    let mut config = Config::local();
+    config.hole_punch = *hole_punch;
+    config.stun_servers = stun.clone();
+    config.registry_root = registry_root.map(|r| *r.as_bytes());
+    config.registry = registry.clone();
+    config.credentials_refresh = std::time::Duration::from_secs((*credentials_refresh).max(1));
+    config.relays = relays.clone();
+    if *private {
+        config.reachability = agentmesh_node::Reachability::Private;
+    }
+    if *public {
+        config.reachability = agentmesh_node::Reachability::Public;
+    }
+    if !listen.is_empty() {
+        config.transport.listen = listen.clone();
+    }
+    if !capability.is_empty() {
+        config.capabilities = capability.clone();
+    }
+    config.policy_file = policy.clone();
+    config.policy.block.extend(block.iter().copied());
+    config.policy.allow.extend(allow.iter().copied());
+    let node = Node::builder(config)
+        .data_dir(dir)
+        .bootstraps(bootstrap.iter().cloned())
+        .spawn()
+        .await
+        .context("starting node")?;
+    // What `agentmesh verify` stored, shown in KNOCKs from the start.
+    match node.reload_credentials() {
+        Ok(Some(state)) => tracing::info!(%state, "stored credentials loaded"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "stored credentials not shown"),
+    }
+    agentmesh_node::daemon::serve(node, dir, json).await?;
+    Ok(())
+}
