@@ -33,8 +33,9 @@
 //! dropped first, least recently used first, then the least recently used
 //! of the rest. Every operation is `O(log n)`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+
+use crate::lru::BoundedLru;
 
 use serde::{Deserialize, Serialize};
 
@@ -153,15 +154,6 @@ impl Phase {
     }
 }
 
-/// One stored breaker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    phase: Phase,
-    /// Recency stamp: key in `CircuitBreakers::by_recency` (and in
-    /// `CircuitBreakers::closed` while closed).
-    tick: u64,
-}
-
 /// Circuit breakers for many keys (usually peer [`Amid`](crate::identity::Amid)s),
 /// with a bound on how many are remembered.
 ///
@@ -180,13 +172,17 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct CircuitBreakers<K> {
     config: BreakerConfig,
-    max_keys: usize,
-    entries: HashMap<K, Entry>,
-    /// Every stored key by recency stamp, least recently used first.
-    by_recency: BTreeMap<u64, K>,
-    /// Stored closed keys by recency stamp, least recently used first.
-    closed: BTreeMap<u64, K>,
-    next_tick: u64,
+    /// A closed breaker (some failures, not yet open) is idle at once:
+    /// dropping it loses little, so it goes first when room is needed.
+    entries: BoundedLru<K, Phase>,
+}
+
+/// When a stored breaker in `phase` may be dropped.
+fn idle_at(phase: &Phase) -> u64 {
+    match phase {
+        Phase::Closed { .. } => 0,
+        _ => u64::MAX,
+    }
 }
 
 impl<K: Hash + Eq + Clone> CircuitBreakers<K> {
@@ -195,11 +191,7 @@ impl<K: Hash + Eq + Clone> CircuitBreakers<K> {
     pub fn new(config: BreakerConfig, max_keys: usize) -> Self {
         Self {
             config,
-            max_keys: max_keys.max(1),
-            entries: HashMap::new(),
-            by_recency: BTreeMap::new(),
-            closed: BTreeMap::new(),
-            next_tick: 0,
+            entries: BoundedLru::new(max_keys),
         }
     }
 
@@ -215,16 +207,17 @@ impl<K: Hash + Eq + Clone> CircuitBreakers<K> {
     pub fn set_config(&mut self, config: BreakerConfig) {
         self.config = config;
         let probes = config.probes();
-        for entry in self.entries.values_mut() {
-            if let Phase::HalfOpen { probes_left, .. } = &mut entry.phase {
+        self.entries.update_all(|_, phase| {
+            if let Phase::HalfOpen { probes_left, .. } = phase {
                 *probes_left = (*probes_left).min(probes);
             }
-        }
+            idle_at(phase)
+        });
     }
 
     /// The most breakers remembered at once.
     pub fn max_keys(&self) -> usize {
-        self.max_keys
+        self.entries.max()
     }
 
     /// How many breakers are remembered (never more than
@@ -348,7 +341,7 @@ impl<K: Hash + Eq + Clone> CircuitBreakers<K> {
     /// `key`'s breaker state as of `now_ms`; an unknown key is closed.
     pub fn state(&self, key: &K, now_ms: u64) -> BreakerState {
         match self.entries.get(key) {
-            Some(entry) => entry.phase.at(&self.config, now_ms).public(),
+            Some(phase) => phase.at(&self.config, now_ms).public(),
             None => BreakerState::Closed,
         }
     }
@@ -360,71 +353,16 @@ impl<K: Hash + Eq + Clone> CircuitBreakers<K> {
         }
     }
 
-    /// Removes `key`'s breaker from the map and indexes.
+    /// Removes `key`'s breaker.
     fn take(&mut self, key: &K) -> Option<(K, Phase)> {
-        let (key, entry) = self.entries.remove_entry(key)?;
-        self.by_recency.remove(&entry.tick);
-        self.closed.remove(&entry.tick);
-        Some((key, entry.phase))
+        self.entries.remove_entry(key)
     }
 
     /// Stores a breaker for a key not in the map, as the most recently used,
-    /// making room first if needed.
+    /// making room first if needed (closed breakers go first).
     fn put(&mut self, key: K, phase: Phase) {
-        while self.entries.len() >= self.max_keys {
-            if !self.evict_one() {
-                break;
-            }
-        }
-        let tick = self.bump_tick();
-        if matches!(phase, Phase::Closed { .. }) {
-            self.closed.insert(tick, key.clone());
-        }
-        self.by_recency.insert(tick, key.clone());
-        self.entries.insert(key, Entry { phase, tick });
-    }
-
-    /// Drops the least recently used closed breaker, or else the least
-    /// recently used one. Returns whether one was dropped.
-    fn evict_one(&mut self) -> bool {
-        let victim = match self
-            .closed
-            .first_key_value()
-            .or_else(|| self.by_recency.first_key_value())
-        {
-            Some((_, key)) => key.clone(),
-            None => return false,
-        };
-        self.take(&victim).is_some()
-    }
-
-    /// A fresh recency stamp. Stamps are renumbered densely in the (never
-    /// expected) case the counter runs out.
-    fn bump_tick(&mut self) -> u64 {
-        if self.next_tick == u64::MAX {
-            self.renumber();
-        }
-        let tick = self.next_tick;
-        self.next_tick = self.next_tick.saturating_add(1);
-        tick
-    }
-
-    /// Reassigns recency stamps `0..len` in the same order.
-    fn renumber(&mut self) {
-        let old = std::mem::take(&mut self.by_recency);
-        self.closed.clear();
-        let mut next = 0u64;
-        for (_, key) in old {
-            if let Some(entry) = self.entries.get_mut(&key) {
-                entry.tick = next;
-                if matches!(entry.phase, Phase::Closed { .. }) {
-                    self.closed.insert(next, key.clone());
-                }
-                self.by_recency.insert(next, key);
-                next += 1;
-            }
-        }
-        self.next_tick = next;
+        let idle = idle_at(&phase);
+        self.entries.insert(key, phase, idle, 0);
     }
 }
 
@@ -446,17 +384,13 @@ mod tests {
     }
 
     fn assert_consistent<K: Hash + Eq + Clone + std::fmt::Debug>(b: &CircuitBreakers<K>) {
-        assert!(b.len() <= b.max_keys);
-        assert_eq!(b.by_recency.len(), b.entries.len());
-        for (key, entry) in &b.entries {
-            assert_eq!(b.by_recency.get(&entry.tick), Some(key));
-            let closed = matches!(entry.phase, Phase::Closed { .. });
-            assert_eq!(b.closed.contains_key(&entry.tick), closed);
-            if let Phase::Closed { failures } = entry.phase {
-                assert!(failures >= 1 && failures < b.config.threshold());
+        assert!(b.len() <= b.max_keys());
+        b.entries.assert_consistent();
+        for (_, phase) in b.entries.iter() {
+            if let Phase::Closed { failures } = phase {
+                assert!(*failures >= 1 && *failures < b.config.threshold());
             }
         }
-        assert!(b.closed.len() <= b.entries.len());
     }
 
     /// Opens `key`'s breaker at `now` with threshold failures.
@@ -719,7 +653,7 @@ mod tests {
                 until_ms: T0 + COOL
             }
         );
-        assert!(!b.entries.contains_key(&1));
+        assert!(b.entries.get(&1).is_none());
         for i in 10..10_000u32 {
             b.record_failure(&i, T0);
             assert!(b.len() <= 3);
@@ -731,8 +665,8 @@ mod tests {
         for i in 20_000..20_003 {
             b.trip(&i, T0);
         }
-        assert!(!b.entries.contains_key(&0));
-        assert!(!b.entries.contains_key(&2));
+        assert!(b.entries.get(&0).is_none());
+        assert!(b.entries.get(&2).is_none());
         assert_consistent(&b);
     }
 
@@ -825,18 +759,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn recency_stamps_renumber_when_exhausted() {
-        let mut b = CircuitBreakers::new(BreakerConfig::new(9, COOL, 1), 3);
-        b.next_tick = u64::MAX - 3;
-        for key in [1, 2, 3, 1, 2, 4] {
-            b.record_failure(&key, T0);
-            assert_consistent(&b);
-        }
-        assert!(b.next_tick < 10);
-        assert!(!b.entries.contains_key(&3));
-    }
-
     #[derive(Debug, Clone)]
     enum Op {
         Allow(u8),
@@ -872,7 +794,7 @@ mod tests {
             let mut b = CircuitBreakers::new(config, max_keys);
             let mut now = start;
             // Probes granted in each key's current half-open round.
-            let mut granted: HashMap<u8, u32> = HashMap::new();
+            let mut granted: std::collections::HashMap<u8, u32> = Default::default();
             for op in ops {
                 match op {
                     Op::Allow(k) => {

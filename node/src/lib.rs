@@ -51,6 +51,7 @@ pub mod events;
 pub mod identity;
 pub mod keystore;
 pub mod knock;
+pub mod lru;
 pub mod mailbox;
 mod node;
 pub mod plugin;

@@ -22,15 +22,17 @@
 //! - **Bounded memory.** At most `max_keys` buckets are kept. When a new key
 //!   arrives at capacity, a bucket that is already full is dropped first
 //!   (dropping it loses nothing: an unknown key starts with a full bucket),
-//!   otherwise the least recently used one. Both choices are `O(log n)`.
+//!   otherwise the least recently used one. Both choices are `O(log n)`
+//!   ([`BoundedLru`], with a bucket idle from the time it is full).
 //!
 //! Eviction of a non-full bucket forgets that key's debt, and any number of
 //! fresh identities each start with a full bucket; per-key limits therefore
 //! do not bound the total load of many identities. Pair this with a global
 //! limiter (a `RateLimiter<()>`) where the total matters.
 
-use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+
+use crate::lru::BoundedLru;
 
 use serde::{Deserialize, Serialize};
 
@@ -121,21 +123,14 @@ struct Bucket {
     /// Latest timestamp seen; the balance is as of this instant. Never
     /// decreases.
     updated_ms: u64,
-    /// Recency stamp: key in `RateLimiter::by_recency`.
-    tick: u64,
-    /// When the bucket will be full if left alone: first half of the key in
-    /// `RateLimiter::by_full_at`.
-    full_at_ms: u64,
 }
 
 impl Bucket {
     /// A full bucket as of `now_ms`.
-    fn full(limit: &RateLimit, now_ms: u64, tick: u64) -> Self {
+    fn full(limit: &RateLimit, now_ms: u64) -> Self {
         Self {
             units: limit.capacity(),
             updated_ms: now_ms,
-            tick,
-            full_at_ms: now_ms,
         }
     }
 
@@ -199,14 +194,8 @@ impl Bucket {
 #[derive(Debug, Clone)]
 pub struct RateLimiter<K> {
     limit: RateLimit,
-    max_keys: usize,
-    buckets: HashMap<K, Bucket>,
-    /// Keys by recency stamp: the first entry is the least recently used.
-    by_recency: BTreeMap<u64, K>,
-    /// Keys by (time the bucket is full, recency stamp): the first entry is
-    /// the first to be idle.
-    by_full_at: BTreeMap<(u64, u64), K>,
-    next_tick: u64,
+    /// Each bucket is idle from the time it is full.
+    buckets: BoundedLru<K, Bucket>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
@@ -215,11 +204,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(limit: RateLimit, max_keys: usize) -> Self {
         Self {
             limit,
-            max_keys: max_keys.max(1),
-            buckets: HashMap::new(),
-            by_recency: BTreeMap::new(),
-            by_full_at: BTreeMap::new(),
-            next_tick: 0,
+            buckets: BoundedLru::new(max_keys),
         }
     }
 
@@ -230,7 +215,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// The most buckets remembered at once.
     pub fn max_keys(&self) -> usize {
-        self.max_keys
+        self.buckets.max()
     }
 
     /// How many buckets are remembered (never more than [`max_keys`](Self::max_keys)).
@@ -247,57 +232,30 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// the next one. A key seen for the first time starts with a full bucket;
     /// remembering it may evict another key's bucket (see the module docs).
     pub fn try_acquire(&mut self, key: &K, now_ms: u64) -> Result<(), RetryAfter> {
-        let tick = self.bump_tick();
         let limit = self.limit;
-        if let Some(bucket) = self.buckets.get_mut(key) {
-            let old_recency = self.by_recency.remove(&bucket.tick);
-            let old_full_at = self.by_full_at.remove(&(bucket.full_at_ms, bucket.tick));
-            bucket.refill(&limit, now_ms);
-            let result = bucket.take(&limit, now_ms);
-            bucket.tick = tick;
-            bucket.full_at_ms = bucket.compute_full_at(&limit);
-            let full_at_ms = bucket.full_at_ms;
-            self.by_recency
-                .insert(tick, old_recency.unwrap_or_else(|| key.clone()));
-            self.by_full_at.insert(
-                (full_at_ms, tick),
-                old_full_at.unwrap_or_else(|| key.clone()),
-            );
-            return result;
-        }
-
-        while self.buckets.len() >= self.max_keys {
-            if !self.evict_one(now_ms) {
-                break;
-            }
-        }
-        let mut bucket = Bucket::full(&limit, now_ms, tick);
-        let result = bucket.take(&limit, now_ms);
-        bucket.full_at_ms = bucket.compute_full_at(&limit);
-        self.by_recency.insert(tick, key.clone());
-        self.by_full_at
-            .insert((bucket.full_at_ms, tick), key.clone());
-        self.buckets.insert(key.clone(), bucket);
-        result
+        self.buckets.upsert(
+            key.clone(),
+            now_ms,
+            || Bucket::full(&limit, now_ms),
+            |bucket| {
+                bucket.refill(&limit, now_ms);
+                let result = bucket.take(&limit, now_ms);
+                (result, bucket.compute_full_at(&limit))
+            },
+        )
     }
 
     /// Gives back one token taken from `key`'s bucket, for work that turned
     /// out not to count (never above the burst). Unknown keys are ignored.
     pub fn refund(&mut self, key: &K) {
         let limit = self.limit;
-        let Some(bucket) = self.buckets.get_mut(key) else {
-            return;
-        };
-        let old = self.by_full_at.remove(&(bucket.full_at_ms, bucket.tick));
-        bucket.units = bucket
-            .units
-            .saturating_add(UNITS_PER_TOKEN)
-            .min(limit.capacity());
-        bucket.full_at_ms = bucket.compute_full_at(&limit);
-        self.by_full_at.insert(
-            (bucket.full_at_ms, bucket.tick),
-            old.unwrap_or_else(|| key.clone()),
-        );
+        self.buckets.update(key, |bucket| {
+            bucket.units = bucket
+                .units
+                .saturating_add(UNITS_PER_TOKEN)
+                .min(limit.capacity());
+            ((), bucket.compute_full_at(&limit))
+        });
     }
 
     /// Replaces the limit (e.g. on a config reload) without forgetting any
@@ -307,67 +265,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn set_limit(&mut self, limit: RateLimit, now_ms: u64) {
         let old = self.limit;
         self.limit = limit;
-        self.by_full_at.clear();
-        for (key, bucket) in &mut self.buckets {
+        self.buckets.update_all(|_, bucket| {
             bucket.refill(&old, now_ms);
             bucket.units = bucket.units.min(limit.capacity());
-            bucket.full_at_ms = bucket.compute_full_at(&limit);
-            self.by_full_at
-                .insert((bucket.full_at_ms, bucket.tick), key.clone());
-        }
-    }
-
-    /// Drops one bucket: the first to be full if it is full at `now_ms`,
-    /// otherwise the least recently used. Returns whether one was dropped.
-    fn evict_one(&mut self, now_ms: u64) -> bool {
-        let idle = self
-            .by_full_at
-            .first_key_value()
-            .filter(|((full_at_ms, _), _)| *full_at_ms <= now_ms)
-            .map(|(_, key)| key.clone());
-        let victim = match idle {
-            Some(key) => key,
-            None => match self.by_recency.first_key_value() {
-                Some((_, key)) => key.clone(),
-                None => return false,
-            },
-        };
-        match self.buckets.remove(&victim) {
-            Some(bucket) => {
-                self.by_recency.remove(&bucket.tick);
-                self.by_full_at.remove(&(bucket.full_at_ms, bucket.tick));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// A fresh recency stamp. Stamps are renumbered densely in the (never
-    /// expected) case the counter runs out.
-    fn bump_tick(&mut self) -> u64 {
-        if self.next_tick == u64::MAX {
-            self.renumber();
-        }
-        let tick = self.next_tick;
-        self.next_tick = self.next_tick.saturating_add(1);
-        tick
-    }
-
-    /// Reassigns recency stamps `0..len` in the same order.
-    fn renumber(&mut self) {
-        let old = std::mem::take(&mut self.by_recency);
-        self.by_full_at.clear();
-        let mut next = 0u64;
-        for (_, key) in old {
-            if let Some(bucket) = self.buckets.get_mut(&key) {
-                bucket.tick = next;
-                self.by_full_at
-                    .insert((bucket.full_at_ms, next), key.clone());
-                self.by_recency.insert(next, key);
-                next += 1;
-            }
-        }
-        self.next_tick = next;
+            bucket.compute_full_at(&limit)
+        });
     }
 }
 
@@ -385,14 +287,14 @@ mod tests {
 
     /// Checks the internal indexes agree with the buckets.
     fn assert_consistent<K: Hash + Eq + Clone + std::fmt::Debug>(l: &RateLimiter<K>) {
-        assert!(l.len() <= l.max_keys);
-        assert_eq!(l.by_recency.len(), l.buckets.len());
-        assert_eq!(l.by_full_at.len(), l.buckets.len());
-        for (key, b) in &l.buckets {
+        l.buckets.assert_consistent();
+        for (_, b) in l.buckets.iter() {
             assert!(b.units <= l.limit.capacity());
-            assert_eq!(l.by_recency.get(&b.tick), Some(key));
-            assert_eq!(l.by_full_at.get(&(b.full_at_ms, b.tick)), Some(key));
         }
+    }
+
+    fn holds<K: Hash + Eq + Clone>(l: &RateLimiter<K>, key: &K) -> bool {
+        l.buckets.get(key).is_some()
     }
 
     #[test]
@@ -532,14 +434,14 @@ mod tests {
         l.try_acquire(&"light", T0 + 1).unwrap();
         l.try_acquire(&"new", T0 + 2_001).unwrap();
         assert_eq!(l.len(), 2);
-        assert!(l.buckets.contains_key("debtor"));
-        assert!(!l.buckets.contains_key("light"));
+        assert!(holds(&l, &"debtor"));
+        assert!(!holds(&l, &"light"));
         assert!(l.try_acquire(&"debtor", T0 + 2_001).is_ok()); // refilled one
         assert!(l.try_acquire(&"debtor", T0 + 2_001).is_err());
         // With no full bucket, the least recently used goes: "new".
         l.try_acquire(&"newer", T0 + 2_002).unwrap();
-        assert!(!l.buckets.contains_key("new"));
-        assert!(l.buckets.contains_key("debtor"));
+        assert!(!holds(&l, &"new"));
+        assert!(holds(&l, &"debtor"));
         assert_consistent(&l);
     }
 
@@ -618,20 +520,6 @@ mod tests {
         assert_consistent(&l);
     }
 
-    #[test]
-    fn recency_stamps_renumber_when_exhausted() {
-        let mut l = RateLimiter::new(RateLimit::new(1, 5), 3);
-        l.next_tick = u64::MAX - 3;
-        for key in [1, 2, 3, 1, 2, 4, 1] {
-            let _ = l.try_acquire(&key, T0);
-            assert_consistent(&l);
-        }
-        assert!(l.next_tick < 10);
-        // 3 was least recently used when 4 arrived.
-        assert!(!l.buckets.contains_key(&3));
-        assert!(l.buckets.contains_key(&2));
-    }
-
     /// One call: (key, signed time step in ms).
     fn calls() -> impl Strategy<Value = Vec<(u8, i64)>> {
         prop::collection::vec((0u8..6, -5_000i64..20_000), 0..300)
@@ -660,8 +548,8 @@ mod tests {
             let mut now = start;
             // Each key's effective clock is the latest time it was seen
             // at, since time going backwards must not grant anything.
-            let mut clocks: HashMap<u8, u64> = HashMap::new();
-            let mut granted: HashMap<u8, Vec<u64>> = HashMap::new();
+            let mut clocks: std::collections::HashMap<u8, u64> = Default::default();
+            let mut granted: std::collections::HashMap<u8, Vec<u64>> = Default::default();
             for (key, dt) in calls {
                 now = step(now, dt);
                 let clock = clocks.entry(key).or_insert(now);
@@ -705,8 +593,12 @@ mod tests {
                 prop_assert_eq!(a.try_acquire(&key, now), b.try_acquire(&key, now));
                 prop_assert!(a.len() <= max_keys.max(1));
             }
-            prop_assert_eq!(&a.by_recency, &b.by_recency);
-            prop_assert_eq!(&a.by_full_at, &b.by_full_at);
+            let held = |l: &RateLimiter<u8>| {
+                let mut v: Vec<(u8, Bucket)> = l.buckets.iter().map(|(k, b)| (*k, b.clone())).collect();
+                v.sort_by_key(|(k, _)| *k);
+                v
+            };
+            prop_assert_eq!(held(&a), held(&b));
             assert_consistent(&a);
         }
     }

@@ -9,6 +9,7 @@ use std::{
     },
 };
 
+use agentmesh_node::lru::BoundedLru;
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -126,8 +127,10 @@ pub struct MailboxStore {
     /// Serialises deposits, so the per-recipient limit holds under
     /// concurrency.
     deposit_lock: Mutex<()>,
-    /// Per-sender fixed windows: (window start ms, deposits in it).
-    rate: Mutex<HashMap<PeerId, (u64, u32)>>,
+    /// Per-sender fixed windows: (window start ms, deposits in it), at
+    /// most [`MAX_TRACKED_SENDERS`]; a window that has ended is dropped
+    /// first.
+    rate: Mutex<BoundedLru<PeerId, (u64, u32)>>,
 }
 
 /// The keys of one stored item: in the `mailbox` tree and in `mailbox-ids`.
@@ -197,7 +200,7 @@ impl MailboxStore {
             total_bytes: AtomicU64::new(total),
             limits,
             deposit_lock: Mutex::new(()),
-            rate: Mutex::new(HashMap::new()),
+            rate: Mutex::new(BoundedLru::new(MAX_TRACKED_SENDERS)),
         })
     }
 
@@ -214,20 +217,24 @@ impl MailboxStore {
 
     fn check_rate(&self, from: &PeerId, now_ms: u64) -> Result<(), DepositError> {
         let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
-        if rate.len() >= MAX_TRACKED_SENDERS {
-            rate.retain(|_, (start, _)| now_ms.saturating_sub(*start) < RATE_WINDOW_MS);
-        }
-        let entry = rate.entry(*from).or_insert((now_ms, 0));
-        if now_ms.saturating_sub(entry.0) >= RATE_WINDOW_MS {
-            *entry = (now_ms, 0);
-        }
-        if entry.1 >= self.limits.deposits_per_minute {
-            return Err(DepositError::RateLimited {
-                retry_after_ms: (entry.0 + RATE_WINDOW_MS).saturating_sub(now_ms).max(1),
-            });
-        }
-        entry.1 += 1;
-        Ok(())
+        let max = self.limits.deposits_per_minute;
+        rate.upsert(
+            *from,
+            now_ms,
+            || (now_ms, 0),
+            |entry| {
+                if now_ms.saturating_sub(entry.0) >= RATE_WINDOW_MS {
+                    *entry = (now_ms, 0);
+                }
+                let ends = entry.0.saturating_add(RATE_WINDOW_MS);
+                if entry.1 >= max {
+                    let retry_after_ms = ends.saturating_sub(now_ms).max(1);
+                    return (Err(DepositError::RateLimited { retry_after_ms }), ends);
+                }
+                entry.1 += 1;
+                (Ok(()), ends)
+            },
+        )
     }
 
     /// Stores `envelope` from `from` for `to`. Returns `true` when the same
