@@ -502,6 +502,35 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow!("namespace thread panicked"))?
 }
 
+/// Environment variable that makes namespace tests fail, rather than skip,
+/// when they cannot run (CI, which runs as root, sets it).
+pub const REQUIRE_ENV: &str = "AGENTMESH_REQUIRE_NETNS";
+
+/// Why network namespace tests cannot run here (not root, or `ip`/`nft`
+/// missing), unless [`REQUIRE_ENV`] is set: then `None`, and the test goes
+/// on to fail with the reason. A test returns early, saying why, when this
+/// is `Some`.
+pub fn skip_reason() -> Option<String> {
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        return None;
+    }
+    check_tools()
+        .err()
+        .map(|e| format!("{e} (set {REQUIRE_ENV}=1 to make this a failure)"))
+}
+
+/// Prints why a namespace test is skipped and returns `true`, or returns
+/// `false` when it can (or must) run.
+pub fn skip_test(name: &str) -> bool {
+    match skip_reason() {
+        Some(why) => {
+            eprintln!("skipped {name}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
 fn check_tools() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -1,11 +1,16 @@
 //! NAT traversal between real processes in network namespaces, behind NAT
-//! routers made with nftables (see `agentmesh_sim::netns`). Needs root: run
-//! as root, these tests fail (rather than pass) without it.
+//! routers made with nftables (see `agentmesh_sim::netns`). They need root
+//! and `ip`/`nft`: without them each test says why and is skipped, unless
+//! `AGENTMESH_REQUIRE_NETNS=1` (set by `.ci/run`, which runs as root) makes
+//! that a failure.
 
 use agentmesh_sim::netns::{Lab, NatKind};
 
 #[test]
 fn each_nat_kind_maps_and_filters_as_named() {
+    if agentmesh_sim::netns::skip_test("each_nat_kind_maps_and_filters_as_named") {
+        return;
+    }
     let mut lab = Lab::new().expect("network namespaces");
     for kind in NatKind::ALL {
         let nat = lab.nat_host(&format!("h{}", kind as u8), kind).unwrap();
@@ -41,6 +46,9 @@ async fn addrs_to(pair: &NatPair, peer: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autonat_tells_an_agent_behind_nat_from_a_public_one() {
+    if agentmesh_sim::netns::skip_test("autonat_tells_an_agent_behind_nat_from_a_public_one") {
+        return;
+    }
     // Alice and bob wait to be told they are behind their NATs.
     let mut pair = NatPair::start(exe(), NatKind::PortRestricted, NatKind::Symmetric)
         .await
@@ -91,6 +99,11 @@ async fn autonat_tells_an_agent_behind_nat_from_a_public_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_port_restricted_nats_the_relayed_path_goes_direct_and_survives_the_relay() {
+    if agentmesh_sim::netns::skip_test(
+        "behind_port_restricted_nats_the_relayed_path_goes_direct_and_survives_the_relay",
+    ) {
+        return;
+    }
     let mut pair = NatPair::start(exe(), NatKind::PortRestricted, NatKind::PortRestricted)
         .await
         .unwrap();
@@ -148,6 +161,11 @@ async fn behind_port_restricted_nats_the_relayed_path_goes_direct_and_survives_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive() {
+    if agentmesh_sim::netns::skip_test(
+        "behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive",
+    ) {
+        return;
+    }
     let mut pair = NatPair::start(exe(), NatKind::Symmetric, NatKind::Symmetric)
         .await
         .unwrap();
@@ -165,6 +183,11 @@ async fn behind_symmetric_nats_the_path_stays_relayed_and_messages_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_port_restricted_nats_the_relayed_path_goes_direct_over_webrtc() {
+    if agentmesh_sim::netns::skip_test(
+        "behind_port_restricted_nats_the_relayed_path_goes_direct_over_webrtc",
+    ) {
+        return;
+    }
     let mut pair = NatPair::start_with(
         exe(),
         NatKind::PortRestricted,
