@@ -1,6 +1,7 @@
 //! Real processes for the devnet and process tests: spawn a role of this
 //! binary, read its JSON event lines, wait on events with timeouts, stop it
-//! with SIGTERM or SIGKILL.
+//! with SIGTERM or SIGKILL. Every process started here ends with the process
+//! that started it, however that one ends (`PR_SET_PDEATHSIG`).
 
 use std::{
     collections::HashMap,
@@ -105,8 +106,26 @@ impl Proc {
         dir: &Path,
     ) -> Result<Self> {
         let exe = exe.into();
-        let mut child = exe
-            .command()
+        let mut command = exe.command();
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only async-signal-safe functions (prctl, getppid, raise).
+        unsafe {
+            command.pre_exec(move || {
+                // The child ends with us however we end (SIGKILL included):
+                // the kernel sends it SIGTERM when the thread that started it
+                // exits, and the runtime's threads live as long as we do.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // We may have died before the prctl took effect.
+                if libc::getppid() as u32 != parent {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(args)
             .env("AGENTMESH_PASSPHRASE", DEVNET_PASSPHRASE)
             .env_remove("AGENTMESH_PASSPHRASE_FILE")

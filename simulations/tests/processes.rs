@@ -8,6 +8,9 @@ use agentmesh_sim::process::{control_send, start_agent, start_bootstrap};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
+/// Time for the processes of a devnet that ended to stop (a clean stop
+/// takes a few seconds; its card push waits at most 5 s).
+const STOP_WAIT: Duration = Duration::from_secs(20);
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
@@ -175,4 +178,94 @@ async fn the_owner_reads_the_audit_log_and_kills_a_contact() {
     bob.terminate().await.unwrap();
     alice.terminate().await.unwrap();
     boot.terminate().await.unwrap();
+}
+
+/// The processes whose parent is `pid` (from `/proc/<pid>/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+async fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devnet_stopped_with_sigterm_leaves_no_process_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let mut devnet = tokio::process::Command::new(exe())
+        .args(["devnet", "--dir"])
+        .arg(root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = devnet.id().unwrap();
+    // The bootstrap and the relay at least.
+    let mut kids = Vec::new();
+    assert!(
+        until(WAIT, || {
+            kids = children_of(pid);
+            kids.len() >= 2
+        })
+        .await,
+        "the devnet started no processes"
+    );
+    // SAFETY: a signal to our own child's pid has no memory effects.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    devnet.wait().await.unwrap();
+    // They are told at once and stop cleanly within seconds. Without that,
+    // they would run on until their next write to the devnet's closed pipe
+    // (the relay's status line every 30 s; never, for a quiet process).
+    let gone = until(STOP_WAIT, || kids.iter().all(|k| !alive(*k))).await;
+    let left: Vec<u32> = kids.iter().copied().filter(|k| alive(*k)).collect();
+    for k in &left {
+        // SAFETY: as above; do not leave them running past the test.
+        unsafe {
+            libc::kill(*k as libc::pid_t, libc::SIGKILL);
+        }
+    }
+    assert!(gone, "still running after the devnet ended: {left:?}");
 }
