@@ -9,7 +9,7 @@
 
 use std::{fmt, str::FromStr};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -43,6 +43,10 @@ pub enum AmidError {
     /// The embedded bytes are not an Ed25519 public key.
     #[error("AMID does not hold a valid Ed25519 key")]
     InvalidKey,
+    /// The key is a point of small order: anyone can forge signatures that
+    /// verify against it.
+    #[error("AMID holds a weak (small-order) key")]
+    WeakKey,
 }
 
 /// An agent's identifier: its Ed25519 public key in checksummed text form.
@@ -64,9 +68,13 @@ impl Amid {
         Self(key.to_bytes())
     }
 
-    /// The AMID of raw public key bytes, if they are a valid key.
+    /// The AMID of raw public key bytes, if they are a valid key that is
+    /// not of small order.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, AmidError> {
-        VerifyingKey::from_bytes(bytes).map_err(|_| AmidError::InvalidKey)?;
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| AmidError::InvalidKey)?;
+        if key.is_weak() {
+            return Err(AmidError::WeakKey);
+        }
         Ok(Self(*bytes))
     }
 
@@ -93,7 +101,9 @@ impl Amid {
         Some(Self(ed.to_bytes()))
     }
 
-    /// Verifies `sig` over `domain || msg`.
+    /// Verifies `sig` over `domain || msg`, strictly: a weak (small-order)
+    /// key or a non-canonical signature verifies nothing, so no signature
+    /// is malleable and none can be made for a key without its secret.
     pub fn verify(&self, domain: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         let Ok(key) = self.verifying_key() else {
             return false;
@@ -101,7 +111,7 @@ impl Amid {
         let Ok(sig) = Signature::from_slice(sig) else {
             return false;
         };
-        key.verify(&[domain, msg].concat(), &sig).is_ok()
+        key.verify_strict(&[domain, msg].concat(), &sig).is_ok()
     }
 
     /// A short form for logs: the first 10 characters.
@@ -325,4 +335,26 @@ mod tests {
             let _ = s.parse::<Amid>();
         }
     }
+
+    #[test]
+    fn weak_keys_are_refused_as_amids_and_verify_nothing() {
+        // The identity point: of small order, and a valid encoding.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        assert_eq!(Amid::from_bytes(&weak), Err(AmidError::WeakKey));
+        // Its text form, checksum and all, is refused when parsed.
+        let text = Amid(weak).to_string();
+        assert_eq!(text.parse::<Amid>(), Err(AmidError::WeakKey));
+        // Arriving in a binary structure, it verifies nothing: with the
+        // identity point as key, the all-identity signature (R = identity,
+        // s = 0) satisfies the plain verification equation for any message.
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        assert!(!Amid(weak).verify(b"d", b"any message", &sig));
+        // A real key still verifies its own signatures.
+        let me = Identity::from_seed(&[7; 32]);
+        let good = me.sign(b"d", b"m");
+        assert!(me.amid().verify(b"d", b"m", &good));
+    }
+
 }

@@ -187,6 +187,14 @@ pub fn countersign(
     completed: bool,
     now_ms: u64,
 ) -> Result<Countersigned, ReceiptError> {
+    // Signature first: nothing of an unsigned body is trusted.
+    if !info.peer.verify(
+        DOMAIN_SEP_RECEIPT,
+        proposal.body.as_bytes(),
+        &proposal.signature,
+    ) {
+        return Err(ReceiptError::BadSignature);
+    }
     let body: ReceiptBody =
         serde_json::from_str(&proposal.body).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     if body.session_id != hex::encode(info.id.0) {
@@ -198,17 +206,12 @@ pub fn countersign(
     if body.completed != completed {
         return Err(ReceiptError::WrongOutcome);
     }
-    if body.ended_ms + MAX_CLOCK_SKEW_MS < info.created_ms
-        || body.ended_ms > now_ms + MAX_CLOCK_SKEW_MS
+    // Peer-chosen times: saturating, so an extreme one is refused, never
+    // an overflow.
+    if body.ended_ms.saturating_add(MAX_CLOCK_SKEW_MS) < info.created_ms
+        || body.ended_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS)
     {
         return Err(ReceiptError::BadTime);
-    }
-    if !info.peer.verify(
-        DOMAIN_SEP_RECEIPT,
-        proposal.body.as_bytes(),
-        &proposal.signature,
-    ) {
-        return Err(ReceiptError::BadSignature);
     }
     let mine = identity.sign(DOMAIN_SEP_RECEIPT, proposal.body.as_bytes());
     let (initiator_sig, responder_sig) = match info.role {
@@ -454,6 +457,26 @@ mod tests {
     }
 
     #[test]
+    fn extreme_end_times_are_refused_not_overflowed() {
+        let (alice, bob) = pair();
+        let bob_side = info(&alice, Role::Responder);
+        for ended_ms in [u64::MAX, u64::MAX - MAX_CLOCK_SKEW_MS + 1, 0] {
+            let p = propose(&alice, &info(&bob, Role::Initiator), true, ended_ms).unwrap();
+            assert!(matches!(
+                countersign(&bob, &bob_side, &p, true, NOW),
+                Err(ReceiptError::BadTime)
+            ));
+        }
+        // An unsigned extreme proposal is refused for its signature first.
+        let mut p = propose(&alice, &info(&bob, Role::Initiator), true, u64::MAX).unwrap();
+        p.signature = [0; 64];
+        assert!(matches!(
+            countersign(&bob, &bob_side, &p, true, NOW),
+            Err(ReceiptError::BadSignature)
+        ));
+    }
+
+    #[test]
     fn a_responder_ending_the_session_signs_as_responder() {
         let (alice, bob) = pair();
         let p = propose(&bob, &info(&alice, Role::Responder), true, NOW).unwrap();
@@ -524,6 +547,13 @@ mod tests {
         };
         assert!(matches!(
             countersign(&bob, &bob_side, &garbage, true, NOW),
+            Err(ReceiptError::BadSignature)
+        ));
+        let body = "{not json".to_string();
+        let signature = alice.sign(DOMAIN_SEP_RECEIPT, body.as_bytes());
+        let signed_garbage = Proposal { body, signature };
+        assert!(matches!(
+            countersign(&bob, &bob_side, &signed_garbage, true, NOW),
             Err(ReceiptError::Malformed(_))
         ));
         assert!(Proposal::from_bytes(&[0xff; 8]).is_err());
