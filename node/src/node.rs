@@ -6,6 +6,7 @@
 //! message stream, its window of unacknowledged messages and reconnection.
 //! Dropping every handle, or [`Node::shutdown`], stops them all.
 
+mod cores;
 mod exchange;
 mod inbound;
 mod link;

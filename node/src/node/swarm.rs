@@ -29,6 +29,7 @@ use agentmesh_dht::{now_ms, Dht, DhtEvent, QueryId, SignedRecord, VerifiedRecord
 use agentmesh_transports::{path_of, PathKind};
 
 use super::{
+    cores::{publish::PublishSchedule, reachability::ReachabilityState, relays::RelaySelection},
     peer_label, Command, NatStatus, NetStatus, PeerStatus, Reachability, RelayStatus, Shared,
 };
 use crate::{
@@ -38,12 +39,9 @@ use crate::{
     plugin::{Plugin, Stored},
 };
 
-/// How often to retry publishing while no peer has stored the card.
-const PUBLISH_RETRY: Duration = Duration::from_secs(2);
-/// How often to check the bootstrap connections.
+/// How often to check the bootstrap connections (and, while we have no
+/// relay, to look for one).
 const BOOTSTRAP_CHECK: Duration = Duration::from_secs(10);
-/// How often to look for more relays once we have one.
-const RELAY_SEARCH_EVERY: Duration = Duration::from_secs(300);
 /// How often to look for mail at our relays, besides on each reconnection.
 const DRAIN_EVERY: Duration = Duration::from_secs(30);
 /// AutoNAT: first probe this long after start.
@@ -126,7 +124,8 @@ struct Actor {
     key: Keypair,
     swarm: Swarm<Behaviour>,
     bootstrap: Vec<(PeerId, Multiaddr)>,
-    listen: Vec<Multiaddr>,
+    /// Our addresses and what the network says of our reachability.
+    reach: ReachabilityState,
     resolves: HashMap<QueryId, Vec<oneshot::Sender<Option<AgentCard>>>>,
     resolving: HashMap<PeerId, QueryId>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PathKind, String>>>>,
@@ -137,13 +136,10 @@ struct Actor {
     connections: HashMap<PeerId, HashSet<libp2p::swarm::ConnectionId>>,
     /// Path and remote address of every open connection.
     conn_info: HashMap<libp2p::swarm::ConnectionId, (PathKind, Multiaddr)>,
-    /// Our addresses that peers confirmed they can dial.
-    external: Vec<Multiaddr>,
-    publish_query: Option<QueryId>,
-    published_remotely: bool,
+    /// When to publish the card.
+    publish: PublishSchedule<QueryId>,
     record_puts: HashMap<QueryId, oneshot::Sender<Result<bool, String>>>,
     record_gets: HashMap<QueryId, oneshot::Sender<Option<VerifiedRecord>>>,
-    next_publish: Option<Instant>,
     last_seq: u64,
     relays: Relays,
     /// WebRTC upgrades of relayed connections, retried when they fail.
@@ -160,22 +156,14 @@ const UPGRADE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Relay state: the mailbox relays we picked, and what we carry when we
 /// serve as a relay.
-#[derive(Default)]
 struct Relays {
-    /// Known relays, from the configuration and the DHT.
-    candidates: Vec<(PeerId, Multiaddr)>,
-    /// The relays keeping our mailbox (also in `Shared::my_relays`).
-    chosen: Vec<(PeerId, Multiaddr)>,
+    /// Candidates and the relays keeping our mailbox (the chosen ones are
+    /// also in `Shared::my_relays`).
+    selection: RelaySelection<QueryId>,
     /// Relays we listen through (private reachability).
     reserved: HashSet<PeerId>,
-    /// The running query for relay providers.
-    providers_query: Option<QueryId>,
-    /// Card lookups of discovered relays.
-    card_queries: HashMap<QueryId, PeerId>,
     /// Whether we announced ourselves as a relay in the DHT.
     provided: bool,
-    /// When the DHT was last asked for relays.
-    last_search: Option<Instant>,
     /// Reservations held on us.
     reservations: usize,
     /// Circuits open through us.
@@ -210,7 +198,7 @@ pub(super) async fn run(
         shared: shared.clone(),
         swarm,
         bootstrap,
-        listen: Vec::new(),
+        reach: ReachabilityState::new(shared.config.reachability),
         resolves: HashMap::new(),
         resolving: HashMap::new(),
         dials: HashMap::new(),
@@ -219,28 +207,26 @@ pub(super) async fn run(
         connections: HashMap::new(),
         conn_info: HashMap::new(),
         relayed_closed: HashMap::new(),
-        external: Vec::new(),
-        publish_query: None,
-        published_remotely: false,
+        publish: PublishSchedule::new(shared.config.republish_every),
         record_puts: HashMap::new(),
         record_gets: HashMap::new(),
-        next_publish: None,
         last_seq: 0,
-        relays: Relays::default(),
+        relays: Relays {
+            selection: RelaySelection::new(shared.config.mailbox_relays, BOOTSTRAP_CHECK),
+            reserved: HashSet::new(),
+            provided: false,
+            reservations: 0,
+            circuits: 0,
+        },
         webrtc_upgrades: Default::default(),
     };
-    actor.relays.candidates = shared
-        .config
+    for a in actor
         .relays
-        .iter()
-        .filter_map(|a| match a.iter().last() {
-            Some(Protocol::P2p(p)) => Some((p, a.clone())),
-            _ => {
-                warn!(addr = %a, "relay address lacks /p2p/<peer id>; ignored");
-                None
-            }
-        })
-        .collect();
+        .selection
+        .handle_configured(&shared.config.relays)
+    {
+        warn!(addr = %a, "relay address lacks /p2p/<peer id>; ignored");
+    }
     actor.choose_relays();
     actor.dial_bootstraps();
     let mut bootstrap_check =
@@ -249,7 +235,7 @@ pub(super) async fn run(
     let mut drain_tick = tokio::time::interval_at(Instant::now() + DRAIN_EVERY, DRAIN_EVERY);
     let cancel = shared.cancel.clone();
     loop {
-        let publish_at = actor.next_publish;
+        let publish_at = actor.publish.next_deadline();
         let upgrade_at = actor.webrtc_upgrades.next_due();
         tokio::select! {
             biased;
@@ -261,7 +247,9 @@ pub(super) async fn run(
                 None => break,
             },
             _ = async { tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)).await }, if publish_at.is_some() => {
-                actor.publish_card(false);
+                if actor.publish.poll_publish(Instant::now()) {
+                    actor.publish_card(false);
+                }
             }
             _ = bootstrap_check.tick() => {
                 actor.check_bootstrap();
@@ -337,12 +325,14 @@ impl Actor {
         }
     }
 
+    /// Publishes the card, as [`PublishSchedule::poll_publish`] said to;
+    /// `to_connected` (as the node stops) puts it to the peers we are
+    /// connected to only.
     fn publish_card(&mut self, to_connected: bool) {
-        self.next_publish = None;
         // When stopping there is no time for a lookup of the closest peers
         // (a stale address of one can take a handshake timeout): the card
         // goes straight to the peers we are connected to, if any.
-        if self.listen.is_empty() || (to_connected && self.connections.is_empty()) {
+        if self.reach.listen().is_empty() || (to_connected && self.connections.is_empty()) {
             if to_connected {
                 info!("the card is not republished before stopping: no peer or no address");
                 self.shared.emit(NodeEvent::CardPublished {
@@ -359,11 +349,12 @@ impl Actor {
             one_time_keys: otks.into_iter().map(serde_bytes::ByteArray::new).collect(),
             fallback_key,
             capabilities: self.shared.config.capabilities.clone(),
-            addrs: self.card_addrs(),
+            addrs: self.reach.card_addrs(),
             presence: self.shared.presence.read().map(|p| *p).unwrap_or_default(),
             relays: self
                 .relays
-                .chosen
+                .selection
+                .chosen()
                 .iter()
                 .map(|(_, a)| a.to_string())
                 .collect(),
@@ -391,7 +382,7 @@ impl Actor {
         let quorum = connected.len().max(1);
         connected.extend(others);
         let dht = &mut self.swarm.behaviour_mut().dht;
-        match record.map(|r| {
+        let put = match record.map(|r| {
             if to_connected {
                 dht.put_to(r, connected, quorum)
             } else {
@@ -400,13 +391,19 @@ impl Actor {
         }) {
             Ok(Ok(q)) => {
                 debug!(seq, "publishing card");
-                self.publish_query = Some(q);
+                Some(q)
             }
-            Ok(Err(e)) => warn!(error = %e, "card publish failed"),
-            Err(e) => warn!(error = %e, "card could not be signed"),
-        }
+            Ok(Err(e)) => {
+                warn!(error = %e, "card publish failed");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "card could not be signed");
+                None
+            }
+        };
         // Republish before expiry regardless of the outcome.
-        self.next_publish = Some(Instant::now() + self.shared.config.republish_every);
+        self.publish.handle_put_sent(put, Instant::now());
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -502,10 +499,14 @@ impl Actor {
                 let q = self.swarm.behaviour_mut().dht.get(&namespace, &subject);
                 self.record_gets.insert(q, reply);
             }
-            Command::Republish => {
-                self.next_publish = Some(Instant::now());
+            Command::Republish => self.publish.handle_forced(Instant::now()),
+            Command::PublishToConnected => {
+                let now = Instant::now();
+                self.publish.handle_forced(now);
+                if self.publish.poll_publish(now) {
+                    self.publish_card(true);
+                }
             }
-            Command::PublishToConnected => self.publish_card(true),
             Command::Status { reply } => {
                 let peer_id = *self.swarm.local_peer_id();
                 let connected = self
@@ -522,12 +523,18 @@ impl Actor {
                         }
                     })
                     .collect();
-                let nat = self.nat_status();
-                let external_addrs = self.external.iter().map(|a| a.to_string()).collect();
+                let nat = self.reach.nat_status();
+                let external_addrs = self
+                    .reach
+                    .external()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
                 let dht = &mut self.swarm.behaviour_mut().dht;
                 let _ = reply.send(NetStatus {
                     listen_addrs: self
-                        .listen
+                        .reach
+                        .listen()
                         .iter()
                         .map(|a| {
                             a.clone()
@@ -540,13 +547,14 @@ impl Actor {
                     routing_table: dht.routing_table_size(),
                     dht_mode: dht.mode(),
                     dht_records: dht.stored_records(),
-                    card_published: self.published_remotely,
+                    card_published: self.publish.stored_remotely(),
                     reachability: self.shared.config.reachability,
                     nat,
                     external_addrs,
                     mailbox_relays: self
                         .relays
-                        .chosen
+                        .selection
+                        .chosen()
                         .iter()
                         .map(|(_, a)| a.to_string())
                         .collect(),
@@ -683,12 +691,9 @@ impl Actor {
                     // addresses go into reservations and provider records.
                     self.swarm.add_external_address(address.clone());
                 }
-                if !self.listen.contains(&address) {
-                    self.listen.push(address);
-                    agentmesh_transports::sort_by_preference(&mut self.listen);
-                }
+                self.reach.handle_listen_addr(address);
                 // Let the other listeners come up, then publish once.
-                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+                self.publish.handle_addresses_changed(Instant::now());
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -744,13 +749,11 @@ impl Actor {
                 self.on_webrtc(peer_id, &endpoint, path);
                 if self.bootstrap.iter().any(|(p, _)| p == &peer_id) {
                     let _ = self.swarm.behaviour_mut().dht.bootstrap();
-                    if !self.published_remotely {
-                        self.next_publish = Some(Instant::now() + Duration::from_millis(200));
-                    }
+                    self.publish.handle_bootstrap_connected(Instant::now());
                     self.announce_relay();
                     self.find_relays();
                 }
-                if first && self.relays.chosen.iter().any(|(p, _)| p == &peer_id) {
+                if first && self.relays.selection.is_chosen(&peer_id) {
                     self.on_relay_connected(peer_id);
                 }
                 for (addr, e) in concurrent_dial_errors.unwrap_or_default() {
@@ -853,19 +856,9 @@ impl Actor {
                     error: result.err().map(|e| e.to_string()),
                 });
             }
-            // Relay reservations are confirmed too; they are listed with
-            // the listen addresses, not as our own. AutoNAT confirms again
-            // on every probe: only news counts.
-            SwarmEvent::ExternalAddrConfirmed { address }
-                if path_of(&address) != PathKind::Relayed && !self.external.contains(&address) =>
-            {
-                info!(addr = %address, "external address confirmed");
-                self.external.push(address);
-                self.listen_through_relays_if_needed();
-                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
-            }
+            SwarmEvent::ExternalAddrConfirmed { address } => self.on_external_confirmed(&address),
             SwarmEvent::ExternalAddrExpired { address } => {
-                self.external.retain(|a| a != &address);
+                self.reach.handle_external_expired(&address);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => {
@@ -873,13 +866,13 @@ impl Actor {
             }
             SwarmEvent::ListenerClosed { addresses, .. } => {
                 for a in addresses {
-                    self.listen.retain(|l| l != &a);
+                    self.reach.handle_listen_closed(&a);
                     if let Some(relay) = relay_of(&a) {
                         debug!(%relay, "relay reservation lost");
                         self.relays.reserved.remove(&relay);
                     }
                 }
-                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+                self.publish.handle_addresses_changed(Instant::now());
             }
             _ => {}
         }
@@ -889,30 +882,12 @@ impl Actor {
     /// our id first (so a restart picks the same ones), and dials the new
     /// picks.
     fn choose_relays(&mut self) {
-        let want = self.shared.config.mailbox_relays;
-        if self.relays.chosen.len() >= want {
-            return;
-        }
-        let me = libp2p::kad::KBucketKey::from(*self.swarm.local_peer_id());
-        let mut candidates: Vec<_> = self
-            .relays
-            .candidates
-            .iter()
-            .filter(|(p, _)| p != me.preimage())
-            .filter(|(p, _)| !self.relays.chosen.iter().any(|(c, _)| c == p))
-            .cloned()
-            .collect();
-        candidates.sort_by_key(|(p, _)| me.distance(&libp2p::kad::KBucketKey::from(*p)));
-        let picks: Vec<_> = candidates
-            .into_iter()
-            .take(want - self.relays.chosen.len())
-            .collect();
+        let picks = self.relays.selection.choose(*self.swarm.local_peer_id());
         if picks.is_empty() {
             return;
         }
-        self.relays.chosen.extend(picks.iter().cloned());
         if let Ok(mut mine) = self.shared.my_relays.write() {
-            *mine = self.relays.chosen.clone();
+            *mine = self.relays.selection.chosen().to_vec();
         }
         for (peer, addr) in &picks {
             info!(relay = %addr, "mailbox relay chosen");
@@ -931,35 +906,22 @@ impl Actor {
                 }
             }
         }
-        self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+        self.publish.handle_relays_changed(Instant::now());
     }
 
     /// Looks for relays in the DHT while we have fewer than we want and
     /// none were configured.
     fn find_relays(&mut self) {
-        // Often while we have none, rarely once we have one.
-        let every = if self.relays.chosen.is_empty() {
-            BOOTSTRAP_CHECK
-        } else {
-            RELAY_SEARCH_EVERY
-        };
-        if self.relays.chosen.len() >= self.shared.config.mailbox_relays
-            || self.relays.providers_query.is_some()
-            || !self.shared.config.relays.is_empty()
-            || self
-                .relays
-                .last_search
-                .is_some_and(|t| t.elapsed() < every.saturating_sub(Duration::from_millis(500)))
-        {
+        let now = Instant::now();
+        if !self.relays.selection.should_search(now) {
             return;
         }
-        self.relays.last_search = Some(Instant::now());
         let q = self
             .swarm
             .behaviour_mut()
             .dht
             .providers(crate::mailbox::RELAY_PROVIDER_KEY);
-        self.relays.providers_query = Some(q);
+        self.relays.selection.handle_search_started(q, now);
     }
 
     /// Whether a plugin has us serve circuit relay.
@@ -991,7 +953,7 @@ impl Actor {
 
     /// Redials chosen relays that dropped, and keeps looking for more.
     fn check_relays(&mut self) {
-        for (peer, addr) in self.relays.chosen.clone() {
+        for (peer, addr) in self.relays.selection.chosen().to_vec() {
             if !self.swarm.is_connected(&peer) {
                 let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
                 let _ = self.swarm.dial(opts);
@@ -1002,54 +964,15 @@ impl Actor {
         }
     }
 
-    /// What AutoNAT reports.
-    fn nat_status(&self) -> NatStatus {
-        self.shared.nat.read().map(|n| *n).unwrap_or_default()
-    }
-
-    /// Whether we are taken to be unreachable directly: declared so, or
-    /// reported behind a NAT in automatic mode.
-    fn behind_nat(&self) -> bool {
-        match self.shared.config.reachability {
-            Reachability::Private => true,
-            Reachability::Auto => self.nat_status() == NatStatus::BehindNat,
-            _ => false,
-        }
-    }
-
-    /// Whether peers reach us on an address that is none of ours: a NAT
-    /// that lets them in (a full-cone or address-restricted one; the
-    /// latter only for peers we contacted), in automatic mode.
-    fn translated(&self) -> bool {
-        let ip = |a: &Multiaddr| {
-            a.iter().find_map(|p| match p {
-                Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-                Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-                _ => None,
-            })
-        };
-        self.shared.config.reachability == Reachability::Auto
-            && !self.external.is_empty()
-            && self
-                .external
-                .iter()
-                .all(|e| !self.listen.iter().any(|l| ip(l) == ip(e)))
-    }
-
-    /// Whether to listen through our relays too: behind a NAT, or
-    /// reachable only through a translation that may filter.
-    fn wants_relays(&self) -> bool {
-        self.behind_nat() || self.translated()
-    }
-
     /// Starts listening through every connected relay when we want to.
     fn listen_through_relays_if_needed(&mut self) {
-        if !self.wants_relays() {
+        if !self.reach.wants_relays() {
             return;
         }
         let connected: Vec<PeerId> = self
             .relays
-            .chosen
+            .selection
+            .chosen()
             .iter()
             .map(|(p, _)| *p)
             .filter(|p| self.swarm.is_connected(p))
@@ -1057,35 +980,6 @@ impl Actor {
         for relay in connected {
             self.listen_through(relay);
         }
-    }
-
-    /// The addresses our card lists: only relayed ones behind a NAT;
-    /// behind a translation, confirmed external addresses then relayed
-    /// ones; otherwise confirmed external addresses, then the listen
-    /// addresses.
-    fn card_addrs(&self) -> Vec<String> {
-        let relayed = |a: &&Multiaddr| path_of(a) == PathKind::Relayed;
-        if self.behind_nat() {
-            return self
-                .listen
-                .iter()
-                .filter(relayed)
-                .map(|a| a.to_string())
-                .collect();
-        }
-        let mut addrs: Vec<String> = self.external.iter().map(|a| a.to_string()).collect();
-        let translated = self.translated();
-        for a in &self.listen {
-            if translated && !relayed(&a) {
-                // A LAN address: nobody outside can dial it.
-                continue;
-            }
-            let a = a.to_string();
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
-        addrs
     }
 
     /// A new connection to a peer we are already connected to: when it is
@@ -1154,28 +1048,33 @@ impl Actor {
             autonat::NatStatus::Unknown => (NatStatus::Unknown, None),
         };
         info!(?old, ?new, "reachability changed");
+        self.reach.handle_nat_status(status);
         if let Ok(mut n) = self.shared.nat.write() {
             *n = status;
         }
-        self.follow_reachability_in_dht(status);
+        self.follow_reachability_in_dht();
         self.shared.emit(NodeEvent::Reachability { status, addr });
         self.listen_through_relays_if_needed();
-        self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+        self.publish.handle_reachability_changed(Instant::now());
+    }
+
+    /// A peer confirmed it can dial us on `address`. Relay reservations
+    /// are confirmed too; they are listed with the listen addresses, not as
+    /// our own. AutoNAT confirms again on every probe: only news counts.
+    fn on_external_confirmed(&mut self, address: &Multiaddr) {
+        if self.reach.handle_external_confirmed(address) {
+            info!(addr = %address, "external address confirmed");
+            self.listen_through_relays_if_needed();
+            self.publish.handle_addresses_changed(Instant::now());
+        }
     }
 
     /// With automatic reachability and a DHT configured to serve, a node
     /// behind a NAT only queries the DHT (peers could not dial it to ask),
     /// and serves again once it is found public.
-    fn follow_reachability_in_dht(&mut self, status: NatStatus) {
-        if self.shared.config.reachability != Reachability::Auto
-            || self.shared.config.dht.mode != agentmesh_dht::DhtMode::Server
-        {
+    fn follow_reachability_in_dht(&mut self) {
+        let Some(mode) = self.reach.dht_mode(self.shared.config.dht.mode) else {
             return;
-        }
-        let mode = match status {
-            NatStatus::BehindNat => agentmesh_dht::DhtMode::Client,
-            NatStatus::Public => agentmesh_dht::DhtMode::Server,
-            NatStatus::Unknown => return,
         };
         let dht = &mut self.swarm.behaviour_mut().dht;
         if dht.mode() != mode {
@@ -1189,7 +1088,7 @@ impl Actor {
         if self.relays.reserved.contains(&relay) {
             return;
         }
-        if let Some((_, addr)) = self.relays.chosen.iter().find(|(p, _)| p == &relay) {
+        if let Some(addr) = self.relays.selection.chosen_addr(&relay) {
             let circuit = addr.clone().with(Protocol::P2pCircuit);
             match self.swarm.listen_on(circuit.clone()) {
                 Ok(_) => {
@@ -1204,7 +1103,7 @@ impl Actor {
     /// A mailbox relay is connected: listen through it when we are not
     /// reachable directly, and collect our mail.
     fn on_relay_connected(&mut self, relay: PeerId) {
-        if self.wants_relays() {
+        if self.reach.wants_relays() {
             self.listen_through(relay);
         }
         tokio::spawn(super::mailbox::drain(self.shared.clone(), relay));
@@ -1212,7 +1111,7 @@ impl Actor {
 
     /// Collects mail from every connected mailbox relay.
     fn drain_all(&mut self) {
-        for (peer, _) in &self.relays.chosen {
+        for (peer, _) in self.relays.selection.chosen() {
             if self.swarm.is_connected(peer) {
                 tokio::spawn(super::mailbox::drain(self.shared.clone(), *peer));
             }
@@ -1256,36 +1155,22 @@ impl Actor {
 
     fn on_dht_event(&mut self, event: DhtEvent) {
         match event {
-            DhtEvent::ProvidersFound { query, providers }
-                if self.relays.providers_query == Some(query) =>
-            {
-                self.relays.providers_query = None;
+            DhtEvent::ProvidersFound { query, providers } => {
                 let me = *self.swarm.local_peer_id();
-                for p in providers {
-                    let known = p == me
-                        || self.relays.candidates.iter().any(|(c, _)| c == &p)
-                        || self.relays.card_queries.values().any(|c| c == &p);
-                    if !known {
-                        let q = self.swarm.behaviour_mut().dht.get(CARD_NAMESPACE, &p);
-                        self.relays.card_queries.insert(q, p);
-                    }
+                let new = self
+                    .relays
+                    .selection
+                    .handle_providers_found(query, me, providers);
+                for p in new {
+                    let q = self.swarm.behaviour_mut().dht.get(CARD_NAMESPACE, &p);
+                    self.relays.selection.handle_lookup_started(q, p);
                 }
             }
-            DhtEvent::RecordFound { query, record }
-                if self.relays.card_queries.contains_key(&query) =>
-            {
-                let Some(peer) = self.relays.card_queries.remove(&query) else {
-                    return;
-                };
+            DhtEvent::RecordFound { query, record } if self.relays.selection.is_lookup(query) => {
                 let card = record.and_then(|r| AgentCard::from_record(&r).ok());
-                let addr = card.and_then(|c| {
-                    let mut addrs = c.multiaddrs();
-                    agentmesh_transports::sort_by_preference(&mut addrs);
-                    addrs.into_iter().find(|a| path_of(a) != PathKind::Relayed)
-                });
-                if let Some(addr) = addr.and_then(|a| a.with_p2p(peer).ok()) {
+                let addrs = card.map(|c| c.multiaddrs()).unwrap_or_default();
+                if let Some((peer, addr)) = self.relays.selection.handle_lookup_done(query, addrs) {
                     debug!(%peer, %addr, "relay discovered");
-                    self.relays.candidates.push((peer, addr));
                     self.choose_relays();
                 }
             }
@@ -1324,22 +1209,16 @@ impl Actor {
             DhtEvent::PutDone {
                 query,
                 stored_remotely,
-            } if self.publish_query == Some(query) => {
-                self.publish_query = None;
-                if stored_remotely {
-                    self.published_remotely = true;
-                } else {
-                    self.next_publish = Some(Instant::now() + PUBLISH_RETRY);
-                }
+            } if self.publish.is_put(query) => {
+                self.publish
+                    .handle_put_done(query, stored_remotely, Instant::now());
                 self.shared.emit(NodeEvent::CardPublished {
                     seq: self.last_seq,
                     stored_remotely,
                 });
             }
-            DhtEvent::RoutingUpdated { .. }
-                if !self.published_remotely && self.publish_query.is_none() =>
-            {
-                self.next_publish = Some(Instant::now() + Duration::from_millis(200));
+            DhtEvent::RoutingUpdated { .. } => {
+                self.publish.handle_routing_updated(Instant::now());
             }
             DhtEvent::InboundRejected { from, error } => {
                 debug!(%from, %error, "refused DHT record");
