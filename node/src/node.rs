@@ -1509,6 +1509,12 @@ impl Node {
         mailbox::connect(&self.shared, peer, addrs).await
     }
 
+    /// How many KNOCK nonces the node holds (for tests of bounded state).
+    #[doc(hidden)]
+    pub fn stored_nonces(&self) -> usize {
+        self.shared.store().nonces()
+    }
+
     /// The identity (for tests that sign wire messages directly).
     #[doc(hidden)]
     pub fn identity(&self) -> &Identity {

@@ -601,6 +601,11 @@ impl SessionStore {
         result
     }
 
+    /// How many KNOCK nonces are held.
+    pub fn nonces(&self) -> usize {
+        self.tree.scan_prefix(b"nonce/").count()
+    }
+
     /// Records a KNOCK nonce; returns whether it had been seen before.
     pub fn check_nonce(&mut self, nonce: &[u8; 16], expires_ms: u64) -> Result<bool, StorageError> {
         let k = key(b"nonce/", &[nonce]);

@@ -6,8 +6,9 @@ use std::time::Duration;
 use agentmesh_node::{
     envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
     keystore::KdfParams,
+    knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
-    Config, Identity, Node, NodeEvent, Passphrase, RejectReason,
+    Config, Identity, Intent, Node, NodeEvent, Passphrase, RejectReason,
 };
 use agentmesh_transports::framing::FramedStream;
 use futures::AsyncWriteExt;
@@ -146,4 +147,66 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
     }
     // six envelopes, the malformed frame, the oversized frame, the knock
     assert!(refused >= 8, "refusals reported: {refused}");
+}
+
+/// KNOCKs signed by their sender but stamped far from now are refused, and
+/// leave nothing in the nonce store: it holds only what the time window and
+/// the rate limit let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knocks_outside_the_time_window_leave_no_nonce_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let bob = node(dir.path(), "bob", None).await;
+    let mallory = node(dir.path(), "mallory", None).await;
+    let bob_peer = bob.amid().peer_id().unwrap();
+    mallory
+        .connect(bob_peer, bob.listen_addrs().await)
+        .await
+        .unwrap();
+    let mut control = mallory.stream_control();
+    let now = agentmesh_dht::now_ms();
+    let mut answers = Vec::new();
+    // One stamped now, then 200 stamped far away.
+    let stamps = [now].into_iter().chain(
+        [u64::MAX, now + 3_600_000, now - 3_600_000, 0]
+            .into_iter()
+            .cycle()
+            .take(200),
+    );
+    for (i, ts_ms) in stamps.enumerate() {
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let knock = SignedKnock::sign(
+            mallory.identity(),
+            &KnockBody {
+                from: mallory.amid(),
+                to: bob.amid(),
+                intent: Intent::default(),
+                session: SessionId::random(),
+                ts_ms,
+                nonce,
+                first: Vec::new(),
+                credentials: Default::default(),
+            },
+        )
+        .unwrap();
+        let s = control.open_stream(bob_peer, KNOCK_PROTOCOL).await.unwrap();
+        let mut s = FramedStream::new(s, MAX_FRAME_SIZE);
+        s.send(knock.to_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, s.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let decision = SignedDecision::from_bytes(&answer).unwrap();
+        answers.push((ts_ms, decision.verify(&bob.amid(), &knock).unwrap().0));
+    }
+    for (ts_ms, d) in &answers[1..] {
+        assert!(
+            matches!(d, Decision::Reject { .. }),
+            "a knock stamped {ts_ms} was not refused: {d:?}"
+        );
+    }
+    // Only the first, stamped now, got as far as the nonce store (its empty
+    // first envelope is refused after that).
+    assert_eq!(bob.stored_nonces(), 1);
 }

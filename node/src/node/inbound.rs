@@ -186,23 +186,40 @@ fn decide(
         );
         return reject(RejectReason::BadSignature);
     }
-    let mut store = shared.store();
-    let seen = match store.check_nonce(
-        &body.nonce,
-        body.ts_ms.saturating_add(2 * MAX_CLOCK_SKEW_MS),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "nonce store failed");
-            return reject(RejectReason::Unavailable);
-        }
+    // Fail closed: a decision never runs on a default policy or without
+    // its rate limit because a lock was poisoned.
+    let Ok(policy) = shared.policy.read().map(|p| p.clone()) else {
+        warn!("policy lock poisoned; refusing the knock");
+        return reject(RejectReason::Unavailable);
     };
-    let policy = shared.policy.read().map(|p| p.clone()).unwrap_or_default();
-    let rate_limited = shared
+    let Ok(rate_limited) = shared
         .knock_limiter
         .lock()
         .map(|mut l| l.try_acquire(&body.from, now).err().map(|r| r.ms))
-        .unwrap_or(None);
+    else {
+        warn!("rate limiter lock poisoned; refusing the knock");
+        return reject(RejectReason::Unavailable);
+    };
+    // The nonce is stored only for a KNOCK inside the time window and the
+    // rate limit (the policy refuses the others): the nonce store holds at
+    // most what the limits let in, each entry for a bounded time.
+    let in_window = body.ts_ms.saturating_add(MAX_CLOCK_SKEW_MS) >= now
+        && body.ts_ms <= now.saturating_add(MAX_CLOCK_SKEW_MS);
+    let mut store = shared.store();
+    let seen = if in_window && rate_limited.is_none() {
+        match store.check_nonce(
+            &body.nonce,
+            body.ts_ms.saturating_add(2 * MAX_CLOCK_SKEW_MS),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "nonce store failed");
+                return reject(RejectReason::Unavailable);
+            }
+        }
+    } else {
+        false
+    };
     let trust = shared.assess(&body, now);
     let ctx = KnockContext {
         tier: trust.checked.tier,
