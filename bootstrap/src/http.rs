@@ -2,6 +2,13 @@
 //! error is `{"error": {"code": "...", "message": "..."}}` with a stable
 //! code (see [`RegistryError::code`]). The OpenAPI document is served at
 //! `/v1/openapi.json`.
+//!
+//! Every state change is a POST of a [`SignedRequest`] to the endpoint of
+//! its operation; one extractor reads it (size limit, JSON, client
+//! address) and [`Registry::apply`] checks signature, timestamp window,
+//! operation and replay. Answers are the registry's typed answers,
+//! serialised through [`serde_json::Value`]: its maps keep their keys
+//! sorted, the order clients have always seen.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -11,15 +18,15 @@ use std::{
 use axum::{
     body::Bytes,
     extract::{
-        rejection::{BytesRejection, QueryRejection},
-        ConnectInfo, DefaultBodyLimit, Path, Query, State,
+        rejection::QueryRejection, ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts,
+        Path, Query, Request, State,
     },
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{debug, warn};
@@ -28,8 +35,8 @@ use agentmesh_dht::now_ms;
 use agentmesh_node::{registry::SignedRequest, Amid, Tier};
 
 use crate::registry::{
-    parse_leaf_hash, parse_tier, Registry, RegistryError, SearchQuery, DEFAULT_LEADERBOARD_LIMIT,
-    DEFAULT_LIMIT,
+    parse_leaf_hash, parse_tier, LogQueryError, Registry, RegistryError, SearchError, SearchQuery,
+    StoreError, TakePrekeysError, DEFAULT_LEADERBOARD_LIMIT, DEFAULT_LIMIT,
 };
 
 /// Largest request body accepted, in bytes.
@@ -44,6 +51,24 @@ pub struct ApiError(pub RegistryError);
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         Self(e)
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        Self(e.into())
+    }
+}
+
+impl From<LogQueryError> for ApiError {
+    fn from(e: LogQueryError) -> Self {
+        Self(e.into())
+    }
+}
+
+impl From<TakePrekeysError> for ApiError {
+    fn from(e: TakePrekeysError) -> Self {
+        Self(e.into())
     }
 }
 
@@ -74,6 +99,22 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// `answer` as the API's JSON document (keys sorted, see the module
+/// documentation).
+pub fn to_json<T: Serialize>(answer: &T) -> Result<Value, RegistryError> {
+    serde_json::to_value(answer).map_err(|e| {
+        RegistryError::Store(StoreError::Corrupt {
+            tree: "encode",
+            message: e.to_string(),
+        })
+    })
+}
+
+/// An answer, or the error it became.
+fn reply<T: Serialize, E: Into<ApiError>>(answer: Result<T, E>) -> ApiResult {
+    Ok(Json(to_json(&answer.map_err(Into::into)?)?))
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Registry,
@@ -81,14 +122,7 @@ struct AppState {
 
 /// The API's routes over `registry`.
 pub fn router(registry: Registry) -> Router {
-    let signed = |op: &'static str| {
-        post(
-            move |s: State<AppState>,
-                  c: ConnectInfo<SocketAddr>,
-                  h: HeaderMap,
-                  b: Result<Bytes, BytesRejection>| signed_op(op, s, c, h, b),
-        )
-    };
+    let signed = |op: &'static str| post(move |s: State<AppState>, r: Signed| signed_op(op, s, r));
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
@@ -184,28 +218,46 @@ fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr 
     peer.ip()
 }
 
-async fn signed_op(
-    op: &'static str,
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            RegistryError::TooLarge
-        } else {
-            RegistryError::MalformedJson(e.body_text())
-        }
-    })?;
-    let req: SignedRequest =
-        serde_json::from_slice(&body).map_err(|e| RegistryError::MalformedJson(e.to_string()))?;
-    let ip = client_ip(&state, peer, &headers);
-    let out = state
+/// A signed request as posted, with the client's address: the body within
+/// [`MAX_BODY`] (else `payload_too_large`), parsed as a [`SignedRequest`]
+/// (else `malformed_json`). Its signature, timestamp and replay are checked
+/// when the registry applies it.
+struct Signed {
+    request: SignedRequest,
+    client: IpAddr,
+}
+
+impl FromRequest<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let client = client_ip(state, peer, &parts.headers);
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    RegistryError::TooLarge
+                } else {
+                    RegistryError::MalformedJson(e.body_text())
+                }
+            })
+            .map_err(|e| ApiError(e).into_response())?;
+        let request = serde_json::from_slice(&body)
+            .map_err(|e| ApiError(RegistryError::MalformedJson(e.to_string())).into_response())?;
+        Ok(Self { request, client })
+    }
+}
+
+async fn signed_op(op: &'static str, State(state): State<AppState>, signed: Signed) -> ApiResult {
+    let applied = state
         .registry
-        .apply(&req, Some(op), Some(ip), now_ms())
-        .await?;
-    Ok(Json(out))
+        .apply(&signed.request, Some(op), Some(signed.client), now_ms())
+        .await;
+    reply(applied)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -218,14 +270,23 @@ fn parse_amid(s: &str) -> Result<Amid, ApiError> {
         .map_err(|e| ApiError(RegistryError::Invalid(format!("amid: {e}"))))
 }
 
-async fn health(State(state): State<AppState>) -> Json<Value> {
-    let agents = state.registry.store().agents.len();
-    Json(json!({
-        "status": "ok",
-        "database": "ok",
-        "agents": agents,
-        "root": state.registry.root_amid(),
-        "version": env!("CARGO_PKG_VERSION"),
+/// The answer to `/v1/health`.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    database: &'static str,
+    agents: usize,
+    root: Amid,
+    version: &'static str,
+}
+
+async fn health(State(state): State<AppState>) -> ApiResult {
+    reply(Ok::<_, ApiError>(Health {
+        status: "ok",
+        database: "ok",
+        agents: state.registry.store().agents.len(),
+        root: state.registry.root_amid(),
+        version: env!("CARGO_PKG_VERSION"),
     }))
 }
 
@@ -243,8 +304,7 @@ async fn lookup(
     q: Result<Query<AmidQuery>, QueryRejection>,
 ) -> ApiResult {
     let amid = parse_amid(&query(q)?.amid)?;
-    let v = state.registry.lookup(&amid, now_ms())?;
-    Ok(Json(json!(v)))
+    reply(state.registry.lookup(&amid, now_ms()))
 }
 
 #[derive(Deserialize)]
@@ -272,16 +332,16 @@ async fn search(
         reputation_min: q.reputation_min.unwrap_or(0.0),
         limit: q.limit.unwrap_or(DEFAULT_LIMIT),
     };
-    Ok(Json(state.registry.search_json(&search, now_ms())?))
+    reply(state.registry.search_results(&search, now_ms()))
 }
 
 async fn stats(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(state.registry.stats()?))
+    reply(state.registry.stats())
 }
 
 async fn prekeys(State(state): State<AppState>, Path(amid): Path<String>) -> ApiResult {
     let amid = parse_amid(&amid)?;
-    Ok(Json(state.registry.take_prekeys(&amid).await?))
+    reply(state.registry.take_prekeys(&amid).await)
 }
 
 async fn score(
@@ -289,10 +349,7 @@ async fn score(
     q: Result<Query<AmidQuery>, QueryRejection>,
 ) -> ApiResult {
     let amid = parse_amid(&query(q)?.amid)?;
-    let s = state.registry.score(&amid, now_ms())?;
-    let mut v = json!(s);
-    v["amid"] = json!(amid);
-    Ok(Json(v))
+    reply(state.registry.agent_score(&amid, now_ms()))
 }
 
 #[derive(Deserialize)]
@@ -305,7 +362,7 @@ async fn leaderboard(
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult {
     let limit = query(q)?.limit.unwrap_or(DEFAULT_LEADERBOARD_LIMIT);
-    Ok(Json(state.registry.leaderboard(limit, now_ms())?))
+    reply(state.registry.leaderboard(limit, now_ms()))
 }
 
 async fn evidence(
@@ -313,7 +370,7 @@ async fn evidence(
     q: Result<Query<AmidQuery>, QueryRejection>,
 ) -> ApiResult {
     let amid = parse_amid(&query(q)?.amid)?;
-    Ok(Json(state.registry.evidence_json(&amid, now_ms())?))
+    reply(state.registry.evidence(&amid, now_ms()))
 }
 
 async fn revocation(
@@ -321,15 +378,15 @@ async fn revocation(
     q: Result<Query<AmidQuery>, QueryRejection>,
 ) -> ApiResult {
     let amid = parse_amid(&query(q)?.amid)?;
-    Ok(Json(state.registry.revocation(&amid)?))
+    reply(state.registry.revocation(&amid))
 }
 
 async fn crl(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(state.registry.crl(now_ms())?))
+    reply(state.registry.crl(now_ms()))
 }
 
-async fn root(State(state): State<AppState>) -> Json<Value> {
-    Json(state.registry.root_json())
+async fn root(State(state): State<AppState>) -> ApiResult {
+    reply(Ok::<_, ApiError>(state.registry.root_info()))
 }
 
 async fn did_document(State(state): State<AppState>, Path(amid): Path<String>) -> ApiResult {
@@ -342,7 +399,7 @@ async fn credentials(
     q: Result<Query<AmidQuery>, QueryRejection>,
 ) -> ApiResult {
     let amid = parse_amid(&query(q)?.amid)?;
-    Ok(Json(state.registry.credentials_json(&amid, now_ms())?))
+    reply(state.registry.credentials_view(&amid, now_ms()))
 }
 
 #[derive(Deserialize)]
@@ -355,7 +412,7 @@ async fn log_head(
     q: Result<Query<HeadQuery>, QueryRejection>,
 ) -> ApiResult {
     let size = query(q)?.size;
-    Ok(Json(json!(state.registry.log_head(size, now_ms())?)))
+    reply(state.registry.log_head(size, now_ms()))
 }
 
 #[derive(Deserialize)]
@@ -371,12 +428,11 @@ async fn log_proof(
 ) -> ApiResult {
     let q = query(q)?;
     let hash = q.hash.as_deref().map(parse_leaf_hash).transpose()?;
-    Ok(Json(state.registry.log_proof(
-        q.index,
-        hash.as_ref(),
-        q.size,
-        now_ms(),
-    )?))
+    reply(
+        state
+            .registry
+            .log_proof(q.index, hash.as_ref(), q.size, now_ms()),
+    )
 }
 
 #[derive(Deserialize)]
@@ -390,15 +446,11 @@ async fn log_consistency(
     q: Result<Query<ConsistencyQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    Ok(Json(state.registry.log_consistency(
-        q.first,
-        q.second,
-        now_ms(),
-    )?))
+    reply(state.registry.log_consistency(q.first, q.second, now_ms()))
 }
 
 async fn org_info(State(state): State<AppState>, Path(domain): Path<String>) -> ApiResult {
-    Ok(Json(state.registry.org_info(&domain)?))
+    reply(state.registry.org_info(&domain))
 }
 
 async fn oauth_callback(
@@ -406,9 +458,7 @@ async fn oauth_callback(
     q: Result<Query<crate::oauth::CallbackParams>, QueryRejection>,
 ) -> ApiResult {
     let params = query(q)?;
-    Ok(Json(
-        state.registry.oauth_callback(&params, now_ms()).await?,
-    ))
+    reply(state.registry.oauth_callback(&params, now_ms()).await)
 }
 
 async fn not_found() -> Response {

@@ -1,7 +1,8 @@
 //! The registry over libp2p: serves
 //! [`/agentmesh/registry/1`](agentmesh_node::registry::protocol) on the
 //! bootstrap node, one request per stream, with the same answers and error
-//! codes as the HTTP API.
+//! codes as the HTTP API (the same typed answers, serialised by
+//! [`to_json`]).
 //!
 //! At most [`MAX_CONCURRENT_STREAMS`] requests are served at once (further
 //! streams are dropped with a warning), each within [`STREAM_TIMEOUT`].
@@ -9,7 +10,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{AsyncWriteExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{debug, warn};
 
@@ -18,8 +19,12 @@ use agentmesh_node::registry::protocol::{
     read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL,
 };
 
-use crate::registry::{
-    parse_leaf_hash, Registry, RegistryError, SearchQuery, DEFAULT_LEADERBOARD_LIMIT, DEFAULT_LIMIT,
+use crate::{
+    http::to_json,
+    registry::{
+        parse_leaf_hash, Registry, RegistryError, SearchQuery, DEFAULT_LEADERBOARD_LIMIT,
+        DEFAULT_LIMIT,
+    },
 };
 
 /// Most requests served at once.
@@ -124,14 +129,14 @@ async fn dispatch(
     request: Request,
     now_ms: u64,
 ) -> Result<Value, RegistryError> {
-    Ok(match request {
-        Request::Lookup { amid } => json!(registry.lookup(&amid, now_ms)?),
+    match request {
+        Request::Lookup { amid } => to_json(&registry.lookup(&amid, now_ms)?),
         Request::Search {
             capability,
             tier_min,
             reputation_min,
             limit,
-        } => registry.search_json(
+        } => to_json(&registry.search_results(
             &SearchQuery {
                 capability,
                 tier_min: tier_min.unwrap_or_default(),
@@ -139,34 +144,34 @@ async fn dispatch(
                 limit: limit.map_or(DEFAULT_LIMIT, |l| l as usize),
             },
             now_ms,
-        )?,
-        Request::Did { amid } => registry.did_document(&amid)?,
+        )?),
+        Request::Did { amid } => registry.did_document(&amid),
         Request::Signed { request } => {
-            let body = request.verify(now_ms)?;
-            if body.op.name() == "feedback" {
+            let verified = registry.verify_request(&request, None, now_ms)?;
+            if verified.op_name() == "feedback" {
                 return Err(RegistryError::Forbidden(
                     "ratings are filed over HTTP, where the client address is known".into(),
                 ));
             }
-            registry.apply(&request, None, None, now_ms).await?
+            to_json(&registry.apply_verified(verified, None, now_ms).await?)
         }
-        Request::Revocation { amid } => registry.revocation(&amid)?,
-        Request::Credentials { amid } => registry.credentials_json(&amid, now_ms)?,
-        Request::Root => registry.root_json(),
-        Request::LogHead { size } => json!(registry.log_head(size, now_ms)?),
+        Request::Revocation { amid } => to_json(&registry.revocation(&amid)?),
+        Request::Credentials { amid } => to_json(&registry.credentials_view(&amid, now_ms)?),
+        Request::Root => to_json(&registry.root_info()),
+        Request::LogHead { size } => to_json(&registry.log_head(size, now_ms)?),
         Request::LogProof { index, hash, size } => {
             let hash = hash.as_deref().map(parse_leaf_hash).transpose()?;
-            registry.log_proof(index, hash.as_ref(), size, now_ms)?
+            to_json(&registry.log_proof(index, hash.as_ref(), size, now_ms)?)
         }
         Request::LogConsistency { first, second } => {
-            registry.log_consistency(first, second, now_ms)?
+            to_json(&registry.log_consistency(first, second, now_ms)?)
         }
-        Request::Org { domain } => registry.org_info(&domain)?,
-        Request::Evidence { amid } => registry.evidence_json(&amid, now_ms)?,
-        Request::Leaderboard { limit } => registry.leaderboard(
+        Request::Org { domain } => to_json(&registry.org_info(&domain)?),
+        Request::Evidence { amid } => to_json(&registry.evidence(&amid, now_ms)?),
+        Request::Leaderboard { limit } => to_json(&registry.leaderboard(
             limit.map_or(DEFAULT_LEADERBOARD_LIMIT, |l| l as usize),
             now_ms,
-        )?,
-        _ => return Err(RegistryError::Invalid("unsupported request".into())),
-    })
+        )?),
+        _ => Err(RegistryError::Invalid("unsupported request".into())),
+    }
 }

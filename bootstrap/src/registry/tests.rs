@@ -2,8 +2,18 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
+use serde_json::{json, Value};
+
 use super::*;
-use agentmesh_node::registry::{Feedback, Operation, ReceiptBody, Registration, SessionReceipt};
+use agentmesh_node::{
+    card::Presence,
+    cert::{CertChain, CertKind, Certificate, CERT_VERSION},
+    credentials::Credentials,
+    registry::{Feedback, ReceiptBody, Registration, SessionReceipt},
+    reputation::Score,
+    transparency::{leaf_hash, LeafKind},
+    Tier,
+};
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -26,9 +36,11 @@ fn id(b: u8) -> Identity {
     Identity::from_seed(&[b; 32])
 }
 
+/// Applies `op` signed by `who`; the answer as the API's JSON document.
 async fn apply(r: &Registry, who: &Identity, op: Operation) -> Result<Value, RegistryError> {
     let req = SignedRequest::sign(who, op, NOW).unwrap();
-    r.apply(&req, None, None, NOW).await
+    let applied = r.apply(&req, None, None, NOW).await?;
+    Ok(crate::http::to_json(&applied).unwrap())
 }
 
 async fn register(r: &Registry, who: &Identity, caps: &[&str]) {
@@ -177,7 +189,7 @@ async fn organization_flow_gives_tier_one_and_a_half() {
     apply(&r, &org_key, revoke).await.unwrap();
     assert!(r.lookup(&bot.amid(), NOW).unwrap().revoked);
     let info = r.org_info("acme.example").unwrap();
-    assert_eq!(info["agents"][0]["revoked"], true);
+    assert!(info.agents[0].revoked);
 }
 
 #[tokio::test]
@@ -224,8 +236,8 @@ async fn feedback_needs_a_receipt_and_the_score_follows_the_formula() {
     // once; a different receipt for the same session is a conflict.
     let again = apply(&r, &b, Operation::Session { receipt }).await.unwrap();
     assert_eq!(again["duplicate"], true, "{again}");
-    let ev = r.evidence_json(&a.amid(), NOW).unwrap();
-    assert_eq!(ev["receipts"].as_array().unwrap().len(), 1, "{ev}");
+    let ev = r.evidence(&a.amid(), NOW).unwrap();
+    assert_eq!(ev.receipts.len(), 1, "{ev:?}");
     let other = ReceiptBody::new(sid, a.amid(), b.amid(), false, NOW - 500);
     let other = SessionReceipt::sign(&other, &a, &b).unwrap();
     assert!(matches!(
@@ -421,7 +433,7 @@ async fn oauth_callback_issues_a_tier_one_certificate() {
         error: None,
     };
     let out = r.oauth_callback(&cb, NOW).await.unwrap();
-    assert_eq!(out["subject"], "idp:user-42");
+    assert_eq!(out.subject, "idp:user-42");
     let view = r.lookup(&alice.amid(), NOW).unwrap();
     assert_eq!(view.tier, Tier::Verified);
     let chain = CertChain::from_bytes(&hex::decode(view.certificate.unwrap()).unwrap()).unwrap();
@@ -527,34 +539,41 @@ async fn bindings_certificates_and_revocations_are_logged_and_proven() {
     let v = r
         .log_proof(None, Some(&leaf_hash(&rev)), None, NOW)
         .unwrap();
-    let proof: InclusionProof = serde_json::from_value(v["proof"].clone()).unwrap();
-    let head: SignedTreeHead = serde_json::from_value(v["head"].clone()).unwrap();
+    let (proof, head) = (v.proof, v.head);
     head.verify(&root).unwrap();
     proof.verify(&leaf_hash(&rev), &head).unwrap();
     assert_eq!(proof.leaf_index, 3);
 
     // The old head is consistent with the new one.
     let v = r.log_consistency(3, None, NOW).unwrap();
-    let c: ConsistencyProof = serde_json::from_value(v["proof"].clone()).unwrap();
-    let old: SignedTreeHead = serde_json::from_value(v["first"].clone()).unwrap();
+    let (c, old) = (v.proof, v.first);
     assert_eq!(old, inc.head.clone());
     c.verify(&inc.head, &head).unwrap();
 
-    // Out of range requests are typed.
+    // Out of range requests are typed, and keep their API codes.
+    let api = RegistryError::from;
     assert!(matches!(
-        r.log_proof(Some(4), None, None, NOW),
+        r.log_proof(Some(4), None, None, NOW).map_err(api),
         Err(RegistryError::OutOfRange(_))
     ));
     assert!(matches!(
         r.log_consistency(5, None, NOW),
+        Err(LogQueryError::FirstBeyond { first: 5, size: 4 })
+    ));
+    assert!(matches!(
+        r.log_consistency(5, None, NOW).map_err(api),
         Err(RegistryError::OutOfRange(_))
     ));
     assert!(matches!(
         r.log_proof(None, Some(&[7; 32]), None, NOW),
+        Err(LogQueryError::UnknownLeaf)
+    ));
+    assert!(matches!(
+        r.log_proof(None, Some(&[7; 32]), None, NOW).map_err(api),
         Err(RegistryError::NotFound(_))
     ));
     assert!(matches!(
-        r.log_proof(Some(0), Some(&[7; 32]), None, NOW),
+        r.log_proof(Some(0), Some(&[7; 32]), None, NOW).map_err(api),
         Err(RegistryError::Invalid(_))
     ));
 
@@ -705,4 +724,75 @@ async fn scores_are_the_same_after_a_restart() {
     let r = open(dir.path());
     assert!(!r.inner.scores.contains(&b.amid()));
     assert_eq!(cached_equals_fresh(&r, &b.amid(), NOW), before);
+}
+
+/// The typed answers serialise as the JSON clients read: names, sorted
+/// keys, `null` for what is missing.
+#[tokio::test]
+async fn answers_keep_their_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let a = id(1);
+    let am = a.amid();
+    let reg = Operation::Register(Registration::new("alice", vec!["chat".into()]));
+    let out = apply(&r, &a, reg).await.unwrap();
+    assert_eq!(
+        out.to_string(),
+        format!(r#"{{"amid":"{am}","created":true,"registered_ms":{NOW},"tier":"anonymous"}}"#)
+    );
+    let st = Operation::Status {
+        presence: Presence::Away,
+    };
+    let out = apply(&r, &a, st).await.unwrap();
+    assert_eq!(
+        out.to_string(),
+        format!(r#"{{"amid":"{am}","capabilities":["chat"],"presence":"away"}}"#)
+    );
+    let bundle = serde_json::from_value(json!({
+        "identity_key": hex::encode([1u8; 32]),
+        "fallback_key": hex::encode([2u8; 32]),
+        "one_time_keys": [],
+    }))
+    .unwrap();
+    let out = apply(&r, &a, Operation::Prekeys(bundle)).await.unwrap();
+    assert_eq!(
+        out.to_string(),
+        format!(r#"{{"amid":"{am}","one_time_keys":0}}"#)
+    );
+    let (k1, k2) = (hex::encode([1u8; 32]), hex::encode([2u8; 32]));
+    assert_eq!(
+        json(&r.take_prekeys(&am).await.unwrap()),
+        format!(
+            r#"{{"amid":"{am}","fallback_key":"{k2}","identity_key":"{k1}","one_time_key":null,"remaining":0}}"#
+        )
+    );
+    assert_eq!(
+        json(&r.revocation(&am).unwrap()),
+        format!(r#"{{"amid":"{am}","revoked":false}}"#)
+    );
+    assert_eq!(
+        json(&r.stats().unwrap()),
+        r#"{"agents":1,"by_tier":{"anonymous":1,"organization":0,"verified":0},"capabilities":1,"online":0,"organizations":0,"ratings":0,"receipts":0,"revocations":0,"revoked":0}"#
+    );
+    assert_eq!(
+        json(&r.agent_score(&am, NOW).unwrap()),
+        format!(
+            r#"{{"age_factor":0.0,"amid":"{am}","completion_rate":0.5,"feedback":0.5,"flagged":false,"ratings":0,"score":0.5,"sessions":0,"tier_bonus":0.0,"weights":[]}}"#
+        )
+    );
+    assert_eq!(
+        json(&r.leaderboard(1, NOW).unwrap()),
+        format!(
+            r#"{{"leaderboard":[{{"amid":"{am}","display_name":"alice","flagged":false,"rank":1,"score":0.5,"tier":"anonymous"}}]}}"#
+        )
+    );
+    assert_eq!(
+        json(&r.search_results(&SearchQuery::new("none"), NOW).unwrap()),
+        r#"{"count":0,"results":[]}"#
+    );
+}
+
+/// An answer as the API serialises it.
+fn json<T: Serialize>(answer: &T) -> String {
+    crate::http::to_json(answer).unwrap().to_string()
 }
