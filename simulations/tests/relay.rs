@@ -12,7 +12,7 @@ use agentmesh_node::{
     Amid, Config, Node, Passphrase, PathKind,
 };
 use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};
-use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, start_relay};
+use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, start_relay, Proc};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -139,10 +139,12 @@ async fn offline_mail_survives_a_killed_relay_and_arrives_once_in_order() {
         .iter()
         .map(|a| a.split("/p2p/").next().unwrap().to_string())
         .collect();
-    let (_relay, again) = start_relay(exe(), &relay_dir, &boot_addr, &listen, &[])
+    let (mut relay, again) = start_relay(exe(), &relay_dir, &boot_addr, &listen, &status_often())
         .await
         .unwrap();
     assert_eq!(again[0], relay_addr, "same identity and address");
+    let held = relay.wait_event(WAIT, "relay_status").await.unwrap();
+    assert_eq!(held["envelopes"], 10, "the mail survived: {held}");
 
     // Bob comes back: all ten, in order, once.
     let (mut bob, _) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
@@ -168,12 +170,7 @@ async fn offline_mail_survives_a_killed_relay_and_arrives_once_in_order() {
             .await
             .unwrap();
     }
-    let extra: Vec<Value> = bob
-        .drain()
-        .into_iter()
-        .filter(|v| v["event"] == "message")
-        .collect();
-    assert!(extra.is_empty(), "delivered twice: {extra:?}");
+    assert_arrived_once(&mut relay, &alice, &mut bob, &bob_amid).await;
 }
 
 /// A hung agent: SIGSTOP freezes bob with his sockets open. Over TCP the
@@ -187,10 +184,15 @@ async fn a_hung_agents_message_goes_to_the_mailbox_and_arrives_once() {
     let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
         .await
         .unwrap();
-    let (_relay, relay_addrs) =
-        start_relay(exe(), &root.path().join("relay"), &boot_addr, &[], &[])
-            .await
-            .unwrap();
+    let (mut relay, relay_addrs) = start_relay(
+        exe(),
+        &root.path().join("relay"),
+        &boot_addr,
+        &[],
+        &status_often(),
+    )
+    .await
+    .unwrap();
     let tcp_only = |relay: Option<&str>| {
         let mut a = vec!["--listen".to_string(), "/ip4/127.0.0.1/tcp/0".to_string()];
         if let Some(r) = relay {
@@ -228,11 +230,20 @@ async fn a_hung_agents_message_goes_to_the_mailbox_and_arrives_once() {
 
     bob.signal(libc::SIGSTOP).unwrap();
     let r = send(&alice.dir, &bob_amid, json!({ "while": "hung" })).await;
-    bob.signal(libc::SIGCONT).unwrap();
     assert!(r.ok, "{r:?}");
     let receipt = r.receipt.unwrap();
     assert_eq!(receipt.path, PathKind::Mailbox);
     let id = receipt.id.to_string();
+    // The relay holds the copy (bob, stopped, cannot have taken it yet):
+    // from this status line on, a count of 0 means it was acknowledged.
+    let held = relay
+        .wait_for(WAIT, |v| {
+            v["event"] == "relay_status" && v["envelopes"].as_u64().is_some_and(|n| n > 0)
+        })
+        .await
+        .unwrap();
+    bob.signal(libc::SIGCONT).unwrap();
+    assert_eq!(held["envelopes"], 1, "{held}");
 
     let m = bob
         .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
@@ -245,14 +256,46 @@ async fn a_hung_agents_message_goes_to_the_mailbox_and_arrives_once() {
         })
         .await
         .unwrap();
-    // The receipt comes from bob's mailbox drain, which has seen the copy
-    // at the relay by then: a second delivery would have been printed.
-    let again: Vec<Value> = bob
+    assert_arrived_once(&mut relay, &alice, &mut bob, &bob_amid).await;
+}
+
+/// Relay arguments: a status line every second, for tests that wait on
+/// what the relay holds.
+fn status_often() -> Vec<String> {
+    vec!["--status-every".into(), "1".into()]
+}
+
+/// No message reached bob twice, nor can one still: the relay holds no
+/// copy any more (its status lines count 0 envelopes; bob's mailbox is the
+/// only one in use), so no later drain has anything to deliver; and a
+/// sentinel alice sends now reaches bob after every delivery made before
+/// it (one inbox, in order), so anything printed before it was seen.
+async fn assert_arrived_once(relay: &mut Proc, alice: &Proc, bob: &mut Proc, bob_amid: &str) {
+    let empty = relay
+        .wait_for(WAIT, |v| {
+            v["event"] == "relay_status" && v["envelopes"] == 0
+        })
+        .await;
+    if let Err(e) = empty {
+        panic!(
+            "{e}: the relay still holds mail ({:?})",
+            relay.last_event("relay_status")
+        );
+    }
+    let r = send(&alice.dir, bob_amid, json!("sentinel")).await;
+    assert!(r.ok, "{r:?}");
+    let sentinel = r.receipt.unwrap().id.to_string();
+    bob.wait_for(WAIT, |v| {
+        v["event"] == "message" && v["id"] == sentinel.as_str()
+    })
+    .await
+    .unwrap();
+    let extra: Vec<Value> = bob
         .drain()
         .into_iter()
-        .filter(|v| v["event"] == "message" && v["id"] == id.as_str())
+        .filter(|v| v["event"] == "message")
         .collect();
-    assert!(again.is_empty(), "delivered twice: {again:?}");
+    assert!(extra.is_empty(), "delivered twice: {extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,27 +576,172 @@ async fn mailbox_limits_and_access_hold_and_the_relay_stores_no_plaintext() {
     alice.send(&dave_amid, json!("first")).await.unwrap();
     dave.shutdown().await;
     const CANARY: &str = "plaintext-canary-5d1f0c";
+    let mut deposited = Vec::new();
     for _ in 0..3 {
         let r = alice
             .send(&dave_amid, json!({ "secret": CANARY }))
             .await
             .unwrap();
         assert_eq!(r.path, PathKind::Mailbox);
+        deposited.push(r.id.0);
     }
+    // The positive control: the relay holds the three sealed messages, and
+    // the search below finds their bytes in its files. Dave's identity,
+    // started again with no mailbox of its own (so nothing drains or acks
+    // them), reads them back.
+    let dave = reopen(root.path(), "dave", &boot_addr).await;
+    dave.connect(relay_peer, vec![relay_ma.clone()])
+        .await
+        .expect("reaches the relay");
+    let dave_peer = dave_amid.peer_id().unwrap();
+    let (held, more) = mailbox::fetch(&mut dave.stream_control(), relay_peer, &dave_peer, 50)
+        .await
+        .unwrap();
+    assert!(!more);
+    assert_eq!(
+        held.iter().map(|i| i.id).collect::<Vec<_>>(),
+        deposited,
+        "the relay holds the three deposits"
+    );
+    dave.shutdown().await;
     relay.terminate().await.unwrap();
-    let mut files = 0;
-    let mut bytes = 0;
-    for entry in walk(&relay_dir) {
-        let data = std::fs::read(&entry).unwrap();
-        files += 1;
-        bytes += data.len();
+
+    let files: Vec<(std::path::PathBuf, Vec<u8>)> = walk(&relay_dir)
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect();
+    let found = |needle: &[u8]| {
+        files
+            .iter()
+            .find(|(_, data)| holds(data, needle))
+            .map(|(p, _)| p.display().to_string())
+    };
+    for item in &held {
         assert!(
-            !data.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
-            "plaintext in {}",
-            entry.display()
+            found(&item.envelope).is_some(),
+            "the relay's files do not hold the sealed envelope {:?} as stored",
+            item.id
         );
     }
-    assert!(files > 0 && bytes > 0);
+    for (form, needle) in canary_forms(CANARY) {
+        if let Some(file) = found(&needle) {
+            panic!("plaintext ({form}) in {file}");
+        }
+    }
+}
+
+/// Starts `name`'s node again on its data directory, with no mailbox of its
+/// own: the database is free once the stopped node's tasks have ended.
+async fn reopen(dir: &Path, name: &str, boot: &str) -> Node {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = Config::local();
+        c.kdf = KdfParams::throwaway();
+        c.mailbox_relays = 0;
+        let started = Node::builder(c)
+            .data_dir(dir.join(name))
+            .passphrase(Passphrase::new(name))
+            .bootstrap(boot.parse().unwrap())
+            .spawn()
+            .await;
+        match started {
+            Ok(node) => return node,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("{name} not started again yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{name} does not start again: {e}"),
+        }
+    }
+}
+
+fn holds(data: &[u8], needle: &[u8]) -> bool {
+    data.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The ways `canary` could sit in a file if something stored it in the
+/// clear: raw, as a JSON string and object member, as a CBOR text string,
+/// in hex, and in base64 (standard and URL-safe, at each of the three
+/// alignments, the characters that depend on the canary alone).
+fn canary_forms(canary: &str) -> Vec<(String, Vec<u8>)> {
+    let raw = canary.as_bytes();
+    let mut cbor = match raw.len() {
+        n @ 0..=23 => vec![0x60 | n as u8],
+        n @ 24..=255 => vec![0x78, n as u8],
+        n => panic!("canary of {n} bytes"),
+    };
+    cbor.extend_from_slice(raw);
+    let mut forms = vec![
+        ("raw".to_string(), raw.to_vec()),
+        (
+            "JSON string".into(),
+            serde_json::to_vec(&json!(canary)).unwrap(),
+        ),
+        (
+            "JSON member".into(),
+            serde_json::to_vec(&json!({ "secret": canary })).unwrap(),
+        ),
+        ("CBOR text".into(), cbor),
+        ("hex".into(), hex::encode(raw).into_bytes()),
+        ("HEX".into(), hex::encode_upper(raw).into_bytes()),
+    ];
+    for (name, alphabet) in [("base64", B64), ("base64url", B64_URL)] {
+        for offset in 0..3usize {
+            let mut shifted = vec![0u8; offset];
+            shifted.extend_from_slice(raw);
+            let encoded = base64(&shifted, alphabet);
+            // Characters whose 6 bits all come from the canary.
+            let from = (offset * 8).div_ceil(6);
+            let to = (offset + raw.len()) * 8 / 6;
+            forms.push((
+                format!("{name} at offset {offset}"),
+                encoded[from..to].to_vec(),
+            ));
+        }
+    }
+    forms
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64 of `data` without padding.
+fn base64(data: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in data.chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..=chunk.len() {
+            out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize]);
+        }
+    }
+    out
+}
+
+/// The search finds the canary in each form it is looked for, wherever it
+/// sits in a larger blob: the check above can fail.
+#[test]
+fn canary_forms_are_found_where_the_canary_is_stored_in_the_clear() {
+    const CANARY: &str = "plaintext-canary-5d1f0c";
+    let forms = canary_forms(CANARY);
+    let found = |blob: &[u8]| forms.iter().any(|(_, f)| holds(blob, f));
+    for pad in 0..6usize {
+        let mut blob = vec![b'x'; pad];
+        blob.extend_from_slice(CANARY.as_bytes());
+        blob.extend_from_slice(b"!?");
+        for (alphabet, what) in [(B64, "base64"), (B64_URL, "base64url")] {
+            assert!(found(&base64(&blob, alphabet)), "{what}, pad {pad}");
+        }
+        assert!(found(hex::encode(&blob).as_bytes()), "hex, pad {pad}");
+        assert!(found(hex::encode_upper(&blob).as_bytes()), "HEX, pad {pad}");
+    }
+    let json = serde_json::to_vec(&json!({ "payload": { "secret": CANARY } })).unwrap();
+    assert!(found(&json));
+    assert!(!found(b"plaintext-canary-5d1f0d and more"));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
