@@ -66,7 +66,18 @@ async fn alice_finds_bob_by_amid_and_bob_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(got["payload"], json!("after restart"));
-    // nothing was delivered twice
+    // Nothing was delivered twice: a sentinel alice sends now reaches bob
+    // after anything delivered before it (one stream from alice, one inbox,
+    // in order), so every message bob printed since his restart is in:
+    // the one checked above and the sentinel, nothing else.
+    let r = send(&alice.dir, &bob_amid, json!("sentinel")).await;
+    assert!(r.ok, "{r:?}");
+    let sentinel = r.receipt.unwrap().id.to_string();
+    bob.wait_for(WAIT, |v| {
+        v["event"] == "message" && v["id"] == sentinel.as_str()
+    })
+    .await
+    .unwrap();
     let dupes: Vec<Value> = bob
         .drain()
         .into_iter()
