@@ -356,5 +356,4 @@ mod tests {
         let good = me.sign(b"d", b"m");
         assert!(me.amid().verify(b"d", b"m", &good));
     }
-
 }

@@ -535,6 +535,9 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     links: Mutex<HashMap<Amid, (mpsc::Sender<Outgoing>, CancellationToken)>>,
     /// KNOCKs per initiator.
+    /// KNOCKs from everyone together, checked before any signature: many
+    /// fresh identities, each within its own limit, cannot take all the CPU.
+    knock_budget: Mutex<RateLimiter<()>>,
     knock_limiter: Mutex<RateLimiter<Amid>>,
     /// Messages per sender.
     msg_limiter: Mutex<RateLimiter<Amid>>,
@@ -612,6 +615,10 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// KNOCKs all peers together may make a node judge: 600 a minute, in bursts
+/// of up to 200.
+const KNOCK_BUDGET: RateLimit = RateLimit::new(600, 200);
 
 /// Builder of a [`Node`].
 #[derive(Debug)]
@@ -866,6 +873,7 @@ impl Node {
             commands: cmd_tx,
             links: Mutex::new(HashMap::new()),
             knock_limiter: Mutex::new(RateLimiter::new(knock_rate, MAX_RATE_KEYS)),
+            knock_budget: Mutex::new(RateLimiter::new(KNOCK_BUDGET, 1)),
             msg_limiter: Mutex::new(RateLimiter::new(msg_rate, MAX_RATE_KEYS)),
             breakers: Mutex::new(CircuitBreakers::new(breaker, MAX_RATE_KEYS)),
             presence: RwLock::new(Presence::Online),

@@ -210,3 +210,60 @@ async fn knocks_outside_the_time_window_leave_no_nonce_behind() {
     // first envelope is refused after that).
     assert_eq!(bob.stored_nonces(), 1);
 }
+
+/// Peers that open message and KNOCK streams and send nothing hold at most
+/// a few slots each: their extra streams are closed at once, and a polite
+/// peer still gets its KNOCK and message through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_streams_from_many_peers_do_not_lock_others_out() {
+    use futures::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bob = node(dir.path(), "bob", None).await;
+    let bob_peer = bob.amid().peer_id().unwrap();
+    let bob_addrs = bob.listen_addrs().await;
+    let mut inbox = bob.messages().unwrap();
+    // Three peers open 200 message streams and 30 KNOCK streams each: more
+    // than bob would serve in all if each peer could take what it liked.
+    let mut held = Vec::new();
+    for name in ["mallory-1", "mallory-2", "mallory-3"] {
+        let m = node(dir.path(), name, None).await;
+        m.connect(bob_peer, bob_addrs.clone()).await.unwrap();
+        let mut control = m.stream_control();
+        // All kept open: a closed stream would free its slot.
+        let mut streams = Vec::new();
+        for _ in 0..200 {
+            streams.push(control.open_stream(bob_peer, MSG_PROTOCOL).await.unwrap());
+        }
+        for _ in 0..30 {
+            if let Ok(s) = control.open_stream(bob_peer, KNOCK_PROTOCOL).await {
+                held.push(s);
+            }
+        }
+        // A stream over the peer's share is closed by bob: it reads the end
+        // (or an error), it does not hang.
+        let mut last = streams.pop().expect("streams open");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, last.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "an extra silent stream stayed open: {read:?}"
+        );
+        held.push(last);
+        held.extend(streams);
+        std::mem::forget(m);
+    }
+    // Alice, new to bob: KNOCK and message get through.
+    let alice = node(dir.path(), "alice", None).await;
+    alice.connect(bob_peer, bob_addrs).await.unwrap();
+    let receipt = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!("still here")))
+        .await
+        .expect("alice's send finished")
+        .expect("delivered");
+    assert!(receipt.knocked);
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload, json!("still here"));
+    drop(held);
+}

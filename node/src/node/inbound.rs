@@ -25,12 +25,23 @@ use crate::{
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
 
-/// Most KNOCKs handled at once; more wait for a slot.
+/// Most KNOCKs handled at once; more are refused at once (never awaited in
+/// the accept loop, so KNOCKs cannot hold up message streams).
 const MAX_CONCURRENT_KNOCKS: usize = 64;
+/// Most KNOCK streams one peer may have open at once.
+const MAX_KNOCKS_PER_PEER: usize = 2;
 /// Most message streams served at once; more are refused.
 const MAX_MSG_STREAMS: usize = 512;
+/// Most message streams one peer may have open at once (a sender keeps one
+/// long-lived stream; a few more cover reconnects and one-off frames).
+const MAX_MSG_STREAMS_PER_PEER: usize = 8;
 /// Time a peer has to send its KNOCK once the stream is open.
 const KNOCK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a peer has to send the first frame on a new message stream.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// A message stream on which nothing arrives for this long is closed; the
+/// sender opens a new one when it has something to send.
+const MSG_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most envelopes committed together before their acks are sent.
 const ACK_BATCH: usize = 64;
 
@@ -46,20 +57,33 @@ pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>
     };
     let knock_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_KNOCKS));
     let msg_slots = Arc::new(Semaphore::new(MAX_MSG_STREAMS));
+    let knocks_per_peer = PerPeer::new(MAX_KNOCKS_PER_PEER);
+    let msgs_per_peer = PerPeer::new(MAX_MSG_STREAMS_PER_PEER);
     let cancel = shared.cancel.clone();
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             Some((peer, stream)) = knocks.next() => {
-                let Ok(permit) = knock_slots.clone().acquire_owned().await else { break };
+                let Some(mine) = knocks_per_peer.take(peer) else {
+                    debug!(%peer, "too many knocks from one peer; refusing one");
+                    continue;
+                };
+                let Ok(permit) = knock_slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many knocks at once; refusing one");
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     handle_knock(&shared, peer, stream).await;
-                    drop(permit);
+                    drop((permit, mine));
                 });
             }
             Some((peer, stream)) = msgs.next() => {
+                let Some(mine) = msgs_per_peer.take(peer) else {
+                    warn!(%peer, "too many message streams from one peer; refusing one");
+                    continue;
+                };
                 let Ok(permit) = msg_slots.clone().try_acquire_owned() else {
                     warn!(%peer, "too many message streams; refusing one");
                     continue;
@@ -67,10 +91,58 @@ pub(super) async fn run(shared: Arc<Shared>, backlog_done: oneshot::Receiver<()>
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     serve_messages(&shared, peer, stream).await;
-                    drop(permit);
+                    drop((permit, mine));
                 });
             }
             else => break,
+        }
+    }
+}
+
+/// Counts open streams per peer, up to a cap each.
+#[derive(Clone)]
+struct PerPeer {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+}
+
+/// One stream of a peer, counted while held.
+struct PeerSlot {
+    peer: PeerId,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+}
+
+impl PerPeer {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for `peer`, unless it has `max` open.
+    fn take(&self, peer: PeerId) -> Option<PeerSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(peer).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peer,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
         }
     }
 }
@@ -165,6 +237,22 @@ fn decide(
             None,
         )
     };
+    // The budget of all peers together comes before any signature work.
+    let over_budget = shared
+        .knock_budget
+        .lock()
+        .map(|mut b| b.try_acquire(&(), now).err())
+        .unwrap_or(Some(crate::ratelimit::RetryAfter { ms: 1_000 }));
+    if let Some(wait) = over_budget {
+        debug!(%peer, "knock budget used up; refusing");
+        return (
+            Decision::Reject {
+                reason: RejectReason::RateLimited,
+                retry_after_ms: Some(wait.ms.max(1)),
+            },
+            None,
+        );
+    }
     let body = match knock.verify() {
         Ok(b) => b,
         Err(e) => {
@@ -351,13 +439,19 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     let mut acks: Vec<MsgFrame> = Vec::new();
     let mut batch: Vec<Delivery> = Vec::new();
     let mut stream_path = shared.path_to(&peer);
+    let mut idle_limit = FIRST_FRAME_TIMEOUT;
     loop {
         // Take what is already buffered without waiting; when nothing is,
-        // commit the burst before blocking on the next frame.
+        // commit the burst before blocking on the next frame. A stream that
+        // stays silent is closed: a peer cannot hold slots open for nothing.
         let next = if acks.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 f = reader.recv() => Some(f),
+                _ = tokio::time::sleep(idle_limit) => {
+                    debug!(%peer, "message stream idle; closing it");
+                    return;
+                }
             }
         } else if acks.len() >= ACK_BATCH {
             None
@@ -371,7 +465,10 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 }
                 continue;
             }
-            Some(Ok(Some(f))) => f,
+            Some(Ok(Some(f))) => {
+                idle_limit = MSG_IDLE_TIMEOUT;
+                f
+            }
             Some(Ok(None)) => {
                 commit(shared, &mut batch, &mut acks, &mut writer).await;
                 return;
