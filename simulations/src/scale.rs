@@ -13,8 +13,12 @@
 //!    again (on new ports) before the next round.
 //!
 //! Every message is checked at its recipient: delivered once, to the right
-//! agent. The report gives, per phase, how many arrived, over which paths,
-//! and the time from `send` to its receipt.
+//! agent. A copy that turns up late, while a later phase runs, counts for
+//! the phase that sent it; at the end the run settles (the relay holds no
+//! mail, and one more message per pair has come through behind everything
+//! sent before it) before the duplicates are counted. The report gives, per
+//! phase, how many arrived, over which paths, and the time from `send` to
+//! its receipt.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -178,6 +182,56 @@ async fn start_with(
 /// A message the recipient got: `(recipient index, phase, k)`.
 type Got = (usize, String, u64);
 
+/// Every message of the run, whatever its phase: whom it is for and how
+/// many copies arrived.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// `(phase, k)` → (recipient, copies received).
+    messages: HashMap<(String, u64), (usize, usize)>,
+}
+
+impl Ledger {
+    /// Message `k` of `phase` is on its way to agent `to`.
+    fn expect(&mut self, phase: &str, k: u64, to: usize) {
+        self.messages.insert((phase.to_owned(), k), (to, 0));
+    }
+
+    /// A copy arrived at agent `at`: an error when no such message was
+    /// sent, or it reached another agent than its recipient.
+    fn record(&mut self, (at, phase, k): Got) -> Result<()> {
+        let Some((to, copies)) = self.messages.get_mut(&(phase.clone(), k)) else {
+            bail!("agent {at} got message {phase}/{k}, which was never sent");
+        };
+        if *to != at {
+            bail!("message {phase}/{k} reached agent {at}, not its recipient");
+        }
+        *copies += 1;
+        Ok(())
+    }
+
+    /// Messages of `phase` that arrived at least once.
+    fn delivered(&self, phase: &str) -> usize {
+        self.of(phase).filter(|&c| c > 0).count()
+    }
+
+    /// Messages of `phase` sent and not arrived yet.
+    fn missing(&self, phase: &str) -> usize {
+        self.of(phase).filter(|&c| c == 0).count()
+    }
+
+    /// Copies of `phase`'s messages beyond the first.
+    fn duplicates(&self, phase: &str) -> usize {
+        self.of(phase).map(|c| c.saturating_sub(1)).sum()
+    }
+
+    fn of<'a>(&'a self, phase: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.messages
+            .iter()
+            .filter(move |((p, _), _)| p == phase)
+            .map(|(_, &(_, copies))| copies)
+    }
+}
+
 /// The task forwarding an agent's messages, and how to stop it.
 struct Collector {
     task: tokio::task::JoinHandle<()>,
@@ -233,8 +287,9 @@ struct Net {
     collectors: Vec<Option<Collector>>,
     tx: mpsc::Sender<Got>,
     rx: mpsc::Receiver<Got>,
+    ledger: Ledger,
     _boot: Node,
-    _relay: Node,
+    relay: Node,
 }
 
 impl Net {
@@ -254,33 +309,32 @@ impl Net {
         wait_delivery: bool,
     ) -> Result<Phase> {
         let mut phase = Phase::new(name);
-        let expected = self.send_all(&mut phase, pairs, concurrency, 0).await?;
+        self.send_all(&mut phase, pairs, concurrency, 0).await?;
         phase.latencies.sort();
         if wait_delivery {
-            self.await_delivery(&mut phase, name, &expected).await?;
+            self.await_delivery(&mut phase).await?;
         }
         Ok(phase)
     }
 
     /// Sends one message per pair for `phase`, numbered from `k0`,
-    /// `concurrency` at a time, and records the receipts; returns which
-    /// recipient each number is for.
+    /// `concurrency` at a time, and records the receipts; the ledger learns
+    /// which recipient each number is for.
     async fn send_all(
         &mut self,
         phase: &mut Phase,
         pairs: &[(usize, usize)],
         concurrency: usize,
         k0: u64,
-    ) -> Result<HashMap<u64, usize>> {
+    ) -> Result<()> {
         let name = phase.name;
         let mut jobs = JoinSet::new();
         let mut next = 0;
-        let mut expected: HashMap<u64, usize> = HashMap::new();
         while next < pairs.len() || !jobs.is_empty() {
             while next < pairs.len() && jobs.len() < concurrency.max(1) {
                 let (from, to) = pairs[next];
                 let k = k0 + next as u64;
-                expected.insert(k, to);
+                self.ledger.expect(name, k, to);
                 let (node, amid) = (self.node(from)?, self.amids[to]);
                 jobs.spawn(async move {
                     let started = Instant::now();
@@ -303,7 +357,7 @@ impl Net {
                 None => {}
             }
         }
-        Ok(expected)
+        Ok(())
     }
 
     /// `rounds` rounds: `per_round` agents stop, every online agent writes
@@ -320,7 +374,6 @@ impl Net {
         let n = self.agents.len();
         let per_round = per_round.min(n - 1);
         let mut phase = Phase::new("churn");
-        let mut expected = HashMap::new();
         let mut k0 = 0;
         for round in 0..rounds {
             let stopped: Vec<usize> = (0..per_round)
@@ -334,7 +387,7 @@ impl Net {
                 .copied()
                 .filter(|(from, _)| !stopped.contains(from))
                 .collect();
-            expected.extend(self.send_all(&mut phase, &online, concurrency, k0).await?);
+            self.send_all(&mut phase, &online, concurrency, k0).await?;
             k0 += online.len() as u64;
             for &i in &stopped {
                 self.restart(i).await?;
@@ -347,43 +400,60 @@ impl Net {
             ));
         }
         phase.latencies.sort();
-        self.await_delivery(&mut phase, "churn", &expected).await?;
+        self.await_delivery(&mut phase).await?;
         Ok(phase)
     }
 
-    /// Reads what the recipients got until every message of `phase` in
-    /// `expected` (k → recipient) arrived, or the wait is over.
-    async fn await_delivery(
-        &mut self,
-        phase: &mut Phase,
-        name: &str,
-        expected: &HashMap<u64, usize>,
-    ) -> Result<()> {
-        let mut got: HashMap<u64, usize> = HashMap::new();
+    /// Reads what the recipients got, of any phase, until every message
+    /// of `phase` arrived, or the wait is over. Copies of other phases'
+    /// messages count for those phases.
+    async fn await_delivery(&mut self, phase: &mut Phase) -> Result<()> {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while got.len() < expected.len() {
-            let Ok(Some((at, p, k))) = tokio::time::timeout_at(deadline, self.rx.recv()).await
-            else {
+        while self.ledger.missing(phase.name) > 0 {
+            let Ok(Some(got)) = tokio::time::timeout_at(deadline, self.rx.recv()).await else {
                 break;
             };
-            if p != name {
-                continue;
-            }
-            if expected.get(&k) != Some(&at) {
-                bail!("message {name}/{k} reached agent {at}, not its recipient");
-            }
-            *got.entry(k).or_default() += 1;
+            self.ledger.record(got)?;
         }
-        phase.delivered = got.len();
-        // Duplicates that arrive right after the last first copy.
-        while let Ok(Some((_, p, k))) =
-            tokio::time::timeout(Duration::from_millis(500), self.rx.recv()).await
-        {
-            if p == name {
-                *got.entry(k).or_default() += 1;
+        phase.delivered = self.ledger.delivered(phase.name);
+        Ok(())
+    }
+
+    /// Waits until no copy of any message can still arrive, so that the
+    /// duplicates can be counted: the relay holds no mail (no later drain
+    /// has anything to deliver), then one more message per pair goes over
+    /// the sessions used, and arrives behind whatever its sender sent
+    /// before (one stream per pair, one inbox per agent, in order).
+    async fn settle(&mut self, pairs: &[(usize, usize)], concurrency: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let held = self.relay.status().await.net.relay.unwrap_or_default();
+            if held.envelopes == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the relay still holds {} envelopes", held.envelopes);
+            }
+            // Meanwhile, collect what the drains deliver.
+            if let Ok(Some(got)) =
+                tokio::time::timeout(Duration::from_millis(200), self.rx.recv()).await
+            {
+                self.ledger.record(got)?;
             }
         }
-        phase.duplicates = got.values().map(|c| c - 1).sum();
+        let mut settle = Phase::new("settle");
+        self.send_all(&mut settle, pairs, concurrency, 0).await?;
+        if let Some(e) = settle.errors.first() {
+            bail!("settling: {e}");
+        }
+        self.await_delivery(&mut settle).await?;
+        if settle.delivered < pairs.len() {
+            bail!(
+                "settling: {} of {} messages arrived",
+                settle.delivered,
+                pairs.len()
+            );
+        }
         Ok(())
     }
 
@@ -450,9 +520,10 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
     let mut agent_config = config();
     agent_config.relays = vec![relay_addr];
 
-    // Room for every message of the run: a collector never waits.
+    // Room for every message of the run (the settling round too): a
+    // collector never waits.
     let (tx, rx) =
-        mpsc::channel(COLLECT_DEPTH.max((2 + opts.churn) * opts.messages + opts.offline));
+        mpsc::channel(COLLECT_DEPTH.max((3 + opts.churn) * opts.messages + opts.offline));
     let started = Instant::now();
     let mut agents = Vec::new();
     let mut collectors = Vec::new();
@@ -495,8 +566,9 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
         collectors,
         tx,
         rx,
+        ledger: Ledger::default(),
         _boot: boot,
-        _relay: relay,
+        relay,
     };
 
     let first = pairs(opts.agents, opts.messages);
@@ -536,10 +608,7 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
         net.restart(to).await?;
     }
     progress(&format!("{} recipients started again", offline.len()));
-    let expected = (0..offline.len() as u64)
-        .zip(offline.iter().map(|&(_, to)| to))
-        .collect();
-    net.await_delivery(&mut p, "offline", &expected).await?;
+    net.await_delivery(&mut p).await?;
     progress(&format!(
         "offline: {}/{} delivered",
         p.delivered,
@@ -559,6 +628,10 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
             .await?;
         progress(&format!("churn: {}/{} delivered", p.delivered, p.sent));
         phases.push(p);
+    }
+    net.settle(&first, opts.concurrency).await?;
+    for p in &mut phases {
+        p.duplicates = net.ledger.duplicates(p.name);
     }
 
     for i in 0..net.agents.len() {
@@ -594,6 +667,25 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 56);
+    }
+
+    #[test]
+    fn late_copies_count_for_the_phase_that_sent_them() {
+        let mut l = Ledger::default();
+        l.expect("first contact", 0, 1);
+        l.record((1, "first contact".into(), 0)).unwrap();
+        l.expect("again", 0, 1);
+        assert_eq!((l.delivered("again"), l.missing("again")), (0, 1));
+        // While "again" is awaited, a second copy of the first phase's
+        // message turns up: it is a duplicate of that phase.
+        l.record((1, "first contact".into(), 0)).unwrap();
+        l.record((1, "again".into(), 0)).unwrap();
+        assert_eq!(l.duplicates("first contact"), 1);
+        assert_eq!(l.duplicates("again"), 0);
+        assert_eq!((l.delivered("again"), l.missing("again")), (1, 0));
+        // Wrong recipient, or never sent: errors.
+        assert!(l.record((2, "again".into(), 0)).is_err());
+        assert!(l.record((1, "again".into(), 7)).is_err());
     }
 
     #[test]
