@@ -59,6 +59,7 @@ fn body(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_typed_and_nothing_bad_is_delivered() {
+    use futures::AsyncReadExt;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let boot = node(dir.path(), "boot", None).await;
@@ -81,6 +82,8 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
     let me = alice.identity();
     let mallory = Identity::generate();
     let carol = Identity::generate();
+    // Every refusal names the peer on the connection: alice.
+    let alice_label = Some(alice.amid().to_string());
 
     let mut tampered = SignedEnvelope::seal(me, &body(me, bob.amid(), session, far)).unwrap();
     tampered.tamper();
@@ -110,18 +113,38 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
             MsgFrame::Nack { reason, .. } => assert_eq!(reason, want),
             other => panic!("expected a nack for {want:?}, got {other:?}"),
         }
+        let (from, reason, detail) = next_refusal(&mut events).await;
+        assert_eq!((&from, reason), (&alice_label, want), "{detail}");
     }
 
     // Malformed CBOR: the stream is reset.
     w.send(vec![0xff, 0x00, 0x13]).await.unwrap();
     let end = tokio::time::timeout(WAIT, r.recv()).await.unwrap();
     assert!(matches!(end, Ok(None) | Err(_)), "stream must be reset");
+    let (from, reason, detail) = next_refusal(&mut events).await;
+    assert_eq!(
+        (&from, reason),
+        (&alice_label, RejectReason::Malformed),
+        "{detail}"
+    );
 
-    // An oversized frame header: reset before any allocation.
+    // An oversized frame header: refused, and the stream reset, before any
+    // allocation (bob never waits for the 4 GiB announced).
     let mut raw = control.open_stream(bob_peer, MSG_PROTOCOL).await.unwrap();
     raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     raw.write_all(&[0; 16]).await.unwrap();
     raw.flush().await.unwrap();
+    let (from, reason, detail) = next_refusal(&mut events).await;
+    assert_eq!((&from, reason), (&alice_label, RejectReason::Malformed));
+    assert_eq!(detail, format!("frame over {MAX_FRAME_SIZE} bytes"));
+    let mut buf = [0u8; 1];
+    let end = tokio::time::timeout(WAIT, raw.read(&mut buf))
+        .await
+        .expect("the oversized frame's stream ends");
+    assert!(
+        matches!(end, Ok(0) | Err(_)),
+        "stream must be reset: {end:?}"
+    );
 
     // A garbage KNOCK: no answer, stream closed.
     let k = control.open_stream(bob_peer, KNOCK_PROTOCOL).await.unwrap();
@@ -129,6 +152,12 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
     k.send(b"not a knock".to_vec()).await.unwrap();
     let end = tokio::time::timeout(WAIT, k.recv()).await.unwrap();
     assert!(matches!(end, Ok(None) | Err(_)));
+    let (from, reason, detail) = next_refusal(&mut events).await;
+    assert_eq!(
+        (&from, reason),
+        (&alice_label, RejectReason::Malformed),
+        "{detail}"
+    );
 
     // Bob still serves, and only genuine messages ever reached him.
     alice.send(&bob.amid(), json!("genuine 2")).await.unwrap();
@@ -139,14 +168,35 @@ async fn refusals_are_typed_and_nothing_bad_is_delivered() {
             .is_err()
     );
 
-    let mut refused = 0;
+    // Nine refusals in all, each seen above in turn (six envelopes, the
+    // malformed frame, the oversized frame, the knock): no other.
+    let mut more = Vec::new();
     while let Ok(e) = events.try_recv() {
-        if matches!(e, NodeEvent::Refused { .. }) {
-            refused += 1;
+        if let NodeEvent::Refused { reason, detail, .. } = e {
+            more.push((reason, detail));
         }
     }
-    // six envelopes, the malformed frame, the oversized frame, the knock
-    assert!(refused >= 8, "refusals reported: {refused}");
+    assert!(more.is_empty(), "refusals beyond the nine: {more:?}");
+}
+
+/// The next refusal bob reports, passing over other events: who, why and
+/// the details.
+async fn next_refusal(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+) -> (Option<String>, RejectReason, String) {
+    let next = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("bob's events") {
+                NodeEvent::Refused {
+                    from,
+                    reason,
+                    detail,
+                } => return (from, reason, detail),
+                _ => continue,
+            }
+        }
+    });
+    next.await.expect("a refusal reported in time")
 }
 
 /// KNOCKs signed by their sender but stamped far from now are refused, and
