@@ -313,6 +313,36 @@ pub enum SpawnError {
     Registry(#[from] RegistryClientError),
 }
 
+/// Why a dial made through the node failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The node is shutting down.
+    #[error("node stopped")]
+    Stopped,
+    /// No connection within the dial timeout.
+    #[error("dial timed out")]
+    Timeout,
+    /// The transports gave up, with their reason.
+    #[error("dial failed: {0}")]
+    Failed(String),
+}
+
+/// Why a record could not be published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The node is shutting down.
+    #[error("node stopped")]
+    Stopped,
+    /// The DHT did not finish the put in time.
+    #[error("publish timed out")]
+    Timeout,
+    /// The record could not be signed or stored locally, with the reason.
+    #[error("record refused: {0}")]
+    Record(String),
+}
+
 /// Errors sending a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -323,9 +353,23 @@ pub enum SendError {
     /// The recipient's card was not found in the DHT.
     #[error("no card found for {0}")]
     NotFound(Amid),
-    /// The message could not be delivered in time.
-    #[error("delivery failed: {0}")]
-    Failed(String),
+    /// The delivery deadline passed before the message was delivered (or
+    /// deposited in a mailbox).
+    #[error("delivery failed: not delivered in time")]
+    DeliveryTimeout,
+    /// The message was written but the recipient did not acknowledge it
+    /// before the delivery deadline.
+    #[error("delivery failed: not acknowledged in time")]
+    NotAcknowledged,
+    /// The recipient's AMID holds no usable key.
+    #[error("delivery failed: the AMID has no valid key")]
+    InvalidRecipient,
+    /// Too many requests are waiting for their replies.
+    #[error("too many requests waiting for replies")]
+    Busy,
+    /// Our own storage failed; nothing was sent.
+    #[error("storage: {0}")]
+    Storage(String),
     /// The payload is too large or not serializable.
     #[error("invalid payload: {0}")]
     InvalidPayload(String),
@@ -1297,7 +1341,7 @@ impl Node {
         namespace: &str,
         payload: Vec<u8>,
         ttl: Duration,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PublishError> {
         let (tx, rx) = oneshot::channel();
         self.shared
             .commands
@@ -1308,11 +1352,12 @@ impl Node {
                 reply: tx,
             })
             .await
-            .map_err(|_| "node stopped".to_owned())?;
+            .map_err(|_| PublishError::Stopped)?;
         tokio::time::timeout(Duration::from_secs(60), rx)
             .await
-            .map_err(|_| "publish timed out".to_owned())?
-            .map_err(|_| "node stopped".to_owned())?
+            .map_err(|_| PublishError::Timeout)?
+            .map_err(|_| PublishError::Stopped)?
+            .map_err(PublishError::Record)
     }
 
     /// Looks up the record in `namespace` about `subject` through the DHT
@@ -1513,7 +1558,11 @@ impl Node {
 
     /// Dials `peer` at `addrs` (for tests that speak the wire directly).
     #[doc(hidden)]
-    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<PathKind, String> {
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<PathKind, DialError> {
         mailbox::connect(&self.shared, peer, addrs).await
     }
 

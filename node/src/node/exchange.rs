@@ -345,7 +345,7 @@ impl Node {
                 .lock()
                 .map_err(|_| SendError::Stopped)?;
             if waiting.len() >= MAX_PENDING_REQUESTS {
-                return Err(SendError::Failed("too many requests waiting".into()));
+                return Err(SendError::Busy);
             }
             waiting.insert(id, reply_tx);
         }

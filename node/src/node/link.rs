@@ -179,7 +179,7 @@ impl Link {
     async fn run(mut self) {
         let Some(peer_id) = self.peer_id else {
             while let Some(out) = self.rx.recv().await {
-                self.fail(out, SendError::Failed("AMID has no valid key".into()));
+                self.fail(out, SendError::InvalidRecipient);
             }
             return;
         };
@@ -323,7 +323,7 @@ impl Link {
         let now = Instant::now();
         while self.inflight.front().is_some_and(|m| m.out.deadline <= now) {
             if let Some(m) = self.inflight.pop_front() {
-                self.fail(m.out, SendError::Failed("not acknowledged in time".into()));
+                self.fail(m.out, SendError::NotAcknowledged);
             }
         }
         self.deposit_unacknowledged(now).await;
@@ -387,7 +387,7 @@ impl Link {
 
     async fn process(&mut self, peer_id: PeerId, out: Outgoing) {
         if out.deadline <= Instant::now() {
-            self.fail(out, SendError::Failed("delivery timeout".into()));
+            self.fail(out, SendError::DeliveryTimeout);
             return;
         }
         let current = match out.session {
@@ -736,7 +736,7 @@ impl Link {
         }
         while let Some(m) = self.inflight.pop_front() {
             let Ok(MsgFrame::Envelope(envelope)) = MsgFrame::from_bytes(&m.bytes) else {
-                self.fail(m.out, SendError::Failed("not an envelope".into()));
+                self.fail(m.out, SendError::InvalidPayload("not an envelope".into()));
                 continue;
             };
             let relays = self.peer_relays.clone();
@@ -826,7 +826,7 @@ impl Link {
                 let err = if self.card.is_none() {
                     SendError::NotFound(self.peer)
                 } else {
-                    SendError::Failed("delivery timeout".into())
+                    SendError::DeliveryTimeout
                 };
                 self.fail(out, err);
                 return;
@@ -873,7 +873,7 @@ impl Link {
                         let info = match committed {
                             Ok(info) => info,
                             Err(e) => {
-                                self.fail(out, SendError::Failed(e.to_string()));
+                                self.fail(out, SendError::Storage(e.to_string()));
                                 return;
                             }
                         };

@@ -13,7 +13,7 @@ use crate::mailbox::{self, MailboxError};
 use agentmesh_dht::now_ms;
 use agentmesh_transports::{framing::FramedStream, PathKind};
 
-use super::{inbound, Command, Shared};
+use super::{inbound, Command, DialError, Shared};
 use crate::{
     audit::AuditEvent,
     envelope::{MessageId, SignedEnvelope},
@@ -36,7 +36,7 @@ pub(super) async fn connect(
     shared: &Shared,
     peer: PeerId,
     addrs: Vec<Multiaddr>,
-) -> Result<PathKind, String> {
+) -> Result<PathKind, DialError> {
     let (tx, rx) = oneshot::channel();
     shared
         .commands
@@ -46,11 +46,11 @@ pub(super) async fn connect(
             reply: tx,
         })
         .await
-        .map_err(|_| "node stopped".to_string())?;
+        .map_err(|_| DialError::Stopped)?;
     match tokio::time::timeout(LOOKUP_TIMEOUT, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err("node stopped".into()),
-        Err(_) => Err("dial timed out".into()),
+        Ok(Ok(r)) => r.map_err(DialError::Failed),
+        Ok(Err(_)) => Err(DialError::Stopped),
+        Err(_) => Err(DialError::Timeout),
     }
 }
 
@@ -73,7 +73,7 @@ pub(super) async fn deposit(
     let mut last = MailboxError::Unreachable("the recipient lists no mailbox relay".into());
     for (relay, addr) in relays {
         if let Err(e) = connect(shared, *relay, vec![addr.clone()]).await {
-            last = MailboxError::Unreachable(e);
+            last = MailboxError::Unreachable(e.to_string());
             continue;
         }
         let mut control = shared.control.clone();

@@ -116,7 +116,7 @@ async fn call(shared: &Shared, request: Request) -> Result<serde_json::Value, Re
     let peer = registry_peer(&addr)?;
     mailbox::connect(shared, peer, vec![addr])
         .await
-        .map_err(RegistryClientError::Unreachable)?;
+        .map_err(|e| RegistryClientError::Unreachable(e.to_string()))?;
     let mut control = shared.control.clone();
     match protocol::call(&mut control, peer, &request, CALL_TIMEOUT).await? {
         Response::Ok { body } => Ok(body),
