@@ -23,6 +23,7 @@ use agentmesh_bootstrap::{
     registry::{Registry, RegistrySettings},
 };
 use agentmesh_node::{
+    ratelimit::RateLimit,
     registry::{Operation, Registration, SignedRequest},
     Identity, Passphrase,
 };
@@ -84,12 +85,14 @@ async fn main() {
     let agents = args.first().copied().unwrap_or(2000);
     let concurrency = args.get(1).copied().unwrap_or(16);
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::open(
-        dir.path(),
-        &Passphrase::new("bench"),
-        RegistrySettings::default(),
-    )
-    .expect("registry");
+    // Every client here is 127.0.0.1: the per-client limits would measure
+    // themselves, not the registry.
+    let mut settings = RegistrySettings::default();
+    settings.http_rate = RateLimit::new(u32::MAX, u32::MAX);
+    settings.prekey_rate = RateLimit::new(u32::MAX, u32::MAX);
+    settings.http_max_in_flight = 65_536;
+    let registry =
+        Registry::open(dir.path(), &Passphrase::new("bench"), settings).expect("registry");
     let server = HttpServer::spawn(registry, "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("server");

@@ -9,9 +9,22 @@
 //! operation and replay. Answers are the registry's typed answers,
 //! serialised through [`serde_json::Value`]: its maps keep their keys
 //! sorted, the order clients have always seen.
+//!
+//! Every request but `/v1/health` takes a token from its client address's
+//! bucket ([`RegistrySettings::http_rate`]), and a prekey fetch one more
+//! from a tighter bucket ([`RegistrySettings::prekey_rate`]): an empty
+//! bucket is answered `429 rate_limited` with `Retry-After` (seconds)
+//! before the request does anything. At most
+//! [`RegistrySettings::http_max_in_flight`] requests are served at once;
+//! others are answered `503 busy` at once, not queued.
+//!
+//! [`RegistrySettings::http_rate`]: crate::registry::RegistrySettings::http_rate
+//! [`RegistrySettings::prekey_rate`]: crate::registry::RegistrySettings::prekey_rate
+//! [`RegistrySettings::http_max_in_flight`]: crate::registry::RegistrySettings::http_max_in_flight
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -21,18 +34,27 @@ use axum::{
         rejection::QueryRejection, ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts,
         Path, Query, Request, State,
     },
-    http::{header, HeaderMap, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, Semaphore},
+    task::JoinHandle,
+};
 use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
-use agentmesh_node::{registry::SignedRequest, Amid, Tier};
+use agentmesh_node::{
+    ratelimit::{RateLimiter, RetryAfter},
+    registry::SignedRequest,
+    Amid, Tier,
+};
 
 use crate::registry::{
     parse_leaf_hash, parse_tier, LogQueryError, Registry, RegistryError, SearchError, SearchQuery,
@@ -43,6 +65,9 @@ use crate::registry::{
 pub const MAX_BODY: usize = 64 * 1024;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
+/// Longest `Retry-After` sent, in seconds (a limit that never refills
+/// says this).
+pub const MAX_RETRY_AFTER_SECS: u64 = 3600;
 
 /// An error as the API returns it.
 #[derive(Debug)]
@@ -85,8 +110,21 @@ impl IntoResponse for ApiError {
             RegistryError::Store(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        error_response(status, self.0.code(), &message)
+        let mut response = error_response(status, self.0.code(), &message);
+        if let RegistryError::RateLimited { retry_after_ms } = self.0 {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after_ms)),
+            );
+        }
+        response
     }
+}
+
+/// `Retry-After` seconds for a wait of `ms`: rounded up, at least 1, at
+/// most [`MAX_RETRY_AFTER_SECS`].
+fn retry_after_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).clamp(1, MAX_RETRY_AFTER_SECS)
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
@@ -118,10 +156,85 @@ fn reply<T: Serialize, E: Into<ApiError>>(answer: Result<T, E>) -> ApiResult {
 #[derive(Clone)]
 struct AppState {
     registry: Registry,
+    limits: Limits,
 }
 
-/// The API's routes over `registry`.
+/// The HTTP front end's limits: a token bucket per client address for
+/// every request, one for prekey fetches, and a cap on requests in flight.
+#[derive(Clone)]
+struct Limits {
+    requests: Arc<Mutex<RateLimiter<IpAddr>>>,
+    prekeys: Arc<Mutex<RateLimiter<IpAddr>>>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Limits {
+    fn new(registry: &Registry) -> Self {
+        let s = registry.settings();
+        Self {
+            requests: Arc::new(Mutex::new(RateLimiter::new(
+                s.http_rate,
+                s.rate_max_clients,
+            ))),
+            prekeys: Arc::new(Mutex::new(RateLimiter::new(
+                s.prekey_rate,
+                s.rate_max_clients,
+            ))),
+            in_flight: Arc::new(Semaphore::new(s.http_max_in_flight)),
+        }
+    }
+}
+
+/// Takes a token from `client`'s bucket in `limiter`.
+fn acquire(limiter: &Mutex<RateLimiter<IpAddr>>, client: IpAddr) -> Result<(), ApiError> {
+    let mut limiter = limiter
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    limiter
+        .try_acquire(&client, now_ms())
+        .map_err(|r: RetryAfter| {
+            ApiError(RegistryError::RateLimited {
+                retry_after_ms: r.ms,
+            })
+        })
+}
+
+/// The limits, before any route: in flight (else `503 busy`), then the
+/// client's request bucket and, for a prekey fetch, its prekey bucket
+/// (else `429 rate_limited`). `/v1/health` is not rate limited.
+async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.limits.in_flight.clone().try_acquire_owned() else {
+        warn!(target: "agentmesh::registry", "too many requests in flight; request refused");
+        return ApiError(RegistryError::Busy).into_response();
+    };
+    let path = req.uri().path();
+    if path != "/v1/health" {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |c| c.0);
+        let client = client_ip(&state, peer, req.headers());
+        let prekey_fetch = req.method() == Method::GET && path.starts_with("/v1/registry/prekeys/");
+        let allowed = acquire(&state.limits.requests, client).and_then(|()| {
+            if prekey_fetch {
+                acquire(&state.limits.prekeys, client)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = allowed {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The API's routes over `registry`, with the limits of its settings.
 pub fn router(registry: Registry) -> Router {
+    let state = AppState {
+        limits: Limits::new(&registry),
+        registry,
+    };
     let signed = |op: &'static str| post(move |s: State<AppState>, r: Signed| signed_op(op, s, r));
     Router::new()
         .route("/v1/health", get(health))
@@ -157,7 +270,8 @@ pub fn router(registry: Registry) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { registry })
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
+        .with_state(state)
 }
 
 /// A running HTTP server. Dropping it does not stop it; call

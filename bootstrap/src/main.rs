@@ -16,9 +16,11 @@ use serde::Deserialize;
 use agentmesh_bootstrap::{
     dns::DnsVerifier,
     oauth::{OAuth, ProviderConfig},
-    registry::RegistrySettings,
+    registry::{
+        RegistrySettings, DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE,
+    },
 };
-use agentmesh_node::{Multiaddr, Node, Passphrase};
+use agentmesh_node::{ratelimit::RateLimit, Multiaddr, Node, Passphrase};
 
 #[derive(Parser)]
 #[command(
@@ -91,6 +93,14 @@ struct RegistryFile {
     org_cert_days: u64,
     /// Take client addresses from X-Forwarded-For.
     trust_forwarded_for: bool,
+    /// Requests per client address over HTTP, `{ per_minute, burst }`.
+    http_rate: RateLimit,
+    /// Prekey fetches per client address, `{ per_minute, burst }`.
+    prekey_rate: RateLimit,
+    /// Requests per peer over libp2p, `{ per_minute, burst }`.
+    p2p_rate: RateLimit,
+    /// HTTP requests served at once.
+    http_max_in_flight: usize,
 }
 
 impl Default for RegistryFile {
@@ -103,6 +113,10 @@ impl Default for RegistryFile {
             agent_cert_days: 365,
             org_cert_days: 365,
             trust_forwarded_for: false,
+            http_rate: DEFAULT_HTTP_RATE,
+            prekey_rate: DEFAULT_PREKEY_RATE,
+            p2p_rate: DEFAULT_HTTP_RATE,
+            http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
         }
     }
 }
@@ -219,6 +233,10 @@ async fn main() -> Result<()> {
         settings.agent_cert_validity = Duration::from_secs(r.agent_cert_days * 86_400);
         settings.org_cert_validity = Duration::from_secs(r.org_cert_days * 86_400);
         settings.trust_forwarded_for = r.trust_forwarded_for;
+        settings.http_rate = r.http_rate;
+        settings.prekey_rate = r.prekey_rate;
+        settings.p2p_rate = r.p2p_rate;
+        settings.http_max_in_flight = r.http_max_in_flight;
         let running = agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
             .await
             .context("starting the registry")?;

@@ -5,7 +5,12 @@
 //! [`to_json`]).
 //!
 //! At most [`MAX_CONCURRENT_STREAMS`] requests are served at once (further
-//! streams are dropped with a warning), each within [`STREAM_TIMEOUT`].
+//! streams are dropped with a warning, never queued), each within
+//! [`STREAM_TIMEOUT`]. Each peer has a token bucket
+//! ([`RegistrySettings::p2p_rate`]); a request over it is read and answered
+//! with the error `rate_limited` without being served.
+//!
+//! [`RegistrySettings::p2p_rate`]: crate::registry::RegistrySettings::p2p_rate
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,8 +20,9 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
-use agentmesh_node::registry::protocol::{
-    read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL,
+use agentmesh_node::{
+    ratelimit::RateLimiter,
+    registry::protocol::{read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL},
 };
 
 use crate::{
@@ -63,18 +69,25 @@ impl P2pServer {
             .accept(PROTOCOL)
             .map_err(|_| P2pError::AlreadyServed)?;
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
+        let settings = registry.settings();
+        let mut rate = RateLimiter::new(settings.p2p_rate, settings.rate_max_clients);
         let task = tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     warn!(%peer, "registry protocol: too many requests at once, stream dropped");
                     continue;
                 };
+                let refusal = rate.try_acquire(&peer, now_ms()).err().map(|r| {
+                    debug!(%peer, retry_after_ms = r.ms, "registry protocol: peer rate limited");
+                    RegistryError::RateLimited {
+                        retry_after_ms: r.ms,
+                    }
+                });
                 let registry = registry.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match tokio::time::timeout(STREAM_TIMEOUT, serve_stream(&registry, stream))
-                        .await
-                    {
+                    let served = serve_stream(&registry, stream, refusal);
+                    match tokio::time::timeout(STREAM_TIMEOUT, served).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => debug!(%peer, error = %e, "registry protocol stream failed"),
                         Err(_) => debug!(%peer, "registry protocol stream timed out"),
@@ -86,14 +99,17 @@ impl P2pServer {
     }
 }
 
+/// Reads one request and answers it, or with `refusal` if there is one.
 async fn serve_stream(
     registry: &Registry,
     mut stream: libp2p::Stream,
+    refusal: Option<RegistryError>,
 ) -> Result<(), agentmesh_node::registry::protocol::ProtocolError> {
     let bytes = read_frame(&mut stream, MAX_REQUEST_SIZE).await?;
-    let response = match Request::from_bytes(&bytes) {
-        Ok(request) => answer(registry, request, now_ms()).await,
-        Err(e) => error(RegistryError::Invalid(format!("request: {e}"))),
+    let response = match (refusal, Request::from_bytes(&bytes)) {
+        (Some(refusal), _) => error(refusal),
+        (None, Ok(request)) => answer(registry, request, now_ms()).await,
+        (None, Err(e)) => error(RegistryError::Invalid(format!("request: {e}"))),
     };
     write_frame(&mut stream, &response.to_bytes()?).await?;
     stream.close().await?;

@@ -57,6 +57,7 @@ use agentmesh_node::{
     cert::CertError,
     identity::Identity,
     keystore::{KdfParams, Keystore, KeystoreError},
+    ratelimit::RateLimit,
     registry::{
         check_capabilities, Operation, RegistryError as WireError, RequestBody, SignedRequest,
         MAX_CLOCK_SKEW_MS,
@@ -142,6 +143,15 @@ pub enum RegistryError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The client sent more requests than its limit allows.
+    #[error("rate limited: retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// Milliseconds until the next request is allowed.
+        retry_after_ms: u64,
+    },
+    /// Too many requests are in flight; try again shortly.
+    #[error("busy: too many requests in flight")]
+    Busy,
 }
 
 impl RegistryError {
@@ -165,6 +175,8 @@ impl RegistryError {
             Self::OAuth(e) => e.code(),
             Self::OutOfRange(_) => "out_of_range",
             Self::Store(_) => "internal",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Busy => "busy",
         }
     }
 
@@ -184,6 +196,8 @@ impl RegistryError {
             Self::OAuth(e) if e.is_client_error() => 400,
             Self::OAuth(_) => 502,
             Self::Store(_) => 500,
+            Self::RateLimited { .. } => 429,
+            Self::Busy => 503,
         }
     }
 }
@@ -288,7 +302,37 @@ pub struct RegistrySettings {
     /// Validity of the reputation attestations handed out with credentials.
     /// Defaults to 24 hours.
     pub attestation_validity: Duration,
+    /// Requests per client address over HTTP (every route but
+    /// `/v1/health`); over it the answer is `429 rate_limited` with
+    /// `Retry-After`. Defaults to [`DEFAULT_HTTP_RATE`]: 600 a minute,
+    /// bursts of 120.
+    pub http_rate: RateLimit,
+    /// Prekey bundle fetches (`GET /v1/registry/prekeys/{amid}`, each of
+    /// which uses up a one-time key) per client address, on top of
+    /// [`http_rate`](Self::http_rate). A refused fetch uses up nothing.
+    /// Defaults to [`DEFAULT_PREKEY_RATE`]: 10 a minute, bursts of 10.
+    pub prekey_rate: RateLimit,
+    /// Requests per peer on `/agentmesh/registry/1`; over it the answer is
+    /// the error `rate_limited`. Defaults to [`DEFAULT_HTTP_RATE`].
+    pub p2p_rate: RateLimit,
+    /// Client addresses (or peers) whose buckets are remembered, per
+    /// limiter. Defaults to [`DEFAULT_RATE_MAX_CLIENTS`].
+    pub rate_max_clients: usize,
+    /// HTTP requests served at once; further ones are answered at once with
+    /// `503 busy`. Defaults to [`DEFAULT_HTTP_MAX_IN_FLIGHT`].
+    pub http_max_in_flight: usize,
 }
+
+/// Default [`RegistrySettings::http_rate`] and
+/// [`RegistrySettings::p2p_rate`]: 600 requests a minute, bursts of 120.
+pub const DEFAULT_HTTP_RATE: RateLimit = RateLimit::new(600, 120);
+/// Default [`RegistrySettings::prekey_rate`]: 10 fetches a minute, bursts
+/// of 10.
+pub const DEFAULT_PREKEY_RATE: RateLimit = RateLimit::new(10, 10);
+/// Default [`RegistrySettings::rate_max_clients`].
+pub const DEFAULT_RATE_MAX_CLIENTS: usize = 65_536;
+/// Default [`RegistrySettings::http_max_in_flight`].
+pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 256;
 
 impl Default for RegistrySettings {
     fn default() -> Self {
@@ -300,6 +344,11 @@ impl Default for RegistrySettings {
             trust_forwarded_for: false,
             kdf: KdfParams::default(),
             attestation_validity: Duration::from_secs(24 * 3600),
+            http_rate: DEFAULT_HTTP_RATE,
+            prekey_rate: DEFAULT_PREKEY_RATE,
+            p2p_rate: DEFAULT_HTTP_RATE,
+            rate_max_clients: DEFAULT_RATE_MAX_CLIENTS,
+            http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
         }
     }
 }
