@@ -32,11 +32,14 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A node that talks to the relay only: no bootstrap, no mailbox of its own.
+/// A node that talks to the relay only: no bootstrap, no mailbox of its
+/// own, and a DHT client, so the relay's routing table does not fill with
+/// peers that are gone once the flood is over.
 async fn mallory(dir: &Path, name: &str, relay: PeerId, relay_addr: &Multiaddr) -> Node {
     let mut c = Config::local();
     c.kdf = KdfParams::throwaway();
     c.mailbox_relays = 0;
+    c.dht.mode = agentmesh_dht::DhtMode::Client;
     let node = Node::builder(c)
         .data_dir(dir.join(name))
         .passphrase(Passphrase::new(name))
