@@ -24,6 +24,11 @@ pub enum CodecError {
     /// The value could not be encoded.
     #[error("encoding failed: {0}")]
     Encode(#[source] serde_cbor::Error),
+    /// The bytes decode, but are not the one encoding this codec writes for
+    /// the value (e.g. a field name sent as a byte string, a long-form
+    /// length): refused where the exact bytes are signed, hashed or compared.
+    #[error("non-canonical CBOR encoding")]
+    NonCanonical,
 }
 
 /// Encodes `value` as CBOR.
@@ -41,6 +46,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecE
         });
     }
     serde_cbor::from_slice(bytes).map_err(CodecError::Malformed)
+}
+
+/// Decodes like [`decode`], and then refuses any input that is not exactly
+/// the encoding [`encode`] gives for the decoded value. Use it for artifacts
+/// whose bytes are signed, hashed or logged, so that one value has one
+/// encoding on the wire.
+pub fn decode_canonical<T: DeserializeOwned + Serialize>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, CodecError> {
+    let value: T = decode(bytes, max)?;
+    if encode(&value)? != bytes {
+        return Err(CodecError::NonCanonical);
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -98,6 +118,34 @@ mod tests {
         assert!(matches!(
             decode::<u32>(&[0u8; 10], 4),
             Err(CodecError::TooLarge { len: 10, max: 4 })
+        ));
+    }
+
+    #[test]
+    fn canonical_decoding_refuses_other_encodings_of_the_same_value() {
+        let v = Sample {
+            a: 1,
+            b: vec![0xab],
+            c: "x".into(),
+        };
+        let bytes = encode(&v).unwrap();
+        assert_eq!(decode_canonical::<Sample>(&bytes, 100).unwrap(), v);
+        // The field name "a" as a byte string instead of a text string.
+        let mut key_as_bytes = bytes.clone();
+        key_as_bytes[1] = 0x41;
+        assert_eq!(decode::<Sample>(&key_as_bytes, 100).unwrap(), v);
+        assert!(matches!(
+            decode_canonical::<Sample>(&key_as_bytes, 100),
+            Err(CodecError::NonCanonical)
+        ));
+        // The integer 1 in its one-byte-argument long form.
+        let mut long_form = bytes[..3].to_vec();
+        long_form.extend_from_slice(&[0x18, 0x01]);
+        long_form.extend_from_slice(&bytes[4..]);
+        assert_eq!(decode::<Sample>(&long_form, 100).unwrap(), v);
+        assert!(matches!(
+            decode_canonical::<Sample>(&long_form, 100),
+            Err(CodecError::NonCanonical)
         ));
     }
 
