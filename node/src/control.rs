@@ -1,34 +1,29 @@
-//! The local control socket: how the `agentmesh` CLI (and the devnet) talk to
-//! a running node. A Unix socket in the data directory, readable only by its
-//! owner, carrying one JSON request and one JSON response per line.
+//! How the `agentmesh` command line (and the devnet) drive a running node:
+//! requests carried over the node's local API (see [`crate::api`]) on the
+//! Unix socket in its data directory, with the token from its `api.json`.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{client::conn::http1, Method};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-};
-use tracing::{debug, warn};
+use serde_json::{json, Value};
+use tokio::net::UnixStream;
 
 use crate::{
-    audit::{AuditEntry, AuditFilter},
-    card::{AgentCard, Presence},
-    envelope::{MessageId, SessionId},
+    api::{ApiError, ApiInfo, ErrorCode},
+    audit::AuditEntry,
+    card::AgentCard,
     events::{Message, Receipt},
-    identity::Amid,
-    knock::{Intent, RejectReason},
-    node::{CredentialsState, Node, NodeStatus, SendError},
+    knock::RejectReason,
+    node::{CredentialsState, NodeStatus},
     receipts::Held,
 };
 
-/// File name of the control socket inside the data directory.
-pub const SOCKET_FILE: &str = "agentmesh.sock";
-/// Longest request line accepted.
-const MAX_LINE: usize = 1024 * 1024;
+/// File name of the node's Unix socket inside the data directory.
+pub const SOCKET_FILE: &str = crate::api::SOCKET_FILE;
 
 /// A request to the node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +35,7 @@ pub enum Request {
         /// Recipient AMID.
         to: String,
         /// JSON payload.
-        payload: serde_json::Value,
+        payload: Value,
         /// Capability declared in the KNOCK.
         #[serde(default)]
         capability: Option<String>,
@@ -114,7 +109,7 @@ pub enum Request {
         /// Recipient AMID.
         to: String,
         /// JSON payload.
-        payload: serde_json::Value,
+        payload: Value,
         /// Capability declared in the KNOCK.
         #[serde(default)]
         capability: Option<String>,
@@ -133,7 +128,7 @@ pub enum Request {
         #[serde(default)]
         session: Option<String>,
         /// JSON payload.
-        payload: serde_json::Value,
+        payload: Value,
     },
     /// End the conversation with an agent (an ordered end message).
     End {
@@ -155,11 +150,6 @@ pub enum Request {
     },
 }
 
-/// Default wait for a reply to a request sent through the control socket.
-const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Default chunk size of a stream sent through the control socket.
-const DEFAULT_CHUNK_SIZE: usize = 16 * 1024;
-
 /// The node's answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -175,6 +165,9 @@ pub struct Response {
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The API's code for what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     /// Why the recipient refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RejectReason>,
@@ -207,98 +200,6 @@ pub struct Response {
     pub credentials: Option<CredentialsState>,
 }
 
-impl Response {
-    fn error(e: impl ToString) -> Self {
-        Self {
-            ok: false,
-            error: Some(e.to_string()),
-            ..Self::default()
-        }
-    }
-
-    fn send_error(e: SendError) -> Self {
-        match e {
-            SendError::Rejected(reason) => Self {
-                ok: false,
-                error: Some(format!("rejected: {reason}")),
-                reason: Some(reason),
-                ..Self::default()
-            },
-            e => Self::error(e),
-        }
-    }
-
-    fn receipt(r: Result<Receipt, SendError>) -> Self {
-        match r {
-            Ok(r) => Self {
-                ok: true,
-                receipt: Some(r),
-                ..Self::default()
-            },
-            Err(e) => Self::send_error(e),
-        }
-    }
-}
-
-/// A 16-byte id from its hex form.
-fn id16(hex_text: &str) -> Option<[u8; 16]> {
-    hex::decode(hex_text)
-        .ok()
-        .and_then(|b| <[u8; 16]>::try_from(b).ok())
-}
-
-fn intent(capability: Option<String>) -> Intent {
-    let mut intent = Intent::default();
-    if let Some(c) = capability {
-        intent.capability = c;
-    }
-    intent
-}
-
-/// Sends the file at `path` to `to` as a stream.
-async fn send_file(
-    node: &Node,
-    to: &Amid,
-    path: &Path,
-    chunk_size: usize,
-    intent: Intent,
-) -> Response {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) => return Response::error(format!("{}: {e}", path.display())),
-    };
-    let mut tx = node.open_stream(to, intent);
-    let mut bytes = 0u64;
-    loop {
-        let mut buf = vec![0u8; chunk_size];
-        let mut filled = 0;
-        while filled < chunk_size {
-            match file.read(&mut buf[filled..]).await {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => return Response::error(format!("{}: {e}", path.display())),
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        buf.truncate(filled);
-        bytes += filled as u64;
-        if let Err(e) = tx.send_chunk(buf).await {
-            return Response::send_error(e);
-        }
-    }
-    match tx.finish().await {
-        Ok(chunks) => Response {
-            ok: true,
-            chunks: Some(chunks),
-            bytes: Some(bytes),
-            ..Response::default()
-        },
-        Err(e) => Response::send_error(e),
-    }
-}
-
 /// Errors of the control client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -306,328 +207,195 @@ pub enum ControlError {
     /// No node is listening on the socket.
     #[error("no running node at {path} (start one with `agentmesh run`): {source}")]
     NotRunning {
-        /// The socket path.
+        /// The data directory.
         path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
     },
     /// The connection failed.
-    #[error("control socket: {0}")]
+    #[error("local API: {0}")]
     Io(#[from] std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("local API: {0}")]
+    Http(#[from] hyper::Error),
     /// The node answered something unreadable.
     #[error("bad response: {0}")]
     BadResponse(String),
 }
 
-/// Creates the control socket at `path`, readable by its owner only.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(listener)
+/// A client of a node's local API over its Unix socket.
+#[derive(Debug)]
+pub struct Client {
+    sender: http1::SendRequest<Full<Bytes>>,
+    token: String,
 }
 
-/// Answers requests on the control socket (see [`bind`]) until the node
-/// stops.
-pub async fn serve(node: Node, listener: UnixListener) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let node = node.clone();
+impl Client {
+    /// Connects to the node whose data directory is `dir`.
+    pub async fn connect(dir: &Path) -> Result<Self, ControlError> {
+        let not_running = |source| ControlError::NotRunning {
+            path: dir.to_owned(),
+            source,
+        };
+        let info = ApiInfo::read(dir).map_err(not_running)?;
+        let stream = UnixStream::connect(&info.socket)
+            .await
+            .map_err(not_running)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
-            if let Err(e) = handle(node, stream).await {
-                debug!(error = %e, "control connection ended");
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "local API connection ended");
             }
         });
+        Ok(Self {
+            sender,
+            token: info.token,
+        })
     }
-}
 
-async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 64)).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.len() > MAX_LINE {
-            warn!("control request too long");
-            break;
-        }
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => answer(&node, req).await,
-            Err(e) => Response::error(format!("bad request: {e}")),
+    /// Calls `method path` with a JSON `body`; the answer's JSON, or the
+    /// API's error.
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<Value, ApiError>, ControlError> {
+        let bytes = match body {
+            Some(b) => {
+                serde_json::to_vec(b).map_err(|e| ControlError::BadResponse(e.to_string()))?
+            }
+            None => Vec::new(),
         };
-        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-        out.push(b'\n');
-        w.write_all(&out).await?;
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "localhost")
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let ok = resp.status().is_success();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        if ok {
+            return Ok(Ok(value));
+        }
+        let err: ApiError = serde_json::from_value(value["error"].clone())
+            .map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        Ok(Err(err))
     }
-    Ok(())
+
+    /// Sends `req` and reads the response.
+    pub async fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
+        let (method, path, body) = route(req);
+        match self.call(method, &path, body.as_ref()).await? {
+            Ok(value) => {
+                let mut resp: Response = serde_json::from_value(value)
+                    .map_err(|e| ControlError::BadResponse(e.to_string()))?;
+                resp.ok = true;
+                Ok(resp)
+            }
+            Err(e) => Ok(Response {
+                ok: false,
+                error: Some(e.message),
+                code: Some(e.code),
+                reason: e.reason,
+                ..Response::default()
+            }),
+        }
+    }
 }
 
-use tokio::io::AsyncReadExt;
-
-async fn answer(node: &Node, req: Request) -> Response {
+/// The API route of a request.
+fn route(req: &Request) -> (Method, String, Option<Value>) {
+    let post = |path: &str, body: Value| (Method::POST, path.to_owned(), Some(body));
     match req {
         Request::Send {
             to,
             payload,
             capability,
-        } => {
-            let to: Amid = match to.parse() {
-                Ok(a) => a,
-                Err(e) => return Response::error(format!("invalid AMID: {e}")),
-            };
-            Response::receipt(node.send_with(&to, payload, intent(capability)).await)
-        }
+        } => post(
+            "/v1/send",
+            json!({ "to": to, "payload": payload, "capability": capability }),
+        ),
         Request::SendRequest {
             to,
             payload,
             capability,
             timeout_ms,
-        } => {
-            let to: Amid = match to.parse() {
-                Ok(a) => a,
-                Err(e) => return Response::error(format!("invalid AMID: {e}")),
-            };
-            let timeout = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS));
-            match node
-                .request(&to, intent(capability), payload, timeout)
-                .await
-            {
-                Ok(m) => Response {
-                    ok: true,
-                    reply: Some(m),
-                    ..Response::default()
-                },
-                Err(e) => Response::send_error(e),
-            }
-        }
+        } => post(
+            "/v1/request",
+            json!({ "to": to, "payload": payload, "capability": capability, "timeout_ms": timeout_ms }),
+        ),
         Request::Reply {
             to,
             id,
             session,
             payload,
-        } => {
-            let to: Amid = match to.parse() {
-                Ok(a) => a,
-                Err(e) => return Response::error(format!("invalid AMID: {e}")),
-            };
-            let Some(id) = id16(&id) else {
-                return Response::error("invalid message id: 32 hex digits expected");
-            };
-            let session = match session.map(|s| id16(&s)) {
-                None => None,
-                Some(Some(s)) => Some(SessionId(s)),
-                Some(None) => return Response::error("invalid session: 32 hex digits expected"),
-            };
-            Response::receipt(node.reply_to(&to, MessageId(id), session, payload).await)
-        }
-        Request::End { amid } => match amid.parse::<Amid>() {
-            Ok(a) => match node.end_conversation(&a).await {
-                Ok(_) => Response {
-                    ok: true,
-                    ..Response::default()
-                },
-                Err(e) => Response::send_error(e),
-            },
-            Err(e) => Response::error(format!("invalid AMID: {e}")),
-        },
+        } => post(
+            "/v1/reply",
+            json!({ "to": to, "id": id, "session": session, "payload": payload }),
+        ),
+        Request::End { amid } => post("/v1/end", json!({ "amid": amid })),
         Request::Stream {
             to,
             path,
             chunk_size,
             capability,
-        } => {
-            let to: Amid = match to.parse() {
-                Ok(a) => a,
-                Err(e) => return Response::error(format!("invalid AMID: {e}")),
-            };
-            let size = chunk_size
-                .unwrap_or(DEFAULT_CHUNK_SIZE)
-                .clamp(1, crate::content::MAX_CHUNK_SIZE);
-            send_file(node, &to, &path, size, intent(capability)).await
-        }
-        Request::Status => Response {
-            ok: true,
-            status: Some(node.status().await),
-            ..Response::default()
-        },
+        } => post(
+            "/v1/stream",
+            json!({ "to": to, "path": path, "chunk_size": chunk_size, "capability": capability }),
+        ),
+        Request::Status => (Method::GET, "/v1/status".into(), None),
+        Request::Block { amid } => post("/v1/block", json!({ "amid": amid })),
+        Request::ReloadPolicy => post("/v1/policy/reload", json!({})),
         Request::Audit {
             peer,
             kind,
             limit,
             verify,
         } => {
-            let mut filter = AuditFilter::default();
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
             if let Some(p) = peer {
-                match p.parse() {
-                    Ok(a) => filter = filter.peer(a),
-                    Err(e) => return Response::error(format!("invalid AMID: {e}")),
-                }
+                query.append_pair("peer", p);
             }
             if let Some(k) = kind {
-                filter = filter.kind(k);
+                query.append_pair("kind", k);
             }
             if let Some(l) = limit {
-                filter = filter.limit(l);
+                query.append_pair("limit", &l.to_string());
             }
-            let verified = if verify {
-                match node.verify_audit_log() {
-                    Ok(n) => Some(n),
-                    Err(e) => return Response::error(format!("audit chain: {e}")),
-                }
-            } else {
-                None
-            };
-            match node.audit_log(&filter) {
-                Ok(entries) => Response {
-                    ok: true,
-                    audit: Some(entries),
-                    verified,
-                    ..Response::default()
-                },
-                Err(e) => Response::error(format!("audit log: {e}")),
+            if *verify {
+                query.append_pair("verify", "true");
             }
+            (Method::GET, format!("/v1/audit?{}", query.finish()), None)
         }
-        Request::Kill { amid } => {
-            let target = match amid.map(|a| a.parse::<Amid>()).transpose() {
-                Ok(t) => t,
-                Err(e) => return Response::error(format!("invalid AMID: {e}")),
-            };
-            node.kill(target).await;
-            Response {
-                ok: true,
-                ..Response::default()
-            }
-        }
-        Request::Presence { state } => match state.parse::<Presence>() {
-            Ok(p) => {
-                node.set_presence(p).await;
-                Response {
-                    ok: true,
-                    ..Response::default()
-                }
-            }
-            Err(e) => Response::error(e),
-        },
-        Request::Lookup { amid } => match amid.parse::<Amid>() {
-            Ok(a) => match node.lookup(&a).await {
-                Some(card) => Response {
-                    ok: true,
-                    card: Some(card),
-                    ..Response::default()
-                },
-                None => Response::error(format!("no card found for {a}")),
-            },
-            Err(e) => Response::error(format!("invalid AMID: {e}")),
-        },
-        Request::Close { amid } => match amid.parse::<Amid>() {
-            Ok(a) => {
-                let n = node.close_session(&a).await;
-                Response {
-                    ok: n > 0,
-                    error: (n == 0).then(|| format!("no session with {a}")),
-                    ..Response::default()
-                }
-            }
-            Err(e) => Response::error(format!("invalid AMID: {e}")),
-        },
-        Request::Disconnect { amid } => match amid
-            .parse::<Amid>()
-            .map_err(|e| e.to_string())
-            .and_then(|a| a.peer_id().map_err(|e| e.to_string()))
-        {
-            Ok(peer) => {
-                node.disconnect(peer).await;
-                Response {
-                    ok: true,
-                    ..Response::default()
-                }
-            }
-            Err(e) => Response::error(format!("invalid AMID: {e}")),
-        },
-        Request::Receipts => Response {
-            ok: true,
-            receipts: Some(node.receipts()),
-            ..Response::default()
-        },
-        Request::Credentials { renew } => {
-            let state = if renew {
-                node.renew_credentials().await.map(Some)
-            } else {
-                node.reload_credentials()
-            };
-            match state {
-                Ok(Some(state)) => Response {
-                    ok: true,
-                    credentials: Some(state),
-                    ..Response::default()
-                },
-                Ok(None) => Response::error("no credentials stored (run `agentmesh verify`)"),
-                Err(e) => Response::error(e),
-            }
-        }
-        Request::ClearKill => {
-            node.clear_kill();
-            Response {
-                ok: true,
-                ..Response::default()
-            }
-        }
-        Request::ReloadPolicy => match node.reload_policy() {
-            Ok(h) => Response {
-                ok: true,
-                policy_hash: Some(hex::encode(h)),
-                ..Response::default()
-            },
-            Err(e) => Response::error(e),
-        },
-        Request::Block { amid } => match amid.parse() {
-            Ok(a) => {
-                node.block(a);
-                Response {
-                    ok: true,
-                    ..Response::default()
-                }
-            }
-            Err(e) => Response::error(format!("invalid AMID: {e}")),
-        },
-    }
-}
-
-/// A client of a node's control socket.
-#[derive(Debug)]
-pub struct Client {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    w: tokio::net::unix::OwnedWriteHalf,
-}
-
-impl Client {
-    /// Connects to the node whose data directory is `dir`.
-    pub async fn connect(dir: &Path) -> Result<Self, ControlError> {
-        let path = dir.join(SOCKET_FILE);
-        let stream = UnixStream::connect(&path)
-            .await
-            .map_err(|source| ControlError::NotRunning { path, source })?;
-        let (r, w) = stream.into_split();
-        Ok(Self {
-            lines: BufReader::new(r).lines(),
-            w,
-        })
-    }
-
-    /// Sends `req` and reads the response.
-    pub async fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
-        let mut line =
-            serde_json::to_vec(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
-        line.push(b'\n');
-        self.w.write_all(&line).await?;
-        let resp = self
-            .lines
-            .next_line()
-            .await?
-            .ok_or_else(|| ControlError::BadResponse("connection closed".into()))?;
-        serde_json::from_str(&resp).map_err(|e| ControlError::BadResponse(e.to_string()))
+        Request::Kill { amid } => post("/v1/kill", json!({ "amid": amid })),
+        Request::ClearKill => post("/v1/kill/clear", json!({})),
+        Request::Presence { state } => (
+            Method::PUT,
+            "/v1/presence".into(),
+            Some(json!({ "state": state })),
+        ),
+        Request::Lookup { amid } => (
+            Method::GET,
+            format!(
+                "/v1/lookup/{}",
+                url::form_urlencoded::byte_serialize(amid.as_bytes()).collect::<String>()
+            ),
+            None,
+        ),
+        Request::Close { amid } => post("/v1/close", json!({ "amid": amid })),
+        Request::Disconnect { amid } => post("/v1/disconnect", json!({ "amid": amid })),
+        Request::Receipts => (Method::GET, "/v1/receipts".into(), None),
+        Request::Credentials { renew } => post("/v1/credentials", json!({ "renew": renew })),
     }
 }

@@ -1,4 +1,4 @@
-//! Running a node as a long-lived process: the control socket, printing of
+//! Running a node as a long-lived process: the local API, printing of
 //! events and messages (text, or one JSON object per line), and a clean stop
 //! on Ctrl-C or SIGTERM.
 
@@ -10,8 +10,8 @@ use tokio::sync::broadcast::error::RecvError;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    control,
-    events::{MessageKind, NodeEvent},
+    api::LocalApi,
+    events::{Message, MessageKind, NodeEvent},
     node::{Node, Streams},
     receipts::Filing,
 };
@@ -34,34 +34,49 @@ pub fn init_process(json: bool) {
     }
 }
 
-/// Serves `node` from data directory `dir` until Ctrl-C or SIGTERM, printing
-/// what happens to stdout, then shuts the node down.
+/// Default address of the local API on TCP: loopback, any free port.
+pub const DEFAULT_API_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// Serves `node` from data directory `dir` until Ctrl-C or SIGTERM, with its
+/// local API on the Unix socket and on [`DEFAULT_API_ADDR`], printing what
+/// happens to stdout, then shuts the node down.
 pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
+    serve_with_api(node, dir, json, Some(DEFAULT_API_ADDR)).await
+}
+
+/// As [`serve`], with the local API's TCP listener at `api` (`None`: on
+/// the Unix socket only).
+pub async fn serve_with_api(
+    node: Node,
+    dir: &Path,
+    json: bool,
+    api: Option<std::net::SocketAddr>,
+) -> std::io::Result<()> {
     let amid = node.amid();
     // Subscribed first: events of the start (credentials from the
     // registry, say) are printed too.
     let mut events = node.events();
-    // The socket exists before `started` is printed: whoever waits for
-    // that line can use the control socket at once.
-    let sock = dir.join(control::SOCKET_FILE);
-    let listener = control::bind(&sock)?;
+    // The API is up before `started` is printed: whoever waits for that
+    // line can use it at once.
+    let api = LocalApi::start(node.clone(), dir, api)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut arrivals = api.arrivals();
     if json {
         println!(
             "{}",
-            json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint()})
+            json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint(), "api": api.info().url})
         );
     } else {
         println!("agent {amid}\nfingerprint {}", node.fingerprint());
-    }
-    let control_node = node.clone();
-    tokio::spawn(async move {
-        if let Err(e) = control::serve(control_node, listener).await {
-            tracing::warn!(error = %e, "control socket stopped");
+        if let Some(url) = &api.info().url {
+            println!(
+                "local API at {url} (token in {})",
+                dir.join(crate::api::INFO_FILE).display()
+            );
         }
-    });
-    let Some(mut inbox) = node.messages() else {
-        return Err(std::io::Error::other("inbox already taken"));
-    };
+    }
     if let Some(streams) = node.streams() {
         tokio::spawn(receive_streams(streams, json));
     }
@@ -81,23 +96,11 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
                 }
                 Err(e) => tracing::warn!(error = %e, "policy reload failed; keeping the old policy"),
             },
-            m = inbox.recv() => {
-                let Some(m) = m else { break };
-                if json {
-                    println!("{}", json!({
-                        "event": "message", "id": m.id, "from": m.from, "payload": m.payload,
-                        "path": m.path, "seq": m.seq, "kind": m.kind, "session": m.session,
-                        "reply_to": m.reply_to,
-                    }));
-                } else {
-                    let what = match m.kind {
-                        MessageKind::Request => "request",
-                        MessageKind::Reply => "reply",
-                        _ => "message",
-                    };
-                    println!("{what} {} from {} via {}: {}", m.id, m.from, m.path, m.payload);
-                }
-            }
+            m = arrivals.recv() => match m {
+                Ok(m) => print_message(json, &m),
+                Err(RecvError::Lagged(n)) => tracing::warn!(n, "messages not printed"),
+                Err(RecvError::Closed) => break,
+            },
             e = events.recv() => match e {
                 Ok(e) => print_event(json, &e),
                 Err(RecvError::Lagged(n)) => tracing::warn!(n, "events dropped"),
@@ -105,12 +108,36 @@ pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
             },
         }
     }
-    let _ = std::fs::remove_file(&sock);
+    api.stop().await;
     node.shutdown().await;
     if json {
         println!("{}", json!({"event": "stopped"}));
     }
     Ok(())
+}
+
+/// Prints one received message as text or as a JSON line.
+fn print_message(json: bool, m: &Message) {
+    if json {
+        println!(
+            "{}",
+            json!({
+                "event": "message", "id": m.id, "from": m.from, "payload": m.payload,
+                "path": m.path, "seq": m.seq, "kind": m.kind, "session": m.session,
+                "reply_to": m.reply_to,
+            })
+        );
+    } else {
+        let what = match m.kind {
+            MessageKind::Request => "request",
+            MessageKind::Reply => "reply",
+            _ => "message",
+        };
+        println!(
+            "{what} {} from {} via {}: {}",
+            m.id, m.from, m.path, m.payload
+        );
+    }
 }
 
 /// Receives every incoming stream and reports it: its chunks are counted

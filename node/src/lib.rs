@@ -38,6 +38,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod api;
 pub mod audit;
 pub mod breaker;
 pub mod card;
@@ -71,11 +72,11 @@ pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason, SessionType};
 pub use node::{
-    amid_of_peer, Config, CredentialsState, DialError, HolePunch, LearnedPath, Messages, NatStatus,
-    NetStatus, Node, NodeBuilder, NodeStatus, PathCounters, PeerStatus, PublishError, Reachability,
-    RegistryClientError, RelayStatus, SendError, SessionStatus, SpawnError, StreamError,
-    StreamReceiver, StreamSender, Streams, TrustError, UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT,
-    STREAM_BUFFER, STREAM_WINDOW,
+    amid_of_peer, Config, CredentialsState, DialError, HolePunch, InboxKey, LearnedPath, Messages,
+    NatStatus, NetStatus, Node, NodeBuilder, NodeStatus, PathCounters, PeerStatus, PublishError,
+    Reachability, RegistryClientError, RelayStatus, SendError, SessionStatus, SpawnError,
+    StreamError, StreamReceiver, StreamSender, Streams, TrustError, UnknownHolePunch,
+    SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

@@ -831,6 +831,33 @@ impl Messages {
         }
         self.ready.pop_front()
     }
+
+    /// The next message, left in the node's durable inbox until
+    /// [`Node::ack`] is called with its key: a message the application got
+    /// but did not acknowledge is handed to it again after a restart.
+    /// `None` once the node stopped.
+    ///
+    /// Use either this or [`Messages::recv`] on one inbox. Cancel-safe.
+    pub async fn recv_unacked(&mut self) -> Option<(Message, InboxKey)> {
+        if let Some(m) = self.ready.pop_front() {
+            // Already removed by `recv`.
+            return Some((m, InboxKey(None)));
+        }
+        let d = self.rx.recv().await?;
+        Some((d.message, InboxKey(d.arrival)))
+    }
+}
+
+/// Names a message in the node's durable inbox (see
+/// [`Messages::recv_unacked`] and [`Node::ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InboxKey(Option<u64>);
+
+#[cfg(test)]
+impl InboxKey {
+    pub(crate) fn test(arrival: u64) -> Self {
+        Self(Some(arrival))
+    }
 }
 
 impl Node {
@@ -1024,6 +1051,30 @@ impl Node {
         })
     }
 
+    /// Removes messages the application has handled from the durable inbox
+    /// (see [`Messages::recv_unacked`]), with one flush for all of them: once
+    /// this returns, they are not handed out again after a restart.
+    pub async fn ack(&self, keys: impl IntoIterator<Item = InboxKey>) -> Result<(), SendError> {
+        let mut removed = false;
+        {
+            let store = self.shared.store();
+            for arrival in keys.into_iter().filter_map(|k| k.0) {
+                store
+                    .take_inbox(arrival)
+                    .map_err(|e| SendError::Storage(e.to_string()))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.shared
+                .db
+                .flush_async()
+                .await
+                .map_err(|e| SendError::Storage(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Calls `handler` for every received message, in order, on a task.
     /// Takes the inbox: returns `false` if it was already taken.
     pub fn on_message<F>(&self, mut handler: F) -> bool
@@ -1070,10 +1121,19 @@ impl Node {
         to: &Amid,
         payload: serde_json::Value,
     ) -> Result<MessageId, SendError> {
+        self.send_nowait_with(to, payload, Intent::default()).await
+    }
+
+    /// As [`Node::send_nowait`], with the intent declared in a KNOCK.
+    pub async fn send_nowait_with(
+        &self,
+        to: &Amid,
+        payload: serde_json::Value,
+        intent: Intent,
+    ) -> Result<MessageId, SendError> {
         let content = json_content(Kind::Message, &payload)?;
         let id = MessageId::random();
-        self.enqueue(to, id, content, None, Intent::default(), None)
-            .await
+        self.enqueue(to, id, content, None, intent, None).await
     }
 
     /// Queues `content` for `to` in `session` (or the current one).

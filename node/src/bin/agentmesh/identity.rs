@@ -114,7 +114,11 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         stun,
         registry,
         credentials_refresh,
+        api,
     } = a;
+    if !api.ip().is_loopback() {
+        anyhow::bail!("the local API listens on loopback only, not {api}");
+    }
     let mut config = Config::local();
     config.hole_punch = *hole_punch;
     config.stun_servers = stun.clone();
@@ -149,6 +153,6 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "stored credentials not shown"),
     }
-    agentmesh_node::daemon::serve(node, dir, json).await?;
+    agentmesh_node::daemon::serve_with_api(node, dir, json, Some(*api)).await?;
     Ok(())
 }

@@ -1,0 +1,187 @@
+//! The local API's event log: the node's events with monotonic ids, the
+//! last [`KEPT`] of them kept, so a client can resume where it stopped and
+//! see when events it missed are gone (Syncthing's event API is the model).
+
+use std::{collections::VecDeque, sync::Mutex, time::Duration};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// Events kept for clients to resume from.
+pub(crate) const KEPT: usize = 4096;
+
+/// One event as handed out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Entry {
+    /// Monotonic from 1 for the life of the node.
+    pub(crate) id: u64,
+    /// When the node saw it, ms since the epoch.
+    pub(crate) ts_ms: u64,
+    /// The node event (`{"event": "delivered", …}`).
+    pub(crate) event: Value,
+}
+
+/// What [`EventLog::since`] answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Page {
+    pub(crate) events: Vec<Entry>,
+    /// The id of the newest event (0 before the first).
+    pub(crate) last_id: u64,
+    /// Events after `since` no longer kept.
+    pub(crate) dropped: u64,
+}
+
+#[derive(Debug)]
+struct Log {
+    kept: VecDeque<Entry>,
+    next_id: u64,
+}
+
+/// The event log.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    log: Mutex<Log>,
+    new: Notify,
+    cap: usize,
+}
+
+impl EventLog {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            log: Mutex::new(Log {
+                kept: VecDeque::new(),
+                next_id: 1,
+            }),
+            new: Notify::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends an event; returns its id.
+    pub(crate) fn push(&self, ts_ms: u64, event: Value) -> u64 {
+        let id = {
+            let mut log = self.lock();
+            let id = log.next_id;
+            log.next_id += 1;
+            if log.kept.len() == self.cap {
+                log.kept.pop_front();
+            }
+            log.kept.push_back(Entry { id, ts_ms, event });
+            id
+        };
+        self.new.notify_waiters();
+        id
+    }
+
+    /// Up to `limit` events after `since`. A `since` beyond the newest id
+    /// (a client of an earlier run of the node) reads from the oldest kept.
+    pub(crate) fn since(&self, since: u64, limit: usize) -> Page {
+        let log = self.lock();
+        let last_id = log.next_id - 1;
+        let since = if since > last_id { 0 } else { since };
+        let first_kept = log.kept.front().map_or(log.next_id, |e| e.id);
+        let dropped = first_kept.saturating_sub(since + 1);
+        let events = log
+            .kept
+            .iter()
+            .filter(|e| e.id > since)
+            .take(limit)
+            .cloned()
+            .collect();
+        Page {
+            events,
+            last_id,
+            dropped,
+        }
+    }
+
+    /// As [`EventLog::since`], waiting up to `wait` for a first event.
+    pub(crate) async fn since_wait(&self, since: u64, limit: usize, wait: Duration) -> Page {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.new.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let page = self.since(since, limit);
+            if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+                return page;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_monotonic_and_resume_after_any_id() {
+        let log = EventLog::new(10);
+        for i in 0..5 {
+            assert_eq!(log.push(i, json!({ "event": "x", "i": i })), i + 1);
+        }
+        let page = log.since(0, 100);
+        assert_eq!(page.events.len(), 5);
+        assert_eq!(page.last_id, 5);
+        assert_eq!(page.dropped, 0);
+        let page = log.since(3, 100);
+        let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![4, 5]);
+        let page = log.since(5, 100);
+        assert!(page.events.is_empty());
+        assert_eq!(page.last_id, 5);
+        let page = log.since(1, 2);
+        let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_gap_is_counted_when_events_are_no_longer_kept() {
+        let log = EventLog::new(3);
+        for i in 0..10 {
+            log.push(i, json!({ "i": i }));
+        }
+        // Kept: 8, 9, 10. A client at 4 missed 5, 6, 7.
+        let page = log.since(4, 100);
+        assert_eq!(page.dropped, 3);
+        let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![8, 9, 10]);
+        assert_eq!(log.since(7, 100).dropped, 0);
+        assert_eq!(log.since(0, 100).dropped, 7);
+    }
+
+    #[test]
+    fn an_id_from_an_earlier_run_reads_from_the_oldest_kept() {
+        let log = EventLog::new(10);
+        log.push(0, json!({}));
+        let page = log.since(500, 100);
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(page.events[0].id, 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_wakes_on_a_new_event() {
+        let log = std::sync::Arc::new(EventLog::new(10));
+        let reader = {
+            let log = log.clone();
+            tokio::spawn(async move { log.since_wait(0, 10, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        log.push(1, json!({ "event": "x" }));
+        let page = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("woke")
+            .unwrap();
+        assert_eq!(page.events.len(), 1);
+    }
+}

@@ -1,0 +1,602 @@
+//! The local API: how applications in any language (and the `agentmesh`
+//! command line) use a running node. HTTP/1.1 and JSON on loopback TCP and on
+//! the Unix socket in the data directory; a bearer token from `api.json`;
+//! requests from web pages or with a foreign `Host` refused. The routes are
+//! described in `docs/local-api.md` and, from this code, at
+//! `/v1/openapi.json`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    events::Message,
+    knock::RejectReason,
+    node::{Node, SendError},
+};
+
+mod events;
+mod inbox;
+pub mod openapi;
+mod routes;
+
+/// File in the data directory that tells clients where the API is.
+pub const INFO_FILE: &str = "api.json";
+/// File name of the API's Unix socket inside the data directory.
+pub const SOCKET_FILE: &str = "agentmesh.sock";
+/// Version of the API (the `/v1` routes).
+pub const VERSION: u32 = 1;
+/// Largest request body, in bytes.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Where a running node's API is, as written to `api.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ApiInfo {
+    /// Base URL on loopback TCP (`http://127.0.0.1:PORT`), when served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The bearer token every request carries.
+    pub token: String,
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// The node's AMID.
+    pub amid: String,
+    /// API version.
+    pub version: u32,
+}
+
+impl ApiInfo {
+    /// Reads `api.json` from the data directory `dir`.
+    pub fn read(dir: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read(dir.join(INFO_FILE))?;
+        serde_json::from_slice(&text).map_err(std::io::Error::other)
+    }
+}
+
+/// The stable error codes of the API. The JSON form is the snake-case name
+/// (`invalid_amid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Missing or wrong token.
+    Unauthorized,
+    /// The request came from a web page (`Origin` or `Referer`).
+    ForbiddenOrigin,
+    /// `Host` is not a loopback name.
+    BadHost,
+    /// Malformed JSON, missing or wrong fields.
+    BadRequest,
+    /// An AMID that does not parse.
+    InvalidAmid,
+    /// A message or session id that is not 32 hex digits.
+    InvalidId,
+    /// The body is larger than [`MAX_BODY`].
+    PayloadTooLarge,
+    /// No such route, card or message.
+    NotFound,
+    /// The route does not take this method.
+    MethodNotAllowed,
+    /// The recipient refused.
+    Rejected,
+    /// The payload is too large for a message or not encodable.
+    InvalidPayload,
+    /// The AMID holds no usable key.
+    InvalidRecipient,
+    /// No session to reply in, end or close.
+    NoSession,
+    /// Not delivered (nor deposited) in time.
+    DeliveryTimeout,
+    /// Written, but not acknowledged in time.
+    NotAcknowledged,
+    /// A request's reply did not come in time.
+    ReplyTimeout,
+    /// No path, and no relay took the envelope.
+    Unreachable,
+    /// Too many recent failures with this peer.
+    CircuitOpen,
+    /// Too many requests waiting for replies.
+    Busy,
+    /// The owner's kill switch is on.
+    Killed,
+    /// The node is stopping.
+    Stopped,
+    /// The node's own storage failed.
+    Storage,
+    /// Anything else.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 23] = [
+        Self::Unauthorized,
+        Self::ForbiddenOrigin,
+        Self::BadHost,
+        Self::BadRequest,
+        Self::InvalidAmid,
+        Self::InvalidId,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Rejected,
+        Self::InvalidPayload,
+        Self::InvalidRecipient,
+        Self::NoSession,
+        Self::DeliveryTimeout,
+        Self::NotAcknowledged,
+        Self::ReplyTimeout,
+        Self::Unreachable,
+        Self::CircuitOpen,
+        Self::Busy,
+        Self::Killed,
+        Self::Stopped,
+        Self::Storage,
+        Self::Internal,
+    ];
+
+    /// The HTTP status the code is sent with.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadRequest
+            | Self::InvalidAmid
+            | Self::InvalidId
+            | Self::InvalidPayload
+            | Self::InvalidRecipient => 400,
+            Self::Unauthorized => 401,
+            Self::ForbiddenOrigin | Self::BadHost | Self::Rejected => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::NoSession => 409,
+            Self::PayloadTooLarge => 413,
+            Self::Storage | Self::Internal => 500,
+            Self::Unreachable => 502,
+            Self::CircuitOpen | Self::Busy | Self::Killed | Self::Stopped => 503,
+            Self::DeliveryTimeout | Self::NotAcknowledged | Self::ReplyTimeout => 504,
+        }
+    }
+
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::ForbiddenOrigin => "forbidden_origin",
+            Self::BadHost => "bad_host",
+            Self::BadRequest => "bad_request",
+            Self::InvalidAmid => "invalid_amid",
+            Self::InvalidId => "invalid_id",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Rejected => "rejected",
+            Self::InvalidPayload => "invalid_payload",
+            Self::InvalidRecipient => "invalid_recipient",
+            Self::NoSession => "no_session",
+            Self::DeliveryTimeout => "delivery_timeout",
+            Self::NotAcknowledged => "not_acknowledged",
+            Self::ReplyTimeout => "reply_timeout",
+            Self::Unreachable => "unreachable",
+            Self::CircuitOpen => "circuit_open",
+            Self::Busy => "busy",
+            Self::Killed => "killed",
+            Self::Stopped => "stopped",
+            Self::Storage => "storage",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// An error as the API sends it: `{"error": {code, message, reason?,
+/// retry_after_ms?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+#[non_exhaustive]
+pub struct ApiError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: String,
+    /// Why the recipient refused, for [`ErrorCode::Rejected`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RejectReason>,
+    /// The wait before trying again, for [`ErrorCode::CircuitOpen`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reason: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        let code = match &e {
+            SendError::Rejected(_) => ErrorCode::Rejected,
+            SendError::NotFound(_) => ErrorCode::NotFound,
+            SendError::DeliveryTimeout => ErrorCode::DeliveryTimeout,
+            SendError::NotAcknowledged => ErrorCode::NotAcknowledged,
+            SendError::InvalidRecipient => ErrorCode::InvalidRecipient,
+            SendError::Busy => ErrorCode::Busy,
+            SendError::Storage(_) => ErrorCode::Storage,
+            SendError::InvalidPayload(_) => ErrorCode::InvalidPayload,
+            SendError::Stopped => ErrorCode::Stopped,
+            SendError::Killed => ErrorCode::Killed,
+            SendError::CircuitOpen { .. } => ErrorCode::CircuitOpen,
+            SendError::Mailbox(_) => ErrorCode::Unreachable,
+            SendError::SessionEnded { .. } => ErrorCode::NoSession,
+            SendError::Timeout { .. } => ErrorCode::ReplyTimeout,
+        };
+        let mut err = Self::new(code, e.to_string());
+        match e {
+            SendError::Rejected(reason) => err.reason = Some(reason),
+            SendError::CircuitOpen { retry_after_ms } => err.retry_after_ms = Some(retry_after_ms),
+            _ => {}
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            warn!(code = self.code.as_str(), error = %self.message, "local API request failed");
+        } else {
+            debug!(code = self.code.as_str(), error = %self.message, "local API request refused");
+        }
+        (status, Json(json!({ "error": self }))).into_response()
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+struct Ctx {
+    node: Node,
+    inbox: inbox::LeasedInbox,
+    events: events::EventLog,
+    token_hash: [u8; 32],
+    /// Cancelled when the API stops: long polls and event streams end.
+    cancel: CancellationToken,
+}
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiStartError {
+    /// The node's inbox was already taken by someone else.
+    #[error("the node's inbox is already taken")]
+    InboxTaken,
+    /// A listener or `api.json` could not be made.
+    #[error("local API: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running local API. Dropping it does not stop it; call
+/// [`LocalApi::stop`].
+#[derive(Debug)]
+pub struct LocalApi {
+    info: ApiInfo,
+    dir: PathBuf,
+    ctx: Arc<Ctx>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random number generator works");
+    hex::encode(bytes)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl LocalApi {
+    /// Starts the API of `node` with data directory `dir`: on the Unix socket
+    /// there, and on loopback TCP at `tcp` when given (port 0 for any). Takes
+    /// the node's inbox; writes `api.json` last, so a client that sees it
+    /// can connect.
+    pub async fn start(
+        node: Node,
+        dir: &Path,
+        tcp: Option<SocketAddr>,
+    ) -> Result<Self, ApiStartError> {
+        // Subscribed before anything happens, so no event is missed.
+        let mut node_events = node.events();
+        let mut messages = node.messages().ok_or(ApiStartError::InboxTaken)?;
+        let token = random_token();
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(Ctx {
+            node: node.clone(),
+            inbox: inbox::LeasedInbox::new(inbox::MAX_HELD),
+            events: events::EventLog::new(events::KEPT),
+            token_hash: Sha256::digest(token.as_bytes()).into(),
+            cancel: cancel.clone(),
+        });
+        let mut tasks = Vec::new();
+
+        // Node events into the log.
+        {
+            let ctx = ctx.clone();
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let e = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        e = node_events.recv() => e,
+                    };
+                    let now = agentmesh_dht::now_ms();
+                    match e {
+                        Ok(e) => {
+                            let v = serde_json::to_value(&e).unwrap_or_else(
+                                |err| json!({"event": "unencodable", "error": err.to_string()}),
+                            );
+                            ctx.events.push(now, v);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            ctx.events
+                                .push(now, json!({"event": "dropped", "count": n}));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }));
+        }
+        // Messages from the node's durable inbox into the leased inbox.
+        {
+            let ctx = ctx.clone();
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = ctx.inbox.wait_room() => {}
+                    }
+                    let next = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        m = messages.recv_unacked() => m,
+                    };
+                    let Some((message, key)) = next else { break };
+                    ctx.inbox.push(message, key);
+                }
+            }));
+        }
+
+        let app = routes::router(ctx.clone());
+        let socket = dir.join(SOCKET_FILE);
+        let _ = std::fs::remove_file(&socket);
+        let unix = tokio::net::UnixListener::bind(&socket)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+        }
+        {
+            let app = app.clone();
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(unix, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+                {
+                    warn!(error = %e, "local API on the Unix socket stopped");
+                }
+            }));
+        }
+        let url = match tcp {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                let local = listener.local_addr()?;
+                let cancel = cancel.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(cancel.cancelled_owned())
+                        .await
+                    {
+                        warn!(error = %e, "local API on TCP stopped");
+                    }
+                }));
+                Some(format!("http://{local}"))
+            }
+            None => None,
+        };
+        let info = ApiInfo {
+            url,
+            token,
+            socket,
+            amid: node.amid().to_string(),
+            version: VERSION,
+        };
+        write_private(
+            &dir.join(INFO_FILE),
+            &serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?,
+        )?;
+        Ok(Self {
+            info,
+            dir: dir.to_owned(),
+            ctx,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Where the API is.
+    pub fn info(&self) -> &ApiInfo {
+        &self.info
+    }
+
+    /// Every received message as it reaches the API's inbox (to print them;
+    /// this is not a reader and acknowledges nothing).
+    pub fn arrivals(&self) -> broadcast::Receiver<Message> {
+        self.ctx.inbox.arrivals()
+    }
+
+    /// Stops serving and removes `api.json` and the socket: long polls and
+    /// event streams end, open requests finish (for up to ten seconds),
+    /// and every handle on the node the API held is dropped. Messages not
+    /// acknowledged stay in the node's durable inbox.
+    pub async fn stop(self) {
+        let _ = std::fs::remove_file(self.dir.join(INFO_FILE));
+        self.cancel.cancel();
+        for mut task in self.tasks {
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                warn!("local API task did not stop in time; aborted");
+                task.abort();
+            }
+        }
+        let _ = std::fs::remove_file(&self.info.socket);
+    }
+}
+
+/// Whether `host` (a `Host` header) names loopback.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((name, port)) if port.is_empty() || port.starts_with(':') => name,
+            _ => return false,
+        }
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "::1"
+    )
+}
+
+/// Refuses web pages, foreign `Host`s and wrong tokens, in that order.
+async fn guard(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER) {
+        return ApiError::new(
+            ErrorCode::ForbiddenOrigin,
+            "requests from web pages are refused",
+        )
+        .into_response();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    if !loopback_host(host) {
+        return ApiError::new(ErrorCode::BadHost, format!("host {host:?} is not loopback"))
+            .into_response();
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let given: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    if given != ctx.token_hash {
+        return ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong token (see api.json in the data directory)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// How long [`LocalApi::stop`] waits for open requests.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest wait a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:4",
+            "[::1]:9",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "127.0.0.1.evil.example:80",
+            "[::1]x",
+            "10.0.0.1",
+            "localhost.evil",
+            "",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_code_has_its_name_and_an_error_status() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, code.as_str());
+            assert!(code.status() >= 400);
+        }
+    }
+
+    #[test]
+    fn send_errors_map_to_their_codes() {
+        let e: ApiError = SendError::Rejected(RejectReason::Blocked).into();
+        assert_eq!(e.code, ErrorCode::Rejected);
+        assert_eq!(e.reason, Some(RejectReason::Blocked));
+        let e: ApiError = SendError::CircuitOpen { retry_after_ms: 7 }.into();
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::CircuitOpen, Some(7))
+        );
+        let e: ApiError = SendError::Timeout { timeout_ms: 1 }.into();
+        assert_eq!(e.code, ErrorCode::ReplyTimeout);
+    }
+}

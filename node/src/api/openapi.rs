@@ -1,0 +1,415 @@
+//! The OpenAPI 3.1 document of the local API, made from the router's own
+//! route list and the descriptions here; a test checks that both name the
+//! same routes.
+
+use axum::http::Method;
+use serde_json::{json, Map, Value};
+
+use super::{routes, ErrorCode, VERSION};
+
+/// How one operation is described.
+struct Op {
+    summary: &'static str,
+    /// JSON schema of the body.
+    body: Option<Value>,
+    /// Query parameters: name, JSON type, description.
+    query: &'static [(&'static str, &'static str, &'static str)],
+    /// JSON schema of the answer.
+    answer: Value,
+}
+
+fn r(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn obj(required: &[&str], props: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": props })
+}
+
+fn describe(method: &Method, path: &str) -> Option<Op> {
+    let amid_body = || obj(&["amid"], json!({ "amid": { "type": "string" } }));
+    let empty = || json!({ "type": "object" });
+    let ids_body = || {
+        obj(
+            &["ids"],
+            json!({ "ids": { "type": "array", "items": { "type": "string", "pattern": "^[0-9a-f]{32}$" } } }),
+        )
+    };
+    let op = match (method.as_str(), path) {
+        ("POST", "/v1/send") => Op {
+            summary: "Send a message; wait for its receipt unless `wait` is false",
+            body: Some(obj(
+                &["to", "payload"],
+                json!({
+                    "to": { "type": "string" }, "payload": {},
+                    "capability": { "type": "string" }, "wait": { "type": "boolean", "default": true }
+                }),
+            )),
+            query: &[],
+            answer: json!({ "type": "object", "properties": { "receipt": r("Receipt"), "id": { "type": "string" } } }),
+        },
+        ("POST", "/v1/request") => Op {
+            summary: "Send a request and wait for its reply",
+            body: Some(obj(
+                &["to", "payload"],
+                json!({
+                    "to": { "type": "string" }, "payload": {},
+                    "capability": { "type": "string" }, "timeout_ms": { "type": "integer", "minimum": 0 }
+                }),
+            )),
+            query: &[],
+            answer: obj(&["reply"], json!({ "reply": r("Message") })),
+        },
+        ("POST", "/v1/reply") => Op {
+            summary: "Reply to a received request or message",
+            body: Some(obj(
+                &["to", "id", "payload"],
+                json!({ "to": { "type": "string" }, "id": { "type": "string" }, "session": { "type": "string" }, "payload": {} }),
+            )),
+            query: &[],
+            answer: obj(&["receipt"], json!({ "receipt": r("Receipt") })),
+        },
+        ("POST", "/v1/end") => Op {
+            summary: "End the conversation with an agent",
+            body: Some(amid_body()),
+            query: &[],
+            answer: obj(&["session"], json!({ "session": { "type": "string" } })),
+        },
+        ("POST", "/v1/stream") => Op {
+            summary: "Send bytes (base64) or a file as an encrypted stream",
+            body: Some(obj(
+                &["to"],
+                json!({
+                    "to": { "type": "string" }, "data_base64": { "type": "string" }, "path": { "type": "string" },
+                    "chunk_size": { "type": "integer", "minimum": 1 }, "capability": { "type": "string" }
+                }),
+            )),
+            query: &[],
+            answer: obj(
+                &["chunks", "bytes"],
+                json!({ "chunks": { "type": "integer" }, "bytes": { "type": "integer" } }),
+            ),
+        },
+        ("GET", "/v1/messages") => Op {
+            summary: "Take received messages, each leased to this reader until acknowledged",
+            body: None,
+            query: &[
+                (
+                    "wait_ms",
+                    "integer",
+                    "Wait up to this long for a first message (at most 60000)",
+                ),
+                (
+                    "max",
+                    "integer",
+                    "At most this many messages (1 to 256, default 32)",
+                ),
+                (
+                    "lease_ms",
+                    "integer",
+                    "Lease of each message (1000 to 600000, default 30000)",
+                ),
+            ],
+            answer: obj(
+                &["messages"],
+                json!({ "messages": { "type": "array", "items": r("Message") } }),
+            ),
+        },
+        ("POST", "/v1/messages/ack") => Op {
+            summary: "Acknowledge handled messages: removed from the durable inbox",
+            body: Some(ids_body()),
+            query: &[],
+            answer: obj(&["acked"], json!({ "acked": { "type": "integer" } })),
+        },
+        ("POST", "/v1/messages/release") => Op {
+            summary: "Hand leased messages out again at once",
+            body: Some(ids_body()),
+            query: &[],
+            answer: obj(&["released"], json!({ "released": { "type": "integer" } })),
+        },
+        ("GET", "/v1/events") => Op {
+            summary: "Node events after `since` (long-poll)",
+            body: None,
+            query: &[
+                (
+                    "since",
+                    "integer",
+                    "The last event id seen (0 for all kept)",
+                ),
+                (
+                    "wait_ms",
+                    "integer",
+                    "Wait up to this long for a first event (at most 60000)",
+                ),
+                (
+                    "limit",
+                    "integer",
+                    "At most this many events (1 to 1000, default 100)",
+                ),
+            ],
+            answer: obj(
+                &["events", "last_id", "dropped"],
+                json!({
+                    "events": { "type": "array", "items": r("Event") },
+                    "last_id": { "type": "integer" }, "dropped": { "type": "integer" }
+                }),
+            ),
+        },
+        ("GET", "/v1/events/stream") => Op {
+            summary: "Node events as Server-Sent Events (resume with Last-Event-ID or `since`)",
+            body: None,
+            query: &[("since", "integer", "The last event id seen")],
+            answer: json!({ "type": "string", "contentMediaType": "text/event-stream" }),
+        },
+        ("GET", "/v1/status") => Op {
+            summary: "The node's status",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["status", "inbox"],
+                json!({ "status": r("Status"), "inbox": { "type": "object" } }),
+            ),
+        },
+        ("GET", "/v1/peers") => Op {
+            summary: "Peers with sessions or connections, and their paths",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["peers"],
+                json!({ "peers": { "type": "array", "items": obj(&["amid", "sessions"], json!({
+                "amid": { "type": "string" }, "sessions": { "type": "integer" }, "path": { "type": ["string", "null"] }
+            })) } }),
+            ),
+        },
+        ("GET", "/v1/sessions") => Op {
+            summary: "Cached sessions",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["sessions"],
+                json!({ "sessions": { "type": "array", "items": { "type": "object" } } }),
+            ),
+        },
+        ("GET", "/v1/lookup/{amid}") => Op {
+            summary: "Look an agent's signed card up in the DHT",
+            body: None,
+            query: &[],
+            answer: obj(&["card"], json!({ "card": { "type": "object" } })),
+        },
+        ("POST", "/v1/close") => Op {
+            summary: "End every session with an agent",
+            body: Some(amid_body()),
+            query: &[],
+            answer: obj(&["closed"], json!({ "closed": { "type": "integer" } })),
+        },
+        ("POST", "/v1/disconnect") => Op {
+            summary: "Close every connection to an agent (sessions stay)",
+            body: Some(amid_body()),
+            query: &[],
+            answer: empty(),
+        },
+        ("POST", "/v1/block") => Op {
+            summary: "Block an agent",
+            body: Some(amid_body()),
+            query: &[],
+            answer: empty(),
+        },
+        ("POST", "/v1/kill") => Op {
+            summary: "Kill switch: close sessions and block one agent, or everyone",
+            body: Some(json!({ "type": "object", "properties": { "amid": { "type": "string" } } })),
+            query: &[],
+            answer: empty(),
+        },
+        ("POST", "/v1/kill/clear") => Op {
+            summary: "Turn the kill switch for everyone off",
+            body: None,
+            query: &[],
+            answer: empty(),
+        },
+        ("PUT", "/v1/presence") => Op {
+            summary: "Set this agent's presence",
+            body: Some(obj(
+                &["state"],
+                json!({ "state": { "enum": ["online", "away", "dnd", "offline"] } }),
+            )),
+            query: &[],
+            answer: empty(),
+        },
+        ("GET", "/v1/policy") => Op {
+            summary: "The KNOCK policy in force and its hash",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["policy", "policy_hash"],
+                json!({ "policy": { "type": "object" }, "policy_hash": { "type": "string" } }),
+            ),
+        },
+        ("POST", "/v1/policy/reload") => Op {
+            summary: "Read the policy file again",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["policy_hash"],
+                json!({ "policy_hash": { "type": "string" } }),
+            ),
+        },
+        ("GET", "/v1/audit") => Op {
+            summary: "The audit log, optionally verified",
+            body: None,
+            query: &[
+                ("peer", "string", "Only entries about this AMID"),
+                ("kind", "string", "Only entries of this kind"),
+                ("limit", "integer", "Only the most recent N"),
+                ("verify", "boolean", "Verify the whole hash chain"),
+            ],
+            answer: obj(
+                &["audit"],
+                json!({ "audit": { "type": "array", "items": { "type": "object" } }, "verified": { "type": "integer" } }),
+            ),
+        },
+        ("GET", "/v1/receipts") => Op {
+            summary: "Session receipts held and where each stands with the registry",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["receipts"],
+                json!({ "receipts": { "type": "array", "items": { "type": "object" } } }),
+            ),
+        },
+        ("POST", "/v1/credentials") => Op {
+            summary: "Reload credentials from the data directory, or renew them from the registry",
+            body: Some(
+                json!({ "type": "object", "properties": { "renew": { "type": "boolean" } } }),
+            ),
+            query: &[],
+            answer: obj(
+                &["credentials"],
+                json!({ "credentials": { "type": "object" } }),
+            ),
+        },
+        ("GET", "/v1/openapi.json") => Op {
+            summary: "This document",
+            body: None,
+            query: &[],
+            answer: json!({ "type": "object" }),
+        },
+        _ => return None,
+    };
+    Some(op)
+}
+
+fn components() -> Value {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    json!({
+        "securitySchemes": { "token": { "type": "http", "scheme": "bearer", "description": "The token in api.json" } },
+        "schemas": {
+            "Error": obj(&["error"], json!({ "error": obj(&["code", "message"], json!({
+                "code": { "enum": codes }, "message": { "type": "string" },
+                "reason": { "type": "string" }, "retry_after_ms": { "type": "integer" }
+            })) })),
+            "Receipt": obj(&["id", "to", "path", "knocked", "session"], json!({
+                "id": { "type": "string" }, "to": { "type": "string" },
+                "path": { "enum": ["direct_quic", "direct_tcp", "direct_web_rtc", "relayed", "mailbox", "other"] },
+                "knocked": { "type": "boolean" }, "session": { "type": "string" }
+            })),
+            "Message": obj(&["id", "from", "session", "seq", "ts_ms", "payload", "path", "kind"], json!({
+                "id": { "type": "string" }, "from": { "type": "string" }, "session": { "type": "string" },
+                "seq": { "type": "integer" }, "ts_ms": { "type": "integer" }, "payload": {},
+                "path": { "type": "string" }, "kind": { "enum": ["message", "request", "reply"] },
+                "reply_to": { "type": "string" }, "deliveries": { "type": "integer" }
+            })),
+            "Event": obj(&["id", "ts_ms", "event"], json!({
+                "id": { "type": "integer" }, "ts_ms": { "type": "integer" },
+                "event": obj(&["event"], json!({ "event": { "type": "string" } }))
+            })),
+            "Status": obj(&["amid", "fingerprint", "sessions", "known_peers"], json!({
+                "amid": { "type": "string" }, "fingerprint": { "type": "string" },
+                "sessions": { "type": "array" }, "known_peers": { "type": "array" }
+            })),
+        }
+    })
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, _) in routes::routes() {
+        let Some(op) = describe(&method, path) else {
+            continue;
+        };
+        let mut operation = json!({
+            "summary": op.summary,
+            "operationId": format!("{}{}", method.as_str().to_lowercase(), path.replace(['/', '{', '}', '.'], "_")),
+            "responses": {
+                "200": { "description": "OK", "content": { "application/json": { "schema": op.answer } } },
+                "default": { "description": "An error", "content": { "application/json": { "schema": r("Error") } } }
+            }
+        });
+        let mut params: Vec<Value> = op
+            .query
+            .iter()
+            .map(|(name, ty, doc)| {
+                json!({ "name": name, "in": "query", "required": false, "description": doc, "schema": { "type": ty } })
+            })
+            .collect();
+        if path.contains("{amid}") {
+            params.push(json!({ "name": "amid", "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+        if !params.is_empty() {
+            operation["parameters"] = Value::Array(params);
+        }
+        if let Some(body) = op.body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": body } }
+            });
+        }
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        entry[method.as_str().to_lowercase()] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "AgentMesh local API",
+            "version": format!("{VERSION}"),
+            "description": "The API a running AgentMesh node serves to its applications on loopback and its Unix socket."
+        },
+        "servers": [{ "url": "http://127.0.0.1" }],
+        "security": [{ "token": [] }],
+        "paths": paths,
+        "components": components(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described_and_nothing_else() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut n = 0;
+        for (method, path, _) in routes::routes() {
+            assert!(
+                describe(&method, path).is_some(),
+                "{method} {path} has no description"
+            );
+            assert!(
+                paths[path].get(method.as_str().to_lowercase()).is_some(),
+                "{method} {path} missing from the document"
+            );
+            n += 1;
+        }
+        let described: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(described, n, "the document names routes the router lacks");
+    }
+
+    #[test]
+    fn every_error_code_is_in_the_error_schema() {
+        let doc = document();
+        let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+            ["code"]["enum"];
+        assert_eq!(codes.as_array().unwrap().len(), ErrorCode::ALL.len());
+    }
+}

@@ -1,0 +1,537 @@
+//! The local API of real nodes (real sockets, real sled databases), called
+//! over its Unix socket and over loopback TCP as any client would.
+
+use std::{path::Path, time::Duration};
+
+use agentmesh_node::{
+    api::{ApiInfo, ErrorCode, LocalApi, INFO_FILE},
+    control::Client,
+    keystore::KdfParams,
+    Config, Node, Passphrase,
+};
+use hyper::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config() -> Config {
+    let mut c = Config::local();
+    c.kdf = KdfParams::throwaway();
+    c
+}
+
+async fn node(dir: &Path, name: &str, bootstrap: Option<&Node>) -> Node {
+    let mut b = Node::builder(config())
+        .data_dir(dir.join(name))
+        .passphrase(Passphrase::new(name));
+    if let Some(boot) = bootstrap {
+        b = b.bootstraps(boot.listen_addrs().await);
+    }
+    b.spawn().await.expect("node starts")
+}
+
+async fn bootstrap(dir: &Path) -> Node {
+    let n = node(dir, "bootstrap", None).await;
+    assert!(
+        !n.wait_listening(1, WAIT).await.is_empty(),
+        "bootstrap listens"
+    );
+    n
+}
+
+async fn api(node: &Node, dir: &Path) -> LocalApi {
+    LocalApi::start(
+        node.clone(),
+        dir,
+        Some(agentmesh_node::daemon::DEFAULT_API_ADDR),
+    )
+    .await
+    .expect("API starts")
+}
+
+/// Calls the API and expects success.
+async fn ok(c: &mut Client, method: Method, path: &str, body: Option<Value>) -> Value {
+    match tokio::time::timeout(WAIT, c.call(method.clone(), path, body.as_ref()))
+        .await
+        .expect("answered in time")
+        .expect("transport")
+    {
+        Ok(v) => v,
+        Err(e) => panic!("{method} {path}: {e:?}"),
+    }
+}
+
+/// Calls the API and expects an error.
+async fn err(c: &mut Client, method: Method, path: &str, body: Option<Value>) -> ErrorCode {
+    match tokio::time::timeout(WAIT, c.call(method.clone(), path, body.as_ref()))
+        .await
+        .expect("answered in time")
+        .expect("transport")
+    {
+        Ok(v) => panic!("{method} {path} succeeded: {v}"),
+        Err(e) => e.code,
+    }
+}
+
+/// One raw HTTP/1.1 exchange on TCP, with exactly the headers given.
+async fn raw(url: &str, head: &str, body: &[u8]) -> (u16, Value) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The server may answer (and close) before reading an oversized body.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_receive_acknowledge_request_reply_and_events() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await && bob.wait_published(WAIT).await);
+    let alice_api = api(&alice, &dir.path().join("alice")).await;
+    let bob_api = api(&bob, &dir.path().join("bob")).await;
+
+    // api.json is there, private, and names the node.
+    let info = ApiInfo::read(&dir.path().join("bob")).unwrap();
+    assert_eq!(info.amid, bob.amid().to_string());
+    assert!(info
+        .url
+        .as_deref()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("bob").join(INFO_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let mut a = Client::connect(&dir.path().join("alice")).await.unwrap();
+    let mut b = Client::connect(&dir.path().join("bob")).await.unwrap();
+    let bob_amid = bob.amid().to_string();
+    let alice_amid = alice.amid().to_string();
+
+    let sent = ok(
+        &mut a,
+        Method::POST,
+        "/v1/send",
+        Some(json!({"to": bob_amid, "payload": {"text": "hello"}})),
+    )
+    .await;
+    assert_eq!(sent["receipt"]["knocked"], true);
+    assert_eq!(sent["receipt"]["path"], "direct_quic");
+    let id = sent["receipt"]["id"].as_str().unwrap().to_owned();
+
+    // Bob reads it under a short lease and does not acknowledge it.
+    let got = ok(
+        &mut b,
+        Method::GET,
+        "/v1/messages?wait_ms=30000&lease_ms=1000",
+        None,
+    )
+    .await;
+    let m = &got["messages"][0];
+    assert_eq!(m["id"], id);
+    assert_eq!(m["from"], alice_amid);
+    assert_eq!(m["payload"], json!({"text": "hello"}));
+    assert_eq!(m["deliveries"], 1);
+    // Leased: no other reader gets it meanwhile.
+    let none = ok(&mut b, Method::GET, "/v1/messages", None).await;
+    assert_eq!(none["messages"], json!([]));
+    // The lease ends: handed out again.
+    let again = ok(&mut b, Method::GET, "/v1/messages?wait_ms=30000", None).await;
+    assert_eq!(again["messages"][0]["id"], id);
+    assert_eq!(again["messages"][0]["deliveries"], 2);
+    let acked = ok(
+        &mut b,
+        Method::POST,
+        "/v1/messages/ack",
+        Some(json!({"ids": [id]})),
+    )
+    .await;
+    assert_eq!(acked["acked"], 1);
+    let status = ok(&mut b, Method::GET, "/v1/status", None).await;
+    assert_eq!(status["inbox"], json!({"ready": 0, "leased": 0}));
+    assert_eq!(status["status"]["amid"], bob_amid);
+
+    // Request and reply, each side through its own API.
+    let requester = {
+        let dir = dir.path().join("alice");
+        let to = bob_amid.clone();
+        tokio::spawn(async move {
+            let mut a = Client::connect(&dir).await.unwrap();
+            ok(
+                &mut a,
+                Method::POST,
+                "/v1/request",
+                Some(json!({"to": to, "payload": {"q": "2+2"}, "timeout_ms": 50000})),
+            )
+            .await
+        })
+    };
+    let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=30000", None).await;
+    let req = &got["messages"][0];
+    assert_eq!(req["kind"], "request");
+    let req_id = req["id"].as_str().unwrap().to_owned();
+    ok(
+        &mut b,
+        Method::POST,
+        "/v1/reply",
+        Some(json!({"to": alice_amid, "id": req_id, "payload": {"a": 4}})),
+    )
+    .await;
+    ok(
+        &mut b,
+        Method::POST,
+        "/v1/messages/ack",
+        Some(json!({"ids": [req_id]})),
+    )
+    .await;
+    let reply = tokio::time::timeout(WAIT, requester)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply["reply"]["payload"], json!({"a": 4}));
+    assert_eq!(reply["reply"]["kind"], "reply");
+
+    // Events: ids from 1, contiguous; resuming after the last id gives
+    // only what came later.
+    let page = ok(&mut a, Method::GET, "/v1/events?since=0&limit=1000", None).await;
+    let ids: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert!(!ids.is_empty());
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    assert_eq!(page["dropped"], 0);
+    assert!(page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"]["event"] == "delivered" && e["event"]["id"] == id));
+    let last = page["last_id"].as_u64().unwrap();
+    let later = ok(
+        &mut a,
+        Method::GET,
+        &format!("/v1/events?since={last}"),
+        None,
+    )
+    .await;
+    assert_eq!(later["events"], json!([]));
+    ok(
+        &mut a,
+        Method::POST,
+        "/v1/send",
+        Some(json!({"to": bob_amid, "payload": {"n": 2}, "wait": false})),
+    )
+    .await;
+    let later = ok(
+        &mut a,
+        Method::GET,
+        &format!("/v1/events?since={last}&wait_ms=30000"),
+        None,
+    )
+    .await;
+    assert_eq!(later["events"][0]["id"].as_u64().unwrap(), last + 1);
+
+    // Peers and sessions show the other side.
+    let peers = ok(&mut a, Method::GET, "/v1/peers", None).await;
+    assert!(peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["amid"] == bob_amid && p["sessions"].as_u64().unwrap() >= 1));
+
+    alice_api.stop().await;
+    bob_api.stop().await;
+    assert!(!dir.path().join("bob").join(INFO_FILE).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_not_acknowledged_is_handed_out_again_after_a_restart() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await && bob.wait_published(WAIT).await);
+    let bob_dir = dir.path().join("bob");
+    let bob_api = api(&bob, &bob_dir).await;
+    let receipt = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"keep": true})))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut b = Client::connect(&bob_dir).await.unwrap();
+    let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=30000", None).await;
+    assert_eq!(got["messages"][0]["id"], receipt.id.to_string());
+    // Bob's app (and then bob) stop before acknowledging it.
+    drop(b);
+    bob_api.stop().await;
+    bob.shutdown().await;
+
+    let bob = node(dir.path(), "bob", None).await;
+    let bob_api = api(&bob, &bob_dir).await;
+    let mut b = Client::connect(&bob_dir).await.unwrap();
+    let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=30000", None).await;
+    assert_eq!(got["messages"][0]["id"], receipt.id.to_string());
+    assert_eq!(got["messages"][0]["payload"], json!({"keep": true}));
+    ok(
+        &mut b,
+        Method::POST,
+        "/v1/messages/ack",
+        Some(json!({"ids": [receipt.id.to_string()]})),
+    )
+    .await;
+    bob_api.stop().await;
+    bob.shutdown().await;
+
+    // Acknowledged: gone for good.
+    let bob = node(dir.path(), "bob", None).await;
+    let bob_api = api(&bob, &bob_dir).await;
+    let mut b = Client::connect(&bob_dir).await.unwrap();
+    let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=1000", None).await;
+    assert_eq!(got["messages"], json!([]));
+    bob_api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_typed_errors() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = node(dir.path(), "alice", None).await;
+    let alice_dir = dir.path().join("alice");
+    let alice_api = api(&alice, &alice_dir).await;
+    let info = ApiInfo::read(&alice_dir).unwrap();
+    let url = info.url.clone().unwrap();
+    let auth = format!("Authorization: Bearer {}", info.token);
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+
+    // No token, a wrong one, a web page, DNS rebinding.
+    let (s, v) = raw(&url, "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1", b"").await;
+    assert_eq!((s, code(&v)), (401, "unauthorized".into()));
+    let (s, v) = raw(
+        &url,
+        "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer 00",
+        b"",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (401, "unauthorized".into()));
+    let (s, v) = raw(
+        &url,
+        &format!("GET /v1/status HTTP/1.1\r\nHost: localhost:{port}\r\n{auth}\r\nOrigin: http://evil.example"),
+        b"",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "forbidden_origin".into()));
+    let (s, v) = raw(
+        &url,
+        &format!(
+            "GET /v1/status HTTP/1.1\r\nHost: localhost\r\n{auth}\r\nReferer: http://evil.example/"
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "forbidden_origin".into()));
+    let (s, v) = raw(
+        &url,
+        &format!("GET /v1/status HTTP/1.1\r\nHost: evil.example:{port}\r\n{auth}"),
+        b"",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "bad_host".into()));
+    // The right token on TCP works.
+    let (s, v) = raw(
+        &url,
+        &format!("GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"),
+        b"",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"]["amid"], alice.amid().to_string());
+    // Malformed JSON, an oversized body.
+    let (s, v) = raw(
+        &url,
+        &format!(
+            "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\nContent-Type: application/json"
+        ),
+        b"{\"to\": ",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request".into()));
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let (s, v) = raw(
+        &url,
+        &format!(
+            "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\nContent-Type: application/json"
+        ),
+        &big,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (413, "payload_too_large".into()));
+
+    let mut c = Client::connect(&alice_dir).await.unwrap();
+    let me = alice.amid().to_string();
+    assert_eq!(
+        err(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(json!({"to": "nope", "payload": 1}))
+        )
+        .await,
+        ErrorCode::InvalidAmid
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(json!({"payload": 1}))
+        )
+        .await,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(json!({"to": me, "payload": 1, "extra": 2}))
+        )
+        .await,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            Method::POST,
+            "/v1/messages/ack",
+            Some(json!({"ids": ["xyz"]}))
+        )
+        .await,
+        ErrorCode::InvalidId
+    );
+    assert_eq!(
+        err(&mut c, Method::GET, "/v1/messages?max=many", None).await,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(&mut c, Method::GET, "/v1/nothing", None).await,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        err(&mut c, Method::DELETE, "/v1/send", None).await,
+        ErrorCode::MethodNotAllowed
+    );
+    assert_eq!(
+        err(&mut c, Method::POST, "/v1/close", Some(json!({"amid": me}))).await,
+        ErrorCode::NoSession
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            Method::PUT,
+            "/v1/presence",
+            Some(json!({"state": "asleep"}))
+        )
+        .await,
+        ErrorCode::BadRequest
+    );
+    // A payload over the message limit.
+    let huge = "x".repeat(900 * 1024);
+    assert_eq!(
+        err(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(json!({"to": me, "payload": huge}))
+        )
+        .await,
+        ErrorCode::InvalidPayload
+    );
+
+    // Every route of the OpenAPI document is served (no route-level 404 or
+    // 405), and the document is the one the code makes.
+    let doc = ok(&mut c, Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(doc, agentmesh_node::api::openapi::document());
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            if path.ends_with("/stream") || path == "/v1/request" || path == "/v1/send" {
+                continue; // long-running; covered above
+            }
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let p = path.replace("{amid}", "nope");
+            if let Err(e) = c.call(m.clone(), &p, Some(&json!({}))).await.unwrap() {
+                assert!(
+                    e.code != ErrorCode::MethodNotAllowed
+                        && !e.message.starts_with("no such route"),
+                    "{m} {p}: {e:?}"
+                );
+            }
+        }
+    }
+    alice_api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_knock_is_a_rejected_error_with_its_reason() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await && bob.wait_published(WAIT).await);
+    let bob_api = api(&bob, &dir.path().join("bob")).await;
+    let alice_api = api(&alice, &dir.path().join("alice")).await;
+    let mut b = Client::connect(&dir.path().join("bob")).await.unwrap();
+    ok(
+        &mut b,
+        Method::POST,
+        "/v1/block",
+        Some(json!({"amid": alice.amid().to_string()})),
+    )
+    .await;
+    let mut a = Client::connect(&dir.path().join("alice")).await.unwrap();
+    let e = tokio::time::timeout(
+        WAIT,
+        a.call(
+            Method::POST,
+            "/v1/send",
+            Some(&json!({"to": bob.amid().to_string(), "payload": "hi"})),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Rejected);
+    assert_eq!(e.reason, Some(agentmesh_node::RejectReason::Blocked));
+    alice_api.stop().await;
+    bob_api.stop().await;
+}
