@@ -1,0 +1,106 @@
+"""AgentMesh for Python: a client of an AgentMesh node's local API.
+
+>>> from agentmesh import Agent, LocalMesh
+>>> with LocalMesh(n=2) as mesh:                     # doctest: +SKIP
+...     alice, bob = mesh.agents
+...     receipt = alice.send(bob, {"text": "hello"})
+"""
+
+from ._process import NodeProcess, find_binary, missing_binaries
+from ._version import __version__
+from .agent import Agent, Handler, Runner
+from .client import AsyncClient, Client
+from .errors import (
+    AgentMeshError,
+    BadHost,
+    BadRequest,
+    BadResponse,
+    BinaryNotFound,
+    Busy,
+    CircuitOpen,
+    DeliveryTimeout,
+    ForbiddenOrigin,
+    InternalError,
+    InvalidAmid,
+    InvalidId,
+    InvalidPayload,
+    InvalidRecipient,
+    Killed,
+    MethodNotAllowed,
+    NodeNotRunning,
+    NodeStartFailed,
+    NoSession,
+    NotAcknowledged,
+    NotFound,
+    PayloadTooLarge,
+    Rejected,
+    ReplyTimeout,
+    Stopped,
+    StorageError,
+    Unauthorized,
+    Unreachable,
+    error_class,
+    error_from_body,
+)
+from .mesh import LocalMesh
+from .models import (
+    ApiInfo,
+    Event,
+    EventBatch,
+    Message,
+    Peer,
+    Receipt,
+    StreamResult,
+    default_data_dir,
+)
+
+__all__ = [
+    "Agent",
+    "AgentMeshError",
+    "ApiInfo",
+    "AsyncClient",
+    "BadHost",
+    "BadRequest",
+    "BadResponse",
+    "BinaryNotFound",
+    "Busy",
+    "CircuitOpen",
+    "Client",
+    "DeliveryTimeout",
+    "Event",
+    "EventBatch",
+    "ForbiddenOrigin",
+    "Handler",
+    "InternalError",
+    "InvalidAmid",
+    "InvalidId",
+    "InvalidPayload",
+    "InvalidRecipient",
+    "Killed",
+    "LocalMesh",
+    "Message",
+    "MethodNotAllowed",
+    "NoSession",
+    "NodeNotRunning",
+    "NodeProcess",
+    "NodeStartFailed",
+    "NotAcknowledged",
+    "NotFound",
+    "PayloadTooLarge",
+    "Peer",
+    "Receipt",
+    "Rejected",
+    "ReplyTimeout",
+    "Runner",
+    "StorageError",
+    "Stopped",
+    "StreamResult",
+    "Unauthorized",
+    "Unreachable",
+    "__version__",
+    "default_data_dir",
+    "error_class",
+    "error_from_body",
+    "find_binary",
+    "missing_binaries",
+]

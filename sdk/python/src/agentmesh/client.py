@@ -1,0 +1,744 @@
+"""Clients of a node's local API: :class:`Client` (blocking) and
+:class:`AsyncClient` (asyncio), both over httpx.
+
+Times are in seconds (floats) on the Python side and converted to the
+API's milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import httpx
+
+from ._version import __version__
+from .errors import BadResponse, NodeNotRunning, error_from_body
+from .models import (
+    JSON,
+    ApiInfo,
+    EventBatch,
+    Message,
+    Peer,
+    Receipt,
+    StreamResult,
+)
+
+__all__ = ["AsyncClient", "Client", "DEFAULT_TIMEOUT"]
+
+#: Seconds to wait for an answer that is not a long-poll (a send waits for
+#: the recipient's acknowledgement, up to a minute on the node's side).
+DEFAULT_TIMEOUT = 120.0
+#: Added to a long-poll's own wait for the HTTP timeout.
+_GRACE = 30.0
+
+_PRESENCE_STATES = ("online", "away", "dnd", "offline")
+
+
+def _ms(seconds: float, lo: int, hi: int) -> int:
+    return max(lo, min(hi, round(seconds * 1000)))
+
+
+def _payload(payload: Any) -> Any:
+    """A plain string is sent as ``{"text": ...}``, as the command line does."""
+    return {"text": payload} if isinstance(payload, str) else payload
+
+
+def _ids(ids: Iterable[str | Message]) -> list[str]:
+    return [m.id if isinstance(m, Message) else m for m in ids]
+
+
+def _amid(to: Any) -> str:
+    """An AMID string, or anything with an ``amid`` attribute (an Agent)."""
+    if isinstance(to, str):
+        return to
+    amid = getattr(to, "amid", None)
+    if isinstance(amid, str):
+        return amid
+    raise TypeError(f"expected an AMID string or an Agent, got {type(to).__name__}")
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    path: str
+    params: Mapping[str, str | int] | None = None
+    json: Any = None
+    content: bytes | None = None
+    timeout: float | None = None
+    has_json: bool = False
+    headers: Mapping[str, str] | None = None
+
+
+def _post(path: str, body: Any, timeout: float | None = None) -> _Call:
+    return _Call("POST", path, json=body, has_json=True, timeout=timeout)
+
+
+def _get(
+    path: str, params: Mapping[str, str | int] | None = None, timeout: float | None = None
+) -> _Call:
+    return _Call("GET", path, params=params, timeout=timeout)
+
+
+def _obj(data: Any, key: str | None = None) -> Any:
+    """``data`` checked to be an object, or its member ``key``."""
+    if not isinstance(data, dict):
+        raise BadResponse("the node answered something that is not a JSON object")
+    if key is None:
+        return data
+    if key not in data:
+        raise BadResponse(f"the node's answer has no {key!r}")
+    return data[key]
+
+
+def _dict(data: Any, key: str | None = None) -> JSON:
+    """Like :func:`_obj`, and the result must be an object."""
+    v = _obj(data, key)
+    if not isinstance(v, dict):
+        raise BadResponse(f"the node's {key or 'answer'} is not a JSON object")
+    return v
+
+
+def _as_int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadResponse(f"{what} is not an integer")
+    return v
+
+
+# Route builders and answer parsers, shared by both clients.
+
+
+def _send_call(to: str, payload: Any, capability: str | None, wait: bool, timeout: float) -> _Call:
+    body: JSON = {"to": to, "payload": _payload(payload)}
+    if capability is not None:
+        body["capability"] = capability
+    if not wait:
+        body["wait"] = False
+    return _post("/v1/send", body, timeout)
+
+
+def _send_answer(data: Any, wait: bool) -> Receipt | str:
+    if wait:
+        return Receipt.from_json(_dict(data, "receipt"))
+    mid = _obj(data, "id")
+    if not isinstance(mid, str):
+        raise BadResponse("the send answer's id is not a string")
+    return mid
+
+
+def _request_call(to: str, payload: Any, capability: str | None, timeout: float) -> _Call:
+    body: JSON = {"to": to, "payload": _payload(payload), "timeout_ms": _ms(timeout, 1, 2**53)}
+    if capability is not None:
+        body["capability"] = capability
+    return _post("/v1/request", body, timeout + _GRACE)
+
+
+def _reply_call(to: str, id: str, payload: Any, session: str | None, timeout: float) -> _Call:
+    body: JSON = {"to": to, "id": id, "payload": _payload(payload)}
+    if session is not None:
+        body["session"] = session
+    return _post("/v1/reply", body, timeout)
+
+
+def _stream_call(
+    to: str,
+    data: bytes | None,
+    path: str | os.PathLike[str] | None,
+    chunk_size: int | None,
+    capability: str | None,
+    timeout: float,
+) -> _Call:
+    if (data is None) == (path is None):
+        raise ValueError("stream: give either data or path")
+    body: JSON = {"to": to}
+    if data is not None:
+        body["data_base64"] = base64.b64encode(data).decode("ascii")
+    else:
+        assert path is not None
+        body["path"] = str(Path(path).resolve())
+    if chunk_size is not None:
+        body["chunk_size"] = chunk_size
+    if capability is not None:
+        body["capability"] = capability
+    return _post("/v1/stream", body, timeout)
+
+
+def _messages_call(wait: float, max_: int, lease: float) -> _Call:
+    params = {
+        "wait_ms": _ms(wait, 0, 60_000),
+        "max": min(256, max(1, max_)),
+        "lease_ms": _ms(lease, 1000, 600_000),
+    }
+    return _get("/v1/messages", params, wait + _GRACE)
+
+
+def _messages_answer(data: Any, client: Client | AsyncClient) -> list[Message]:
+    raw = _obj(data, "messages")
+    if not isinstance(raw, list):
+        raise BadResponse("'messages' is not a list")
+    return [Message.from_json(_dict(m), client) for m in raw]
+
+
+def _events_call(since: int | None, wait: float, limit: int | None) -> _Call:
+    params: dict[str, str | int] = {"wait_ms": _ms(wait, 0, 60_000)}
+    if since is not None:
+        params["since"] = since
+    if limit is not None:
+        params["limit"] = min(1000, max(1, limit))
+    return _get("/v1/events", params, wait + _GRACE)
+
+
+def _audit_call(peer: str | None, kind: str | None, limit: int | None, verify: bool) -> _Call:
+    params: dict[str, str | int] = {}
+    if peer is not None:
+        params["peer"] = peer
+    if kind is not None:
+        params["kind"] = kind
+    if limit is not None:
+        params["limit"] = limit
+    if verify:
+        params["verify"] = "true"
+    return _get("/v1/audit", params)
+
+
+def _presence_call(state: str) -> _Call:
+    if state not in _PRESENCE_STATES:
+        raise ValueError(f"presence: one of {', '.join(_PRESENCE_STATES)}")
+    return _Call("PUT", "/v1/presence", json={"state": state}, has_json=True)
+
+
+def _peers_answer(data: Any) -> list[Peer]:
+    raw = _obj(data, "peers")
+    if not isinstance(raw, list):
+        raise BadResponse("'peers' is not a list")
+    return [Peer.from_json(_dict(p)) for p in raw]
+
+
+def _headers(token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "User-Agent": f"agentmesh-python/{__version__}",
+        "Accept": "application/json",
+    }
+
+
+def _decode(resp: httpx.Response) -> Any:
+    if resp.status_code >= 400:
+        raise error_from_body(resp.status_code, resp.content)
+    if not resp.content:
+        return {}
+    try:
+        return resp.json()
+    except ValueError as e:
+        raise BadResponse(f"the node answered HTTP {resp.status_code} that is not JSON") from e
+
+
+def _unreachable(url: str, e: Exception) -> NodeNotRunning:
+    return NodeNotRunning(f"the node at {url} does not answer ({type(e).__name__}: {e})")
+
+
+def _request_kwargs(c: _Call, default_timeout: float) -> dict[str, Any]:
+    kw: dict[str, Any] = {"timeout": c.timeout if c.timeout is not None else default_timeout}
+    if c.params is not None:
+        kw["params"] = dict(c.params)
+    if c.headers is not None:
+        kw["headers"] = dict(c.headers)
+    if c.content is not None:
+        kw["content"] = c.content
+    elif c.has_json:
+        kw["json"] = c.json
+    return kw
+
+
+class _Base:
+    info: ApiInfo
+
+    @property
+    def url(self) -> str:
+        """The API's base URL (``http://localhost`` over the Unix socket)."""
+        return self.info.url or f"http://localhost (unix socket {self.info.socket})"
+
+    @property
+    def amid(self) -> str | None:
+        """The node's AMID, as ``api.json`` gives it (``None`` if not known)."""
+        return self.info.amid
+
+
+class Client(_Base):
+    """A blocking client of one node's local API.
+
+    >>> c = Client.from_data_dir("~/.agentmesh")          # doctest: +SKIP
+    >>> c.send(bob_amid, {"text": "hello"}).path           # doctest: +SKIP
+    'direct-quic'
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        token: str,
+        *,
+        amid: str | None = None,
+        socket: str | None = None,
+        use_socket: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.info = ApiInfo(
+            url=url.rstrip("/") if url else None, token=token, socket=socket, amid=amid
+        )
+        self.timeout = timeout
+        base = self.info.url or "http://localhost"
+        if transport is None and (use_socket or not url):
+            if not socket:
+                raise ValueError("no URL and no socket to reach the node by")
+            transport = httpx.HTTPTransport(uds=socket)
+            base = "http://localhost"
+        self._http = httpx.Client(
+            base_url=base, headers=_headers(token), transport=transport, timeout=timeout
+        )
+
+    @classmethod
+    def from_info(cls, info: ApiInfo, **kwargs: Any) -> Client:
+        """A client for the API that ``info`` (an ``api.json``) describes."""
+        c = cls(info.url, info.token, amid=info.amid, socket=info.socket, **kwargs)
+        c.info = info
+        return c
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Client:
+        """A client for the node running in ``data_dir`` (default
+        ``$AGENTMESH_HOME`` or ``~/.agentmesh``), from its ``api.json``."""
+        if data_dir is not None:
+            data_dir = Path(data_dir).expanduser()
+        return cls.from_info(ApiInfo.load(data_dir), **kwargs)
+
+    def close(self) -> None:
+        """Closes the HTTP connections (the node keeps running)."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The transport.
+
+    def _do(self, c: _Call) -> Any:
+        try:
+            resp = self._http.request(c.method, c.path, **_request_kwargs(c, self.timeout))
+        except (httpx.TransportError, OSError) as e:
+            raise _unreachable(self.url, e) from e
+        return _decode(resp)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Any route, raw: returns the decoded JSON answer, raises the
+        :class:`AgentMeshError` subclass of an error answer."""
+        return self._do(
+            _Call(
+                method.upper(),
+                path,
+                params=params,
+                json=json,
+                content=content,
+                timeout=timeout,
+                has_json=json is not None,
+                headers=headers,
+            )
+        )
+
+    # Messages out.
+
+    @overload
+    def send(
+        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[True] = ...
+    ) -> Receipt: ...
+
+    @overload
+    def send(
+        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[False]
+    ) -> str: ...
+
+    def send(
+        self, to: str, payload: Any, *, capability: str | None = None, wait: bool = True
+    ) -> Receipt | str:
+        """Sends ``payload`` (any JSON value; a string is sent as
+        ``{"text": ...}``) to ``to``. Returns the :class:`Receipt` once the
+        recipient acknowledged it (or a relay mailbox took it); with
+        ``wait=False``, the message id at once (the outcome comes as an event)."""
+        data = self._do(_send_call(to, payload, capability, wait, self.timeout))
+        return _send_answer(data, wait)
+
+    def request(
+        self, to: str, payload: Any, *, capability: str | None = None, timeout: float = 30.0
+    ) -> Message:
+        """Sends a request and returns the reply (raises :class:`ReplyTimeout`
+        when none comes within ``timeout`` seconds)."""
+        data = self._do(_request_call(to, payload, capability, timeout))
+        return Message.from_json(_dict(data, "reply"), self)
+
+    def reply(self, to: str, id: str, payload: Any, *, session: str | None = None) -> Receipt:
+        """Answers message ``id`` from ``to``."""
+        data = self._do(_reply_call(to, id, payload, session, self.timeout))
+        return Receipt.from_json(_dict(data, "receipt"))
+
+    def end(self, amid: str) -> None:
+        """Ends the conversation with ``amid`` (an end message after
+        everything sent before; both sides then forget the session)."""
+        self._do(_post("/v1/end", {"amid": amid}))
+
+    def stream(
+        self,
+        to: str,
+        data: bytes | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        chunk_size: int | None = None,
+        capability: str | None = None,
+    ) -> StreamResult:
+        """Sends bytes (or the file at ``path``, read by the node) as a stream
+        of end-to-end encrypted chunks."""
+        c = _stream_call(to, data, path, chunk_size, capability, self.timeout)
+        return StreamResult.from_json(_dict(self._do(c)))
+
+    # Messages in.
+
+    def messages(self, *, wait: float = 0.0, max: int = 32, lease: float = 30.0) -> list[Message]:
+        """Messages waiting in the inbox, in arrival order, each leased to this
+        reader for ``lease`` seconds. Waits up to ``wait`` seconds for the
+        first one. Acknowledge each after handling it (:meth:`ack`)."""
+        return _messages_answer(self._do(_messages_call(wait, max, lease)), self)
+
+    def ack(self, ids: Iterable[str | Message]) -> int:
+        """Acknowledges messages: the node removes them from its inbox."""
+        data = self._do(_post("/v1/messages/ack", {"ids": _ids(ids)}))
+        return _as_int(_obj(data, "acked"), "acked")
+
+    def release(self, ids: Iterable[str | Message]) -> int:
+        """Ends the lease of messages: they are handed out again at once."""
+        data = self._do(_post("/v1/messages/release", {"ids": _ids(ids)}))
+        return _as_int(_obj(data, "released"), "released")
+
+    def events(
+        self, *, since: int | None = None, wait: float = 0.0, limit: int | None = None
+    ) -> EventBatch:
+        """Node events after id ``since`` (all kept ones when ``None``);
+        waits up to ``wait`` seconds for the first."""
+        return EventBatch.from_json(_dict(self._do(_events_call(since, wait, limit))))
+
+    # The node.
+
+    def status(self) -> JSON:
+        """The node's status (sessions, peers, network)."""
+        return _dict(self._do(_get("/v1/status")), "status")
+
+    def peers(self) -> list[Peer]:
+        """Peers the node knows, with presence and path when known."""
+        return _peers_answer(self._do(_get("/v1/peers")))
+
+    def sessions(self) -> list[JSON]:
+        """The node's sessions."""
+        return list(_obj(self._do(_get("/v1/sessions")), "sessions"))
+
+    def lookup(self, amid: str) -> JSON:
+        """An agent's card from the DHT (raises :class:`NotFound` if none)."""
+        return _dict(self._do(_get(f"/v1/lookup/{amid}")), "card")
+
+    def close_sessions(self, amid: str) -> int:
+        """Ends every session with ``amid``; returns how many."""
+        return _as_int(_obj(self._do(_post("/v1/close", {"amid": amid})), "closed"), "closed")
+
+    def disconnect(self, amid: str) -> None:
+        """Closes every connection to ``amid`` (sessions stay)."""
+        self._do(_post("/v1/disconnect", {"amid": amid}))
+
+    def block(self, amid: str) -> None:
+        """Blocks ``amid``: its KNOCKs are refused."""
+        self._do(_post("/v1/block", {"amid": amid}))
+
+    def kill(self, amid: str | None = None) -> None:
+        """The kill switch: for ``amid``, or for everyone when ``None``."""
+        self._do(_post("/v1/kill", {} if amid is None else {"amid": amid}))
+
+    def kill_clear(self) -> None:
+        """Turns the kill switch for everyone off."""
+        self._do(_post("/v1/kill/clear", {}))
+
+    def presence(self, state: str) -> None:
+        """Sets this agent's presence: ``online``, ``away``, ``dnd`` or ``offline``."""
+        self._do(_presence_call(state))
+
+    def policy(self) -> JSON:
+        """``{"policy": ..., "policy_hash": ...}``."""
+        return _dict(self._do(_get("/v1/policy")))
+
+    def reload_policy(self) -> str:
+        """Makes the node read its policy file again; returns the new hash."""
+        return str(_obj(self._do(_post("/v1/policy/reload", {})), "policy_hash"))
+
+    def audit(
+        self,
+        *,
+        peer: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+        verify: bool = False,
+    ) -> JSON:
+        """The audit log: ``{"audit": [...], "verified"?: ...}``."""
+        return _dict(self._do(_audit_call(peer, kind, limit, verify)))
+
+    def receipts(self) -> Any:
+        """The session receipts the node holds."""
+        return _obj(self._do(_get("/v1/receipts")), "receipts")
+
+    def credentials(self, *, renew: bool = False) -> Any:
+        """The credentials the node shows in KNOCKs (fetched anew with ``renew``)."""
+        body = {"renew": True} if renew else {}
+        return _obj(self._do(_post("/v1/credentials", body)), "credentials")
+
+    def openapi(self) -> JSON:
+        """The OpenAPI document of the local API."""
+        return _dict(self._do(_get("/v1/openapi.json")))
+
+
+class AsyncClient(_Base):
+    """An asyncio client of one node's local API; the same methods as
+    :class:`Client`, as coroutines."""
+
+    def __init__(
+        self,
+        url: str | None,
+        token: str,
+        *,
+        amid: str | None = None,
+        socket: str | None = None,
+        use_socket: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.info = ApiInfo(
+            url=url.rstrip("/") if url else None, token=token, socket=socket, amid=amid
+        )
+        self.timeout = timeout
+        base = self.info.url or "http://localhost"
+        if transport is None and (use_socket or not url):
+            if not socket:
+                raise ValueError("no URL and no socket to reach the node by")
+            transport = httpx.AsyncHTTPTransport(uds=socket)
+            base = "http://localhost"
+        self._http = httpx.AsyncClient(
+            base_url=base, headers=_headers(token), transport=transport, timeout=timeout
+        )
+
+    @classmethod
+    def from_info(cls, info: ApiInfo, **kwargs: Any) -> AsyncClient:
+        """A client for the API that ``info`` (an ``api.json``) describes."""
+        c = cls(info.url, info.token, amid=info.amid, socket=info.socket, **kwargs)
+        c.info = info
+        return c
+
+    @classmethod
+    def from_data_dir(
+        cls, data_dir: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> AsyncClient:
+        """A client for the node running in ``data_dir``, from its ``api.json``."""
+        if data_dir is not None:
+            data_dir = Path(data_dir).expanduser()
+        return cls.from_info(ApiInfo.load(data_dir), **kwargs)
+
+    async def aclose(self) -> None:
+        """Closes the HTTP connections (the node keeps running)."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _do(self, c: _Call) -> Any:
+        try:
+            resp = await self._http.request(c.method, c.path, **_request_kwargs(c, self.timeout))
+        except (httpx.TransportError, OSError) as e:
+            raise _unreachable(self.url, e) from e
+        return _decode(resp)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Any route, raw (see :meth:`Client.call`)."""
+        return await self._do(
+            _Call(
+                method.upper(),
+                path,
+                params=params,
+                json=json,
+                content=content,
+                timeout=timeout,
+                has_json=json is not None,
+                headers=headers,
+            )
+        )
+
+    @overload
+    async def send(
+        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[True] = ...
+    ) -> Receipt: ...
+
+    @overload
+    async def send(
+        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[False]
+    ) -> str: ...
+
+    async def send(
+        self, to: str, payload: Any, *, capability: str | None = None, wait: bool = True
+    ) -> Receipt | str:
+        """See :meth:`Client.send`."""
+        data = await self._do(_send_call(to, payload, capability, wait, self.timeout))
+        return _send_answer(data, wait)
+
+    async def request(
+        self, to: str, payload: Any, *, capability: str | None = None, timeout: float = 30.0
+    ) -> Message:
+        """See :meth:`Client.request`."""
+        data = await self._do(_request_call(to, payload, capability, timeout))
+        return Message.from_json(_dict(data, "reply"), self)
+
+    async def reply(self, to: str, id: str, payload: Any, *, session: str | None = None) -> Receipt:
+        """See :meth:`Client.reply`."""
+        data = await self._do(_reply_call(to, id, payload, session, self.timeout))
+        return Receipt.from_json(_dict(data, "receipt"))
+
+    async def end(self, amid: str) -> None:
+        """See :meth:`Client.end`."""
+        await self._do(_post("/v1/end", {"amid": amid}))
+
+    async def stream(
+        self,
+        to: str,
+        data: bytes | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        chunk_size: int | None = None,
+        capability: str | None = None,
+    ) -> StreamResult:
+        """See :meth:`Client.stream`."""
+        c = _stream_call(to, data, path, chunk_size, capability, self.timeout)
+        return StreamResult.from_json(_dict(await self._do(c)))
+
+    async def messages(
+        self, *, wait: float = 0.0, max: int = 32, lease: float = 30.0
+    ) -> list[Message]:
+        """See :meth:`Client.messages`."""
+        return _messages_answer(await self._do(_messages_call(wait, max, lease)), self)
+
+    async def ack(self, ids: Iterable[str | Message]) -> int:
+        """See :meth:`Client.ack`."""
+        data = await self._do(_post("/v1/messages/ack", {"ids": _ids(ids)}))
+        return _as_int(_obj(data, "acked"), "acked")
+
+    async def release(self, ids: Iterable[str | Message]) -> int:
+        """See :meth:`Client.release`."""
+        data = await self._do(_post("/v1/messages/release", {"ids": _ids(ids)}))
+        return _as_int(_obj(data, "released"), "released")
+
+    async def events(
+        self, *, since: int | None = None, wait: float = 0.0, limit: int | None = None
+    ) -> EventBatch:
+        """See :meth:`Client.events`."""
+        return EventBatch.from_json(_dict(await self._do(_events_call(since, wait, limit))))
+
+    async def status(self) -> JSON:
+        """See :meth:`Client.status`."""
+        return _dict(await self._do(_get("/v1/status")), "status")
+
+    async def peers(self) -> list[Peer]:
+        """See :meth:`Client.peers`."""
+        return _peers_answer(await self._do(_get("/v1/peers")))
+
+    async def sessions(self) -> list[JSON]:
+        """See :meth:`Client.sessions`."""
+        return list(_obj(await self._do(_get("/v1/sessions")), "sessions"))
+
+    async def lookup(self, amid: str) -> JSON:
+        """See :meth:`Client.lookup`."""
+        return _dict(await self._do(_get(f"/v1/lookup/{amid}")), "card")
+
+    async def close_sessions(self, amid: str) -> int:
+        """See :meth:`Client.close_sessions`."""
+        data = await self._do(_post("/v1/close", {"amid": amid}))
+        return _as_int(_obj(data, "closed"), "closed")
+
+    async def disconnect(self, amid: str) -> None:
+        """See :meth:`Client.disconnect`."""
+        await self._do(_post("/v1/disconnect", {"amid": amid}))
+
+    async def block(self, amid: str) -> None:
+        """See :meth:`Client.block`."""
+        await self._do(_post("/v1/block", {"amid": amid}))
+
+    async def kill(self, amid: str | None = None) -> None:
+        """See :meth:`Client.kill`."""
+        await self._do(_post("/v1/kill", {} if amid is None else {"amid": amid}))
+
+    async def kill_clear(self) -> None:
+        """See :meth:`Client.kill_clear`."""
+        await self._do(_post("/v1/kill/clear", {}))
+
+    async def presence(self, state: str) -> None:
+        """See :meth:`Client.presence`."""
+        await self._do(_presence_call(state))
+
+    async def policy(self) -> JSON:
+        """See :meth:`Client.policy`."""
+        return _dict(await self._do(_get("/v1/policy")))
+
+    async def reload_policy(self) -> str:
+        """See :meth:`Client.reload_policy`."""
+        return str(_obj(await self._do(_post("/v1/policy/reload", {})), "policy_hash"))
+
+    async def audit(
+        self,
+        *,
+        peer: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+        verify: bool = False,
+    ) -> JSON:
+        """See :meth:`Client.audit`."""
+        return _dict(await self._do(_audit_call(peer, kind, limit, verify)))
+
+    async def receipts(self) -> Any:
+        """See :meth:`Client.receipts`."""
+        return _obj(await self._do(_get("/v1/receipts")), "receipts")
+
+    async def credentials(self, *, renew: bool = False) -> Any:
+        """See :meth:`Client.credentials`."""
+        body = {"renew": True} if renew else {}
+        return _obj(await self._do(_post("/v1/credentials", body)), "credentials")
+
+    async def openapi(self) -> JSON:
+        """See :meth:`Client.openapi`."""
+        return _dict(await self._do(_get("/v1/openapi.json")))

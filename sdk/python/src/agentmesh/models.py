@@ -1,0 +1,362 @@
+"""What the local API answers, as dataclasses."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadResponse, NodeNotRunning
+
+if TYPE_CHECKING:
+    from .client import AsyncClient, Client
+
+__all__ = [
+    "API_FILE",
+    "ApiInfo",
+    "Event",
+    "EventBatch",
+    "JSON",
+    "Message",
+    "Peer",
+    "Receipt",
+    "StreamResult",
+    "default_data_dir",
+]
+
+#: A JSON object as decoded by :mod:`json`.
+JSON = dict[str, Any]
+
+#: Name of the file a running node writes in its data directory.
+API_FILE = "api.json"
+
+
+def default_data_dir() -> Path:
+    """The data directory the ``agentmesh`` command uses: ``$AGENTMESH_HOME``,
+    else ``~/.agentmesh``."""
+    home = os.environ.get("AGENTMESH_HOME")
+    return Path(home) if home else Path.home() / ".agentmesh"
+
+
+def _str(d: Mapping[str, Any], key: str, what: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str):
+        raise BadResponse(f"{what}: {key!r} is missing or not a string")
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, what: str, default: int | None = None) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadResponse(f"{what}: {key!r} is missing or not an integer")
+    return v
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    return v if isinstance(v, str) else None
+
+
+def path_name(v: Any) -> str:
+    """A path kind as the API documents it (``direct-quic``, ``relayed``,
+    ``mailbox``, ...); also accepts the snake-case spelling
+    (``direct_quic``)."""
+    return v.replace("_", "-") if isinstance(v, str) and v else "other"
+
+
+def _object(v: Any, what: str) -> JSON:
+    if not isinstance(v, dict):
+        raise BadResponse(f"{what}: expected a JSON object")
+    return v
+
+
+@dataclass(frozen=True)
+class ApiInfo:
+    """The contents of ``api.json``: where the node's local API listens and
+    the token it wants. ``url`` is ``None`` when the node serves its API on
+    its Unix socket only."""
+
+    url: str | None
+    token: str
+    socket: str | None = None
+    amid: str | None = None
+    version: int = 1
+    #: The data directory the file was read from, if any.
+    data_dir: Path | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], data_dir: Path | None = None) -> ApiInfo:
+        what = API_FILE
+        url = data.get("url")
+        if url is None and not isinstance(data.get("socket"), str):
+            raise BadResponse(f"{what}: neither 'url' nor 'socket'")
+        version = data.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadResponse(f"{what}: 'version' is not an integer")
+        return cls(
+            url=url.rstrip("/") if isinstance(url, str) else None,
+            token=_str(data, "token", what),
+            socket=_opt_str(data, "socket"),
+            amid=_opt_str(data, "amid"),
+            version=version,
+            data_dir=data_dir,
+        )
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike[str] | None = None) -> ApiInfo:
+        """Reads ``api.json`` from ``data_dir`` (default: :func:`default_data_dir`).
+
+        Raises :class:`NodeNotRunning` when the file is missing (no node runs
+        there) and :class:`BadResponse` when it does not parse.
+        """
+        d = Path(data_dir) if data_dir is not None else default_data_dir()
+        path = d / API_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NodeNotRunning(
+                f"no {API_FILE} in {d}: no node is running with this data directory"
+            ) from None
+        except OSError as e:
+            raise NodeNotRunning(f"cannot read {path}: {e}") from e
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            # A file caught while being written reads as truncated JSON.
+            raise BadResponse(f"{path} is not JSON: {e}") from e
+        return cls.from_json(_object(data, str(path)), data_dir=d)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that a message reached its recipient (or a relay mailbox)."""
+
+    id: str
+    to: str
+    #: ``direct-quic``, ``direct-webrtc``, ``relayed``, ``mailbox`` or ``other``.
+    path: str
+    #: Whether the message rode in a KNOCK (opened the session).
+    knocked: bool
+    session: str
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Receipt:
+        what = "receipt"
+        return cls(
+            id=_str(d, "id", what),
+            to=_str(d, "to", what),
+            path=path_name(_str(d, "path", what)),
+            knocked=bool(d.get("knocked", False)),
+            session=_str(d, "session", what),
+        )
+
+
+@dataclass
+class Message:
+    """A received message.
+
+    ``from_`` is the sender's AMID (``from`` in JSON). ``kind`` is
+    ``message``, ``request`` or ``reply``; ``reply_to`` names the message a
+    reply answers. ``deliveries`` counts how many times the node handed the
+    message out (more than one when an earlier reader did not acknowledge it).
+    """
+
+    id: str
+    from_: str
+    session: str
+    seq: int
+    ts_ms: int
+    payload: Any
+    path: str
+    kind: str = "message"
+    reply_to: str | None = None
+    deliveries: int = 1
+    _client: Client | AsyncClient | None = field(default=None, repr=False, compare=False, init=True)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], client: Client | AsyncClient | None = None) -> Message:
+        what = "message"
+        return cls(
+            id=_str(d, "id", what),
+            from_=_str(d, "from", what),
+            session=_str(d, "session", what),
+            seq=_int(d, "seq", what, 0),
+            ts_ms=_int(d, "ts_ms", what, 0),
+            payload=d.get("payload"),
+            path=path_name(d.get("path")),
+            kind=_opt_str(d, "kind") or "message",
+            reply_to=_opt_str(d, "reply_to"),
+            deliveries=_int(d, "deliveries", what, 1),
+            _client=client,
+        )
+
+    def to_json(self) -> JSON:
+        """The message as the API writes it (``from``, not ``from_``)."""
+        d: JSON = {
+            "id": self.id,
+            "from": self.from_,
+            "session": self.session,
+            "seq": self.seq,
+            "ts_ms": self.ts_ms,
+            "payload": self.payload,
+            "path": self.path,
+            "kind": self.kind,
+            "deliveries": self.deliveries,
+        }
+        if self.reply_to is not None:
+            d["reply_to"] = self.reply_to
+        return d
+
+    @property
+    def sender(self) -> str:
+        """The sender's AMID (same as ``from_``)."""
+        return self.from_
+
+    @property
+    def text(self) -> str | None:
+        """``payload["text"]`` when the payload is an object with a text."""
+        if isinstance(self.payload, dict):
+            t = self.payload.get("text")
+            return t if isinstance(t, str) else None
+        return None
+
+    @property
+    def is_request(self) -> bool:
+        """Whether the sender waits for a reply (``kind == "request"``)."""
+        return self.kind == "request"
+
+    def _sync_client(self) -> Client:
+        from .client import Client
+
+        if not isinstance(self._client, Client):
+            raise TypeError(
+                "this message did not come from a sync Client; "
+                "use `await msg.areply(...)` / the client's methods"
+            )
+        return self._client
+
+    def _async_client(self) -> AsyncClient:
+        from .client import AsyncClient
+
+        if not isinstance(self._client, AsyncClient):
+            raise TypeError("this message did not come from an AsyncClient; use msg.reply(...)")
+        return self._client
+
+    def reply(self, payload: Any, *, same_session: bool = False) -> Receipt:
+        """Answers this message (``POST /v1/reply``). A plain string is sent
+        as ``{"text": ...}``. With ``same_session``, the reply goes in this
+        message's session only and fails (:class:`NoSession`) when it ended."""
+        return self._sync_client().reply(
+            self.from_, self.id, payload, session=self.session if same_session else None
+        )
+
+    async def areply(self, payload: Any, *, same_session: bool = False) -> Receipt:
+        """:meth:`reply` for messages read with an :class:`AsyncClient`."""
+        return await self._async_client().reply(
+            self.from_, self.id, payload, session=self.session if same_session else None
+        )
+
+    def ack(self) -> int:
+        """Acknowledges this message: the node forgets it."""
+        return self._sync_client().ack([self.id])
+
+    def release(self) -> int:
+        """Hands this message out again at once (to the next reader)."""
+        return self._sync_client().release([self.id])
+
+
+@dataclass(frozen=True)
+class Event:
+    """A node event with its id: ``event`` is the object ``agentmesh run
+    --json`` prints (``{"event": "delivered", ...}``)."""
+
+    id: int
+    ts_ms: int
+    event: JSON
+
+    @property
+    def kind(self) -> str:
+        """The event's name (``delivered``, ``knock_decided``, ...)."""
+        k = self.event.get("event")
+        return k if isinstance(k, str) else ""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.event[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.event.get(key, default)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Event:
+        what = "event"
+        inner = d.get("event")
+        return cls(
+            id=_int(d, "id", what),
+            ts_ms=_int(d, "ts_ms", what, 0),
+            event=inner if isinstance(inner, dict) else {"event": inner},
+        )
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """One answer of ``GET /v1/events``. ``dropped`` counts events after
+    ``since`` the node no longer keeps (a gap)."""
+
+    events: list[Event]
+    last_id: int
+    dropped: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EventBatch:
+        raw = d.get("events")
+        if not isinstance(raw, list):
+            raise BadResponse("events: 'events' is missing")
+        events = [Event.from_json(_object(e, "event")) for e in raw]
+        last = d.get("last_id")
+        if isinstance(last, bool) or not isinstance(last, int):
+            last = events[-1].id if events else 0
+        dropped = d.get("dropped", 0)
+        if isinstance(dropped, bool) or not isinstance(dropped, int):
+            dropped = 0
+        return cls(events=events, last_id=last, dropped=dropped)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer the node knows: presence and path when known."""
+
+    amid: str
+    presence: str | None = None
+    path: str | None = None
+    sessions: Any = None
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Peer:
+        presence = d.get("presence")
+        if isinstance(presence, dict):
+            # A presence record ({"state": ..., ...}) rather than a bare state.
+            state = presence.get("state")
+            presence = state if isinstance(state, str) else None
+        return cls(
+            amid=_str(d, "amid", "peer"),
+            presence=presence if isinstance(presence, str) else None,
+            path=path_name(d["path"]) if isinstance(d.get("path"), str) else None,
+            sessions=d.get("sessions"),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What ``POST /v1/stream`` sent."""
+
+    chunks: int
+    bytes: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StreamResult:
+        return cls(chunks=_int(d, "chunks", "stream", 0), bytes=_int(d, "bytes", "stream", 0))
