@@ -155,6 +155,7 @@ pub enum Request {
 #[non_exhaustive]
 pub struct Response {
     /// Whether the request succeeded.
+    #[serde(default)]
     pub ok: bool,
     /// The receipt of a sent message.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::LocalApi,
+    api::{ApiOptions, LocalApi},
     events::{Message, MessageKind, NodeEvent},
     node::{Node, Streams},
     receipts::Filing,
@@ -42,16 +42,15 @@ pub const DEFAULT_API_ADDR: std::net::SocketAddr =
 /// local API on the Unix socket and on [`DEFAULT_API_ADDR`], printing what
 /// happens to stdout, then shuts the node down.
 pub async fn serve(node: Node, dir: &Path, json: bool) -> std::io::Result<()> {
-    serve_with_api(node, dir, json, Some(DEFAULT_API_ADDR)).await
+    serve_with_api(node, dir, json, ApiOptions::new(Some(DEFAULT_API_ADDR))).await
 }
 
-/// As [`serve`], with the local API's TCP listener at `api` (`None`: on
-/// the Unix socket only).
+/// As [`serve`], with the local API (and the A2A gateway) as `api` says.
 pub async fn serve_with_api(
     node: Node,
     dir: &Path,
     json: bool,
-    api: Option<std::net::SocketAddr>,
+    api: ApiOptions,
 ) -> std::io::Result<()> {
     let amid = node.amid();
     // Subscribed first: events of the start (credentials from the
@@ -66,7 +65,7 @@ pub async fn serve_with_api(
     if json {
         println!(
             "{}",
-            json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint(), "api": api.info().url})
+            json!({"event": "started", "amid": amid, "fingerprint": node.fingerprint(), "api": api.info().url, "a2a": api.info().a2a})
         );
     } else {
         println!("agent {amid}\nfingerprint {}", node.fingerprint());

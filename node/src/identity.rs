@@ -248,6 +248,15 @@ impl Identity {
         self.key.sign(&[domain, msg].concat()).to_bytes()
     }
 
+    /// Signs a JWS signing input (`BASE64URL(header) "." BASE64URL(payload)`,
+    /// RFC 7515) with EdDSA, as JOSE verifiers expect: the input itself, with
+    /// no domain prefix. Such an input starts with the base64url of a JSON
+    /// object, which none of AgentMesh's domain-separated messages does.
+    pub fn sign_jws(&self, signing_input: &str) -> [u8; 64] {
+        debug_assert!(signing_input.starts_with("eyJ"));
+        self.key.sign(signing_input.as_bytes()).to_bytes()
+    }
+
     /// The same key as a libp2p keypair.
     pub fn libp2p_keypair(&self) -> Result<libp2p::identity::Keypair, AmidError> {
         let mut seed = self.seed();

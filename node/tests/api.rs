@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use agentmesh_node::{
-    api::{ApiInfo, ErrorCode, LocalApi, INFO_FILE},
+    api::{ApiInfo, ApiOptions, ErrorCode, LocalApi, INFO_FILE},
     control::Client,
     keystore::KdfParams,
     Config, Node, Passphrase,
@@ -31,6 +31,24 @@ async fn node(dir: &Path, name: &str, bootstrap: Option<&Node>) -> Node {
     b.spawn().await.expect("node starts")
 }
 
+/// Starts `name` again once the stopped node's tasks have let go of its
+/// database (its lock is the event waited on).
+async fn restart(dir: &Path, name: &str) -> Node {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let b = Node::builder(config())
+            .data_dir(dir.join(name))
+            .passphrase(Passphrase::new(name));
+        match b.spawn().await {
+            Ok(n) => return n,
+            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{name} restarts: {e}"),
+        }
+    }
+}
+
 async fn bootstrap(dir: &Path) -> Node {
     let n = node(dir, "bootstrap", None).await;
     assert!(
@@ -44,7 +62,7 @@ async fn api(node: &Node, dir: &Path) -> LocalApi {
     LocalApi::start(
         node.clone(),
         dir,
-        Some(agentmesh_node::daemon::DEFAULT_API_ADDR),
+        ApiOptions::new(Some(agentmesh_node::daemon::DEFAULT_API_ADDR)),
     )
     .await
     .expect("API starts")
@@ -294,7 +312,7 @@ async fn a_message_not_acknowledged_is_handed_out_again_after_a_restart() {
     bob_api.stop().await;
     bob.shutdown().await;
 
-    let bob = node(dir.path(), "bob", None).await;
+    let bob = restart(dir.path(), "bob").await;
     let bob_api = api(&bob, &bob_dir).await;
     let mut b = Client::connect(&bob_dir).await.unwrap();
     let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=30000", None).await;
@@ -311,7 +329,7 @@ async fn a_message_not_acknowledged_is_handed_out_again_after_a_restart() {
     bob.shutdown().await;
 
     // Acknowledged: gone for good.
-    let bob = node(dir.path(), "bob", None).await;
+    let bob = restart(dir.path(), "bob").await;
     let bob_api = api(&bob, &bob_dir).await;
     let mut b = Client::connect(&bob_dir).await.unwrap();
     let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=1000", None).await;
@@ -534,4 +552,243 @@ async fn a_refused_knock_is_a_rejected_error_with_its_reason() {
     assert_eq!(e.reason, Some(agentmesh_node::RejectReason::Blocked));
     alice_api.stop().await;
     bob_api.stop().await;
+}
+
+/// A stand-in A2A server (JSON-RPC): `SendMessage` answers with an agent
+/// message echoing the text; `SendStreamingMessage` with two SSE events.
+async fn upstream_a2a() -> String {
+    use axum::{routing::post, Json, Router};
+    let app = Router::new().route(
+        "/rpc",
+        post(
+            |headers: axum::http::HeaderMap, Json(req): Json<Value>| async move {
+                let id = req["id"].clone();
+                let text = req["params"]["message"]["parts"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let version = headers
+                    .get("a2a-version")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                let message = |t: String| {
+                    json!({"jsonrpc": "2.0", "id": id, "result": {"message": {
+                        "messageId": "m1", "role": "ROLE_AGENT", "parts": [{"text": t}],
+                        "metadata": {"version": version}
+                    }}})
+                };
+                match req["method"].as_str() {
+                    Some("SendMessage") => axum::response::IntoResponse::into_response(Json(
+                        message(format!("echo: {text}")),
+                    )),
+                    _ => {
+                        let body = format!(
+                            "data: {}\n\ndata: {}\n\n",
+                            message("one".into()),
+                            message("two".into())
+                        );
+                        axum::response::IntoResponse::into_response((
+                            [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                            body,
+                        ))
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/rpc")
+}
+
+async fn rpc(base: &str, path: &str, body: &Value) -> (u16, String) {
+    let host = base.trim_start_matches("http://");
+    let body = body.to_string();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nA2A-Version: 1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(150), s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// RFC 8785 form of JSON without numbers other than integers: keys sorted.
+fn canonical(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(o) => {
+                let sorted: std::collections::BTreeMap<String, Value> =
+                    o.iter().map(|(k, v)| (k.clone(), sort(v))).collect();
+                Value::Object(sorted.into_iter().collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+fn json_body(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a2a_requests_cross_the_mesh_to_the_upstream_server_and_back() {
+    use base64::Engine as _;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let carol = node(dir.path(), "carol", Some(&boot)).await;
+    assert!(
+        alice.wait_published(WAIT).await
+            && bob.wait_published(WAIT).await
+            && carol.wait_published(WAIT).await
+    );
+    let mut bob_options = ApiOptions::new(None);
+    bob_options.a2a_upstream = Some(upstream_a2a().await.parse().unwrap());
+    let bob_api = LocalApi::start(bob.clone(), &dir.path().join("bob"), bob_options)
+        .await
+        .unwrap();
+    bob.block(carol.amid());
+    let gateway = |n: &Node, name: &str| {
+        let n = n.clone();
+        let d = dir.path().join(name);
+        async move {
+            let mut o = ApiOptions::new(None);
+            o.a2a_listen = Some("127.0.0.1:0".parse().unwrap());
+            LocalApi::start(n, &d, o).await.unwrap()
+        }
+    };
+    let alice_api = gateway(&alice, "alice").await;
+    let carol_api = gateway(&carol, "carol").await;
+    let base = alice_api.info().a2a.clone().expect("gateway listens");
+    let bob_path = format!("/a2a/{}", bob.amid());
+
+    // SendMessage: over the mesh to bob's upstream and back; the A2A
+    // version header travels with it.
+    let send = json!({"jsonrpc": "2.0", "id": "r1", "method": "SendMessage", "params": {
+        "message": {"messageId": "q1", "role": "ROLE_USER", "parts": [{"text": "hello"}]}}});
+    let (code, body) = rpc(&base, &bob_path, &send).await;
+    assert_eq!(code, 200);
+    let answer = json_body(&body);
+    assert_eq!(answer["id"], "r1");
+    assert_eq!(
+        answer["result"]["message"]["parts"][0]["text"],
+        "echo: hello"
+    );
+    assert_eq!(answer["result"]["message"]["metadata"]["version"], "1.0");
+
+    // SendStreamingMessage: the upstream's events, as SSE.
+    let mut stream = send.clone();
+    stream["method"] = json!("SendStreamingMessage");
+    let (code, body) = rpc(&base, &bob_path, &stream).await;
+    assert_eq!(code, 200);
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| json_body(d.trim()))
+        .collect();
+    let texts: Vec<&str> = events
+        .iter()
+        .map(|e| e["result"]["message"]["parts"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["one", "two"]);
+
+    // Bad envelopes and methods get JSON-RPC errors without touching the mesh.
+    let (_, body) = rpc(&base, &bob_path, &json!({"id": 1, "method": "SendMessage"})).await;
+    assert_eq!(json_body(&body)["error"]["code"], -32600);
+    let (_, body) = rpc(
+        &base,
+        &bob_path,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "Nope"}),
+    )
+    .await;
+    assert_eq!(json_body(&body)["error"]["code"], -32601);
+    let (_, body) = rpc(
+        &base,
+        &bob_path,
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "CreateTaskPushNotificationConfig"}),
+    )
+    .await;
+    assert_eq!(json_body(&body)["error"]["code"], -32003);
+    let (_, body) = rpc(&base, "/a2a/not-an-amid", &send).await;
+    assert_eq!(json_body(&body)["error"]["code"], -32602);
+
+    // Carol is refused by bob's KNOCK policy: an A2A error, not a hang.
+    let carol_base = carol_api.info().a2a.clone().unwrap();
+    let (_, body) = rpc(&carol_base, &bob_path, &send).await;
+    let e = json_body(&body);
+    assert_eq!(e["error"]["code"], -32050, "{e}");
+    assert_eq!(e["error"]["data"][0]["metadata"]["reason"], "blocked");
+
+    // Bob's card through alice's gateway, and alice's own card, signed
+    // with her key over the canonical JSON.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let (code, card) = raw(
+        &base,
+        &format!("GET {bob_path}/.well-known/agent-card.json HTTP/1.1\r\nHost: {addr}"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        card["supportedInterfaces"][0]["url"],
+        format!("{base}{bob_path}")
+    );
+    assert_eq!(card["supportedInterfaces"][0]["protocolBinding"], "JSONRPC");
+    let (code, own) = raw(
+        &base,
+        &format!("GET /.well-known/agent-card.json HTTP/1.1\r\nHost: {addr}"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let sig = &own["signatures"][0];
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut unsigned = own.clone();
+    unsigned.as_object_mut().unwrap().remove("signatures");
+    let payload = b64.encode(canonical(&unsigned));
+    let input = format!("{}.{payload}", sig["protected"].as_str().unwrap());
+    let signature = ed25519_dalek::Signature::from_slice(
+        &b64.decode(sig["signature"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    alice
+        .amid()
+        .verifying_key()
+        .unwrap()
+        .verify_strict(input.as_bytes(), &signature)
+        .expect("the card's JWS verifies under alice's key");
+    // A web page is refused.
+    let (code, _) = raw(
+        &base,
+        &format!("GET /.well-known/agent-card.json HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 403);
+
+    alice_api.stop().await;
+    bob_api.stop().await;
+    carol_api.stop().await;
 }

@@ -127,6 +127,13 @@ enum Cmd {
         /// The registry's node: session receipts are filed with it.
         #[arg(long)]
         registry: Option<Multiaddr>,
+        /// Serve the A2A gateway on this loopback address.
+        #[arg(long)]
+        a2a: Option<std::net::SocketAddr>,
+        /// Hand A2A requests arriving over the mesh to this A2A server
+        /// (its JSON-RPC URL).
+        #[arg(long)]
+        a2a_upstream: Option<String>,
     },
     /// (process role) Run a relay node; prints JSON event lines.
     #[command(hide = true)]
@@ -251,6 +258,8 @@ async fn main() -> Result<()> {
             hole_punch,
             stun,
             registry,
+            a2a,
+            a2a_upstream,
         } => {
             let mut config = Config::local();
             config.registry = registry;
@@ -276,7 +285,15 @@ async fn main() -> Result<()> {
                 .spawn()
                 .await
                 .context("starting agent")?;
-            agentmesh_node::daemon::serve(node, &data_dir, true).await?;
+            let mut api = agentmesh_node::api::ApiOptions::new(Some(
+                agentmesh_node::daemon::DEFAULT_API_ADDR,
+            ));
+            api.a2a_listen = a2a;
+            api.a2a_upstream = a2a_upstream
+                .map(|u| u.parse())
+                .transpose()
+                .context("--a2a-upstream")?;
+            agentmesh_node::daemon::serve_with_api(node, &data_dir, true, api).await?;
         }
         Cmd::Relay {
             data_dir,

@@ -32,6 +32,7 @@ use crate::{
     node::{Node, SendError},
 };
 
+pub mod a2a;
 mod events;
 mod inbox;
 pub mod openapi;
@@ -53,6 +54,9 @@ pub struct ApiInfo {
     /// Base URL on loopback TCP (`http://127.0.0.1:PORT`), when served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Base URL of the A2A gateway, when served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<String>,
     /// The bearer token every request carries.
     pub token: String,
     /// The Unix socket.
@@ -284,6 +288,32 @@ struct Ctx {
     token_hash: [u8; 32],
     /// Cancelled when the API stops: long polls and event streams end.
     cancel: CancellationToken,
+    /// The A2A gateway's base URL, once it listens.
+    a2a_url: std::sync::OnceLock<String>,
+}
+
+/// What the local API serves, and where.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ApiOptions {
+    /// Loopback TCP address of the API (port 0: any free port); `None`: on
+    /// the Unix socket only.
+    pub listen: Option<SocketAddr>,
+    /// Loopback TCP address of the A2A gateway; `None`: no gateway.
+    pub a2a_listen: Option<SocketAddr>,
+    /// The A2A server that A2A requests arriving over the mesh are handed
+    /// to; `None`: they go to the inbox like any request.
+    pub a2a_upstream: Option<url::Url>,
+}
+
+impl ApiOptions {
+    /// The API on `listen`, no gateway.
+    pub fn new(listen: Option<SocketAddr>) -> Self {
+        Self {
+            listen,
+            ..Self::default()
+        }
+    }
 }
 
 /// Errors starting the API.
@@ -296,6 +326,9 @@ pub enum ApiStartError {
     /// A listener or `api.json` could not be made.
     #[error("local API: {0}")]
     Io(#[from] std::io::Error),
+    /// The API and the gateway listen on loopback only.
+    #[error("the local API listens on loopback only, not {0}")]
+    NotLoopback(SocketAddr),
 }
 
 /// A running local API. Dropping it does not stop it; call
@@ -334,14 +367,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl LocalApi {
     /// Starts the API of `node` with data directory `dir`: on the Unix socket
-    /// there, and on loopback TCP at `tcp` when given (port 0 for any). Takes
-    /// the node's inbox; writes `api.json` last, so a client that sees it
-    /// can connect.
-    pub async fn start(
-        node: Node,
-        dir: &Path,
-        tcp: Option<SocketAddr>,
-    ) -> Result<Self, ApiStartError> {
+    /// there, on loopback TCP and with the A2A gateway as `options` say.
+    /// Takes the node's inbox; writes `api.json` last, so a client that sees
+    /// it can connect.
+    pub async fn start(node: Node, dir: &Path, options: ApiOptions) -> Result<Self, ApiStartError> {
+        for addr in [options.listen, options.a2a_listen].into_iter().flatten() {
+            if !addr.ip().is_loopback() {
+                return Err(ApiStartError::NotLoopback(addr));
+            }
+        }
+        let tcp = options.listen;
         // Subscribed before anything happens, so no event is missed.
         let mut node_events = node.events();
         let mut messages = node.messages().ok_or(ApiStartError::InboxTaken)?;
@@ -353,6 +388,7 @@ impl LocalApi {
             events: events::EventLog::new(events::KEPT),
             token_hash: Sha256::digest(token.as_bytes()).into(),
             cancel: cancel.clone(),
+            a2a_url: std::sync::OnceLock::new(),
         });
         let mut tasks = Vec::new();
 
@@ -383,9 +419,11 @@ impl LocalApi {
                 }
             }));
         }
-        // Messages from the node's durable inbox into the leased inbox.
+        // Messages from the node's durable inbox into the leased inbox (A2A
+        // requests to the upstream A2A server, when there is one).
         {
             let ctx = ctx.clone();
+            let upstream = options.a2a_upstream.clone();
             let cancel = cancel.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -398,7 +436,17 @@ impl LocalApi {
                         m = messages.recv_unacked() => m,
                     };
                     let Some((message, key)) = next else { break };
-                    ctx.inbox.push(message, key);
+                    match &upstream {
+                        Some(up) if a2a::is_a2a_request(&message) => {
+                            tokio::spawn(a2a::serve_upstream(
+                                ctx.clone(),
+                                up.clone(),
+                                message,
+                                key,
+                            ));
+                        }
+                        _ => ctx.inbox.push(message, key),
+                    }
                 }
             }));
         }
@@ -441,8 +489,28 @@ impl LocalApi {
             }
             None => None,
         };
+        let a2a_url = match options.a2a_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                let base = format!("http://{}", listener.local_addr()?);
+                let _ = ctx.a2a_url.set(base.clone());
+                let app = a2a::router(ctx.clone());
+                let cancel = cancel.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(cancel.cancelled_owned())
+                        .await
+                    {
+                        warn!(error = %e, "A2A gateway stopped");
+                    }
+                }));
+                Some(base)
+            }
+            None => None,
+        };
         let info = ApiInfo {
             url,
+            a2a: a2a_url,
             token,
             socket,
             amid: node.amid().to_string(),

@@ -71,7 +71,7 @@ pub(crate) enum Cmd {
     /// Print this agent's AMID and fingerprint.
     Id,
     /// Join the network and run until interrupted.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check or reload a KNOCK policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -196,6 +196,14 @@ pub(crate) struct RunArgs {
     /// written to `api.json` in the data directory).
     #[arg(long, env = "AGENTMESH_API", default_value = "127.0.0.1:0")]
     pub(crate) api: std::net::SocketAddr,
+    /// Serve the A2A gateway on this loopback address (port 0: any free
+    /// port; written to `api.json` as `a2a`).
+    #[arg(long, env = "AGENTMESH_A2A")]
+    pub(crate) a2a: Option<std::net::SocketAddr>,
+    /// Hand A2A requests arriving over the mesh to this A2A server (its
+    /// JSON-RPC URL), and carry its answers back.
+    #[arg(long, env = "AGENTMESH_A2A_UPSTREAM")]
+    pub(crate) a2a_upstream: Option<url::Url>,
 }
 
 /// Arguments of `send`.

@@ -115,10 +115,9 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         registry,
         credentials_refresh,
         api,
+        a2a,
+        a2a_upstream,
     } = a;
-    if !api.ip().is_loopback() {
-        anyhow::bail!("the local API listens on loopback only, not {api}");
-    }
     let mut config = Config::local();
     config.hole_punch = *hole_punch;
     config.stun_servers = stun.clone();
@@ -153,6 +152,9 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "stored credentials not shown"),
     }
-    agentmesh_node::daemon::serve_with_api(node, dir, json, Some(*api)).await?;
+    let mut options = agentmesh_node::api::ApiOptions::new(Some(*api));
+    options.a2a_listen = *a2a;
+    options.a2a_upstream = a2a_upstream.clone();
+    agentmesh_node::daemon::serve_with_api(node, dir, json, options).await?;
     Ok(())
 }
