@@ -14,6 +14,12 @@ from agentmesh import Agent, LocalMesh, missing_binaries
 REQUIRE = os.environ.get("AGENTMESH_REQUIRE_SDK_TESTS") == "1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: needs the AgentMesh binaries (agentmesh, agentmesh-sim)"
+    )
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("integration") is None:
         return

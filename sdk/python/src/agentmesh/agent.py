@@ -347,9 +347,9 @@ class Agent:
         session = msg.session if same_session else None
         return self.client.reply(msg.from_, msg.id, payload, session=session)
 
-    def end(self, amid: str | Agent) -> None:
-        """Ends the conversation with ``amid``."""
-        self.client.end(_amid(amid))
+    def end(self, amid: str | Agent) -> str | None:
+        """Ends the conversation with ``amid``; returns the session that ended."""
+        return self.client.end(_amid(amid))
 
     def stream(
         self,

@@ -8,8 +8,9 @@ API's milliseconds.
 from __future__ import annotations
 
 import base64
+import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -21,6 +22,7 @@ from .errors import BadResponse, NodeNotRunning, error_from_body
 from .models import (
     JSON,
     ApiInfo,
+    Event,
     EventBatch,
     Message,
     Peer,
@@ -211,11 +213,69 @@ def _presence_call(state: str) -> _Call:
     return _Call("PUT", "/v1/presence", json={"state": state}, has_json=True)
 
 
+def _session_answer(data: Any) -> str | None:
+    v = _obj(data).get("session")
+    return v if isinstance(v, str) else None
+
+
+def _inbox_answer(data: Any) -> dict[str, int]:
+    inbox = _obj(data).get("inbox")
+    if not isinstance(inbox, dict):
+        raise BadResponse("the status answer has no 'inbox'")
+    return {k: v for k, v in inbox.items() if isinstance(v, int)}
+
+
 def _peers_answer(data: Any) -> list[Peer]:
     raw = _obj(data, "peers")
     if not isinstance(raw, list):
         raise BadResponse("'peers' is not a list")
     return [Peer.from_json(_dict(p)) for p in raw]
+
+
+class _SseParser:
+    """Server-Sent Events, line by line: yields each event's ``Event``."""
+
+    def __init__(self) -> None:
+        self.data: list[str] = []
+        self.id: str | None = None
+        self.name: str | None = None
+
+    def feed(self, line: str) -> Event | None:
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # a comment: keep-alive
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            self.data.append(value)
+        elif field == "id":
+            self.id = value
+        elif field == "event":
+            self.name = value
+        return None
+
+    def _dispatch(self) -> Event | None:
+        data, eid, name = "\n".join(self.data), self.id, self.name
+        self.data, self.id, self.name = [], None, None
+        if not data:
+            return None
+        try:
+            v = json.loads(data)
+        except ValueError as e:
+            raise BadResponse(f"an SSE event that is not JSON: {data[:100]!r}") from e
+        if not isinstance(v, dict):
+            raise BadResponse("an SSE event that is not a JSON object")
+        if "id" in v and "event" in v and isinstance(v.get("event"), dict):
+            return Event.from_json(v)
+        # An event without an id of its own: the stream's opening "dropped".
+        if name and "event" not in v:
+            v = {"event": name, **v}
+        return Event(id=int(eid) if eid and eid.isdigit() else 0, ts_ms=0, event=v)
+
+
+def _sse_params(since: int | None) -> dict[str, str | int]:
+    return {} if since is None else {"since": since}
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -396,10 +456,11 @@ class Client(_Base):
         data = self._do(_reply_call(to, id, payload, session, self.timeout))
         return Receipt.from_json(_dict(data, "receipt"))
 
-    def end(self, amid: str) -> None:
+    def end(self, amid: str) -> str | None:
         """Ends the conversation with ``amid`` (an end message after
-        everything sent before; both sides then forget the session)."""
-        self._do(_post("/v1/end", {"amid": amid}))
+        everything sent before; both sides then forget the session);
+        returns the id of the session that ended."""
+        return _session_answer(self._do(_post("/v1/end", {"amid": amid})))
 
     def stream(
         self,
@@ -440,14 +501,43 @@ class Client(_Base):
         waits up to ``wait`` seconds for the first."""
         return EventBatch.from_json(_dict(self._do(_events_call(since, wait, limit))))
 
+    def event_stream(self, *, since: int | None = None) -> Iterator[Event]:
+        """Node events after id ``since`` as they happen, over Server-Sent
+        Events (``GET /v1/events/stream``); runs until the caller stops
+        iterating. When events after ``since`` are no longer kept, the
+        stream opens with an event ``{"event": "dropped", "count": n}``
+        (its ``id`` is 0)."""
+        try:
+            with self._http.stream(
+                "GET",
+                "/v1/events/stream",
+                params=_sse_params(since),
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(self.timeout, read=None),
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_from_body(resp.status_code, resp.content)
+                parser = _SseParser()
+                for line in resp.iter_lines():
+                    e = parser.feed(line)
+                    if e is not None:
+                        yield e
+        except (httpx.TransportError, OSError) as e:
+            raise _unreachable(self.url, e) from e
+
     # The node.
 
     def status(self) -> JSON:
-        """The node's status (sessions, peers, network)."""
+        """The node's status (AMID, sessions, peers, network)."""
         return _dict(self._do(_get("/v1/status")), "status")
 
+    def inbox_counts(self) -> dict[str, int]:
+        """Messages in the API's inbox: ``{"ready": n, "leased": m}``."""
+        return _inbox_answer(self._do(_get("/v1/status")))
+
     def peers(self) -> list[Peer]:
-        """Peers the node knows, with presence and path when known."""
+        """Peers the node knows, with the path of the open connection."""
         return _peers_answer(self._do(_get("/v1/peers")))
 
     def sessions(self) -> list[JSON]:
@@ -631,9 +721,9 @@ class AsyncClient(_Base):
         data = await self._do(_reply_call(to, id, payload, session, self.timeout))
         return Receipt.from_json(_dict(data, "receipt"))
 
-    async def end(self, amid: str) -> None:
+    async def end(self, amid: str) -> str | None:
         """See :meth:`Client.end`."""
-        await self._do(_post("/v1/end", {"amid": amid}))
+        return _session_answer(await self._do(_post("/v1/end", {"amid": amid})))
 
     async def stream(
         self,
@@ -670,9 +760,34 @@ class AsyncClient(_Base):
         """See :meth:`Client.events`."""
         return EventBatch.from_json(_dict(await self._do(_events_call(since, wait, limit))))
 
+    async def event_stream(self, *, since: int | None = None) -> AsyncIterator[Event]:
+        """See :meth:`Client.event_stream`."""
+        try:
+            async with self._http.stream(
+                "GET",
+                "/v1/events/stream",
+                params=_sse_params(since),
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(self.timeout, read=None),
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise error_from_body(resp.status_code, resp.content)
+                parser = _SseParser()
+                async for line in resp.aiter_lines():
+                    e = parser.feed(line)
+                    if e is not None:
+                        yield e
+        except (httpx.TransportError, OSError) as e:
+            raise _unreachable(self.url, e) from e
+
     async def status(self) -> JSON:
         """See :meth:`Client.status`."""
         return _dict(await self._do(_get("/v1/status")), "status")
+
+    async def inbox_counts(self) -> dict[str, int]:
+        """See :meth:`Client.inbox_counts`."""
+        return _inbox_answer(await self._do(_get("/v1/status")))
 
     async def peers(self) -> list[Peer]:
         """See :meth:`Client.peers`."""

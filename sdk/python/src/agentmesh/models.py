@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import BadResponse, NodeNotRunning
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_FILE",
+    "PATH_KINDS",
     "ApiInfo",
     "Event",
     "EventBatch",
@@ -60,11 +61,8 @@ def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def path_name(v: Any) -> str:
-    """A path kind as the API documents it (``direct-quic``, ``relayed``,
-    ``mailbox``, ...); also accepts the snake-case spelling
-    (``direct_quic``)."""
-    return v.replace("_", "-") if isinstance(v, str) and v else "other"
+#: The path kinds a receipt or a message names, as the API spells them.
+PATH_KINDS = ("direct_quic", "direct_tcp", "direct_web_rtc", "relayed", "mailbox", "other")
 
 
 def _object(v: Any, what: str) -> JSON:
@@ -136,7 +134,9 @@ class Receipt:
 
     id: str
     to: str
-    #: ``direct-quic``, ``direct-webrtc``, ``relayed``, ``mailbox`` or ``other``.
+    #: One of :data:`PATH_KINDS`: ``direct_quic``, ``direct_tcp``,
+    #: ``direct_web_rtc``, ``relayed``, ``mailbox`` (deposited at a relay
+    #: for a recipient that is offline) or ``other``.
     path: str
     #: Whether the message rode in a KNOCK (opened the session).
     knocked: bool
@@ -148,7 +148,7 @@ class Receipt:
         return cls(
             id=_str(d, "id", what),
             to=_str(d, "to", what),
-            path=path_name(_str(d, "path", what)),
+            path=_str(d, "path", what),
             knocked=bool(d.get("knocked", False)),
             session=_str(d, "session", what),
         )
@@ -174,7 +174,15 @@ class Message:
     kind: str = "message"
     reply_to: str | None = None
     deliveries: int = 1
-    _client: Client | AsyncClient | None = field(default=None, repr=False, compare=False, init=True)
+    #: The client the message was read with (to reply, ack, release). Not a
+    #: dataclass field: ``dataclasses.asdict(msg)`` holds only the message.
+    _client: ClassVar[Client | AsyncClient | None] = None
+
+    def bind(self, client: Client | AsyncClient | None) -> Message:
+        """Ties the message to the client that :meth:`reply`, :meth:`ack`
+        and :meth:`release` use; returns it."""
+        object.__setattr__(self, "_client", client)
+        return self
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], client: Client | AsyncClient | None = None) -> Message:
@@ -186,12 +194,11 @@ class Message:
             seq=_int(d, "seq", what, 0),
             ts_ms=_int(d, "ts_ms", what, 0),
             payload=d.get("payload"),
-            path=path_name(d.get("path")),
+            path=_opt_str(d, "path") or "other",
             kind=_opt_str(d, "kind") or "message",
             reply_to=_opt_str(d, "reply_to"),
             deliveries=_int(d, "deliveries", what, 1),
-            _client=client,
-        )
+        ).bind(client)
 
     def to_json(self) -> JSON:
         """The message as the API writes it (``from``, not ``from_``)."""
@@ -326,26 +333,23 @@ class EventBatch:
 
 @dataclass(frozen=True)
 class Peer:
-    """A peer the node knows: presence and path when known."""
+    """A peer the node knows: the path of the open connection to it (or
+    ``None``) and how many sessions it has with it."""
 
     amid: str
-    presence: str | None = None
     path: str | None = None
-    sessions: Any = None
+    sessions: int = 0
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Peer:
-        presence = d.get("presence")
-        if isinstance(presence, dict):
-            # A presence record ({"state": ..., ...}) rather than a bare state.
-            state = presence.get("state")
-            presence = state if isinstance(state, str) else None
+        sessions = d.get("sessions", 0)
+        if isinstance(sessions, list):
+            sessions = len(sessions)
         return cls(
             amid=_str(d, "amid", "peer"),
-            presence=presence if isinstance(presence, str) else None,
-            path=path_name(d["path"]) if isinstance(d.get("path"), str) else None,
-            sessions=d.get("sessions"),
+            path=_opt_str(d, "path"),
+            sessions=sessions if isinstance(sessions, int) else 0,
             raw=dict(d),
         )
 
