@@ -179,6 +179,21 @@ def test_end_conversation(mesh: LocalMesh) -> None:
     drain(dave)
 
 
+def test_reply_in_an_ended_session(mesh: LocalMesh) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    drain(bob)
+    r = alice.send(bob, {"text": "answer me in this session"})
+    m = wait_message(bob, lambda m: m.id == r.id)
+    assert alice.end(bob) == r.session
+    with pytest.raises(agentmesh.NoSession) as e:
+        m.reply({"text": "too late"}, same_session=True)
+    assert e.value.status == 409
+    # Without the session, the reply opens a new conversation.
+    rep = m.reply({"text": "here anyway"})
+    assert rep.to == alice.amid and rep.session != r.session
+    drain(alice)
+
+
 def test_stream_of_bytes(mesh: LocalMesh) -> None:
     alice, bob = mesh["alice"], mesh["bob"]
     data = os.urandom(100_000) + b"end"
@@ -496,3 +511,21 @@ def test_raw_answers_follow_the_contract(mesh: LocalMesh) -> None:
     assert {"status", "inbox"} <= set(st) and {"ready", "leased"} <= set(st["inbox"])
     for p in alice.client.call("GET", "/v1/peers")["peers"]:
         assert {"amid", "path", "sessions"} <= set(p)
+
+
+def test_a_detached_node_outlives_its_agent(mesh: LocalMesh, tmp_path: Path) -> None:
+    d = tmp_path / "ivy"
+    ivy = Agent.start("ivy", data_dir=d, bootstrap=mesh.bootstrap_addr, detach=True)
+    proc = ivy.process
+    assert proc is not None
+    try:
+        ivy.stop()  # the client goes; the node stays
+        assert proc.alive
+        again = Agent.start("ivy", data_dir=d)
+        assert again.process is None and again.amid == ivy.amid
+        again.stop()
+        assert proc.alive
+    finally:
+        proc.terminate()
+    assert not (d / "api.json").exists()
+    assert any(v.get("event") == "started" for v in proc.lines())

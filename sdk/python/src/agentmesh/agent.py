@@ -248,8 +248,8 @@ class Agent:
                 proc.terminate()
 
             agent._on_stop = stop_node
-        else:
-            agent.process = None  # not ours to stop
+        # Detached, the node outlives this interpreter: agent.stop() leaves
+        # it running (agent.process.terminate() stops it).
         return agent
 
     @staticmethod
@@ -403,16 +403,20 @@ class Agent:
                 # Interrupted: give back this message and those not handled.
                 self._quietly(self.client.release, [x.id for x in msgs[i:]])
                 raise
-            self.client.ack([m.id])
+            self._quietly(self.client.ack, [m.id])
             handled += 1
         return handled
 
     @staticmethod
     def _quietly(f: Callable[[list[str]], Any], ids: list[str]) -> None:
+        """Acknowledges or releases; a refusal is logged (the lease may have
+        ended meanwhile), a node that is gone is raised."""
         try:
             f(ids)
+        except NodeNotRunning:
+            raise
         except AgentMeshError as e:
-            log.warning("could not release %s: %s", ids, e)
+            log.warning("could not %s %s: %s", getattr(f, "__name__", "?"), ids, e)
 
     def process_pending(self, *, wait: float = 0.0, max: int = 32, lease: float = 30.0) -> int:
         """Reads the inbox once (waiting up to ``wait`` seconds) and runs the
