@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import time
@@ -529,3 +530,45 @@ def test_a_detached_node_outlives_its_agent(mesh: LocalMesh, tmp_path: Path) -> 
         proc.terminate()
     assert not (d / "api.json").exists()
     assert any(v.get("event") == "started" for v in proc.lines())
+
+
+MESH_SCRIPT = """
+import json, os, signal, sys
+from agentmesh import LocalMesh
+m = LocalMesh(n=1)
+pids = [m.process(n).pid for n in ("bootstrap", "relay", "alice")]
+print(json.dumps({"pids": pids, "root": str(m.root)}), flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie waiting for its reaper is gone too.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_the_mesh_ends_with_the_interpreter(how: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT, how], capture_output=True, text=True, timeout=180
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not all(_gone(p) for p in out["pids"]):
+        time.sleep(0.2)
+    assert all(_gone(p) for p in out["pids"]), proc.stderr
+    if how == "exit":
+        assert proc.returncode == 0, proc.stderr
+        assert not Path(out["root"]).exists()
+    else:
+        # Killed, the interpreter could not remove the data; its children
+        # stopped all the same.
+        shutil.rmtree(out["root"], ignore_errors=True)

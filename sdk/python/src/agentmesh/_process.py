@@ -104,10 +104,13 @@ _live: weakref.WeakSet[NodeProcess] = weakref.WeakSet()
 
 @atexit.register
 def _stop_all() -> None:
-    for p in list(_live):
-        if p.stop_at_exit:
-            with contextlib.suppress(Exception):
-                p.terminate(timeout=5)
+    procs = [p for p in list(_live) if p.stop_at_exit]
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.signal_stop()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate(timeout=5)
 
 
 class NodeProcess:
@@ -281,6 +284,12 @@ class NodeProcess:
             return ""
         tail = text.strip().splitlines()[-n:]
         return ("\n--- stderr of " + self.name + " ---\n" + "\n".join(tail)) if tail else ""
+
+    def signal_stop(self) -> None:
+        """Sends SIGTERM without waiting (see :meth:`terminate`)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
 
     def terminate(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit status."""

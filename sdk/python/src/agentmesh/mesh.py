@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,16 @@ __all__ = ["LocalMesh", "agent_name"]
 _NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 #: The passphrase the mesh gives its throwaway identities.
 MESH_PASSPHRASE = "agentmesh-devnet"
+
+
+_meshes: weakref.WeakSet[LocalMesh] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_meshes() -> None:
+    for m in list(_meshes):
+        with contextlib.suppress(Exception):
+            m.stop()
 
 
 def agent_name(i: int) -> str:
@@ -86,6 +98,7 @@ class LocalMesh:
         self.registry_url = ""
         self.relay_addr = ""
         self._stopped = False
+        _meshes.add(self)
         try:
             self._start_infra()
             # Spawned from this thread (a child may be tied to the thread
@@ -251,6 +264,7 @@ class LocalMesh:
         if self._stopped:
             return
         self._stopped = True
+        _meshes.discard(self)
         for a in self.agents:
             a._stop_loop.set()
             for r in a._runners:
@@ -260,8 +274,12 @@ class LocalMesh:
         order = [p for n, p in procs if n not in ("relay", "bootstrap")]
         order += [p for n, p in procs if n == "relay"]
         order += [p for n, p in procs if n == "bootstrap"]
-        with ThreadPoolExecutor(max_workers=max(1, len(order))) as pool:
-            list(pool.map(lambda p: p.terminate(timeout=10), order))
+        # All asked at once, then waited for (no thread pool: this also runs
+        # at interpreter exit, when pools take no more work).
+        for p in order:
+            p.signal_stop()
+        for p in order:
+            p.terminate(timeout=10)
         for a in self.agents:
             a._on_stop = None
             with contextlib.suppress(Exception):
