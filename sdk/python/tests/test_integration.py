@@ -572,3 +572,13 @@ def test_the_mesh_ends_with_the_interpreter(how: str) -> None:
         # Killed, the interpreter could not remove the data; its children
         # stopped all the same.
         shutil.rmtree(out["root"], ignore_errors=True)
+
+
+def test_an_agent_added_with_an_a2a_gateway(mesh: LocalMesh) -> None:
+    erin = mesh.add_agent("erin", extra_args=["--a2a", "127.0.0.1:0"])
+    assert mesh["erin"] is erin
+    assert erin.a2a_url is not None and erin.a2a_url.startswith("http://127.0.0.1:")
+    r = httpx.get(f"{erin.a2a_url}/.well-known/agent-card.json", timeout=10)
+    assert r.status_code == 200 and isinstance(r.json(), dict)
+    got = mesh["alice"].send(erin, {"text": "welcome, erin"})
+    assert wait_message(erin, lambda m: m.id == got.id).payload == {"text": "welcome, erin"}

@@ -93,6 +93,11 @@ def test_api_json_optional_fields(tmp_path: Path) -> None:
     (tmp_path / "api.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "t"}))
     info = ApiInfo.load(tmp_path)
     assert info.socket is None and info.amid is None and info.version == 1
+    assert info.a2a is None
+    write_api(tmp_path, a2a="http://127.0.0.1:5555/", future_field=[1])
+    info = ApiInfo.load(tmp_path)
+    assert info.a2a == "http://127.0.0.1:5555"
+    assert Agent(Client.from_info(info)).a2a_url == "http://127.0.0.1:5555"
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

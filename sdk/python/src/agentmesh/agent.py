@@ -294,6 +294,11 @@ class Agent:
             self._amid = amid
         return self._amid
 
+    @property
+    def a2a_url(self) -> str | None:
+        """Base URL of the node's A2A gateway (``a2a`` in ``api.json``), if any."""
+        return self.client.info.a2a
+
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self._amid or '?'}>"
 

@@ -219,13 +219,25 @@ class LocalMesh:
         name = agent if isinstance(agent, str) else agent.name
         return self._procs[name]
 
-    def add_agent(self, name: str | None = None, *, policy: str | None = None) -> Agent:
-        """Starts one more agent in the mesh."""
+    def add_agent(
+        self,
+        name: str | None = None,
+        *,
+        policy: str | None = None,
+        private: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> Agent:
+        """Starts one more agent in the mesh (with a KNOCK policy, reachable
+        only through the relay, or with more node flags)."""
         name = name or agent_name(len(self.agents))
         if any(a.name == name for a in self.agents):
             raise ValueError(f"there is already an agent {name}")
         if policy is not None:
             self._policies[name] = policy
+        if private:
+            self._private.add(name)
+        if extra_args:
+            self._extra[name] = list(extra_args)
         agent = self._new_agent(name)
         self.agents.append(agent)
         return agent

@@ -84,11 +84,14 @@ class ApiInfo:
     version: int = 1
     #: The data directory the file was read from, if any.
     data_dir: Path | None = None
+    #: Base URL of the node's A2A gateway, when it serves one (``--a2a``).
+    a2a: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], data_dir: Path | None = None) -> ApiInfo:
         what = API_FILE
         url = data.get("url")
+        a2a = data.get("a2a")
         if url is None and not isinstance(data.get("socket"), str):
             raise BadResponse(f"{what}: neither 'url' nor 'socket'")
         version = data.get("version", 1)
@@ -101,6 +104,7 @@ class ApiInfo:
             amid=_opt_str(data, "amid"),
             version=version,
             data_dir=data_dir,
+            a2a=a2a.rstrip("/") if isinstance(a2a, str) else None,
         )
 
     @classmethod
