@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{client::conn::http1, Method};
+use hyper::client::conn::http1;
+/// HTTP methods, for [`Client::call`].
+pub use hyper::Method;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -91,6 +91,13 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
                 "card published in the DHT"
             }
         );
+        if let Ok(api) = agentmesh_node::api::ApiInfo::read(&proc.dir) {
+            println!(
+                "devnet: {name:<6} local API at {} (token in {})",
+                api.url.as_deref().unwrap_or("its Unix socket"),
+                proc.dir.join(agentmesh_node::api::INFO_FILE).display()
+            );
+        }
         agents.push(Agent { name, amid, proc });
     }
     let registrar = register_agents(&root, &boot_addr, &agents).await?;

@@ -117,9 +117,25 @@ async fn offline_mail_survives_a_killed_relay_and_arrives_once_in_order() {
     // A session while bob is online.
     let r = send(&alice.dir, &bob_amid, json!("hello")).await;
     assert!(r.ok, "{r:?}");
-    bob.wait_for(WAIT, |v| v["event"] == "message")
+    let hello = bob
+        .wait_for(WAIT, |v| v["event"] == "message")
         .await
         .unwrap();
+    // Bob's application acknowledges it through the local API: it is not
+    // handed out again after the restart.
+    let mut api = agentmesh_node::control::Client::connect(&bob.dir)
+        .await
+        .unwrap();
+    let acked = api
+        .call(
+            agentmesh_node::control::Method::POST,
+            "/v1/messages/ack",
+            Some(&json!({ "ids": [hello["id"]] })),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acked["acked"], 1);
     bob.terminate().await.unwrap();
 
     // Bob is offline: ten messages go to his mailbox.
