@@ -535,6 +535,28 @@ async fn a_refused_knock_is_a_rejected_error_with_its_reason() {
         Some(json!({"amid": alice.amid().to_string()})),
     )
     .await;
+    // A dry run says what the policy would do, by the policy in force or
+    // by one given.
+    let check = ok(
+        &mut b,
+        Method::POST,
+        "/v1/policy/check",
+        Some(json!({"from": alice.amid().to_string(), "capability": "communication/messaging"})),
+    )
+    .await;
+    assert!(check["decision"].to_string().contains("blocked"), "{check}");
+    let check = ok(
+        &mut b,
+        Method::POST,
+        "/v1/policy/check",
+        Some(json!({"from": alice.amid().to_string(), "capability": "communication/messaging", "policy": ""})),
+    )
+    .await;
+    assert!(
+        !check["decision"].to_string().contains("blocked"),
+        "{check}"
+    );
+    assert!(check["decision"].to_string().contains("accept"), "{check}");
     let mut a = Client::connect(&dir.path().join("alice")).await.unwrap();
     let e = tokio::time::timeout(
         WAIT,

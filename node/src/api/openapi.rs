@@ -253,6 +253,23 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 json!({ "policy_hash": { "type": "string" } }),
             ),
         },
+        ("POST", "/v1/policy/check") => Op {
+            summary:
+                "Judge a KNOCK that is not sent, by the policy in force or one given (dry run)",
+            body: Some(obj(
+                &["capability"],
+                json!({
+                    "from": { "type": "string" }, "capability": { "type": "string" }, "action": { "type": "string" },
+                    "tier": { "enum": ["anonymous", "verified", "organization"] },
+                    "reputation": { "type": "number" }, "policy": { "type": "string", "description": "TOML" }
+                }),
+            )),
+            query: &[],
+            answer: obj(
+                &["decision", "policy_hash"],
+                json!({ "decision": { "type": "object" }, "policy_hash": { "type": "string" } }),
+            ),
+        },
         ("GET", "/v1/audit") => Op {
             summary: "The audit log, optionally verified",
             body: None,

@@ -130,6 +130,7 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
         (Method::PUT, "/v1/presence", put(presence)),
         (Method::GET, "/v1/policy", get(policy)),
         (Method::POST, "/v1/policy/reload", post(reload_policy)),
+        (Method::POST, "/v1/policy/check", post(check_policy)),
         (Method::GET, "/v1/audit", get(audit)),
         (Method::GET, "/v1/receipts", get(receipts)),
         (Method::POST, "/v1/credentials", post(credentials)),
@@ -570,6 +571,68 @@ async fn reload_policy(State(ctx): State<Arc<Ctx>>) -> Answer {
         .reload_policy()
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     Ok(Json(json!({ "policy_hash": hex::encode(hash) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    from: Option<String>,
+    capability: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    tier: Option<crate::policy::Tier>,
+    #[serde(default)]
+    reputation: Option<f64>,
+    /// A policy (TOML) to judge with instead of the one in force.
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+/// Judges a KNOCK that was never sent: the decision the policy in force
+/// (or the one given) would take. Pure: nothing is recorded.
+async fn check_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<CheckBody>) -> Answer {
+    use crate::{
+        knock::KnockBody,
+        policy::{KnockContext, Policy},
+    };
+    let policy = match &b.policy {
+        Some(text) => Policy::from_toml(text)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("policy: {e}")))?,
+        None => ctx.node.policy(),
+    };
+    let from = match &b.from {
+        Some(a) => amid(a)?,
+        None => crate::identity::Identity::generate().amid(),
+    };
+    let me = ctx.node.amid();
+    let now = agentmesh_dht::now_ms();
+    let mut intent = Intent::default();
+    intent.capability = b.capability;
+    if let Some(action) = b.action {
+        intent.action = action;
+    }
+    let knock = KnockBody {
+        from,
+        to: me,
+        intent,
+        session: SessionId([0; 16]),
+        ts_ms: now,
+        nonce: [0; 16],
+        first: Vec::new(),
+        credentials: Default::default(),
+    };
+    let kctx = KnockContext {
+        tier: b.tier.unwrap_or_default(),
+        reputation: b.reputation.map(crate::credentials::Reputation::from_f64),
+        ..KnockContext::default()
+    };
+    let decision = policy.evaluate(&me, &knock, kctx, now);
+    Ok(Json(json!({
+        "decision": decision,
+        "policy_hash": hex::encode(policy.hash()),
+    })))
 }
 
 #[derive(Deserialize)]
