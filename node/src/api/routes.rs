@@ -608,11 +608,12 @@ async fn check_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<CheckBody>) -> 
     };
     let me = ctx.node.amid();
     let now = agentmesh_dht::now_ms();
-    let mut intent = Intent::default();
-    intent.capability = b.capability;
-    if let Some(action) = b.action {
-        intent.action = action;
-    }
+    let default = Intent::default();
+    let intent = Intent {
+        capability: b.capability,
+        action: b.action.unwrap_or(default.action.clone()),
+        ..default
+    };
     let knock = KnockBody {
         from,
         to: me,
