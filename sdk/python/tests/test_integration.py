@@ -582,3 +582,19 @@ def test_an_agent_added_with_an_a2a_gateway(mesh: LocalMesh) -> None:
     assert r.status_code == 200 and isinstance(r.json(), dict)
     got = mesh["alice"].send(erin, {"text": "welcome, erin"})
     assert wait_message(erin, lambda m: m.id == got.id).payload == {"text": "welcome, erin"}
+
+
+def test_policy_check_dry_run(mesh: LocalMesh, tmp_path: Path) -> None:
+    policy = '[[intent]]\ncapability = "finance/*"\naction = "*"\nallow = false\n'
+    (tmp_path / "policy.toml").write_text(policy)
+    quinn = Agent.start("quinn", data_dir=tmp_path / "quinn", policy=tmp_path / "policy.toml")
+    try:
+        refused = quinn.check_policy("finance/payments", from_=mesh["alice"])
+        assert not refused.accepted and refused.reason == "intent_denied"
+        assert quinn.check_policy("communication/messaging").accepted
+        # A policy given for the check only: the one in force is untouched.
+        assert quinn.check_policy("finance/payments", policy='preset = "default"\n').accepted
+        assert not quinn.check_policy("finance/payments").accepted
+        assert refused.policy_hash == quinn.client.policy()["policy_hash"]
+    finally:
+        quinn.stop()

@@ -644,3 +644,27 @@ def test_event_stream_over_sse(node: FakeNode, client: Client) -> None:
     node.route("GET", "/v1/events/stream")(lambda r: err(401, "unauthorized"))
     with pytest.raises(agentmesh.Unauthorized):
         next(client.event_stream())
+
+
+def test_policy_check(node: FakeNode, client: Client) -> None:
+    answers = [
+        {"decision": {"reject": {"reason": "intent_denied"}}, "policy_hash": "ab"},
+        {"decision": {"accept": {"session": "00" * 16, "expires_ms": 1}}, "policy_hash": "cd"},
+    ]
+    node.route("POST", "/v1/policy/check")(lambda r: ok(answers.pop(0)))
+    agent = Agent(client)
+    c = agent.check_policy("finance/payments", from_=AMID_B, tier="verified", policy="x = 1")
+    assert (c.accepted, c.reason, c.policy_hash) == (False, "intent_denied", "ab")
+    assert node.body() == {
+        "capability": "finance/payments",
+        "from": AMID_B,
+        "tier": "verified",
+        "policy": "x = 1",
+    }
+    c = client.check_policy("communication/messaging", action="send", reputation=0.5)
+    assert c.accepted and c.reason is None
+    assert node.body() == {
+        "capability": "communication/messaging",
+        "action": "send",
+        "reputation": 0.5,
+    }

@@ -24,7 +24,17 @@ from typing import Any, Literal, overload
 from ._process import NodeProcess, find_binary, probe, wait_for_api
 from .client import Client, _amid
 from .errors import AgentMeshError, NodeNotRunning
-from .models import API_FILE, JSON, ApiInfo, Event, Message, Peer, Receipt, StreamResult
+from .models import (
+    API_FILE,
+    JSON,
+    ApiInfo,
+    Event,
+    Message,
+    Peer,
+    PolicyCheck,
+    Receipt,
+    StreamResult,
+)
 
 __all__ = ["Agent", "Handler", "Runner"]
 
@@ -527,6 +537,27 @@ class Agent:
     def disconnect(self, amid: str | Agent) -> None:
         """Closes the connections to ``amid`` (sessions stay)."""
         self.client.disconnect(_amid(amid))
+
+    def check_policy(
+        self,
+        capability: str,
+        *,
+        from_: str | Agent | None = None,
+        action: str | None = None,
+        tier: str | None = None,
+        reputation: float | None = None,
+        policy: str | None = None,
+    ) -> PolicyCheck:
+        """What this agent's KNOCK policy (or ``policy``, TOML text) would
+        decide on a KNOCK from ``from_`` with this intent; nothing is sent."""
+        return self.client.check_policy(
+            capability,
+            from_=None if from_ is None else _amid(from_),
+            action=action,
+            tier=tier,
+            reputation=reputation,
+            policy=policy,
+        )
 
     def presence(self, state: str) -> None:
         """Sets presence: ``online``, ``away``, ``dnd`` or ``offline``."""

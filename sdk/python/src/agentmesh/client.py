@@ -26,6 +26,7 @@ from .models import (
     EventBatch,
     Message,
     Peer,
+    PolicyCheck,
     Receipt,
     StreamResult,
 )
@@ -205,6 +206,27 @@ def _audit_call(peer: str | None, kind: str | None, limit: int | None, verify: b
     if verify:
         params["verify"] = "true"
     return _get("/v1/audit", params)
+
+
+def _check_call(
+    capability: str,
+    from_: str | None,
+    action: str | None,
+    tier: str | None,
+    reputation: float | None,
+    policy: str | None,
+) -> _Call:
+    body: JSON = {"capability": capability}
+    for k, v in (
+        ("from", from_),
+        ("action", action),
+        ("tier", tier),
+        ("reputation", reputation),
+        ("policy", policy),
+    ):
+        if v is not None:
+            body[k] = v
+    return _post("/v1/policy/check", body)
 
 
 def _presence_call(state: str) -> _Call:
@@ -580,6 +602,23 @@ class Client(_Base):
         """Makes the node read its policy file again; returns the new hash."""
         return str(_obj(self._do(_post("/v1/policy/reload", {})), "policy_hash"))
 
+    def check_policy(
+        self,
+        capability: str,
+        *,
+        from_: str | None = None,
+        action: str | None = None,
+        tier: str | None = None,
+        reputation: float | None = None,
+        policy: str | None = None,
+    ) -> PolicyCheck:
+        """What the policy in force (or ``policy``, TOML text) would decide
+        on a KNOCK from ``from_`` (default: a fresh anonymous AMID) with this
+        intent, ``tier`` (``anonymous``, ``verified``, ``organization``) and
+        ``reputation`` (0..1). Nothing is sent or recorded."""
+        c = _check_call(capability, from_, action, tier, reputation, policy)
+        return PolicyCheck.from_json(_dict(self._do(c)))
+
     def audit(
         self,
         *,
@@ -833,6 +872,20 @@ class AsyncClient(_Base):
     async def reload_policy(self) -> str:
         """See :meth:`Client.reload_policy`."""
         return str(_obj(await self._do(_post("/v1/policy/reload", {})), "policy_hash"))
+
+    async def check_policy(
+        self,
+        capability: str,
+        *,
+        from_: str | None = None,
+        action: str | None = None,
+        tier: str | None = None,
+        reputation: float | None = None,
+        policy: str | None = None,
+    ) -> PolicyCheck:
+        """See :meth:`Client.check_policy`."""
+        c = _check_call(capability, from_, action, tier, reputation, policy)
+        return PolicyCheck.from_json(_dict(await self._do(c)))
 
     async def audit(
         self,

@@ -23,6 +23,7 @@ __all__ = [
     "JSON",
     "Message",
     "Peer",
+    "PolicyCheck",
     "Receipt",
     "StreamResult",
     "default_data_dir",
@@ -355,6 +356,38 @@ class Peer:
             path=_opt_str(d, "path"),
             sessions=sessions if isinstance(sessions, int) else 0,
             raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    """What a KNOCK policy would decide on a KNOCK (``POST /v1/policy/check``)."""
+
+    accepted: bool
+    #: The reject reason (``blocked``, ``intent_denied``, ...) when refused.
+    reason: str | None
+    policy_hash: str
+    #: The decision as the node wrote it (``{"accept": {...}}`` or
+    #: ``{"reject": {"reason": ...}}``).
+    decision: Any = field(compare=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PolicyCheck:
+        decision = d.get("decision")
+        accepted = False
+        reason: str | None = None
+        if isinstance(decision, dict):
+            accepted = "accept" in decision
+            rej = decision.get("reject")
+            if isinstance(rej, dict) and isinstance(rej.get("reason"), str):
+                reason = rej["reason"]
+        elif isinstance(decision, str):
+            accepted = decision == "accept"
+        return cls(
+            accepted=accepted,
+            reason=reason,
+            policy_hash=_str(d, "policy_hash", "policy check"),
+            decision=decision,
         )
 
 
