@@ -6,8 +6,10 @@
 //!
 //! Run with `cargo bench -p agentmesh-node --bench api`. Prints plain
 //! figures. `AGENTMESH_BENCH_MESSAGES` sets the messages per side (default
-//! 2000; e.g. 100 for a smoke run). The Python client's figures come from
-//! `sdk/python/bench/api_bench.py` (see BENCHMARKS.md).
+//! 2000; e.g. 100 for a smoke run). With `AGENTMESH_BENCH_PYTHON` naming a
+//! Python that has the SDK installed (`pip install ./sdk/python`), the
+//! Python client is measured too, on the same pair of nodes, by
+//! `sdk/python/bench/api_bench.py`.
 
 use std::{
     path::Path,
@@ -28,6 +30,8 @@ const WAIT: Duration = Duration::from_secs(60);
 fn config() -> Config {
     let mut c = Config::local();
     c.kdf = KdfParams::throwaway();
+    // Measured: the path, not bob's per-sender limit (100 a minute).
+    c.policy.rate.messages_per_minute = u32::MAX / 2;
     c
 }
 
@@ -162,10 +166,29 @@ async fn main() {
     let api = figures(lat, t0.elapsed());
     print("local API (POST /v1/send, socket)", &api);
     println!(
-        "\nthe API layer: {:+.3} ms per message at p50 ({:.0} % of the Rust API's rate)",
+        "the API layer: {:+.3} ms per message at p50 ({:.0} % of the Rust API's rate)",
         (api.p50.as_secs_f64() - rust.p50.as_secs_f64()) * 1e3,
         api.per_s / rust.per_s * 100.0
     );
+
+    if let Ok(python) = std::env::var("AGENTMESH_BENCH_PYTHON") {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sdk/python/bench/api_bench.py"
+        );
+        let out = tokio::process::Command::new(python)
+            .arg(script)
+            .arg(dir.path().join("alice"))
+            .arg(&to)
+            .arg(n.to_string())
+            .output()
+            .await
+            .expect("python runs");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
 
     drain.abort();
     alice_api.stop().await;

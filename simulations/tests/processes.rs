@@ -280,3 +280,59 @@ async fn a_devnet_stopped_with_sigterm_leaves_no_process_behind() {
     }
     assert!(gone, "still running after the devnet ended: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_and_searches_through_its_local_api() {
+    use agentmesh_node::control::Method;
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr, _registry) = agentmesh_sim::process::start_bootstrap_with_registry(
+        exe(),
+        &root.path().join("boot"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let args = vec!["--registry".to_string(), boot_addr.clone()];
+    let (alice, alice_amid) = start_agent(
+        exe(),
+        "alice",
+        &root.path().join("alice"),
+        &boot_addr,
+        &args,
+    )
+    .await
+    .unwrap();
+    let mut api = Client::connect(&alice.dir).await.unwrap();
+    let registered = tokio::time::timeout(
+        WAIT,
+        api.call(
+            Method::POST,
+            "/v1/registry/register",
+            Some(&json!({"name": "alice", "capabilities": ["chat"]})),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .expect("registered");
+    assert!(registered["registration"].is_object(), "{registered}");
+    let found = tokio::time::timeout(
+        WAIT,
+        api.call(Method::GET, "/v1/registry/search?capability=chat", None),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .expect("searched");
+    assert!(
+        found["results"].to_string().contains(&alice_amid),
+        "alice is found: {found}"
+    );
+    // A bad query is the API's error, not the registry's.
+    let e = api
+        .call(Method::GET, "/v1/registry/search", None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, agentmesh_node::api::ErrorCode::BadRequest);
+}

@@ -304,6 +304,34 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 json!({ "credentials": { "type": "object" } }),
             ),
         },
+        ("POST", "/v1/registry/register") => Op {
+            summary:
+                "Register this agent with the configured registry (a request signed with its key)",
+            body: Some(obj(
+                &["name"],
+                json!({ "name": { "type": "string" }, "capabilities": { "type": "array", "items": { "type": "string" } } }),
+            )),
+            query: &[],
+            answer: obj(
+                &["registration"],
+                json!({ "registration": { "type": "object" } }),
+            ),
+        },
+        ("GET", "/v1/registry/search") => Op {
+            summary: "Agents by capability, from the configured registry",
+            body: None,
+            query: &[
+                ("capability", "string", "Capability or category (required)"),
+                (
+                    "tier_min",
+                    "string",
+                    "Lowest tier: anonymous, verified, organization",
+                ),
+                ("reputation_min", "number", "Lowest reputation, 0 to 1"),
+                ("limit", "integer", "At most this many results"),
+            ],
+            answer: obj(&["results"], json!({ "results": { "type": "object" } })),
+        },
         ("GET", "/v1/openapi.json") => Op {
             summary: "This document",
             body: None,

@@ -134,6 +134,12 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
         (Method::GET, "/v1/audit", get(audit)),
         (Method::GET, "/v1/receipts", get(receipts)),
         (Method::POST, "/v1/credentials", post(credentials)),
+        (
+            Method::POST,
+            "/v1/registry/register",
+            post(registry_register),
+        ),
+        (Method::GET, "/v1/registry/search", get(registry_search)),
         (Method::GET, "/v1/openapi.json", get(openapi_doc)),
     ]
 }
@@ -705,4 +711,62 @@ async fn credentials(State(ctx): State<Arc<Ctx>>, Body(b): Body<CredentialsBody>
             "no credentials stored (run `agentmesh verify`)",
         )),
     }
+}
+
+fn registry_error(e: crate::node::RegistryClientError) -> ApiError {
+    use crate::node::RegistryClientError as E;
+    match e {
+        E::NotConfigured => ApiError::new(
+            ErrorCode::NotFound,
+            "no registry configured (start the node with --registry)",
+        ),
+        E::Refused { code, message } => ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the registry refused: {code}: {message}"),
+        ),
+        e => ApiError::new(ErrorCode::Unreachable, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    name: String,
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+}
+
+async fn registry_register(State(ctx): State<Arc<Ctx>>, Body(b): Body<RegisterBody>) -> Answer {
+    let answer = ctx
+        .node
+        .register(&b.name, b.capabilities)
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(json!({ "registration": answer })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    capability: String,
+    #[serde(default)]
+    tier_min: Option<crate::policy::Tier>,
+    #[serde(default)]
+    reputation_min: Option<f64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn registry_search(State(ctx): State<Arc<Ctx>>, Q(q): Q<SearchQuery>) -> Answer {
+    let answer = ctx
+        .node
+        .registry_call(crate::registry::protocol::Request::Search {
+            capability: q.capability,
+            tier_min: q.tier_min,
+            reputation_min: q.reputation_min,
+            limit: q.limit,
+        })
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(json!({ "results": answer })))
 }

@@ -476,6 +476,41 @@ impl Node {
             .collect()
     }
 
+    /// Asks the configured registry ([`Config::registry`](super::Config))
+    /// over libp2p; its JSON answer.
+    pub async fn registry_call(
+        &self,
+        request: Request,
+    ) -> Result<serde_json::Value, RegistryClientError> {
+        call(&self.shared, request).await
+    }
+
+    /// Registers this agent with the configured registry (or updates its
+    /// entry): a request signed with the agent's key. Without
+    /// `capabilities`, the card's are registered.
+    pub async fn register(
+        &self,
+        display_name: &str,
+        capabilities: Option<Vec<String>>,
+    ) -> Result<serde_json::Value, RegistryClientError> {
+        let capabilities = capabilities.unwrap_or_else(|| self.shared.config.capabilities.clone());
+        let mut registration = crate::registry::Registration::new(display_name, capabilities);
+        registration.relays = self
+            .shared
+            .config
+            .relays
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let signed = SignedRequest::sign(
+            &self.shared.identity,
+            Operation::Register(registration),
+            now_ms(),
+        )
+        .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
+        call(&self.shared, Request::Signed { request: signed }).await
+    }
+
     /// Fetches fresh credentials from the configured registry now (the
     /// node also does so every [`Config::credentials_refresh`](super::Config)),
     /// checks them, stores them in the data directory and shows them in
