@@ -814,3 +814,129 @@ async fn a2a_requests_cross_the_mesh_to_the_upstream_server_and_back() {
     bob_api.stop().await;
     carol_api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_logs_in_once_and_metrics_and_policy_are_served() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = node(dir.path(), "alice", None).await;
+    let alice_dir = dir.path().join("alice");
+    let alice_api = api(&alice, &alice_dir).await;
+    let url = alice_api.info().url.clone().unwrap();
+    let host = url.trim_start_matches("http://").to_owned();
+    let mut c = Client::connect(&alice_dir).await.unwrap();
+
+    // The page needs a session; a one-time link gives one.
+    let (s, _) = raw(&url, &format!("GET / HTTP/1.1\r\nHost: {host}"), b"").await;
+    assert_eq!(s, 401);
+    let link = ok(&mut c, Method::POST, "/v1/dashboard/link", None).await;
+    let link = link["url"].as_str().unwrap().to_owned();
+    assert!(link.starts_with(&format!("{url}/login?code=")), "{link}");
+    let path = link.trim_start_matches(&url).to_owned();
+    let head = |p: &str, extra: &str| format!("GET {p} HTTP/1.1\r\nHost: {host}{extra}");
+    // The redirect and its cookie (read raw: the helper parses JSON bodies).
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    s.write_all(format!("{}\r\nConnection: close\r\n\r\n", head(&path, "")).as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 303"), "{out}");
+    let cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    assert!(out.to_lowercase().contains("httponly") && out.contains("SameSite=Strict"));
+    // Used up.
+    let (s, v) = raw(&url, &head(&path, ""), b"").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    // The cookie opens the page and the API, from the page's own origin
+    // only.
+    let with_cookie = format!("\r\nCookie: {cookie}");
+    let (s, _) = raw(&url, &head("/", &with_cookie), b"").await;
+    assert_eq!(s, 200);
+    let (s, v) = raw(
+        &url,
+        &head(
+            "/v1/status",
+            &format!("{with_cookie}\r\nOrigin: {url}\r\nReferer: {url}/"),
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = raw(
+        &url,
+        &head(
+            "/v1/status",
+            &format!("{with_cookie}\r\nOrigin: http://evil.example"),
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = raw(
+        &url,
+        &head("/v1/status", "\r\nCookie: agentmesh_session=forged"),
+        b"",
+    )
+    .await;
+    assert_eq!(s, 401);
+
+    // Prometheus metrics.
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let token = ApiInfo::read(&alice_dir).unwrap().token;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).await.unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for name in [
+        "# TYPE agentmesh_messages_received_total counter",
+        "agentmesh_knocks_total{decision=\"accepted\"} 0",
+        "agentmesh_inbox_messages{state=\"ready\"} 0",
+        "# TYPE agentmesh_dht_routing_table_peers gauge",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+
+    // The policy as TOML, changed through the API.
+    let before = ok(&mut c, Method::GET, "/v1/policy", None).await;
+    let toml = before["toml"].as_str().unwrap().to_owned();
+    // Top-level keys come first in TOML: the new one goes in front.
+    let edited = format!(
+        "min_tier = \"verified\"\n{}",
+        toml.replace("min_tier = \"anonymous\"\n", "")
+    );
+    let applied = ok(
+        &mut c,
+        Method::PUT,
+        "/v1/policy",
+        Some(json!({ "policy": edited })),
+    )
+    .await;
+    let after = ok(&mut c, Method::GET, "/v1/policy", None).await;
+    assert_eq!(applied["policy_hash"], after["policy_hash"]);
+    assert_ne!(before["policy_hash"], after["policy_hash"]);
+    assert_eq!(after["policy"]["min_tier"], "verified");
+    assert_eq!(
+        err(
+            &mut c,
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({ "policy": "min_tier = 7" }))
+        )
+        .await,
+        ErrorCode::BadRequest
+    );
+    alice_api.stop().await;
+}

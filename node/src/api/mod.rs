@@ -33,8 +33,10 @@ use crate::{
 };
 
 pub mod a2a;
+mod dashboard;
 mod events;
 mod inbox;
+mod metrics;
 pub mod openapi;
 mod routes;
 
@@ -290,6 +292,12 @@ struct Ctx {
     cancel: CancellationToken,
     /// The A2A gateway's base URL, once it listens.
     a2a_url: std::sync::OnceLock<String>,
+    /// The API's base URL on TCP, once it listens.
+    url: std::sync::OnceLock<String>,
+    /// Dashboard logins.
+    dashboard: dashboard::Logins,
+    /// Counters for `/metrics`.
+    metrics: metrics::Counters,
 }
 
 /// What the local API serves, and where.
@@ -389,6 +397,9 @@ impl LocalApi {
             token_hash: Sha256::digest(token.as_bytes()).into(),
             cancel: cancel.clone(),
             a2a_url: std::sync::OnceLock::new(),
+            url: std::sync::OnceLock::new(),
+            dashboard: dashboard::Logins::default(),
+            metrics: metrics::Counters::default(),
         });
         let mut tasks = Vec::new();
 
@@ -405,6 +416,7 @@ impl LocalApi {
                     let now = agentmesh_dht::now_ms();
                     match e {
                         Ok(e) => {
+                            ctx.metrics.count(&e);
                             let v = serde_json::to_value(&e).unwrap_or_else(
                                 |err| json!({"event": "unencodable", "error": err.to_string()}),
                             );
@@ -485,7 +497,9 @@ impl LocalApi {
                         warn!(error = %e, "local API on TCP stopped");
                     }
                 }));
-                Some(format!("http://{local}"))
+                let url = format!("http://{local}");
+                let _ = ctx.url.set(url.clone());
+                Some(url)
             }
             None => None,
         };
@@ -580,13 +594,6 @@ async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
-    if headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER) {
-        return ApiError::new(
-            ErrorCode::ForbiddenOrigin,
-            "requests from web pages are refused",
-        )
-        .into_response();
-    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -595,13 +602,36 @@ async fn guard(
         return ApiError::new(ErrorCode::BadHost, format!("host {host:?} is not loopback"))
             .into_response();
     }
+    // Web pages are refused, except the dashboard's own (same origin).
+    let own = format!("http://{host}");
+    let foreign_origin = headers
+        .get(header::ORIGIN)
+        .is_some_and(|o| o.to_str().map_or(true, |o| o != own));
+    let foreign_referer = headers.get(header::REFERER).is_some_and(|r| {
+        r.to_str()
+            .map_or(true, |r| !(r == own || r.starts_with(&format!("{own}/"))))
+    });
+    if foreign_origin || foreign_referer {
+        return ApiError::new(
+            ErrorCode::ForbiddenOrigin,
+            "requests from other web pages are refused",
+        )
+        .into_response();
+    }
+    // The one-time dashboard link needs no token: its code is the secret.
+    if req.uri().path() == dashboard::LOGIN_PATH {
+        return next.run(req).await;
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or_default();
     let given: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-    if given != ctx.token_hash {
+    if given != ctx.token_hash && !ctx.dashboard.has_session(&headers) {
+        if req.uri().path() == "/" {
+            return dashboard::login_needed();
+        }
         return ApiError::new(
             ErrorCode::Unauthorized,
             "missing or wrong token (see api.json in the data directory)",

@@ -332,6 +332,45 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
             ],
             answer: obj(&["results"], json!({ "results": { "type": "object" } })),
         },
+        ("PUT", "/v1/policy") => Op {
+            summary: "Put a policy (TOML) in force now; the policy file is not changed",
+            body: Some(obj(
+                &["policy"],
+                json!({ "policy": { "type": "string", "description": "TOML" } }),
+            )),
+            query: &[],
+            answer: obj(
+                &["policy_hash"],
+                json!({ "policy_hash": { "type": "string" } }),
+            ),
+        },
+        ("POST", "/v1/dashboard/link") => Op {
+            summary: "A one-time link that logs a browser into the dashboard",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["url"],
+                json!({ "url": { "type": "string" }, "expires_in_s": { "type": "integer" } }),
+            ),
+        },
+        ("GET", "/metrics") => Op {
+            summary: "Counters and gauges in the Prometheus text format",
+            body: None,
+            query: &[],
+            answer: json!({ "type": "string", "contentMediaType": "text/plain" }),
+        },
+        ("GET", "/") => Op {
+            summary: "The dashboard (HTML), with a session from a login link",
+            body: None,
+            query: &[],
+            answer: json!({ "type": "string", "contentMediaType": "text/html" }),
+        },
+        ("GET", "/login") => Op {
+            summary: "Redeem a one-time login link (`code`): sets the session cookie",
+            body: None,
+            query: &[("code", "string", "The link's code")],
+            answer: json!({ "type": "string" }),
+        },
         ("GET", "/v1/openapi.json") => Op {
             summary: "This document",
             body: None,

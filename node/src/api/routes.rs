@@ -141,6 +141,19 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
         ),
         (Method::GET, "/v1/registry/search", get(registry_search)),
         (Method::GET, "/v1/openapi.json", get(openapi_doc)),
+        (Method::PUT, "/v1/policy", put(set_policy)),
+        (
+            Method::POST,
+            "/v1/dashboard/link",
+            post(super::dashboard::link),
+        ),
+        (Method::GET, "/metrics", get(metrics)),
+        (Method::GET, "/", get(super::dashboard::page)),
+        (
+            Method::GET,
+            super::dashboard::LOGIN_PATH,
+            get(super::dashboard::login),
+        ),
     ]
 }
 
@@ -567,8 +580,38 @@ async fn policy(State(ctx): State<Arc<Ctx>>) -> Answer {
     let policy = ctx.node.policy();
     Ok(Json(json!({
         "policy": policy,
+        "toml": toml::to_string(&policy).map_err(internal)?,
         "policy_hash": hex::encode(policy.hash()),
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    policy: String,
+}
+
+/// Puts a policy (TOML) in force at once. The policy file, if any, is not
+/// changed: a reload or a restart reads it again.
+async fn set_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<PolicyBody>) -> Answer {
+    let policy = crate::policy::Policy::from_toml(&b.policy)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("policy: {e}")))?;
+    let hash = hex::encode(policy.hash());
+    ctx.node.set_policy(policy);
+    Ok(Json(json!({ "policy_hash": hash })))
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    let status = ctx.node.status().await;
+    let text = ctx.metrics.render(&status, ctx.inbox.counts());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn reload_policy(State(ctx): State<Arc<Ctx>>) -> Answer {

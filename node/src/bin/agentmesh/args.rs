@@ -92,6 +92,12 @@ pub(crate) enum Cmd {
     Stream(StreamArgs),
     /// Show sessions, known peers and network state of the running node.
     Status,
+    /// Print a one-time link that opens the running node's dashboard in a
+    /// browser.
+    Dashboard,
+    /// Check the running node (listening, DHT, card, reachability,
+    /// mailbox, inbox) and say what to fix.
+    Doctor,
     /// Block an agent on the running node.
     Block {
         /// The AMID.

@@ -22,6 +22,7 @@
 mod args;
 mod identity;
 mod messaging;
+mod owner;
 mod registry_cli;
 mod registry_cmds;
 mod registry_p2p;
@@ -103,6 +104,8 @@ async fn main() -> Result<()> {
             .await
         }
         Cmd::Status => show::status(&dir, json).await,
+        Cmd::Dashboard => owner::dashboard(&dir, json).await,
+        Cmd::Doctor => owner::doctor(&dir, json).await,
         Cmd::Audit(a) => show::audit(&dir, json, a).await,
         Cmd::Presence { state } => {
             simple(

@@ -1,0 +1,153 @@
+//! `GET /metrics`: the node's counters and gauges in the Prometheus text
+//! format (names `agentmesh_*`, following Prometheus' conventions).
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use crate::{events::NodeEvent, node::NodeStatus};
+
+/// Counters fed by node events.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    received: AtomicU64,
+    delivered: AtomicU64,
+    deposited: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    knocks_accepted: AtomicU64,
+    knocks_rejected: AtomicU64,
+    refused: AtomicU64,
+    hole_punch_ok: AtomicU64,
+    hole_punch_failed: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn count(&self, e: &NodeEvent) {
+        let c = match e {
+            NodeEvent::MessageReceived { .. } => &self.received,
+            NodeEvent::Delivered { .. } => &self.delivered,
+            NodeEvent::Deposited { .. } => &self.deposited,
+            NodeEvent::Rejected { .. } => &self.rejected,
+            NodeEvent::Failed { .. } => &self.failed,
+            NodeEvent::KnockDecided { accepted: true, .. } => &self.knocks_accepted,
+            NodeEvent::KnockDecided { .. } => &self.knocks_rejected,
+            NodeEvent::Refused { .. } => &self.refused,
+            NodeEvent::HolePunch { ok: true, .. } => &self.hole_punch_ok,
+            NodeEvent::HolePunch { .. } => &self.hole_punch_failed,
+            NodeEvent::Connected { .. } => &self.connections,
+            _ => return,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// The exposition text.
+    pub(super) fn render(&self, s: &NodeStatus, inbox: (usize, usize)) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        metric(
+            "agentmesh_messages_received_total",
+            "counter",
+            "Messages received and stored in the inbox.",
+            &[("", get(&self.received))],
+        );
+        metric(
+            "agentmesh_messages_sent_total",
+            "counter",
+            "Messages sent, by outcome.",
+            &[
+                ("{outcome=\"delivered\"}", get(&self.delivered)),
+                ("{outcome=\"deposited\"}", get(&self.deposited)),
+                ("{outcome=\"rejected\"}", get(&self.rejected)),
+                ("{outcome=\"failed\"}", get(&self.failed)),
+            ],
+        );
+        metric(
+            "agentmesh_knocks_total",
+            "counter",
+            "Incoming KNOCKs decided, by decision.",
+            &[
+                ("{decision=\"accepted\"}", get(&self.knocks_accepted)),
+                ("{decision=\"rejected\"}", get(&self.knocks_rejected)),
+            ],
+        );
+        metric(
+            "agentmesh_refused_inputs_total",
+            "counter",
+            "Incoming envelopes or KNOCKs refused before a decision (bad input, floods).",
+            &[("", get(&self.refused))],
+        );
+        metric(
+            "agentmesh_hole_punches_total",
+            "counter",
+            "Hole punches over relayed connections, by result.",
+            &[
+                ("{result=\"ok\"}", get(&self.hole_punch_ok)),
+                ("{result=\"failed\"}", get(&self.hole_punch_failed)),
+            ],
+        );
+        metric(
+            "agentmesh_connections_opened_total",
+            "counter",
+            "Connections opened to peers.",
+            &[("", get(&self.connections))],
+        );
+        let mut paths: std::collections::BTreeMap<String, u64> = Default::default();
+        for c in &s.net.connected {
+            *paths.entry(c.path.to_string()).or_default() += 1;
+        }
+        let labels: Vec<(String, u64)> = paths
+            .into_iter()
+            .map(|(p, n)| (format!("{{path=\"{p}\"}}"), n))
+            .collect();
+        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(
+            "agentmesh_peers_connected",
+            "gauge",
+            "Peers connected now, by path.",
+            &samples,
+        );
+        metric(
+            "agentmesh_sessions",
+            "gauge",
+            "Cached sessions.",
+            &[("", s.sessions.len() as u64)],
+        );
+        metric(
+            "agentmesh_dht_routing_table_peers",
+            "gauge",
+            "Peers in the DHT routing table.",
+            &[("", s.net.routing_table as u64)],
+        );
+        metric(
+            "agentmesh_dht_records",
+            "gauge",
+            "Records in the local DHT store.",
+            &[("", s.net.dht_records as u64)],
+        );
+        metric(
+            "agentmesh_card_published",
+            "gauge",
+            "1 when this agent's card is stored on another peer.",
+            &[("", u64::from(s.net.card_published))],
+        );
+        metric(
+            "agentmesh_inbox_messages",
+            "gauge",
+            "Messages in the local API's inbox, by state.",
+            &[
+                ("{state=\"ready\"}", inbox.0 as u64),
+                ("{state=\"leased\"}", inbox.1 as u64),
+            ],
+        );
+        out
+    }
+}
