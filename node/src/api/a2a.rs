@@ -157,8 +157,7 @@ fn agent_card(card: &AgentCard, url: &str) -> Value {
             "pushNotifications": false,
             "extensions": [{
                 "uri": KNOCK_EXTENSION_URI,
-                "description": "First contact is a KNOCK judged by the receiver's deterministic policy; a refused KNOCK is JSON-RPC error -32050",
-                "required": false
+                "description": "First contact is a KNOCK judged by the receiver's deterministic policy; a refused KNOCK is JSON-RPC error -32050"
             }]
         },
         "defaultInputModes": ["application/json", "text/plain"],
@@ -394,6 +393,28 @@ pub(super) async fn serve_upstream(ctx: Arc<Ctx>, upstream: url::Url, m: Message
     }
 }
 
+/// The `data` of each event of an SSE body, as JSON.
+fn sse_events(body: &str) -> Result<Vec<Value>, UpstreamError> {
+    // Lines end in CRLF, CR or LF (the SSE grammar); events end at a blank
+    // line.
+    let text = body.replace("\r\n", "\n").replace('\r', "\n");
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let data: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if data.is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&data.join("\n"))
+            .map_err(|e| UpstreamError::Bad(format!("bad SSE event: {e}")))?;
+        events.push(v);
+    }
+    Ok(events)
+}
+
 enum UpstreamAnswer {
     One(Value),
     Stream(Vec<Value>),
@@ -464,21 +485,7 @@ async fn post_upstream(
         ));
     }
     if is_sse {
-        let text = String::from_utf8_lossy(&body);
-        let mut events = Vec::new();
-        for block in text.split("\n\n") {
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(&data.join("\n"))
-                .map_err(|e| UpstreamError::Bad(format!("bad SSE event: {e}")))?;
-            events.push(v);
-        }
+        let events = sse_events(&String::from_utf8_lossy(&body))?;
         return Ok(UpstreamAnswer::Stream(events));
     }
     let v: Value = serde_json::from_slice(&body)
@@ -521,6 +528,15 @@ mod tests {
         let (_, id, method) =
             parse_rpc(br#"{"jsonrpc":"2.0","id":"7","method":"SendMessage","params":{}}"#).unwrap();
         assert_eq!((id, method.as_str()), (json!("7"), "SendMessage"));
+    }
+
+    #[test]
+    fn upstream_sse_events_split_on_any_line_ending() {
+        let body = "data: {\"a\":1}\r\n\r\ndata: {\"b\":\r\ndata: 2}\r\n\r\n: comment\n\ndata: {\"c\":3}\n\n";
+        assert_eq!(
+            sse_events(body).unwrap(),
+            vec![json!({"a": 1}), json!({"b": 2}), json!({"c": 3})]
+        );
     }
 
     #[test]

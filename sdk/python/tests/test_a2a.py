@@ -56,7 +56,6 @@ try:
         AgentSkill,
         GetExtendedAgentCardRequest,
         GetTaskRequest,
-        InternalError,
         Message,
         Role,
         SendMessageConfiguration,
@@ -443,20 +442,12 @@ def test_a_task_completes_while_the_client_reconnects(
     assert [get_artifact_text(a) for a in task.artifacts] == [f"bob did: wait {gate} then finish"]
 
 
-SSE_CRLF = (
-    "the gateway's upstream SSE parser splits events on '\\n\\n' only, but a2a-sdk's "
-    "server (sse-starlette) ends lines with '\\r\\n': two events or more arrive as one "
-    "block and the gateway answers -32603 'upstream A2A server: bad SSE event: "
-    "trailing characters at line 2 column 1'"
-)
-
 #: How bob's server ends SSE lines: a2a-sdk's default (sse-starlette's
-#: CRLF), and LF, which the gateway parses.
+#: CRLF), and LF; the gateway parses both.
 SEPARATORS = [
     pytest.param(
         "\r\n",
         id="crlf",
-        marks=pytest.mark.xfail(strict=True, raises=InternalError, reason=SSE_CRLF),
     ),
     pytest.param("\n", id="lf"),
 ]
@@ -688,16 +679,6 @@ def test_the_gateways_own_card_is_signed_with_the_agents_key(a2a_mesh: LocalMesh
         key.verify(_b64(sig["signature"]), jws_input(sig["protected"], {**card, "name": "x"}))
 
 
-REQUIRED_FALSE = (
-    "a2a-sdk verifies a card's JWS over its own canonical form, made from the parsed "
-    "protobuf AgentCard (MessageToDict, empty values removed): proto3 drops "
-    "capabilities.extensions[].required when false, but the gateway signs the JSON it "
-    'serves, which has "required": false (the KNOCK extension): the payloads differ, '
-    "InvalidSignaturesError"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=InvalidSignaturesError, reason=REQUIRED_FALSE)
 def test_the_official_client_verifies_the_gateways_card(a2a_mesh: LocalMesh) -> None:
     """create_client(..., signature_verifier=...) on alice's own card, with
     her key (the kid is her AMID)."""
@@ -724,7 +705,8 @@ def test_the_official_client_verifies_the_gateways_card(a2a_mesh: LocalMesh) -> 
 def test_what_the_sdk_verifier_accepts(required_false: bool) -> None:
     """A card signed the gateway's way (EdDSA over the RFC 8785 form of the
     JSON served) verifies with a2a-sdk's verifier, unless it holds a false
-    ``required`` (what the xfail above is about)."""
+    ``required``: the SDK's verifier drops a false ``required`` before it
+    checks, so the gateway leaves it out."""
     secret = Ed25519PrivateKey.generate()
     extension: dict[str, Any] = {"uri": "https://agentmesh.dev/a2a/knock/v1", "description": "k"}
     if required_false:

@@ -1,0 +1,120 @@
+"""The owner's dashboard in a real browser: headless Chromium (Playwright,
+pointed at the system's chromium) against a node of a LocalMesh.
+
+Skipped, with the reason, when Playwright or Chromium is missing; with
+``AGENTMESH_REQUIRE_SDK_TESTS=1`` that is a failure instead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agentmesh import LocalMesh, Rejected
+
+REQUIRE = os.environ.get("AGENTMESH_REQUIRE_SDK_TESTS") == "1"
+CHROMIUM = os.environ.get("AGENTMESH_CHROMIUM") or shutil.which("chromium")
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.integration
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install './sdk/python[browser]')"
+    if CHROMIUM is None:
+        return "no chromium on the PATH (apt-get install chromium, or set AGENTMESH_CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Any]:
+    reason = _browser_missing()
+    if reason is not None:
+        if REQUIRE:
+            pytest.fail(f"AGENTMESH_REQUIRE_SDK_TESTS=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        context = browser.new_context()
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context.new_page()
+        browser.close()
+
+
+def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    with LocalMesh(n=2) as mesh:
+        alice, bob = mesh.agents
+        receipt = alice.send(bob, {"text": "hello bob"})
+        assert receipt.knocked
+
+        # The one-time link logs the browser in; the page shows bob.
+        link = bob.client.call("POST", "/v1/dashboard/link")["url"]
+        page.goto(link)
+        expect(page.get_by_test_id("amid")).to_have_text(bob.amid)
+        expect(page.get_by_test_id("inbox")).to_contain_text("waiting")
+
+        # Used up: a second visit is refused.
+        second = page.context.new_page()
+        response = second.goto(link)
+        assert response is not None and response.status == 401
+        second.close()
+
+        # Peers and sessions: alice, with her session and buttons.
+        page.get_by_role("button", name="Peers and sessions").click()
+        row = page.locator(f'tr[data-amid="{alice.amid}"]')
+        expect(row).to_be_visible()
+        expect(row.locator("td").nth(2)).to_have_text("1")
+
+        # KNOCKs, live: alice's accepted KNOCK (from the event stream).
+        page.get_by_role("button", name="KNOCKs").click()
+        expect(page.get_by_test_id("knock").first).to_contain_text("accepted")
+
+        # Messages: metadata of what arrived, never its content.
+        page.get_by_role("button", name="Messages").click()
+        expect(page.get_by_test_id("message").first).to_contain_text("received")
+        expect(page.get_by_test_id("messages")).not_to_contain_text("hello bob")
+
+        # Audit log: the chain verifies.
+        page.get_by_role("button", name="Audit log").click()
+        page.get_by_test_id("verify").click()
+        expect(page.get_by_test_id("verify-result")).to_contain_text("chain verified")
+
+        # Policy: dry-run an edit that blocks alice, then apply it.
+        page.get_by_role("button", name="Policy").click()
+        text = page.get_by_test_id("policy-text")
+        expect(text).not_to_have_value("")
+        old_hash = page.get_by_test_id("policy-hash").inner_text()
+        page.fill("#p-from", alice.amid)
+        page.get_by_test_id("policy-check").click()
+        expect(page.get_by_test_id("policy-result")).to_have_text("ACCEPT")
+        edited = f'block = ["{alice.amid}"]\n' + "\n".join(
+            line for line in text.input_value().splitlines() if not line.startswith("block =")
+        )
+        text.fill(edited)
+        page.get_by_test_id("policy-check").click()
+        expect(page.get_by_test_id("policy-result")).to_have_text("REJECT: blocked")
+        page.get_by_test_id("policy-apply").click()
+        expect(page.get_by_test_id("policy-result")).to_contain_text("applied")
+        expect(page.get_by_test_id("policy-hash")).not_to_have_text(old_hash)
+        with pytest.raises(Rejected) as refused:
+            alice.send(bob, {"text": "still there?"})
+        assert refused.value.reason == "blocked"
+
+        # The page's session works only from its own origin.
+        api = page.context.request
+        own = api.get(link.split("/login")[0] + "/v1/status")
+        assert own.status == 200
+        foreign = api.get(
+            link.split("/login")[0] + "/v1/status", headers={"Origin": "http://evil.example"}
+        )
+        assert foreign.status == 403
