@@ -350,6 +350,20 @@ async fn call(
     }
 }
 
+/// Reads `data` as the gateway reads bytes from others: a JSON-RPC request
+/// from an A2A client, and an SSE body from an upstream A2A server. For the
+/// fuzz target; never panics.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) -> (bool, usize) {
+    let rpc = parse_rpc(data);
+    if let Ok((v, _, method)) = &rpc {
+        assert!(v.is_object());
+        let _ = carried(method);
+    }
+    let events = sse_events(&String::from_utf8_lossy(data)).map_or(0, |e| e.len());
+    (rpc.is_ok(), events)
+}
+
 /// Whether `m` is an A2A request carried by a gateway.
 pub(super) fn is_a2a_request(m: &Message) -> bool {
     m.kind == crate::events::MessageKind::Request && m.payload.get("a2a").is_some()
