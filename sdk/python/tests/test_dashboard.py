@@ -49,13 +49,21 @@ def page() -> Iterator[Any]:
         browser.close()
 
 
+def shoot(page: Any, name: str) -> None:
+    """A screenshot, when ``AGENTMESH_SCREENSHOTS`` names a directory."""
+    where = os.environ.get("AGENTMESH_SCREENSHOTS")
+    if where:
+        page.screenshot(path=os.path.join(where, f"dashboard-{name}.png"), full_page=True)
+
+
 def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> None:
     from playwright.sync_api import expect
 
-    with LocalMesh(n=2) as mesh:
-        alice, bob = mesh.agents
+    with LocalMesh(n=3) as mesh:
+        alice, bob, carol = mesh.agents
         receipt = alice.send(bob, {"text": "hello bob"})
         assert receipt.knocked
+        carol.send(bob, {"text": "hello from carol"})
 
         # The one-time link logs the browser in; the page shows bob.
         link = bob.client.call("POST", "/v1/dashboard/link")["url"]
@@ -75,9 +83,21 @@ def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> No
         expect(row).to_be_visible()
         expect(row.locator("td").nth(2)).to_have_text("1")
 
-        # KNOCKs, live: alice's accepted KNOCK (from the event stream).
+        # The kill switch for carol: bob's node refuses her from then on.
+        page.locator(f'tr[data-amid="{carol.amid}"] button[data-do="kill"]').click()
+        expect(page.get_by_test_id("error")).to_have_text("")
+        with pytest.raises(Rejected):
+            carol.send(bob, {"text": "after the kill"})
+        shoot(page, "peers")
+
+        # KNOCKs, live (from the event stream): the accepted ones, and
+        # carol's refused one after the kill.
         page.get_by_role("button", name="KNOCKs").click()
-        expect(page.get_by_test_id("knock").first).to_contain_text("accepted")
+        knocks = page.get_by_test_id("knock")
+        expect(knocks.filter(has_text="accepted").first).to_be_visible()
+        expect(knocks.first).to_contain_text("rejected")
+        expect(knocks.first).to_contain_text("blocked")
+        shoot(page, "knocks")
 
         # Messages: metadata of what arrived, never its content.
         page.get_by_role("button", name="Messages").click()
@@ -88,6 +108,7 @@ def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> No
         page.get_by_role("button", name="Audit log").click()
         page.get_by_test_id("verify").click()
         expect(page.get_by_test_id("verify-result")).to_contain_text("chain verified")
+        shoot(page, "audit")
 
         # Policy: dry-run an edit that blocks alice, then apply it.
         page.get_by_role("button", name="Policy").click()
@@ -106,6 +127,7 @@ def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> No
         page.get_by_test_id("policy-apply").click()
         expect(page.get_by_test_id("policy-result")).to_contain_text("applied")
         expect(page.get_by_test_id("policy-hash")).not_to_have_text(old_hash)
+        shoot(page, "policy")
         with pytest.raises(Rejected) as refused:
             alice.send(bob, {"text": "still there?"})
         assert refused.value.reason == "blocked"
