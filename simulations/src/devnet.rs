@@ -239,6 +239,29 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
     report_registry(registrar, &agents).await?;
 
     if !opts.once {
+        if let Some(alice) = agents.first() {
+            let link = async {
+                let mut c = Client::connect(&alice.proc.dir).await.ok()?;
+                let v = c
+                    .call(
+                        agentmesh_node::control::Method::POST,
+                        "/v1/dashboard/link",
+                        None,
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                v["url"].as_str().map(str::to_owned)
+            };
+            if let Some(url) = link.await {
+                println!(
+                    "devnet: {}'s dashboard (one-time link, 2 min; another with `agentmesh --data-dir {}/{} dashboard`): {url}",
+                    alice.name,
+                    root.display(),
+                    alice.name
+                );
+            }
+        }
         println!("devnet: running; send with `agentmesh --data-dir {}/alice send <AMID> '<json>'` (Ctrl-C to stop)", root.display());
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
