@@ -18,12 +18,16 @@ use crate::{envelope::MessageId, events::Message, node::InboxKey};
 /// Most messages held (ready and leased) before the inbox stops taking more
 /// from the node; the rest wait in the node's durable inbox.
 pub(crate) const MAX_HELD: usize = 4096;
+/// Most payload bytes held (ready and leased), likewise.
+pub(crate) const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Held {
     message: Message,
     key: InboxKey,
     deliveries: u32,
+    /// Size of the payload's JSON.
+    bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +39,8 @@ struct State {
     /// Arrival order of every held message, by id.
     order: HashMap<MessageId, u64>,
     next: u64,
+    /// Payload bytes held.
+    bytes: usize,
 }
 
 impl State {
@@ -75,16 +81,18 @@ pub(crate) struct LeasedInbox {
     room: Notify,
     arrivals: broadcast::Sender<Message>,
     cap: usize,
+    max_bytes: usize,
 }
 
 impl LeasedInbox {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             room: Notify::new(),
             arrivals: broadcast::channel(256).0,
             cap,
+            max_bytes,
         }
     }
 
@@ -103,8 +111,12 @@ impl LeasedInbox {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.lock().held() < self.cap {
-                return;
+            {
+                let s = self.lock();
+                // One message always fits, however large.
+                if s.held() == 0 || (s.held() < self.cap && s.bytes < self.max_bytes) {
+                    return;
+                }
             }
             notified.await;
         }
@@ -121,12 +133,15 @@ impl LeasedInbox {
             let order = s.next;
             s.next += 1;
             s.order.insert(message.id, order);
+            let bytes = message.payload.to_string().len();
+            s.bytes += bytes;
             s.ready.insert(
                 order,
                 Held {
                     message: message.clone(),
                     key,
                     deliveries: 0,
+                    bytes,
                 },
             );
         }
@@ -205,6 +220,7 @@ impl LeasedInbox {
                     None => s.ready.remove(&order),
                 };
                 if let Some(held) = held {
+                    s.bytes = s.bytes.saturating_sub(held.bytes);
                     keys.push(held.key);
                 }
             }
@@ -263,7 +279,7 @@ mod tests {
 
     #[test]
     fn leased_messages_go_to_one_reader_until_the_lease_ends() {
-        let inbox = LeasedInbox::new(10);
+        let inbox = LeasedInbox::new(10, usize::MAX);
         inbox.push(msg(1), InboxKey::test(1));
         inbox.push(msg(2), InboxKey::test(2));
         let t0 = Instant::now();
@@ -288,7 +304,7 @@ mod tests {
 
     #[test]
     fn acknowledged_messages_are_gone_and_their_keys_returned() {
-        let inbox = LeasedInbox::new(10);
+        let inbox = LeasedInbox::new(10, usize::MAX);
         inbox.push(msg(1), InboxKey::test(1));
         inbox.push(msg(2), InboxKey::test(2));
         let t0 = Instant::now();
@@ -306,7 +322,7 @@ mod tests {
 
     #[test]
     fn released_messages_are_handed_out_again_at_once() {
-        let inbox = LeasedInbox::new(10);
+        let inbox = LeasedInbox::new(10, usize::MAX);
         inbox.push(msg(1), InboxKey::test(1));
         let t0 = Instant::now();
         let got = inbox.take(1, Duration::from_secs(60), t0);
@@ -317,7 +333,7 @@ mod tests {
 
     #[test]
     fn the_same_message_is_held_once() {
-        let inbox = LeasedInbox::new(10);
+        let inbox = LeasedInbox::new(10, usize::MAX);
         inbox.push(msg(1), InboxKey::test(1));
         inbox.push(msg(1), InboxKey::test(1));
         assert_eq!(inbox.counts(), (1, 0));
@@ -325,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_on_arrival_and_room_frees_on_ack() {
-        let inbox = std::sync::Arc::new(LeasedInbox::new(1));
+        let inbox = std::sync::Arc::new(LeasedInbox::new(1, usize::MAX));
         let reader = {
             let inbox = inbox.clone();
             tokio::spawn(async move {
@@ -356,8 +372,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn room_is_bounded_by_bytes_too_but_one_message_always_fits() {
+        let inbox = std::sync::Arc::new(LeasedInbox::new(100, 10));
+        inbox.wait_room().await;
+        inbox.push(msg(1), InboxKey::test(1)); // {"n":1}: 7 bytes
+        inbox.wait_room().await;
+        inbox.push(msg(2), InboxKey::test(2)); // 14 bytes now: full
+        let waiter = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.wait_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        inbox.ack(&[MessageId([1; 16])]);
+        tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("room freed")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn a_waiting_reader_gets_a_message_whose_lease_ended() {
-        let inbox = LeasedInbox::new(10);
+        let inbox = LeasedInbox::new(10, usize::MAX);
         inbox.push(msg(4), InboxKey::test(4));
         let first = inbox.take(1, Duration::from_millis(200), Instant::now());
         assert_eq!(first.len(), 1);

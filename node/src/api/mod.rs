@@ -392,7 +392,7 @@ impl LocalApi {
         let cancel = CancellationToken::new();
         let ctx = Arc::new(Ctx {
             node: node.clone(),
-            inbox: inbox::LeasedInbox::new(inbox::MAX_HELD),
+            inbox: inbox::LeasedInbox::new(inbox::MAX_HELD, inbox::MAX_HELD_BYTES),
             events: events::EventLog::new(events::KEPT),
             token_hash: Sha256::digest(token.as_bytes()).into(),
             cancel: cancel.clone(),
