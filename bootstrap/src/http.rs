@@ -639,4 +639,21 @@ mod tests {
         let served: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
         assert_eq!(served, ROUTES.len());
     }
+
+    #[test]
+    fn every_limited_route_documents_its_429_and_503() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        for (method, path) in ROUTES {
+            let responses = &doc["paths"][*path][*method]["responses"];
+            assert!(responses.get("503").is_some(), "{method} {path}: no 503");
+            // The health check is not rate limited.
+            assert_eq!(
+                responses.get("429").is_some(),
+                !path.ends_with("/health"),
+                "{method} {path}: 429"
+            );
+        }
+        let limited = &doc["components"]["responses"]["RateLimited"];
+        assert!(limited["headers"].get("Retry-After").is_some());
+    }
 }
