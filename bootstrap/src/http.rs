@@ -320,16 +320,25 @@ impl HttpServer {
 
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     if state.registry.settings().trust_forwarded_for {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
+        if let Some(ip) = forwarded_client(headers) {
             return ip;
         }
     }
     peer.ip()
+}
+
+/// The client address the reverse proxy in front of us saw: the last entry
+/// of the last `X-Forwarded-For` header (the one the proxy appended).
+/// Entries before it come from the client and can be anything, so keying
+/// limits on them would let a client pick its own bucket.
+fn forwarded_client(headers: &HeaderMap) -> Option<IpAddr> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A signed request as posted, with the client's address: the body within
@@ -638,6 +647,18 @@ mod tests {
         // And nothing documented that is not served.
         let served: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
         assert_eq!(served, ROUTES.len());
+    }
+
+    #[test]
+    fn the_forwarded_client_is_the_entry_the_proxy_appended() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_client(&h), None);
+        h.insert("x-forwarded-for", "6.6.6.6, 10.0.0.7".parse().unwrap());
+        assert_eq!(forwarded_client(&h), Some("10.0.0.7".parse().unwrap()));
+        h.append("x-forwarded-for", "198.51.100.4".parse().unwrap());
+        assert_eq!(forwarded_client(&h), Some("198.51.100.4".parse().unwrap()));
+        h.insert("x-forwarded-for", "1.2.3.4, not-an-ip".parse().unwrap());
+        assert_eq!(forwarded_client(&h), None);
     }
 
     #[test]
