@@ -397,20 +397,35 @@ fn parse_amid(s: &str) -> Result<Amid, ApiError> {
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
-    database: &'static str,
+    database: String,
     agents: usize,
     root: Amid,
     version: &'static str,
 }
 
-async fn health(State(state): State<AppState>) -> ApiResult {
-    reply(Ok::<_, ApiError>(Health {
-        status: "ok",
-        database: "ok",
+/// `GET /v1/health`: `200` with `"database": "ok"` when the database took a
+/// write and flushed it just now; else `503` with what failed.
+async fn health(State(state): State<AppState>) -> Response {
+    let checked = state.registry.store().check().await;
+    let health = Health {
+        status: if checked.is_ok() { "ok" } else { "degraded" },
+        database: match &checked {
+            Ok(()) => "ok".into(),
+            Err(e) => format!("error: {e}"),
+        },
         agents: state.registry.store().agents.len(),
         root: state.registry.root_amid(),
         version: env!("CARGO_PKG_VERSION"),
-    }))
+    };
+    let status = if checked.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    match reply(Ok::<_, ApiError>(health)) {
+        Ok(json) => (status, json).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn openapi() -> Response {

@@ -18,11 +18,12 @@ use crate::{
 
 /// Sets up a process that runs nodes: installs the TLS crypto provider (QUIC
 /// and WebRTC would otherwise disagree on one) and logs to stderr through
-/// `tracing`, filtered by `AGENTMESH_LOG` (default `warn`), as JSON when
+/// `tracing`, filtered by `AGENTMESH_LOG` (else `RUST_LOG`, else `warn`), as JSON when
 /// `json` is set.
 pub fn init_process(json: bool) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTMESH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -150,6 +150,23 @@ pub struct Store {
     pub(crate) meta: sled::Tree,
 }
 
+impl Store {
+    /// Checks that the database takes a write and gives it back, flushed to
+    /// disk: what the health check reports.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let probe = agentmesh_dht::now_ms().to_be_bytes();
+        self.meta.insert(b"health/probe", &probe)?;
+        if self.meta.get(b"health/probe")?.as_deref() != Some(&probe[..]) {
+            return Err(StoreError::Corrupt {
+                tree: "meta",
+                message: "the health probe did not read back".into(),
+            });
+        }
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
 pub(crate) fn get_json<T: DeserializeOwned>(
     tree: &sled::Tree,
     name: &'static str,
