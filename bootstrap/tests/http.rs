@@ -130,6 +130,7 @@ async fn registry_endpoints_and_restart() {
     let (s, v) = http.get("/v1/health").await;
     assert_eq!(s, 200);
     assert_eq!(v["status"], "ok");
+    assert_eq!(v["database"], "ok");
     assert_eq!(v["root"], server.root);
 
     // register
