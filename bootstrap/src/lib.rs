@@ -133,6 +133,7 @@ pub async fn start_registry(
 pub fn config() -> Config {
     let mut c = Config::local();
     c.capabilities = vec!["bootstrap".into()];
+    c.connections = agentmesh_node::ConnectionCaps::server();
     c
 }
 

@@ -147,6 +147,46 @@ pub struct Config {
     /// How often fresh credentials (and so a fresh 24 h reputation
     /// attestation) are fetched from [`Config::registry`]. Defaults to 6 h.
     pub credentials_refresh: Duration,
+    /// Caps on connections, enforced before any protocol runs on them.
+    pub connections: ConnectionCaps,
+}
+
+/// Caps on connections (libp2p's `connection_limits`): a connection over a
+/// cap is closed before any protocol runs on it, so many identities cannot
+/// hold a node's sockets and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionCaps {
+    /// Established incoming connections, all peers together.
+    pub max_incoming: u32,
+    /// Incoming connections still in their handshake.
+    pub max_pending_incoming: u32,
+    /// Established connections with one peer, both directions (a peer
+    /// needs a few: QUIC, TCP, relayed, WebRTC).
+    pub max_per_peer: u32,
+}
+
+impl Default for ConnectionCaps {
+    /// An agent's: 1024 incoming, 128 in their handshake, 8 per peer.
+    fn default() -> Self {
+        Self {
+            max_incoming: 1024,
+            max_pending_incoming: 128,
+            max_per_peer: 8,
+        }
+    }
+}
+
+impl ConnectionCaps {
+    /// A relay's or a bootstrap's, which every agent connects to: 16 384
+    /// incoming, 1024 in their handshake, 8 per peer.
+    pub fn server() -> Self {
+        Self {
+            max_incoming: 16_384,
+            max_pending_incoming: 1024,
+            max_per_peer: 8,
+        }
+    }
 }
 
 /// How a node turns a relayed connection into a direct one.
@@ -264,6 +304,7 @@ impl Config {
             stun_servers: Vec::new(),
             registry: None,
             credentials_refresh: Duration::from_secs(6 * 3600),
+            connections: ConnectionCaps::default(),
         }
     }
 }

@@ -317,3 +317,73 @@ async fn silent_streams_from_many_peers_do_not_lock_others_out() {
     assert_eq!(m.payload, json!("still here"));
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_caps_are_refused_and_the_room_comes_back() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::local();
+    c.kdf = KdfParams::throwaway();
+    c.connections.max_incoming = 1;
+    let alice = Node::builder(c)
+        .data_dir(dir.path().join("alice"))
+        .passphrase(Passphrase::new("alice"))
+        .spawn()
+        .await
+        .unwrap();
+    let addrs = alice.wait_listening(1, WAIT).await;
+    assert!(!addrs.is_empty());
+    let peer = alice.amid().peer_id().unwrap();
+    let bob = node(dir.path(), "bob", None).await;
+    let carol = node(dir.path(), "carol", None).await;
+    let peers_of_alice = || async {
+        alice
+            .status()
+            .await
+            .net
+            .connected
+            .into_iter()
+            .map(|p| p.peer)
+            .collect::<Vec<String>>()
+    };
+
+    tokio::time::timeout(WAIT, bob.connect(peer, addrs.clone()))
+        .await
+        .unwrap()
+        .expect("the first incoming connection fits");
+
+    // A second one is over the cap: alice closes it as soon as it is up
+    // (carol may see it established for a moment) and never counts carol
+    // among her peers.
+    let mut carol_events = carol.events();
+    let _ = tokio::time::timeout(WAIT, carol.connect(peer, addrs.clone()))
+        .await
+        .unwrap();
+    let alice_label = alice.amid().to_string();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match carol_events.recv().await {
+                Ok(NodeEvent::Disconnected { peer }) if peer == alice_label => break,
+                Ok(_) => {}
+                Err(e) => panic!("carol's events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("alice closed carol's connection");
+    assert_eq!(peers_of_alice().await, vec![bob.amid().to_string()]);
+
+    // Bob goes: there is room again.
+    bob.disconnect(peer).await;
+    let carol_label = carol.amid().to_string();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = tokio::time::timeout(WAIT, carol.connect(peer, addrs.clone())).await;
+        if peers_of_alice().await.contains(&carol_label) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "carol never got in");
+        // Alice may not have seen bob's connection close yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -16,6 +16,7 @@ use crate::{RelayConfig, RelayPlugin};
 pub fn config() -> Config {
     let mut c = Config::local();
     c.capabilities = Vec::new();
+    c.connections = agentmesh_node::ConnectionCaps::server();
     c
 }
 

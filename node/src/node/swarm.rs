@@ -56,6 +56,7 @@ const AUTONAT_SERVER_THROTTLE: Duration = Duration::from_secs(15);
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
     dht: Dht,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -76,7 +77,14 @@ impl Behaviour {
         plugins: &[Arc<dyn Plugin>],
     ) -> Self {
         let local = key.public().to_peer_id();
+        let caps = config.connections;
         Self {
+            limits: libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(caps.max_incoming))
+                    .with_max_pending_incoming(Some(caps.max_pending_incoming))
+                    .with_max_established_per_peer(Some(caps.max_per_peer)),
+            ),
             dht,
             identify: identify::Behaviour::new(
                 identify::Config::new("/agentmesh/id/1".into(), key.public())
