@@ -257,8 +257,9 @@ impl Client {
         })
     }
 
-    /// Calls `method path` with a JSON `body`; the answer's JSON, or the
-    /// API's error.
+    /// Calls `method path` with a JSON `body`; the answer's JSON (a
+    /// successful answer that is not JSON, such as `/metrics`, as a JSON
+    /// string), or the API's error.
     pub async fn call(
         &mut self,
         method: Method,
@@ -286,8 +287,12 @@ impl Client {
         let resp = self.sender.send_request(req).await?;
         let ok = resp.status().is_success();
         let body = resp.into_body().collect().await?.to_bytes();
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        let value: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            // A page or the metrics: the text itself.
+            Err(_) if ok => Value::String(String::from_utf8_lossy(&body).into_owned()),
+            Err(e) => return Err(ControlError::BadResponse(e.to_string())),
+        };
         if ok {
             return Ok(Ok(value));
         }
