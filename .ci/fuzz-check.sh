@@ -12,8 +12,24 @@ fi
 
 cd fuzz
 export RUSTC_BOOTSTRAP=1
-# One job: CI machines are small and other builds may be running.
-CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}" cargo fuzz build -O
+# Sanitizer builds are large: show the room there is, so a failure to link
+# can be told apart from a full disk or memory.
+df -h . | tail -1
+free -m | sed -n 2p
+log=/tmp/fuzz-build.log
+# One job by default: CI machines are small and other builds may be running.
+if ! CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}" cargo fuzz build -O >"$log" 2>&1; then
+    # The linker's own words come after its (very long) command line: print
+    # everything but progress lines, each cut short, then retry with one job.
+    grep -v '^ *Compiling ' "$log" | cut -c1-400 | tail -60
+    df -h . | tail -1
+    free -m | sed -n 2p
+    echo "fuzz build failed; retrying with one job" >&2
+    if ! CARGO_BUILD_JOBS=1 cargo fuzz build -O >"$log" 2>&1; then
+        grep -v '^ *Compiling ' "$log" | cut -c1-400 | tail -60
+        exit 1
+    fi
+fi
 echo "fuzz targets build"
 
 for target in $(cargo fuzz list); do
