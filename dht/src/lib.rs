@@ -28,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod behaviour;
+pub mod engine;
 mod record;
 mod store;
 

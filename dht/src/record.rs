@@ -72,6 +72,9 @@ pub enum RecordError {
     /// The record could not be encoded.
     #[error("encoding failed")]
     Encode,
+    /// The store holds as many records as it may.
+    #[error("record store full")]
+    StoreFull,
 }
 
 impl From<CodecError> for RecordError {
