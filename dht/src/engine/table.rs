@@ -140,7 +140,7 @@ impl<P: Clone + Eq> RoutingTable<P> {
             .flat_map(|b| b.entries.iter())
             .map(|e| (e.contact.key.distance(target), &e.contact))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|a| a.0);
         all.into_iter()
             .take(count)
             .map(|(_, c)| c.clone())
