@@ -1,0 +1,617 @@
+/**
+ * {@link Client}: one method per route of a node's local API, over
+ * loopback TCP (or the node's Unix socket), with the bearer token of its
+ * `api.json`. Times are in milliseconds, as in the API.
+ *
+ * @module
+ */
+import http from "node:http";
+import { resolve as resolvePath } from "node:path";
+import { AgentMeshError, BadResponse, NodeNotRunning, errorFromBody } from "./errors.js";
+import { Message, eventBatchFromJson, eventFromJson, isObject, loadApiInfo, object, peerFromJson, policyCheckFromJson, receiptFromJson, } from "./models.js";
+import { VERSION } from "./version.js";
+/**
+ * Milliseconds to wait for an answer that is not a long-poll (a send waits
+ * for the recipient's acknowledgement, up to a minute on the node's side).
+ */
+export const DEFAULT_TIMEOUT_MS = 120_000;
+/** Added to a long-poll's own wait for the HTTP timeout. */
+const GRACE_MS = 30_000;
+/** The presence states of an agent. */
+export const PRESENCE_STATES = ["online", "away", "dnd", "offline"];
+/** The AMID of a {@link Recipient}. */
+export function amidOf(to) {
+    if (typeof to === "string")
+        return to;
+    if (isObject(to) && typeof to["amid"] === "string")
+        return to["amid"];
+    throw new TypeError("expected an AMID string or an Agent");
+}
+function clamp(v, lo, hi) {
+    return Math.max(lo, Math.min(hi, Math.round(v)));
+}
+/** A plain string is sent as `{"text": ...}`, as the command line does. */
+function payloadOf(payload) {
+    return typeof payload === "string" ? { text: payload } : payload;
+}
+function idsOf(ids) {
+    return Array.from(ids, (m) => (typeof m === "string" ? m : m.id));
+}
+function field(data, key) {
+    const d = object(data, "the node's answer");
+    if (!(key in d))
+        throw new BadResponse(`the node's answer has no '${key}'`);
+    return d[key];
+}
+function intField(data, key) {
+    const v = field(data, key);
+    if (typeof v !== "number" || !Number.isInteger(v))
+        throw new BadResponse(`'${key}' is not an integer`);
+    return v;
+}
+function queryString(query) {
+    if (!query)
+        return "";
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(query))
+        if (v !== undefined)
+            q.set(k, String(v));
+    const s = q.toString();
+    return s ? `?${s}` : "";
+}
+/** An SSE parser: lines in, events out. */
+export class SseParser {
+    #data = [];
+    #id = null;
+    #name = null;
+    /** Feeds one line (without its end); returns the event it completes, if any. */
+    feed(line) {
+        if (line === "")
+            return this.#dispatch();
+        if (line.startsWith(":"))
+            return null; // a comment: keep-alive
+        const colon = line.indexOf(":");
+        const name = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" "))
+            value = value.slice(1);
+        if (name === "data")
+            this.#data.push(value);
+        else if (name === "id")
+            this.#id = value;
+        else if (name === "event")
+            this.#name = value;
+        return null;
+    }
+    #dispatch() {
+        const data = this.#data.join("\n");
+        const id = this.#id;
+        const name = this.#name;
+        this.#data = [];
+        this.#id = null;
+        this.#name = null;
+        if (!data)
+            return null;
+        let v;
+        try {
+            v = JSON.parse(data);
+        }
+        catch (e) {
+            throw new BadResponse(`an SSE event that is not JSON: ${data.slice(0, 100)}`, { cause: e });
+        }
+        if (!isObject(v))
+            throw new BadResponse("an SSE event that is not a JSON object");
+        if ("id" in v && isObject(v["event"]))
+            return eventFromJson(v);
+        // An event without an id of its own: the stream's opening "dropped".
+        const inner = (name && !("event" in v) ? { event: name, ...v } : v);
+        return {
+            id: id && /^\d+$/.test(id) ? Number(id) : 0,
+            tsMs: 0,
+            kind: typeof inner.event === "string" ? inner.event : "",
+            event: inner,
+        };
+    }
+}
+/**
+ * A client of one node's local API.
+ *
+ * ```ts
+ * const c = await Client.fromDataDir("~/.agentmesh");
+ * const receipt = await c.send(bobAmid, { text: "hello" });
+ * ```
+ */
+export class Client {
+    /** Where the API is and the token it wants (the node's `api.json`). */
+    info;
+    /** Milliseconds to wait for an answer that is not a long-poll. */
+    timeoutMs;
+    #agent;
+    #useSocket;
+    #base;
+    #headers;
+    /**
+     * A client of the API at `url` (`http://127.0.0.1:PORT`; `null` for the
+     * Unix socket only) with `token`.
+     */
+    constructor(url, token, options = {}) {
+        this.info = {
+            url: url ? url.replace(/\/+$/, "") : null,
+            token,
+            socket: options.socket ?? null,
+            amid: options.amid ?? null,
+            version: 1,
+            a2a: null,
+            dataDir: null,
+        };
+        this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+        this.#useSocket = Boolean(options.useSocket) || !url;
+        if (this.#useSocket && !this.info.socket)
+            throw new TypeError("no URL and no socket to reach the node by");
+        this.#base = new URL(this.#useSocket ? "http://localhost" : this.info.url);
+        this.#agent = new http.Agent({ keepAlive: true });
+        this.#headers = {
+            Authorization: `Bearer ${token}`,
+            "User-Agent": `agentmesh-typescript/${VERSION}`,
+            Accept: "application/json",
+        };
+    }
+    /** A client for the API that `info` (an `api.json`) describes. */
+    static fromInfo(info, options = {}) {
+        const c = new Client(info.url, info.token, { ...options, amid: info.amid, socket: info.socket });
+        c.info = info;
+        return c;
+    }
+    /**
+     * A client for the node running in `dataDir` (default `$AGENTMESH_HOME`
+     * or `~/.agentmesh`), from its `api.json`.
+     */
+    static async fromDataDir(dataDir, options = {}) {
+        return Client.fromInfo(await loadApiInfo(dataDir), options);
+    }
+    /** The API's base URL (`http://localhost` over the Unix socket). */
+    get url() {
+        return this.#useSocket ? `http://localhost (unix socket ${this.info.socket})` : this.info.url;
+    }
+    /** The node's AMID, as `api.json` gives it (`null` if not known). */
+    get amid() {
+        return this.info.amid;
+    }
+    /** Closes the idle connections (the node keeps running). */
+    close() {
+        this.#agent.destroy();
+    }
+    // The transport.
+    #once(method, path, o, body, timeoutMs) {
+        const headers = { ...this.#headers };
+        if (body !== null) {
+            headers["Content-Type"] = "application/json";
+            headers["Content-Length"] = String(body.length);
+        }
+        Object.assign(headers, o.headers ?? {});
+        const target = new URL(path + queryString(o.query), this.#base);
+        return new Promise((resolve, reject) => {
+            const req = http.request({
+                method,
+                agent: this.#agent,
+                headers,
+                path: target.pathname + target.search,
+                ...(this.#useSocket
+                    ? { socketPath: this.info.socket }
+                    : { hostname: target.hostname, port: target.port }),
+                ...(o.signal ? { signal: o.signal } : {}),
+            }, (res) => {
+                const chunks = [];
+                res.on("data", (c) => chunks.push(c));
+                res.on("end", () => {
+                    clearTimeout(timer);
+                    resolve({
+                        status: res.statusCode ?? 0,
+                        contentType: String(res.headers["content-type"] ?? ""),
+                        body: Buffer.concat(chunks),
+                    });
+                });
+                res.on("error", (e) => {
+                    clearTimeout(timer);
+                    reject(e);
+                });
+            });
+            const timer = setTimeout(() => {
+                req.destroy(Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: "ETIMEDOUT" }));
+            }, timeoutMs);
+            req.on("error", (e) => {
+                clearTimeout(timer);
+                reject(Object.assign(e, { reusedSocket: req.reusedSocket }));
+            });
+            req.end(body ?? undefined);
+        });
+    }
+    async #raw(method, path, o) {
+        let body = null;
+        if (o.rawBody !== undefined)
+            body = Buffer.from(o.rawBody);
+        else if (o.body !== undefined)
+            body = Buffer.from(JSON.stringify(o.body), "utf8");
+        const timeoutMs = o.timeoutMs ?? this.timeoutMs;
+        for (let attempt = 0;; attempt++) {
+            try {
+                return await this.#once(method, path, o, body, timeoutMs);
+            }
+            catch (e) {
+                if (o.signal?.aborted)
+                    throw o.signal.reason ?? e;
+                const err = e;
+                // A kept-alive connection the node closed meanwhile: the request
+                // never reached it, try once more on a new one.
+                if (attempt === 0 && err.reusedSocket && err.code === "ECONNRESET")
+                    continue;
+                throw new NodeNotRunning(`the node at ${this.url} does not answer (${err.code ?? err.name}: ${err.message})`, {
+                    cause: e,
+                });
+            }
+        }
+    }
+    static #decode(a) {
+        if (a.status >= 400)
+            throw errorFromBody(a.status, a.body);
+        if (a.body.length === 0)
+            return {};
+        const text = a.body.toString("utf8");
+        if (!a.contentType.includes("json"))
+            return text;
+        try {
+            return JSON.parse(text);
+        }
+        catch (e) {
+            throw new BadResponse(`the node answered HTTP ${a.status} that is not JSON`, { cause: e });
+        }
+    }
+    /**
+     * Any route, raw: resolves to the decoded JSON answer (or the text of a
+     * non-JSON one), rejects with the {@link AgentMeshError} subclass of an
+     * error answer, or {@link NodeNotRunning} when the node does not answer.
+     */
+    async call(method, path, options = {}) {
+        return Client.#decode(await this.#raw(method.toUpperCase(), path, options));
+    }
+    /**
+     * Any route, typed by the OpenAPI document: the body, query and answer
+     * are those the document gives the route.
+     *
+     * ```ts
+     * const { receipt } = await c.api("post", "/v1/send", { body: { to, payload: { text: "hi" } } });
+     * ```
+     */
+    async api(method, path, ...[options]) {
+        const o = (options ?? {});
+        let p = path;
+        for (const [k, v] of Object.entries(o.params ?? {}))
+            p = p.replace(`{${k}}`, encodeURIComponent(String(v)));
+        return (await this.call(method, p, o));
+    }
+    async send(to, payload, options = {}) {
+        const body = { to, payload: payloadOf(payload) };
+        if (options.capability !== undefined)
+            body.capability = options.capability;
+        if (options.wait === false)
+            body.wait = false;
+        const data = await this.api("post", "/v1/send", { body });
+        if (options.wait === false) {
+            const id = field(data, "id");
+            if (typeof id !== "string")
+                throw new BadResponse("the send answer's id is not a string");
+            return id;
+        }
+        return receiptFromJson(field(data, "receipt"));
+    }
+    /**
+     * Sends a request and resolves to the reply; rejects with `ReplyTimeout`
+     * when none comes within `timeoutMs` (default 30 000).
+     */
+    async request(to, payload, options = {}) {
+        const timeoutMs = options.timeoutMs ?? 30_000;
+        const body = {
+            to,
+            payload: payloadOf(payload),
+            timeout_ms: Math.max(1, Math.round(timeoutMs)),
+        };
+        if (options.capability !== undefined)
+            body.capability = options.capability;
+        const data = await this.api("post", "/v1/request", { body, timeoutMs: timeoutMs + GRACE_MS });
+        return Message.fromJson(field(data, "reply"), this);
+    }
+    /**
+     * Answers message `id` from `to`. With `session`, in that session only
+     * (`NoSession` when it ended).
+     */
+    async reply(to, id, payload, options = {}) {
+        const body = { to, id, payload: payloadOf(payload) };
+        if (options.session !== undefined)
+            body.session = options.session;
+        return receiptFromJson(field(await this.api("post", "/v1/reply", { body }), "receipt"));
+    }
+    /**
+     * Ends the conversation with `amid` (an end message after everything sent
+     * before; both sides then forget the session); resolves to the id of the
+     * session that ended.
+     */
+    async end(amid) {
+        const v = object(await this.api("post", "/v1/end", { body: { amid } }), "end")["session"];
+        return typeof v === "string" ? v : null;
+    }
+    /** Sends bytes (or the file at `path`, read by the node) as a stream of end-to-end encrypted chunks. */
+    async stream(to, options) {
+        const body = { to };
+        if (options.data !== undefined)
+            body.data_base64 = Buffer.from(options.data).toString("base64");
+        else
+            body.path = resolvePath(options.path);
+        if (options.chunkSize !== undefined)
+            body.chunk_size = options.chunkSize;
+        if (options.capability !== undefined)
+            body.capability = options.capability;
+        const data = await this.api("post", "/v1/stream", { body });
+        return { chunks: intField(data, "chunks"), bytes: intField(data, "bytes") };
+    }
+    // Messages in.
+    /**
+     * Messages waiting in the inbox, in arrival order, each leased to this
+     * reader for `leaseMs`. Waits up to `waitMs` for the first one.
+     * Acknowledge each after handling it ({@link ack}).
+     */
+    async messages(options = {}) {
+        const waitMs = clamp(options.waitMs ?? 0, 0, 60_000);
+        const data = await this.api("get", "/v1/messages", {
+            query: {
+                wait_ms: waitMs,
+                max: clamp(options.max ?? 32, 1, 256),
+                lease_ms: clamp(options.leaseMs ?? 30_000, 1000, 600_000),
+            },
+            timeoutMs: waitMs + GRACE_MS,
+            ...(options.signal ? { signal: options.signal } : {}),
+        });
+        const raw = field(data, "messages");
+        if (!Array.isArray(raw))
+            throw new BadResponse("'messages' is not a list");
+        return raw.map((m) => Message.fromJson(m, this));
+    }
+    /** Acknowledges messages: the node removes them from its inbox. */
+    async ack(ids) {
+        return intField(await this.api("post", "/v1/messages/ack", { body: { ids: idsOf(ids) } }), "acked");
+    }
+    /** Ends the lease of messages: they are handed out again at once. */
+    async release(ids) {
+        return intField(await this.api("post", "/v1/messages/release", { body: { ids: idsOf(ids) } }), "released");
+    }
+    /** Node events after id `since` (all kept ones when not given); waits up to `waitMs` for the first. */
+    async events(options = {}) {
+        const waitMs = clamp(options.waitMs ?? 0, 0, 60_000);
+        const query = { wait_ms: waitMs };
+        if (options.since !== undefined)
+            query.since = options.since;
+        if (options.limit !== undefined)
+            query.limit = clamp(options.limit, 1, 1000);
+        const data = await this.api("get", "/v1/events", {
+            query,
+            timeoutMs: waitMs + GRACE_MS,
+            ...(options.signal ? { signal: options.signal } : {}),
+        });
+        return eventBatchFromJson(data);
+    }
+    /**
+     * Node events after id `since` as they happen, over Server-Sent Events
+     * (`GET /v1/events/stream`); runs until the caller stops iterating (or
+     * `signal` aborts). When events after `since` are no longer kept, the
+     * stream opens with an event `{"event": "dropped", "count": n}` (its `id`
+     * is 0).
+     */
+    async *eventStream(options = {}) {
+        const target = new URL("/v1/events/stream" + queryString({ since: options.since }), this.#base);
+        const controller = new AbortController();
+        const onAbort = () => controller.abort(options.signal?.reason);
+        options.signal?.addEventListener("abort", onAbort, { once: true });
+        let res;
+        try {
+            res = await new Promise((resolve, reject) => {
+                const req = http.request({
+                    method: "GET",
+                    agent: false,
+                    headers: { ...this.#headers, Accept: "text/event-stream" },
+                    path: target.pathname + target.search,
+                    ...(this.#useSocket
+                        ? { socketPath: this.info.socket }
+                        : { hostname: target.hostname, port: target.port }),
+                    signal: controller.signal,
+                }, resolve);
+                req.setTimeout(this.timeoutMs, () => req.destroy(new Error(`no answer in ${this.timeoutMs} ms`)));
+                req.on("error", reject);
+                req.end();
+            });
+        }
+        catch (e) {
+            options.signal?.removeEventListener("abort", onAbort);
+            if (options.signal?.aborted)
+                return;
+            throw new NodeNotRunning(`the node at ${this.url} does not answer (${String(e)})`, { cause: e });
+        }
+        try {
+            res.socket.setTimeout(0);
+            if ((res.statusCode ?? 0) >= 400) {
+                const chunks = [];
+                for await (const c of res)
+                    chunks.push(c);
+                throw errorFromBody(res.statusCode ?? 0, Buffer.concat(chunks));
+            }
+            const parser = new SseParser();
+            let buf = "";
+            res.setEncoding("utf8");
+            for await (const chunk of res) {
+                buf += chunk;
+                let nl;
+                while ((nl = buf.indexOf("\n")) >= 0) {
+                    const line = buf.slice(0, nl).replace(/\r$/, "");
+                    buf = buf.slice(nl + 1);
+                    const e = parser.feed(line);
+                    if (e !== null)
+                        yield e;
+                }
+            }
+        }
+        catch (e) {
+            if (options.signal?.aborted || controller.signal.aborted)
+                return;
+            if (e instanceof AgentMeshError)
+                throw e;
+            throw new NodeNotRunning(`the event stream of ${this.url} broke (${String(e)})`, { cause: e });
+        }
+        finally {
+            options.signal?.removeEventListener("abort", onAbort);
+            controller.abort();
+        }
+    }
+    // The node.
+    /** The node's status (AMID, sessions, peers, network). */
+    async status() {
+        return object(field(await this.api("get", "/v1/status"), "status"), "status");
+    }
+    /** Messages in the API's inbox: waiting, and leased to readers. */
+    async inboxCounts() {
+        const inbox = object(field(await this.api("get", "/v1/status"), "inbox"), "inbox");
+        const n = (k) => (typeof inbox[k] === "number" ? inbox[k] : 0);
+        return { ready: n("ready"), leased: n("leased") };
+    }
+    /** Peers the node knows, with the path of the open connection. */
+    async peers() {
+        return (await this.api("get", "/v1/peers")).peers.map(peerFromJson);
+    }
+    /** The node's sessions. */
+    async sessions() {
+        return (await this.api("get", "/v1/sessions")).sessions;
+    }
+    /** An agent's signed card from the DHT (rejects with `NotFound` if none). */
+    async lookup(amid) {
+        const data = await this.api("get", "/v1/lookup/{amid}", { params: { amid } });
+        return object(field(data, "card"), "card");
+    }
+    /** Ends every session with `amid`; resolves to how many. */
+    async closeSessions(amid) {
+        return intField(await this.api("post", "/v1/close", { body: { amid } }), "closed");
+    }
+    /** Closes every connection to `amid` (sessions stay). */
+    async disconnect(amid) {
+        await this.api("post", "/v1/disconnect", { body: { amid } });
+    }
+    /** Blocks `amid`: its KNOCKs are refused. */
+    async block(amid) {
+        await this.api("post", "/v1/block", { body: { amid } });
+    }
+    /** The kill switch: for `amid`, or for everyone when not given. */
+    async kill(amid) {
+        await this.api("post", "/v1/kill", { body: amid === undefined ? {} : { amid } });
+    }
+    /** Turns the kill switch for everyone off. */
+    async killClear() {
+        await this.api("post", "/v1/kill/clear");
+    }
+    /** Sets this agent's presence: `online`, `away`, `dnd` or `offline`. */
+    async presence(state) {
+        if (!PRESENCE_STATES.includes(state)) {
+            throw new TypeError(`presence: one of ${PRESENCE_STATES.join(", ")}`);
+        }
+        await this.api("put", "/v1/presence", { body: { state } });
+    }
+    /** The KNOCK policy in force and its hash. */
+    async policy() {
+        const d = await this.api("get", "/v1/policy");
+        return { policy: d.policy, policyHash: d.policy_hash };
+    }
+    /** Puts a policy (TOML text) in force now; resolves to its hash. The policy file is not changed. */
+    async setPolicy(toml) {
+        return (await this.api("put", "/v1/policy", { body: { policy: toml } })).policy_hash;
+    }
+    /** Makes the node read its policy file again; resolves to the new hash. */
+    async reloadPolicy() {
+        return (await this.api("post", "/v1/policy/reload")).policy_hash;
+    }
+    /**
+     * What the policy in force (or `options.policy`, TOML text) would decide
+     * on a KNOCK with this intent. Nothing is sent or recorded.
+     */
+    async checkPolicy(capability, options = {}) {
+        const body = { capability };
+        if (options.from !== undefined)
+            body.from = options.from;
+        if (options.action !== undefined)
+            body.action = options.action;
+        if (options.tier !== undefined)
+            body.tier = options.tier;
+        if (options.reputation !== undefined)
+            body.reputation = options.reputation;
+        if (options.policy !== undefined)
+            body.policy = options.policy;
+        return policyCheckFromJson(await this.api("post", "/v1/policy/check", { body }));
+    }
+    /** The audit log: `{audit: [...], verified?}`. */
+    async audit(options = {}) {
+        const query = {};
+        if (options.peer !== undefined)
+            query.peer = options.peer;
+        if (options.kind !== undefined)
+            query.kind = options.kind;
+        if (options.limit !== undefined)
+            query.limit = options.limit;
+        if (options.verify)
+            query.verify = true;
+        const d = await this.api("get", "/v1/audit", { query });
+        return d.verified === undefined
+            ? { audit: d.audit }
+            : { audit: d.audit, verified: d.verified };
+    }
+    /** The session receipts the node holds. */
+    async receipts() {
+        return (await this.api("get", "/v1/receipts")).receipts;
+    }
+    /** The credentials the node shows in KNOCKs (fetched anew from the registry with `renew`). */
+    async credentials(options = {}) {
+        const d = await this.api("post", "/v1/credentials", { body: options.renew ? { renew: true } : {} });
+        return d.credentials;
+    }
+    /**
+     * Registers this agent with the node's registry (`--registry`), under
+     * `name` and with `capabilities` (default: those of its card).
+     */
+    async register(name, capabilities) {
+        const body = { name };
+        if (capabilities !== undefined)
+            body.capabilities = capabilities;
+        return (await this.api("post", "/v1/registry/register", { body })).registration;
+    }
+    /**
+     * Agents offering `capability` (or a category of capabilities), from the
+     * node's registry (`--registry`): each entry has the agent's `amid`,
+     * `display_name`, `capabilities`, `tier`, `reputation`, `presence`, ….
+     */
+    async search(capability, options = {}) {
+        const query = { capability };
+        if (options.tierMin !== undefined)
+            query.tier_min = options.tierMin;
+        if (options.reputationMin !== undefined)
+            query.reputation_min = options.reputationMin;
+        if (options.limit !== undefined)
+            query.limit = options.limit;
+        const answer = object((await this.api("get", "/v1/registry/search", { query })).results, "search");
+        const results = Array.isArray(answer["results"]) ? answer["results"].filter(isObject) : [];
+        const count = typeof answer["count"] === "number" ? answer["count"] : results.length;
+        return { count, results, raw: answer };
+    }
+    /** A one-time link that logs a browser into the node's dashboard. */
+    async dashboardLink() {
+        const d = await this.api("post", "/v1/dashboard/link");
+        return { url: d.url, expiresInS: d.expires_in_s ?? null };
+    }
+    /** The OpenAPI document of the local API. */
+    async openapi() {
+        return object(await this.api("get", "/v1/openapi.json"), "openapi");
+    }
+}
+//# sourceMappingURL=client.js.map

@@ -1,0 +1,8 @@
+export * from "./errors.js";
+export * from "./models.js";
+export * from "./client.js";
+export { VERSION } from "./version.js";
+export * from "./process.js";
+export * from "./agent.js";
+export * from "./mesh.js";
+//# sourceMappingURL=index.js.map

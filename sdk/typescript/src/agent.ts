@@ -1,0 +1,658 @@
+/**
+ * The {@link Agent}: one AgentMesh node seen from TypeScript.
+ *
+ * ```ts
+ * const alice = await Agent.start("alice", { bootstrap: "/ip4/…/p2p/…" });
+ * alice.onMessage(async (msg) => { await msg.reply({ text: "got it" }); });
+ * await alice.send(bobAmid, { text: "hello" });
+ * ```
+ *
+ * @module
+ */
+
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, openSync, writeSync, closeSync } from "node:fs";
+import { homedir } from "node:os";
+import { basename, join, resolve } from "node:path";
+
+import {
+  Client,
+  type AuditOptions,
+  type CheckPolicyOptions,
+  type EventsOptions,
+  type MessagesOptions,
+  type Presence,
+  type Recipient,
+  type RequestOptions,
+  type SearchOptions,
+  type SearchResults,
+  type SendOptions,
+  type StreamOptions,
+  amidOf,
+} from "./client.js";
+import { AgentMeshError, NodeNotRunning } from "./errors.js";
+import {
+  API_FILE,
+  type ApiInfo,
+  type Event,
+  type JsonObject,
+  type Message,
+  type Peer,
+  type PolicyCheck,
+  type Receipt,
+  type ReplyOptions,
+  type Status,
+  type StreamResult,
+  defaultDataDir,
+  expandHome,
+  loadApiInfo,
+} from "./models.js";
+import { NodeProcess, findBinary, probe, removeApiFile, waitForApi } from "./process.js";
+
+/** The passphrase file {@link Agent.start} creates when none is given. */
+export const PASSPHRASE_FILE = "passphrase";
+const KEYSTORE = "identity.keystore";
+
+/** A message handler: called with each message; the message is acknowledged when it resolves, released when it throws. */
+export type MessageHandler = (msg: Message) => unknown;
+
+/** What to do with an error of a message loop (`msg` is the message being handled, if any). */
+export type ErrorHandler = (error: unknown, msg: Message | null) => void;
+
+/** Options of {@link Agent.onMessage}: those of the agent's message loop, taken from the first call. */
+export interface OnMessageOptions {
+  /** Long-poll the inbox this long at a time (default 30 000 ms). */
+  pollMs?: number;
+  /** Each message is leased this long (default 30 000 ms): a handler that takes longer may see it again. */
+  leaseMs?: number;
+  /** At most this many messages per read (default 32). */
+  max?: number;
+  /** Called with a handler's error (the message is then released) or the loop's (default: `console.error`). */
+  onError?: ErrorHandler;
+}
+
+/** A handler registered with {@link Agent.onMessage}. */
+export interface MessageSubscription {
+  /** Removes the handler; the loop stops (and this resolves) when no handler is left. */
+  stop(): Promise<void>;
+  /** Resolves when the agent's message loop has ended. */
+  readonly done: Promise<void>;
+}
+
+/** Options of {@link Agent.attach}. */
+export interface AttachOptions {
+  /** A name for messages (default: the data directory's name). */
+  name?: string;
+  /** Wait up to this long for the node to come up (default 0: it must be up). */
+  waitMs?: number;
+  /** Talk over the Unix socket instead of loopback TCP. */
+  useSocket?: boolean;
+}
+
+/** Options of {@link Agent.start}. */
+export interface StartOptions {
+  /** Bootstrap multiaddrs (a list, or comma-separated). */
+  bootstrap?: string | readonly string[];
+  /** Mailbox relay multiaddrs. */
+  relays?: string | readonly string[];
+  /** The registry's node (multiaddr). */
+  registry?: string;
+  /** The data directory (default `~/.agentmesh/<name>`). */
+  dataDir?: string;
+  /**
+   * The keystore's passphrase; else `$AGENTMESH_PASSPHRASE` /
+   * `$AGENTMESH_PASSPHRASE_FILE`; else a random one kept in the file
+   * `passphrase` of the data directory (mode 0600).
+   */
+  passphrase?: string;
+  /** Addresses to listen on. */
+  listen?: string | readonly string[];
+  /** A KNOCK policy file. */
+  policy?: string;
+  /** The API's address (`127.0.0.1:PORT`). */
+  api?: string;
+  /** More `agentmesh run` arguments. */
+  extraArgs?: readonly string[];
+  /** Let the node outlive this process (a later `start` attaches to it). */
+  detach?: boolean;
+  /** Wait for the card to be stored in the DHT (default: when there is a bootstrap). */
+  waitPublished?: boolean;
+  /** How long to wait for the node (default 90 000 ms). */
+  timeoutMs?: number;
+  /** The `agentmesh` binary (default: found like {@link findBinary}). */
+  binary?: string;
+}
+
+/** Options of {@link Agent.events}. */
+export interface AgentEventsOptions {
+  /** Start after this event id (default: after the last one yielded, else the oldest kept). */
+  since?: number;
+  /** Long-poll this long at a time (default 30 000 ms). */
+  waitMs?: number;
+  /** End after this long without an event (default: never). */
+  idleTimeoutMs?: number;
+  /** At most this many events per poll. */
+  limit?: number;
+  /** Ends the iteration. */
+  signal?: AbortSignal;
+}
+
+function asList(v: string | readonly string[] | undefined): string[] {
+  if (v === undefined) return [];
+  if (typeof v === "string") return v.split(",").filter(Boolean);
+  return [...v];
+}
+
+function defaultOnError(error: unknown, msg: Message | null): void {
+  const where = msg ? `handling message ${msg.id} from ${msg.from} (released)` : "in the message loop";
+  console.error(`agentmesh: error ${where}:`, error);
+}
+
+/**
+ * An AgentMesh agent: a running node and a client of its local API.
+ *
+ * Get one with {@link Agent.start} (start a node, or attach to the one
+ * already running in that data directory), {@link Agent.attach}, or from a
+ * {@link LocalMesh}.
+ */
+export class Agent {
+  /** The client of the node's local API (every route). */
+  client: Client;
+  /** A name for messages. */
+  readonly name: string;
+  /** The node's data directory, when known. */
+  readonly dataDir: string | null;
+  /** The node's process, when this agent started it. */
+  process: NodeProcess | null;
+  /** Id of the last event {@link events} yielded (a new iteration resumes after it). */
+  lastEventId: number | null = null;
+  /** Events the node no longer kept when {@link events} asked for them. */
+  eventsDropped = 0;
+  #amid: string;
+  #onStop: (() => Promise<void>) | null;
+  readonly #handlers: MessageHandler[] = [];
+  #loop: { controller: AbortController; done: Promise<void> } | null = null;
+  #loopOptions: OnMessageOptions = {};
+
+  /** An agent for the node `client` talks to (its AMID must be known). */
+  constructor(
+    client: Client,
+    options: { amid: string; name?: string; dataDir?: string | null; process?: NodeProcess | null; onStop?: () => Promise<void> },
+  ) {
+    this.client = client;
+    this.#amid = options.amid;
+    this.dataDir = options.dataDir ?? null;
+    this.name = options.name ?? (this.dataDir !== null ? basename(this.dataDir) : "agent");
+    this.process = options.process ?? null;
+    this.#onStop = options.onStop ?? null;
+  }
+
+  /** An agent for the API `info` describes. */
+  static async fromInfo(
+    info: ApiInfo,
+    options: { name?: string; process?: NodeProcess | null; useSocket?: boolean; onStop?: () => Promise<void> } = {},
+  ): Promise<Agent> {
+    const client = Client.fromInfo(info, { useSocket: Boolean(options.useSocket) });
+    let amid = info.amid;
+    if (amid === null) {
+      const st = await client.status();
+      amid = st.amid;
+    }
+    return new Agent(client, {
+      amid,
+      dataDir: info.dataDir,
+      ...(options.name !== undefined ? { name: options.name } : {}),
+      ...(options.process !== undefined ? { process: options.process } : {}),
+      ...(options.onStop !== undefined ? { onStop: options.onStop } : {}),
+    });
+  }
+
+  /**
+   * The agent whose node runs with data directory `dataDir` (default
+   * `$AGENTMESH_HOME` or `~/.agentmesh`), from its `api.json`. Waits up to
+   * `waitMs` for the node to come up; rejects with {@link NodeNotRunning}
+   * when it does not answer.
+   */
+  static async attach(dataDir?: string, options: AttachOptions = {}): Promise<Agent> {
+    const d = resolve(dataDir !== undefined ? expandHome(dataDir) : defaultDataDir());
+    let info: ApiInfo;
+    if ((options.waitMs ?? 0) > 0) {
+      info = await waitForApi(d, options.waitMs ?? 0);
+    } else {
+      info = await loadApiInfo(d);
+      if (!(await probe(info))) {
+        throw new NodeNotRunning(
+          `the node of ${d} does not answer at ${info.url ?? info.socket} (a ${API_FILE} left by a node that crashed?)`,
+        );
+      }
+    }
+    return Agent.fromInfo(info, {
+      ...(options.name !== undefined ? { name: options.name } : {}),
+      useSocket: Boolean(options.useSocket),
+    });
+  }
+
+  /**
+   * Starts a node (`agentmesh run`) with its own data directory, or
+   * attaches to the node already running there.
+   *
+   * The node stops with {@link stop} or when this process exits, unless
+   * `detach`. Waits up to `timeoutMs` for the API and, when
+   * `waitPublished` (default: when there is a bootstrap), for the agent's
+   * card to be stored in the DHT.
+   */
+  static async start(name?: string, options: StartOptions = {}): Promise<Agent> {
+    let d: string;
+    if (options.dataDir !== undefined) d = resolve(expandHome(options.dataDir));
+    else if (name !== undefined) d = join(homedir(), ".agentmesh", name);
+    else d = resolve(defaultDataDir());
+    const agentName = name ?? basename(d);
+    // Attach when a node already runs there.
+    let stale: ApiInfo | null = null;
+    try {
+      const info = await loadApiInfo(d);
+      if (await probe(info)) return Agent.fromInfo(info, { name: agentName });
+      stale = info;
+    } catch (e) {
+      if (!(e instanceof AgentMeshError)) throw e;
+    }
+    if (stale !== null) await removeApiFile(d);
+
+    mkdirSync(d, { recursive: true });
+    try {
+      chmodSync(d, 0o700);
+    } catch {
+      // Not ours to change.
+    }
+    const env = Agent.#passphraseEnv(d, options.passphrase);
+    const exe = options.binary ?? findBinary("agentmesh");
+    const bootstraps = asList(options.bootstrap);
+    const argv = [exe, "--data-dir", d, "--json", "run"];
+    for (const b of bootstraps) argv.push("--bootstrap", b);
+    for (const r of asList(options.relays)) argv.push("--relay", r);
+    if (options.registry) argv.push("--registry", options.registry);
+    for (const a of asList(options.listen)) argv.push("--listen", a);
+    if (options.policy !== undefined) argv.push("--policy", resolve(options.policy));
+    if (options.api !== undefined) argv.push("--api", options.api);
+    argv.push(...(options.extraArgs ?? []));
+    const detach = Boolean(options.detach);
+    const proc = new NodeProcess(agentName, argv, d, {
+      env,
+      stdoutFile: join(d, "node.log"),
+      stderrFile: join(d, "node.err.log"),
+      detach,
+    });
+    const timeoutMs = options.timeoutMs ?? 90_000;
+    let info: ApiInfo;
+    try {
+      const deadline = Date.now() + timeoutMs;
+      info = await waitForApi(d, timeoutMs, proc);
+      if (options.waitPublished ?? bootstraps.length > 0) {
+        await proc.waitEvent("card_published", Math.max(1000, deadline - Date.now()), { stored_remotely: true });
+      }
+    } catch (e) {
+      await proc.terminate();
+      throw e;
+    }
+    // Detached, the node outlives this process: agent.stop() leaves it
+    // running (agent.process.terminate() stops it).
+    return Agent.fromInfo(info, {
+      name: agentName,
+      process: proc,
+      ...(detach ? {} : { onStop: async () => void (await proc.terminate()) }),
+    });
+  }
+
+  static #passphraseEnv(d: string, passphrase: string | undefined): Record<string, string> {
+    if (passphrase !== undefined) return { AGENTMESH_PASSPHRASE: passphrase };
+    if (process.env["AGENTMESH_PASSPHRASE"] || process.env["AGENTMESH_PASSPHRASE_FILE"]) return {};
+    const f = join(d, PASSPHRASE_FILE);
+    if (!existsSync(f)) {
+      if (existsSync(join(d, KEYSTORE))) {
+        throw new AgentMeshError(
+          `${d} holds an identity but no passphrase was given: pass { passphrase } or set AGENTMESH_PASSPHRASE`,
+          { code: "no_passphrase" },
+        );
+      }
+      const fd = openSync(f, "wx", 0o600);
+      try {
+        writeSync(fd, randomBytes(32).toString("base64url") + "\n");
+      } finally {
+        closeSync(fd);
+      }
+    }
+    return { AGENTMESH_PASSPHRASE_FILE: f };
+  }
+
+  /** @internal Points this agent at a restarted node (new address and token). */
+  _reattach(info: ApiInfo, proc: NodeProcess | null, onStop: (() => Promise<void>) | null): void {
+    const old = this.client;
+    this.client = Client.fromInfo(info, { timeoutMs: old.timeoutMs });
+    old.close();
+    if (proc !== null) this.process = proc;
+    if (info.amid !== null) this.#amid = info.amid;
+    this.#onStop = onStop;
+  }
+
+  /** @internal Stops the message loop without stopping the node. */
+  async _stopLoop(): Promise<void> {
+    const loop = this.#loop;
+    if (loop === null) return;
+    loop.controller.abort();
+    await loop.done;
+  }
+
+  // Who.
+
+  /** This agent's AMID (its address in the network). */
+  get amid(): string {
+    return this.#amid;
+  }
+
+  /** Base URL of the node's A2A gateway (`a2a` in `api.json`), if any. */
+  get a2aUrl(): string | null {
+    return this.client.info.a2a;
+  }
+
+  /** For `console.log`. */
+  toString(): string {
+    return `Agent(${this.name} ${this.#amid})`;
+  }
+
+  // Messages out.
+
+  /**
+   * Sends `payload` (any JSON value; a string is sent as `{"text": ...}`)
+   * to an AMID or an agent. Resolves to the {@link Receipt} once delivered
+   * or deposited in a relay mailbox; with `wait: false`, to the message id
+   * at once.
+   */
+  send(to: Recipient, payload: unknown, options?: SendOptions & { wait?: true }): Promise<Receipt>;
+  send(to: Recipient, payload: unknown, options: SendOptions & { wait: false }): Promise<string>;
+  send(to: Recipient, payload: unknown, options: SendOptions = {}): Promise<Receipt | string> {
+    return this.client.send(amidOf(to), payload, options);
+  }
+
+  /** Sends a request and resolves to the reply {@link Message}. */
+  request(to: Recipient, payload: unknown, options: RequestOptions = {}): Promise<Message> {
+    return this.client.request(amidOf(to), payload, options);
+  }
+
+  /** Answers `msg` (same as `msg.reply(payload)`). */
+  reply(msg: Message, payload: unknown, options: ReplyOptions = {}): Promise<Receipt> {
+    return this.client.reply(msg.from, msg.id, payload, options.sameSession ? { session: msg.session } : {});
+  }
+
+  /** Ends the conversation with `to`; resolves to the session that ended. */
+  end(to: Recipient): Promise<string | null> {
+    return this.client.end(amidOf(to));
+  }
+
+  /** Sends bytes (or the file at `path`) as a stream of encrypted chunks. */
+  stream(to: Recipient, options: StreamOptions): Promise<StreamResult> {
+    return this.client.stream(amidOf(to), options);
+  }
+
+  // Messages in.
+
+  /** One read of the inbox; acknowledge what you handled with {@link ack} or `msg.ack()`. */
+  messages(options: MessagesOptions = {}): Promise<Message[]> {
+    return this.client.messages(options);
+  }
+
+  /** Acknowledges messages (the node forgets them). */
+  ack(msgs: Iterable<string | Message>): Promise<number> {
+    return this.client.ack(msgs);
+  }
+
+  /** Hands messages out again at once. */
+  release(msgs: Iterable<string | Message>): Promise<number> {
+    return this.client.release(msgs);
+  }
+
+  /**
+   * Registers a message handler and runs the agent's message loop (one per
+   * agent, started by the first handler). Handlers run in registration
+   * order on every message, one message at a time, in arrival order; the
+   * message is acknowledged once they all resolved, and released for
+   * another try when one throws (the error goes to `onError`). A message
+   * whose handler never ends is handed out again when its lease ends.
+   *
+   * The loop keeps this process running until {@link stop}, or until the
+   * returned subscription's `stop()` removed the last handler.
+   */
+  onMessage(handler: MessageHandler, options: OnMessageOptions = {}): MessageSubscription {
+    this.#handlers.push(handler);
+    if (this.#loop === null) {
+      this.#loopOptions = options;
+      const controller = new AbortController();
+      const done = this.#run(controller.signal).finally(() => {
+        if (this.#loop?.controller === controller) this.#loop = null;
+      });
+      this.#loop = { controller, done };
+    }
+    const loop = this.#loop;
+    return {
+      done: loop.done,
+      stop: async () => {
+        const i = this.#handlers.indexOf(handler);
+        if (i >= 0) this.#handlers.splice(i, 1);
+        if (this.#handlers.length === 0) {
+          loop.controller.abort();
+          await loop.done;
+        }
+      },
+    };
+  }
+
+  async #run(signal: AbortSignal): Promise<void> {
+    const o = this.#loopOptions;
+    const onError = o.onError ?? defaultOnError;
+    while (!signal.aborted && this.#handlers.length > 0) {
+      let msgs: Message[];
+      try {
+        msgs = await this.client.messages({
+          waitMs: o.pollMs ?? 30_000,
+          leaseMs: o.leaseMs ?? 30_000,
+          max: o.max ?? 32,
+          signal,
+        });
+      } catch (e) {
+        if (signal.aborted) return;
+        onError(e, null);
+        if (e instanceof NodeNotRunning) return;
+        await new Promise((ok) => setTimeout(ok, 1000));
+        continue;
+      }
+      try {
+        await this.#dispatch(msgs, onError);
+      } catch (e) {
+        if (!signal.aborted) onError(e, null);
+        return;
+      }
+    }
+  }
+
+  async #dispatch(msgs: Message[], onError: ErrorHandler): Promise<number> {
+    let handled = 0;
+    for (const m of msgs) {
+      try {
+        for (const h of [...this.#handlers]) await h(m);
+      } catch (e) {
+        onError(e, m);
+        await this.#quietly(() => this.client.release([m.id]), onError);
+        continue;
+      }
+      await this.#quietly(() => this.client.ack([m.id]), onError);
+      handled++;
+    }
+    return handled;
+  }
+
+  /** Acknowledges or releases; a refusal is reported (the lease may have ended meanwhile), a node that is gone is thrown. */
+  async #quietly(f: () => Promise<number>, onError: ErrorHandler): Promise<void> {
+    try {
+      await f();
+    } catch (e) {
+      if (e instanceof NodeNotRunning) throw e;
+      onError(e, null);
+    }
+  }
+
+  /**
+   * Reads the inbox once (waiting up to `waitMs`) and runs the handlers on
+   * what came, acknowledging each message handled; resolves to how many
+   * were handled. For use without the loop (handlers registered with
+   * {@link onMessage} and stopped, or passed here).
+   */
+  async processPending(
+    options: MessagesOptions & { handlers?: MessageHandler[]; onError?: ErrorHandler } = {},
+  ): Promise<number> {
+    const handlers = options.handlers ?? this.#handlers;
+    if (handlers.length === 0) throw new Error("no handler: register one with agent.onMessage or pass { handlers }");
+    const msgs = await this.messages(options);
+    const saved = this.#handlers.splice(0, this.#handlers.length, ...handlers);
+    try {
+      return await this.#dispatch(msgs, options.onError ?? defaultOnError);
+    } finally {
+      this.#handlers.splice(0, this.#handlers.length, ...saved);
+    }
+  }
+
+  // Events.
+
+  /**
+   * Node events, as they happen (long-polls `GET /v1/events`).
+   *
+   * Starts after event id `since`; without it, after the last event a
+   * previous iteration yielded ({@link lastEventId}), or with the oldest
+   * event the node keeps. A new iteration therefore resumes where the last
+   * one stopped, without losing or repeating an event. Ends when
+   * `idleTimeoutMs` passes without an event (never, by default) or
+   * `signal` aborts. Events the node no longer had are counted in
+   * {@link eventsDropped}.
+   */
+  async *events(options: AgentEventsOptions = {}): AsyncGenerator<Event, void, undefined> {
+    let cursor = options.since ?? this.lastEventId ?? undefined;
+    const waitMs = options.waitMs ?? 30_000;
+    let idleSince = Date.now();
+    for (;;) {
+      let w = waitMs;
+      if (options.idleTimeoutMs !== undefined) {
+        const left = options.idleTimeoutMs - (Date.now() - idleSince);
+        if (left <= 0) return;
+        w = Math.min(w, left);
+      }
+      const q: EventsOptions = { waitMs: w };
+      if (cursor !== undefined) q.since = cursor;
+      if (options.limit !== undefined) q.limit = options.limit;
+      if (options.signal !== undefined) q.signal = options.signal;
+      let batch;
+      try {
+        batch = await this.client.events(q);
+      } catch (e) {
+        if (options.signal?.aborted) return;
+        throw e;
+      }
+      if (batch.dropped) this.eventsDropped += batch.dropped;
+      if (batch.events.length === 0) continue;
+      idleSince = Date.now();
+      for (const e of batch.events) {
+        cursor = e.id;
+        this.lastEventId = e.id;
+        yield e;
+      }
+    }
+  }
+
+  // The node.
+
+  /** The node's status. */
+  status(): Promise<Status> {
+    return this.client.status();
+  }
+
+  /** Peers the node knows. */
+  peers(): Promise<Peer[]> {
+    return this.client.peers();
+  }
+
+  /** The node's sessions. */
+  sessions(): Promise<JsonObject[]> {
+    return this.client.sessions();
+  }
+
+  /** An agent's signed card, from the DHT (`NotFound` if none). */
+  lookup(amid: Recipient): Promise<JsonObject> {
+    return this.client.lookup(amidOf(amid));
+  }
+
+  /** Agents offering `capability`, from the node's registry. */
+  search(capability: string, options: SearchOptions = {}): Promise<SearchResults> {
+    return this.client.search(capability, options);
+  }
+
+  /** Registers this agent with the node's registry. */
+  register(name: string, capabilities?: string[]): Promise<JsonObject> {
+    return this.client.register(name, capabilities);
+  }
+
+  /** Refuses this agent from now on. */
+  block(amid: Recipient): Promise<void> {
+    return this.client.block(amidOf(amid));
+  }
+
+  /** Ends every session with `amid`; resolves to how many. */
+  close(amid: Recipient): Promise<number> {
+    return this.client.closeSessions(amidOf(amid));
+  }
+
+  /** Closes the connections to `amid` (sessions stay). */
+  disconnect(amid: Recipient): Promise<void> {
+    return this.client.disconnect(amidOf(amid));
+  }
+
+  /** What this agent's KNOCK policy (or `options.policy`) would decide on a KNOCK with this intent; nothing is sent. */
+  checkPolicy(capability: string, options: Omit<CheckPolicyOptions, "from"> & { from?: Recipient } = {}): Promise<PolicyCheck> {
+    const { from, ...rest } = options;
+    return this.client.checkPolicy(capability, from === undefined ? rest : { ...rest, from: amidOf(from) });
+  }
+
+  /** Sets presence: `online`, `away`, `dnd` or `offline`. */
+  presence(state: Presence): Promise<void> {
+    return this.client.presence(state);
+  }
+
+  /** The kill switch, for one agent or (no argument) everyone. */
+  kill(amid?: Recipient): Promise<void> {
+    return this.client.kill(amid === undefined ? undefined : amidOf(amid));
+  }
+
+  /** Turns the kill switch for everyone off. */
+  killClear(): Promise<void> {
+    return this.client.killClear();
+  }
+
+  /** The audit log. */
+  audit(options: AuditOptions = {}): Promise<{ audit: JsonObject[]; verified?: number }> {
+    return this.client.audit(options);
+  }
+
+  /**
+   * Stops the message loop and, when this agent started its node
+   * ({@link start}, {@link LocalMesh}), the node.
+   */
+  async stop(): Promise<void> {
+    this.#handlers.length = 0;
+    await this._stopLoop();
+    const onStop = this.#onStop;
+    this.#onStop = null;
+    if (onStop !== null) await onStop();
+    this.client.close();
+  }
+
+  /** `await using agent = await Agent.start(...)` stops it at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
