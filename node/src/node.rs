@@ -552,6 +552,23 @@ pub struct RelayStatus {
     pub envelopes: u64,
     /// Their size in bytes.
     pub bytes: u64,
+    /// Reservations and circuits accepted and denied since the node started.
+    #[serde(default)]
+    pub totals: RelayTotals,
+}
+
+/// Counts of a relay's circuit relay decisions since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RelayTotals {
+    /// Reservations accepted (renewals included).
+    pub reservations_accepted: u64,
+    /// Reservations refused (over a limit, or not allowed).
+    pub reservations_denied: u64,
+    /// Circuits opened through us.
+    pub circuits_accepted: u64,
+    /// Circuits refused (over a limit, no reservation for the target, …).
+    pub circuits_denied: u64,
 }
 
 /// A connected peer.

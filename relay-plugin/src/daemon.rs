@@ -35,6 +35,19 @@ pub async fn serve(
     json: bool,
     every: Duration,
 ) -> std::io::Result<()> {
+    serve_with_page(node, expected_listeners, json, every, None).await
+}
+
+/// [`serve`], naming in the `ready` line (field `page`, or a `page` line)
+/// the URL of the relay's page and metrics
+/// ([`DashboardServer::url`](crate::dashboard::DashboardServer::url)).
+pub async fn serve_with_page(
+    node: Node,
+    expected_listeners: usize,
+    json: bool,
+    every: Duration,
+    page: Option<String>,
+) -> std::io::Result<()> {
     let addrs = node
         .wait_listening(expected_listeners, Duration::from_secs(10))
         .await;
@@ -42,12 +55,22 @@ pub async fn serve(
     if json {
         println!(
             "{}",
-            serde_json::json!({ "event": "ready", "role": "relay", "amid": node.amid(), "addrs": addrs })
+            serde_json::json!({
+                "event": "ready",
+                "role": "relay",
+                "amid": node.amid(),
+                "addrs": addrs,
+                "page": page,
+                "metrics": page.as_ref().map(|p| format!("{p}metrics")),
+            })
         );
     } else {
         println!("relay {}", node.amid());
         for a in &addrs {
             println!("{a}");
+        }
+        if let Some(p) = &page {
+            println!("page {p} (metrics at {p}metrics)");
         }
     }
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));

@@ -39,9 +39,11 @@
 
 mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod mailbox;
+pub mod metrics;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use agentmesh_node::plugin::{Plugin, PluginContext, PluginError, Stored};
 use tracing::Instrument;
@@ -50,6 +52,7 @@ pub use agentmesh_node::mailbox::RELAY_PROVIDER_KEY;
 pub use config::{circuit_config, CircuitLimits, ConfigError, MailboxLimits, RelayConfig};
 
 use mailbox::MailboxStore;
+pub use metrics::{RelayMetrics, RelayMonitor, RelaySnapshot};
 
 /// The capability a relay node advertises in its card.
 pub const RELAY_CAPABILITY: &str = "relay";
@@ -59,7 +62,7 @@ pub const RELAY_CAPABILITY: &str = "relay";
 #[derive(Debug)]
 pub struct RelayPlugin {
     config: RelayConfig,
-    store: OnceLock<Arc<MailboxStore>>,
+    monitor: RelayMonitor,
 }
 
 impl RelayPlugin {
@@ -67,13 +70,19 @@ impl RelayPlugin {
     pub fn new(config: RelayConfig) -> Self {
         Self {
             config,
-            store: OnceLock::new(),
+            monitor: RelayMonitor::new(),
         }
     }
 
     /// The mailbox store, once the node started the plugin.
     pub fn store(&self) -> Option<&Arc<MailboxStore>> {
-        self.store.get()
+        self.monitor.store()
+    }
+
+    /// A handle on this relay's counters and mailbox that outlives handing
+    /// the plugin to the node: what its page and `/metrics` read.
+    pub fn monitor(&self) -> RelayMonitor {
+        self.monitor.clone()
     }
 }
 
@@ -99,17 +108,18 @@ impl Plugin for RelayPlugin {
             MailboxStore::open(&ctx.db, self.config.mailbox.clone())
                 .map_err(|e| PluginError::new(self.name(), e))?,
         );
-        if self.store.set(store.clone()).is_err() {
+        if !self.monitor.set_store(store.clone()) {
             return Err(PluginError::new(self.name(), "started twice"));
         }
         tokio::spawn(
-            mailbox::serve(store, ctx.control, ctx.cancel).instrument(tracing::Span::current()),
+            mailbox::serve(store, self.monitor.metrics(), ctx.control, ctx.cancel)
+                .instrument(tracing::Span::current()),
         );
         Ok(())
     }
 
     fn stored(&self) -> Option<Stored> {
-        let stats = self.store.get()?.stats();
+        let stats = self.monitor.store()?.stats();
         Some(Stored {
             items: stats.envelopes,
             bytes: stats.bytes,

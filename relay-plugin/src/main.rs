@@ -1,14 +1,14 @@
-//! `agentmesh-relay`: a volunteer relay node. Prints its addresses, then a
-//! status line (reservations, circuits, stored envelopes, bytes) until
-//! interrupted.
+//! `agentmesh-relay`: a volunteer relay node. Prints its addresses and the
+//! URL of its page and metrics, then a status line (reservations, circuits,
+//! stored envelopes, bytes) until interrupted.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use agentmesh_node::Multiaddr;
-use agentmesh_relay::{daemon, RelayConfig};
+use agentmesh_node::{Multiaddr, Node};
+use agentmesh_relay::{daemon, dashboard::DashboardServer, RelayConfig, RelayPlugin};
 
 #[derive(Parser)]
 #[command(name = "agentmesh-relay", version, about = "AgentMesh relay node")]
@@ -29,6 +29,16 @@ struct Cli {
     /// Seconds between status lines.
     #[arg(long, default_value_t = 30)]
     status_every: u64,
+    /// Address of the volunteer's page (`/`) and Prometheus metrics
+    /// (`/metrics`). Defaults to a free port on 127.0.0.1, printed at start.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics: SocketAddr,
+    /// Allow `--metrics` on an address other than loopback.
+    #[arg(long)]
+    metrics_public: bool,
+    /// Serve no page and no metrics.
+    #[arg(long, conflicts_with_all = ["metrics", "metrics_public"])]
+    no_metrics: bool,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -46,19 +56,41 @@ async fn main() -> Result<()> {
     if !cli.listen.is_empty() {
         config.transport.listen = cli.listen.clone();
     }
+    if !cli.no_metrics && !cli.metrics.ip().is_loopback() && !cli.metrics_public {
+        bail!(
+            "--metrics {} is not a loopback address; add --metrics-public to serve the page and metrics there",
+            cli.metrics
+        );
+    }
     let expected = config.transport.listen.len();
-    let node = daemon::builder(config, limits)
+    let plugin = RelayPlugin::new(limits);
+    let monitor = plugin.monitor();
+    let node = Node::builder(config)
+        .plugin(plugin)
         .data_dir(&cli.data_dir)
         .bootstraps(cli.bootstrap.iter().cloned())
         .spawn()
         .await
         .context("starting relay node")?;
-    daemon::serve(
+    let page = if cli.no_metrics {
+        None
+    } else {
+        let server = DashboardServer::spawn(cli.metrics, node.clone(), monitor)
+            .await
+            .with_context(|| format!("serving the page and metrics on {}", cli.metrics))?;
+        tracing::info!(url = %server.url(), "relay page and metrics");
+        Some(server)
+    };
+    daemon::serve_with_page(
         node,
         expected,
         cli.json,
         Duration::from_secs(cli.status_every),
+        page.as_ref().map(DashboardServer::url),
     )
     .await?;
+    if let Some(server) = page {
+        server.shutdown().await;
+    }
     Ok(())
 }

@@ -30,7 +30,8 @@ use agentmesh_transports::{path_of, PathKind};
 
 use super::{
     cores::{publish::PublishSchedule, reachability::ReachabilityState, relays::RelaySelection},
-    peer_label, Command, NatStatus, NetStatus, PeerStatus, Reachability, RelayStatus, Shared,
+    peer_label, Command, NatStatus, NetStatus, PeerStatus, Reachability, RelayStatus, RelayTotals,
+    Shared,
 };
 use crate::{
     audit::AuditEvent,
@@ -176,6 +177,8 @@ struct Relays {
     reservations: usize,
     /// Circuits open through us.
     circuits: usize,
+    /// Totals since start: reservations and circuits accepted and denied.
+    totals: RelayTotals,
 }
 
 pub(super) async fn run(
@@ -225,6 +228,7 @@ pub(super) async fn run(
             provided: false,
             reservations: 0,
             circuits: 0,
+            totals: RelayTotals::default(),
         },
         webrtc_upgrades: Default::default(),
     };
@@ -579,6 +583,7 @@ impl Actor {
                             circuits: self.relays.circuits,
                             envelopes: stored.items,
                             bytes: stored.bytes,
+                            totals: self.relays.totals,
                         }
                     }),
                     path_attempts: self.path_memory.counters(),
@@ -1136,6 +1141,7 @@ impl Actor {
                 if !renewed {
                     r.reservations += 1;
                 }
+                r.totals.reservations_accepted += 1;
                 debug!(peer = %src_peer_id, renewed, "reservation accepted");
             }
             relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
@@ -1146,17 +1152,22 @@ impl Actor {
                 dst_peer_id,
             } => {
                 r.circuits += 1;
+                r.totals.circuits_accepted += 1;
                 debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
             }
             relay::Event::CircuitClosed { .. } => r.circuits = r.circuits.saturating_sub(1),
             relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+                r.totals.reservations_denied += 1;
                 debug!(peer = %src_peer_id, "reservation denied");
             }
             relay::Event::CircuitReqDenied {
                 src_peer_id,
                 dst_peer_id,
                 ..
-            } => debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit denied"),
+            } => {
+                r.totals.circuits_denied += 1;
+                debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit denied");
+            }
             _ => {}
         }
     }

@@ -12,6 +12,7 @@ use agentmesh_node::envelope::{EnvelopeError, SignedEnvelope};
 use agentmesh_transports::framing::FramedStream;
 
 use super::{store::MailboxStore, ErrorCode, Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE};
+use crate::metrics::RelayMetrics;
 
 /// Most mailbox requests handled at once; more are refused at the door.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
@@ -28,9 +29,11 @@ fn now_ms() -> u64 {
 }
 
 /// Serves [`MAILBOX_PROTOCOL`] on `control` from `store` until `cancel`,
-/// purging expired envelopes every minute.
+/// purging expired envelopes every minute; counts every answer, refusal,
+/// dropped request and purge in `metrics`.
 pub async fn serve(
     store: Arc<MailboxStore>,
+    metrics: Arc<RelayMetrics>,
     mut control: libp2p_stream::Control,
     cancel: CancellationToken,
 ) {
@@ -53,6 +56,7 @@ pub async fn serve(
                 match store.sweep(now_ms()) {
                     Ok(0) => {}
                     Ok(n) => {
+                        metrics.count_expired(n);
                         info!(removed = n, "expired envelopes purged");
                         if let Err(e) = store.flush().await {
                             warn!(error = %e, "flush after sweep failed");
@@ -64,12 +68,14 @@ pub async fn serve(
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { break };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    metrics.count_dropped();
                     warn!(%peer, "mailbox busy; request dropped");
                     continue;
                 };
                 let store = store.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    handle(&store, peer, stream).await;
+                    handle(&store, &metrics, peer, stream).await;
                     drop(permit);
                 });
             }
@@ -78,7 +84,7 @@ pub async fn serve(
     debug!("mailbox server stopped");
 }
 
-async fn handle(store: &MailboxStore, peer: PeerId, stream: Stream) {
+async fn handle(store: &MailboxStore, metrics: &RelayMetrics, peer: PeerId, stream: Stream) {
     // A request's length is checked against the largest request this relay
     // takes before any of it is read; answers may be larger.
     let mut framed = FramedStream::new(stream, store.limits().max_request_bytes());
@@ -92,6 +98,7 @@ async fn handle(store: &MailboxStore, peer: PeerId, stream: Stream) {
                 _ => ErrorCode::Malformed,
             };
             framed.set_max(MAX_FRAME_SIZE);
+            metrics.count_refusal(code);
             let _ = send(&mut framed, Response::error(code, e.to_string())).await;
             return;
         }
@@ -105,6 +112,7 @@ async fn handle(store: &MailboxStore, peer: PeerId, stream: Stream) {
         Ok(req) => answer(store, &peer, req).await,
         Err(e) => Response::error(ErrorCode::Malformed, e.to_string()),
     };
+    metrics.count_response(&response);
     let _ = send(&mut framed, response).await;
     let _ = framed.close().await;
 }

@@ -483,7 +483,21 @@ impl MailboxStore {
 
     /// Counts what is stored.
     pub fn stats(&self) -> MailboxStats {
+        self.scan().0
+    }
+
+    /// Counts what is stored, and per recipient (unnamed) how many
+    /// envelopes it holds.
+    pub fn occupancy(&self) -> crate::metrics::Occupancy {
+        let (stats, per_recipient) = self.scan();
+        crate::metrics::Occupancy::from_counts(stats, per_recipient)
+    }
+
+    /// One pass over the mail: the totals and each recipient's envelope
+    /// count, in key order.
+    fn scan(&self) -> (MailboxStats, Vec<u64>) {
         let mut s = MailboxStats::default();
+        let mut per_recipient = Vec::new();
         let mut last: Option<Vec<u8>> = None;
         for (k, v) in self.mail.iter().flatten() {
             s.envelopes += 1;
@@ -492,9 +506,13 @@ impl MailboxStore {
             if last.as_deref() != Some(&k[..plen]) {
                 s.recipients += 1;
                 last = Some(k[..plen].to_vec());
+                per_recipient.push(0);
+            }
+            if let Some(n) = per_recipient.last_mut() {
+                *n += 1;
             }
         }
-        s
+        (s, per_recipient)
     }
 }
 
