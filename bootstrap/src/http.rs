@@ -18,6 +18,10 @@
 //! [`RegistrySettings::http_max_in_flight`] requests are served at once;
 //! others are answered `503 busy` at once, not queued.
 //!
+//! Every answer, refusals included, is counted in a [`RegistryMetrics`]
+//! (by route template and status, with its latency), which the operator's
+//! page and `/metrics` read ([`crate::operator`]).
+//!
 //! [`RegistrySettings::http_rate`]: crate::registry::RegistrySettings::http_rate
 //! [`RegistrySettings::prekey_rate`]: crate::registry::RegistrySettings::prekey_rate
 //! [`RegistrySettings::http_max_in_flight`]: crate::registry::RegistrySettings::http_max_in_flight
@@ -25,14 +29,14 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
     body::Bytes,
     extract::{
         rejection::QueryRejection, ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts,
-        Path, Query, Request, State,
+        MatchedPath, Path, Query, Request, State,
     },
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
@@ -56,6 +60,7 @@ use agentmesh_node::{
     Amid, Tier,
 };
 
+use crate::metrics::{Refusal, RegistryMetrics};
 use crate::registry::{
     parse_leaf_hash, parse_tier, LogQueryError, Registry, RegistryError, SearchError, SearchQuery,
     StoreError, TakePrekeysError, DEFAULT_LEADERBOARD_LIMIT, DEFAULT_LIMIT,
@@ -157,6 +162,7 @@ fn reply<T: Serialize, E: Into<ApiError>>(answer: Result<T, E>) -> ApiResult {
 struct AppState {
     registry: Registry,
     limits: Limits,
+    metrics: Arc<RegistryMetrics>,
 }
 
 /// The HTTP front end's limits: a token bucket per client address for
@@ -204,6 +210,7 @@ fn acquire(limiter: &Mutex<RateLimiter<IpAddr>>, client: IpAddr) -> Result<(), A
 /// (else `429 rate_limited`). `/v1/health` is not rate limited.
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Ok(_permit) = state.limits.in_flight.clone().try_acquire_owned() else {
+        state.metrics.refused(Refusal::Busy);
         warn!(target: "agentmesh::registry", "too many requests in flight; request refused");
         return ApiError(RegistryError::Busy).into_response();
     };
@@ -215,25 +222,52 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
             .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |c| c.0);
         let client = client_ip(&state, peer, req.headers());
         let prekey_fetch = req.method() == Method::GET && path.starts_with("/v1/registry/prekeys/");
-        let allowed = acquire(&state.limits.requests, client).and_then(|()| {
-            if prekey_fetch {
-                acquire(&state.limits.prekeys, client)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = allowed {
+        let allowed = acquire(&state.limits.requests, client)
+            .map_err(|e| (e, Refusal::RateLimited))
+            .and_then(|()| {
+                if prekey_fetch {
+                    acquire(&state.limits.prekeys, client)
+                        .map_err(|e| (e, Refusal::PrekeyRateLimited))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err((e, why)) = allowed {
+            state.metrics.refused(why);
             return e.into_response();
         }
     }
     next.run(req).await
 }
 
+/// Counts every answer in the metrics: its route template (none when no
+/// route matched), status and latency.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    state.metrics.observe(
+        route.as_deref(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 /// The API's routes over `registry`, with the limits of its settings.
 pub fn router(registry: Registry) -> Router {
+    router_with_metrics(registry, Arc::default())
+}
+
+/// [`router`], counting every answer in `metrics`.
+pub fn router_with_metrics(registry: Registry, metrics: Arc<RegistryMetrics>) -> Router {
     let state = AppState {
         limits: Limits::new(&registry),
         registry,
+        metrics,
     };
     let signed = |op: &'static str| post(move |s: State<AppState>, r: Signed| signed_op(op, s, r));
     Router::new()
@@ -271,6 +305,8 @@ pub fn router(registry: Registry) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), limit))
+        // Outermost: refusals by the limits are counted too.
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -280,6 +316,8 @@ pub fn router(registry: Registry) -> Router {
 pub struct HttpServer {
     /// The bound address.
     pub addr: SocketAddr,
+    /// What it counts.
+    pub metrics: Arc<RegistryMetrics>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -294,7 +332,9 @@ impl HttpServer {
     pub fn serve(registry: Registry, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = router(registry).into_make_service_with_connect_info::<SocketAddr>();
+        let metrics = Arc::new(RegistryMetrics::default());
+        let app = router_with_metrics(registry, metrics.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -304,6 +344,7 @@ impl HttpServer {
         });
         Ok(Self {
             addr,
+            metrics,
             stop: Some(stop),
             task,
         })

@@ -12,6 +12,9 @@
 //! receipts both sides of a session signed, revocations (a list over HTTP
 //! and records in the DHT) and DID documents.
 //!
+//! The operator watches it on a page of its own with Prometheus metrics
+//! ([`operator`], [`metrics`]), on a loopback listener apart from the API.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use agentmesh_bootstrap::{registry::RegistrySettings, start_registry};
@@ -37,7 +40,9 @@
 pub mod dns;
 pub mod http;
 pub mod loopback;
+pub mod metrics;
 pub mod oauth;
+pub mod operator;
 pub mod p2p;
 pub mod registry;
 pub mod translog;
@@ -49,6 +54,7 @@ use tracing::warn;
 
 use crate::{
     http::HttpServer,
+    operator::OperatorServer,
     registry::{OpenError, Registry, RegistrySettings},
 };
 
@@ -67,6 +73,21 @@ pub struct RunningRegistry {
     /// Base URL of the API, e.g. `http://127.0.0.1:8080` (paths start with
     /// `/v1`).
     pub url: String,
+    /// The operator's page and metrics, once
+    /// [`serve_operator`](RunningRegistry::serve_operator) started them.
+    pub operator: Option<OperatorServer>,
+}
+
+impl RunningRegistry {
+    /// Serves the operator's page and `/metrics` on `addr` (see
+    /// [`operator`]); returns its URL.
+    pub async fn serve_operator(&mut self, addr: SocketAddr) -> std::io::Result<String> {
+        let server =
+            OperatorServer::spawn(addr, self.registry.clone(), self.http.metrics.clone()).await?;
+        let url = server.url();
+        self.operator = Some(server);
+        Ok(url)
+    }
 }
 
 /// Errors starting the registry.
@@ -125,6 +146,7 @@ pub async fn start_registry(
         http: server,
         p2p,
         url,
+        operator: None,
     })
 }
 
@@ -163,6 +185,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addrs = wait_listening(&node, expected_listeners).await;
     let url = registry.as_ref().map(|r| r.url.clone());
+    let page = registry
+        .as_ref()
+        .and_then(|r| r.operator.as_ref())
+        .map(OperatorServer::url);
     if json {
         println!(
             "{}",
@@ -172,6 +198,8 @@ pub async fn serve(
                 "addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "registry": url,
                 "registry_root": registry.as_ref().map(|r| r.registry.root_amid()),
+                "page": page,
+                "metrics": page.as_ref().map(|p| format!("{p}metrics")),
             })
         );
     } else {
@@ -181,6 +209,9 @@ pub async fn serve(
         }
         if let Some(r) = &registry {
             println!("registry {} (root {})", r.url, r.registry.root_amid());
+        }
+        if let Some(p) = &page {
+            println!("operator page {p} (metrics at {p}metrics)");
         }
     }
     let mut republish = tokio::time::interval(REPUBLISH_EVERY);
@@ -227,6 +258,9 @@ pub async fn serve(
         }
     }
     if let Some(r) = registry {
+        if let Some(o) = r.operator {
+            o.shutdown().await;
+        }
         r.http.shutdown().await;
         if let Err(e) = r.registry.store().flush().await {
             warn!(error = %e, "flushing the registry failed");

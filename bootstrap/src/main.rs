@@ -9,7 +9,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -51,6 +51,16 @@ struct Cli {
     /// `0.0.0.0:3478`. Defaults to none.
     #[arg(long)]
     stun_listen: Option<SocketAddr>,
+    /// Address of the operator's page (`/`) and Prometheus metrics
+    /// (`/metrics`). Defaults to a free port on 127.0.0.1, printed at start.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Allow `--metrics` on an address other than loopback.
+    #[arg(long)]
+    metrics_public: bool,
+    /// Serve no operator's page and no metrics.
+    #[arg(long, conflicts_with_all = ["metrics", "metrics_public"])]
+    no_metrics: bool,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -74,6 +84,30 @@ struct FileConfig {
     dns: Option<DnsFile>,
     /// UDP address of a STUN binding server to run.
     stun_listen: Option<SocketAddr>,
+    /// The operator's page and metrics.
+    operator: OperatorFile,
+}
+
+/// The operator's page and metrics.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct OperatorFile {
+    /// Serve them.
+    enabled: bool,
+    /// Listen address (a free loopback port by default).
+    metrics: SocketAddr,
+    /// Allow an address other than loopback.
+    metrics_public: bool,
+}
+
+impl Default for OperatorFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_public: false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +236,16 @@ async fn main() -> Result<()> {
         config.transport.listen = file.listen.clone();
     }
     let expected = config.transport.listen.len();
+    let operator = (!cli.no_metrics && file.operator.enabled)
+        .then(|| cli.metrics.unwrap_or(file.operator.metrics));
+    if let Some(addr) = operator {
+        let public_ok = cli.metrics_public || file.operator.metrics_public;
+        if !(addr.ip().is_loopback() || public_ok) {
+            bail!(
+                "the operator's page on {addr} is not on loopback; add --metrics-public (or metrics_public = true under [operator]) to serve it there"
+            );
+        }
+    }
     if let Some(addr) = cli.stun_listen.or(file.stun_listen) {
         let stun = agentmesh_transports::stun::StunServer::bind(addr)
             .await
@@ -237,9 +281,17 @@ async fn main() -> Result<()> {
         settings.prekey_rate = r.prekey_rate;
         settings.p2p_rate = r.p2p_rate;
         settings.http_max_in_flight = r.http_max_in_flight;
-        let running = agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
-            .await
-            .context("starting the registry")?;
+        let mut running =
+            agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
+                .await
+                .context("starting the registry")?;
+        if let Some(addr) = operator {
+            let url = running
+                .serve_operator(addr)
+                .await
+                .with_context(|| format!("serving the operator's page on {addr}"))?;
+            tracing::info!(%url, "operator page and metrics");
+        }
         let public = running.registry.settings().public_url.clone();
         if let Some(o) = &file.oauth {
             running

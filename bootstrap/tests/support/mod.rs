@@ -66,6 +66,8 @@ pub struct Server {
     pub addr: String,
     /// Registry root key (AMID form).
     pub root: String,
+    /// The operator's page URL, when it serves one.
+    pub page: Option<String>,
 }
 
 /// Starts the binary on `<dir>/bootstrap` with its HTTP API on a free
@@ -118,6 +120,7 @@ pub async fn start(dir: &Path, pass: &str, args: &[&str]) -> Server {
         url: ready["registry"].as_str().unwrap().to_owned(),
         addr: ready["addrs"][0].as_str().unwrap().to_owned(),
         root: ready["registry_root"].as_str().unwrap().to_owned(),
+        page: ready["page"].as_str().map(str::to_owned),
     }
 }
 
