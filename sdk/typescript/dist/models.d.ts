@@ -30,6 +30,7 @@ export type MessageKind = Schemas["Message"]["kind"];
 export declare function defaultDataDir(): string;
 /** Expands a leading `~/`. */
 export declare function expandHome(p: string): string;
+/** Whether `v` is a JSON object (not an array, not `null`). */
 export declare function isObject(v: unknown): v is Record<string, unknown>;
 /** `v` checked to be a JSON object. */
 export declare function object(v: unknown, what: string): Record<string, unknown>;

@@ -30,6 +30,7 @@ export function defaultDataDir() {
 export function expandHome(p) {
     return p === "~" ? homedir() : p.startsWith("~/") ? join(homedir(), p.slice(2)) : p;
 }
+/** Whether `v` is a JSON object (not an array, not `null`). */
 export function isObject(v) {
     return typeof v === "object" && v !== null && !Array.isArray(v);
 }

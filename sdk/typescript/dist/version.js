@@ -1,2 +1,3 @@
+/** The version of this package. */
 export const VERSION = "0.1.0";
 //# sourceMappingURL=version.js.map

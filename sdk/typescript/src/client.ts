@@ -17,7 +17,6 @@ import {
   type EventBatch,
   type InboxCounts,
   type JsonObject,
-  type JsonValue,
   type Peer,
   type PolicyCheck,
   type Receipt,
