@@ -10,7 +10,9 @@
 //!   NAT traversal tests and `agentmesh-sim natlab`;
 //! - [`delayline`]: latency added in user space to a host's packets;
 //! - [`scale`]: many agents in one process, first contacts, sessions and
-//!   offline delivery measured (`agentmesh-sim scale`).
+//!   offline delivery measured (`agentmesh-sim scale`);
+//! - [`sim`]: 10 000 to 100 000 agents in virtual time, running the DHT's
+//!   own engine, deterministic for a seed (`agentmesh-sim sim`).
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -20,3 +22,4 @@ pub mod natlab;
 pub mod netns;
 pub mod process;
 pub mod scale;
+pub mod sim;

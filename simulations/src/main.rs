@@ -95,6 +95,31 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         churn: usize,
     },
+    /// Simulate a whole agent network in virtual time (10 000 agents and
+    /// more): every node runs the DHT's own engine; latency, NATs, relays,
+    /// churn and workload come from a scenario. Prints a report and writes
+    /// it, CSV files and SVG plots to `--out`.
+    Sim {
+        /// A ready-made scenario (steady, churn, nat-heavy, relay-failure,
+        /// flash-crowd) or a scenario file (TOML).
+        #[arg(long, default_value = "steady")]
+        scenario: String,
+        /// Number of agents (overrides the scenario's).
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// Virtual minutes to run (overrides the scenario's).
+        #[arg(long)]
+        minutes: Option<u64>,
+        /// Seed (overrides the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write report.txt, CSV files and plots.
+        #[arg(long, default_value = "target/sim")]
+        out: PathBuf,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// (process role) Run one agent; prints JSON event lines.
     #[command(hide = true)]
     Agent {
@@ -183,6 +208,40 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Devnet { agents, once, dir } => {
             devnet::run(DevnetOptions { agents, once, dir }).await?;
+        }
+        Cmd::Sim {
+            scenario,
+            nodes,
+            minutes,
+            seed,
+            out,
+            quiet,
+        } => {
+            let mut s = agentmesh_sim::sim::Scenario::load(&scenario)?;
+            if let Some(n) = nodes {
+                s.nodes = n;
+            }
+            if let Some(m) = minutes {
+                s.duration_min = m;
+                s.warmup_min = s.warmup_min.min(m / 4);
+            }
+            if let Some(seed) = seed {
+                s.seed = seed;
+            }
+            s.check()?;
+            let started = std::time::Instant::now();
+            let report =
+                tokio::task::spawn_blocking(move || agentmesh_sim::sim::run(&s, !quiet)).await?;
+            let wall = started.elapsed();
+            print!("{}", report.text());
+            let files = report.write(&out)?;
+            println!(
+                "\nwall time {:.1} s, peak memory {} MiB; wrote {} to {}",
+                wall.as_secs_f64(),
+                agentmesh_sim::sim::peak_rss_mib().map_or("?".into(), |m| m.to_string()),
+                files.join(", "),
+                out.display()
+            );
         }
         Cmd::Scale {
             agents,

@@ -401,6 +401,14 @@ impl<P: Clone + Eq, V: RecordValidator> Kademlia<P, V> {
         self.records.len()
     }
 
+    /// The valid record held here under `key`, if any.
+    pub fn record(&self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.records
+            .get(key)
+            .filter(|r| r.meta.expires_ms > now)
+            .map(|r| r.value.as_slice())
+    }
+
     /// Lookups, gets and puts under way.
     pub fn queries_len(&self) -> usize {
         self.queries.len()

@@ -204,7 +204,10 @@ mod tests {
             .unwrap();
         assert!(table.seen(&first, 0));
         assert!(!table.seen(&second, 1));
-        assert!(!table.seen(&second, 30_000), "still within the pending timeout");
+        assert!(
+            !table.seen(&second, 30_000),
+            "still within the pending timeout"
+        );
         assert!(table.seen(&second, 61_000), "the silent entry is replaced");
         assert_eq!(table.closest(&local, 5), vec![second]);
     }
