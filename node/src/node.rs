@@ -619,6 +619,8 @@ pub struct NodeStatus {
 struct Delivery {
     /// Inbox key; `None` for stream chunks and ends, which are not stored.
     arrival: Option<u64>,
+    /// Stored before this start and handed out again.
+    restored: bool,
     message: Message,
     /// The bytes of a stream chunk.
     data: Vec<u8>,
@@ -899,22 +901,47 @@ impl Messages {
     pub async fn recv_unacked(&mut self) -> Option<(Message, InboxKey)> {
         if let Some(m) = self.ready.pop_front() {
             // Already removed by `recv`.
-            return Some((m, InboxKey(None)));
+            return Some((
+                m,
+                InboxKey {
+                    arrival: None,
+                    restored: false,
+                },
+            ));
         }
         let d = self.rx.recv().await?;
-        Some((d.message, InboxKey(d.arrival)))
+        Some((
+            d.message,
+            InboxKey {
+                arrival: d.arrival,
+                restored: d.restored,
+            },
+        ))
     }
 }
 
 /// Names a message in the node's durable inbox (see
 /// [`Messages::recv_unacked`] and [`Node::ack`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct InboxKey(Option<u64>);
+pub struct InboxKey {
+    arrival: Option<u64>,
+    restored: bool,
+}
 
-#[cfg(test)]
 impl InboxKey {
+    /// True for a message stored before the node last started and handed
+    /// out again because nobody acknowledged it; false for one that
+    /// arrived while this node ran.
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    #[cfg(test)]
     pub(crate) fn test(arrival: u64) -> Self {
-        Self(Some(arrival))
+        Self {
+            arrival: Some(arrival),
+            restored: false,
+        }
     }
 }
 
@@ -1052,6 +1079,7 @@ impl Node {
                         .inbox_tx
                         .send(Delivery {
                             arrival: Some(arrival),
+                            restored: true,
                             message,
                             data: Vec::new(),
                             kind: Kind::Message,
@@ -1116,7 +1144,7 @@ impl Node {
         let mut removed = false;
         {
             let store = self.shared.store();
-            for arrival in keys.into_iter().filter_map(|k| k.0) {
+            for arrival in keys.into_iter().filter_map(|k| k.arrival) {
                 store
                     .take_inbox(arrival)
                     .map_err(|e| SendError::Storage(e.to_string()))?;

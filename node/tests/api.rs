@@ -34,11 +34,21 @@ async fn node(dir: &Path, name: &str, bootstrap: Option<&Node>) -> Node {
 /// Starts `name` again once the stopped node's tasks have let go of its
 /// database (its lock is the event waited on).
 async fn restart(dir: &Path, name: &str) -> Node {
+    restart_with(dir, name, None).await
+}
+
+/// [`restart`], joining the network through `bootstrap`.
+async fn restart_with(dir: &Path, name: &str, bootstrap: Option<&Node>) -> Node {
     let deadline = tokio::time::Instant::now() + WAIT;
+    let addrs = match bootstrap {
+        Some(boot) => boot.listen_addrs().await,
+        None => Vec::new(),
+    };
     loop {
         let b = Node::builder(config())
             .data_dir(dir.join(name))
-            .passphrase(Passphrase::new(name));
+            .passphrase(Passphrase::new(name))
+            .bootstraps(addrs.clone());
         match b.spawn().await {
             Ok(n) => return n,
             Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
@@ -312,17 +322,30 @@ async fn a_message_not_acknowledged_is_handed_out_again_after_a_restart() {
     bob_api.stop().await;
     bob.shutdown().await;
 
-    let bob = restart(dir.path(), "bob").await;
+    let bob = restart_with(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
     let bob_api = api(&bob, &bob_dir).await;
+    let mut printed = bob_api.arrivals();
     let mut b = Client::connect(&bob_dir).await.unwrap();
     let got = ok(&mut b, Method::GET, "/v1/messages?wait_ms=30000", None).await;
     assert_eq!(got["messages"][0]["id"], receipt.id.to_string());
     assert_eq!(got["messages"][0]["payload"], json!({"keep": true}));
+    // Handed out again, but not announced again: the next message printed
+    // is the next one to arrive.
+    let fresh = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!("fresh")))
+        .await
+        .unwrap()
+        .unwrap();
+    let announced = tokio::time::timeout(WAIT, printed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(announced.id, fresh.id, "{announced:?}");
     ok(
         &mut b,
         Method::POST,
         "/v1/messages/ack",
-        Some(json!({"ids": [receipt.id.to_string()]})),
+        Some(json!({"ids": [receipt.id.to_string(), fresh.id.to_string()]})),
     )
     .await;
     bob_api.stop().await;

@@ -123,8 +123,11 @@ impl LeasedInbox {
     }
 
     /// Adds a message taken from the node. A message already held (the
-    /// same id) is not added twice.
+    /// same id) is not added twice. Only messages that arrived while the
+    /// node ran are announced to [`arrivals`](Self::arrivals); one stored
+    /// before a restart was announced then.
     pub(crate) fn push(&self, message: Message, key: InboxKey) {
+        let announce = !key.restored();
         {
             let mut s = self.lock();
             if s.order.contains_key(&message.id) {
@@ -145,7 +148,9 @@ impl LeasedInbox {
                 },
             );
         }
-        let _ = self.arrivals.send(message);
+        if announce {
+            let _ = self.arrivals.send(message);
+        }
         self.ready.notify_waiters();
     }
 

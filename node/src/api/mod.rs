@@ -548,8 +548,10 @@ impl LocalApi {
         &self.info
     }
 
-    /// Every received message as it reaches the API's inbox (to print them;
-    /// this is not a reader and acknowledges nothing).
+    /// Every message received while the node runs, as it reaches the API's
+    /// inbox (to print them; this is not a reader and acknowledges
+    /// nothing). Messages kept from before a restart and handed to readers
+    /// again are not announced twice.
     pub fn arrivals(&self) -> broadcast::Receiver<Message> {
         self.ctx.inbox.arrivals()
     }

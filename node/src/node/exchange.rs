@@ -79,6 +79,7 @@ pub(super) fn delivery(arrival: Option<u64>, mut r: Received, path: PathKind) ->
     let kind = r.kind;
     Delivery {
         arrival,
+        restored: false,
         message: Message::new(r, path),
         data,
         kind,
