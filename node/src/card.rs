@@ -25,7 +25,7 @@ pub const MAX_ADDRS: usize = 16;
 pub const MAX_CAPABILITIES: usize = 32;
 
 /// Errors reading a card.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CardError {
     /// The payload did not decode.
@@ -37,6 +37,10 @@ pub enum CardError {
     /// A list is over its limit.
     #[error("card field {0} is over its limit")]
     TooMany(&'static str),
+    /// A listed capability is not a valid capability (see
+    /// [`crate::policy::is_valid_capability`]).
+    #[error("card lists an invalid capability {0:?}")]
+    InvalidCapability(String),
 }
 
 /// Whether an agent wants to be reached, as published in its card.
@@ -128,6 +132,13 @@ impl AgentCard {
         if card.capabilities.len() > MAX_CAPABILITIES {
             return Err(CardError::TooMany("capabilities"));
         }
+        if let Some(bad) = card
+            .capabilities
+            .iter()
+            .find(|c| !crate::policy::is_valid_capability(c))
+        {
+            return Err(CardError::InvalidCapability(bad.chars().take(64).collect()));
+        }
         card.seq = record.seq;
         card.expires_ms = record.expires_ms;
         Ok(card)
@@ -148,5 +159,43 @@ impl AgentCard {
                 _ => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use agentmesh_dht::SignedRecord;
+
+    fn record(id: &Identity, capabilities: &[&str]) -> VerifiedRecord {
+        let card = AgentCard {
+            amid: id.amid(),
+            olm_identity_key: [1; 32],
+            one_time_keys: Vec::new(),
+            fallback_key: [2; 32],
+            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+            addrs: Vec::new(),
+            presence: Presence::Online,
+            relays: Vec::new(),
+            seq: 0,
+            expires_ms: 0,
+        };
+        let key = id.libp2p_keypair().unwrap();
+        SignedRecord::sign(&key, "card", card.to_payload().unwrap(), 1, u64::MAX)
+            .unwrap()
+            .verify(0)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_card_lists_capabilities_of_the_knock_vocabulary() {
+        let id = Identity::from_seed(&[5; 32]);
+        let ok = AgentCard::from_record(&record(&id, &["chat", "weather/forecast"])).unwrap();
+        assert_eq!(ok.capabilities, ["chat", "weather/forecast"]);
+        assert_eq!(
+            AgentCard::from_record(&record(&id, &["chat", "Weather Forecast"])),
+            Err(CardError::InvalidCapability("Weather Forecast".into()))
+        );
     }
 }

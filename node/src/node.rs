@@ -352,6 +352,10 @@ pub enum SpawnError {
     /// The registry address is not usable.
     #[error(transparent)]
     Registry(#[from] RegistryClientError),
+    /// A capability in the configuration is not a valid capability (see
+    /// [`crate::policy::is_valid_capability`]).
+    #[error("capability {0:?} is not a lowercase path such as `chat` or `weather/forecast`")]
+    InvalidCapability(String),
 }
 
 /// Why a dial made through the node failed.
@@ -774,6 +778,14 @@ impl NodeBuilder {
     /// Starts the node.
     pub async fn spawn(mut self) -> Result<Node, SpawnError> {
         let dir = self.data_dir.ok_or(SpawnError::NoDataDir)?;
+        if let Some(bad) = self
+            .config
+            .capabilities
+            .iter()
+            .find(|c| !crate::policy::is_valid_capability(c))
+        {
+            return Err(SpawnError::InvalidCapability(bad.clone()));
+        }
         if let Some(path) = &self.config.policy_file {
             self.config.policy = Policy::from_file(path)?;
         }

@@ -60,10 +60,14 @@ pub const DEFAULT_SESSION_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Longest capability or action name.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// Whether `cap` is a valid capability: a taxonomy category, optionally
-/// followed by `/name` segments (`travel/flights`), or a custom
-/// `x-<namespace>/<category>[/…]`. Segments are lowercase ASCII letters,
-/// digits, `-` and `_`.
+/// Whether `cap` is a valid capability: one vocabulary for the registry,
+/// the card and the KNOCK. A capability is a lowercase path of one or more
+/// segments (`chat`, `code-review`, `weather/forecast`, `travel/flights`);
+/// segments are ASCII letters, digits, `-` and `_`, at most
+/// [`MAX_NAME_LEN`] bytes in all. A path under one of the taxonomy's
+/// [`CATEGORIES`] is a well-known capability (see [`taxonomy_category`]);
+/// `x-<namespace>/<name>[/…]` is a custom one, and must name something
+/// under its namespace.
 pub fn is_valid_capability(cap: &str) -> bool {
     if cap.is_empty() || cap.len() > MAX_NAME_LEN {
         return false;
@@ -82,10 +86,18 @@ pub fn is_valid_capability(cap: &str) -> bool {
         return false;
     }
     if let Some(ns) = first.strip_prefix("x-") {
-        // x-<namespace>/<category>
+        // x-<namespace>/<name>
         return !ns.is_empty() && !rest.is_empty();
     }
-    CATEGORIES.contains(&first)
+    true
+}
+
+/// The taxonomy category a capability belongs to (`travel/flights` →
+/// `travel`), or `None` for one outside the taxonomy (`chat`,
+/// `weather/forecast`, `x-acme/booking`).
+pub fn taxonomy_category(cap: &str) -> Option<&'static str> {
+    let first = cap.split('/').next()?;
+    CATEGORIES.iter().copied().find(|c| *c == first)
 }
 
 /// Trust tier of an agent. Without a certificate from a registry an agent is
@@ -454,13 +466,23 @@ mod tests {
             "x-acme/booking",
             "x-acme/booking/v2",
             "communication/messaging",
+            // The seed's own examples.
+            "chat",
+            "code-review",
+            "weather/forecast",
         ] {
             assert!(is_valid_capability(ok), "{ok}");
         }
+        assert_eq!(taxonomy_category("travel/flights"), Some("travel"));
+        assert_eq!(taxonomy_category("weather/forecast"), None);
+        assert_eq!(taxonomy_category("x-acme/booking"), None);
         for bad in [
             "",
-            "chat",
+            "Chat",
             "Travel",
+            "weather forecast",
+            "/chat",
+            "chat\n",
             "travel/",
             "x-/a",
             "x-acme",
@@ -469,6 +491,31 @@ mod tests {
         ] {
             assert!(!is_valid_capability(bad), "{bad}");
         }
+    }
+
+    /// Seed A's example KNOCK (`weather/forecast`, `query`) is judged by
+    /// policy, not refused as an invalid intent; a rule can still name it.
+    #[test]
+    fn the_seed_example_intent_is_judged_by_policy() {
+        let a = Identity::from_seed(&[1; 32]);
+        let me = Identity::from_seed(&[2; 32]).amid();
+        let k = knock(&a, me, "weather/forecast", "query", NOW);
+        let open = Policy::default();
+        assert_eq!(
+            reason(open.evaluate(&me, &k, KnockContext::default(), NOW)),
+            None
+        );
+        let denied =
+            Policy::from_toml("[[intent]]\ncapability = \"weather/*\"\nallow = false\n").unwrap();
+        assert_eq!(
+            reason(denied.evaluate(&me, &k, KnockContext::default(), NOW)),
+            Some(RejectReason::IntentDenied)
+        );
+        let bad = knock(&a, me, "Weather Forecast", "query", NOW);
+        assert_eq!(
+            reason(open.evaluate(&me, &bad, KnockContext::default(), NOW)),
+            Some(RejectReason::InvalidIntent)
+        );
     }
 
     /// The policy matrix: tier × list × intent × rate.
@@ -550,7 +597,7 @@ mod tests {
             (
                 &policy,
                 Anonymous,
-                "chat",
+                "Chat Bot",
                 "query",
                 None,
                 Some(InvalidIntent),

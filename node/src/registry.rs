@@ -155,16 +155,24 @@ impl Registration {
     }
 }
 
-/// Checks a capability list's bounds.
+/// Checks a capability list: at most [`MAX_CAPABILITIES`], each one a
+/// valid capability (the KNOCK's vocabulary: see
+/// [`crate::policy::is_valid_capability`]) of at most
+/// [`MAX_CAPABILITY_LEN`] bytes.
 pub fn check_capabilities(caps: &[String]) -> Result<(), RegistryError> {
-    if caps.len() > MAX_CAPABILITIES
-        || caps.iter().any(|c| {
-            c.is_empty() || c.len() > MAX_CAPABILITY_LEN || c.chars().any(char::is_control)
-        })
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(RegistryError::Malformed(format!(
+            "at most {MAX_CAPABILITIES} capabilities"
+        )));
+    }
+    if let Some(bad) = caps
+        .iter()
+        .find(|c| c.len() > MAX_CAPABILITY_LEN || !crate::policy::is_valid_capability(c))
     {
-        return Err(RegistryError::Malformed(
-            "too many, empty or too long capabilities".into(),
-        ));
+        let shown: String = bad.chars().take(64).collect();
+        return Err(RegistryError::Malformed(format!(
+            "capability {shown:?} is not a lowercase path such as `chat` or `weather/forecast`"
+        )));
     }
     Ok(())
 }
@@ -567,6 +575,20 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn capabilities_share_the_knock_vocabulary() {
+        assert!(check_capabilities(&[
+            "chat".into(),
+            "code-review".into(),
+            "weather/forecast".into()
+        ])
+        .is_ok());
+        let e = check_capabilities(&["chat".into(), "Chat Bot".into()]).unwrap_err();
+        assert!(e.to_string().contains("Chat Bot"), "{e}");
+        let many: Vec<String> = (0..=MAX_CAPABILITIES).map(|i| format!("c{i}")).collect();
+        assert!(check_capabilities(&many).is_err());
+    }
 
     #[test]
     fn signed_request_round_trip() {

@@ -75,7 +75,7 @@ fn policy_check_is_a_dry_run_of_the_policy_file() {
     ]);
     assert!(verified["decision"]["accept"].is_object());
     assert_eq!(anon["policy_hash"], verified["policy_hash"]);
-    let invalid = check(&["--capability", "chat"]);
+    let invalid = check(&["--capability", "Chat Bot"]);
     assert_eq!(invalid["decision"]["reject"]["reason"], "invalid_intent");
 }
 

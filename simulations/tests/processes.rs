@@ -308,7 +308,8 @@ async fn an_agent_registers_and_searches_through_its_local_api() {
         api.call(
             Method::POST,
             "/v1/registry/register",
-            Some(&json!({"name": "alice", "capabilities": ["chat"]})),
+            // Seed A's own capability names.
+            Some(&json!({"name": "alice", "capabilities": ["chat", "code-review", "weather/forecast"]})),
         ),
     )
     .await
@@ -316,18 +317,57 @@ async fn an_agent_registers_and_searches_through_its_local_api() {
     .unwrap()
     .expect("registered");
     assert!(registered["registration"].is_object(), "{registered}");
-    let found = tokio::time::timeout(
+    for query in ["chat", "weather"] {
+        let found = tokio::time::timeout(
+            WAIT,
+            api.call(
+                Method::GET,
+                &format!("/v1/registry/search?capability={query}"),
+                None,
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("searched");
+        assert!(
+            found["results"].to_string().contains(&alice_amid),
+            "alice is found by {query}: {found}"
+        );
+    }
+    // What the KNOCK would refuse, the registry refuses too.
+    let refused = tokio::time::timeout(
         WAIT,
-        api.call(Method::GET, "/v1/registry/search?capability=chat", None),
+        api.call(
+            Method::POST,
+            "/v1/registry/register",
+            Some(&json!({"name": "alice", "capabilities": ["Chat Bot"]})),
+        ),
     )
     .await
     .unwrap()
     .unwrap()
-    .expect("searched");
-    assert!(
-        found["results"].to_string().contains(&alice_amid),
-        "alice is found: {found}"
-    );
+    .unwrap_err();
+    assert!(refused.message.contains("Chat Bot"), "{refused:?}");
+    // Seed A's KNOCK: bob finds alice's card and asks with the intent
+    // `weather/forecast`; alice's default policy judges it and accepts.
+    let (bob, _) = start_agent(exe(), "bob", &root.path().join("bob"), &boot_addr, &args)
+        .await
+        .unwrap();
+    let mut bob_api = Client::connect(&bob.dir).await.unwrap();
+    let sent = tokio::time::timeout(
+        WAIT,
+        bob_api.call(
+            Method::POST,
+            "/v1/send",
+            Some(&json!({"to": alice_amid, "payload": {"location": "New York"}, "capability": "weather/forecast"})),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .expect("accepted and delivered");
+    assert!(sent["receipt"]["knocked"] == json!(true), "{sent}");
     // A bad query is the API's error, not the registry's.
     let e = api
         .call(Method::GET, "/v1/registry/search", None)
