@@ -234,8 +234,9 @@ pub struct Workload {
     pub repeat_peer: f64,
     /// Card republish interval, minutes (the node's default, 20).
     pub republish_min: u64,
-    /// Card lifetime, hours.
-    pub card_ttl_h: u64,
+    /// Card lifetime, minutes (the node's default, 60): a card is signed
+    /// afresh at every publish with this lifetime.
+    pub card_ttl_min: u64,
 }
 
 impl Default for Workload {
@@ -245,7 +246,7 @@ impl Default for Workload {
             messages_per_hour: 6.0,
             repeat_peer: 0.5,
             republish_min: agentmesh_node::Config::default().republish_every.as_secs() / 60,
-            card_ttl_h: 24,
+            card_ttl_min: agentmesh_node::Config::default().card_ttl.as_secs() / 60,
         }
     }
 }
@@ -345,8 +346,8 @@ impl Scenario {
         {
             return invalid("churn parameters must be positive");
         }
-        if self.workload.republish_min == 0 || self.workload.card_ttl_h == 0 {
-            return invalid("republish_min and card_ttl_h must be positive");
+        if self.workload.republish_min == 0 || self.workload.card_ttl_min == 0 {
+            return invalid("republish_min and card_ttl_min must be positive");
         }
         Ok(())
     }

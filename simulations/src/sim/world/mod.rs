@@ -45,7 +45,6 @@ struct Node {
     wake_at: Option<u64>,
     keypair: Option<Keypair>,
     card_key: Vec<u8>,
-    card: Vec<u8>,
     card_seq: u64,
     relay: Option<u32>,
     known: Vec<u32>,
@@ -242,7 +241,6 @@ impl<'s> World<'s> {
                 wake_at: None,
                 card_key: record_key("card", &peer),
                 keypair: (role == Role::Agent).then_some(keypair),
-                card: Vec::new(),
                 card_seq: 0,
                 relay: None,
                 known: Vec::new(),
@@ -668,30 +666,24 @@ impl<'s> World<'s> {
         if chosen.is_none() && needs {
             self.rec.no_relay += 1;
         }
-        let n = &mut self.nodes[node as usize];
-        if n.relay != chosen || n.card.is_empty() {
-            n.relay = chosen;
-            n.card_seq += 1;
-            let expires = self.now + self.scenario.workload.card_ttl_h * HOUR;
-            if let Some(key) = &n.keypair {
-                if let Ok(record) =
-                    SignedRecord::sign(key, "card", card_payload(chosen), n.card_seq, expires)
-                {
-                    n.card = record.to_bytes().unwrap_or_default();
-                }
-            }
-        }
+        self.nodes[node as usize].relay = chosen;
     }
 
+    /// Signs a fresh card (as the node does at every publish: a new
+    /// sequence number and expiry, the relay in use) and puts it.
     fn publish(&mut self, node: u32) {
+        let expires = self.now + self.scenario.workload.card_ttl_min * MINUTE;
         let n = &mut self.nodes[node as usize];
-        if n.card.is_empty() {
+        let Some(key) = &n.keypair else {
             return;
-        }
-        if let Ok(id) = n
-            .kad
-            .put_record(n.card_key.clone(), n.card.clone(), self.now)
-        {
+        };
+        n.card_seq += 1;
+        let Ok(card) = SignedRecord::sign(key, "card", card_payload(n.relay), n.card_seq, expires)
+            .and_then(|r| r.to_bytes())
+        else {
+            return;
+        };
+        if let Ok(id) = n.kad.put_record(n.card_key.clone(), card, self.now) {
             n.pending.insert(id, Purpose::Publish);
         }
         self.sync(node);
