@@ -55,6 +55,8 @@ pub struct DhtConfig {
     pub query_timeout: Duration,
     /// Replication factor (k). Defaults to 20.
     pub replication: NonZeroUsize,
+    /// What the record store takes (size, lifetime, namespaces).
+    pub store: crate::StoreLimits,
 }
 
 impl Default for DhtConfig {
@@ -63,6 +65,7 @@ impl Default for DhtConfig {
             mode: DhtMode::Server,
             query_timeout: Duration::from_secs(10),
             replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
+            store: crate::StoreLimits::default(),
         }
     }
 }
@@ -177,7 +180,7 @@ impl std::fmt::Debug for Dht {
 impl Dht {
     /// Creates the DHT for `local`, storing records in `db`.
     pub fn new(local: PeerId, db: &sled::Db, config: DhtConfig) -> Result<Self, DhtError> {
-        let store = SledStore::open(local, db)?;
+        let store = SledStore::open_with(local, db, config.store.clone())?;
         let mut cfg = kad::Config::new(PROTOCOL);
         cfg.set_record_filtering(StoreInserts::FilterBoth)
             .set_query_timeout(config.query_timeout)

@@ -19,7 +19,8 @@
 //! let key = Keypair::generate_ed25519();
 //! let db = sled::Config::new().temporary(true).open()?;
 //! let mut dht = Dht::new(key.public().to_peer_id(), &db, DhtConfig::default())?;
-//! let record = SignedRecord::sign(&key, "card", b"hello".to_vec(), 1, u64::MAX)?;
+//! let expires = agentmesh_dht::now_ms() + 3_600_000; // an hour from now
+//! let record = SignedRecord::sign(&key, "card", b"hello".to_vec(), 1, expires)?;
 //! dht.put(record)?;
 //! # Ok(())
 //! # }
@@ -37,4 +38,4 @@ pub use record::{
     now_ms, record_key, RecordError, SignedRecord, VerifiedRecord, DOMAIN_SEP_RECORD,
     MAX_NAMESPACE_LEN, MAX_RECORD_SIZE,
 };
-pub use store::SledStore;
+pub use store::{SledStore, StoreLimits};

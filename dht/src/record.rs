@@ -75,6 +75,17 @@ pub enum RecordError {
     /// The store holds as many records as it may.
     #[error("record store full")]
     StoreFull,
+    /// The store does not serve this namespace.
+    #[error("namespace {0:?} is not served here")]
+    NamespaceNotServed(String),
+    /// The record claims a lifetime longer than the store allows.
+    #[error("record expires at {expires_ms}, later than the {max_ms} allowed")]
+    ExpiryTooFar {
+        /// The record's expiry, ms since the epoch.
+        expires_ms: u64,
+        /// The latest expiry accepted now.
+        max_ms: u64,
+    },
 }
 
 impl From<CodecError> for RecordError {

@@ -7,6 +7,8 @@
 
 use std::{
     borrow::Cow,
+    collections::{BTreeMap, BTreeSet},
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -28,6 +30,52 @@ const TREE: &str = "dht-records";
 pub struct SledStore {
     tree: sled::Tree,
     providers: MemoryStore,
+    limits: StoreLimits,
+    /// Keys held per subject (the text after the key's last `/`).
+    owners: Mutex<BTreeMap<String, BTreeSet<Vec<u8>>>>,
+}
+
+/// What the record store takes, so that nobody can grow it without bound
+/// or push others' records out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most records held. When full, a record from a subject holding fewer
+    /// records than the subject holding most takes the place of one of
+    /// that subject's; otherwise it is refused. Defaults to 65 536.
+    pub max_records: usize,
+    /// Longest lifetime a record may claim (its expiry minus now).
+    /// Defaults to 8 days.
+    pub max_ttl: Duration,
+    /// Namespaces served: exact names, or prefixes written `prefix*`.
+    /// Empty: every namespace. Defaults to empty.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_records: 65_536,
+            max_ttl: Duration::from_secs(8 * 24 * 3600),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl StoreLimits {
+    /// Whether records in `namespace` are stored.
+    pub fn serves(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty()
+            || self.namespaces.iter().any(|n| match n.strip_suffix('*') {
+                Some(prefix) => namespace.starts_with(prefix),
+                None => n == namespace,
+            })
+    }
+}
+
+/// The subject part of a record key (`/<namespace>/<subject>`).
+fn owner_of(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    text.rsplit('/').next().unwrap_or_default().to_string()
 }
 
 impl std::fmt::Debug for SledStore {
@@ -39,12 +87,69 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens the store in `db` for the local peer `local`.
+    /// Opens the store in `db` for the local peer `local`, with the default
+    /// limits.
     pub fn open(local: PeerId, db: &sled::Db) -> Result<Self, sled::Error> {
+        Self::open_with(local, db, StoreLimits::default())
+    }
+
+    /// Opens the store with `limits`.
+    pub fn open_with(
+        local: PeerId,
+        db: &sled::Db,
+        limits: StoreLimits,
+    ) -> Result<Self, sled::Error> {
+        let tree = db.open_tree(TREE)?;
+        let mut owners: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        for key in tree.iter().keys() {
+            let key = key?.to_vec();
+            owners.entry(owner_of(&key)).or_default().insert(key);
+        }
         Ok(Self {
-            tree: db.open_tree(TREE)?,
+            tree,
             providers: MemoryStore::new(local),
+            limits,
+            owners: Mutex::new(owners),
         })
+    }
+
+    fn owners(&self) -> MutexGuard<'_, BTreeMap<String, BTreeSet<Vec<u8>>>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, key: &[u8]) {
+        let _ = self.tree.remove(key);
+        let owner = owner_of(key);
+        let mut owners = self.owners();
+        if let Some(keys) = owners.get_mut(&owner) {
+            keys.remove(key);
+            if keys.is_empty() {
+                owners.remove(&owner);
+            }
+        }
+    }
+
+    /// Makes room for one more record of `owner`, or says why not.
+    fn make_room(&self, owner: &str) -> Result<(), crate::RecordError> {
+        if self.tree.len() < self.limits.max_records {
+            return Ok(());
+        }
+        let victim = {
+            let owners = self.owners();
+            let mine = owners.get(owner).map_or(0, BTreeSet::len);
+            owners
+                .iter()
+                .max_by_key(|(_, keys)| keys.len())
+                .filter(|(_, keys)| keys.len() > mine + 1)
+                .and_then(|(_, keys)| keys.iter().next().cloned())
+        };
+        match victim {
+            Some(key) => {
+                self.forget(&key);
+                Ok(())
+            }
+            None => Err(crate::RecordError::StoreFull),
+        }
     }
 
     /// Reads and validates the record under `key` at `now_ms`; removes it if
@@ -55,7 +160,7 @@ impl SledStore {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(error = %e, "dropping stored record");
-                let _ = self.tree.remove(key);
+                self.forget(key);
                 None
             }
         }
@@ -63,19 +168,41 @@ impl SledStore {
 
     /// Stores a verified record if it may replace what is held. Returns
     /// whether it was written.
+    ///
+    /// Refused: a namespace not served, an expiry further than the limits
+    /// allow, and a new record when the store is full of records of
+    /// subjects holding fewer than the biggest holder (see
+    /// [`StoreLimits`]).
     pub fn put_verified(&self, record: &VerifiedRecord) -> Result<bool, crate::RecordError> {
+        if !self.limits.serves(&record.namespace) {
+            return Err(crate::RecordError::NamespaceNotServed(
+                record.namespace.clone(),
+            ));
+        }
+        let now = now_ms();
+        let max_ms = now.saturating_add(self.limits.max_ttl.as_millis() as u64);
+        if record.expires_ms > max_ms {
+            return Err(crate::RecordError::ExpiryTooFar {
+                expires_ms: record.expires_ms,
+                max_ms,
+            });
+        }
         let key = record.key();
-        if let Some(existing) = self.get_verified(&key, now_ms()) {
-            record.may_replace(&existing)?;
-            if existing.signed == record.signed {
-                return Ok(false);
+        match self.get_verified(&key, now) {
+            Some(existing) => {
+                record.may_replace(&existing)?;
+                if existing.signed == record.signed {
+                    return Ok(false);
+                }
             }
+            None => self.make_room(&owner_of(&key))?,
         }
         let bytes = record.signed.to_bytes()?;
-        if let Err(e) = self.tree.insert(key, bytes) {
+        if let Err(e) = self.tree.insert(key.clone(), bytes) {
             warn!(error = %e, "dht store write failed");
             return Ok(false);
         }
+        self.owners().entry(owner_of(&key)).or_default().insert(key);
         Ok(true)
     }
 
@@ -131,7 +258,7 @@ impl RecordStore for SledStore {
     }
 
     fn remove(&mut self, k: &RecordKey) {
-        let _ = self.tree.remove(k.as_ref());
+        self.forget(k.as_ref());
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
@@ -169,6 +296,90 @@ mod tests {
     use super::*;
     use libp2p::identity::Keypair;
 
+    fn record_in(key: &Keypair, ns: &str, expires: u64) -> VerifiedRecord {
+        SignedRecord::sign(key, ns, b"x".to_vec(), 1, expires)
+            .unwrap()
+            .verify(0)
+            .unwrap()
+    }
+
+    #[test]
+    fn namespaces_and_lifetimes_outside_the_limits_are_refused() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let key = Keypair::generate_ed25519();
+        let limits = StoreLimits {
+            namespaces: vec!["card".into(), "rv-*".into()],
+            ..StoreLimits::default()
+        };
+        let store = SledStore::open_with(key.public().to_peer_id(), &db, limits).unwrap();
+        let soon = now_ms() + 3_600_000;
+        assert_eq!(store.put_verified(&record_in(&key, "card", soon)), Ok(true));
+        assert_eq!(
+            store.put_verified(&record_in(&key, "rv-00ff", soon)),
+            Ok(true)
+        );
+        assert_eq!(
+            store.put_verified(&record_in(&key, "notes", soon)),
+            Err(crate::RecordError::NamespaceNotServed("notes".into()))
+        );
+        let far = now_ms() + 30 * 24 * 3_600_000;
+        assert!(matches!(
+            store.put_verified(&record_in(&Keypair::generate_ed25519(), "card", far)),
+            Err(crate::RecordError::ExpiryTooFar { .. })
+        ));
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn a_full_store_makes_room_from_the_biggest_holder_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            max_records: 10,
+            ..StoreLimits::default()
+        };
+        let flooder = Keypair::generate_ed25519();
+        let honest = Keypair::generate_ed25519();
+        let soon = now_ms() + 3_600_000;
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let store =
+                SledStore::open_with(flooder.public().to_peer_id(), &db, limits.clone()).unwrap();
+            for i in 0..10 {
+                assert_eq!(
+                    store.put_verified(&record_in(&flooder, &format!("ns{i}"), soon)),
+                    Ok(true)
+                );
+            }
+            // Full of one subject's records: the flooder cannot add more...
+            assert_eq!(
+                store.put_verified(&record_in(&flooder, "ns10", soon)),
+                Err(crate::RecordError::StoreFull)
+            );
+            // ...but another subject's record takes the place of one of them.
+            assert_eq!(
+                store.put_verified(&record_in(&honest, "card", soon)),
+                Ok(true)
+            );
+            assert_eq!(store.len(), 10);
+            db.flush().unwrap();
+        }
+        // The counts survive a restart.
+        let db = sled::open(dir.path()).unwrap();
+        let store = SledStore::open_with(flooder.public().to_peer_id(), &db, limits).unwrap();
+        let key = crate::record_key("card", &honest.public().to_peer_id());
+        assert!(store.get_verified(&key, now_ms()).is_some());
+        let third = Keypair::generate_ed25519();
+        assert_eq!(
+            store.put_verified(&record_in(&third, "card", soon)),
+            Ok(true)
+        );
+        assert_eq!(
+            store.put_verified(&record_in(&flooder, "ns11", soon)),
+            Err(crate::RecordError::StoreFull)
+        );
+        assert_eq!(store.len(), 10);
+    }
+
     #[test]
     fn persists_and_keeps_newest() {
         let dir = tempfile::tempdir().unwrap();
@@ -178,8 +389,10 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let mut s = SledStore::open(peer, &db).unwrap();
-            let r2 = SignedRecord::sign(&k, "card", b"two".to_vec(), 2, u64::MAX).unwrap();
-            let r1 = SignedRecord::sign(&k, "card", b"one".to_vec(), 1, u64::MAX).unwrap();
+            let r2 =
+                SignedRecord::sign(&k, "card", b"two".to_vec(), 2, now_ms() + 3_600_000).unwrap();
+            let r1 =
+                SignedRecord::sign(&k, "card", b"one".to_vec(), 1, now_ms() + 3_600_000).unwrap();
             s.put(Record::new(key.clone(), r2.to_bytes().unwrap()))
                 .unwrap();
             s.put(Record::new(key.clone(), r1.to_bytes().unwrap()))

@@ -90,7 +90,14 @@ async fn records_and_providers_travel() {
     // node 1 publishes a record about itself; node 2 finds it.
     let k1 = nodes[1].key.clone();
     let p1 = k1.public().to_peer_id();
-    let rec = SignedRecord::sign(&k1, "card", b"v1".to_vec(), 1, u64::MAX).unwrap();
+    let rec = SignedRecord::sign(
+        &k1,
+        "card",
+        b"v1".to_vec(),
+        1,
+        agentmesh_dht::now_ms() + 3_600_000,
+    )
+    .unwrap();
     let q = nodes[1].swarm.behaviour_mut().put(rec).unwrap();
     let stored = drive(&mut nodes, 1, |e| match e {
         DhtEvent::PutDone {
@@ -112,7 +119,14 @@ async fn records_and_providers_travel() {
     assert_eq!(found.subject, p1);
 
     // a newer version replaces it everywhere it is asked for
-    let rec2 = SignedRecord::sign(&k1, "card", b"v2".to_vec(), 2, u64::MAX).unwrap();
+    let rec2 = SignedRecord::sign(
+        &k1,
+        "card",
+        b"v2".to_vec(),
+        2,
+        agentmesh_dht::now_ms() + 3_600_000,
+    )
+    .unwrap();
     let q = nodes[1].swarm.behaviour_mut().put(rec2).unwrap();
     drive(&mut nodes, 1, |e| {
         matches!(e, DhtEvent::PutDone { query, .. } if query == q).then_some(())
