@@ -360,3 +360,55 @@ async fn running_agents_file_receipts_and_renew_credentials_from_the_cli() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_capabilities_and_revoke_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(dir.path(), PASS).await;
+    let url = server.url.clone();
+    let home = dir.path().join("alice");
+    let (ok, out) = cli(&home, &url, &["--json", "init"]).await;
+    assert!(ok, "{out}");
+    let amid = json_of(&out)["amid"].as_str().unwrap().to_owned();
+    let (ok, out) = cli(&home, &url, &["register", "--capability", "chat"]).await;
+    assert!(ok, "{out}");
+
+    // Seed A's capability names replace the list; a bad one is refused.
+    let (ok, out) = cli(
+        &home,
+        &url,
+        &["--json", "capabilities", "code-review", "weather/forecast"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&home, &url, &["capabilities", "Weather Forecast"]).await;
+    assert!(!ok && out.contains("Weather Forecast"), "{out}");
+    let (ok, out) = cli(&home, &url, &["--json", "search", "weather"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["results"][0]["amid"], amid, "{out}");
+    let (ok, out) = cli(&home, &url, &["--json", "search", "chat"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["count"], 0, "chat was replaced: {out}");
+
+    let (ok, out) = cli(&home, &url, &["--json", "registry-presence", "away"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&home, &url, &["registry-presence", "sleeping"]).await;
+    assert!(
+        !ok && out.contains("presence is online, away, dnd or offline"),
+        "{out}"
+    );
+
+    // Revoked: gone from search, and its key can register no more.
+    let (ok, out) = cli(
+        &home,
+        &url,
+        &["--json", "revoke", "--reason", "key retired"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&home, &url, &["--json", "search", "weather"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(json_of(&out)["count"], 0, "revoked: {out}");
+    let (ok, out) = cli(&home, &url, &["register", "--capability", "chat"]).await;
+    assert!(!ok, "a revoked key registers no more: {out}");
+}

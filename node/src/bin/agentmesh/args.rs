@@ -51,6 +51,15 @@ pub(crate) enum Cmd {
     Register(RegisterArgs),
     /// Search a registry for agents offering a capability.
     Search(SearchArgs),
+    /// Set this agent's presence at a registry: online, away, dnd or
+    /// offline (signed with the agent's key).
+    RegistryPresence(PresenceArgs),
+    /// Replace this agent's capabilities at a registry.
+    Capabilities(CapabilitiesArgs),
+    /// Revoke an agent at a registry: this agent itself (a lost or
+    /// retired key), or, with `--amid`, an agent of the organization this
+    /// agent's key is.
+    Revoke(RevokeArgs),
     /// Prove a tier to a registry and store the credentials it issues
     /// (certificate chain, transparency-log proof, reputation attestation)
     /// in the data directory; `agentmesh run` shows them in its KNOCKs.
@@ -337,6 +346,38 @@ pub(crate) struct RegisterArgs {
     /// A mailbox relay (multiaddr; repeat for several).
     #[arg(long = "relay")]
     pub(crate) relays: Vec<String>,
+    #[command(flatten)]
+    pub(crate) registry: registry_cli::RegistryArg,
+}
+
+/// Arguments of `registry-presence`.
+#[derive(Args)]
+pub(crate) struct PresenceArgs {
+    /// online, away, dnd or offline.
+    pub(crate) presence: String,
+    #[command(flatten)]
+    pub(crate) registry: registry_cli::RegistryArg,
+}
+
+/// Arguments of `capabilities`.
+#[derive(Args)]
+pub(crate) struct CapabilitiesArgs {
+    /// The new list, e.g. `chat weather/forecast`.
+    #[arg(required = true)]
+    pub(crate) capabilities: Vec<String>,
+    #[command(flatten)]
+    pub(crate) registry: registry_cli::RegistryArg,
+}
+
+/// Arguments of `revoke`.
+#[derive(Args)]
+pub(crate) struct RevokeArgs {
+    /// The agent revoked; this agent itself when absent.
+    #[arg(long)]
+    pub(crate) amid: Option<String>,
+    /// Why, for the revocation list.
+    #[arg(long)]
+    pub(crate) reason: String,
     #[command(flatten)]
     pub(crate) registry: registry_cli::RegistryArg,
 }

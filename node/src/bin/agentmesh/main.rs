@@ -149,6 +149,9 @@ async fn main() -> Result<()> {
         Cmd::Kill(a) => show::kill(&dir, a).await,
         Cmd::Register(a) => registry_cmds::register(&dir, json, a).await,
         Cmd::Search(a) => registry_cmds::search(json, a).await,
+        Cmd::RegistryPresence(a) => registry_cmds::presence(&dir, json, a).await,
+        Cmd::Capabilities(a) => registry_cmds::capabilities(&dir, json, a).await,
+        Cmd::Revoke(a) => registry_cmds::revoke(&dir, json, a).await,
         Cmd::Verify(a) => registry_cmds::verify(&dir, json, a).await,
         Cmd::Did { amid, registry } => registry_cli::did(registry, amid).await,
         Cmd::Reputation(registry_cli::ReputationCmd::Verify { amid, registry }) => {

@@ -224,6 +224,32 @@ pub(crate) async fn register(
     Ok(())
 }
 
+/// Sends one signed operation to `path` and prints the registry's answer
+/// (JSON with `--json`, else a line per field).
+pub(crate) async fn signed_op(
+    identity: &Identity,
+    registry: &RegistryArg,
+    path: &str,
+    op: Operation,
+    json_out: bool,
+) -> Result<()> {
+    let client = RegistryClient::new(&registry.registry)?;
+    let v = client.signed(path, identity, op).await?;
+    if json_out {
+        println!("{v}");
+    } else if let Some(fields) = v.as_object() {
+        for (k, value) in fields {
+            match value {
+                Value::String(s) => println!("{k} {s}"),
+                other => println!("{k} {other}"),
+            }
+        }
+    } else {
+        println!("{v}");
+    }
+    Ok(())
+}
+
 /// `agentmesh search`.
 pub(crate) async fn search(
     registry: &RegistryArg,
