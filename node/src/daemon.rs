@@ -213,6 +213,7 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             to,
             path,
             knocked,
+            ..
         } => println!(
             "delivered {id} to {to} via {path}{}",
             if *knocked { " (KNOCK accepted)" } else { "" }

@@ -90,6 +90,10 @@ pub enum NodeEvent {
         path: PathKind,
         /// Whether this message opened the session (rode in the KNOCK).
         knocked: bool,
+        /// Time from `send` to the recipient's receipt, in ms (absent for
+        /// mail fetched from a mailbox, whose receipt comes later).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latency_ms: Option<u64>,
     },
     /// The recipient could not be reached: a message we sent is stored in
     /// its mailbox at `relays` relays. [`NodeEvent::Delivered`] with path

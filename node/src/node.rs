@@ -460,6 +460,8 @@ struct Outgoing {
     intent: Intent,
     reply: Option<oneshot::Sender<Result<Receipt, SendError>>>,
     deadline: tokio::time::Instant,
+    /// When the application handed the message over.
+    queued: tokio::time::Instant,
     /// Times the session was re-opened for this message.
     reknocks: u8,
 }
@@ -1257,6 +1259,7 @@ impl Node {
             intent,
             reply,
             deadline: tokio::time::Instant::now() + self.shared.config.delivery_timeout,
+            queued: tokio::time::Instant::now(),
             reknocks: 0,
         };
         let tx = link::sender_for(&self.shared, *to);

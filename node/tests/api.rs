@@ -928,6 +928,8 @@ async fn the_dashboard_logs_in_once_and_metrics_and_policy_are_served() {
         "agentmesh_knocks_total{decision=\"accepted\"} 0",
         "agentmesh_inbox_messages{state=\"ready\"} 0",
         "# TYPE agentmesh_dht_routing_table_peers gauge",
+        "# TYPE agentmesh_delivery_latency_seconds histogram",
+        "agentmesh_delivery_latency_seconds_count 0",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }

@@ -22,10 +22,31 @@ pub(super) struct Counters {
     hole_punch_ok: AtomicU64,
     hole_punch_failed: AtomicU64,
     connections: AtomicU64,
+    /// Delivery latency: counts per bucket of [`LATENCY_BUCKETS_MS`] (not
+    /// cumulative), then the sum in ms and the count.
+    latency: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    latency_sum_ms: AtomicU64,
+    latency_count: AtomicU64,
 }
+
+/// Upper bounds of the delivery latency histogram's buckets, ms.
+const LATENCY_BUCKETS_MS: [u64; 12] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+];
 
 impl Counters {
     pub(super) fn count(&self, e: &NodeEvent) {
+        if let NodeEvent::Delivered {
+            latency_ms: Some(ms),
+            ..
+        } = e
+        {
+            if let Some(i) = LATENCY_BUCKETS_MS.iter().position(|b| ms <= b) {
+                self.latency[i].fetch_add(1, Relaxed);
+            }
+            self.latency_sum_ms.fetch_add(*ms, Relaxed);
+            self.latency_count.fetch_add(1, Relaxed);
+        }
         let c = match e {
             NodeEvent::MessageReceived { .. } => &self.received,
             NodeEvent::Delivered { .. } => &self.delivered,
@@ -43,9 +64,29 @@ impl Counters {
         c.fetch_add(1, Relaxed);
     }
 
+    /// The delivery latency histogram, in the exposition format.
+    fn render_latency(&self, out: &mut String) {
+        let name = "agentmesh_delivery_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from send to the recipient's receipt, for messages delivered over a connection.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, c) in LATENCY_BUCKETS_MS.iter().zip(&self.latency) {
+            cumulative += c.load(Relaxed);
+            let le = *bound as f64 / 1000.0;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.latency_sum_ms.load(Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+
     /// The exposition text.
     pub(super) fn render(&self, s: &NodeStatus, inbox: (usize, usize)) -> String {
         let mut out = String::new();
+        self.render_latency(&mut out);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, v) in samples {
@@ -149,5 +190,50 @@ impl Counters {
             ],
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{envelope::MessageId, identity::Identity};
+    use agentmesh_transports::PathKind;
+
+    #[test]
+    fn delivery_latency_is_a_cumulative_histogram() {
+        let c = Counters::default();
+        let to = Identity::from_seed(&[7; 32]).amid();
+        for ms in [3, 30, 2_000] {
+            c.count(&NodeEvent::Delivered {
+                id: MessageId::random(),
+                to,
+                path: PathKind::DirectQuic,
+                knocked: false,
+                latency_ms: Some(ms),
+            });
+        }
+        // Mail fetched later has no latency and is not counted.
+        c.count(&NodeEvent::Delivered {
+            id: MessageId::random(),
+            to,
+            path: PathKind::Mailbox,
+            knocked: false,
+            latency_ms: None,
+        });
+        let mut out = String::new();
+        c.render_latency(&mut out);
+        let name = "agentmesh_delivery_latency_seconds";
+        for line in [
+            format!("# TYPE {name} histogram"),
+            format!("{name}_bucket{{le=\"0.005\"}} 1"),
+            format!("{name}_bucket{{le=\"0.025\"}} 1"),
+            format!("{name}_bucket{{le=\"0.05\"}} 2"),
+            format!("{name}_bucket{{le=\"2.5\"}} 3"),
+            format!("{name}_bucket{{le=\"+Inf\"}} 3"),
+            format!("{name}_sum 2.033"),
+            format!("{name}_count 3"),
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
     }
 }

@@ -311,6 +311,7 @@ impl Link {
             to: self.peer,
             path,
             knocked,
+            latency_ms: Some(u64::try_from(out.queued.elapsed().as_millis()).unwrap_or(u64::MAX)),
         });
         if let Some(r) = out.reply {
             let _ = r.send(Ok(receipt));

@@ -137,6 +137,7 @@ pub(super) fn on_receipts(shared: &Shared, from: &Amid, ids: &[MessageId]) {
             to: *from,
             path: PathKind::Mailbox,
             knocked: false,
+            latency_ms: None,
         });
     }
 }
