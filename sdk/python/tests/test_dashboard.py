@@ -66,7 +66,7 @@ def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> No
         carol.send(bob, {"text": "hello from carol"})
 
         # The one-time link logs the browser in; the page shows bob.
-        link = bob.client.call("POST", "/v1/dashboard/link")["url"]
+        link = bob.dashboard_link().url
         page.goto(link)
         expect(page.get_by_test_id("amid")).to_have_text(bob.amid)
         expect(page.get_by_test_id("inbox")).to_contain_text("waiting")

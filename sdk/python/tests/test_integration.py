@@ -596,5 +596,105 @@ def test_policy_check_dry_run(mesh: LocalMesh, tmp_path: Path) -> None:
         assert quinn.check_policy("finance/payments", policy='preset = "default"\n').accepted
         assert not quinn.check_policy("finance/payments").accepted
         assert refused.policy_hash == quinn.client.policy()["policy_hash"]
+        # set_policy puts a policy in force: GET /v1/policy shows it, and
+        # the dry run now accepts what the file's policy refused.
+        h = quinn.set_policy('preset = "default"\nmin_tier = "verified"\n')
+        shown = quinn.client.policy()
+        assert shown["policy_hash"] == h != refused.policy_hash
+        assert shown["policy"]["min_tier"] == "verified"
+        assert 'min_tier = "verified"' in shown["toml"]
+        assert quinn.check_policy("finance/payments", tier="verified").accepted
+        assert quinn.check_policy("finance/payments").reason == "tier_too_low"
+        # A policy that does not parse is refused and the one in force stays.
+        with pytest.raises(agentmesh.BadRequest, match="policy"):
+            quinn.client.set_policy('preset = "no-such-preset"\n')
+        assert quinn.client.policy()["policy_hash"] == h
+        # The file is read again on a reload.
+        assert quinn.client.reload_policy() == refused.policy_hash
+        # quinn's node has no registry.
+        with pytest.raises(agentmesh.NotFound, match="registry"):
+            quinn.search("weather")
+        with pytest.raises(agentmesh.NotFound, match="registry"):
+            quinn.register(capabilities=["chat"])
     finally:
         quinn.stop()
+
+
+def test_register_and_search_the_registry(mesh: LocalMesh) -> None:
+    carol = mesh["carol"]
+    answer = carol.client.register("carol the forecaster", ["chat", "weather/forecast"])
+    assert answer["amid"] == carol.amid
+    assert answer["tier"] == "anonymous" and isinstance(answer["created"], bool)
+    # A category finds the capabilities under it.
+    found = carol.client.search("weather")
+    mine = [r for r in found if r["amid"] == carol.amid]
+    assert len(mine) == 1, found
+    assert mine[0]["display_name"] == "carol the forecaster"
+    assert mine[0]["capabilities"] == ["chat", "weather/forecast"]
+    assert any(r["amid"] == carol.amid for r in mesh["dave"].search("weather/forecast"))
+    assert all(r["amid"] != carol.amid for r in carol.search("finance"))
+    assert carol.search("weather", tier_min="verified") == []
+    assert len(carol.search("chat", limit=1)) <= 1
+    # The registry refuses a capability that is not a lowercase path.
+    with pytest.raises(agentmesh.BadRequest, match="Weather Forecast") as e:
+        carol.register(capabilities=["Weather Forecast"])
+    assert e.value.code == "bad_request" and e.value.status == 400
+    # Registered again (under the agent's name), with one capability.
+    again = carol.register(capabilities=["weather/forecast"])
+    assert again["amid"] == carol.amid and again["created"] is False
+    (entry,) = [r for r in carol.search("weather") if r["amid"] == carol.amid]
+    assert entry["display_name"] == "carol" and entry["capabilities"] == ["weather/forecast"]
+    assert all(r["amid"] != carol.amid for r in carol.search("chat"))
+
+    async def main() -> list[dict[str, object]]:
+        async with AsyncClient.from_data_dir(carol.data_dir) as c:
+            await c.register("carol", ["chat", "weather/forecast"])
+            with pytest.raises(agentmesh.BadRequest):
+                await c.register("carol", ["Weather Forecast"])
+            return await c.search("weather")
+
+    assert any(r["amid"] == carol.amid for r in asyncio.run(main()))
+
+
+def test_dashboard_link(mesh: LocalMesh) -> None:
+    dave = mesh["dave"]
+    link = dave.dashboard_link()
+    url = httpx.URL(link.url)
+    assert url.scheme == "http" and url.host == "127.0.0.1" and url.path == "/login"
+    assert link.url.startswith(f"{dave.client.info.url}/login?code=")
+    assert link.expires_in_s is not None and link.expires_in_s > 0
+    # Each link is new, and logs a browser in once.
+    assert dave.client.dashboard_link().url != link.url
+    first = httpx.get(link.url, follow_redirects=False, timeout=10)
+    assert first.status_code == 303 and "set-cookie" in first.headers
+    assert httpx.get(link.url, follow_redirects=False, timeout=10).status_code == 401
+
+    async def main() -> str:
+        async with AsyncClient.from_data_dir(dave.data_dir) as c:
+            return (await c.dashboard_link()).url
+
+    assert httpx.URL(asyncio.run(main())).host == "127.0.0.1"
+
+
+def test_metrics(mesh: LocalMesh) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+
+    def sent(text: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("agentmesh_messages_sent_total")
+        )
+
+    before = alice.metrics()
+    assert "# TYPE agentmesh_" in before
+    r = alice.send(bob, {"text": "counted"})
+    wait_message(bob, lambda m: m.id == r.id)
+    after = alice.client.metrics()
+    assert sent(after) >= sent(before) + 1
+
+    async def main() -> str:
+        async with AsyncClient.from_data_dir(bob.data_dir) as c:
+            return await c.metrics()
+
+    assert "agentmesh_messages_received_total" in asyncio.run(main())

@@ -668,3 +668,69 @@ def test_policy_check(node: FakeNode, client: Client) -> None:
         "action": "send",
         "reputation": 0.5,
     }
+
+
+def test_registry_policy_dashboard_and_metrics_routes(node: FakeNode, client: Client) -> None:
+    node.route("POST", "/v1/registry/register")(
+        lambda r: ok({"registration": {"amid": AMID_A, "created": True, "tier": "anonymous"}})
+    )
+    agent = Agent(client, name="alice")
+    assert client.register("alice", ["chat", "weather/forecast"])["created"] is True
+    assert node.body() == {"name": "alice", "capabilities": ["chat", "weather/forecast"]}
+    agent.register()  # the agent's name, the card's capabilities
+    assert node.body() == {"name": "alice"}
+    with pytest.raises(TypeError):
+        client.register("alice", "chat")
+
+    entry = {"amid": AMID_B, "capabilities": ["weather/forecast"]}
+    node.route("GET", "/v1/registry/search")(
+        lambda r: ok({"results": {"count": 1, "results": [entry]}})
+    )
+    assert client.search("weather") == [entry]
+    assert dict(node.requests[-1].url.params) == {"capability": "weather"}
+    agent.search("weather", tier_min="verified", reputation_min=0.5, limit=3)
+    assert dict(node.requests[-1].url.params) == {
+        "capability": "weather",
+        "tier_min": "verified",
+        "reputation_min": "0.5",
+        "limit": "3",
+    }
+    node.route("GET", "/v1/registry/search")(lambda r: ok({"results": {"count": 0}}))
+    with pytest.raises(BadResponse):
+        client.search("weather")
+
+    node.route("PUT", "/v1/policy")(lambda r: ok({"policy_hash": "ef"}))
+    assert agent.set_policy('preset = "strict"\n') == "ef"
+    assert node.body() == {"policy": 'preset = "strict"\n'}
+    # Routes that take no body get none (the node leaves a body unread).
+    node.route("POST", "/v1/policy/reload")(lambda r: ok({"policy_hash": "01"}))
+    node.route("POST", "/v1/kill/clear")(lambda r: ok({}))
+    assert client.reload_policy() == "01"
+    assert node.requests[-1].content == b""
+    client.kill_clear()
+    assert node.requests[-1].content == b""
+
+    url = "http://127.0.0.1:41234/login?code=" + "ab" * 32
+    node.route("POST", "/v1/dashboard/link")(lambda r: ok({"url": url, "expires_in_s": 120}))
+    assert agent.dashboard_link() == agentmesh.DashboardLink(url, 120)
+    assert node.requests[-1].content == b""
+
+    text = "# TYPE agentmesh_messages_received_total counter\nagentmesh_messages_received_total 3\n"
+    node.route("GET", "/metrics")(
+        lambda r: httpx.Response(200, text=text, headers={"content-type": "text/plain"})
+    )
+    assert agent.metrics() == text
+
+    async def main() -> None:
+        async with AsyncClient(
+            "http://127.0.0.1:1", TOKEN, transport=httpx.MockTransport(node)
+        ) as c:
+            assert await c.metrics() == text
+            assert (await c.dashboard_link()).url == url
+            assert await c.set_policy("x") == "ef"
+            assert node.body() == {"policy": "x"}
+            assert (await c.register("bob"))["amid"] == AMID_A
+            with pytest.raises(BadResponse):
+                await c.search("weather")
+
+    asyncio.run(main())

@@ -45,6 +45,7 @@ from .errors import (
 from .mesh import LocalMesh
 from .models import (
     ApiInfo,
+    DashboardLink,
     Event,
     EventBatch,
     Message,
@@ -67,6 +68,7 @@ __all__ = [
     "Busy",
     "CircuitOpen",
     "Client",
+    "DashboardLink",
     "DeliveryTimeout",
     "Event",
     "EventBatch",

@@ -28,6 +28,7 @@ from .models import (
     API_FILE,
     JSON,
     ApiInfo,
+    DashboardLink,
     Event,
     Message,
     Peer,
@@ -558,6 +559,38 @@ class Agent:
             reputation=reputation,
             policy=policy,
         )
+
+    def set_policy(self, toml_text: str) -> str:
+        """Puts a KNOCK policy (TOML text) in force at once; returns its hash
+        (the policy file, if any, is read again on a reload or restart)."""
+        return self.client.set_policy(toml_text)
+
+    def register(self, name: str | None = None, capabilities: Sequence[str] | None = None) -> JSON:
+        """Registers this agent with its node's registry, under ``name``
+        (default: the agent's name), offering ``capabilities`` (default: the
+        card's); returns the registry's answer."""
+        return self.client.register(self.name if name is None else name, capabilities)
+
+    def search(
+        self,
+        capability: str,
+        *,
+        tier_min: str | None = None,
+        reputation_min: float | None = None,
+        limit: int | None = None,
+    ) -> list[JSON]:
+        """Agents of the registry offering ``capability`` (or one under it)."""
+        return self.client.search(
+            capability, tier_min=tier_min, reputation_min=reputation_min, limit=limit
+        )
+
+    def dashboard_link(self) -> DashboardLink:
+        """A one-time link that logs a browser into this node's dashboard."""
+        return self.client.dashboard_link()
+
+    def metrics(self) -> str:
+        """This node's metrics, in the Prometheus text format."""
+        return self.client.metrics()
 
     def presence(self, state: str) -> None:
         """Sets presence: ``online``, ``away``, ``dnd`` or ``offline``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -22,6 +22,7 @@ from .errors import BadResponse, NodeNotRunning, error_from_body
 from .models import (
     JSON,
     ApiInfo,
+    DashboardLink,
     Event,
     EventBatch,
     Message,
@@ -69,12 +70,14 @@ def _amid(to: Any) -> str:
 class _Call:
     method: str
     path: str
-    params: Mapping[str, str | int] | None = None
+    params: Mapping[str, str | int | float] | None = None
     json: Any = None
     content: bytes | None = None
     timeout: float | None = None
     has_json: bool = False
     headers: Mapping[str, str] | None = None
+    #: The answer is text (``/metrics``), not JSON.
+    text: bool = False
 
 
 def _post(path: str, body: Any, timeout: float | None = None) -> _Call:
@@ -82,7 +85,7 @@ def _post(path: str, body: Any, timeout: float | None = None) -> _Call:
 
 
 def _get(
-    path: str, params: Mapping[str, str | int] | None = None, timeout: float | None = None
+    path: str, params: Mapping[str, str | int | float] | None = None, timeout: float | None = None
 ) -> _Call:
     return _Call("GET", path, params=params, timeout=timeout)
 
@@ -235,6 +238,48 @@ def _presence_call(state: str) -> _Call:
     return _Call("PUT", "/v1/presence", json={"state": state}, has_json=True)
 
 
+def _set_policy_call(toml_text: str) -> _Call:
+    return _Call("PUT", "/v1/policy", json={"policy": toml_text}, has_json=True)
+
+
+def _register_call(name: str, capabilities: Sequence[str] | None) -> _Call:
+    if isinstance(capabilities, str):
+        raise TypeError("register: capabilities is a list of strings, not a string")
+    body: JSON = {"name": name}
+    if capabilities is not None:
+        body["capabilities"] = list(capabilities)
+    return _post("/v1/registry/register", body)
+
+
+def _search_call(
+    capability: str, tier_min: str | None, reputation_min: float | None, limit: int | None
+) -> _Call:
+    params: dict[str, str | int | float] = {"capability": capability}
+    if tier_min is not None:
+        params["tier_min"] = tier_min
+    if reputation_min is not None:
+        params["reputation_min"] = reputation_min
+    if limit is not None:
+        params["limit"] = limit
+    return _get("/v1/registry/search", params)
+
+
+def _search_answer(data: Any) -> list[JSON]:
+    """The agents of ``{"results": {"count": n, "results": [...]}}``."""
+    raw = _dict(data, "results").get("results")
+    if not isinstance(raw, list):
+        raise BadResponse("the registry's search answer has no list of results")
+    return [_dict(r) for r in raw]
+
+
+# Routes that take no body are sent none: a body the node does not read
+# can make it close the connection, and the next request on it would fail.
+_DASHBOARD_LINK = _Call("POST", "/v1/dashboard/link")
+_KILL_CLEAR = _Call("POST", "/v1/kill/clear")
+_RELOAD_POLICY = _Call("POST", "/v1/policy/reload")
+_METRICS = _Call("GET", "/metrics", text=True, headers={"Accept": "text/plain"})
+
+
 def _session_answer(data: Any) -> str | None:
     v = _obj(data).get("session")
     return v if isinstance(v, str) else None
@@ -308,9 +353,11 @@ def _headers(token: str) -> dict[str, str]:
     }
 
 
-def _decode(resp: httpx.Response) -> Any:
+def _decode(resp: httpx.Response, text: bool = False) -> Any:
     if resp.status_code >= 400:
         raise error_from_body(resp.status_code, resp.content)
+    if text:
+        return resp.text
     if not resp.content:
         return {}
     try:
@@ -415,7 +462,7 @@ class Client(_Base):
             resp = self._http.request(c.method, c.path, **_request_kwargs(c, self.timeout))
         except (httpx.TransportError, OSError) as e:
             raise _unreachable(self.url, e) from e
-        return _decode(resp)
+        return _decode(resp, c.text)
 
     def call(
         self,
@@ -588,7 +635,7 @@ class Client(_Base):
 
     def kill_clear(self) -> None:
         """Turns the kill switch for everyone off."""
-        self._do(_post("/v1/kill/clear", {}))
+        self._do(_KILL_CLEAR)
 
     def presence(self, state: str) -> None:
         """Sets this agent's presence: ``online``, ``away``, ``dnd`` or ``offline``."""
@@ -600,7 +647,7 @@ class Client(_Base):
 
     def reload_policy(self) -> str:
         """Makes the node read its policy file again; returns the new hash."""
-        return str(_obj(self._do(_post("/v1/policy/reload", {})), "policy_hash"))
+        return str(_obj(self._do(_RELOAD_POLICY), "policy_hash"))
 
     def check_policy(
         self,
@@ -618,6 +665,12 @@ class Client(_Base):
         ``reputation`` (0..1). Nothing is sent or recorded."""
         c = _check_call(capability, from_, action, tier, reputation, policy)
         return PolicyCheck.from_json(_dict(self._do(c)))
+
+    def set_policy(self, toml_text: str) -> str:
+        """Puts a KNOCK policy (TOML text) in force at once; returns its hash.
+        The node's policy file, if any, is not changed: a reload or a restart
+        reads it again. A policy that does not parse raises :class:`BadRequest`."""
+        return str(_obj(self._do(_set_policy_call(toml_text)), "policy_hash"))
 
     def audit(
         self,
@@ -638,6 +691,45 @@ class Client(_Base):
         """The credentials the node shows in KNOCKs (fetched anew with ``renew``)."""
         body = {"renew": True} if renew else {}
         return _obj(self._do(_post("/v1/credentials", body)), "credentials")
+
+    # The registry and the dashboard.
+
+    def register(self, name: str, capabilities: Sequence[str] | None = None) -> JSON:
+        """Registers this agent with the node's registry (``--registry``)
+        under the display name ``name``, offering ``capabilities`` (lowercase
+        paths such as ``"chat"`` or ``"weather/forecast"``; default: the
+        node's card's). Returns the registry's answer (``amid``, ``created``,
+        ``tier``, ``registered_ms``). Raises :class:`BadRequest` when the
+        registry refuses (a malformed capability, say) and :class:`NotFound`
+        when the node has no registry."""
+        return _dict(self._do(_register_call(name, capabilities)), "registration")
+
+    def search(
+        self,
+        capability: str,
+        *,
+        tier_min: str | None = None,
+        reputation_min: float | None = None,
+        limit: int | None = None,
+    ) -> list[JSON]:
+        """Agents of the node's registry offering ``capability`` (or a
+        capability under it: ``"weather"`` finds ``"weather/forecast"``),
+        with at least ``tier_min`` (``anonymous``, ``verified``,
+        ``organization``) and ``reputation_min`` (0..1), at most ``limit``.
+        Each is an object with ``amid``, ``display_name``, ``capabilities``,
+        ``tier``, ``reputation``, ``presence``, ..."""
+        c = _search_call(capability, tier_min, reputation_min, limit)
+        return _search_answer(self._do(c))
+
+    def dashboard_link(self) -> DashboardLink:
+        """A one-time link that logs a browser into the node's dashboard
+        (as ``agentmesh dashboard`` prints). Raises :class:`NotFound` when the
+        API is served on the Unix socket only."""
+        return DashboardLink.from_json(_dict(self._do(_DASHBOARD_LINK)))
+
+    def metrics(self) -> str:
+        """The node's metrics in the Prometheus text format (``GET /metrics``)."""
+        return str(self._do(_METRICS))
 
     def openapi(self) -> JSON:
         """The OpenAPI document of the local API."""
@@ -704,7 +796,7 @@ class AsyncClient(_Base):
             resp = await self._http.request(c.method, c.path, **_request_kwargs(c, self.timeout))
         except (httpx.TransportError, OSError) as e:
             raise _unreachable(self.url, e) from e
-        return _decode(resp)
+        return _decode(resp, c.text)
 
     async def call(
         self,
@@ -859,7 +951,7 @@ class AsyncClient(_Base):
 
     async def kill_clear(self) -> None:
         """See :meth:`Client.kill_clear`."""
-        await self._do(_post("/v1/kill/clear", {}))
+        await self._do(_KILL_CLEAR)
 
     async def presence(self, state: str) -> None:
         """See :meth:`Client.presence`."""
@@ -871,7 +963,7 @@ class AsyncClient(_Base):
 
     async def reload_policy(self) -> str:
         """See :meth:`Client.reload_policy`."""
-        return str(_obj(await self._do(_post("/v1/policy/reload", {})), "policy_hash"))
+        return str(_obj(await self._do(_RELOAD_POLICY), "policy_hash"))
 
     async def check_policy(
         self,
@@ -886,6 +978,10 @@ class AsyncClient(_Base):
         """See :meth:`Client.check_policy`."""
         c = _check_call(capability, from_, action, tier, reputation, policy)
         return PolicyCheck.from_json(_dict(await self._do(c)))
+
+    async def set_policy(self, toml_text: str) -> str:
+        """See :meth:`Client.set_policy`."""
+        return str(_obj(await self._do(_set_policy_call(toml_text)), "policy_hash"))
 
     async def audit(
         self,
@@ -906,6 +1002,30 @@ class AsyncClient(_Base):
         """See :meth:`Client.credentials`."""
         body = {"renew": True} if renew else {}
         return _obj(await self._do(_post("/v1/credentials", body)), "credentials")
+
+    async def register(self, name: str, capabilities: Sequence[str] | None = None) -> JSON:
+        """See :meth:`Client.register`."""
+        return _dict(await self._do(_register_call(name, capabilities)), "registration")
+
+    async def search(
+        self,
+        capability: str,
+        *,
+        tier_min: str | None = None,
+        reputation_min: float | None = None,
+        limit: int | None = None,
+    ) -> list[JSON]:
+        """See :meth:`Client.search`."""
+        c = _search_call(capability, tier_min, reputation_min, limit)
+        return _search_answer(await self._do(c))
+
+    async def dashboard_link(self) -> DashboardLink:
+        """See :meth:`Client.dashboard_link`."""
+        return DashboardLink.from_json(_dict(await self._do(_DASHBOARD_LINK)))
+
+    async def metrics(self) -> str:
+        """See :meth:`Client.metrics`."""
+        return str(await self._do(_METRICS))
 
     async def openapi(self) -> JSON:
         """See :meth:`Client.openapi`."""

@@ -18,6 +18,7 @@ __all__ = [
     "API_FILE",
     "PATH_KINDS",
     "ApiInfo",
+    "DashboardLink",
     "Event",
     "EventBatch",
     "JSON",
@@ -388,6 +389,25 @@ class PolicyCheck:
             reason=reason,
             policy_hash=_str(d, "policy_hash", "policy check"),
             decision=decision,
+        )
+
+
+@dataclass(frozen=True)
+class DashboardLink:
+    """A one-time link that logs a browser into the node's dashboard
+    (``POST /v1/dashboard/link``)."""
+
+    #: ``http://127.0.0.1:PORT/login?code=...``: usable once.
+    url: str
+    #: Seconds the link stays valid (``None`` if the node did not say).
+    expires_in_s: int | None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> DashboardLink:
+        ttl = d.get("expires_in_s")
+        return cls(
+            url=_str(d, "url", "dashboard link"),
+            expires_in_s=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None,
         )
 
 
