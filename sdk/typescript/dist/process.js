@@ -383,23 +383,37 @@ export class NodeProcess {
     }
     /** SIGTERM, then SIGKILL after `timeoutMs`; resolves with the exit code (or signal). */
     async terminate(timeoutMs = 10_000) {
-        if (this.alive) {
-            this.signal("SIGTERM");
-            let timer;
-            const late = new Promise((ok) => {
-                timer = setTimeout(() => ok("late"), timeoutMs);
-            });
-            const r = await Promise.race([this.exited, late]);
-            clearTimeout(timer);
-            if (r === "late")
-                this.signal("SIGKILL");
+        // The child is unref'd: while we wait for it, something must keep the
+        // event loop alive, or the wait ends with the loop, unresolved.
+        const keepAlive = setInterval(() => undefined, 1_000);
+        try {
+            if (this.alive) {
+                this.signal("SIGTERM");
+                let timer;
+                const late = new Promise((ok) => {
+                    timer = setTimeout(() => ok("late"), timeoutMs);
+                });
+                const r = await Promise.race([this.exited, late]);
+                clearTimeout(timer);
+                if (r === "late")
+                    this.signal("SIGKILL");
+            }
+            return await this.exited;
         }
-        return this.exited;
+        finally {
+            clearInterval(keepAlive);
+        }
     }
     /** SIGKILL: no chance to clean anything up. */
     async kill() {
-        this.signal("SIGKILL");
-        return this.exited;
+        const keepAlive = setInterval(() => undefined, 1_000);
+        try {
+            this.signal("SIGKILL");
+            return await this.exited;
+        }
+        finally {
+            clearInterval(keepAlive);
+        }
     }
     /** For `console.log`. */
     toString() {

@@ -417,23 +417,35 @@ export class NodeProcess {
 
   /** SIGTERM, then SIGKILL after `timeoutMs`; resolves with the exit code (or signal). */
   async terminate(timeoutMs = 10_000): Promise<number | string> {
-    if (this.alive) {
-      this.signal("SIGTERM");
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<"late">((ok) => {
-        timer = setTimeout(() => ok("late"), timeoutMs);
-      });
-      const r = await Promise.race([this.exited, late]);
-      clearTimeout(timer);
-      if (r === "late") this.signal("SIGKILL");
+    // The child is unref'd: while we wait for it, something must keep the
+    // event loop alive, or the wait ends with the loop, unresolved.
+    const keepAlive = setInterval(() => undefined, 1_000);
+    try {
+      if (this.alive) {
+        this.signal("SIGTERM");
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<"late">((ok) => {
+          timer = setTimeout(() => ok("late"), timeoutMs);
+        });
+        const r = await Promise.race([this.exited, late]);
+        clearTimeout(timer);
+        if (r === "late") this.signal("SIGKILL");
+      }
+      return await this.exited;
+    } finally {
+      clearInterval(keepAlive);
     }
-    return this.exited;
   }
 
   /** SIGKILL: no chance to clean anything up. */
   async kill(): Promise<number | string> {
-    this.signal("SIGKILL");
-    return this.exited;
+    const keepAlive = setInterval(() => undefined, 1_000);
+    try {
+      this.signal("SIGKILL");
+      return await this.exited;
+    } finally {
+      clearInterval(keepAlive);
+    }
   }
 
   /** For `console.log`. */
