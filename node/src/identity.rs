@@ -20,6 +20,9 @@ pub const AMID_PREFIX: &str = "am";
 /// Version byte of the current AMID format.
 pub const AMID_VERSION: u8 = 1;
 const AMID_RAW_LEN: usize = 1 + 32 + 4;
+/// Multicodec prefix of an Ed25519 public key (`ed25519-pub`, varint
+/// `0xed`), as `did:key` writes it.
+const MULTICODEC_ED25519_PUB: [u8; 2] = [0xed, 0x01];
 
 /// Errors parsing an AMID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +115,15 @@ impl Amid {
             return false;
         };
         key.verify_strict(&[domain, msg].concat(), &sig).is_ok()
+    }
+
+    /// The same key as a `did:key` DID (`did:key:z6Mk…`): the multicodec
+    /// `ed25519-pub` prefix and the key, in base58btc multibase.
+    pub fn did_key(&self) -> String {
+        let mut raw = Vec::with_capacity(MULTICODEC_ED25519_PUB.len() + self.0.len());
+        raw.extend_from_slice(&MULTICODEC_ED25519_PUB);
+        raw.extend_from_slice(&self.0);
+        format!("did:key:z{}", bs58::encode(raw).into_string())
     }
 
     /// A short form for logs: the first 10 characters.
@@ -269,6 +281,17 @@ impl Identity {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn did_key_matches_the_did_key_test_vector() {
+        // did:key test vectors (w3c-ccg/did-method-key, ed25519-x25519.json):
+        // the key of the all-zero seed.
+        let amid = Identity::from_seed(&[0; 32]).amid();
+        assert_eq!(
+            amid.did_key(),
+            "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+        );
+    }
 
     #[test]
     fn peer_id_matches_libp2p_key() {

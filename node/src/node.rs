@@ -612,6 +612,9 @@ pub struct NodeStatus {
     pub amid: Amid,
     /// Our key fingerprint.
     pub fingerprint: String,
+    /// Our key as a `did:key` DID ([`Amid::did_key`]).
+    #[serde(default)]
+    pub did: String,
     /// Network state.
     #[serde(flatten)]
     pub net: NetStatus,
@@ -1622,6 +1625,7 @@ impl Node {
         NodeStatus {
             amid: self.shared.amid,
             fingerprint: self.fingerprint(),
+            did: self.shared.amid.did_key(),
             net,
             sessions,
             known_peers,
