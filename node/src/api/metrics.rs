@@ -64,6 +64,29 @@ impl Counters {
         c.fetch_add(1, Relaxed);
     }
 
+    /// The delivery latency histogram as the dashboard plots it: the count
+    /// in each bucket (not cumulative) with its upper bound in ms, the last
+    /// bucket unbounded (`le_ms` null), then the count and sum.
+    pub(super) fn latency_json(&self) -> serde_json::Value {
+        let count = self.latency_count.load(Relaxed);
+        let mut below = 0;
+        let mut buckets: Vec<serde_json::Value> = LATENCY_BUCKETS_MS
+            .iter()
+            .zip(&self.latency)
+            .map(|(bound, c)| {
+                let n = c.load(Relaxed);
+                below += n;
+                serde_json::json!({ "le_ms": bound, "count": n })
+            })
+            .collect();
+        buckets.push(serde_json::json!({ "le_ms": null, "count": count.saturating_sub(below) }));
+        serde_json::json!({
+            "buckets": buckets,
+            "count": count,
+            "sum_ms": self.latency_sum_ms.load(Relaxed),
+        })
+    }
+
     /// The delivery latency histogram, in the exposition format.
     fn render_latency(&self, out: &mut String) {
         let name = "agentmesh_delivery_latency_seconds";
@@ -220,6 +243,17 @@ mod tests {
             knocked: false,
             latency_ms: None,
         });
+        let json = c.latency_json();
+        assert_eq!(json["count"], 3);
+        assert_eq!(json["sum_ms"], 2_033);
+        let counts: Vec<u64> = json["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(json["buckets"][12]["le_ms"], serde_json::Value::Null);
         let mut out = String::new();
         c.render_latency(&mut out);
         let name = "agentmesh_delivery_latency_seconds";

@@ -39,6 +39,8 @@ mod inbox;
 mod metrics;
 pub mod openapi;
 mod routes;
+mod standing;
+mod timeseries;
 
 /// File in the data directory that tells clients where the API is.
 pub const INFO_FILE: &str = "api.json";
@@ -298,6 +300,10 @@ struct Ctx {
     dashboard: dashboard::Logins,
     /// Counters for `/metrics`.
     metrics: metrics::Counters,
+    /// The last hour, minute by minute, for the dashboard's plots.
+    timeseries: std::sync::Mutex<timeseries::Timeseries>,
+    /// This agent's standing with its registry, as last looked up.
+    standing: std::sync::Mutex<standing::StandingCache>,
 }
 
 /// What the local API serves, and where.
@@ -400,6 +406,8 @@ impl LocalApi {
             url: std::sync::OnceLock::new(),
             dashboard: dashboard::Logins::default(),
             metrics: metrics::Counters::default(),
+            timeseries: Default::default(),
+            standing: Default::default(),
         });
         let mut tasks = Vec::new();
 
@@ -417,6 +425,10 @@ impl LocalApi {
                     match e {
                         Ok(e) => {
                             ctx.metrics.count(&e);
+                            ctx.timeseries
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .handle_event(now, &e);
                             let v = serde_json::to_value(&e).unwrap_or_else(
                                 |err| json!({"event": "unencodable", "error": err.to_string()}),
                             );

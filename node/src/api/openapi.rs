@@ -353,6 +353,54 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 json!({ "url": { "type": "string" }, "expires_in_s": { "type": "integer" } }),
             ),
         },
+        ("GET", "/v1/stats/timeseries") => Op {
+            summary: "The last hour minute by minute (messages by path, KNOCK decisions) and the delivery latency histogram",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["now_ms", "minute_ms", "minutes", "latency"],
+                json!({
+                    "now_ms": { "type": "integer" },
+                    "minute_ms": { "type": "integer" },
+                    "minutes": {
+                        "type": "array", "minItems": 60, "maxItems": 60,
+                        "description": "Oldest first; the last is the current minute",
+                        "items": obj(&["start_ms", "sent", "received", "knocks"], json!({
+                            "start_ms": { "type": "integer" },
+                            "sent": r("ByPath"), "received": r("ByPath"),
+                            "knocks": obj(&["accepted", "rejected"], json!({
+                                "accepted": { "type": "integer" }, "rejected": { "type": "integer" }
+                            }))
+                        }))
+                    },
+                    "latency": obj(&["buckets", "count", "sum_ms"], json!({
+                        "buckets": {
+                            "type": "array",
+                            "description": "Deliveries per bucket (not cumulative), up to le_ms; the last has no bound",
+                            "items": obj(&["le_ms", "count"], json!({
+                                "le_ms": { "type": ["integer", "null"] }, "count": { "type": "integer" }
+                            }))
+                        },
+                        "count": { "type": "integer" }, "sum_ms": { "type": "integer" }
+                    }))
+                }),
+            ),
+        },
+        ("GET", "/v1/registry/standing") => Op {
+            summary: "This agent's tier and reputation at its registry, from a cache (looked up again in the background when stale)",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["state", "checked_ms"],
+                json!({
+                    "state": { "enum": ["checking", "not_configured", "registered", "not_registered", "unknown"] },
+                    "tier": { "enum": ["anonymous", "verified", "organization"] },
+                    "reputation": { "type": "number" },
+                    "error": { "type": "string" },
+                    "checked_ms": { "type": ["integer", "null"] }
+                }),
+            ),
+        },
         ("GET", "/metrics") => Op {
             summary: "Counters and gauges in the Prometheus text format",
             body: None,
@@ -406,8 +454,14 @@ fn components() -> Value {
                 "id": { "type": "integer" }, "ts_ms": { "type": "integer" },
                 "event": obj(&["event"], json!({ "event": { "type": "string" } }))
             })),
-            "Status": obj(&["amid", "fingerprint", "sessions", "known_peers"], json!({
+            "ByPath": obj(&["direct-quic", "direct-tcp", "direct-webrtc", "relayed", "mailbox", "other"], json!({
+                "direct-quic": { "type": "integer" }, "direct-tcp": { "type": "integer" },
+                "direct-webrtc": { "type": "integer" }, "relayed": { "type": "integer" },
+                "mailbox": { "type": "integer" }, "other": { "type": "integer" }
+            })),
+            "Status": obj(&["amid", "fingerprint", "did", "sessions", "known_peers"], json!({
                 "amid": { "type": "string" }, "fingerprint": { "type": "string" },
+                "did": { "type": "string", "description": "The agent's key as a did:key DID" },
                 "sessions": { "type": "array" }, "known_peers": { "type": "array" }
             })),
         }

@@ -147,6 +147,12 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
             "/v1/dashboard/link",
             post(super::dashboard::link),
         ),
+        (Method::GET, "/v1/stats/timeseries", get(timeseries)),
+        (
+            Method::GET,
+            "/v1/registry/standing",
+            get(super::standing::route),
+        ),
         (Method::GET, "/metrics", get(metrics)),
         (Method::GET, "/", get(super::dashboard::page)),
         (
@@ -612,6 +618,21 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn timeseries(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let now = agentmesh_dht::now_ms();
+    let minutes = ctx
+        .timeseries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot(now);
+    Ok(Json(json!({
+        "now_ms": now,
+        "minute_ms": super::timeseries::MINUTE_MS,
+        "minutes": minutes,
+        "latency": ctx.metrics.latency_json(),
+    })))
 }
 
 async fn reload_policy(State(ctx): State<Arc<Ctx>>) -> Answer {
