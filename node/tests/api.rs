@@ -965,3 +965,220 @@ async fn the_dashboard_logs_in_once_and_metrics_and_policy_are_served() {
     );
     alice_api.stop().await;
 }
+
+/// Waits until the API's event log holds an event for which `matches` is
+/// true: the API has then counted it (its counters and plots are fed before
+/// its log).
+async fn wait_event(c: &mut Client, what: &str, matches: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut since = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what} event within {WAIT:?}"
+        );
+        let page = ok(
+            c,
+            Method::GET,
+            &format!("/v1/events?since={since}&wait_ms=5000&limit=1000"),
+            None,
+        )
+        .await;
+        if page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| matches(&e["event"]))
+        {
+            return;
+        }
+        since = page["last_id"].as_u64().unwrap_or(since);
+    }
+}
+
+/// Sums `f` over the minutes of a timeseries answer.
+fn over_minutes(t: &Value, f: impl Fn(&Value) -> u64) -> u64 {
+    t["minutes"].as_array().unwrap().iter().map(f).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeseries_counts_messages_by_path_knocks_and_latency() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await && bob.wait_published(WAIT).await);
+    let alice_api = api(&alice, &dir.path().join("alice")).await;
+    let bob_api = api(&bob, &dir.path().join("bob")).await;
+    let mut a = Client::connect(&dir.path().join("alice")).await.unwrap();
+    let mut b = Client::connect(&dir.path().join("bob")).await.unwrap();
+    let bob_amid = bob.amid().to_string();
+
+    // Nothing yet: sixty empty minutes, one after the other, up to now.
+    let t = ok(&mut a, Method::GET, "/v1/stats/timeseries", None).await;
+    let minutes = t["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let starts: Vec<u64> = minutes
+        .iter()
+        .map(|m| m["start_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[1] == w[0] + 60_000),
+        "{starts:?}"
+    );
+    let now = t["now_ms"].as_u64().unwrap();
+    assert!(starts[59] <= now && now < starts[59] + 60_000);
+    assert_eq!(t["latency"]["count"], 0);
+    assert_eq!(
+        over_minutes(&t, |m| m["sent"]["direct-quic"].as_u64().unwrap()),
+        0
+    );
+
+    // Three messages from alice to bob, the first in the KNOCK.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let sent = ok(
+            &mut a,
+            Method::POST,
+            "/v1/send",
+            Some(json!({"to": bob_amid, "payload": {"n": n}})),
+        )
+        .await;
+        assert_eq!(sent["receipt"]["path"], "direct_quic");
+        ids.push(sent["receipt"]["id"].as_str().unwrap().to_owned());
+    }
+    // A KNOCK bob refuses: the bootstrap node is blocked.
+    ok(
+        &mut b,
+        Method::POST,
+        "/v1/block",
+        Some(json!({"amid": boot.amid().to_string()})),
+    )
+    .await;
+    let refused = tokio::time::timeout(WAIT, boot.send(&bob.amid(), json!("hi")))
+        .await
+        .expect("answered in time");
+    assert!(refused.is_err(), "{refused:?}");
+
+    for id in &ids {
+        wait_event(&mut a, "delivered", |e| {
+            e["event"] == "delivered" && e["id"] == id.as_str()
+        })
+        .await;
+        wait_event(&mut b, "message_received", |e| {
+            e["event"] == "message_received" && e["id"] == id.as_str()
+        })
+        .await;
+    }
+    wait_event(&mut b, "refused KNOCK", |e| {
+        e["event"] == "knock_decided" && e["accepted"] == false
+    })
+    .await;
+
+    let sum =
+        |t: &Value, side: &str, path: &str| over_minutes(t, |m| m[side][path].as_u64().unwrap());
+    let knocks = |t: &Value, d: &str| over_minutes(t, |m| m["knocks"][d].as_u64().unwrap());
+    // Alice: three sent direct over QUIC, each with its latency.
+    let t = ok(&mut a, Method::GET, "/v1/stats/timeseries", None).await;
+    assert_eq!(sum(&t, "sent", "direct-quic"), 3, "{t}");
+    for path in ["relayed", "mailbox", "direct-webrtc"] {
+        assert_eq!(sum(&t, "sent", path), 0, "{path}");
+    }
+    assert_eq!(sum(&t, "received", "direct-quic"), 0);
+    assert_eq!((knocks(&t, "accepted"), knocks(&t, "rejected")), (0, 0));
+    let latency = &t["latency"];
+    assert_eq!(latency["count"], 3, "{latency}");
+    let buckets = latency["buckets"].as_array().unwrap();
+    assert_eq!(
+        buckets
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        3
+    );
+    // Loopback: every delivery well under the last bound.
+    assert!(buckets.last().unwrap()["le_ms"].is_null());
+    assert_eq!(buckets.last().unwrap()["count"], 0);
+    let bounds: Vec<u64> = buckets[..buckets.len() - 1]
+        .iter()
+        .map(|b| b["le_ms"].as_u64().unwrap())
+        .collect();
+    assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+
+    // Bob: three received, one KNOCK accepted and one refused, no latency
+    // (he sent nothing).
+    let t = ok(&mut b, Method::GET, "/v1/stats/timeseries", None).await;
+    assert_eq!(sum(&t, "received", "direct-quic"), 3, "{t}");
+    assert_eq!(sum(&t, "sent", "direct-quic"), 0);
+    assert_eq!((knocks(&t, "accepted"), knocks(&t, "rejected")), (1, 1));
+    assert_eq!(t["latency"]["count"], 0);
+
+    alice_api.stop().await;
+    bob_api.stop().await;
+}
+
+/// Asks `/v1/registry/standing` until it is no longer `checking`; every
+/// answer must come at once, whatever the registry does.
+async fn standing(c: &mut Client) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let asked = std::time::Instant::now();
+        let s = ok(c, Method::GET, "/v1/registry/standing", None).await;
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the standing is answered from the cache, at once"
+        );
+        if s["state"] != "checking" {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still checking");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_names_the_did_and_the_registry_standing_never_blocks() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    // No registry.
+    let alice = node(dir.path(), "alice", None).await;
+    let alice_api = api(&alice, &dir.path().join("alice")).await;
+    let mut a = Client::connect(&dir.path().join("alice")).await.unwrap();
+    let status = ok(&mut a, Method::GET, "/v1/status", None).await;
+    let did = status["status"]["did"].as_str().unwrap();
+    assert_eq!(did, alice.amid().did_key());
+    assert!(did.starts_with("did:key:z6Mk"), "{did}");
+    let s = standing(&mut a).await;
+    assert_eq!(s["state"], "not_configured", "{s}");
+    assert!(s["checked_ms"].as_u64().is_some());
+
+    // A registry nobody answers at (a closed port): "unknown", with why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nobody = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let mut config = config();
+    config.registry = Some(
+        format!("/ip4/127.0.0.1/tcp/{port}/p2p/{nobody}")
+            .parse()
+            .unwrap(),
+    );
+    let bob = Node::builder(config)
+        .data_dir(dir.path().join("bob"))
+        .passphrase(Passphrase::new("bob"))
+        .spawn()
+        .await
+        .expect("node starts");
+    let bob_api = api(&bob, &dir.path().join("bob")).await;
+    let mut b = Client::connect(&dir.path().join("bob")).await.unwrap();
+    let s = standing(&mut b).await;
+    assert_eq!(s["state"], "unknown", "{s}");
+    assert!(s["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+    assert!(s.get("tier").is_none());
+
+    alice_api.stop().await;
+    bob_api.stop().await;
+}
