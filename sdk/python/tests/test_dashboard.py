@@ -7,6 +7,7 @@ Skipped, with the reason, when Playwright or Chromium is missing; with
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -140,3 +141,50 @@ def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> No
             link.split("/login")[0] + "/v1/status", headers={"Origin": "http://evil.example"}
         )
         assert foreign.status == 403
+
+
+def test_the_overview_shows_the_did_the_registry_standing_and_plots(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    with LocalMesh(n=2) as mesh:
+        alice, bob = mesh.agents
+        registered = bob.register("bob")
+        # A message each way: bob's node receives one (after a KNOCK it
+        # accepts) and sends one (whose delivery latency it measures).
+        assert alice.send(bob, {"text": "hello bob"}).path == "direct_quic"
+        assert bob.send(alice, {"text": "hello alice"}).path == "direct_quic"
+
+        page.goto(bob.dashboard_link().url)
+        expect(page.get_by_test_id("amid")).to_have_text(bob.amid)
+
+        # Identity: the did:key the node reports, and the registry's word on
+        # bob (fetched by the node in the background, then shown).
+        did = bob.status()["did"]
+        assert isinstance(did, str) and did.startswith("did:key:z6Mk")
+        expect(page.get_by_test_id("did")).to_have_text(did)
+        expect(page.get_by_test_id("tier")).to_have_text(str(registered["tier"]))
+        expect(page.get_by_test_id("reputation")).to_have_text(re.compile(r"^[01]\.\d\d$"))
+
+        # The plots: drawn, with the message each way, the delivery and the
+        # accepted KNOCK in them.
+        some = re.compile(r"^[1-9]\d*$")
+        messages = page.locator("#plot-messages")
+        expect(messages).to_have_attribute("data-total", re.compile(r"^([2-9]|\d{2,})$"))
+        expect(messages.locator('rect[data-series="direct-quic"]').first).to_be_visible()
+        expect(page.locator("#legend-messages")).to_contain_text("relayed")
+        latency = page.locator("#plot-latency")
+        expect(latency).to_have_attribute("data-total", some)
+        expect(latency.locator("rect.bar").first).to_be_visible()
+        expect(page.locator("#latency-summary")).to_contain_text("delivered, mean")
+        knocks = page.locator("#plot-knocks")
+        expect(knocks).to_have_attribute("data-total", some)
+        expect(knocks.locator('rect[data-series="accepted"]').first).to_be_visible()
+        assert knocks.locator('rect[data-series="rejected"]').count() == 0
+
+        # A message after the page opened reaches the plot through the
+        # event stream.
+        before = int(messages.get_attribute("data-total") or "0")
+        alice.send(bob, {"text": "once more"})
+        expect(messages).to_have_attribute("data-total", str(before + 1))
+        expect(page.get_by_test_id("error")).to_have_text("")
+        shoot(page, "overview")
