@@ -459,6 +459,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/registry/standing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This agent's tier and reputation at its registry, from a cache (looked up again in the background when stale) */
+        get: operations["get_v1_registry_standing"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/reply": {
         parameters: {
             query?: never;
@@ -527,6 +544,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/stats/timeseries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The last hour minute by minute (messages by path, KNOCK decisions) and the delivery latency histogram */
+        get: operations["get_v1_stats_timeseries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/status": {
         parameters: {
             query?: never;
@@ -565,6 +599,14 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        ByPath: {
+            "direct-quic": number;
+            "direct-tcp": number;
+            "direct-webrtc": number;
+            mailbox: number;
+            other: number;
+            relayed: number;
+        };
         Error: {
             error: {
                 /** @enum {unknown} */
@@ -604,6 +646,8 @@ export interface components {
         };
         Status: {
             amid: string;
+            /** @description The agent's key as a did:key DID */
+            did: string;
             fingerprint: string;
             known_peers: unknown[];
             sessions: unknown[];
@@ -1597,6 +1641,43 @@ export interface operations {
             };
         };
     };
+    get_v1_registry_standing: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        checked_ms: number | null;
+                        error?: string;
+                        reputation?: number;
+                        /** @enum {unknown} */
+                        state: "checking" | "not_configured" | "registered" | "not_registered" | "unknown";
+                        /** @enum {unknown} */
+                        tier?: "anonymous" | "verified" | "organization";
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     post_v1_reply: {
         parameters: {
             query?: never;
@@ -1736,6 +1817,57 @@ export interface operations {
                 content: {
                     "application/json": {
                         sessions: Record<string, never>[];
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_v1_stats_timeseries: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        latency: {
+                            /** @description Deliveries per bucket (not cumulative), up to le_ms; the last has no bound */
+                            buckets: {
+                                count: number;
+                                le_ms: number | null;
+                            }[];
+                            count: number;
+                            sum_ms: number;
+                        };
+                        minute_ms: number;
+                        /** @description Oldest first; the last is the current minute */
+                        minutes: {
+                            knocks: {
+                                accepted: number;
+                                rejected: number;
+                            };
+                            received: components["schemas"]["ByPath"];
+                            sent: components["schemas"]["ByPath"];
+                            start_ms: number;
+                        }[];
+                        now_ms: number;
                     };
                 };
             };
