@@ -1,9 +1,15 @@
 //! Registry throughput over HTTP on loopback: register, lookup and search
 //! requests per second against a registry on a sled database in a
 //! temporary directory (every state change flushed to disk before the
-//! answer).
+//! answer), or on PostgreSQL.
 //!
-//! `cargo run --release -p agentmesh-bootstrap --example registry_bench -- [agents] [concurrency] [--hold]`
+//! `cargo run --release -p agentmesh-bootstrap --example registry_bench -- [agents] [concurrency] [--database postgres://…] [--nodes N] [--hold]`
+//!
+//! With `--database` the registry runs on that PostgreSQL database (its
+//! registry tables must be empty: use a fresh database); with `--nodes N`
+//! (needs `--database`) N registries in this process share it, each with
+//! its own HTTP server, and the clients spread their requests over them
+//! in turn.
 //!
 //! With `--hold` the registry keeps serving, with its agents, after the
 //! runs until Ctrl-C, and the bench prints a lookup and a search URL, so
@@ -78,9 +84,24 @@ async fn run(
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let database = flag("--database");
+    let nodes: usize = flag("--nodes").and_then(|n| n.parse().ok()).unwrap_or(1);
+    assert!(
+        nodes == 1 || database.is_some(),
+        "--nodes above 1 needs a shared --database"
+    );
+    let args: Vec<usize> = argv
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !matches!(argv[i - 1].as_str(), "--database" | "--nodes"))
+        .filter_map(|(_, a)| a.parse().ok())
         .collect();
     let agents = args.first().copied().unwrap_or(2000);
     let concurrency = args.get(1).copied().unwrap_or(16);
@@ -91,14 +112,39 @@ async fn main() {
     settings.http_rate = RateLimit::new(u32::MAX, u32::MAX);
     settings.prekey_rate = RateLimit::new(u32::MAX, u32::MAX);
     settings.http_max_in_flight = 65_536;
-    let registry =
-        Registry::open(dir.path(), &Passphrase::new("bench"), settings).expect("registry");
-    let server = HttpServer::spawn(registry, "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("server");
-    let base = format!("http://{}", server.addr);
+    settings.database = database.clone();
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let registry = Registry::open(
+            &dir.path().join(format!("node{i}")),
+            &Passphrase::new("bench"),
+            settings.clone(),
+        )
+        .expect("registry");
+        let server = HttpServer::spawn(registry, "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("server");
+        servers.push(server);
+    }
+    let bases: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.addr))
+        .collect();
+    let base = |i: usize| bases[i % bases.len()].as_str();
     let client: Http = Client::builder(TokioExecutor::new()).build_http();
-    println!("registry bench: {agents} agents, {concurrency} concurrent clients, {base}");
+    println!(
+        "registry bench: {agents} agents, {concurrency} concurrent clients, {} on {}",
+        if nodes == 1 {
+            "one registry".to_owned()
+        } else {
+            format!("{nodes} registries")
+        },
+        if database.is_some() {
+            "PostgreSQL"
+        } else {
+            "sled"
+        },
+    );
 
     let ids: Vec<Identity> = (0..agents).map(|_| Identity::generate()).collect();
     let caps = [
@@ -119,7 +165,7 @@ async fn main() {
             let req = SignedRequest::sign(id, op, now).expect("sign");
             (
                 "POST",
-                format!("{base}/v1/registry/register"),
+                format!("{}/v1/registry/register", base(i)),
                 serde_json::to_vec(&req).expect("json"),
             )
         })
@@ -128,10 +174,11 @@ async fn main() {
 
     let lookup: Vec<_> = ids
         .iter()
-        .map(|id| {
+        .enumerate()
+        .map(|(i, id)| {
             (
                 "GET",
-                format!("{base}/v1/registry/lookup?amid={}", id.amid()),
+                format!("{}/v1/registry/lookup?amid={}", base(i + 1), id.amid()),
                 Vec::new(),
             )
         })
@@ -143,7 +190,8 @@ async fn main() {
             (
                 "GET",
                 format!(
-                    "{base}/v1/registry/search?capability={}&limit=20",
+                    "{}/v1/registry/search?capability={}&limit=20",
+                    base(i),
                     caps[i % caps.len()].split('/').next().unwrap_or("weather")
                 ),
                 Vec::new(),
@@ -153,12 +201,18 @@ async fn main() {
     run("search", &client, search, concurrency).await;
     if std::env::args().any(|a| a == "--hold") {
         println!(
-            "lookup URL: {base}/v1/registry/lookup?amid={}",
+            "lookup URL: {}/v1/registry/lookup?amid={}",
+            base(0),
             ids[0].amid()
         );
-        println!("search URL: {base}/v1/registry/search?capability=weather&limit=20");
+        println!(
+            "search URL: {}/v1/registry/search?capability=weather&limit=20",
+            base(0)
+        );
         println!("serving until Ctrl-C");
         let _ = tokio::signal::ctrl_c().await;
     }
-    server.shutdown().await;
+    for server in servers {
+        server.shutdown().await;
+    }
 }

@@ -454,7 +454,7 @@ async fn health(State(state): State<AppState>) -> Response {
             Ok(()) => "ok".into(),
             Err(e) => format!("error: {e}"),
         },
-        agents: state.registry.store().agents.len(),
+        agents: state.registry.store().agents.len().unwrap_or(0),
         root: state.registry.root_amid(),
         version: env!("CARGO_PKG_VERSION"),
     };

@@ -45,6 +45,7 @@ pub mod oauth;
 pub mod operator;
 pub mod p2p;
 pub mod registry;
+pub mod storage;
 pub mod translog;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

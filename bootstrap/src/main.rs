@@ -47,6 +47,11 @@ struct Cli {
     /// Do not run the registry, only the bootstrap node.
     #[arg(long)]
     no_registry: bool,
+    /// PostgreSQL URL of a registry database shared with other bootstrap
+    /// nodes (`postgres://user:password@host/db`). Defaults to an embedded
+    /// database in the data directory.
+    #[arg(long, env = "AGENTMESH_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
     /// UDP address of a STUN binding server to run (for WebRTC ICE), e.g.
     /// `0.0.0.0:3478`. Defaults to none.
     #[arg(long)]
@@ -135,6 +140,8 @@ struct RegistryFile {
     p2p_rate: RateLimit,
     /// HTTP requests served at once.
     http_max_in_flight: usize,
+    /// PostgreSQL URL of a shared registry database (none: embedded).
+    database: Option<String>,
 }
 
 impl Default for RegistryFile {
@@ -151,6 +158,7 @@ impl Default for RegistryFile {
             prekey_rate: DEFAULT_PREKEY_RATE,
             p2p_rate: DEFAULT_HTTP_RATE,
             http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
+            database: None,
         }
     }
 }
@@ -281,6 +289,7 @@ async fn main() -> Result<()> {
         settings.prekey_rate = r.prekey_rate;
         settings.p2p_rate = r.p2p_rate;
         settings.http_max_in_flight = r.http_max_in_flight;
+        settings.database = cli.database.clone().or_else(|| r.database.clone());
         let mut running =
             agentmesh_bootstrap::start_registry(&node, &data_dir, &pass, settings, http)
                 .await

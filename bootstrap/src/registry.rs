@@ -56,7 +56,7 @@ use tracing::info;
 use agentmesh_node::{
     cert::CertError,
     identity::Identity,
-    keystore::{KdfParams, Keystore, KeystoreError},
+    keystore::{KdfParams, Keystore, KeystoreError, KEYSTORE_FILE},
     ratelimit::RateLimit,
     registry::{
         check_capabilities, Operation, RegistryError as WireError, RequestBody, SignedRequest,
@@ -65,7 +65,10 @@ use agentmesh_node::{
     Amid, Node, Passphrase,
 };
 
-use crate::translog::{LogError, TransLog};
+use crate::{
+    storage::Database,
+    translog::{LogError, TransLog},
+};
 
 pub use agents::{AgentView, KeyBinding, Registered, Stats, TierCounts, Updated};
 pub use issuance::{
@@ -174,6 +177,7 @@ impl RegistryError {
             Self::TooLarge => "payload_too_large",
             Self::OAuth(e) => e.code(),
             Self::OutOfRange(_) => "out_of_range",
+            Self::Store(StoreError::Postgres(_)) => "database_unavailable",
             Self::Store(_) => "internal",
             Self::RateLimited { .. } => "rate_limited",
             Self::Busy => "busy",
@@ -195,6 +199,7 @@ impl RegistryError {
             Self::NotConfigured(_) => 501,
             Self::OAuth(e) if e.is_client_error() => 400,
             Self::OAuth(_) => 502,
+            Self::Store(StoreError::Postgres(_)) => 503,
             Self::Store(_) => 500,
             Self::RateLimited { .. } => 429,
             Self::Busy => 503,
@@ -229,7 +234,7 @@ impl From<LogError> for RegistryError {
 /// A transparency-log failure other than a range error, as storage failure.
 fn log_store_error(e: LogError) -> StoreError {
     match e {
-        LogError::Storage(e) => StoreError::Db(e),
+        LogError::Storage(e) => e,
         other => StoreError::Corrupt {
             tree: "translog",
             message: other.to_string(),
@@ -321,6 +326,10 @@ pub struct RegistrySettings {
     /// HTTP requests served at once; further ones are answered at once with
     /// `503 busy`. Defaults to [`DEFAULT_HTTP_MAX_IN_FLIGHT`].
     pub http_max_in_flight: usize,
+    /// PostgreSQL URL (`postgres://user@host/db`) of a database shared with
+    /// other bootstrap nodes. Defaults to none: an embedded sled database
+    /// under `<data dir>/registry`.
+    pub database: Option<String>,
 }
 
 /// Default [`RegistrySettings::http_rate`] and
@@ -349,6 +358,7 @@ impl Default for RegistrySettings {
             p2p_rate: DEFAULT_HTTP_RATE,
             rate_max_clients: DEFAULT_RATE_MAX_CLIENTS,
             http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
+            database: None,
         }
     }
 }
@@ -366,6 +376,13 @@ pub enum OpenError {
     /// The root keystore holds no valid Ed25519 key.
     #[error("invalid root key")]
     InvalidRootKey,
+    /// The shared database names another root key than this node's.
+    #[error(
+        "the database's registry root key differs from the one in {0}: every bootstrap \
+         node of one registry signs with one root (move that keystore away to adopt the \
+         database's)"
+    )]
+    RootMismatch(std::path::PathBuf),
 }
 
 struct Inner {
@@ -460,6 +477,78 @@ pub struct RootInfo {
     pub revocation_namespace_prefix: &'static str,
 }
 
+/// Key in `meta` of the root keystore (encrypted) shared by the bootstrap
+/// nodes of one database.
+const SHARED_ROOT_KEY: &[u8] = b"root_keystore";
+
+/// Writes the database's root keystore to `root_dir` when this node has
+/// none yet, so a second bootstrap node joins with the same root.
+fn adopt_shared_root(store: &Store, root_dir: &Path) -> Result<(), OpenError> {
+    let path = root_dir.join(KEYSTORE_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(bytes) = store.meta.get(SHARED_ROOT_KEY)? {
+        write_keystore(&path, &bytes)?;
+        info!(path = %path.display(), "adopted the registry root key of the shared database");
+    }
+    Ok(())
+}
+
+/// Stores this node's root keystore in the shared database when it holds
+/// none; a node whose root differs from the database's adopts the
+/// database's if it has just created its own, and refuses to start if not.
+fn publish_root(
+    store: &Store,
+    root_dir: &Path,
+    root: Keystore,
+    created: bool,
+    pass: &Passphrase,
+) -> Result<Keystore, OpenError> {
+    let path = root_dir.join(KEYSTORE_FILE);
+    let local = std::fs::read(&path).map_err(|source| KeystoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    store
+        .meta
+        .compare_and_swap(SHARED_ROOT_KEY, None, Some(&local))?;
+    let shared = store.meta.get(SHARED_ROOT_KEY)?.unwrap_or_default();
+    if shared == local {
+        return Ok(root);
+    }
+    let theirs = Keystore::decrypt(&shared, pass)?;
+    if theirs.identity().amid() == root.identity().amid() {
+        return Ok(root);
+    }
+    if !created {
+        return Err(OpenError::RootMismatch(path));
+    }
+    // Another node created the shared root a moment before this one.
+    write_keystore(&path, &shared)?;
+    info!(root = %theirs.identity().amid(), "adopted the registry root key of the shared database");
+    Ok(theirs)
+}
+
+/// Writes an encrypted keystore readable by its owner only.
+fn write_keystore(path: &Path, bytes: &[u8]) -> Result<(), OpenError> {
+    let io = |source| KeystoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(io)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
 fn random16() -> Result<[u8; 16], RegistryError> {
     let mut s = [0u8; 16];
     getrandom::fill(&mut s).map_err(|e| StoreError::Random(e.to_string()))?;
@@ -474,17 +563,28 @@ impl Registry {
         root_passphrase: &Passphrase,
         settings: RegistrySettings,
     ) -> Result<Self, OpenError> {
-        let (root, created) =
-            Keystore::load_or_create(&dir.join("root"), root_passphrase, settings.kdf)?;
+        let db = match &settings.database {
+            None => Database::open_sled(&dir.join("registry"))?,
+            Some(url) => Database::open_postgres(url)?,
+        };
+        let store = Store::with_database(db)?;
+        let root_dir = dir.join("root");
+        if store.db().is_shared() {
+            adopt_shared_root(&store, &root_dir)?;
+        }
+        let (mut root, created) =
+            Keystore::load_or_create(&root_dir, root_passphrase, settings.kdf)?;
         if created {
             info!(root = %root.identity().amid(), "created registry root key");
+        }
+        if store.db().is_shared() {
+            root = publish_root(&store, &root_dir, root, created, root_passphrase)?;
         }
         let root_key = root
             .identity()
             .amid()
             .verifying_key()
             .map_err(|_| OpenError::InvalidRootKey)?;
-        let store = Store::open(&dir.join("registry"))?;
         let origin_salt = store.secret("origin_salt")?;
         let log = TransLog::open(store.db()).map_err(log_store_error)?;
         Ok(Self {
@@ -573,12 +673,8 @@ impl Registry {
         hex::encode(&h.finalize()[..8])
     }
 
-    fn is_revoked_key(&self, key: &[u8; 32]) -> bool {
-        self.inner
-            .store
-            .revocations
-            .contains_key(key)
-            .unwrap_or(true)
+    fn is_revoked_key(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner.store.revocations.contains_key(key)
     }
 
     fn agent_or_unknown(&self, amid: &Amid) -> Result<AgentRecord, RegistryError> {
@@ -599,8 +695,15 @@ impl Registry {
     /// Writes an agent record; its score inputs change with it.
     fn put_agent(&self, rec: &AgentRecord, old: Option<&AgentRecord>) -> Result<(), RegistryError> {
         self.inner.store.put_agent(rec, old)?;
-        self.inner.scores.invalidate(&[&rec.amid]);
+        self.invalidate_scores(&[&rec.amid])?;
         Ok(())
+    }
+
+    /// Drops the cached score inputs of `amids`, here and (through the
+    /// database's write generation) on every node sharing the database.
+    fn invalidate_scores(&self, amids: &[&Amid]) -> Result<(), StoreError> {
+        self.inner.scores.invalidate(amids);
+        self.inner.store.db().bump_generation()
     }
 
     /// Records `req` in the replay store; refuses it if it was seen.

@@ -1,9 +1,12 @@
 //! The registry's transparency log on disk: an append-only Merkle log
-//! (RFC 9162 hashing, see [`agentmesh_node::transparency`]) kept in sled.
+//! (RFC 9162 hashing, see [`agentmesh_node::transparency`]) kept in the
+//! registry's database ([`crate::storage`]: sled or PostgreSQL).
 //!
 //! Every append stores, in one transaction, the leaf data, the leaf hash ->
 //! index lookup and every perfect subtree hash the leaf completes, so tree
-//! heads and proofs cost `O(log n)` reads and the log survives restarts.
+//! heads and proofs cost `O(log n)` reads and the log survives restarts. On
+//! PostgreSQL, appends of every bootstrap node sharing the database are
+//! serialised by the database, so the log has one sequence.
 //!
 //! ```
 //! use agentmesh_bootstrap::translog::TransLog;
@@ -11,7 +14,7 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let db = sled::open(dir.path())?;
+//! let db = agentmesh_bootstrap::storage::Database::open_sled(dir.path())?;
 //! let log = TransLog::open(&db)?;
 //! let root_key = Identity::generate();
 //!
@@ -31,17 +34,16 @@ use std::sync::Mutex;
 use agentmesh_node::{
     identity::Identity,
     transparency::{
-        complete_subtrees, leaf_hash, prove_consistency, prove_inclusion, tree_root,
-        ConsistencyProof, Hash, InclusionProof, LeafKind, ProofError, ProveError, SignedTreeHead,
-        SubtreeHashes,
+        prove_consistency, prove_inclusion, tree_root, ConsistencyProof, Hash, InclusionProof,
+        LeafKind, ProofError, ProveError, SignedTreeHead, SubtreeHashes,
     },
 };
-use sled::Transactional;
+
+use crate::storage::{log_node_key, Database, StoreError, Tree, LOG_SIZE_KEY};
 
 const LEAVES_TREE: &str = "translog/leaves";
 const NODES_TREE: &str = "translog/nodes";
 const BY_HASH_TREE: &str = "translog/by-hash";
-const SIZE_KEY: &[u8] = b"size";
 /// Largest leaf accepted.
 pub const MAX_LEAF_SIZE: usize = 64 * 1024;
 
@@ -51,7 +53,7 @@ pub const MAX_LEAF_SIZE: usize = 64 * 1024;
 pub enum LogError {
     /// The disk store failed.
     #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     /// A stored value is not what the log wrote.
     #[error("corrupt log: {0}")]
     Corrupt(&'static str),
@@ -66,17 +68,17 @@ pub enum LogError {
 /// The append-only log. Appends are serialized; reads run concurrently.
 #[derive(Debug)]
 pub struct TransLog {
-    leaves: sled::Tree,
-    nodes: sled::Tree,
-    by_hash: sled::Tree,
+    db: Database,
+    leaves: Tree,
+    nodes: Tree,
+    by_hash: Tree,
     append_lock: Mutex<()>,
 }
 
-fn node_key(level: u32, index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = level as u8;
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
+impl From<sled::Error> for LogError {
+    fn from(e: sled::Error) -> Self {
+        LogError::Storage(StoreError::Db(e))
+    }
 }
 
 fn to_hash(v: &[u8]) -> Result<Hash, LogError> {
@@ -85,21 +87,22 @@ fn to_hash(v: &[u8]) -> Result<Hash, LogError> {
 
 impl TransLog {
     /// Opens (or creates) the log in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, LogError> {
+    pub fn open(db: &Database) -> Result<Self, LogError> {
         Ok(Self {
-            leaves: db.open_tree(LEAVES_TREE)?,
-            nodes: db.open_tree(NODES_TREE)?,
-            by_hash: db.open_tree(BY_HASH_TREE)?,
+            db: db.clone(),
+            leaves: db.tree(LEAVES_TREE)?,
+            nodes: db.tree(NODES_TREE)?,
+            by_hash: db.tree(BY_HASH_TREE)?,
             append_lock: Mutex::new(()),
         })
     }
 
     /// Number of leaves.
     pub fn size(&self) -> Result<u64, LogError> {
-        match self.nodes.get(SIZE_KEY)? {
+        match self.nodes.get(LOG_SIZE_KEY)? {
             None => Ok(0),
             Some(v) => Ok(u64::from_be_bytes(
-                v.as_ref()
+                v.as_slice()
                     .try_into()
                     .map_err(|_| LogError::Corrupt("size"))?,
             )),
@@ -116,7 +119,9 @@ impl TransLog {
     /// returns.
     pub fn append_leaf(&self, data: &[u8]) -> Result<u64, LogError> {
         let index = self.append_unflushed(data)?;
-        self.nodes.flush()?;
+        if let Database::Sled(db) = &self.db {
+            db.flush()?;
+        }
         Ok(index)
     }
 
@@ -131,32 +136,16 @@ impl TransLog {
             .append_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let index = self.size()?;
-        let leaf = leaf_hash(data);
-        let hashes = complete_subtrees(index, leaf, |level, i| self.subtree(level, i))?;
-        (&self.leaves, &self.nodes, &self.by_hash)
-            .transaction(|(leaves, nodes, by_hash)| {
-                leaves.insert(&index.to_be_bytes(), data)?;
-                for (level, h) in &hashes {
-                    nodes.insert(&node_key(*level, index >> level), &h[..])?;
-                }
-                if by_hash.get(leaf)?.is_none() {
-                    by_hash.insert(&leaf, &index.to_be_bytes())?;
-                }
-                nodes.insert(SIZE_KEY, &(index + 1).to_be_bytes())?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => LogError::Storage(e),
-                sled::transaction::TransactionError::Abort(()) => LogError::Corrupt("abort"),
-            })?;
+        let index = self
+            .db
+            .append_log(&self.leaves, &self.nodes, &self.by_hash, data)?;
         tracing::debug!(target: "agentmesh::translog", index, "appended");
         Ok(index)
     }
 
     /// The leaf data at `index`.
     pub fn leaf(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
-        Ok(self.leaves.get(index.to_be_bytes())?.map(|v| v.to_vec()))
+        Ok(self.leaves.get(index.to_be_bytes())?)
     }
 
     /// Index of the first leaf with hash `leaf` (for proofs by hash).
@@ -164,7 +153,7 @@ impl TransLog {
         match self.by_hash.get(leaf)? {
             None => Ok(None),
             Some(v) => Ok(Some(u64::from_be_bytes(
-                v.as_ref()
+                v.as_slice()
                     .try_into()
                     .map_err(|_| LogError::Corrupt("index"))?,
             ))),
@@ -229,7 +218,7 @@ fn flatten(e: ProveError<LogError>) -> LogError {
 impl SubtreeHashes for TransLog {
     type Error = LogError;
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, LogError> {
-        match self.nodes.get(node_key(level, index))? {
+        match self.nodes.get(log_node_key(level, index))? {
             Some(v) => to_hash(&v),
             None => Err(LogError::Corrupt("missing subtree hash")),
         }
@@ -239,7 +228,7 @@ impl SubtreeHashes for TransLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentmesh_node::transparency::{verify_consistency, MemoryTree};
+    use agentmesh_node::transparency::{leaf_hash, verify_consistency, MemoryTree};
 
     #[test]
     fn appends_prove_and_survive_a_restart() {
@@ -249,7 +238,7 @@ mod tests {
         let mut mem = MemoryTree::default();
         let first_head;
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = Database::open_sled(dir.path()).unwrap();
             let log = TransLog::open(&db).unwrap();
             assert_eq!(log.size().unwrap(), 0);
             for i in 0..13u32 {
@@ -267,10 +256,12 @@ mod tests {
             assert_eq!(first_head.size, 13);
             assert_eq!(first_head.root, mem.root());
             drop(log);
-            db.flush().unwrap();
+            if let Database::Sled(db) = &db {
+                db.flush().unwrap();
+            }
         }
         // Reopen: same contents, appends continue at the next index.
-        let db = sled::open(dir.path()).unwrap();
+        let db = Database::open_sled(dir.path()).unwrap();
         let log = TransLog::open(&db).unwrap();
         assert_eq!(log.size().unwrap(), 13);
         assert_eq!(log.root_at(13).unwrap(), first_head.root);
@@ -322,7 +313,7 @@ mod tests {
     #[test]
     fn concurrent_appends_get_distinct_indices() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Database::open_sled(dir.path()).unwrap();
         let log = std::sync::Arc::new(TransLog::open(&db).unwrap());
         let threads: Vec<_> = (0..4u8)
             .map(|t| {

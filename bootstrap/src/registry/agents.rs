@@ -141,7 +141,7 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Registered, RegistryError> {
         r.check()?;
-        if self.is_revoked_key(signer.as_bytes()) {
+        if self.is_revoked_key(signer.as_bytes())? {
             return Err(RegistryError::Revoked);
         }
         let old = self.inner.store.agent(signer)?;
@@ -253,8 +253,7 @@ impl Registry {
         let (mut agents, mut online, mut revoked) = (0u64, 0u64, 0u64);
         let mut by_tier = TierCounts::default();
         let mut caps: HashSet<String> = HashSet::new();
-        for a in self.inner.store.all_agents() {
-            let a = a?;
+        for a in self.inner.store.all_agents()? {
             agents += 1;
             if a.revoked {
                 revoked += 1;
@@ -277,10 +276,10 @@ impl Registry {
             online,
             revoked,
             capabilities: caps.len(),
-            receipts: s.receipts.len(),
-            ratings: s.feedback.len(),
-            revocations: s.revocations.len(),
-            organizations: s.orgs.len(),
+            receipts: s.receipts.len()?,
+            ratings: s.feedback.len()?,
+            revocations: s.revocations.len()?,
+            organizations: s.orgs.len()?,
         })
     }
 }

@@ -300,7 +300,7 @@ impl Registry {
         if name.is_empty() || name.len() > MAX_ORG_NAME {
             return Err(RegistryError::Invalid("name length".into()));
         }
-        if self.is_revoked_key(signer.as_bytes()) {
+        if self.is_revoked_key(signer.as_bytes())? {
             return Err(RegistryError::Revoked);
         }
         if let Some(o) = self.inner.store.org(&domain)? {
@@ -431,7 +431,9 @@ impl Registry {
         let org_cert = SignedCertificate::from_bytes(&org_bytes)?;
         let chain = CertChain(vec![agent_cert, org_cert]);
         let tier = chain.verify(&agent, &self.root_key(), now_ms, |r| match r {
-            Revocable::Key(k) => self.is_revoked_key(k),
+            // Fails closed: a key whose status cannot be read counts as
+            // revoked.
+            Revocable::Key(k) => self.is_revoked_key(k).unwrap_or(true),
             Revocable::Serial(_) => false,
         })?;
         let mut rec = old.clone();
@@ -453,8 +455,7 @@ impl Registry {
     pub fn org_info(&self, domain: &str) -> Result<OrgInfo, RegistryError> {
         let org = self.org_or_not_found(domain)?;
         let mut agents = Vec::new();
-        for a in self.inner.store.all_agents() {
-            let a = a?;
+        for a in self.inner.store.all_agents()? {
             if a.org.as_deref() == Some(domain) {
                 agents.push(OrgAgent {
                     amid: a.amid,

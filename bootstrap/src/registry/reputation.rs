@@ -171,11 +171,9 @@ impl Registry {
             self.inner
                 .store
                 .receipts_by
-                .insert(store::cat(&[party.as_bytes(), &sid]), &[])?;
+                .insert(store::cat(&[party.as_bytes(), &sid]), [])?;
         }
-        self.inner
-            .scores
-            .invalidate(&[&body.initiator, &body.responder]);
+        self.invalidate_scores(&[&body.initiator, &body.responder])?;
         Ok(ReceiptFiled {
             session_id: body.session_id,
             completed: body.completed,
@@ -236,9 +234,9 @@ impl Registry {
         self.inner
             .store
             .rated_by
-            .insert(store::cat(&[signer.as_bytes(), f.target.as_bytes()]), &[])?;
+            .insert(store::cat(&[signer.as_bytes(), f.target.as_bytes()]), [])?;
         // The target's ratings and, for the mutual rule, whom the signer rated.
-        self.inner.scores.invalidate(&[&f.target, signer]);
+        self.invalidate_scores(&[&f.target, signer])?;
         let score = self.score(&f.target, now_ms)?;
         if score.flagged {
             warn!(target: "agentmesh::registry", amid = %f.target, score = score.score, "rapid reputation change flagged for review");
@@ -294,6 +292,10 @@ impl Registry {
     /// [`super::scores`]); `None` when it is not registered.
     pub(super) fn inputs(&self, amid: &Amid) -> Result<Option<Arc<ScoreInputs>>, StoreError> {
         let cache = &self.inner.scores;
+        if let Some(generation) = self.inner.store.db().generation()? {
+            // Other bootstrap nodes write the same database.
+            cache.sync_shared(generation);
+        }
         match cache.get(amid) {
             Ok(inputs) => Ok(Some(inputs)),
             Err(generation) => {
@@ -355,8 +357,7 @@ impl Registry {
     /// The `limit` best reputations (at most [`MAX_LIMIT`]).
     pub fn leaderboard(&self, limit: usize, now_ms: u64) -> Result<Leaderboard, RegistryError> {
         let mut rows = Vec::new();
-        for a in self.inner.store.all_agents() {
-            let a = a?;
+        for a in self.inner.store.all_agents()? {
             if a.revoked {
                 continue;
             }

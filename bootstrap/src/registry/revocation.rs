@@ -146,7 +146,7 @@ impl Registry {
                 "only the agent itself or its organization may revoke it".into(),
             ));
         }
-        if self.is_revoked_key(subject.as_bytes()) {
+        if self.is_revoked_key(subject.as_bytes())? {
             return Err(RegistryError::Conflict("already revoked".into()));
         }
         let rev = Revocation {

@@ -13,6 +13,11 @@
 //! (the mutual rule depends on whom the subject rated). A generation counter
 //! keeps a read that raced with such a change from storing stale inputs.
 //! The cache is not persisted; after a restart it fills again from disk.
+//!
+//! When several bootstrap nodes share one database, each bumps the
+//! database's write generation after such a change, and a node seeing a
+//! generation other than the one its entries were read under drops them all
+//! ([`ScoreCache::sync_shared`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -64,6 +69,7 @@ impl ScoreInputs {
 #[derive(Debug, Default)]
 struct State {
     generation: u64,
+    shared_generation: Option<u64>,
     entries: HashMap<Amid, Arc<ScoreInputs>>,
 }
 
@@ -105,6 +111,17 @@ impl ScoreCache {
         s.generation = s.generation.wrapping_add(1);
         for a in amids {
             s.entries.remove(*a);
+        }
+    }
+
+    /// Drops every entry unless `shared` is the database's write
+    /// generation the entries were read under (see the module's notes).
+    pub fn sync_shared(&self, shared: u64) {
+        let mut s = self.lock();
+        if s.shared_generation != Some(shared) {
+            s.shared_generation = Some(shared);
+            s.generation = s.generation.wrapping_add(1);
+            s.entries.clear();
         }
     }
 

@@ -1,4 +1,5 @@
-//! Registry storage: sled trees with JSON values.
+//! Registry storage: the trees of [`crate::storage`] (sled or PostgreSQL)
+//! with JSON values.
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -23,28 +24,8 @@ use agentmesh_node::{
     Amid, Tier,
 };
 
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// sled failed.
-    #[error("database: {0}")]
-    Db(#[from] sled::Error),
-    /// A background task failed.
-    #[error("task: {0}")]
-    Task(String),
-    /// The system random source failed.
-    #[error("random source: {0}")]
-    Random(String),
-    /// A stored value does not decode.
-    #[error("corrupt value in {tree}: {message}")]
-    Corrupt {
-        /// The tree.
-        tree: &'static str,
-        /// What failed.
-        message: String,
-    },
-}
+pub use crate::storage::StoreError;
+use crate::storage::{Database, Tree};
 
 /// What the registry knows of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,22 +113,22 @@ pub struct OrgRecord {
     pub registered_ms: u64,
 }
 
-/// The registry's sled trees.
+/// The registry's trees.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
-    pub(crate) agents: sled::Tree,
-    pub(crate) caps: sled::Tree,
-    pub(crate) prekeys: sled::Tree,
-    pub(crate) receipts: sled::Tree,
-    pub(crate) receipts_by: sled::Tree,
-    pub(crate) feedback: sled::Tree,
-    pub(crate) rated_by: sled::Tree,
-    pub(crate) revocations: sled::Tree,
-    pub(crate) orgs: sled::Tree,
-    pub(crate) org_keys: sled::Tree,
-    pub(crate) seen: sled::Tree,
-    pub(crate) meta: sled::Tree,
+    db: Database,
+    pub(crate) agents: Tree,
+    pub(crate) caps: Tree,
+    pub(crate) prekeys: Tree,
+    pub(crate) receipts: Tree,
+    pub(crate) receipts_by: Tree,
+    pub(crate) feedback: Tree,
+    pub(crate) rated_by: Tree,
+    pub(crate) revocations: Tree,
+    pub(crate) orgs: Tree,
+    pub(crate) org_keys: Tree,
+    pub(crate) seen: Tree,
+    pub(crate) meta: Tree,
 }
 
 impl Store {
@@ -155,20 +136,19 @@ impl Store {
     /// disk: what the health check reports.
     pub async fn check(&self) -> Result<(), StoreError> {
         let probe = agentmesh_dht::now_ms().to_be_bytes();
-        self.meta.insert(b"health/probe", &probe)?;
+        self.meta.insert(b"health/probe", probe)?;
         if self.meta.get(b"health/probe")?.as_deref() != Some(&probe[..]) {
             return Err(StoreError::Corrupt {
                 tree: "meta",
                 message: "the health probe did not read back".into(),
             });
         }
-        self.db.flush_async().await?;
-        Ok(())
+        self.db.flush().await
     }
 }
 
 pub(crate) fn get_json<T: DeserializeOwned>(
-    tree: &sled::Tree,
+    tree: &Tree,
     name: &'static str,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
@@ -183,11 +163,7 @@ pub(crate) fn get_json<T: DeserializeOwned>(
     }
 }
 
-pub(crate) fn put_json<T: Serialize>(
-    tree: &sled::Tree,
-    key: &[u8],
-    value: &T,
-) -> Result<(), StoreError> {
+pub(crate) fn put_json<T: Serialize>(tree: &Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         tree: "encode",
         message: e.to_string(),
@@ -201,40 +177,38 @@ pub(crate) fn cat(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) an embedded store in `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        Self::with_database(Database::open_sled(dir)?)
+    }
+
+    /// Opens the store in `db` (sled or PostgreSQL).
+    pub fn with_database(db: Database) -> Result<Self, StoreError> {
         Ok(Self {
-            agents: db.open_tree("agents")?,
-            caps: db.open_tree("caps")?,
-            prekeys: db.open_tree("prekeys")?,
-            receipts: db.open_tree("receipts")?,
-            receipts_by: db.open_tree("receipts_by")?,
-            feedback: db.open_tree("feedback")?,
-            rated_by: db.open_tree("rated_by")?,
-            revocations: db.open_tree("revocations")?,
-            orgs: db.open_tree("orgs")?,
-            org_keys: db.open_tree("org_keys")?,
-            seen: db.open_tree("seen")?,
-            meta: db.open_tree("meta")?,
+            agents: db.tree("agents")?,
+            caps: db.tree("caps")?,
+            prekeys: db.tree("prekeys")?,
+            receipts: db.tree("receipts")?,
+            receipts_by: db.tree("receipts_by")?,
+            feedback: db.tree("feedback")?,
+            rated_by: db.tree("rated_by")?,
+            revocations: db.tree("revocations")?,
+            orgs: db.tree("orgs")?,
+            org_keys: db.tree("org_keys")?,
+            seen: db.tree("seen")?,
+            meta: db.tree("meta")?,
             db,
         })
     }
 
     /// The database (the transparency log keeps its trees in it).
-    pub fn db(&self) -> &sled::Db {
+    pub fn db(&self) -> &Database {
         &self.db
     }
 
-    /// Writes everything to disk.
+    /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        // On the blocking pool: concurrent `flush_async` calls were seen to
-        // stall the runtime under load.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-        Ok(())
+        self.db.flush().await
     }
 
     /// The agent record of `amid`.
@@ -256,7 +230,7 @@ impl Store {
         }
         if !rec.revoked {
             for c in &rec.capabilities {
-                self.caps.insert(cat(&[c.as_bytes(), &[0], key]), &[])?;
+                self.caps.insert(cat(&[c.as_bytes(), &[0], key]), [])?;
             }
         }
         put_json(&self.agents, key, rec)
@@ -266,8 +240,7 @@ impl Store {
     /// (`weather` finds `weather/forecast`).
     pub fn agents_with(&self, capability: &str) -> Result<Vec<Amid>, StoreError> {
         let mut out = Vec::new();
-        for item in self.caps.scan_prefix(capability.as_bytes()) {
-            let (k, _) = item?;
+        for (k, _) in self.caps.scan_prefix(capability.as_bytes())? {
             // Key: capability ‖ 0 ‖ 32-byte agent key (which may hold zeros).
             if k.len() < 33 || k[k.len() - 33] != 0 {
                 continue;
@@ -289,14 +262,17 @@ impl Store {
     }
 
     /// Every agent record.
-    pub fn all_agents(&self) -> impl Iterator<Item = Result<AgentRecord, StoreError>> + '_ {
-        self.agents.iter().map(|item| {
-            let (_, v) = item?;
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                tree: "agents",
-                message: e.to_string(),
+    pub fn all_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agents
+            .entries()?
+            .into_iter()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    tree: "agents",
+                    message: e.to_string(),
+                })
             })
-        })
+            .collect()
     }
 
     /// The stored revocation of `key`.
@@ -317,9 +293,9 @@ impl Store {
     /// Every stored revocation.
     pub fn all_revocations(&self) -> Result<Vec<SignedRevocation>, StoreError> {
         self.revocations
-            .iter()
-            .map(|item| {
-                let (_, v) = item?;
+            .entries()?
+            .into_iter()
+            .map(|(_, v)| {
                 SignedRevocation::from_bytes(&v).map_err(|e| StoreError::Corrupt {
                     tree: "revocations",
                     message: e.to_string(),
@@ -331,8 +307,7 @@ impl Store {
     /// Receipts naming `amid`.
     pub fn receipts_of(&self, amid: &Amid) -> Result<Vec<SessionReceipt>, StoreError> {
         let mut out = Vec::new();
-        for item in self.receipts_by.scan_prefix(amid.as_bytes()) {
-            let (k, _) = item?;
+        for (k, _) in self.receipts_by.scan_prefix(amid.as_bytes())? {
             if let Some(r) = get_json(&self.receipts, "receipts", &k[32..])? {
                 out.push(r);
             }
@@ -343,9 +318,9 @@ impl Store {
     /// Ratings of `target`.
     pub fn feedback_of(&self, target: &Amid) -> Result<Vec<FeedbackRecord>, StoreError> {
         self.feedback
-            .scan_prefix(target.as_bytes())
-            .map(|item| {
-                let (_, v) = item?;
+            .scan_prefix(target.as_bytes())?
+            .into_iter()
+            .map(|(_, v)| {
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                     tree: "feedback",
                     message: e.to_string(),
@@ -357,8 +332,7 @@ impl Store {
     /// Agents `rater` has rated.
     pub fn rated_by(&self, rater: &Amid) -> Result<Vec<Amid>, StoreError> {
         let mut out = Vec::new();
-        for item in self.rated_by.scan_prefix(rater.as_bytes()) {
-            let (k, _) = item?;
+        for (k, _) in self.rated_by.scan_prefix(rater.as_bytes())? {
             let mut key = [0u8; 32];
             if k.len() == 64 {
                 key.copy_from_slice(&k[32..]);
@@ -396,12 +370,7 @@ impl Store {
         let key = sha2::Sha256::digest(signature.as_bytes());
         let fresh = self
             .seen
-            .compare_and_swap(
-                key.as_slice(),
-                None as Option<&[u8]>,
-                Some(&ts_ms.to_be_bytes()),
-            )?
-            .is_ok();
+            .compare_and_swap(key.as_slice(), None, Some(&ts_ms.to_be_bytes()))?;
         Ok(fresh)
     }
 
@@ -409,9 +378,8 @@ impl Store {
     /// timestamp window, so refused anyway).
     pub fn prune_seen(&self, before_ms: u64) -> Result<usize, StoreError> {
         let mut n = 0;
-        for item in self.seen.iter() {
-            let (k, v) = item?;
-            let ts = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        for (k, v) in self.seen.entries()? {
+            let ts = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
             if ts < before_ms {
                 self.seen.remove(k)?;
                 n += 1;
@@ -429,9 +397,7 @@ impl Store {
         }
         let mut s = [0u8; 32];
         getrandom::fill(&mut s).map_err(|e| StoreError::Random(e.to_string()))?;
-        let _ = self
-            .meta
-            .compare_and_swap(name, None as Option<&[u8]>, Some(&s[..]))?;
+        let _ = self.meta.compare_and_swap(name, None, Some(&s[..]))?;
         match self.meta.get(name)? {
             Some(v) => <[u8; 32]>::try_from(v.as_ref()).map_err(|_| StoreError::Corrupt {
                 tree: "meta",
