@@ -285,6 +285,17 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             ),
         },
         NodeEvent::CredentialsUpdated(state) => println!("credentials: {state}"),
+        NodeEvent::RevocationsSynced(s) => {
+            if s.added > 0 || s.refused > 0 {
+                println!(
+                    "revocations: {} new, {} refused (not signed by the pinned root)",
+                    s.added, s.refused
+                );
+            }
+        }
+        NodeEvent::RegistryRootRefused { pinned, offered } => println!(
+            "the registry names root {offered}, but {pinned} is pinned: refused"
+        ),
         NodeEvent::MessageReceived { .. } => {}
     }
 }

@@ -167,6 +167,16 @@ pub enum NodeEvent {
     /// New credentials are shown in our KNOCKs (renewed from the registry
     /// or reloaded from the data directory).
     CredentialsUpdated(crate::CredentialsState),
+    /// The revocation set was synced with the registry.
+    RevocationsSynced(crate::RevocationSync),
+    /// The registry named a root key other than the pinned one: refused,
+    /// nothing it serves is believed until it names the pinned one again.
+    RegistryRootRefused {
+        /// The pinned root key.
+        pinned: Amid,
+        /// The root key the registry named.
+        offered: Amid,
+    },
     /// An incoming envelope or KNOCK was refused.
     Refused {
         /// The sender, when known.

@@ -75,8 +75,9 @@ pub use node::{
     amid_of_peer, Config, ConnectionCaps, CredentialsState, DialError, HolePunch, InboxKey,
     LearnedPath, Messages, NatStatus, NetStatus, Node, NodeBuilder, NodeStatus, PathCounters,
     PeerStatus, PublishError, Reachability, RegistryClientError, RelayStatus, RelayTotals,
-    SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
-    TrustError, UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    RevocationSource, RevocationSync, RootPinError, SendError, SessionStatus, SpawnError,
+    StreamError, StreamReceiver, StreamSender, Streams, TrustError, UnknownHolePunch,
+    SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

@@ -39,8 +39,8 @@ use agentmesh_dht::{now_ms, DhtConfig};
 use agentmesh_transports::{PathKind, TransportConfig};
 
 pub use paths::{LearnedPath, PathCounters};
-pub use registry::{CredentialsState, RegistryClientError};
-pub use trust::TrustError;
+pub use registry::{CredentialsState, RegistryClientError, RevocationSource, RevocationSync};
+pub use trust::{RootPinError, TrustError};
 
 use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
@@ -147,6 +147,14 @@ pub struct Config {
     /// How often fresh credentials (and so a fresh 24 h reputation
     /// attestation) are fetched from [`Config::registry`]. Defaults to 6 h.
     pub credentials_refresh: Duration,
+    /// How often the revocation set is synced with [`Config::registry`]
+    /// (its revocation list, or else the status of the keys this node
+    /// follows, or else the registry's records in the DHT; each checked
+    /// against the pinned root), from start on. `None` or zero: never on a
+    /// schedule (KNOCKs showing a certificate chain not checked before are
+    /// still checked, and [`Node::sync_revocations`] syncs at once).
+    /// Defaults to 5 min.
+    pub revocation_sync: Option<Duration>,
     /// Caps on connections, enforced before any protocol runs on them.
     pub connections: ConnectionCaps,
 }
@@ -304,6 +312,7 @@ impl Config {
             stun_servers: Vec::new(),
             registry: None,
             credentials_refresh: Duration::from_secs(6 * 3600),
+            revocation_sync: Some(Duration::from_secs(5 * 60)),
             connections: ConnectionCaps::default(),
         }
     }
@@ -673,6 +682,16 @@ struct Shared {
     db: sled::Db,
     /// Revoked keys and serials (verified revocations, by key or serial).
     revoked: sled::Tree,
+    /// What the node keeps about its registry (the pinned root).
+    trust_tree: sled::Tree,
+    /// The pinned registry root key, once known; never replaced.
+    root_pin: std::sync::OnceLock<ed25519_dalek::VerifyingKey>,
+    /// Held while a root is pinned on first use.
+    root_pin_lock: Mutex<()>,
+    /// Chains checked with the registry and keys followed there.
+    revocation_watch: Mutex<trust::RevocationWatch>,
+    /// KNOCKs waiting on the registry's word on their chain.
+    knock_checks: tokio::sync::Semaphore,
     /// What our KNOCKs show.
     credentials: RwLock<Credentials>,
     /// Session receipts proposed and held.
@@ -1034,6 +1053,7 @@ impl Node {
         let (streams_tx, streams_rx) = mpsc::channel(exchange::NEW_STREAM_QUEUE);
         let cancel = CancellationToken::new();
         let revoked = db.open_tree(trust::REVOKED_TREE)?;
+        let (trust_tree, root_pin) = trust::open_root_pin(&db, config.registry_root)?;
         let credentials = RwLock::new(config.credentials.clone());
         let shared = Arc::new(Shared {
             identity,
@@ -1059,6 +1079,11 @@ impl Node {
             control,
             db,
             revoked,
+            trust_tree,
+            root_pin,
+            root_pin_lock: Mutex::new(()),
+            revocation_watch: Mutex::new(trust::RevocationWatch::default()),
+            knock_checks: tokio::sync::Semaphore::new(registry::MAX_KNOCK_CHECKS),
             credentials,
             receipts,
             registry_wake: tokio::sync::Notify::new(),

@@ -201,6 +201,8 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             return;
         }
     };
+    // A chain not checked before: the registry's word on its keys first.
+    super::registry::check_on_knock(shared, &knock, now_ms()).await;
     let now = now_ms();
     let policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
     let (decision, delivered) = decide(shared, &peer, &knock, now);
@@ -376,6 +378,8 @@ fn decide(
         Ok(received) => {
             let changed = store.take_prekeys_changed();
             drop(store);
+            // Followed by the revocation syncs from now on.
+            shared.watch().watch(*body.from.as_bytes(), now);
             if changed {
                 let _ = shared.commands.try_send(Command::Republish);
             }

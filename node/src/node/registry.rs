@@ -1,26 +1,41 @@
 //! The node's side of its registry (the bootstrap node named by
 //! [`Config::registry`](super::Config)): session receipts at the end of a
-//! conversation, filed over `/agentmesh/registry/1`, and the credentials
-//! its KNOCKs show, renewed before their reputation attestation expires.
+//! conversation, filed over `/agentmesh/registry/1`; the credentials its
+//! KNOCKs show, renewed before their reputation attestation expires; and
+//! revocations, synced every [`Config::revocation_sync`](super::Config)
+//! and before a KNOCK showing a certificate chain not checked before is
+//! decided.
+//!
+//! A sync first asks the registry its root key and checks it against the
+//! pinned one (see [`super::trust`]); then it fetches the revocation list
+//! ([`Request::Crl`]) or, from a registry that does not serve it, the
+//! status of each followed key ([`Request::Revocation`]); from an
+//! unreachable registry, the revocation records it published in the DHT.
+//! Each revocation is checked against the pinned root before it is
+//! believed; one that does not verify is logged and dropped.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use ed25519_dalek::VerifyingKey;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use agentmesh_dht::now_ms;
 
-use super::{mailbox, Node, Shared};
+use super::{mailbox, trust, Command, Node, Shared};
 use crate::{
     credentials::{self, Checked, Credentials},
     envelope::SessionId,
     events::NodeEvent,
     identity::Amid,
+    knock::SignedKnock,
     policy::Tier,
     receipts::{self, Filing, Held, Proposal, Proposed, PROPOSAL_TTL_MS},
     registry::{
         protocol::{self, ProtocolError, Request, Response},
-        Operation, SignedRequest,
+        revocation_namespace, Operation, SignedRequest, SignedRevocation,
     },
     session::SessionInfo,
     wire::MsgFrame,
@@ -90,6 +105,12 @@ pub enum RegistryClientError {
     /// The credentials on disk are another agent's.
     #[error("the stored credentials are another agent's")]
     NotOurs,
+    /// The registry names a root key other than the pinned one.
+    #[error(transparent)]
+    Root(#[from] trust::RootPinError),
+    /// The revocation set could not be updated.
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
 }
 
 impl From<ProtocolError> for RegistryClientError {
@@ -315,18 +336,31 @@ async fn file_pending(shared: &Shared, deferred: &mut Deferred) -> bool {
 
 // ---- credentials ----
 
-/// The root key credentials are checked against: the configured one, or
-/// the one the registry names.
-async fn root(shared: &Shared) -> Result<ed25519_dalek::VerifyingKey, RegistryClientError> {
+/// The root key credentials are checked against: the pinned one, or else
+/// the one the registry names, pinned from then on.
+async fn root(shared: &Shared) -> Result<VerifyingKey, RegistryClientError> {
     if let Some(key) = shared.registry_root() {
         return Ok(key);
     }
+    registry_root(shared).await
+}
+
+/// Asks the registry its root key and checks it against the pin (pinning
+/// it when none is).
+async fn registry_root(shared: &Shared) -> Result<VerifyingKey, RegistryClientError> {
     let v = call(shared, Request::Root).await?;
-    v["root"]
+    let offered = v["root_key"]
         .as_str()
-        .and_then(|s| s.parse::<Amid>().ok())
-        .and_then(|a| a.verifying_key().ok())
-        .ok_or_else(|| RegistryClientError::Answer("no root key".into()))
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .or_else(|| {
+            v["root"]
+                .as_str()
+                .and_then(|s| s.parse::<Amid>().ok())
+                .map(|a| *a.as_bytes())
+        })
+        .ok_or_else(|| RegistryClientError::Answer("no root key".into()))?;
+    Ok(shared.pin_root(&offered)?)
 }
 
 /// What [`Node::renew_credentials`] and [`Node::reload_credentials`]
@@ -422,14 +456,294 @@ fn reload(shared: &Shared) -> Result<Option<CredentialsState>, RegistryClientErr
     Ok(Some(install(shared, checked, creds)))
 }
 
+// ---- revocations ----
+
+/// Most keys asked about one by one in a sync, when the registry does not
+/// serve its whole list (below its per-peer burst); the longest unchecked
+/// go first.
+const MAX_KEYS_PER_SYNC: usize = 64;
+/// How long a KNOCK waits for the registry's word on a chain not checked
+/// before (the initiator waits 15 s for the decision).
+const KNOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most KNOCKs waiting on the registry at once; others are decided on the
+/// local revocation set alone.
+pub(super) const MAX_KNOCK_CHECKS: usize = 8;
+/// The registry's code for a request it does not serve.
+const INVALID_REQUEST: &str = "invalid_request";
+/// The registry's code for a key it has no record of.
+const UNKNOWN_KEY: &str = "unknown_agent";
+
+/// Where a revocation sync got its revocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RevocationSource {
+    /// The registry's whole list (its CRL).
+    Crl,
+    /// The registry, key by key.
+    Registry,
+    /// The registry's records in the DHT, key by key (the registry was
+    /// not reached).
+    Dht,
+}
+
+/// What a revocation sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RevocationSync {
+    /// Where the revocations came from.
+    pub source: RevocationSource,
+    /// Revocations listed, or keys asked about.
+    pub checked: usize,
+    /// Revocations believed that were not in the local set yet.
+    pub added: usize,
+    /// Revocations that do not verify under the pinned root: dropped.
+    pub refused: usize,
+}
+
+impl RevocationSync {
+    fn new(source: RevocationSource) -> Self {
+        Self {
+            source,
+            checked: 0,
+            added: 0,
+            refused: 0,
+        }
+    }
+
+    /// Checks `signed` against the pinned root and adds it to the set.
+    fn believe(&mut self, shared: &Shared, signed: &SignedRevocation, from: &str) {
+        match shared.believe(signed, from) {
+            Ok(true) => self.added += 1,
+            Ok(false) => {}
+            Err(trust::TrustError::BadRevocation { .. }) => self.refused += 1,
+            Err(e) => warn!(error = %e, "revocation not stored"),
+        }
+    }
+}
+
+fn signed_of(hex_cbor: Option<&str>) -> Option<SignedRevocation> {
+    let bytes = hex::decode(hex_cbor?).ok()?;
+    SignedRevocation::from_bytes(&bytes).ok()
+}
+
+/// Syncs the local revocation set with the registry: its root checked
+/// against the pin first, then its whole list, or key by key.
+async fn sync(shared: &Shared) -> Result<RevocationSync, RegistryClientError> {
+    let root = match registry_root(shared).await {
+        Ok(root) => root,
+        // The registry is down: its records in the DHT, under the pin.
+        Err(RegistryClientError::Unreachable(e)) if shared.registry_root().is_some() => {
+            debug!(error = %e, "registry unreachable; revocations from the DHT");
+            return by_key(shared, RevocationSource::Dht).await;
+        }
+        Err(e) => return Err(e),
+    };
+    match call(shared, Request::Crl).await {
+        Ok(crl) => from_crl(shared, &root, &crl),
+        Err(RegistryClientError::Refused { code, .. }) if code == INVALID_REQUEST => {
+            by_key(shared, RevocationSource::Registry).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Believes the revocations of a CRL that verify under the pinned `root`.
+fn from_crl(
+    shared: &Shared,
+    root: &VerifyingKey,
+    crl: &serde_json::Value,
+) -> Result<RevocationSync, RegistryClientError> {
+    let issuer = crl["issuer_key"]
+        .as_str()
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| RegistryClientError::Answer("the CRL names no issuer".into()))?;
+    if issuer != root.to_bytes() {
+        // Refused, with a warning and an event.
+        shared.pin_root(&issuer)?;
+    }
+    let entries = crl["revocations"]
+        .as_array()
+        .ok_or_else(|| RegistryClientError::Answer("the CRL lists no revocations".into()))?;
+    let mut done = RevocationSync::new(RevocationSource::Crl);
+    for entry in entries {
+        done.checked += 1;
+        match signed_of(entry["signed"].as_str()) {
+            Some(signed) => done.believe(shared, &signed, "crl"),
+            None => {
+                warn!("a CRL entry does not decode; dropped");
+                done.refused += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Asks about the followed keys one by one: the registry, or from the
+/// first key it does not answer on, the DHT.
+async fn by_key(
+    shared: &Shared,
+    mut source: RevocationSource,
+) -> Result<RevocationSync, RegistryClientError> {
+    let keys = shared.watch().due(MAX_KEYS_PER_SYNC);
+    let mut done = RevocationSync::new(source);
+    check_keys(shared, &keys, &mut source, &mut done).await;
+    done.source = source;
+    Ok(done)
+}
+
+/// Asks about each of `keys` at `source` (switching from the registry to
+/// the DHT when the registry is not reached).
+async fn check_keys(
+    shared: &Shared,
+    keys: &[[u8; 32]],
+    source: &mut RevocationSource,
+    done: &mut RevocationSync,
+) {
+    for key in keys {
+        let Ok(amid) = Amid::from_bytes(key) else {
+            continue;
+        };
+        if shared.is_revoked(crate::cert::Revocable::Key(key)) {
+            continue;
+        }
+        if *source != RevocationSource::Dht {
+            match call(shared, Request::Revocation { amid }).await {
+                Ok(v) => {
+                    done.checked += 1;
+                    if v["revoked"].as_bool() == Some(true) {
+                        match signed_of(v["signed"].as_str()) {
+                            Some(signed) => done.believe(shared, &signed, "registry"),
+                            None => done.refused += 1,
+                        }
+                    }
+                    shared.watch().checked(key, now_ms());
+                    continue;
+                }
+                Err(RegistryClientError::Refused { code, .. }) if code == UNKNOWN_KEY => {
+                    done.checked += 1;
+                    shared.watch().checked(key, now_ms());
+                    continue;
+                }
+                Err(RegistryClientError::Refused { code, message }) => {
+                    // Rate limited, say: the rest waits for the next sync.
+                    debug!(%code, %message, "revocation status not given; next sync");
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %e, "registry unreachable; revocations from the DHT");
+                    *source = RevocationSource::Dht;
+                }
+            }
+        }
+        let Some(signed) = dht_revocation(shared, &amid).await else {
+            done.checked += 1;
+            shared.watch().checked(key, now_ms());
+            continue;
+        };
+        done.checked += 1;
+        done.believe(shared, &signed, "dht");
+        shared.watch().checked(key, now_ms());
+    }
+}
+
+/// The revocation of `subject` the registry node published in the DHT.
+async fn dht_revocation(shared: &Shared, subject: &Amid) -> Option<SignedRevocation> {
+    let registry = registry_peer(shared.config.registry.as_ref()?).ok()?;
+    let (reply, rx) = oneshot::channel();
+    shared
+        .commands
+        .send(Command::GetRecord {
+            namespace: revocation_namespace(subject.as_bytes()),
+            subject: registry,
+            reply,
+        })
+        .await
+        .ok()?;
+    let record = tokio::time::timeout(CALL_TIMEOUT, rx).await.ok()?.ok()??;
+    SignedRevocation::from_bytes(&record.payload).ok()
+}
+
+/// Syncs, logs the outcome and reports it to the application.
+async fn sync_and_report(shared: &Shared) -> Result<RevocationSync, RegistryClientError> {
+    let done = sync(shared).await?;
+    if done.refused > 0 {
+        warn!(
+            refused = done.refused,
+            "revocations not signed by the pinned registry root were dropped"
+        );
+    }
+    info!(
+        source = ?done.source, checked = done.checked, added = done.added,
+        "revocations synced"
+    );
+    shared.emit(NodeEvent::RevocationsSynced(done.clone()));
+    Ok(done)
+}
+
+/// Before a KNOCK is decided: when it shows a certificate chain valid under
+/// the pinned root that this node has not checked before, asks the registry
+/// (or else the DHT) whether the chain's keys are revoked, waiting at most
+/// [`KNOCK_CHECK_TIMEOUT`]. The keys are followed by later syncs.
+pub(super) async fn check_on_knock(shared: &Shared, knock: &SignedKnock, now: u64) {
+    if shared.config.registry.is_none() {
+        return;
+    }
+    let Some(root) = shared.registry_root() else {
+        return;
+    };
+    let Ok(body) = knock.verify() else {
+        return;
+    };
+    let Some(chain) = &body.credentials.chain else {
+        return;
+    };
+    if chain.verify(&body.from, &root, now, |_| false).is_err() {
+        return;
+    }
+    let Ok(_permit) = shared.knock_checks.try_acquire() else {
+        debug!(from = %body.from.short(), "too many KNOCKs waiting on the registry; decided on the local set");
+        return;
+    };
+    let keys = {
+        let mut watch = shared.watch();
+        if !watch.first_sight(chain, now) {
+            return;
+        }
+        let keys = trust::chain_keys(chain);
+        for key in &keys {
+            watch.watch(*key, now);
+        }
+        keys
+    };
+    let mut source = RevocationSource::Registry;
+    let mut done = RevocationSync::new(source);
+    let checked = check_keys(shared, &keys, &mut source, &mut done);
+    if tokio::time::timeout(KNOCK_CHECK_TIMEOUT, checked)
+        .await
+        .is_err()
+    {
+        debug!(from = %body.from.short(), "no word from the registry in time; decided on the local set");
+    } else if done.added > 0 {
+        info!(from = %body.from.short(), added = done.added, "revocation learned before a KNOCK");
+    }
+}
+
 // ---- the background task ----
 
-/// Files receipts as they are signed and renews credentials every
-/// [`Config::credentials_refresh`](super::Config), while a registry is
+/// Files receipts as they are signed, renews credentials every
+/// [`Config::credentials_refresh`](super::Config) and syncs revocations
+/// every [`Config::revocation_sync`](super::Config), while a registry is
 /// configured.
 pub(super) async fn run(shared: Arc<Shared>) {
     let refresh = shared.config.credentials_refresh;
+    let revocation_sync = shared
+        .config
+        .revocation_sync
+        .filter(|every| !every.is_zero());
     let mut next_renewal = tokio::time::Instant::now();
+    let mut next_sync = revocation_sync.map(|_| tokio::time::Instant::now());
     let mut retry_filing = false;
     let mut deferred = Deferred::new();
     loop {
@@ -449,10 +763,29 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             };
         }
+        if let (Some(at), Some(every)) = (next_sync, revocation_sync) {
+            let now = tokio::time::Instant::now();
+            if now >= at {
+                next_sync = Some(match sync_and_report(&shared).await {
+                    Ok(_) => now + every,
+                    Err(e @ RegistryClientError::Root(_)) => {
+                        warn!(error = %e, "revocations not synced");
+                        now + every
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "revocations not synced");
+                        now + RETRY.min(every)
+                    }
+                });
+            }
+        }
         if retry_filing || !shared.receipts.pending().is_empty() {
             retry_filing = !file_pending(&shared, &mut deferred).await;
         }
         let mut wake = next_renewal;
+        if let Some(at) = next_sync {
+            wake = wake.min(at);
+        }
         if retry_filing {
             wake = wake.min(tokio::time::Instant::now() + RETRY);
         }
@@ -524,5 +857,24 @@ impl Node {
     /// `None` when none are stored.
     pub fn reload_credentials(&self) -> Result<Option<CredentialsState>, RegistryClientError> {
         reload(&self.shared)
+    }
+
+    /// Syncs the local revocation set with the configured registry now (the
+    /// node also does so every [`Config::revocation_sync`](super::Config)):
+    /// checks the root it names against the pinned one
+    /// ([`RegistryClientError::Root`] when it differs: nothing is
+    /// believed), then believes every revocation it serves that verifies
+    /// under the pinned root. Also reported as
+    /// [`NodeEvent::RevocationsSynced`].
+    pub async fn sync_revocations(&self) -> Result<RevocationSync, RegistryClientError> {
+        sync_and_report(&self.shared).await
+    }
+
+    /// The pinned registry root key: the configured one, or the one the
+    /// registry named first. `None` until one is known.
+    pub fn registry_root(&self) -> Option<Amid> {
+        self.shared
+            .registry_root()
+            .and_then(|k| Amid::from_bytes(&k.to_bytes()).ok())
     }
 }

@@ -1,21 +1,178 @@
 //! The node's side of registry trust: the credentials its KNOCKs show, the
-//! local revocation set, and the check of an initiator's credentials.
+//! local revocation set, the pinned registry root, and the check of an
+//! initiator's credentials.
+//!
+//! The registry root key is pinned: taken from
+//! [`Config::registry_root`](super::Config) when set, or else from the
+//! registry the first time it names one, and stored in the database. A
+//! registry that later names another root is refused
+//! ([`RootPinError::Changed`]); nothing it serves is believed then.
+
+use std::sync::OnceLock;
 
 use ed25519_dalek::VerifyingKey;
 use libp2p::PeerId;
+use sha2::{Digest, Sha256};
 
 use super::{Node, Shared};
 use crate::{
     audit::AuditEvent,
-    cert::Revocable,
+    cert::{CertChain, Revocable},
     credentials::{self, Checked, CredentialError, Credentials},
+    events::NodeEvent,
     identity::Amid,
     knock::KnockBody,
-    registry::{revocation_namespace, SignedRevocation},
+    lru::BoundedLru,
+    registry::{revocation_namespace, Revocation, SignedRevocation},
 };
 
 /// Sled tree of revoked keys (`k` ‖ key) and serials (`s` ‖ serial).
 pub(super) const REVOKED_TREE: &str = "revoked";
+/// Sled tree of what the node keeps about its registry.
+pub(super) const REGISTRY_TRUST_TREE: &str = "registry-trust";
+/// Key of the pinned registry root key in [`REGISTRY_TRUST_TREE`].
+const PINNED_ROOT: &[u8] = b"root";
+/// Most certificate chains remembered as checked with the registry.
+const MAX_CHECKED_CHAINS: usize = 4096;
+/// Most keys whose revocation status is followed one by one, when the
+/// registry does not serve its whole list.
+const MAX_WATCHED_KEYS: usize = 1024;
+
+/// A registry root key other than the pinned one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootPinError {
+    /// The registry names a root key other than the pinned one.
+    #[error(
+        "the registry names root key {offered}, but {pinned} is pinned; the change is refused"
+    )]
+    Changed {
+        /// The pinned root key.
+        pinned: Amid,
+        /// The root key the registry named.
+        offered: Amid,
+    },
+    /// The key the registry named is not a valid Ed25519 key.
+    #[error("the registry names an invalid root key")]
+    Invalid,
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+}
+
+/// Opens the pin of the registry root: the configured key (stored as the
+/// pin, replacing another with a warning), or else the stored one.
+pub(super) fn open_root_pin(
+    db: &sled::Db,
+    configured: Option<[u8; 32]>,
+) -> Result<(sled::Tree, OnceLock<VerifyingKey>), sled::Error> {
+    let tree = db.open_tree(REGISTRY_TRUST_TREE)?;
+    let pin = OnceLock::new();
+    let stored = tree
+        .get(PINNED_ROOT)?
+        .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok());
+    let configured = configured.and_then(|k| match VerifyingKey::from_bytes(&k) {
+        Ok(key) => Some(key),
+        Err(_) => {
+            tracing::warn!("the configured registry root is not a valid key; ignored");
+            None
+        }
+    });
+    if let Some(key) = configured {
+        if stored.is_some_and(|s| s != key.to_bytes()) {
+            tracing::warn!(
+                root = %amid_of(&key),
+                "the configured registry root replaces the pinned one"
+            );
+        }
+        if stored != Some(key.to_bytes()) {
+            tree.insert(PINNED_ROOT, key.to_bytes().as_slice())?;
+            tree.flush()?;
+        }
+        let _ = pin.set(key);
+    } else if let Some(key) = stored.and_then(|s| VerifyingKey::from_bytes(&s).ok()) {
+        let _ = pin.set(key);
+    }
+    Ok((tree, pin))
+}
+
+fn amid_of(key: &VerifyingKey) -> String {
+    Amid::from_bytes(&key.to_bytes())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| hex::encode(key.to_bytes()))
+}
+
+/// What the node follows at the registry: chains it has checked, and keys
+/// whose revocation it asks about.
+#[derive(Debug)]
+pub(super) struct RevocationWatch {
+    /// Fingerprints of chains already checked with the registry.
+    chains: BoundedLru<[u8; 32], ()>,
+    /// Keys followed, each with when it was last checked (ms).
+    keys: BoundedLru<[u8; 32], u64>,
+}
+
+impl Default for RevocationWatch {
+    fn default() -> Self {
+        Self {
+            chains: BoundedLru::new(MAX_CHECKED_CHAINS),
+            keys: BoundedLru::new(MAX_WATCHED_KEYS),
+        }
+    }
+}
+
+impl RevocationWatch {
+    /// Records `chain` as checked; whether it was new.
+    pub(super) fn first_sight(&mut self, chain: &CertChain, now: u64) -> bool {
+        let Ok(bytes) = chain.to_bytes() else {
+            return false;
+        };
+        let print: [u8; 32] = Sha256::digest(&bytes).into();
+        if self.chains.get(&print).is_some() {
+            let _ = self.chains.update(&print, |_| ((), 0));
+            return false;
+        }
+        self.chains.insert(print, (), 0, now);
+        true
+    }
+
+    /// Follows `key` (kept while there is room; never checked yet).
+    pub(super) fn watch(&mut self, key: [u8; 32], now: u64) {
+        if self.keys.get(&key).is_none() {
+            self.keys.insert(key, 0, 0, now);
+        }
+    }
+
+    /// Up to `max` followed keys, the longest unchecked first.
+    pub(super) fn due(&self, max: usize) -> Vec<[u8; 32]> {
+        let mut keys: Vec<_> = self.keys.iter().map(|(k, at)| (*at, *k)).collect();
+        keys.sort_unstable();
+        keys.into_iter().take(max).map(|(_, k)| k).collect()
+    }
+
+    /// Records that `key` was checked at `now`.
+    pub(super) fn checked(&mut self, key: &[u8; 32], now: u64) {
+        let _ = self.keys.update(key, |at| {
+            *at = now;
+            ((), 0)
+        });
+    }
+
+    /// Stops following `key` (it is revoked).
+    pub(super) fn forget(&mut self, key: &[u8; 32]) {
+        let _ = self.keys.remove(key);
+    }
+}
+
+/// The subject keys of a chain: the agent's and its organization's.
+pub(super) fn chain_keys(chain: &CertChain) -> Vec<[u8; 32]> {
+    chain
+        .0
+        .iter()
+        .filter_map(|c| c.certificate().ok())
+        .map(|c| c.subject_key)
+        .collect()
+}
 
 /// Errors of the revocation set.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +211,51 @@ pub(super) struct Assessment {
 }
 
 impl Shared {
-    /// The registry root key, if configured and valid.
+    /// The pinned registry root key: the configured one, or the one the
+    /// registry named first.
     pub(super) fn registry_root(&self) -> Option<VerifyingKey> {
-        self.config
-            .registry_root
-            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        self.root_pin.get().copied()
+    }
+
+    /// Checks a root key the registry names against the pin, pinning it
+    /// when none is (trust on first use). A different key is refused with a
+    /// warning and [`NodeEvent::RegistryRootRefused`]; the pin stays.
+    pub(super) fn pin_root(&self, offered: &[u8; 32]) -> Result<VerifyingKey, RootPinError> {
+        let offered = VerifyingKey::from_bytes(offered).map_err(|_| RootPinError::Invalid)?;
+        if self.root_pin.get().is_none() {
+            // Stored before it is used: a restart keeps the same pin.
+            let _guard = self.root_pin_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if self.root_pin.get().is_none() {
+                self.trust_tree
+                    .insert(PINNED_ROOT, offered.to_bytes().as_slice())?;
+                self.trust_tree.flush()?;
+                let _ = self.root_pin.set(offered);
+                tracing::info!(root = %amid_of(&offered), "registry root pinned on first use");
+            }
+        }
+        let pinned = self.root_pin.get().copied().ok_or(RootPinError::Invalid)?;
+        if pinned == offered {
+            return Ok(pinned);
+        }
+        let (Ok(pinned), Ok(offered)) = (
+            Amid::from_bytes(&pinned.to_bytes()),
+            Amid::from_bytes(&offered.to_bytes()),
+        ) else {
+            return Err(RootPinError::Invalid);
+        };
+        tracing::warn!(
+            %pinned, %offered,
+            "the registry names another root key; refused, nothing it serves is believed"
+        );
+        self.emit(NodeEvent::RegistryRootRefused { pinned, offered });
+        Err(RootPinError::Changed { pinned, offered })
+    }
+
+    /// The revocation watch, even after a panic elsewhere.
+    pub(super) fn watch(&self) -> std::sync::MutexGuard<'_, RevocationWatch> {
+        self.revocation_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// What our KNOCKs show.
@@ -149,6 +346,39 @@ impl Shared {
             })?;
             verified.push((rev, bytes));
         }
+        self.store_revocations(verified)
+    }
+
+    /// Checks one revocation a registry or the DHT served against the
+    /// pinned root and adds it; one that does not verify is logged and
+    /// dropped. Returns whether it was believed and new.
+    pub(super) fn believe(
+        &self,
+        signed: &SignedRevocation,
+        source: &str,
+    ) -> Result<bool, TrustError> {
+        let root = self.registry_root().ok_or(TrustError::NoRegistryRoot)?;
+        let rev = match signed.verify(&root) {
+            Ok(rev) => rev,
+            Err(e) => {
+                tracing::warn!(
+                    source, error = %e,
+                    "revocation refused: not signed by the pinned registry root"
+                );
+                return Err(TrustError::BadRevocation {
+                    index: 0,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let bytes = signed.to_bytes().map_err(|e| TrustError::BadRevocation {
+            index: 0,
+            reason: e.to_string(),
+        })?;
+        Ok(self.store_revocations(vec![(rev, bytes)])? > 0)
+    }
+
+    fn store_revocations(&self, verified: Vec<(Revocation, Vec<u8>)>) -> Result<usize, TrustError> {
         let mut added = 0;
         for (rev, bytes) in verified {
             let entry = match &rev.serial {
@@ -158,6 +388,7 @@ impl Shared {
             if self.revoked.insert(entry, bytes)?.is_none() {
                 added += 1;
                 if rev.serial.is_none() {
+                    self.watch().forget(&rev.subject_key);
                     self.close_revoked(&rev.subject_key);
                 }
                 tracing::info!(

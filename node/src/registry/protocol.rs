@@ -76,6 +76,11 @@ pub enum Request {
         /// The key's AMID.
         amid: Amid,
     },
+    /// The certificate revocation list: every revocation, each signed by
+    /// the root (`GET /v1/registry/crl`). A registry that does not serve it
+    /// answers `invalid_request`; nodes then ask key by key
+    /// ([`Request::Revocation`]).
+    Crl,
     /// The credentials an agent's KNOCKs show (`GET /v1/registry/credentials`).
     Credentials {
         /// The agent.
@@ -296,6 +301,7 @@ mod tests {
                 domain: "example.com".into(),
             },
             Request::Leaderboard { limit: Some(5) },
+            Request::Crl,
         ]
     }
 

@@ -207,6 +207,11 @@ pub(crate) struct RunArgs {
     /// Seconds between credential renewals from `--registry`.
     #[arg(long, default_value_t = 6 * 3600)]
     pub(crate) credentials_refresh: u64,
+    /// Seconds between revocation syncs with `--registry` (0: none on a
+    /// schedule; KNOCKs showing a certificate chain not checked before
+    /// are still checked with the registry).
+    #[arg(long, default_value_t = 300)]
+    pub(crate) revocation_sync: u64,
     /// Loopback address of the local API (port 0: any free port; it is
     /// written to `api.json` in the data directory).
     #[arg(long, env = "AGENTMESH_API", default_value = "127.0.0.1:0")]

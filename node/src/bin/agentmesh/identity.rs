@@ -114,6 +114,7 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         stun,
         registry,
         credentials_refresh,
+        revocation_sync,
         api,
         a2a,
         a2a_upstream,
@@ -124,6 +125,8 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
     config.registry_root = registry_root.map(|r| *r.as_bytes());
     config.registry = registry.clone();
     config.credentials_refresh = std::time::Duration::from_secs((*credentials_refresh).max(1));
+    config.revocation_sync =
+        Some(std::time::Duration::from_secs(*revocation_sync)).filter(|d| !d.is_zero());
     config.relays = relays.clone();
     if *private {
         config.reachability = agentmesh_node::Reachability::Private;
