@@ -19,8 +19,8 @@ use agentmesh_bootstrap::{registry::RegistrySettings, start_registry, RunningReg
 use agentmesh_node::{
     keystore::KdfParams,
     registry::{protocol::Request, Operation, SignedRequest},
-    Amid, Config, Multiaddr, Node, NodeEvent, Passphrase, Policy, RejectReason,
-    RevocationSource, RevocationSync, SendError, Tier,
+    Amid, Config, Multiaddr, Node, NodeEvent, Passphrase, Policy, RejectReason, RevocationSource,
+    RevocationSync, SendError, Tier,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -185,7 +185,10 @@ async fn a_running_node_refuses_an_agent_once_the_registry_revoked_it() {
     assert_eq!(sync.added, 1);
     assert_eq!(sync.refused, 0);
     assert!(
-        matches!(sync.source, RevocationSource::Crl | RevocationSource::Registry),
+        matches!(
+            sync.source,
+            RevocationSource::Crl | RevocationSource::Registry
+        ),
         "{sync:?}"
     );
     assert!(yara.is_revoked(&xavier.amid()));
