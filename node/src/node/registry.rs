@@ -693,6 +693,9 @@ pub(super) async fn check_on_knock(shared: &Shared, knock: &SignedKnock, now: u6
     let Some(root) = shared.registry_root() else {
         return;
     };
+    // Only a signed KNOCK whose chain verifies under the pinned root makes
+    // the node ask the registry, so strangers cannot make it send requests;
+    // the signatures are checked again by the decision.
     let Ok(body) = knock.verify() else {
         return;
     };

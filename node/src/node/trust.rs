@@ -447,3 +447,95 @@ impl Node {
         Ok(self.add_revocations(&[signed])? > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cert::{CertKind, Certificate, CERT_VERSION},
+        identity::Identity,
+        policy::Tier,
+    };
+
+    fn chain(root: &Identity, agent: &Identity, serial: u8) -> CertChain {
+        let cert = Certificate {
+            version: CERT_VERSION,
+            kind: CertKind::Agent,
+            subject_key: *agent.amid().as_bytes(),
+            subject_name: "github:1".into(),
+            tier: Tier::Verified,
+            issuer_key: *root.amid().as_bytes(),
+            serial: [serial; 16],
+            not_before_ms: 0,
+            not_after_ms: u64::MAX / 2,
+        };
+        CertChain(vec![cert.sign_as(root).unwrap()])
+    }
+
+    #[test]
+    fn a_chain_is_new_once_and_keys_are_checked_longest_unchecked_first() {
+        let root = Identity::from_seed(&[1; 32]);
+        let (a, b) = (Identity::from_seed(&[2; 32]), Identity::from_seed(&[3; 32]));
+        let mut w = RevocationWatch::default();
+        let ca = chain(&root, &a, 1);
+        assert!(w.first_sight(&ca, 10));
+        assert!(!w.first_sight(&ca, 11));
+        assert!(w.first_sight(&chain(&root, &a, 2), 12), "another serial");
+        assert_eq!(chain_keys(&ca), vec![*a.amid().as_bytes()]);
+
+        let (ka, kb) = (*a.amid().as_bytes(), *b.amid().as_bytes());
+        w.watch(ka, 10);
+        w.watch(kb, 10);
+        w.checked(&ka, 100);
+        assert_eq!(w.due(1), vec![kb], "never checked goes first");
+        w.checked(&kb, 200);
+        assert_eq!(w.due(2), vec![ka, kb]);
+        // Watching again does not reset when a key was checked.
+        w.watch(kb, 300);
+        assert_eq!(w.due(2), vec![ka, kb]);
+        w.forget(&ka);
+        assert_eq!(w.due(2), vec![kb]);
+    }
+
+    #[test]
+    fn the_watch_is_bounded() {
+        let mut w = RevocationWatch::default();
+        for i in 0..(MAX_WATCHED_KEYS as u32 + 10) {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            w.watch(k, u64::from(i));
+        }
+        assert_eq!(w.due(usize::MAX).len(), MAX_WATCHED_KEYS);
+    }
+
+    #[test]
+    fn the_pin_is_stored_and_a_configured_root_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let (one, two) = (Identity::from_seed(&[1; 32]), Identity::from_seed(&[2; 32]));
+        let (_, pin) = open_root_pin(&db, None).unwrap();
+        assert!(pin.get().is_none(), "nothing pinned yet");
+        let (_, pin) = open_root_pin(&db, Some(*one.amid().as_bytes())).unwrap();
+        assert_eq!(
+            pin.get().map(|k| k.to_bytes()),
+            Some(*one.amid().as_bytes())
+        );
+        // Without a configured root, the stored pin.
+        let (_, pin) = open_root_pin(&db, None).unwrap();
+        assert_eq!(
+            pin.get().map(|k| k.to_bytes()),
+            Some(*one.amid().as_bytes())
+        );
+        // A configured root is the operator's choice: it replaces the pin.
+        let (_, pin) = open_root_pin(&db, Some(*two.amid().as_bytes())).unwrap();
+        assert_eq!(
+            pin.get().map(|k| k.to_bytes()),
+            Some(*two.amid().as_bytes())
+        );
+        let (_, pin) = open_root_pin(&db, None).unwrap();
+        assert_eq!(
+            pin.get().map(|k| k.to_bytes()),
+            Some(*two.amid().as_bytes())
+        );
+    }
+}
