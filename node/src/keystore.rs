@@ -240,6 +240,17 @@ impl Keystore {
         .map_err(|e| KeystoreError::Malformed(e.to_string()))
     }
 
+    /// Checks that `bytes` are a keystore file of a version we read,
+    /// without decrypting it (no passphrase needed).
+    pub fn check_file(bytes: &[u8]) -> Result<(), KeystoreError> {
+        let file: KeystoreFile = codec::decode(bytes, MAX_KEYSTORE_SIZE)
+            .map_err(|e| KeystoreError::Malformed(e.to_string()))?;
+        if file.version != VERSION {
+            return Err(KeystoreError::UnsupportedVersion(file.version));
+        }
+        Ok(())
+    }
+
     /// Decrypts a keystore file's bytes with `pass`.
     pub fn decrypt(bytes: &[u8], pass: &Passphrase) -> Result<Self, KeystoreError> {
         let file: KeystoreFile = codec::decode(bytes, MAX_KEYSTORE_SIZE)

@@ -47,6 +47,7 @@ pub mod content;
 pub mod control;
 pub mod credentials;
 pub mod daemon;
+pub mod diagnostics;
 pub mod envelope;
 pub mod events;
 pub mod identity;

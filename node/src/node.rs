@@ -23,7 +23,7 @@ pub use exchange::{
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -553,6 +553,11 @@ pub struct NetStatus {
     /// time) and the kinds that failed lately (tried last).
     #[serde(default)]
     pub learned_paths: Vec<LearnedPath>,
+    /// What the node measured about its bootstrap nodes, relays and other
+    /// connected peers (round trips, the address each saw us at), for
+    /// [`crate::diagnostics`].
+    #[serde(default)]
+    pub probes: Vec<crate::diagnostics::PeerProbe>,
 }
 
 /// What a relay node carries and stores.
@@ -1325,6 +1330,12 @@ impl Node {
         for amid in blocked {
             self.block(amid);
         }
+    }
+
+    /// The policy file the node was started with (see
+    /// [`Config::policy_file`]), if any.
+    pub fn policy_file(&self) -> Option<&Path> {
+        self.shared.config.policy_file.as_deref()
     }
 
     /// Reads the policy file again (see [`Config::policy_file`]) and applies

@@ -34,6 +34,7 @@ use crate::{
 
 pub mod a2a;
 mod dashboard;
+mod diagnostics;
 mod events;
 mod inbox;
 mod metrics;
@@ -304,6 +305,12 @@ struct Ctx {
     timeseries: std::sync::Mutex<timeseries::Timeseries>,
     /// This agent's standing with its registry, as last looked up.
     standing: std::sync::Mutex<standing::StandingCache>,
+    /// The node's data directory.
+    dir: PathBuf,
+    /// Held while the doctor probes the data directory.
+    doctor: tokio::sync::Mutex<()>,
+    /// Our clock against the senders' of received messages.
+    clock_skew: diagnostics::ClockSkew,
 }
 
 /// What the local API serves, and where.
@@ -408,6 +415,9 @@ impl LocalApi {
             metrics: metrics::Counters::default(),
             timeseries: Default::default(),
             standing: Default::default(),
+            dir: dir.to_path_buf(),
+            doctor: tokio::sync::Mutex::new(()),
+            clock_skew: Default::default(),
         });
         let mut tasks = Vec::new();
 
@@ -460,6 +470,8 @@ impl LocalApi {
                         m = messages.recv_unacked() => m,
                     };
                     let Some((message, key)) = next else { break };
+                    ctx.clock_skew
+                        .handle_message(agentmesh_dht::now_ms(), &message);
                     match &upstream {
                         Some(up) if a2a::is_a2a_request(&message) => {
                             tokio::spawn(a2a::serve_upstream(

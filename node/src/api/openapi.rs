@@ -401,6 +401,37 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 }),
             ),
         },
+        ("GET", "/v1/diagnostics") => Op {
+            summary: "The doctor's checks, each with a fix when it failed: bootstrap nodes and relays reached and their round trips, AutoNAT reachability, the NAT's mapping (from the addresses peers saw), clock skew, the data directory (write and fsync), keystore and policy file",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["checks", "nat_mapping", "probes"],
+                json!({
+                    "checks": {
+                        "type": "array",
+                        "items": obj(&["check", "result", "detail", "fix"], json!({
+                            "check": { "type": "string" },
+                            "result": { "enum": ["ok", "warn", "fail", "skip"] },
+                            "detail": { "type": "string" },
+                            "fix": { "type": ["string", "null"] }
+                        }))
+                    },
+                    "nat_mapping": obj(&["kind"], json!({
+                        "kind": { "enum": ["no_nat", "endpoint_independent", "endpoint_dependent", "unknown"] },
+                        "addr": { "type": "string" },
+                        "seen": {
+                            "type": "array",
+                            "description": "Each peer and the address it saw us at",
+                            "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 }
+                        },
+                        "observers": { "type": "integer" }
+                    })),
+                    "probes": { "type": "array", "items": r("PeerProbe") },
+                    "clock_skew_ms": { "type": ["integer", "null"], "description": "Our clock minus the senders' of recent messages" }
+                }),
+            ),
+        },
         ("GET", "/metrics") => Op {
             summary: "Counters and gauges in the Prometheus text format",
             body: None,
@@ -458,6 +489,12 @@ fn components() -> Value {
                 "direct-quic": { "type": "integer" }, "direct-tcp": { "type": "integer" },
                 "direct-webrtc": { "type": "integer" }, "relayed": { "type": "integer" },
                 "mailbox": { "type": "integer" }, "other": { "type": "integer" }
+            })),
+            "PeerProbe": obj(&["peer", "role", "connected"], json!({
+                "peer": { "type": "string" }, "role": { "enum": ["bootstrap", "relay", "peer"] },
+                "addr": { "type": ["string", "null"] }, "connected": { "type": "boolean" },
+                "rtt_ms": { "type": ["integer", "null"], "description": "The last ping round trip" },
+                "observed_addr": { "type": ["string", "null"], "description": "Our address as this peer saw it (identify)" }
             })),
             "Status": obj(&["amid", "fingerprint", "did", "sessions", "known_peers"], json!({
                 "amid": { "type": "string" }, "fingerprint": { "type": "string" },

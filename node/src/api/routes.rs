@@ -153,6 +153,11 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
             "/v1/registry/standing",
             get(super::standing::route),
         ),
+        (
+            Method::GET,
+            "/v1/diagnostics",
+            get(super::diagnostics::route),
+        ),
         (Method::GET, "/metrics", get(metrics)),
         (Method::GET, "/", get(super::dashboard::page)),
         (

@@ -36,6 +36,7 @@ use super::{
 use crate::{
     audit::AuditEvent,
     card::{AgentCard, CARD_NAMESPACE},
+    diagnostics::{PeerProbe, PeerRole},
     events::NodeEvent,
     plugin::{Plugin, Stored},
 };
@@ -157,7 +158,23 @@ struct Actor {
     /// other side may have closed it for a direct connection we have not
     /// seen come up yet.
     relayed_closed: HashMap<PeerId, Instant>,
+    /// Per connected peer: the last ping round trip and the address it saw
+    /// us at (for the doctor). Dropped when its last connection closes.
+    seen: HashMap<PeerId, Seen>,
 }
+
+/// What we measured of a connected peer.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    rtt: Option<Duration>,
+    observed: Option<Multiaddr>,
+}
+
+/// At most this many connected peers are kept in [`Actor::seen`].
+const MAX_SEEN: usize = 1024;
+/// At most this many peers other than bootstrap nodes and relays are listed
+/// in the status's probes (those that saw us over QUIC first).
+const MAX_PROBED_PEERS: usize = 16;
 
 /// How long after its relayed connection closed a direct connection to a
 /// peer still counts as an upgrade of that path.
@@ -218,6 +235,7 @@ pub(super) async fn run(
         connections: HashMap::new(),
         conn_info: HashMap::new(),
         relayed_closed: HashMap::new(),
+        seen: HashMap::new(),
         publish: PublishSchedule::new(shared.config.republish_every),
         record_puts: HashMap::new(),
         record_gets: HashMap::new(),
@@ -588,9 +606,77 @@ impl Actor {
                     }),
                     path_attempts: self.path_memory.counters(),
                     learned_paths: self.path_memory.learned(Instant::now(), peer_label),
+                    probes: self.probes(),
                 });
             }
         }
+    }
+
+    /// Updates what we measured of a connected peer.
+    fn note_seen(&mut self, peer: PeerId, update: impl FnOnce(&mut Seen)) {
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
+        if self.seen.len() >= MAX_SEEN && !self.seen.contains_key(&peer) {
+            warn!(%peer, cap = MAX_SEEN, "measurements of peers at capacity; dropped");
+            return;
+        }
+        update(self.seen.entry(peer).or_default());
+    }
+
+    /// The doctor's probes: every bootstrap node and relay, connected or
+    /// not, then a few other peers that reported the address they saw us at.
+    fn probes(&self) -> Vec<PeerProbe> {
+        let probe = |peer: &PeerId, role, addr: Option<&Multiaddr>| {
+            let mut p = PeerProbe::new(peer_label(peer), role);
+            p.addr = addr.map(ToString::to_string);
+            p.connected = self.swarm.is_connected(peer);
+            if let Some(seen) = self.seen.get(peer) {
+                p.rtt_ms = seen.rtt.map(|d| d.as_millis() as u64);
+                p.observed_addr = seen.observed.as_ref().map(ToString::to_string);
+            }
+            p
+        };
+        let mut listed = HashSet::new();
+        let mut out = Vec::new();
+        for (peer, addr) in &self.bootstrap {
+            if listed.insert(*peer) {
+                out.push(probe(peer, PeerRole::Bootstrap, Some(addr)));
+            }
+        }
+        let configured = self
+            .shared
+            .config
+            .relays
+            .iter()
+            .filter_map(|a| match a.iter().last() {
+                Some(Protocol::P2p(p)) => Some((p, a.clone())),
+                _ => None,
+            });
+        let chosen = self.relays.selection.chosen().iter().cloned();
+        for (peer, addr) in configured.chain(chosen) {
+            if listed.insert(peer) {
+                out.push(probe(&peer, PeerRole::Relay, Some(&addr)));
+            }
+        }
+        let mut others: Vec<_> = self
+            .seen
+            .iter()
+            .filter(|(p, s)| s.observed.is_some() && !listed.contains(*p))
+            .collect();
+        others.sort_by_key(|(p, _)| p.to_bytes());
+        for (peer, _) in others.into_iter().take(MAX_PROBED_PEERS) {
+            let addr = self
+                .connections
+                .get(peer)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| self.conn_info.get(c))
+                .find(|(path, _)| *path != PathKind::Relayed)
+                .map(|(_, a)| a);
+            out.push(probe(peer, PeerRole::Peer, addr));
+        }
+        out
     }
 
     /// Records one attempt of a dial that a link asked for (see
@@ -810,6 +896,7 @@ impl Actor {
                     }
                     self.webrtc_upgrades.finish(&peer_id);
                     self.connections.remove(&peer_id);
+                    self.seen.remove(&peer_id);
                     if let Ok(mut p) = self.shared.paths.lock() {
                         p.remove(&peer_id);
                     }
@@ -841,6 +928,17 @@ impl Actor {
                 info,
                 ..
             })) => {
+                // A direct QUIC observation is kept over a TCP one, and
+                // either over a relayed circuit's.
+                let observed = info.observed_addr.clone();
+                self.note_seen(peer_id, |s| {
+                    if s.observed
+                        .as_ref()
+                        .is_none_or(|o| observed_rank(o) <= observed_rank(&observed))
+                    {
+                        s.observed = Some(observed);
+                    }
+                });
                 // Only DHT servers go into the routing table: a client (an
                 // agent behind a NAT, say) would be handed out to others
                 // who cannot query it.
@@ -853,6 +951,11 @@ impl Actor {
                     self.swarm.behaviour_mut().dht.add_address(&peer_id, addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.note_seen(peer, |s| s.rtt = Some(rtt)),
             SwarmEvent::Behaviour(BehaviourEvent::Dht(e)) => self.on_dht_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
@@ -1259,6 +1362,18 @@ fn path_rank(path: PathKind) -> u8 {
 }
 
 /// The relay a circuit address goes through.
+/// How much an observed address of ours tells the doctor: a direct UDP
+/// one most, a relayed one least.
+fn observed_rank(addr: &Multiaddr) -> u8 {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        0
+    } else if addr.iter().any(|p| matches!(p, Protocol::Udp(_))) {
+        2
+    } else {
+        1
+    }
+}
+
 fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     let mut last = None;
     for p in addr.iter() {

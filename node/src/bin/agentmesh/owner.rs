@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use agentmesh_node::control::{Client, Method};
+use agentmesh_node::{
+    control::{Client, Method},
+    diagnostics::{Finding, Outcome},
+};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -31,188 +34,55 @@ pub(crate) async fn dashboard(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One finding of the doctor.
-struct Finding {
-    ok: Option<bool>,
-    what: &'static str,
-    detail: String,
-}
-
-fn finding(ok: Option<bool>, what: &'static str, detail: impl Into<String>) -> Finding {
-    Finding {
-        ok,
-        what,
-        detail: detail.into(),
+/// The doctor's table: one row per check, and under a failed or warned one
+/// what to do about it.
+fn print_findings(findings: &[Finding], json_out: bool) {
+    if json_out {
+        for f in findings {
+            let v = serde_json::to_value(f).unwrap_or_else(|e| json!({"error": e.to_string()}));
+            println!("{v}");
+        }
+        return;
+    }
+    println!("{:<6} {:<13} DETAIL", "RESULT", "CHECK");
+    for f in findings {
+        let mark = match f.result {
+            Outcome::Ok => "ok",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "FAIL",
+            _ => "skip",
+        };
+        println!("{mark:<6} {:<13} {}", f.check, f.detail);
+        if let Some(fix) = &f.fix {
+            println!("{:<6} {:<13} fix: {fix}", "", "");
+        }
     }
 }
 
-/// What the doctor concludes from a node's status (`ok: None` is a
-/// warning).
-fn diagnose(status: &Value, inbox: &Value) -> Vec<Finding> {
-    let s = status;
-    let count = |k: &str| s[k].as_array().map_or(0, Vec::len);
-    let mut out = vec![finding(
-        Some(true),
-        "node",
-        format!("running as {}", s["amid"].as_str().unwrap_or("?")),
-    )];
-    out.push(if count("listen_addrs") > 0 {
-        finding(
-            Some(true),
-            "listening",
-            format!("{} address(es)", count("listen_addrs")),
-        )
-    } else {
-        finding(
-            Some(false),
-            "listening",
-            "no listen address: check --listen and the firewall",
-        )
-    });
-    let table = s["routing_table"].as_u64().unwrap_or(0);
-    out.push(if table > 0 {
-        finding(Some(true), "DHT", format!("{table} peer(s) in the routing table ({})", s["dht_mode"].as_str().unwrap_or("?")))
-    } else {
-        finding(Some(false), "DHT", "no peer in the routing table: no bootstrap reached (check --bootstrap and that it runs)")
-    });
-    out.push(if s["card_published"] == true {
-        finding(
-            Some(true),
-            "card",
-            "published on other peers: others can find this agent by AMID",
-        )
-    } else {
-        finding(
-            Some(false),
-            "card",
-            "not published on any other peer yet: others cannot find this agent",
-        )
-    });
-    let reach = s["reachability"].as_str().unwrap_or("?");
-    let nat = s["nat"].as_str().unwrap_or("unknown");
-    let relays = count("mailbox_relays");
-    out.push(match (nat, relays) {
-        ("public", _) => finding(
-            Some(true),
-            "reachability",
-            format!("public ({reach}); peers dial it directly"),
-        ),
-        (_, 0) if reach == "private" || nat == "private" => finding(
-            Some(false),
-            "reachability",
-            format!("behind a NAT ({nat}) and no relay: unreachable; add --relay or run a relay"),
-        ),
-        _ => finding(
-            None,
-            "reachability",
-            format!("{reach}, NAT {nat}: direct dials may fail; relays carry the rest"),
-        ),
-    });
-    out.push(if relays > 0 {
-        finding(
-            Some(true),
-            "mailbox",
-            format!("kept at {relays} relay(s): mail waits there while offline"),
-        )
-    } else {
-        finding(
-            None,
-            "mailbox",
-            "no relay keeps this agent's mailbox: messages sent while it is offline are not kept",
-        )
-    });
-    let ready = inbox["ready"].as_u64().unwrap_or(0);
-    out.push(if ready > 1000 {
-        finding(
-            None,
-            "inbox",
-            format!(
-                "{ready} messages wait to be read: is the application reading (GET /v1/messages)?"
-            ),
-        )
-    } else {
-        finding(
-            Some(true),
-            "inbox",
-            format!("{ready} waiting, {} being handled", inbox["leased"]),
-        )
-    });
-    out
-}
-
-/// `agentmesh doctor`: checks the running node and says what to fix.
+/// `agentmesh doctor`: asks the running node to run the checks
+/// (`GET /v1/diagnostics`) and prints what to fix.
 pub(crate) async fn doctor(dir: &Path, json_out: bool) -> Result<()> {
-    let answer = match call(dir, Method::GET, "/v1/status", None).await {
+    let answer = match call(dir, Method::GET, "/v1/diagnostics", None).await {
         Ok(a) => a,
         Err(e) => {
-            let f = finding(Some(false), "node", format!("not reached: {e:#}"));
+            let f = Finding::new(
+                "node",
+                Outcome::Fail,
+                format!("not reached: {e:#}"),
+                Some(format!(
+                    "start it (`agentmesh run`), or name its data directory with --data-dir (now {})",
+                    dir.display()
+                )),
+            );
             print_findings(&[f], json_out);
             bail!("the node is not running");
         }
     };
-    let findings = diagnose(&answer["status"], &answer["inbox"]);
+    let findings: Vec<Finding> = serde_json::from_value(answer["checks"].clone())
+        .context("the node's answer has no checks")?;
     print_findings(&findings, json_out);
-    if findings.iter().any(|f| f.ok == Some(false)) {
+    if findings.iter().any(|f| f.result == Outcome::Fail) {
         bail!("some checks failed");
     }
     Ok(())
-}
-
-fn print_findings(findings: &[Finding], json_out: bool) {
-    for f in findings {
-        if json_out {
-            let level = match f.ok {
-                Some(true) => "ok",
-                Some(false) => "fail",
-                None => "warn",
-            };
-            println!(
-                "{}",
-                json!({"check": f.what, "result": level, "detail": f.detail})
-            );
-        } else {
-            let mark = match f.ok {
-                Some(true) => "ok  ",
-                Some(false) => "FAIL",
-                None => "warn",
-            };
-            println!("{mark} {:<13} {}", f.what, f.detail);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lonely_node_behind_a_nat_is_told_what_to_fix() {
-        let status = json!({
-            "amid": "am1", "listen_addrs": ["/ip4/127.0.0.1/udp/1/quic-v1"], "routing_table": 0,
-            "dht_mode": "client", "card_published": false, "reachability": "private",
-            "nat": "private", "mailbox_relays": []
-        });
-        let f = diagnose(&status, &json!({"ready": 0, "leased": 0}));
-        let failed: Vec<&str> = f
-            .iter()
-            .filter(|f| f.ok == Some(false))
-            .map(|f| f.what)
-            .collect();
-        assert_eq!(failed, vec!["DHT", "card", "reachability"]);
-    }
-
-    #[test]
-    fn a_joined_public_node_passes() {
-        let status = json!({
-            "amid": "am1", "listen_addrs": ["/ip4/1.2.3.4/udp/1/quic-v1"], "routing_table": 5,
-            "dht_mode": "server", "card_published": true, "reachability": "auto",
-            "nat": "public", "mailbox_relays": ["/ip4/5.6.7.8/udp/1/quic-v1/p2p/x"]
-        });
-        let f = diagnose(&status, &json!({"ready": 2, "leased": 0}));
-        assert!(
-            f.iter().all(|f| f.ok == Some(true)),
-            "{:?}",
-            f.iter().map(|f| &f.detail).collect::<Vec<_>>()
-        );
-    }
 }

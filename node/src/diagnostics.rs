@@ -1,0 +1,938 @@
+//! The doctor's diagnosis: from what a node measured about itself and its
+//! network to findings, each with a fix when it failed.
+//!
+//! The node measures ([`PeerProbe`]s in [`NetStatus::probes`]: the round
+//! trip to each bootstrap node and relay, and the address each peer saw us
+//! at, from identify) and the local API adds what it finds on disk
+//! ([`LocalChecks`]); [`diagnose`] turns those inputs into [`Finding`]s. It
+//! does no I/O and reads no clock, so every diagnosis can be tested from a
+//! table of inputs.
+//!
+//! # NAT mapping
+//!
+//! Identify tells us the address each peer saw our connection come from.
+//! Over UDP (QUIC) every connection leaves from the one socket we listen
+//! on, so two peers on different hosts see:
+//!
+//! - our own listen address: no NAT between us and them;
+//! - the same public address and port: the NAT maps **independently of the
+//!   endpoint** (full cone, address- or port-restricted), so the address a
+//!   relay or bootstrap saw is the one another peer can punch a hole to;
+//! - different ports (or addresses): the NAT maps **per endpoint**
+//!   (symmetric); the port another peer would need is not the one anyone
+//!   saw, hole punching is unlikely to work and relays carry the traffic.
+//!
+//! TCP observations are not used: TCP dials leave from fresh ports, so they
+//! would look symmetric behind any NAT.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use libp2p::{multiaddr::Protocol, Multiaddr};
+use serde::{Deserialize, Serialize};
+
+use crate::{NatStatus, NetStatus, Reachability};
+
+/// Above this, writing and syncing a small file is reported as slow: every
+/// message received is synced to disk before it is acknowledged.
+pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
+/// A clock this far from the peers' (either way) is reported: KNOCKs are
+/// refused outside a few minutes' window.
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(30);
+/// Above this round trip to a bootstrap node or relay, it is reported as
+/// slow.
+pub const SLOW_RTT: Duration = Duration::from_secs(1);
+/// A backlog of unread messages above this is reported.
+pub const INBOX_BACKLOG: u64 = 1000;
+
+/// What a peer is to us, for the doctor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PeerRole {
+    /// A bootstrap node we were configured with.
+    Bootstrap,
+    /// A relay keeping our mailbox (or configured with `--relay`).
+    Relay,
+    /// Any other connected peer.
+    Peer,
+}
+
+/// What the node measured about one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerProbe {
+    /// The peer (AMID when it is an agent key, else its peer id).
+    pub peer: String,
+    /// What it is to us.
+    pub role: PeerRole,
+    /// Its address as we know it (configured or chosen), if any.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Whether we have a connection to it now.
+    pub connected: bool,
+    /// The last round trip measured by ping on a connection to it.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
+    /// Our address as it saw it (identify's observed address).
+    #[serde(default)]
+    pub observed_addr: Option<String>,
+}
+
+impl PeerProbe {
+    /// A probe of `peer` in `role`, not connected, nothing measured.
+    pub fn new(peer: impl Into<String>, role: PeerRole) -> Self {
+        Self {
+            peer: peer.into(),
+            role,
+            addr: None,
+            connected: false,
+            rtt_ms: None,
+            observed_addr: None,
+        }
+    }
+}
+
+/// The outcome of the data directory probe: write and sync a small file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataDirCheck {
+    /// Written and synced, in this long.
+    Writable {
+        /// How long the write and `fsync` took.
+        fsync: Duration,
+    },
+    /// The write or the sync failed.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
+/// Whether the keystore is in the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeystoreCheck {
+    /// The file is there and is a keystore (the running node decrypted it
+    /// at start with its passphrase).
+    Present,
+    /// No keystore file.
+    Missing,
+    /// The file is there but cannot be read or is not a keystore.
+    Unreadable {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Whether the policy file the node was started with still parses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyCheck {
+    /// No policy file: the built-in default policy.
+    Default,
+    /// The file parses (a reload would apply it).
+    Valid {
+        /// The file.
+        path: String,
+    },
+    /// The file no longer parses or cannot be read.
+    Invalid {
+        /// The file.
+        path: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// What the local API finds on this machine for the doctor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalChecks {
+    /// The data directory probe.
+    pub data_dir: DataDirCheck,
+    /// The keystore.
+    pub keystore: KeystoreCheck,
+    /// The policy file.
+    pub policy: PolicyCheck,
+    /// Our clock minus a peer's, in ms, where a peer's timestamp was
+    /// available; `None`: none was.
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// Everything [`diagnose`] looks at.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Inputs<'a> {
+    /// Our AMID.
+    pub amid: &'a str,
+    /// The network status (with the probes).
+    pub net: &'a NetStatus,
+    /// Messages waiting in the inbox, to be read.
+    pub inbox_ready: u64,
+    /// Messages handed out and not acknowledged yet.
+    pub inbox_leased: u64,
+    /// What was found on disk.
+    pub local: &'a LocalChecks,
+}
+
+impl<'a> Inputs<'a> {
+    /// The inputs of one diagnosis.
+    pub fn new(amid: &'a str, net: &'a NetStatus, local: &'a LocalChecks) -> Self {
+        Self {
+            amid,
+            net,
+            inbox_ready: 0,
+            inbox_leased: 0,
+            local,
+        }
+    }
+
+    /// With the inbox counts.
+    pub fn with_inbox(mut self, ready: u64, leased: u64) -> Self {
+        self.inbox_ready = ready;
+        self.inbox_leased = leased;
+        self
+    }
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Fine.
+    Ok,
+    /// Works, but not as well as it could.
+    Warn,
+    /// Broken: the fix says what to do.
+    Fail,
+    /// Could not be checked (nothing to measure yet).
+    Skip,
+}
+
+/// One finding of the doctor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Finding {
+    /// What was checked (`bootstrap`, `nat mapping`, …).
+    pub check: String,
+    /// The result.
+    pub result: Outcome,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it; `None` when there is nothing to do.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    /// A finding of `check`.
+    pub fn new(
+        check: impl Into<String>,
+        result: Outcome,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
+        Self {
+            check: check.into(),
+            result,
+            detail: detail.into(),
+            fix,
+        }
+    }
+}
+
+fn ok(check: &str, detail: impl Into<String>) -> Finding {
+    Finding {
+        check: check.into(),
+        result: Outcome::Ok,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn bad(check: &str, result: Outcome, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        check: check.into(),
+        result,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// How our NAT maps our UDP socket to public addresses, as inferred from
+/// the addresses peers saw (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NatMapping {
+    /// Peers saw our own listen address.
+    NoNat {
+        /// The address they saw.
+        addr: String,
+    },
+    /// Peers on different hosts saw the same public address and port.
+    EndpointIndependent {
+        /// The address they saw.
+        addr: String,
+    },
+    /// Peers on different hosts saw different public ports or addresses.
+    EndpointDependent {
+        /// Each peer and the address it saw.
+        seen: Vec<(String, String)>,
+    },
+    /// Fewer than two peers on different hosts reported a UDP address.
+    Unknown {
+        /// How many did.
+        observers: usize,
+    },
+}
+
+/// The IP and UDP port of a direct QUIC address, or `None` for anything
+/// else (TCP, relayed circuits, DNS names).
+fn udp_socket(addr: &str) -> Option<SocketAddr> {
+    let addr: Multiaddr = addr.parse().ok()?;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(IpAddr::V6(a)),
+            Protocol::Udp(p) => port = Some(p),
+            Protocol::P2pCircuit | Protocol::Tcp(_) => return None,
+            _ => {}
+        }
+    }
+    Some(SocketAddr::new(ip?, port?))
+}
+
+/// The peer's host, from the address we know it by (observations from two
+/// peers on one host tell nothing about endpoint dependence).
+fn host_of(probe: &PeerProbe) -> String {
+    probe
+        .addr
+        .as_deref()
+        .and_then(udp_socket)
+        .map_or_else(|| probe.peer.clone(), |s| s.ip().to_string())
+}
+
+/// Infers the NAT's mapping behaviour from our listen addresses and the
+/// addresses the probed peers saw us at (see the [module docs](self)).
+pub fn nat_mapping(listen_addrs: &[String], probes: &[PeerProbe]) -> NatMapping {
+    let listen: BTreeSet<SocketAddr> = listen_addrs.iter().filter_map(|a| udp_socket(a)).collect();
+    // One observation per observing host, the first probe listed wins.
+    let mut hosts = BTreeSet::new();
+    let mut seen = Vec::new();
+    for p in probes {
+        let Some(at) = p.observed_addr.as_deref().and_then(udp_socket) else {
+            continue;
+        };
+        if hosts.insert(host_of(p)) {
+            seen.push((p.peer.clone(), at));
+        }
+    }
+    if seen.len() < 2 {
+        // A single peer seeing our own address is enough to say there is
+        // no NAT in between.
+        return match seen.first() {
+            Some((_, at)) if listen.contains(at) => NatMapping::NoNat {
+                addr: at.to_string(),
+            },
+            _ => NatMapping::Unknown {
+                observers: seen.len(),
+            },
+        };
+    }
+    let distinct: BTreeSet<SocketAddr> = seen.iter().map(|(_, a)| *a).collect();
+    if distinct.len() == 1 {
+        let addr = seen[0].1;
+        if listen.contains(&addr) {
+            NatMapping::NoNat {
+                addr: addr.to_string(),
+            }
+        } else {
+            NatMapping::EndpointIndependent {
+                addr: addr.to_string(),
+            }
+        }
+    } else {
+        NatMapping::EndpointDependent {
+            seen: seen.into_iter().map(|(p, a)| (p, a.to_string())).collect(),
+        }
+    }
+}
+
+fn short(peer: &str) -> &str {
+    peer.get(..12).unwrap_or(peer)
+}
+
+/// One line for the probes of one role: who answered and in how long.
+fn reached(probes: &[&PeerProbe]) -> String {
+    probes
+        .iter()
+        .map(|p| match (p.connected, p.rtt_ms) {
+            (true, Some(ms)) => format!("{} {ms} ms", short(&p.peer)),
+            (true, None) => format!("{} connected, no RTT yet", short(&p.peer)),
+            (false, _) => format!("{} not reached", short(&p.peer)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn slowest(probes: &[&PeerProbe]) -> Option<u64> {
+    probes.iter().filter_map(|p| p.rtt_ms).max()
+}
+
+/// What the doctor concludes from the inputs, one finding per check, in a
+/// fixed order.
+pub fn diagnose(inputs: &Inputs<'_>) -> Vec<Finding> {
+    let net = inputs.net;
+    let mut out = vec![ok("node", format!("running as {}", inputs.amid))];
+    out.push(if net.listen_addrs.is_empty() {
+        bad(
+            "listening",
+            Outcome::Fail,
+            "no listen address",
+            "check --listen (the address must exist on this host) and that nothing else holds the port",
+        )
+    } else {
+        ok(
+            "listening",
+            format!("{} address(es)", net.listen_addrs.len()),
+        )
+    });
+    out.push(bootstrap_finding(&net.probes));
+    out.push(if net.routing_table > 0 {
+        ok(
+            "DHT",
+            format!(
+                "{} peer(s) in the routing table ({})",
+                net.routing_table,
+                match net.dht_mode {
+                    agentmesh_dht::DhtMode::Server => "server",
+                    agentmesh_dht::DhtMode::Client => "client",
+                    _ => "unknown mode",
+                }
+            ),
+        )
+    } else {
+        bad(
+            "DHT",
+            Outcome::Fail,
+            "no peer in the routing table: no bootstrap node reached",
+            "check --bootstrap (a multiaddr ending in /p2p/<peer id>) and that the bootstrap node runs",
+        )
+    });
+    out.push(if net.card_published {
+        ok(
+            "card",
+            "published on other peers: others can find this agent by AMID",
+        )
+    } else {
+        bad(
+            "card",
+            Outcome::Fail,
+            "not published on any other peer yet: others cannot find this agent",
+            "reach a bootstrap node first; the card is published within seconds of joining",
+        )
+    });
+    let relays: Vec<&PeerProbe> = net
+        .probes
+        .iter()
+        .filter(|p| p.role == PeerRole::Relay)
+        .collect();
+    let relays_up = relays.iter().filter(|p| p.connected).count();
+    out.push(reachability_finding(net, relays_up));
+    out.push(mapping_finding(net));
+    out.push(relays_finding(net, &relays));
+    out.push(if net.mailbox_relays.is_empty() {
+        bad(
+            "mailbox",
+            Outcome::Warn,
+            "no relay keeps this agent's mailbox: messages sent while it is offline are not kept",
+            "name a relay with --relay, or wait for one to be found in the DHT",
+        )
+    } else {
+        ok(
+            "mailbox",
+            format!(
+                "kept at {} relay(s): mail waits there while offline",
+                net.mailbox_relays.len()
+            ),
+        )
+    });
+    out.push(clock_finding(inputs.local.clock_skew_ms));
+    out.push(match &inputs.local.data_dir {
+        DataDirCheck::Writable { fsync } if *fsync > SLOW_FSYNC => bad(
+            "data dir",
+            Outcome::Warn,
+            format!("writable, but write+fsync took {} ms", fsync.as_millis()),
+            "move the data directory (--data-dir) to a faster, local disk: every message received is synced before it is acknowledged",
+        ),
+        DataDirCheck::Writable { fsync } => ok(
+            "data dir",
+            format!("writable, write+fsync {:.1} ms", fsync.as_secs_f64() * 1e3),
+        ),
+        DataDirCheck::Failed { error } => bad(
+            "data dir",
+            Outcome::Fail,
+            format!("cannot write and sync a file: {error}"),
+            "free disk space, or give the node's user write access to its data directory",
+        ),
+    });
+    out.push(match &inputs.local.keystore {
+        KeystoreCheck::Present => ok("keystore", "present and unlocked by the running node"),
+        KeystoreCheck::Missing => bad(
+            "keystore",
+            Outcome::Fail,
+            "no keystore in the data directory: the identity would be lost with this process",
+            "restore identity.keystore from a backup, or check that --data-dir names this agent's directory",
+        ),
+        KeystoreCheck::Unreadable { error } => bad(
+            "keystore",
+            Outcome::Fail,
+            format!("the keystore cannot be read: {error}"),
+            "restore identity.keystore from a backup; the node will not start again with this one",
+        ),
+    });
+    out.push(match &inputs.local.policy {
+        PolicyCheck::Default => ok("policy", "the built-in default policy (no --policy file)"),
+        PolicyCheck::Valid { path } => ok("policy", format!("{path} is valid")),
+        PolicyCheck::Invalid { path, error } => bad(
+            "policy",
+            Outcome::Fail,
+            format!("{path}: {error}"),
+            "fix the file (try it with `agentmesh policy check <file>`); the node keeps the policy it loaded last, and will not start with this one",
+        ),
+    });
+    out.push(if inputs.inbox_ready > INBOX_BACKLOG {
+        bad(
+            "inbox",
+            Outcome::Warn,
+            format!("{} messages wait to be read", inputs.inbox_ready),
+            "the application is not reading: GET /v1/messages and acknowledge them",
+        )
+    } else {
+        ok(
+            "inbox",
+            format!(
+                "{} waiting, {} being handled",
+                inputs.inbox_ready, inputs.inbox_leased
+            ),
+        )
+    });
+    out
+}
+
+fn bootstrap_finding(probes: &[PeerProbe]) -> Finding {
+    let boots: Vec<&PeerProbe> = probes
+        .iter()
+        .filter(|p| p.role == PeerRole::Bootstrap)
+        .collect();
+    let up = boots.iter().filter(|p| p.connected).count();
+    if boots.is_empty() {
+        bad(
+            "bootstrap",
+            Outcome::Warn,
+            "no bootstrap node configured",
+            "start with --bootstrap <multiaddr>/p2p/<peer id> to join a network",
+        )
+    } else if up == 0 {
+        bad(
+            "bootstrap",
+            Outcome::Fail,
+            format!("none of {} reached: {}", boots.len(), reached(&boots)),
+            "check the address and peer id, that the bootstrap node runs, and that UDP (QUIC) and TCP to it are not blocked",
+        )
+    } else if slowest(&boots).is_some_and(|ms| ms > SLOW_RTT.as_millis() as u64) {
+        bad(
+            "bootstrap",
+            Outcome::Warn,
+            format!(
+                "{up} of {} reached, slowly: {}",
+                boots.len(),
+                reached(&boots)
+            ),
+            "a bootstrap node nearer this host would make joining and lookups faster",
+        )
+    } else {
+        ok(
+            "bootstrap",
+            format!("{up} of {} reached: {}", boots.len(), reached(&boots)),
+        )
+    }
+}
+
+fn reachability_finding(net: &NetStatus, relays_up: usize) -> Finding {
+    let relayed = relays_up > 0 || !net.mailbox_relays.is_empty();
+    match (net.reachability, net.nat) {
+        (Reachability::Private, _) if relayed => ok(
+            "reachability",
+            "declared private: reachable through its relays only",
+        ),
+        (Reachability::Private, _) => bad(
+            "reachability",
+            Outcome::Fail,
+            "declared private and no relay: unreachable",
+            "name a relay with --relay, or run one",
+        ),
+        (_, NatStatus::Public) => ok(
+            "reachability",
+            format!(
+                "public (AutoNAT){}: peers dial it directly",
+                net.external_addrs
+                    .first()
+                    .map(|a| format!(" at {a}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (_, NatStatus::BehindNat) if relayed => bad(
+            "reachability",
+            Outcome::Warn,
+            "behind a NAT (AutoNAT: peers could not dial back); reachable through relays",
+            "forward a UDP port to this host and --listen on it to be dialled directly",
+        ),
+        (_, NatStatus::BehindNat) => bad(
+            "reachability",
+            Outcome::Fail,
+            "behind a NAT (AutoNAT: peers could not dial back) and no relay: unreachable",
+            "name a relay with --relay (or run one), or forward a UDP port to this host",
+        ),
+        _ => bad(
+            "reachability",
+            Outcome::Skip,
+            "not known yet: no peer has tried to dial back (AutoNAT)",
+            "wait for a minute after joining; AutoNAT asks the bootstrap nodes and other peers",
+        ),
+    }
+}
+
+fn mapping_finding(net: &NetStatus) -> Finding {
+    match nat_mapping(&net.listen_addrs, &net.probes) {
+        NatMapping::NoNat { addr } => ok(
+            "nat mapping",
+            format!("no NAT: peers see our own address {addr}"),
+        ),
+        NatMapping::EndpointIndependent { addr } => ok(
+            "nat mapping",
+            format!(
+                "endpoint-independent: peers on different hosts all see {addr}; hole punching can work"
+            ),
+        ),
+        NatMapping::EndpointDependent { seen } => bad(
+            "nat mapping",
+            Outcome::Warn,
+            format!(
+                "endpoint-dependent (symmetric NAT): {}; hole punching is unlikely, relays carry the traffic",
+                seen.iter()
+                    .map(|(p, a)| format!("{} saw {a}", short(p)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "use a NAT with endpoint-independent mapping (most home routers; on Linux, masquerade without random ports), forward a UDP port, or keep a relay",
+        ),
+        NatMapping::Unknown { observers } => bad(
+            "nat mapping",
+            Outcome::Skip,
+            format!("{observers} peer(s) on other hosts reported our QUIC address; two are needed"),
+            "connect to a bootstrap node and a relay over QUIC (--bootstrap, --relay)",
+        ),
+    }
+}
+
+fn relays_finding(net: &NetStatus, relays: &[&PeerProbe]) -> Finding {
+    let up = relays.iter().filter(|p| p.connected).count();
+    if relays.is_empty() {
+        if net.nat == NatStatus::Public {
+            ok("relays", "none in use (not needed: public)")
+        } else {
+            bad(
+                "relays",
+                Outcome::Warn,
+                "none in use: behind a NAT this agent cannot be reached",
+                "name a relay with --relay, or wait for one to be found in the DHT",
+            )
+        }
+    } else if up == 0 {
+        bad(
+            "relays",
+            Outcome::Fail,
+            format!("none of {} reached: {}", relays.len(), reached(relays)),
+            "check the relay addresses, that the relays run, and that UDP (QUIC) to them is not blocked",
+        )
+    } else if up < relays.len() {
+        bad(
+            "relays",
+            Outcome::Warn,
+            format!("{up} of {} reached: {}", relays.len(), reached(relays)),
+            "check that the unreached relays run; another is chosen from the DHT when one stays down",
+        )
+    } else if slowest(relays).is_some_and(|ms| ms > SLOW_RTT.as_millis() as u64) {
+        bad(
+            "relays",
+            Outcome::Warn,
+            format!("{up} reached, slowly: {}", reached(relays)),
+            "a relay nearer this host and its peers would make relayed messages faster",
+        )
+    } else {
+        ok(
+            "relays",
+            format!("{up} of {} reached: {}", relays.len(), reached(relays)),
+        )
+    }
+}
+
+fn clock_finding(skew_ms: Option<i64>) -> Finding {
+    let Some(ms) = skew_ms else {
+        return bad(
+            "clock",
+            Outcome::Skip,
+            "no peer timestamp seen yet",
+            "nothing to do; checked once a peer has sent a KNOCK",
+        );
+    };
+    let dir = if ms >= 0 { "ahead of" } else { "behind" };
+    let abs = ms.unsigned_abs();
+    if u128::from(abs) > CLOCK_SKEW_WARN.as_millis() {
+        bad(
+            "clock",
+            Outcome::Warn,
+            format!("{:.1} s {dir} a peer's", abs as f64 / 1e3),
+            "synchronize the clock (NTP: systemd-timesyncd, chrony); KNOCKs stamped out of the window are refused",
+        )
+    } else {
+        ok("clock", format!("within {abs} ms of a peer's ({dir})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(peer: &str, role: PeerRole, addr: &str, rtt: Option<u64>, seen: &str) -> PeerProbe {
+        PeerProbe {
+            peer: peer.into(),
+            role,
+            addr: Some(addr.into()),
+            connected: rtt.is_some(),
+            rtt_ms: rtt,
+            observed_addr: (!seen.is_empty()).then(|| seen.into()),
+        }
+    }
+
+    fn local() -> LocalChecks {
+        LocalChecks {
+            data_dir: DataDirCheck::Writable {
+                fsync: Duration::from_millis(2),
+            },
+            keystore: KeystoreCheck::Present,
+            policy: PolicyCheck::Default,
+            clock_skew_ms: Some(120),
+        }
+    }
+
+    const BOOT: &str = "/ip4/198.51.100.1/udp/4001/quic-v1";
+    const RELAY: &str = "/ip4/198.51.100.2/udp/4001/quic-v1";
+    const LAN: &str = "/ip4/10.0.1.2/udp/5000/quic-v1";
+
+    /// A node behind a NAT with a bootstrap node and a relay, where the two
+    /// saw `at_boot` and `at_relay`.
+    fn natted(at_boot: &str, at_relay: &str) -> NetStatus {
+        NetStatus {
+            listen_addrs: vec![LAN.into()],
+            routing_table: 1,
+            card_published: true,
+            nat: NatStatus::BehindNat,
+            mailbox_relays: vec![RELAY.into()],
+            probes: vec![
+                probe("boot", PeerRole::Bootstrap, BOOT, Some(12), at_boot),
+                probe("relay", PeerRole::Relay, RELAY, Some(30), at_relay),
+            ],
+            ..NetStatus::default()
+        }
+    }
+
+    fn find<'a>(f: &'a [Finding], check: &str) -> &'a Finding {
+        f.iter().find(|f| f.check == check).unwrap()
+    }
+
+    fn results(f: &[Finding], outcome: Outcome) -> Vec<&str> {
+        f.iter()
+            .filter(|f| f.result == outcome)
+            .map(|f| f.check.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_symmetric_nat_is_named_and_relays_are_the_fix() {
+        let net = natted(
+            "/ip4/203.0.113.7/udp/40001/quic-v1",
+            "/ip4/203.0.113.7/udp/52999/quic-v1",
+        );
+        let l = local();
+        let f = diagnose(&Inputs::new("am1", &net, &l));
+        let m = find(&f, "nat mapping");
+        assert_eq!(m.result, Outcome::Warn);
+        assert!(
+            m.detail.starts_with("endpoint-dependent (symmetric NAT)"),
+            "{}",
+            m.detail
+        );
+        assert!(m.detail.contains("203.0.113.7:40001") && m.detail.contains("203.0.113.7:52999"));
+        assert!(m.fix.as_deref().unwrap().contains("relay"));
+        // Reachable through the relay: warned, not failed.
+        assert_eq!(find(&f, "reachability").result, Outcome::Warn);
+        assert_eq!(results(&f, Outcome::Fail), Vec::<&str>::new());
+        assert_eq!(
+            results(&f, Outcome::Warn),
+            vec!["reachability", "nat mapping"]
+        );
+    }
+
+    #[test]
+    fn one_public_port_for_both_peers_is_endpoint_independent() {
+        let at = "/ip4/203.0.113.7/udp/40001/quic-v1";
+        let net = natted(at, at);
+        let l = local();
+        let f = diagnose(&Inputs::new("am1", &net, &l));
+        let m = find(&f, "nat mapping");
+        assert_eq!(m.result, Outcome::Ok);
+        assert!(m.detail.starts_with("endpoint-independent"), "{}", m.detail);
+        assert_eq!(m.fix, None);
+        let b = find(&f, "bootstrap");
+        assert_eq!(
+            (b.result, b.detail.as_str()),
+            (Outcome::Ok, "1 of 1 reached: boot 12 ms")
+        );
+        assert_eq!(find(&f, "relays").detail, "1 of 1 reached: relay 30 ms");
+    }
+
+    #[test]
+    fn the_mapping_needs_two_hosts_and_direct_udp() {
+        let lan = [LAN.to_string()];
+        let at = "/ip4/203.0.113.7/udp/40001/quic-v1";
+        // One observer: unknown.
+        let one = [probe("boot", PeerRole::Bootstrap, BOOT, Some(1), at)];
+        assert_eq!(
+            nat_mapping(&lan, &one),
+            NatMapping::Unknown { observers: 1 }
+        );
+        // Two peers on one host count once.
+        let same_host = [
+            one[0].clone(),
+            probe(
+                "b2",
+                PeerRole::Peer,
+                "/ip4/198.51.100.1/udp/4002/quic-v1",
+                Some(1),
+                "/ip4/203.0.113.7/udp/1/quic-v1",
+            ),
+        ];
+        assert_eq!(
+            nat_mapping(&lan, &same_host),
+            NatMapping::Unknown { observers: 1 }
+        );
+        // TCP and relayed observations are ignored.
+        let tcp = [
+            one[0].clone(),
+            probe(
+                "relay",
+                PeerRole::Relay,
+                RELAY,
+                Some(1),
+                "/ip4/203.0.113.7/tcp/1",
+            ),
+            probe(
+                "p",
+                PeerRole::Peer,
+                "/ip4/198.51.100.3/udp/1/quic-v1",
+                Some(1),
+                "/ip4/198.51.100.2/udp/4001/quic-v1/p2p/relay/p2p-circuit",
+            ),
+        ];
+        assert_eq!(
+            nat_mapping(&lan, &tcp),
+            NatMapping::Unknown { observers: 1 }
+        );
+        // Our own address seen, even by one peer: no NAT.
+        let open = [probe("boot", PeerRole::Bootstrap, BOOT, Some(1), LAN)];
+        assert_eq!(
+            nat_mapping(&lan, &open),
+            NatMapping::NoNat {
+                addr: "10.0.1.2:5000".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_lonely_node_is_told_what_to_fix() {
+        let net = NetStatus {
+            listen_addrs: vec![LAN.into()],
+            nat: NatStatus::BehindNat,
+            probes: vec![probe("boot", PeerRole::Bootstrap, BOOT, None, "")],
+            ..NetStatus::default()
+        };
+        let l = LocalChecks {
+            data_dir: DataDirCheck::Failed {
+                error: "Permission denied (os error 13)".into(),
+            },
+            keystore: KeystoreCheck::Missing,
+            policy: PolicyCheck::Invalid {
+                path: "p.toml".into(),
+                error: "expected `=`".into(),
+            },
+            clock_skew_ms: None,
+        };
+        let f = diagnose(&Inputs::new("am1", &net, &l).with_inbox(5000, 0));
+        assert_eq!(
+            results(&f, Outcome::Fail),
+            vec![
+                "bootstrap",
+                "DHT",
+                "card",
+                "reachability",
+                "data dir",
+                "keystore",
+                "policy"
+            ]
+        );
+        assert_eq!(
+            results(&f, Outcome::Warn),
+            vec!["relays", "mailbox", "inbox"]
+        );
+        assert_eq!(results(&f, Outcome::Skip), vec!["nat mapping", "clock"]);
+        // Every failure and warning says what to do.
+        for x in &f {
+            assert_eq!(x.fix.is_some(), x.result != Outcome::Ok, "{x:?}");
+        }
+    }
+
+    #[test]
+    fn a_public_node_passes_and_slow_or_skewed_things_are_warned() {
+        let mut net = natted(LAN, LAN);
+        net.nat = NatStatus::Public;
+        net.external_addrs = vec![LAN.into()];
+        let l = local();
+        let f = diagnose(&Inputs::new("am1", &net, &l));
+        assert!(f.iter().all(|f| f.result == Outcome::Ok), "{f:#?}");
+        assert!(find(&f, "nat mapping").detail.starts_with("no NAT"));
+
+        net.probes[0].rtt_ms = Some(1500);
+        let l = LocalChecks {
+            data_dir: DataDirCheck::Writable {
+                fsync: Duration::from_millis(900),
+            },
+            clock_skew_ms: Some(-95_000),
+            ..local()
+        };
+        let f = diagnose(&Inputs::new("am1", &net, &l));
+        assert_eq!(
+            results(&f, Outcome::Warn),
+            vec!["bootstrap", "clock", "data dir"]
+        );
+        assert_eq!(find(&f, "clock").detail, "95.0 s behind a peer's");
+    }
+}
