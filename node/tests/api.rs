@@ -1182,3 +1182,116 @@ async fn the_status_names_the_did_and_the_registry_standing_never_blocks() {
     alice_api.stop().await;
     bob_api.stop().await;
 }
+
+/// The doctor's checks (`GET /v1/diagnostics`) until `done` holds for them.
+async fn diagnostics_until(c: &mut Client, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let d = ok(c, Method::GET, "/v1/diagnostics", None).await;
+        if done(&d) {
+            return d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {d:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn check<'a>(d: &'a Value, name: &str) -> &'a Value {
+    d["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {d:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_measures_the_bootstrap_the_disk_and_the_clock_and_names_what_to_fix() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    let alice_dir = dir.path().join("alice");
+    let alice_api = api(&alice, &alice_dir).await;
+    let mut a = Client::connect(&alice_dir).await.unwrap();
+    // A message from bob: its timestamp gives alice a clock to compare.
+    bob.send(&alice.amid(), json!({"hi": 1}))
+        .await
+        .expect("delivered");
+
+    let d = diagnostics_until(&mut a, |d| {
+        ["bootstrap", "nat mapping", "clock"]
+            .iter()
+            .all(|c| check(d, c)["result"] == "ok")
+            && check(d, "bootstrap")["detail"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(" ms"))
+    })
+    .await;
+    // One bootstrap, reached, with its round trip.
+    let b = check(&d, "bootstrap");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 1 reached: "),
+        "{b}"
+    );
+    assert_eq!(b["fix"], Value::Null);
+    let probe = d["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "bootstrap")
+        .unwrap();
+    assert_eq!(probe["connected"], true);
+    assert!(
+        probe["rtt_ms"].as_u64().is_some_and(|ms| ms < 10_000),
+        "{probe}"
+    );
+    // On loopback, peers see alice's own QUIC address: no NAT.
+    assert_eq!(d["nat_mapping"]["kind"], "no_nat", "{d:#}");
+    let seen = d["nat_mapping"]["addr"].as_str().unwrap();
+    assert!(seen.starts_with("127.0.0.1:"), "{seen}");
+    let listening = alice.listen_addrs().await;
+    let port = seen.rsplit(':').next().unwrap();
+    assert!(
+        listening
+            .iter()
+            .any(|a| a.to_string().contains(&format!("/udp/{port}/quic-v1"))),
+        "{seen} not in {listening:?}"
+    );
+    // Same machine, same clock: well within the window.
+    let skew = d["clock_skew_ms"].as_i64().unwrap();
+    assert!(skew.abs() < 10_000, "{skew}");
+    // The disk, the keystore and the default policy.
+    let disk = check(&d, "data dir");
+    assert_eq!(disk["result"], "ok", "{disk}");
+    assert!(disk["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("writable, write+fsync "));
+    assert!(!alice_dir.join("doctor.probe").exists());
+    assert_eq!(check(&d, "keystore")["result"], "ok");
+    assert_eq!(check(&d, "policy")["result"], "ok");
+    // The JSON shape of every check.
+    for c in d["checks"].as_array().unwrap() {
+        let mut keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["check", "detail", "fix", "result"], "{c}");
+        assert_eq!(c["fix"].is_null(), c["result"] == "ok", "{c}");
+    }
+
+    // A keystore that is no longer one fails, and says what to do.
+    std::fs::write(
+        alice_dir.join(agentmesh_node::keystore::KEYSTORE_FILE),
+        b"junk",
+    )
+    .unwrap();
+    let d = ok(&mut a, Method::GET, "/v1/diagnostics", None).await;
+    let k = check(&d, "keystore");
+    assert_eq!(k["result"], "fail", "{k}");
+    assert!(k["fix"].as_str().unwrap().contains("backup"), "{k}");
+    alice_api.stop().await;
+}
