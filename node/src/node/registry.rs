@@ -615,7 +615,10 @@ async fn check_keys(
                     if v["revoked"].as_bool() == Some(true) {
                         match signed_of(v["signed"].as_str()) {
                             Some(signed) => done.believe(shared, &signed, "registry"),
-                            None => done.refused += 1,
+                            None => {
+                                warn!(%amid, "the registry says revoked but shows no revocation; not believed");
+                                done.refused += 1;
+                            }
                         }
                     }
                     shared.watch().checked(key, now_ms());

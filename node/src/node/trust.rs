@@ -178,8 +178,9 @@ pub(super) fn chain_keys(chain: &CertChain) -> Vec<[u8; 32]> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrustError {
-    /// No registry root key is configured, so revocations cannot be checked.
-    #[error("no registry root key configured")]
+    /// No registry root key is configured or pinned, so revocations
+    /// cannot be checked.
+    #[error("no registry root key configured or pinned")]
     NoRegistryRoot,
     /// A revocation is not signed by the registry root or is malformed.
     #[error("revocation {index} is invalid: {reason}")]
@@ -415,7 +416,8 @@ impl Node {
     /// Adds registry revocations to the local revocation set, which KNOCKs
     /// are checked against before anything else (it is on disk and needs no
     /// registry at KNOCK time). Every revocation must be signed by the
-    /// configured registry root; a batch with an invalid one adds nothing.
+    /// pinned registry root ([`Node::registry_root`]); a batch with an
+    /// invalid one adds nothing.
     /// Returns how many were new.
     pub fn add_revocations(&self, revocations: &[SignedRevocation]) -> Result<usize, TrustError> {
         self.shared.add_revocations(revocations)
