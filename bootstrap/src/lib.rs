@@ -135,7 +135,11 @@ pub async fn start_registry(
         .map_err(|_| StartError::Join)??;
     registry.set_node(node.clone());
     let server = HttpServer::serve(registry.clone(), listener).map_err(bind)?;
-    let p2p = match p2p::P2pServer::spawn(registry.clone(), node.stream_control()) {
+    let p2p = match p2p::P2pServer::spawn_with_metrics(
+        registry.clone(),
+        node.stream_control(),
+        server.metrics.clone(),
+    ) {
         Ok(s) => Some(s),
         Err(e) => {
             warn!(error = %e, "registry protocol not served");

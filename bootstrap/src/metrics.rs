@@ -1,5 +1,6 @@
 //! What the registry's HTTP API counts ([`RegistryMetrics`]: requests by
-//! route and status, their latency, refusals by the limits), what the
+//! route and status, their latency, refusals by the limits, and requests
+//! over `/agentmesh/registry/1` by kind and result), what the
 //! registry holds ([`RegistryFigures`]: agents by tier, the transparency
 //! log's head, the leaderboard), and their Prometheus text exposition
 //! ([`render`], names `agentmesh_registry_*`).
@@ -69,6 +70,8 @@ struct Routes {
 pub struct RegistryMetrics {
     started: Instant,
     routes: Mutex<Routes>,
+    /// Requests over libp2p by (kind, result).
+    p2p: Mutex<BTreeMap<(&'static str, String), u64>>,
     rate_limited_requests: AtomicU64,
     rate_limited_prekeys: AtomicU64,
     busy: AtomicU64,
@@ -79,6 +82,7 @@ impl Default for RegistryMetrics {
         Self {
             started: Instant::now(),
             routes: Mutex::default(),
+            p2p: Mutex::default(),
             rate_limited_requests: AtomicU64::new(0),
             rate_limited_prekeys: AtomicU64::new(0),
             busy: AtomicU64::new(0),
@@ -128,6 +132,23 @@ impl RegistryMetrics {
     /// How long the registry has run.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Counts a request over `/agentmesh/registry/1` of `kind` (`lookup`,
+    /// `signed`, … or `malformed`) answered with `result` (`ok` or an
+    /// error code).
+    pub fn observe_p2p(&self, kind: &'static str, result: &str) {
+        let mut p = self.p2p.lock().unwrap_or_else(PoisonError::into_inner);
+        // Error codes are the registry's own, a bounded set.
+        *p.entry((kind, result.to_owned())).or_default() += 1;
+    }
+
+    /// Requests over libp2p, by (kind, result).
+    pub fn p2p_requests(&self) -> BTreeMap<(&'static str, String), u64> {
+        self.p2p
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Requests answered, by route (all statuses together).
@@ -270,6 +291,19 @@ pub fn render(metrics: &RegistryMetrics, figures: &RegistryFigures) -> String {
         let _ = writeln!(
             out,
             "agentmesh_registry_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+        );
+    }
+    head(
+        &mut out,
+        "agentmesh_registry_p2p_requests_total",
+        "counter",
+        "Requests over /agentmesh/registry/1, by kind and result (ok or the error code).",
+    );
+    for ((kind, result), n) in metrics.p2p_requests() {
+        let _ = writeln!(
+            out,
+            "agentmesh_registry_p2p_requests_total{{request=\"{kind}\",result=\"{}\"}} {n}",
+            label(&result)
         );
     }
     let (limited, prekeys, busy) = metrics.refusals();

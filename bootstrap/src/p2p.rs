@@ -27,6 +27,7 @@ use agentmesh_node::{
 
 use crate::{
     http::to_json,
+    metrics::RegistryMetrics,
     registry::{
         parse_leaf_hash, Registry, RegistryError, SearchQuery, DEFAULT_LEADERBOARD_LIMIT,
         DEFAULT_LIMIT,
@@ -61,9 +62,15 @@ pub enum P2pError {
 
 impl P2pServer {
     /// Serves `registry` on the streams `control` accepts.
-    pub fn spawn(
+    pub fn spawn(registry: Registry, control: libp2p_stream::Control) -> Result<Self, P2pError> {
+        Self::spawn_with_metrics(registry, control, Arc::default())
+    }
+
+    /// [`P2pServer::spawn`], counting every request in `metrics`.
+    pub fn spawn_with_metrics(
         registry: Registry,
         mut control: libp2p_stream::Control,
+        metrics: Arc<RegistryMetrics>,
     ) -> Result<Self, P2pError> {
         let mut incoming = control
             .accept(PROTOCOL)
@@ -84,9 +91,10 @@ impl P2pServer {
                     }
                 });
                 let registry = registry.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let served = serve_stream(&registry, stream, refusal);
+                    let served = serve_stream(&registry, stream, refusal, &metrics);
                     match tokio::time::timeout(STREAM_TIMEOUT, served).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => debug!(%peer, error = %e, "registry protocol stream failed"),
@@ -104,16 +112,46 @@ async fn serve_stream(
     registry: &Registry,
     mut stream: libp2p::Stream,
     refusal: Option<RegistryError>,
+    metrics: &RegistryMetrics,
 ) -> Result<(), agentmesh_node::registry::protocol::ProtocolError> {
     let bytes = read_frame(&mut stream, MAX_REQUEST_SIZE).await?;
-    let response = match (refusal, Request::from_bytes(&bytes)) {
+    let request = Request::from_bytes(&bytes);
+    let kind = request.as_ref().map_or("malformed", request_kind);
+    let response = match (refusal, request) {
         (Some(refusal), _) => error(refusal),
         (None, Ok(request)) => answer(registry, request, now_ms()).await,
         (None, Err(e)) => error(RegistryError::Invalid(format!("request: {e}"))),
     };
+    metrics.observe_p2p(
+        kind,
+        match &response {
+            Response::Error { code, .. } => code,
+            _ => "ok",
+        },
+    );
     write_frame(&mut stream, &response.to_bytes()?).await?;
     stream.close().await?;
     Ok(())
+}
+
+/// The metrics label of a request.
+fn request_kind(r: &Request) -> &'static str {
+    match r {
+        Request::Lookup { .. } => "lookup",
+        Request::Search { .. } => "search",
+        Request::Did { .. } => "did",
+        Request::Signed { .. } => "signed",
+        Request::Revocation { .. } => "revocation",
+        Request::Credentials { .. } => "credentials",
+        Request::Root => "root",
+        Request::LogHead { .. } => "log_head",
+        Request::LogProof { .. } => "log_proof",
+        Request::LogConsistency { .. } => "log_consistency",
+        Request::Org { .. } => "org",
+        Request::Evidence { .. } => "evidence",
+        Request::Leaderboard { .. } => "leaderboard",
+        _ => "other",
+    }
 }
 
 fn error(e: RegistryError) -> Response {

@@ -186,6 +186,44 @@ async fn the_registry_answers_over_libp2p() {
     ok(ask(Request::Root).await);
     node.shutdown().await;
 
+    // The operator's metrics counted the requests, by kind and result.
+    let page = server.page.clone().expect("an operator page");
+    let addr = page
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let metrics = tokio::time::timeout(WAIT, async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.unwrap();
+        String::from_utf8(resp).unwrap()
+    })
+    .await
+    .expect("metrics in time");
+    let count = |labels: &str| {
+        let line = format!("agentmesh_registry_p2p_requests_total{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    assert!(count(r#"request="lookup",result="ok""#) >= 1, "{metrics}");
+    assert!(
+        count(r#"request="lookup",result="unknown_agent""#) >= 1,
+        "{metrics}"
+    );
+    assert!(
+        count(r#"request="signed",result="replayed""#) >= 1,
+        "{metrics}"
+    );
+    assert!(count(r#"request="root",result="ok""#) >= 2, "{metrics}");
+
     // The CLI speaks the protocol when the registry is a multiaddr.
     let home = dir.path().join("bob");
     let (ok, out) = cli(&home, "p2p-test", &server.addr, &["init"]).await;

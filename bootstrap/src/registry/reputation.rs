@@ -291,11 +291,27 @@ impl Registry {
     /// `amid`'s score inputs, from the cache when they are current (see
     /// [`super::scores`]); `None` when it is not registered.
     pub(super) fn inputs(&self, amid: &Amid) -> Result<Option<Arc<ScoreInputs>>, StoreError> {
-        let cache = &self.inner.scores;
+        self.sync_shared_scores()?;
+        self.inputs_synced(amid)
+    }
+
+    /// Drops the cached score inputs if another bootstrap node sharing the
+    /// database changed any since they were read (one query; nothing on
+    /// sled).
+    pub(super) fn sync_shared_scores(&self) -> Result<(), StoreError> {
         if let Some(generation) = self.inner.store.db().generation()? {
-            // Other bootstrap nodes write the same database.
-            cache.sync_shared(generation);
+            self.inner.scores.sync_shared(generation);
         }
+        Ok(())
+    }
+
+    /// [`Self::inputs`] without [`Self::sync_shared_scores`] (for a caller
+    /// that synced once for many agents).
+    pub(super) fn inputs_synced(
+        &self,
+        amid: &Amid,
+    ) -> Result<Option<Arc<ScoreInputs>>, StoreError> {
+        let cache = &self.inner.scores;
         match cache.get(amid) {
             Ok(inputs) => Ok(Some(inputs)),
             Err(generation) => {

@@ -90,8 +90,9 @@ impl Registry {
         // Filtered and ranked on the cached score inputs; records are read
         // (and views built) only for the results answered.
         let mut matches = Vec::new();
+        self.sync_shared_scores()?;
         for amid in self.inner.store.agents_with(&q.capability)? {
-            let Some(inputs) = self.inputs(&amid)? else {
+            let Some(inputs) = self.inputs_synced(&amid)? else {
                 continue;
             };
             if inputs.revoked || inputs.tier < q.tier_min {

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::{log_node_key, prefix_end, Entry, StoreError, LOG_SIZE_KEY};
 
 /// Connections a pool opens (one thread each).
-pub const DEFAULT_CONNECTIONS: usize = 4;
+pub const DEFAULT_CONNECTIONS: usize = 8;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -215,8 +215,18 @@ impl PgPool {
                 .send(job)
                 .map_err(|_| StoreError::Postgres("the pool is closed".into()))?;
         }
-        rx.recv()
-            .map_err(|_| StoreError::Postgres("the connection thread stopped".into()))?
+        let wait = || {
+            rx.recv()
+                .map_err(|_| StoreError::Postgres("the connection thread stopped".into()))
+        };
+        // On a multi-threaded runtime the worker hands its other tasks over
+        // while it waits, so many requests can wait on the database at once.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)?
+            }
+            _ => wait()?,
+        }
     }
 
     /// Brings the schema up to date: applies, in one transaction under a
