@@ -201,8 +201,8 @@ async fn a_running_node_refuses_an_agent_once_the_registry_revoked_it() {
         .iter()
         .any(|s| s.peer == xavier.amid()));
 
-    // His next KNOCK is refused, as revoked.
-    xavier.close_session(&yara.amid()).await;
+    // His next message needs a KNOCK (yara ended the session), which is
+    // refused, as revoked.
     assert_eq!(
         send(&xavier, &yara).await,
         Err(SendError::Rejected(RejectReason::Revoked))
