@@ -445,8 +445,9 @@ pub fn diagnose(inputs: &Inputs<'_>) -> Vec<Finding> {
         .filter(|p| p.role == PeerRole::Relay)
         .collect();
     let relays_up = relays.iter().filter(|p| p.connected).count();
-    out.push(reachability_finding(net, relays_up));
-    out.push(mapping_finding(net));
+    let mapping = nat_mapping(&net.listen_addrs, &net.probes);
+    out.push(reachability_finding(net, relays_up, &mapping));
+    out.push(mapping_finding(mapping));
     out.push(relays_finding(net, &relays));
     out.push(if net.mailbox_relays.is_empty() {
         bad(
@@ -566,8 +567,17 @@ fn bootstrap_finding(probes: &[PeerProbe]) -> Finding {
     }
 }
 
-fn reachability_finding(net: &NetStatus, relays_up: usize) -> Finding {
+fn reachability_finding(net: &NetStatus, relays_up: usize, mapping: &NatMapping) -> Finding {
     let relayed = relays_up > 0 || !net.mailbox_relays.is_empty();
+    let at = net
+        .external_addrs
+        .first()
+        .map(|a| format!(" at {a}"))
+        .unwrap_or_default();
+    let natted = matches!(
+        mapping,
+        NatMapping::EndpointIndependent { .. } | NatMapping::EndpointDependent { .. }
+    );
     match (net.reachability, net.nat) {
         (Reachability::Private, _) if relayed => ok(
             "reachability",
@@ -579,15 +589,20 @@ fn reachability_finding(net: &NetStatus, relays_up: usize) -> Finding {
             "declared private and no relay: unreachable",
             "name a relay with --relay, or run one",
         ),
+        // Dial-backs came through, but from peers we had sent to: a NAT
+        // that filters by address (or not at all) lets those in, and drops
+        // its mapping once traffic stops.
+        (_, NatStatus::Public) if natted => bad(
+            "reachability",
+            Outcome::Warn,
+            format!(
+                "public (AutoNAT){at}, but behind a NAT (peers see another address than we listen on): peers we sent to can dial in while the NAT keeps the mapping; others may be filtered"
+            ),
+            "forward a UDP port to this host and --listen on it for a lasting public address; keep a relay meanwhile",
+        ),
         (_, NatStatus::Public) => ok(
             "reachability",
-            format!(
-                "public (AutoNAT){}: peers dial it directly",
-                net.external_addrs
-                    .first()
-                    .map(|a| format!(" at {a}"))
-                    .unwrap_or_default()
-            ),
+            format!("public (AutoNAT){at}: peers dial it directly"),
         ),
         (_, NatStatus::BehindNat) if relayed => bad(
             "reachability",
@@ -610,8 +625,8 @@ fn reachability_finding(net: &NetStatus, relays_up: usize) -> Finding {
     }
 }
 
-fn mapping_finding(net: &NetStatus) -> Finding {
-    match nat_mapping(&net.listen_addrs, &net.probes) {
+fn mapping_finding(mapping: NatMapping) -> Finding {
+    match mapping {
         NatMapping::NoNat { addr } => ok(
             "nat mapping",
             format!("no NAT: peers see our own address {addr}"),
@@ -808,6 +823,22 @@ mod tests {
             (Outcome::Ok, "1 of 1 reached: boot 12 ms")
         );
         assert_eq!(find(&f, "relays").detail, "1 of 1 reached: relay 30 ms");
+
+        // AutoNAT's dial-backs got through (a cone NAT), but peers see the
+        // NAT's address: public while the mapping lasts, said so.
+        let mut net = net;
+        net.nat = NatStatus::Public;
+        net.external_addrs = vec![at.into()];
+        let f = diagnose(&Inputs::new("am1", &net, &l));
+        let r = find(&f, "reachability");
+        assert_eq!(r.result, Outcome::Warn);
+        assert!(
+            r.detail
+                .starts_with(&format!("public (AutoNAT) at {at}, but behind a NAT")),
+            "{}",
+            r.detail
+        );
+        assert!(r.fix.as_deref().unwrap().contains("forward a UDP port"));
     }
 
     #[test]

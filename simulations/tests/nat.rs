@@ -4,7 +4,7 @@
 //! `AGENTMESH_REQUIRE_NETNS=1` (set by `.ci/run`, which runs as root) makes
 //! that a failure.
 
-use agentmesh_sim::netns::{Lab, NatKind};
+use agentmesh_sim::netns::{Filtering, Lab, NatKind};
 
 #[test]
 fn each_nat_kind_maps_and_filters_as_named() {
@@ -219,4 +219,209 @@ async fn behind_port_restricted_nats_the_relayed_path_goes_direct_over_webrtc() 
         assert_eq!(receipt, PathKind::DirectWebRtc, "message {n}");
         assert_eq!(received, PathKind::DirectWebRtc, "message {n}");
     }
+}
+
+/// The `agentmesh` binary of this build: in `$AGENTMESH_BIN_DIR`, else
+/// next to `agentmesh-sim` (`cargo test --workspace` and `.ci/run` build
+/// every binary of the workspace; alone, build it first with
+/// `cargo build -p agentmesh-node --bin agentmesh`).
+fn agentmesh_cli() -> std::path::PathBuf {
+    let dir = std::env::var_os("AGENTMESH_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| exe().parent().unwrap().to_owned());
+    let cli = dir.join("agentmesh");
+    assert!(
+        cli.exists(),
+        "no agentmesh binary at {}: run `cargo build -p agentmesh-node --bin agentmesh` first",
+        cli.display()
+    );
+    cli
+}
+
+/// `agentmesh doctor --json` for the agent in `dir`: one check per line.
+async fn doctor(dir: &Path) -> Vec<serde_json::Value> {
+    let out = tokio::process::Command::new(agentmesh_cli())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["doctor", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let checks: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // It fails only when a check failed, and then says which.
+    let failed = checks.iter().any(|c| c["result"] == "fail");
+    assert_eq!(
+        out.status.success(),
+        !failed,
+        "{checks:#?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    checks
+}
+
+/// Runs the doctor for `agent` until its NAT mapping check has a result
+/// (both its bootstrap node and its relay reported the address they saw);
+/// woken by the agent's next event line, or after a second.
+async fn doctor_once_mapped(agent: &mut agentmesh_sim::process::Proc) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let checks = doctor(&agent.dir).await;
+        let mapping = checks.iter().find(|c| c["check"] == "nat mapping").unwrap();
+        let relays = checks.iter().find(|c| c["check"] == "relays").unwrap();
+        if mapping["result"] != "skip" && relays["result"] == "ok" {
+            return checks;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: no NAT mapping yet: {checks:#?}",
+            agent.name
+        );
+        let _ = agent.wait_for(Duration::from_secs(1), |_| true).await;
+    }
+}
+
+fn check<'a>(checks: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    checks
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {checks:#?}"))
+}
+
+/// What the doctor must say of an agent behind `kind` whose NAT's public
+/// address is `public_ip`.
+fn assert_diagnosis(kind: NatKind, public_ip: std::net::Ipv4Addr, checks: &[serde_json::Value]) {
+    let mapping = check(checks, "nat mapping");
+    let detail = mapping["detail"].as_str().unwrap();
+    if kind.expected().independent_mapping {
+        assert_eq!(mapping["result"], "ok", "{kind}: {mapping}");
+        assert!(
+            detail.starts_with(&format!(
+                "endpoint-independent: peers on different hosts all see {public_ip}:"
+            )),
+            "{kind}: {detail}"
+        );
+        assert_eq!(mapping["fix"], serde_json::Value::Null);
+    } else {
+        // Two peers, two different ports on the NAT's one address.
+        assert_eq!(mapping["result"], "warn", "{kind}: {mapping}");
+        assert!(
+            detail.starts_with("endpoint-dependent (symmetric NAT): ")
+                && detail.contains("hole punching is unlikely, relays carry the traffic"),
+            "{kind}: {detail}"
+        );
+        assert_eq!(
+            detail.matches(&format!("saw {public_ip}:")).count(),
+            2,
+            "{detail}"
+        );
+        assert!(
+            mapping["fix"].as_str().unwrap().contains("relay"),
+            "{mapping}"
+        );
+    }
+    // AutoNAT: behind a NAT. Behind a port-restricted or symmetric one,
+    // the dial-backs are dropped: reachable through the relay. A full-cone
+    // or address-restricted one lets the dial-backs of peers we sent to
+    // in: AutoNAT says public, and the doctor adds that it is the NAT's
+    // address.
+    let reach = check(checks, "reachability");
+    let detail = reach["detail"].as_str().unwrap();
+    assert_eq!(reach["result"], "warn", "{kind}: {reach}");
+    if kind.expected().filtering == Filtering::AddressAndPortDependent {
+        assert!(detail.starts_with("behind a NAT"), "{kind}: {reach}");
+    } else {
+        assert!(
+            detail.starts_with(&format!("public (AutoNAT) at /ip4/{public_ip}/udp/"))
+                && detail.contains("but behind a NAT"),
+            "{kind}: {reach}"
+        );
+    }
+    // The bootstrap node and the relay both reached, with their round trips.
+    for c in ["bootstrap", "relays"] {
+        let c = check(checks, c);
+        assert_eq!(c["result"], "ok", "{kind}: {c}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("1 of 1 reached: ")
+                && c["detail"].as_str().unwrap().ends_with(" ms"),
+            "{kind}: {c}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_tells_a_symmetric_nat_from_an_endpoint_independent_one() {
+    if agentmesh_sim::netns::skip_test(
+        "the_doctor_tells_a_symmetric_nat_from_an_endpoint_independent_one",
+    ) {
+        return;
+    }
+    let mut pair = NatPair::start(exe(), NatKind::Symmetric, NatKind::PortRestricted)
+        .await
+        .unwrap();
+    let alice = doctor_once_mapped(&mut pair.alice).await;
+    assert_diagnosis(NatKind::Symmetric, pair.alice_nat.public_ip, &alice);
+    let bob = doctor_once_mapped(&mut pair.bob).await;
+    assert_diagnosis(NatKind::PortRestricted, pair.bob_nat.public_ip, &bob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_finds_cone_nats_endpoint_independent_and_a_public_agent_without_nat() {
+    if agentmesh_sim::netns::skip_test(
+        "the_doctor_finds_cone_nats_endpoint_independent_and_a_public_agent_without_nat",
+    ) {
+        return;
+    }
+    let mut pair = NatPair::start(exe(), NatKind::FullCone, NatKind::AddressRestricted)
+        .await
+        .unwrap();
+    let alice = doctor_once_mapped(&mut pair.alice).await;
+    assert_diagnosis(NatKind::FullCone, pair.alice_nat.public_ip, &alice);
+    let bob = doctor_once_mapped(&mut pair.bob).await;
+    assert_diagnosis(NatKind::AddressRestricted, pair.bob_nat.public_ip, &bob);
+
+    // Carol on the public segment: her bootstrap sees her own address.
+    let carol_host = pair.lab.public_host("carol").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut carol, _) = start_agent(
+        carol_host.launcher(exe()),
+        "carol",
+        dir.path(),
+        &pair.boot_addr,
+        &["--listen".into(), carol_host.quic_listen()],
+    )
+    .await
+    .unwrap();
+    carol
+        .wait_for(WAIT, |v| {
+            v["event"] == "reachability" && v["status"] == "public"
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let checks = loop {
+        let checks = doctor(dir.path()).await;
+        if check(&checks, "nat mapping")["result"] != "skip" {
+            break checks;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{checks:#?}");
+        let _ = carol.wait_for(Duration::from_secs(1), |_| true).await;
+    };
+    let mapping = check(&checks, "nat mapping");
+    assert_eq!(mapping["result"], "ok", "{mapping}");
+    assert!(
+        mapping["detail"].as_str().unwrap().starts_with(&format!(
+            "no NAT: peers see our own address {}:",
+            carol_host.ip
+        )),
+        "{mapping}"
+    );
+    let reach = check(&checks, "reachability");
+    assert_eq!(reach["result"], "ok", "{reach}");
+    drop(carol);
 }

@@ -161,6 +161,10 @@ struct Actor {
     /// Per connected peer: the last ping round trip and the address it saw
     /// us at (for the doctor). Dropped when its last connection closes.
     seen: HashMap<PeerId, Seen>,
+    /// Open connections we dialed from a fresh port rather than our listen
+    /// socket: what a peer sees of them says nothing of our NAT's mapping of
+    /// the listen socket, so the doctor does not use it.
+    fresh_port: HashSet<libp2p::swarm::ConnectionId>,
 }
 
 /// What we measured of a connected peer.
@@ -236,6 +240,7 @@ pub(super) async fn run(
         conn_info: HashMap::new(),
         relayed_closed: HashMap::new(),
         seen: HashMap::new(),
+        fresh_port: HashSet::new(),
         publish: PublishSchedule::new(shared.config.republish_every),
         record_puts: HashMap::new(),
         record_gets: HashMap::new(),
@@ -801,6 +806,13 @@ impl Actor {
                 concurrent_dial_errors,
                 ..
             } => {
+                if let ConnectedPoint::Dialer {
+                    port_use: libp2p::core::transport::PortUse::New,
+                    ..
+                } = &endpoint
+                {
+                    self.fresh_port.insert(connection_id);
+                }
                 let path = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => path_of(address),
                     // A connection that came through a relay arrives on our
@@ -868,6 +880,7 @@ impl Actor {
                 connection_id,
                 ..
             } => {
+                self.fresh_port.remove(&connection_id);
                 let closed = self.conn_info.remove(&connection_id);
                 let gone = match self.connections.get_mut(&peer_id) {
                     Some(c) => {
@@ -925,13 +938,18 @@ impl Actor {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
                 // A direct QUIC observation is kept over a TCP one, and
-                // either over a relayed circuit's.
+                // either over a relayed circuit's; one of a connection from
+                // a fresh port is not kept.
                 let observed = info.observed_addr.clone();
+                let from_listen_socket = !self.fresh_port.contains(&connection_id);
                 self.note_seen(peer_id, |s| {
+                    if !from_listen_socket {
+                        return;
+                    }
                     if s.observed
                         .as_ref()
                         .is_none_or(|o| observed_rank(o) <= observed_rank(&observed))
