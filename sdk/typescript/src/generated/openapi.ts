@@ -140,6 +140,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/diagnostics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The doctor's checks, each with a fix when it failed: bootstrap nodes and relays reached and their round trips, AutoNAT reachability, the NAT's mapping (from the addresses peers saw), clock skew, the data directory (write and fsync), keystore and policy file */
+        get: operations["get_v1_diagnostics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/disconnect": {
         parameters: {
             query?: never;
@@ -641,6 +658,17 @@ export interface components {
             session: string;
             ts_ms: number;
         };
+        PeerProbe: {
+            addr?: string | null;
+            connected: boolean;
+            /** @description Our address as this peer saw it (identify) */
+            observed_addr?: string | null;
+            peer: string;
+            /** @enum {unknown} */
+            role: "bootstrap" | "relay" | "peer";
+            /** @description The last ping round trip */
+            rtt_ms?: number | null;
+        };
         Receipt: {
             id: string;
             knocked: boolean;
@@ -924,6 +952,54 @@ export interface operations {
                     "application/json": {
                         expires_in_s?: number;
                         url: string;
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_v1_diagnostics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        checks: {
+                            check: string;
+                            detail: string;
+                            fix: string | null;
+                            /** @enum {unknown} */
+                            result: "ok" | "warn" | "fail" | "skip";
+                        }[];
+                        /** @description Our clock minus the senders' of recent messages */
+                        clock_skew_ms?: number | null;
+                        nat_mapping: {
+                            addr?: string;
+                            /** @enum {unknown} */
+                            kind: "no_nat" | "endpoint_independent" | "endpoint_dependent" | "unknown";
+                            observers?: number;
+                            /** @description Each peer and the address it saw us at */
+                            seen?: string[][];
+                        };
+                        probes: components["schemas"]["PeerProbe"][];
                     };
                 };
             };
