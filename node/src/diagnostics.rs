@@ -661,15 +661,20 @@ fn mapping_finding(mapping: NatMapping) -> Finding {
 fn relays_finding(net: &NetStatus, relays: &[&PeerProbe]) -> Finding {
     let up = relays.iter().filter(|p| p.connected).count();
     if relays.is_empty() {
-        if net.nat == NatStatus::Public {
-            ok("relays", "none in use (not needed: public)")
-        } else {
-            bad(
+        match net.nat {
+            NatStatus::Public => ok("relays", "none in use (not needed: public)"),
+            NatStatus::BehindNat => bad(
                 "relays",
                 Outcome::Warn,
                 "none in use: behind a NAT this agent cannot be reached",
                 "name a relay with --relay, or wait for one to be found in the DHT",
-            )
+            ),
+            _ => bad(
+                "relays",
+                Outcome::Warn,
+                "none in use: should this agent be behind a NAT, it cannot be reached",
+                "name a relay with --relay, or wait for one to be found in the DHT",
+            ),
         }
     } else if up == 0 {
         bad(
@@ -706,7 +711,7 @@ fn clock_finding(skew_ms: Option<i64>) -> Finding {
             "clock",
             Outcome::Skip,
             "no peer timestamp seen yet",
-            "nothing to do; checked once a peer has sent a KNOCK",
+            "nothing to do; checked once a message arrives straight from a peer",
         );
     };
     let dir = if ms >= 0 { "ahead of" } else { "behind" };
