@@ -142,6 +142,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::Did { .. } => "did",
         Request::Signed { .. } => "signed",
         Request::Revocation { .. } => "revocation",
+        Request::Crl => "crl",
         Request::Credentials { .. } => "credentials",
         Request::Root => "root",
         Request::LogHead { .. } => "log_head",
@@ -210,6 +211,7 @@ async fn dispatch(
             to_json(&registry.apply_verified(verified, None, now_ms).await?)
         }
         Request::Revocation { amid } => to_json(&registry.revocation(&amid)?),
+        Request::Crl => to_json(&registry.crl(now_ms)?),
         Request::Credentials { amid } => to_json(&registry.credentials_view(&amid, now_ms)?),
         Request::Root => to_json(&registry.root_info()),
         Request::LogHead { size } => to_json(&registry.log_head(size, now_ms)?),

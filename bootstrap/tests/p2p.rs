@@ -97,6 +97,11 @@ async fn the_registry_answers_over_libp2p() {
     );
     let v = ok(ask(Request::Revocation { amid: me.amid() }).await);
     assert_eq!(v["revoked"], false);
+    let v = ok(ask(Request::Crl).await);
+    assert_eq!(
+        (v["issuer"].as_str(), v["count"].as_u64()),
+        (Some(server.root.as_str()), Some(0))
+    );
     let v = ok(ask(Request::Root).await);
     assert_eq!(v["root"], server.root);
     let v = ok(ask(Request::Credentials { amid: me.amid() }).await);
@@ -223,6 +228,7 @@ async fn the_registry_answers_over_libp2p() {
         "{metrics}"
     );
     assert!(count(r#"request="root",result="ok""#) >= 2, "{metrics}");
+    assert_eq!(count(r#"request="crl",result="ok""#), 1, "{metrics}");
 
     // The CLI speaks the protocol when the registry is a multiaddr.
     let home = dir.path().join("bob");
