@@ -1213,6 +1213,40 @@ async fn the_doctor_measures_the_bootstrap_the_disk_and_the_clock_and_names_what
     let alice = node(dir.path(), "alice", Some(&boot)).await;
     let bob = node(dir.path(), "bob", Some(&boot)).await;
     let alice_dir = dir.path().join("alice");
+    // Carol starts with a policy file, which then breaks.
+    let policy = dir.path().join("policy.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.toml"),
+        &policy,
+    )
+    .unwrap();
+    let mut c = config();
+    c.policy_file = Some(policy.clone());
+    let carol = Node::builder(c)
+        .data_dir(dir.path().join("carol"))
+        .passphrase(Passphrase::new("carol"))
+        .spawn()
+        .await
+        .expect("carol starts");
+    let carol_api = api(&carol, &dir.path().join("carol")).await;
+    let mut cc = Client::connect(&dir.path().join("carol")).await.unwrap();
+    let d = ok(&mut cc, Method::GET, "/v1/diagnostics", None).await;
+    let p = check(&d, "policy");
+    assert_eq!(p["result"], "ok", "{p}");
+    assert_eq!(p["detail"], format!("{} is valid", policy.display()));
+    std::fs::write(&policy, "[[rules]\nbroken").unwrap();
+    let d = ok(&mut cc, Method::GET, "/v1/diagnostics", None).await;
+    let p = check(&d, "policy");
+    assert_eq!(p["result"], "fail", "{p}");
+    assert!(
+        p["fix"]
+            .as_str()
+            .unwrap()
+            .contains("agentmesh policy check"),
+        "{p}"
+    );
+    carol_api.stop().await;
+
     let alice_api = api(&alice, &alice_dir).await;
     let mut a = Client::connect(&alice_dir).await.unwrap();
     // A message from bob: its timestamp gives alice a clock to compare.
