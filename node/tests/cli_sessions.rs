@@ -1,6 +1,7 @@
 //! The session types from the `agentmesh` CLI: three `agentmesh run`
 //! processes (one the others join through), and `agentmesh request`,
-//! `reply`, `end` and `stream` as separate processes talking to them.
+//! `reply`, `end` and `stream` as separate processes talking to them; and
+//! `agentmesh doctor` against them.
 
 use std::{
     path::{Path, PathBuf},
@@ -123,14 +124,12 @@ async fn cli(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_reply_end_and_stream_from_the_cli() {
-    let root = tempfile::tempdir().unwrap();
-    let boot = Agent::start(root.path().join("boot"), None).await;
-    // Its QUIC address, from `agentmesh status` once the node listens.
+/// The QUIC address of the agent in `dir`, from `agentmesh status` once
+/// it listens.
+async fn quic_addr(dir: &Path) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
-    let addr = loop {
-        let out = agentmesh(&boot.dir)
+    loop {
+        let out = agentmesh(dir)
             .args(["--json", "status"])
             .stdin(Stdio::null())
             .output()
@@ -144,14 +143,21 @@ async fn request_reply_end_and_stream_from_the_cli() {
             .filter_map(Value::as_str)
             .find(|a| a.contains("/quic"));
         if let Some(a) = quic {
-            break a.to_owned();
+            return a.to_owned();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "boot never listened"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_end_and_stream_from_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let boot = Agent::start(root.path().join("boot"), None).await;
+    let addr = quic_addr(&boot.dir).await;
     let mut alice = Agent::start(root.path().join("alice"), Some(&addr)).await;
     let mut bob = Agent::start(root.path().join("bob"), Some(&addr)).await;
     alice.published().await;
@@ -235,6 +241,92 @@ async fn request_reply_end_and_stream_from_the_cli() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    alice.stop().await;
+    boot.stop().await;
+}
+
+/// `agentmesh doctor` as the owner sees it: its table and exit status.
+async fn doctor(dir: &Path) -> (bool, String) {
+    let out = agentmesh(dir)
+        .arg("doctor")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cli runs");
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_prints_a_fix_under_each_failure_and_passes_once_joined() {
+    let root = tempfile::tempdir().unwrap();
+    // No node running: said so, with what to do.
+    let (passed, table) = doctor(&root.path().join("nobody")).await;
+    assert!(!passed, "{table}");
+    let mut rows = table.lines().skip(1);
+    assert!(
+        rows.next()
+            .unwrap()
+            .starts_with("FAIL   node          not reached"),
+        "{table}"
+    );
+    assert!(
+        rows.next()
+            .unwrap()
+            .trim_start()
+            .starts_with("fix: start it"),
+        "{table}"
+    );
+
+    // A bootstrap node alone: no peer in its routing table.
+    let boot = Agent::start(root.path().join("boot"), None).await;
+    let (passed, table) = doctor(&boot.dir).await;
+    assert!(!passed, "{table}");
+    assert!(
+        table.starts_with("RESULT CHECK         DETAIL\n"),
+        "{table}"
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    let dht = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL   DHT           no peer in the routing table"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        lines[dht + 1].starts_with(&format!("{:21}fix: check --bootstrap", "")),
+        "{table}"
+    );
+    for ok in [
+        "ok     data dir      writable",
+        "ok     keystore",
+        "ok     policy",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(ok)), "{ok}: {table}");
+    }
+
+    // Alice joins through it: nothing fails (no relay is a warning), and
+    // the bootstrap node's round trip is shown.
+    let addr = quic_addr(&boot.dir).await;
+    let mut alice = Agent::start(root.path().join("alice"), Some(&addr)).await;
+    alice.published().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let table = loop {
+        let (passed, table) = doctor(&alice.dir).await;
+        let rtt = table
+            .lines()
+            .any(|l| l.starts_with("ok     bootstrap     1 of 1 reached: ") && l.ends_with(" ms"));
+        if passed && rtt {
+            break table;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{table}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!table.contains("FAIL"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l
+                .starts_with("ok     nat mapping   no NAT: peers see our own address 127.0.0.1:")),
+        "{table}"
+    );
     alice.stop().await;
     boot.stop().await;
 }
