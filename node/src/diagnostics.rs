@@ -177,6 +177,10 @@ pub struct Inputs<'a> {
     pub inbox_leased: u64,
     /// What was found on disk.
     pub local: &'a LocalChecks,
+    /// Hole punches (DCUtR) since start that succeeded.
+    pub hole_punches_ok: u64,
+    /// Hole punches since start that failed.
+    pub hole_punches_failed: u64,
 }
 
 impl<'a> Inputs<'a> {
@@ -188,7 +192,16 @@ impl<'a> Inputs<'a> {
             inbox_ready: 0,
             inbox_leased: 0,
             local,
+            hole_punches_ok: 0,
+            hole_punches_failed: 0,
         }
+    }
+
+    /// With the hole punches since start: succeeded, failed.
+    pub fn with_hole_punches(mut self, ok: u64, failed: u64) -> Self {
+        self.hole_punches_ok = ok;
+        self.hole_punches_failed = failed;
+        self
     }
 
     /// With the inbox counts.
@@ -447,6 +460,7 @@ pub fn diagnose(inputs: &Inputs<'_>) -> Vec<Finding> {
     let relays_up = relays.iter().filter(|p| p.connected).count();
     let mapping = nat_mapping(&net.listen_addrs, &net.probes);
     out.push(reachability_finding(net, relays_up, &mapping));
+    out.push(hole_punch_finding(inputs, &mapping));
     out.push(mapping_finding(mapping));
     out.push(relays_finding(net, &relays));
     out.push(if net.mailbox_relays.is_empty() {
@@ -625,6 +639,37 @@ fn reachability_finding(net: &NetStatus, relays_up: usize, mapping: &NatMapping)
     }
 }
 
+fn hole_punch_finding(inputs: &Inputs<'_>, mapping: &NatMapping) -> Finding {
+    let (good, failed) = (inputs.hole_punches_ok, inputs.hole_punches_failed);
+    let tried = good + failed;
+    if tried == 0 {
+        return bad(
+            "hole punch",
+            Outcome::Skip,
+            "none tried yet: one is tried when a peer reaches this agent through a relay",
+            "nothing to do; message an agent behind another NAT to try one",
+        );
+    }
+    if good > 0 {
+        return ok(
+            "hole punch",
+            format!("{good} of {tried} succeeded: relayed connections go direct"),
+        );
+    }
+    let why = match mapping {
+        NatMapping::EndpointDependent { .. } => {
+            "as expected behind a symmetric NAT: relays carry the traffic"
+        }
+        _ => "the other side's NAT may be symmetric, or a firewall drops UDP",
+    };
+    bad(
+        "hole punch",
+        Outcome::Warn,
+        format!("{failed} tried, none succeeded; {why}"),
+        "keep a relay; for direct connections use a NAT with endpoint-independent mapping, or forward a UDP port",
+    )
+}
+
 fn mapping_finding(mapping: NatMapping) -> Finding {
     match mapping {
         NatMapping::NoNat { addr } => ok(
@@ -793,7 +838,7 @@ mod tests {
             "/ip4/203.0.113.7/udp/52999/quic-v1",
         );
         let l = local();
-        let f = diagnose(&Inputs::new("am1", &net, &l));
+        let f = diagnose(&Inputs::new("am1", &net, &l).with_hole_punches(0, 3));
         let m = find(&f, "nat mapping");
         assert_eq!(m.result, Outcome::Warn);
         assert!(
@@ -803,12 +848,17 @@ mod tests {
         );
         assert!(m.detail.contains("203.0.113.7:40001") && m.detail.contains("203.0.113.7:52999"));
         assert!(m.fix.as_deref().unwrap().contains("relay"));
+        let h = find(&f, "hole punch");
+        assert_eq!(
+            h.detail,
+            "3 tried, none succeeded; as expected behind a symmetric NAT: relays carry the traffic"
+        );
         // Reachable through the relay: warned, not failed.
         assert_eq!(find(&f, "reachability").result, Outcome::Warn);
         assert_eq!(results(&f, Outcome::Fail), Vec::<&str>::new());
         assert_eq!(
             results(&f, Outcome::Warn),
-            vec!["reachability", "nat mapping"]
+            vec!["reachability", "hole punch", "nat mapping"]
         );
     }
 
@@ -939,7 +989,10 @@ mod tests {
             results(&f, Outcome::Warn),
             vec!["relays", "mailbox", "inbox"]
         );
-        assert_eq!(results(&f, Outcome::Skip), vec!["nat mapping", "clock"]);
+        assert_eq!(
+            results(&f, Outcome::Skip),
+            vec!["hole punch", "nat mapping", "clock"]
+        );
         // Every failure and warning says what to do.
         for x in &f {
             assert_eq!(x.fix.is_some(), x.result != Outcome::Ok, "{x:?}");
@@ -952,9 +1005,13 @@ mod tests {
         net.nat = NatStatus::Public;
         net.external_addrs = vec![LAN.into()];
         let l = local();
-        let f = diagnose(&Inputs::new("am1", &net, &l));
+        let f = diagnose(&Inputs::new("am1", &net, &l).with_hole_punches(2, 1));
         assert!(f.iter().all(|f| f.result == Outcome::Ok), "{f:#?}");
         assert!(find(&f, "nat mapping").detail.starts_with("no NAT"));
+        assert_eq!(
+            find(&f, "hole punch").detail,
+            "2 of 3 succeeded: relayed connections go direct"
+        );
 
         net.probes[0].rtt_ms = Some(1500);
         let l = LocalChecks {
@@ -964,7 +1021,7 @@ mod tests {
             clock_skew_ms: Some(-95_000),
             ..local()
         };
-        let f = diagnose(&Inputs::new("am1", &net, &l));
+        let f = diagnose(&Inputs::new("am1", &net, &l).with_hole_punches(2, 1));
         assert_eq!(
             results(&f, Outcome::Warn),
             vec!["bootstrap", "clock", "data dir"]

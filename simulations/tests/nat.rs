@@ -368,6 +368,29 @@ async fn the_doctor_tells_a_symmetric_nat_from_an_endpoint_independent_one() {
     assert_diagnosis(NatKind::Symmetric, pair.alice_nat.public_ip, &alice);
     let bob = doctor_once_mapped(&mut pair.bob).await;
     assert_diagnosis(NatKind::PortRestricted, pair.bob_nat.public_ip, &bob);
+    assert_eq!(check(&bob, "hole punch")["result"], "skip", "{bob:#?}");
+
+    // Alice messages bob through the relay; bob's hole punch to her fails,
+    // and his doctor says why it may have.
+    let outcome = pair.attempt(WAIT).await.unwrap();
+    assert!(outcome.started_relayed && !outcome.direct, "{outcome:?}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let punch = loop {
+        let checks = doctor(&pair.bob.dir).await;
+        let punch = check(&checks, "hole punch").clone();
+        if punch["result"] != "skip" {
+            break punch;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{checks:#?}");
+        let _ = pair.bob.wait_for(Duration::from_secs(1), |_| true).await;
+    };
+    assert_eq!(punch["result"], "warn", "{punch}");
+    assert!(
+        punch["detail"].as_str().unwrap().ends_with(
+            "tried, none succeeded; the other side's NAT may be symmetric, or a firewall drops UDP"
+        ),
+        "{punch}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

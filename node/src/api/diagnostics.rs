@@ -140,8 +140,12 @@ pub(super) async fn route(
         clock_skew_ms: ctx.clock_skew.estimate_ms(),
     };
     let amid = status.amid.to_string();
-    let checks =
-        diagnose(&Inputs::new(&amid, &status.net, &local).with_inbox(ready as u64, leased as u64));
+    let (punched, punch_failed) = ctx.metrics.hole_punches();
+    let checks = diagnose(
+        &Inputs::new(&amid, &status.net, &local)
+            .with_inbox(ready as u64, leased as u64)
+            .with_hole_punches(punched, punch_failed),
+    );
     Ok(Json(json!({
         "checks": checks,
         "nat_mapping": nat_mapping(&status.net.listen_addrs, &status.net.probes),

@@ -35,6 +35,14 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [
 ];
 
 impl Counters {
+    /// Hole punches since start: succeeded, failed.
+    pub(super) fn hole_punches(&self) -> (u64, u64) {
+        (
+            self.hole_punch_ok.load(Relaxed),
+            self.hole_punch_failed.load(Relaxed),
+        )
+    }
+
     pub(super) fn count(&self, e: &NodeEvent) {
         if let NodeEvent::Delivered {
             latency_ms: Some(ms),
