@@ -163,7 +163,10 @@ impl Registry {
         };
         let rebound = old.as_ref().is_none_or(|o| o.x25519_key != rec.x25519_key);
         self.mark_seen(req, now_ms)?;
-        self.put_agent(&rec, old.as_ref())?;
+        // The binding is logged before the record is written: a
+        // registration cut short in between (a crash, the database going
+        // away) leaves a logged binding and no record, which the client's
+        // retry completes, never a record whose key the log does not show.
         if rebound {
             let binding = KeyBinding {
                 amid: *signer,
@@ -172,6 +175,7 @@ impl Registry {
             };
             self.log_append(LeafKind::KeyBinding, &binding.to_bytes()?)?;
         }
+        self.put_agent(&rec, old.as_ref())?;
         info!(target: "agentmesh::registry", amid = %signer, created, "registered");
         Ok(Registered {
             amid: *signer,

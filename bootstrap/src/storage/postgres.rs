@@ -9,7 +9,6 @@
 //! server is away and succeed once it is back.
 
 use std::{
-    cell::RefCell,
     collections::HashMap,
     sync::{mpsc, Mutex},
     time::Duration,
@@ -26,6 +25,9 @@ pub const DEFAULT_CONNECTIONS: usize = 8;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection idle for longer is checked before it is used again.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The migrations, in order: (version, SQL). Applied once each, under a
 /// lock, by the first node that opens the database at a newer version.
@@ -50,6 +52,7 @@ pub struct Conn {
     config: postgres::Config,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
+    last_used: std::time::Instant,
 }
 
 impl std::fmt::Debug for Conn {
@@ -64,9 +67,20 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     /// The connected client, connecting first when there is none or it
-    /// broke.
+    /// broke. A connection idle for over [`IDLE_CHECK`] is checked first
+    /// (one empty query): the server may have restarted meanwhile, and a
+    /// request is better served on a new connection than failed on a dead
+    /// one.
     pub fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        let idle = self.last_used.elapsed() > IDLE_CHECK;
+        self.last_used = std::time::Instant::now();
+        let usable = match self.client.as_mut() {
+            None => false,
+            Some(c) if c.is_closed() => false,
+            Some(c) if idle => c.is_valid(CONNECT_TIMEOUT).is_ok(),
+            Some(_) => true,
+        };
+        if !usable {
             self.statements.clear();
             self.client = None;
             let client = self.config.connect(NoTls)?;
@@ -80,6 +94,8 @@ impl Conn {
     }
 
     fn prepared(&mut self, sql: String) -> Result<Statement, StoreError> {
+        // First the connection (a new one forgets the old statements).
+        self.client()?;
         if let Some(s) = self.statements.get(&sql) {
             return Ok(s.clone());
         }
@@ -162,6 +178,7 @@ impl PgPool {
                 config: config.clone(),
                 client: None,
                 statements: HashMap::new(),
+                last_used: std::time::Instant::now(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("agentmesh-pg-{i}"))
@@ -388,45 +405,61 @@ impl PgPool {
 
     pub(super) fn append_log(&self, data: Vec<u8>) -> Result<u64, StoreError> {
         self.run(move |c| {
+            // Prepared once per connection, outside the lock.
+            let lock = c.prepared("SELECT pg_advisory_xact_lock($1)".into())?;
+            let read = c.prepared(
+                "SELECT key, value FROM registry_translog_nodes WHERE key = ANY($1)".into(),
+            )?;
+            let leaf_and_hash = c.prepared(
+                "WITH leaf AS (INSERT INTO registry_translog_leaves (key, value) VALUES ($1, $2)) \
+                 INSERT INTO registry_translog_by_hash (key, value) VALUES ($3, $1) \
+                 ON CONFLICT (key) DO NOTHING"
+                    .into(),
+            )?;
+            let nodes = c.prepared(
+                "INSERT INTO registry_translog_nodes (key, value) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                    .into(),
+            )?;
             let client = c.client()?;
             let mut tx = client.transaction()?;
             // One sequence across every node: appends wait for each other
             // here, and the size read below is the one this append extends.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_APPEND_LOCK])?;
-            let size = tx.query_opt(
-                "SELECT value FROM registry_translog_nodes WHERE key = $1",
-                &[&LOG_SIZE_KEY],
-            )?;
-            let index = super::decode_size(size.map(|r| r.get::<_, Vec<u8>>(0)).as_deref())?;
-            let leaf = leaf_hash(&data);
-            let tx = RefCell::new(tx);
-            let hashes = complete_subtrees(index, leaf, |level, i| {
-                let key = log_node_key(level, i).to_vec();
-                let row = tx.borrow_mut().query_opt(
-                    "SELECT value FROM registry_translog_nodes WHERE key = $1",
-                    &[&key],
-                )?;
-                super::decode_hash(row.map(|r| r.get::<_, Vec<u8>>(0)).as_deref())
-            })?;
-            let mut tx = tx.into_inner();
-            let put = "INSERT INTO registry_translog_nodes (key, value) VALUES ($1, $2) \
-                       ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
-            tx.execute(
-                "INSERT INTO registry_translog_leaves (key, value) VALUES ($1, $2)",
-                &[&index.to_be_bytes().to_vec(), &data],
-            )?;
-            for (level, h) in &hashes {
-                tx.execute(
-                    put,
-                    &[&log_node_key(*level, index >> level).to_vec(), &h.to_vec()],
-                )?;
+            tx.execute(&lock, &[&LOG_APPEND_LOCK])?;
+            let size = tx.query(&read, &[&vec![LOG_SIZE_KEY.to_vec()]])?;
+            let index = super::decode_size(size.first().map(|r| r.get::<_, &[u8]>(1)))?;
+            // The left siblings the new leaf completes, known from its index
+            // alone: read in one query.
+            let mut wanted = Vec::new();
+            let mut i = index;
+            let mut level = 0u32;
+            while i & 1 == 1 {
+                wanted.push(log_node_key(level, i - 1).to_vec());
+                level += 1;
+                i >>= 1;
             }
-            tx.execute(
-                "INSERT INTO registry_translog_by_hash (key, value) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO NOTHING",
-                &[&leaf.to_vec(), &index.to_be_bytes().to_vec()],
-            )?;
-            tx.execute(put, &[&LOG_SIZE_KEY, &(index + 1).to_be_bytes().to_vec()])?;
+            let known: HashMap<Vec<u8>, Vec<u8>> = if wanted.is_empty() {
+                HashMap::new()
+            } else {
+                tx.query(&read, &[&wanted])?
+                    .iter()
+                    .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                    .collect()
+            };
+            let leaf = leaf_hash(&data);
+            let hashes = complete_subtrees(index, leaf, |level, i| {
+                super::decode_hash(known.get(&log_node_key(level, i)[..]).map(Vec::as_slice))
+            })?;
+            let index_bytes = index.to_be_bytes().to_vec();
+            tx.execute(&leaf_and_hash, &[&index_bytes, &data, &leaf.to_vec()])?;
+            let (mut keys, mut values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = hashes
+                .iter()
+                .map(|(level, h)| (log_node_key(*level, index >> level).to_vec(), h.to_vec()))
+                .unzip();
+            keys.push(LOG_SIZE_KEY.to_vec());
+            values.push((index + 1).to_be_bytes().to_vec());
+            tx.execute(&nodes, &[&keys, &values])?;
             tx.commit()?;
             Ok(index)
         })
