@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -698,3 +699,49 @@ def test_metrics(mesh: LocalMesh) -> None:
             return await c.metrics()
 
     assert "agentmesh_messages_received_total" in asyncio.run(main())
+
+
+def test_timeseries_standing_and_diagnostics(mesh: LocalMesh) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+
+    def sent_by_path(ts: dict[str, Any]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for minute in ts["minutes"]:
+            for path, n in minute["sent"].items():
+                out[path] = out.get(path, 0) + int(n)
+        return out
+
+    before = sent_by_path(alice.timeseries())
+    r = alice.send(bob, {"text": "plotted"})
+    wait_message(bob, lambda m: m.id == r.id)
+    ts = alice.timeseries()
+    assert len(ts["minutes"]) == 60 and ts["minute_ms"] == 60_000
+    after = sent_by_path(ts)
+    assert sum(after.values()) == sum(before.values()) + 1
+    # The timeseries names paths as the node prints them (direct-quic),
+    # receipts with underscores (direct_quic).
+    path = r.path.replace("_", "-")
+    assert after.get(path, 0) == before.get(path, 0) + 1, (r.path, after)
+    assert ts["latency"]["count"] >= 1
+
+    standing = alice.registry_standing()
+    assert standing["state"] in {
+        "checking",
+        "not_configured",
+        "registered",
+        "not_registered",
+        "unknown",
+    }, standing
+
+    d = alice.diagnostics()
+    checks = {c["check"]: c for c in d["checks"]}
+    assert checks["listening"]["result"] == "ok", checks["listening"]
+    for c in d["checks"]:
+        assert c["result"] in {"ok", "warn", "fail", "skip"}
+        assert c["result"] == "ok" or c["fix"], c
+
+    async def main() -> dict[str, Any]:
+        async with AsyncClient.from_data_dir(bob.data_dir) as c:
+            return await c.diagnostics()
+
+    assert any(c["check"] == "listening" for c in asyncio.run(main())["checks"])

@@ -592,6 +592,21 @@ class Agent:
         """This node's metrics, in the Prometheus text format."""
         return self.client.metrics()
 
+    def timeseries(self) -> JSON:
+        """The last hour by minute: messages by path, KNOCK decisions, and
+        the delivery latency histogram (see :meth:`Client.timeseries`)."""
+        return self.client.timeseries()
+
+    def registry_standing(self) -> JSON:
+        """This agent's tier and reputation at the registry, as the node
+        last saw them (see :meth:`Client.registry_standing`)."""
+        return self.client.registry_standing()
+
+    def diagnostics(self) -> JSON:
+        """What ``agentmesh doctor`` checks, with a fix for each failure
+        (see :meth:`Client.diagnostics`)."""
+        return self.client.diagnostics()
+
     def presence(self, state: str) -> None:
         """Sets presence: ``online``, ``away``, ``dnd`` or ``offline``."""
         self.client.presence(state)

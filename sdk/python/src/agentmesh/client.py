@@ -731,6 +731,28 @@ class Client(_Base):
         """The node's metrics in the Prometheus text format (``GET /metrics``)."""
         return str(self._do(_METRICS))
 
+    def timeseries(self) -> JSON:
+        """The last hour, minute by minute (``GET /v1/stats/timeseries``):
+        ``minutes`` (oldest first, each with ``sent`` and ``received`` by
+        path and ``knocks`` accepted and rejected) and ``latency``, the
+        delivery latency histogram (what the dashboard plots)."""
+        return _dict(self._do(_get("/v1/stats/timeseries")))
+
+    def registry_standing(self) -> JSON:
+        """This agent's tier and reputation at the registry, from the node's
+        cache (``GET /v1/registry/standing``): ``state`` is ``checking``,
+        ``not_configured``, ``registered`` (with ``tier`` and
+        ``reputation``), ``not_registered`` or ``unknown``. Never waits on
+        the registry."""
+        return _dict(self._do(_get("/v1/registry/standing")))
+
+    def diagnostics(self) -> JSON:
+        """What ``agentmesh doctor`` checks, run by the node
+        (``GET /v1/diagnostics``): ``checks``, each with ``check``,
+        ``result`` (``ok``, ``warn``, ``fail``, ``skip``), ``detail`` and
+        ``fix``; the NAT mapping and the probes it was inferred from."""
+        return _dict(self._do(_get("/v1/diagnostics")))
+
     def openapi(self) -> JSON:
         """The OpenAPI document of the local API."""
         return _dict(self._do(_get("/v1/openapi.json")))
@@ -1026,6 +1048,18 @@ class AsyncClient(_Base):
     async def metrics(self) -> str:
         """See :meth:`Client.metrics`."""
         return str(await self._do(_METRICS))
+
+    async def timeseries(self) -> JSON:
+        """See :meth:`Client.timeseries`."""
+        return _dict(await self._do(_get("/v1/stats/timeseries")))
+
+    async def registry_standing(self) -> JSON:
+        """See :meth:`Client.registry_standing`."""
+        return _dict(await self._do(_get("/v1/registry/standing")))
+
+    async def diagnostics(self) -> JSON:
+        """See :meth:`Client.diagnostics`."""
+        return _dict(await self._do(_get("/v1/diagnostics")))
 
     async def openapi(self) -> JSON:
         """See :meth:`Client.openapi`."""
