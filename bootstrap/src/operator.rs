@@ -231,11 +231,14 @@ async fn status(State(state): State<AppState>) -> Response {
 
 async fn metrics_route(State(state): State<AppState>) -> Response {
     match figures(&state).await {
-        Ok(f) => (
-            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-            render_metrics(&state.metrics, &f),
-        )
-            .into_response(),
+        Ok(f) => {
+            let mut text = render_metrics(&state.metrics, &f);
+            // libp2p's own families, when the registry runs on a node.
+            if let Some(node) = state.registry.node() {
+                text.push_str(&node.libp2p_metrics());
+            }
+            ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
+        }
         Err(e) => failed(&e),
     }
 }

@@ -124,6 +124,13 @@ async fn the_operator_page_and_metrics_show_agents_log_and_requests() {
     assert!(limited, "the prekey rate never refused");
 
     let s = scrape(&addr).await;
+    // libp2p's own families follow the registry's, in the same scrape.
+    assert!(
+        s.samples
+            .iter()
+            .any(|x| x.metric.starts_with("libp2p_swarm_")),
+        "libp2p's metrics in the scrape"
+    );
     let register = [("route", "/v1/registry/register"), ("status", "200")];
     assert_eq!(
         sample(&s, "agentmesh_registry_requests_total", &register),

@@ -167,6 +167,7 @@ pub struct Dht {
     queries: HashMap<kad::QueryId, (QueryId, Pending)>,
     next_id: u64,
     events: VecDeque<DhtEvent>,
+    metrics: Option<std::sync::Arc<libp2p::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Dht {
@@ -197,6 +198,7 @@ impl Dht {
             queries: HashMap::new(),
             next_id: 0,
             events: VecDeque::new(),
+            metrics: None,
         })
     }
 
@@ -318,7 +320,16 @@ impl Dht {
         self.kad.kbuckets().map(|b| b.num_entries()).sum()
     }
 
+    /// Records libp2p-kad's events in `metrics` from now on (the
+    /// `libp2p_kad_*` families of libp2p's Prometheus metrics).
+    pub fn set_metrics(&mut self, metrics: std::sync::Arc<libp2p::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
     fn on_kad_event(&mut self, event: kad::Event) {
+        if let Some(m) = &self.metrics {
+            libp2p::metrics::Recorder::record(m.as_ref(), &event);
+        }
         match event {
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..

@@ -717,6 +717,11 @@ struct Shared {
     drain_lock: tokio::sync::Mutex<()>,
     /// Per mailbox relay: a digest of the senders last named there.
     named_senders: Mutex<HashMap<PeerId, u64>>,
+    /// libp2p's own metrics (swarm, kad, identify, ping, relay, dcutr),
+    /// recorded by the swarm actor and the DHT.
+    libp2p_metrics: Arc<libp2p::metrics::Metrics>,
+    /// The registry `libp2p_metrics` registered its families in.
+    libp2p_registry: prometheus_client::registry::Registry,
     cancel: CancellationToken,
 }
 
@@ -1042,7 +1047,11 @@ impl Node {
         let keypair = identity.libp2p_keypair()?;
         let stream_behaviour = libp2p_stream::Behaviour::new();
         let control = stream_behaviour.new_control();
-        let dht = agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
+        let mut libp2p_registry = prometheus_client::registry::Registry::default();
+        let libp2p_metrics = Arc::new(libp2p::metrics::Metrics::new(&mut libp2p_registry));
+        let mut dht =
+            agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
+        dht.set_metrics(libp2p_metrics.clone());
         let swarm = agentmesh_transports::build_swarm_with_signalling(
             keypair,
             &config.transport,
@@ -1099,6 +1108,8 @@ impl Node {
             awaiting_receipt: Mutex::new(HashMap::new()),
             drain_lock: tokio::sync::Mutex::new(()),
             named_senders: Mutex::new(HashMap::new()),
+            libp2p_metrics,
+            libp2p_registry,
             cancel: cancel.clone(),
         });
         let span = tracing::info_span!("node", id = %amid.short());
@@ -1765,6 +1776,22 @@ impl Node {
         addrs: Vec<Multiaddr>,
     ) -> Result<PathKind, DialError> {
         mailbox::connect(&self.shared, peer, addrs).await
+    }
+
+    /// libp2p's own metrics in the Prometheus text format (the
+    /// `libp2p_swarm_*`, `libp2p_kad_*`, `libp2p_identify_*`,
+    /// `libp2p_ping_*`, `libp2p_relay_*` and `libp2p_dcutr_*` families of
+    /// libp2p-metrics), without a closing `# EOF`, ready to follow the
+    /// node's own metrics.
+    pub fn libp2p_metrics(&self) -> String {
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode_registry(
+            &mut out,
+            &self.shared.libp2p_registry,
+        ) {
+            Ok(()) => out,
+            Err(_) => String::new(),
+        }
     }
 
     /// How many KNOCK nonces the node holds (for tests of bounded state).

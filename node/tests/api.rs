@@ -933,6 +933,23 @@ async fn the_dashboard_logs_in_once_and_metrics_and_policy_are_served() {
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
+    // libp2p's own families follow (what they count once the node has
+    // peers: `in_process.rs`).
+    for family in [
+        "libp2p_swarm_",
+        "libp2p_kad_",
+        "libp2p_identify_",
+        "libp2p_ping_",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family}")),
+            "{family} in {metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("# EOF"),
+        "one exposition, no end marker inside"
+    );
 
     // The policy as TOML, changed through the API.
     let before = ok(&mut c, Method::GET, "/v1/policy", None).await;

@@ -105,6 +105,28 @@ async fn alice_resolves_bob_knocks_and_sends() {
     }
     let status = alice.status().await;
     assert_eq!(status.known_peers, vec![bob.amid()]);
+
+    // libp2p's own metrics counted it: connections to the bootstrap node and
+    // bob, identify exchanges, the DHT lookup of bob's card.
+    let text = alice.libp2p_metrics();
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        sum("libp2p_swarm_connections_established_total") >= 2.0,
+        "{text}"
+    );
+    assert!(sum("libp2p_identify_received_total") >= 1.0, "{text}");
+    assert!(
+        sum("libp2p_kad_query_result_get_record_ok_total") >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,7 +146,9 @@ async fn status(State(state): State<AppState>) -> Json<RelaySnapshot> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = snapshot(&state).await.to_prometheus();
+    let mut text = snapshot(&state).await.to_prometheus();
+    // libp2p's own families (swarm, kad, identify, ping, relay, dcutr).
+    text.push_str(&state.node.libp2p_metrics());
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
 }
 

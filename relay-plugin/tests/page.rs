@@ -250,6 +250,13 @@ async fn the_relay_page_and_metrics_show_reservations_and_mail() {
     assert_eq!(removed, 0);
 
     let s = scrape(&addr).await;
+    // libp2p's own families (the relay's circuits among them) follow.
+    assert!(
+        s.samples
+            .iter()
+            .any(|x| x.metric.starts_with("libp2p_swarm_")),
+        "libp2p's metrics in the scrape"
+    );
     assert_eq!(
         sample(&s, "agentmesh_relay_mailbox_deposits_total", &[]),
         2.0

@@ -614,7 +614,8 @@ async fn set_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<PolicyBody>) -> A
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     let status = ctx.node.status().await;
-    let text = ctx.metrics.render(&status, ctx.inbox.counts());
+    let mut text = ctx.metrics.render(&status, ctx.inbox.counts());
+    text.push_str(&ctx.node.libp2p_metrics());
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -779,6 +779,18 @@ impl Actor {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        {
+            use libp2p::metrics::Recorder;
+            let m = &self.shared.libp2p_metrics;
+            m.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => m.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
