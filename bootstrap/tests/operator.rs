@@ -9,40 +9,14 @@ use agentmesh_node::{
     registry::{Operation, Registration},
     Identity,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
 
-use support::{start, Http, WAIT};
-
-/// A GET of `path` on `addr` with `host` as the `Host` header: status and
-/// body.
-async fn get(addr: &str, host: &str, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.unwrap();
-        String::from_utf8(resp).unwrap()
-    };
-    let resp = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("answer in time");
-    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    (status, body.to_owned())
-}
+use support::{raw_get, start, Http, WAIT};
 
 /// `/metrics`, parsed by a Prometheus text format parser.
 async fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let (status, body) = get(addr, "127.0.0.1", "/metrics").await;
+    let (status, body) = raw_get(addr, "127.0.0.1", "/metrics").await;
     assert_eq!(status, 200, "{body}");
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses")
 }
@@ -226,7 +200,7 @@ async fn the_operator_page_and_metrics_show_agents_log_and_requests() {
     assert!(sample(&s, "agentmesh_registry_uptime_seconds", &[]) >= 0.0);
 
     // The page: agents, tiers, the leaderboard, the log head, requests.
-    let (status, html) = get(&addr, &addr, "/").await;
+    let (status, html) = raw_get(&addr, &addr, "/").await;
     assert_eq!(status, 200);
     assert!(html.contains("AgentMesh registry"));
     assert!(html.contains(&server.root));
@@ -242,14 +216,14 @@ async fn the_operator_page_and_metrics_show_agents_log_and_requests() {
     assert!(html.contains(&alice.amid().to_string()));
     assert!(html.contains("<tr><td>/v1/registry/register</td><td>2</td></tr>"));
     assert!(!html.contains("src=\"http"), "no external assets");
-    let (status, json) = get(&addr, "localhost", "/status").await;
+    let (status, json) = raw_get(&addr, "localhost", "/status").await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["figures"]["stats"]["agents"], 2);
     assert_eq!(v["requests"]["prekey_rate_limited"], 1);
 
     // A page on loopback does not answer a rebound domain name.
-    let (status, _) = get(&addr, "attacker.example", "/metrics").await;
+    let (status, _) = raw_get(&addr, "attacker.example", "/metrics").await;
     assert_eq!(status, 403);
 }
 

@@ -199,18 +199,8 @@ async fn the_registry_answers_over_libp2p() {
         .next()
         .unwrap()
         .to_owned();
-    let metrics = tokio::time::timeout(WAIT, async {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.unwrap();
-        String::from_utf8(resp).unwrap()
-    })
-    .await
-    .expect("metrics in time");
+    let (status, metrics) = support::raw_get(&addr, "127.0.0.1", "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
     let count = |labels: &str| {
         let line = format!("agentmesh_registry_p2p_requests_total{{{labels}}} ");
         metrics

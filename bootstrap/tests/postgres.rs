@@ -135,17 +135,25 @@ impl Postgres {
         Some(pg)
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// `tool` of the server's binaries, run as the server's user.
+    fn command(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
-        let mut cmd = match self.user {
+        match self.user {
             Some(u) => {
                 let mut c = Command::new("runuser");
                 c.args(["-u", u, "--"]).arg(&exe);
                 c
             }
             None => Command::new(&exe),
-        };
-        let out = cmd.args(args).output().expect("PostgreSQL tool runs");
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .expect("PostgreSQL tool runs");
         assert!(
             out.status.success(),
             "{tool} {args:?}: {}{}",
@@ -195,16 +203,10 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.data.to_str().unwrap().to_owned();
-        let exe = self.bin.join("pg_ctl");
-        let mut cmd = match self.user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
     }
 }
 

@@ -326,3 +326,32 @@ pub fn json_of(text: &str) -> Value {
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .unwrap_or_else(|| panic!("no JSON in {text}"))
 }
+
+/// A GET of `path` on `addr` with `host` as the `Host` header: status and
+/// body.
+pub async fn raw_get(addr: &str, host: &str, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp)
+            .await
+            .unwrap();
+        String::from_utf8(resp).unwrap()
+    };
+    let resp = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("answer in time");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (status, body.to_owned())
+}
