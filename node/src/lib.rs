@@ -55,6 +55,7 @@ pub mod keystore;
 pub mod knock;
 pub mod lru;
 pub mod mailbox;
+pub mod memory_cap;
 mod node;
 pub mod plugin;
 pub mod policy;
@@ -72,6 +73,7 @@ pub use events::{Message, MessageKind, NodeEvent, Receipt};
 pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason, SessionType};
+pub use memory_cap::MemoryCap;
 pub use node::{
     amid_of_peer, Config, ConnectionCaps, CredentialsState, DialError, HolePunch, InboxKey,
     LearnedPath, Messages, NatStatus, NetStatus, Node, NodeBuilder, NodeStatus, PathCounters,

@@ -172,15 +172,22 @@ pub struct ConnectionCaps {
     /// Established connections with one peer, both directions (a peer
     /// needs a few: QUIC, TCP, relayed, WebRTC).
     pub max_per_peer: u32,
+    /// The process's resident memory above which new connections (both
+    /// directions) are refused. Defaults to
+    /// [`DEFAULT_MEMORY_CAP`](crate::memory_cap::DEFAULT_MEMORY_CAP), 90 %
+    /// of the system's memory.
+    pub max_memory: crate::memory_cap::MemoryCap,
 }
 
 impl Default for ConnectionCaps {
-    /// An agent's: 1024 incoming, 128 in their handshake, 8 per peer.
+    /// An agent's: 1024 incoming, 128 in their handshake, 8 per peer; no
+    /// new connection over 90 % of the system's memory.
     fn default() -> Self {
         Self {
             max_incoming: 1024,
             max_pending_incoming: 128,
             max_per_peer: 8,
+            max_memory: crate::memory_cap::DEFAULT_MEMORY_CAP,
         }
     }
 }
@@ -193,6 +200,7 @@ impl ConnectionCaps {
             max_incoming: 16_384,
             max_pending_incoming: 1024,
             max_per_peer: 8,
+            max_memory: crate::memory_cap::DEFAULT_MEMORY_CAP,
         }
     }
 }

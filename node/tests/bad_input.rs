@@ -8,7 +8,7 @@ use agentmesh_node::{
     keystore::KdfParams,
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
-    Config, Identity, Intent, Node, NodeEvent, Passphrase, RejectReason,
+    Config, Identity, Intent, MemoryCap, Node, NodeEvent, Passphrase, RejectReason,
 };
 use agentmesh_transports::framing::FramedStream;
 use futures::AsyncWriteExt;
@@ -390,4 +390,68 @@ async fn connections_over_the_caps_are_refused_and_the_room_comes_back() {
         // Alice may not have seen bob's connection close yet.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How many incoming connections `node`'s swarm refused before any
+/// protocol ran (libp2p's `connections_incoming_error{error="Denied"}`).
+fn denied_incoming(node: &Node) -> u64 {
+    node.libp2p_metrics()
+        .lines()
+        .filter(|l| {
+            l.starts_with("libp2p_swarm_connections_incoming_error_total")
+                && l.contains("error=\"Denied\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_memory_cap_refuses_new_connections() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    // A cap of 1 MiB: far below any node's own resident memory.
+    let mut c = Config::local();
+    c.kdf = KdfParams::throwaway();
+    c.connections.max_memory = MemoryCap::Bytes(1 << 20);
+    let capped = Node::builder(c)
+        .data_dir(dir.path().join("capped"))
+        .passphrase(Passphrase::new("capped"))
+        .spawn()
+        .await
+        .unwrap();
+    let capped_addrs = capped.wait_listening(2, WAIT).await;
+    assert!(!capped_addrs.is_empty());
+    // The default cap (90 % of the system's memory).
+    let open = node(dir.path(), "open", None).await;
+    let bob = node(dir.path(), "bob", None).await;
+    assert_eq!(denied_incoming(&capped), 0);
+
+    // Bob's dial is refused before any protocol runs: it fails, and the
+    // capped node counts the refusal.
+    let dial = tokio::time::timeout(
+        WAIT,
+        bob.connect(capped.amid().peer_id().unwrap(), capped_addrs),
+    )
+    .await
+    .expect("the dial ends");
+    assert!(dial.is_err(), "connected to a node over its memory cap");
+    tokio::time::timeout(WAIT, async {
+        while denied_incoming(&capped) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the refusal is counted");
+    assert!(capped.status().await.net.connected.is_empty());
+
+    // A node with the default cap takes the same dial.
+    let open_addrs = open.listen_addrs().await;
+    tokio::time::timeout(
+        WAIT,
+        bob.connect(open.amid().peer_id().unwrap(), open_addrs),
+    )
+    .await
+    .expect("the dial ends")
+    .expect("the default cap lets bob in");
+    assert_eq!(denied_incoming(&open), 0);
 }

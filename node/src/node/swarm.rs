@@ -59,6 +59,7 @@ const AUTONAT_SERVER_THROTTLE: Duration = Duration::from_secs(15);
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
+    memory: Toggle<libp2p::memory_connection_limits::Behaviour>,
     dht: Dht,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -87,6 +88,9 @@ impl Behaviour {
                     .with_max_pending_incoming(Some(caps.max_pending_incoming))
                     .with_max_established_per_peer(Some(caps.max_per_peer)),
             ),
+            // Refuses new connections, both ways, while the process's
+            // resident memory is over the cap.
+            memory: Toggle::from(caps.max_memory.behaviour()),
             dht,
             identify: identify::Behaviour::new(
                 identify::Config::new("/agentmesh/id/1".into(), key.public())
@@ -928,6 +932,25 @@ impl Actor {
                     self.shared.emit(NodeEvent::Disconnected {
                         peer: peer_label(&peer_id),
                     });
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } => {
+                if let Some(over) = cause
+                    .downcast_ref::<libp2p::memory_connection_limits::MemoryUsageLimitExceeded>()
+                {
+                    warn!(
+                        target: "agentmesh::limits",
+                        from = %send_back_addr,
+                        rss = over.process_physical_memory_bytes(),
+                        cap = over.max_allowed_bytes(),
+                        "incoming connection refused: memory over the cap"
+                    );
+                } else {
+                    debug!(from = %send_back_addr, %cause, "incoming connection refused");
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -224,6 +224,11 @@ pub(crate) struct RunArgs {
     /// JSON-RPC URL), and carry its answers back.
     #[arg(long, env = "AGENTMESH_A2A_UPSTREAM")]
     pub(crate) a2a_upstream: Option<url::Url>,
+    /// Refuse new connections while this process's resident memory is
+    /// over this: a share of the system's memory (`90%`), a size
+    /// (`512MiB`, `2GB`, bytes) or `off`.
+    #[arg(long, env = "AGENTMESH_MAX_MEMORY", default_value = "90%")]
+    pub(crate) max_memory: agentmesh_node::MemoryCap,
 }
 
 /// Arguments of `send`.

@@ -118,9 +118,11 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         api,
         a2a,
         a2a_upstream,
+        max_memory,
     } = a;
     let mut config = Config::local();
     config.hole_punch = *hole_punch;
+    config.connections.max_memory = *max_memory;
     config.stun_servers = stun.clone();
     config.registry_root = registry_root.map(|r| *r.as_bytes());
     config.registry = registry.clone();
