@@ -20,7 +20,7 @@ use agentmesh_bootstrap::{
         RegistrySettings, DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE,
     },
 };
-use agentmesh_node::{ratelimit::RateLimit, Multiaddr, Node, Passphrase};
+use agentmesh_node::{ratelimit::RateLimit, MemoryCap, Multiaddr, Node, Passphrase};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,12 @@ struct Cli {
     /// Serve no operator's page and no metrics.
     #[arg(long, conflicts_with_all = ["metrics", "metrics_public"])]
     no_metrics: bool,
+    /// Refuse new connections while this process's resident memory is
+    /// over this: a share of the system's memory (`90%`), a size
+    /// (`2GiB`, bytes) or `off`. Defaults to `max_memory` in the config,
+    /// else 90 %.
+    #[arg(long, env = "AGENTMESH_MAX_MEMORY")]
+    max_memory: Option<MemoryCap>,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -91,6 +97,9 @@ struct FileConfig {
     stun_listen: Option<SocketAddr>,
     /// The operator's page and metrics.
     operator: OperatorFile,
+    /// Resident memory over which new connections are refused (`90%`,
+    /// `2GiB`, `off`).
+    max_memory: Option<MemoryCap>,
 }
 
 /// The operator's page and metrics.
@@ -242,6 +251,9 @@ async fn main() -> Result<()> {
         config.transport.listen = cli.listen.clone();
     } else if !file.listen.is_empty() {
         config.transport.listen = file.listen.clone();
+    }
+    if let Some(cap) = cli.max_memory.or(file.max_memory) {
+        config.connections.max_memory = cap;
     }
     let expected = config.transport.listen.len();
     let operator = (!cli.no_metrics && file.operator.enabled)
