@@ -102,6 +102,10 @@ pub struct Config {
     pub delivery_timeout: Duration,
     /// Most unacknowledged messages in flight per peer. Defaults to 64.
     pub window: usize,
+    /// A peer's outbound link (its task, queue and message stream) ends
+    /// after this long with nothing to send or wait for; the next message
+    /// to the peer starts a new one. Defaults to 5 min.
+    pub link_idle: Duration,
     /// Keystore key derivation cost. Defaults to Argon2id 19 MiB, t=2.
     pub kdf: KdfParams,
     /// The receiver's policy. Defaults to the `default` preset.
@@ -306,6 +310,7 @@ impl Config {
             republish_every: Duration::from_secs(20 * 60),
             delivery_timeout: Duration::from_secs(60),
             window: 64,
+            link_idle: Duration::from_secs(300),
             kdf: KdfParams::default(),
             policy: Policy::default(),
             policy_file: None,
@@ -1024,7 +1029,7 @@ impl Node {
             .path(dir.join("db"))
             .flush_every_ms(Some(200))
             .open()?;
-        let store = SessionStore::open(amid, &db, keystore.storage_key())?;
+        let mut store = SessionStore::open(amid, &db, keystore.storage_key())?;
         let audit = AuditLog::open(&db, Some(keystore.storage_key()))?;
         let killed_all = db.get(KILLED_ALL_KEY)?.is_some();
         let (knock_rate, msg_rate) = rate_limits(&config.policy);
@@ -1176,6 +1181,18 @@ impl Node {
         self.shared.amid
     }
 
+    /// How many outbound links (one per peer written to lately, see
+    /// [`Config::link_idle`]) run now.
+    pub fn link_count(&self) -> usize {
+        link::running(&self.shared)
+    }
+
+    /// How many peers' Olm sessions are held in memory (at most
+    /// [`crate::session::MAX_CACHED_PEERS`]; the others wait on disk).
+    pub fn cached_session_peers(&self) -> usize {
+        self.shared.store().cached_peers()
+    }
+
     /// What the network reports about our reachability: public, behind a
     /// NAT, or not known yet (AutoNAT).
     pub fn reachability(&self) -> NatStatus {
@@ -1314,6 +1331,13 @@ impl Node {
             queued: tokio::time::Instant::now(),
             reknocks: 0,
         };
+        let tx = link::sender_for(&self.shared, *to);
+        let out = match tx.send(out).await {
+            Ok(()) => return Ok(id),
+            Err(mpsc::error::SendError(out)) => out,
+        };
+        // The link ended as it went idle, between our taking its queue and
+        // sending: the next one takes the message.
         let tx = link::sender_for(&self.shared, *to);
         tx.send(out).await.map_err(|_| SendError::Stopped)?;
         Ok(id)

@@ -4,13 +4,23 @@
 //!
 //! Layout of the `node` tree (prefix → value):
 //! - `acct` → Olm account pickle (vodozemac-encrypted)
-//! - `olm/<peer 32><olm session id>` → Olm session pickle (vodozemac-encrypted)
+//! - `olm/<peer 32><olm session id>` → `0x01`, when it was last used (u64
+//!   BE, a counter ordering a peer's sessions), then the Olm session pickle
+//!   (vodozemac-encrypted). Values written before the counter existed are
+//!   the bare pickle (they start with a base64 character, never `0x01`).
 //! - `ses/<peer 32><session 16>` → [`SessionInfo`] (CBOR)
 //! - `seen/<sender 32><message 16>` → expiry (u64 BE): replay window
 //! - `nonce/<nonce 16>` → expiry (u64 BE): KNOCK nonces
 //! - `inbox/<arrival u64 BE>` → received message, sealed with XChaCha20-Poly1305
 //!
 //! Nothing here does I/O beyond sled or reads the clock: time is an argument.
+//!
+//! State stays bounded: the Olm sessions of at most [`MAX_CACHED_PEERS`]
+//! peers are held in memory (the least recently used are dropped from
+//! memory, and read back from disk when next used), and a session that
+//! ended (expired, or closed by either side) is deleted with its Olm
+//! sessions once the peer has no other session left (see
+//! [`SessionStore::sweep`]).
 
 use std::collections::HashMap;
 
@@ -42,6 +52,11 @@ pub const ONE_TIME_KEYS: usize = 20;
 pub const ONE_TIME_KEYS_LOW: usize = 10;
 /// Olm sessions kept per peer.
 const MAX_OLM_SESSIONS_PER_PEER: usize = 4;
+/// Peers whose Olm sessions are kept in memory; the others stay on disk
+/// until they are used again.
+pub const MAX_CACHED_PEERS: usize = 2048;
+/// First byte of an Olm session value that carries its last-used counter.
+const OLM_VALUE_V1: u8 = 1;
 /// Default lifetime of a message.
 pub const DEFAULT_MESSAGE_TTL_MS: u64 = 72 * 3600 * 1000;
 
@@ -215,7 +230,16 @@ pub struct SessionStore {
     tree: sled::Tree,
     db: sled::Db,
     account: Account,
+    /// Olm sessions of the peers used lately, oldest first. A peer that is
+    /// here has exactly these sessions on disk; one that is not may have
+    /// some on disk (see [`Self::load_olm`]).
     olm: HashMap<Amid, Vec<Session>>,
+    /// When each peer in `olm` was last used (`olm_clock` then).
+    olm_used: HashMap<Amid, u64>,
+    /// Counter ordering uses of Olm sessions; stored with each pickle.
+    olm_clock: u64,
+    /// At most this many peers in `olm`.
+    olm_cap: usize,
     /// Write-through cache of the `ses/` entries.
     sessions: HashMap<Amid, Vec<SessionInfo>>,
     pickle_key: SubKey,
@@ -269,22 +293,6 @@ impl SessionStore {
                 a
             }
         };
-        let mut olm: HashMap<Amid, Vec<Session>> = HashMap::new();
-        for item in tree.scan_prefix(b"olm/") {
-            let (k, v) = item?;
-            let Some(peer) = k.get(4..36).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
-                continue;
-            };
-            let Ok(peer) = Amid::from_bytes(&peer) else {
-                continue;
-            };
-            let text = std::str::from_utf8(&v).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            let pickle = SessionPickle::from_encrypted(text, &pickle_key.0)
-                .map_err(|e| StorageError::Pickle(e.to_string()))?;
-            olm.entry(peer)
-                .or_default()
-                .push(Session::from_pickle(pickle));
-        }
         let mut sessions: HashMap<Amid, Vec<SessionInfo>> = HashMap::new();
         for item in tree.scan_prefix(b"ses/") {
             let (_, v) = item?;
@@ -298,7 +306,10 @@ impl SessionStore {
             tree,
             db: db.clone(),
             account,
-            olm,
+            olm: HashMap::new(),
+            olm_used: HashMap::new(),
+            olm_clock: 0,
+            olm_cap: MAX_CACHED_PEERS,
             inbox_sealer: Sealer::new(derive(storage_key, "inbox")),
             pickle_key,
             prekeys_changed: false,
@@ -319,11 +330,90 @@ impl SessionStore {
         );
     }
 
-    fn put_olm(&self, batch: &mut sled::Batch, peer: &Amid, s: &Session) {
+    /// Writes `s` as the most recently used of `peer`'s Olm sessions.
+    fn put_olm(&mut self, batch: &mut sled::Batch, peer: &Amid, s: &Session, now_ms: u64) {
+        self.olm_clock = self.olm_clock.max(now_ms.saturating_mul(1000)) + 1;
+        let mut v = vec![OLM_VALUE_V1];
+        v.extend_from_slice(&be(self.olm_clock));
+        v.extend_from_slice(s.pickle().encrypt(&self.pickle_key.0).as_bytes());
         batch.insert(
             key(b"olm/", &[peer.as_bytes(), s.session_id().as_bytes()]),
-            s.pickle().encrypt(&self.pickle_key.0).into_bytes(),
+            v,
         );
+    }
+
+    /// Whether any Olm session with `peer` exists, in memory or on disk.
+    fn has_olm(&self, peer: &Amid) -> bool {
+        match self.olm.get(peer) {
+            Some(list) => !list.is_empty(),
+            None => self
+                .tree
+                .scan_prefix(key(b"olm/", &[peer.as_bytes()]))
+                .next()
+                .is_some(),
+        }
+    }
+
+    /// Puts `peer`'s Olm sessions in memory (read from disk if they are not
+    /// there yet), marks them used, and drops the least recently used
+    /// peers' sessions from memory when there are too many.
+    fn load_olm(&mut self, peer: &Amid) -> Result<(), StorageError> {
+        self.olm_clock += 1;
+        self.olm_used.insert(*peer, self.olm_clock);
+        if self.olm.contains_key(peer) {
+            return Ok(());
+        }
+        let mut found: Vec<(u64, Session)> = Vec::new();
+        for item in self.tree.scan_prefix(key(b"olm/", &[peer.as_bytes()])) {
+            let (_, v) = item?;
+            let (at, text) = match v.split_first() {
+                Some((&OLM_VALUE_V1, rest)) if rest.len() >= 8 => (read_be(&rest[..8]), &rest[8..]),
+                _ => (0, &v[..]),
+            };
+            let text =
+                std::str::from_utf8(text).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let pickle = SessionPickle::from_encrypted(text, &self.pickle_key.0)
+                .map_err(|e| StorageError::Pickle(e.to_string()))?;
+            self.olm_clock = self.olm_clock.max(at);
+            found.push((at, Session::from_pickle(pickle)));
+        }
+        found.sort_by_key(|(at, _)| *at);
+        self.olm
+            .insert(*peer, found.into_iter().map(|(_, s)| s).collect());
+        if self.olm.len() > self.olm_cap {
+            // Drop an eighth at once, so that a scan over many peers does
+            // not sort for every one of them.
+            let keep = self.olm_cap - self.olm_cap / 8;
+            let mut by_age: Vec<(u64, Amid)> = self
+                .olm_used
+                .iter()
+                .filter(|(p, _)| *p != peer)
+                .map(|(p, at)| (*at, *p))
+                .collect();
+            by_age.sort_unstable_by_key(|(at, _)| *at);
+            let evict = self.olm.len().saturating_sub(keep);
+            for (_, p) in by_age.into_iter().take(evict) {
+                self.olm.remove(&p);
+                self.olm_used.remove(&p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every Olm session with `peer`, in memory and on disk.
+    fn drop_olm(&mut self, peer: &Amid) -> Result<(), StorageError> {
+        self.olm.remove(peer);
+        self.olm_used.remove(peer);
+        for item in self.tree.scan_prefix(key(b"olm/", &[peer.as_bytes()])) {
+            let (k, _) = item?;
+            self.tree.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// How many peers' Olm sessions are held in memory.
+    pub fn cached_peers(&self) -> usize {
+        self.olm.len()
     }
 
     /// Updates the cache once `info` is on disk.
@@ -374,7 +464,7 @@ impl SessionStore {
     /// The newest valid session with `peer` at `now_ms` for which we also
     /// hold an Olm session.
     pub fn current_session(&self, peer: &Amid, now_ms: u64) -> Option<SessionInfo> {
-        if self.olm.get(peer).is_none_or(Vec::is_empty) {
+        if !self.has_olm(peer) {
             return None;
         }
         self.sessions
@@ -388,7 +478,7 @@ impl SessionStore {
     /// Session `id` with `peer`, when it is known and not expired at
     /// `now_ms` (and an Olm session with the peer exists).
     pub fn session(&self, peer: &Amid, id: &SessionId, now_ms: u64) -> Option<SessionInfo> {
-        if self.olm.get(peer).is_none_or(Vec::is_empty) {
+        if !self.has_olm(peer) {
             return None;
         }
         self.sessions
@@ -419,7 +509,10 @@ impl SessionStore {
     }
 
     /// Forgets session `id` with `peer` (e.g. after the peer said it does not
-    /// know it). Returns whether there was such a session.
+    /// know it, or either side ended it). Returns whether there was such a
+    /// session. When it was the peer's last, the Olm sessions with the peer
+    /// are deleted too: nothing can use them any more (a new KNOCK starts a
+    /// new one).
     pub fn forget_session(&mut self, peer: &Amid, id: &SessionId) -> Result<bool, StorageError> {
         self.tree.remove(key(b"ses/", &[peer.as_bytes(), &id.0]))?;
         let Some(list) = self.sessions.get_mut(peer) else {
@@ -427,7 +520,12 @@ impl SessionStore {
         };
         let before = list.len();
         list.retain(|s| &s.id != id);
-        Ok(list.len() < before)
+        let removed = list.len() < before;
+        if list.is_empty() {
+            self.sessions.remove(peer);
+            self.drop_olm(peer)?;
+        }
+        Ok(removed)
     }
 
     fn encrypt(&self, olm: &mut Session, content: &Content) -> Result<(u8, Vec<u8>), SealError> {
@@ -522,15 +620,18 @@ impl SessionStore {
     ) -> Result<SessionInfo, StorageError> {
         let mut info = p.info;
         info.expires_ms = expires_ms.min(info.expires_ms);
+        self.load_olm(&p.peer)?;
         let mut batch = sled::Batch::default();
         self.put_info(&mut batch, &info)?;
-        self.put_olm(&mut batch, &p.peer, &p.olm);
+        self.put_olm(&mut batch, &p.peer, &p.olm, info.created_ms);
         self.tree.apply_batch(batch)?;
         self.push_olm(p.peer, p.olm);
         self.cache_info(info.clone());
         Ok(info)
     }
 
+    /// Puts `s` back as `peer`'s most recently used session; the peer's
+    /// sessions must be in memory (see [`Self::load_olm`]).
     fn push_olm(&mut self, peer: Amid, s: Session) {
         let list = self.olm.entry(peer).or_default();
         list.retain(|x| x.session_id() != s.session_id());
@@ -563,6 +664,7 @@ impl SessionStore {
                 .session(peer, &s, now_ms)
                 .ok_or(SealError::SessionEnded(s))?,
         };
+        self.load_olm(peer)?;
         let mut olm = self
             .olm
             .get_mut(peer)
@@ -589,7 +691,7 @@ impl SessionStore {
             info.next_seq += 1;
             let mut batch = sled::Batch::default();
             self.put_info(&mut batch, &info)?;
-            self.put_olm(&mut batch, peer, &olm);
+            self.put_olm(&mut batch, peer, &olm, now_ms);
             self.tree.apply_batch(batch).map_err(StorageError::from)?;
             Ok((env, info))
         });
@@ -676,7 +778,7 @@ impl SessionStore {
             },
         };
         let mut batch = sled::Batch::default();
-        self.put_olm(&mut batch, &body.from, &olm);
+        self.put_olm(&mut batch, &body.from, &olm, now_ms);
         if knock_session.is_some() {
             self.put_info(&mut batch, &info)?;
         }
@@ -739,6 +841,7 @@ impl SessionStore {
         peer: &Amid,
         msg: &OlmMessage,
     ) -> Result<(Session, Vec<u8>, bool), OpenError> {
+        self.load_olm(peer)?;
         let list = self.olm.entry(*peer).or_default();
         if let OlmMessage::PreKey(pre) = msg {
             let sid = pre.session_id();
@@ -813,9 +916,23 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Drops replay and nonce entries that expired before `now_ms`.
-    pub fn sweep(&self, now_ms: u64) -> Result<usize, StorageError> {
+    /// Drops replay and nonce entries that expired before `now_ms`, and the
+    /// sessions that ended by then: a peer left with no session loses its
+    /// Olm sessions too. Returns how many entries were dropped.
+    pub fn sweep(&mut self, now_ms: u64) -> Result<usize, StorageError> {
         let mut n = 0;
+        let ended: Vec<(Amid, SessionId)> = self
+            .sessions
+            .values()
+            .flatten()
+            .filter(|s| s.expires_ms <= now_ms)
+            .map(|s| (s.peer, s.id))
+            .collect();
+        for (peer, id) in ended {
+            if self.forget_session(&peer, &id)? {
+                n += 1;
+            }
+        }
         for prefix in [&b"seen/"[..], b"nonce/"] {
             for item in self.tree.scan_prefix(prefix) {
                 let (k, v) = item?;
@@ -1042,5 +1159,160 @@ mod tests {
         drop(db_b);
         let db_b = sled::open(dir_b.path()).unwrap();
         assert!(SessionStore::open(idb.amid(), &db_b, &[9; 32]).is_err());
+    }
+
+    /// `a` KNOCKs `b` and both commit the session, valid until `expires`.
+    fn knock(a: &mut Side, b: &mut Side, n: u8, now: u64, expires: u64) {
+        let card = card_of(&b.store, b.id.amid());
+        let (pending, env) = a
+            .store
+            .seal_first(
+                &a.id,
+                &card,
+                false,
+                Intent::default(),
+                MessageId([n; 16]),
+                &msg(json!({"knock": n})),
+                now,
+            )
+            .unwrap();
+        let info = SessionStore::responder_info(
+            a.id.amid(),
+            SessionStore::pending_session_id(&pending),
+            Intent::default(),
+            now,
+            expires,
+        );
+        b.store.receive(&env, Some(&info), now).unwrap();
+        a.store.commit_outbound(pending, expires).unwrap();
+    }
+
+    /// `from` seals `text` to `to`, and `to` opens it.
+    fn exchange(from: &mut Side, to: &mut Side, id: [u8; 16], text: &str, now: u64) {
+        let env = from
+            .store
+            .seal(
+                &from.id,
+                &to.id.amid(),
+                None,
+                MessageId(id),
+                &msg(json!(text)),
+                now,
+            )
+            .unwrap();
+        let (_, got) = to.store.receive(&env, None, now).unwrap();
+        assert_eq!(got.payload, json!(text));
+    }
+
+    #[test]
+    fn olm_sessions_beyond_the_cache_are_read_back_from_disk() {
+        let now = 1_000_000;
+        let mut b = side(2);
+        b.store.olm_cap = 3;
+        let mut peers: Vec<Side> = (0..8).map(|i| side(10 + i)).collect();
+        for (i, a) in peers.iter_mut().enumerate() {
+            knock(a, &mut b, i as u8, now, now + 10_000_000);
+        }
+        assert!(
+            b.store.cached_peers() <= 3,
+            "{} cached",
+            b.store.cached_peers()
+        );
+        for round in 0..3u8 {
+            for (i, a) in peers.iter_mut().enumerate() {
+                let id = [round * 16 + i as u8 + 100; 16];
+                exchange(a, &mut b, id, &format!("to b {round} {i}"), now + 1);
+                let id = [round * 16 + i as u8 + 50; 16];
+                exchange(&mut b, a, id, &format!("from b {round} {i}"), now + 1);
+                assert!(b.store.cached_peers() <= 3);
+            }
+        }
+        // Every peer's session is on disk, whatever memory holds.
+        for a in &peers {
+            assert!(b.store.current_session(&a.id.amid(), now + 2).is_some());
+        }
+    }
+
+    #[test]
+    fn a_peers_sessions_come_back_newest_last() {
+        let now = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let ida = Identity::from_seed(&[1; 32]);
+        let mut b = side(2);
+        let newest;
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let mut a = Side {
+                id: Identity::from_seed(&[1; 32]),
+                store: SessionStore::open(ida.amid(), &db, &[1; 32]).unwrap(),
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            for n in 0..3 {
+                knock(&mut a, &mut b, n, now + u64::from(n), now + 10_000_000);
+            }
+            newest = a.store.olm[&b.id.amid()].last().unwrap().session_id();
+            a.store.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let mut a = SessionStore::open(ida.amid(), &db, &[1; 32]).unwrap();
+        a.load_olm(&b.id.amid()).unwrap();
+        assert_eq!(a.olm[&b.id.amid()].len(), 3);
+        assert_eq!(a.olm[&b.id.amid()].last().unwrap().session_id(), newest);
+    }
+
+    #[test]
+    fn ended_sessions_and_their_olm_state_are_purged() {
+        let now = 1_000_000;
+        let mut a = side(1);
+        let mut b = side(2);
+        let mut c = side(3);
+        knock(&mut a, &mut b, 1, now, now + 10_000);
+        knock(&mut c, &mut b, 2, now, now + 10_000_000);
+        exchange(&mut a, &mut b, [9; 16], "before", now + 1);
+        let entries = |s: &SessionStore, prefix: &[u8], peer: &Amid| {
+            s.tree.scan_prefix(key(prefix, &[peer.as_bytes()])).count()
+        };
+        assert_eq!(entries(&b.store, b"olm/", &a.id.amid()), 1);
+        assert_eq!(entries(&b.store, b"ses/", &a.id.amid()), 1);
+
+        // Not ended yet: nothing goes.
+        b.store.sweep(now + 5_000).unwrap();
+        assert!(b.store.current_session(&a.id.amid(), now + 5_000).is_some());
+
+        assert!(b.store.sweep(now + 10_000).unwrap() >= 1);
+        assert!(b
+            .store
+            .current_session(&a.id.amid(), now + 10_000)
+            .is_none());
+        assert_eq!(entries(&b.store, b"olm/", &a.id.amid()), 0);
+        assert_eq!(entries(&b.store, b"ses/", &a.id.amid()), 0);
+        // c's session is untouched and still carries messages.
+        assert_eq!(entries(&b.store, b"olm/", &c.id.amid()), 1);
+        exchange(&mut c, &mut b, [8; 16], "still here", now + 10_001);
+
+        // a's side ends it too; a new KNOCK starts afresh.
+        a.store.sweep(now + 10_000).unwrap();
+        assert_eq!(entries(&a.store, b"olm/", &b.id.amid()), 0);
+        knock(&mut a, &mut b, 3, now + 20_000, now + 10_000_000);
+        exchange(&mut a, &mut b, [7; 16], "again", now + 20_001);
+        exchange(&mut b, &mut a, [6; 16], "welcome back", now + 20_002);
+    }
+
+    #[test]
+    fn closing_the_last_session_deletes_the_olm_sessions() {
+        let now = 1_000_000;
+        let mut a = side(1);
+        let mut b = side(2);
+        knock(&mut a, &mut b, 1, now, now + 10_000_000);
+        let sid = b.store.current_session(&a.id.amid(), now).unwrap().id;
+        assert!(b.store.forget_session(&a.id.amid(), &sid).unwrap());
+        assert!(!b.store.has_olm(&a.id.amid()));
+        assert_eq!(
+            b.store
+                .tree
+                .scan_prefix(key(b"olm/", &[a.id.amid().as_bytes()]))
+                .count(),
+            0
+        );
     }
 }

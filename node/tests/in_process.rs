@@ -127,6 +127,16 @@ async fn alice_resolves_bob_knocks_and_sends() {
         sum("libp2p_kad_query_result_get_record_ok_total") >= 1.0,
         "{text}"
     );
+    // The bytes of those 50 messages, each way (messages out, receipts in).
+    let bytes = |direction: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+            .filter(|l| l.contains(&format!("direction=\"{direction}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(bytes("Outbound") > 50.0 * 64.0, "{text}");
+    assert!(bytes("Inbound") > 0.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,4 +422,61 @@ async fn a_clean_shutdown_publishes_presence_offline() {
     .await
     .expect("lookups see bob offline");
     assert!(after.seq > before.seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_link_ends_and_the_next_message_starts_another() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let mut c = config();
+    c.link_idle = Duration::from_secs(2);
+    let alice = Node::builder(c)
+        .data_dir(dir.path().join("alice"))
+        .passphrase(Passphrase::new("alice"))
+        .bootstraps(boot.listen_addrs().await)
+        .spawn()
+        .await
+        .unwrap();
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await);
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+
+    let r = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"n": 0})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.knocked);
+    assert_eq!(alice.link_count(), 1);
+    tokio::time::timeout(WAIT, async {
+        while alice.link_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the idle link ends");
+
+    // The session outlives the link: a burst goes out on a new link, in
+    // order, with no KNOCK.
+    for n in 1..=20 {
+        alice
+            .send_nowait(&bob.amid(), json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    let r = tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!({"n": 21})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!r.knocked);
+    for n in 0..=21 {
+        let m = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.payload, json!({"n": n}));
+    }
+    assert!(alice.link_count() <= 1);
+    assert!(alice.cached_session_peers() >= 1);
 }

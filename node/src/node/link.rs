@@ -47,6 +47,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time to wait for a card lookup.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
 
+type Links =
+    std::collections::HashMap<Amid, (mpsc::Sender<Outgoing>, tokio_util::sync::CancellationToken)>;
+
 /// The queue of the link to `peer`, starting the link if needed.
 pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgoing> {
     let mut links = shared.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -55,6 +58,22 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
             return tx.clone();
         }
     }
+    spawn_link(shared, &mut links, peer)
+}
+
+/// How many links run now.
+pub(super) fn running(shared: &Shared) -> usize {
+    shared
+        .links
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|(tx, _)| !tx.is_closed())
+        .count()
+}
+
+/// Starts the link to `peer`, with `links` locked.
+fn spawn_link(shared: &Arc<Shared>, links: &mut Links, peer: Amid) -> mpsc::Sender<Outgoing> {
     let (tx, rx) = mpsc::channel(PEER_QUEUE);
     let cancel = shared.cancel.child_token();
     links.insert(peer, (tx.clone(), cancel.clone()));
@@ -63,7 +82,9 @@ pub(super) fn sender_for(shared: &Arc<Shared>, peer: Amid) -> mpsc::Sender<Outgo
         shared: shared.clone(),
         peer,
         peer_id: peer.peer_id().ok(),
+        queue: tx.downgrade(),
         rx,
+        last_active: Instant::now(),
         requeued: VecDeque::new(),
         card: None,
         card_at: None,
@@ -102,7 +123,12 @@ struct Link {
     shared: Arc<Shared>,
     peer: Amid,
     peer_id: Option<PeerId>,
+    /// This link's own queue, to tell its entry in `Shared::links` from a
+    /// newer link's.
+    queue: mpsc::WeakSender<Outgoing>,
     rx: mpsc::Receiver<Outgoing>,
+    /// When a message was last queued or a frame last came in.
+    last_active: Instant,
     requeued: VecDeque<Outgoing>,
     card: Option<AgentCard>,
     /// When `card` was looked up or read.
@@ -196,7 +222,10 @@ impl Link {
                         Some(r) => r.recv().await,
                         None => std::future::pending().await,
                     }
-                } => self.on_frame(frame),
+                } => {
+                    self.last_active = Instant::now();
+                    self.on_frame(frame);
+                }
                 _ = async { tokio::time::sleep_until(reconnect_at.unwrap_or_else(Instant::now)).await },
                     if reconnect_at.is_some() => {
                     self.reconnect_at = None;
@@ -247,10 +276,16 @@ impl Link {
                         None => self.rx.recv().await,
                     }
                 }, if window_open => {
+                    self.last_active = Instant::now();
                     self.process(peer_id, out).await;
                     self.flush_if_idle().await;
                 }
-                _ = tick.tick() => self.expire().await,
+                _ = tick.tick() => {
+                    self.expire().await;
+                    if self.retire() {
+                        return;
+                    }
+                }
             }
         }
         // Stopped or killed: whatever was not delivered fails, visibly.
@@ -269,6 +304,58 @@ impl Link {
         while let Ok(out) = self.rx.try_recv() {
             self.fail(out, SendError::Stopped);
         }
+    }
+
+    /// Ends the link when it has been idle for [`Config::link_idle`]
+    /// (nothing queued, in flight, held back or due for a reconnect), so
+    /// that a node that wrote to many peers does not keep a task, a queue
+    /// and a stream for each for ever. Its entry leaves `Shared::links`
+    /// first, under the lock [`sender_for`] takes: a message queued after
+    /// that starts a new link; one that slipped into the queue before it
+    /// closed is handed to a new link too, before anything else can reach
+    /// it, so the order of sends is kept. Returns whether the link ended.
+    ///
+    /// [`Config::link_idle`]: crate::node::Config::link_idle
+    fn retire(&mut self) -> bool {
+        let idle = self.inflight.is_empty()
+            && self.delayed.is_empty()
+            && self.requeued.is_empty()
+            && self.reconnect_at.is_none()
+            && self.rx.is_empty()
+            && self.last_active.elapsed() >= self.shared.config.link_idle;
+        if !idle {
+            return false;
+        }
+        let shared = self.shared.clone();
+        let mut links = shared.links.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = match (links.get(&self.peer), self.queue.upgrade()) {
+            (Some((tx, _)), Some(me)) => tx.same_channel(&me),
+            _ => false,
+        };
+        if ours {
+            links.remove(&self.peer);
+        }
+        self.rx.close();
+        let mut late = Vec::new();
+        while let Ok(out) = self.rx.try_recv() {
+            late.push(out);
+        }
+        if !late.is_empty() {
+            let tx = spawn_link(&shared, &mut links, self.peer);
+            for out in late {
+                // The new queue is empty and as deep as this one was.
+                if let Err(e) = tx.try_send(out) {
+                    let out = match e {
+                        mpsc::error::TrySendError::Full(o)
+                        | mpsc::error::TrySendError::Closed(o) => o,
+                    };
+                    self.fail(out, SendError::Stopped);
+                }
+            }
+        }
+        drop(links);
+        debug!(peer = %self.peer.short(), "link idle: ended");
+        true
     }
 
     fn schedule_reconnect(&mut self) {
