@@ -151,6 +151,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::Org { .. } => "org",
         Request::Evidence { .. } => "evidence",
         Request::Leaderboard { .. } => "leaderboard",
+        Request::Time => "time",
         _ => "other",
     }
 }
@@ -228,6 +229,7 @@ async fn dispatch(
             limit.map_or(DEFAULT_LEADERBOARD_LIMIT, |l| l as usize),
             now_ms,
         )?),
+        Request::Time => Ok(serde_json::json!({ "time_ms": now_ms })),
         _ => Err(RegistryError::Invalid("unsupported request".into())),
     }
 }

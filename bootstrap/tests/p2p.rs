@@ -267,3 +267,109 @@ async fn the_registry_answers_over_libp2p() {
     .await;
     assert!(!ok && out.contains("unknown_agent"), "{out}");
 }
+
+/// The doctor's clock check against a real registry: the node asks it the
+/// time over `/agentmesh/registry/1`, and both run on this machine's clock,
+/// so the offset found is within half the round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_finds_the_clock_in_step_with_the_registry() {
+    use agentmesh_node::{
+        api::{ApiOptions, LocalApi},
+        control::{Client, Method},
+        daemon::DEFAULT_API_ADDR,
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(dir.path(), "clock-test").await;
+    let mut config = support::fast_config();
+    config.registry = Some(server.addr.parse().unwrap());
+    let alice = support::node(dir.path(), "alice", config, &server.addr).await;
+
+    // The request itself: the registry's clock as it answers.
+    let mut control = alice.stream_control();
+    let before = now_ms();
+    let v = ok(
+        call(&mut control, server.peer_id(), &Request::Time, TIMEOUT)
+            .await
+            .expect("answer"),
+    );
+    let after = now_ms();
+    let t = v["time_ms"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
+
+    // One reading: the offset is within half the round trip (plus the
+    // milliseconds lost to rounding).
+    let reading = alice.registry_clock().await.expect("a reading");
+    assert!(
+        reading.offset_ms().unsigned_abs() <= reading.uncertainty_ms() + 2,
+        "{reading:?}: offset {}",
+        reading.offset_ms()
+    );
+
+    // The doctor, through the local API.
+    let alice_dir = dir.path().join("alice");
+    let api = LocalApi::start(
+        alice.clone(),
+        &alice_dir,
+        ApiOptions::new(Some(DEFAULT_API_ADDR)),
+    )
+    .await
+    .expect("API starts");
+    let mut c = Client::connect(&alice_dir).await.unwrap();
+    let d = c
+        .call(Method::GET, "/v1/diagnostics", None)
+        .await
+        .unwrap()
+        .expect("diagnostics");
+    let check = |d: &Value, name: &str| {
+        d["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {d:#}"))
+            .clone()
+    };
+    let f = check(&d, "clock vs registry");
+    assert_eq!(f["result"], "ok", "{f}");
+    assert_eq!(f["fix"], Value::Null, "{f}");
+    let detail = f["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(" ms ") && detail.contains("the registry's (±") && detail.ends_with(" ms)"),
+        "{detail}"
+    );
+    let clock = &d["registry_clock"];
+    let (offset, uncertainty) = (
+        clock["offset_ms"].as_i64().unwrap(),
+        clock["uncertainty_ms"].as_u64().unwrap(),
+    );
+    assert!(offset.unsigned_abs() <= uncertainty + 2, "{clock}");
+    api.stop().await;
+
+    // Bob has no registry: the check is skipped, and says why.
+    let bob = support::node(dir.path(), "bob", support::fast_config(), &server.addr).await;
+    let bob_dir = dir.path().join("bob");
+    let api = LocalApi::start(
+        bob.clone(),
+        &bob_dir,
+        ApiOptions::new(Some(DEFAULT_API_ADDR)),
+    )
+    .await
+    .expect("API starts");
+    let mut c = Client::connect(&bob_dir).await.unwrap();
+    let d = c
+        .call(Method::GET, "/v1/diagnostics", None)
+        .await
+        .unwrap()
+        .expect("diagnostics");
+    let f = check(&d, "clock vs registry");
+    assert_eq!(
+        (f["result"].as_str(), f["detail"].as_str()),
+        (Some("skip"), Some("no registry configured")),
+        "{f}"
+    );
+    assert_eq!(d["registry_clock"], Value::Null);
+    api.stop().await;
+    bob.shutdown().await;
+    alice.shutdown().await;
+}

@@ -24,6 +24,26 @@
 //!
 //! TCP observations are not used: TCP dials leave from fresh ports, so they
 //! would look symmetric behind any NAT.
+//!
+//! # Clock against the registry
+//!
+//! The node asks its registry for the time (`Request::Time` of
+//! `/agentmesh/registry/1`) and notes our clock as the request left and the
+//! round trip: a [`ClockReading`]. Taking the registry to have read its
+//! clock halfway through the round trip, our clock minus the registry's is
+//! [`ClockReading::offset_ms`], off by at most half the round trip. KNOCKs
+//! and signed registry requests are refused when stamped more than
+//! [`MAX_CLOCK_SKEW_MS`] away from the receiver's clock, so that is the
+//! window the check holds the offset to.
+//!
+//! # Hole-punch probe
+//!
+//! On request (`agentmesh doctor --punch <AMID>`) the node reaches one
+//! peer (through a relay when that is the only way) and waits up to
+//! [`PUNCH_WAIT`] for a direct connection. [`PunchWatch`] turns what it
+//! sees (the paths of its connections to that peer, as time passes) into a
+//! [`PunchOutcome`]: direct (and how long it took), relayed only, or
+//! unreachable.
 
 use std::{
     collections::BTreeSet,
@@ -34,7 +54,7 @@ use std::{
 use libp2p::{multiaddr::Protocol, Multiaddr};
 use serde::{Deserialize, Serialize};
 
-use crate::{NatStatus, NetStatus, Reachability};
+use crate::{envelope::MAX_CLOCK_SKEW_MS, NatStatus, NetStatus, PathKind, Reachability};
 
 /// Above this, writing and syncing a small file is reported as slow: every
 /// message received is synced to disk before it is acknowledged.
@@ -47,6 +67,9 @@ pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(30);
 pub const SLOW_RTT: Duration = Duration::from_secs(1);
 /// A backlog of unread messages above this is reported.
 pub const INBOX_BACKLOG: u64 = 1000;
+/// How long the hole-punch probe waits, once the peer is reached through a
+/// relay, for a direct connection to replace the relayed one.
+pub const PUNCH_WAIT: Duration = Duration::from_secs(10);
 
 /// What a peer is to us, for the doctor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +204,10 @@ pub struct Inputs<'a> {
     pub hole_punches_ok: u64,
     /// Hole punches since start that failed.
     pub hole_punches_failed: u64,
+    /// The registry's clock against ours.
+    pub registry_clock: &'a RegistryClockCheck,
+    /// The hole-punch probe, when one was asked for.
+    pub punch: Option<&'a PunchProbe>,
 }
 
 impl<'a> Inputs<'a> {
@@ -194,7 +221,23 @@ impl<'a> Inputs<'a> {
             local,
             hole_punches_ok: 0,
             hole_punches_failed: 0,
+            registry_clock: &RegistryClockCheck::NotConfigured,
+            punch: None,
         }
+    }
+
+    /// With what the registry's clock check found (without it: no
+    /// registry configured).
+    pub fn with_registry_clock(mut self, check: &'a RegistryClockCheck) -> Self {
+        self.registry_clock = check;
+        self
+    }
+
+    /// With the outcome of a hole-punch probe (its finding follows the
+    /// passive hole punch one).
+    pub fn with_punch(mut self, probe: &'a PunchProbe) -> Self {
+        self.punch = Some(probe);
+        self
     }
 
     /// With the hole punches since start: succeeded, failed.
@@ -209,6 +252,193 @@ impl<'a> Inputs<'a> {
         self.inbox_ready = ready;
         self.inbox_leased = leased;
         self
+    }
+}
+
+/// One reading of a remote clock: our clock as the request left, the round
+/// trip (on our monotonic clock), and the remote clock in the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ClockReading {
+    /// Our clock as the request left, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// The round trip, in ms.
+    pub rtt_ms: u64,
+    /// The remote clock in its answer, ms since the Unix epoch.
+    pub remote_ms: u64,
+}
+
+impl ClockReading {
+    /// A reading: the request left at `sent_ms` (our clock), the answer
+    /// came `rtt_ms` later and said `remote_ms`.
+    pub fn new(sent_ms: u64, rtt_ms: u64, remote_ms: u64) -> Self {
+        Self {
+            sent_ms,
+            rtt_ms,
+            remote_ms,
+        }
+    }
+
+    /// Our clock minus the remote's, in ms, taking the remote clock to have
+    /// been read halfway through the round trip (off by at most
+    /// [`Self::uncertainty_ms`]). Positive: we are ahead.
+    pub fn offset_ms(&self) -> i64 {
+        let midpoint = i128::from(self.sent_ms) + i128::from(self.rtt_ms / 2);
+        let offset = midpoint - i128::from(self.remote_ms);
+        offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// How far [`Self::offset_ms`] may be from the true offset: half the
+    /// round trip.
+    pub fn uncertainty_ms(&self) -> u64 {
+        self.rtt_ms.div_ceil(2)
+    }
+}
+
+/// What asking the registry for its clock gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryClockCheck {
+    /// No registry is configured (`--registry`).
+    NotConfigured,
+    /// The registry was not reached or did not answer in time.
+    Unreachable {
+        /// Why.
+        error: String,
+    },
+    /// The registry does not tell its time (an older version).
+    NotServed,
+    /// The registry answered.
+    Read(ClockReading),
+}
+
+/// What the hole-punch probe found out about reaching one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PunchOutcome {
+    /// A direct connection to the peer.
+    Direct {
+        /// Its path.
+        path: PathKind,
+        /// Whether it replaced a relayed connection (a hole punch or
+        /// another upgrade); `false`: the peer was dialled directly.
+        upgraded: bool,
+        /// Whether it was up before the probe started (then `ms` is 0).
+        already: bool,
+        /// Time to direct: from the relayed connection to the direct one
+        /// when upgraded, else from the start of the probe.
+        ms: u64,
+    },
+    /// Reached through a relay only: no direct connection came within the
+    /// wait.
+    RelayedOnly {
+        /// How long the probe waited after the relayed connection.
+        waited_ms: u64,
+    },
+    /// Not reached at all.
+    Unreachable {
+        /// Why.
+        error: String,
+    },
+}
+
+/// The hole-punch probe of one peer and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PunchProbe {
+    /// The peer (its AMID).
+    pub peer: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: PunchOutcome,
+}
+
+impl PunchProbe {
+    /// The probe of `peer` that ended in `outcome`.
+    pub fn new(peer: impl Into<String>, outcome: PunchOutcome) -> Self {
+        Self {
+            peer: peer.into(),
+            outcome,
+        }
+    }
+}
+
+/// The hole-punch probe's decision, without I/O: fed the paths of the
+/// connections to the peer as they come (`at`: time since the probe
+/// started), it says when the probe is over and how it ended.
+#[derive(Debug, Clone)]
+pub struct PunchWatch {
+    wait: Duration,
+    relayed_at: Option<Duration>,
+    done: Option<PunchOutcome>,
+}
+
+impl PunchWatch {
+    /// A probe that waits `wait` after a relayed connection for a direct
+    /// one ([`PUNCH_WAIT`] in the node).
+    pub fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            relayed_at: None,
+            done: None,
+        }
+    }
+
+    /// A connection to the peer is up on `path`, `at` after the probe
+    /// started; `before`: it was up before the probe started.
+    pub fn handle_path(&mut self, path: PathKind, at: Duration, before: bool) {
+        if self.done.is_some() {
+            return;
+        }
+        match path {
+            PathKind::Relayed => {
+                self.relayed_at.get_or_insert(at);
+            }
+            // Not a connection.
+            PathKind::Mailbox => {}
+            direct => {
+                let upgraded = self.relayed_at.is_some();
+                let ms = match self.relayed_at {
+                    _ if before => Duration::ZERO,
+                    Some(r) => at.saturating_sub(r),
+                    None => at,
+                };
+                self.done = Some(PunchOutcome::Direct {
+                    path: direct,
+                    upgraded,
+                    already: before,
+                    ms: ms.as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    /// The peer could not be reached (no card, every dial failed).
+    pub fn handle_unreachable(&mut self, error: impl Into<String>) {
+        if self.done.is_none() {
+            self.done = Some(PunchOutcome::Unreachable {
+                error: error.into(),
+            });
+        }
+    }
+
+    /// When the probe stops waiting for a direct connection (time since
+    /// it started); `None` until a relayed connection is up.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.relayed_at.map(|r| r + self.wait)
+    }
+
+    /// The outcome, once there is one at `at` (a direct connection, the
+    /// peer unreachable, or the wait over).
+    pub fn poll_outcome(&self, at: Duration) -> Option<PunchOutcome> {
+        if let Some(done) = &self.done {
+            return Some(done.clone());
+        }
+        let relayed_at = self.relayed_at?;
+        (at >= relayed_at + self.wait).then(|| PunchOutcome::RelayedOnly {
+            waited_ms: at.saturating_sub(relayed_at).as_millis() as u64,
+        })
     }
 }
 
@@ -461,6 +691,9 @@ pub fn diagnose(inputs: &Inputs<'_>) -> Vec<Finding> {
     let mapping = nat_mapping(&net.listen_addrs, &net.probes);
     out.push(reachability_finding(net, relays_up, &mapping));
     out.push(hole_punch_finding(inputs, &mapping));
+    if let Some(probe) = inputs.punch {
+        out.push(punch_probe_finding(probe, &mapping));
+    }
     out.push(mapping_finding(mapping));
     out.push(relays_finding(net, &relays));
     out.push(if net.mailbox_relays.is_empty() {
@@ -480,6 +713,7 @@ pub fn diagnose(inputs: &Inputs<'_>) -> Vec<Finding> {
         )
     });
     out.push(clock_finding(inputs.local.clock_skew_ms));
+    out.push(registry_clock_finding(inputs.registry_clock));
     out.push(match &inputs.local.data_dir {
         DataDirCheck::Writable { fsync } if *fsync > SLOW_FSYNC => bad(
             "data dir",
@@ -670,6 +904,52 @@ fn hole_punch_finding(inputs: &Inputs<'_>, mapping: &NatMapping) -> Finding {
     )
 }
 
+fn punch_probe_finding(probe: &PunchProbe, mapping: &NatMapping) -> Finding {
+    const CHECK: &str = "punch probe";
+    let who = short(&probe.peer);
+    match &probe.outcome {
+        PunchOutcome::Direct {
+            path, already: true, ..
+        } => ok(CHECK, format!("{who}: already connected directly ({path})")),
+        PunchOutcome::Direct {
+            path,
+            upgraded: true,
+            ms,
+            ..
+        } => ok(
+            CHECK,
+            format!("{who}: direct ({path}) {ms} ms after the relayed connection"),
+        ),
+        PunchOutcome::Direct { path, ms, .. } => ok(
+            CHECK,
+            format!("{who}: direct ({path}), dialled in {ms} ms, no relay needed"),
+        ),
+        PunchOutcome::RelayedOnly { waited_ms } => {
+            let why = match mapping {
+                NatMapping::EndpointDependent { .. } => {
+                    "as expected behind this symmetric NAT"
+                }
+                _ => "the peer's NAT may be symmetric, or a firewall drops UDP",
+            };
+            bad(
+                CHECK,
+                Outcome::Warn,
+                format!(
+                    "{who}: relayed only, no direct connection within {:.1} s; {why}",
+                    *waited_ms as f64 / 1e3
+                ),
+                "messages still flow through the relay; for direct connections use NATs with endpoint-independent mapping on both sides, or forward a UDP port",
+            )
+        }
+        PunchOutcome::Unreachable { error } => bad(
+            CHECK,
+            Outcome::Fail,
+            format!("{who}: unreachable: {error}"),
+            "check that the peer runs and has published its card (with a relay when it is behind a NAT), and that this node reaches a bootstrap node",
+        ),
+    }
+}
+
 fn mapping_finding(mapping: NatMapping) -> Finding {
     match mapping {
         NatMapping::NoNat { addr } => ok(
@@ -770,6 +1050,57 @@ fn clock_finding(skew_ms: Option<i64>) -> Finding {
         )
     } else {
         ok("clock", format!("within {abs} ms of a peer's ({dir})"))
+    }
+}
+
+fn registry_clock_finding(check: &RegistryClockCheck) -> Finding {
+    const CHECK: &str = "clock vs registry";
+    let reading = match check {
+        RegistryClockCheck::NotConfigured => {
+            return bad(
+                CHECK,
+                Outcome::Skip,
+                "no registry configured",
+                "nothing to do; with --registry the clock is checked against the registry's",
+            )
+        }
+        RegistryClockCheck::Unreachable { error } => return bad(
+            CHECK,
+            Outcome::Skip,
+            format!("the registry was not reached: {error}"),
+            "check --registry (a multiaddr ending in /p2p/<peer id>) and that the registry runs",
+        ),
+        RegistryClockCheck::NotServed => {
+            return bad(
+                CHECK,
+                Outcome::Skip,
+                "the registry does not tell its time (an older version)",
+                "nothing to do here; the registry's operator can upgrade it",
+            )
+        }
+        RegistryClockCheck::Read(r) => r,
+    };
+    let ms = reading.offset_ms();
+    let dir = if ms >= 0 { "ahead of" } else { "behind" };
+    let abs = ms.unsigned_abs();
+    let how = format!(
+        "±{} ms, round trip {} ms",
+        reading.uncertainty_ms(),
+        reading.rtt_ms
+    );
+    if abs > MAX_CLOCK_SKEW_MS {
+        bad(
+            CHECK,
+            Outcome::Warn,
+            format!(
+                "{:.1} s {dir} the registry's ({how}): outside the ±{} s in which KNOCKs and registry requests are accepted",
+                abs as f64 / 1e3,
+                MAX_CLOCK_SKEW_MS / 1000
+            ),
+            "synchronize the clock (NTP: systemd-timesyncd, chrony); peers and the registry refuse what this node stamps",
+        )
+    } else {
+        ok(CHECK, format!("{abs} ms {dir} the registry's ({how})"))
     }
 }
 
@@ -991,7 +1322,7 @@ mod tests {
         );
         assert_eq!(
             results(&f, Outcome::Skip),
-            vec!["hole punch", "nat mapping", "clock"]
+            vec!["hole punch", "nat mapping", "clock", "clock vs registry"]
         );
         // Every failure and warning says what to do.
         for x in &f {
@@ -1005,8 +1336,17 @@ mod tests {
         net.nat = NatStatus::Public;
         net.external_addrs = vec![LAN.into()];
         let l = local();
-        let f = diagnose(&Inputs::new("am1", &net, &l).with_hole_punches(2, 1));
+        let registry = RegistryClockCheck::Read(ClockReading::new(1_000_000, 40, 1_000_010));
+        let f = diagnose(
+            &Inputs::new("am1", &net, &l)
+                .with_hole_punches(2, 1)
+                .with_registry_clock(&registry),
+        );
         assert!(f.iter().all(|f| f.result == Outcome::Ok), "{f:#?}");
+        assert_eq!(
+            find(&f, "clock vs registry").detail,
+            "10 ms ahead of the registry's (±20 ms, round trip 40 ms)"
+        );
         assert!(find(&f, "nat mapping").detail.starts_with("no NAT"));
         assert_eq!(
             find(&f, "hole punch").detail,
@@ -1027,5 +1367,232 @@ mod tests {
             vec!["bootstrap", "clock", "data dir"]
         );
         assert_eq!(find(&f, "clock").detail, "95.0 s behind a peer's");
+    }
+
+    #[test]
+    fn the_registry_offset_is_taken_at_the_midpoint_of_the_round_trip() {
+        // Asked at 1000 (ours), answered 200 ms later saying 1100: the
+        // registry read its clock at about 1100 ours, so no offset.
+        let r = ClockReading::new(1000, 200, 1100);
+        assert_eq!((r.offset_ms(), r.uncertainty_ms()), (0, 100));
+        // We are 5 s behind.
+        assert_eq!(ClockReading::new(1000, 200, 6100).offset_ms(), -5000);
+        // An odd round trip: the midpoint rounds down, the uncertainty up.
+        let r = ClockReading::new(1000, 3, 900);
+        assert_eq!((r.offset_ms(), r.uncertainty_ms()), (101, 2));
+        // Extreme clocks neither overflow nor panic.
+        assert_eq!(
+            ClockReading::new(u64::MAX, u64::MAX, 0).offset_ms(),
+            i64::MAX
+        );
+        assert_eq!(ClockReading::new(0, 0, u64::MAX).offset_ms(), i64::MIN);
+    }
+
+    #[test]
+    fn the_clock_against_the_registry_is_held_to_the_knock_window() {
+        let net = natted(LAN, LAN);
+        let l = local();
+        let finding = |check: RegistryClockCheck| {
+            let f = diagnose(&Inputs::new("am1", &net, &l).with_registry_clock(&check));
+            find(&f, "clock vs registry").clone()
+        };
+        let window = MAX_CLOCK_SKEW_MS;
+        // Right at the edge of the window, either way: ok.
+        let f = finding(RegistryClockCheck::Read(ClockReading::new(
+            10_000_000 + window,
+            0,
+            10_000_000,
+        )));
+        assert_eq!(
+            (f.result, f.detail.as_str(), f.fix),
+            (
+                Outcome::Ok,
+                "300000 ms ahead of the registry's (±0 ms, round trip 0 ms)",
+                None
+            )
+        );
+        let f = finding(RegistryClockCheck::Read(ClockReading::new(
+            10_000_000 - window,
+            0,
+            10_000_000,
+        )));
+        assert_eq!(f.result, Outcome::Ok, "{f:?}");
+        // One ms beyond: warned, with the fix.
+        let f = finding(RegistryClockCheck::Read(ClockReading::new(
+            10_000_000,
+            0,
+            10_000_000 + window + 1,
+        )));
+        assert_eq!(f.result, Outcome::Warn);
+        assert_eq!(
+            f.detail,
+            "300.0 s behind the registry's (±0 ms, round trip 0 ms): outside the ±300 s in which KNOCKs and registry requests are accepted"
+        );
+        assert!(f
+            .fix
+            .as_deref()
+            .unwrap()
+            .starts_with("synchronize the clock"));
+        // Nothing to compare with: skipped, each saying why.
+        for (check, detail) in [
+            (RegistryClockCheck::NotConfigured, "no registry configured"),
+            (
+                RegistryClockCheck::Unreachable {
+                    error: "timed out".into(),
+                },
+                "the registry was not reached: timed out",
+            ),
+            (
+                RegistryClockCheck::NotServed,
+                "the registry does not tell its time (an older version)",
+            ),
+        ] {
+            let f = finding(check);
+            assert_eq!((f.result, f.detail.as_str()), (Outcome::Skip, detail));
+            assert!(f.fix.is_some());
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_punch_probe_ends_direct_relayed_only_or_unreachable() {
+        // Relayed at 300 ms, direct 1.2 s later: upgraded.
+        let mut w = PunchWatch::new(PUNCH_WAIT);
+        assert_eq!(w.poll_outcome(100 * MS), None);
+        assert_eq!(w.deadline(), None);
+        w.handle_path(PathKind::Relayed, 300 * MS, false);
+        assert_eq!(w.deadline(), Some(300 * MS + PUNCH_WAIT));
+        assert_eq!(w.poll_outcome(1000 * MS), None);
+        w.handle_path(PathKind::DirectQuic, 1500 * MS, false);
+        let direct = PunchOutcome::Direct {
+            path: PathKind::DirectQuic,
+            upgraded: true,
+            already: false,
+            ms: 1200,
+        };
+        assert_eq!(w.poll_outcome(1500 * MS), Some(direct.clone()));
+        // What comes after the outcome changes nothing.
+        w.handle_path(PathKind::Relayed, 1600 * MS, false);
+        w.handle_unreachable("gone");
+        assert_eq!(w.poll_outcome(60_000 * MS), Some(direct));
+
+        // Relayed, and nothing else within the wait.
+        let mut w = PunchWatch::new(PUNCH_WAIT);
+        w.handle_path(PathKind::Relayed, 300 * MS, false);
+        // A second relayed connection does not restart the wait.
+        w.handle_path(PathKind::Relayed, 5000 * MS, false);
+        assert_eq!(w.poll_outcome(300 * MS + PUNCH_WAIT - MS), None);
+        assert_eq!(
+            w.poll_outcome(300 * MS + PUNCH_WAIT),
+            Some(PunchOutcome::RelayedOnly { waited_ms: 10_000 })
+        );
+
+        // Dialled directly at once, or already direct.
+        let mut w = PunchWatch::new(PUNCH_WAIT);
+        w.handle_path(PathKind::DirectTcp, 80 * MS, false);
+        assert_eq!(
+            w.poll_outcome(80 * MS),
+            Some(PunchOutcome::Direct {
+                path: PathKind::DirectTcp,
+                upgraded: false,
+                already: false,
+                ms: 80
+            })
+        );
+        let mut w = PunchWatch::new(PUNCH_WAIT);
+        w.handle_path(PathKind::DirectWebRtc, 5 * MS, true);
+        assert!(matches!(
+            w.poll_outcome(5 * MS),
+            Some(PunchOutcome::Direct {
+                already: true,
+                ms: 0,
+                ..
+            })
+        ));
+
+        // Never reached; a mailbox is not a connection.
+        let mut w = PunchWatch::new(PUNCH_WAIT);
+        w.handle_path(PathKind::Mailbox, MS, false);
+        assert_eq!(w.poll_outcome(2 * MS), None);
+        w.handle_unreachable("no card found");
+        assert_eq!(
+            w.poll_outcome(3 * MS),
+            Some(PunchOutcome::Unreachable {
+                error: "no card found".into()
+            })
+        );
+    }
+
+    #[test]
+    fn the_punch_probe_finding_says_what_the_probe_saw() {
+        let peer = "am1peerpeerpeer";
+        let finding = |net: &NetStatus, outcome: PunchOutcome| {
+            let l = local();
+            let probe = PunchProbe::new(peer, outcome);
+            let f = diagnose(&Inputs::new("am1", net, &l).with_punch(&probe));
+            // Right after the passive hole punch finding.
+            let at = f.iter().position(|f| f.check == "punch probe").unwrap();
+            assert_eq!(f[at - 1].check, "hole punch");
+            f[at].clone()
+        };
+        let cone = natted(
+            "/ip4/203.0.113.7/udp/40001/quic-v1",
+            "/ip4/203.0.113.7/udp/40001/quic-v1",
+        );
+        let f = finding(
+            &cone,
+            PunchOutcome::Direct {
+                path: PathKind::DirectQuic,
+                upgraded: true,
+                already: false,
+                ms: 1234,
+            },
+        );
+        assert_eq!(
+            (f.result, f.detail.as_str()),
+            (
+                Outcome::Ok,
+                "am1peerpeerp: direct (direct-quic) 1234 ms after the relayed connection"
+            )
+        );
+        let f = finding(&cone, PunchOutcome::RelayedOnly { waited_ms: 10_000 });
+        assert_eq!(f.result, Outcome::Warn);
+        assert_eq!(
+            f.detail,
+            "am1peerpeerp: relayed only, no direct connection within 10.0 s; the peer's NAT may be symmetric, or a firewall drops UDP"
+        );
+        let symmetric = natted(
+            "/ip4/203.0.113.7/udp/40001/quic-v1",
+            "/ip4/203.0.113.7/udp/52999/quic-v1",
+        );
+        let f = finding(&symmetric, PunchOutcome::RelayedOnly { waited_ms: 10_000 });
+        assert!(
+            f.detail.ends_with("as expected behind this symmetric NAT"),
+            "{f:?}"
+        );
+        let f = finding(
+            &cone,
+            PunchOutcome::Unreachable {
+                error: "no card found".into(),
+            },
+        );
+        assert_eq!(
+            (f.result, f.detail.as_str()),
+            (Outcome::Fail, "am1peerpeerp: unreachable: no card found")
+        );
+        assert!(f.fix.is_some());
+        // Without a probe asked for, no such finding.
+        let l = local();
+        let f = diagnose(&Inputs::new("am1", &cone, &l));
+        assert!(f.iter().all(|f| f.check != "punch probe"));
+        // As JSON: the peer and the outcome side by side.
+        let probe = PunchProbe::new(peer, PunchOutcome::RelayedOnly { waited_ms: 10 });
+        let v = serde_json::to_value(&probe).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"peer": peer, "outcome": "relayed_only", "waited_ms": 10})
+        );
+        assert_eq!(serde_json::from_value::<PunchProbe>(v).unwrap(), probe);
     }
 }

@@ -1346,3 +1346,111 @@ async fn the_doctor_measures_the_bootstrap_the_disk_and_the_clock_and_names_what
     assert!(k["fix"].as_str().unwrap().contains("backup"), "{k}");
     alice_api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctors_punch_probe_reaches_a_peer_and_tells_how() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await, "bob's card published");
+    let alice_dir = dir.path().join("alice");
+    let alice_api = api(&alice, &alice_dir).await;
+    let mut a = Client::connect(&alice_dir).await.unwrap();
+    let bob_amid = bob.amid().to_string();
+    let probe = |d: &Value| {
+        let f = check(d, "punch probe").clone();
+        // Right after the passive hole punch finding.
+        let checks = d["checks"].as_array().unwrap();
+        let at = checks
+            .iter()
+            .position(|c| c["check"] == "punch probe")
+            .unwrap();
+        assert_eq!(checks[at - 1]["check"], "hole punch", "{d:#}");
+        f
+    };
+
+    // Not connected (publishing his card may have connected them: cut):
+    // on loopback, bob's card gives a direct address.
+    let mut events = alice.events();
+    alice.disconnect(bob.amid().peer_id().unwrap()).await;
+    let connected = alice
+        .status()
+        .await
+        .net
+        .connected
+        .iter()
+        .any(|p| p.peer == bob_amid);
+    if connected {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(agentmesh_node::NodeEvent::Disconnected { peer }) = events.recv().await {
+                    if peer == bob_amid {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("disconnected");
+    }
+    let path = format!("/v1/diagnostics?punch={bob_amid}");
+    let d = ok(&mut a, Method::GET, &path, None).await;
+    let f = probe(&d);
+    assert_eq!(f["result"], "ok", "{f}");
+    let short = &bob_amid[..12];
+    let detail = f["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("{short}: direct (direct-quic), dialled in "))
+            && detail.ends_with(" ms, no relay needed"),
+        "{detail}"
+    );
+    assert_eq!(d["punch"]["peer"], bob_amid.as_str());
+    assert_eq!(d["punch"]["outcome"], "direct", "{}", d["punch"]);
+    assert_eq!(d["punch"]["path"], "direct_quic");
+    assert_eq!(d["punch"]["upgraded"], false);
+    assert_eq!(d["punch"]["already"], false);
+
+    // Again: the connection is up already.
+    let d = ok(&mut a, Method::GET, &path, None).await;
+    assert_eq!(
+        probe(&d)["detail"],
+        format!("{short}: already connected directly (direct-quic)")
+    );
+
+    // An agent nobody knows: unreachable, a failure with its fix.
+    let nobody = agentmesh_node::Identity::from_seed(&[42; 32]).amid();
+    let d = ok(
+        &mut a,
+        Method::GET,
+        &format!("/v1/diagnostics?punch={nobody}"),
+        None,
+    )
+    .await;
+    let f = probe(&d);
+    assert_eq!(f["result"], "fail", "{f}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(": unreachable: no card found in the DHT"),
+        "{f}"
+    );
+    assert!(f["fix"].is_string());
+    assert_eq!(d["punch"]["outcome"], "unreachable");
+
+    // Without the query, no probe; with a bad AMID, a clear refusal.
+    let d = ok(&mut a, Method::GET, "/v1/diagnostics", None).await;
+    assert!(d["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["check"] != "punch probe"));
+    assert_eq!(d["punch"], Value::Null);
+    assert_eq!(
+        err(&mut a, Method::GET, "/v1/diagnostics?punch=nope", None).await,
+        ErrorCode::InvalidAmid
+    );
+    alice_api.stop().await;
+}

@@ -266,7 +266,7 @@ async fn the_doctor_prints_a_fix_under_each_failure_and_passes_once_joined() {
     assert!(
         rows.next()
             .unwrap()
-            .starts_with("FAIL   node          not reached"),
+            .starts_with("FAIL   node              not reached"),
         "{table}"
     );
     assert!(
@@ -282,20 +282,20 @@ async fn the_doctor_prints_a_fix_under_each_failure_and_passes_once_joined() {
     let (passed, table) = doctor(&boot.dir).await;
     assert!(!passed, "{table}");
     assert!(
-        table.starts_with("RESULT CHECK         DETAIL\n"),
+        table.starts_with("RESULT CHECK             DETAIL\n"),
         "{table}"
     );
     let lines: Vec<&str> = table.lines().collect();
     let dht = lines
         .iter()
-        .position(|l| l.starts_with("FAIL   DHT           no peer in the routing table"))
+        .position(|l| l.starts_with("FAIL   DHT               no peer in the routing table"))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(
-        lines[dht + 1].starts_with(&format!("{:21}fix: check --bootstrap", "")),
+        lines[dht + 1].starts_with(&format!("{:25}fix: check --bootstrap", "")),
         "{table}"
     );
     for ok in [
-        "ok     data dir      writable",
+        "ok     data dir          writable",
         "ok     keystore",
         "ok     policy",
     ] {
@@ -310,9 +310,9 @@ async fn the_doctor_prints_a_fix_under_each_failure_and_passes_once_joined() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let table = loop {
         let (passed, table) = doctor(&alice.dir).await;
-        let rtt = table
-            .lines()
-            .any(|l| l.starts_with("ok     bootstrap     1 of 1 reached: ") && l.ends_with(" ms"));
+        let rtt = table.lines().any(|l| {
+            l.starts_with("ok     bootstrap         1 of 1 reached: ") && l.ends_with(" ms")
+        });
         if passed && rtt {
             break table;
         }
@@ -321,10 +321,8 @@ async fn the_doctor_prints_a_fix_under_each_failure_and_passes_once_joined() {
     };
     assert!(!table.contains("FAIL"), "{table}");
     assert!(
-        table
-            .lines()
-            .any(|l| l
-                .starts_with("ok     nat mapping   no NAT: peers see our own address 127.0.0.1:")),
+        table.lines().any(|l| l
+            .starts_with("ok     nat mapping       no NAT: peers see our own address 127.0.0.1:")),
         "{table}"
     );
     alice.stop().await;

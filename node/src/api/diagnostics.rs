@@ -1,28 +1,41 @@
 //! `GET /v1/diagnostics`: the doctor's checks, run by the node itself. The
 //! network part comes from the node's status (its probes); this module adds
 //! what is on disk (the data directory probe, the keystore, the policy
-//! file) and the clock skew seen in received messages, and hands it all to
-//! [`crate::diagnostics::diagnose`].
+//! file), the clock skew seen in received messages, the registry's clock
+//! and, with `?punch=<AMID>`, a hole-punch probe of that peer, and hands it
+//! all to [`crate::diagnostics::diagnose`].
+//!
+//! The probe looks the peer's card up and dials it (through a relay when
+//! that is the only way), then follows the node's events and the path of
+//! its connections to the peer until a direct one is up or
+//! [`PUNCH_WAIT`] has passed since the relayed one ([`PunchWatch`] decides).
 
 use std::{
     collections::VecDeque,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{extract::State, Json};
+use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 
-use super::{ApiError, Ctx, ErrorCode};
+use super::{
+    routes::{amid, Q},
+    ApiError, Ctx, ErrorCode,
+};
 use crate::{
     diagnostics::{
         diagnose, nat_mapping, DataDirCheck, Inputs, KeystoreCheck, LocalChecks, PolicyCheck,
+        PunchOutcome, PunchProbe, PunchWatch, RegistryClockCheck, PUNCH_WAIT,
     },
     events::Message,
+    identity::Amid,
     keystore::{Keystore, KEYSTORE_FILE},
     policy::Policy,
-    PathKind,
+    Node, NodeEvent, PathKind, RegistryClientError,
 };
 
 /// The file the data directory probe writes, syncs and removes.
@@ -31,6 +44,10 @@ const PROBE_FILE: &str = "doctor.probe";
 const PROBE_SIZE: usize = 4096;
 /// How many received messages the clock skew estimate looks at.
 const SKEW_SAMPLES: usize = 32;
+/// Time for the registry to tell its time, the connection included.
+const REGISTRY_CLOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the probe to find the peer's card and reach it at all.
+const PUNCH_REACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Our clock minus the senders', from the last messages that arrived
 /// straight from their senders (not from a mailbox).
@@ -112,16 +129,129 @@ fn check_policy(file: Option<PathBuf>) -> PolicyCheck {
     }
 }
 
+/// Asks the registry for its time, within [`REGISTRY_CLOCK_TIMEOUT`].
+async fn registry_clock(node: &Node) -> RegistryClockCheck {
+    match tokio::time::timeout(REGISTRY_CLOCK_TIMEOUT, node.registry_clock()).await {
+        Ok(Ok(reading)) => RegistryClockCheck::Read(reading),
+        Ok(Err(RegistryClientError::NotConfigured)) => RegistryClockCheck::NotConfigured,
+        Ok(Err(RegistryClientError::Refused { code, .. })) if code == "invalid_request" => {
+            RegistryClockCheck::NotServed
+        }
+        Ok(Err(e)) => RegistryClockCheck::Unreachable {
+            error: e.to_string(),
+        },
+        Err(_) => RegistryClockCheck::Unreachable {
+            error: format!("no answer within {} s", REGISTRY_CLOCK_TIMEOUT.as_secs()),
+        },
+    }
+}
+
+/// The path of our connection to `peer` now, if connected.
+async fn path_now(node: &Node, peer: &str) -> Option<PathKind> {
+    let status = node.status().await;
+    status
+        .net
+        .connected
+        .iter()
+        .find(|p| p.peer == peer)
+        .map(|p| p.path)
+}
+
+/// The hole-punch probe of `peer` (see the [module docs](self)).
+async fn punch_probe(node: &Node, peer: Amid) -> PunchProbe {
+    let label = peer.to_string();
+    let outcome = match peer.peer_id() {
+        Ok(peer_id) => punch(node, &label, peer, peer_id).await,
+        Err(e) => PunchOutcome::Unreachable {
+            error: e.to_string(),
+        },
+    };
+    tracing::info!(peer = %peer.short(), ?outcome, "hole-punch probe");
+    PunchProbe::new(label, outcome)
+}
+
+async fn punch(node: &Node, label: &str, peer: Amid, peer_id: crate::PeerId) -> PunchOutcome {
+    // Subscribed first: nothing that happens from here on is missed.
+    let mut events = node.events();
+    let started = tokio::time::Instant::now();
+    let mut watch = PunchWatch::new(PUNCH_WAIT);
+    match path_now(node, label).await {
+        Some(path) => watch.handle_path(path, started.elapsed(), true),
+        None => {
+            let reach = async {
+                let card = node
+                    .lookup(&peer)
+                    .await
+                    .ok_or_else(|| "no card found in the DHT".to_owned())?;
+                node.connect(peer_id, card.multiaddrs())
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(PUNCH_REACH_TIMEOUT, reach).await {
+                Ok(Ok(path)) => watch.handle_path(path, started.elapsed(), false),
+                Ok(Err(error)) => watch.handle_unreachable(error),
+                Err(_) => watch.handle_unreachable(format!(
+                    "not reached within {} s",
+                    PUNCH_REACH_TIMEOUT.as_secs()
+                )),
+            }
+        }
+    }
+    loop {
+        if let Some(outcome) = watch.poll_outcome(started.elapsed()) {
+            return outcome;
+        }
+        let Some(deadline) = watch.deadline() else {
+            // Neither an outcome nor a relayed connection: cannot happen
+            // (reaching the peer gave a path or an error); said so.
+            return PunchOutcome::Unreachable {
+                error: "no connection".into(),
+            };
+        };
+        // Woken by the next event about the peer, at the latest at the
+        // deadline; the path is then read from the node's status, which
+        // also covers events missed by a lagging receiver.
+        let woken = tokio::time::timeout_at(started + deadline, events.recv()).await;
+        match woken {
+            Ok(Ok(
+                NodeEvent::Connected { peer, .. }
+                | NodeEvent::PathUpgraded { peer, .. }
+                | NodeEvent::Disconnected { peer }
+                | NodeEvent::HolePunch { peer, .. },
+            )) if peer == label => {}
+            Ok(Ok(_)) => continue,
+            Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) => {
+                watch.handle_unreachable("the node stopped");
+                continue;
+            }
+            Err(_) => continue,
+        }
+        if let Some(path) = path_now(node, label).await {
+            watch.handle_path(path, started.elapsed(), false);
+        }
+    }
+}
+
+/// The query of `GET /v1/diagnostics`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct DiagnosticsQuery {
+    /// Probe hole punching to this agent.
+    #[serde(default)]
+    punch: Option<String>,
+}
+
 /// `GET /v1/diagnostics`.
 pub(super) async fn route(
     State(ctx): State<Arc<Ctx>>,
+    Q(query): Q<DiagnosticsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = ctx.node.status().await;
+    let punch_peer = query.punch.as_deref().map(amid).transpose()?;
     let (ready, leased) = ctx.inbox.counts();
     let dir = ctx.dir.clone();
     let policy_file = ctx.node.policy_file().map(Path::to_path_buf);
     // One disk probe at a time.
-    let local = {
+    let disk = async {
         let _one = ctx.doctor.lock().await;
         tokio::task::spawn_blocking(move || {
             (
@@ -131,8 +261,20 @@ pub(super) async fn route(
             )
         })
         .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
     };
+    let probe = async {
+        match punch_peer {
+            Some(peer) => Some(punch_probe(&ctx.node, peer).await),
+            None => None,
+        }
+    };
+    // The checks that wait on the network run side by side; the status is
+    // read after them, so it shows what the probe did (the relay it went
+    // through, the address the peer saw).
+    let (local, registry, punch) = tokio::join!(disk, registry_clock(&ctx.node), probe);
+    let local = local?;
+    let status = ctx.node.status().await;
     let local = LocalChecks {
         data_dir: local.0,
         keystore: local.1,
@@ -141,15 +283,28 @@ pub(super) async fn route(
     };
     let amid = status.amid.to_string();
     let (punched, punch_failed) = ctx.metrics.hole_punches();
-    let checks = diagnose(
-        &Inputs::new(&amid, &status.net, &local)
-            .with_inbox(ready as u64, leased as u64)
-            .with_hole_punches(punched, punch_failed),
-    );
+    let mut inputs = Inputs::new(&amid, &status.net, &local)
+        .with_inbox(ready as u64, leased as u64)
+        .with_hole_punches(punched, punch_failed)
+        .with_registry_clock(&registry);
+    if let Some(p) = &punch {
+        inputs = inputs.with_punch(p);
+    }
+    let checks = diagnose(&inputs);
+    let registry_clock = match &registry {
+        RegistryClockCheck::Read(r) => json!({
+            "offset_ms": r.offset_ms(),
+            "uncertainty_ms": r.uncertainty_ms(),
+            "rtt_ms": r.rtt_ms,
+        }),
+        _ => serde_json::Value::Null,
+    };
     Ok(Json(json!({
         "checks": checks,
         "nat_mapping": nat_mapping(&status.net.listen_addrs, &status.net.probes),
         "probes": status.net.probes,
         "clock_skew_ms": local.clock_skew_ms,
+        "registry_clock": registry_clock,
+        "punch": punch,
     })))
 }

@@ -402,9 +402,13 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
             ),
         },
         ("GET", "/v1/diagnostics") => Op {
-            summary: "The doctor's checks, each with a fix when it failed: bootstrap nodes and relays reached and their round trips, AutoNAT reachability, the NAT's mapping (from the addresses peers saw), clock skew, the data directory (write and fsync), keystore and policy file",
+            summary: "The doctor's checks, each with a fix when it failed: bootstrap nodes and relays reached and their round trips, AutoNAT reachability, the NAT's mapping (from the addresses peers saw), hole punching (and with `punch` a probe of one peer), clock skew against peers and the registry, the data directory (write and fsync), keystore and policy file",
             body: None,
-            query: &[],
+            query: &[(
+                "punch",
+                "string",
+                "An AMID: reach that agent (through a relay if need be) and wait up to 10 s for a direct connection",
+            )],
             answer: obj(
                 &["checks", "nat_mapping", "probes"],
                 json!({
@@ -428,7 +432,34 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                         "observers": { "type": "integer" }
                     })),
                     "probes": { "type": "array", "items": r("PeerProbe") },
-                    "clock_skew_ms": { "type": ["integer", "null"], "description": "Our clock minus the senders' of recent messages" }
+                    "clock_skew_ms": { "type": ["integer", "null"], "description": "Our clock minus the senders' of recent messages" },
+                    "registry_clock": {
+                        "description": "Our clock against the registry's (null: no registry, or it did not answer)",
+                        "oneOf": [
+                            obj(&["offset_ms", "uncertainty_ms", "rtt_ms"], json!({
+                                "offset_ms": { "type": "integer", "description": "Our clock minus the registry's, at the midpoint of the round trip" },
+                                "uncertainty_ms": { "type": "integer", "description": "Half the round trip" },
+                                "rtt_ms": { "type": "integer" }
+                            })),
+                            { "type": "null" }
+                        ]
+                    },
+                    "punch": {
+                        "description": "The hole-punch probe asked for with `punch` (null otherwise)",
+                        "oneOf": [
+                            obj(&["peer", "outcome"], json!({
+                                "peer": { "type": "string" },
+                                "outcome": { "enum": ["direct", "relayed_only", "unreachable"] },
+                                "path": { "type": "string", "description": "direct: the direct path (direct_quic, direct_tcp, direct_webrtc)" },
+                                "upgraded": { "type": "boolean", "description": "direct: it replaced a relayed connection" },
+                                "already": { "type": "boolean", "description": "direct: it was up before the probe" },
+                                "ms": { "type": "integer", "description": "direct: time to direct (from the relayed connection when upgraded, else from the start)" },
+                                "waited_ms": { "type": "integer", "description": "relayed_only: how long the probe waited" },
+                                "error": { "type": "string", "description": "unreachable: why" }
+                            })),
+                            { "type": "null" }
+                        ]
+                    }
                 }),
             ),
         },

@@ -54,7 +54,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 }
 
 /// A query string, with the API's error for a bad one.
-struct Q<T>(T);
+pub(super) struct Q<T>(pub(super) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
@@ -67,7 +67,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
     }
 }
 
-fn amid(text: &str) -> Result<Amid, ApiError> {
+pub(super) fn amid(text: &str) -> Result<Amid, ApiError> {
     text.parse().map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidAmid,

@@ -27,6 +27,7 @@ use agentmesh_dht::now_ms;
 use super::{mailbox, trust, Command, Node, Shared};
 use crate::{
     credentials::{self, Checked, Credentials},
+    diagnostics::ClockReading,
     envelope::SessionId,
     events::NodeEvent,
     identity::Amid,
@@ -127,8 +128,8 @@ pub(super) fn registry_peer(addr: &Multiaddr) -> Result<PeerId, RegistryClientEr
     }
 }
 
-/// Sends `request` to the configured registry; its JSON answer.
-async fn call(shared: &Shared, request: Request) -> Result<serde_json::Value, RegistryClientError> {
+/// Connects to the configured registry; its peer id.
+async fn connect_registry(shared: &Shared) -> Result<PeerId, RegistryClientError> {
     let addr = shared
         .config
         .registry
@@ -138,6 +139,12 @@ async fn call(shared: &Shared, request: Request) -> Result<serde_json::Value, Re
     mailbox::connect(shared, peer, vec![addr])
         .await
         .map_err(|e| RegistryClientError::Unreachable(e.to_string()))?;
+    Ok(peer)
+}
+
+/// Sends `request` to the configured registry; its JSON answer.
+async fn call(shared: &Shared, request: Request) -> Result<serde_json::Value, RegistryClientError> {
+    let peer = connect_registry(shared).await?;
     let mut control = shared.control.clone();
     match protocol::call(&mut control, peer, &request, CALL_TIMEOUT).await? {
         Response::Ok { body } => Ok(body),
@@ -874,6 +881,34 @@ impl Node {
     /// [`NodeEvent::RevocationsSynced`].
     pub async fn sync_revocations(&self) -> Result<RevocationSync, RegistryClientError> {
         sync_and_report(&self.shared).await
+    }
+
+    /// Reads the configured registry's clock once ([`Request::Time`]),
+    /// connected first so that the dial is not in the round trip: when
+    /// the request left (our clock), the round trip, and the registry's
+    /// time. A registry that does not tell its time refuses with
+    /// `invalid_request` ([`RegistryClientError::Refused`]).
+    pub async fn registry_clock(&self) -> Result<ClockReading, RegistryClientError> {
+        let peer = connect_registry(&self.shared).await?;
+        let mut control = self.shared.control.clone();
+        let sent_ms = now_ms();
+        let started = std::time::Instant::now();
+        let answer = protocol::call(&mut control, peer, &Request::Time, CALL_TIMEOUT).await?;
+        let rtt = started.elapsed();
+        let body = match answer {
+            Response::Ok { body } => body,
+            Response::Error { code, message } => {
+                return Err(RegistryClientError::Refused { code, message })
+            }
+        };
+        let remote_ms = body["time_ms"]
+            .as_u64()
+            .ok_or_else(|| RegistryClientError::Answer(format!("no time_ms in {body}")))?;
+        Ok(ClockReading::new(
+            sent_ms,
+            rtt.as_millis() as u64,
+            remote_ms,
+        ))
     }
 
     /// The pinned registry root key: the configured one, or the one the

@@ -131,6 +131,10 @@ pub enum Request {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// The registry's clock: `{"time_ms": <ms since the Unix epoch>}`,
+    /// read as the request is answered (`agentmesh doctor` compares it with
+    /// ours). A registry that does not serve it answers `invalid_request`.
+    Time,
 }
 
 /// The registry's answer.
@@ -302,6 +306,7 @@ mod tests {
             },
             Request::Leaderboard { limit: Some(5) },
             Request::Crl,
+            Request::Time,
         ]
     }
 

@@ -105,8 +105,13 @@ pub(crate) enum Cmd {
     /// browser.
     Dashboard,
     /// Check the running node (listening, DHT, card, reachability,
-    /// mailbox, inbox) and say what to fix.
-    Doctor,
+    /// mailbox, clocks, inbox) and say what to fix.
+    Doctor {
+        /// Also probe hole punching to this agent: reach it (through a
+        /// relay if need be) and wait up to 10 s for a direct connection.
+        #[arg(long, value_name = "AMID")]
+        punch: Option<Amid>,
+    },
     /// Block an agent on the running node.
     Block {
         /// The AMID.

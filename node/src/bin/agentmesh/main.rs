@@ -105,7 +105,7 @@ async fn main() -> Result<()> {
         }
         Cmd::Status => show::status(&dir, json).await,
         Cmd::Dashboard => owner::dashboard(&dir, json).await,
-        Cmd::Doctor => owner::doctor(&dir, json).await,
+        Cmd::Doctor { punch } => owner::doctor(&dir, json, punch.as_ref()).await,
         Cmd::Audit(a) => show::audit(&dir, json, a).await,
         Cmd::Presence { state } => {
             simple(

@@ -6,6 +6,7 @@ use std::path::Path;
 use agentmesh_node::{
     control::{Client, Method},
     diagnostics::{Finding, Outcome},
+    Amid,
 };
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -44,7 +45,7 @@ fn print_findings(findings: &[Finding], json_out: bool) {
         }
         return;
     }
-    println!("{:<6} {:<13} DETAIL", "RESULT", "CHECK");
+    println!("{:<6} {:<17} DETAIL", "RESULT", "CHECK");
     for f in findings {
         let mark = match f.result {
             Outcome::Ok => "ok",
@@ -52,17 +53,22 @@ fn print_findings(findings: &[Finding], json_out: bool) {
             Outcome::Fail => "FAIL",
             _ => "skip",
         };
-        println!("{mark:<6} {:<13} {}", f.check, f.detail);
+        println!("{mark:<6} {:<17} {}", f.check, f.detail);
         if let Some(fix) = &f.fix {
-            println!("{:<6} {:<13} fix: {fix}", "", "");
+            println!("{:<6} {:<17} fix: {fix}", "", "");
         }
     }
 }
 
 /// `agentmesh doctor`: asks the running node to run the checks
-/// (`GET /v1/diagnostics`) and prints what to fix.
-pub(crate) async fn doctor(dir: &Path, json_out: bool) -> Result<()> {
-    let answer = match call(dir, Method::GET, "/v1/diagnostics", None).await {
+/// (`GET /v1/diagnostics`, with a hole-punch probe of `punch` when given)
+/// and prints what to fix.
+pub(crate) async fn doctor(dir: &Path, json_out: bool, punch: Option<&Amid>) -> Result<()> {
+    let path = match punch {
+        Some(peer) => format!("/v1/diagnostics?punch={peer}"),
+        None => "/v1/diagnostics".to_owned(),
+    };
+    let answer = match call(dir, Method::GET, &path, None).await {
         Ok(a) => a,
         Err(e) => {
             let f = Finding::new(
