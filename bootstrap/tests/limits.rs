@@ -2,9 +2,11 @@
 //! process with its default limits: a client over its request rate is
 //! answered `429 rate_limited` with `Retry-After` and is served again after
 //! that wait; prekey fetches have their own, tighter limit, and a refused
-//! fetch uses up no one-time key. Every request here comes from 127.0.0.1,
+//! fetch uses up no one-time key. Most requests here come from 127.0.0.1,
 //! so one client's limits are seen against other routes and limiter
-//! classes rather than other addresses.
+//! classes; the flood from many addresses binds its sockets to 127.0.0.2
+//! to 127.0.0.60 (all loopback on Linux), each address with buckets of its
+//! own, while a polite client on 127.0.0.1 looks up.
 
 use std::time::Duration;
 
@@ -192,5 +194,221 @@ async fn a_flooding_peer_gets_rate_limited_over_libp2p() {
 
     // The HTTP front end's limits are its own.
     let (s, _, v) = get(&server.url, "/v1/registry/root").await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Peak resident memory (`VmHWM`, bytes) of process `pid`.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// An HTTP/1.1 connection to `server` from source address `from`.
+async fn connect_from(
+    from: std::net::Ipv4Addr,
+    server: std::net::SocketAddr,
+) -> Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind((from, 0).into()).ok()?;
+    let stream = socket.connect(server).await.ok()?;
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(send)
+}
+
+/// What the flooders got.
+#[derive(Default)]
+struct FloodCounts {
+    served: std::sync::atomic::AtomicU64,
+    rate_limited: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicU64,
+    other: std::sync::atomic::AtomicU64,
+}
+
+impl FloodCounts {
+    fn total(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.served.load(Relaxed)
+            + self.rate_limited.load(Relaxed)
+            + self.busy.load(Relaxed)
+            + self.other.load(Relaxed)
+    }
+}
+
+/// Flooding addresses: 127.0.0.2 to 127.0.0.60 (all loopback on Linux).
+const FLOOD_ADDRS: std::ops::RangeInclusive<u8> = 2..=60;
+/// Connections per flooding address, each sending lookups back to back.
+const FLOOD_CONNECTIONS: usize = 6;
+/// The well-behaved client's lookups (within its own burst).
+const POLITE_LOOKUPS: usize = 100;
+/// The share of those that may be refused `503 busy` under the flood.
+const POLITE_REFUSED_AT_MOST: f64 = 0.10;
+/// Bound on the server's peak resident memory.
+const SERVER_RSS_BOUND: u64 = 512 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_many_addresses_leaves_a_polite_client_served() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    };
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        &dir.path().join("bootstrap"),
+        "limits-test",
+        &["--http", "127.0.0.1:0"],
+    )
+    .await;
+    let pid = server.child.id().expect("the server runs");
+    let addr: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the registry URL is http://<ip>:<port>");
+    let http = Http::new(&server.url);
+    let alice = Identity::from_seed(&[1; 32]);
+    registered(&http, &alice).await;
+    let lookup = format!("/v1/registry/lookup?amid={}", alice.amid());
+    let rss_before = peak_rss(pid);
+
+    // The flood: 59 addresses, 6 connections each, lookups back to back
+    // until told to stop.
+    let counts = Arc::new(FloodCounts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = tokio::sync::Notify::new();
+    let started = Arc::new(started);
+    let mut flooders = Vec::new();
+    let flood_t0 = std::time::Instant::now();
+    for last in FLOOD_ADDRS {
+        for _ in 0..FLOOD_CONNECTIONS {
+            let (counts, stop, started) = (counts.clone(), stop.clone(), started.clone());
+            let lookup = lookup.clone();
+            flooders.push(tokio::spawn(async move {
+                let from = std::net::Ipv4Addr::new(127, 0, 0, last);
+                let mut conn = None;
+                while !stop.load(Relaxed) {
+                    if conn.is_none() {
+                        conn = connect_from(from, addr).await;
+                        if conn.is_none() {
+                            counts.other.fetch_add(1, Relaxed);
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                    }
+                    let send = conn.as_mut().unwrap();
+                    let req = hyper::Request::get(lookup.as_str())
+                        .header("host", addr.to_string())
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let status = match send.send_request(req).await {
+                        Ok(resp) => {
+                            let s = resp.status().as_u16();
+                            let _ = resp.into_body().collect().await;
+                            s
+                        }
+                        Err(_) => {
+                            conn = None;
+                            0
+                        }
+                    };
+                    match status {
+                        200 => counts.served.fetch_add(1, Relaxed),
+                        429 => counts.rate_limited.fetch_add(1, Relaxed),
+                        503 => counts.busy.fetch_add(1, Relaxed),
+                        _ => counts.other.fetch_add(1, Relaxed),
+                    };
+                    if counts.total() >= 2_000 {
+                        started.notify_one();
+                    }
+                }
+            }));
+        }
+    }
+    // The polite client starts once the flood is well under way.
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the flood gets going");
+    let flood_start = counts.total();
+    let t0 = std::time::Instant::now();
+    let (mut served, mut busy, mut slowest) = (0usize, 0usize, Duration::ZERO);
+    for _ in 0..POLITE_LOOKUPS {
+        let t = std::time::Instant::now();
+        let (s, _, v) = get(&server.url, &lookup).await;
+        slowest = slowest.max(t.elapsed());
+        match s {
+            200 => {
+                assert_eq!(v["amid"], alice.amid().to_string());
+                served += 1;
+            }
+            503 => busy += 1,
+            other => panic!("a polite lookup answered {other}: {v}"),
+        }
+    }
+    let polite_time = t0.elapsed();
+    let during = counts.total() - flood_start;
+    stop.store(true, Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    let flood_time = flood_t0.elapsed();
+    let rss = peak_rss(pid);
+    println!(
+        "flood from {} addresses x {FLOOD_CONNECTIONS} connections: {} requests \
+         ({} served, {} rate limited, {} busy, {} failed); {during} during the polite \
+         client's {POLITE_LOOKUPS} lookups in {polite_time:?} ({:.0}/s); polite: {served} \
+         served, {busy} busy, slowest {slowest:?}; server peak RSS {} MiB (before the \
+         flood {} MiB)",
+        FLOOD_ADDRS.count(),
+        counts.total(),
+        counts.served.load(Relaxed),
+        counts.rate_limited.load(Relaxed),
+        counts.busy.load(Relaxed),
+        counts.other.load(Relaxed),
+        during as f64 / polite_time.as_secs_f64(),
+        rss >> 20,
+        rss_before >> 20,
+    );
+    // The flood was one: far over one address's burst, and most of it
+    // refused by the per-address limits.
+    let burst = u64::from(DEFAULT_HTTP_RATE.burst);
+    assert!(
+        counts.total() >= 10 * burst,
+        "only {} flood requests",
+        counts.total()
+    );
+    assert!(
+        counts.rate_limited.load(Relaxed) > 0,
+        "no flooder was limited"
+    );
+    // Each address was served at most its burst and its refill over the
+    // flood (a second's slack).
+    let addresses = FLOOD_ADDRS.count() as u64;
+    let refill = f64::from(DEFAULT_HTTP_RATE.per_minute) / 60.0;
+    let allowed = addresses * (burst + (refill * (flood_time.as_secs_f64() + 1.0)) as u64);
+    assert!(
+        counts.served.load(Relaxed) <= allowed,
+        "flooders served {} in {flood_time:?}, over their addresses' limits ({allowed})",
+        counts.served.load(Relaxed)
+    );
+    // The polite client was served: at most a stated share refused busy.
+    assert!(
+        busy as f64 <= POLITE_REFUSED_AT_MOST * POLITE_LOOKUPS as f64,
+        "{busy} of {POLITE_LOOKUPS} polite lookups refused busy"
+    );
+    assert_eq!(served + busy, POLITE_LOOKUPS);
+    assert!(rss < SERVER_RSS_BOUND, "server peak RSS {} MiB", rss >> 20);
+    // Still serving once the flood is over.
+    let (s, _, v) = get(&server.url, "/v1/health").await;
     assert_eq!(s, 200, "{v}");
 }
