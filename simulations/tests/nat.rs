@@ -240,10 +240,16 @@ fn agentmesh_cli() -> std::path::PathBuf {
 
 /// `agentmesh doctor --json` for the agent in `dir`: one check per line.
 async fn doctor(dir: &Path) -> Vec<serde_json::Value> {
+    doctor_with(dir, &[]).await
+}
+
+/// `agentmesh doctor --json <args>` for the agent in `dir`.
+async fn doctor_with(dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
     let out = tokio::process::Command::new(agentmesh_cli())
         .arg("--data-dir")
         .arg(dir)
         .args(["doctor", "--json"])
+        .args(args)
         .output()
         .await
         .unwrap();
@@ -447,4 +453,81 @@ async fn the_doctor_finds_cone_nats_endpoint_independent_and_a_public_agent_with
     let reach = check(&checks, "reachability");
     assert_eq!(reach["result"], "ok", "{reach}");
     drop(carol);
+}
+
+/// The doctor's punch probe from alice to bob, who have not been
+/// connected before: the probe finding, right after the passive one.
+async fn punch_probe(pair: &NatPair) -> serde_json::Value {
+    let checks = doctor_with(&pair.alice.dir, &["--punch", &pair.bob_amid]).await;
+    let at = checks
+        .iter()
+        .position(|c| c["check"] == "punch probe")
+        .unwrap_or_else(|| panic!("no punch probe: {checks:#?}"));
+    assert_eq!(checks[at - 1]["check"], "hole punch", "{checks:#?}");
+    checks[at].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctors_punch_probe_goes_direct_between_port_restricted_nats() {
+    if agentmesh_sim::netns::skip_test(
+        "the_doctors_punch_probe_goes_direct_between_port_restricted_nats",
+    ) {
+        return;
+    }
+    let pair = NatPair::start(exe(), NatKind::PortRestricted, NatKind::PortRestricted)
+        .await
+        .unwrap();
+    // Bob is reachable only through the relay; the hole punch makes it
+    // direct within the probe's wait.
+    let probe = punch_probe(&pair).await;
+    assert_eq!(probe["result"], "ok", "{probe}");
+    let detail = probe["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("{}: direct (direct-quic) ", &pair.bob_amid[..12]))
+            && detail.ends_with(" ms after the relayed connection"),
+        "{detail}"
+    );
+    // Alice is now connected to bob's NAT, not through a circuit.
+    let addrs = addrs_to(&pair, &pair.bob_amid).await;
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.starts_with(&format!("/ip4/{}/udp/", pair.bob_nat.public_ip))),
+        "{addrs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctors_punch_probe_stays_relayed_through_a_symmetric_nat() {
+    if agentmesh_sim::netns::skip_test(
+        "the_doctors_punch_probe_stays_relayed_through_a_symmetric_nat",
+    ) {
+        return;
+    }
+    let pair = NatPair::start(exe(), NatKind::Symmetric, NatKind::PortRestricted)
+        .await
+        .unwrap();
+    let probe = punch_probe(&pair).await;
+    assert_eq!(probe["result"], "warn", "{probe}");
+    let detail = probe["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!(
+            "{}: relayed only, no direct connection within 1",
+            &pair.bob_amid[..12]
+        )),
+        "{detail}"
+    );
+    assert!(
+        probe["fix"]
+            .as_str()
+            .unwrap()
+            .contains("endpoint-independent"),
+        "{probe}"
+    );
+    // Still relayed: every connection to bob goes through the circuit.
+    let addrs = addrs_to(&pair, &pair.bob_amid).await;
+    assert!(
+        !addrs.is_empty() && addrs.iter().all(|a| a.contains("p2p-circuit")),
+        "{addrs:?}"
+    );
 }
