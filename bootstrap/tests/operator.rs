@@ -105,6 +105,46 @@ async fn the_operator_page_and_metrics_show_agents_log_and_requests() {
             .any(|x| x.metric.starts_with("libp2p_swarm_")),
         "libp2p's metrics in the scrape"
     );
+    // Among them the bytes its connections carry: a peer connects and
+    // pings, and both directions are counted.
+    let mut peer = agentmesh_transports::build_swarm(
+        libp2p::identity::Keypair::generate_ed25519(),
+        &agentmesh_transports::TransportConfig::default(),
+        |_, _| libp2p::ping::Behaviour::default(),
+    )
+    .unwrap();
+    peer.dial(server.addr.parse::<libp2p::Multiaddr>().unwrap())
+        .unwrap();
+    let driving = tokio::spawn(async move {
+        use futures::StreamExt as _;
+        loop {
+            peer.select_next_some().await;
+        }
+    });
+    let bytes = |s: &prometheus_parse::Scrape, direction: &str| -> f64 {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == "libp2p_bandwidth_bytes_total")
+            .filter(|x| x.labels.get("direction") == Some(direction))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("bandwidth: {other:?}"),
+            })
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = scrape(&addr).await;
+        if bytes(&s, "Inbound") > 0.0 && bytes(&s, "Outbound") > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no bytes counted for the peer's connection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driving.abort();
     let register = [("route", "/v1/registry/register"), ("status", "200")];
     assert_eq!(
         sample(&s, "agentmesh_registry_requests_total", &register),

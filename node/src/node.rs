@@ -1065,10 +1065,11 @@ impl Node {
         let mut dht =
             agentmesh_dht::Dht::new(keypair.public().to_peer_id(), &db, config.dht.clone())?;
         dht.set_metrics(libp2p_metrics.clone());
-        let swarm = agentmesh_transports::build_swarm_with_signalling(
+        let swarm = agentmesh_transports::build_swarm_with_metrics(
             keypair,
             &config.transport,
             Some(control.clone()),
+            &mut libp2p_registry,
             |key, relay| {
                 swarm::Behaviour::new(key, dht, &config, stream_behaviour, relay, &plugins)
             },
@@ -1813,8 +1814,9 @@ impl Node {
     /// libp2p's own metrics in the Prometheus text format (the
     /// `libp2p_swarm_*`, `libp2p_kad_*`, `libp2p_identify_*`,
     /// `libp2p_ping_*`, `libp2p_relay_*` and `libp2p_dcutr_*` families of
-    /// libp2p-metrics), without a closing `# EOF`, ready to follow the
-    /// node's own metrics.
+    /// libp2p-metrics, and `libp2p_bandwidth_bytes_total`, the bytes the
+    /// node's connections carried by direction and protocol stack), without
+    /// a closing `# EOF`, ready to follow the node's own metrics.
     pub fn libp2p_metrics(&self) -> String {
         let mut out = String::new();
         match prometheus_client::encoding::text::encode_registry(

@@ -32,7 +32,8 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use crate::metrics::{RelayMonitor, RelaySnapshot};
 
 /// The page, with `{{path}}` placeholders for figures of the snapshot's
-/// JSON and `{{rows:…}}` for its tables.
+/// JSON, `{{bytes:path}}` for byte counts shown with a unit, and
+/// `{{rows:…}}` for its tables.
 const PAGE: &str = include_str!("dashboard.html");
 
 /// The content type of the Prometheus text exposition format.
@@ -242,6 +243,23 @@ fn rows(v: &Value, table: &str) -> String {
     }
 }
 
+/// A byte count with an SI unit: `532 B`, `1.2 kB`, `3.4 MB`. The page's
+/// script shows refreshed figures the same way.
+fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut n = n.max(0.0);
+    let mut i = 0;
+    while n >= 1000.0 && i < UNITS.len() - 1 {
+        n /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n:.0} B")
+    } else {
+        format!("{n:.1} {}", UNITS[i])
+    }
+}
+
 /// The page with the snapshot `v`'s figures filled in.
 fn render(v: &Value) -> String {
     let mut out = String::with_capacity(PAGE.len() + 1024);
@@ -255,9 +273,16 @@ fn render(v: &Value) -> String {
             break;
         };
         let key = &after[..end];
-        match key.strip_prefix("rows:") {
-            Some(table) => out.push_str(&rows(v, table)),
-            None => out.push_str(&escape(&lookup(v, key))),
+        if let Some(table) = key.strip_prefix("rows:") {
+            out.push_str(&rows(v, table));
+        } else if let Some(path) = key.strip_prefix("bytes:") {
+            let n = path
+                .split('.')
+                .try_fold(v, |v, k| v.get(k))
+                .and_then(Value::as_f64);
+            out.push_str(&n.map(human_bytes).unwrap_or_default());
+        } else {
+            out.push_str(&escape(&lookup(v, key)));
         }
         rest = &after[end + 2..];
     }
@@ -302,5 +327,21 @@ mod tests {
         assert!(html.contains("<tr><td>more than 5</td><td>1</td></tr>"));
         assert!(html.contains("<li>9</li>"));
         assert!(!html.contains("{{"));
+    }
+
+    #[test]
+    fn byte_counts_are_shown_with_a_unit() {
+        assert_eq!(human_bytes(0.0), "0 B");
+        assert_eq!(human_bytes(999.4), "999 B");
+        assert_eq!(human_bytes(1_234.0), "1.2 kB");
+        assert_eq!(human_bytes(5_600_000.0), "5.6 MB");
+        assert_eq!(human_bytes(7.0e18), "7000.0 PB");
+        let v = serde_json::json!({"bandwidth": {"bytes_in": 2048, "in_per_sec": 12.7}});
+        let html = render(&v);
+        assert!(
+            html.contains(r#"<b data-bytes="bandwidth.bytes_in">2.0 kB</b>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-unit="/s">13 B/s</b>"#), "{html}");
     }
 }

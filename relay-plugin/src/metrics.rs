@@ -1,7 +1,8 @@
 //! What a relay counts, and how it shows it: the mailbox server's counters
 //! ([`RelayMetrics`], atomics fed by [`mailbox::serve`](crate::mailbox::serve)),
 //! a [`RelaySnapshot`] of everything a volunteer looks at (the node's
-//! circuit relay figures, the mailbox's counters and occupancy, uptime),
+//! circuit relay figures, the bytes its connections carry, the mailbox's
+//! counters and occupancy, uptime),
 //! and its Prometheus text exposition ([`RelaySnapshot::to_prometheus`],
 //! names `agentmesh_relay_*`).
 //!
@@ -9,6 +10,7 @@
 //! recipients hold how many envelopes, never who they are.
 
 use std::{
+    collections::VecDeque,
     fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -196,6 +198,112 @@ impl Occupancy {
     }
 }
 
+/// The window over which [`Bandwidth`] rates are averaged.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The least time between two samples a [`RateMeter`] keeps, which bounds
+/// it to `RATE_WINDOW / RATE_STEP + 2` samples however often it is asked.
+pub const RATE_STEP: Duration = Duration::from_secs(5);
+
+/// The bytes all of the relay's connections carried: circuits (which
+/// dominate on a busy relay; a byte relayed through a circuit is counted
+/// once in, from one end, and once out, to the other), mailbox requests,
+/// the DHT, identify and ping. What the connections' streams carry, from
+/// the node's `libp2p_bandwidth_bytes_total` counters; the transports'
+/// own framing and encryption (TCP and QUIC headers, Noise, Yamux frame
+/// heads) are not in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Bandwidth {
+    /// Bytes received since the relay started.
+    pub bytes_in: u64,
+    /// Bytes sent since the relay started.
+    pub bytes_out: u64,
+    /// Bytes received per second, over the last [`RATE_WINDOW`] (or since
+    /// the relay started, if that is shorter).
+    pub in_per_sec: f64,
+    /// Bytes sent per second, over the same window.
+    pub out_per_sec: f64,
+}
+
+impl Bandwidth {
+    /// The totals of the `libp2p_bandwidth_bytes_total` samples in a
+    /// Prometheus text exposition, `(in, out)`, summed over every protocol
+    /// stack; `(0, 0)` when there are none.
+    pub fn totals_from_exposition(text: &str) -> (u64, u64) {
+        let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("libp2p_bandwidth_bytes_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let Ok(n) = value.trim().parse::<u64>() else {
+                continue;
+            };
+            if labels.contains("direction=\"Inbound\"") {
+                bytes_in = bytes_in.saturating_add(n);
+            } else if labels.contains("direction=\"Outbound\"") {
+                bytes_out = bytes_out.saturating_add(n);
+            }
+        }
+        (bytes_in, bytes_out)
+    }
+}
+
+/// Rates of two growing byte counters over the last [`RATE_WINDOW`]: fed
+/// the counters' values with the time they were read, it answers the
+/// bytes per second between the oldest sample in the window and now.
+/// Holds at most one sample per [`RATE_STEP`]; reads no clock.
+#[derive(Debug, Clone)]
+pub struct RateMeter {
+    /// `(when, in, out)`, oldest first; never empty.
+    samples: VecDeque<(Instant, u64, u64)>,
+}
+
+impl RateMeter {
+    /// A meter whose counters were zero at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            samples: VecDeque::from([(start, 0, 0)]),
+        }
+    }
+
+    /// Takes the counters' values `bytes_in` and `bytes_out` read at `now`
+    /// and returns the rates `(in, out)` in bytes per second since the
+    /// oldest sample within [`RATE_WINDOW`] of `now`; zeros if no time has
+    /// passed since it. A counter that went down (it never should) counts
+    /// as no growth.
+    pub fn handle_sample(&mut self, now: Instant, bytes_in: u64, bytes_out: u64) -> (f64, f64) {
+        // Drop samples while the next one is still a whole window old, so
+        // the oldest kept spans the window (or all there is).
+        while self.samples.len() > 1
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, ..)| now.saturating_duration_since(*t) >= RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let newest = self.samples.back().map_or(now, |(t, ..)| *t);
+        if now.saturating_duration_since(newest) >= RATE_STEP {
+            self.samples.push_back((now, bytes_in, bytes_out));
+        }
+        let Some(&(t0, in0, out0)) = self.samples.front() else {
+            return (0.0, 0.0);
+        };
+        let secs = now.saturating_duration_since(t0).as_secs_f64();
+        if secs <= 0.0 {
+            return (0.0, 0.0);
+        }
+        (
+            bytes_in.saturating_sub(in0) as f64 / secs,
+            bytes_out.saturating_sub(out0) as f64 / secs,
+        )
+    }
+}
+
 /// Everything a relay's volunteer looks at, at one moment: what the
 /// `/status` route answers, the page shows and `/metrics` exposes.
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +317,8 @@ pub struct RelaySnapshot {
     pub peers_connected: u64,
     /// Circuit relay: reservations and circuits held now and in total.
     pub circuit: RelayStatus,
+    /// The bytes all of the relay's connections carried, and their rate.
+    pub bandwidth: Bandwidth,
     /// The mailbox server's counters.
     pub mailbox: MailboxCounters,
     /// What the mailbox holds.
@@ -222,6 +332,7 @@ impl RelaySnapshot {
         uptime_secs: u64,
         peers_connected: u64,
         circuit: RelayStatus,
+        bandwidth: Bandwidth,
         mailbox: MailboxCounters,
         occupancy: Occupancy,
     ) -> Self {
@@ -230,12 +341,16 @@ impl RelaySnapshot {
             uptime_secs,
             peers_connected,
             circuit,
+            bandwidth,
             mailbox,
             occupancy,
         }
     }
 
     /// The Prometheus text exposition (format 0.0.4) of this snapshot.
+    /// The bytes carried are not in it: they are libp2p's
+    /// `libp2p_bandwidth_bytes_total`, which the relay's `/metrics` adds
+    /// (Prometheus' `rate()` of it is the page's rate).
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
@@ -415,6 +530,8 @@ struct MonitorInner {
     store: OnceLock<Arc<MailboxStore>>,
     /// The last occupancy counted, and when.
     occupancy: Mutex<Option<(Instant, Occupancy)>>,
+    /// The rates of the bytes the relay's connections carry.
+    rates: Mutex<RateMeter>,
 }
 
 impl Default for RelayMonitor {
@@ -426,12 +543,14 @@ impl Default for RelayMonitor {
 impl RelayMonitor {
     /// A monitor of a relay starting now, with no mailbox yet.
     pub fn new() -> Self {
+        let started = Instant::now();
         Self {
             inner: Arc::new(MonitorInner {
-                started: Instant::now(),
+                started,
                 metrics: Arc::default(),
                 store: OnceLock::new(),
                 occupancy: Mutex::new(None),
+                rates: Mutex::new(RateMeter::new(started)),
             }),
         }
     }
@@ -484,9 +603,27 @@ impl RelayMonitor {
         counted
     }
 
+    /// The bytes `node`'s connections carried (from its libp2p metrics),
+    /// and their rates.
+    pub fn bandwidth(&self, node: &Node) -> Bandwidth {
+        let (bytes_in, bytes_out) = Bandwidth::totals_from_exposition(&node.libp2p_metrics());
+        let (in_per_sec, out_per_sec) = self
+            .inner
+            .rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .handle_sample(Instant::now(), bytes_in, bytes_out);
+        Bandwidth {
+            bytes_in,
+            bytes_out,
+            in_per_sec,
+            out_per_sec,
+        }
+    }
+
     /// Everything the page and `/metrics` show, now: the circuit relay's
-    /// figures and connected peers from `node`, the mailbox's from this
-    /// monitor.
+    /// figures, the bytes carried and connected peers from `node`, the
+    /// mailbox's from this monitor.
     pub async fn snapshot(&self, node: &Node) -> RelaySnapshot {
         let status = node.status().await;
         RelaySnapshot::new(
@@ -494,6 +631,7 @@ impl RelayMonitor {
             self.uptime().as_secs(),
             status.net.connected.len() as u64,
             status.net.relay.unwrap_or_default(),
+            self.bandwidth(node),
             self.inner.metrics.counters(),
             self.occupancy().await,
         )
@@ -524,6 +662,51 @@ mod tests {
         assert_eq!(get("sender_quota"), 1);
         assert_eq!(get("other"), 1);
         assert_eq!(get("forged"), 0);
+    }
+
+    #[test]
+    fn bandwidth_totals_sum_every_stack_by_direction() {
+        let text = "# HELP libp2p_bandwidth_bytes Bandwidth usage.\n\
+            # TYPE libp2p_bandwidth_bytes counter\n\
+            # UNIT libp2p_bandwidth_bytes bytes\n\
+            libp2p_bandwidth_bytes_total{protocols=\"/ip4/tcp\",direction=\"Inbound\"} 100\n\
+            libp2p_bandwidth_bytes_total{protocols=\"/ip4/tcp\",direction=\"Outbound\"} 7\n\
+            libp2p_bandwidth_bytes_total{protocols=\"/ip4/udp/quic-v1\",direction=\"Inbound\"} 23\n\
+            libp2p_swarm_connections_established_total{direction=\"Inbound\"} 5\n\
+            libp2p_bandwidth_bytes_total{protocols=\"/x\",direction=\"Inbound\"} not-a-number\n";
+        assert_eq!(Bandwidth::totals_from_exposition(text), (123, 7));
+        assert_eq!(Bandwidth::totals_from_exposition(""), (0, 0));
+    }
+
+    #[test]
+    fn rates_span_the_window_and_the_meter_stays_bounded() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut m = RateMeter::new(t0);
+        // No time since the start: no rate.
+        assert_eq!(m.handle_sample(t0, 0, 0), (0.0, 0.0));
+        // Since the start: 1000 bytes in 10 s.
+        assert_eq!(m.handle_sample(s(10), 1000, 500), (100.0, 50.0));
+        // Asked every second for ten minutes at 10 bytes/s in, 0 out: the
+        // rate is over the last minute only, and few samples are kept.
+        let mut last = (0.0, 0.0);
+        for t in 11..=600 {
+            last = m.handle_sample(s(t), 1000 + 10 * (t - 10), 500);
+            assert!(
+                m.samples.len() <= (RATE_WINDOW.as_secs() / RATE_STEP.as_secs()) as usize + 2,
+                "{} samples",
+                m.samples.len()
+            );
+        }
+        assert_eq!(last, (10.0, 0.0));
+        // A quiet minute brings the rate down to zero.
+        let mut quiet = (1.0, 1.0);
+        for t in 601..=670 {
+            quiet = m.handle_sample(s(t), 1000 + 10 * 590, 500);
+        }
+        assert_eq!(quiet, (0.0, 0.0));
+        // A counter that went down counts as no growth.
+        assert_eq!(m.handle_sample(s(700), 0, 0), (0.0, 0.0));
     }
 
     #[test]

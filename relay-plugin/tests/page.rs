@@ -1,17 +1,20 @@
 //! The `agentmesh-relay` binary as a real process: its volunteer's page and
 //! `/metrics` on loopback. An agent behind the relay reserves a slot,
-//! another deposits mail (and one forged envelope), fetches and acks; the
-//! metrics, parsed by a Prometheus text parser, and the page show it.
+//! another deposits mail (and one forged envelope), fetches and acks; a
+//! third, with no direct address either, messages the first through a
+//! circuit; the metrics, parsed by a
+//! Prometheus text parser, and the page show it, the bytes the relay
+//! carried among them.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
 use agentmesh_node::{
     envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
     keystore::KdfParams,
-    Amid, Config, Identity, Multiaddr, Node, Passphrase, PeerId, Reachability,
+    Amid, Config, Identity, Multiaddr, Node, Passphrase, PathKind, PeerId, Reachability,
 };
 use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
@@ -152,6 +155,54 @@ fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> 
         | Some(prometheus_parse::Value::Gauge(v))
         | Some(prometheus_parse::Value::Untyped(v)) => *v,
         other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+/// The sum of the samples `name` whose labels include `labels`, over all
+/// their other labels.
+fn total(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| {
+            x.metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| x.labels.get(k).is_some_and(|l| l == *v))
+        })
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        })
+        .sum()
+}
+
+/// The bytes the relay received and sent, from its `/metrics`.
+async fn relay_bytes(addr: &str) -> (f64, f64) {
+    let s = scrape(addr).await;
+    let name = "libp2p_bandwidth_bytes_total";
+    (
+        total(&s, name, &[("direction", "Inbound")]),
+        total(&s, name, &[("direction", "Outbound")]),
+    )
+}
+
+/// Waits until `node` is published with only addresses through the relay.
+async fn wait_relayed_card(node: &Node) {
+    assert!(node.wait_published(WAIT).await);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let card = node.lookup(&node.amid()).await;
+        let addrs = card.map(|c| c.addrs).unwrap_or_default();
+        if !addrs.is_empty() && addrs.iter().all(|a| a.contains("p2p-circuit")) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the card never listed only relayed addresses: {addrs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -334,12 +385,65 @@ async fn the_relay_page_and_metrics_show_reservations_and_mail() {
     assert_eq!(v["mailbox"]["deposits"], 2);
     assert!(v["circuit"]["reservations"].as_u64().unwrap() >= 1);
 
+    // Dora, with no direct address either, messages bob: only a circuit
+    // joins them. The relay counts the bytes it carries, in from one end
+    // and out to the other.
+    let dora = node(dir.path(), "dora", &relay_addr, true).await;
+    wait_relayed_card(&bob).await;
+    let mut inbox = bob.messages().unwrap();
+    let r = tokio::time::timeout(WAIT, dora.send(&bob.amid(), json!({"n": 1})))
+        .await
+        .expect("send in time")
+        .expect("sent");
+    assert_eq!(r.path, PathKind::Relayed);
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("message in time")
+        .expect("a message");
+    assert_eq!(m.path, PathKind::Relayed);
+    let (in1, out1) = relay_bytes(&addr).await;
+    assert!(
+        in1 > 0.0 && out1 > 0.0,
+        "bytes counted: {in1} in, {out1} out"
+    );
+    // A 20 kB message more: at least that much more each way, since the
+    // relay reads it from dora and writes it to bob.
+    let big = "x".repeat(20_000);
+    let r = tokio::time::timeout(WAIT, dora.send(&bob.amid(), json!({ "big": big })))
+        .await
+        .expect("send in time")
+        .expect("sent");
+    assert_eq!(r.path, PathKind::Relayed);
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("message in time")
+        .expect("a message");
+    assert_eq!(m.payload["big"].as_str().map(str::len), Some(20_000));
+    let (in2, out2) = relay_bytes(&addr).await;
+    assert!(in2 >= in1 + 20_000.0, "bytes in grew: {in1} -> {in2}");
+    assert!(out2 >= out1 + 20_000.0, "bytes out grew: {out1} -> {out2}");
+    // The page's figures say the same, with rates.
+    let (_, json) = get(&addr, "localhost", "/status").await;
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let b = &v["bandwidth"];
+    assert!(b["bytes_in"].as_f64().unwrap() >= in2, "{b}");
+    assert!(b["bytes_out"].as_f64().unwrap() >= out2, "{b}");
+    assert!(b["in_per_sec"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(b["out_per_sec"].as_f64().unwrap() > 0.0, "{b}");
+    let (_, html) = get(&addr, &addr, "/").await;
+    assert!(html.contains("Bytes carried"));
+    assert!(
+        html.contains(r#"<b data-bytes="bandwidth.bytes_in">"#) && html.contains(" kB</b>"),
+        "{html}"
+    );
+
     // A page on loopback does not answer a rebound domain name.
     let (status, _) = get(&addr, "attacker.example", "/metrics").await;
     assert_eq!(status, 403);
 
     bob.shutdown().await;
     alice.shutdown().await;
+    dora.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

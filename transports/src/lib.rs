@@ -31,8 +31,8 @@ mod swarm;
 pub mod webrtc;
 
 pub use swarm::{
-    build_swarm, build_swarm_with_signalling, path_of, sort_by_preference, PathKind,
-    TransportConfig, TransportError,
+    build_swarm, build_swarm_with_metrics, build_swarm_with_signalling, path_of,
+    sort_by_preference, PathKind, TransportConfig, TransportError,
 };
 
 /// Re-export of the libp2p version this crate is built on.

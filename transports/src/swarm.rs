@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::{
     core::{muxing::StreamMuxerBox, transport::OptionalTransport, upgrade::Version},
     identity::Keypair,
+    metrics::{BandwidthTransport, Registry},
     multiaddr::Protocol,
     noise, quic, relay,
     swarm::NetworkBehaviour,
@@ -97,6 +98,44 @@ pub fn build_swarm_with_signalling<B: NetworkBehaviour>(
     signalling: Option<libp2p_stream::Control>,
     behaviour: impl FnOnce(&Keypair, relay::client::Behaviour) -> B,
 ) -> Result<Swarm<B>, TransportError> {
+    build(key, config, signalling, None, behaviour)
+}
+
+/// [`build_swarm_with_signalling`] whose transport also counts the bytes
+/// every connection carries, in the counter family
+/// `libp2p_bandwidth_bytes_total` it registers in `registry` (libp2p-metrics'
+/// [`BandwidthTransport`](libp2p::metrics::BandwidthTransport)).
+///
+/// The counters are labelled by `direction` (`Inbound` for bytes read,
+/// `Outbound` for bytes written) and by `protocols`, the remote address's
+/// protocol stack (e.g. `/ip4/udp/quic-v1`, `/ip4/tcp`,
+/// `/ip4/tcp/p2p/p2p-circuit`). They count what the connections' streams
+/// carry: every protocol's payload (a relay's circuits, the DHT, identify,
+/// ping, our own), but not the transports' framing, encryption and
+/// acknowledgements underneath (TCP and QUIC headers, Noise, Yamux frame
+/// heads). A relayed connection is counted twice on the node that holds
+/// it: once under its `/p2p-circuit` stack, and again inside the relay
+/// connection that carries it. The connections themselves behave exactly as
+/// without the counters.
+pub fn build_swarm_with_metrics<B: NetworkBehaviour>(
+    key: Keypair,
+    config: &TransportConfig,
+    signalling: Option<libp2p_stream::Control>,
+    registry: &mut Registry,
+    behaviour: impl FnOnce(&Keypair, relay::client::Behaviour) -> B,
+) -> Result<Swarm<B>, TransportError> {
+    build(key, config, signalling, Some(registry), behaviour)
+}
+
+/// Builds the swarm; with `registry`, counts the bytes of every connection
+/// there.
+fn build<B: NetworkBehaviour>(
+    key: Keypair,
+    config: &TransportConfig,
+    signalling: Option<libp2p_stream::Control>,
+    registry: Option<&mut Registry>,
+    behaviour: impl FnOnce(&Keypair, relay::client::Behaviour) -> B,
+) -> Result<Swarm<B>, TransportError> {
     let idle = config.idle_timeout;
     let concurrency = config.dial_concurrency;
     let local = key.public().to_peer_id();
@@ -131,6 +170,14 @@ pub fn build_swarm_with_signalling<B: NetworkBehaviour>(
         .map(|e, _| e.into_inner())
         .or_transport(tcp)
         .map(|e, _| e.into_inner());
+    // The counting wrapper sits outside every transport, so each
+    // connection, relayed or direct, is counted once under its own stack.
+    let transport = match registry {
+        Some(registry) => BandwidthTransport::new(transport, registry)
+            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+            .boxed(),
+        None => transport.boxed(),
+    };
     let mut relay_behaviour = Some(relay_behaviour);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
