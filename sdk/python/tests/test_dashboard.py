@@ -188,3 +188,55 @@ def test_the_overview_shows_the_did_the_registry_standing_and_plots(page: Any) -
         expect(messages).to_have_attribute("data-total", str(before + 1))
         expect(page.get_by_test_id("error")).to_have_text("")
         shoot(page, "overview")
+
+
+def test_the_doctor_panel_shows_the_findings_and_runs_again(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    with LocalMesh(n=2) as mesh:
+        alice, bob = mesh.agents
+        page.goto(alice.dashboard_link().url)
+        expect(page.get_by_test_id("amid")).to_have_text(alice.amid)
+
+        # The Doctor tab runs the checks: one row each, with the result.
+        page.get_by_role("button", name="Doctor").click()
+        state = page.get_by_test_id("doctor-state")
+        expect(state).to_contain_text("run 1 at ")
+        finding = page.locator('tr[data-testid="finding"]')
+        data_dir = page.locator('tr[data-check="data dir"]')
+        expect(data_dir).to_have_attribute("data-result", "ok")
+        expect(data_dir.locator("td").nth(1)).to_have_text("ok")
+        expect(data_dir.locator("td").nth(2)).to_contain_text("writable, write+fsync")
+        expect(data_dir.locator("td").nth(3)).to_have_text("")
+        # The LocalMesh's bootstrap is the agents' registry, on this
+        # machine's clock.
+        registry = page.locator('tr[data-check="clock vs registry"]')
+        expect(registry).to_have_attribute("data-result", "ok")
+        expect(registry.locator("td").nth(2)).to_contain_text("the registry's")
+        # The same checks the API answers, in its order.
+        checks = [c["check"] for c in alice.diagnostics()["checks"]]
+        expect(finding).to_have_count(len(checks))
+        assert finding.evaluate_all("rows => rows.map(r => r.dataset.check)") == checks
+        # Every row that is not ok shows what to do; an ok one nothing.
+        for row in finding.all():
+            fix = row.locator("td").nth(3).inner_text()
+            assert (fix == "") == (row.get_attribute("data-result") == "ok"), row.inner_text()
+
+        # Run again, with a hole-punch probe to bob: on loopback, direct
+        # (dialled now, or already connected through the DHT's traffic).
+        page.get_by_test_id("doctor-punch").fill(bob.amid)
+        page.get_by_test_id("doctor-run").click()
+        expect(state).to_contain_text("run 2 at ")
+        probe = page.locator('tr[data-check="punch probe"]')
+        expect(probe).to_have_attribute("data-result", "ok")
+        expect(probe.locator("td").nth(2)).to_have_text(
+            re.compile(rf"^{bob.amid[:12]}: (direct|already connected directly) \(direct-quic\)")
+        )
+        expect(page.get_by_test_id("error")).to_have_text("")
+        shoot(page, "doctor")
+
+        # A bad AMID: the run says why, and the table stays.
+        page.get_by_test_id("doctor-punch").fill("nope")
+        page.get_by_test_id("doctor-run").click()
+        expect(state).to_contain_text("run 3 failed: invalid_amid")
+        expect(data_dir).to_be_visible()
