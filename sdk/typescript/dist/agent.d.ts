@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { Client, type AuditOptions, type CheckPolicyOptions, type MessagesOptions, type Presence, type Recipient, type RequestOptions, type SearchOptions, type SearchResults, type SendOptions, type StreamOptions } from "./client.js";
+import { Client, type AuditOptions, type CheckPolicyOptions, type Diagnostics, type MessagesOptions, type Presence, type Recipient, type RegistryStanding, type RequestOptions, type SearchOptions, type SearchResults, type SendOptions, type StreamOptions, type Timeseries } from "./client.js";
 import { type ApiInfo, type Event, type JsonObject, type Message, type Peer, type PolicyCheck, type Receipt, type ReplyOptions, type Status, type StreamResult } from "./models.js";
 import { NodeProcess } from "./process.js";
 /** The passphrase file {@link Agent.start} creates when none is given. */
@@ -238,6 +238,17 @@ export declare class Agent {
     kill(amid?: Recipient): Promise<void>;
     /** Turns the kill switch for everyone off. */
     killClear(): Promise<void>;
+    /** The last hour by minute: messages by path, KNOCK decisions, delivery latency (see {@link Client.timeseries}). */
+    timeseries(): Promise<Timeseries>;
+    /** This agent's tier and reputation at its registry, as the node last saw them (see {@link Client.registryStanding}). */
+    registryStanding(): Promise<RegistryStanding>;
+    /**
+     * What `agentmesh doctor` checks, with a fix for each failure; with
+     * `punch`, a hole-punch probe of that agent (see {@link Client.diagnostics}).
+     */
+    diagnostics(options?: {
+        punch?: Recipient;
+    }): Promise<Diagnostics>;
     /** The audit log. */
     audit(options?: AuditOptions): Promise<{
         audit: JsonObject[];

@@ -493,6 +493,21 @@ export class Agent {
     killClear() {
         return this.client.killClear();
     }
+    /** The last hour by minute: messages by path, KNOCK decisions, delivery latency (see {@link Client.timeseries}). */
+    timeseries() {
+        return this.client.timeseries();
+    }
+    /** This agent's tier and reputation at its registry, as the node last saw them (see {@link Client.registryStanding}). */
+    registryStanding() {
+        return this.client.registryStanding();
+    }
+    /**
+     * What `agentmesh doctor` checks, with a fix for each failure; with
+     * `punch`, a hole-punch probe of that agent (see {@link Client.diagnostics}).
+     */
+    diagnostics(options = {}) {
+        return this.client.diagnostics(options.punch === undefined ? {} : { punch: amidOf(options.punch) });
+    }
     /** The audit log. */
     audit(options = {}) {
         return this.client.audit(options);

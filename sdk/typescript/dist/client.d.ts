@@ -55,6 +55,35 @@ export interface ClientOptions {
     /** Milliseconds to wait for an answer that is not a long-poll (default 120 000). */
     timeoutMs?: number;
 }
+/**
+ * The last hour, minute by minute (`GET /v1/stats/timeseries`): `minutes`
+ * (oldest first, each with `sent` and `received` by path and `knocks`
+ * accepted and rejected) and `latency`, the delivery latency histogram.
+ */
+export type Timeseries = ApiAnswer<"/v1/stats/timeseries", "get">;
+/**
+ * This agent's tier and reputation at its registry, as the node last heard
+ * them (`GET /v1/registry/standing`): `state` is `checking`,
+ * `not_configured`, `registered` (with `tier` and `reputation`),
+ * `not_registered` or `unknown`.
+ */
+export type RegistryStanding = ApiAnswer<"/v1/registry/standing", "get">;
+/**
+ * What `agentmesh doctor` checks, run by the node (`GET /v1/diagnostics`):
+ * `checks` (each `{check, result, detail, fix}`), the NAT mapping and the
+ * probes it was inferred from, the clock against peers and the registry,
+ * and the hole-punch probe when one was asked for.
+ */
+export type Diagnostics = ApiAnswer<"/v1/diagnostics", "get">;
+/** Options of {@link Client.diagnostics}. */
+export interface DiagnosticsOptions {
+    /**
+     * Also probe hole punching to this agent: the node reaches it (through a
+     * relay if need be) and waits up to 10 s for a direct connection; the
+     * `punch probe` check and the `punch` field say how it went.
+     */
+    punch?: string;
+}
 /** Something with an AMID: an AMID string, or an {@link Agent}. */
 export type Recipient = string | {
     readonly amid: string;
@@ -327,6 +356,16 @@ export declare class Client {
         url: string;
         expiresInS: number | null;
     }>;
+    /** The last hour, minute by minute: messages by path, KNOCK decisions, delivery latency. */
+    timeseries(): Promise<Timeseries>;
+    /** This agent's tier and reputation at its registry, from the node's cache (never waits on the registry). */
+    registryStanding(): Promise<RegistryStanding>;
+    /**
+     * The doctor's checks, each with a fix when it is not ok. With
+     * `options.punch`, the answer waits for the hole-punch probe (up to about
+     * 10 s once the peer is reached).
+     */
+    diagnostics(options?: DiagnosticsOptions): Promise<Diagnostics>;
     /** The OpenAPI document of the local API. */
     openapi(): Promise<JsonObject>;
 }

@@ -609,6 +609,25 @@ export class Client {
         const d = await this.api("post", "/v1/dashboard/link");
         return { url: d.url, expiresInS: d.expires_in_s ?? null };
     }
+    /** The last hour, minute by minute: messages by path, KNOCK decisions, delivery latency. */
+    async timeseries() {
+        return await this.api("get", "/v1/stats/timeseries");
+    }
+    /** This agent's tier and reputation at its registry, from the node's cache (never waits on the registry). */
+    async registryStanding() {
+        return await this.api("get", "/v1/registry/standing");
+    }
+    /**
+     * The doctor's checks, each with a fix when it is not ok. With
+     * `options.punch`, the answer waits for the hole-punch probe (up to about
+     * 10 s once the peer is reached).
+     */
+    async diagnostics(options = {}) {
+        const query = {};
+        if (options.punch !== undefined)
+            query.punch = options.punch;
+        return await this.api("get", "/v1/diagnostics", { query });
+    }
     /** The OpenAPI document of the local API. */
     async openapi() {
         return object(await this.api("get", "/v1/openapi.json"), "openapi");

@@ -19,15 +19,18 @@ import {
   Client,
   type AuditOptions,
   type CheckPolicyOptions,
+  type Diagnostics,
   type EventsOptions,
   type MessagesOptions,
   type Presence,
   type Recipient,
+  type RegistryStanding,
   type RequestOptions,
   type SearchOptions,
   type SearchResults,
   type SendOptions,
   type StreamOptions,
+  type Timeseries,
   amidOf,
 } from "./client.js";
 import { AgentMeshError, NodeNotRunning } from "./errors.js";
@@ -631,6 +634,24 @@ export class Agent {
   /** Turns the kill switch for everyone off. */
   killClear(): Promise<void> {
     return this.client.killClear();
+  }
+
+  /** The last hour by minute: messages by path, KNOCK decisions, delivery latency (see {@link Client.timeseries}). */
+  timeseries(): Promise<Timeseries> {
+    return this.client.timeseries();
+  }
+
+  /** This agent's tier and reputation at its registry, as the node last saw them (see {@link Client.registryStanding}). */
+  registryStanding(): Promise<RegistryStanding> {
+    return this.client.registryStanding();
+  }
+
+  /**
+   * What `agentmesh doctor` checks, with a fix for each failure; with
+   * `punch`, a hole-punch probe of that agent (see {@link Client.diagnostics}).
+   */
+  diagnostics(options: { punch?: Recipient } = {}): Promise<Diagnostics> {
+    return this.client.diagnostics(options.punch === undefined ? {} : { punch: amidOf(options.punch) });
   }
 
   /** The audit log. */

@@ -89,6 +89,39 @@ export interface ClientOptions {
   timeoutMs?: number;
 }
 
+/**
+ * The last hour, minute by minute (`GET /v1/stats/timeseries`): `minutes`
+ * (oldest first, each with `sent` and `received` by path and `knocks`
+ * accepted and rejected) and `latency`, the delivery latency histogram.
+ */
+export type Timeseries = ApiAnswer<"/v1/stats/timeseries", "get">;
+
+/**
+ * This agent's tier and reputation at its registry, as the node last heard
+ * them (`GET /v1/registry/standing`): `state` is `checking`,
+ * `not_configured`, `registered` (with `tier` and `reputation`),
+ * `not_registered` or `unknown`.
+ */
+export type RegistryStanding = ApiAnswer<"/v1/registry/standing", "get">;
+
+/**
+ * What `agentmesh doctor` checks, run by the node (`GET /v1/diagnostics`):
+ * `checks` (each `{check, result, detail, fix}`), the NAT mapping and the
+ * probes it was inferred from, the clock against peers and the registry,
+ * and the hole-punch probe when one was asked for.
+ */
+export type Diagnostics = ApiAnswer<"/v1/diagnostics", "get">;
+
+/** Options of {@link Client.diagnostics}. */
+export interface DiagnosticsOptions {
+  /**
+   * Also probe hole punching to this agent: the node reaches it (through a
+   * relay if need be) and waits up to 10 s for a direct connection; the
+   * `punch probe` check and the `punch` field say how it went.
+   */
+  punch?: string;
+}
+
 /** Something with an AMID: an AMID string, or an {@link Agent}. */
 export type Recipient = string | { readonly amid: string };
 
@@ -802,6 +835,27 @@ export class Client {
   async dashboardLink(): Promise<{ url: string; expiresInS: number | null }> {
     const d = await this.api("post", "/v1/dashboard/link");
     return { url: d.url, expiresInS: d.expires_in_s ?? null };
+  }
+
+  /** The last hour, minute by minute: messages by path, KNOCK decisions, delivery latency. */
+  async timeseries(): Promise<Timeseries> {
+    return await this.api("get", "/v1/stats/timeseries");
+  }
+
+  /** This agent's tier and reputation at its registry, from the node's cache (never waits on the registry). */
+  async registryStanding(): Promise<RegistryStanding> {
+    return await this.api("get", "/v1/registry/standing");
+  }
+
+  /**
+   * The doctor's checks, each with a fix when it is not ok. With
+   * `options.punch`, the answer waits for the hole-punch probe (up to about
+   * 10 s once the peer is reached).
+   */
+  async diagnostics(options: DiagnosticsOptions = {}): Promise<Diagnostics> {
+    const query: ApiQuery<"/v1/diagnostics", "get"> = {};
+    if (options.punch !== undefined) query.punch = options.punch;
+    return await this.api("get", "/v1/diagnostics", { query });
   }
 
   /** The OpenAPI document of the local API. */

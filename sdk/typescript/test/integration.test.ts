@@ -366,6 +366,45 @@ describe("against real nodes", { skip: skipWithoutBinaries() }, () => {
     assert.deepEqual(entry["capabilities"], ["test/typescript"]);
   });
 
+  it("reads the timeseries, the registry standing and the doctor's checks", async () => {
+    await alice.send(bob, { text: "counted in the timeseries" });
+    const t = await alice.timeseries();
+    assert.ok(t.minutes.length > 0);
+    const sent = t.minutes.reduce((n, m) => n + m.sent["direct-quic"], 0);
+    assert.ok(sent >= 1, JSON.stringify(t.minutes.at(-1)));
+    assert.ok(t.latency.count >= 1, JSON.stringify(t.latency));
+
+    // Dave registers; his node's cached standing follows.
+    await dave.register("dave", ["test/standing"]);
+    let standing = await dave.registryStanding();
+    await until(
+      async () => (standing = await dave.registryStanding()).state === "registered",
+      WAIT_MS,
+      "dave's standing: registered",
+    );
+    assert.ok(["anonymous", "verified", "organization"].includes(standing.tier ?? ""), JSON.stringify(standing));
+    assert.equal(typeof standing.reputation, "number");
+
+    // The doctor: the disk, and the clock against the mesh's registry (on
+    // this machine's clock: within half the round trip).
+    const d = await alice.diagnostics();
+    const checks = new Map(d.checks.map((c) => [c.check, c]));
+    assert.equal(checks.get("data dir")?.result, "ok", JSON.stringify(checks.get("data dir")));
+    assert.equal(checks.get("clock vs registry")?.result, "ok", JSON.stringify(checks.get("clock vs registry")));
+    const clock = d.registry_clock;
+    assert.ok(clock, "a registry clock reading");
+    assert.ok(Math.abs(clock.offset_ms) <= clock.uncertainty_ms + 2, JSON.stringify(clock));
+    assert.equal(d.punch, null);
+    assert.ok(!checks.has("punch probe"));
+    // With a hole-punch probe to bob: on loopback, direct.
+    const probed = await alice.diagnostics({ punch: bob });
+    const probe = probed.checks.find((c) => c.check === "punch probe");
+    assert.equal(probe?.result, "ok", JSON.stringify(probe));
+    assert.equal(probed.punch?.peer, bob.amid);
+    assert.equal(probed.punch?.outcome, "direct");
+    await drain(bob);
+  });
+
   it("calls any route typed by the OpenAPI document", async () => {
     const { receipt } = await alice.client.api("post", "/v1/send", { body: { to: bob.amid, payload: { raw: 1 } } });
     assert.deepEqual(Object.keys(receipt ?? {}).sort(), ["id", "knocked", "path", "session", "to"]);

@@ -147,7 +147,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The doctor's checks, each with a fix when it failed: bootstrap nodes and relays reached and their round trips, AutoNAT reachability, the NAT's mapping (from the addresses peers saw), clock skew, the data directory (write and fsync), keystore and policy file */
+        /** The doctor's checks, each with a fix when it failed: bootstrap nodes and relays reached and their round trips, AutoNAT reachability, the NAT's mapping (from the addresses peers saw), hole punching (and with `punch` a probe of one peer), clock skew against peers and the registry, the data directory (write and fsync), keystore and policy file */
         get: operations["get_v1_diagnostics"];
         put?: never;
         post?: never;
@@ -968,7 +968,10 @@ export interface operations {
     };
     get_v1_diagnostics: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description An AMID: reach that agent (through a relay if need be) and wait up to 10 s for a direct connection */
+                punch?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -1000,6 +1003,32 @@ export interface operations {
                             seen?: string[][];
                         };
                         probes: components["schemas"]["PeerProbe"][];
+                        /** @description The hole-punch probe asked for with `punch` (null otherwise) */
+                        punch?: {
+                            /** @description direct: it was up before the probe */
+                            already?: boolean;
+                            /** @description unreachable: why */
+                            error?: string;
+                            /** @description direct: time to direct (from the relayed connection when upgraded, else from the start) */
+                            ms?: number;
+                            /** @enum {unknown} */
+                            outcome: "direct" | "relayed_only" | "unreachable";
+                            /** @description direct: the direct path (direct_quic, direct_tcp, direct_webrtc) */
+                            path?: string;
+                            peer: string;
+                            /** @description direct: it replaced a relayed connection */
+                            upgraded?: boolean;
+                            /** @description relayed_only: how long the probe waited */
+                            waited_ms?: number;
+                        } | null;
+                        /** @description Our clock against the registry's (null: no registry, or it did not answer) */
+                        registry_clock?: {
+                            /** @description Our clock minus the registry's, at the midpoint of the round trip */
+                            offset_ms: number;
+                            rtt_ms: number;
+                            /** @description Half the round trip */
+                            uncertainty_ms: number;
+                        } | null;
                     };
                 };
             };
