@@ -740,8 +740,20 @@ def test_timeseries_standing_and_diagnostics(mesh: LocalMesh) -> None:
         assert c["result"] in {"ok", "warn", "fail", "skip"}
         assert c["result"] == "ok" or c["fix"], c
 
+    # The mesh's bootstrap is the registry, on this machine's clock.
+    assert checks["clock vs registry"]["result"] == "ok", checks["clock vs registry"]
+    clock = d["registry_clock"]
+    assert abs(clock["offset_ms"]) <= clock["uncertainty_ms"] + 2, clock
+    assert d["punch"] is None and "punch probe" not in checks
+
+    # A hole-punch probe to alice, asynchronously: on loopback, direct.
     async def main() -> dict[str, Any]:
         async with AsyncClient.from_data_dir(bob.data_dir) as c:
-            return await c.diagnostics()
+            return await c.diagnostics(punch=alice.amid)
 
-    assert any(c["check"] == "listening" for c in asyncio.run(main())["checks"])
+    probed = asyncio.run(main())
+    assert any(c["check"] == "listening" for c in probed["checks"])
+    probe = next(c for c in probed["checks"] if c["check"] == "punch probe")
+    assert probe["result"] == "ok", probe
+    assert probed["punch"]["peer"] == alice.amid and probed["punch"]["outcome"] == "direct"
+    assert bob.diagnostics(punch=alice)["punch"]["outcome"] == "direct"

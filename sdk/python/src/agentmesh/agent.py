@@ -602,10 +602,11 @@ class Agent:
         last saw them (see :meth:`Client.registry_standing`)."""
         return self.client.registry_standing()
 
-    def diagnostics(self) -> JSON:
-        """What ``agentmesh doctor`` checks, with a fix for each failure
+    def diagnostics(self, *, punch: str | Agent | None = None) -> JSON:
+        """What ``agentmesh doctor`` checks, with a fix for each failure;
+        with ``punch``, whether a hole punch to that agent goes direct
         (see :meth:`Client.diagnostics`)."""
-        return self.client.diagnostics()
+        return self.client.diagnostics(punch=None if punch is None else _amid(punch))
 
     def presence(self, state: str) -> None:
         """Sets presence: ``online``, ``away``, ``dnd`` or ``offline``."""

@@ -90,6 +90,10 @@ def _get(
     return _Call("GET", path, params=params, timeout=timeout)
 
 
+def _diagnostics_call(punch: str | None) -> _Call:
+    return _get("/v1/diagnostics", None if punch is None else {"punch": _amid(punch)})
+
+
 def _obj(data: Any, key: str | None = None) -> Any:
     """``data`` checked to be an object, or its member ``key``."""
     if not isinstance(data, dict):
@@ -746,12 +750,16 @@ class Client(_Base):
         the registry."""
         return _dict(self._do(_get("/v1/registry/standing")))
 
-    def diagnostics(self) -> JSON:
+    def diagnostics(self, *, punch: str | None = None) -> JSON:
         """What ``agentmesh doctor`` checks, run by the node
         (``GET /v1/diagnostics``): ``checks``, each with ``check``,
         ``result`` (``ok``, ``warn``, ``fail``, ``skip``), ``detail`` and
-        ``fix``; the NAT mapping and the probes it was inferred from."""
-        return _dict(self._do(_get("/v1/diagnostics")))
+        ``fix``; the NAT mapping and the probes it was inferred from; our
+        clock against the registry's (``registry_clock``). With ``punch``
+        (an AMID), the node also reaches that agent and waits up to 10 s
+        for a direct connection: the ``punch probe`` check and ``punch``
+        (``outcome``: ``direct``, ``relayed_only`` or ``unreachable``)."""
+        return _dict(self._do(_diagnostics_call(punch)))
 
     def openapi(self) -> JSON:
         """The OpenAPI document of the local API."""
@@ -1057,9 +1065,9 @@ class AsyncClient(_Base):
         """See :meth:`Client.registry_standing`."""
         return _dict(await self._do(_get("/v1/registry/standing")))
 
-    async def diagnostics(self) -> JSON:
+    async def diagnostics(self, *, punch: str | None = None) -> JSON:
         """See :meth:`Client.diagnostics`."""
-        return _dict(await self._do(_get("/v1/diagnostics")))
+        return _dict(await self._do(_diagnostics_call(punch)))
 
     async def openapi(self) -> JSON:
         """See :meth:`Client.openapi`."""
