@@ -224,6 +224,22 @@ impl std::fmt::Debug for PendingOutbound {
     }
 }
 
+/// The writes of received messages not committed yet (see
+/// [`SessionStore::receive_burst`]).
+#[derive(Default)]
+struct Staged {
+    batch: sled::Batch,
+    /// Replay keys in `batch`.
+    seen: std::collections::HashSet<Vec<u8>>,
+    /// The Olm sessions used, to write once each.
+    olm: Vec<(Amid, String)>,
+    /// Sessions a KNOCK set up, cached once written.
+    infos: Vec<SessionInfo>,
+    /// Whether an inbound Olm session was made (the account changed).
+    account: bool,
+    now_ms: u64,
+}
+
 /// The crypto and session state of a node.
 pub struct SessionStore {
     me: Amid,
@@ -240,6 +256,10 @@ pub struct SessionStore {
     olm_clock: u64,
     /// At most this many peers in `olm`.
     olm_cap: usize,
+    /// Peers whose Olm sessions and session infos changed in memory by
+    /// sealing, and are not written yet (see [`Self::save`]). They stay in
+    /// memory until then.
+    unsaved: std::collections::HashSet<Amid>,
     /// Write-through cache of the `ses/` entries.
     sessions: HashMap<Amid, Vec<SessionInfo>>,
     pickle_key: SubKey,
@@ -310,6 +330,7 @@ impl SessionStore {
             olm_used: HashMap::new(),
             olm_clock: 0,
             olm_cap: MAX_CACHED_PEERS,
+            unsaved: Default::default(),
             inbox_sealer: Sealer::new(derive(storage_key, "inbox")),
             pickle_key,
             prekeys_changed: false,
@@ -332,14 +353,22 @@ impl SessionStore {
 
     /// Writes `s` as the most recently used of `peer`'s Olm sessions.
     fn put_olm(&mut self, batch: &mut sled::Batch, peer: &Amid, s: &Session, now_ms: u64) {
+        self.put_pickle(batch, peer, &s.session_id(), s.pickle(), now_ms);
+    }
+
+    fn put_pickle(
+        &mut self,
+        batch: &mut sled::Batch,
+        peer: &Amid,
+        id: &str,
+        pickle: SessionPickle,
+        now_ms: u64,
+    ) {
         self.olm_clock = self.olm_clock.max(now_ms.saturating_mul(1000)) + 1;
         let mut v = vec![OLM_VALUE_V1];
         v.extend_from_slice(&be(self.olm_clock));
-        v.extend_from_slice(s.pickle().encrypt(&self.pickle_key.0).as_bytes());
-        batch.insert(
-            key(b"olm/", &[peer.as_bytes(), s.session_id().as_bytes()]),
-            v,
-        );
+        v.extend_from_slice(pickle.encrypt(&self.pickle_key.0).as_bytes());
+        batch.insert(key(b"olm/", &[peer.as_bytes(), id.as_bytes()]), v);
     }
 
     /// Whether any Olm session with `peer` exists, in memory or on disk.
@@ -387,7 +416,7 @@ impl SessionStore {
             let mut by_age: Vec<(u64, Amid)> = self
                 .olm_used
                 .iter()
-                .filter(|(p, _)| *p != peer)
+                .filter(|(p, _)| *p != peer && !self.unsaved.contains(*p))
                 .map(|(p, at)| (*at, *p))
                 .collect();
             by_age.sort_unstable_by_key(|(at, _)| *at);
@@ -402,12 +431,41 @@ impl SessionStore {
 
     /// Deletes every Olm session with `peer`, in memory and on disk.
     fn drop_olm(&mut self, peer: &Amid) -> Result<(), StorageError> {
+        self.unsaved.remove(peer);
         self.olm.remove(peer);
         self.olm_used.remove(peer);
         for item in self.tree.scan_prefix(key(b"olm/", &[peer.as_bytes()])) {
             let (k, _) = item?;
             self.tree.remove(k)?;
         }
+        Ok(())
+    }
+
+    /// Writes what sealing changed since the last call: the Olm sessions
+    /// and session infos of each peer sealed to, once each, in one batch.
+    /// Flush the database after it and before sending what was sealed.
+    pub fn save(&mut self, now_ms: u64) -> Result<(), StorageError> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let peers: Vec<Amid> = self.unsaved.iter().copied().collect();
+        for peer in &peers {
+            let pickles: Vec<(String, SessionPickle)> = self
+                .olm
+                .get(peer)
+                .map(|l| l.iter().map(|s| (s.session_id(), s.pickle())).collect())
+                .unwrap_or_default();
+            // Oldest first, so that the order of use is kept on disk.
+            for (id, pickle) in pickles {
+                self.put_pickle(&mut batch, peer, &id, pickle, now_ms);
+            }
+            for info in self.sessions.get(peer).into_iter().flatten() {
+                self.put_info(&mut batch, info)?;
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.unsaved.clear();
         Ok(())
     }
 
@@ -646,7 +704,9 @@ impl SessionStore {
     }
 
     /// Seals a message to `peer` in session `session`, or in the current
-    /// session when `None`.
+    /// session when `None`. The advanced ratchet is written by the next
+    /// [`Self::save`], which must come (and be flushed) before the envelope
+    /// leaves the process: a burst of messages costs one write.
     pub fn seal(
         &mut self,
         identity: &Identity,
@@ -689,14 +749,11 @@ impl SessionStore {
             )
             .map_err(|e| SealError::Olm(e.to_string()))?;
             info.next_seq += 1;
-            let mut batch = sled::Batch::default();
-            self.put_info(&mut batch, &info)?;
-            self.put_olm(&mut batch, peer, &olm, now_ms);
-            self.tree.apply_batch(batch).map_err(StorageError::from)?;
             Ok((env, info))
         });
         let result = result.map(|(env, info)| {
             self.cache_info(info);
+            self.unsaved.insert(*peer);
             env
         });
         self.olm.entry(*peer).or_default().push(olm);
@@ -730,12 +787,56 @@ impl SessionStore {
         knock_session: Option<&SessionInfo>,
         now_ms: u64,
     ) -> Result<(Option<u64>, Received), OpenError> {
+        let mut staged = Staged::default();
+        let result = self.stage(env, knock_session, now_ms, &mut staged);
+        self.commit_staged(staged)?;
+        result
+    }
+
+    /// [`Self::receive`] for a burst of plain messages (from one stream):
+    /// each is checked and decrypted in turn, and all of them are committed
+    /// in one atomic write holding each Olm session once, however many
+    /// messages it opened. One result per envelope, in order; when the
+    /// write fails, every message that had opened fails with it.
+    pub fn receive_burst(
+        &mut self,
+        envs: &[SignedEnvelope],
+        now_ms: u64,
+    ) -> Vec<Result<(Option<u64>, Received), OpenError>> {
+        let mut staged = Staged::default();
+        let results: Vec<_> = envs
+            .iter()
+            .map(|env| self.stage(env, None, now_ms, &mut staged))
+            .collect();
+        match self.commit_staged(staged) {
+            Ok(()) => results,
+            Err(e) => results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(_) | Err(OpenError::Duplicate) => Err(OpenError::Storage(
+                        StorageError::Corrupt(format!("burst not written: {e}")),
+                    )),
+                    Err(other) => Err(other),
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks and decrypts one envelope, adding its writes to `staged`.
+    fn stage(
+        &mut self,
+        env: &SignedEnvelope,
+        knock_session: Option<&SessionInfo>,
+        now_ms: u64,
+        staged: &mut Staged,
+    ) -> Result<(Option<u64>, Received), OpenError> {
         let body = env.open(&self.me, now_ms)?;
         let seen_key = key(b"seen/", &[body.from.as_bytes(), &body.id.0]);
-        let duplicate = self
-            .tree
-            .contains_key(&seen_key)
-            .map_err(StorageError::from)?;
+        let duplicate = staged.seen.contains(&seen_key)
+            || self
+                .tree
+                .contains_key(&seen_key)
+                .map_err(StorageError::from)?;
         // A duplicate plain message is dropped at once. A duplicate first
         // message of a KNOCK (the initiator lost our answer and knocked
         // again) still sets up the new session, but is not delivered again.
@@ -777,30 +878,28 @@ impl SessionStore {
                 content.body
             },
         };
-        let mut batch = sled::Batch::default();
-        self.put_olm(&mut batch, &body.from, &olm, now_ms);
-        if knock_session.is_some() {
-            self.put_info(&mut batch, &info)?;
+        let olm_id = olm.session_id();
+        self.push_olm(body.from, olm);
+        if !staged.olm.contains(&(body.from, olm_id.clone())) {
+            staged.olm.push((body.from, olm_id));
         }
-        if created {
-            self.put_account(&mut batch);
+        staged.now_ms = staged.now_ms.max(now_ms);
+        staged.account |= created;
+        if knock_session.is_some() {
+            self.put_info(&mut staged.batch, &info)?;
+            staged.infos.push(info);
         }
         if duplicate {
-            let committed = self.tree.apply_batch(batch);
-            self.push_olm(body.from, olm);
-            committed.map_err(StorageError::from)?;
-            if knock_session.is_some() {
-                self.cache_info(info);
-            }
             return Err(OpenError::Duplicate);
         }
-        batch.insert(
-            seen_key,
+        staged.batch.insert(
+            seen_key.clone(),
             &be(body
                 .expires_ms
                 .max(now_ms)
                 .saturating_add(MAX_CLOCK_SKEW_MS)),
         );
+        staged.seen.insert(seen_key);
         let mut arrival = None;
         if received.kind.carries_json() {
             let a = self.db.generate_id().map_err(StorageError::from)?;
@@ -808,29 +907,49 @@ impl SessionStore {
                 codec::encode(&received).map_err(|e| StorageError::Corrupt(e.to_string()))?,
             );
             let inbox_key = key(b"inbox/", &[&be(a)]);
-            batch.insert(
+            staged.batch.insert(
                 inbox_key.clone(),
                 self.inbox_sealer.seal(&plain_rec, &inbox_key),
             );
             arrival = Some(a);
         }
-        let committed = self.tree.apply_batch(batch);
-        self.push_olm(body.from, olm);
-        committed.map_err(StorageError::from)?;
-        if knock_session.is_some() {
+        Ok((arrival, received))
+    }
+
+    /// Writes what [`Self::stage`] gathered in one atomic batch: each Olm
+    /// session it used once, as it stands now.
+    fn commit_staged(&mut self, mut staged: Staged) -> Result<(), StorageError> {
+        if staged.olm.is_empty() {
+            return Ok(());
+        }
+        for (peer, id) in &staged.olm {
+            let pickle = self
+                .olm
+                .get(peer)
+                .and_then(|l| l.iter().find(|s| &s.session_id() == id))
+                .map(|s| s.pickle());
+            if let Some(pickle) = pickle {
+                self.put_pickle(&mut staged.batch, peer, id, pickle, staged.now_ms);
+            }
+        }
+        if staged.account {
+            self.put_account(&mut staged.batch);
+        }
+        self.tree.apply_batch(staged.batch)?;
+        for info in staged.infos {
             self.cache_info(info);
         }
-        if created && self.account.stored_one_time_key_count() < ONE_TIME_KEYS_LOW {
+        if staged.account && self.account.stored_one_time_key_count() < ONE_TIME_KEYS_LOW {
             self.account
                 .generate_one_time_keys(ONE_TIME_KEYS - self.account.stored_one_time_key_count());
             let mut batch = sled::Batch::default();
             self.put_account(&mut batch);
-            self.tree.apply_batch(batch).map_err(StorageError::from)?;
+            self.tree.apply_batch(batch)?;
         }
-        if created {
+        if staged.account {
             self.prekeys_changed = true;
         }
-        Ok((arrival, received))
+        Ok(())
     }
 
     /// Decrypts with an existing session of `peer` or a new inbound one.
@@ -1224,6 +1343,9 @@ mod tests {
                 exchange(a, &mut b, id, &format!("to b {round} {i}"), now + 1);
                 let id = [round * 16 + i as u8 + 50; 16];
                 exchange(&mut b, a, id, &format!("from b {round} {i}"), now + 1);
+                // What b sealed is written before it leaves (as a link does);
+                // until then that peer stays in memory.
+                b.store.save(now + 1).unwrap();
                 assert!(b.store.cached_peers() <= 3);
             }
         }
@@ -1314,5 +1436,129 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    fn olm_values(s: &SessionStore, peer: &Amid) -> Vec<Vec<u8>> {
+        s.tree
+            .scan_prefix(key(b"olm/", &[peer.as_bytes()]))
+            .map(|i| i.unwrap().1.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn sealing_is_written_by_save_once_per_burst() {
+        let now = 1_000_000;
+        let mut a = side(1);
+        let mut b = side(2);
+        knock(&mut a, &mut b, 1, now, now + 10_000_000);
+        let before = olm_values(&a.store, &b.id.amid());
+        let envs: Vec<SignedEnvelope> = (0..5u8)
+            .map(|n| {
+                a.store
+                    .seal(
+                        &a.id,
+                        &b.id.amid(),
+                        None,
+                        MessageId([10 + n; 16]),
+                        &msg(json!(n)),
+                        now,
+                    )
+                    .unwrap()
+            })
+            .collect();
+        // Nothing written yet: the envelopes must not leave before `save`.
+        assert_eq!(olm_values(&a.store, &b.id.amid()), before);
+        a.store.save(now).unwrap();
+        let after = olm_values(&a.store, &b.id.amid());
+        assert_ne!(after, before);
+        let info = a.store.current_session(&b.id.amid(), now).unwrap();
+        let stored: SessionInfo = codec::decode(
+            &a.store
+                .tree
+                .get(key(b"ses/", &[b.id.amid().as_bytes(), &info.id.0]))
+                .unwrap()
+                .unwrap(),
+            4096,
+        )
+        .unwrap();
+        assert_eq!(stored.next_seq, 6);
+
+        // The receiver opens the burst in one write; a copy of a message
+        // inside the same burst is a duplicate, a tampered one is refused.
+        let mut bad = envs[3].clone();
+        bad.tamper();
+        let burst = vec![
+            envs[0].clone(),
+            envs[1].clone(),
+            envs[1].clone(),
+            bad,
+            envs[2].clone(),
+            envs[3].clone(),
+            envs[4].clone(),
+        ];
+        let before_b = olm_values(&b.store, &a.id.amid());
+        let results = b.store.receive_burst(&burst, now);
+        let kinds: Vec<&str> = results
+            .iter()
+            .map(|r| match r {
+                Ok(_) => "ok",
+                Err(OpenError::Duplicate) => "duplicate",
+                Err(_) => "refused",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["ok", "ok", "duplicate", "refused", "ok", "ok", "ok"]
+        );
+        assert_eq!(b.store.inbox().len(), 6);
+        assert_ne!(olm_values(&b.store, &a.id.amid()), before_b);
+        // Replayed later, each is a duplicate.
+        assert!(b
+            .store
+            .receive_burst(&envs, now)
+            .iter()
+            .all(|r| matches!(r, Err(OpenError::Duplicate))));
+    }
+
+    #[test]
+    fn a_sender_restarted_after_save_goes_on_where_it_was() {
+        let now = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let ida = Identity::from_seed(&[1; 32]);
+        let mut b = side(2);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let mut a = Side {
+                id: Identity::from_seed(&[1; 32]),
+                store: SessionStore::open(ida.amid(), &db, &[1; 32]).unwrap(),
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            knock(&mut a, &mut b, 1, now, now + 10_000_000);
+            for n in 0..3u8 {
+                exchange(&mut a, &mut b, [20 + n; 16], "before", now);
+            }
+            a.store.save(now).unwrap();
+            a.store.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let mut a = Side {
+            id: ida,
+            store: SessionStore::open(Identity::from_seed(&[1; 32]).amid(), &db, &[1; 32]).unwrap(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        let env = a
+            .store
+            .seal(
+                &a.id,
+                &b.id.amid(),
+                None,
+                MessageId([30; 16]),
+                &msg(json!("after")),
+                now,
+            )
+            .unwrap();
+        let (_, got) = b.store.receive(&env, None, now).unwrap();
+        assert_eq!(got.payload, json!("after"));
+        assert_eq!(got.seq, 4);
     }
 }

@@ -433,22 +433,27 @@ pub(super) async fn deliver(shared: &Arc<Shared>, batch: Vec<Delivery>) {
     }
 }
 
-/// Serves one inbound message stream: each envelope is checked, decrypted
-/// and committed; a burst is flushed to disk together, then handed to the
-/// application and acknowledged.
+/// Serves one inbound message stream: the envelopes of a burst (what is
+/// buffered when the stream is read, up to [`ACK_BATCH`]) are checked,
+/// decrypted and committed in one write, flushed to disk together, then
+/// handed to the application and acknowledged.
 async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     let sender = super::amid_of_peer(&peer);
     let (mut writer, mut reader) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
     let cancel = shared.cancel.clone();
-    let mut acks: Vec<MsgFrame> = Vec::new();
-    let mut batch: Vec<Delivery> = Vec::new();
-    let mut stream_path = shared.path_to(&peer);
+    let mut burst = Burst {
+        peer,
+        envs: Vec::new(),
+        acks: Vec::new(),
+        batch: Vec::new(),
+        stream_path: shared.path_to(&peer),
+    };
     let mut idle_limit = FIRST_FRAME_TIMEOUT;
     loop {
         // Take what is already buffered without waiting; when nothing is,
         // commit the burst before blocking on the next frame. A stream that
         // stays silent is closed: a peer cannot hold slots open for nothing.
-        let next = if acks.is_empty() {
+        let next = if burst.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 f = reader.recv() => Some(f),
@@ -457,14 +462,14 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                     return;
                 }
             }
-        } else if acks.len() >= ACK_BATCH {
+        } else if burst.len() >= ACK_BATCH {
             None
         } else {
             reader.recv().now_or_never()
         };
         let frame = match next {
             None => {
-                if !commit(shared, &mut batch, &mut acks, &mut writer).await {
+                if !burst.commit(shared, &mut writer).await {
                     return;
                 }
                 continue;
@@ -474,16 +479,22 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 f
             }
             Some(Ok(None)) => {
-                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                burst.commit(shared, &mut writer).await;
                 return;
             }
             Some(Err(e)) => {
-                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                burst.commit(shared, &mut writer).await;
                 stream_failed(shared, &peer, e);
                 return;
             }
         };
-        let bytes = match MsgFrame::from_bytes(&frame) {
+        let frame = MsgFrame::from_bytes(&frame);
+        if !matches!(frame, Ok(MsgFrame::Envelope(_))) {
+            // Whatever else comes acts on what came before it (a close
+            // ends the session its messages were in).
+            burst.open(shared);
+        }
+        let bytes = match frame {
             Ok(MsgFrame::Envelope(b)) => b,
             Ok(MsgFrame::Close { session, receipt }) => {
                 let info =
@@ -527,7 +538,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             }
             Err(e) => {
                 // Garbage on the stream: commit what was good, then reset.
-                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                burst.commit(shared, &mut writer).await;
                 refuse(
                     shared,
                     Some(peer_label(&peer)),
@@ -540,7 +551,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         let env = match SignedEnvelope::from_bytes(&bytes) {
             Ok(e) => e,
             Err(e) => {
-                commit(shared, &mut batch, &mut acks, &mut writer).await;
+                burst.commit(shared, &mut writer).await;
                 refuse(
                     shared,
                     Some(peer_label(&peer)),
@@ -554,17 +565,27 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         let now = now_ms();
         // Rate limit by the connection's authenticated peer, before any
         // signature check or decryption: over-limit costs almost nothing.
-        let limited = sender.and_then(|a| {
-            shared
-                .msg_limiter
-                .lock()
-                .map(|mut l| l.try_acquire(&a, now).err())
-                .unwrap_or(None)
-        });
+        let acquire = || {
+            sender.and_then(|a| {
+                shared
+                    .msg_limiter
+                    .lock()
+                    .map(|mut l| l.try_acquire(&a, now).err())
+                    .unwrap_or(None)
+            })
+        };
+        let mut limited = acquire();
+        if limited.is_some() && !burst.envs.is_empty() {
+            // The stream chunks among the envelopes gathered give their
+            // tokens back once opened (a stream counts as one message).
+            burst.open(shared);
+            limited = acquire();
+        }
         if let Some(retry) = limited {
             debug!(%peer, retry_ms = retry.ms, "message rate limited");
+            burst.open(shared);
             if let Some(id) = id {
-                acks.push(MsgFrame::Nack {
+                burst.acks.push(MsgFrame::Nack {
                     id,
                     reason: RejectReason::RateLimited,
                     retry_after_ms: Some(retry.ms),
@@ -572,92 +593,133 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             }
             continue;
         }
-        let result = shared.store().receive(&env, None, now);
-        match result {
-            Ok((_, received)) if !super::exchange::accepts(shared, &received.kind) => {
-                refuse(
-                    shared,
-                    Some(peer_label(&peer)),
-                    RejectReason::Unavailable,
-                    "streams are not accepted".into(),
-                );
-                acks.push(MsgFrame::Nack {
-                    id: received.id,
-                    reason: RejectReason::Unavailable,
-                    retry_after_ms: None,
-                });
-            }
-            Ok((arrival, received)) => {
-                if matches!(received.kind, Kind::Chunk { .. }) {
-                    // A stream counts as one message (its end); its chunks
-                    // are paced by the stream's window and the receiver's
-                    // buffer, not by the message rate.
-                    if let (Some(a), Ok(mut l)) = (sender, shared.msg_limiter.lock()) {
-                        l.refund(&a);
-                    }
-                }
-                // While no connection to the peer is known (one just
-                // closed, the one this stream is on not yet seen), the
-                // path last seen on this stream.
-                let path = match shared.path_to(&peer) {
-                    PathKind::Other => stream_path,
-                    p => {
-                        stream_path = p;
-                        p
-                    }
-                };
-                shared.audit(AuditEvent::MessageIn {
-                    from: received.from,
-                    id: received.id,
-                    session: received.session,
-                    size: bytes.len() as u32,
-                });
-                acks.push(MsgFrame::Ack { id: received.id });
-                batch.push(super::exchange::delivery(arrival, received, path));
-            }
-            Err(OpenError::Duplicate) => {
-                debug!(%peer, "duplicate envelope acknowledged, not delivered");
-                if let Some(id) = id {
-                    acks.push(MsgFrame::Ack { id });
-                }
-            }
-            Err(e) => {
-                let reason = e.reason();
-                refuse(shared, Some(peer_label(&peer)), reason, e.to_string());
-                if let Some(id) = id {
-                    acks.push(MsgFrame::Nack {
-                        id,
-                        reason,
-                        retry_after_ms: None,
-                    });
-                }
-            }
-        }
+        burst.envs.push((env, bytes.len()));
     }
 }
 
-/// Flushes the burst to disk, delivers it, and sends its acks. Returns
-/// whether the stream is still usable.
-async fn commit(
-    shared: &Arc<Shared>,
-    batch: &mut Vec<Delivery>,
-    acks: &mut Vec<MsgFrame>,
-    writer: &mut agentmesh_transports::framing::FrameWriter,
-) -> bool {
-    if acks.is_empty() {
-        return true;
+/// The envelopes of a stream read but not opened yet, and what the opened
+/// ones left to do: their deliveries, and the acks to send once they are on
+/// disk. Acks stay in the order the envelopes came.
+struct Burst {
+    peer: PeerId,
+    /// Envelopes with their size on the wire.
+    envs: Vec<(SignedEnvelope, usize)>,
+    acks: Vec<MsgFrame>,
+    batch: Vec<Delivery>,
+    /// The path last seen on this stream.
+    stream_path: PathKind,
+}
+
+impl Burst {
+    fn is_empty(&self) -> bool {
+        self.envs.is_empty() && self.acks.is_empty()
     }
-    if !batch.is_empty() {
-        if let Err(e) = shared.db.flush_async().await {
-            warn!(error = %e, "flush failed; withholding acks");
-            return false;
+
+    fn len(&self) -> usize {
+        self.envs.len() + self.acks.len()
+    }
+
+    /// Opens the envelopes gathered so far, all in one write (see
+    /// [`crate::session::SessionStore::receive_burst`]).
+    fn open(&mut self, shared: &Arc<Shared>) {
+        if self.envs.is_empty() {
+            return;
         }
-        deliver(shared, std::mem::take(batch)).await;
-    }
-    for a in acks.drain(..) {
-        if writer.feed(a.to_bytes()).await.is_err() {
-            return false;
+        let envs: Vec<(SignedEnvelope, usize)> = std::mem::take(&mut self.envs);
+        let now = now_ms();
+        let list: Vec<SignedEnvelope> = envs.iter().map(|(e, _)| e.clone()).collect();
+        let results = shared.store().receive_burst(&list, now);
+        let peer = self.peer;
+        let sender = super::amid_of_peer(&peer);
+        for ((env, size), result) in envs.into_iter().zip(results) {
+            let id = env.peek_id();
+            match result {
+                Ok((_, received)) if !super::exchange::accepts(shared, &received.kind) => {
+                    refuse(
+                        shared,
+                        Some(peer_label(&peer)),
+                        RejectReason::Unavailable,
+                        "streams are not accepted".into(),
+                    );
+                    self.acks.push(MsgFrame::Nack {
+                        id: received.id,
+                        reason: RejectReason::Unavailable,
+                        retry_after_ms: None,
+                    });
+                }
+                Ok((arrival, received)) => {
+                    if matches!(received.kind, Kind::Chunk { .. }) {
+                        // A stream counts as one message (its end); its chunks
+                        // are paced by the stream's window and the receiver's
+                        // buffer, not by the message rate.
+                        if let (Some(a), Ok(mut l)) = (sender, shared.msg_limiter.lock()) {
+                            l.refund(&a);
+                        }
+                    }
+                    // While no connection to the peer is known (one just
+                    // closed, the one this stream is on not yet seen), the
+                    // path last seen on this stream.
+                    let path = match shared.path_to(&peer) {
+                        PathKind::Other => self.stream_path,
+                        p => {
+                            self.stream_path = p;
+                            p
+                        }
+                    };
+                    shared.audit(AuditEvent::MessageIn {
+                        from: received.from,
+                        id: received.id,
+                        session: received.session,
+                        size: size as u32,
+                    });
+                    self.acks.push(MsgFrame::Ack { id: received.id });
+                    self.batch
+                        .push(super::exchange::delivery(arrival, received, path));
+                }
+                Err(OpenError::Duplicate) => {
+                    debug!(%peer, "duplicate envelope acknowledged, not delivered");
+                    if let Some(id) = id {
+                        self.acks.push(MsgFrame::Ack { id });
+                    }
+                }
+                Err(e) => {
+                    let reason = e.reason();
+                    refuse(shared, Some(peer_label(&peer)), reason, e.to_string());
+                    if let Some(id) = id {
+                        self.acks.push(MsgFrame::Nack {
+                            id,
+                            reason,
+                            retry_after_ms: None,
+                        });
+                    }
+                }
+            }
         }
     }
-    writer.flush().await.is_ok()
+
+    /// Opens what is gathered, flushes the burst to disk, delivers it, and
+    /// sends its acks. Returns whether the stream is still usable.
+    async fn commit(
+        &mut self,
+        shared: &Arc<Shared>,
+        writer: &mut agentmesh_transports::framing::FrameWriter,
+    ) -> bool {
+        self.open(shared);
+        if self.acks.is_empty() {
+            return true;
+        }
+        if !self.batch.is_empty() {
+            if let Err(e) = shared.db.flush_async().await {
+                warn!(error = %e, "flush failed; withholding acks");
+                return false;
+            }
+            deliver(shared, std::mem::take(&mut self.batch)).await;
+        }
+        for a in self.acks.drain(..) {
+            if writer.feed(a.to_bytes()).await.is_err() {
+                return false;
+            }
+        }
+        writer.flush().await.is_ok()
+    }
 }

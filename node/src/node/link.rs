@@ -4,9 +4,9 @@
 //! back-off (re-resolving the card when dialling fails) and resends what was
 //! not acknowledged, in order; the receiver drops duplicates by message id.
 //!
-//! Sealing advances the Olm ratchet, and the new state is written to the
-//! store but not flushed. No envelope leaves the process (on the stream, or
-//! to a mailbox) before the state that sealed it is on disk: a sender that
+//! Sealing advances the Olm ratchet in memory. No envelope leaves the
+//! process (on the stream, or to a mailbox) before the state that sealed it
+//! is written and flushed, once for the whole burst: a sender that
 //! died and came back with an older ratchet would seal its next message
 //! under the message key of the last one it sent. Messages are sealed as
 //! they come, and written to the stream at the end of the burst, after one
@@ -568,6 +568,11 @@ impl Link {
     async fn make_durable(&mut self) -> bool {
         if !self.undurable {
             return true;
+        }
+        // The ratchets sealing advanced are written once per burst, here.
+        if let Err(e) = self.shared.store().save(now_ms()) {
+            warn!(peer = %self.peer.short(), error = %e, "saving sealed sessions failed; sealed messages held back");
+            return false;
         }
         match self.shared.db.flush_async().await {
             Ok(_) => {
