@@ -4,9 +4,14 @@
 //! codes as the HTTP API (the same typed answers, serialised by
 //! [`to_json`]).
 //!
-//! At most [`MAX_CONCURRENT_STREAMS`] requests are served at once (further
-//! streams are dropped with a warning, never queued), each within
-//! [`STREAM_TIMEOUT`]. Each peer has a token bucket
+//! A request is read first, within [`REQUEST_READ_TIMEOUT`]: at most
+//! [`MAX_STREAMS_PER_PEER`] streams of one peer and [`MAX_READING_STREAMS`]
+//! in all are read at once (further streams are dropped with a warning,
+//! never queued), so peers that open streams and send nothing hold no more
+//! than their share, and never the serving slots. Then at most
+//! [`MAX_CONCURRENT_STREAMS`] requests are served at once, each within
+//! [`STREAM_TIMEOUT`]; a request read when all are taken is answered
+//! `busy` at once. Each peer has a token bucket
 //! ([`RegistrySettings::p2p_rate`]); a request over it is read and answered
 //! with the error `rate_limited` without being served.
 //!
@@ -34,10 +39,63 @@ use crate::{
     },
 };
 
-/// Most requests served at once.
+/// Most requests served at once (once read).
 pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// Most streams of one peer being read at once.
+pub const MAX_STREAMS_PER_PEER: usize = 4;
+/// Most streams being read at once, all peers together.
+pub const MAX_READING_STREAMS: usize = 1024;
+/// Time for a request to arrive once its stream is open.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for one request: reading it, answering, writing the answer.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams open per peer; an entry lives as long as the peer has one.
+#[derive(Debug, Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<libp2p::PeerId, usize>>);
+
+impl PerPeer {
+    /// A slot for one more stream of `peer`, if it has fewer than
+    /// [`MAX_STREAMS_PER_PEER`].
+    fn try_acquire(self: &Arc<Self>, peer: libp2p::PeerId) -> Option<PeerSlot> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(peer).or_default();
+        if *n >= MAX_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One stream's slot in [`PerPeer`], given back when dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    peers: Arc<PerPeer>,
+    peer: libp2p::PeerId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// The protocol server. Dropping it stops accepting streams.
 #[derive(Debug)]
@@ -75,13 +133,19 @@ impl P2pServer {
         let mut incoming = control
             .accept(PROTOCOL)
             .map_err(|_| P2pError::AlreadyServed)?;
-        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
+        let serving = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
+        let reading = Arc::new(Semaphore::new(MAX_READING_STREAMS));
+        let per_peer = Arc::new(PerPeer::default());
         let settings = registry.settings();
         let mut rate = RateLimiter::new(settings.p2p_rate, settings.rate_max_clients);
         let task = tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    warn!(%peer, "registry protocol: too many requests at once, stream dropped");
+                let Some(slot) = per_peer.try_acquire(peer) else {
+                    debug!(%peer, "registry protocol: too many streams from one peer, stream dropped");
+                    continue;
+                };
+                let Ok(read_permit) = reading.clone().try_acquire_owned() else {
+                    warn!(%peer, "registry protocol: too many streams being read, stream dropped");
                     continue;
                 };
                 let refusal = rate.try_acquire(&peer, now_ms()).err().map(|r| {
@@ -92,9 +156,11 @@ impl P2pServer {
                 });
                 let registry = registry.clone();
                 let metrics = metrics.clone();
+                let serving = serving.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    let served = serve_stream(&registry, stream, refusal, &metrics);
+                    let reading = (slot, read_permit);
+                    let served =
+                        serve_stream(&registry, stream, refusal, reading, &serving, &metrics);
                     match tokio::time::timeout(STREAM_TIMEOUT, served).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => debug!(%peer, error = %e, "registry protocol stream failed"),
@@ -107,19 +173,36 @@ impl P2pServer {
     }
 }
 
-/// Reads one request and answers it, or with `refusal` if there is one.
+/// Reads one request within [`REQUEST_READ_TIMEOUT`] (holding the peer's
+/// and the global `reading` slots meanwhile) and answers it: with
+/// `refusal` if there is one, `busy` if no serving slot is free, else as
+/// the HTTP API would.
 async fn serve_stream(
     registry: &Registry,
     mut stream: libp2p::Stream,
     refusal: Option<RegistryError>,
+    reading: (PeerSlot, tokio::sync::OwnedSemaphorePermit),
+    serving: &Arc<Semaphore>,
     metrics: &RegistryMetrics,
 ) -> Result<(), agentmesh_node::registry::protocol::ProtocolError> {
-    let bytes = read_frame(&mut stream, MAX_REQUEST_SIZE).await?;
+    let bytes = tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        read_frame(&mut stream, MAX_REQUEST_SIZE),
+    )
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    drop(reading);
     let request = Request::from_bytes(&bytes);
     let kind = request.as_ref().map_or("malformed", request_kind);
     let response = match (refusal, request) {
         (Some(refusal), _) => error(refusal),
-        (None, Ok(request)) => answer(registry, request, now_ms()).await,
+        (None, Ok(request)) => match serving.clone().try_acquire_owned() {
+            Ok(_permit) => answer(registry, request, now_ms()).await,
+            Err(_) => {
+                warn!(target: "agentmesh::registry", "registry protocol: too many requests at once; answered busy");
+                error(RegistryError::Busy)
+            }
+        },
         (None, Err(e)) => error(RegistryError::Invalid(format!("request: {e}"))),
     };
     metrics.observe_p2p(

@@ -15,11 +15,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
 
-use agentmesh_bootstrap::registry::{DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE};
+use agentmesh_bootstrap::{
+    p2p::MAX_STREAMS_PER_PEER,
+    registry::{DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE},
+};
 use agentmesh_node::{
     keystore::KdfParams,
     registry::{
-        protocol::{call, Request, Response},
+        protocol::{call, ProtocolError, Request, Response, PROTOCOL},
         Operation, PrekeyBundle, Registration,
     },
     Config, Identity, Node, Passphrase,
@@ -411,4 +414,183 @@ async fn a_flood_from_many_addresses_leaves_a_polite_client_served() {
     // Still serving once the flood is over.
     let (s, _, v) = get(&server.url, "/v1/health").await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// Peers that open registry protocol streams and send nothing.
+const SILENT_PEERS: usize = 24;
+/// Silent streams each opens (the server reads 4 per peer at once).
+const SILENT_STREAMS: usize = 8;
+/// Peers flooding real requests, and the requests each has in flight.
+const FLOOD_PEERS: usize = 16;
+const FLOOD_IN_FLIGHT: usize = 4;
+/// The polite node's calls, and the tries each may take.
+const POLITE_CALLS: usize = 20;
+const POLITE_TRIES: usize = 5;
+
+/// A bare libp2p peer (a fresh identity, QUIC and the stream protocol
+/// only) connected to `addr`; its swarm runs in the background.
+async fn bare_peer(addr: libp2p::Multiaddr) -> libp2p_stream::Control {
+    use futures::StreamExt;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    swarm.dial(addr).unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match swarm.select_next_some().await {
+                libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } => break,
+                libp2p::swarm::SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    panic!("dial: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("connected in time");
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_streams_and_a_flood_from_many_peers_leave_the_registry_protocol_serving() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    };
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(dir.path(), "limits-test").await;
+    let pid = server.child.id().expect("the server runs");
+    let registry = server.peer_id();
+    let addr: libp2p::Multiaddr = server.addr.parse().unwrap();
+
+    // Silent peers: each opens its streams and sends nothing. Together
+    // they open three times the serving slots.
+    let mut silent = Vec::new();
+    for _ in 0..SILENT_PEERS {
+        let mut control = bare_peer(addr.clone()).await;
+        for _ in 0..SILENT_STREAMS {
+            if let Ok(s) = control.open_stream(registry, PROTOCOL).await {
+                silent.push(s);
+            }
+        }
+    }
+    assert!(
+        silent.len() >= SILENT_PEERS * MAX_STREAMS_PER_PEER,
+        "only {} silent streams opened",
+        silent.len()
+    );
+
+    // Flooding peers: real requests, back to back, several at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, limited, busy, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut flooders = Vec::new();
+    for _ in 0..FLOOD_PEERS {
+        let control = bare_peer(addr.clone()).await;
+        for _ in 0..FLOOD_IN_FLIGHT {
+            let mut control = control.clone();
+            let (stop, ok, limited, busy, failed) = (
+                stop.clone(),
+                ok.clone(),
+                limited.clone(),
+                busy.clone(),
+                failed.clone(),
+            );
+            flooders.push(tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    match call(&mut control, registry, &Request::Root, WAIT).await {
+                        Ok(Response::Ok { .. }) => ok.fetch_add(1, Relaxed),
+                        Ok(Response::Error { code, .. }) if code == "rate_limited" => {
+                            limited.fetch_add(1, Relaxed)
+                        }
+                        Ok(Response::Error { code, .. }) if code == "busy" => {
+                            busy.fetch_add(1, Relaxed)
+                        }
+                        _ => failed.fetch_add(1, Relaxed),
+                    };
+                }
+            }));
+        }
+    }
+
+    // The polite node, while the silent streams are held and the flood
+    // runs.
+    let mut config = Config::local();
+    config.kdf = KdfParams::throwaway();
+    let node = Node::builder(config)
+        .data_dir(dir.path().join("alice"))
+        .passphrase(Passphrase::new("alice"))
+        .bootstrap(addr.clone())
+        .spawn()
+        .await
+        .unwrap();
+    let mut control = node.stream_control();
+    let t0 = std::time::Instant::now();
+    let (mut served, mut polite_busy, mut shed, mut slowest) =
+        (0usize, 0usize, 0usize, Duration::ZERO);
+    for i in 0..POLITE_CALLS {
+        let t = std::time::Instant::now();
+        // A stream the transport shed (its accept queue full under the
+        // flood) is reset at once; the polite node tries again.
+        let mut tries = 0;
+        let r = loop {
+            tries += 1;
+            match call(&mut control, registry, &Request::Root, WAIT).await {
+                Err(ProtocolError::Io(e)) if tries < POLITE_TRIES => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                    shed += 1;
+                }
+                r => break r,
+            }
+        };
+        slowest = slowest.max(t.elapsed());
+        match r {
+            Ok(Response::Ok { .. }) => served += 1,
+            Ok(Response::Error { code, .. }) if code == "busy" => polite_busy += 1,
+            other => panic!("polite call {i} after {tries} tries: {other:?}"),
+        }
+    }
+    let polite_time = t0.elapsed();
+    stop.store(true, Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    let held = silent.len();
+    drop(silent);
+    let rss = peak_rss(pid);
+    println!(
+        "registry protocol: {} silent streams opened by {SILENT_PEERS} peers; {FLOOD_PEERS} \
+         peers x {FLOOD_IN_FLIGHT} requests in flight: {} served, {} rate limited, {} busy, \
+         {} failed; polite: {served} of {POLITE_CALLS} served, {polite_busy} busy, {shed} \
+         tries shed and made again, in {polite_time:?}, slowest {slowest:?}; server peak RSS {} MiB",
+        held,
+        ok.load(Relaxed),
+        limited.load(Relaxed),
+        busy.load(Relaxed),
+        failed.load(Relaxed),
+        rss >> 20,
+    );
+    assert!(ok.load(Relaxed) > 0, "the flood was served too");
+    assert!(
+        polite_busy as f64 <= POLITE_REFUSED_AT_MOST * POLITE_CALLS as f64,
+        "{polite_busy} of {POLITE_CALLS} polite calls answered busy"
+    );
+    assert_eq!(served + polite_busy, POLITE_CALLS);
+    assert!(rss < SERVER_RSS_BOUND, "server peak RSS {} MiB", rss >> 20);
 }
