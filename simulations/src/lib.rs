@@ -12,7 +12,9 @@
 //! - [`scale`]: many agents in one process, first contacts, sessions and
 //!   offline delivery measured (`agentmesh-sim scale`);
 //! - [`sim`]: 10 000 to 100 000 agents in virtual time, running the DHT's
-//!   own engine, deterministic for a seed (`agentmesh-sim sim`).
+//!   own engine, deterministic for a seed (`agentmesh-sim sim`);
+//! - [`progress`]: how those long runs show progress (a bar on a terminal,
+//!   lines in a log).
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -21,5 +23,6 @@ pub mod devnet;
 pub mod natlab;
 pub mod netns;
 pub mod process;
+pub mod progress;
 pub mod scale;
 pub mod sim;

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use agentmesh_bootstrap::registry::RegistrySettings;
 use agentmesh_node::{Amid, Config, Multiaddr, Node, Passphrase};
 use agentmesh_relay::RelayConfig;
-use agentmesh_sim::devnet::{self, DevnetOptions};
+use agentmesh_sim::{
+    devnet::{self, DevnetOptions},
+    progress::Progress,
+    scale::Step,
+};
 
 #[derive(Parser)]
 #[command(
@@ -257,10 +261,27 @@ async fn main() -> Result<()> {
                 concurrency,
                 churn,
             };
+            // A bar on a terminal (agents started, then each phase's
+            // messages), the milestones as lines in a log.
+            let progress = Progress::stderr(true);
             let report = tokio::select! {
-                r = agentmesh_sim::scale::run(&opts, |line| eprintln!("{line}")) => r?,
+                r = agentmesh_sim::scale::run(&opts, |step| match step {
+                    Step::Started { started, total } => {
+                        progress.set("agents started", *started as u64, *total as u64);
+                        if step.is_milestone() {
+                            progress.log_line(&step.to_string());
+                        }
+                    }
+                    Step::Sending { phase, delivered, total, .. } => progress.set(
+                        &format!("{phase}: messages delivered"),
+                        *delivered as u64,
+                        *total as u64,
+                    ),
+                    _ => progress.line(&step.to_string()),
+                }) => r?,
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
             };
+            progress.finish();
             print!("{}", report.table());
             let lost: usize = report
                 .phases
@@ -295,11 +316,13 @@ async fn main() -> Result<()> {
             // and deletes its namespaces.
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let progress = Progress::stderr(true);
             let results = tokio::select! {
-                r = agentmesh_sim::natlab::run_lab(&exe, &opts) => r,
+                r = agentmesh_sim::natlab::run_lab(&exe, &opts, &progress) => r,
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
                 _ = term.recv() => anyhow::bail!("terminated"),
             };
+            progress.finish();
             println!("{}", agentmesh_sim::natlab::table(&results, delay));
             if let Some(t) = agentmesh_sim::natlab::stream_table(&results, stream_mib << 20) {
                 println!("{t}");

@@ -24,6 +24,7 @@ use crate::{
         control_send, control_status, seen_at, start_agent, start_bootstrap_with_registry,
         start_relay, Proc,
     },
+    progress::Progress,
 };
 
 /// Generous bound on each wait (the machine may be loaded).
@@ -453,8 +454,9 @@ impl PairResult {
 }
 
 /// Runs every ordered pair of `opts.kinds`, `opts.runs` times per
-/// transport, printing a progress line per run on stderr.
-pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
+/// transport, telling `progress` of each run as it starts and ends (a line
+/// per run, and the runs done).
+pub async fn run_lab(exe: &Path, opts: &LabOptions, progress: &Progress) -> Vec<PairResult> {
     let total = opts.kinds.len() * opts.kinds.len() * opts.transports.len() * opts.runs;
     let mut done = 0;
     let mut results = Vec::new();
@@ -473,6 +475,11 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                     streams: Vec::new(),
                 };
                 for run in 1..=opts.runs {
+                    progress.set(
+                        &format!("{alice} -> {bob} over {transport}, run {run}"),
+                        done as u64,
+                        total as u64,
+                    );
                     done += 1;
                     let started = Instant::now();
                     let outcome = one_run(exe, alice, bob, transport, opts).await;
@@ -489,10 +496,11 @@ pub async fn run_lab(exe: &Path, opts: &LabOptions) -> Vec<PairResult> {
                         Ok((o, None)) => attempt_line(o),
                         Err(e) => format!("error: {e:#}"),
                     };
-                    eprintln!(
+                    progress.line(&format!(
                         "[{done}/{total}] {alice} -> {bob} over {transport}, run {run}: {line} ({:.1} s)",
                         started.elapsed().as_secs_f64()
-                    );
+                    ));
+                    progress.set("runs done", done as u64, total as u64);
                     match outcome {
                         Ok((o, stream)) => {
                             r.runs += 1;

@@ -307,9 +307,11 @@ impl Net {
         pairs: &[(usize, usize)],
         concurrency: usize,
         wait_delivery: bool,
+        progress: &impl Fn(&Step),
     ) -> Result<Phase> {
         let mut phase = Phase::new(name);
-        self.send_all(&mut phase, pairs, concurrency, 0).await?;
+        self.send_all(&mut phase, pairs, concurrency, 0, progress)
+            .await?;
         phase.latencies.sort();
         if wait_delivery {
             self.await_delivery(&mut phase).await?;
@@ -319,17 +321,19 @@ impl Net {
 
     /// Sends one message per pair for `phase`, numbered from `k0`,
     /// `concurrency` at a time, and records the receipts; the ledger learns
-    /// which recipient each number is for.
+    /// which recipient each number is for. `progress` hears of each send
+    /// that ends.
     async fn send_all(
         &mut self,
         phase: &mut Phase,
         pairs: &[(usize, usize)],
         concurrency: usize,
         k0: u64,
+        progress: &impl Fn(&Step),
     ) -> Result<()> {
         let name = phase.name;
         let mut jobs = JoinSet::new();
-        let mut next = 0;
+        let (mut next, mut done) = (0, 0);
         while next < pairs.len() || !jobs.is_empty() {
             while next < pairs.len() && jobs.len() < concurrency.max(1) {
                 let (from, to) = pairs[next];
@@ -354,8 +358,15 @@ impl Net {
                 Some(Ok((_, Ok(Err(e))))) => phase.errors.push(e.to_string()),
                 Some(Ok((_, Err(_)))) => phase.errors.push("send timed out".into()),
                 Some(Err(e)) => phase.errors.push(e.to_string()),
-                None => {}
+                None => continue,
             }
+            done += 1;
+            progress(&Step::Sending {
+                phase: name,
+                done,
+                delivered: phase.sent,
+                total: pairs.len(),
+            });
         }
         Ok(())
     }
@@ -369,7 +380,7 @@ impl Net {
         rounds: usize,
         per_round: usize,
         concurrency: usize,
-        progress: &impl Fn(&str),
+        progress: &impl Fn(&Step),
     ) -> Result<Phase> {
         let n = self.agents.len();
         let per_round = per_round.min(n - 1);
@@ -387,17 +398,18 @@ impl Net {
                 .copied()
                 .filter(|(from, _)| !stopped.contains(from))
                 .collect();
-            self.send_all(&mut phase, &online, concurrency, k0).await?;
+            self.send_all(&mut phase, &online, concurrency, k0, progress)
+                .await?;
             k0 += online.len() as u64;
             for &i in &stopped {
                 self.restart(i).await?;
             }
-            progress(&format!(
+            progress(&Step::Note(format!(
                 "churn round {}/{rounds}: {} stopped and started again, {} sent",
                 round + 1,
                 stopped.len(),
                 online.len()
-            ));
+            )));
         }
         phase.latencies.sort();
         self.await_delivery(&mut phase).await?;
@@ -442,7 +454,8 @@ impl Net {
             }
         }
         let mut settle = Phase::new("settle");
-        self.send_all(&mut settle, pairs, concurrency, 0).await?;
+        self.send_all(&mut settle, pairs, concurrency, 0, &|_: &Step| {})
+            .await?;
         if let Some(e) = settle.errors.first() {
             bail!("settling: {e}");
         }
@@ -498,8 +511,65 @@ impl Net {
     }
 }
 
+/// What [`run`] tells its `progress` callback as it goes. Its `Display`
+/// is the line a log shows; [`Step::is_milestone`] says which steps a log
+/// that shows one line per step prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// `started` of `total` agents are up.
+    Started {
+        /// Agents up.
+        started: usize,
+        /// Agents to start.
+        total: usize,
+    },
+    /// In phase `phase`, `done` of `total` sends have ended, `delivered`
+    /// of them with the recipient's receipt.
+    Sending {
+        /// The phase.
+        phase: &'static str,
+        /// Sends ended (delivered or failed).
+        done: usize,
+        /// Sends delivered.
+        delivered: usize,
+        /// Sends in the phase (or churn round).
+        total: usize,
+    },
+    /// Anything else worth a line: a phase's result, recipients stopped.
+    Note(String),
+}
+
+impl Step {
+    /// Whether a log of one line per step shows this one: every tenth
+    /// agent started and the last, and every note; not each message.
+    pub fn is_milestone(&self) -> bool {
+        match self {
+            Step::Started { started, total } => started % 10 == 0 || started == total,
+            Step::Sending { .. } => false,
+            Step::Note(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Started { started, total } => write!(f, "started {started}/{total} agents"),
+            Step::Sending {
+                phase,
+                done,
+                delivered,
+                total,
+            } => write!(f, "{phase}: {delivered}/{total} delivered, {done} ended"),
+            Step::Note(line) => f.write_str(line),
+        }
+    }
+}
+
 /// Runs the simulation; `progress` is told what happens as it happens.
-pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleReport> {
+pub async fn run(opts: &ScaleOptions, progress: impl Fn(&Step)) -> Result<ScaleReport> {
+    let note = |line: String| progress(&Step::Note(line));
     if opts.agents < 2 {
         bail!("at least two agents");
     }
@@ -537,9 +607,10 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
         .await?;
         collectors.push(Some(collect(i, &node, tx.clone())?));
         agents.push(Some(node));
-        if (i + 1) % 10 == 0 || i + 1 == opts.agents {
-            progress(&format!("started {}/{} agents", i + 1, opts.agents));
-        }
+        progress(&Step::Started {
+            started: i + 1,
+            total: opts.agents,
+        });
     }
     for (i, a) in agents.iter().enumerate() {
         let a = a.as_ref().context("agent missing")?;
@@ -548,7 +619,7 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
         }
     }
     let joined_in = started.elapsed();
-    progress(&format!(
+    note(format!(
         "all {} cards published in {:.1} s",
         opts.agents,
         joined_in.as_secs_f64()
@@ -574,16 +645,18 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
     let first = pairs(opts.agents, opts.messages);
     let mut phases = Vec::new();
     let p = net
-        .phase("first contact", &first, opts.concurrency, true)
+        .phase("first contact", &first, opts.concurrency, true, &progress)
         .await?;
-    progress(&format!(
+    note(format!(
         "first contact: {}/{} delivered",
         p.delivered,
         first.len()
     ));
     phases.push(p);
-    let p = net.phase("again", &first, opts.concurrency, true).await?;
-    progress(&format!("again: {}/{} delivered", p.delivered, first.len()));
+    let p = net
+        .phase("again", &first, opts.concurrency, true, &progress)
+        .await?;
+    note(format!("again: {}/{} delivered", p.delivered, first.len()));
     phases.push(p);
 
     // Recipients that go offline, each with a sender it has a session with.
@@ -600,16 +673,16 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
     for &(_, to) in &offline {
         net.stop(to).await?;
     }
-    progress(&format!("{} recipients stopped", offline.len()));
+    note(format!("{} recipients stopped", offline.len()));
     let mut p = net
-        .phase("offline", &offline, opts.concurrency, false)
+        .phase("offline", &offline, opts.concurrency, false, &progress)
         .await?;
     for &(_, to) in &offline {
         net.restart(to).await?;
     }
-    progress(&format!("{} recipients started again", offline.len()));
+    note(format!("{} recipients started again", offline.len()));
     net.await_delivery(&mut p).await?;
-    progress(&format!(
+    note(format!(
         "offline: {}/{} delivered",
         p.delivered,
         offline.len()
@@ -626,7 +699,7 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
                 &progress,
             )
             .await?;
-        progress(&format!("churn: {}/{} delivered", p.delivered, p.sent));
+        note(format!("churn: {}/{} delivered", p.delivered, p.sent));
         phases.push(p);
     }
     net.settle(&first, opts.concurrency).await?;
@@ -649,6 +722,34 @@ pub async fn run(opts: &ScaleOptions, progress: impl Fn(&str)) -> Result<ScaleRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_shows_every_tenth_agent_and_the_notes_not_each_message() {
+        let started = |started| Step::Started { started, total: 25 };
+        let shown: Vec<String> = (1..=25)
+            .map(started)
+            .chain([
+                Step::Sending {
+                    phase: "again",
+                    done: 3,
+                    delivered: 2,
+                    total: 9,
+                },
+                Step::Note("again: 9/9 delivered".into()),
+            ])
+            .filter(Step::is_milestone)
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "started 10/25 agents",
+                "started 20/25 agents",
+                "started 25/25 agents",
+                "again: 9/9 delivered"
+            ]
+        );
+    }
 
     #[test]
     fn pairs_spread_and_never_self() {

@@ -26,10 +26,11 @@ pub use scenario::{
     ScriptedKind, Workload, READY_MADE,
 };
 
-/// Runs `scenario` to the end. With `progress`, a line goes to stderr
-/// every tenth of the virtual time.
+/// Runs `scenario` to the end. With `progress`, a bar on stderr follows
+/// the virtual time when stderr is a terminal; otherwise a line goes to
+/// stderr every tenth of it.
 pub fn run(scenario: &Scenario, progress: bool) -> Report {
-    world::World::new(scenario).run(progress)
+    world::World::new(scenario).run(&crate::progress::Progress::stderr(progress))
 }
 
 /// The process's peak resident memory, MiB (Linux), for the run's summary.

@@ -1,11 +1,12 @@
 //! Commands that send through the running node.
 
-use std::path::Path;
+use std::{io::IsTerminal as _, path::Path};
 
 use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use agentmesh_node::control::{Client, Request};
+use agentmesh_node::control::{Client, Method, Request};
 
 use crate::{
     args::{ReplyArgs, RequestArgs, SendArgs, StreamArgs},
@@ -96,7 +97,9 @@ pub(crate) async fn reply(dir: &Path, json: bool, a: &ReplyArgs) -> Result<()> {
     Ok(())
 }
 
-/// `agentmesh stream`: a file as a stream.
+/// `agentmesh stream`: a file as a stream. On a terminal (and without
+/// `--json`) a progress bar on stderr shows the bytes the recipient has
+/// acknowledged so far, read from the node's `delivered` events.
 pub(crate) async fn stream(dir: &Path, json: bool, a: &StreamArgs) -> Result<()> {
     let StreamArgs {
         to,
@@ -105,13 +108,34 @@ pub(crate) async fn stream(dir: &Path, json: bool, a: &StreamArgs) -> Result<()>
         capability,
     } = a;
     let path = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    let size = std::fs::metadata(&path)
+        .with_context(|| format!("{}", path.display()))?
+        .len();
     let req = Request::Stream {
         to: to.to_string(),
         path,
         chunk_size: Some(*chunk_size),
         capability: capability.clone(),
     };
-    let resp = ask(dir, &req).await?;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| bytes_bar(size));
+    let resp = match &bar {
+        Some(bar) => {
+            let watching = watch_delivered(dir, to.to_string(), *chunk_size as u64, bar);
+            let asked = ask(dir, &req);
+            tokio::pin!(asked);
+            tokio::select! {
+                r = &mut asked => r,
+                // Only ends when the events cannot be read; the bar then
+                // stays where it is and the stream goes on.
+                () = watching => asked.await,
+            }
+        }
+        None => ask(dir, &req).await,
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let resp = resp?;
     let (chunks, bytes) = (resp.chunks.unwrap_or(0), resp.bytes.unwrap_or(0));
     if json {
         println!("{}", json!({"chunks": chunks, "bytes": bytes}));
@@ -119,4 +143,49 @@ pub(crate) async fn stream(dir: &Path, json: bool, a: &StreamArgs) -> Result<()>
         println!("sent {bytes} bytes in {chunks} chunks to {to}");
     }
     Ok(())
+}
+
+/// A bar of `total` bytes on stderr.
+fn bytes_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("sent");
+    bar
+}
+
+/// How long one read of the event log waits for news.
+const EVENT_WAIT_MS: u64 = 1000;
+
+/// Moves `bar` by `chunk` bytes for each message delivered to `to` from
+/// now on (the stream's chunks; another message to the same agent meanwhile
+/// counts too, and the bar stops at its length). Returns only when the
+/// node's events cannot be read.
+async fn watch_delivered(dir: &Path, to: String, chunk: u64, bar: &ProgressBar) {
+    let Ok(mut client) = Client::connect(dir).await else {
+        return;
+    };
+    // Start after the newest event: the stream's are all still to come.
+    let mut since = match client.call(Method::GET, "/v1/events?limit=1", None).await {
+        Ok(Ok(page)) => page["last_id"].as_u64().unwrap_or(0),
+        _ => return,
+    };
+    loop {
+        let path = format!("/v1/events?since={since}&wait_ms={EVENT_WAIT_MS}&limit=1000");
+        let Ok(Ok(page)) = client.call(Method::GET, &path, None).await else {
+            return;
+        };
+        for entry in page["events"].as_array().into_iter().flatten() {
+            since = since.max(entry["id"].as_u64().unwrap_or(since));
+            let e = &entry["event"];
+            if e["event"] == "delivered" && e["to"] == to.as_str() {
+                let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
+                bar.inc(chunk.min(left));
+            }
+        }
+        since = since.max(page["last_id"].as_u64().unwrap_or(since));
+    }
 }

@@ -17,6 +17,7 @@ mod traffic;
 
 use super::report::{Path, Recorder, RelayRow, Report};
 use super::scenario::{Scenario, ScriptedKind};
+use crate::progress::Progress;
 
 const MINUTE: u64 = 60_000;
 const HOUR: u64 = 60 * MINUTE;
@@ -326,28 +327,43 @@ impl<'s> World<'s> {
         unit(&mut self.rng) < self.scenario.network.loss
     }
 
-    pub(super) fn run(mut self, progress: bool) -> Report {
+    /// Runs to the end; `progress` shows each hundredth of the virtual
+    /// time on its bar and each tenth as a log line.
+    pub(super) fn run(mut self, progress: &Progress) -> Report {
         let started = std::time::Instant::now();
-        let mut next_tenth = 1;
+        let mut next_hundredth = 1;
         while let Some(Reverse(item)) = self.queue.pop() {
             if item.at > self.end {
                 break;
             }
             self.now = item.at;
             self.rec.events += 1;
-            if progress && self.now * 10 >= self.end * next_tenth {
-                eprintln!(
-                    "sim: {:>3} % ({} of {} min virtual), {:.1} s wall, {} events",
-                    next_tenth * 10,
-                    self.now / MINUTE,
-                    self.end / MINUTE,
-                    started.elapsed().as_secs_f64(),
-                    self.rec.events
+            while next_hundredth <= 100 && self.now * 100 >= self.end * next_hundredth {
+                progress.set(
+                    &format!(
+                        "sim: {} of {} min virtual, {} events",
+                        self.now / MINUTE,
+                        self.end / MINUTE,
+                        self.rec.events
+                    ),
+                    next_hundredth,
+                    100,
                 );
-                next_tenth += 1;
+                if next_hundredth % 10 == 0 {
+                    progress.log_line(&format!(
+                        "sim: {:>3} % ({} of {} min virtual), {:.1} s wall, {} events",
+                        next_hundredth,
+                        self.now / MINUTE,
+                        self.end / MINUTE,
+                        started.elapsed().as_secs_f64(),
+                        self.rec.events
+                    ));
+                }
+                next_hundredth += 1;
             }
             self.handle(item.ev);
         }
+        progress.finish();
         self.now = self.end;
         let waiting: usize = self
             .relays
