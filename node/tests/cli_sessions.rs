@@ -124,6 +124,38 @@ async fn cli(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `agentmesh <args>` on a terminal (a pseudo-terminal from util-linux
+/// `script`, which copies what the command wrote to stdout and stderr to
+/// its own stdout): what the terminal showed.
+async fn cli_on_terminal(dir: &Path, args: &[&str]) -> String {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let cmd = [env!("CARGO_BIN_EXE_agentmesh"), "--data-dir"]
+        .into_iter()
+        .map(quote)
+        .chain([quote(dir.to_str().unwrap())])
+        .chain(args.iter().map(|a| quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new("script")
+            .args(["-qefc", &cmd, "/dev/null"])
+            .env("TERM", "xterm")
+            .env("AGENTMESH_PASSPHRASE", "cli sessions")
+            .env_remove("AGENTMESH_PASSPHRASE_FILE")
+            .env_remove("AGENTMESH_HOME")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ends in time")
+    .expect("util-linux `script` runs");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "agentmesh {args:?}: {shown}");
+    shown
+}
+
 /// The QUIC address of the agent in `dir`, from `agentmesh status` once
 /// it listens.
 async fn quic_addr(dir: &Path) -> String {
@@ -221,6 +253,25 @@ async fn request_reply_end_and_stream_from_the_cli() {
     assert_eq!(ended["event"], "stream_ended");
     assert_eq!(ended["bytes"], data.len() as u64);
     assert_eq!(ended["sha256"], hex::encode(Sha256::digest(&data)));
+
+    // On a terminal, `--json` still prints JSON alone: no progress bar.
+    let stream = [
+        "stream",
+        &bob.amid,
+        file.to_str().unwrap(),
+        "--chunk-size",
+        "32768",
+    ];
+    let shown = cli_on_terminal(&alice.dir, &[&["--json"], &stream[..]].concat()).await;
+    let sent: Value = serde_json::from_str(shown.trim()).expect("only JSON on the terminal");
+    assert_eq!(sent["chunks"], 10);
+    // Without it, the bar is drawn on stderr, then cleared for the result.
+    let shown = cli_on_terminal(&alice.dir, &stream).await;
+    assert!(shown.contains("sent ["), "a bar: {shown:?}");
+    assert!(
+        shown.contains(&format!("sent {} bytes in 10 chunks", data.len())),
+        "{shown:?}"
+    );
 
     // A clean stop publishes bob as offline.
     let bob_amid = bob.amid.clone();
