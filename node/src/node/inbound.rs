@@ -561,7 +561,6 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
                 return;
             }
         };
-        let id = env.peek_id();
         let now = now_ms();
         // Rate limit by the connection's authenticated peer, before any
         // signature check or decryption: over-limit costs almost nothing.
@@ -584,7 +583,7 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         if let Some(retry) = limited {
             debug!(%peer, retry_ms = retry.ms, "message rate limited");
             burst.open(shared);
-            if let Some(id) = id {
+            if let Some(id) = env.peek_id() {
                 burst.acks.push(MsgFrame::Nack {
                     id,
                     reason: RejectReason::RateLimited,
@@ -632,7 +631,6 @@ impl Burst {
         let peer = self.peer;
         let sender = super::amid_of_peer(&peer);
         for ((env, size), result) in envs.into_iter().zip(results) {
-            let id = env.peek_id();
             match result {
                 Ok((_, received)) if !super::exchange::accepts(shared, &received.kind) => {
                     refuse(
@@ -678,14 +676,14 @@ impl Burst {
                 }
                 Err(OpenError::Duplicate) => {
                     debug!(%peer, "duplicate envelope acknowledged, not delivered");
-                    if let Some(id) = id {
+                    if let Some(id) = env.peek_id() {
                         self.acks.push(MsgFrame::Ack { id });
                     }
                 }
                 Err(e) => {
                     let reason = e.reason();
                     refuse(shared, Some(peer_label(&peer)), reason, e.to_string());
-                    if let Some(id) = id {
+                    if let Some(id) = env.peek_id() {
                         self.acks.push(MsgFrame::Nack {
                             id,
                             reason,

@@ -548,12 +548,24 @@ impl Link {
         // (see `flush_if_idle`).
     }
 
-    /// Ends a burst once no more messages are waiting, or when the window
-    /// is full (the acks we wait for need the frames out): writes what it
-    /// sealed, after one flush for all of it.
+    /// Ends a burst once no more messages are waiting, when the window is
+    /// full (the acks we wait for need the frames out), or when a quarter
+    /// of the window is sealed and not written (so that the peer opens one
+    /// part of a long burst while we seal the next, rather than both sides
+    /// taking turns): writes what it sealed, after one flush for all of it.
     async fn flush_if_idle(&mut self) {
-        let window_full = self.inflight.len() >= self.shared.config.window.max(1);
-        if window_full || (self.rx.is_empty() && self.requeued.is_empty()) {
+        let window = self.shared.config.window.max(1);
+        let window_full = self.inflight.len() >= window;
+        let unwritten = self
+            .inflight
+            .iter()
+            .rev()
+            .take_while(|m| !m.written)
+            .count();
+        if window_full
+            || unwritten >= (window / 4).max(1)
+            || (self.rx.is_empty() && self.requeued.is_empty())
+        {
             self.write_pending().await;
         }
     }
