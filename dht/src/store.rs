@@ -15,7 +15,7 @@ use std::{
 use libp2p::{
     kad::{
         store::{MemoryStore, RecordStore, Result as StoreResult},
-        ProviderRecord, Record, RecordKey,
+        KBucketDistance, KBucketKey, ProviderRecord, Record, RecordKey,
     },
     PeerId,
 };
@@ -25,6 +25,9 @@ use crate::record::{now_ms, SignedRecord, VerifiedRecord};
 
 /// Name of the sled tree holding records.
 const TREE: &str = "dht-records";
+/// Most records looked at, farthest first, for one that may give way to a
+/// nearer one when every subject holds its share.
+const MAX_FAR_SCAN: usize = 64;
 
 /// A sled-backed [`RecordStore`] that holds only valid signed records.
 pub struct SledStore {
@@ -33,6 +36,10 @@ pub struct SledStore {
     limits: StoreLimits,
     /// Keys held per subject (the text after the key's last `/`).
     owners: Mutex<BTreeMap<String, BTreeSet<Vec<u8>>>>,
+    /// The local peer in the keyspace.
+    local: KBucketKey<PeerId>,
+    /// Keys held, by their distance from the local peer.
+    by_distance: Mutex<BTreeSet<(KBucketDistance, Vec<u8>)>>,
 }
 
 /// What the record store takes, so that nobody can grow it without bound
@@ -41,7 +48,13 @@ pub struct SledStore {
 pub struct StoreLimits {
     /// Most records held. When full, a record from a subject holding fewer
     /// records than the subject holding most takes the place of one of
-    /// that subject's; otherwise it is refused. Defaults to 65 536.
+    /// that subject's. When every subject holds as many as the newcomer's
+    /// plus one at most (many identities with a record each, say), it takes
+    /// the place of the record farthest from this node in the keyspace, if
+    /// it is nearer and that record's subject holds more than the
+    /// newcomer's: the records a node is responsible for, near it, win over
+    /// records pushed at it from anywhere. Otherwise it is refused.
+    /// Defaults to 65 536.
     pub max_records: usize,
     /// Longest lifetime a record may claim (its expiry minus now).
     /// Defaults to 8 days.
@@ -72,6 +85,12 @@ impl StoreLimits {
     }
 }
 
+/// How far the record under `key` is from `local` in the keyspace (as
+/// Kademlia measures it: the XOR of their SHA-256 hashes).
+fn distance(local: &KBucketKey<PeerId>, key: &[u8]) -> KBucketDistance {
+    local.distance(&KBucketKey::new(key.to_vec()))
+}
+
 /// The subject part of a record key (`/<namespace>/<subject>`).
 fn owner_of(key: &[u8]) -> String {
     let text = String::from_utf8_lossy(key);
@@ -100,9 +119,12 @@ impl SledStore {
         limits: StoreLimits,
     ) -> Result<Self, sled::Error> {
         let tree = db.open_tree(TREE)?;
+        let local_key = KBucketKey::from(local);
         let mut owners: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        let mut by_distance = BTreeSet::new();
         for key in tree.iter().keys() {
             let key = key?.to_vec();
+            by_distance.insert((distance(&local_key, &key), key.clone()));
             owners.entry(owner_of(&key)).or_default().insert(key);
         }
         Ok(Self {
@@ -110,6 +132,8 @@ impl SledStore {
             providers: MemoryStore::new(local),
             limits,
             owners: Mutex::new(owners),
+            local: local_key,
+            by_distance: Mutex::new(by_distance),
         })
     }
 
@@ -117,8 +141,14 @@ impl SledStore {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn by_distance(&self) -> MutexGuard<'_, BTreeSet<(KBucketDistance, Vec<u8>)>> {
+        self.by_distance.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn forget(&self, key: &[u8]) {
         let _ = self.tree.remove(key);
+        self.by_distance()
+            .remove(&(distance(&self.local, key), key.to_vec()));
         let owner = owner_of(key);
         let mut owners = self.owners();
         if let Some(keys) = owners.get_mut(&owner) {
@@ -129,19 +159,36 @@ impl SledStore {
         }
     }
 
-    /// Makes room for one more record of `owner`, or says why not.
-    fn make_room(&self, owner: &str) -> Result<(), crate::RecordError> {
+    /// Makes room for the record under `key`, or says why not.
+    fn make_room(&self, key: &[u8]) -> Result<(), crate::RecordError> {
         if self.tree.len() < self.limits.max_records {
             return Ok(());
         }
+        let owner = owner_of(key);
         let victim = {
             let owners = self.owners();
-            let mine = owners.get(owner).map_or(0, BTreeSet::len);
+            let mine = owners.get(&owner).map_or(0, BTreeSet::len);
             owners
                 .iter()
                 .max_by_key(|(_, keys)| keys.len())
                 .filter(|(_, keys)| keys.len() > mine + 1)
                 .and_then(|(_, keys)| keys.iter().next().cloned())
+                .or_else(|| {
+                    // Every subject holds about as many as the newcomer's:
+                    // the farthest record of a subject holding more gives
+                    // way, if the newcomer is nearer.
+                    let near = distance(&self.local, key);
+                    self.by_distance()
+                        .iter()
+                        .rev()
+                        .take(MAX_FAR_SCAN)
+                        .take_while(|(d, _)| *d > near)
+                        .find(|(_, k)| {
+                            let theirs = owner_of(k);
+                            theirs != owner && owners.get(&theirs).map_or(0, BTreeSet::len) > mine
+                        })
+                        .map(|(_, k)| k.clone())
+                })
         };
         match victim {
             Some(key) => {
@@ -195,13 +242,15 @@ impl SledStore {
                     return Ok(false);
                 }
             }
-            None => self.make_room(&owner_of(&key))?,
+            None => self.make_room(&key)?,
         }
         let bytes = record.signed.to_bytes()?;
         if let Err(e) = self.tree.insert(key.clone(), bytes) {
             warn!(error = %e, "dht store write failed");
             return Ok(false);
         }
+        self.by_distance()
+            .insert((distance(&self.local, &key), key.clone()));
         self.owners().entry(owner_of(&key)).or_default().insert(key);
         Ok(true)
     }
@@ -378,6 +427,56 @@ mod tests {
             Err(crate::RecordError::StoreFull)
         );
         assert_eq!(store.len(), 10);
+    }
+
+    #[test]
+    fn a_store_full_of_one_record_each_keeps_the_nearest() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let local = Keypair::generate_ed25519().public().to_peer_id();
+        let limits = StoreLimits {
+            max_records: 10,
+            ..StoreLimits::default()
+        };
+        let store = SledStore::open_with(local, &db, limits).unwrap();
+        let soon = now_ms() + 3_600_000;
+        let here = KBucketKey::from(local);
+        let far_of =
+            |k: &Keypair| distance(&here, &crate::record_key("card", &k.public().to_peer_id()));
+        // Ten identities, a card each: full, every subject at one.
+        let mut held: Vec<Keypair> = (0..10).map(|_| Keypair::generate_ed25519()).collect();
+        for k in &held {
+            assert_eq!(store.put_verified(&record_in(k, "card", soon)), Ok(true));
+        }
+        held.sort_by_key(|k| far_of(k));
+        let (nearest, farthest) = (far_of(&held[0]), far_of(&held[9]));
+        // A newcomer farther than all of them is refused...
+        let outer = std::iter::repeat_with(Keypair::generate_ed25519)
+            .find(|k| far_of(k) > farthest)
+            .unwrap();
+        assert_eq!(
+            store.put_verified(&record_in(&outer, "card", soon)),
+            Err(crate::RecordError::StoreFull)
+        );
+        // ...one nearer than the farthest takes its place.
+        let inner = std::iter::repeat_with(Keypair::generate_ed25519)
+            .find(|k| far_of(k) < nearest)
+            .unwrap();
+        assert_eq!(
+            store.put_verified(&record_in(&inner, "card", soon)),
+            Ok(true)
+        );
+        assert_eq!(store.len(), 10);
+        let gone = crate::record_key("card", &held[9].public().to_peer_id());
+        assert!(store.get_verified(&gone, now_ms()).is_none());
+        let kept = crate::record_key("card", &inner.public().to_peer_id());
+        assert!(store.get_verified(&kept, now_ms()).is_some());
+        // The subject that gained a record cannot push out more: its
+        // second record, however near, is refused.
+        let again = record_in(&inner, "rv-00", soon);
+        assert_eq!(
+            store.put_verified(&again),
+            Err(crate::RecordError::StoreFull)
+        );
     }
 
     #[test]
