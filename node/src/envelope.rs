@@ -219,7 +219,18 @@ impl SignedEnvelope {
     /// Verifies the signature, recipient and time window, returning the body.
     /// Signature first: nothing of an unsigned body is trusted.
     pub fn open(&self, me: &Amid, now_ms: u64) -> Result<EnvelopeBody, EnvelopeError> {
-        let body = self.verify_signature()?;
+        self.open_with(me, now_ms, |from| from.verifying_key().ok())
+    }
+
+    /// [`Self::open`], taking the sender's decoded key from `key_of` (a
+    /// cache of keys; `None` when the AMID is not a valid key).
+    pub fn open_with(
+        &self,
+        me: &Amid,
+        now_ms: u64,
+        key_of: impl FnOnce(&Amid) -> Option<ed25519_dalek::VerifyingKey>,
+    ) -> Result<EnvelopeBody, EnvelopeError> {
+        let body = self.verify_signature_with(key_of)?;
         if body.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion(body.v));
         }
@@ -241,9 +252,18 @@ impl SignedEnvelope {
     /// Checks the signature against the sender the body names, and nothing
     /// else: what a relay can check of an envelope it only stores.
     pub fn verify_signature(&self) -> Result<EnvelopeBody, EnvelopeError> {
+        self.verify_signature_with(|from| from.verifying_key().ok())
+    }
+
+    fn verify_signature_with(
+        &self,
+        key_of: impl FnOnce(&Amid) -> Option<ed25519_dalek::VerifyingKey>,
+    ) -> Result<EnvelopeBody, EnvelopeError> {
         let body: EnvelopeBody = codec::decode(&self.body, MAX_ENVELOPE_SIZE)
             .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if !body.from.verify(DOMAIN_SEP_ENVELOPE, &self.body, &self.sig) {
+        let signed = key_of(&body.from)
+            .is_some_and(|key| Amid::verify_with(&key, DOMAIN_SEP_ENVELOPE, &self.body, &self.sig));
+        if !signed {
             return Err(EnvelopeError::BadSignature);
         }
         Ok(body)

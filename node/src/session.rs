@@ -260,6 +260,9 @@ pub struct SessionStore {
     /// sealing, and are not written yet (see [`Self::save`]). They stay in
     /// memory until then.
     unsaved: std::collections::HashSet<Amid>,
+    /// Senders' decoded Ed25519 keys (at most [`MAX_CACHED_PEERS`]; emptied
+    /// when full).
+    keys: HashMap<Amid, ed25519_dalek::VerifyingKey>,
     /// Write-through cache of the `ses/` entries.
     sessions: HashMap<Amid, Vec<SessionInfo>>,
     pickle_key: SubKey,
@@ -331,6 +334,7 @@ impl SessionStore {
             olm_clock: 0,
             olm_cap: MAX_CACHED_PEERS,
             unsaved: Default::default(),
+            keys: HashMap::new(),
             inbox_sealer: Sealer::new(derive(storage_key, "inbox")),
             pickle_key,
             prekeys_changed: false,
@@ -830,7 +834,18 @@ impl SessionStore {
         now_ms: u64,
         staged: &mut Staged,
     ) -> Result<(Option<u64>, Received), OpenError> {
-        let body = env.open(&self.me, now_ms)?;
+        let keys = &mut self.keys;
+        let body = env.open_with(&self.me, now_ms, |from| {
+            if let Some(k) = keys.get(from) {
+                return Some(*k);
+            }
+            let k = from.verifying_key().ok()?;
+            if keys.len() >= MAX_CACHED_PEERS {
+                keys.clear();
+            }
+            keys.insert(*from, k);
+            Some(k)
+        })?;
         let seen_key = key(b"seen/", &[body.from.as_bytes(), &body.id.0]);
         let duplicate = staged.seen.contains(&seen_key)
             || self
