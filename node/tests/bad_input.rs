@@ -315,7 +315,28 @@ async fn silent_streams_from_many_peers_do_not_lock_others_out() {
         .unwrap()
         .unwrap();
     assert_eq!(m.payload, json!("still here"));
+    // Bob, the three peers holding 690 streams, alice, and the other tests
+    // of this file running alongside, all in this process.
+    let rss = peak_rss_kib();
+    assert!(rss < RSS_BOUND_KIB, "peak RSS {rss} KiB");
     drop(held);
+}
+
+/// What the process that holds the hostile peers and their target may peak
+/// at.
+const RSS_BOUND_KIB: u64 = 1024 * 1024;
+
+/// The process's peak resident set (VmHWM), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .expect("VmHWM in /proc/self/status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
