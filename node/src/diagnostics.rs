@@ -335,6 +335,10 @@ pub enum PunchOutcome {
     RelayedOnly {
         /// How long the probe waited after the relayed connection.
         waited_ms: u64,
+        /// Whether the relayed connection was up before the probe started
+        /// (its hole punch was tried when it opened, none is tried again).
+        #[serde(default)]
+        already: bool,
     },
     /// Not reached at all.
     Unreachable {
@@ -371,6 +375,7 @@ impl PunchProbe {
 pub struct PunchWatch {
     wait: Duration,
     relayed_at: Option<Duration>,
+    relayed_before: bool,
     done: Option<PunchOutcome>,
 }
 
@@ -381,6 +386,7 @@ impl PunchWatch {
         Self {
             wait,
             relayed_at: None,
+            relayed_before: false,
             done: None,
         }
     }
@@ -393,7 +399,10 @@ impl PunchWatch {
         }
         match path {
             PathKind::Relayed => {
-                self.relayed_at.get_or_insert(at);
+                if self.relayed_at.is_none() {
+                    self.relayed_at = Some(at);
+                    self.relayed_before = before;
+                }
             }
             // Not a connection.
             PathKind::Mailbox => {}
@@ -438,6 +447,7 @@ impl PunchWatch {
         let relayed_at = self.relayed_at?;
         (at >= relayed_at + self.wait).then(|| PunchOutcome::RelayedOnly {
             waited_ms: at.saturating_sub(relayed_at).as_millis() as u64,
+            already: self.relayed_before,
         })
     }
 }
@@ -924,22 +934,33 @@ fn punch_probe_finding(probe: &PunchProbe, mapping: &NatMapping) -> Finding {
             CHECK,
             format!("{who}: direct ({path}), dialled in {ms} ms, no relay needed"),
         ),
-        PunchOutcome::RelayedOnly { waited_ms } => {
+        PunchOutcome::RelayedOnly { waited_ms, already } => {
             let why = match mapping {
                 NatMapping::EndpointDependent { .. } => {
                     "as expected behind this symmetric NAT"
                 }
                 _ => "the peer's NAT may be symmetric, or a firewall drops UDP",
             };
-            bad(
-                CHECK,
-                Outcome::Warn,
-                format!(
-                    "{who}: relayed only, no direct connection within {:.1} s; {why}",
-                    *waited_ms as f64 / 1e3
-                ),
-                "messages still flow through the relay; for direct connections use NATs with endpoint-independent mapping on both sides, or forward a UDP port",
-            )
+            let waited = *waited_ms as f64 / 1e3;
+            if *already {
+                bad(
+                    CHECK,
+                    Outcome::Warn,
+                    format!(
+                        "{who}: relayed only, on a relayed connection up before the probe (its hole punch was tried as it opened), no direct connection within {waited:.1} s; {why}"
+                    ),
+                    "to try a fresh hole punch, disconnect the peer (the dashboard's Peers tab, or POST /v1/disconnect) and probe again; messages still flow through the relay",
+                )
+            } else {
+                bad(
+                    CHECK,
+                    Outcome::Warn,
+                    format!(
+                        "{who}: relayed only, no direct connection within {waited:.1} s; {why}"
+                    ),
+                    "messages still flow through the relay; for direct connections use NATs with endpoint-independent mapping on both sides, or forward a UDP port",
+                )
+            }
         }
         PunchOutcome::Unreachable { error } => bad(
             CHECK,
@@ -1485,7 +1506,20 @@ mod tests {
         assert_eq!(w.poll_outcome(300 * MS + PUNCH_WAIT - MS), None);
         assert_eq!(
             w.poll_outcome(300 * MS + PUNCH_WAIT),
-            Some(PunchOutcome::RelayedOnly { waited_ms: 10_000 })
+            Some(PunchOutcome::RelayedOnly {
+                waited_ms: 10_000,
+                already: false
+            })
+        );
+        // Relayed before the probe: said so.
+        let mut w = PunchWatch::new(PUNCH_WAIT);
+        w.handle_path(PathKind::Relayed, 2 * MS, true);
+        assert_eq!(
+            w.poll_outcome(2 * MS + PUNCH_WAIT),
+            Some(PunchOutcome::RelayedOnly {
+                waited_ms: 10_000,
+                already: true
+            })
         );
 
         // Dialled directly at once, or already direct.
@@ -1556,7 +1590,13 @@ mod tests {
                 "am1peerpeerp: direct (direct-quic) 1234 ms after the relayed connection"
             )
         );
-        let f = finding(&cone, PunchOutcome::RelayedOnly { waited_ms: 10_000 });
+        let f = finding(
+            &cone,
+            PunchOutcome::RelayedOnly {
+                waited_ms: 10_000,
+                already: false,
+            },
+        );
         assert_eq!(f.result, Outcome::Warn);
         assert_eq!(
             f.detail,
@@ -1566,11 +1606,38 @@ mod tests {
             "/ip4/203.0.113.7/udp/40001/quic-v1",
             "/ip4/203.0.113.7/udp/52999/quic-v1",
         );
-        let f = finding(&symmetric, PunchOutcome::RelayedOnly { waited_ms: 10_000 });
+        let f = finding(
+            &symmetric,
+            PunchOutcome::RelayedOnly {
+                waited_ms: 10_000,
+                already: false,
+            },
+        );
         assert!(
             f.detail.ends_with("as expected behind this symmetric NAT"),
             "{f:?}"
         );
+        // On a relayed connection older than the probe, nothing new was
+        // tried: the fix says how to try again.
+        let f = finding(
+            &symmetric,
+            PunchOutcome::RelayedOnly {
+                waited_ms: 10_000,
+                already: true,
+            },
+        );
+        assert_eq!(f.result, Outcome::Warn);
+        assert!(
+            f.detail.starts_with(
+                "am1peerpeerp: relayed only, on a relayed connection up before the probe"
+            ),
+            "{f:?}"
+        );
+        assert!(f
+            .fix
+            .as_deref()
+            .unwrap()
+            .starts_with("to try a fresh hole punch, disconnect the peer"));
         let f = finding(
             &cone,
             PunchOutcome::Unreachable {
@@ -1587,11 +1654,17 @@ mod tests {
         let f = diagnose(&Inputs::new("am1", &cone, &l));
         assert!(f.iter().all(|f| f.check != "punch probe"));
         // As JSON: the peer and the outcome side by side.
-        let probe = PunchProbe::new(peer, PunchOutcome::RelayedOnly { waited_ms: 10 });
+        let probe = PunchProbe::new(
+            peer,
+            PunchOutcome::RelayedOnly {
+                waited_ms: 10,
+                already: false,
+            },
+        );
         let v = serde_json::to_value(&probe).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"peer": peer, "outcome": "relayed_only", "waited_ms": 10})
+            serde_json::json!({"peer": peer, "outcome": "relayed_only", "waited_ms": 10, "already": false})
         );
         assert_eq!(serde_json::from_value::<PunchProbe>(v).unwrap(), probe);
     }

@@ -171,15 +171,81 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
             ),
         },
         ("GET", "/v1/peers") => Op {
-            summary: "Peers with sessions or connections, and their paths",
+            summary: "Known agents (sessions, imported cards, petnames, connections): presence, last seen, path, sessions, petname",
             body: None,
             query: &[],
             answer: obj(
                 &["peers"],
-                json!({ "peers": { "type": "array", "items": obj(&["amid", "sessions"], json!({
-                "amid": { "type": "string" }, "sessions": { "type": "integer" }, "path": { "type": ["string", "null"] }
-            })) } }),
+                json!({ "peers": { "type": "array", "items": r("KnownPeer") } }),
             ),
+        },
+        ("GET", "/v1/card") => Op {
+            summary: "Export this agent's signed card (the DHT record) as a string to hand out of band",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["card", "amid", "seq", "expires_ms"],
+                json!({
+                    "card": { "type": "string", "description": "multibase base64url (`u…`) of the signed record" },
+                    "amid": { "type": "string" }, "seq": { "type": "integer" },
+                    "expires_ms": { "type": "integer" }, "details": { "type": "object" }
+                }),
+            ),
+        },
+        ("POST", "/v1/cards") => Op {
+            summary: "Import another agent's signed card (verified: signature, expiry); it is then reached with no DHT",
+            body: Some(obj(
+                &["card"],
+                json!({
+                    "card": { "type": "string", "description": "an exported card string" },
+                    "name": { "type": "string", "description": "a petname to give the agent" }
+                }),
+            )),
+            query: &[],
+            answer: obj(
+                &["amid", "seq", "expires_ms"],
+                json!({
+                    "amid": { "type": "string" }, "seq": { "type": "integer" },
+                    "expires_ms": { "type": "integer" }, "name": { "type": ["string", "null"] },
+                    "details": { "type": "object" }
+                }),
+            ),
+        },
+        ("GET", "/v1/cards") => Op {
+            summary: "The imported cards still valid",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["cards"],
+                json!({ "cards": { "type": "array", "items": { "type": "object" } } }),
+            ),
+        },
+        ("GET", "/v1/names") => Op {
+            summary: "Local petnames and the AMIDs they name",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["names"],
+                json!({ "names": { "type": "array", "items": r("Name") } }),
+            ),
+        },
+        ("POST", "/v1/names") => Op {
+            summary: "Name an agent locally (never published); a petname is then taken wherever an AMID is",
+            body: Some(obj(
+                &["name", "amid"],
+                json!({
+                    "name": { "type": "string", "pattern": "^[a-z][a-z0-9._-]{0,31}$" },
+                    "amid": { "type": "string" }
+                }),
+            )),
+            query: &[],
+            answer: r("Name"),
+        },
+        ("DELETE", "/v1/names/{name}") => Op {
+            summary: "Forget a petname",
+            body: None,
+            query: &[],
+            answer: r("Name"),
         },
         ("GET", "/v1/sessions") => Op {
             summary: "Cached sessions",
@@ -452,7 +518,7 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                                 "outcome": { "enum": ["direct", "relayed_only", "unreachable"] },
                                 "path": { "type": "string", "description": "direct: the direct path (direct_quic, direct_tcp, direct_webrtc)" },
                                 "upgraded": { "type": "boolean", "description": "direct: it replaced a relayed connection" },
-                                "already": { "type": "boolean", "description": "direct: it was up before the probe" },
+                                "already": { "type": "boolean", "description": "direct, relayed_only: the connection was up before the probe (relayed_only: no new hole punch was tried on it)" },
                                 "ms": { "type": "integer", "description": "direct: time to direct (from the relayed connection when upgraded, else from the start)" },
                                 "waited_ms": { "type": "integer", "description": "relayed_only: how long the probe waited" },
                                 "error": { "type": "string", "description": "unreachable: why" }
@@ -527,6 +593,18 @@ fn components() -> Value {
                 "rtt_ms": { "type": ["integer", "null"], "description": "The last ping round trip" },
                 "observed_addr": { "type": ["string", "null"], "description": "Our address as this peer saw it (identify)" }
             })),
+            "KnownPeer": obj(&["amid", "card_imported", "sessions"], json!({
+                "amid": { "type": "string" }, "name": { "type": ["string", "null"], "description": "Our petname for it" },
+                "presence": { "type": ["string", "null"], "enum": ["online", "away", "dnd", "offline", null], "description": "From the freshest card held" },
+                "card_expires_ms": { "type": ["integer", "null"] },
+                "card_imported": { "type": "boolean", "description": "A card of it was imported out of band" },
+                "last_seen_ms": { "type": ["integer", "null"], "description": "Last connected, wrote or acknowledged (since the node started)" },
+                "path": { "type": ["string", "null"], "description": "The connection's path, when connected" },
+                "sessions": { "type": "integer" }, "session_expires_ms": { "type": ["integer", "null"] }
+            })),
+            "Name": obj(&["name", "amid"], json!({
+                "name": { "type": "string" }, "amid": { "type": "string" }
+            })),
             "Status": obj(&["amid", "fingerprint", "did", "sessions", "known_peers"], json!({
                 "amid": { "type": "string" }, "fingerprint": { "type": "string" },
                 "did": { "type": "string", "description": "The agent's key as a did:key DID" },
@@ -560,6 +638,9 @@ pub fn document() -> Value {
             .collect();
         if path.contains("{amid}") {
             params.push(json!({ "name": "amid", "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+        if path.contains("{name}") {
+            params.push(json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }));
         }
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);

@@ -1000,7 +1000,7 @@ export interface operations {
                         probes: components["schemas"]["PeerProbe"][];
                         /** @description The hole-punch probe asked for with `punch` (null otherwise) */
                         punch?: {
-                            /** @description direct: it was up before the probe */
+                            /** @description direct, relayed_only: the connection was up before the probe (relayed_only: no new hole punch was tried on it) */
                             already?: boolean;
                             /** @description unreachable: why */
                             error?: string;
