@@ -98,3 +98,106 @@ async fn a_sender_killed_after_sending_never_reuses_a_message_key() {
     alice.terminate().await.unwrap();
     boot.terminate().await.unwrap();
 }
+
+/// Messages alice sends in the receiver test, and how many at once.
+const MESSAGES: usize = 240;
+const AT_ONCE: usize = 24;
+
+/// Reads what `p` printed until its output ends (after it was killed).
+async fn lines_until_exit(p: &mut Proc) -> Vec<Value> {
+    let _ = p.wait_for(WAIT, |_| false).await;
+    p.drain()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_mid_burst_loses_no_acknowledged_message_and_delivers_none_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+        .await
+        .unwrap();
+    let bob_dir = root.path().join("bob");
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[])
+        .await
+        .unwrap();
+    let r = control_send(&alice.dir, &bob_amid, json!("hello"), WAIT)
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    bob.wait_event(WAIT, "message").await.unwrap();
+
+    // Alice sends in bursts of AT_ONCE, each message waiting for its
+    // acknowledgement (which bob sends once the burst is on his disk).
+    let sender = {
+        let (dir, to) = (alice.dir.clone(), bob_amid.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for round in 0..MESSAGES / AT_ONCE {
+                let mut sends = tokio::task::JoinSet::new();
+                for i in 0..AT_ONCE {
+                    let (dir, to) = (dir.clone(), to.clone());
+                    sends.spawn(async move {
+                        let n = round * AT_ONCE + i;
+                        control_send(&dir, &to, json!({ "n": n }), WAIT).await
+                    });
+                }
+                while let Some(r) = sends.join_next().await {
+                    let r = r.expect("send task").expect("control request");
+                    assert!(r.ok, "a send failed: {r:?}");
+                    acked.push(r.receipt.expect("receipt").id.to_string());
+                }
+            }
+            acked
+        })
+    };
+
+    // Bob is killed while messages flow: after a quarter of them.
+    let mut printed: Vec<Value> = Vec::new();
+    while printed.len() < MESSAGES / 4 {
+        printed.push(bob.wait_event(WAIT, "message").await.unwrap());
+    }
+    bob.signal(libc::SIGKILL).unwrap();
+    printed.extend(lines_until_exit(&mut bob).await);
+    drop(bob);
+    let (mut bob, again) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[])
+        .await
+        .unwrap();
+    assert_eq!(again, bob_amid);
+
+    let acked = tokio::time::timeout(WAIT * 2, sender)
+        .await
+        .expect("alice's sends finished")
+        .unwrap();
+    assert_eq!(acked.len(), MESSAGES);
+    let count = |id: &str, lines: &[Value]| {
+        lines
+            .iter()
+            .filter(|v| v["event"] == "message" && v["id"] == id)
+            .count()
+    };
+    for id in &acked {
+        if count(id, &printed) == 0 {
+            let m = bob
+                .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged message {id} lost: {e}"));
+            printed.push(m);
+        }
+    }
+    printed.extend(bob.drain());
+    for id in &acked {
+        assert!(
+            count(id, &printed) <= 1,
+            "message {id} delivered {} times",
+            count(id, &printed)
+        );
+    }
+    let refused: Vec<&Value> = printed.iter().filter(|v| v["event"] == "refused").collect();
+    assert!(refused.is_empty(), "bob refused envelopes: {refused:?}");
+
+    bob.terminate().await.unwrap();
+    alice.terminate().await.unwrap();
+    boot.terminate().await.unwrap();
+}
