@@ -772,3 +772,100 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Bob is killed with SIGKILL as the first message of his mailbox reaches
+/// him (the drain under way), and started again: every message alice
+/// deposited reaches him once, whether the first bob or the second printed
+/// it, and the relay is left holding none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_drain_gets_all_its_mail_once() {
+    // Within alice's share of bob's mailbox (50 envelopes for a peer with a
+    // session).
+    const MAIL: usize = 40;
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (mut relay, relay_addrs) = start_relay(
+        exe(),
+        &root.path().join("relay"),
+        &boot_addr,
+        &[],
+        &status_often(),
+    )
+    .await
+    .unwrap();
+    let bob_args = vec!["--relay".to_string(), relay_addrs[0].clone()];
+    let bob_dir = root.path().join("bob");
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    let (alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+        .await
+        .unwrap();
+    let r = send(&alice.dir, &bob_amid, json!("hello")).await;
+    assert!(r.ok, "{r:?}");
+    let hello = bob.wait_event(WAIT, "message").await.unwrap();
+    let mut api = agentmesh_node::control::Client::connect(&bob.dir)
+        .await
+        .unwrap();
+    api.call(
+        agentmesh_node::control::Method::POST,
+        "/v1/messages/ack",
+        Some(&json!({ "ids": [hello["id"]] })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    bob.terminate().await.unwrap();
+
+    // Bob is offline: alice's mail goes to his mailbox.
+    let mut ids = Vec::new();
+    for n in 0..MAIL {
+        let r = send(&alice.dir, &bob_amid, json!({ "n": n })).await;
+        assert!(r.ok, "{r:?}");
+        let receipt = r.receipt.unwrap();
+        assert_eq!(receipt.path, PathKind::Mailbox, "message {n}");
+        ids.push(receipt.id.to_string());
+    }
+
+    // Bob comes back and is killed as soon as the first message is through.
+    let (mut bob, _) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    let mut printed = Vec::new();
+    while printed.is_empty() {
+        printed.push(bob.wait_event(WAIT, "message").await.unwrap());
+    }
+    bob.signal(libc::SIGKILL).unwrap();
+    let _ = bob.wait_for(WAIT, |_| false).await;
+    printed.extend(bob.drain());
+    drop(bob);
+    // Killed after the fetch, while the messages were opened, handed out
+    // and acknowledged to the relay: whatever the relay still held is
+    // fetched again, and what bob had already stored is not handed out
+    // twice.
+
+    let (mut bob, _) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    let times = |id: &str, lines: &[Value]| {
+        lines
+            .iter()
+            .filter(|v| v["event"] == "message" && v["id"] == id)
+            .count()
+    };
+    for id in &ids {
+        if times(id, &printed) == 0 {
+            let m = bob
+                .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("message {id} lost: {e}"));
+            printed.push(m);
+        }
+    }
+    for id in &ids {
+        assert_eq!(times(id, &printed), 1, "message {id}");
+    }
+    assert_arrived_once(&mut relay, &alice, &mut bob, &bob_amid).await;
+}
