@@ -1801,8 +1801,8 @@ impl Node {
             .await;
     }
 
-    /// Dials `peer` at `addrs` (for tests that speak the wire directly).
-    #[doc(hidden)]
+    /// Dials `peer` at `addrs` and returns the path of the connection made
+    /// (the doctor's hole-punch probe starts from it).
     pub async fn connect(
         &self,
         peer: PeerId,
