@@ -869,3 +869,111 @@ async fn an_agent_killed_mid_drain_gets_all_its_mail_once() {
     }
     assert_arrived_once(&mut relay, &alice, &mut bob, &bob_amid).await;
 }
+
+/// The relay is killed with SIGKILL while alice's deposits for offline bob
+/// flow, and started again on the same addresses: every message alice was
+/// told is deposited reaches bob once, and every other send fails visibly
+/// (no message is lost without a word, none arrives twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_deposit_loses_no_deposited_message() {
+    const MAIL: usize = 40;
+    const AT_ONCE: usize = 8;
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let relay_dir = root.path().join("relay");
+    let (relay, relay_addrs) = start_relay(exe(), &relay_dir, &boot_addr, &[], &[])
+        .await
+        .unwrap();
+    let bob_args = vec!["--relay".to_string(), relay_addrs[0].clone()];
+    let bob_dir = root.path().join("bob");
+    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    let (alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+        .await
+        .unwrap();
+    let r = send(&alice.dir, &bob_amid, json!("hello")).await;
+    assert!(r.ok, "{r:?}");
+    let hello = bob.wait_event(WAIT, "message").await.unwrap();
+    let mut api = agentmesh_node::control::Client::connect(&bob.dir)
+        .await
+        .unwrap();
+    api.call(
+        agentmesh_node::control::Method::POST,
+        "/v1/messages/ack",
+        Some(&json!({ "ids": [hello["id"]] })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    bob.terminate().await.unwrap();
+
+    // Alice deposits, several at once; the relay dies after the first few.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = {
+        let (dir, to) = (alice.dir.clone(), bob_amid.clone());
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for round in 0..MAIL / AT_ONCE {
+                let mut sends = tokio::task::JoinSet::new();
+                for i in 0..AT_ONCE {
+                    let (dir, to) = (dir.clone(), to.clone());
+                    sends.spawn(async move {
+                        control_send(&dir, &to, json!({ "n": round * AT_ONCE + i }), WAIT).await
+                    });
+                }
+                while let Some(r) = sends.join_next().await {
+                    let r = r.expect("send task").expect("control request");
+                    let _ = done_tx.send(());
+                    results.push(r);
+                }
+            }
+            results
+        })
+    };
+    for _ in 0..6 {
+        done_rx.recv().await.expect("a deposit finished");
+    }
+    relay.kill().await.unwrap();
+    let listen: Vec<String> = relay_addrs
+        .iter()
+        .map(|a| a.split("/p2p/").next().unwrap().to_string())
+        .collect();
+    let (mut relay, again) = start_relay(exe(), &relay_dir, &boot_addr, &listen, &status_often())
+        .await
+        .unwrap();
+    assert_eq!(again[0], relay_addrs[0], "same identity and address");
+
+    let results = tokio::time::timeout(WAIT * 3, sender)
+        .await
+        .expect("alice's sends finished")
+        .unwrap();
+    assert_eq!(results.len(), MAIL);
+    let mut deposited = Vec::new();
+    for r in &results {
+        if r.ok {
+            let receipt = r.receipt.as_ref().expect("receipt");
+            deposited.push(receipt.id.to_string());
+        } else {
+            // Failed visibly, with the reason.
+            assert!(r.error.is_some(), "{r:?}");
+        }
+    }
+    assert!(deposited.len() >= 6, "only {} deposited", deposited.len());
+    eprintln!(
+        "{} of {MAIL} deposited, the others failed visibly",
+        deposited.len()
+    );
+
+    let (mut bob, _) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
+        .await
+        .unwrap();
+    for id in &deposited {
+        bob.wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("deposited message {id} lost: {e}"));
+    }
+    assert_arrived_once(&mut relay, &alice, &mut bob, &bob_amid).await;
+}
