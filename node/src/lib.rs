@@ -43,6 +43,7 @@ pub mod audit;
 pub mod breaker;
 pub mod card;
 pub mod cert;
+pub mod contacts;
 pub mod content;
 pub mod control;
 pub mod credentials;
@@ -76,10 +77,10 @@ pub use knock::{Intent, RejectReason, SessionType};
 pub use memory_cap::MemoryCap;
 pub use node::{
     amid_of_peer, Config, ConnectionCaps, CredentialsState, DialError, HolePunch, InboxKey,
-    LearnedPath, Messages, NatStatus, NetStatus, Node, NodeBuilder, NodeStatus, PathCounters,
-    PeerStatus, PublishError, Reachability, RegistryClientError, RelayStatus, RelayTotals,
-    RevocationSource, RevocationSync, RootPinError, SendError, SessionStatus, SpawnError,
-    StreamError, StreamReceiver, StreamSender, Streams, TrustError, UnknownHolePunch,
+    KnownPeer, LearnedPath, Messages, NatStatus, NetStatus, Node, NodeBuilder, NodeStatus,
+    PathCounters, PeerStatus, PublishError, Reachability, RegistryClientError, RelayStatus,
+    RelayTotals, RevocationSource, RevocationSync, RootPinError, SendError, SessionStatus,
+    SpawnError, StreamError, StreamReceiver, StreamSender, Streams, TrustError, UnknownHolePunch,
     SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};

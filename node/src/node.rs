@@ -46,6 +46,7 @@ use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter, AuditLog},
     breaker::{BreakerConfig, CircuitBreakers},
     card::{AgentCard, Presence},
+    contacts::{CardImportError, Contacts, NameError},
     content::{Content, Kind},
     credentials::Credentials,
     envelope::{MessageId, SessionId},
@@ -500,6 +501,10 @@ enum Command {
         amid: Amid,
         reply: oneshot::Sender<Option<AgentCard>>,
     },
+    /// Our own signed card, as published (signed now if not yet).
+    OwnCard {
+        reply: oneshot::Sender<Option<agentmesh_dht::SignedRecord>>,
+    },
     Connect {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -651,6 +656,74 @@ pub struct NodeStatus {
     pub known_peers: Vec<Amid>,
 }
 
+/// An agent this node knows, as listed by [`Node::peers`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct KnownPeer {
+    /// The agent.
+    pub amid: Amid,
+    /// Our petname for it.
+    pub name: Option<String>,
+    /// Its presence, from the freshest card we hold of it.
+    pub presence: Option<Presence>,
+    /// When that card expires, ms since the epoch.
+    pub card_expires_ms: Option<u64>,
+    /// Whether we hold a card of it imported out of band.
+    pub card_imported: bool,
+    /// When it was last seen (connected, wrote to us, acknowledged), ms
+    /// since the epoch; `None` when not since this node started.
+    pub last_seen_ms: Option<u64>,
+    /// The path of the connection to it, when connected.
+    pub path: Option<PathKind>,
+    /// Sessions cached with it.
+    pub sessions: usize,
+    /// When the latest of those sessions expires, ms since the epoch.
+    pub session_expires_ms: Option<u64>,
+}
+
+impl KnownPeer {
+    fn new(amid: Amid) -> Self {
+        Self {
+            amid,
+            name: None,
+            presence: None,
+            card_expires_ms: None,
+            card_imported: false,
+            last_seen_ms: None,
+            path: None,
+            sessions: 0,
+            session_expires_ms: None,
+        }
+    }
+}
+
+/// Notes when each agent is seen, from the node's events.
+async fn track_last_seen(shared: Arc<Shared>) {
+    let mut events = shared.events.subscribe();
+    loop {
+        let amid = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return,
+            e = events.recv() => match e {
+                Ok(NodeEvent::Connected { peer, .. } | NodeEvent::Disconnected { peer }) => peer.parse().ok(),
+                Ok(NodeEvent::MessageReceived { from, .. }) => Some(from),
+                Ok(NodeEvent::Delivered { to, .. }) => Some(to),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => None,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let Some(amid) = amid else { continue };
+        let mut seen = shared.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_RATE_KEYS && !seen.contains_key(&amid) {
+            // Full: forget the longest unseen.
+            if let Some(oldest) = seen.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a) {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert(amid, now_ms());
+    }
+}
+
 /// A message on its way to the application, with its inbox key.
 struct Delivery {
     /// Inbox key; `None` for stream chunks and ends, which are not stored.
@@ -735,6 +808,11 @@ struct Shared {
     libp2p_metrics: Arc<libp2p::metrics::Metrics>,
     /// The registry `libp2p_metrics` registered its families in.
     libp2p_registry: prometheus_client::registry::Registry,
+    /// Cards imported out of band, and petnames.
+    contacts: Contacts,
+    /// When each agent was last seen (connected, wrote, acknowledged), ms
+    /// since the epoch.
+    last_seen: Mutex<HashMap<Amid, u64>>,
     cancel: CancellationToken,
 }
 
@@ -1083,6 +1161,7 @@ impl Node {
         let revoked = db.open_tree(trust::REVOKED_TREE)?;
         let (trust_tree, root_pin) = trust::open_root_pin(&db, config.registry_root)?;
         let credentials = RwLock::new(config.credentials.clone());
+        let contacts = Contacts::open(&db)?;
         let shared = Arc::new(Shared {
             identity,
             amid,
@@ -1124,6 +1203,8 @@ impl Node {
             named_senders: Mutex::new(HashMap::new()),
             libp2p_metrics,
             libp2p_registry,
+            contacts,
+            last_seen: Mutex::new(HashMap::new()),
             cancel: cancel.clone(),
         });
         let span = tracing::info_span!("node", id = %amid.short());
@@ -1168,6 +1249,7 @@ impl Node {
         if shared.config.registry.is_some() {
             tokio::spawn(registry::run(shared.clone()).instrument(span.clone()));
         }
+        tokio::spawn(track_last_seen(shared.clone()).instrument(span.clone()));
         tokio::spawn(inbound::run(shared.clone(), backlog_done).instrument(span));
         Ok(Node {
             _guard: Arc::new(DropGuard(cancel)),
@@ -1573,6 +1655,146 @@ impl Node {
             .await
             .ok()?
             .ok()?
+    }
+
+    /// This agent's own signed card, the record it publishes in the DHT
+    /// (signed now when it has not been yet). `None` while the node listens
+    /// on no address, or once it stopped.
+    pub async fn card_record(&self) -> Option<agentmesh_dht::SignedRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::OwnCard { reply: tx })
+            .await
+            .ok()?;
+        rx.await.ok()?
+    }
+
+    /// This agent's own signed card as a string to hand out of band
+    /// ([`crate::contacts::encode_card`]): whoever imports it
+    /// ([`Node::import_card`]) can reach this agent with no DHT.
+    pub async fn export_card(&self) -> Option<String> {
+        self.card_record()
+            .await
+            .map(|r| crate::contacts::encode_card(&r))
+    }
+
+    /// Imports another agent's card (an exported string, or the signed
+    /// record's bytes): verifies its signature, namespace and expiry, keeps
+    /// it in the node's database, and reaches that agent with it before any
+    /// DHT lookup. A newer card of the same agent is kept over an older one.
+    pub fn import_card(&self, input: &[u8]) -> Result<AgentCard, CardImportError> {
+        let now = now_ms();
+        let (card, signed) = crate::contacts::decode_card(input, now)?;
+        if card.amid == self.shared.amid {
+            return Err(CardImportError::Own);
+        }
+        self.shared.contacts.import(&card, &signed, now)?;
+        info!(peer = %card.amid.short(), seq = card.seq, "card imported");
+        Ok(card)
+    }
+
+    /// The imported cards still valid.
+    pub fn imported_cards(&self) -> Vec<AgentCard> {
+        self.shared.contacts.cards(now_ms())
+    }
+
+    /// Names `amid` `name` locally (never published); a name given again
+    /// names the new AMID.
+    pub fn set_name(&self, name: &str, amid: &Amid) -> Result<(), NameError> {
+        self.shared.contacts.set_name(name, amid)
+    }
+
+    /// Forgets the petname `name`; returns the AMID it named.
+    pub fn remove_name(&self, name: &str) -> Result<Amid, NameError> {
+        self.shared.contacts.remove_name(name)
+    }
+
+    /// Every petname with its AMID, by name.
+    pub fn names(&self) -> Vec<(String, Amid)> {
+        self.shared.contacts.names()
+    }
+
+    /// The petname of `amid`, if it has one.
+    pub fn name_of(&self, amid: &Amid) -> Option<String> {
+        self.shared.contacts.name_of(amid)
+    }
+
+    /// An AMID, or the AMID a petname names: the one place a recipient
+    /// given by the application is read.
+    pub fn resolve_name(&self, text: &str) -> Result<Amid, NameError> {
+        self.shared.contacts.resolve(text)
+    }
+
+    /// Every agent this node knows: sessions, imported cards, petnames and
+    /// connected agents, with what is known of each.
+    pub async fn peers(&self) -> Vec<KnownPeer> {
+        let status = self.status().await;
+        let now = now_ms();
+        let mut peers: std::collections::BTreeMap<Amid, KnownPeer> = Default::default();
+        fn add(
+            peers: &mut std::collections::BTreeMap<Amid, KnownPeer>,
+            amid: Amid,
+        ) -> &mut KnownPeer {
+            peers.entry(amid).or_insert_with(|| KnownPeer::new(amid))
+        }
+        for s in &status.sessions {
+            let p = add(&mut peers, s.peer);
+            p.sessions += 1;
+            p.session_expires_ms = p.session_expires_ms.max(Some(s.expires_ms));
+        }
+        for card in self.shared.contacts.cards(now) {
+            let p = add(&mut peers, card.amid);
+            p.card_imported = true;
+            p.presence = Some(card.presence);
+            p.card_expires_ms = Some(card.expires_ms);
+        }
+        for (name, amid) in self.shared.contacts.names() {
+            let p = add(&mut peers, amid);
+            if p.name.is_none() {
+                p.name = Some(name);
+            }
+        }
+        for c in &status.net.connected {
+            if let Ok(amid) = c.peer.parse::<Amid>() {
+                add(&mut peers, amid).path = Some(c.path);
+            }
+        }
+        let seen = self
+            .shared
+            .last_seen
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        for (amid, at) in &seen {
+            if let Some(p) = peers.get_mut(amid) {
+                p.last_seen_ms = Some(*at);
+            }
+        }
+        // Presence from the freshest card we hold (a DHT one may be newer).
+        for p in peers.values_mut() {
+            if let Some(card) = self.local_card(&p.amid).await {
+                if p.card_expires_ms.is_none_or(|e| card.expires_ms > e) {
+                    p.presence = Some(card.presence);
+                    p.card_expires_ms = Some(card.expires_ms);
+                }
+            }
+        }
+        peers.into_values().collect()
+    }
+
+    /// The card of `amid` in our own DHT store, without a lookup.
+    async fn local_card(&self, amid: &Amid) -> Option<AgentCard> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::LocalCard {
+                amid: *amid,
+                reply: tx,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()?
     }
 
     /// Publishes a record about this node in `namespace` (signed by the

@@ -132,11 +132,17 @@ pub enum ErrorCode {
     Storage,
     /// Anything else.
     Internal,
+    /// A card that does not verify: malformed, forged, or not a card.
+    InvalidCard,
+    /// A card whose signed expiry has passed.
+    CardExpired,
+    /// A petname that is not valid (or could be read as an AMID).
+    InvalidName,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::Unauthorized,
         Self::ForbiddenOrigin,
         Self::BadHost,
@@ -160,6 +166,9 @@ impl ErrorCode {
         Self::Stopped,
         Self::Storage,
         Self::Internal,
+        Self::InvalidCard,
+        Self::CardExpired,
+        Self::InvalidName,
     ];
 
     /// The HTTP status the code is sent with.
@@ -169,7 +178,10 @@ impl ErrorCode {
             | Self::InvalidAmid
             | Self::InvalidId
             | Self::InvalidPayload
-            | Self::InvalidRecipient => 400,
+            | Self::InvalidRecipient
+            | Self::InvalidCard
+            | Self::CardExpired
+            | Self::InvalidName => 400,
             Self::Unauthorized => 401,
             Self::ForbiddenOrigin | Self::BadHost | Self::Rejected => 403,
             Self::NotFound => 404,
@@ -209,6 +221,9 @@ impl ErrorCode {
             Self::Stopped => "stopped",
             Self::Storage => "storage",
             Self::Internal => "internal",
+            Self::InvalidCard => "invalid_card",
+            Self::CardExpired => "card_expired",
+            Self::InvalidName => "invalid_name",
         }
     }
 }

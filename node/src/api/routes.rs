@@ -11,7 +11,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
     },
-    routing::{get, post, put, MethodRouter},
+    routing::{delete, get, post, put, MethodRouter},
     Json, Router,
 };
 use base64::Engine as _;
@@ -22,6 +22,7 @@ use super::{openapi, ApiError, Ctx, ErrorCode, MAX_BODY, MAX_WAIT};
 use crate::{
     audit::AuditFilter,
     card::Presence,
+    contacts::{CardImportError, NameError},
     envelope::{MessageId, SessionId},
     identity::Amid,
     knock::Intent,
@@ -76,6 +77,26 @@ pub(super) fn amid(text: &str) -> Result<Amid, ApiError> {
     })
 }
 
+/// An AMID or a petname, read in one place for every route that names an
+/// agent.
+fn recipient(ctx: &Ctx, text: &str) -> Result<Amid, ApiError> {
+    ctx.node.resolve_name(text).map_err(|e| match e {
+        NameError::Storage(m) => ApiError::new(ErrorCode::Storage, m),
+        e => ApiError::new(
+            ErrorCode::InvalidAmid,
+            format!("invalid AMID {text:?}: {e}"),
+        ),
+    })
+}
+
+fn name_error(e: NameError) -> ApiError {
+    match e {
+        NameError::Unknown(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+        NameError::Storage(m) => ApiError::new(ErrorCode::Storage, m),
+        e => ApiError::new(ErrorCode::InvalidName, e.to_string()),
+    }
+}
+
 fn id16(text: &str) -> Result<[u8; 16], ApiError> {
     hex::decode(text)
         .ok()
@@ -121,6 +142,12 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
         (Method::GET, "/v1/status", get(status)),
         (Method::GET, "/v1/peers", get(peers)),
         (Method::GET, "/v1/sessions", get(sessions)),
+        (Method::GET, "/v1/card", get(export_card)),
+        (Method::POST, "/v1/cards", post(import_card)),
+        (Method::GET, "/v1/cards", get(imported_cards)),
+        (Method::GET, "/v1/names", get(names)),
+        (Method::POST, "/v1/names", post(set_name)),
+        (Method::DELETE, "/v1/names/{name}", delete(remove_name)),
         (Method::GET, "/v1/lookup/{amid}", get(lookup)),
         (Method::POST, "/v1/close", post(close)),
         (Method::POST, "/v1/disconnect", post(disconnect)),
@@ -208,7 +235,7 @@ fn yes() -> bool {
 }
 
 async fn send(State(ctx): State<Arc<Ctx>>, Body(b): Body<SendBody>) -> Answer {
-    let to = amid(&b.to)?;
+    let to = recipient(&ctx, &b.to)?;
     if b.wait {
         let receipt = ctx
             .node
@@ -241,7 +268,7 @@ const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 
 async fn request(State(ctx): State<Arc<Ctx>>, Body(b): Body<RequestBody>) -> Answer {
-    let to = amid(&b.to)?;
+    let to = recipient(&ctx, &b.to)?;
     let timeout = b
         .timeout_ms
         .map_or(DEFAULT_REPLY_TIMEOUT, Duration::from_millis)
@@ -264,7 +291,7 @@ struct ReplyBody {
 }
 
 async fn reply(State(ctx): State<Arc<Ctx>>, Body(b): Body<ReplyBody>) -> Answer {
-    let to = amid(&b.to)?;
+    let to = recipient(&ctx, &b.to)?;
     let id = MessageId(id16(&b.id)?);
     let session = b.session.as_deref().map(id16).transpose()?.map(SessionId);
     let receipt = ctx.node.reply_to(&to, id, session, b.payload).await?;
@@ -278,7 +305,7 @@ struct AmidBody {
 }
 
 async fn end(State(ctx): State<Arc<Ctx>>, Body(b): Body<AmidBody>) -> Answer {
-    let peer = amid(&b.amid)?;
+    let peer = recipient(&ctx, &b.amid)?;
     let session = ctx.node.end_conversation(&peer).await?;
     Ok(Json(json!({ "session": session })))
 }
@@ -302,7 +329,7 @@ const DEFAULT_CHUNK: usize = 16 * 1024;
 
 async fn stream(State(ctx): State<Arc<Ctx>>, Body(b): Body<StreamBody>) -> Answer {
     use tokio::io::AsyncReadExt;
-    let to = amid(&b.to)?;
+    let to = recipient(&ctx, &b.to)?;
     let size = b
         .chunk_size
         .unwrap_or(DEFAULT_CHUNK)
@@ -487,28 +514,90 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
 }
 
 async fn peers(State(ctx): State<Arc<Ctx>>) -> Answer {
-    let status = ctx.node.status().await;
-    let mut peers: std::collections::BTreeMap<String, Value> = Default::default();
-    for amid in &status.known_peers {
-        peers.insert(
-            amid.to_string(),
-            json!({ "amid": amid, "sessions": 0, "path": null }),
-        );
+    Ok(Json(json!({ "peers": ctx.node.peers().await })))
+}
+
+async fn export_card(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let record = ctx.node.card_record().await.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "no card yet: the node listens on no address",
+        )
+    })?;
+    let card = crate::contacts::decode_card(&record.to_bytes().map_err(internal)?, 0)
+        .map(|(c, _)| c)
+        .map_err(internal)?;
+    Ok(Json(json!({
+        "card": crate::contacts::encode_card(&record),
+        "amid": card.amid,
+        "seq": card.seq,
+        "expires_ms": card.expires_ms,
+        "details": card,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    card: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn import_card(State(ctx): State<Arc<Ctx>>, Body(b): Body<ImportBody>) -> Answer {
+    if let Some(name) = &b.name {
+        crate::contacts::validate_name(name).map_err(name_error)?;
     }
-    for s in &status.sessions {
-        let entry = peers
-            .entry(s.peer.to_string())
-            .or_insert_with(|| json!({ "amid": s.peer, "sessions": 0, "path": null }));
-        entry["sessions"] = json!(entry["sessions"].as_u64().unwrap_or(0) + 1);
+    let card = ctx.node.import_card(b.card.as_bytes()).map_err(|e| {
+        let code = match &e {
+            CardImportError::Expired { .. } => ErrorCode::CardExpired,
+            CardImportError::Storage(_) => ErrorCode::Storage,
+            _ => ErrorCode::InvalidCard,
+        };
+        ApiError::new(code, e.to_string())
+    })?;
+    if let Some(name) = &b.name {
+        ctx.node.set_name(name, &card.amid).map_err(name_error)?;
     }
-    for c in &status.net.connected {
-        if let Some(entry) = peers.get_mut(&c.peer) {
-            entry["path"] = json!(c.path);
-        }
-    }
-    Ok(Json(
-        json!({ "peers": peers.into_values().collect::<Vec<_>>() }),
-    ))
+    Ok(Json(json!({
+        "amid": card.amid,
+        "seq": card.seq,
+        "expires_ms": card.expires_ms,
+        "name": b.name,
+        "details": card,
+    })))
+}
+
+async fn imported_cards(State(ctx): State<Arc<Ctx>>) -> Answer {
+    Ok(Json(json!({ "cards": ctx.node.imported_cards() })))
+}
+
+async fn names(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let names: Vec<Value> = ctx
+        .node
+        .names()
+        .into_iter()
+        .map(|(name, amid)| json!({ "name": name, "amid": amid }))
+        .collect();
+    Ok(Json(json!({ "names": names })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+    amid: String,
+}
+
+async fn set_name(State(ctx): State<Arc<Ctx>>, Body(b): Body<NameBody>) -> Answer {
+    let a = amid(&b.amid)?;
+    ctx.node.set_name(&b.name, &a).map_err(name_error)?;
+    Ok(Json(json!({ "name": b.name, "amid": a })))
+}
+
+async fn remove_name(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> Answer {
+    let a = ctx.node.remove_name(&name).map_err(name_error)?;
+    Ok(Json(json!({ "name": name, "amid": a })))
 }
 
 async fn sessions(State(ctx): State<Arc<Ctx>>) -> Answer {
@@ -518,7 +607,7 @@ async fn sessions(State(ctx): State<Arc<Ctx>>) -> Answer {
 }
 
 async fn lookup(State(ctx): State<Arc<Ctx>>, Path(text): Path<String>) -> Answer {
-    let a = amid(&text)?;
+    let a = recipient(&ctx, &text)?;
     match ctx.node.lookup(&a).await {
         Some(card) => Ok(Json(json!({ "card": card }))),
         None => Err(ApiError::new(
@@ -529,7 +618,7 @@ async fn lookup(State(ctx): State<Arc<Ctx>>, Path(text): Path<String>) -> Answer
 }
 
 async fn close(State(ctx): State<Arc<Ctx>>, Body(b): Body<AmidBody>) -> Answer {
-    let a = amid(&b.amid)?;
+    let a = recipient(&ctx, &b.amid)?;
     let closed = ctx.node.close_session(&a).await;
     if closed == 0 {
         return Err(ApiError::new(
@@ -541,7 +630,7 @@ async fn close(State(ctx): State<Arc<Ctx>>, Body(b): Body<AmidBody>) -> Answer {
 }
 
 async fn disconnect(State(ctx): State<Arc<Ctx>>, Body(b): Body<AmidBody>) -> Answer {
-    let a = amid(&b.amid)?;
+    let a = recipient(&ctx, &b.amid)?;
     let peer = a
         .peer_id()
         .map_err(|e| ApiError::new(ErrorCode::InvalidAmid, e.to_string()))?;
@@ -550,7 +639,7 @@ async fn disconnect(State(ctx): State<Arc<Ctx>>, Body(b): Body<AmidBody>) -> Ans
 }
 
 async fn block(State(ctx): State<Arc<Ctx>>, Body(b): Body<AmidBody>) -> Answer {
-    ctx.node.block(amid(&b.amid)?);
+    ctx.node.block(recipient(&ctx, &b.amid)?);
     ok()
 }
 
@@ -562,7 +651,7 @@ struct KillBody {
 }
 
 async fn kill(State(ctx): State<Arc<Ctx>>, Body(b): Body<KillBody>) -> Answer {
-    let target = b.amid.as_deref().map(amid).transpose()?;
+    let target = b.amid.as_deref().map(|t| recipient(&ctx, t)).transpose()?;
     ctx.node.kill(target).await;
     ok()
 }

@@ -722,6 +722,11 @@ impl Link {
                 return Ok(c.clone());
             }
         }
+        // A card imported out of band reaches the peer with no DHT.
+        if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
+            self.take_card(card.clone());
+            return Ok(card);
+        }
         let (tx, rx) = oneshot::channel();
         self.shared
             .commands

@@ -473,6 +473,26 @@ impl Actor {
                 });
                 let _ = reply.send(card);
             }
+            Command::OwnCard { reply } => {
+                let own = self.shared.amid.peer_id().ok();
+                let local = |actor: &mut Self| {
+                    let peer = own?;
+                    actor
+                        .swarm
+                        .behaviour_mut()
+                        .dht
+                        .get_local(CARD_NAMESPACE, &peer)
+                        .map(|r| r.signed)
+                };
+                let mut record = local(self);
+                if record.is_none() {
+                    // Not signed yet (no address, or the first publish is
+                    // still to come): sign and publish it now.
+                    self.publish_card(false);
+                    record = local(self);
+                }
+                let _ = reply.send(record);
+            }
             Command::Connect {
                 peer,
                 mut addrs,

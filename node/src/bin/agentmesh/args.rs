@@ -93,14 +93,27 @@ pub(crate) enum Cmd {
     /// End the conversation with an agent: an end message after everything
     /// sent before it; both sides then forget the session.
     End {
-        /// The agent.
-        amid: Amid,
+        /// The agent: an AMID or a petname.
+        amid: String,
     },
     /// Send a file as a stream of end-to-end encrypted chunks (the receiver
     /// prints its size and SHA-256 at the end).
     Stream(StreamArgs),
     /// Show sessions, known peers and network state of the running node.
     Status,
+    /// Export this agent's signed card, or import another agent's: an
+    /// imported card reaches its agent with no DHT.
+    #[command(subcommand)]
+    Card(crate::contacts::CardCmd),
+    /// Known agents: petname, presence (from their last card), last seen,
+    /// path and sessions.
+    Peers,
+    /// Name an agent locally (`agentmesh name bob am…`), or forget a name
+    /// (`--rm`); the name is then taken wherever an AMID is. Names are
+    /// never published.
+    Name(crate::contacts::NameArgs),
+    /// List the petnames.
+    Names,
     /// Print a one-time link that opens the running node's dashboard in a
     /// browser.
     Dashboard,
@@ -114,8 +127,8 @@ pub(crate) enum Cmd {
     },
     /// Block an agent on the running node.
     Block {
-        /// The AMID.
-        amid: Amid,
+        /// The agent: an AMID or a petname.
+        amid: String,
     },
     /// Set this agent's presence: online, away, dnd or offline.
     Presence {
@@ -125,19 +138,19 @@ pub(crate) enum Cmd {
     /// Look an agent's card up in the DHT (keys, addresses, capabilities,
     /// presence).
     Lookup {
-        /// The agent.
-        amid: Amid,
+        /// The agent: an AMID or a petname.
+        amid: String,
     },
     /// End every session with an agent (both sides forget it).
     Close {
-        /// The agent.
-        amid: Amid,
+        /// The agent: an AMID or a petname.
+        amid: String,
     },
     /// Close every connection to an agent; sessions stay, and the next
     /// message finds a path again.
     Disconnect {
-        /// The agent.
-        amid: Amid,
+        /// The agent: an AMID or a petname.
+        amid: String,
     },
     /// List the session receipts the running node holds (signed by both
     /// sides at the end of a conversation) and whether its registry has
@@ -239,8 +252,8 @@ pub(crate) struct RunArgs {
 /// Arguments of `send`.
 #[derive(Args)]
 pub(crate) struct SendArgs {
-    /// Recipient AMID.
-    pub(crate) to: Amid,
+    /// Recipient: an AMID or a petname (`agentmesh name`).
+    pub(crate) to: String,
     /// Payload: JSON, or plain text (sent as {"text": ...}).
     pub(crate) payload: String,
     /// Capability declared in the KNOCK.
@@ -251,8 +264,8 @@ pub(crate) struct SendArgs {
 /// Arguments of `request`.
 #[derive(Args)]
 pub(crate) struct RequestArgs {
-    /// Recipient AMID.
-    pub(crate) to: Amid,
+    /// Recipient: an AMID or a petname (`agentmesh name`).
+    pub(crate) to: String,
     /// Payload: JSON, or plain text (sent as {"text": ...}).
     pub(crate) payload: String,
     /// Capability declared in the KNOCK.
@@ -266,8 +279,8 @@ pub(crate) struct RequestArgs {
 /// Arguments of `reply`.
 #[derive(Args)]
 pub(crate) struct ReplyArgs {
-    /// The agent that sent it.
-    pub(crate) to: Amid,
+    /// The agent that sent it (an AMID or a petname).
+    pub(crate) to: String,
     /// Its message id.
     pub(crate) id: String,
     /// Payload: JSON, or plain text (sent as {"text": ...}).
@@ -281,8 +294,8 @@ pub(crate) struct ReplyArgs {
 /// Arguments of `stream`.
 #[derive(Args)]
 pub(crate) struct StreamArgs {
-    /// Recipient AMID.
-    pub(crate) to: Amid,
+    /// Recipient: an AMID or a petname (`agentmesh name`).
+    pub(crate) to: String,
     /// The file.
     pub(crate) file: PathBuf,
     /// Bytes per chunk (at most 64 KiB).
@@ -315,7 +328,7 @@ pub(crate) struct AuditArgs {
 pub(crate) struct KillArgs {
     /// The agent.
     #[arg(required_unless_present_any = ["all", "clear"])]
-    pub(crate) amid: Option<Amid>,
+    pub(crate) amid: Option<String>,
     /// Everyone: refuse all, send nothing (survives restarts).
     #[arg(long, conflicts_with = "amid")]
     pub(crate) all: bool,

@@ -8,6 +8,10 @@
 //! agentmesh request <AMID> '<json>'      send a request, print the reply
 //! agentmesh stream <AMID> <file>         send a file as a stream
 //! agentmesh status                       sessions, peers, network
+//! agentmesh card export [--out FILE]     this agent's signed card
+//! agentmesh card import <FILE|STRING>    reach an agent with no DHT
+//! agentmesh peers                        known agents, presence, path
+//! agentmesh name <NAME> <AMID>           a local petname (or --rm NAME)
 //! agentmesh register --name <name>       register with a registry
 //! agentmesh search <capability>          find agents in a registry
 //! agentmesh verify --oauth <provider>    tier 1: sign in, store credentials
@@ -20,6 +24,7 @@
 //! named by `AGENTMESH_PASSPHRASE_FILE`.
 
 mod args;
+mod contacts;
 mod identity;
 mod messaging;
 mod owner;
@@ -104,6 +109,10 @@ async fn main() -> Result<()> {
             .await
         }
         Cmd::Status => show::status(&dir, json).await,
+        Cmd::Card(c) => contacts::card(&dir, json, c).await,
+        Cmd::Peers => contacts::peers(&dir, json).await,
+        Cmd::Name(a) => contacts::name(&dir, json, a).await,
+        Cmd::Names => contacts::names(&dir, json).await,
         Cmd::Dashboard => owner::dashboard(&dir, json).await,
         Cmd::Doctor { punch } => owner::doctor(&dir, json, punch.as_ref()).await,
         Cmd::Audit(a) => show::audit(&dir, json, a).await,

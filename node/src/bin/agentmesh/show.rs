@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use agentmesh_node::{control::Request, receipts::Filing, Amid};
+use agentmesh_node::{control::Request, receipts::Filing};
 
 use crate::{
     args::{AuditArgs, CredentialsCmd, KillArgs},
@@ -106,7 +106,7 @@ pub(crate) async fn audit(dir: &Path, json: bool, a: &AuditArgs) -> Result<()> {
 }
 
 /// `agentmesh lookup`: a peer's card.
-pub(crate) async fn lookup(dir: &Path, json: bool, amid: &Amid) -> Result<()> {
+pub(crate) async fn lookup(dir: &Path, json: bool, amid: &str) -> Result<()> {
     let amid = amid.to_string();
     let resp = ask(dir, &Request::Lookup { amid }).await?;
     let card = resp.card.context("no card in response")?;
@@ -179,11 +179,7 @@ pub(crate) async fn kill(dir: &Path, a: &KillArgs) -> Result<()> {
         Request::ClearKill
     } else {
         Request::Kill {
-            amid: if *all {
-                None
-            } else {
-                amid.map(|a| a.to_string())
-            },
+            amid: if *all { None } else { amid.clone() },
         }
     };
     ask(dir, &req).await?;
