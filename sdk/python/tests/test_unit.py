@@ -142,6 +142,9 @@ ALL_CODES = {
     "stopped": (agentmesh.Stopped, 503),
     "storage": (agentmesh.StorageError, 500),
     "internal": (agentmesh.InternalError, 500),
+    "invalid_card": (agentmesh.InvalidCard, 400),
+    "card_expired": (agentmesh.CardExpired, 400),
+    "invalid_name": (agentmesh.InvalidName, 400),
 }
 
 

@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -28,6 +29,7 @@ from .models import (
     API_FILE,
     JSON,
     ApiInfo,
+    Card,
     DashboardLink,
     Event,
     Message,
@@ -46,6 +48,20 @@ Handler = Callable[[Message], Any]
 #: The passphrase file :meth:`Agent.start` creates when none is given.
 PASSPHRASE_FILE = "passphrase"
 _KEYSTORE = "identity.keystore"
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """Which messages a handler takes: of these kinds, from these senders
+    (``None``: any)."""
+
+    kinds: frozenset[str] | None = None
+    senders: frozenset[str] | None = None
+
+    def matches(self, m: Message) -> bool:
+        return (self.kinds is None or m.kind in self.kinds) and (
+            self.senders is None or m.from_ in self.senders
+        )
 
 
 def _as_list(v: str | Sequence[str] | None) -> list[str]:
@@ -117,7 +133,7 @@ class Agent:
         self.name = name or (data_dir.name if data_dir is not None else "agent")
         self.process = process
         self._on_stop = on_stop
-        self._handlers: list[Handler] = []
+        self._handlers: list[tuple[Handler, _Filter]] = []
         self._amid = client.amid
         self._runners: list[Runner] = []
         self._stop_loop = threading.Event()
@@ -383,14 +399,65 @@ class Agent:
 
     # Messages in.
 
-    def on_message(self, handler: Handler) -> Handler:
-        """Registers a message handler (usable as a decorator). Handlers run
-        in registration order on every message :meth:`run_forever` (or
-        :meth:`run_in_background`, :meth:`process_pending`) reads; the
-        message is acknowledged when they all return, released for another
-        try when one raises."""
-        self._handlers.append(handler)
-        return handler
+    @overload
+    def on_message(self, handler: Handler) -> Handler: ...
+
+    @overload
+    def on_message(
+        self,
+        handler: None = None,
+        *,
+        kind: str | Iterable[str] | None = None,
+        sender: str | Agent | Iterable[str | Agent] | None = None,
+    ) -> Callable[[Handler], Handler]: ...
+
+    def on_message(
+        self,
+        handler: Handler | None = None,
+        *,
+        kind: str | Iterable[str] | None = None,
+        sender: str | Agent | Iterable[str | Agent] | None = None,
+    ) -> Handler | Callable[[Handler], Handler]:
+        """Registers a message handler (usable as a decorator, bare or with
+        filters). Several handlers may be registered: each runs, in
+        registration order, on every message :meth:`run_forever` (or
+        :meth:`run_in_background`, :meth:`process_pending`) reads that
+        passes its filters; the message is acknowledged when they all
+        return, released for another try when one raises.
+
+        ``kind`` keeps messages of that kind (``"message"``, ``"request"``,
+        ``"reply"``, or several); ``sender`` keeps messages from that agent
+        (an AMID, a petname — resolved now, see :meth:`set_name` — an
+        :class:`Agent`, or several)::
+
+            @agent.on_message(kind="request", sender="bob")
+            def answer(msg): msg.reply({"ok": True})
+        """
+        filt = _Filter(
+            kinds=None if kind is None else frozenset([kind] if isinstance(kind, str) else kind),
+            senders=None if sender is None else frozenset(self._senders(sender)),
+        )
+
+        def register(h: Handler) -> Handler:
+            self._handlers.append((h, filt))
+            return h
+
+        if handler is not None:
+            return register(handler)
+        return register
+
+    def _senders(self, sender: str | Agent | Iterable[str | Agent]) -> list[str]:
+        items: list[str | Agent] = [sender] if isinstance(sender, (str, Agent)) else list(sender)
+        names: dict[str, str] | None = None
+        out = []
+        for s in items:
+            amid = _amid(s)
+            if not amid.startswith("am") or len(amid) < 40:
+                if names is None:
+                    names = self.names()
+                amid = names.get(amid, amid)
+            out.append(amid)
+        return out
 
     def messages(self, *, wait: float = 0.0, max: int = 32, lease: float = 30.0) -> list[Message]:
         """One read of the inbox (see :meth:`Client.messages`); acknowledge
@@ -409,8 +476,9 @@ class Agent:
         handled = 0
         for i, m in enumerate(msgs):
             try:
-                for h in self._handlers:
-                    h(m)
+                for h, f in self._handlers:
+                    if f.matches(m):
+                        h(m)
             except Exception:
                 log.exception("handler failed on message %s from %s; released", m.id, m.from_)
                 self._quietly(self.client.release, [m.id])
@@ -516,8 +584,34 @@ class Agent:
         return self.client.status()
 
     def peers(self) -> list[Peer]:
-        """Peers the node knows."""
+        """Agents the node knows (the seed's ``list_peers``): petname,
+        presence from their last card, last seen, path, sessions."""
         return self.client.peers()
+
+    def export_card(self) -> Card:
+        """This agent's signed card; ``str(card)`` is the string to hand out
+        of band (the seed's ``public_bundle``)."""
+        return self.client.export_card()
+
+    def import_card(
+        self, card: str | bytes | os.PathLike[str] | Card, *, name: str | None = None
+    ) -> Card:
+        """Imports another agent's card (the seed's ``connect_with_bundle``):
+        verified, kept by the node, and used to reach that agent with no
+        DHT. ``name`` also gives it a petname."""
+        return self.client.import_card(card, name=name)
+
+    def set_name(self, name: str, amid: str | Agent) -> None:
+        """Names an agent locally; the name is then taken wherever an AMID is."""
+        self.client.set_name(name, _amid(amid))
+
+    def remove_name(self, name: str) -> str:
+        """Forgets a petname; returns the AMID it named."""
+        return self.client.remove_name(name)
+
+    def names(self) -> dict[str, str]:
+        """Every petname and the AMID it names."""
+        return self.client.names()
 
     def sessions(self) -> list[JSON]:
         """The node's sessions."""

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
+from urllib.parse import quote
 
 import httpx
 
@@ -22,6 +23,7 @@ from .errors import BadResponse, NodeNotRunning, error_from_body
 from .models import (
     JSON,
     ApiInfo,
+    Card,
     DashboardLink,
     Event,
     EventBatch,
@@ -301,6 +303,60 @@ def _peers_answer(data: Any) -> list[Peer]:
     if not isinstance(raw, list):
         raise BadResponse("'peers' is not a list")
     return [Peer.from_json(_dict(p)) for p in raw]
+
+
+def _card_text(card: str | bytes | os.PathLike[str] | Card) -> str:
+    """A card as the API takes it: an exported string (``u...``), a
+    :class:`Card`, the bytes of the signed record, or a file holding either."""
+    if isinstance(card, Card):
+        if card.card is None:
+            raise ValueError("this Card holds no exported string")
+        return card.card
+    if isinstance(card, bytes):
+        try:
+            return _card_text(card.decode().strip())
+        except UnicodeDecodeError:
+            return "u" + base64.urlsafe_b64encode(card).decode().rstrip("=")
+    if isinstance(card, str):
+        text = card.strip()
+        if text.startswith("u") and not _is_file(text):
+            return text
+    return _card_text(Path(card).read_bytes())
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # a card string too long to be a file name
+        return False
+
+
+def _import_call(card: str | bytes | os.PathLike[str] | Card, name: str | None) -> _Call:
+    body: dict[str, Any] = {"card": _card_text(card)}
+    if name is not None:
+        body["name"] = name
+    return _post("/v1/cards", body)
+
+
+def _name_call(name: str, amid: Any) -> _Call:
+    return _post("/v1/names", {"name": name, "amid": _amid(amid)})
+
+
+def _remove_name_call(name: str) -> _Call:
+    return _Call("DELETE", f"/v1/names/{quote(name, safe='')}")
+
+
+def _names_answer(data: Any) -> dict[str, str]:
+    raw = _obj(data, "names")
+    if not isinstance(raw, list):
+        raise BadResponse("'names' is not a list")
+    out: dict[str, str] = {}
+    for n in raw:
+        d = _dict(n)
+        name, amid = d.get("name"), d.get("amid")
+        if isinstance(name, str) and isinstance(amid, str):
+            out[name] = amid
+    return out
 
 
 class _SseParser:
@@ -610,12 +666,44 @@ class Client(_Base):
         return _inbox_answer(self._do(_get("/v1/status")))
 
     def peers(self) -> list[Peer]:
-        """Peers the node knows, with the path of the open connection."""
+        """Agents the node knows (sessions, imported cards, petnames,
+        connections): petname, presence, last seen, path, sessions."""
         return _peers_answer(self._do(_get("/v1/peers")))
 
     def sessions(self) -> list[JSON]:
         """The node's sessions."""
         return list(_obj(self._do(_get("/v1/sessions")), "sessions"))
+
+    def export_card(self) -> Card:
+        """This agent's signed card (the record it publishes in the DHT).
+        ``str(card)`` is the string to hand out of band: whoever imports it
+        (:meth:`import_card`) reaches this agent with no DHT."""
+        return Card.from_json(_dict(self._do(_get("/v1/card"))))
+
+    def import_card(
+        self, card: str | bytes | os.PathLike[str] | Card, *, name: str | None = None
+    ) -> Card:
+        """Imports another agent's card (its exported string, a :class:`Card`,
+        or a file): the node verifies the signature and expiry, keeps it,
+        and reaches that agent with it before any DHT lookup. ``name`` also
+        gives the agent a petname. A forged card raises
+        :class:`InvalidCard`, an expired one :class:`CardExpired`."""
+        return Card.from_json(_dict(self._do(_import_call(card, name))))
+
+    def set_name(self, name: str, amid: Any) -> None:
+        """Names ``amid`` locally (never published): the name is then taken
+        wherever an AMID is. Names are lower case (a-z, 0-9, ``-_.``,
+        starting with a letter, at most 32); others raise
+        :class:`InvalidName`."""
+        self._do(_name_call(name, amid))
+
+    def remove_name(self, name: str) -> str:
+        """Forgets a petname; returns the AMID it named."""
+        return str(_obj(self._do(_remove_name_call(name)), "amid"))
+
+    def names(self) -> dict[str, str]:
+        """Every petname and the AMID it names."""
+        return _names_answer(self._do(_get("/v1/names")))
 
     def lookup(self, amid: str) -> JSON:
         """An agent's card from the DHT (raises :class:`NotFound` if none)."""
@@ -957,6 +1045,28 @@ class AsyncClient(_Base):
     async def sessions(self) -> list[JSON]:
         """See :meth:`Client.sessions`."""
         return list(_obj(await self._do(_get("/v1/sessions")), "sessions"))
+
+    async def export_card(self) -> Card:
+        """See :meth:`Client.export_card`."""
+        return Card.from_json(_dict(await self._do(_get("/v1/card"))))
+
+    async def import_card(
+        self, card: str | bytes | os.PathLike[str] | Card, *, name: str | None = None
+    ) -> Card:
+        """See :meth:`Client.import_card`."""
+        return Card.from_json(_dict(await self._do(_import_call(card, name))))
+
+    async def set_name(self, name: str, amid: Any) -> None:
+        """See :meth:`Client.set_name`."""
+        await self._do(_name_call(name, amid))
+
+    async def remove_name(self, name: str) -> str:
+        """See :meth:`Client.remove_name`."""
+        return str(_obj(await self._do(_remove_name_call(name)), "amid"))
+
+    async def names(self) -> dict[str, str]:
+        """See :meth:`Client.names`."""
+        return _names_answer(await self._do(_get("/v1/names")))
 
     async def lookup(self, amid: str) -> JSON:
         """See :meth:`Client.lookup`."""

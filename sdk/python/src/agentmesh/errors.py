@@ -20,12 +20,15 @@ __all__ = [
     "BadResponse",
     "BinaryNotFound",
     "Busy",
+    "CardExpired",
     "CircuitOpen",
     "DeliveryTimeout",
     "ForbiddenOrigin",
     "InternalError",
     "InvalidAmid",
+    "InvalidCard",
     "InvalidId",
+    "InvalidName",
     "InvalidPayload",
     "InvalidRecipient",
     "Killed",
@@ -222,6 +225,30 @@ class InvalidRecipient(AgentMeshError):
     """400: the AMID holds no usable key."""
 
     CODE = "invalid_recipient"
+    STATUS = 400
+
+
+@_register
+class InvalidCard(AgentMeshError):
+    """400: a card that does not verify: malformed, forged, or not a card."""
+
+    CODE = "invalid_card"
+    STATUS = 400
+
+
+@_register
+class CardExpired(AgentMeshError):
+    """400: a card whose signed expiry has passed (ask its agent for a fresh one)."""
+
+    CODE = "card_expired"
+    STATUS = 400
+
+
+@_register
+class InvalidName(AgentMeshError):
+    """400: a petname that is not valid, or could be read as an AMID."""
+
+    CODE = "invalid_name"
     STATUS = 400
 
 

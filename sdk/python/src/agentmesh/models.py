@@ -339,12 +339,24 @@ class EventBatch:
 
 @dataclass(frozen=True)
 class Peer:
-    """A peer the node knows: the path of the open connection to it (or
-    ``None``) and how many sessions it has with it."""
+    """An agent the node knows (``GET /v1/peers``): through a session, an
+    imported card, a petname or a connection.
+
+    ``path`` is the path of the open connection (``direct_quic``,
+    ``relayed``, ...) or ``None``; ``presence`` comes from the freshest card
+    the node holds of it; ``last_seen_ms`` is when it last connected, wrote
+    or acknowledged (ms since the epoch, ``None`` when not since the node
+    started); ``name`` is the local petname."""
 
     amid: str
     path: str | None = None
     sessions: int = 0
+    name: str | None = None
+    presence: str | None = None
+    last_seen_ms: int | None = None
+    card_imported: bool = False
+    card_expires_ms: int | None = None
+    session_expires_ms: int | None = None
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -352,12 +364,53 @@ class Peer:
         sessions = d.get("sessions", 0)
         if isinstance(sessions, list):
             sessions = len(sessions)
+
+        def opt_int(key: str) -> int | None:
+            v = d.get(key)
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
         return cls(
             amid=_str(d, "amid", "peer"),
             path=_opt_str(d, "path"),
             sessions=sessions if isinstance(sessions, int) else 0,
+            name=_opt_str(d, "name"),
+            presence=_opt_str(d, "presence"),
+            last_seen_ms=opt_int("last_seen_ms"),
+            card_imported=d.get("card_imported") is True,
+            card_expires_ms=opt_int("card_expires_ms"),
+            session_expires_ms=opt_int("session_expires_ms"),
             raw=dict(d),
         )
+
+
+@dataclass(frozen=True)
+class Card:
+    """An agent's signed card (``GET /v1/card``, ``POST /v1/cards``).
+
+    ``card`` is the exportable string (multibase base64url of the signed
+    DHT record): hand it out of band, and whoever imports it reaches the
+    agent with no DHT until ``expires_ms``."""
+
+    amid: str
+    seq: int
+    expires_ms: int
+    card: str | None = None
+    name: str | None = None
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Card:
+        return cls(
+            amid=_str(d, "amid", "card"),
+            seq=_int(d, "seq", "card", 0),
+            expires_ms=_int(d, "expires_ms", "card", 0),
+            card=_opt_str(d, "card"),
+            name=_opt_str(d, "name"),
+            raw=dict(d),
+        )
+
+    def __str__(self) -> str:
+        return self.card or ""
 
 
 @dataclass(frozen=True)
