@@ -8,7 +8,7 @@ import type { paths } from "./generated/openapi.js";
 /** Every route of the local API (`"/v1/send"`, `"/v1/lookup/{amid}"`, …). */
 export type ApiPath = keyof paths;
 /** The HTTP methods the local API uses. */
-export type ApiMethod = "get" | "post" | "put";
+export type ApiMethod = "get" | "post" | "put" | "delete";
 /** The methods a route takes. */
 export type MethodOf<P extends ApiPath> = {
     [M in ApiMethod]: paths[P][M] extends {
@@ -39,7 +39,7 @@ export type ApiQuery<P extends ApiPath, M extends MethodOf<P>> = Operation<P, M>
         query?: infer Q;
     };
 } ? [Q] extends [never] ? undefined : Q : undefined;
-/** The path parameters a route takes (`{amid}`). */
+/** The path parameters a route takes (`{amid}`, `{name}`). */
 export type ApiPathParams<P extends ApiPath, M extends MethodOf<P>> = Operation<P, M> extends {
     parameters: {
         path: infer Q;

@@ -6,7 +6,7 @@
  * @module
  */
 import type { ApiAnswer, ApiBody, ApiMethod, ApiPath, ApiPathParams, ApiQuery, MethodOf } from "./api.js";
-import { type ApiInfo, type Event, type EventBatch, type InboxCounts, type JsonObject, type Peer, type PolicyCheck, type Receipt, type Status, type StreamResult, Message } from "./models.js";
+import { type ApiInfo, type Card, type Event, type EventBatch, type InboxCounts, type JsonObject, type Peer, type PolicyCheck, type Receipt, type Status, type StreamResult, Message } from "./models.js";
 /**
  * Milliseconds to wait for an answer that is not a long-poll (a send waits
  * for the recipient's acknowledgement, up to a minute on the node's side).
@@ -297,8 +297,31 @@ export declare class Client {
     status(): Promise<Status>;
     /** Messages in the API's inbox: waiting, and leased to readers. */
     inboxCounts(): Promise<InboxCounts>;
-    /** Peers the node knows, with the path of the open connection. */
+    /**
+     * Agents the node knows (sessions, imported cards, petnames, connections):
+     * petname, presence, last seen, path, sessions (the seed's `list_peers`).
+     */
     peers(): Promise<Peer[]>;
+    /**
+     * This agent's signed card; `card.card` is the string to hand out of band
+     * (the seed's `public_bundle`).
+     */
+    exportCard(): Promise<Card>;
+    /**
+     * Imports another agent's card string (the seed's `connect_with_bundle`):
+     * verified (a forged one rejects with `InvalidCard`, an expired one with
+     * `CardExpired`), kept by the node and used to reach that agent with no
+     * DHT. `name` also gives it a petname.
+     */
+    importCard(card: string | Card, options?: {
+        name?: string;
+    }): Promise<Card>;
+    /** Names `amid` locally (never published); the name is then taken wherever an AMID is. */
+    setName(name: string, amid: string): Promise<void>;
+    /** Forgets a petname; resolves to the AMID it named. */
+    removeName(name: string): Promise<string>;
+    /** Every petname and the AMID it names. */
+    names(): Promise<Record<string, string>>;
     /** The node's sessions. */
     sessions(): Promise<JsonObject[]>;
     /** An agent's signed card from the DHT (rejects with `NotFound` if none). */

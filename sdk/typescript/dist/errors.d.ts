@@ -131,6 +131,21 @@ export declare class InvalidRecipient extends AgentMeshError {
     static readonly CODE = "invalid_recipient";
     static readonly STATUS = 400;
 }
+/** 400: a card that does not verify: malformed, forged, or not a card. */
+export declare class InvalidCard extends AgentMeshError {
+    static readonly CODE = "invalid_card";
+    static readonly STATUS = 400;
+}
+/** 400: a card whose signed expiry has passed (ask its agent for a fresh one). */
+export declare class CardExpired extends AgentMeshError {
+    static readonly CODE = "card_expired";
+    static readonly STATUS = 400;
+}
+/** 400: a petname that is not valid, or could be read as an AMID. */
+export declare class InvalidName extends AgentMeshError {
+    static readonly CODE = "invalid_name";
+    static readonly STATUS = 400;
+}
 /** 409: nothing to close or reply in. */
 export declare class NoSession extends AgentMeshError {
     static readonly CODE = "no_session";

@@ -128,6 +128,21 @@ export class InvalidRecipient extends AgentMeshError {
     static CODE = "invalid_recipient";
     static STATUS = 400;
 }
+/** 400: a card that does not verify: malformed, forged, or not a card. */
+export class InvalidCard extends AgentMeshError {
+    static CODE = "invalid_card";
+    static STATUS = 400;
+}
+/** 400: a card whose signed expiry has passed (ask its agent for a fresh one). */
+export class CardExpired extends AgentMeshError {
+    static CODE = "card_expired";
+    static STATUS = 400;
+}
+/** 400: a petname that is not valid, or could be read as an AMID. */
+export class InvalidName extends AgentMeshError {
+    static CODE = "invalid_name";
+    static STATUS = 400;
+}
 /** 409: nothing to close or reply in. */
 export class NoSession extends AgentMeshError {
     static CODE = "no_session";
@@ -218,6 +233,9 @@ export const ERROR_CLASSES = Object.freeze({
     stopped: Stopped,
     storage: StorageError,
     internal: InternalError,
+    invalid_card: InvalidCard,
+    card_expired: CardExpired,
+    invalid_name: InvalidName,
 });
 /** The error class of a code ({@link AgentMeshError} when unknown). */
 export function errorClass(code) {

@@ -196,15 +196,42 @@ export declare function eventBatchFromJson(v: unknown): EventBatch;
  * and how many sessions it has with it.
  */
 export interface Peer {
-    /** The peer's AMID. */
+    /** The agent's AMID. */
     readonly amid: string;
-    /** The path of the open connection, if any. */
+    /** The path of the open connection (`direct_quic`, `relayed`, …), if any. */
     readonly path: string | null;
     /** Sessions with it. */
     readonly sessions: number;
+    /** Our local petname for it. */
+    readonly name: string | null;
+    /** Its presence, from the freshest card the node holds of it. */
+    readonly presence: string | null;
+    /** When it last connected, wrote or acknowledged (ms since the epoch). */
+    readonly lastSeenMs: number | null;
+    /** Whether a card of it was imported out of band. */
+    readonly cardImported: boolean;
 }
 /** Reads a {@link Peer}. */
 export declare function peerFromJson(v: unknown): Peer;
+/**
+ * An agent's signed card (`GET /v1/card`, `POST /v1/cards`). `card` is the
+ * string to hand out of band: whoever imports it reaches the agent with no
+ * DHT until `expiresMs`.
+ */
+export interface Card {
+    /** The agent. */
+    readonly amid: string;
+    /** The record's sequence number. */
+    readonly seq: number;
+    /** Its expiry, ms since the epoch. */
+    readonly expiresMs: number;
+    /** The exported string (multibase base64url, `u…`), when exported. */
+    readonly card: string | null;
+    /** The petname given on import. */
+    readonly name: string | null;
+}
+/** Reads a {@link Card}. */
+export declare function cardFromJson(v: unknown): Card;
 /** What a KNOCK policy would decide on a KNOCK (`POST /v1/policy/check`). */
 export interface PolicyCheck {
     /** Whether the KNOCK would be accepted. */

@@ -247,6 +247,10 @@ export function eventBatchFromJson(v) {
         dropped: typeof dropped === "number" ? dropped : 0,
     };
 }
+function optInt(d, key) {
+    const v = d[key];
+    return typeof v === "number" && Number.isInteger(v) ? v : null;
+}
 /** Reads a {@link Peer}. */
 export function peerFromJson(v) {
     const d = object(v, "peer");
@@ -255,6 +259,21 @@ export function peerFromJson(v) {
         amid: str(d, "amid", "peer"),
         path: optStr(d, "path"),
         sessions: typeof s === "number" ? s : Array.isArray(s) ? s.length : 0,
+        name: optStr(d, "name"),
+        presence: optStr(d, "presence"),
+        lastSeenMs: optInt(d, "last_seen_ms"),
+        cardImported: d["card_imported"] === true,
+    };
+}
+/** Reads a {@link Card}. */
+export function cardFromJson(v) {
+    const d = object(v, "card");
+    return {
+        amid: str(d, "amid", "card"),
+        seq: int(d, "seq", "card", 0),
+        expiresMs: int(d, "expires_ms", "card", 0),
+        card: optStr(d, "card"),
+        name: optStr(d, "name"),
     };
 }
 /** Reads a {@link PolicyCheck}. */

@@ -11,7 +11,7 @@ import type { paths } from "./generated/openapi.js";
 export type ApiPath = keyof paths;
 
 /** The HTTP methods the local API uses. */
-export type ApiMethod = "get" | "post" | "put";
+export type ApiMethod = "get" | "post" | "put" | "delete";
 
 /** The methods a route takes. */
 export type MethodOf<P extends ApiPath> = {
@@ -39,7 +39,7 @@ export type ApiQuery<P extends ApiPath, M extends MethodOf<P>> =
       : Q
     : undefined;
 
-/** The path parameters a route takes (`{amid}`). */
+/** The path parameters a route takes (`{amid}`, `{name}`). */
 export type ApiPathParams<P extends ApiPath, M extends MethodOf<P>> =
   Operation<P, M> extends { parameters: { path: infer Q } }
     ? [Q] extends [never]

@@ -13,6 +13,7 @@ import type { ApiAnswer, ApiBody, ApiMethod, ApiPath, ApiPathParams, ApiQuery, M
 import { AgentMeshError, BadResponse, NodeNotRunning, errorFromBody } from "./errors.js";
 import {
   type ApiInfo,
+  type Card,
   type Event,
   type EventBatch,
   type InboxCounts,
@@ -23,6 +24,7 @@ import {
   type Status,
   type StreamResult,
   Message,
+  cardFromJson,
   eventBatchFromJson,
   eventFromJson,
   isObject,
@@ -702,9 +704,54 @@ export class Client {
     return { ready: n("ready"), leased: n("leased") };
   }
 
-  /** Peers the node knows, with the path of the open connection. */
+  /**
+   * Agents the node knows (sessions, imported cards, petnames, connections):
+   * petname, presence, last seen, path, sessions (the seed's `list_peers`).
+   */
   async peers(): Promise<Peer[]> {
     return (await this.api("get", "/v1/peers")).peers.map(peerFromJson);
+  }
+
+  /**
+   * This agent's signed card; `card.card` is the string to hand out of band
+   * (the seed's `public_bundle`).
+   */
+  async exportCard(): Promise<Card> {
+    return cardFromJson(await this.api("get", "/v1/card"));
+  }
+
+  /**
+   * Imports another agent's card string (the seed's `connect_with_bundle`):
+   * verified (a forged one rejects with `InvalidCard`, an expired one with
+   * `CardExpired`), kept by the node and used to reach that agent with no
+   * DHT. `name` also gives it a petname.
+   */
+  async importCard(card: string | Card, options: { name?: string } = {}): Promise<Card> {
+    const text = typeof card === "string" ? card.trim() : card.card;
+    if (!text) throw new TypeError("a card string is needed");
+    const body: { card: string; name?: string } = { card: text };
+    if (options.name !== undefined) body.name = options.name;
+    return cardFromJson(await this.api("post", "/v1/cards", { body }));
+  }
+
+  /** Names `amid` locally (never published); the name is then taken wherever an AMID is. */
+  async setName(name: string, amid: string): Promise<void> {
+    await this.api("post", "/v1/names", { body: { name, amid } });
+  }
+
+  /** Forgets a petname; resolves to the AMID it named. */
+  async removeName(name: string): Promise<string> {
+    const data = await this.api("delete", "/v1/names/{name}", { params: { name } });
+    const amid = object(data, "name")["amid"];
+    if (typeof amid !== "string") throw new BadResponse("name: 'amid' is missing");
+    return amid;
+  }
+
+  /** Every petname and the AMID it names. */
+  async names(): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const n of (await this.api("get", "/v1/names")).names) out[n.name] = n.amid;
+    return out;
   }
 
   /** The node's sessions. */

@@ -170,6 +170,24 @@ export class InvalidRecipient extends AgentMeshError {
   static override readonly STATUS = 400;
 }
 
+/** 400: a card that does not verify: malformed, forged, or not a card. */
+export class InvalidCard extends AgentMeshError {
+  static override readonly CODE = "invalid_card";
+  static override readonly STATUS = 400;
+}
+
+/** 400: a card whose signed expiry has passed (ask its agent for a fresh one). */
+export class CardExpired extends AgentMeshError {
+  static override readonly CODE = "card_expired";
+  static override readonly STATUS = 400;
+}
+
+/** 400: a petname that is not valid, or could be read as an AMID. */
+export class InvalidName extends AgentMeshError {
+  static override readonly CODE = "invalid_name";
+  static override readonly STATUS = 400;
+}
+
 /** 409: nothing to close or reply in. */
 export class NoSession extends AgentMeshError {
   static override readonly CODE = "no_session";
@@ -278,6 +296,9 @@ export const ERROR_CLASSES: Readonly<Record<ErrorCode, AgentMeshErrorClass>> = O
   stopped: Stopped,
   storage: StorageError,
   internal: InternalError,
+  invalid_card: InvalidCard,
+  card_expired: CardExpired,
+  invalid_name: InvalidName,
 });
 
 /** The error class of a code ({@link AgentMeshError} when unknown). */

@@ -392,12 +392,25 @@ export function eventBatchFromJson(v: unknown): EventBatch {
  * and how many sessions it has with it.
  */
 export interface Peer {
-  /** The peer's AMID. */
+  /** The agent's AMID. */
   readonly amid: string;
-  /** The path of the open connection, if any. */
+  /** The path of the open connection (`direct_quic`, `relayed`, …), if any. */
   readonly path: string | null;
   /** Sessions with it. */
   readonly sessions: number;
+  /** Our local petname for it. */
+  readonly name: string | null;
+  /** Its presence, from the freshest card the node holds of it. */
+  readonly presence: string | null;
+  /** When it last connected, wrote or acknowledged (ms since the epoch). */
+  readonly lastSeenMs: number | null;
+  /** Whether a card of it was imported out of band. */
+  readonly cardImported: boolean;
+}
+
+function optInt(d: Record<string, unknown>, key: string): number | null {
+  const v = d[key];
+  return typeof v === "number" && Number.isInteger(v) ? v : null;
 }
 
 /** Reads a {@link Peer}. */
@@ -408,6 +421,40 @@ export function peerFromJson(v: unknown): Peer {
     amid: str(d, "amid", "peer"),
     path: optStr(d, "path"),
     sessions: typeof s === "number" ? s : Array.isArray(s) ? s.length : 0,
+    name: optStr(d, "name"),
+    presence: optStr(d, "presence"),
+    lastSeenMs: optInt(d, "last_seen_ms"),
+    cardImported: d["card_imported"] === true,
+  };
+}
+
+/**
+ * An agent's signed card (`GET /v1/card`, `POST /v1/cards`). `card` is the
+ * string to hand out of band: whoever imports it reaches the agent with no
+ * DHT until `expiresMs`.
+ */
+export interface Card {
+  /** The agent. */
+  readonly amid: string;
+  /** The record's sequence number. */
+  readonly seq: number;
+  /** Its expiry, ms since the epoch. */
+  readonly expiresMs: number;
+  /** The exported string (multibase base64url, `u…`), when exported. */
+  readonly card: string | null;
+  /** The petname given on import. */
+  readonly name: string | null;
+}
+
+/** Reads a {@link Card}. */
+export function cardFromJson(v: unknown): Card {
+  const d = object(v, "card");
+  return {
+    amid: str(d, "amid", "card"),
+    seq: int(d, "seq", "card", 0),
+    expiresMs: int(d, "expires_ms", "card", 0),
+    card: optStr(d, "card"),
+    name: optStr(d, "name"),
   };
 }
 

@@ -18,7 +18,9 @@ import {
   type Event,
   ForbiddenOrigin,
   InvalidAmid,
+  InvalidCard,
   InvalidId,
+  InvalidName,
   InvalidPayload,
   Killed,
   LocalMesh,
@@ -354,6 +356,26 @@ describe("against real nodes", { skip: skipWithoutBinaries() }, () => {
     assert.ok(Array.isArray(await alice.sessions()));
     assert.equal(typeof (await alice.client.openapi())["paths"], "object");
     await drain(bob);
+  });
+
+  it("exports and imports cards, names agents, and sends to a name", async () => {
+    const card = await bob.client.exportCard();
+    assert.equal(card.amid, bob.amid);
+    assert.ok(card.card?.startsWith("u"));
+    await assert.rejects(dave.client.importCard("unot-a-card"), InvalidCard);
+    await assert.rejects(dave.client.setName("Bob", bob.amid), InvalidName);
+    const imported = await dave.client.importCard(card, { name: "bob" });
+    assert.equal(imported.amid, bob.amid);
+    assert.equal((await dave.client.names())["bob"], bob.amid);
+    const receipt = await dave.client.send("bob", { text: "to a name" });
+    assert.equal(receipt.to, bob.amid);
+    await waitMessage(bob, (m) => m.id === receipt.id);
+    const peer = (await dave.peers()).find((p) => p.amid === bob.amid);
+    assert.equal(peer?.name, "bob");
+    assert.equal(peer?.cardImported, true);
+    assert.equal(peer?.presence, "online");
+    assert.equal(await dave.client.removeName("bob"), bob.amid);
+    await assert.rejects(dave.client.removeName("bob"), NotFound);
   });
 
   it("searches the registry", async () => {

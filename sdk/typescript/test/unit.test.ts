@@ -18,6 +18,9 @@ import {
   ERROR_CLASSES,
   ForbiddenOrigin,
   InternalError,
+  InvalidCard,
+  CardExpired,
+  InvalidName,
   InvalidAmid,
   InvalidId,
   InvalidPayload,
@@ -70,6 +73,9 @@ const EXPECTED: [string, typeof AgentMeshError, number][] = [
   ["stopped", Stopped, 503],
   ["storage", StorageError, 500],
   ["internal", InternalError, 500],
+  ["invalid_card", InvalidCard, 400],
+  ["card_expired", CardExpired, 400],
+  ["invalid_name", InvalidName, 400],
 ];
 
 describe("errors", () => {

@@ -89,6 +89,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/card": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Export this agent's signed card (the DHT record) as a string to hand out of band */
+        get: operations["get_v1_card"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/cards": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The imported cards still valid */
+        get: operations["get_v1_cards"];
+        put?: never;
+        /** Import another agent's signed card (verified: signature, expiry); it is then reached with no DHT */
+        post: operations["post_v1_cards"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/close": {
         parameters: {
             query?: never;
@@ -327,6 +362,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/names": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Local petnames and the AMIDs they name */
+        get: operations["get_v1_names"];
+        put?: never;
+        /** Name an agent locally (never published); a petname is then taken wherever an AMID is */
+        post: operations["post_v1_names"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/names/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Forget a petname */
+        delete: operations["delete_v1_names__name_"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/openapi.json": {
         parameters: {
             query?: never;
@@ -351,7 +421,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Peers with sessions or connections, and their paths */
+        /** Known agents (sessions, imported cards, petnames, connections): presence, last seen, path, sessions, petname */
         get: operations["get_v1_peers"];
         put?: never;
         post?: never;
@@ -632,7 +702,7 @@ export interface components {
         Error: {
             error: {
                 /** @enum {unknown} */
-                code: "unauthorized" | "forbidden_origin" | "bad_host" | "bad_request" | "invalid_amid" | "invalid_id" | "payload_too_large" | "not_found" | "method_not_allowed" | "rejected" | "invalid_payload" | "invalid_recipient" | "no_session" | "delivery_timeout" | "not_acknowledged" | "reply_timeout" | "unreachable" | "circuit_open" | "busy" | "killed" | "stopped" | "storage" | "internal";
+                code: "unauthorized" | "forbidden_origin" | "bad_host" | "bad_request" | "invalid_amid" | "invalid_id" | "payload_too_large" | "not_found" | "method_not_allowed" | "rejected" | "invalid_payload" | "invalid_recipient" | "no_session" | "delivery_timeout" | "not_acknowledged" | "reply_timeout" | "unreachable" | "circuit_open" | "busy" | "killed" | "stopped" | "storage" | "internal" | "invalid_card" | "card_expired" | "invalid_name";
                 message: string;
                 reason?: string;
                 retry_after_ms?: number;
@@ -644,6 +714,25 @@ export interface components {
             };
             id: number;
             ts_ms: number;
+        };
+        KnownPeer: {
+            amid: string;
+            card_expires_ms?: number | null;
+            /** @description A card of it was imported out of band */
+            card_imported: boolean;
+            /** @description Last connected, wrote or acknowledged (since the node started) */
+            last_seen_ms?: number | null;
+            /** @description Our petname for it */
+            name?: string | null;
+            /** @description The connection's path, when connected */
+            path?: string | null;
+            /**
+             * @description From the freshest card held
+             * @enum {string|null}
+             */
+            presence?: "online" | "away" | "dnd" | "offline" | null;
+            session_expires_ms?: number | null;
+            sessions: number;
         };
         Message: {
             deliveries?: number;
@@ -657,6 +746,10 @@ export interface components {
             seq: number;
             session: string;
             ts_ms: number;
+        };
+        Name: {
+            amid: string;
+            name: string;
         };
         PeerProbe: {
             addr?: string | null;
@@ -847,6 +940,117 @@ export interface operations {
                 };
                 content: {
                     "application/json": Record<string, never>;
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_v1_card: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        amid: string;
+                        /** @description multibase base64url (`u…`) of the signed record */
+                        card: string;
+                        details?: Record<string, never>;
+                        expires_ms: number;
+                        seq: number;
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_v1_cards: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        cards: Record<string, never>[];
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    post_v1_cards: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description an exported card string */
+                    card: string;
+                    /** @description a petname to give the agent */
+                    name?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        amid: string;
+                        details?: Record<string, never>;
+                        expires_ms: number;
+                        name?: string | null;
+                        seq: number;
+                    };
                 };
             };
             /** @description An error */
@@ -1396,6 +1600,104 @@ export interface operations {
             };
         };
     };
+    get_v1_names: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        names: components["schemas"]["Name"][];
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    post_v1_names: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    amid: string;
+                    name: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Name"];
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    delete_v1_names__name_: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Name"];
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     get_v1_openapi_json: {
         parameters: {
             query?: never;
@@ -1441,11 +1743,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        peers: {
-                            amid: string;
-                            path?: string | null;
-                            sessions: number;
-                        }[];
+                        peers: components["schemas"]["KnownPeer"][];
                     };
                 };
             };
