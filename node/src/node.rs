@@ -50,7 +50,7 @@ use crate::{
     content::{Content, Kind},
     credentials::Credentials,
     envelope::{MessageId, SessionId},
-    events::{Message, NodeEvent, Receipt},
+    events::{Message, MessageKind, NodeEvent, Receipt},
     identity::{Amid, Identity},
     keystore::{KdfParams, Keystore, KeystoreError, Passphrase},
     knock::{Intent, RejectReason},
@@ -724,6 +724,47 @@ async fn track_last_seen(shared: Arc<Shared>) {
     }
 }
 
+/// Which messages a handler registered with [`Node::on_message_filtered`]
+/// gets: of these kinds, from these senders (empty: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageFilter {
+    /// The kinds taken; empty for all.
+    pub kinds: Vec<MessageKind>,
+    /// The senders taken; empty for all.
+    pub from: Vec<Amid>,
+}
+
+impl MessageFilter {
+    /// Also takes messages of `kind` (a filter with no kind takes all).
+    pub fn kind(mut self, kind: MessageKind) -> Self {
+        self.kinds.push(kind);
+        self
+    }
+
+    /// Also takes messages from `amid` (a filter with no sender takes all).
+    pub fn from(mut self, amid: Amid) -> Self {
+        self.from.push(amid);
+        self
+    }
+
+    /// Whether `m` passes.
+    pub fn matches(&self, m: &Message) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&m.kind))
+            && (self.from.is_empty() || self.from.contains(&m.from))
+    }
+}
+
+/// The handlers registered with [`Node::on_message`], shared with the task
+/// that runs them.
+type HandlerList = Arc<Mutex<Vec<Registered>>>;
+
+/// A handler and its filter.
+struct Registered {
+    filter: MessageFilter,
+    handler: Box<dyn FnMut(Message) + Send>,
+}
+
 /// A message on its way to the application, with its inbox key.
 struct Delivery {
     /// Inbox key; `None` for stream chunks and ends, which are not stored.
@@ -954,6 +995,8 @@ impl NodeBuilder {
 pub struct Node {
     shared: Arc<Shared>,
     inbox: Arc<Mutex<Option<mpsc::Receiver<Delivery>>>>,
+    /// The handlers [`Node::on_message`] registered, once one was.
+    handlers: Arc<Mutex<Option<HandlerList>>>,
     streams: Arc<Mutex<Option<mpsc::Receiver<StreamReceiver>>>>,
     _guard: Arc<DropGuard>,
 }
@@ -1255,6 +1298,7 @@ impl Node {
             _guard: Arc::new(DropGuard(cancel)),
             shared,
             inbox: Arc::new(Mutex::new(Some(inbox_rx))),
+            handlers: Arc::new(Mutex::new(None)),
             streams: Arc::new(Mutex::new(Some(streams_rx))),
         })
     }
@@ -1328,17 +1372,43 @@ impl Node {
     }
 
     /// Calls `handler` for every received message, in order, on a task.
-    /// Takes the inbox: returns `false` if it was already taken.
-    pub fn on_message<F>(&self, mut handler: F) -> bool
+    /// Several handlers may be registered: each gets every message (a copy),
+    /// in registration order. The first registration takes the inbox:
+    /// returns `false` if [`Node::messages`] took it already.
+    pub fn on_message<F>(&self, handler: F) -> bool
     where
         F: FnMut(Message) + Send + 'static,
     {
+        self.on_message_filtered(MessageFilter::default(), handler)
+    }
+
+    /// [`Node::on_message`] for the messages that pass `filter` only (of
+    /// some kinds, from some senders).
+    pub fn on_message_filtered<F>(&self, filter: MessageFilter, handler: F) -> bool
+    where
+        F: FnMut(Message) + Send + 'static,
+    {
+        let entry = Registered {
+            filter,
+            handler: Box::new(handler),
+        };
+        let mut slot = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = slot.as_ref() {
+            list.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+            return true;
+        }
         let Some(mut inbox) = self.messages() else {
             return false;
         };
+        // Registered before the first message can be read.
+        let list = Arc::new(Mutex::new(vec![entry]));
+        *slot = Some(list.clone());
         tokio::spawn(async move {
             while let Some(m) = inbox.recv().await {
-                handler(m);
+                let mut handlers = list.lock().unwrap_or_else(|e| e.into_inner());
+                for h in handlers.iter_mut().filter(|h| h.filter.matches(&m)) {
+                    (h.handler)(m.clone());
+                }
             }
         });
         true
