@@ -10,7 +10,7 @@
  * @module
  */
 import { Client, type AuditOptions, type CheckPolicyOptions, type Diagnostics, type MessagesOptions, type Presence, type Recipient, type RegistryStanding, type RequestOptions, type SearchOptions, type SearchResults, type SendOptions, type StreamOptions, type Timeseries } from "./client.js";
-import { type ApiInfo, type Event, type JsonObject, type Message, type Peer, type PolicyCheck, type Receipt, type ReplyOptions, type Status, type StreamResult } from "./models.js";
+import { type ApiInfo, type Card, type Event, type JsonObject, type Message, type Peer, type PolicyCheck, type Receipt, type ReplyOptions, type Status, type StreamResult } from "./models.js";
 import { NodeProcess } from "./process.js";
 /** The passphrase file {@link Agent.start} creates when none is given. */
 export declare const PASSPHRASE_FILE = "passphrase";
@@ -212,8 +212,20 @@ export declare class Agent {
     events(options?: AgentEventsOptions): AsyncGenerator<Event, void, undefined>;
     /** The node's status. */
     status(): Promise<Status>;
-    /** Peers the node knows. */
+    /** Agents the node knows (the seed's `list_peers`): petname, presence, last seen, path, sessions. */
     peers(): Promise<Peer[]>;
+    /** This agent's signed card; `card.card` is the string to hand out of band (the seed's `public_bundle`). */
+    exportCard(): Promise<Card>;
+    /** Imports another agent's card (the seed's `connect_with_bundle`): it is then reached with no DHT. */
+    importCard(card: string | Card, options?: {
+        name?: string;
+    }): Promise<Card>;
+    /** Names an agent locally (never published); the name is then taken wherever an AMID is. */
+    setName(name: string, amid: Recipient): Promise<void>;
+    /** Forgets a petname; resolves to the AMID it named. */
+    removeName(name: string): Promise<string>;
+    /** Every petname and the AMID it names. */
+    names(): Promise<Record<string, string>>;
     /** The node's sessions. */
     sessions(): Promise<JsonObject[]>;
     /** An agent's signed card, from the DHT (`NotFound` if none). */

@@ -444,9 +444,29 @@ export class Agent {
     status() {
         return this.client.status();
     }
-    /** Peers the node knows. */
+    /** Agents the node knows (the seed's `list_peers`): petname, presence, last seen, path, sessions. */
     peers() {
         return this.client.peers();
+    }
+    /** This agent's signed card; `card.card` is the string to hand out of band (the seed's `public_bundle`). */
+    exportCard() {
+        return this.client.exportCard();
+    }
+    /** Imports another agent's card (the seed's `connect_with_bundle`): it is then reached with no DHT. */
+    importCard(card, options = {}) {
+        return this.client.importCard(card, options);
+    }
+    /** Names an agent locally (never published); the name is then taken wherever an AMID is. */
+    setName(name, amid) {
+        return this.client.setName(name, amidOf(amid));
+    }
+    /** Forgets a petname; resolves to the AMID it named. */
+    removeName(name) {
+        return this.client.removeName(name);
+    }
+    /** Every petname and the AMID it names. */
+    names() {
+        return this.client.names();
     }
     /** The node's sessions. */
     sessions() {

@@ -37,6 +37,7 @@ import { AgentMeshError, NodeNotRunning } from "./errors.js";
 import {
   API_FILE,
   type ApiInfo,
+  type Card,
   type Event,
   type JsonObject,
   type Message,
@@ -575,9 +576,34 @@ export class Agent {
     return this.client.status();
   }
 
-  /** Peers the node knows. */
+  /** Agents the node knows (the seed's `list_peers`): petname, presence, last seen, path, sessions. */
   peers(): Promise<Peer[]> {
     return this.client.peers();
+  }
+
+  /** This agent's signed card; `card.card` is the string to hand out of band (the seed's `public_bundle`). */
+  exportCard(): Promise<Card> {
+    return this.client.exportCard();
+  }
+
+  /** Imports another agent's card (the seed's `connect_with_bundle`): it is then reached with no DHT. */
+  importCard(card: string | Card, options: { name?: string } = {}): Promise<Card> {
+    return this.client.importCard(card, options);
+  }
+
+  /** Names an agent locally (never published); the name is then taken wherever an AMID is. */
+  setName(name: string, amid: Recipient): Promise<void> {
+    return this.client.setName(name, amidOf(amid));
+  }
+
+  /** Forgets a petname; resolves to the AMID it named. */
+  removeName(name: string): Promise<string> {
+    return this.client.removeName(name);
+  }
+
+  /** Every petname and the AMID it names. */
+  names(): Promise<Record<string, string>> {
+    return this.client.names();
   }
 
   /** The node's sessions. */

@@ -359,14 +359,14 @@ describe("against real nodes", { skip: skipWithoutBinaries() }, () => {
   });
 
   it("exports and imports cards, names agents, and sends to a name", async () => {
-    const card = await bob.client.exportCard();
+    const card = await bob.exportCard();
     assert.equal(card.amid, bob.amid);
     assert.ok(card.card?.startsWith("u"));
     await assert.rejects(dave.client.importCard("unot-a-card"), InvalidCard);
     await assert.rejects(dave.client.setName("Bob", bob.amid), InvalidName);
-    const imported = await dave.client.importCard(card, { name: "bob" });
+    const imported = await dave.importCard(card, { name: "bob" });
     assert.equal(imported.amid, bob.amid);
-    assert.equal((await dave.client.names())["bob"], bob.amid);
+    assert.equal((await dave.names())["bob"], bob.amid);
     const receipt = await dave.client.send("bob", { text: "to a name" });
     assert.equal(receipt.to, bob.amid);
     await waitMessage(bob, (m) => m.id === receipt.id);
@@ -374,7 +374,7 @@ describe("against real nodes", { skip: skipWithoutBinaries() }, () => {
     assert.equal(peer?.name, "bob");
     assert.equal(peer?.cardImported, true);
     assert.equal(peer?.presence, "online");
-    assert.equal(await dave.client.removeName("bob"), bob.amid);
+    assert.equal(await dave.removeName("bob"), bob.amid);
     await assert.rejects(dave.client.removeName("bob"), NotFound);
   });
 
