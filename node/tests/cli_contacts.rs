@@ -186,6 +186,11 @@ async fn a_card_imported_out_of_band_reaches_its_agent_with_no_dht() {
         .await;
     assert_eq!(got["from"], alice.amid.as_str());
 
+    // `lookup` finds the imported card with no DHT to ask.
+    let card: Value =
+        serde_json::from_str(&cli(&alice.dir, &["--json", "lookup", "bob"]).await).unwrap();
+    assert_eq!(card["amid"], bob.amid.as_str());
+
     // Names: listed, used by `peers`, forgotten.
     cli(&alice.dir, &["name", "robert", &bob.amid]).await;
     let names: Value = serde_json::from_str(&cli(&alice.dir, &["--json", "names"]).await).unwrap();

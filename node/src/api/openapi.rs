@@ -257,7 +257,7 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
             ),
         },
         ("GET", "/v1/lookup/{amid}") => Op {
-            summary: "Look an agent's signed card up in the DHT",
+            summary: "Look an agent's signed card up in the DHT (else the card imported out of band, if any)",
             body: None,
             query: &[],
             answer: obj(&["card"], json!({ "card": { "type": "object" } })),

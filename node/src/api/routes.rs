@@ -608,7 +608,12 @@ async fn sessions(State(ctx): State<Arc<Ctx>>) -> Answer {
 
 async fn lookup(State(ctx): State<Arc<Ctx>>, Path(text): Path<String>) -> Answer {
     let a = recipient(&ctx, &text)?;
-    match ctx.node.lookup(&a).await {
+    // The DHT's card, else one imported out of band.
+    let found = match ctx.node.lookup(&a).await {
+        Some(card) => Some(card),
+        None => ctx.node.imported_cards().into_iter().find(|c| c.amid == a),
+    };
+    match found {
         Some(card) => Ok(Json(json!({ "card": card }))),
         None => Err(ApiError::new(
             ErrorCode::NotFound,

@@ -301,7 +301,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Look an agent's signed card up in the DHT */
+        /** Look an agent's signed card up in the DHT (else the card imported out of band, if any) */
         get: operations["get_v1_lookup__amid_"];
         put?: never;
         post?: never;
