@@ -1,5 +1,6 @@
 //! A bootstrap node with its registry on sled (the default), killed with
-//! SIGKILL while registrations flow and started again on the same data:
+//! SIGKILL while registrations flow (at several points, one per round) and
+//! started again on the same data each time:
 //! every registration it acknowledged is there, and every tree head it
 //! signed before the crash is consistent with the log after it (no fork).
 
@@ -32,64 +33,97 @@ fn head_of(v: Value, root: &Amid) -> SignedTreeHead {
     head
 }
 
+/// After how many acknowledged registrations each round kills the process.
+const KILL_AFTER: [usize; 5] = [1, 2, 4, 6, 9];
+/// Registrations sent at once in each round. With the reads that follow,
+/// a round stays within the registry's rate limit for one client (a burst
+/// of 120), which a restart resets.
+const AT_ONCE: usize = 16;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_killed_mid_request_loses_nothing_acknowledged_and_its_log_does_not_fork() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = start(dir.path(), PASS, &["--http", "127.0.0.1:0"]).await;
-    let root: Amid = a.root.parse().unwrap();
-    let http = Http::new(&a.url);
+    let mut server = start(dir.path(), PASS, &["--http", "127.0.0.1:0"]).await;
+    let root: Amid = server.root.parse().unwrap();
+    let mut acknowledged: Vec<Amid> = Vec::new();
+    let mut heads: Vec<SignedTreeHead> = Vec::new();
 
-    // Registrations flow, 32 at once; each acknowledged one is followed by
-    // a read of the signed head. The process is killed after the eighth.
-    let flowing: Vec<Identity> = (0..32).map(|_| Identity::generate()).collect();
-    let http_ref = &http;
-    let mut sends = futures::stream::FuturesUnordered::new();
-    for (i, who) in flowing.iter().enumerate() {
-        let body = register(who);
-        sends.push(async move {
-            let r = http_ref
-                .try_call("POST", "/v1/registry/register", Some(body))
-                .await;
-            let head = match r {
-                Some((200, _)) => http_ref.try_call("GET", "/v1/log/head", None).await,
-                _ => None,
-            };
-            (i, r.map(|(s, _)| s).unwrap_or(0), head)
-        });
-    }
-    let mut acknowledged = Vec::new();
-    let mut heads = Vec::new();
-    let mut killed = false;
-    while let Some((i, status, head)) = sends.next().await {
+    for kill_after in KILL_AFTER {
+        // Registrations flow, all at once; each acknowledged one is
+        // followed by a read of the signed head. The process is killed
+        // after the `kill_after`-th.
+        let http = Http::new(&server.url);
+        let flowing: Vec<Identity> = (0..AT_ONCE).map(|_| Identity::generate()).collect();
+        let http_ref = &http;
+        let mut sends = futures::stream::FuturesUnordered::new();
+        for (i, who) in flowing.iter().enumerate() {
+            let body = register(who);
+            sends.push(async move {
+                let r = http_ref
+                    .try_call("POST", "/v1/registry/register", Some(body))
+                    .await;
+                let head = match r {
+                    Some((200, _)) => http_ref.try_call("GET", "/v1/log/head", None).await,
+                    _ => None,
+                };
+                (i, r.map(|(s, _)| s).unwrap_or(0), head)
+            });
+        }
+        let mut acked_now = Vec::new();
+        let mut round_head: Option<SignedTreeHead> = None;
+        let mut killed = false;
+        while let Some((i, status, head)) = sends.next().await {
+            assert!(
+                // 429: the registry's own limits on one client's writes.
+                matches!(status, 0 | 200 | 429) || status >= 500,
+                "a clean answer or none: {status}"
+            );
+            if status == 200 {
+                acked_now.push(flowing[i].amid());
+            }
+            if let Some((200, v)) = head {
+                let head = head_of(v, &root);
+                if round_head.as_ref().is_none_or(|h| h.size < head.size) {
+                    round_head = Some(head);
+                }
+            }
+            if !killed && acked_now.len() >= kill_after {
+                server.child.start_kill().unwrap();
+                killed = true;
+            }
+        }
         assert!(
-            matches!(status, 0 | 200) || status >= 500,
-            "a clean answer or none: {status}"
+            killed,
+            "killed while registrations flowed (after {kill_after})"
         );
-        if status == 200 {
-            acknowledged.push(flowing[i].amid());
-        }
-        if let Some((200, v)) = head {
-            heads.push(head_of(v, &root));
-        }
-        if !killed && acknowledged.len() >= 8 {
-            a.child.start_kill().unwrap();
-            killed = true;
-        }
-    }
-    let _ = a.child.wait().await;
-    assert!(killed, "killed while registrations flowed");
-    assert!(!heads.is_empty(), "heads were read before the kill");
+        let _ = server.child.wait().await;
+        heads.extend(round_head);
 
-    // Started again on the same data.
-    let b = start(dir.path(), PASS, &["--http", "127.0.0.1:0"]).await;
-    assert_eq!(b.root, a.root, "same root key");
-    let http = Http::new(&b.url);
+        // Started again on the same data: what this round acknowledged is
+        // there.
+        let again = start(dir.path(), PASS, &["--http", "127.0.0.1:0"]).await;
+        assert_eq!(again.root, server.root, "same root key");
+        server = again;
+        let http = Http::new(&server.url);
+        for amid in &acked_now {
+            let (s, v) = http.get(&format!("/v1/registry/lookup?amid={amid}")).await;
+            assert_eq!(s, 200, "acknowledged, so stored: {v}");
+        }
+        acknowledged.extend(acked_now);
+    }
+    assert!(!heads.is_empty(), "heads were read before the kills");
+
+    // Once more, killed idle and started again (a fresh rate limit):
+    // everything acknowledged in any round is there, and every head signed
+    // before any of the crashes is a head of the log as it is now.
+    server.child.start_kill().unwrap();
+    let _ = server.child.wait().await;
+    let server = start(dir.path(), PASS, &["--http", "127.0.0.1:0"]).await;
+    let http = Http::new(&server.url);
     for amid in &acknowledged {
         let (s, v) = http.get(&format!("/v1/registry/lookup?amid={amid}")).await;
         assert_eq!(s, 200, "acknowledged, so stored: {v}");
     }
-    // One more registration, then every head signed before the crash is a
-    // head of the log as it is now.
     let (s, v) = http
         .call(
             "POST",
