@@ -70,7 +70,7 @@ impl Agent {
         };
         let started = a.wait(|v| v["event"] == "started").await;
         a.amid = started["amid"].as_str().unwrap().to_owned();
-        a.wait(|v| v["event"] == "listening").await;
+        listening(&a.dir).await;
         a
     }
 
@@ -89,6 +89,29 @@ impl Agent {
             }
             self.seen.push(v);
         }
+    }
+}
+
+/// Waits until the agent in `dir` listens, from `agentmesh status` (the
+/// `listening` events may be out before `run` subscribes to events).
+async fn listening(dir: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = agentmesh(dir)
+            .args(["--json", "status"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if status["listen_addrs"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
