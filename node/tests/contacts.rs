@@ -195,3 +195,90 @@ async fn several_handlers_each_get_the_messages_their_filter_takes() {
     }
     assert!(from_other.try_recv().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_api_refuses_bad_cards_and_names_with_typed_errors() {
+    use agentmesh_node::{
+        api::{ApiOptions, ErrorCode, LocalApi},
+        control::{Client, Method},
+    };
+    use base64::Engine as _;
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = lone(dir.path(), "alice").await;
+    let bob = lone(dir.path(), "bob").await;
+    let api = LocalApi::start(
+        alice.clone(),
+        &dir.path().join("alice"),
+        ApiOptions::new(None),
+    )
+    .await
+    .unwrap();
+    let mut c = Client::connect(&dir.path().join("alice")).await.unwrap();
+    let code =
+        |r: Result<serde_json::Value, agentmesh_node::api::ApiError>| r.expect_err("refused").code;
+
+    let record = bob.card_record().await.unwrap();
+    let b64 = |bytes: Vec<u8>| {
+        format!(
+            "u{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    };
+    let expired = b64(resigned(&record, bob.identity(), 1));
+    let forged = b64(resigned(
+        &record,
+        &Identity::from_seed(&[7; 32]),
+        u64::MAX / 2,
+    ));
+    for (card, want) in [
+        (expired, ErrorCode::CardExpired),
+        (forged, ErrorCode::InvalidCard),
+        ("unot-a-card".to_owned(), ErrorCode::InvalidCard),
+    ] {
+        let body = json!({ "card": card });
+        let r = c
+            .call(Method::POST, "/v1/cards", Some(&body))
+            .await
+            .unwrap();
+        assert_eq!(code(r), want);
+    }
+    let body = json!({ "name": "Bob", "amid": bob.amid() });
+    let r = c
+        .call(Method::POST, "/v1/names", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(code(r), ErrorCode::InvalidName);
+    let r = c.call(Method::DELETE, "/v1/names/bob", None).await.unwrap();
+    assert_eq!(code(r), ErrorCode::NotFound);
+    let body = json!({ "to": "nobody", "payload": {} });
+    let r = c.call(Method::POST, "/v1/send", Some(&body)).await.unwrap();
+    assert_eq!(code(r), ErrorCode::InvalidAmid);
+
+    // The exported card imports, with its name.
+    let exported = c
+        .call(Method::GET, "/v1/card", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exported["amid"], json!(alice.amid()));
+    let card = bob.export_card().await.unwrap();
+    let body = json!({ "card": card, "name": "bob" });
+    let ok = c
+        .call(Method::POST, "/v1/cards", Some(&body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok["amid"], json!(bob.amid()));
+    let names = c
+        .call(Method::GET, "/v1/names", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        names["names"],
+        json!([{ "name": "bob", "amid": bob.amid() }])
+    );
+    api.stop().await;
+}
