@@ -18,7 +18,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::{cli, json_of, now_ms, start_registry, WAIT};
+use support::{cli, json_of, now_ms, start_registry, Http, WAIT};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -372,4 +372,48 @@ async fn the_doctor_finds_the_clock_in_step_with_the_registry() {
     api.stop().await;
     bob.shutdown().await;
     alice.shutdown().await;
+}
+
+/// A node checks a real registry's transparency log: the first head is
+/// kept, and after more registrations the registry's consistency proof
+/// links the new head to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_checks_that_the_registry_log_only_grows() {
+    use agentmesh_node::LogCheck;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(dir.path(), "log-check-test").await;
+    let http = Http::new(&server.url);
+    let mut config = support::fast_config();
+    config.registry = Some(server.addr.parse().unwrap());
+    config.revocation_sync = None;
+    let alice = support::node(dir.path(), "alice", config, &server.addr).await;
+    let register = |who: &Identity| {
+        SignedRequest::sign(
+            who,
+            Operation::Register(Registration::new("Agent", vec!["chat".into()])),
+            now_ms(),
+        )
+        .unwrap()
+    };
+    let (s, v) = http
+        .post("/v1/registry/register", &register(&Identity::generate()))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let first = alice.check_registry_log().await.expect("a head");
+    let LogCheck::First { size } = first else {
+        panic!("{first:?}")
+    };
+    assert!(size >= 1);
+    for _ in 0..3 {
+        let (s, v) = http
+            .post("/v1/registry/register", &register(&Identity::generate()))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    match alice.check_registry_log().await.expect("consistent") {
+        LogCheck::Consistent { from, to } => assert!(from == size && to >= size + 3, "{from} {to}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -77,11 +77,11 @@ pub use knock::{Intent, RejectReason, SessionType};
 pub use memory_cap::MemoryCap;
 pub use node::{
     amid_of_peer, Config, ConnectionCaps, CredentialsState, DialError, HolePunch, InboxKey,
-    KnownPeer, LearnedPath, MessageFilter, Messages, NatStatus, NetStatus, Node, NodeBuilder,
-    NodeStatus, PathCounters, PeerStatus, PublishError, Reachability, RegistryClientError,
-    RelayStatus, RelayTotals, RevocationSource, RevocationSync, RootPinError, SendError,
-    SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams, TrustError,
-    UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    KnownPeer, LearnedPath, LogCheck, MessageFilter, Messages, NatStatus, NetStatus, Node,
+    NodeBuilder, NodeStatus, PathCounters, PeerStatus, PublishError, Reachability,
+    RegistryClientError, RelayStatus, RelayTotals, RevocationSource, RevocationSync, RootPinError,
+    SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
+    TrustError, UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
 pub use policy::{Policy, Preset, Tier};
 

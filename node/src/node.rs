@@ -39,7 +39,9 @@ use agentmesh_dht::{now_ms, DhtConfig};
 use agentmesh_transports::{PathKind, TransportConfig};
 
 pub use paths::{LearnedPath, PathCounters};
-pub use registry::{CredentialsState, RegistryClientError, RevocationSource, RevocationSync};
+pub use registry::{
+    CredentialsState, LogCheck, RegistryClientError, RevocationSource, RevocationSync,
+};
 pub use trust::{RootPinError, TrustError};
 
 use crate::{

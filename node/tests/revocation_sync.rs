@@ -19,8 +19,9 @@ use agentmesh_node::{
         protocol::{read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL},
         Revocation, SignedRevocation, DOMAIN_SEP_REVOCATION,
     },
-    Amid, Config, Node, NodeEvent, Passphrase, RegistryClientError, RejectReason, RevocationSource,
-    RootPinError, SendError,
+    transparency::{MemoryTree, SignedTreeHead},
+    Amid, Config, LogCheck, Node, NodeEvent, Passphrase, RegistryClientError, RejectReason,
+    RevocationSource, RootPinError, SendError,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -57,10 +58,12 @@ async fn node(dir: &std::path::Path, name: &str, config: Config, boot: &Node) ->
 
 /// What the registry node answers: the root key it names and the
 /// revocations its list holds.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Answers {
     root: [u8; 32],
     revocations: Vec<SignedRevocation>,
+    /// The transparency log it serves, and the key signing its heads.
+    log: Option<(MemoryTree, Identity)>,
 }
 
 /// A registry node: a real node serving `/agentmesh/registry/1` with the
@@ -98,6 +101,28 @@ async fn registry_node(dir: &std::path::Path, answers: Arc<Mutex<Answers>>) -> N
                             })).collect::<Vec<_>>(),
                         }),
                     },
+                    Ok(Request::LogHead { size }) if a.log.is_some() => {
+                        let (tree, key) = a.log.as_ref().unwrap();
+                        let size = size.unwrap_or(tree.len());
+                        let head =
+                            SignedTreeHead::sign(key, size, tree.root_at(size).unwrap(), now());
+                        Response::Ok {
+                            body: serde_json::to_value(head).unwrap(),
+                        }
+                    }
+                    Ok(Request::LogConsistency { first, second }) if a.log.is_some() => {
+                        let (tree, _) = a.log.as_ref().unwrap();
+                        let second = second.unwrap_or(tree.len());
+                        match tree.consistency_proof(first, second) {
+                            Ok(proof) => Response::Ok {
+                                body: json!({ "proof": proof }),
+                            },
+                            Err(e) => Response::Error {
+                                code: "invalid_request".into(),
+                                message: e.to_string(),
+                            },
+                        }
+                    }
                     _ => Response::Error {
                         code: "invalid_request".into(),
                         message: "unsupported request".into(),
@@ -181,7 +206,7 @@ async fn revocations_are_believed_only_under_the_pinned_root_and_a_new_root_is_r
     let other = Identity::generate();
     let answers = Arc::new(Mutex::new(Answers {
         root: *root.amid().as_bytes(),
-        revocations: Vec::new(),
+        ..Answers::default()
     }));
     let registry = registry_node(dir.path(), answers.clone()).await;
     let addrs = registry.listen_addrs().await;
@@ -278,4 +303,96 @@ async fn revocations_are_believed_only_under_the_pinned_root_and_a_new_root_is_r
     let synced = bob.sync_revocations().await.expect("synced");
     assert_eq!((synced.added, synced.refused), (1, 0));
     assert!(bob.is_revoked(&wendy.amid()));
+}
+
+/// A log of `n` leaves, each named after `tag`.
+fn tree(tag: &str, n: u64) -> MemoryTree {
+    let mut t = MemoryTree::default();
+    for i in 0..n {
+        t.append(format!("{tag} {i}").as_bytes());
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_log_that_forks_or_shrinks_is_caught_and_the_head_seen_is_kept() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    const ROOT_SEED: [u8; 32] = [7; 32];
+    let root = Identity::from_seed(&ROOT_SEED);
+    let answers = Arc::new(Mutex::new(Answers {
+        root: *root.amid().as_bytes(),
+        log: Some((tree("genuine", 3), Identity::from_seed(&ROOT_SEED))),
+        ..Answers::default()
+    }));
+    let registry = registry_node(dir.path(), answers.clone()).await;
+    let addrs = registry.listen_addrs().await;
+    let bob = node(dir.path(), "bob", config_with(&addrs), &registry).await;
+    let set_log =
+        |t: MemoryTree| answers.lock().unwrap().log = Some((t, Identity::from_seed(&ROOT_SEED)));
+
+    assert_eq!(
+        bob.check_registry_log().await.unwrap(),
+        LogCheck::First { size: 3 }
+    );
+    set_log(tree("genuine", 7));
+    assert_eq!(
+        bob.check_registry_log().await.unwrap(),
+        LogCheck::Consistent { from: 3, to: 7 }
+    );
+
+    // Rewritten history, longer: no proof links it to the head seen.
+    set_log(tree("rewritten", 9));
+    let e = bob.check_registry_log().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryClientError::LogForked {
+                seen: 7,
+                now: 9,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Shrunk back to an older state.
+    set_log(tree("genuine", 5));
+    let e = bob.check_registry_log().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryClientError::LogForked {
+                seen: 7,
+                now: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Same size, another root.
+    set_log(tree("rewritten", 7));
+    let e = bob.check_registry_log().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryClientError::LogForked {
+                seen: 7,
+                now: 7,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A head not signed by the pinned root is not even compared.
+    answers.lock().unwrap().log = Some((tree("genuine", 8), Identity::generate()));
+    let e = bob.check_registry_log().await.unwrap_err();
+    assert!(matches!(e, RegistryClientError::Answer(_)), "{e}");
+
+    // The head seen stays the one checked against: the genuine log, grown,
+    // is consistent with it again.
+    set_log(tree("genuine", 12));
+    assert_eq!(
+        bob.check_registry_log().await.unwrap(),
+        LogCheck::Consistent { from: 7, to: 12 }
+    );
 }

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use agentmesh_dht::now_ms;
+use agentmesh_transports::codec;
 
 use super::{mailbox, trust, Command, Node, Shared};
 use crate::{
@@ -39,6 +40,7 @@ use crate::{
         revocation_namespace, Operation, SignedRequest, SignedRevocation,
     },
     session::SessionInfo,
+    transparency::{ConsistencyProof, SignedTreeHead},
     wire::MsgFrame,
 };
 
@@ -112,6 +114,21 @@ pub enum RegistryClientError {
     /// The revocation set could not be updated.
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
+    /// The registry's transparency log is not an extension of the one this
+    /// node saw before: a head it signed earlier is not a prefix of its
+    /// head now (the log forked, shrank or was rewritten).
+    #[error("the registry's log forked: the head of size {seen} seen before is not a prefix of the head of size {now}: {why}")]
+    LogForked {
+        /// Size of the head seen before (kept).
+        seen: u64,
+        /// Size of the head the registry serves now.
+        now: u64,
+        /// What did not hold.
+        why: String,
+    },
+    /// The node's database failed.
+    #[error("database: {0}")]
+    Db(String),
 }
 
 impl From<ProtocolError> for RegistryClientError {
@@ -743,6 +760,109 @@ pub(super) async fn check_on_knock(shared: &Shared, knock: &SignedKnock, now: u6
     }
 }
 
+// ---- the log's consistency ----
+
+/// Where the last registry log head this node checked is kept.
+const LOG_HEAD_KEY: &[u8] = b"registry/log_head";
+
+/// What [`Node::check_registry_log`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LogCheck {
+    /// The first head seen (signed by the pinned root): kept, to check
+    /// later heads against.
+    First {
+        /// Its size.
+        size: u64,
+    },
+    /// The head now extends the one seen before: a consistency proof
+    /// between them verified (or they are the same tree).
+    Consistent {
+        /// Size of the head seen before.
+        from: u64,
+        /// Size of the head now (kept from now on).
+        to: u64,
+    },
+}
+
+/// Fetches the registry's signed log head, checks it against the pinned
+/// root and, against the head kept from the last check, asks for and
+/// verifies a consistency proof. A head that is no extension of the kept
+/// one is refused ([`RegistryClientError::LogForked`]) and the kept head
+/// stays: every later check compares against it too.
+async fn check_log(shared: &Shared) -> Result<LogCheck, RegistryClientError> {
+    let root = registry_root(shared).await?;
+    let body = call(shared, Request::LogHead { size: None }).await?;
+    let head: SignedTreeHead = serde_json::from_value(body)
+        .map_err(|e| RegistryClientError::Answer(format!("log head: {e}")))?;
+    head.verify(&root)
+        .map_err(|e| RegistryClientError::Answer(format!("log head: {e}")))?;
+    let seen: Option<SignedTreeHead> = shared
+        .db
+        .get(LOG_HEAD_KEY)
+        .map_err(|e| RegistryClientError::Db(e.to_string()))?
+        .and_then(|b| codec::decode(&b, 1024).ok());
+    let keep = |h: &SignedTreeHead| -> Result<(), RegistryClientError> {
+        let bytes = codec::encode(h).map_err(|e| RegistryClientError::Db(e.to_string()))?;
+        shared
+            .db
+            .insert(LOG_HEAD_KEY, bytes)
+            .map_err(|e| RegistryClientError::Db(e.to_string()))?;
+        Ok(())
+    };
+    let Some(seen) = seen else {
+        keep(&head)?;
+        return Ok(LogCheck::First { size: head.size });
+    };
+    let forked = |why: String| RegistryClientError::LogForked {
+        seen: seen.size,
+        now: head.size,
+        why,
+    };
+    if head.size < seen.size {
+        return Err(forked("the log shrank".into()));
+    }
+    if head.size == seen.size {
+        if head.root != seen.root {
+            return Err(forked("same size, another root".into()));
+        }
+        return Ok(LogCheck::Consistent {
+            from: seen.size,
+            to: head.size,
+        });
+    }
+    let body = call(
+        shared,
+        Request::LogConsistency {
+            first: seen.size,
+            second: Some(head.size),
+        },
+    )
+    .await?;
+    let proof: ConsistencyProof = serde_json::from_value(body["proof"].clone())
+        .map_err(|e| RegistryClientError::Answer(format!("consistency proof: {e}")))?;
+    proof
+        .verify(&seen, &head)
+        .map_err(|e| forked(format!("the consistency proof does not verify: {e}")))?;
+    keep(&head)?;
+    Ok(LogCheck::Consistent {
+        from: seen.size,
+        to: head.size,
+    })
+}
+
+/// [`check_log`], logged: a fork loudly.
+async fn check_log_and_report(shared: &Shared) {
+    match check_log(shared).await {
+        Ok(check) => debug!(?check, "registry log checked"),
+        Err(e @ RegistryClientError::LogForked { .. }) => {
+            warn!(error = %e, "the registry's transparency log is not consistent with what it served before")
+        }
+        Err(e) => debug!(error = %e, "registry log not checked"),
+    }
+}
+
 // ---- the background task ----
 
 /// Files receipts as they are signed, renews credentials every
@@ -780,7 +900,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             let now = tokio::time::Instant::now();
             if now >= at {
                 next_sync = Some(match sync_and_report(&shared).await {
-                    Ok(_) => now + every,
+                    Ok(_) => {
+                        check_log_and_report(&shared).await;
+                        now + every
+                    }
                     Err(e @ RegistryClientError::Root(_)) => {
                         warn!(error = %e, "revocations not synced");
                         now + every
@@ -909,6 +1032,16 @@ impl Node {
             rtt.as_millis() as u64,
             remote_ms,
         ))
+    }
+
+    /// Checks the registry's transparency log against the head this node
+    /// kept from its last check (the node also does so after each
+    /// revocation sync): the registry's head now must be signed by the
+    /// pinned root and extend the kept one, by a consistency proof the
+    /// registry serves. See [`LogCheck`]; a fork is
+    /// [`RegistryClientError::LogForked`].
+    pub async fn check_registry_log(&self) -> Result<LogCheck, RegistryClientError> {
+        check_log(&self.shared).await
     }
 
     /// The pinned registry root key: the configured one, or the one the
