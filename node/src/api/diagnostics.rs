@@ -48,6 +48,23 @@ const SKEW_SAMPLES: usize = 32;
 const REGISTRY_CLOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for the probe to find the peer's card and reach it at all.
 const PUNCH_REACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two attempts to reach the probed peer.
+const PUNCH_REACH_RETRY: Duration = Duration::from_secs(1);
+
+/// Where to reach the peer of `card`: the addresses it lists and, through
+/// each relay it names, a circuit to it (it may hold a reservation there
+/// that its card does not list yet).
+fn reach_addrs(card: &crate::card::AgentCard, peer: crate::PeerId) -> Vec<libp2p::Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut addrs = card.multiaddrs();
+    for (_, relay) in card.relay_addrs() {
+        let circuit = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer));
+        if !addrs.contains(&circuit) {
+            addrs.push(circuit);
+        }
+    }
+    addrs
+}
 
 /// Our clock minus the senders', from the last messages that arrived
 /// straight from their senders (not from a mailbox).
@@ -178,22 +195,31 @@ async fn punch(node: &Node, label: &str, peer: Amid, peer_id: crate::PeerId) -> 
     match path_now(node, label).await {
         Some(path) => watch.handle_path(path, started.elapsed(), true),
         None => {
+            // Tried again (with the card looked up afresh) until the
+            // timeout: a card published before the peer's relay
+            // reservation lists only addresses behind its NAT.
+            let mut last_error = None;
             let reach = async {
-                let card = node
-                    .lookup(&peer)
-                    .await
-                    .ok_or_else(|| "no card found in the DHT".to_owned())?;
-                node.connect(peer_id, card.multiaddrs())
-                    .await
-                    .map_err(|e| e.to_string())
+                loop {
+                    let tried = match node.lookup(&peer).await {
+                        None => Err("no card found in the DHT".to_owned()),
+                        Some(card) => node
+                            .connect(peer_id, reach_addrs(&card, peer_id))
+                            .await
+                            .map_err(|e| e.to_string()),
+                    };
+                    match tried {
+                        Ok(path) => return path,
+                        Err(e) => last_error = Some(e),
+                    }
+                    tokio::time::sleep(PUNCH_REACH_RETRY).await;
+                }
             };
             match tokio::time::timeout(PUNCH_REACH_TIMEOUT, reach).await {
-                Ok(Ok(path)) => watch.handle_path(path, started.elapsed(), false),
-                Ok(Err(error)) => watch.handle_unreachable(error),
-                Err(_) => watch.handle_unreachable(format!(
-                    "not reached within {} s",
-                    PUNCH_REACH_TIMEOUT.as_secs()
-                )),
+                Ok(path) => watch.handle_path(path, started.elapsed(), false),
+                Err(_) => watch.handle_unreachable(last_error.unwrap_or_else(|| {
+                    format!("not reached within {} s", PUNCH_REACH_TIMEOUT.as_secs())
+                })),
             }
         }
     }
