@@ -282,3 +282,58 @@ async fn the_local_api_refuses_bad_cards_and_names_with_typed_errors() {
     );
     api.stop().await;
 }
+
+/// A node joined through `boot`, started again once a stopped node of the
+/// same name let go of its database.
+async fn joined(dir: &std::path::Path, name: &str, boot: &Node) -> Node {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let addrs = boot.wait_listening(1, WAIT).await;
+    loop {
+        let b = Node::builder(config())
+            .data_dir(dir.join(name))
+            .passphrase(Passphrase::new(name))
+            .bootstraps(addrs.clone());
+        match b.spawn().await {
+            Ok(n) => return n,
+            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{name} starts: {e}"),
+        }
+    }
+}
+
+/// Bob hands out his card, then moves (restarts on new ports) and
+/// publishes a newer card in the DHT: alice, holding the old imported
+/// card, still reaches bob where he is now (her link asks the DHT once
+/// dialling the imported card failed, and the swarm also dials the
+/// addresses the DHT taught it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_imported_card_gives_way_to_the_dht() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = lone(dir.path(), "boot").await;
+    let bob = joined(dir.path(), "bob", &boot).await;
+    assert!(bob.wait_published(WAIT).await);
+    let old_card = bob.export_card().await.expect("bob has a card");
+    let old_addrs = bob.listen_addrs().await;
+    bob.shutdown().await;
+
+    let bob = joined(dir.path(), "bob", &boot).await;
+    assert!(bob.wait_published(WAIT).await);
+    assert_ne!(bob.listen_addrs().await, old_addrs, "bob moved");
+    let mut inbox = bob.messages().unwrap();
+    let alice = joined(dir.path(), "alice", &boot).await;
+    assert!(alice.wait_published(WAIT).await);
+    alice.import_card(old_card.as_bytes()).unwrap();
+
+    tokio::time::timeout(WAIT, alice.send(&bob.amid(), json!("where are you")))
+        .await
+        .expect("alice's send finished")
+        .expect("delivered");
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload, json!("where are you"));
+}

@@ -97,6 +97,8 @@ fn spawn_link(shared: &Arc<Shared>, links: &mut Links, peer: Amid) -> mpsc::Send
         backoff: MIN_BACKOFF,
         reconnect_at: None,
         skipped_knock_for: None,
+        card_imported: false,
+        skip_imported: false,
         delayed: VecDeque::new(),
         peer_relays: Vec::new(),
         mailbox_until: None,
@@ -148,6 +150,10 @@ struct Link {
     reconnect_at: Option<Instant>,
     /// The session last used without a KNOCK (for the audit log).
     skipped_knock_for: Option<SessionId>,
+    /// Whether `card` was imported out of band.
+    card_imported: bool,
+    /// Dialling the imported card failed: ask the DHT first next time.
+    skip_imported: bool,
     /// Messages the peer rate-limited, with when to send them again.
     delayed: VecDeque<(Instant, InFlight)>,
     /// The peer's mailbox relays, from its last card.
@@ -722,10 +728,15 @@ impl Link {
                 return Ok(c.clone());
             }
         }
-        // A card imported out of band reaches the peer with no DHT.
-        if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
-            self.take_card(card.clone());
-            return Ok(card);
+        // A card imported out of band reaches the peer with no DHT; once
+        // dialling it failed, the DHT is asked first (the peer may have
+        // moved and published a newer card), and the imported card is
+        // tried again only when the DHT has none.
+        if !self.skip_imported {
+            if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
+                self.take_card(card.clone(), true);
+                return Ok(card);
+            }
         }
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -738,18 +749,28 @@ impl Link {
             .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
         match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
             Ok(Ok(Some(card))) => {
-                self.take_card(card.clone());
+                self.take_card(card.clone(), false);
                 Ok(card)
             }
-            Ok(Ok(None)) | Err(_) => Err(LinkError::Retry("card not found".into())),
+            Ok(Ok(None)) | Err(_) => {
+                if std::mem::take(&mut self.skip_imported) {
+                    if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
+                        self.take_card(card.clone(), true);
+                        return Ok(card);
+                    }
+                }
+                Err(LinkError::Retry("card not found".into()))
+            }
             Ok(Err(_)) => Err(LinkError::Fatal(SendError::Stopped)),
         }
     }
 
-    fn take_card(&mut self, card: AgentCard) {
+    /// Uses `card` from now on (`imported`: out of band, not from the DHT).
+    fn take_card(&mut self, card: AgentCard, imported: bool) {
         self.peer_relays = card.relay_addrs();
         self.card = Some(card);
         self.card_at = Some(Instant::now());
+        self.card_imported = imported;
     }
 
     /// Whether the peer, not connected to us, said it went offline: a
@@ -773,7 +794,7 @@ impl Link {
             .await;
         if let (Ok(()), Ok(Some(local))) = (asked, rx.await) {
             if self.card.as_ref().is_none_or(|c| local.seq > c.seq) {
-                self.take_card(local);
+                self.take_card(local, false);
             }
         }
         let offline = |c: &Option<AgentCard>| {
@@ -817,6 +838,7 @@ impl Link {
             Ok(Err(e)) => {
                 // The card may be stale (the peer restarted elsewhere).
                 self.card = None;
+                self.skip_imported = self.card_imported;
                 Err(LinkError::Retry(e))
             }
             Err(_) => Err(LinkError::Fatal(SendError::Stopped)),
