@@ -911,7 +911,8 @@ async fn a_relay_killed_mid_deposit_loses_no_deposited_message() {
     bob.terminate().await.unwrap();
 
     // Alice deposits, several at once; the relay dies after the first few.
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    // One signal per finished deposit, so as deep as there are deposits.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(MAIL);
     let sender = {
         let (dir, to) = (alice.dir.clone(), bob_amid.clone());
         tokio::spawn(async move {
@@ -926,7 +927,7 @@ async fn a_relay_killed_mid_deposit_loses_no_deposited_message() {
                 }
                 while let Some(r) = sends.join_next().await {
                     let r = r.expect("send task").expect("control request");
-                    let _ = done_tx.send(());
+                    let _ = done_tx.send(()).await;
                     results.push(r);
                 }
             }
