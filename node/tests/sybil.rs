@@ -8,17 +8,15 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::{swarm::SwarmEvent, Multiaddr, PeerId};
 use serde_json::json;
 
 use agentmesh_node::{
-    envelope::SessionId,
-    keystore::KdfParams,
-    knock::{Decision, KnockBody, SignedDecision, SignedKnock},
-    wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
-    Amid, Config, Identity, Intent, Node, Passphrase, RejectReason,
+    keystore::KdfParams, knock::Decision, Config, Node, Passphrase, RejectReason,
 };
-use agentmesh_transports::framing::FramedStream;
+
+mod support;
+
+use support::sybil_knock;
 
 const WAIT: Duration = Duration::from_secs(120);
 const SYBILS: usize = 1_000;
@@ -64,72 +62,6 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// One fresh identity: its own libp2p swarm (QUIC and the stream protocol
-/// only), one connection to bob, one KNOCK, then gone. Returns bob's
-/// decision, or `None` when the stream was shed unanswered (under a flood
-/// the transport drops inbound streams its queue has no room for).
-async fn sybil_knock(
-    i: usize,
-    bob: Amid,
-    bob_peer: PeerId,
-    bob_addr: Multiaddr,
-) -> Option<Decision> {
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
-    seed[8] = 0x5b;
-    let id = Identity::from_seed(&seed);
-    let keypair = id.libp2p_keypair().unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_quic()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
-    let mut control = swarm.behaviour().new_control();
-    swarm.dial(bob_addr).unwrap();
-    loop {
-        match swarm.select_next_some().await {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == bob_peer => break,
-            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("sybil {i}: {error}"),
-            _ => {}
-        }
-    }
-    let driver = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    let knock = SignedKnock::sign(
-        &id,
-        &KnockBody {
-            from: id.amid(),
-            to: bob,
-            intent: Intent::default(),
-            session: SessionId::random(),
-            ts_ms: agentmesh_dht::now_ms(),
-            nonce: seed[..16].try_into().unwrap(),
-            first: Vec::new(),
-            credentials: Default::default(),
-        },
-    )
-    .unwrap();
-    let answer = async {
-        let s = control.open_stream(bob_peer, KNOCK_PROTOCOL).await.ok()?;
-        let mut s = FramedStream::new(s, MAX_FRAME_SIZE);
-        s.send(knock.to_bytes()).await.ok()?;
-        s.recv().await.ok()?
-    }
-    .await;
-    driver.abort();
-    let answer = answer?;
-    let decision = SignedDecision::from_bytes(&answer).unwrap();
-    let (decision, _) = decision
-        .verify(&bob, &knock)
-        .expect("bob signs every answer, refusals included");
-    Some(decision)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sybil_knock_flood_leaves_a_known_peers_messages_flowing() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +100,12 @@ async fn a_sybil_knock_flood_leaves_a_known_peers_messages_flowing() {
         })
     };
     let answers: Vec<Option<Decision>> = futures::stream::iter(0..SYBILS)
-        .map(|i| tokio::time::timeout(WAIT, sybil_knock(i, bob.amid(), bob_peer, bob_quic.clone())))
+        .map(|i| {
+            tokio::time::timeout(
+                WAIT,
+                sybil_knock(0x5b, i, bob.amid(), bob_peer, bob_quic.clone()),
+            )
+        })
         .buffer_unordered(AT_ONCE)
         .map(|d| d.expect("bob answered in time"))
         .collect()
