@@ -773,34 +773,32 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Bob is killed with SIGKILL as the first message of his mailbox reaches
-/// him (the drain under way), and started again: every message alice
-/// deposited reaches him once, whether the first bob or the second printed
-/// it, and the relay is left holding none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_mid_drain_gets_all_its_mail_once() {
-    // Within alice's share of bob's mailbox (50 envelopes for a peer with a
-    // session).
-    const MAIL: usize = 40;
-    let root = tempfile::tempdir().unwrap();
-    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+/// Bob, with a session with alice and his mailbox at a relay, gone offline
+/// (alice's hello to him handled and acknowledged first).
+struct OfflineBob {
+    _boot: Proc,
+    boot_addr: String,
+    relay: Proc,
+    relay_addrs: Vec<String>,
+    relay_dir: std::path::PathBuf,
+    bob_args: Vec<String>,
+    bob_dir: std::path::PathBuf,
+    bob_amid: String,
+    alice: Proc,
+}
+
+async fn offline_bob(root: &Path) -> OfflineBob {
+    let (boot, boot_addr) = start_bootstrap(exe(), &root.join("boot")).await.unwrap();
+    let relay_dir = root.join("relay");
+    let (relay, relay_addrs) = start_relay(exe(), &relay_dir, &boot_addr, &[], &status_often())
         .await
         .unwrap();
-    let (mut relay, relay_addrs) = start_relay(
-        exe(),
-        &root.path().join("relay"),
-        &boot_addr,
-        &[],
-        &status_often(),
-    )
-    .await
-    .unwrap();
     let bob_args = vec!["--relay".to_string(), relay_addrs[0].clone()];
-    let bob_dir = root.path().join("bob");
+    let bob_dir = root.join("bob");
     let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
         .await
         .unwrap();
-    let (alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
+    let (alice, _) = start_agent(exe(), "alice", &root.join("alice"), &boot_addr, &[])
         .await
         .unwrap();
     let r = send(&alice.dir, &bob_amid, json!("hello")).await;
@@ -818,6 +816,39 @@ async fn an_agent_killed_mid_drain_gets_all_its_mail_once() {
     .unwrap()
     .unwrap();
     bob.terminate().await.unwrap();
+    OfflineBob {
+        _boot: boot,
+        boot_addr,
+        relay,
+        relay_addrs,
+        relay_dir,
+        bob_args,
+        bob_dir,
+        bob_amid,
+        alice,
+    }
+}
+
+/// Bob is killed with SIGKILL as the first message of his mailbox reaches
+/// him (the drain under way), and started again: every message alice
+/// deposited reaches him once, whether the first bob or the second printed
+/// it, and the relay is left holding none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_drain_gets_all_its_mail_once() {
+    // Within alice's share of bob's mailbox (50 envelopes for a peer with a
+    // session).
+    const MAIL: usize = 40;
+    let root = tempfile::tempdir().unwrap();
+    let OfflineBob {
+        _boot,
+        boot_addr,
+        mut relay,
+        bob_args,
+        bob_dir,
+        bob_amid,
+        alice,
+        ..
+    } = offline_bob(root.path()).await;
 
     // Bob is offline: alice's mail goes to his mailbox.
     let mut ids = Vec::new();
@@ -879,36 +910,17 @@ async fn a_relay_killed_mid_deposit_loses_no_deposited_message() {
     const MAIL: usize = 40;
     const AT_ONCE: usize = 8;
     let root = tempfile::tempdir().unwrap();
-    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
-        .await
-        .unwrap();
-    let relay_dir = root.path().join("relay");
-    let (relay, relay_addrs) = start_relay(exe(), &relay_dir, &boot_addr, &[], &[])
-        .await
-        .unwrap();
-    let bob_args = vec!["--relay".to_string(), relay_addrs[0].clone()];
-    let bob_dir = root.path().join("bob");
-    let (mut bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &bob_args)
-        .await
-        .unwrap();
-    let (alice, _) = start_agent(exe(), "alice", &root.path().join("alice"), &boot_addr, &[])
-        .await
-        .unwrap();
-    let r = send(&alice.dir, &bob_amid, json!("hello")).await;
-    assert!(r.ok, "{r:?}");
-    let hello = bob.wait_event(WAIT, "message").await.unwrap();
-    let mut api = agentmesh_node::control::Client::connect(&bob.dir)
-        .await
-        .unwrap();
-    api.call(
-        agentmesh_node::control::Method::POST,
-        "/v1/messages/ack",
-        Some(&json!({ "ids": [hello["id"]] })),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    bob.terminate().await.unwrap();
+    let OfflineBob {
+        _boot,
+        boot_addr,
+        relay,
+        relay_addrs,
+        relay_dir,
+        bob_args,
+        bob_dir,
+        bob_amid,
+        alice,
+    } = offline_bob(root.path()).await;
 
     // Alice deposits, several at once; the relay dies after the first few.
     // One signal per finished deposit, so as deep as there are deposits.
