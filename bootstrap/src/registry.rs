@@ -396,6 +396,9 @@ struct Inner {
     verifier: OnceLock<Arc<dyn DomainVerifier>>,
     oauth: OnceLock<Arc<crate::oauth::OAuth>>,
     scores: scores::ScoreCache,
+    /// Leaves of the log known to be on disk (on sled: those appended
+    /// before the last flush began). No head is signed over more.
+    durable_leaves: std::sync::atomic::AtomicU64,
 }
 
 /// A registry. Cheap to clone; clones share the database.
@@ -587,6 +590,8 @@ impl Registry {
             .map_err(|_| OpenError::InvalidRootKey)?;
         let origin_salt = store.secret("origin_salt")?;
         let log = TransLog::open(store.db()).map_err(log_store_error)?;
+        // What is in the log at start is what the disk kept.
+        let durable_leaves = std::sync::atomic::AtomicU64::new(log.size().unwrap_or(0));
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -599,7 +604,35 @@ impl Registry {
                 verifier: OnceLock::new(),
                 oauth: OnceLock::new(),
                 scores: scores::ScoreCache::default(),
+                durable_leaves,
             }),
+        })
+    }
+
+    /// Makes every write so far durable, and with them the log's leaves
+    /// appended before this call: heads may cover those from now on.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        let size = self.inner.log.size().unwrap_or(0);
+        self.inner.store.flush().await?;
+        self.inner
+            .durable_leaves
+            .fetch_max(size, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many leaves of the log a signed head may cover: on sled, those
+    /// a flush has made durable (a head over a leaf lost in a crash would
+    /// fork the log once another leaf takes its place); on PostgreSQL,
+    /// every leaf (each append is committed).
+    pub(crate) fn durable_leaves(&self) -> Result<u64, LogError> {
+        let size = self.inner.log.size()?;
+        Ok(match self.inner.store.db() {
+            Database::Postgres(_) => size,
+            Database::Sled(_) => size.min(
+                self.inner
+                    .durable_leaves
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            ),
         })
     }
 
@@ -802,7 +835,7 @@ impl Registry {
             }
             _ => return Err(RegistryError::Invalid("unsupported operation".into())),
         };
-        self.inner.store.flush().await?;
+        self.flush().await?;
         Ok(out)
     }
 

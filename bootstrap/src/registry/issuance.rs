@@ -231,7 +231,7 @@ impl Registry {
             rec.certificate = Some(hex::encode(chain.to_bytes()?));
             self.put_agent(&rec, Some(&old))?;
         }
-        self.inner.store.flush().await?;
+        self.flush().await?;
         info!(target: "agentmesh::registry", %amid, subject_name, "tier 1 certificate issued");
         Ok(chain)
     }

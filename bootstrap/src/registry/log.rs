@@ -119,9 +119,19 @@ impl Registry {
         now_ms: u64,
     ) -> Result<SignedTreeHead, LogQueryError> {
         let log = &self.inner.log;
+        // Only leaves on disk are signed over (see `durable_leaves`).
+        let durable = self.durable_leaves()?;
         let size = match size {
+            Some(s) if s > durable => {
+                return Err(LogQueryError::Log(LogError::Range(
+                    agentmesh_node::transparency::ProofError::IndexOutOfRange {
+                        index: s,
+                        size: durable,
+                    },
+                )))
+            }
             Some(s) => s,
-            None => log.size()?,
+            None => durable,
         };
         let root = log.root_at(size)?;
         Ok(SignedTreeHead::sign(self.root(), size, root, now_ms))

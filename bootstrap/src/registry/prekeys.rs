@@ -124,7 +124,7 @@ impl Registry {
                 serde_json::to_vec(&p).ok()
             })?;
         let p = taken.ok_or(TakePrekeysError::NoPrekeys(*amid))?;
-        self.inner.store.flush().await?;
+        self.flush().await?;
         let remaining = p.one_time_keys.len().saturating_sub(1);
         Ok(PrekeyHandout {
             amid: *amid,
