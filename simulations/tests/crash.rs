@@ -2,8 +2,12 @@
 //! and restarted on the same data directory, goes on in the same Olm
 //! session: the ratchet state of every message it sent was on disk before
 //! the message left, so it never seals again under a message key it used.
+//! A receiver killed while messages flow loses none it acknowledged and
+//! hands none to its application twice.
 
-use std::{path::Path, time::Duration};
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use agentmesh_node::control::{Client, Method};
 
 use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, Proc};
 use serde_json::{json, Value};
@@ -109,6 +113,74 @@ async fn lines_until_exit(p: &mut Proc) -> Vec<Value> {
     p.drain()
 }
 
+/// Bob's application: reads his inbox through the local API and
+/// acknowledges each message it read.
+struct App {
+    api: Client,
+    /// Ids handed out, in order.
+    handed: Vec<String>,
+    /// Ids whose acknowledgement the node confirmed.
+    confirmed: HashSet<String>,
+}
+
+impl App {
+    async fn connect(dir: &Path) -> Self {
+        Self {
+            api: Client::connect(dir).await.expect("local API"),
+            handed: Vec::new(),
+            confirmed: HashSet::new(),
+        }
+    }
+
+    /// Takes what the inbox holds (waiting up to two seconds for the
+    /// first message) and acknowledges it.
+    async fn read_and_ack(&mut self) {
+        let page = self
+            .api
+            .call(
+                Method::GET,
+                "/v1/messages?wait_ms=2000&max=64&lease_ms=600000",
+                None,
+            )
+            .await
+            .expect("inbox request")
+            .expect("inbox answer");
+        let ids: Vec<String> = page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.handed.extend(ids.iter().cloned());
+        let r = self
+            .api
+            .call(
+                Method::POST,
+                "/v1/messages/ack",
+                Some(&json!({ "ids": ids })),
+            )
+            .await
+            .expect("ack request")
+            .expect("ack answer");
+        assert_eq!(r["acked"], ids.len(), "{r}");
+        self.confirmed.extend(ids);
+    }
+
+    fn assert_none_twice(&self, run: &str) {
+        let mut seen = HashSet::new();
+        for id in &self.handed {
+            assert!(seen.insert(id), "{run}: message {id} handed out twice");
+        }
+    }
+}
+
+/// Bob is killed while alice's messages flow, right after his application
+/// acknowledged some of them. What bob acknowledged to alice (her receipt)
+/// reaches his application once he is back, and what his application
+/// acknowledged is never handed out again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_killed_mid_burst_loses_no_acknowledged_message_and_delivers_none_twice() {
     let root = tempfile::tempdir().unwrap();
@@ -126,14 +198,13 @@ async fn a_receiver_killed_mid_burst_loses_no_acknowledged_message_and_delivers_
         .await
         .unwrap();
     assert!(r.ok, "{r:?}");
-    bob.wait_event(WAIT, "message").await.unwrap();
 
     // Alice sends in bursts of AT_ONCE, each message waiting for its
-    // acknowledgement (which bob sends once the burst is on his disk).
+    // receipt (which bob sends once the burst is on his disk).
     let sender = {
         let (dir, to) = (alice.dir.clone(), bob_amid.clone());
         tokio::spawn(async move {
-            let mut acked = Vec::new();
+            let mut acked = vec![r.receipt.expect("receipt").id.to_string()];
             for round in 0..MESSAGES / AT_ONCE {
                 let mut sends = tokio::task::JoinSet::new();
                 for i in 0..AT_ONCE {
@@ -153,13 +224,20 @@ async fn a_receiver_killed_mid_burst_loses_no_acknowledged_message_and_delivers_
         })
     };
 
-    // Bob is killed while messages flow: after a quarter of them.
-    let mut printed: Vec<Value> = Vec::new();
-    while printed.len() < MESSAGES / 4 {
-        printed.push(bob.wait_event(WAIT, "message").await.unwrap());
+    // Bob's application handles a quarter of the messages; bob is killed
+    // right after it acknowledged the last of them, with more arriving.
+    let mut before = App::connect(&bob_dir).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while before.confirmed.len() < MESSAGES / 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's application got only {} messages",
+            before.confirmed.len()
+        );
+        before.read_and_ack().await;
     }
     bob.signal(libc::SIGKILL).unwrap();
-    printed.extend(lines_until_exit(&mut bob).await);
+    let mut printed = lines_until_exit(&mut bob).await;
     drop(bob);
     let (mut bob, again) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &[])
         .await
@@ -170,30 +248,38 @@ async fn a_receiver_killed_mid_burst_loses_no_acknowledged_message_and_delivers_
         .await
         .expect("alice's sends finished")
         .unwrap();
-    assert_eq!(acked.len(), MESSAGES);
-    let count = |id: &str, lines: &[Value]| {
-        lines
+    assert_eq!(acked.len(), MESSAGES + 1);
+
+    // After the restart the application reads on until it has every
+    // message alice has a receipt for.
+    let mut after = App::connect(&bob_dir).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let missing: Vec<&String> = acked
             .iter()
-            .filter(|v| v["event"] == "message" && v["id"] == id)
-            .count()
-    };
-    for id in &acked {
-        if count(id, &printed) == 0 {
-            let m = bob
-                .wait_for(WAIT, |v| v["event"] == "message" && v["id"] == id.as_str())
-                .await
-                .unwrap_or_else(|e| panic!("acknowledged message {id} lost: {e}"));
-            printed.push(m);
+            .filter(|id| !before.confirmed.contains(*id) && !after.confirmed.contains(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
         }
-    }
-    printed.extend(bob.drain());
-    for id in &acked {
         assert!(
-            count(id, &printed) <= 1,
-            "message {id} delivered {} times",
-            count(id, &printed)
+            tokio::time::Instant::now() < deadline,
+            "messages alice has receipts for never reached bob's application: {missing:?}"
         );
+        after.read_and_ack().await;
     }
+    before.assert_none_twice("before the kill");
+    after.assert_none_twice("after the restart");
+    let again: Vec<&String> = after
+        .handed
+        .iter()
+        .filter(|id| before.confirmed.contains(*id))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "acknowledged by the application, yet handed out again after the restart: {again:?}"
+    );
+    printed.extend(bob.drain());
     let refused: Vec<&Value> = printed.iter().filter(|v| v["event"] == "refused").collect();
     assert!(refused.is_empty(), "bob refused envelopes: {refused:?}");
 
