@@ -27,7 +27,12 @@ use agentmesh_transports::{
     PathKind,
 };
 
-use super::{Command, Outgoing, SendError, Shared, PEER_QUEUE};
+use super::{
+    cores::delivery::{
+        AfterSeal, Delivery, Failure, Nacked, Pending, StreamFailure, MAX_BACKOFF, MIN_BACKOFF,
+    },
+    Command, Outgoing, SendError, Shared, PEER_QUEUE,
+};
 use crate::{
     audit::AuditEvent,
     card::{AgentCard, Presence},
@@ -41,9 +46,6 @@ use crate::{
 
 /// Time to wait for a KNOCK's answer.
 const KNOCK_TIMEOUT: Duration = Duration::from_secs(15);
-/// First reconnection delay; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time to wait for a card lookup.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -88,35 +90,43 @@ fn spawn_link(shared: &Arc<Shared>, links: &mut Links, peer: Amid) -> mpsc::Send
         requeued: VecDeque::new(),
         card: None,
         card_at: None,
-        stream_retries: 0,
         stream_path: PathKind::Other,
         writer: None,
         reader: None,
-        inflight: VecDeque::new(),
-        undurable: false,
-        backoff: MIN_BACKOFF,
-        reconnect_at: None,
+        delivery: Delivery::new(shared.config.window, shared.config.delivery_timeout),
         skipped_knock_for: None,
         card_imported: false,
         skip_imported: false,
-        delayed: VecDeque::new(),
         peer_relays: Vec::new(),
-        mailbox_until: None,
     };
     tokio::spawn(link.run());
     tx
 }
 
+/// A sealed message, as the delivery machine holds it.
 struct InFlight {
     out: Outgoing,
+    /// The envelope's frame.
     bytes: Vec<u8>,
     session: SessionId,
-    /// When it was last written to a stream.
-    sent: Instant,
-    /// Whether it was written to the current stream. A message sealed
-    /// while the stream is open waits for the end of its burst (see
-    /// [`Link::write_pending`]).
-    written: bool,
+}
+
+impl Pending for InFlight {
+    fn id(&self) -> crate::envelope::MessageId {
+        self.out.id
+    }
+
+    fn deadline(&self) -> std::time::Instant {
+        self.out.deadline.into_std()
+    }
+
+    fn pinned(&self) -> bool {
+        self.out.session.is_some()
+    }
+
+    fn reopened(&self) -> u8 {
+        self.out.reknocks
+    }
 }
 
 struct Link {
@@ -135,46 +145,24 @@ struct Link {
     card: Option<AgentCard>,
     /// When `card` was looked up or read.
     card_at: Option<Instant>,
-    /// Streams opened again at once since the last one that worked.
-    stream_retries: u8,
     /// The path of the connection the message stream was opened on.
     stream_path: PathKind,
     writer: Option<FrameWriter>,
     reader: Option<FrameReader>,
-    inflight: VecDeque<InFlight>,
-    /// Whether messages were sealed since the store was last flushed: their
-    /// ratchet state must reach the disk before any of them is sent (see
-    /// [`Link::make_durable`]).
-    undurable: bool,
-    backoff: Duration,
-    reconnect_at: Option<Instant>,
+    /// The window, back-off, stream retries and mailbox fallback; it knows
+    /// whether sealed messages must reach the disk before any of them is
+    /// sent (see [`Link::make_durable`]). The stream is open in it exactly
+    /// when `writer` is set.
+    delivery: Delivery<InFlight>,
     /// The session last used without a KNOCK (for the audit log).
     skipped_knock_for: Option<SessionId>,
     /// Whether `card` was imported out of band.
     card_imported: bool,
     /// Dialling the imported card failed: ask the DHT first next time.
     skip_imported: bool,
-    /// Messages the peer rate-limited, with when to send them again.
-    delayed: VecDeque<(Instant, InFlight)>,
     /// The peer's mailbox relays, from its last card.
     peer_relays: Vec<(PeerId, libp2p::Multiaddr)>,
-    /// Until then, the peer is taken to be unreachable: messages go to its
-    /// mailbox without a dial first.
-    mailbox_until: Option<Instant>,
 }
-
-/// How long the oldest message in flight waits for its acknowledgement
-/// before the stream is taken to be dead (at most half the delivery
-/// timeout).
-const ACK_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How many times in a row a message stream that failed on a peer we
-/// reached is opened again at once, before the peer counts as unreachable
-/// (and its mail goes to the mailbox).
-const STREAM_RETRIES: u8 = 3;
-
-/// How long a peer that could not be dialled is taken to be unreachable.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 
 /// How long a card that says `offline` is believed before it is looked up
 /// again (the peer may have come back and published a newer one).
@@ -188,6 +176,16 @@ enum StreamError {
     Stream(String),
     /// The messages in flight could not be made durable, so none was sent.
     NotDurable,
+}
+
+impl StreamError {
+    fn kind(&self) -> StreamFailure {
+        match self {
+            Self::Unreachable(_) => StreamFailure::Unreachable,
+            Self::Stream(_) => StreamFailure::Stream,
+            Self::NotDurable => StreamFailure::NotDurable,
+        }
+    }
 }
 
 impl std::fmt::Display for StreamError {
@@ -218,8 +216,8 @@ impl Link {
         let cancel = self.cancel.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
-            let window_open = self.inflight.len() < self.shared.config.window.max(1);
-            let reconnect_at = self.reconnect_at;
+            let window_open = self.delivery.window_open();
+            let reconnect_at = self.delivery.reconnect_at().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -234,11 +232,11 @@ impl Link {
                 }
                 _ = async { tokio::time::sleep_until(reconnect_at.unwrap_or_else(Instant::now)).await },
                     if reconnect_at.is_some() => {
-                    self.reconnect_at = None;
+                    self.delivery.handle_reconnect_due();
                     if self.writer.is_none() && self.said_offline(peer_id).await {
                         // Not a failure of the peer's: it said it stopped.
                         debug!(peer = %self.peer.short(), "offline by its card: to the mailbox");
-                        self.schedule_reconnect();
+                        self.close_stream();
                         self.deposit_inflight().await;
                         continue;
                     }
@@ -246,34 +244,15 @@ impl Link {
                     match allowed {
                         Err(open) => {
                             // Wait out the cool-down; deadlines still apply.
-                            self.reconnect_at = Some(
-                                Instant::now() + Duration::from_millis(open.retry_after_ms.clamp(10, 60_000)),
+                            self.delivery.reconnect_later(
+                                std::time::Instant::now() + Duration::from_millis(open.retry_after_ms.clamp(10, 60_000)),
                             );
                         }
-                        Ok(()) => match self.ensure_stream(peer_id).await {
-                            Ok(()) => self.stream_retries = 0,
-                            Err(StreamError::Stream(e)) if self.stream_retries < STREAM_RETRIES => {
-                                // Reached, but the stream failed: most often it
-                                // was opened on a connection closed under it (a
-                                // relayed one replaced by a direct one). Try
-                                // again now rather than call the peer
-                                // unreachable.
-                                debug!(peer = %self.peer.short(), error = %e, "message stream failed; opening it again");
-                                self.stream_retries += 1;
-                                self.writer = None;
-                                self.reader = None;
-                                self.reconnect_at = Some(Instant::now() + MIN_BACKOFF);
+                        Ok(()) => {
+                            if let Err(e) = self.ensure_stream(peer_id).await {
+                                self.stream_failed(e).await;
                             }
-                            // Our disk, not the peer: try again later.
-                            Err(StreamError::NotDurable) => self.schedule_reconnect(),
-                            Err(e) => {
-                                debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
-                                self.stream_retries = 0;
-                                self.shared.breakers().record_failure(&self.peer, now_ms());
-                                self.schedule_reconnect();
-                                self.deposit_inflight().await;
-                            }
-                        },
+                        }
                     }
                 }
                 Some(out) = async {
@@ -296,11 +275,10 @@ impl Link {
         }
         // Stopped or killed: whatever was not delivered fails, visibly.
         self.rx.close();
-        let delayed: Vec<InFlight> = self.delayed.drain(..).map(|(_, m)| m).collect();
         let pending: Vec<Outgoing> = self
-            .inflight
-            .drain(..)
-            .chain(delayed)
+            .delivery
+            .drain()
+            .into_iter()
             .map(|m| m.out)
             .chain(self.requeued.drain(..))
             .collect();
@@ -323,10 +301,8 @@ impl Link {
     ///
     /// [`Config::link_idle`]: crate::node::Config::link_idle
     fn retire(&mut self) -> bool {
-        let idle = self.inflight.is_empty()
-            && self.delayed.is_empty()
+        let idle = self.delivery.is_idle()
             && self.requeued.is_empty()
-            && self.reconnect_at.is_none()
             && self.rx.is_empty()
             && self.last_active.elapsed() >= self.shared.config.link_idle;
         if !idle {
@@ -364,11 +340,31 @@ impl Link {
         true
     }
 
-    fn schedule_reconnect(&mut self) {
+    /// The stream closed or broke: another is opened after the back-off.
+    fn close_stream(&mut self) {
         self.writer = None;
         self.reader = None;
-        self.reconnect_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.delivery
+            .handle_stream_closed(std::time::Instant::now());
+    }
+
+    /// Opening the stream failed: open it again at once (a few times), or
+    /// later, or take the peer to be unreachable and use its mailbox.
+    async fn stream_failed(&mut self, e: StreamError) {
+        self.writer = None;
+        self.reader = None;
+        let now = std::time::Instant::now();
+        match self.delivery.handle_stream_failed(e.kind(), now) {
+            Failure::RetrySoon => {
+                debug!(peer = %self.peer.short(), error = %e, "message stream failed; opening it again");
+            }
+            Failure::Later => {}
+            Failure::Unreachable => {
+                debug!(peer = %self.peer.short(), error = %e, "reconnect failed");
+                self.shared.breakers().record_failure(&self.peer, now_ms());
+                self.deposit_inflight().await;
+            }
+        }
     }
 
     fn fail(&self, out: Outgoing, err: SendError) {
@@ -411,61 +407,44 @@ impl Link {
         }
     }
 
-    /// Fails messages whose delivery deadline passed, and puts messages
-    /// the peer rate-limited back in flight once their wait is over.
+    /// Fails messages whose delivery deadline passed, gives up a stream
+    /// whose oldest message waited too long, and puts messages the peer
+    /// rate-limited back in flight once their wait is over.
     async fn expire(&mut self) {
-        let now = Instant::now();
-        while self.inflight.front().is_some_and(|m| m.out.deadline <= now) {
-            if let Some(m) = self.inflight.pop_front() {
-                self.fail(m.out, SendError::NotAcknowledged);
-            }
+        let tick = self.delivery.handle_tick(std::time::Instant::now());
+        for m in tick.expired {
+            self.fail(m.out, SendError::NotAcknowledged);
         }
-        self.deposit_unacknowledged(now).await;
-        let mut resend = false;
-        while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, m)) = self.delayed.pop_front() {
-                if m.out.deadline <= now {
-                    self.fail(m.out, SendError::Rejected(RejectReason::RateLimited));
-                } else {
-                    resend = true;
-                    self.inflight.push_back(InFlight {
-                        sent: now,
-                        written: false,
-                        ..m
-                    });
-                }
-            }
+        if tick.stale {
+            self.deposit_unacknowledged().await;
+        }
+        let released = self.delivery.release_delayed(std::time::Instant::now());
+        for m in released.rate_limited {
+            self.fail(m.out, SendError::Rejected(RejectReason::RateLimited));
         }
         if self.writer.is_some() {
             // Also writes a burst held back by a failed flush.
             self.write_pending().await;
-        } else if resend {
-            // ensure_stream resends everything in flight.
-            self.reconnect_at = Some(now);
         }
     }
 
-    /// A stream on which the oldest message waited [`ACK_TIMEOUT`] for its
+    /// A stream on which the oldest message waited too long for its
     /// acknowledgement is taken to be dead (a peer that hangs, a connection
     /// that broke without a word): its connection is closed and what is in
     /// flight goes to the peer's mailbox. Should the peer have stored a
     /// message after all, it drops the mailbox copy by envelope id.
-    async fn deposit_unacknowledged(&mut self, now: Instant) {
-        let wait = ACK_TIMEOUT.min(self.shared.config.delivery_timeout / 2);
-        let stale = self
-            .inflight
-            .front()
-            .is_some_and(|m| now.saturating_duration_since(m.sent) >= wait);
-        if !stale || self.writer.is_none() || self.peer_relays.is_empty() {
+    async fn deposit_unacknowledged(&mut self) {
+        if self.writer.is_none() || self.peer_relays.is_empty() {
             return;
         }
         warn!(
             peer = %self.peer.short(),
-            in_flight = self.inflight.len(),
+            in_flight = self.delivery.in_flight(),
             "no acknowledgement in time; closing the connection and using the mailbox"
         );
         self.writer = None;
         self.reader = None;
+        self.delivery.handle_stream_abandoned();
         if let Some(peer) = self.peer_id {
             let _ = self
                 .shared
@@ -474,8 +453,8 @@ impl Link {
                 .await;
         }
         self.deposit_inflight().await;
-        if !self.inflight.is_empty() {
-            self.schedule_reconnect();
+        if self.delivery.in_flight() > 0 {
+            self.close_stream();
         }
     }
 
@@ -531,27 +510,23 @@ impl Link {
                 return;
             }
         };
-        self.undurable = true;
-        self.inflight.push_back(InFlight {
+        let m = InFlight {
             out,
             bytes: MsgFrame::Envelope(env.to_bytes()).to_bytes(),
             session,
-            sent: Instant::now(),
-            written: false,
-        });
-        if self.writer.is_none() && self.unreachable(peer_id) {
+        };
+        let connected = self.writer.is_none() && self.is_connected(peer_id);
+        match self
+            .delivery
+            .handle_sealed(m, connected, std::time::Instant::now())
+        {
             // Dialled and failed moments ago: straight to the mailbox.
-            self.deposit_inflight().await;
-            return;
+            AfterSeal::Deposit => self.deposit_inflight().await,
+            // The reconnection due now sends everything in flight, in
+            // order; with a stream open, the message is written when the
+            // burst ends (see `flush_if_idle`).
+            AfterSeal::Connect | AfterSeal::Wait => {}
         }
-        if self.writer.is_none() {
-            // New work: try to connect now rather than at the end of the
-            // back-off; the attempt sends everything in flight, in order.
-            self.backoff = MIN_BACKOFF;
-            self.reconnect_at = Some(Instant::now());
-        }
-        // With a stream open, the message is written when the burst ends
-        // (see `flush_if_idle`).
     }
 
     /// Ends a burst once no more messages are waiting, when the window is
@@ -560,17 +535,9 @@ impl Link {
     /// part of a long burst while we seal the next, rather than both sides
     /// taking turns): writes what it sealed, after one flush for all of it.
     async fn flush_if_idle(&mut self) {
-        let window = self.shared.config.window.max(1);
-        let window_full = self.inflight.len() >= window;
-        let unwritten = self
-            .inflight
-            .iter()
-            .rev()
-            .take_while(|m| !m.written)
-            .count();
-        if window_full
-            || unwritten >= (window / 4).max(1)
-            || (self.rx.is_empty() && self.requeued.is_empty())
+        if self
+            .delivery
+            .should_end_burst(self.rx.is_empty() && self.requeued.is_empty())
         {
             self.write_pending().await;
         }
@@ -584,7 +551,7 @@ impl Link {
     /// peer that cannot decrypt the second). Returns `false` when the flush
     /// failed; then nothing may be sent until a later call succeeds.
     async fn make_durable(&mut self) -> bool {
-        if !self.undurable {
+        if !self.delivery.needs_durable() {
             return true;
         }
         // The ratchets sealing advanced are written once per burst, here.
@@ -594,7 +561,7 @@ impl Link {
         }
         match self.shared.db.flush_async().await {
             Ok(_) => {
-                self.undurable = false;
+                self.delivery.handle_durable();
                 true
             }
             Err(e) => {
@@ -609,7 +576,7 @@ impl Link {
     /// failed flush they stay unwritten, and the next tick tries again
     /// (see `expire`).
     async fn write_pending(&mut self) {
-        if self.writer.is_none() || self.inflight.iter().all(|m| m.written) {
+        if !self.delivery.has_unwritten() {
             return;
         }
         if !self.make_durable().await {
@@ -618,22 +585,20 @@ impl Link {
         let Some(w) = self.writer.as_mut() else {
             return;
         };
-        let now = Instant::now();
         let mut result = Ok(());
-        for m in self.inflight.iter_mut().filter(|m| !m.written) {
+        for m in self.delivery.unwritten(std::time::Instant::now()) {
             result = w.feed(m.bytes.clone()).await;
             if result.is_err() {
                 break;
             }
-            m.written = true;
-            m.sent = now;
         }
         if result.is_ok() {
             result = w.flush().await;
         }
         if let Err(e) = result {
+            // The next stream carries everything in flight again.
             debug!(peer = %self.peer.short(), error = %e, "send failed");
-            self.schedule_reconnect();
+            self.close_stream();
         }
     }
 
@@ -643,7 +608,7 @@ impl Link {
     ) {
         let Ok(Some(bytes)) = frame else {
             debug!(peer = %self.peer.short(), "message stream closed");
-            self.schedule_reconnect();
+            self.close_stream();
             return;
         };
         let (id, nack, retry_after_ms) = match MsgFrame::from_bytes(&bytes) {
@@ -655,37 +620,22 @@ impl Link {
             }) => (id, Some(reason), retry_after_ms),
             Ok(_) | Err(_) => {
                 warn!(peer = %self.peer.short(), "peer broke the message protocol");
-                self.schedule_reconnect();
+                self.close_stream();
                 return;
             }
         };
-        let Some(pos) = self.inflight.iter().position(|m| m.out.id == id) else {
-            debug!(%id, "ack for a message not in flight");
-            return;
-        };
-        let Some(m) = self.inflight.remove(pos) else {
-            return;
-        };
-        self.backoff = MIN_BACKOFF;
-        match nack {
-            None => {
-                self.shared.breakers().record_success(&self.peer, now_ms());
-                // The peer's best connection; while none is known (one
-                // just closed, the next not yet seen), the stream's.
-                let path = match self.peer_id.map(|p| self.shared.path_to(&p)) {
-                    Some(p) if p != PathKind::Other => p,
-                    _ => self.stream_path,
-                };
-                self.shared.audit(AuditEvent::MessageOut {
-                    to: self.peer,
-                    id: m.out.id,
-                    session: m.session,
-                    size: m.bytes.len() as u32,
-                    path: path.to_string(),
-                });
-                self.delivered(m.out, path, false, m.session);
+        let Some(reason) = nack else {
+            match self.delivery.handle_ack(id) {
+                Some(m) => self.acknowledged(m),
+                None => debug!(%id, "ack for a message not in flight"),
             }
-            Some(RejectReason::UnknownSession) if m.out.session.is_some() => {
+            return;
+        };
+        let retry_after = retry_after_ms.map(Duration::from_millis);
+        let now = std::time::Instant::now();
+        match self.delivery.handle_nack(id, reason, retry_after, now) {
+            None => debug!(%id, "nack for a message not in flight"),
+            Some(Nacked::SessionEnded(m)) => {
                 // The peer ended the session this message belongs to.
                 let _ = self.shared.store().forget_session(&self.peer, &m.session);
                 self.fail(
@@ -695,9 +645,7 @@ impl Link {
                     },
                 );
             }
-            Some(reason @ (RejectReason::UnknownSession | RejectReason::DecryptFailed))
-                if m.out.reknocks == 0 =>
-            {
+            Some(Nacked::Reopen(m)) => {
                 // The peer lost or expired the session, or our ratchet state
                 // and theirs diverged (e.g. a crash before a flush): open a
                 // new session with a KNOCK, once per message.
@@ -711,15 +659,30 @@ impl Link {
                 out.reknocks += 1;
                 self.requeued.push_back(out);
             }
-            Some(RejectReason::RateLimited) if m.out.deadline > Instant::now() => {
-                // Not opened by the peer: the same envelope is sent again
-                // once the peer's bucket has a token.
-                let wait = Duration::from_millis(retry_after_ms.unwrap_or(1000).clamp(10, 60_000));
-                debug!(peer = %self.peer.short(), ?wait, "rate limited by peer; will resend");
-                self.delayed.push_back((Instant::now() + wait, m));
+            Some(Nacked::Delayed) => {
+                debug!(peer = %self.peer.short(), ?retry_after, "rate limited by peer; will resend");
             }
-            Some(reason) => self.fail(m.out, SendError::Rejected(reason)),
+            Some(Nacked::Rejected(m, reason)) => self.fail(m.out, SendError::Rejected(reason)),
         }
+    }
+
+    /// The peer acknowledged `m`: it is delivered.
+    fn acknowledged(&mut self, m: InFlight) {
+        self.shared.breakers().record_success(&self.peer, now_ms());
+        // The peer's best connection; while none is known (one just
+        // closed, the next not yet seen), the stream's.
+        let path = match self.peer_id.map(|p| self.shared.path_to(&p)) {
+            Some(p) if p != PathKind::Other => p,
+            _ => self.stream_path,
+        };
+        self.shared.audit(AuditEvent::MessageOut {
+            to: self.peer,
+            id: m.out.id,
+            session: m.session,
+            size: m.bytes.len() as u32,
+            path: path.to_string(),
+        });
+        self.delivered(m.out, path, false, m.session);
     }
 
     async fn resolve(&mut self) -> Result<AgentCard, LinkError> {
@@ -845,28 +808,22 @@ impl Link {
         }
     }
 
-    /// Whether the peer failed a dial moments ago and has not connected
-    /// since.
-    fn unreachable(&self, peer_id: PeerId) -> bool {
-        !self.is_connected(peer_id) && self.mailbox_until.is_some_and(|t| t > Instant::now())
-    }
-
     /// The peer cannot be reached: hands everything in flight, in order, to
     /// its mailbox relays. A message is done once a relay holds it on disk;
     /// its receipt says `mailbox`, and [`NodeEvent::Delivered`] follows when
     /// the peer has fetched it.
     async fn deposit_inflight(&mut self) {
-        if self.inflight.is_empty() || self.peer_relays.is_empty() {
+        if self.delivery.in_flight() == 0 || self.peer_relays.is_empty() {
             return;
         }
         if !self.make_durable().await {
             // Nothing leaves before it is durable: try again later.
-            if self.reconnect_at.is_none() {
-                self.schedule_reconnect();
+            if self.delivery.reconnect_at().is_none() {
+                self.close_stream();
             }
             return;
         }
-        while let Some(m) = self.inflight.pop_front() {
+        while let Some(m) = self.delivery.pop_front() {
             let Ok(MsgFrame::Envelope(envelope)) = MsgFrame::from_bytes(&m.bytes) else {
                 self.fail(m.out, SendError::InvalidPayload("not an envelope".into()));
                 continue;
@@ -874,7 +831,7 @@ impl Link {
             let relays = self.peer_relays.clone();
             match super::mailbox::deposit(&self.shared, &self.peer, &relays, &envelope).await {
                 Ok(n) => {
-                    self.mailbox_until = Some(Instant::now() + UNREACHABLE_FOR);
+                    self.delivery.handle_deposited(std::time::Instant::now());
                     self.shared.audit(AuditEvent::MessageOut {
                         to: self.peer,
                         id: m.out.id,
@@ -903,13 +860,13 @@ impl Link {
                 Err(e) => {
                     // No relay reachable either: keep it for the next try.
                     debug!(peer = %self.peer.short(), error = %e, "mailbox unreachable");
-                    self.inflight.push_front(m);
+                    self.delivery.push_front(m, std::time::Instant::now());
                     return;
                 }
             }
         }
         // Nothing left to resend: no reason to keep dialling.
-        self.reconnect_at = None;
+        self.delivery.handle_all_deposited();
     }
 
     /// Opens the message stream and resends everything in flight.
@@ -935,15 +892,12 @@ impl Link {
             .await
             .map_err(|e| failed(&e))?;
         let (mut w, r) = FramedStream::new(stream, MAX_FRAME_SIZE).split();
-        for m in &self.inflight {
+        for m in self.delivery.all_in_flight() {
             w.feed(m.bytes.clone()).await.map_err(|e| failed(&e))?;
         }
         w.flush().await.map_err(|e| failed(&e))?;
-        let now = Instant::now();
-        for m in &mut self.inflight {
-            m.sent = now;
-            m.written = true;
-        }
+        self.delivery
+            .handle_stream_opened(std::time::Instant::now());
         self.writer = Some(w);
         self.reader = Some(r);
         Ok(())

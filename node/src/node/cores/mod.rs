@@ -1,5 +1,6 @@
-//! The swarm actor's decisions without I/O: when to publish the card, what
-//! the network says about our reachability, and which relays to use.
+//! The node's decisions without I/O: when to publish the card, what the
+//! network says about our reachability, which relays to use, and how a
+//! link delivers its messages (window, back-off, mailbox fallback).
 //!
 //! Each core is a plain state machine in the style of quinn-proto: inputs
 //! are `handle_*` methods, outputs are `poll_*` methods or queries, and
@@ -7,6 +8,7 @@
 //! reads the clock, spawns, sleeps or touches the libp2p swarm, so unit
 //! tests, property tests and simulations drive them directly.
 
+pub(crate) mod delivery;
 pub(crate) mod publish;
 pub(crate) mod reachability;
 pub(crate) mod relays;
