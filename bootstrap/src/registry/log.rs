@@ -202,6 +202,11 @@ impl Registry {
             return Ok(None);
         };
         let head = self.log_head(None, now_ms)?;
+        if index >= head.size {
+            // Appended, but no flush has made it durable yet: no head
+            // covers it, so there is nothing to prove it against yet.
+            return Ok(None);
+        }
         let proof: InclusionProof = self.inner.log.inclusion_proof(index, head.size)?;
         Ok(Some(LogInclusion { proof, head }))
     }

@@ -796,3 +796,30 @@ async fn answers_keep_their_json_shape() {
 fn json<T: Serialize>(answer: &T) -> String {
     crate::http::to_json(answer).unwrap().to_string()
 }
+
+/// A certificate whose log leaf is appended but not yet flushed (a
+/// concurrent issuance between its append and its flush) is served
+/// without an inclusion proof, not refused; the proof comes with the flush.
+#[tokio::test]
+async fn credentials_of_a_certificate_not_yet_durable_come_without_a_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let alice = id(1);
+    register(&r, &alice, &["chat"]).await;
+    let chain = r
+        .issue_verified(&alice.amid(), "github:1", NOW)
+        .await
+        .unwrap();
+    let size = r.log().size().unwrap();
+    // The state between the append and the flush of the issuance.
+    r.inner
+        .durable_leaves
+        .store(size - 1, std::sync::atomic::Ordering::SeqCst);
+    let creds = r.credentials_for(&alice.amid(), None, NOW).unwrap();
+    assert_eq!(creds.chain.as_ref(), Some(&chain));
+    assert!(creds.inclusion.is_none(), "no head covers the leaf yet");
+    r.flush().await.unwrap();
+    let creds = r.credentials_for(&alice.amid(), None, NOW).unwrap();
+    let inc = creds.inclusion.expect("proven once durable");
+    assert_eq!(inc.head.size, size);
+}
