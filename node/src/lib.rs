@@ -40,34 +40,32 @@
 
 pub mod api;
 pub mod audit;
-pub mod breaker;
 pub mod card;
-pub mod cert;
 pub mod contacts;
 pub mod content;
 pub mod control;
-pub mod credentials;
+pub mod crypto;
 pub mod daemon;
 pub mod diagnostics;
-pub mod envelope;
 pub mod events;
 pub mod identity;
-pub mod keystore;
 pub mod knock;
 pub mod lru;
 pub mod mailbox;
 pub mod memory_cap;
 mod node;
 pub mod plugin;
-pub mod policy;
-pub mod ratelimit;
-pub mod receipts;
 pub mod registry;
-pub mod reputation;
 pub mod session;
 pub mod storage;
 pub mod transparency;
+pub mod trust;
 pub mod wire;
+
+// The parts' modules at their earlier paths.
+pub use crypto::{envelope, keystore};
+pub use knock::{breaker, policy, ratelimit};
+pub use trust::{cert, credentials, receipts, reputation};
 
 pub use card::{AgentCard, Presence};
 pub use events::{Message, MessageKind, NodeEvent, Receipt};

@@ -744,7 +744,7 @@ mod tests {
                     match i {
                         Input::Seal { connected } => {
                             if d.window_open() && next < u8::MAX {
-                                let m = Msg { id: next, deadline: now + TIMEOUT, pinned: next % 5 == 0, reopened: next % 3 };
+                                let m = Msg { id: next, deadline: now + TIMEOUT, pinned: next.is_multiple_of(5), reopened: next % 3 };
                                 sealed.push(next);
                                 next += 1;
                                 d.handle_sealed(m, connected, now);

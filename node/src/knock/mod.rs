@@ -14,6 +14,14 @@
 //! exchange and KNOCK are one step and a first message is never dropped
 //! between them. The decision is signed by the receiver and names the hash of
 //! the KNOCK it answers.
+//!
+//! The receiver's side: the [`policy`] that judges a KNOCK, the [`ratelimit`]
+//! buckets per sender, and the [`breaker`]s that stop dialling a failing
+//! peer.
+
+pub mod breaker;
+pub mod policy;
+pub mod ratelimit;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,7 +43,7 @@ pub const MAX_KNOCK_SIZE: usize = MAX_ENVELOPE_SIZE + 10 * 1024;
 /// Largest encoded decision accepted.
 pub const MAX_DECISION_SIZE: usize = 1024;
 /// Default lifetime of an accepted session.
-pub const DEFAULT_SESSION_TTL_MS: u64 = crate::policy::DEFAULT_SESSION_TTL_MS;
+pub const DEFAULT_SESSION_TTL_MS: u64 = policy::DEFAULT_SESSION_TTL_MS;
 const MAX_INTENT_FIELD: usize = 128;
 
 /// The kind of session asked for.
