@@ -76,7 +76,7 @@ pub struct PunchWatch {
 
 impl PunchWatch {
     /// A probe that waits `wait` after a relayed connection for a direct
-    /// one ([`PUNCH_WAIT`] in the node).
+    /// one ([`PUNCH_WAIT`](super::PUNCH_WAIT) in the node).
     pub fn new(wait: Duration) -> Self {
         Self {
             wait,
