@@ -4,138 +4,11 @@
 //! refused), names bob, sends to the name, and bob receives; `agentmesh
 //! peers` and `names` list what alice knows.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+mod support;
 
 use base64::Engine as _;
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
-};
-
-const WAIT: Duration = Duration::from_secs(90);
-
-fn agentmesh(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_agentmesh"));
-    c.env("AGENTMESH_PASSPHRASE", "cli contacts")
-        .env_remove("AGENTMESH_PASSPHRASE_FILE")
-        .env_remove("AGENTMESH_HOME")
-        .env_remove("AGENTMESH_BOOTSTRAP")
-        .arg("--data-dir")
-        .arg(dir)
-        .kill_on_drop(true);
-    c
-}
-
-/// An `agentmesh run --json` process with no bootstrap, and its output.
-struct Agent {
-    dir: PathBuf,
-    amid: String,
-    _child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Agent {
-    async fn start(dir: PathBuf) -> Agent {
-        let mut child = agentmesh(&dir)
-            .args(["--json", "run"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("agentmesh run starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut a = Agent {
-            dir,
-            amid: String::new(),
-            _child: child,
-            lines,
-            seen: Vec::new(),
-        };
-        let started = a.wait(|v| v["event"] == "started").await;
-        a.amid = started["amid"].as_str().unwrap().to_owned();
-        listening(&a.dir).await;
-        a
-    }
-
-    async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.seen.iter().position(&pred) {
-            return self.seen.remove(i);
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("expected output in time; saw {:?}", self.seen))
-                .expect("agent still running");
-            if pred(&v) {
-                return v;
-            }
-            self.seen.push(v);
-        }
-    }
-}
-
-/// Waits until the agent in `dir` listens, from `agentmesh status` (the
-/// `listening` events may be out before `run` subscribes to events).
-async fn listening(dir: &Path) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let out = agentmesh(dir)
-            .args(["--json", "status"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap();
-        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if status["listen_addrs"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Runs one CLI command; returns (success, stdout, stderr).
-async fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        WAIT,
-        agentmesh(dir).args(args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("the command ends in time")
-    .expect("cli runs");
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-async fn cli(dir: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = run(dir, args).await;
-    assert!(ok, "agentmesh {args:?}: {err}");
-    out
-}
+use support::cli::{cli, run, Agent};
 
 /// A card string with one byte of its signed record changed.
 fn tampered(card: &str) -> String {
@@ -150,8 +23,8 @@ fn tampered(card: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_imported_out_of_band_reaches_its_agent_with_no_dht() {
     let root = tempfile::tempdir().unwrap();
-    let mut bob = Agent::start(root.path().join("bob")).await;
-    let alice = Agent::start(root.path().join("alice")).await;
+    let mut bob = Agent::start(root.path().join("bob"), None).await;
+    let alice = Agent::start(root.path().join("alice"), None).await;
 
     // Bob exports his card to a file; the string is the same card.
     let file = root.path().join("bob.card");

@@ -3,186 +3,17 @@
 //! `reply`, `end` and `stream` as separate processes talking to them; and
 //! `agentmesh doctor` against them.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+mod support;
+
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
-};
+use support::cli::{cli, cli_on_terminal, listen_addr, run, Agent, WAIT};
 
-const WAIT: Duration = Duration::from_secs(90);
-
-fn agentmesh(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_agentmesh"));
-    c.env("AGENTMESH_PASSPHRASE", "cli sessions")
-        .env_remove("AGENTMESH_PASSPHRASE_FILE")
-        .env_remove("AGENTMESH_HOME")
-        .arg("--data-dir")
-        .arg(dir)
-        .kill_on_drop(true);
-    c
-}
-
-/// An `agentmesh run --json` process and its output lines.
-struct Agent {
-    dir: PathBuf,
-    amid: String,
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Agent {
-    async fn start(dir: PathBuf, bootstrap: Option<&str>) -> Agent {
-        let mut cmd = agentmesh(&dir);
-        cmd.args(["--json", "run"]);
-        if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("agentmesh run starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut a = Agent {
-            dir,
-            amid: String::new(),
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        let started = a.wait(|v| v["event"] == "started").await;
-        a.amid = started["amid"].as_str().unwrap().to_owned();
-        a
-    }
-
-    async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.seen.iter().position(&pred) {
-            return self.seen.remove(i);
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .expect("expected output in time")
-                .expect("agent still running");
-            if pred(&v) {
-                return v;
-            }
-            self.seen.push(v);
-        }
-    }
-
-    async fn published(&mut self) {
-        self.wait(|v| v["event"] == "card_published" && v["stored_remotely"] == true)
-            .await;
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // A clean stop: the node republishes its card as offline.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-}
-
-/// Runs one CLI command against the agent in `dir`; returns its stdout.
-async fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = agentmesh(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("cli runs");
-    assert!(
-        out.status.success(),
-        "agentmesh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `agentmesh <args>` on a terminal (a pseudo-terminal from util-linux
-/// `script`, which copies what the command wrote to stdout and stderr to
-/// its own stdout): what the terminal showed.
-async fn cli_on_terminal(dir: &Path, args: &[&str]) -> String {
-    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
-    let cmd = [env!("CARGO_BIN_EXE_agentmesh"), "--data-dir"]
-        .into_iter()
-        .map(quote)
-        .chain([quote(dir.to_str().unwrap())])
-        .chain(args.iter().map(|a| quote(a)))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = tokio::time::timeout(
-        WAIT,
-        Command::new("script")
-            .args(["-qefc", &cmd, "/dev/null"])
-            .env("TERM", "xterm")
-            .env("AGENTMESH_PASSPHRASE", "cli sessions")
-            .env_remove("AGENTMESH_PASSPHRASE_FILE")
-            .env_remove("AGENTMESH_HOME")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("ends in time")
-    .expect("util-linux `script` runs");
-    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "agentmesh {args:?}: {shown}");
-    shown
-}
-
-/// The QUIC address of the agent in `dir`, from `agentmesh status` once
-/// it listens.
+/// The QUIC address of the agent in `dir`.
 async fn quic_addr(dir: &Path) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let out = agentmesh(dir)
-            .args(["--json", "status"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap();
-        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let quic = status["listen_addrs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/quic"));
-        if let Some(a) = quic {
-            return a.to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "boot never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    listen_addr(dir, |a| a.contains("/quic")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,13 +129,8 @@ async fn request_reply_end_and_stream_from_the_cli() {
 
 /// `agentmesh doctor` as the owner sees it: its table and exit status.
 async fn doctor(dir: &Path) -> (bool, String) {
-    let out = agentmesh(dir)
-        .arg("doctor")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("cli runs");
-    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    let (ok, out, _) = run(dir, &["doctor"]).await;
+    (ok, out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

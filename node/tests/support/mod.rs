@@ -1,5 +1,8 @@
-//! What the Sybil flood tests share: one fresh identity's KNOCK.
+//! What the node's integration tests share: one fresh identity's KNOCK
+//! (the Sybil floods), and `agentmesh` processes ([`cli`]).
 #![allow(dead_code, unreachable_pub, missing_docs)]
+
+pub mod cli;
 
 use std::time::Duration;
 
