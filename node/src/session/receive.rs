@@ -20,6 +20,7 @@ use super::{
     be, key, read_be, Role, SessionInfo, SessionStore, MAX_CACHED_PEERS, ONE_TIME_KEYS,
     ONE_TIME_KEYS_LOW,
 };
+
 /// A received, decrypted message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -16,6 +16,7 @@ use crate::{
 };
 
 use super::{Role, SessionInfo, SessionStore, DEFAULT_MESSAGE_TTL_MS};
+
 /// Why sealing failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -57,11 +58,7 @@ impl std::fmt::Debug for PendingOutbound {
 }
 
 impl SessionStore {
-    fn encrypt(
-        &self,
-        olm: &mut Session,
-        content: &Content,
-    ) -> Result<(u8, Vec<u8>), SealError> {
+    fn encrypt(&self, olm: &mut Session, content: &Content) -> Result<(u8, Vec<u8>), SealError> {
         let plain = Zeroizing::new(content.to_bytes().map_err(|e| match e {
             crate::content::ContentError::TooLarge(n) => SealError::PayloadTooLarge(n),
             e => SealError::Olm(e.to_string()),

@@ -18,6 +18,7 @@ use crate::{
 };
 
 use super::{call, RegistryClientError, RETRY};
+
 /// Registry error codes that will not change if the same receipt is filed
 /// again later.
 const FINAL_REFUSALS: &[&str] = &[

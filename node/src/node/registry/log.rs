@@ -12,6 +12,7 @@ use crate::{
 };
 
 use super::{call, registry_root, RegistryClientError};
+
 /// Where the last registry log head this node checked is kept.
 const LOG_HEAD_KEY: &[u8] = b"registry/log_head";
 

@@ -13,6 +13,7 @@ use crate::{
 };
 
 use super::{call, root, RegistryClientError};
+
 /// What [`Node::renew_credentials`](crate::Node::renew_credentials) and
 /// [`Node::reload_credentials`](crate::Node::reload_credentials) installed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

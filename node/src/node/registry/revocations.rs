@@ -19,6 +19,7 @@ use crate::{
 };
 
 use super::{call, registry_peer, registry_root, RegistryClientError, CALL_TIMEOUT};
+
 /// Most keys asked about one by one in a sync, when the registry does not
 /// serve its whole list (below its per-peer burst); the longest unchecked
 /// go first.
