@@ -62,6 +62,13 @@ pub mod transparency;
 pub mod trust;
 pub mod wire;
 
+/// Decisions of the node without I/O that other crates drive too: the
+/// simulator runs a link's [`delivery`](cores::delivery) machine for every
+/// session it models.
+pub mod cores {
+    pub use crate::node::cores::delivery;
+}
+
 // The parts' modules at their earlier paths.
 pub use crypto::{envelope, keystore};
 pub use knock::{breaker, policy, ratelimit};

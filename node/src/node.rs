@@ -10,7 +10,7 @@ mod builder;
 mod cards;
 mod config;
 mod controls;
-mod cores;
+pub(crate) mod cores;
 mod errors;
 mod exchange;
 mod inbound;

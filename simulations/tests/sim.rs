@@ -109,3 +109,26 @@ fn every_ready_made_scenario_runs() {
         assert!(r.events() > 0, "{name}");
     }
 }
+
+/// Senders run the node's own delivery machine: a recipient that stopped
+/// cleanly told its peers, so no stream waits for acknowledgements that
+/// cannot come; one that crashed did not, so its senders give the stream
+/// up after the acknowledgement timeout and its mail still arrives, through
+/// the mailbox.
+#[test]
+fn a_crashed_recipient_is_found_out_by_its_missing_acknowledgements() {
+    let mut clean = small("churn", 250, 90);
+    clean.churn.crash_share = 0.0;
+    let mut crashing = clean.clone();
+    crashing.churn.crash_share = 1.0;
+    let clean = run(&clean, false);
+    let crashing = run(&crashing, false);
+    assert_eq!(clean.stale_streams(), 0, "{}", clean.text());
+    assert!(crashing.stale_streams() > 0, "{}", crashing.text());
+    assert!(
+        crashing.delivered_by(Path::Mailbox) > 0,
+        "{}",
+        crashing.text()
+    );
+    assert!(crashing.text().contains("streams given up unacknowledged"));
+}

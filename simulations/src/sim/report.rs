@@ -51,10 +51,11 @@ pub(crate) enum Failure {
     StrangersTotal,
     RelayLost,
     Expired,
+    NotAcknowledged,
 }
 
 impl Failure {
-    const ALL: [Failure; 7] = [
+    const ALL: [Failure; 8] = [
         Failure::NoCard,
         Failure::Unreachable,
         Failure::MailboxFull,
@@ -62,6 +63,7 @@ impl Failure {
         Failure::StrangersTotal,
         Failure::RelayLost,
         Failure::Expired,
+        Failure::NotAcknowledged,
     ];
 
     fn name(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Failure {
             Failure::StrangersTotal => "mailbox: strangers' part used",
             Failure::RelayLost => "lost with a relay",
             Failure::Expired => "expired in a mailbox",
+            Failure::NotAcknowledged => "not acknowledged before its deadline",
         }
     }
 }
@@ -90,6 +93,9 @@ pub(crate) struct Recorder {
     sent: u64,
     pub(crate) deposits: u64,
     pub(crate) no_relay: u64,
+    /// Message streams given up for want of an acknowledgement (their
+    /// messages went to the mailbox).
+    pub(crate) stale_streams: u64,
     /// (started, hops, latency, found), after the warm-up.
     lookups: Vec<(u64, u32, u64, bool)>,
     /// (at, replicas)
@@ -116,6 +122,7 @@ impl Recorder {
             sent: 0,
             deposits: 0,
             no_relay: 0,
+            stale_streams: 0,
             lookups: Vec::new(),
             puts: Vec::new(),
             deliveries: Vec::new(),
@@ -256,6 +263,18 @@ impl Report {
             .count()
     }
 
+    /// Message streams a sender gave up because their acknowledgements
+    /// stopped (a recipient that crashed); their messages went to the
+    /// mailbox.
+    pub fn stale_streams(&self) -> u64 {
+        self.rec.stale_streams
+    }
+
+    /// Messages sent after the warm-up that were delivered, by any path.
+    pub fn delivered(&self) -> usize {
+        self.rec.deliveries.len()
+    }
+
     /// Events the simulator handled.
     pub fn events(&self) -> u64 {
         self.rec.events
@@ -324,7 +343,7 @@ impl Report {
                 true,
                 "first contacts (card lookup, connection, KNOCK, message; mailbox: until fetched)",
             ),
-            (false, "messages in a session"),
+            (false, "messages in a session (mailbox: the stream was given up unacknowledged; until fetched)"),
         ] {
             let _ = writeln!(out, "{title}");
             let _ = writeln!(
@@ -360,13 +379,15 @@ impl Report {
         let _ = writeln!(
             out,
             "messages sent {}, delivered {} ({:.2} %), waiting in mailboxes at the end {}; \
-             mailbox deposits {}; agents behind a NAT left without a relay {}",
+             mailbox deposits {}; agents behind a NAT left without a relay {}; \
+             streams given up unacknowledged {}",
             r.sent,
             delivered,
             pct(delivered, r.sent as usize),
             self.waiting,
             r.deposits,
-            r.no_relay
+            r.no_relay,
+            r.stale_streams
         );
         let _ = writeln!(out, "not delivered: {failed}");
         for why in Failure::ALL {

@@ -209,6 +209,13 @@ pub struct ChurnModel {
     pub session_scale_h: f64,
     /// Mean downtime, hours (exponential).
     pub downtime_mean_h: f64,
+    /// Share of departures that are crashes (0 to 1). An agent that stops
+    /// cleanly tells the peers it has sessions with (its offline card) and
+    /// closes its connections, so their mail goes to its mailbox at once;
+    /// one that crashes tells nobody, and a sender finds out only when its
+    /// messages go unacknowledged (the link's delivery machine, after
+    /// `ACK_TIMEOUT`).
+    pub crash_share: f64,
 }
 
 impl Default for ChurnModel {
@@ -218,6 +225,7 @@ impl Default for ChurnModel {
             session_shape: 0.61,
             session_scale_h: 3.66,
             downtime_mean_h: 1.0,
+            crash_share: 0.0,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! reads the clock, spawns, sleeps or touches the libp2p swarm, so unit
 //! tests, property tests and simulations drive them directly.
 
-pub(crate) mod delivery;
+pub mod delivery;
 pub(crate) mod publish;
 pub(crate) mod reachability;
 pub(crate) mod relays;

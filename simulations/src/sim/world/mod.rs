@@ -2,11 +2,13 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
 
 use agentmesh_dht::engine::{
     Contact, EngineConfig, Event, KadKey, Kademlia, QueryId, Request, RequestId, Response,
 };
 use agentmesh_dht::{record_key, SignedRecord};
+use agentmesh_node::cores::delivery::Delivery;
 use agentmesh_transports::libp2p::identity::Keypair;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,6 +25,8 @@ const MINUTE: u64 = 60_000;
 const HOUR: u64 = 60 * MINUTE;
 /// How long an agent takes to notice that its relay is gone.
 const RELAY_LOSS_NOTICED_MS: u64 = 30_000;
+/// How often a running agent collects its mail (the node's drain period).
+const DRAIN_EVERY_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -43,6 +47,9 @@ struct Node {
     held: bool,
     /// Bumped at every departure: timers of an older session are stale.
     epoch: u32,
+    /// The last epoch that ended in a clean stop (its peers were told);
+    /// later ones ended in crashes.
+    clean_stop: Option<u32>,
     wake_at: Option<u64>,
     keypair: Option<Keypair>,
     card_key: Vec<u8>,
@@ -64,13 +71,20 @@ struct Message {
     from: u32,
     to: u32,
     sent: u64,
+    /// Sent in a standing session (not a first contact).
+    in_session: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Session {
     epochs: (u32, u32),
     path: Path,
     relay: Option<u32>,
+    /// The sender's link: the node's own delivery machine (window,
+    /// acknowledgements, the stream given up when they stop coming).
+    link: Delivery<traffic::Out>,
+    /// Whether a [`Ev::LinkTick`] is due for this link.
+    tick_armed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +139,29 @@ enum Ev {
         path: Path,
         first: bool,
     },
+    /// A message written to a session's stream reaches the recipient's
+    /// side (delivered if the recipient is still the one that opened it).
+    Arrive {
+        msg: usize,
+        path: Path,
+        epochs: (u32, u32),
+    },
+    /// The recipient's acknowledgement reaches the sender.
+    Ack {
+        msg: usize,
+        epochs: (u32, u32),
+    },
+    /// The sender's link checks on what it has in flight.
+    LinkTick {
+        from: u32,
+        to: u32,
+        epoch: u32,
+    },
+    /// A running agent collects its mail.
+    Fetch {
+        node: u32,
+        epoch: u32,
+    },
     Script {
         index: usize,
     },
@@ -168,6 +205,8 @@ pub(super) struct World<'s> {
     sessions: BTreeMap<(u32, u32), Session>,
     rec: Recorder,
     end: u64,
+    /// Virtual time zero, for the node's cores (which count in `Instant`s).
+    base: Instant,
 }
 
 fn card_payload(relay: Option<u32>) -> Vec<u8> {
@@ -239,6 +278,7 @@ impl<'s> World<'s> {
                 joined: false,
                 held: false,
                 epoch: 0,
+                clean_stop: None,
                 wake_at: None,
                 card_key: record_key("card", &peer),
                 keypair: (role == Role::Agent).then_some(keypair),
@@ -273,6 +313,7 @@ impl<'s> World<'s> {
             sessions: BTreeMap::new(),
             rec: Recorder::new(scenario),
             end,
+            base: Instant::now(),
         };
         // Servers are up from the start and know each other.
         for i in 0..servers {
@@ -303,6 +344,11 @@ impl<'s> World<'s> {
         self.nodes[i as usize].kad.local().clone()
     }
 
+    /// Virtual time `t` (ms) as the node's cores count it.
+    fn instant(&self, t: u64) -> Instant {
+        self.base + Duration::from_millis(t)
+    }
+
     fn schedule(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse(Scheduled {
@@ -330,7 +376,7 @@ impl<'s> World<'s> {
     /// Runs to the end; `progress` shows each hundredth of the virtual
     /// time on its bar and each tenth as a log line.
     pub(super) fn run(mut self, progress: &Progress) -> Report {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut next_hundredth = 1;
         while let Some(Reverse(item)) = self.queue.pop() {
             if item.at > self.end {
@@ -455,6 +501,14 @@ impl<'s> World<'s> {
                 let m = self.messages[msg];
                 let latency = self.now - m.sent;
                 self.rec.delivered(m.sent, path, latency, first);
+            }
+            Ev::Arrive { msg, path, epochs } => self.on_arrive(msg, path, epochs),
+            Ev::Ack { msg, epochs } => self.on_ack(msg, epochs),
+            Ev::LinkTick { from, to, epoch } => self.on_link_tick(from, to, epoch),
+            Ev::Fetch { node, epoch } => {
+                if self.current(node, epoch) {
+                    self.fetch_mail(node);
+                }
             }
             Ev::Script { index } => self.script(index),
             Ev::Sample => {
@@ -613,7 +667,14 @@ impl<'s> World<'s> {
     }
 
     fn go_offline(&mut self, node: u32) {
+        // Drawn only when crashes are modelled, so that other scenarios
+        // keep their random sequence.
+        let share = self.scenario.churn.crash_share;
+        let crash = share > 0.0 && unit(&mut self.rng) < share;
         let n = &mut self.nodes[node as usize];
+        if !crash {
+            n.clean_stop = Some(n.epoch);
+        }
         n.online = false;
         n.epoch += 1;
         n.wake_at = None;

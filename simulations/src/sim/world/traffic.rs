@@ -1,11 +1,46 @@
 //! An agent's traffic: card lookups, messages, and where each goes —
 //! direct, relayed then hole punched, or into the recipient's mailbox.
 
+use std::time::Instant;
+
+use agentmesh_node::cores::delivery::{Delivery, Pending, ACK_TIMEOUT};
+use agentmesh_node::envelope::MessageId;
 use rand::Rng;
 
-use super::{Ev, Message, Purpose, Session, World, MINUTE};
+use super::{Ev, Message, Purpose, Session, World, DRAIN_EVERY_MS, MINUTE};
 use crate::sim::model::{hole_punch_works, unit};
 use crate::sim::report::{Failure, Path};
+
+/// A message in a link's window.
+#[derive(Debug)]
+pub(super) struct Out {
+    msg: usize,
+    deadline: Instant,
+}
+
+impl Pending for Out {
+    fn id(&self) -> MessageId {
+        MessageId((self.msg as u128).to_be_bytes())
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn pinned(&self) -> bool {
+        false
+    }
+
+    fn reopened(&self) -> u8 {
+        0
+    }
+}
+
+/// The node's defaults for a link: its window and delivery timeout.
+fn new_link() -> Delivery<Out> {
+    let c = agentmesh_node::Config::default();
+    Delivery::new(c.window, c.delivery_timeout)
+}
 
 fn card_relay(card: &[u8]) -> Option<u32> {
     let record = agentmesh_dht::SignedRecord::from_bytes(card).ok()?;
@@ -58,32 +93,27 @@ impl World<'_> {
             from: node,
             to,
             sent: self.now,
+            in_session: false,
         });
         self.rec.sent(self.now);
         let epochs = (
             self.nodes[node as usize].epoch,
             self.nodes[to as usize].epoch,
         );
-        if let Some(session) = self.sessions.get(&(node, to)).copied() {
+        if let Some(session) = self.sessions.get(&(node, to)) {
             let relay_ok = session
                 .relay
                 .is_none_or(|r| self.relays.get(&r).is_some_and(|x| x.alive));
-            if session.epochs == epochs && self.nodes[to as usize].online && relay_ok {
-                let delay = match session.relay {
-                    Some(r) => {
-                        self.rec.relayed(r - self.scenario.bootstraps, self.now);
-                        self.one_way(node, r) + self.one_way(r, to)
-                    }
-                    None => self.one_way(node, to),
-                };
-                self.schedule(
-                    self.now + delay,
-                    Ev::Deliver {
-                        msg,
-                        path: session.path,
-                        first: false,
-                    },
-                );
+            let recipient = &self.nodes[to as usize];
+            let same = session.epochs == epochs && recipient.online;
+            // A recipient that crashed since told nobody: the sender
+            // writes on as if the stream stood, until the acknowledgements
+            // stop coming. One that stopped cleanly told its peers.
+            let unaware = session.epochs.0 == epochs.0
+                && session.epochs.1 != epochs.1
+                && recipient.clean_stop.is_none_or(|e| e < session.epochs.1);
+            if relay_ok && (same || unaware) {
+                self.send_on_link(node, to, msg);
                 return;
             }
             self.sessions.remove(&(node, to));
@@ -103,7 +133,7 @@ impl World<'_> {
     /// First contact after the card lookup: direct, relayed (then hole
     /// punched if the NATs allow), or into the recipient's mailbox.
     pub(super) fn route(&mut self, msg: usize, card: Option<&[u8]>) {
-        let Message { from, to, sent } = self.messages[msg];
+        let Message { from, to, sent, .. } = self.messages[msg];
         let Some(card) = card else {
             self.rec.failed(sent, Failure::NoCard);
             return;
@@ -145,14 +175,8 @@ impl World<'_> {
                     first: true,
                 },
             );
-            self.sessions.insert(
-                (from, to),
-                Session {
-                    epochs,
-                    path,
-                    relay: via,
-                },
-            );
+            let session = self.new_session(epochs, path, via);
+            self.sessions.insert((from, to), session);
             return;
         }
         // Offline (or no longer at that relay): leave it in the mailbox.
@@ -178,18 +202,151 @@ impl World<'_> {
                 first: true,
             },
         );
-        self.sessions.insert(
-            (from, to),
-            Session {
-                epochs,
-                path,
-                relay,
-            },
-        );
+        let session = self.new_session(epochs, path, relay);
+        self.sessions.insert((from, to), session);
+    }
+
+    /// A session just opened: its link has a stream open.
+    fn new_session(&self, epochs: (u32, u32), path: Path, relay: Option<u32>) -> Session {
+        let mut link = new_link();
+        link.handle_stream_opened(self.instant(self.now));
+        Session {
+            epochs,
+            path,
+            relay,
+            link,
+            tick_armed: false,
+        }
+    }
+
+    /// A message in a standing session goes through the sender's link: it
+    /// joins the window and is written at once (one message per action
+    /// ends its burst), and a check of the window is armed.
+    fn send_on_link(&mut self, from: u32, to: u32, msg: usize) {
+        let now = self.instant(self.now);
+        let timeout = agentmesh_node::Config::default().delivery_timeout;
+        self.messages[msg].in_session = true;
+        let Some(s) = self.sessions.get_mut(&(from, to)) else {
+            return;
+        };
+        let out = Out {
+            msg,
+            deadline: now + timeout,
+        };
+        s.link.handle_sealed(out, true, now);
+        let written: Vec<usize> = if s.link.has_unwritten() && s.link.should_end_burst(true) {
+            s.link.unwritten(now).map(|o| o.msg).collect()
+        } else {
+            Vec::new()
+        };
+        let (epochs, path, relay) = (s.epochs, s.path, s.relay);
+        let arm = !std::mem::replace(&mut s.tick_armed, true);
+        for m in written {
+            let delay = match relay {
+                Some(r) => {
+                    self.rec.relayed(r - self.scenario.bootstraps, self.now);
+                    self.one_way(from, r) + self.one_way(r, to)
+                }
+                None => self.one_way(from, to),
+            };
+            self.schedule(
+                self.now + delay,
+                Ev::Arrive {
+                    msg: m,
+                    path,
+                    epochs,
+                },
+            );
+        }
+        if arm {
+            let epoch = epochs.0;
+            self.schedule(
+                self.now + ACK_TIMEOUT.as_millis() as u64,
+                Ev::LinkTick { from, to, epoch },
+            );
+        }
+    }
+
+    /// A message written to a stream reaches the recipient: delivered and
+    /// acknowledged if the recipient is still the process that opened the
+    /// session; lost with the stream otherwise.
+    pub(super) fn on_arrive(&mut self, msg: usize, path: Path, epochs: (u32, u32)) {
+        let Message { from, to, sent, .. } = self.messages[msg];
+        let r = &self.nodes[to as usize];
+        if !r.online || r.epoch != epochs.1 {
+            return;
+        }
+        self.rec.delivered(sent, path, self.now - sent, false);
+        let relay = self.sessions.get(&(from, to)).and_then(|s| s.relay);
+        let back = match relay {
+            Some(r) => self.one_way(to, r) + self.one_way(r, from),
+            None => self.one_way(to, from),
+        };
+        self.schedule(self.now + back, Ev::Ack { msg, epochs });
+    }
+
+    /// The acknowledgement of `msg` reaches its sender's link.
+    pub(super) fn on_ack(&mut self, msg: usize, epochs: (u32, u32)) {
+        let Message { from, to, .. } = self.messages[msg];
+        if let Some(s) = self.sessions.get_mut(&(from, to)) {
+            if s.epochs == epochs {
+                let id = MessageId((msg as u128).to_be_bytes());
+                s.link.handle_ack(id);
+            }
+        }
+    }
+
+    /// The link checks its window: messages past their deadline fail, and
+    /// a stream whose oldest message waited too long for its
+    /// acknowledgement is given up: what is in flight goes to the
+    /// recipient's mailbox, and the next message starts afresh.
+    pub(super) fn on_link_tick(&mut self, from: u32, to: u32, epoch: u32) {
+        if self.nodes[from as usize].epoch != epoch || !self.nodes[from as usize].online {
+            return;
+        }
+        let now = self.instant(self.now);
+        let Some(s) = self.sessions.get_mut(&(from, to)) else {
+            return;
+        };
+        if s.epochs.0 != epoch {
+            return;
+        }
+        s.tick_armed = false;
+        let tick = s.link.handle_tick(now);
+        let stale = tick.stale;
+        let more = s.link.in_flight() > 0;
+        for o in tick.expired {
+            let sent = self.messages[o.msg].sent;
+            self.rec.failed(sent, Failure::NotAcknowledged);
+        }
+        if stale {
+            self.rec.stale_streams += 1;
+            let Some(mut s) = self.sessions.remove(&(from, to)) else {
+                return;
+            };
+            s.link.handle_stream_abandoned();
+            let relay = self.nodes[to as usize]
+                .relay
+                .filter(|r| self.relays.get(r).is_some_and(|x| x.alive));
+            while let Some(o) = s.link.pop_front() {
+                match relay {
+                    Some(r) => self.deposit(o.msg, r),
+                    None => {
+                        let sent = self.messages[o.msg].sent;
+                        self.rec.failed(sent, Failure::Unreachable);
+                    }
+                }
+            }
+        } else if more {
+            if let Some(s) = self.sessions.get_mut(&(from, to)) {
+                s.tick_armed = true;
+            }
+            self.schedule(self.now + 1000, Ev::LinkTick { from, to, epoch });
+        }
     }
 
     pub(super) fn deposit(&mut self, msg: usize, relay: u32) {
-        let Message { from, to, sent } = self.messages[msg];
+        let Message { from, to, sent, .. } = self.messages[msg];
         let limits = &self.scenario.relays;
         let known = self.nodes[to as usize].known.contains(&from);
         let now = self.now;
@@ -228,6 +385,12 @@ impl World<'_> {
             r.mail.entry(to).or_default().push((msg, from, expires));
         }
         self.rec.deposited(relay - self.scenario.bootstraps, sent);
+        let n = &self.nodes[to as usize];
+        if n.online {
+            // Running: it collects its mail at its next drain.
+            let epoch = n.epoch;
+            self.schedule(now + DRAIN_EVERY_MS, Ev::Fetch { node: to, epoch });
+        }
     }
 
     pub(super) fn fetch_mail(&mut self, node: u32) {
@@ -251,7 +414,7 @@ impl World<'_> {
                         Ev::Deliver {
                             msg,
                             path: Path::Mailbox,
-                            first: true,
+                            first: !self.messages[msg].in_session,
                         },
                     );
                 } else {
