@@ -12,12 +12,16 @@
 //! revocations. Revocations are also published in the DHT when the
 //! registry runs on a node ([`Registry::set_node`]).
 //!
-//! This module holds the [`Registry`] handle, its settings and the errors
-//! every operation shares; each concern has its own file, whose answers are
-//! typed structs the front ends ([`crate::http`], [`crate::p2p`]) serialise:
+//! This module holds the [`Registry`] handle; its settings, the errors
+//! every operation shares and each concern have their own file, and the
+//! concerns' answers are typed structs the front ends ([`crate::http`],
+//! [`crate::p2p`]) serialise:
 //!
 //! | file | concern |
 //! |---|---|
+//! | `errors.rs` | the errors every operation shares |
+//! | `settings.rs` | the registry's settings |
+//! | `root.rs` | the root keystore shared through the database |
 //! | `agents.rs` | registration, presence, capabilities, lookup, stats |
 //! | `prekeys.rs` | prekey bundles |
 //! | `reputation.rs` | receipts, ratings, scores, evidence, leaderboard |
@@ -31,13 +35,16 @@
 
 mod agents;
 pub mod did;
+mod errors;
 mod issuance;
 mod log;
 mod prekeys;
 mod reputation;
 mod revocation;
+mod root;
 pub mod scores;
 mod search;
+mod settings;
 pub mod store;
 
 use std::{
@@ -46,7 +53,6 @@ use std::{
     path::Path,
     pin::Pin,
     sync::{Arc, OnceLock},
-    time::Duration,
 };
 
 use serde::Serialize;
@@ -54,14 +60,9 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use agentmesh_node::{
-    cert::CertError,
     identity::Identity,
-    keystore::{KdfParams, Keystore, KeystoreError, KEYSTORE_FILE},
-    ratelimit::RateLimit,
-    registry::{
-        check_capabilities, Operation, RegistryError as WireError, RequestBody, SignedRequest,
-        MAX_CLOCK_SKEW_MS,
-    },
+    keystore::{Keystore, KeystoreError},
+    registry::{check_capabilities, Operation, RequestBody, SignedRequest, MAX_CLOCK_SKEW_MS},
     Amid, Node, Passphrase,
 };
 
@@ -88,169 +89,13 @@ pub use search::{
 };
 pub use store::{AgentRecord, FeedbackRecord, OrgRecord, Store, StoreError};
 
-/// Why a registry operation was refused. Each has a stable `code` and an
-/// HTTP status. Operations with errors of their own ([`SearchError`],
-/// [`LogQueryError`], [`TakePrekeysError`]) convert into it, keeping the
-/// code and message.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RegistryError {
-    /// The body is not valid JSON for the operation.
-    #[error("malformed JSON: {0}")]
-    MalformedJson(String),
-    /// A field is missing or out of bounds.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// The signature does not verify.
-    #[error("bad signature")]
-    BadSignature,
-    /// The request timestamp is outside the accepted window.
-    #[error("timestamp outside the accepted window")]
-    StaleTimestamp,
-    /// This request was already accepted once.
-    #[error("request already seen")]
-    Replayed,
-    /// The AMID is not registered.
-    #[error("unknown agent {0}")]
-    UnknownAgent(String),
-    /// Nothing found.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The signer may not do this.
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// The agent or key is revoked.
-    #[error("revoked")]
-    Revoked,
-    /// The state does not allow it (duplicate, already done).
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// A certificate does not verify.
-    #[error("invalid certificate: {0}")]
-    Certificate(#[from] CertError),
-    /// DNS verification did not find the challenge.
-    #[error("verification failed: {0}")]
-    VerificationFailed(String),
-    /// The feature is not configured on this registry.
-    #[error("not available: {0}")]
-    NotConfigured(String),
-    /// The body is over the size limit.
-    #[error("payload too large")]
-    TooLarge,
-    /// The OAuth flow failed.
-    #[error("OAuth: {0}")]
-    OAuth(#[from] crate::oauth::OAuthError),
-    /// A log index or tree size out of range.
-    #[error("out of range: {0}")]
-    OutOfRange(String),
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The client sent more requests than its limit allows.
-    #[error("rate limited: retry in {retry_after_ms} ms")]
-    RateLimited {
-        /// Milliseconds until the next request is allowed.
-        retry_after_ms: u64,
-    },
-    /// Too many requests are in flight; try again shortly.
-    #[error("busy: too many requests in flight")]
-    Busy,
-}
-
-impl RegistryError {
-    /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::MalformedJson(_) => "malformed_json",
-            Self::Invalid(_) => "invalid_request",
-            Self::BadSignature => "bad_signature",
-            Self::StaleTimestamp => "stale_timestamp",
-            Self::Replayed => "replayed",
-            Self::UnknownAgent(_) => "unknown_agent",
-            Self::NotFound(_) => "not_found",
-            Self::Forbidden(_) => "forbidden",
-            Self::Revoked => "revoked",
-            Self::Conflict(_) => "conflict",
-            Self::Certificate(_) => "invalid_certificate",
-            Self::VerificationFailed(_) => "verification_failed",
-            Self::NotConfigured(_) => "not_configured",
-            Self::TooLarge => "payload_too_large",
-            Self::OAuth(e) => e.code(),
-            Self::OutOfRange(_) => "out_of_range",
-            Self::Store(StoreError::Postgres(_)) => "database_unavailable",
-            Self::Store(_) => "internal",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Busy => "busy",
-        }
-    }
-
-    /// HTTP status.
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::MalformedJson(_)
-            | Self::Invalid(_)
-            | Self::Certificate(_)
-            | Self::OutOfRange(_) => 400,
-            Self::BadSignature | Self::StaleTimestamp => 401,
-            Self::Forbidden(_) | Self::Revoked | Self::VerificationFailed(_) => 403,
-            Self::UnknownAgent(_) | Self::NotFound(_) => 404,
-            Self::Replayed | Self::Conflict(_) => 409,
-            Self::TooLarge => 413,
-            Self::NotConfigured(_) => 501,
-            Self::OAuth(e) if e.is_client_error() => 400,
-            Self::OAuth(_) => 502,
-            Self::Store(StoreError::Postgres(_)) => 503,
-            Self::Store(_) => 500,
-            Self::RateLimited { .. } => 429,
-            Self::Busy => 503,
-        }
-    }
-}
-
-impl From<sled::Error> for RegistryError {
-    fn from(e: sled::Error) -> Self {
-        Self::Store(StoreError::Db(e))
-    }
-}
-
-impl From<agentmesh_transports::codec::CodecError> for RegistryError {
-    fn from(e: agentmesh_transports::codec::CodecError) -> Self {
-        Self::Store(StoreError::Corrupt {
-            tree: "encode",
-            message: e.to_string(),
-        })
-    }
-}
-
-impl From<LogError> for RegistryError {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Range(e) => Self::OutOfRange(e.to_string()),
-            other => Self::Store(log_store_error(other)),
-        }
-    }
-}
-
-/// A transparency-log failure other than a range error, as storage failure.
-fn log_store_error(e: LogError) -> StoreError {
-    match e {
-        LogError::Storage(e) => e,
-        other => StoreError::Corrupt {
-            tree: "translog",
-            message: other.to_string(),
-        },
-    }
-}
-
-impl From<WireError> for RegistryError {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::BadSignature => Self::BadSignature,
-            WireError::StaleTimestamp { .. } => Self::StaleTimestamp,
-            other => Self::Invalid(other.to_string()),
-        }
-    }
-}
+use errors::log_store_error;
+pub use errors::RegistryError;
+use root::{adopt_shared_root, publish_root};
+pub use settings::{
+    RegistrySettings, DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE,
+    DEFAULT_RATE_MAX_CLIENTS,
+};
 
 /// Checks that an organization controls a domain (DNS TXT lookup).
 pub trait DomainVerifier: Send + Sync + std::fmt::Debug {
@@ -281,85 +126,6 @@ impl DomainVerifier for crate::dns::DnsVerifier {
                 Err(e) => Err(e.to_string()),
             }
         })
-    }
-}
-
-/// Registry settings.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RegistrySettings {
-    /// Public URL of the HTTP API (without `/v1`), named in DID documents.
-    /// Defaults to empty, which [`crate::start_registry`] replaces with
-    /// `http://<bound address>`.
-    pub public_url: String,
-    /// Relays named as services in DID documents of agents that list none.
-    /// Defaults to none.
-    pub relays: Vec<String>,
-    /// Validity of tier 1 agent certificates. Defaults to 365 days.
-    pub agent_cert_validity: Duration,
-    /// Validity of organization certificates. Defaults to 365 days.
-    pub org_cert_validity: Duration,
-    /// Take the client address from `X-Forwarded-For` (behind a reverse
-    /// proxy). Defaults to false.
-    pub trust_forwarded_for: bool,
-    /// Argon2 cost of the root keystore. Defaults to [`KdfParams::default`].
-    pub kdf: KdfParams,
-    /// Validity of the reputation attestations handed out with credentials.
-    /// Defaults to 24 hours.
-    pub attestation_validity: Duration,
-    /// Requests per client address over HTTP (every route but
-    /// `/v1/health`); over it the answer is `429 rate_limited` with
-    /// `Retry-After`. Defaults to [`DEFAULT_HTTP_RATE`]: 600 a minute,
-    /// bursts of 120.
-    pub http_rate: RateLimit,
-    /// Prekey bundle fetches (`GET /v1/registry/prekeys/{amid}`, each of
-    /// which uses up a one-time key) per client address, on top of
-    /// [`http_rate`](Self::http_rate). A refused fetch uses up nothing.
-    /// Defaults to [`DEFAULT_PREKEY_RATE`]: 10 a minute, bursts of 10.
-    pub prekey_rate: RateLimit,
-    /// Requests per peer on `/agentmesh/registry/1`; over it the answer is
-    /// the error `rate_limited`. Defaults to [`DEFAULT_HTTP_RATE`].
-    pub p2p_rate: RateLimit,
-    /// Client addresses (or peers) whose buckets are remembered, per
-    /// limiter. Defaults to [`DEFAULT_RATE_MAX_CLIENTS`].
-    pub rate_max_clients: usize,
-    /// HTTP requests served at once; further ones are answered at once with
-    /// `503 busy`. Defaults to [`DEFAULT_HTTP_MAX_IN_FLIGHT`].
-    pub http_max_in_flight: usize,
-    /// PostgreSQL URL (`postgres://user@host/db`) of a database shared with
-    /// other bootstrap nodes. Defaults to none: an embedded sled database
-    /// under `<data dir>/registry`.
-    pub database: Option<String>,
-}
-
-/// Default [`RegistrySettings::http_rate`] and
-/// [`RegistrySettings::p2p_rate`]: 600 requests a minute, bursts of 120.
-pub const DEFAULT_HTTP_RATE: RateLimit = RateLimit::new(600, 120);
-/// Default [`RegistrySettings::prekey_rate`]: 10 fetches a minute, bursts
-/// of 10.
-pub const DEFAULT_PREKEY_RATE: RateLimit = RateLimit::new(10, 10);
-/// Default [`RegistrySettings::rate_max_clients`].
-pub const DEFAULT_RATE_MAX_CLIENTS: usize = 65_536;
-/// Default [`RegistrySettings::http_max_in_flight`].
-pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 256;
-
-impl Default for RegistrySettings {
-    fn default() -> Self {
-        Self {
-            public_url: String::new(),
-            relays: Vec::new(),
-            agent_cert_validity: Duration::from_secs(365 * 24 * 3600),
-            org_cert_validity: Duration::from_secs(365 * 24 * 3600),
-            trust_forwarded_for: false,
-            kdf: KdfParams::default(),
-            attestation_validity: Duration::from_secs(24 * 3600),
-            http_rate: DEFAULT_HTTP_RATE,
-            prekey_rate: DEFAULT_PREKEY_RATE,
-            p2p_rate: DEFAULT_HTTP_RATE,
-            rate_max_clients: DEFAULT_RATE_MAX_CLIENTS,
-            http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
-            database: None,
-        }
     }
 }
 
@@ -478,78 +244,6 @@ pub struct RootInfo {
     pub node_peer_id: Option<String>,
     /// Prefix of the DHT namespaces revocations are published under.
     pub revocation_namespace_prefix: &'static str,
-}
-
-/// Key in `meta` of the root keystore (encrypted) shared by the bootstrap
-/// nodes of one database.
-const SHARED_ROOT_KEY: &[u8] = b"root_keystore";
-
-/// Writes the database's root keystore to `root_dir` when this node has
-/// none yet, so a second bootstrap node joins with the same root.
-fn adopt_shared_root(store: &Store, root_dir: &Path) -> Result<(), OpenError> {
-    let path = root_dir.join(KEYSTORE_FILE);
-    if path.exists() {
-        return Ok(());
-    }
-    if let Some(bytes) = store.meta.get(SHARED_ROOT_KEY)? {
-        write_keystore(&path, &bytes)?;
-        info!(path = %path.display(), "adopted the registry root key of the shared database");
-    }
-    Ok(())
-}
-
-/// Stores this node's root keystore in the shared database when it holds
-/// none; a node whose root differs from the database's adopts the
-/// database's if it has just created its own, and refuses to start if not.
-fn publish_root(
-    store: &Store,
-    root_dir: &Path,
-    root: Keystore,
-    created: bool,
-    pass: &Passphrase,
-) -> Result<Keystore, OpenError> {
-    let path = root_dir.join(KEYSTORE_FILE);
-    let local = std::fs::read(&path).map_err(|source| KeystoreError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    store
-        .meta
-        .compare_and_swap(SHARED_ROOT_KEY, None, Some(&local))?;
-    let shared = store.meta.get(SHARED_ROOT_KEY)?.unwrap_or_default();
-    if shared == local {
-        return Ok(root);
-    }
-    let theirs = Keystore::decrypt(&shared, pass)?;
-    if theirs.identity().amid() == root.identity().amid() {
-        return Ok(root);
-    }
-    if !created {
-        return Err(OpenError::RootMismatch(path));
-    }
-    // Another node created the shared root a moment before this one.
-    write_keystore(&path, &shared)?;
-    info!(root = %theirs.identity().amid(), "adopted the registry root key of the shared database");
-    Ok(theirs)
-}
-
-/// Writes an encrypted keystore readable by its owner only.
-fn write_keystore(path: &Path, bytes: &[u8]) -> Result<(), OpenError> {
-    let io = |source| KeystoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(io)?;
-    std::io::Write::write_all(&mut f, bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok(())
 }
 
 fn random16() -> Result<[u8; 16], RegistryError> {

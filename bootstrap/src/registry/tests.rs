@@ -9,6 +9,7 @@ use agentmesh_node::{
     card::Presence,
     cert::{CertChain, CertKind, Certificate, CERT_VERSION},
     credentials::Credentials,
+    keystore::KdfParams,
     registry::{Feedback, ReceiptBody, Registration, SessionReceipt},
     reputation::Score,
     transparency::{leaf_hash, LeafKind},
