@@ -232,7 +232,7 @@ impl Actor {
 
     /// The doctor's probes: every bootstrap node and relay, connected or
     /// not, then a few other peers that reported the address they saw us at.
-    pub(super) fn probes(&self) -> Vec<PeerProbe> {
+    fn probes(&self) -> Vec<PeerProbe> {
         let probe = |peer: &PeerId, role, addr: Option<&Multiaddr>| {
             let mut p = PeerProbe::new(peer_label(peer), role);
             p.addr = addr.map(ToString::to_string);

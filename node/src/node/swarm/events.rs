@@ -23,7 +23,7 @@ impl Actor {
     /// dialling `<relayed address>/webrtc/p2p/<peer>` (signalled over it);
     /// once the WebRTC connection is up, [`Self::prefer_direct`] closes the
     /// relayed one. A failed attempt is retried ([`crate::node::upgrade`]).
-    pub(super) fn on_webrtc(&mut self, peer: PeerId, endpoint: &ConnectedPoint, path: PathKind) {
+    fn on_webrtc(&mut self, peer: PeerId, endpoint: &ConnectedPoint, path: PathKind) {
         if path == PathKind::DirectWebRtc {
             self.webrtc_upgrades.finish(&peer);
         }
@@ -46,7 +46,7 @@ impl Actor {
     }
 
     /// Starts one WebRTC attempt; returns its connection id.
-    pub(super) fn dial_webrtc(
+    fn dial_webrtc(
         &mut self,
         peer: PeerId,
         addr: Multiaddr,

@@ -102,7 +102,7 @@ impl Actor {
     }
 
     /// Starts listening through every connected relay when we want to.
-    pub(super) fn listen_through_relays_if_needed(&mut self) {
+    fn listen_through_relays_if_needed(&mut self) {
         if !self.reach.wants_relays() {
             return;
         }
@@ -209,7 +209,7 @@ impl Actor {
     /// With automatic reachability and a DHT configured to serve, a node
     /// behind a NAT only queries the DHT (peers could not dial it to ask),
     /// and serves again once it is found public.
-    pub(super) fn follow_reachability_in_dht(&mut self) {
+    fn follow_reachability_in_dht(&mut self) {
         let Some(mode) = self.reach.dht_mode(self.shared.config.dht.mode) else {
             return;
         };
@@ -221,7 +221,7 @@ impl Actor {
     }
 
     /// Listens through `relay`'s reservation, once.
-    pub(super) fn listen_through(&mut self, relay: PeerId) {
+    fn listen_through(&mut self, relay: PeerId) {
         if self.relays.reserved.contains(&relay) {
             return;
         }
