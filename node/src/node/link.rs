@@ -12,13 +12,14 @@
 //! they come, and written to the stream at the end of the burst, after one
 //! flush for all of them (see [`Link::make_durable`]).
 
+mod card;
+mod knock;
+mod mailbox;
+
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use libp2p::PeerId;
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
@@ -31,17 +32,17 @@ use super::{
     cores::delivery::{
         AfterSeal, Delivery, Failure, Nacked, Pending, StreamFailure, MAX_BACKOFF, MIN_BACKOFF,
     },
-    Command, Outgoing, SendError, Shared, PEER_QUEUE,
+    Outgoing, SendError, Shared, PEER_QUEUE,
 };
 use crate::{
     audit::AuditEvent,
-    card::{AgentCard, Presence},
+    card::AgentCard,
     envelope::SessionId,
     events::{NodeEvent, Receipt},
     identity::Amid,
-    knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
-    session::{SealError, SessionStore},
-    wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
+    knock::RejectReason,
+    session::SealError,
+    wire::{MsgFrame, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
 
 /// Time to wait for a KNOCK's answer.
@@ -428,36 +429,6 @@ impl Link {
         }
     }
 
-    /// A stream on which the oldest message waited too long for its
-    /// acknowledgement is taken to be dead (a peer that hangs, a connection
-    /// that broke without a word): its connection is closed and what is in
-    /// flight goes to the peer's mailbox. Should the peer have stored a
-    /// message after all, it drops the mailbox copy by envelope id.
-    async fn deposit_unacknowledged(&mut self) {
-        if self.writer.is_none() || self.peer_relays.is_empty() {
-            return;
-        }
-        warn!(
-            peer = %self.peer.short(),
-            in_flight = self.delivery.in_flight(),
-            "no acknowledgement in time; closing the connection and using the mailbox"
-        );
-        self.writer = None;
-        self.reader = None;
-        self.delivery.handle_stream_abandoned();
-        if let Some(peer) = self.peer_id {
-            let _ = self
-                .shared
-                .commands
-                .send(Command::Disconnect { peer })
-                .await;
-        }
-        self.deposit_inflight().await;
-        if self.delivery.in_flight() > 0 {
-            self.close_stream();
-        }
-    }
-
     async fn process(&mut self, peer_id: PeerId, out: Outgoing) {
         if out.deadline <= Instant::now() {
             self.fail(out, SendError::DeliveryTimeout);
@@ -685,190 +656,6 @@ impl Link {
         self.delivered(m.out, path, false, m.session);
     }
 
-    async fn resolve(&mut self) -> Result<AgentCard, LinkError> {
-        if let Some(c) = &self.card {
-            if c.expires_ms > now_ms() {
-                return Ok(c.clone());
-            }
-        }
-        // A card imported out of band reaches the peer with no DHT; once
-        // dialling it failed, the DHT is asked first (the peer may have
-        // moved and published a newer card), and the imported card is
-        // tried again only when the DHT has none.
-        if !self.skip_imported {
-            if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
-                self.take_card(card.clone(), true);
-                return Ok(card);
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send(Command::Resolve {
-                amid: self.peer,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
-        match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
-            Ok(Ok(Some(card))) => {
-                self.take_card(card.clone(), false);
-                Ok(card)
-            }
-            Ok(Ok(None)) | Err(_) => {
-                if std::mem::take(&mut self.skip_imported) {
-                    if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
-                        self.take_card(card.clone(), true);
-                        return Ok(card);
-                    }
-                }
-                Err(LinkError::Retry("card not found".into()))
-            }
-            Ok(Err(_)) => Err(LinkError::Fatal(SendError::Stopped)),
-        }
-    }
-
-    /// Uses `card` from now on (`imported`: out of band, not from the DHT).
-    fn take_card(&mut self, card: AgentCard, imported: bool) {
-        self.peer_relays = card.relay_addrs();
-        self.card = Some(card);
-        self.card_at = Some(Instant::now());
-        self.card_imported = imported;
-    }
-
-    /// Whether the peer, not connected to us, said it went offline: a
-    /// newer card in our own DHT store (a peer pushes its offline card to
-    /// the peers it is connected to as it stops) or a looked-up one.
-    /// Messages for it then go to its mailbox without a dial that could
-    /// only time out. A card that says `offline` is looked up again after
-    /// [`OFFLINE_RECHECK`], so a peer that came back is dialled again.
-    async fn said_offline(&mut self, peer_id: PeerId) -> bool {
-        if self.peer_relays.is_empty() || self.is_connected(peer_id) {
-            return false;
-        }
-        let (tx, rx) = oneshot::channel();
-        let asked = self
-            .shared
-            .commands
-            .send(Command::LocalCard {
-                amid: self.peer,
-                reply: tx,
-            })
-            .await;
-        if let (Ok(()), Ok(Some(local))) = (asked, rx.await) {
-            if self.card.as_ref().is_none_or(|c| local.seq > c.seq) {
-                self.take_card(local, false);
-            }
-        }
-        let offline = |c: &Option<AgentCard>| {
-            c.as_ref()
-                .is_some_and(|c| c.presence == Presence::Offline && c.expires_ms > now_ms())
-        };
-        let stale = self.card_at.is_none_or(|t| t.elapsed() >= OFFLINE_RECHECK);
-        if offline(&self.card) && stale {
-            let believed = self.card.take();
-            if self.resolve().await.is_err() {
-                // Not found now: keep what we had, and ask again later.
-                self.card = believed;
-                self.card_at = Some(Instant::now());
-            }
-        }
-        offline(&self.card)
-    }
-
-    fn is_connected(&self, peer_id: PeerId) -> bool {
-        self.shared
-            .paths
-            .lock()
-            .map(|p| p.contains_key(&peer_id))
-            .unwrap_or(false)
-    }
-
-    async fn connect(&mut self, peer_id: PeerId) -> Result<PathKind, LinkError> {
-        let card = self.resolve().await?;
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send(Command::Connect {
-                peer: peer_id,
-                addrs: card.multiaddrs(),
-                reply: tx,
-            })
-            .await
-            .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
-        match rx.await {
-            Ok(Ok(path)) => Ok(path),
-            Ok(Err(e)) => {
-                // The card may be stale (the peer restarted elsewhere).
-                self.card = None;
-                self.skip_imported = self.card_imported;
-                Err(LinkError::Retry(e))
-            }
-            Err(_) => Err(LinkError::Fatal(SendError::Stopped)),
-        }
-    }
-
-    /// The peer cannot be reached: hands everything in flight, in order, to
-    /// its mailbox relays. A message is done once a relay holds it on disk;
-    /// its receipt says `mailbox`, and [`NodeEvent::Delivered`] follows when
-    /// the peer has fetched it.
-    async fn deposit_inflight(&mut self) {
-        if self.delivery.in_flight() == 0 || self.peer_relays.is_empty() {
-            return;
-        }
-        if !self.make_durable().await {
-            // Nothing leaves before it is durable: try again later.
-            if self.delivery.reconnect_at().is_none() {
-                self.close_stream();
-            }
-            return;
-        }
-        while let Some(m) = self.delivery.pop_front() {
-            let Ok(MsgFrame::Envelope(envelope)) = MsgFrame::from_bytes(&m.bytes) else {
-                self.fail(m.out, SendError::InvalidPayload("not an envelope".into()));
-                continue;
-            };
-            let relays = self.peer_relays.clone();
-            match super::mailbox::deposit(&self.shared, &self.peer, &relays, &envelope).await {
-                Ok(n) => {
-                    self.delivery.handle_deposited(std::time::Instant::now());
-                    self.shared.audit(AuditEvent::MessageOut {
-                        to: self.peer,
-                        id: m.out.id,
-                        session: m.session,
-                        size: envelope.len() as u32,
-                        path: PathKind::Mailbox.to_string(),
-                    });
-                    self.shared.emit(NodeEvent::Deposited {
-                        id: m.out.id,
-                        to: self.peer,
-                        relays: n,
-                    });
-                    if let Some(r) = m.out.reply {
-                        let _ = r.send(Ok(Receipt {
-                            id: m.out.id,
-                            to: self.peer,
-                            path: PathKind::Mailbox,
-                            knocked: false,
-                            session: m.session,
-                        }));
-                    }
-                }
-                Err(e @ crate::mailbox::MailboxError::Refused { .. }) => {
-                    self.fail(m.out, SendError::Mailbox(e));
-                }
-                Err(e) => {
-                    // No relay reachable either: keep it for the next try.
-                    debug!(peer = %self.peer.short(), error = %e, "mailbox unreachable");
-                    self.delivery.push_front(m, std::time::Instant::now());
-                    return;
-                }
-            }
-        }
-        // Nothing left to resend: no reason to keep dialling.
-        self.delivery.handle_all_deposited();
-    }
-
     /// Opens the message stream and resends everything in flight.
     /// An error means the peer could not be reached
     /// ([`StreamError::Unreachable`]) or was reached and the stream failed
@@ -901,166 +688,5 @@ impl Link {
         self.writer = Some(w);
         self.reader = Some(r);
         Ok(())
-    }
-
-    /// Opens a session with a KNOCK that carries `out` as its first message.
-    async fn knock(&mut self, peer_id: PeerId, out: Outgoing) {
-        let mut use_fallback = false;
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            if out.deadline <= Instant::now() {
-                let err = if self.card.is_none() {
-                    SendError::NotFound(self.peer)
-                } else {
-                    SendError::DeliveryTimeout
-                };
-                self.fail(out, err);
-                return;
-            }
-            if let Err(open) = self.shared.breakers().allow(&self.peer, now_ms()) {
-                self.fail(
-                    out,
-                    SendError::CircuitOpen {
-                        retry_after_ms: open.retry_after_ms,
-                    },
-                );
-                return;
-            }
-            let attempt = self.try_knock(peer_id, &out, use_fallback).await;
-            match &attempt {
-                Ok((Decision::Accept { .. }, _, _)) => {
-                    self.shared.breakers().record_success(&self.peer, now_ms())
-                }
-                Ok((
-                    Decision::Reject {
-                        reason: RejectReason::PrekeyUnavailable,
-                        ..
-                    },
-                    _,
-                    _,
-                )) => {}
-                Ok(_) | Err(LinkError::Retry(_)) => {
-                    self.shared.breakers().record_failure(&self.peer, now_ms())
-                }
-                Err(LinkError::Fatal(_)) => {}
-            }
-            match attempt {
-                Ok((decision, pending, path)) => match decision {
-                    Decision::Accept { expires_ms, .. } => {
-                        // No flush needed: the first message was sealed in
-                        // a session made for this KNOCK from a fresh
-                        // ephemeral key, and the session is stored only
-                        // here. Should we die before it reaches the disk,
-                        // we come back without it and KNOCK again with a
-                        // new session: no message key is used twice. The
-                        // next messages in it flush it with their burst
-                        // (`make_durable`).
-                        let committed = self.shared.store().commit_outbound(pending, expires_ms);
-                        let info = match committed {
-                            Ok(info) => info,
-                            Err(e) => {
-                                self.fail(out, SendError::Storage(e.to_string()));
-                                return;
-                            }
-                        };
-                        self.shared.audit(AuditEvent::SessionOpened {
-                            peer: self.peer,
-                            session: info.id,
-                            role: "initiator".into(),
-                        });
-                        self.shared.audit(AuditEvent::MessageOut {
-                            to: self.peer,
-                            id: out.id,
-                            session: info.id,
-                            size: 0,
-                            path: path.to_string(),
-                        });
-                        self.delivered(out, path, true, info.id);
-                        return;
-                    }
-                    Decision::Reject {
-                        reason: RejectReason::PrekeyUnavailable,
-                        ..
-                    } if !use_fallback => {
-                        debug!(peer = %self.peer.short(), "prekey used up; retrying with the fallback key");
-                        use_fallback = true;
-                        self.card = None;
-                    }
-                    Decision::Reject { reason, .. } => {
-                        self.fail(out, SendError::Rejected(reason));
-                        return;
-                    }
-                },
-                Err(LinkError::Fatal(e)) => {
-                    self.fail(out, e);
-                    return;
-                }
-                Err(LinkError::Retry(e)) => {
-                    debug!(peer = %self.peer.short(), error = %e, "knock attempt failed");
-                    let wait = backoff.min(out.deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    }
-
-    async fn try_knock(
-        &mut self,
-        peer_id: PeerId,
-        out: &Outgoing,
-        use_fallback: bool,
-    ) -> Result<(Decision, crate::session::PendingOutbound, PathKind), LinkError> {
-        let path = self.connect(peer_id).await?;
-        let card = self.resolve().await?;
-        let now = now_ms();
-        let (pending, first) = self
-            .shared
-            .store()
-            .seal_first(
-                &self.shared.identity,
-                &card,
-                use_fallback,
-                out.intent.clone(),
-                out.id,
-                &out.content,
-                now,
-            )
-            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
-        let body = KnockBody {
-            from: self.shared.amid,
-            to: self.peer,
-            intent: out.intent.clone(),
-            session: SessionStore::pending_session_id(&pending),
-            ts_ms: now,
-            nonce: crate::storage::random_array(),
-            first: first.to_bytes(),
-            credentials: self.shared.credentials(),
-        };
-        let knock = SignedKnock::sign(&self.shared.identity, &body)
-            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
-        let mut control = self.shared.control.clone();
-        let stream = control
-            .open_stream(peer_id, KNOCK_PROTOCOL)
-            .await
-            .map_err(|e| LinkError::Retry(e.to_string()))?;
-        let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
-        framed
-            .send(knock.to_bytes())
-            .await
-            .map_err(|e| LinkError::Retry(e.to_string()))?;
-        let answer = tokio::time::timeout(KNOCK_TIMEOUT, framed.recv())
-            .await
-            .map_err(|_| LinkError::Retry("knock timed out".into()))?
-            .map_err(|e| LinkError::Retry(e.to_string()))?
-            .ok_or_else(|| LinkError::Retry("peer closed the knock stream".into()))?;
-        let decision = SignedDecision::from_bytes(&answer)
-            .and_then(|d| d.verify(&self.peer, &knock))
-            .map(|(decision, _policy_hash)| decision)
-            .map_err(|e| {
-                warn!(peer = %self.peer.short(), error = %e, "invalid knock answer");
-                LinkError::Retry(e.to_string())
-            })?;
-        Ok((decision, pending, path))
     }
 }

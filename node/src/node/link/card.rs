@@ -1,0 +1,139 @@
+//! Finding and reaching the peer: its card (imported out of band, from the
+//! DHT, or the offline card it pushed as it stopped) and the connection.
+
+use libp2p::PeerId;
+use tokio::{sync::oneshot, time::Instant};
+
+use agentmesh_dht::now_ms;
+use agentmesh_transports::PathKind;
+
+use super::{Link, LinkError, OFFLINE_RECHECK, RESOLVE_TIMEOUT};
+use crate::{
+    card::{AgentCard, Presence},
+    node::{Command, SendError},
+};
+
+impl Link {
+    pub(super) async fn resolve(&mut self) -> Result<AgentCard, LinkError> {
+        if let Some(c) = &self.card {
+            if c.expires_ms > now_ms() {
+                return Ok(c.clone());
+            }
+        }
+        // A card imported out of band reaches the peer with no DHT; once
+        // dialling it failed, the DHT is asked first (the peer may have
+        // moved and published a newer card), and the imported card is
+        // tried again only when the DHT has none.
+        if !self.skip_imported {
+            if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
+                self.take_card(card.clone(), true);
+                return Ok(card);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Resolve {
+                amid: self.peer,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
+        match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
+            Ok(Ok(Some(card))) => {
+                self.take_card(card.clone(), false);
+                Ok(card)
+            }
+            Ok(Ok(None)) | Err(_) => {
+                if std::mem::take(&mut self.skip_imported) {
+                    if let Some(card) = self.shared.contacts.card(&self.peer, now_ms()) {
+                        self.take_card(card.clone(), true);
+                        return Ok(card);
+                    }
+                }
+                Err(LinkError::Retry("card not found".into()))
+            }
+            Ok(Err(_)) => Err(LinkError::Fatal(SendError::Stopped)),
+        }
+    }
+
+    /// Uses `card` from now on (`imported`: out of band, not from the DHT).
+    pub(super) fn take_card(&mut self, card: AgentCard, imported: bool) {
+        self.peer_relays = card.relay_addrs();
+        self.card = Some(card);
+        self.card_at = Some(Instant::now());
+        self.card_imported = imported;
+    }
+
+    /// Whether the peer, not connected to us, said it went offline: a
+    /// newer card in our own DHT store (a peer pushes its offline card to
+    /// the peers it is connected to as it stops) or a looked-up one.
+    /// Messages for it then go to its mailbox without a dial that could
+    /// only time out. A card that says `offline` is looked up again after
+    /// [`OFFLINE_RECHECK`], so a peer that came back is dialled again.
+    pub(super) async fn said_offline(&mut self, peer_id: PeerId) -> bool {
+        if self.peer_relays.is_empty() || self.is_connected(peer_id) {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        let asked = self
+            .shared
+            .commands
+            .send(Command::LocalCard {
+                amid: self.peer,
+                reply: tx,
+            })
+            .await;
+        if let (Ok(()), Ok(Some(local))) = (asked, rx.await) {
+            if self.card.as_ref().is_none_or(|c| local.seq > c.seq) {
+                self.take_card(local, false);
+            }
+        }
+        let offline = |c: &Option<AgentCard>| {
+            c.as_ref()
+                .is_some_and(|c| c.presence == Presence::Offline && c.expires_ms > now_ms())
+        };
+        let stale = self.card_at.is_none_or(|t| t.elapsed() >= OFFLINE_RECHECK);
+        if offline(&self.card) && stale {
+            let believed = self.card.take();
+            if self.resolve().await.is_err() {
+                // Not found now: keep what we had, and ask again later.
+                self.card = believed;
+                self.card_at = Some(Instant::now());
+            }
+        }
+        offline(&self.card)
+    }
+
+    pub(super) fn is_connected(&self, peer_id: PeerId) -> bool {
+        self.shared
+            .paths
+            .lock()
+            .map(|p| p.contains_key(&peer_id))
+            .unwrap_or(false)
+    }
+
+    pub(super) async fn connect(&mut self, peer_id: PeerId) -> Result<PathKind, LinkError> {
+        let card = self.resolve().await?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Connect {
+                peer: peer_id,
+                addrs: card.multiaddrs(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| LinkError::Fatal(SendError::Stopped))?;
+        match rx.await {
+            Ok(Ok(path)) => Ok(path),
+            Ok(Err(e)) => {
+                // The card may be stale (the peer restarted elsewhere).
+                self.card = None;
+                self.skip_imported = self.card_imported;
+                Err(LinkError::Retry(e))
+            }
+            Err(_) => Err(LinkError::Fatal(SendError::Stopped)),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Opening a session: a KNOCK that carries the first message, retried with
+//! back-off until the peer answers or the message's deadline passes.
+
+use libp2p::PeerId;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use agentmesh_dht::now_ms;
+use agentmesh_transports::{framing::FramedStream, PathKind};
+
+use super::{Link, LinkError, KNOCK_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF};
+use crate::{
+    audit::AuditEvent,
+    knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
+    node::{Outgoing, SendError},
+    session::SessionStore,
+    wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
+};
+
+impl Link {
+    /// Opens a session with a KNOCK that carries `out` as its first message.
+    pub(super) async fn knock(&mut self, peer_id: PeerId, out: Outgoing) {
+        let mut use_fallback = false;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if out.deadline <= Instant::now() {
+                let err = if self.card.is_none() {
+                    SendError::NotFound(self.peer)
+                } else {
+                    SendError::DeliveryTimeout
+                };
+                self.fail(out, err);
+                return;
+            }
+            if let Err(open) = self.shared.breakers().allow(&self.peer, now_ms()) {
+                self.fail(
+                    out,
+                    SendError::CircuitOpen {
+                        retry_after_ms: open.retry_after_ms,
+                    },
+                );
+                return;
+            }
+            let attempt = self.try_knock(peer_id, &out, use_fallback).await;
+            match &attempt {
+                Ok((Decision::Accept { .. }, _, _)) => {
+                    self.shared.breakers().record_success(&self.peer, now_ms())
+                }
+                Ok((
+                    Decision::Reject {
+                        reason: RejectReason::PrekeyUnavailable,
+                        ..
+                    },
+                    _,
+                    _,
+                )) => {}
+                Ok(_) | Err(LinkError::Retry(_)) => {
+                    self.shared.breakers().record_failure(&self.peer, now_ms())
+                }
+                Err(LinkError::Fatal(_)) => {}
+            }
+            match attempt {
+                Ok((decision, pending, path)) => match decision {
+                    Decision::Accept { expires_ms, .. } => {
+                        // No flush needed: the first message was sealed in
+                        // a session made for this KNOCK from a fresh
+                        // ephemeral key, and the session is stored only
+                        // here. Should we die before it reaches the disk,
+                        // we come back without it and KNOCK again with a
+                        // new session: no message key is used twice. The
+                        // next messages in it flush it with their burst
+                        // (`make_durable`).
+                        let committed = self.shared.store().commit_outbound(pending, expires_ms);
+                        let info = match committed {
+                            Ok(info) => info,
+                            Err(e) => {
+                                self.fail(out, SendError::Storage(e.to_string()));
+                                return;
+                            }
+                        };
+                        self.shared.audit(AuditEvent::SessionOpened {
+                            peer: self.peer,
+                            session: info.id,
+                            role: "initiator".into(),
+                        });
+                        self.shared.audit(AuditEvent::MessageOut {
+                            to: self.peer,
+                            id: out.id,
+                            session: info.id,
+                            size: 0,
+                            path: path.to_string(),
+                        });
+                        self.delivered(out, path, true, info.id);
+                        return;
+                    }
+                    Decision::Reject {
+                        reason: RejectReason::PrekeyUnavailable,
+                        ..
+                    } if !use_fallback => {
+                        debug!(peer = %self.peer.short(), "prekey used up; retrying with the fallback key");
+                        use_fallback = true;
+                        self.card = None;
+                    }
+                    Decision::Reject { reason, .. } => {
+                        self.fail(out, SendError::Rejected(reason));
+                        return;
+                    }
+                },
+                Err(LinkError::Fatal(e)) => {
+                    self.fail(out, e);
+                    return;
+                }
+                Err(LinkError::Retry(e)) => {
+                    debug!(peer = %self.peer.short(), error = %e, "knock attempt failed");
+                    let wait = backoff.min(out.deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn try_knock(
+        &mut self,
+        peer_id: PeerId,
+        out: &Outgoing,
+        use_fallback: bool,
+    ) -> Result<(Decision, crate::session::PendingOutbound, PathKind), LinkError> {
+        let path = self.connect(peer_id).await?;
+        let card = self.resolve().await?;
+        let now = now_ms();
+        let (pending, first) = self
+            .shared
+            .store()
+            .seal_first(
+                &self.shared.identity,
+                &card,
+                use_fallback,
+                out.intent.clone(),
+                out.id,
+                &out.content,
+                now,
+            )
+            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
+        let body = KnockBody {
+            from: self.shared.amid,
+            to: self.peer,
+            intent: out.intent.clone(),
+            session: SessionStore::pending_session_id(&pending),
+            ts_ms: now,
+            nonce: crate::storage::random_array(),
+            first: first.to_bytes(),
+            credentials: self.shared.credentials(),
+        };
+        let knock = SignedKnock::sign(&self.shared.identity, &body)
+            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
+        let mut control = self.shared.control.clone();
+        let stream = control
+            .open_stream(peer_id, KNOCK_PROTOCOL)
+            .await
+            .map_err(|e| LinkError::Retry(e.to_string()))?;
+        let mut framed = FramedStream::new(stream, MAX_FRAME_SIZE);
+        framed
+            .send(knock.to_bytes())
+            .await
+            .map_err(|e| LinkError::Retry(e.to_string()))?;
+        let answer = tokio::time::timeout(KNOCK_TIMEOUT, framed.recv())
+            .await
+            .map_err(|_| LinkError::Retry("knock timed out".into()))?
+            .map_err(|e| LinkError::Retry(e.to_string()))?
+            .ok_or_else(|| LinkError::Retry("peer closed the knock stream".into()))?;
+        let decision = SignedDecision::from_bytes(&answer)
+            .and_then(|d| d.verify(&self.peer, &knock))
+            .map(|(decision, _policy_hash)| decision)
+            .map_err(|e| {
+                warn!(peer = %self.peer.short(), error = %e, "invalid knock answer");
+                LinkError::Retry(e.to_string())
+            })?;
+        Ok((decision, pending, path))
+    }
+}
