@@ -61,16 +61,15 @@ async fn application(dir: PathBuf, log: Arc<Mutex<AppLog>>, stop: Arc<AtomicBool
         // Handed out on this connection: never twice within it.
         let mut handed = HashSet::new();
         while !stop.load(Ordering::SeqCst) {
-            let page = match api
+            let Ok(Ok(page)) = api
                 .call(
                     Method::GET,
                     "/v1/messages?wait_ms=500&max=64&lease_ms=600000",
                     None,
                 )
                 .await
-            {
-                Ok(Ok(page)) => page,
-                _ => break,
+            else {
+                break;
             };
             let ids: Vec<String> = page["messages"]
                 .as_array()
@@ -269,8 +268,11 @@ async fn random_kills_of_sender_and_receiver_lose_and_repeat_nothing() {
     stop_reader.store(true, Ordering::SeqCst);
     reader.await.unwrap();
 
-    let l = log.lock().unwrap();
-    assert!(l.violations.is_empty(), "seed {seed}: {:?}", l.violations);
+    let (violations, confirmed, connections) = {
+        let l = log.lock().unwrap();
+        (l.violations.clone(), l.confirmed.len(), l.connections)
+    };
+    assert!(violations.is_empty(), "seed {seed}: {violations:?}");
     assert!(
         sent.knocked.is_empty(),
         "seed {seed}: a session did not survive a kill: {:?}",
@@ -285,11 +287,10 @@ async fn random_kills_of_sender_and_receiver_lose_and_repeat_nothing() {
     eprintln!(
         "kill loop: {} messages receipted, {} confirmed by bob's application over {} connections; {} sends answered with an error",
         sent.receipted.len(),
-        l.confirmed.len(),
-        l.connections,
+        confirmed,
+        connections,
         sent.errors.len()
     );
-    drop(l);
 
     bob.terminate().await.unwrap();
     alice.terminate().await.unwrap();
