@@ -20,8 +20,8 @@ use crate::{
     card::AgentCard,
     events::{Message, Receipt},
     knock::RejectReason,
-    node::{CredentialsState, NodeStatus},
     receipts::Held,
+    runtime::{CredentialsState, NodeStatus},
 };
 
 /// File name of the node's Unix socket inside the data directory.

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::{ApiOptions, LocalApi},
     events::{Message, MessageKind, NodeEvent},
-    node::{Node, Streams},
     receipts::Filing,
+    runtime::{Node, Streams},
 };
 
 /// Sets up a process that runs nodes: installs the TLS crypto provider (QUIC

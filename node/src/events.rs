@@ -62,7 +62,7 @@ pub enum NodeEvent {
     /// The network reported a change of our reachability (AutoNAT).
     Reachability {
         /// Public, behind a NAT, or unknown.
-        status: crate::node::NatStatus,
+        status: crate::runtime::NatStatus,
         /// The address peers dialled us back on, when public.
         addr: Option<String>,
     },

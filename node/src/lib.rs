@@ -53,12 +53,10 @@ pub mod knock;
 pub mod lru;
 pub mod mailbox;
 pub mod memory_cap;
-mod node;
 pub mod plugin;
 pub mod registry;
-pub mod session;
+mod runtime;
 pub mod storage;
-pub mod transparency;
 pub mod trust;
 pub mod wire;
 
@@ -66,13 +64,13 @@ pub mod wire;
 /// simulator runs a link's [`delivery`](cores::delivery) machine for every
 /// session it models.
 pub mod cores {
-    pub use crate::node::cores::delivery;
+    pub use crate::runtime::cores::delivery;
 }
 
 // The parts' modules at their earlier paths.
-pub use crypto::{envelope, keystore};
+pub use crypto::{envelope, keystore, session};
 pub use knock::{breaker, policy, ratelimit};
-pub use trust::{cert, credentials, receipts, reputation};
+pub use trust::{cert, credentials, receipts, reputation, transparency};
 
 pub use card::{AgentCard, Presence};
 pub use events::{Message, MessageKind, NodeEvent, Receipt};
@@ -80,7 +78,8 @@ pub use identity::{Amid, Identity};
 pub use keystore::Passphrase;
 pub use knock::{Intent, RejectReason, SessionType};
 pub use memory_cap::MemoryCap;
-pub use node::{
+pub use policy::{Policy, Preset, Tier};
+pub use runtime::{
     amid_of_peer, Config, ConnectionCaps, CredentialsState, DialError, HolePunch, InboxKey,
     KnownPeer, LearnedPath, LogCheck, MessageFilter, Messages, NatStatus, NetStatus, Node,
     NodeBuilder, NodeStatus, PathCounters, PeerStatus, PublishError, Reachability,
@@ -88,7 +87,6 @@ pub use node::{
     SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
     TrustError, UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
 };
-pub use policy::{Policy, Preset, Tier};
 
 pub use agentmesh_transports::PathKind;
 pub use libp2p::{Multiaddr, PeerId};

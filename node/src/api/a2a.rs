@@ -35,8 +35,8 @@ use tracing::{debug, warn};
 
 use super::{loopback_host, Ctx};
 use crate::{
-    card::AgentCard, events::Message, identity::Amid, knock::Intent, node::InboxKey,
-    node::SendError,
+    card::AgentCard, events::Message, identity::Amid, knock::Intent, runtime::InboxKey,
+    runtime::SendError,
 };
 
 /// The A2A protocol version spoken.

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::{broadcast, Notify};
 
-use crate::{envelope::MessageId, events::Message, node::InboxKey};
+use crate::{envelope::MessageId, events::Message, runtime::InboxKey};
 
 /// Most messages held (ready and leased) before the inbox stops taking more
 /// from the node; the rest wait in the node's durable inbox.

@@ -6,7 +6,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use crate::{events::NodeEvent, node::NodeStatus};
+use crate::{events::NodeEvent, runtime::NodeStatus};
 
 /// Counters fed by node events.
 #[derive(Debug, Default)]

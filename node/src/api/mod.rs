@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::{
     events::Message,
     knock::RejectReason,
-    node::{Node, SendError},
+    runtime::{Node, SendError},
 };
 
 pub mod a2a;

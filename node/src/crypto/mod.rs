@@ -4,8 +4,9 @@
 //! - [`keystore`]: the identity key encrypted at rest (Argon2id and
 //!   XChaCha20-Poly1305).
 //!
-//! The Olm sessions that encrypt envelope bodies are in
-//! [`session`](crate::session).
+//! - [`session`]: the Olm sessions (3DH + Double Ratchet) that encrypt
+//!   envelope bodies, and the store that keeps them.
 
 pub mod envelope;
 pub mod keystore;
+pub mod session;

@@ -5,8 +5,11 @@
 //!   log inclusion proof, a reputation attestation), and their check.
 //! - [`reputation`]: the score formula and its inputs.
 //! - [`receipts`]: session receipts both sides sign, the input to feedback.
+//! - [`transparency`]: the registry's append-only log (RFC 9162 Merkle
+//!   tree), its signed heads and proofs.
 
 pub mod cert;
 pub mod credentials;
 pub mod receipts;
 pub mod reputation;
+pub mod transparency;

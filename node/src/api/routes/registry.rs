@@ -40,8 +40,8 @@ pub(super) async fn credentials(
     }
 }
 
-fn registry_error(e: crate::node::RegistryClientError) -> ApiError {
-    use crate::node::RegistryClientError as E;
+fn registry_error(e: crate::runtime::RegistryClientError) -> ApiError {
+    use crate::runtime::RegistryClientError as E;
     match e {
         E::NotConfigured => ApiError::new(
             ErrorCode::NotFound,

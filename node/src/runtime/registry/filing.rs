@@ -10,9 +10,9 @@ use crate::{
     envelope::SessionId,
     events::NodeEvent,
     identity::Amid,
-    node::{mailbox, Shared},
     receipts::{self, Filing, Held, Proposal, Proposed, PROPOSAL_TTL_MS},
     registry::{protocol::Request, Operation, SignedRequest},
+    runtime::{mailbox, Shared},
     session::SessionInfo,
     wire::MsgFrame,
 };
@@ -46,7 +46,7 @@ const RETRY_UNKNOWN_MAX: Duration = Duration::from_secs(3600);
 /// Our receipt proposal as we end the session `info` (`completed`: with
 /// an end message, or closing it abruptly), kept until the peer
 /// countersigns it. `None` if it cannot be stored.
-pub(in crate::node) fn propose(
+pub(in crate::runtime) fn propose(
     shared: &Shared,
     info: &SessionInfo,
     completed: bool,
@@ -74,7 +74,7 @@ pub(in crate::node) fn propose(
 
 /// The body of our end message for the session `info`: our proposal of a
 /// completed receipt, encoded; empty when there is none.
-pub(in crate::node) fn end_body(shared: &Shared, info: &SessionInfo) -> Vec<u8> {
+pub(in crate::runtime) fn end_body(shared: &Shared, info: &SessionInfo) -> Vec<u8> {
     propose(shared, info, true)
         .and_then(|p| p.to_bytes().ok())
         .unwrap_or_default()
@@ -82,7 +82,7 @@ pub(in crate::node) fn end_body(shared: &Shared, info: &SessionInfo) -> Vec<u8> 
 
 /// The peer ended the session `info` with `data` in its end message:
 /// countersigns the completed receipt it proposes.
-pub(in crate::node) fn on_end(shared: &Arc<Shared>, info: &SessionInfo, data: &[u8]) {
+pub(in crate::runtime) fn on_end(shared: &Arc<Shared>, info: &SessionInfo, data: &[u8]) {
     if data.is_empty() {
         return;
     }
@@ -95,7 +95,7 @@ pub(in crate::node) fn on_end(shared: &Arc<Shared>, info: &SessionInfo, data: &[
 /// The peer ended the session `info` (`completed`: with an end message,
 /// or closed it abruptly) and proposes `proposal`: countersigns it, keeps
 /// the receipt, sends our signature back and files it.
-pub(in crate::node) fn on_proposal(
+pub(in crate::runtime) fn on_proposal(
     shared: &Arc<Shared>,
     info: &SessionInfo,
     proposal: &Proposal,
@@ -131,7 +131,7 @@ pub(in crate::node) fn on_proposal(
 }
 
 /// `from` countersigned the receipt we proposed for `session`.
-pub(in crate::node) fn on_countersigned(
+pub(in crate::runtime) fn on_countersigned(
     shared: &Shared,
     from: &Amid,
     session: SessionId,

@@ -300,7 +300,7 @@ impl Link {
     /// closed is handed to a new link too, before anything else can reach
     /// it, so the order of sends is kept. Returns whether the link ended.
     ///
-    /// [`Config::link_idle`]: crate::node::Config::link_idle
+    /// [`Config::link_idle`]: crate::runtime::Config::link_idle
     fn retire(&mut self) -> bool {
         let idle = self.delivery.is_idle()
             && self.requeued.is_empty()

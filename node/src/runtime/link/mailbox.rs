@@ -9,7 +9,7 @@ use super::Link;
 use crate::{
     audit::AuditEvent,
     events::{NodeEvent, Receipt},
-    node::{Command, SendError},
+    runtime::{Command, SendError},
     wire::MsgFrame,
 };
 
@@ -65,7 +65,8 @@ impl Link {
                 continue;
             };
             let relays = self.peer_relays.clone();
-            match crate::node::mailbox::deposit(&self.shared, &self.peer, &relays, &envelope).await
+            match crate::runtime::mailbox::deposit(&self.shared, &self.peer, &relays, &envelope)
+                .await
             {
                 Ok(n) => {
                     self.delivery.handle_deposited(std::time::Instant::now());

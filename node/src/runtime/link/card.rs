@@ -10,7 +10,7 @@ use agentmesh_transports::PathKind;
 use super::{Link, LinkError, OFFLINE_RECHECK, RESOLVE_TIMEOUT};
 use crate::{
     card::{AgentCard, Presence},
-    node::{Command, SendError},
+    runtime::{Command, SendError},
 };
 
 impl Link {

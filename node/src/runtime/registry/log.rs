@@ -6,8 +6,8 @@ use tracing::{debug, warn};
 use agentmesh_transports::codec;
 
 use crate::{
-    node::Shared,
     registry::protocol::Request,
+    runtime::Shared,
     transparency::{ConsistencyProof, SignedTreeHead},
 };
 

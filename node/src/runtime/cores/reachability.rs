@@ -25,7 +25,7 @@ use agentmesh_dht::DhtMode;
 use agentmesh_transports::{path_of, sort_by_preference, PathKind};
 use libp2p::{multiaddr::Protocol, Multiaddr};
 
-use crate::node::{NatStatus, Reachability};
+use crate::runtime::{NatStatus, Reachability};
 
 /// Our reachability as configured, reported and observed.
 #[derive(Debug)]

@@ -15,8 +15,8 @@ use crate::{
     card::{AgentCard, CARD_NAMESPACE},
     diagnostics::{PeerProbe, PeerRole},
     events::NodeEvent,
-    node::{peer_label, Command, NetStatus, PeerStatus, RelayStatus},
     plugin::Stored,
+    runtime::{peer_label, Command, NetStatus, PeerStatus, RelayStatus},
 };
 
 use super::{path_rank, Actor, Seen, MAX_PROBED_PEERS, MAX_SEEN};

@@ -7,9 +7,9 @@ use agentmesh_dht::now_ms;
 use crate::{
     credentials::{self, Checked, Credentials},
     events::NodeEvent,
-    node::Shared,
     policy::Tier,
     registry::protocol::Request,
+    runtime::Shared,
 };
 
 use super::{call, root, RegistryClientError};

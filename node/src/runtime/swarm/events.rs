@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use agentmesh_transports::{path_of, PathKind};
 
-use crate::{events::NodeEvent, node::peer_label};
+use crate::{events::NodeEvent, runtime::peer_label};
 
 use super::{observed_rank, path_rank, relay_of, Actor, BehaviourEvent, UPGRADE_WINDOW};
 
@@ -22,7 +22,7 @@ impl Actor {
     /// WebRTC hole punching: a relayed connection we dialled is upgraded by
     /// dialling `<relayed address>/webrtc/p2p/<peer>` (signalled over it);
     /// once the WebRTC connection is up, [`Self::prefer_direct`] closes the
-    /// relayed one. A failed attempt is retried ([`crate::node::upgrade`]).
+    /// relayed one. A failed attempt is retried ([`crate::runtime::upgrade`]).
     fn on_webrtc(&mut self, peer: PeerId, endpoint: &ConnectedPoint, path: PathKind) {
         if path == PathKind::DirectWebRtc {
             self.webrtc_upgrades.finish(&peer);

@@ -14,8 +14,8 @@ use crate::{
     events::NodeEvent,
     identity::Amid,
     knock::SignedKnock,
-    node::{trust, Command, Shared},
     registry::{protocol::Request, revocation_namespace, SignedRevocation},
+    runtime::{trust, Command, Shared},
 };
 
 use super::{call, registry_peer, registry_root, RegistryClientError, CALL_TIMEOUT};
@@ -29,7 +29,7 @@ const MAX_KEYS_PER_SYNC: usize = 64;
 const KNOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most KNOCKs waiting on the registry at once; others are decided on the
 /// local revocation set alone.
-pub(in crate::node) const MAX_KNOCK_CHECKS: usize = 8;
+pub(in crate::runtime) const MAX_KNOCK_CHECKS: usize = 8;
 /// The registry's code for a request it does not serve.
 const INVALID_REQUEST: &str = "invalid_request";
 /// The registry's code for a key it has no record of.
@@ -253,7 +253,7 @@ pub(super) async fn sync_and_report(
 /// the pinned root that this node has not checked before, asks the registry
 /// (or else the DHT) whether the chain's keys are revoked, waiting at most
 /// [`KNOCK_CHECK_TIMEOUT`]. The keys are followed by later syncs.
-pub(in crate::node) async fn check_on_knock(shared: &Shared, knock: &SignedKnock, now: u64) {
+pub(in crate::runtime) async fn check_on_knock(shared: &Shared, knock: &SignedKnock, now: u64) {
     if shared.config.registry.is_none() {
         return;
     }

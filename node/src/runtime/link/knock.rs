@@ -12,7 +12,7 @@ use super::{Link, LinkError, KNOCK_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF};
 use crate::{
     audit::AuditEvent,
     knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
-    node::{Outgoing, SendError},
+    runtime::{Outgoing, SendError},
     session::SessionStore,
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
 };

@@ -9,7 +9,7 @@ use agentmesh_transports::PathKind;
 
 use crate::{
     events::NodeEvent,
-    node::{peer_label, NatStatus},
+    runtime::{peer_label, NatStatus},
 };
 
 use super::{path_rank, Actor};
@@ -243,14 +243,14 @@ impl Actor {
         if self.reach.wants_relays() {
             self.listen_through(relay);
         }
-        tokio::spawn(crate::node::mailbox::drain(self.shared.clone(), relay));
+        tokio::spawn(crate::runtime::mailbox::drain(self.shared.clone(), relay));
     }
 
     /// Collects mail from every connected mailbox relay.
     pub(super) fn drain_all(&mut self) {
         for (peer, _) in self.relays.selection.chosen() {
             if self.swarm.is_connected(peer) {
-                tokio::spawn(crate::node::mailbox::drain(self.shared.clone(), *peer));
+                tokio::spawn(crate::runtime::mailbox::drain(self.shared.clone(), *peer));
             }
         }
     }
