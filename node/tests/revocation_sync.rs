@@ -77,60 +77,66 @@ async fn registry_node(dir: &std::path::Path, answers: Arc<Mutex<Answers>>) -> N
         .await
         .expect("registry node starts");
     let mut incoming = node.stream_control().accept(PROTOCOL).expect("serves");
+    // Each stream served on its own task, as the registry does: the
+    // transport drops incoming streams it has no room to queue, and the
+    // node sends several requests at once as it starts.
     tokio::spawn(async move {
         while let Some((_, mut stream)) = incoming.next().await {
-            let Ok(bytes) = read_frame(&mut stream, MAX_REQUEST_SIZE).await else {
-                continue;
-            };
-            let response = {
-                let a = answers.lock().unwrap();
-                let root = Amid::from_bytes(&a.root).unwrap();
-                match Request::from_bytes(&bytes) {
-                    Ok(Request::Root) => Response::Ok {
-                        body: json!({"root": root, "root_key": hex::encode(a.root)}),
-                    },
-                    Ok(Request::Crl) => Response::Ok {
-                        body: json!({
-                            "issuer": root,
-                            "issuer_key": hex::encode(a.root),
-                            "generated_ms": now(),
-                            "count": a.revocations.len(),
-                            "revocations": a.revocations.iter().map(|r| json!({
-                                "revoked": true,
-                                "signed": hex::encode(r.to_bytes().unwrap()),
-                            })).collect::<Vec<_>>(),
-                        }),
-                    },
-                    Ok(Request::LogHead { size }) if a.log.is_some() => {
-                        let (tree, key) = a.log.as_ref().unwrap();
-                        let size = size.unwrap_or(tree.len());
-                        let head =
-                            SignedTreeHead::sign(key, size, tree.root_at(size).unwrap(), now());
-                        Response::Ok {
-                            body: serde_json::to_value(head).unwrap(),
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let Ok(bytes) = read_frame(&mut stream, MAX_REQUEST_SIZE).await else {
+                    return;
+                };
+                let response = {
+                    let a = answers.lock().unwrap();
+                    let root = Amid::from_bytes(&a.root).unwrap();
+                    match Request::from_bytes(&bytes) {
+                        Ok(Request::Root) => Response::Ok {
+                            body: json!({"root": root, "root_key": hex::encode(a.root)}),
+                        },
+                        Ok(Request::Crl) => Response::Ok {
+                            body: json!({
+                                "issuer": root,
+                                "issuer_key": hex::encode(a.root),
+                                "generated_ms": now(),
+                                "count": a.revocations.len(),
+                                "revocations": a.revocations.iter().map(|r| json!({
+                                    "revoked": true,
+                                    "signed": hex::encode(r.to_bytes().unwrap()),
+                                })).collect::<Vec<_>>(),
+                            }),
+                        },
+                        Ok(Request::LogHead { size }) if a.log.is_some() => {
+                            let (tree, key) = a.log.as_ref().unwrap();
+                            let size = size.unwrap_or(tree.len());
+                            let head =
+                                SignedTreeHead::sign(key, size, tree.root_at(size).unwrap(), now());
+                            Response::Ok {
+                                body: serde_json::to_value(head).unwrap(),
+                            }
                         }
-                    }
-                    Ok(Request::LogConsistency { first, second }) if a.log.is_some() => {
-                        let (tree, _) = a.log.as_ref().unwrap();
-                        let second = second.unwrap_or(tree.len());
-                        match tree.consistency_proof(first, second) {
-                            Ok(proof) => Response::Ok {
-                                body: json!({ "proof": proof }),
-                            },
-                            Err(e) => Response::Error {
-                                code: "invalid_request".into(),
-                                message: e.to_string(),
-                            },
+                        Ok(Request::LogConsistency { first, second }) if a.log.is_some() => {
+                            let (tree, _) = a.log.as_ref().unwrap();
+                            let second = second.unwrap_or(tree.len());
+                            match tree.consistency_proof(first, second) {
+                                Ok(proof) => Response::Ok {
+                                    body: json!({ "proof": proof }),
+                                },
+                                Err(e) => Response::Error {
+                                    code: "invalid_request".into(),
+                                    message: e.to_string(),
+                                },
+                            }
                         }
+                        _ => Response::Error {
+                            code: "invalid_request".into(),
+                            message: "unsupported request".into(),
+                        },
                     }
-                    _ => Response::Error {
-                        code: "invalid_request".into(),
-                        message: "unsupported request".into(),
-                    },
-                }
-            };
-            let _ = write_frame(&mut stream, &response.to_bytes().unwrap()).await;
-            let _ = stream.close().await;
+                };
+                let _ = write_frame(&mut stream, &response.to_bytes().unwrap()).await;
+                let _ = stream.close().await;
+            });
         }
     });
     tokio::time::timeout(WAIT, async {
