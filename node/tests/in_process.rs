@@ -391,6 +391,18 @@ async fn a_published_record_is_found_by_another_node() {
     assert_eq!(found.payload, b"hello");
     assert_eq!(found.subject, peer);
     assert!(bob.get_record("other", &peer).await.is_none());
+
+    // Published again at once, within the same millisecond or not: each
+    // new record takes a higher sequence, so none is refused as stale.
+    let again = futures::future::join_all(
+        (0..5u8).map(|i| alice.publish_record("notes", vec![b'a', i], Duration::from_secs(600))),
+    )
+    .await;
+    for (i, r) in again.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+    let last = bob.get_record("notes", &peer).await.expect("record found");
+    assert!(last.seq > found.seq, "{} after {}", last.seq, found.seq);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

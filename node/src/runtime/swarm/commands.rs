@@ -109,7 +109,17 @@ impl Actor {
             } => {
                 let now = now_ms();
                 let expires = now.saturating_add(ttl.as_millis() as u64);
-                let put = SignedRecord::sign(&self.key, &namespace, payload, now, expires)
+                // Sequence numbers are milliseconds: a record published
+                // again within the same one (a background publish and a
+                // caller's) must still go up, or peers refuse it as stale.
+                let me = *self.swarm.local_peer_id();
+                let seq = self
+                    .swarm
+                    .behaviour_mut()
+                    .dht
+                    .get_local(&namespace, &me)
+                    .map_or(now, |r| now.max(r.seq.saturating_add(1)));
+                let put = SignedRecord::sign(&self.key, &namespace, payload, seq, expires)
                     .map_err(|e| e.to_string())
                     .and_then(|r| {
                         self.swarm
