@@ -435,7 +435,10 @@ impl Registry {
 
     /// Records `req` in the replay store; refuses it if it was seen.
     fn mark_seen(&self, req: &SignedRequest, now_ms: u64) -> Result<(), RegistryError> {
-        if self.inner.store.mark_seen(&req.signature, now_ms)? {
+        // Hex is case-blind: the same signature in other letters is the
+        // same request, and must be refused as a replay.
+        let signature = req.signature.to_ascii_lowercase();
+        if self.inner.store.mark_seen(&signature, now_ms)? {
             Ok(())
         } else {
             Err(RegistryError::Replayed)

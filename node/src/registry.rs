@@ -5,8 +5,8 @@
 //! JSON text of a [`RequestBody`] (operation, timestamp, nonce) and an
 //! Ed25519 signature over [`DOMAIN_SEP_REQUEST`] ‖ body text. The registry
 //! refuses bodies whose timestamp is more than [`MAX_CLOCK_SKEW_MS`] away
-//! from its clock and any body it has seen before, so a request cannot be
-//! replayed.
+//! from its clock and any request whose signature it has seen before (hex
+//! compared case-blind), so a request cannot be replayed.
 //!
 //! Reputation evidence is public: a [`SessionReceipt`] is signed by both
 //! sides of a session, and ratings are signed requests that name such a

@@ -286,6 +286,15 @@ async fn refused_requests_store_nothing_and_replays_are_refused() {
         r.apply(&req, Some("register"), None, NOW).await,
         Err(RegistryError::Replayed)
     ));
+    // The same signature in upper-case hex verifies too: it is the same
+    // request, and refused as a replay.
+    let mut recased = req.clone();
+    recased.signature = req.signature.to_ascii_uppercase();
+    assert_ne!(recased.signature, req.signature);
+    assert!(matches!(
+        r.apply(&recased, Some("register"), None, NOW).await,
+        Err(RegistryError::Replayed)
+    ));
     // Status of an unknown agent.
     let st = Operation::Status {
         presence: Presence::Away,
