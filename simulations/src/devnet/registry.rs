@@ -22,7 +22,10 @@ use crate::process::DEVNET_PASSPHRASE;
 
 /// The capability the devnet's agents register.
 pub(super) const CAPABILITY: &str = "chat";
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one attempt waits for the registry's answer.
+const ATTEMPT: Duration = Duration::from_secs(20);
+/// Attempts per request.
+const ATTEMPTS: u32 = 3;
 
 /// A node asking the devnet registry.
 pub(super) struct RegistryClient {
@@ -51,13 +54,30 @@ impl RegistryClient {
         Ok(Self { node, registry })
     }
 
+    /// Asks the registry on a new stream; a stream that breaks or gets no
+    /// answer in [`ATTEMPT`] is given up and the request sent again on
+    /// another, up to [`ATTEMPTS`] times. A signed request whose first
+    /// copy was applied is refused as `replayed` on a later attempt: that
+    /// counts as done.
     async fn ask(&self, request: &Request) -> Result<Value> {
-        let mut control = self.node.stream_control();
-        match call(&mut control, self.registry, request, TIMEOUT).await? {
-            Response::Ok { body } => Ok(body),
-            Response::Error { code, message } => bail!("registry: {code}: {message}"),
-            _ => bail!("registry: unexpected answer"),
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let mut control = self.node.stream_control();
+            match call(&mut control, self.registry, request, ATTEMPT).await {
+                Ok(Response::Ok { body }) => return Ok(body),
+                Ok(Response::Error { code, .. }) if code == "replayed" && attempt > 0 => {
+                    return Ok(Value::Null)
+                }
+                Ok(Response::Error { code, message }) => bail!("registry: {code}: {message}"),
+                Ok(_) => bail!("registry: unexpected answer"),
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "registry request failed; asking again");
+                    last = Some(e);
+                }
+            }
         }
+        Err(last.map_or_else(|| anyhow::anyhow!("no attempt"), anyhow::Error::from))
+            .context("the registry did not answer")
     }
 
     /// Registers the agent whose data directory is `dir` as `name`.
