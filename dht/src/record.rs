@@ -7,6 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentmesh_transports::codec::{self, CodecError};
+use ed25519_dalek::{Signature, VerifyingKey};
 use libp2p::{
     identity::{Keypair, PublicKey},
     PeerId,
@@ -46,9 +47,13 @@ pub enum RecordError {
     /// The namespace is empty, too long or has a `/`.
     #[error("invalid namespace")]
     InvalidNamespace,
-    /// The embedded key is not a valid public key.
+    /// The embedded key is not a valid Ed25519 public key.
     #[error("invalid public key")]
     InvalidKey,
+    /// The embedded key is a point of small order: signatures that verify
+    /// against it can be made without any secret.
+    #[error("weak (small-order) public key")]
+    WeakKey,
     /// The signature does not verify against the subject's key.
     #[error("bad signature")]
     BadSignature,
@@ -144,6 +149,22 @@ fn check_namespace(ns: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// Verifies `signature` over `DOMAIN_SEP_RECORD || body` by `key`,
+/// strictly, refusing keys that are not Ed25519 or of small order.
+fn verify_strict(key: &PublicKey, body: &[u8], signature: &[u8]) -> Result<(), RecordError> {
+    let ed = key
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| RecordError::InvalidKey)?;
+    let key = VerifyingKey::from_bytes(&ed.to_bytes()).map_err(|_| RecordError::InvalidKey)?;
+    if key.is_weak() {
+        return Err(RecordError::WeakKey);
+    }
+    let signature = Signature::from_slice(signature).map_err(|_| RecordError::BadSignature)?;
+    key.verify_strict(&[DOMAIN_SEP_RECORD, body].concat(), &signature)
+        .map_err(|_| RecordError::BadSignature)
+}
+
 impl SignedRecord {
     /// Signs a record in `namespace` about the key's own peer.
     pub fn sign(
@@ -184,14 +205,17 @@ impl SignedRecord {
     }
 
     /// Checks the signature, namespace and expiry at `now_ms`.
+    ///
+    /// The subject's key must be Ed25519 and not of small order
+    /// ([`RecordError::WeakKey`]), and the signature is verified strictly
+    /// (`verify_strict`: canonical, no small-order `R`), so no record can be
+    /// signed without the subject's secret and no signature is malleable.
     pub fn verify(self, now_ms: u64) -> Result<VerifiedRecord, RecordError> {
         let body: RecordBody = codec::decode(&self.body, MAX_RECORD_SIZE)?;
         check_namespace(&body.namespace)?;
         let public_key = PublicKey::try_decode_protobuf(&body.public_key)
             .map_err(|_| RecordError::InvalidKey)?;
-        if !public_key.verify(&[DOMAIN_SEP_RECORD, &self.body].concat(), &self.signature) {
-            return Err(RecordError::BadSignature);
-        }
+        verify_strict(&public_key, &self.body, &self.signature)?;
         if body.expires_ms <= now_ms {
             return Err(RecordError::Expired {
                 expires_ms: body.expires_ms,
@@ -268,6 +292,42 @@ mod tests {
         let last = r.body.len() - 1;
         r.body[last] ^= 1;
         assert!(r.verify(1000).is_err());
+    }
+
+    /// The identity point: a valid encoding, of small order.
+    fn weak_key() -> PublicKey {
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        libp2p::identity::ed25519::PublicKey::try_from_bytes(&weak)
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn a_record_of_a_weak_key_is_refused() {
+        // With the identity point as key, the signature R = identity,
+        // s = 0 satisfies the plain verification equation for any body:
+        // anyone could publish records about this subject.
+        let body = codec::encode(&RecordBody {
+            namespace: "card".into(),
+            public_key: weak_key().encode_protobuf(),
+            seq: 1,
+            expires_ms: 2000,
+            payload: b"forged".to_vec(),
+        })
+        .unwrap();
+        let mut signature = vec![0u8; 64];
+        signature[0] = 1;
+        let forged = SignedRecord { body, signature };
+        assert_eq!(
+            forged.clone().verify(1000).unwrap_err(),
+            RecordError::WeakKey
+        );
+        let key = record_key("card", &weak_key().to_peer_id());
+        assert_eq!(
+            SignedRecord::validate(&forged.to_bytes().unwrap(), &key, 1000).unwrap_err(),
+            RecordError::WeakKey
+        );
     }
 
     #[test]
