@@ -13,6 +13,7 @@ mod controls;
 pub(crate) mod cores;
 mod errors;
 mod exchange;
+mod first_contact;
 mod inbound;
 mod link;
 mod mailbox;
@@ -243,6 +244,8 @@ struct Shared {
     awaiting_receipt: Mutex<HashMap<MessageId, Amid>>,
     /// One mailbox drain at a time, so mail is delivered in order.
     drain_lock: tokio::sync::Mutex<()>,
+    /// Held while the answers to mailed KNOCKs are sent (one run at a time).
+    answer_lock: tokio::sync::Mutex<()>,
     /// Per mailbox relay: a digest of the senders last named there.
     named_senders: Mutex<HashMap<PeerId, u64>>,
     /// libp2p's own metrics (swarm, kad, identify, ping, relay, dcutr),

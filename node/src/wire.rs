@@ -79,6 +79,10 @@ pub enum MsgFrame {
         #[serde(with = "serde_bytes")]
         signature: [u8; 64],
     },
+    /// The sender's signed decision on a KNOCK we left in its mailbox (a
+    /// [`SignedDecision`](crate::knock::SignedDecision), encoded). Checked
+    /// against the KNOCK we keep; its signature authenticates it.
+    Decision(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Errors decoding a frame.
@@ -140,6 +144,7 @@ mod tests {
                 session: SessionId([5; 16]),
                 signature: [6; 64],
             },
+            MsgFrame::Decision(vec![8; 40]),
         ] {
             assert_eq!(MsgFrame::from_bytes(&f.to_bytes()).unwrap(), f);
         }

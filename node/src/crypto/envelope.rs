@@ -23,6 +23,16 @@ pub const ENVELOPE_VERSION: u8 = 1;
 pub const MAX_ENVELOPE_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Clock skew tolerated on timestamps.
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// [`EnvelopeBody::olm_type`] of a control envelope whose `ciphertext` is
+/// a [`SignedKnock`](crate::knock::SignedKnock), in the clear: a first
+/// contact left in a mailbox (the KNOCK's first message is itself an Olm
+/// pre-key message). Its id and expiry are those of that first message.
+pub const OLM_TYPE_KNOCK: u8 = 0x80;
+/// [`EnvelopeBody::olm_type`] of a control envelope whose `ciphertext` is
+/// a [`SignedDecision`](crate::knock::SignedDecision), in the clear: the
+/// answer to a KNOCK that came through a mailbox, left in the initiator's
+/// mailbox when it could not be reached.
+pub const OLM_TYPE_DECISION: u8 = 0x81;
 
 /// Identifier of one message, chosen by its sender. Bytes in CBOR, hex in
 /// JSON.
@@ -149,7 +159,8 @@ pub struct EnvelopeBody {
     pub ts_ms: u64,
     /// Expiry, ms since the epoch.
     pub expires_ms: u64,
-    /// Olm message type (0 = pre-key, 1 = normal).
+    /// Olm message type (0 = pre-key, 1 = normal), or a control envelope
+    /// ([`OLM_TYPE_KNOCK`], [`OLM_TYPE_DECISION`]).
     pub olm_type: u8,
     /// Olm ciphertext.
     #[serde(with = "serde_bytes")]

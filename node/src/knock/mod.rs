@@ -353,15 +353,33 @@ impl SignedDecision {
         receiver: &Amid,
         knock: &SignedKnock,
     ) -> Result<(Decision, [u8; 32]), KnockError> {
+        self.verify_hash(receiver, &knock.hash())
+    }
+
+    /// [`Self::verify`] against the hash of the KNOCK answered (what an
+    /// initiator keeps of a KNOCK it left in a mailbox).
+    pub fn verify_hash(
+        &self,
+        receiver: &Amid,
+        knock_hash: &[u8; 32],
+    ) -> Result<(Decision, [u8; 32]), KnockError> {
         if !receiver.verify(DOMAIN_SEP_DECISION, &self.body, &self.sig) {
             return Err(KnockError::BadSignature);
         }
         let body: DecisionBody = codec::decode(&self.body, MAX_DECISION_SIZE)
             .map_err(|e| KnockError::Malformed(e.to_string()))?;
-        if body.knock_hash != knock.hash() {
+        if &body.knock_hash != knock_hash {
             return Err(KnockError::Unrelated);
         }
         Ok((body.decision, body.policy_hash))
+    }
+
+    /// The hash of the KNOCK this decision says it answers, unverified: to
+    /// find the KNOCK before [`Self::verify_hash`].
+    pub fn peek_knock_hash(&self) -> Option<[u8; 32]> {
+        codec::decode::<DecisionBody>(&self.body, MAX_DECISION_SIZE)
+            .ok()
+            .map(|b| b.knock_hash)
     }
 }
 

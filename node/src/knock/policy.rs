@@ -367,6 +367,31 @@ impl Policy {
         ctx: KnockContext,
         now_ms: u64,
     ) -> Decision {
+        self.evaluate_aged(me, knock, ctx, now_ms, MAX_CLOCK_SKEW_MS)
+    }
+
+    /// [`Self::evaluate`] for a KNOCK that waited in a mailbox: it may have
+    /// been sent up to `max_age_ms` ago (and, as any KNOCK, no more than
+    /// the clock skew ahead of `now_ms`). Pure, as `evaluate`.
+    pub fn evaluate_mailed(
+        &self,
+        me: &Amid,
+        knock: &KnockBody,
+        ctx: KnockContext,
+        now_ms: u64,
+        max_age_ms: u64,
+    ) -> Decision {
+        self.evaluate_aged(me, knock, ctx, now_ms, max_age_ms.max(MAX_CLOCK_SKEW_MS))
+    }
+
+    fn evaluate_aged(
+        &self,
+        me: &Amid,
+        knock: &KnockBody,
+        ctx: KnockContext,
+        now_ms: u64,
+        max_age_ms: u64,
+    ) -> Decision {
         let reject = |reason| Decision::Reject {
             reason,
             retry_after_ms: None,
@@ -374,7 +399,7 @@ impl Policy {
         if &knock.to != me {
             return reject(RejectReason::WrongRecipient);
         }
-        if knock.ts_ms.saturating_add(MAX_CLOCK_SKEW_MS) < now_ms
+        if knock.ts_ms.saturating_add(max_age_ms) < now_ms
             || knock.ts_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS)
         {
             return reject(RejectReason::StaleTimestamp);
@@ -456,6 +481,41 @@ mod tests {
             Decision::Accept { .. } => None,
             Decision::Reject { reason, .. } => Some(reason),
         }
+    }
+
+    #[test]
+    fn a_mailed_knock_may_be_as_old_as_its_mailbox_allows_and_no_more() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let p = Policy::permissive();
+        let day = 24 * 3600 * 1000;
+        let now = 10 * day;
+        let max_age = 3 * day;
+        let at = |ts| knock(&a, b.amid(), "chat", "talk", ts);
+        let ctx = KnockContext::default();
+        // A day old: stale live, fine from a mailbox.
+        let old = at(now - day);
+        assert_eq!(
+            reason(p.evaluate(&b.amid(), &old, ctx, now)),
+            Some(RejectReason::StaleTimestamp)
+        );
+        assert_eq!(
+            reason(p.evaluate_mailed(&b.amid(), &old, ctx, now, max_age)),
+            None
+        );
+        // Older than the mailbox keeps mail, or from the future: stale.
+        for ts in [now - max_age - 1, now + MAX_CLOCK_SKEW_MS + 1] {
+            assert_eq!(
+                reason(p.evaluate_mailed(&b.amid(), &at(ts), ctx, now, max_age)),
+                Some(RejectReason::StaleTimestamp),
+                "{ts}"
+            );
+        }
+        // Never narrower than a live KNOCK's window.
+        let skewed = at(now - MAX_CLOCK_SKEW_MS);
+        assert_eq!(
+            reason(p.evaluate_mailed(&b.amid(), &skewed, ctx, now, 0)),
+            None
+        );
     }
 
     #[test]

@@ -261,6 +261,7 @@ impl Node {
             my_relays: RwLock::new(Vec::new()),
             awaiting_receipt: Mutex::new(HashMap::new()),
             drain_lock: tokio::sync::Mutex::new(()),
+            answer_lock: tokio::sync::Mutex::new(()),
             named_senders: Mutex::new(HashMap::new()),
             libp2p_metrics,
             libp2p_registry,

@@ -205,7 +205,7 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     super::registry::check_on_knock(shared, &knock, now_ms()).await;
     let now = now_ms();
     let policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
-    let (decision, delivered) = decide(shared, &peer, &knock, now);
+    let (decision, delivered) = decide(shared, Via::Connection(peer), &knock, now);
     // The session and first message must be on disk before we say yes.
     if matches!(decision, Decision::Accept { .. }) {
         if let Err(e) = shared.db.flush_async().await {
@@ -223,10 +223,42 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     }
 }
 
+/// Where a KNOCK came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Via {
+    /// Live, on a connection of this peer.
+    Connection(PeerId),
+    /// Left in our mailbox in a control envelope this agent signed; it may
+    /// be as old as a mailbox keeps mail ([`MAILED_KNOCK_MAX_AGE_MS`]).
+    Mailbox(crate::identity::Amid),
+}
+
+/// How old a KNOCK that waited in a mailbox may be: as long as a message
+/// lives, and the clock skew.
+pub(super) const MAILED_KNOCK_MAX_AGE_MS: u64 =
+    crate::session::DEFAULT_MESSAGE_TTL_MS + MAX_CLOCK_SKEW_MS;
+
+impl Via {
+    fn label(&self) -> String {
+        match self {
+            Via::Connection(peer) => peer_label(peer),
+            Via::Mailbox(from) => from.to_string(),
+        }
+    }
+
+    /// How old the KNOCK may be.
+    fn max_age_ms(&self) -> u64 {
+        match self {
+            Via::Connection(_) => MAX_CLOCK_SKEW_MS,
+            Via::Mailbox(_) => MAILED_KNOCK_MAX_AGE_MS,
+        }
+    }
+}
+
 /// Runs the policy on a KNOCK and, when accepted, opens its first message.
-fn decide(
+pub(super) fn decide(
     shared: &Arc<Shared>,
-    peer: &PeerId,
+    via: Via,
     knock: &SignedKnock,
     now: u64,
 ) -> (Decision, Option<Delivery>) {
@@ -246,7 +278,7 @@ fn decide(
         .map(|mut b| b.try_acquire(&(), now).err())
         .unwrap_or(Some(crate::ratelimit::RetryAfter { ms: 1_000 }));
     if let Some(wait) = over_budget {
-        debug!(%peer, "knock budget used up; refusing");
+        debug!(from = %via.label(), "knock budget used up; refusing");
         return (
             Decision::Reject {
                 reason: RejectReason::RateLimited,
@@ -262,12 +294,17 @@ fn decide(
                 crate::knock::KnockError::BadSignature => RejectReason::BadSignature,
                 _ => RejectReason::Malformed,
             };
-            refuse(shared, Some(peer_label(peer)), reason, e.to_string());
+            refuse(shared, Some(via.label()), reason, e.to_string());
             return reject(reason);
         }
     };
     // The connection must belong to the initiator: KNOCKs are not relayed.
-    if body.from.peer_id().ok().as_ref() != Some(peer) {
+    // One from a mailbox came in an envelope the initiator signed.
+    let own = match &via {
+        Via::Connection(peer) => body.from.peer_id().ok().as_ref() == Some(peer),
+        Via::Mailbox(from) => &body.from == from,
+    };
+    if !own {
         refuse(
             shared,
             Some(body.from.to_string()),
@@ -293,13 +330,14 @@ fn decide(
     // The nonce is stored only for a KNOCK inside the time window and the
     // rate limit (the policy refuses the others): the nonce store holds at
     // most what the limits let in, each entry for a bounded time.
-    let in_window = body.ts_ms.saturating_add(MAX_CLOCK_SKEW_MS) >= now
+    let max_age = via.max_age_ms();
+    let in_window = body.ts_ms.saturating_add(max_age) >= now
         && body.ts_ms <= now.saturating_add(MAX_CLOCK_SKEW_MS);
     let mut store = shared.store();
     let seen = if in_window && rate_limited.is_none() {
         match store.check_nonce(
             &body.nonce,
-            body.ts_ms.saturating_add(2 * MAX_CLOCK_SKEW_MS),
+            body.ts_ms.saturating_add(max_age + MAX_CLOCK_SKEW_MS),
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -319,7 +357,10 @@ fn decide(
         invalid_credentials: trust.invalid,
         reputation: trust.checked.reputation,
     };
-    let mut decision = policy.evaluate(&shared.amid, &body, ctx, now);
+    let mut decision = match via {
+        Via::Connection(_) => policy.evaluate(&shared.amid, &body, ctx, now),
+        Via::Mailbox(_) => policy.evaluate_mailed(&shared.amid, &body, ctx, now, max_age),
+    };
     if shared.killed_all.load(std::sync::atomic::Ordering::SeqCst) {
         // The owner's kill switch overrides every policy.
         decision = Decision::Reject {
@@ -410,7 +451,10 @@ fn decide(
                     size: body.first.len() as u32,
                 });
             }
-            let path = shared.path_to(peer);
+            let path = match via {
+                Via::Connection(peer) => shared.path_to(&peer),
+                Via::Mailbox(_) => PathKind::Mailbox,
+            };
             let delivery = received.map(|(arrival, r)| super::exchange::delivery(arrival, r, path));
             (decision, delivery)
         }
@@ -529,6 +573,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
             Ok(MsgFrame::Countersigned { session, signature }) => {
                 if let Some(from) = sender {
                     super::registry::on_countersigned(shared, &from, session, signature);
+                }
+                continue;
+            }
+            Ok(MsgFrame::Decision(decision)) => {
+                if let Some(from) = sender {
+                    super::first_contact::on_decision(shared, &from, &decision);
                 }
                 continue;
             }

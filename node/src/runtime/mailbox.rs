@@ -16,7 +16,7 @@ use agentmesh_transports::{framing::FramedStream, PathKind};
 use super::{inbound, Command, DialError, Shared};
 use crate::{
     audit::AuditEvent,
-    envelope::{MessageId, SignedEnvelope},
+    envelope::{MessageId, SignedEnvelope, OLM_TYPE_DECISION, OLM_TYPE_KNOCK},
     events::NodeEvent,
     identity::Amid,
     session::OpenError,
@@ -54,14 +54,37 @@ pub(super) async fn connect(
     }
 }
 
-/// Deposits one sealed envelope for `to` at every relay in `relays`.
-/// Returns how many relays hold it on disk; an error when none does.
+/// Deposits one sealed envelope for `to` at every relay in `relays`, and
+/// waits for `to`'s delivery receipt for it. Returns how many relays hold
+/// it on disk; an error when none does.
 pub(super) async fn deposit(
     shared: &Shared,
     to: &Amid,
     relays: &[(PeerId, Multiaddr)],
     envelope: &[u8],
 ) -> Result<usize, MailboxError> {
+    let (id, stored) = deposit_at(shared, to, relays, envelope).await?;
+    let mut awaiting = shared
+        .awaiting_receipt
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if awaiting.len() >= MAX_AWAITING_RECEIPTS {
+        warn!("too many deposits awaiting receipts; forgetting the oldest");
+        awaiting.clear();
+    }
+    awaiting.insert(id, *to);
+    Ok(stored)
+}
+
+/// Deposits one sealed envelope for `to` at every relay in `relays`.
+/// Returns its id and how many relays hold it on disk; an error when none
+/// does.
+pub(super) async fn deposit_at(
+    shared: &Shared,
+    to: &Amid,
+    relays: &[(PeerId, Multiaddr)],
+    envelope: &[u8],
+) -> Result<(MessageId, usize), MailboxError> {
     let to_peer = to
         .peer_id()
         .map_err(|e| MailboxError::Unreachable(e.to_string()))?;
@@ -97,16 +120,7 @@ pub(super) async fn deposit(
     if stored == 0 {
         return Err(last);
     }
-    let mut awaiting = shared
-        .awaiting_receipt
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if awaiting.len() >= MAX_AWAITING_RECEIPTS {
-        warn!("too many deposits awaiting receipts; forgetting the oldest");
-        awaiting.clear();
-    }
-    awaiting.insert(body.id, *to);
-    Ok(stored)
+    Ok((body.id, stored))
 }
 
 /// A delivery receipt from `from`: reports the messages we deposited for
@@ -181,6 +195,23 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
                     continue;
                 }
             };
+            match env.peek().map(|b| b.olm_type) {
+                Some(OLM_TYPE_KNOCK) => {
+                    // A first contact: judged as a live KNOCK is.
+                    let judged = super::first_contact::judge(&shared, &env, now_ms()).await;
+                    if judged.ack {
+                        acks.push(item.id);
+                    }
+                    batch.extend(judged.delivery);
+                    continue;
+                }
+                Some(OLM_TYPE_DECISION) => {
+                    super::first_contact::on_decision_envelope(&shared, &env, now_ms());
+                    acks.push(item.id);
+                    continue;
+                }
+                _ => {}
+            }
             let result = shared.store().receive(&env, None, now_ms());
             match result {
                 Ok((arrival, received)) => {
@@ -236,10 +267,13 @@ pub(super) async fn drain(shared: Arc<Shared>, relay: PeerId) {
         for (from, ids) in receipts {
             tokio::spawn(send_receipts(shared.clone(), from, ids));
         }
-        if !more {
+        // Nothing taken off this batch: fetching again would return it.
+        if !more || acks.is_empty() {
             break;
         }
     }
+    // Answers to KNOCKs from the mailbox, and those not sent before.
+    tokio::spawn(super::first_contact::send_answers(shared.clone()));
     if total > 0 {
         info!(%relay, messages = total, "mailbox drained");
     }

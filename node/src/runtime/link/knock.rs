@@ -11,15 +11,17 @@ use agentmesh_transports::{framing::FramedStream, PathKind};
 use super::{Link, LinkError, KNOCK_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF};
 use crate::{
     audit::AuditEvent,
+    envelope::MAX_ENVELOPE_SIZE,
+    events::{NodeEvent, Receipt},
     knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
-    runtime::{Outgoing, SendError},
+    runtime::{first_contact, Outgoing, SendError},
     session::SessionStore,
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
 };
 
 impl Link {
     /// Opens a session with a KNOCK that carries `out` as its first message.
-    pub(super) async fn knock(&mut self, peer_id: PeerId, out: Outgoing) {
+    pub(super) async fn knock(&mut self, peer_id: PeerId, mut out: Outgoing) {
         let mut use_fallback = false;
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -112,12 +114,153 @@ impl Link {
                 }
                 Err(LinkError::Retry(e)) => {
                     debug!(peer = %self.peer.short(), error = %e, "knock attempt failed");
+                    if !self.peer_relays.is_empty() && !self.is_connected(peer_id) {
+                        // Not reachable, and it keeps a mailbox: the KNOCK
+                        // waits there for it.
+                        match self.knock_by_mail(out).await {
+                            None => return,
+                            Some(back) => out = back,
+                        }
+                    }
                     let wait = backoff.min(out.deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
+    }
+
+    /// Leaves a KNOCK carrying `out` at the peer's mailbox relays (see
+    /// [`first_contact`](crate::runtime::first_contact)). From then on the
+    /// session it proposes is ours, so later messages follow it into the
+    /// mailbox. Gives `out` back when no relay took it, to be tried again.
+    async fn knock_by_mail(&mut self, out: Outgoing) -> Option<Outgoing> {
+        let card = match self.resolve().await {
+            Ok(c) => c,
+            Err(LinkError::Fatal(e)) => {
+                self.fail(out, e);
+                return None;
+            }
+            Err(LinkError::Retry(_)) => return Some(out),
+        };
+        let now = now_ms();
+        let sealed = self.shared.store().seal_first(
+            &self.shared.identity,
+            &card,
+            // One-time keys may be used up by the time the peer reads it.
+            true,
+            out.intent.clone(),
+            out.id,
+            &out.content,
+            now,
+        );
+        let (pending, first) = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(out, SendError::InvalidPayload(e.to_string()));
+                return None;
+            }
+        };
+        let Some(first_body) = first.peek() else {
+            self.fail(
+                out,
+                SendError::InvalidPayload("first message unreadable".into()),
+            );
+            return None;
+        };
+        let body = KnockBody {
+            from: self.shared.amid,
+            to: self.peer,
+            intent: out.intent.clone(),
+            session: SessionStore::pending_session_id(&pending),
+            ts_ms: now,
+            nonce: crate::storage::random_array(),
+            first: first.to_bytes(),
+            credentials: self.shared.credentials(),
+        };
+        let sealed = SignedKnock::sign(&self.shared.identity, &body)
+            .map_err(|e| e.to_string())
+            .and_then(|knock| {
+                first_contact::seal_knock(&self.shared.identity, &knock, &first_body)
+                    .map(|env| (knock, env.to_bytes()))
+                    .map_err(|e| e.to_string())
+            });
+        let (knock, bytes) = match sealed {
+            Ok(k) if k.1.len() <= MAX_ENVELOPE_SIZE => k,
+            Ok(_) => {
+                let e = "the first message is too large to leave in a mailbox with its KNOCK";
+                self.fail(out, SendError::InvalidPayload(e.into()));
+                return None;
+            }
+            Err(e) => {
+                self.fail(out, SendError::InvalidPayload(e));
+                return None;
+            }
+        };
+        let relays = self.peer_relays.clone();
+        let stored = match crate::runtime::mailbox::deposit(
+            &self.shared,
+            &self.peer,
+            &relays,
+            &bytes,
+        )
+        .await
+        {
+            Ok(n) => n,
+            Err(e @ crate::mailbox::MailboxError::Refused { .. }) => {
+                self.fail(out, SendError::Mailbox(e));
+                return None;
+            }
+            Err(e) => {
+                debug!(peer = %self.peer.short(), error = %e, "no mailbox relay took the knock");
+                return Some(out);
+            }
+        };
+        // The session we proposed is ours from now on; should we die before
+        // it reaches the disk, the KNOCK is answered for a session we do
+        // not have, and the next message KNOCKs again with a new one.
+        let committed = self
+            .shared
+            .store()
+            .commit_outbound(pending, u64::MAX)
+            .map_err(|e| e.to_string())
+            .and_then(|info| {
+                first_contact::remember_sent(&self.shared, &knock, self.peer, out.id, info.id, now)
+                    .map(|()| info)
+            });
+        let info = match committed {
+            Ok(info) => info,
+            Err(e) => {
+                self.fail(out, SendError::Storage(e));
+                return None;
+            }
+        };
+        if let Err(e) = self.shared.db.flush_async().await {
+            warn!(peer = %self.peer.short(), error = %e, "flush after a mailed knock failed");
+        }
+        debug!(peer = %self.peer.short(), relays = stored, "knock left in the mailbox");
+        self.shared.audit(AuditEvent::MessageOut {
+            to: self.peer,
+            id: out.id,
+            session: info.id,
+            size: bytes.len() as u32,
+            path: PathKind::Mailbox.to_string(),
+        });
+        self.shared.emit(NodeEvent::Deposited {
+            id: out.id,
+            to: self.peer,
+            relays: stored,
+        });
+        if let Some(r) = out.reply {
+            let _ = r.send(Ok(Receipt {
+                id: out.id,
+                to: self.peer,
+                path: PathKind::Mailbox,
+                knocked: true,
+                session: info.id,
+            }));
+        }
+        None
     }
 
     pub(super) async fn try_knock(
