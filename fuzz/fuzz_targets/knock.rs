@@ -1,7 +1,8 @@
 //! KNOCK and decision decoding and verification (`/agentmesh/knock/1`).
 //!
 //! 1. `SignedKnock::from_bytes` + `verify` (+ `Policy::evaluate` if it verifies).
-//! 2. `SignedDecision::from_bytes` + `verify` against a fixed, valid KNOCK.
+//! 2. `SignedDecision::from_bytes` + `verify` against a fixed, valid KNOCK,
+//!    and `peek_knock_hash` + `verify_hash` (a decision on a mailed KNOCK).
 //! 3. The input split in two halves: a decision and the KNOCK it answers.
 //! 4. Signed content: after one selector byte, the input is decoded as a
 //!    `KnockBody`, signed by a fixed initiator (any peer can sign any body
@@ -112,8 +113,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // 2. Raw decision answering a fixed KNOCK.
+    // As it comes back for a KNOCK left in a mailbox: the KNOCK found by
+    // the hash the decision names, then checked against that hash.
     if let Ok(d) = SignedDecision::from_bytes(data) {
         let _ = d.verify(&fx.me, &fx.knock);
+        if let Some(hash) = d.peek_knock_hash() {
+            let _ = d.verify_hash(&fx.me, &hash);
+        }
         let _ = d.to_bytes();
     }
 

@@ -1,7 +1,8 @@
 //! First contact while the recipient is offline, with real processes: alice
 //! writes to bob, who has never been online with her; the KNOCK waits in
 //! bob's mailbox with its first message; bob judges it by his policy when
-//! he starts, and alice gets his signed decision.
+//! he starts, and alice gets his signed decision, even when she went
+//! offline in the meantime.
 
 use std::{path::Path, time::Duration};
 
@@ -172,4 +173,58 @@ async fn an_offline_agent_whose_policy_refuses_the_first_contact_sends_a_signed_
         .filter(|v| v["event"] == "message")
         .collect();
     assert!(seen.is_empty(), "a refused message was delivered: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_reaches_an_initiator_that_went_offline_too_once_it_is_back() {
+    let root = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(exe(), &root.path().join("boot"))
+        .await
+        .unwrap();
+    let (_relay, relay_addrs) =
+        start_relay(exe(), &root.path().join("relay"), &boot_addr, &[], &[])
+            .await
+            .unwrap();
+    // Both keep their mail at the relay.
+    let with_relay = vec!["--relay".to_string(), relay_addrs[0].clone()];
+    let bob_dir = root.path().join("bob");
+    let (bob, bob_amid) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &with_relay)
+        .await
+        .unwrap();
+    bob.terminate().await.unwrap();
+    let alice_dir = root.path().join("alice");
+    let (alice, _) = start_agent(exe(), "alice", &alice_dir, &boot_addr, &with_relay)
+        .await
+        .unwrap();
+    let sent = send(&alice.dir, &bob_amid, json!("while you were out")).await;
+    assert!(sent.ok, "{sent:?}");
+    let receipt = sent.receipt.unwrap();
+    assert_eq!(receipt.path, PathKind::Mailbox);
+    assert!(receipt.knocked);
+    // Alice stops before bob is back: his answer cannot reach her directly.
+    alice.terminate().await.unwrap();
+
+    let (mut bob, _) = start_agent(exe(), "bob", &bob_dir, &boot_addr, &with_relay)
+        .await
+        .unwrap();
+    let m = bob
+        .wait_for(WAIT, |v| v["event"] == "message")
+        .await
+        .unwrap();
+    assert_eq!(m["payload"], "while you were out");
+
+    // Alice comes back and gets bob's decision (left in her mailbox, or
+    // sent again after his next drain).
+    let (mut alice, _) = start_agent(exe(), "alice", &alice_dir, &boot_addr, &with_relay)
+        .await
+        .unwrap();
+    let id = receipt.id.to_string();
+    let delivered = alice
+        .wait_for(WAIT, |v| {
+            v["event"] == "delivered" && v["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered["knocked"], true, "{delivered}");
+    assert_eq!(delivered["path"], "mailbox");
 }
