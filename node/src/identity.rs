@@ -6,6 +6,11 @@
 //! || checksum (4 bytes)`, where the checksum is the first four bytes of
 //! SHA-256(SHA-256(version || key)). Because the key is inside the AMID, a
 //! signature can be checked and the peer dialled from the AMID alone.
+//!
+//! Every way to make an [`Amid`] (text, CBOR bytes, raw bytes, a
+//! `VerifyingKey`, a libp2p key) refuses a key that is not a valid point
+//! ([`AmidError::InvalidKey`]) or is of small order ([`AmidError::WeakKey`]),
+//! so an `Amid` always names a key whose signatures only its secret can make.
 
 use std::{fmt, str::FromStr};
 
@@ -66,9 +71,12 @@ fn checksum(version: u8, key: &[u8; 32]) -> [u8; 4] {
 }
 
 impl Amid {
-    /// The AMID of a public key.
-    pub fn from_key(key: &VerifyingKey) -> Self {
-        Self(key.to_bytes())
+    /// The AMID of a public key, if it is not of small order.
+    pub fn from_key(key: &VerifyingKey) -> Result<Self, AmidError> {
+        if key.is_weak() {
+            return Err(AmidError::WeakKey);
+        }
+        Ok(Self(key.to_bytes()))
     }
 
     /// The AMID of raw public key bytes, if they are a valid key that is
@@ -98,10 +106,20 @@ impl Amid {
         Ok(libp2p::identity::PublicKey::from(pk).to_peer_id())
     }
 
-    /// The AMID of a libp2p public key, if it is Ed25519.
+    /// The AMID of a libp2p public key, if it is an Ed25519 key that is
+    /// not of small order ([`Amid::try_from_libp2p`] says why not).
     pub fn from_libp2p(pk: &libp2p::identity::PublicKey) -> Option<Self> {
-        let ed = pk.clone().try_into_ed25519().ok()?;
-        Some(Self(ed.to_bytes()))
+        Self::try_from_libp2p(pk).ok()
+    }
+
+    /// The AMID of a libp2p public key: [`AmidError::InvalidKey`] when it
+    /// is not Ed25519, [`AmidError::WeakKey`] when it is of small order.
+    pub fn try_from_libp2p(pk: &libp2p::identity::PublicKey) -> Result<Self, AmidError> {
+        let ed = pk
+            .clone()
+            .try_into_ed25519()
+            .map_err(|_| AmidError::InvalidKey)?;
+        Self::from_bytes(&ed.to_bytes())
     }
 
     /// Verifies `sig` over `domain || msg`, strictly: a weak (small-order)
@@ -216,10 +234,9 @@ impl<'de> Deserialize<'de> for Amid {
                 .as_slice()
                 .try_into()
                 .map_err(|_| D::Error::custom("AMID must be 32 bytes"))?;
-            // Binary AMIDs come inside signed structures; the point is
-            // checked when a signature is verified against it (an invalid
-            // key verifies nothing), so it is not decompressed twice.
-            Ok(Amid(arr))
+            // Checked like every other way in: a weak key is refused here,
+            // not only when a signature is verified against it.
+            Amid::from_bytes(&arr).map_err(D::Error::custom)
         }
     }
 }
@@ -259,7 +276,12 @@ impl Identity {
 
     /// The AMID.
     pub fn amid(&self) -> Amid {
-        Amid::from_key(&self.key.verifying_key())
+        // Never of small order: the key is a clamped secret scalar (a
+        // multiple of 8 in [2^254, 2^255), never a multiple of the group
+        // order) times the base point, a point of prime order.
+        let key = self.key.verifying_key();
+        debug_assert!(!key.is_weak());
+        Amid(key.to_bytes())
     }
 
     /// Signs `domain || msg`.
@@ -373,6 +395,48 @@ mod tests {
         fn parse_never_panics(s: String) {
             let _ = s.parse::<Amid>();
         }
+    }
+
+    #[test]
+    fn every_way_to_make_an_amid_refuses_a_weak_key() {
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        // From CBOR, as it arrives inside envelopes, KNOCKs and records.
+        let cbor = agentmesh_transports::codec::encode(&serde_bytes::ByteBuf::from(weak.to_vec()))
+            .unwrap();
+        let err = agentmesh_transports::codec::decode::<Amid>(&cbor, 64).unwrap_err();
+        assert!(err.to_string().contains("weak"), "{err}");
+        // Bytes that are no point at all are refused too.
+        let off_curve = (2u8..=255)
+            .map(|y| {
+                let mut k = [0u8; 32];
+                k[0] = y;
+                k
+            })
+            .find(|k| VerifyingKey::from_bytes(k).is_err())
+            .expect("some small y is off the curve");
+        assert_eq!(Amid::from_bytes(&off_curve), Err(AmidError::InvalidKey));
+        let cbor =
+            agentmesh_transports::codec::encode(&serde_bytes::ByteBuf::from(off_curve.to_vec()))
+                .unwrap();
+        assert!(agentmesh_transports::codec::decode::<Amid>(&cbor, 64).is_err());
+        // From a decoded key and from a libp2p key.
+        let key = VerifyingKey::from_bytes(&weak).unwrap();
+        assert_eq!(Amid::from_key(&key), Err(AmidError::WeakKey));
+        let libp2p_key: libp2p::identity::PublicKey =
+            libp2p::identity::ed25519::PublicKey::try_from_bytes(&weak)
+                .unwrap()
+                .into();
+        assert_eq!(Amid::try_from_libp2p(&libp2p_key), Err(AmidError::WeakKey));
+        assert_eq!(Amid::from_libp2p(&libp2p_key), None);
+        // A real key goes through every one of them.
+        let me = Identity::from_seed(&[7; 32]).amid();
+        let cbor = agentmesh_transports::codec::encode(&me).unwrap();
+        assert_eq!(
+            agentmesh_transports::codec::decode::<Amid>(&cbor, 64).unwrap(),
+            me
+        );
+        assert_eq!(Amid::from_key(&me.verifying_key().unwrap()), Ok(me));
     }
 
     #[test]
