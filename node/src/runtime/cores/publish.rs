@@ -11,13 +11,29 @@
 //! | addresses, relays or reachability changed     | `now + SETTLE`          |
 //! | bootstrap connected, card not stored yet      | `now + SETTLE`          |
 //! | routing table grew, card not stored, no put   | `now + SETTLE`          |
-//! | forced (republish asked for)                  | `now`                   |
+//! | forced, within the forced budget              | `now`                   |
+//! | forced, budget spent                          | the earlier of what was due and `max(now + FORCED_SETTLE, when the budget allows)` |
 //! | publish sent                                  | `now + republish_every` |
 //! | put done, no peer stored the card             | `now + PUBLISH_RETRY`   |
 //! | put done, stored remotely                     | unchanged               |
 //!
-//! Each input replaces whatever was due, so a burst postpones the publish
-//! until it settles. [`PublishSchedule::poll_publish`] says when to publish;
+//! Each input but a forced one replaces whatever was due, so a burst
+//! postpones the publish until it settles.
+//!
+//! **Forced publishes are coalesced.** A forced publish is asked for on a
+//! presence change, before stopping, and whenever an accepted KNOCK used a
+//! one-time key (the card lists the keys left), so a peer can ask for them
+//! at the rate it gets KNOCKs accepted. They are held to a budget (a
+//! generic cell rate: [`FORCED_BURST`] at once, then one every
+//! [`MIN_FORCED_INTERVAL`]). Within it a forced publish goes at once: the
+//! publish before stopping is forced and polled in the same step, and must
+//! not wait. Past it, the publish waits for the budget, and at least
+//! [`FORCED_SETTLE`], and every forced publish asked for meanwhile joins
+//! it (a later one never postpones it). So in any span of time `W` at most
+//! `FORCED_BURST + W / MIN_FORCED_INTERVAL` forced publishes go out (100
+//! KNOCKs accepted in a second: 4), and each forced publish is sent within
+//! [`MIN_FORCED_INTERVAL`] of being asked for. A publish for any reason
+//! while a forced one is pending counts against the budget and carries it. [`PublishSchedule::poll_publish`] says when to publish;
 //! the caller then reports the put it sent with
 //! [`PublishSchedule::handle_put_sent`] (or nothing, when it had nothing to
 //! publish: then nothing is due until the next input).
@@ -34,6 +50,14 @@ use tokio::time::Instant;
 pub(crate) const SETTLE: Duration = Duration::from_millis(200);
 /// How soon to try again after a put that no peer stored.
 pub(crate) const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+/// Forced publishes that may go at once, before [`MIN_FORCED_INTERVAL`]
+/// holds them back.
+pub(crate) const FORCED_BURST: u32 = 3;
+/// Average time between forced publishes, past the first [`FORCED_BURST`].
+pub(crate) const MIN_FORCED_INTERVAL: Duration = Duration::from_secs(10);
+/// Least wait of a forced publish held back by the budget, so that the
+/// rest of its burst joins it.
+pub(crate) const FORCED_SETTLE: Duration = Duration::from_secs(2);
 
 /// The card publishing schedule.
 #[derive(Debug)]
@@ -47,6 +71,12 @@ pub(crate) struct PublishSchedule<Q> {
     put: Option<Q>,
     /// Whether some peer ever stored the card.
     stored_remotely: bool,
+    /// Whether a forced publish was asked for and not sent yet.
+    forced_pending: bool,
+    /// The forced budget's theoretical arrival time (generic cell rate):
+    /// a forced publish conforms at `t` when `t >= forced_tat - (FORCED_BURST
+    /// - 1) * MIN_FORCED_INTERVAL`. `None`: the budget is whole.
+    forced_tat: Option<Instant>,
 }
 
 impl<Q: Copy + Eq> PublishSchedule<Q> {
@@ -58,6 +88,8 @@ impl<Q: Copy + Eq> PublishSchedule<Q> {
             next: None,
             put: None,
             stored_remotely: false,
+            forced_pending: false,
+            forced_tat: None,
         }
     }
 
@@ -92,9 +124,16 @@ impl<Q: Copy + Eq> PublishSchedule<Q> {
         }
     }
 
-    /// Publish at once (on request, or before stopping).
+    /// A publish is asked for (a presence change, stopping, a one-time key
+    /// used up): at once while the forced budget allows, else coalesced
+    /// with the others asked for meanwhile (see the module documentation).
     pub(crate) fn handle_forced(&mut self, now: Instant) {
-        self.next = Some(now);
+        self.forced_pending = true;
+        let due = match self.forced_allowed_at() {
+            Some(at) if at > now => at.max(now + FORCED_SETTLE),
+            _ => now,
+        };
+        self.next = Some(self.next.map_or(due, |n| n.min(due)));
     }
 
     /// Whether a publish is due at `now`. Returns true once per due
@@ -103,6 +142,9 @@ impl<Q: Copy + Eq> PublishSchedule<Q> {
     pub(crate) fn poll_publish(&mut self, now: Instant) -> bool {
         if self.next.is_some_and(|at| at <= now) {
             self.next = None;
+            if std::mem::take(&mut self.forced_pending) {
+                self.spend_forced(now);
+            }
             return true;
         }
         false
@@ -157,6 +199,21 @@ impl<Q: Copy + Eq> PublishSchedule<Q> {
     /// (Re)arms the settle delay.
     fn settle(&mut self, now: Instant) {
         self.next = Some(now + SETTLE);
+    }
+
+    /// The earliest time a forced publish conforms to the budget; `None`
+    /// when it conforms at any time.
+    fn forced_allowed_at(&self) -> Option<Instant> {
+        self.forced_tat
+            .and_then(|tat| tat.checked_sub(MIN_FORCED_INTERVAL * (FORCED_BURST - 1)))
+    }
+
+    /// A publish carried a forced one at `now`: one less in the budget. A
+    /// publish sent early for another reason takes no more than a whole
+    /// burst, so it cannot hold later forced publishes back for longer.
+    fn spend_forced(&mut self, now: Instant) {
+        let tat = self.forced_tat.map_or(now, |t| t.max(now)) + MIN_FORCED_INTERVAL;
+        self.forced_tat = Some(tat.min(now + MIN_FORCED_INTERVAL * FORCED_BURST));
     }
 }
 
@@ -284,6 +341,128 @@ mod tests {
         s.handle_addresses_changed(t0);
         assert!(!s.poll_publish(t0));
         assert_eq!(fire(&mut s), t0 + SETTLE);
+    }
+
+    #[test]
+    fn a_hundred_forced_publishes_in_a_second_are_coalesced() {
+        let t0 = Instant::now();
+        let mut s = PublishSchedule::new(HOUR);
+        let mut sent = Vec::new();
+        let mut now = t0;
+        let mut id = 0;
+        let mut drive = |s: &mut PublishSchedule<u32>, until: Instant, now: &mut Instant| {
+            while let Some(at) = s.next_deadline().filter(|at| *at <= until) {
+                *now = at;
+                assert!(s.poll_publish(at));
+                id += 1;
+                s.handle_put_sent(Some(id), at);
+                assert!(s.handle_put_done(id, true, at));
+                sent.push(at);
+            }
+            *now = until;
+        };
+        // An accepted KNOCK every 10 ms for a second, each forcing one.
+        for i in 0..100 {
+            drive(&mut s, t0 + i * 10 * MS, &mut now);
+            s.handle_forced(now);
+        }
+        let last_forced = now;
+        drive(&mut s, t0 + Duration::from_secs(60), &mut now);
+        assert_eq!(
+            sent.len(),
+            FORCED_BURST as usize + 1,
+            "publishes at {:?}",
+            sent.iter().map(|t| *t - t0).collect::<Vec<_>>()
+        );
+        // The first ones at once; the rest joined into one, which carries
+        // the last KNOCK's change.
+        assert_eq!(sent[0], t0);
+        let last = *sent.last().unwrap();
+        assert!(last >= last_forced);
+        assert!(last <= last_forced + MIN_FORCED_INTERVAL);
+        // After a quiet spell the budget is whole again: at once.
+        let later = t0 + Duration::from_secs(600);
+        s.handle_forced(later);
+        assert!(s.poll_publish(later));
+    }
+
+    #[test]
+    fn the_publish_before_stopping_goes_at_once_after_a_few_forced_ones() {
+        // A presence change and a KNOCK, then the node stops: forced and
+        // polled in the same step, it is due at once.
+        let t0 = Instant::now();
+        let mut s = PublishSchedule::<u32>::new(HOUR);
+        for i in 0..FORCED_BURST - 1 {
+            let at = t0 + i * 100 * MS;
+            s.handle_forced(at);
+            assert!(s.poll_publish(at));
+            s.handle_put_sent(Some(i), at);
+        }
+        let stop = t0 + Duration::from_secs(1);
+        s.handle_forced(stop);
+        assert!(s.poll_publish(stop));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Forced publishes at random times (KNOCKs accepted at any rate):
+        /// in any span `W` at most `FORCED_BURST + W / MIN_FORCED_INTERVAL`
+        /// publishes go out, and each forced one is followed by a publish
+        /// within `MIN_FORCED_INTERVAL`.
+        #[test]
+        fn forced_publishes_are_bounded_and_never_starved(
+            gaps in proptest::collection::vec(0u64..4_000, 1..200),
+        ) {
+            let mut s = PublishSchedule::new(HOUR);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut sent: Vec<Instant> = Vec::new();
+            let mut forced: Vec<Instant> = Vec::new();
+            let mut id = 0u32;
+            let end = t0
+                + Duration::from_millis(gaps.iter().sum::<u64>())
+                + 2 * MIN_FORCED_INTERVAL;
+            let times = gaps
+                .iter()
+                .scan(t0, |t, g| {
+                    *t += Duration::from_millis(*g);
+                    Some(*t)
+                })
+                .map(Some)
+                .chain([None]);
+            for at in times {
+                let until = at.unwrap_or(end);
+                while let Some(due) = s.next_deadline().filter(|d| *d <= until) {
+                    prop_assert!(due >= now);
+                    now = due;
+                    prop_assert!(s.poll_publish(now));
+                    id += 1;
+                    s.handle_put_sent(Some(id), now);
+                    s.handle_put_done(id, true, now);
+                    sent.push(now);
+                }
+                now = until;
+                if at.is_some() {
+                    s.handle_forced(now);
+                    forced.push(now);
+                }
+            }
+            for i in 0..sent.len() {
+                for j in i..sent.len() {
+                    let span = sent[j] - sent[i];
+                    let allowed = FORCED_BURST as usize
+                        + (span.as_millis() / MIN_FORCED_INTERVAL.as_millis()) as usize;
+                    prop_assert!(j - i < allowed, "{} publishes in {span:?}", j - i + 1);
+                }
+            }
+            for f in &forced {
+                prop_assert!(
+                    sent.iter().any(|p| p >= f && *p <= *f + MIN_FORCED_INTERVAL),
+                    "a forced publish at {:?} waited too long", *f - t0
+                );
+            }
+        }
     }
 
     /// One input of the property test.
