@@ -573,3 +573,26 @@ fn peer_label(peer: &PeerId) -> String {
         .map(|a| a.to_string())
         .unwrap_or_else(|| peer.to_string())
 }
+
+/// Replaces the fallback prekey when it is due (see
+/// [`SessionStore::rotate_fallback_key`]); whether the card must be
+/// published again.
+fn rotate_prekeys(shared: &Shared) -> bool {
+    let rotated = shared.store().rotate_fallback_key(
+        agentmesh_dht::now_ms(),
+        crate::session::FALLBACK_KEY_ROTATION_MS,
+        crate::session::FALLBACK_KEY_GRACE_MS,
+    );
+    match rotated {
+        Ok(r) => {
+            if r {
+                tracing::info!("fallback prekey replaced");
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "rotating the fallback prekey failed");
+            false
+        }
+    }
+}

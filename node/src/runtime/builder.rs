@@ -174,6 +174,13 @@ impl Node {
         let (knock_rate, msg_rate) = rate_limits(&config.policy);
         let breaker = config.breaker;
         let _ = store.sweep(now_ms());
+        if let Err(e) = store.rotate_fallback_key(
+            now_ms(),
+            crate::session::FALLBACK_KEY_ROTATION_MS,
+            crate::session::FALLBACK_KEY_GRACE_MS,
+        ) {
+            tracing::warn!(error = %e, "rotating the fallback prekey failed");
+        }
         let backlog = store.inbox();
         drop(keystore);
 

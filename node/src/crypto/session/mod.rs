@@ -289,6 +289,52 @@ impl SessionStore {
         (id, otks, fallback)
     }
 
+    /// Replaces the fallback (signed) prekey once it is `every_ms` old, and
+    /// forgets the replaced one `grace_ms` after it was replaced: until
+    /// then a KNOCK sealed to it (one that waited in a mailbox, or was sent
+    /// with an older card) still opens. Returns whether the keys to publish
+    /// changed; the account is written, not flushed.
+    pub fn rotate_fallback_key(
+        &mut self,
+        now_ms: u64,
+        every_ms: u64,
+        grace_ms: u64,
+    ) -> Result<bool, StorageError> {
+        let mut meta = match self.tree.get(FALLBACK_META_KEY)? {
+            Some(v) => codec::decode::<FallbackMeta>(&v, 64)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+            // A store from before rotation: its key counts from now.
+            None => FallbackMeta {
+                made_ms: now_ms,
+                replaced_ms: None,
+            },
+        };
+        let mut rotated = false;
+        if now_ms.saturating_sub(meta.made_ms) >= every_ms {
+            self.account.generate_fallback_key();
+            meta = FallbackMeta {
+                made_ms: now_ms,
+                replaced_ms: Some(now_ms),
+            };
+            self.prekeys_changed = true;
+            rotated = true;
+        } else if meta
+            .replaced_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) >= grace_ms)
+        {
+            self.account.forget_fallback_key();
+            meta.replaced_ms = None;
+        }
+        let mut batch = sled::Batch::default();
+        self.put_account(&mut batch);
+        batch.insert(
+            FALLBACK_META_KEY,
+            codec::encode(&meta).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(rotated)
+    }
+
     /// Whether the prekeys changed since the last call (the card must be
     /// republished).
     pub fn take_prekeys_changed(&mut self) -> bool {
@@ -410,6 +456,24 @@ impl SessionStore {
     }
 }
 
+/// Where the fallback key's age is kept.
+const FALLBACK_META_KEY: &[u8] = b"meta/fallback";
+
+/// How often the fallback (signed) prekey is replaced.
+pub const FALLBACK_KEY_ROTATION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How long a replaced fallback key still opens sessions: as long as a
+/// KNOCK sealed to it may wait in a mailbox, and the clock skew.
+pub const FALLBACK_KEY_GRACE_MS: u64 =
+    DEFAULT_MESSAGE_TTL_MS + 2 * crate::envelope::MAX_CLOCK_SKEW_MS;
+
+/// When the fallback key was made, and when the one before it was
+/// replaced (while it is still kept).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct FallbackMeta {
+    made_ms: u64,
+    replaced_ms: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +591,70 @@ mod tests {
         assert_eq!(got.payload, json!("three"));
         assert_eq!(b.store.inbox().len(), 2);
         assert!(b.store.take_prekeys_changed());
+    }
+
+    #[test]
+    fn the_fallback_key_rotates_and_the_old_one_opens_sessions_for_a_grace_period() {
+        let mut a = side(1);
+        let mut b = side(2);
+        let (every, grace) = (1_000, 300);
+        let t0 = 1_000_000;
+        // First call: the key counts from now.
+        assert!(!b.store.rotate_fallback_key(t0, every, grace).unwrap());
+        let old_card = card_of(&b.store, b.id.amid());
+        assert!(!b
+            .store
+            .rotate_fallback_key(t0 + every - 1, every, grace)
+            .unwrap());
+        assert!(b
+            .store
+            .rotate_fallback_key(t0 + every, every, grace)
+            .unwrap());
+        assert!(
+            b.store.take_prekeys_changed(),
+            "the card must be published again"
+        );
+        let new_card = card_of(&b.store, b.id.amid());
+        assert_ne!(new_card.fallback_key, old_card.fallback_key);
+
+        // A KNOCK sealed to the old key (from a card read before, or one
+        // that waited in a mailbox) opens within the grace period.
+        let open = |a: &mut Side, b: &mut Side, card: &AgentCard, n: u8, now: u64| {
+            let (pending, env) = a
+                .store
+                .seal_first(
+                    &a.id,
+                    card,
+                    true,
+                    Intent::default(),
+                    MessageId([n; 16]),
+                    &msg(json!(n)),
+                    now,
+                )
+                .unwrap();
+            let sid = SessionStore::pending_session_id(&pending);
+            let info = SessionStore::responder_info(
+                a.id.amid(),
+                sid,
+                Intent::default(),
+                now,
+                now + 1_000_000,
+            );
+            b.store
+                .receive(&env, Some(&info), now)
+                .map(|(_, r)| r.payload)
+        };
+        let t1 = t0 + every + grace - 1;
+        assert_eq!(
+            b.store.rotate_fallback_key(t1, every, grace).unwrap(),
+            false
+        );
+        assert_eq!(open(&mut a, &mut b, &old_card, 1, t1).unwrap(), json!(1));
+        // After it, the old key is gone; the new one opens.
+        let t2 = t0 + every + grace;
+        b.store.rotate_fallback_key(t2, every, grace).unwrap();
+        assert!(open(&mut a, &mut b, &old_card, 2, t2).is_err());
+        assert_eq!(open(&mut a, &mut b, &new_card, 3, t2).unwrap(), json!(3));
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub(super) async fn run(
             _ = drain_tick.tick() => actor.drain_all(),
             _ = sweep.tick() => {
                 let _ = shared.store().sweep(now_ms());
+                if super::rotate_prekeys(&shared) {
+                    let _ = shared.commands.try_send(Command::Republish);
+                }
             }
             event = actor.swarm.select_next_some() => actor.on_swarm_event(event),
         }
