@@ -80,6 +80,11 @@ pub enum RecordError {
     /// The store holds as many records as it may.
     #[error("record store full")]
     StoreFull,
+    /// The store's bookkeeping cannot be trusted: a thread panicked while
+    /// holding its lock. Nothing more is admitted until the process
+    /// restarts (it fails closed).
+    #[error("record store unavailable: its lock is poisoned")]
+    StorePoisoned,
     /// The store does not serve this namespace.
     #[error("namespace {0:?} is not served here")]
     NamespaceNotServed(String),

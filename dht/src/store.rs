@@ -29,17 +29,22 @@ const TREE: &str = "dht-records";
 /// nearer one when every subject holds its share.
 const MAX_FAR_SCAN: usize = 64;
 
+/// Keys held per subject (the text after the key's last `/`).
+type Owners = BTreeMap<String, BTreeSet<Vec<u8>>>;
+/// Keys held, by their distance from the local peer.
+type ByDistance = BTreeSet<(KBucketDistance, Vec<u8>)>;
+
 /// A sled-backed [`RecordStore`] that holds only valid signed records.
 pub struct SledStore {
     tree: sled::Tree,
     providers: MemoryStore,
     limits: StoreLimits,
     /// Keys held per subject (the text after the key's last `/`).
-    owners: Mutex<BTreeMap<String, BTreeSet<Vec<u8>>>>,
+    owners: Mutex<Owners>,
     /// The local peer in the keyspace.
     local: KBucketKey<PeerId>,
     /// Keys held, by their distance from the local peer.
-    by_distance: Mutex<BTreeSet<(KBucketDistance, Vec<u8>)>>,
+    by_distance: Mutex<ByDistance>,
 }
 
 /// What the record store takes, so that nobody can grow it without bound
@@ -120,7 +125,7 @@ impl SledStore {
     ) -> Result<Self, sled::Error> {
         let tree = db.open_tree(TREE)?;
         let local_key = KBucketKey::from(local);
-        let mut owners: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        let mut owners = Owners::new();
         let mut by_distance = BTreeSet::new();
         for key in tree.iter().keys() {
             let key = key?.to_vec();
@@ -137,24 +142,39 @@ impl SledStore {
         })
     }
 
-    fn owners(&self) -> MutexGuard<'_, BTreeMap<String, BTreeSet<Vec<u8>>>> {
-        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    /// The keys held per subject. A poisoned lock (a thread panicked
+    /// holding it, so the counts may be half updated) is refused, not
+    /// recovered: admission decisions read these counts, and fail closed.
+    fn owners(&self) -> Result<MutexGuard<'_, Owners>, crate::RecordError> {
+        self.owners.lock().map_err(|_| {
+            warn!("dht store: the per-subject index is poisoned; refusing records");
+            crate::RecordError::StorePoisoned
+        })
     }
 
-    fn by_distance(&self) -> MutexGuard<'_, BTreeSet<(KBucketDistance, Vec<u8>)>> {
-        self.by_distance.lock().unwrap_or_else(|p| p.into_inner())
+    /// The keys held by distance; a poisoned lock is refused as in
+    /// [`Self::owners`].
+    fn by_distance(&self) -> Result<MutexGuard<'_, ByDistance>, crate::RecordError> {
+        self.by_distance.lock().map_err(|_| {
+            warn!("dht store: the distance index is poisoned; refusing records");
+            crate::RecordError::StorePoisoned
+        })
     }
 
+    /// Removes the record under `key`. The record goes even when an index
+    /// is poisoned (nothing is admitted then anyway).
     fn forget(&self, key: &[u8]) {
         let _ = self.tree.remove(key);
-        self.by_distance()
-            .remove(&(distance(&self.local, key), key.to_vec()));
+        if let Ok(mut by_distance) = self.by_distance() {
+            by_distance.remove(&(distance(&self.local, key), key.to_vec()));
+        }
         let owner = owner_of(key);
-        let mut owners = self.owners();
-        if let Some(keys) = owners.get_mut(&owner) {
-            keys.remove(key);
-            if keys.is_empty() {
-                owners.remove(&owner);
+        if let Ok(mut owners) = self.owners() {
+            if let Some(keys) = owners.get_mut(&owner) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    owners.remove(&owner);
+                }
             }
         }
     }
@@ -166,7 +186,8 @@ impl SledStore {
         }
         let owner = owner_of(key);
         let victim = {
-            let owners = self.owners();
+            let owners = self.owners()?;
+            let by_distance = self.by_distance()?;
             let mine = owners.get(&owner).map_or(0, BTreeSet::len);
             owners
                 .iter()
@@ -178,7 +199,7 @@ impl SledStore {
                     // the farthest record of a subject holding more gives
                     // way, if the newcomer is nearer.
                     let near = distance(&self.local, key);
-                    self.by_distance()
+                    by_distance
                         .iter()
                         .rev()
                         .take(MAX_FAR_SCAN)
@@ -217,10 +238,14 @@ impl SledStore {
     /// whether it was written.
     ///
     /// Refused: a namespace not served, an expiry further than the limits
-    /// allow, and a new record when the store is full of records of
+    /// allow, a new record when the store is full of records of
     /// subjects holding fewer than the biggest holder (see
-    /// [`StoreLimits`]).
+    /// [`StoreLimits`]), and every record once the store's indexes are
+    /// poisoned ([`crate::RecordError::StorePoisoned`]).
     pub fn put_verified(&self, record: &VerifiedRecord) -> Result<bool, crate::RecordError> {
+        // Fail closed before anything is read or written.
+        drop(self.owners()?);
+        drop(self.by_distance()?);
         if !self.limits.serves(&record.namespace) {
             return Err(crate::RecordError::NamespaceNotServed(
                 record.namespace.clone(),
@@ -245,13 +270,16 @@ impl SledStore {
             None => self.make_room(&key)?,
         }
         let bytes = record.signed.to_bytes()?;
+        // Both indexes are taken before the write, so a record is never
+        // stored without being counted.
+        let mut owners = self.owners()?;
+        let mut by_distance = self.by_distance()?;
         if let Err(e) = self.tree.insert(key.clone(), bytes) {
             warn!(error = %e, "dht store write failed");
             return Ok(false);
         }
-        self.by_distance()
-            .insert((distance(&self.local, &key), key.clone()));
-        self.owners().entry(owner_of(&key)).or_default().insert(key);
+        by_distance.insert((distance(&self.local, &key), key.clone()));
+        owners.entry(owner_of(&key)).or_default().insert(key);
         Ok(true)
     }
 
@@ -477,6 +505,47 @@ mod tests {
             store.put_verified(&again),
             Err(crate::RecordError::StoreFull)
         );
+    }
+
+    #[test]
+    fn a_poisoned_index_refuses_every_record() {
+        for which in ["owners", "by_distance"] {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let key = Keypair::generate_ed25519();
+            let store = SledStore::open(key.public().to_peer_id(), &db).unwrap();
+            let soon = now_ms() + 3_600_000;
+            assert_eq!(store.put_verified(&record_in(&key, "card", soon)), Ok(true));
+            // A thread panics while holding the lock.
+            std::thread::scope(|s| {
+                let poisoned = s
+                    .spawn(|| {
+                        let _held = (
+                            (which == "owners").then(|| store.owners.lock().unwrap()),
+                            (which == "by_distance").then(|| store.by_distance.lock().unwrap()),
+                        );
+                        panic!("poisoning the {which} lock");
+                    })
+                    .join();
+                assert!(poisoned.is_err());
+            });
+            // The counts may be half updated: nothing more is admitted,
+            // not even from a subject the store has never seen.
+            let newcomer = Keypair::generate_ed25519();
+            assert_eq!(
+                store.put_verified(&record_in(&newcomer, "card", soon)),
+                Err(crate::RecordError::StorePoisoned),
+                "{which}"
+            );
+            assert_eq!(
+                store.put_verified(&record_in(&key, "rv-00", soon)),
+                Err(crate::RecordError::StorePoisoned),
+                "{which}"
+            );
+            assert_eq!(store.len(), 1);
+            // What is held is still served.
+            let held = crate::record_key("card", &key.public().to_peer_id());
+            assert!(store.get_verified(&held, now_ms()).is_some());
+        }
     }
 
     #[test]
