@@ -548,6 +548,78 @@ mod tests {
         }
     }
 
+    /// The flood: 10 000 records, each in a namespace never seen
+    /// before. A store serving only known namespaces takes none of them; a
+    /// store serving every namespace holds at most `max_records`, and
+    /// another subject still gets in.
+    #[test]
+    fn ten_thousand_records_in_fresh_namespaces_leave_the_store_bounded() {
+        const FLOOD: usize = 10_000;
+        const MAX: usize = 1_000;
+        let flooder = Keypair::generate_ed25519();
+        let soon = now_ms() + 3_600_000;
+        let flood: Vec<VerifiedRecord> = (0..FLOOD)
+            .map(|i| record_in(&flooder, &format!("fresh-{i}"), soon))
+            .collect();
+        let local = Keypair::generate_ed25519().public().to_peer_id();
+
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let known = StoreLimits {
+            namespaces: vec!["card".into(), "rv-*".into()],
+            max_records: MAX,
+            ..StoreLimits::default()
+        };
+        let store = SledStore::open_with(local, &db, known).unwrap();
+        let refused = flood
+            .iter()
+            .filter(|r| {
+                matches!(
+                    store.put_verified(r),
+                    Err(crate::RecordError::NamespaceNotServed(_))
+                )
+            })
+            .count();
+        assert_eq!(refused, FLOOD);
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.owners().unwrap().len(), 0);
+        assert_eq!(store.by_distance().unwrap().len(), 0);
+
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let every = StoreLimits {
+            max_records: MAX,
+            ..StoreLimits::default()
+        };
+        let store = SledStore::open_with(local, &db, every).unwrap();
+        let mut full = 0;
+        for r in &flood {
+            match store.put_verified(r) {
+                Ok(true) => {}
+                Err(crate::RecordError::StoreFull) => full += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(store.len() <= MAX);
+        }
+        assert_eq!(full, FLOOD - MAX);
+        assert_eq!(store.len(), MAX);
+        // The indexes are bounded with the tree.
+        assert_eq!(store.by_distance().unwrap().len(), MAX);
+        assert_eq!(
+            store
+                .owners()
+                .unwrap()
+                .values()
+                .map(BTreeSet::len)
+                .sum::<usize>(),
+            MAX
+        );
+        let honest = Keypair::generate_ed25519();
+        assert_eq!(
+            store.put_verified(&record_in(&honest, "card", soon)),
+            Ok(true)
+        );
+        assert_eq!(store.len(), MAX);
+    }
+
     #[test]
     fn persists_and_keeps_newest() {
         let dir = tempfile::tempdir().unwrap();
