@@ -1454,3 +1454,145 @@ async fn the_doctors_punch_probe_reaches_a_peer_and_tells_how() {
     );
     alice_api.stop().await;
 }
+
+/// One keep-alive HTTP/1.1 connection on TCP, written and read raw: each
+/// request's head and body are written apart, as many clients do.
+struct KeepAlive {
+    s: tokio::net::TcpStream,
+    host: String,
+    extra: String,
+    read: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn open(url: &str, extra: &str) -> Self {
+        let host = url.trim_start_matches("http://").to_owned();
+        let s = tokio::net::TcpStream::connect(&host).await.unwrap();
+        Self {
+            s,
+            host,
+            extra: extra.to_owned(),
+            read: Vec::new(),
+        }
+    }
+
+    /// Sends one request and reads its answer: `None` when the node closed
+    /// the connection instead.
+    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            self.extra,
+            body.len()
+        );
+        self.s.write_all(head.as_bytes()).await.ok()?;
+        self.s.write_all(body).await.ok()?;
+        tokio::time::timeout(WAIT, self.answer())
+            .await
+            .expect("an answer or the end of the connection in time")
+    }
+
+    async fn answer(&mut self) -> Option<(u16, Vec<u8>)> {
+        let end = loop {
+            if let Some(at) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.read[..end]).into_owned();
+        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("a Content-Length");
+        while self.read.len() < end + len {
+            self.fill().await?;
+        }
+        let body = self.read[end..end + len].to_vec();
+        self.read.drain(..end + len);
+        Some((status, body))
+    }
+
+    async fn fill(&mut self) -> Option<()> {
+        let mut buf = [0u8; 8192];
+        match self.s.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.read.extend_from_slice(&buf[..n]);
+                Some(())
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_to_a_route_that_reads_none_keeps_the_connection_alive() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = node(dir.path(), "alice", None).await;
+    let alice_dir = dir.path().join("alice");
+    let alice_api = api(&alice, &alice_dir).await;
+    let info = ApiInfo::read(&alice_dir).unwrap();
+    let auth = format!("\r\nAuthorization: Bearer {}", info.token);
+    let mut conn = KeepAlive::open(info.url.as_deref().unwrap(), &auth).await;
+
+    // `{}` to routes whose handlers read no body, each answered on the one
+    // connection.
+    let routes = [
+        ("POST", "/v1/policy/reload"),
+        ("POST", "/v1/kill/clear"),
+        ("GET", "/v1/status"),
+        ("GET", "/v1/peers"),
+        ("GET", "/v1/policy"),
+        ("GET", "/v1/nothing"),
+        ("DELETE", "/v1/status"),
+    ];
+    for (method, path) in routes {
+        let answer = conn.call(method, path, b"{}").await;
+        let (status, _) = answer.unwrap_or_else(|| panic!("{method} {path}: connection closed"));
+        assert!(status < 500, "{method} {path}: {status}");
+    }
+    // A body larger than one read of the socket: read to its end before
+    // the answer, so the connection still serves.
+    let mut big = b"{}".to_vec();
+    big.resize(agentmesh_node::api::MAX_BODY - 1, b' ');
+    for (method, path) in [("POST", "/v1/kill/clear"), ("GET", "/v1/status")] {
+        let (status, _) = conn
+            .call(method, path, &big)
+            .await
+            .unwrap_or_else(|| panic!("{method} {path} with a large body: connection closed"));
+        assert_eq!(status, 200, "{method} {path}");
+    }
+    // A route that reads its body still does.
+    let (status, body) = conn
+        .call(
+            "POST",
+            "/v1/policy/check",
+            br#"{"capability": "communication/messaging"}"#,
+        )
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // An oversized body: refused with its code, after which the connection
+    // still serves.
+    let over = vec![b' '; agentmesh_node::api::MAX_BODY + 1];
+    let (status, body) = conn
+        .call("POST", "/v1/kill/clear", &over)
+        .await
+        .expect("oversized answered");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (413, &json!("payload_too_large"))
+    );
+    let (status, _) = conn
+        .call("GET", "/v1/status", b"")
+        .await
+        .expect("the connection serves after an oversized body");
+    assert_eq!(status, 200);
+    alice_api.stop().await;
+}

@@ -682,6 +682,70 @@ async fn guard(
     next.run(req).await
 }
 
+/// How far past its limit a request body is still read (and discarded)
+/// before the refusal, so the client reads the answer and the connection
+/// stays usable; a larger one is refused at once and the connection closed.
+const DRAIN_PAST_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Larger than the limit.
+    #[error("body over {0} bytes")]
+    TooLarge(usize),
+    /// The client's body ended badly.
+    #[error("reading the body: {0}")]
+    Read(String),
+}
+
+/// Reads the whole body of `req` (at most `limit` bytes) and puts it back
+/// as a buffered body. Every request is read to its end this way before
+/// its route runs, also by routes that take no body: a body left unread
+/// (a `{}` sent with `POST /v1/kill/clear`, say) would end the keep-alive
+/// connection, and the client's next request on it would fail.
+async fn buffer_body(req: Request, limit: usize) -> Result<Request, BodyError> {
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_PAST_LIMIT)) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit.saturating_add(DRAIN_PAST_LIMIT) {
+            return Err(BodyError::TooLarge(limit));
+        }
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge(limit));
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(kept)))
+}
+
+/// The local API's [`buffer_body`], with its errors.
+async fn read_body(req: Request, next: Next) -> Response {
+    match buffer_body(req, MAX_BODY).await {
+        Ok(req) => next.run(req).await,
+        Err(e @ BodyError::TooLarge(_)) => {
+            ApiError::new(ErrorCode::PayloadTooLarge, e.to_string()).into_response()
+        }
+        Err(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()).into_response(),
+    }
+}
+
 /// How long [`LocalApi::stop`] waits for open requests.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 

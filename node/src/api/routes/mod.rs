@@ -223,6 +223,7 @@ pub(super) fn router(ctx: Arc<Ctx>) -> Router {
         })
         .layer(middleware::from_fn_with_state(ctx.clone(), super::guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(super::read_body))
         .with_state(ctx)
 }
 
