@@ -95,7 +95,33 @@ pub(super) fn router(ctx: Arc<Ctx>) -> Router {
         })
         .layer(middleware::from_fn(guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_A2A_BODY))
+        .layer(middleware::from_fn(read_body))
         .with_state(ctx)
+}
+
+/// Reads each request's body to its end first (see
+/// [`buffer_body`](super::buffer_body)). A body over [`MAX_A2A_BODY`] is
+/// refused as A2A clients read refusals: a JSON-RPC error (invalid request;
+/// its id unknown, as the body was not parsed), for the JSON-RPC route.
+async fn read_body(req: Request, next: Next) -> Response {
+    let rpc = req.method() == axum::http::Method::POST;
+    match super::buffer_body(req, MAX_A2A_BODY).await {
+        Ok(req) => next.run(req).await,
+        Err(e) if rpc => {
+            let (code, what) = match e {
+                super::BodyError::TooLarge(_) => (codes::INVALID_REQUEST, "invalid request"),
+                super::BodyError::Read(_) => (codes::PARSE_ERROR, "parse error"),
+            };
+            Json(rpc_error(&Value::Null, code, format!("{what}: {e}"))).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                super::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                super::BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            };
+            (status, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+    }
 }
 
 /// Refuses web pages and foreign `Host`s (no token: A2A clients are

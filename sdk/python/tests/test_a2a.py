@@ -591,6 +591,19 @@ def test_bad_requests_get_json_rpc_errors(a2a_mesh: LocalMesh) -> None:
     assert bad["id"] == "t1"
 
 
+def test_an_oversized_request_gets_a_json_rpc_error(a2a_mesh: LocalMesh) -> None:
+    """A body over the gateway's limit (512 KiB) is refused the way A2A
+    clients read refusals: a JSON-RPC error (invalid request, id null: the
+    body was not parsed), not a bare HTTP 413."""
+    url = agent_url(a2a_mesh, "alice", "bob")
+    answer = rpc(url, "SendMessage", {"padding": "x" * (512 * 1024)})
+    assert answer["error"]["code"] == -32600, answer
+    assert answer["id"] is None
+    assert "524288" in answer["error"]["message"], answer
+    # The gateway goes on serving.
+    assert rpc(url, "Nope")["error"]["code"] == -32601
+
+
 def test_the_gateway_refuses_web_pages(a2a_mesh: LocalMesh) -> None:
     base = gateway(a2a_mesh, "alice")
     r = httpx.get(
