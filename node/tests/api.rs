@@ -1596,3 +1596,102 @@ async fn a_body_sent_to_a_route_that_reads_none_keeps_the_connection_alive() {
     assert_eq!(status, 200);
     alice_api.stop().await;
 }
+
+/// Longest a send to an agent nobody can find may take: the delivery
+/// deadline of `Config::local` (60 s), and a margin for loaded machines.
+const GIVE_UP: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_amid_gets_its_typed_error_in_time() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await);
+    let alice_dir = dir.path().join("alice");
+    let mut options = ApiOptions::new(None);
+    options.a2a_listen = Some("127.0.0.1:0".parse().unwrap());
+    let alice_api = LocalApi::start(alice.clone(), &alice_dir, options)
+        .await
+        .unwrap();
+    let mut a = Client::connect(&alice_dir).await.unwrap();
+    // Well-formed AMIDs of agents that never published a card.
+    let nobody = |seed: u8| {
+        agentmesh_node::Identity::from_seed(&[seed; 32])
+            .amid()
+            .to_string()
+    };
+
+    // The local API: the code of an agent that cannot be found (lookups
+    // failing in a row open its circuit; or no card by the deadline).
+    let send = |to: String| json!({"to": to, "payload": "anyone there?"});
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(
+        GIVE_UP,
+        a.call(Method::POST, "/v1/send", Some(&send(nobody(43)))),
+    )
+    .await
+    .expect("answered, not hung")
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(e.code, ErrorCode::CircuitOpen | ErrorCode::NotFound),
+        "{e:?} after {:?}",
+        started.elapsed()
+    );
+    if e.code == ErrorCode::CircuitOpen {
+        // Asked again while the circuit is open: at once, with the wait.
+        let started = std::time::Instant::now();
+        let again = tokio::time::timeout(
+            WAIT,
+            a.call(Method::POST, "/v1/send", Some(&send(nobody(43)))),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(again.code, ErrorCode::CircuitOpen);
+        assert!(again.retry_after_ms.is_some_and(|ms| ms > 0), "{again:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // A request the same way.
+    let e = tokio::time::timeout(
+        GIVE_UP,
+        a.call(
+            Method::POST,
+            "/v1/request",
+            Some(&json!({"to": nobody(44), "payload": "anyone?", "timeout_ms": 120000})),
+        ),
+    )
+    .await
+    .expect("answered, not hung")
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(e.code, ErrorCode::CircuitOpen | ErrorCode::NotFound),
+        "{e:?}"
+    );
+
+    // The A2A gateway: a JSON-RPC error (could not be reached) with its id,
+    // long before the gateway's own 120 s.
+    let base = alice_api.info().a2a.clone().unwrap();
+    let rpc_send = json!({"jsonrpc": "2.0", "id": "u1", "method": "SendMessage", "params": {
+        "message": {"messageId": "q1", "role": "ROLE_USER", "parts": [{"text": "hello"}]}}});
+    let started = std::time::Instant::now();
+    let (code, body) = rpc(&base, &format!("/a2a/{}", nobody(45)), &rpc_send).await;
+    assert!(started.elapsed() < GIVE_UP, "{:?}", started.elapsed());
+    let answer = json_body(&body);
+    assert_eq!(code, 200);
+    assert_eq!(answer["id"], "u1");
+    assert_eq!(answer["error"]["code"], -32051, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("circuit open") || message.contains("no card found"),
+        "{message}"
+    );
+    alice_api.stop().await;
+}

@@ -604,6 +604,18 @@ def test_an_oversized_request_gets_a_json_rpc_error(a2a_mesh: LocalMesh) -> None
     assert rpc(url, "Nope")["error"]["code"] == -32601
 
 
+def test_an_unknown_agent_gets_a_json_rpc_error_in_time(a2a_mesh: LocalMesh) -> None:
+    """A well-formed AMID of an agent that never published a card: -32051
+    (could not be reached), long before the gateway's own 120 s."""
+    key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    url = f"{gateway(a2a_mesh, 'alice')}/a2a/{amid_of(key)}"
+    started = time.monotonic()
+    answer = rpc(url, "SendMessage", _message_params("anyone there?"))
+    assert time.monotonic() - started < CALL
+    assert answer["error"]["code"] == -32051, answer
+    assert answer["id"] == "t1"
+
+
 def test_the_gateway_refuses_web_pages(a2a_mesh: LocalMesh) -> None:
     base = gateway(a2a_mesh, "alice")
     r = httpx.get(
@@ -632,6 +644,18 @@ def amid_key(amid: str) -> bytes:
     check = hashlib.sha256(hashlib.sha256(raw[:33]).digest()).digest()[:4]
     assert raw[33:] == check, "AMID checksum"
     return raw[1:33]
+
+
+def amid_of(key: bytes) -> str:
+    """The AMID of Ed25519 public key ``key`` (what :func:`amid_key` reads)."""
+    raw = b"\x01" + key
+    raw += hashlib.sha256(hashlib.sha256(raw).digest()).digest()[:4]
+    n = int.from_bytes(raw, "big")
+    text = ""
+    while n:
+        n, r = divmod(n, 58)
+        text = _B58[r] + text
+    return "am" + text
 
 
 def _b64(data: str) -> bytes:
@@ -756,11 +780,4 @@ def test_what_the_sdk_verifier_accepts(required_false: bool) -> None:
 def test_amid_key_decodes_what_the_node_encodes() -> None:
     """A known AMID's key round-trips (sanity of the base58 decoder)."""
     key = bytes(range(32))
-    raw = b"\x01" + key
-    raw += hashlib.sha256(hashlib.sha256(raw).digest()).digest()[:4]
-    n = int.from_bytes(raw, "big")
-    text = ""
-    while n:
-        n, r = divmod(n, 58)
-        text = _B58[r] + text
-    assert amid_key("am" + text) == key
+    assert amid_key(amid_of(key)) == key
