@@ -2,14 +2,23 @@
 //! last [`KEPT`] of them kept, so a client can resume where it stopped and
 //! see when events it missed are gone (Syncthing's event API is the model).
 
-use std::{collections::VecDeque, sync::Mutex, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use futures::Stream;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Events kept for clients to resume from.
 pub(crate) const KEPT: usize = 4096;
+
+/// How long a stream waits for events in one go.
+const STREAM_WAIT: Duration = Duration::from_secs(60);
 
 /// One event as handed out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,6 +39,10 @@ pub(crate) struct Page {
     pub(crate) last_id: u64,
     /// Events after `since` no longer kept.
     pub(crate) dropped: u64,
+    /// Where to continue from: the last event's id, or past the gap when
+    /// the page holds no event.
+    #[serde(skip)]
+    pub(crate) resume: u64,
 }
 
 #[derive(Debug)]
@@ -86,17 +99,19 @@ impl EventLog {
         let since = if since > last_id { 0 } else { since };
         let first_kept = log.kept.front().map_or(log.next_id, |e| e.id);
         let dropped = first_kept.saturating_sub(since + 1);
-        let events = log
+        let events: Vec<Entry> = log
             .kept
             .iter()
             .filter(|e| e.id > since)
             .take(limit)
             .cloned()
             .collect();
+        let resume = events.last().map_or(since + dropped, |e| e.id);
         Page {
             events,
             last_id,
             dropped,
+            resume,
         }
     }
 
@@ -119,9 +134,53 @@ impl EventLog {
     }
 }
 
+/// What an event stream hands out.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Item {
+    /// This many events after the reader's position were no longer kept
+    /// when it came to them.
+    Gap(u64),
+    /// The next event.
+    Event(Entry),
+}
+
+/// The events after `since`, as they come, until `cancel`. Each gap shows
+/// as one [`Item::Gap`] where it is: at the start (a `since` whose next
+/// events are gone) and midway (a reader so slow that the log let go of
+/// events before it read them).
+pub(crate) fn stream(
+    log: Arc<EventLog>,
+    since: u64,
+    cancel: CancellationToken,
+) -> impl Stream<Item = Item> + Send + 'static {
+    let first = log.since(since, 0);
+    let mut pending = VecDeque::new();
+    if first.dropped > 0 {
+        pending.push_back(Item::Gap(first.dropped));
+    }
+    let state = (log, first.resume, pending, cancel);
+    futures::stream::unfold(state, |(log, mut cursor, mut pending, cancel)| async move {
+        loop {
+            if let Some(item) = pending.pop_front() {
+                return Some((item, (log, cursor, pending, cancel)));
+            }
+            let page = tokio::select! {
+                p = log.since_wait(cursor, 100, STREAM_WAIT) => p,
+                _ = cancel.cancelled() => return None,
+            };
+            if page.dropped > 0 {
+                pending.push_back(Item::Gap(page.dropped));
+            }
+            cursor = page.resume;
+            pending.extend(page.events.into_iter().map(Item::Event));
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use serde_json::json;
 
     #[test]
@@ -171,7 +230,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_on_a_new_event() {
-        let log = std::sync::Arc::new(EventLog::new(10));
+        let log = Arc::new(EventLog::new(10));
         let reader = {
             let log = log.clone();
             tokio::spawn(async move { log.since_wait(0, 10, Duration::from_secs(60)).await })
@@ -183,5 +242,41 @@ mod tests {
             .expect("woke")
             .unwrap();
         assert_eq!(page.events.len(), 1);
+    }
+
+    async fn next(s: &mut (impl Stream<Item = Item> + Unpin)) -> Item {
+        tokio::time::timeout(Duration::from_secs(30), s.next())
+            .await
+            .expect("an item in time")
+            .expect("the stream goes on")
+    }
+
+    fn id(item: Item) -> u64 {
+        match item {
+            Item::Event(e) => e.id,
+            gap => panic!("an event expected, not {gap:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_shows_a_gap_where_a_slow_reader_lost_events() {
+        let log = Arc::new(EventLog::new(3));
+        let cancel = CancellationToken::new();
+        let mut s = Box::pin(stream(log.clone(), 0, cancel.clone()));
+        log.push(0, json!({ "i": 1 }));
+        assert_eq!(id(next(&mut s).await), 1);
+        // The reader reads nothing while ten events come; three are kept.
+        for i in 2..=11 {
+            log.push(0, json!({ "i": i }));
+        }
+        assert_eq!(next(&mut s).await, Item::Gap(7));
+        for want in 9..=11 {
+            assert_eq!(id(next(&mut s).await), want);
+        }
+        // Caught up: no gap when it keeps up.
+        log.push(0, json!({ "i": 12 }));
+        assert_eq!(id(next(&mut s).await), 12);
+        cancel.cancel();
+        assert!(s.next().await.is_none());
     }
 }

@@ -304,7 +304,7 @@ impl IntoResponse for ApiError {
 struct Ctx {
     node: Node,
     inbox: inbox::LeasedInbox,
-    events: events::EventLog,
+    events: Arc<events::EventLog>,
     token_hash: [u8; 32],
     /// Cancelled when the API stops: long polls and event streams end.
     cancel: CancellationToken,
@@ -421,7 +421,7 @@ impl LocalApi {
         let ctx = Arc::new(Ctx {
             node: node.clone(),
             inbox: inbox::LeasedInbox::new(inbox::MAX_HELD, inbox::MAX_HELD_BYTES),
-            events: events::EventLog::new(events::KEPT),
+            events: Arc::new(events::EventLog::new(events::KEPT)),
             token_hash: Sha256::digest(token.as_bytes()).into(),
             cancel: cancel.clone(),
             a2a_url: std::sync::OnceLock::new(),

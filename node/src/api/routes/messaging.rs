@@ -13,11 +13,12 @@ use axum::{
     Json,
 };
 use base64::Engine as _;
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    api::{ApiError, Ctx, ErrorCode, MAX_WAIT},
+    api::{events, ApiError, Ctx, ErrorCode, MAX_WAIT},
     envelope::{MessageId, SessionId},
 };
 
@@ -271,31 +272,16 @@ pub(super) async fn events_stream(
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.trim().parse::<u64>().ok());
     let since = last_event_id.or(q.since).unwrap_or(0);
-    let first = ctx.events.since(since, 0);
-    let mut pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
-    if first.dropped > 0 {
-        pending.push_back(
-            Event::default()
+    // A gap, at the start or midway, is an event `dropped` without an id.
+    let stream = events::stream(ctx.events.clone(), since, ctx.cancel.clone()).map(|item| {
+        Ok::<_, Infallible>(match item {
+            events::Item::Gap(count) => Event::default()
                 .event("dropped")
-                .data(json!({ "event": "dropped", "count": first.dropped }).to_string()),
-        );
-    }
-    let state = (ctx, since, pending);
-    let stream = futures::stream::unfold(state, |(ctx, mut cursor, mut pending)| async move {
-        loop {
-            if let Some(e) = pending.pop_front() {
-                return Some((Ok::<_, Infallible>(e), (ctx, cursor, pending)));
-            }
-            let page = tokio::select! {
-                p = ctx.events.since_wait(cursor, 100, MAX_WAIT) => p,
-                _ = ctx.cancel.cancelled() => return None,
-            };
-            for entry in page.events {
-                cursor = entry.id;
-                let data = serde_json::to_string(&entry).unwrap_or_default();
-                pending.push_back(Event::default().id(entry.id.to_string()).data(data));
-            }
-        }
+                .data(json!({ "event": "dropped", "count": count }).to_string()),
+            events::Item::Event(entry) => Event::default()
+                .id(entry.id.to_string())
+                .data(serde_json::to_string(&entry).unwrap_or_default()),
+        })
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
