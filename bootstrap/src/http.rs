@@ -191,11 +191,14 @@ impl Limits {
     }
 }
 
-/// Takes a token from `client`'s bucket in `limiter`.
+/// Takes a token from `client`'s bucket in `limiter`. A poisoned limiter
+/// (a thread panicked while holding it, so its buckets may be half
+/// updated) lets nothing through: `503 busy`, not a guess.
 fn acquire(limiter: &Mutex<RateLimiter<IpAddr>>, client: IpAddr) -> Result<(), ApiError> {
-    let mut limiter = limiter
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Ok(mut limiter) = limiter.lock() else {
+        warn!(target: "agentmesh::registry", "a rate limiter's lock is poisoned; request refused");
+        return Err(ApiError(RegistryError::Busy));
+    };
     limiter
         .try_acquire(&client, now_ms())
         .map_err(|r: RetryAfter| {
@@ -715,6 +718,29 @@ mod tests {
         assert_eq!(forwarded_client(&h), Some("198.51.100.4".parse().unwrap()));
         h.insert("x-forwarded-for", "1.2.3.4, not-an-ip".parse().unwrap());
         assert_eq!(forwarded_client(&h), None);
+    }
+
+    #[test]
+    fn a_poisoned_limiter_refuses_with_503() {
+        let limiter = Mutex::new(RateLimiter::new(crate::registry::DEFAULT_HTTP_RATE, 16));
+        let client = IpAddr::from([192, 0, 2, 1]);
+        assert!(acquire(&limiter, client).is_ok());
+        std::thread::scope(|s| {
+            let poisoned = s
+                .spawn(|| {
+                    let _held = limiter.lock().unwrap();
+                    panic!("poisoning the limiter");
+                })
+                .join();
+            assert!(poisoned.is_err());
+        });
+        // Every client is refused now, one with a full bucket too.
+        for client in [client, IpAddr::from([192, 0, 2, 2])] {
+            let refused = acquire(&limiter, client).unwrap_err();
+            assert_eq!(refused.0.status(), 503);
+            assert_eq!(refused.0.code(), "busy");
+            assert_eq!(refused.into_response().status(), 503);
+        }
     }
 
     #[test]
