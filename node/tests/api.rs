@@ -1695,3 +1695,141 @@ async fn an_unknown_amid_gets_its_typed_error_in_time() {
     );
     alice_api.stop().await;
 }
+
+/// The first SSE event of `GET /v1/events/stream` with `query`, raw.
+async fn first_sse_event(url: &str, token: &str, query: &str) -> String {
+    let host = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /v1/events/stream?{query} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                // The event's field lines, up to the blank line that ends
+                // it (chunk sizes in between are not fields).
+                let mut event: Vec<&str> = Vec::new();
+                for l in body.lines() {
+                    if ["event:", "data:", "id:"].iter().any(|f| l.starts_with(f)) {
+                        event.push(l);
+                    } else if l.is_empty() && event.iter().any(|l| l.starts_with("data:")) {
+                        return event.join("\n");
+                    }
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream ended: {text}");
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_go_on_across_a_restart_and_an_old_since_sees_the_gap() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(dir.path()).await;
+    let alice = node(dir.path(), "alice", Some(&boot)).await;
+    let bob = node(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await && bob.wait_published(WAIT).await);
+    let alice_dir = dir.path().join("alice");
+    let alice_api = api(&alice, &alice_dir).await;
+    let mut a = Client::connect(&alice_dir).await.unwrap();
+    let bob_amid = bob.amid().to_string();
+
+    // A few events in the first run.
+    for n in 0..3 {
+        let sent = ok(
+            &mut a,
+            Method::POST,
+            "/v1/send",
+            Some(json!({"to": bob_amid, "payload": {"n": n}})),
+        )
+        .await;
+        let id = sent["receipt"]["id"].as_str().unwrap().to_owned();
+        wait_event(&mut a, "delivered", |e| {
+            e["event"] == "delivered" && e["id"] == id.as_str()
+        })
+        .await;
+    }
+    let page = ok(&mut a, Method::GET, "/v1/events?limit=1000", None).await;
+    let last = page["last_id"].as_u64().unwrap();
+    assert!(last >= 3, "{page}");
+    // A client that read up to two events before the end of the run.
+    let behind = last - 2;
+
+    drop(a);
+    alice_api.stop().await;
+    alice.shutdown().await;
+    let alice = restart_with(dir.path(), "alice", Some(&boot)).await;
+    let alice_api = api(&alice, &alice_dir).await;
+    let mut a = Client::connect(&alice_dir).await.unwrap();
+
+    // Before any event of the new run: the gap is there already, and the
+    // newest id is the last of the earlier run.
+    let page = ok(
+        &mut a,
+        Method::GET,
+        &format!("/v1/events?since={behind}"),
+        None,
+    )
+    .await;
+    assert!(page["last_id"].as_u64().unwrap() >= last, "{page}");
+    let info = ApiInfo::read(&alice_dir).unwrap();
+    let url = info.url.clone().unwrap();
+    // The stream shows it first, as an event without an id.
+    let first = first_sse_event(&url, &info.token, &format!("since={behind}")).await;
+    assert!(first.starts_with("event: dropped\n"), "{first}");
+    assert!(!first.contains("id:"), "{first}");
+    assert!(first.contains(r#""count":2"#), "{first}");
+
+    // Ids go on past the earlier run's.
+    let sent = ok(
+        &mut a,
+        Method::POST,
+        "/v1/send",
+        Some(json!({"to": bob_amid, "payload": "again"})),
+    )
+    .await;
+    let id = sent["receipt"]["id"].as_str().unwrap().to_owned();
+    wait_event(&mut a, "delivered", |e| {
+        e["event"] == "delivered" && e["id"] == id.as_str()
+    })
+    .await;
+    let page = ok(
+        &mut a,
+        Method::GET,
+        &format!("/v1/events?since={behind}&limit=1000"),
+        None,
+    )
+    .await;
+    assert_eq!(page["dropped"], 2, "{page}");
+    let ids: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.first().is_some_and(|&id| id == last + 1), "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    // A client that had read everything of the earlier run missed nothing.
+    let page = ok(
+        &mut a,
+        Method::GET,
+        &format!("/v1/events?since={last}"),
+        None,
+    )
+    .await;
+    assert_eq!(page["dropped"], 0, "{page}");
+    alice_api.stop().await;
+}

@@ -1,9 +1,15 @@
 //! The local API's event log: the node's events with monotonic ids, the
 //! last [`KEPT`] of them kept, so a client can resume where it stopped and
 //! see when events it missed are gone (Syncthing's event API is the model).
+//!
+//! Ids keep increasing across restarts of the node: the highest id that
+//! may have been handed out is kept in [`IDS_FILE`] in the data directory,
+//! and each run continues after it. A client resuming with an id from an
+//! earlier run is told that the events after it are gone.
 
 use std::{
     collections::VecDeque,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -13,9 +19,19 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// Events kept for clients to resume from.
 pub(crate) const KEPT: usize = 4096;
+
+/// File in the data directory holding the highest event id that may have
+/// been handed out (decimal).
+pub(crate) const IDS_FILE: &str = "api-event-ids";
+
+/// Ids recorded as taken ahead of use: [`IDS_FILE`] is written once per
+/// this many events. After a crash the next run starts past the whole
+/// recorded block, so ids never repeat.
+const ID_BLOCK: u64 = 4096;
 
 /// How long a stream waits for events in one go.
 const STREAM_WAIT: Duration = Duration::from_secs(60);
@@ -23,7 +39,7 @@ const STREAM_WAIT: Duration = Duration::from_secs(60);
 /// One event as handed out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Entry {
-    /// Monotonic from 1 for the life of the node.
+    /// Monotonic for the life of the data directory.
     pub(crate) id: u64,
     /// When the node saw it, ms since the epoch.
     pub(crate) ts_ms: u64,
@@ -35,7 +51,8 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Page {
     pub(crate) events: Vec<Entry>,
-    /// The id of the newest event (0 before the first).
+    /// The id of the newest event (before the first of this run: the
+    /// highest id of earlier runs, 0 for a new data directory).
     pub(crate) last_id: u64,
     /// Events after `since` no longer kept.
     pub(crate) dropped: u64,
@@ -49,6 +66,10 @@ pub(crate) struct Page {
 struct Log {
     kept: VecDeque<Entry>,
     next_id: u64,
+    /// The first id of this run.
+    first_id: u64,
+    /// Ids up to this one are recorded in [`IDS_FILE`] as taken.
+    recorded: u64,
 }
 
 /// The event log.
@@ -57,17 +78,57 @@ pub(crate) struct EventLog {
     log: Mutex<Log>,
     new: Notify,
     cap: usize,
+    /// Where the ids taken are recorded; `None`: nowhere (ids from 1).
+    ids_file: Option<PathBuf>,
+}
+
+/// Reads the highest id recorded in `path` (0 when there is none).
+fn read_recorded(path: &Path) -> u64 {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|e| {
+            warn!(file = %path.display(), error = %e, "event ids file unreadable; ids start again from 1");
+            0
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "event ids file unreadable; ids start again from 1");
+            0
+        }
+    }
+}
+
+fn write_recorded(path: &Path, id: u64) {
+    if let Err(e) = super::write_private(path, id.to_string().as_bytes()) {
+        warn!(file = %path.display(), error = %e, "could not record the event ids taken; after a restart ids may repeat");
+    }
 }
 
 impl EventLog {
+    /// A log that keeps `cap` events, with ids from 1, recorded nowhere.
+    #[cfg(test)]
     pub(crate) fn new(cap: usize) -> Self {
+        Self::with_ids(cap, 0, None)
+    }
+
+    /// A log that keeps `cap` events, with ids continuing after those
+    /// recorded in [`IDS_FILE`] in the data directory `dir`.
+    pub(crate) fn open(cap: usize, dir: &Path) -> Self {
+        let path = dir.join(IDS_FILE);
+        let recorded = read_recorded(&path);
+        Self::with_ids(cap, recorded, Some(path))
+    }
+
+    fn with_ids(cap: usize, recorded: u64, ids_file: Option<PathBuf>) -> Self {
         Self {
             log: Mutex::new(Log {
                 kept: VecDeque::new(),
-                next_id: 1,
+                next_id: recorded + 1,
+                first_id: recorded + 1,
+                recorded,
             }),
             new: Notify::new(),
             cap: cap.max(1),
+            ids_file,
         }
     }
 
@@ -80,6 +141,14 @@ impl EventLog {
         let id = {
             let mut log = self.lock();
             let id = log.next_id;
+            if id > log.recorded {
+                // Recorded before it is handed out: a run after a crash
+                // starts past it.
+                log.recorded = id + ID_BLOCK - 1;
+                if let Some(path) = &self.ids_file {
+                    write_recorded(path, log.recorded);
+                }
+            }
             log.next_id += 1;
             if log.kept.len() == self.cap {
                 log.kept.pop_front();
@@ -91,12 +160,32 @@ impl EventLog {
         id
     }
 
-    /// Up to `limit` events after `since`. A `since` beyond the newest id
-    /// (a client of an earlier run of the node) reads from the oldest kept.
+    /// Records the ids actually handed out, so that the next run continues
+    /// right after them (a client then learns exactly how many events it
+    /// missed across the restart). Called as the API stops.
+    pub(crate) fn close(&self) {
+        let mut log = self.lock();
+        let last = log.next_id - 1;
+        if let Some(path) = &self.ids_file {
+            if last != log.recorded {
+                write_recorded(path, last);
+                log.recorded = last;
+            }
+        }
+    }
+
+    /// Up to `limit` events after `since`. `since` 0 (no position) reads
+    /// from the oldest kept; so does a `since` beyond the newest id (one
+    /// this data directory never handed out). A `since` from an earlier run
+    /// counts that run's later events as dropped.
     pub(crate) fn since(&self, since: u64, limit: usize) -> Page {
         let log = self.lock();
         let last_id = log.next_id - 1;
-        let since = if since > last_id { 0 } else { since };
+        let since = if since == 0 || since > last_id {
+            log.first_id - 1
+        } else {
+            since
+        };
         let first_kept = log.kept.front().map_or(log.next_id, |e| e.id);
         let dropped = first_kept.saturating_sub(since + 1);
         let events: Vec<Entry> = log
@@ -220,12 +309,47 @@ mod tests {
     }
 
     #[test]
-    fn an_id_from_an_earlier_run_reads_from_the_oldest_kept() {
+    fn an_id_never_handed_out_reads_from_the_oldest_kept() {
         let log = EventLog::new(10);
         log.push(0, json!({}));
         let page = log.since(500, 100);
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.events[0].id, 1);
+        assert_eq!(page.dropped, 0);
+    }
+
+    #[test]
+    fn ids_continue_across_runs_and_an_old_since_sees_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EventLog::open(10, dir.path());
+        for i in 0..5 {
+            first.push(i, json!({ "i": i }));
+        }
+        first.close();
+        // A clean stop: the next run continues right after, and a client
+        // at 3 learns it missed 4 and 5.
+        let second = EventLog::open(10, dir.path());
+        assert_eq!(second.since(0, 100).last_id, 5);
+        let page = second.since(3, 100);
+        assert_eq!((page.dropped, page.events.len(), page.resume), (2, 0, 5));
+        assert_eq!(second.push(9, json!({})), 6);
+        let page = second.since(3, 100);
+        assert_eq!(page.dropped, 2);
+        assert_eq!(page.events[0].id, 6);
+        // A client that had read everything missed nothing.
+        assert_eq!(second.since(5, 100).dropped, 0);
+        // A new client (no position) sees this run's events, no gap.
+        assert_eq!(second.since(0, 100).dropped, 0);
+        // A crash (no close): the next run starts past every id recorded,
+        // never below one handed out.
+        for i in 0..3 {
+            second.push(i, json!({}));
+        }
+        drop(second);
+        let third = EventLog::open(10, dir.path());
+        let id = third.push(0, json!({}));
+        assert!(id > 9, "{id}");
+        assert!(third.since(9, 100).dropped > 0);
     }
 
     #[tokio::test]
@@ -278,5 +402,21 @@ mod tests {
         assert_eq!(id(next(&mut s).await), 12);
         cancel.cancel();
         assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_from_an_earlier_run_starts_with_its_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EventLog::open(10, dir.path());
+        for i in 0..4 {
+            first.push(i, json!({}));
+        }
+        first.close();
+        let second = Arc::new(EventLog::open(10, dir.path()));
+        let mut s = Box::pin(stream(second.clone(), 1, CancellationToken::new()));
+        // Shown at once, before any event of this run.
+        assert_eq!(next(&mut s).await, Item::Gap(3));
+        second.push(0, json!({}));
+        assert_eq!(id(next(&mut s).await), 5);
     }
 }

@@ -421,7 +421,7 @@ impl LocalApi {
         let ctx = Arc::new(Ctx {
             node: node.clone(),
             inbox: inbox::LeasedInbox::new(inbox::MAX_HELD, inbox::MAX_HELD_BYTES),
-            events: Arc::new(events::EventLog::new(events::KEPT)),
+            events: Arc::new(events::EventLog::open(events::KEPT, dir)),
             token_hash: Sha256::digest(token.as_bytes()).into(),
             cancel: cancel.clone(),
             a2a_url: std::sync::OnceLock::new(),
@@ -608,6 +608,8 @@ impl LocalApi {
                 task.abort();
             }
         }
+        // The next run's event ids continue right after this run's.
+        self.ctx.events.close();
         let _ = std::fs::remove_file(&self.info.socket);
     }
 }

@@ -532,6 +532,26 @@ def test_events_count_dropped(node: FakeNode, client: Client) -> None:
     assert agent.events_dropped == 7
 
 
+def test_a_gap_without_events_is_counted_once(node: FakeNode, client: Client) -> None:
+    """An id from an earlier run of the node: the node answers the gap
+    before any event of its own run; the next poll goes on past it."""
+    asked: list[str | None] = []
+
+    def events(r: httpx.Request) -> httpx.Response:
+        since = r.url.params.get("since")
+        asked.append(since)
+        if since == "3":
+            return ok({"events": [], "last_id": 9, "dropped": 6})
+        return ok({"events": [], "last_id": 9, "dropped": 0})
+
+    node.route("GET", "/v1/events")(events)
+    agent = Agent(client)
+    assert list(agent.events(since=3, wait=0, idle_timeout=0.2)) == []
+    assert agent.events_dropped == 6
+    assert agent.last_event_id == 9
+    assert asked[0] == "3" and len(asked) > 1 and set(asked[1:]) == {"9"}
+
+
 def test_agent_accepts_agents_as_recipients(node: FakeNode, client: Client) -> None:
     node.route("POST", "/v1/send")(lambda r: ok({"receipt": receipt()}))
     alice = Agent(client, name="alice")

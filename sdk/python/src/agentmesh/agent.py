@@ -569,6 +569,11 @@ class Agent:
             if batch.dropped:
                 self.events_dropped += batch.dropped
                 log.warning("%d events were no longer kept by the node", batch.dropped)
+                if not batch.events:
+                    # Only a gap (an id of an earlier run of the node): go
+                    # on past it, so that it is counted once.
+                    cursor = batch.last_id
+                    self.last_event_id = batch.last_id
             if not batch.events:
                 continue
             idle_since = time.monotonic()
