@@ -11,7 +11,8 @@
 //! sorted, the order clients have always seen.
 //!
 //! Every request but `/v1/health` takes a token from its client address's
-//! bucket ([`RegistrySettings::http_rate`]), and a prekey fetch one more
+//! bucket ([`RegistrySettings::http_rate`]), and a prekey fetch (which
+//! hands out no one-time key, see [`Registry::prekey_bundle`]) one more
 //! from a tighter bucket ([`RegistrySettings::prekey_rate`]): an empty
 //! bucket is answered `429 rate_limited` with `Retry-After` (seconds)
 //! before the request does anything. At most
@@ -521,9 +522,12 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
     reply(state.registry.stats())
 }
 
+/// `GET /v1/registry/prekeys/{amid}`: the identity and fallback keys;
+/// no one-time key is handed out or used up (see
+/// [`Registry::prekey_bundle`]).
 async fn prekeys(State(state): State<AppState>, Path(amid): Path<String>) -> ApiResult {
     let amid = parse_amid(&amid)?;
-    reply(state.registry.take_prekeys(&amid).await)
+    reply(state.registry.prekey_bundle(&amid))
 }
 
 async fn score(

@@ -131,11 +131,13 @@ async fn prekey_fetches_over_their_limit_are_refused_and_use_up_no_key() {
 
     let path = format!("/v1/registry/prekeys/{}", alice.amid());
     let burst = usize::try_from(DEFAULT_PREKEY_RATE.burst).unwrap();
-    for (i, key) in keys.iter().enumerate().take(burst) {
+    // A fetch hands out the fallback key and uses up no one-time key.
+    for i in 0..burst {
         let (s, _, v) = get(&server.url, &path).await;
         assert_eq!(s, 200, "fetch {i}: {v}");
-        assert_eq!(v["one_time_key"], hex::encode(key));
-        assert_eq!(v["remaining"], keys.len() - i - 1);
+        assert_eq!(v["one_time_key"], Value::Null);
+        assert_eq!(v["fallback_key"], hex::encode([5; 32]));
+        assert_eq!(v["remaining"], keys.len());
     }
 
     // The flood goes on: refused, one token every 6 s.
@@ -152,13 +154,13 @@ async fn prekey_fetches_over_their_limit_are_refused_and_use_up_no_key() {
     let (s, _, v) = get(&server.url, &lookup).await;
     assert_eq!(s, 200, "{v}");
 
-    // After the wait, the next fetch hands out the next key: the refused
-    // fetches used up none.
+    // After the wait, the next fetch is served, and every one-time key is
+    // still there.
     tokio::time::sleep(Duration::from_secs(wait)).await;
     let (s, _, v) = get(&server.url, &path).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["one_time_key"], hex::encode(keys[burst]));
-    assert_eq!(v["remaining"], keys.len() - burst - 1);
+    assert_eq!(v["one_time_key"], Value::Null);
+    assert_eq!(v["remaining"], keys.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

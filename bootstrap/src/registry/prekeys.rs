@@ -1,5 +1,9 @@
 //! Prekey bundles: an agent uploads its Olm identity, fallback and
-//! one-time keys; each fetch hands out one one-time key and removes it.
+//! one-time keys; a fetch hands out the identity and fallback keys, and
+//! uses up nothing. One-time keys are not handed out: the fetch is
+//! unauthenticated, and anyone could use them all up. An initiator gets
+//! one-time keys from the agent's card, where using one takes a KNOCK
+//! signed by a known identity.
 
 use serde::Serialize;
 
@@ -23,7 +27,8 @@ pub struct PrekeysStored {
     pub one_time_keys: usize,
 }
 
-/// An agent's prekey bundle with one one-time key, as it is handed out.
+/// An agent's prekey bundle, as it is handed out: its identity and
+/// fallback keys, never a one-time key.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct PrekeyHandout {
@@ -31,12 +36,12 @@ pub struct PrekeyHandout {
     pub amid: Amid,
     /// Olm identity key, hex.
     pub identity_key: String,
-    /// Fallback key, hex.
+    /// Fallback key, hex: the key to start a session with.
     pub fallback_key: String,
-    /// The one-time key handed out (now removed); `null` when none was
-    /// left, and the fallback key is to be used.
+    /// Always `null`: no one-time key is handed out here (clients that
+    /// read it use the fallback key, as when none was left).
     pub one_time_key: Option<String>,
-    /// One-time keys left.
+    /// One-time keys the agent has stored (none is used up by a fetch).
     pub remaining: usize,
 }
 
@@ -99,9 +104,10 @@ impl Registry {
         })
     }
 
-    /// Hands out `amid`'s prekey bundle with one one-time key, which is
-    /// removed (the fallback key is given when none is left).
-    pub async fn take_prekeys(&self, amid: &Amid) -> Result<PrekeyHandout, TakePrekeysError> {
+    /// Hands out `amid`'s prekey bundle: its identity and fallback keys.
+    /// Nothing is used up or written, so fetches, however many and from
+    /// whomever, cannot drain the agent's one-time keys.
+    pub fn prekey_bundle(&self, amid: &Amid) -> Result<PrekeyHandout, TakePrekeysError> {
         let a = self
             .inner
             .store
@@ -110,28 +116,15 @@ impl Registry {
         if a.revoked {
             return Err(TakePrekeysError::Revoked);
         }
-        let mut taken: Option<StoredPrekeys> = None;
-        self.inner
-            .store
-            .prekeys
-            .fetch_and_update(amid.as_bytes(), |old| {
-                let old = old?;
-                let mut p: StoredPrekeys = serde_json::from_slice(old).ok()?;
-                taken = Some(p.clone());
-                if !p.one_time_keys.is_empty() {
-                    p.one_time_keys.remove(0);
-                }
-                serde_json::to_vec(&p).ok()
-            })?;
-        let p = taken.ok_or(TakePrekeysError::NoPrekeys(*amid))?;
-        self.flush().await?;
-        let remaining = p.one_time_keys.len().saturating_sub(1);
+        let p: StoredPrekeys =
+            store::get_json(&self.inner.store.prekeys, "prekeys", amid.as_bytes())?
+                .ok_or(TakePrekeysError::NoPrekeys(*amid))?;
         Ok(PrekeyHandout {
             amid: *amid,
             identity_key: p.identity_key,
             fallback_key: p.fallback_key,
-            one_time_key: p.one_time_keys.into_iter().next(),
-            remaining,
+            one_time_key: None,
+            remaining: p.one_time_keys.len(),
         })
     }
 }

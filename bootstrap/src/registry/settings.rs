@@ -32,9 +32,8 @@ pub struct RegistrySettings {
     /// `Retry-After`. Defaults to [`DEFAULT_HTTP_RATE`]: 600 a minute,
     /// bursts of 120.
     pub http_rate: RateLimit,
-    /// Prekey bundle fetches (`GET /v1/registry/prekeys/{amid}`, each of
-    /// which uses up a one-time key) per client address, on top of
-    /// [`http_rate`](Self::http_rate). A refused fetch uses up nothing.
+    /// Prekey bundle fetches (`GET /v1/registry/prekeys/{amid}`) per client
+    /// address, on top of [`http_rate`](Self::http_rate).
     /// Defaults to [`DEFAULT_PREKEY_RATE`]: 10 a minute, bursts of 10.
     pub prekey_rate: RateLimit,
     /// Requests per peer on `/agentmesh/registry/1`; over it the answer is

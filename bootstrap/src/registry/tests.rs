@@ -771,7 +771,7 @@ async fn answers_keep_their_json_shape() {
     );
     let (k1, k2) = (hex::encode([1u8; 32]), hex::encode([2u8; 32]));
     assert_eq!(
-        json(&r.take_prekeys(&am).await.unwrap()),
+        json(&r.prekey_bundle(&am).unwrap()),
         format!(
             r#"{{"amid":"{am}","fallback_key":"{k2}","identity_key":"{k1}","one_time_key":null,"remaining":0}}"#
         )

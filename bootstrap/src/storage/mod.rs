@@ -12,8 +12,7 @@
 //! store and transparency log) is written against [`Tree`], whose
 //! operations mean the same on both backends: single-key writes are atomic,
 //! [`Tree::compare_and_swap`] is the one conditional write (the replay store
-//! and one-time prekeys rely on it across nodes), and scans come back in
-//! key order. The transparency log's append, which must be serialised
+//! relies on it across nodes), and scans come back in key order. The transparency log's append, which must be serialised
 //! across every node writing the log, has a backend-specific path
 //! ([`Database::append_log`]).
 //!
