@@ -134,6 +134,17 @@ pub enum NodeEvent {
         reason: Option<RejectReason>,
         /// The session, when accepted.
         session: Option<SessionId>,
+        /// The initiator's tier, as its certificates showed it (absent
+        /// when the KNOCK was refused before they were read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tier: Option<crate::policy::Tier>,
+        /// The initiator's registry-attested reputation, if it showed one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reputation: Option<crate::credentials::Reputation>,
+        /// Hash (hex) of the policy that decided, as the signed decision
+        /// names it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy_hash: Option<String>,
     },
     /// A session ended (closed by us or by the peer).
     SessionClosed {

@@ -579,7 +579,7 @@ fn peer_label(peer: &PeerId) -> String {
 /// published again.
 fn rotate_prekeys(shared: &Shared) -> bool {
     let rotated = shared.store().rotate_fallback_key(
-        agentmesh_dht::now_ms(),
+        now_ms(),
         crate::session::FALLBACK_KEY_ROTATION_MS,
         crate::session::FALLBACK_KEY_GRACE_MS,
     );

@@ -156,16 +156,29 @@ async fn blocked_sender_gets_reject_with_reason() {
     let decided = tokio::time::timeout(WAIT, async {
         loop {
             if let Ok(NodeEvent::KnockDecided {
-                accepted, reason, ..
+                accepted,
+                reason,
+                tier,
+                policy_hash,
+                ..
             }) = events.recv().await
             {
-                return (accepted, reason);
+                return (accepted, reason, tier, policy_hash);
             }
         }
     })
     .await
     .unwrap();
-    assert_eq!(decided, (false, Some(RejectReason::Blocked)));
+    // The event names the sender's tier and the policy that decided.
+    assert_eq!(
+        decided,
+        (
+            false,
+            Some(RejectReason::Blocked),
+            Some(agentmesh_node::policy::Tier::Anonymous),
+            Some(hex::encode(bob.policy().hash())),
+        )
+    );
     let mut inbox = bob.messages().unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(300), inbox.recv())

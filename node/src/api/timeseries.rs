@@ -189,6 +189,9 @@ mod tests {
             accepted,
             reason: (!accepted).then_some(RejectReason::Blocked),
             session: None,
+            tier: None,
+            reputation: None,
+            policy_hash: None,
         }
     }
 

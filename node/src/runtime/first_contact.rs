@@ -210,9 +210,14 @@ pub(super) async fn judge(shared: &Arc<Shared>, env: &SignedEnvelope, now: u64) 
     }
     // A chain not checked before: the registry's word on its keys first.
     super::registry::check_on_knock(shared, &knock, now).await;
-    let policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
-    let (decision, delivery) =
-        inbound::decide(shared, inbound::Via::Mailbox(body.from), &knock, now);
+    let mut policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
+    let (decision, delivery) = inbound::decide(
+        shared,
+        inbound::Via::Mailbox(body.from),
+        &knock,
+        now,
+        &mut policy_hash,
+    );
     if let Decision::Reject {
         reason: RejectReason::RateLimited | RejectReason::Unavailable,
         ..

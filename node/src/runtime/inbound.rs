@@ -204,8 +204,9 @@ async fn handle_knock(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
     // A chain not checked before: the registry's word on its keys first.
     super::registry::check_on_knock(shared, &knock, now_ms()).await;
     let now = now_ms();
-    let policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
-    let (decision, delivered) = decide(shared, Via::Connection(peer), &knock, now);
+    let mut policy_hash = shared.policy.read().map(|p| p.hash()).unwrap_or_default();
+    let (decision, delivered) =
+        decide(shared, Via::Connection(peer), &knock, now, &mut policy_hash);
     // The session and first message must be on disk before we say yes.
     if matches!(decision, Decision::Accept { .. }) {
         if let Err(e) = shared.db.flush_async().await {
@@ -256,11 +257,15 @@ impl Via {
 }
 
 /// Runs the policy on a KNOCK and, when accepted, opens its first message.
+/// `policy_hash` becomes the hash of the policy that decided (the one the
+/// signed decision must name, even if the policy is reloaded meanwhile);
+/// it is left as it was for a KNOCK refused before any policy was read.
 pub(super) fn decide(
     shared: &Arc<Shared>,
     via: Via,
     knock: &SignedKnock,
     now: u64,
+    policy_hash: &mut [u8; 32],
 ) -> (Decision, Option<Delivery>) {
     let reject = |reason| {
         (
@@ -319,6 +324,7 @@ pub(super) fn decide(
         warn!("policy lock poisoned; refusing the knock");
         return reject(RejectReason::Unavailable);
     };
+    *policy_hash = policy.hash();
     let Ok(rate_limited) = shared
         .knock_limiter
         .lock()
@@ -368,7 +374,10 @@ pub(super) fn decide(
             retry_after_ms: None,
         };
     }
-    let policy_hash = Some(hex::encode(policy.hash()));
+    let tier = trust.checked.tier;
+    let reputation = trust.checked.reputation;
+    let hash_hex = hex::encode(*policy_hash);
+    let policy_hash = Some(hash_hex.clone());
     let Decision::Accept {
         session,
         expires_ms,
@@ -383,6 +392,9 @@ pub(super) fn decide(
             accepted: false,
             reason: Some(reason),
             session: None,
+            tier: Some(tier),
+            reputation,
+            policy_hash: Some(hash_hex),
         });
         shared.audit(AuditEvent::KnockDecision {
             from: body.from,
@@ -429,6 +441,9 @@ pub(super) fn decide(
                 accepted: true,
                 reason: None,
                 session: Some(session),
+                tier: Some(tier),
+                reputation,
+                policy_hash: Some(hash_hex),
             });
             shared.audit(AuditEvent::KnockDecision {
                 from: body.from,

@@ -645,10 +645,7 @@ mod tests {
                 .map(|(_, r)| r.payload)
         };
         let t1 = t0 + every + grace - 1;
-        assert_eq!(
-            b.store.rotate_fallback_key(t1, every, grace).unwrap(),
-            false
-        );
+        assert!(!b.store.rotate_fallback_key(t1, every, grace).unwrap());
         assert_eq!(open(&mut a, &mut b, &old_card, 1, t1).unwrap(), json!(1));
         // After it, the old key is gone; the new one opens.
         let t2 = t0 + every + grace;
