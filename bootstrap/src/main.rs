@@ -100,6 +100,9 @@ struct FileConfig {
     /// Resident memory over which new connections are refused (`90%`,
     /// `2GiB`, `off`).
     max_memory: Option<MemoryCap>,
+    /// The DHT namespaces this node stores records of, exact (`card`) or
+    /// by prefix (`rv-*`); every namespace when empty (the default).
+    dht_namespaces: Vec<String>,
 }
 
 /// The operator's page and metrics.
@@ -254,6 +257,9 @@ async fn main() -> Result<()> {
     }
     if let Some(cap) = cli.max_memory.or(file.max_memory) {
         config.connections.max_memory = cap;
+    }
+    if !file.dht_namespaces.is_empty() {
+        config.dht.store.namespaces = file.dht_namespaces.clone();
     }
     let expected = config.transport.listen.len();
     let operator = (!cli.no_metrics && file.operator.enabled)

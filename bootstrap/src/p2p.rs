@@ -235,6 +235,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::Evidence { .. } => "evidence",
         Request::Leaderboard { .. } => "leaderboard",
         Request::Time => "time",
+        Request::Prekeys { .. } => "prekeys",
         _ => "other",
     }
 }
@@ -313,6 +314,7 @@ async fn dispatch(
             now_ms,
         )?),
         Request::Time => Ok(serde_json::json!({ "time_ms": now_ms })),
+        Request::Prekeys { amid } => to_json(&registry.prekey_bundle(&amid)?),
         _ => Err(RegistryError::Invalid("unsupported request".into())),
     }
 }

@@ -188,6 +188,12 @@ pub struct PrekeyBundle {
     /// One-time keys; each is handed out once.
     #[serde(default)]
     pub one_time_keys: Vec<String>,
+    /// The agent's signed card as `agentmesh card export` writes it: the
+    /// registry hands it out with the keys, so a sender that cannot reach
+    /// the DHT can still find the agent and start a session, trusting the
+    /// card's own signature, not the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<String>,
 }
 
 impl PrekeyBundle {
@@ -197,13 +203,27 @@ impl PrekeyBundle {
             identity_key: hex::encode(identity_key),
             fallback_key: hex::encode(fallback_key),
             one_time_keys: one_time_keys.iter().map(hex::encode).collect(),
+            card: None,
         }
+    }
+
+    /// The bundle with the agent's exported card (see [`Self::card`]).
+    pub fn with_card(mut self, card: String) -> Self {
+        self.card = Some(card);
+        self
     }
 
     /// Checks every key is 32 bytes of hex and the count is bounded.
     pub fn check(&self) -> Result<(), RegistryError> {
         if self.one_time_keys.len() > MAX_ONE_TIME_KEYS {
             return Err(RegistryError::Malformed("too many one-time keys".into()));
+        }
+        if self
+            .card
+            .as_ref()
+            .is_some_and(|c| c.len() > crate::contacts::MAX_CARD_TEXT)
+        {
+            return Err(RegistryError::Malformed("card too long".into()));
         }
         let all = [&self.identity_key, &self.fallback_key]
             .into_iter()

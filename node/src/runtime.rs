@@ -246,6 +246,9 @@ struct Shared {
     drain_lock: tokio::sync::Mutex<()>,
     /// Held while the answers to mailed KNOCKs are sent (one run at a time).
     answer_lock: tokio::sync::Mutex<()>,
+    /// The agent registered with its registry in this run (its prekey
+    /// bundle and card may be uploaded).
+    registered: std::sync::atomic::AtomicBool,
     /// Per mailbox relay: a digest of the senders last named there.
     named_senders: Mutex<HashMap<PeerId, u64>>,
     /// libp2p's own metrics (swarm, kad, identify, ping, relay, dcutr),

@@ -1,9 +1,15 @@
 //! Prekey bundles: an agent uploads its Olm identity, fallback and
-//! one-time keys; a fetch hands out the identity and fallback keys, and
-//! uses up nothing. One-time keys are not handed out: the fetch is
-//! unauthenticated, and anyone could use them all up. An initiator gets
-//! one-time keys from the agent's card, where using one takes a KNOCK
-//! signed by a known identity.
+//! one-time keys, with its signed card; a fetch hands out the identity and
+//! fallback keys and the card, and uses up nothing. One-time keys are not
+//! handed out: the fetch is unauthenticated, and anyone could use them all
+//! up. An initiator gets one-time keys from the agent's card, where using
+//! one takes a KNOCK signed by a known identity.
+//!
+//! The card is what lets a sender whose DHT lookup finds nothing reach the
+//! agent (its addresses and relays) and start a session (its keys): the
+//! registry checks it when it is uploaded (the agent's own signature, not
+//! expired, the bundle's keys), and the sender checks it again by its
+//! signature, so a registry can withhold a card but not forge one.
 
 use serde::Serialize;
 
@@ -43,6 +49,9 @@ pub struct PrekeyHandout {
     pub one_time_key: Option<String>,
     /// One-time keys the agent has stored (none is used up by a fetch).
     pub remaining: usize,
+    /// The agent's signed card (as `agentmesh card export` writes it), when
+    /// it uploaded one: verify it by its own signature before use.
+    pub card: Option<String>,
 }
 
 /// Why no prekey bundle was handed out.
@@ -90,11 +99,26 @@ impl Registry {
     ) -> Result<PrekeysStored, RegistryError> {
         b.check()?;
         self.live_agent(signer)?;
+        if let Some(text) = &b.card {
+            let (card, _) = agentmesh_node::contacts::decode_card(text.as_bytes(), now_ms)
+                .map_err(|e| RegistryError::Invalid(format!("card: {e}")))?;
+            if &card.amid != signer {
+                return Err(RegistryError::Invalid("the card is another agent's".into()));
+            }
+            if hex::encode(card.olm_identity_key) != b.identity_key
+                || hex::encode(card.fallback_key) != b.fallback_key
+            {
+                return Err(RegistryError::Invalid(
+                    "the card's keys differ from the bundle's".into(),
+                ));
+            }
+        }
         let stored = StoredPrekeys {
             identity_key: b.identity_key,
             fallback_key: b.fallback_key,
             one_time_keys: b.one_time_keys,
             uploaded_ms: now_ms,
+            card: b.card,
         };
         self.mark_seen(req, now_ms)?;
         store::put_json(&self.inner.store.prekeys, signer.as_bytes(), &stored)?;
@@ -125,6 +149,7 @@ impl Registry {
             fallback_key: p.fallback_key,
             one_time_key: None,
             remaining: p.one_time_keys.len(),
+            card: p.card,
         })
     }
 }

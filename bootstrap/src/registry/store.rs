@@ -69,6 +69,9 @@ pub struct StoredPrekeys {
     pub one_time_keys: Vec<String>,
     /// Upload time.
     pub uploaded_ms: u64,
+    /// The agent's signed card (exported form), checked when uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<String>,
 }
 
 /// A stored rating, with the signed request that made it.

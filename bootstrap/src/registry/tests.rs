@@ -773,7 +773,7 @@ async fn answers_keep_their_json_shape() {
     assert_eq!(
         json(&r.prekey_bundle(&am).unwrap()),
         format!(
-            r#"{{"amid":"{am}","fallback_key":"{k2}","identity_key":"{k1}","one_time_key":null,"remaining":0}}"#
+            r#"{{"amid":"{am}","card":null,"fallback_key":"{k2}","identity_key":"{k1}","one_time_key":null,"remaining":0}}"#
         )
     );
     assert_eq!(

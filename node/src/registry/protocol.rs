@@ -44,6 +44,12 @@ pub enum Request {
         /// The agent.
         amid: Amid,
     },
+    /// An agent's prekey bundle with its signed card, when it uploaded
+    /// one (`GET /v1/registry/prekeys/{amid}`).
+    Prekeys {
+        /// The agent.
+        amid: Amid,
+    },
     /// Agents by capability (`GET /v1/registry/search`).
     Search {
         /// Capability or category.

@@ -269,6 +269,7 @@ impl Node {
             awaiting_receipt: Mutex::new(HashMap::new()),
             drain_lock: tokio::sync::Mutex::new(()),
             answer_lock: tokio::sync::Mutex::new(()),
+            registered: std::sync::atomic::AtomicBool::new(false),
             named_senders: Mutex::new(HashMap::new()),
             libp2p_metrics,
             libp2p_registry,

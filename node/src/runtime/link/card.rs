@@ -1,5 +1,6 @@
 //! Finding and reaching the peer: its card (imported out of band, from the
-//! DHT, or the offline card it pushed as it stopped) and the connection.
+//! DHT, the offline card it pushed as it stopped, or, when the DHT has
+//! none, from the registry) and the connection.
 
 use libp2p::PeerId;
 use tokio::{sync::oneshot, time::Instant};
@@ -50,6 +51,14 @@ impl Link {
                         self.take_card(card.clone(), true);
                         return Ok(card);
                     }
+                }
+                // The DHT has none: the registry may keep the peer's card
+                // (checked by the card's own signature).
+                if let Some(card) =
+                    crate::runtime::registry::card_from_registry(&self.shared, &self.peer).await
+                {
+                    self.take_card(card.clone(), false);
+                    return Ok(card);
                 }
                 Err(LinkError::Retry("card not found".into()))
             }

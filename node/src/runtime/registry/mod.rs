@@ -18,7 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use ed25519_dalek::VerifyingKey;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use agentmesh_dht::now_ms;
 
@@ -34,6 +34,9 @@ use crate::{
     },
 };
 
+mod bundle;
+
+pub(crate) use bundle::card_from_registry;
 mod filing;
 mod log;
 mod renewal;
@@ -191,11 +194,17 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut next_sync = revocation_sync.map(|_| tokio::time::Instant::now());
     let mut retry_filing = false;
     let mut deferred = Deferred::new();
+    // The card last uploaded with the prekey bundle.
+    let mut uploaded = None;
+    let mut registered = false;
     loop {
         let now = tokio::time::Instant::now();
         if now >= next_renewal {
             next_renewal = match renew(&shared).await {
-                Ok(_) => now + refresh,
+                Ok(_) => {
+                    registered = true;
+                    now + refresh
+                }
                 Err(e @ RegistryClientError::Refused { .. }) => {
                     // Not registered yet, say: asking again at once would
                     // get the same answer.
@@ -225,6 +234,14 @@ pub(super) async fn run(shared: Arc<Shared>) {
                         now + RETRY.min(every)
                     }
                 });
+            }
+        }
+        if registered || shared.registered.load(std::sync::atomic::Ordering::Relaxed) {
+            // A changed card goes to the registry too (the card publisher
+            // wakes this task); refused while not registered.
+            match bundle::upload_if_changed(&shared, &mut uploaded).await {
+                Ok(_) => registered = true,
+                Err(e) => debug!(error = %e, "prekey bundle not uploaded"),
             }
         }
         if retry_filing || !shared.receipts.pending().is_empty() {
@@ -289,7 +306,13 @@ impl Node {
             now_ms(),
         )
         .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
-        call(&self.shared, Request::Signed { request: signed }).await
+        let answer = call(&self.shared, Request::Signed { request: signed }).await?;
+        // Registered: the prekey bundle and card follow.
+        self.shared
+            .registered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.registry_wake.notify_one();
+        Ok(answer)
     }
 
     /// Fetches fresh credentials from the configured registry now (the

@@ -376,6 +376,8 @@ impl Actor {
                     seq: self.last_seq,
                     stored_remotely,
                 });
+                // The registry keeps the card too (see `registry::bundle`).
+                self.shared.registry_wake.notify_one();
             }
             DhtEvent::RoutingUpdated { .. } => {
                 self.publish.handle_routing_updated(Instant::now());
