@@ -85,7 +85,8 @@ pub use runtime::{
     NodeBuilder, NodeStatus, PathCounters, PeerStatus, PublishError, Reachability,
     RegistryClientError, RelayStatus, RelayTotals, RevocationSource, RevocationSync, RootPinError,
     SendError, SessionStatus, SpawnError, StreamError, StreamReceiver, StreamSender, Streams,
-    TrustError, UnknownHolePunch, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER, STREAM_WINDOW,
+    TrustError, UnknownHolePunch, KNOWN_NAMESPACES, SHUTDOWN_PUBLISH_TIMEOUT, STREAM_BUFFER,
+    STREAM_WINDOW,
 };
 
 pub use agentmesh_transports::PathKind;

@@ -50,7 +50,9 @@ pub use registry::{
 pub use trust::{RootPinError, TrustError};
 
 pub use builder::NodeBuilder;
-pub use config::{Config, ConnectionCaps, HolePunch, Reachability, UnknownHolePunch};
+pub use config::{
+    Config, ConnectionCaps, HolePunch, Reachability, UnknownHolePunch, KNOWN_NAMESPACES,
+};
 pub use errors::{DialError, PublishError, SendError, SpawnError};
 pub use messages::{InboxKey, MessageFilter, Messages};
 pub use status::{

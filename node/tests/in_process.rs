@@ -395,26 +395,38 @@ async fn a_published_record_is_found_by_another_node() {
     assert!(alice.wait_published(WAIT).await);
     assert!(bob.wait_published(WAIT).await);
     let stored = alice
-        .publish_record("notes", b"hello".to_vec(), Duration::from_secs(600))
+        .publish_record("x-notes", b"hello".to_vec(), Duration::from_secs(600))
         .await
         .unwrap();
     assert!(stored);
     let peer = alice.amid().peer_id().unwrap();
-    let found = bob.get_record("notes", &peer).await.expect("record found");
+    let found = bob
+        .get_record("x-notes", &peer)
+        .await
+        .expect("record found");
     assert_eq!(found.payload, b"hello");
     assert_eq!(found.subject, peer);
-    assert!(bob.get_record("other", &peer).await.is_none());
+    assert!(bob.get_record("x-other", &peer).await.is_none());
+    // A namespace no node serves: refused, even by the publisher's store.
+    let refused = alice
+        .publish_record("notes", b"hello".to_vec(), Duration::from_secs(600))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(bob.get_record("notes", &peer).await.is_none());
 
     // Published again at once, within the same millisecond or not: each
     // new record takes a higher sequence, so none is refused as stale.
     let again = futures::future::join_all(
-        (0..5u8).map(|i| alice.publish_record("notes", vec![b'a', i], Duration::from_secs(600))),
+        (0..5u8).map(|i| alice.publish_record("x-notes", vec![b'a', i], Duration::from_secs(600))),
     )
     .await;
     for (i, r) in again.into_iter().enumerate() {
         r.unwrap_or_else(|e| panic!("publish {i}: {e}"));
     }
-    let last = bob.get_record("notes", &peer).await.expect("record found");
+    let last = bob
+        .get_record("x-notes", &peer)
+        .await
+        .expect("record found");
     assert!(last.seq > found.seq, "{} after {}", last.seq, found.seq);
 }
 

@@ -222,8 +222,11 @@ impl Node {
     /// Publishes a record about this node in `namespace` (signed by the
     /// node's key, sequence = current time in ms, expiring after `ttl`) to
     /// the DHT, for services built on a node (a registry publishing
-    /// revocations, for instance). Returns whether at least one other peer
-    /// stored it; `Err` when it could not be signed or stored locally.
+    /// revocations, for instance). Services use namespaces `x-<name>`:
+    /// nodes store only the namespaces of
+    /// [`KNOWN_NAMESPACES`](super::KNOWN_NAMESPACES) by default. Returns
+    /// whether at least one other peer stored it; `Err` when it could not be
+    /// signed or stored locally.
     pub async fn publish_record(
         &self,
         namespace: &str,

@@ -208,12 +208,22 @@ pub enum Reachability {
     Auto,
 }
 
+/// The DHT namespaces a node stores records of by default: cards,
+/// revocations (`rv-…`), and those of services built on nodes, which
+/// publish under `x-<name>` ([`Node::publish_record`](super::Node::publish_record)).
+/// A record in any other namespace is refused with a typed error, so
+/// nobody can fill a node's store with records nothing reads. Set
+/// `dht.store.namespaces` to change it (empty takes every namespace).
+pub const KNOWN_NAMESPACES: &[&str] = &["card", "rv-*", "x-*"];
+
 impl Config {
     /// Everything on loopback: the preset for a local network and tests.
     pub fn local() -> Self {
+        let mut dht = DhtConfig::default();
+        dht.store.namespaces = KNOWN_NAMESPACES.iter().map(|n| n.to_string()).collect();
         Self {
             transport: TransportConfig::default(),
-            dht: DhtConfig::default(),
+            dht,
             capabilities: vec!["communication/messaging".into()],
             card_ttl: Duration::from_secs(3600),
             republish_every: Duration::from_secs(20 * 60),
