@@ -1240,6 +1240,7 @@ fn build(olm: &OlmFixture) -> Built {
             rq("search", None, RegistryRequest::Search { capability: "weather/forecast".into(), tier_min: Some(Tier::Verified), reputation_min: Some(0.5), limit: Some(10) }),
             rq("search, no filters", None, RegistryRequest::Search { capability: "chat".into(), tier_min: None, reputation_min: None, limit: None }),
             rq("did", None, RegistryRequest::Did { amid: a }),
+            rq("prekeys", None, RegistryRequest::Prekeys { amid: a }),
             rq("signed register", Some(ALICE), RegistryRequest::Signed { request: signed }),
             rq("revocation", None, RegistryRequest::Revocation { amid: a }),
             rq("crl", None, RegistryRequest::Crl),

@@ -136,6 +136,14 @@ impl<Q: Copy + Eq> PublishSchedule<Q> {
         self.next = Some(self.next.map_or(due, |n| n.min(due)));
     }
 
+    /// The node stops: its last card (presence `offline`) is due at once,
+    /// whatever the forced budget (a node that accepted many KNOCKs just
+    /// before stopping would otherwise wait out the coalescing delay).
+    pub(crate) fn handle_stopping(&mut self, now: Instant) {
+        self.forced_pending = false;
+        self.next = Some(now);
+    }
+
     /// Whether a publish is due at `now`. Returns true once per due
     /// publish; the caller publishes and reports it with
     /// [`Self::handle_put_sent`].
@@ -401,6 +409,27 @@ mod tests {
         let stop = t0 + Duration::from_secs(1);
         s.handle_forced(stop);
         assert!(s.poll_publish(stop));
+    }
+
+    #[test]
+    fn the_publish_before_stopping_goes_at_once_after_many_forced_ones() {
+        // A hundred KNOCKs used up the forced budget; then the node stops.
+        let t0 = Instant::now();
+        let mut s = PublishSchedule::<u32>::new(HOUR);
+        let mut id = 0;
+        for i in 0..100 {
+            let at = t0 + i * 10 * MS;
+            s.handle_forced(at);
+            if s.poll_publish(at) {
+                s.handle_put_sent(Some(id), at);
+                id += 1;
+            }
+        }
+        let stop = t0 + Duration::from_secs(1);
+        s.handle_forced(stop);
+        assert!(!s.poll_publish(stop), "the budget is used up");
+        s.handle_stopping(stop);
+        assert!(s.poll_publish(stop), "the last card goes at once");
     }
 
     proptest! {

@@ -148,7 +148,7 @@ impl Actor {
             Command::Republish => self.publish.handle_forced(Instant::now()),
             Command::PublishToConnected => {
                 let now = Instant::now();
-                self.publish.handle_forced(now);
+                self.publish.handle_stopping(now);
                 if self.publish.poll_publish(now) {
                     self.publish_card(true);
                 }
