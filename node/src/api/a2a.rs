@@ -5,10 +5,12 @@
 //!   `/a2a/<AMID>/.well-known/agent-card.json`). A JSON-RPC request posted
 //!   there is carried as an AgentMesh request (KNOCK, Olm, direct or relayed
 //!   path) to that agent, and its answer comes back as the HTTP answer (one
-//!   JSON-RPC response, or Server-Sent Events for the streaming methods).
+//!   JSON-RPC response, or Server-Sent Events for the streaming methods:
+//!   each event is passed on as soon as it crossed the mesh).
 //! - **Inbound:** a node with an upstream A2A server hands each A2A request
-//!   it accepted to that server and carries the answer back. Without one,
-//!   A2A requests reach the application's inbox like any request.
+//!   it accepted to that server and carries the answer back, a streaming
+//!   one event by event (see [`serve`]). Without one, A2A requests reach the
+//!   application's inbox like any request.
 //!
 //! The gateway's own card (`/.well-known/agent-card.json`) is made from this
 //! agent's signed card and signed with its Ed25519 key (JWS, EdDSA, over the
@@ -22,22 +24,24 @@ use axum::{
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{
-        sse::{Event, Sse},
+        sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
     },
     routing::{get, post},
     Json, Router,
 };
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use tracing::{debug, warn};
+use tokio::sync::mpsc;
+use tracing::debug;
 
 use super::{loopback_host, Ctx};
-use crate::{
-    card::AgentCard, events::Message, identity::Amid, knock::Intent, runtime::InboxKey,
-    runtime::SendError,
-};
+use crate::{card::AgentCard, identity::Amid, knock::Intent, runtime::SendError};
+
+mod serve;
+mod sse;
+
+pub(super) use serve::{is_a2a_request, serve_upstream};
 
 /// The A2A protocol version spoken.
 pub const PROTOCOL_VERSION: &str = "1.0";
@@ -49,6 +53,30 @@ pub const KNOCK_EXTENSION_URI: &str = "https://agentmesh.dev/a2a/knock/v1";
 pub const MAX_A2A_BODY: usize = 512 * 1024;
 /// How long a request waits for the remote agent's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the gateway waits for a closed stream's acknowledgement.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events received and not yet written to the A2A client.
+const FORWARD_QUEUE: usize = 64;
+
+/// The keys of the payloads carried between a gateway and the serving node.
+///
+/// A request: `{"a2a": <JSON-RPC request>, "stream": bool, "version": "1.0",
+/// "incremental": true}`. Its reply: `{"a2a": <JSON-RPC response>}`, or,
+/// streaming, `{"a2a_stream": [<responses>]}` with `"a2a_more": "<id>"` while
+/// the stream goes on. The next events of stream `<id>`: a request
+/// `{"a2a": {"jsonrpc": "2.0", "id": <id>, "method": <method>}, "a2a_next":
+/// {"stream": "<id>", "batch": n}}` (the call's id and method; n counting
+/// from 1), answered the same way; `{"stream": "<id>", "close": true}`
+/// ends the stream early.
+mod keys {
+    pub(super) const RPC: &str = "a2a";
+    pub(super) const STREAM: &str = "stream";
+    pub(super) const VERSION: &str = "version";
+    pub(super) const INCREMENTAL: &str = "incremental";
+    pub(super) const STREAM_EVENTS: &str = "a2a_stream";
+    pub(super) const MORE: &str = "a2a_more";
+    pub(super) const NEXT: &str = "a2a_next";
+}
 
 /// JSON-RPC error codes (JSON-RPC 2.0 and A2A).
 mod codes {
@@ -319,53 +347,39 @@ async fn call(
         .and_then(|h| h.to_str().ok())
         .unwrap_or(PROTOCOL_VERSION)
         .to_owned();
-    let payload = json!({ "a2a": rpc, "stream": streaming, "version": version });
+    let payload = json!({
+        keys::RPC: rpc,
+        keys::STREAM: streaming,
+        keys::VERSION: version,
+        keys::INCREMENTAL: true,
+    });
     let answer = ctx
         .node
         .request(&to, Intent::default(), payload, ANSWER_TIMEOUT)
         .await;
     let reply = match answer {
         Ok(m) => m.payload,
-        Err(e) => {
-            let (code, message) = match &e {
-                SendError::Rejected(reason) => (
-                    codes::KNOCK_REJECTED,
-                    format!("refused by the agent's KNOCK policy: {reason}"),
-                ),
-                SendError::Timeout { .. } => (
-                    codes::UNREACHABLE,
-                    "the agent did not answer in time".to_owned(),
-                ),
-                other => (codes::UNREACHABLE, other.to_string()),
-            };
-            let mut err = rpc_error(&id, code, message);
-            if let SendError::Rejected(reason) = e {
-                err["error"]["data"] = json!([{
-                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                    "reason": "KNOCK_REJECTED",
-                    "domain": "agentmesh.dev",
-                    "metadata": { "reason": reason.to_string() }
-                }]);
-            }
-            return Json(err).into_response();
-        }
+        Err(e) => return Json(send_error(&id, e)).into_response(),
     };
     if streaming {
-        let events: Vec<Value> = match reply.get("a2a_stream") {
-            Some(Value::Array(events)) => events.clone(),
-            _ => vec![reply
-                .get("a2a")
-                .cloned()
-                .unwrap_or_else(|| rpc_error(&id, codes::INTERNAL, "bad answer from the agent"))],
-        };
-        let stream = futures::stream::iter(
-            events
-                .into_iter()
-                .map(|e| Ok::<_, Infallible>(Event::default().data(e.to_string()))),
-        );
-        return Sse::new(stream).into_response();
+        let (events, more) = stream_batch(&reply, &id);
+        let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        // The requests for the next events name the call, without its
+        // parameters.
+        let call = json!({ "jsonrpc": "2.0", "id": id, "method": method });
+        tokio::spawn(forward(ctx, to, call, id, events, more, tx));
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let e = rx.recv().await?;
+            Some((
+                Ok::<_, Infallible>(Event::default().data(e.to_string())),
+                rx,
+            ))
+        });
+        return Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response();
     }
-    match reply.get("a2a") {
+    match reply.get(keys::RPC) {
         Some(answer) => Json(answer.clone()).into_response(),
         None => Json(rpc_error(
             &id,
@@ -373,6 +387,117 @@ async fn call(
             "the agent answered without an A2A response",
         ))
         .into_response(),
+    }
+}
+
+/// The JSON-RPC error for a request the mesh did not carry.
+fn send_error(id: &Value, e: SendError) -> Value {
+    let (code, message) = match &e {
+        SendError::Rejected(reason) => (
+            codes::KNOCK_REJECTED,
+            format!("refused by the agent's KNOCK policy: {reason}"),
+        ),
+        SendError::Timeout { .. } => (
+            codes::UNREACHABLE,
+            "the agent did not answer in time".to_owned(),
+        ),
+        other => (codes::UNREACHABLE, other.to_string()),
+    };
+    let mut err = rpc_error(id, code, message);
+    if let SendError::Rejected(reason) = e {
+        err["error"]["data"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "KNOCK_REJECTED",
+            "domain": "agentmesh.dev",
+            "metadata": { "reason": reason.to_string() }
+        }]);
+    }
+    err
+}
+
+/// The events of a streaming reply, and the id of the stream when more are
+/// to come.
+fn stream_batch(reply: &Value, id: &Value) -> (Vec<Value>, Option<String>) {
+    let events = match reply.get(keys::STREAM_EVENTS) {
+        Some(Value::Array(events)) => events.clone(),
+        _ => vec![reply
+            .get(keys::RPC)
+            .cloned()
+            .unwrap_or_else(|| rpc_error(id, codes::INTERNAL, "bad answer from the agent"))],
+    };
+    let more = reply
+        .get(keys::MORE)
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    (events, more)
+}
+
+/// Passes a streaming answer's events to the A2A client (`tx`) as they
+/// come: the first batch, then each next one asked of the serving node
+/// while it says more are to come (`call`: the call's id and method, as
+/// those requests name it). Stops when the client goes away (and
+/// tells the serving node), when the API stops, or on an error (the
+/// client's last event then is a JSON-RPC error).
+async fn forward(
+    ctx: Arc<Ctx>,
+    to: Amid,
+    call: Value,
+    id: Value,
+    mut events: Vec<Value>,
+    mut more: Option<String>,
+    tx: mpsc::Sender<Value>,
+) {
+    let mut batch = 1u64;
+    loop {
+        for e in events.drain(..) {
+            if tx.send(e).await.is_err() {
+                if let Some(stream) = more {
+                    close_stream(&ctx, &to, &call, &stream).await;
+                }
+                return;
+            }
+        }
+        let Some(stream) = more.take() else { return };
+        let next = json!({
+            keys::RPC: call,
+            keys::NEXT: { "stream": stream, "batch": batch },
+        });
+        let pull = ctx
+            .node
+            .request(&to, Intent::default(), next, ANSWER_TIMEOUT);
+        tokio::pin!(pull);
+        let answer = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tx.closed() => {
+                // Closing the stream answers the pending request at once;
+                // it is waited for, so its answer does not end up in the
+                // inbox as a reply nobody waits for.
+                let _ = tokio::join!(close_stream(&ctx, &to, &call, &stream), &mut pull);
+                return;
+            }
+            a = &mut pull => a,
+        };
+        match answer {
+            Ok(m) => (events, more) = stream_batch(&m.payload, &id),
+            Err(e) => {
+                debug!(error = %e, "the next events of an A2A stream did not come");
+                let _ = tx.send(send_error(&id, e)).await;
+                return;
+            }
+        }
+        batch += 1;
+    }
+}
+
+/// Tells the serving node that nobody reads stream `stream` any more.
+async fn close_stream(ctx: &Ctx, to: &Amid, rpc: &Value, stream: &str) {
+    let close = json!({ keys::RPC: rpc, keys::NEXT: { "stream": stream, "close": true } });
+    let closed = tokio::select! {
+        _ = ctx.cancel.cancelled() => return,
+        r = ctx.node.request(to, Intent::default(), close, CLOSE_TIMEOUT) => r,
+    };
+    if let Err(e) = closed {
+        debug!(error = %e, "an A2A stream's end not delivered");
     }
 }
 
@@ -386,155 +511,8 @@ pub fn fuzz_decode(data: &[u8]) -> (bool, usize) {
         assert!(v.is_object());
         let _ = carried(method);
     }
-    let events = sse_events(&String::from_utf8_lossy(data)).map_or(0, |e| e.len());
+    let events = sse::events(data, MAX_A2A_BODY).map_or(0, |e| e.len());
     (rpc.is_ok(), events)
-}
-
-/// Whether `m` is an A2A request carried by a gateway.
-pub(super) fn is_a2a_request(m: &Message) -> bool {
-    m.kind == crate::events::MessageKind::Request && m.payload.get("a2a").is_some()
-}
-
-/// Hands an A2A request that arrived over the mesh to the upstream A2A
-/// server, replies with its answer and acknowledges the request.
-pub(super) async fn serve_upstream(ctx: Arc<Ctx>, upstream: url::Url, m: Message, key: InboxKey) {
-    let rpc = m.payload.get("a2a").cloned().unwrap_or(Value::Null);
-    let id = rpc.get("id").cloned().unwrap_or(Value::Null);
-    let streaming = m
-        .payload
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let version = m
-        .payload
-        .get("version")
-        .and_then(Value::as_str)
-        .unwrap_or(PROTOCOL_VERSION)
-        .to_owned();
-    let answer = match post_upstream(&upstream, &rpc, streaming, &version).await {
-        Ok(UpstreamAnswer::One(v)) => json!({ "a2a": v }),
-        Ok(UpstreamAnswer::Stream(events)) => json!({ "a2a_stream": events }),
-        Err(e) => {
-            warn!(error = %e, "upstream A2A server failed");
-            json!({ "a2a": rpc_error(&id, codes::INTERNAL, format!("upstream A2A server: {e}")) })
-        }
-    };
-    match ctx
-        .node
-        .reply_to(&m.from, m.id, Some(m.session), answer)
-        .await
-    {
-        Ok(_) => {
-            if let Err(e) = ctx.node.ack([key]).await {
-                warn!(error = %e, "could not acknowledge an A2A request");
-            }
-        }
-        Err(e) => debug!(error = %e, "A2A answer not delivered"),
-    }
-}
-
-/// The `data` of each event of an SSE body, as JSON.
-fn sse_events(body: &str) -> Result<Vec<Value>, UpstreamError> {
-    // Lines end in CRLF, CR or LF (the SSE grammar); events end at a blank
-    // line.
-    let text = body.replace("\r\n", "\n").replace('\r', "\n");
-    let mut events = Vec::new();
-    for block in text.split("\n\n") {
-        let data: Vec<&str> = block
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if data.is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&data.join("\n"))
-            .map_err(|e| UpstreamError::Bad(format!("bad SSE event: {e}")))?;
-        events.push(v);
-    }
-    Ok(events)
-}
-
-enum UpstreamAnswer {
-    One(Value),
-    Stream(Vec<Value>),
-}
-
-/// Errors talking to the upstream A2A server.
-#[derive(Debug, thiserror::Error)]
-enum UpstreamError {
-    #[error("connect: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("http: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("{0}")]
-    Bad(String),
-}
-
-async fn post_upstream(
-    url: &url::Url,
-    rpc: &Value,
-    streaming: bool,
-    version: &str,
-) -> Result<UpstreamAnswer, UpstreamError> {
-    let host = url
-        .host_str()
-        .ok_or_else(|| UpstreamError::Bad("upstream URL has no host".into()))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host, port)).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    };
-    let req = hyper::Request::builder()
-        .method(hyper::Method::POST)
-        .uri(path)
-        .header(header::HOST, format!("{host}:{port}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::ACCEPT,
-            if streaming {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )
-        .header("A2A-Version", version)
-        .body(Full::new(Bytes::from(rpc.to_string())))
-        .map_err(|e| UpstreamError::Bad(e.to_string()))?;
-    let resp = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(req))
-        .await
-        .map_err(|_| UpstreamError::Bad("no answer in time".into()))??;
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|t| t.contains("text/event-stream"));
-    let body = tokio::time::timeout(ANSWER_TIMEOUT, resp.into_body().collect())
-        .await
-        .map_err(|_| UpstreamError::Bad("answer not finished in time".into()))??
-        .to_bytes();
-    if body.len() > crate::envelope::MAX_PAYLOAD_SIZE {
-        return Err(UpstreamError::Bad(
-            "answer too large for one message".into(),
-        ));
-    }
-    if is_sse {
-        let events = sse_events(&String::from_utf8_lossy(&body))?;
-        return Ok(UpstreamAnswer::Stream(events));
-    }
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| UpstreamError::Bad(format!("bad JSON answer: {e}")))?;
-    if streaming {
-        Ok(UpstreamAnswer::Stream(vec![v]))
-    } else {
-        Ok(UpstreamAnswer::One(v))
-    }
 }
 
 #[cfg(test)]
@@ -568,15 +546,6 @@ mod tests {
         let (_, id, method) =
             parse_rpc(br#"{"jsonrpc":"2.0","id":"7","method":"SendMessage","params":{}}"#).unwrap();
         assert_eq!((id, method.as_str()), (json!("7"), "SendMessage"));
-    }
-
-    #[test]
-    fn upstream_sse_events_split_on_any_line_ending() {
-        let body = "data: {\"a\":1}\r\n\r\ndata: {\"b\":\r\ndata: 2}\r\n\r\n: comment\n\ndata: {\"c\":3}\n\n";
-        assert_eq!(
-            sse_events(body).unwrap(),
-            vec![json!({"a": 1}), json!({"b": 2}), json!({"c": 3})]
-        );
     }
 
     #[test]

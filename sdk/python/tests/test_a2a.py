@@ -504,8 +504,7 @@ def test_subscribe_to_a_running_task_from_a_fresh_client(
         task_id = first.task.id
         async with a2a_client(url) as fresh:
             sub = asyncio.ensure_future(_subscribe(fresh, task_id))
-            # The gateway answers once the stream ended: let the task finish
-            # once bob's server serves the subscription.
+            # The task finishes once bob's server serves the subscription.
             seen = upstream.handler.subscription(task_id)
             try:
                 assert await asyncio.to_thread(seen.wait, CALL), "no SubscribeToTask upstream"
@@ -522,6 +521,55 @@ def test_subscribe_to_a_running_task_from_a_fresh_client(
 
 async def _subscribe(client: Client, task_id: str) -> list[StreamResponse]:
     return [e async for e in client.subscribe(SubscribeToTaskRequest(id=task_id))]
+
+
+#: Both paths: alice to bob directly, carol to dave through the relay.
+PATHS = [
+    pytest.param("alice", "bob", id="direct"),
+    pytest.param("carol", "dave", id="relayed"),
+]
+
+
+def working(event: StreamResponse) -> bool:
+    return (
+        kind(event) == "status_update"
+        and event.status_update.status.state == TaskState.TASK_STATE_WORKING
+    )
+
+
+@pytest.mark.parametrize(("via", "to"), PATHS)
+def test_streamed_events_reach_the_client_as_the_upstream_sends_them(
+    a2a_mesh: LocalMesh, upstream: Upstream, via: str, to: str
+) -> None:
+    """bob's server sends the task and its working status, then waits for
+    a gate that only the client opens, once it has seen both: each event
+    crosses the mesh and reaches the client on its own, before the
+    upstream sends the next ones (the artifact, the completion)."""
+    url = agent_url(a2a_mesh, via, to)
+    name = f"g{uuid.uuid4().hex[:8]}"
+    gate = upstream.gates.get(name)
+
+    async def go() -> tuple[list[str], list[StreamResponse]]:
+        before: list[str] = []
+        events: list[StreamResponse] = []
+        async with a2a_client(url) as client:
+            request = SendMessageRequest(message=user_message(f"task: wait {name} then finish"))
+            async for event in client.send_message(request):
+                events.append(event)
+                if not gate.is_set():
+                    before.append(kind(event))
+                    if working(event):
+                        gate.set()
+        return before, events
+
+    before, events = run(go())
+    assert before == ["task", "status_update"], before
+    kinds = [kind(e) for e in events]
+    assert kinds == ["task", "status_update", "artifact_update", "status_update"], kinds
+    assert get_artifact_text(events[2].artifact_update.artifact) == (
+        f"bob did: wait {name} then finish"
+    )
+    assert events[3].status_update.status.state == TaskState.TASK_STATE_COMPLETED
 
 
 def test_a_client_refused_by_the_knock_policy_gets_an_a2a_error(a2a_mesh: LocalMesh) -> None:
