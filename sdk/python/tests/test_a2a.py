@@ -54,6 +54,7 @@ try:
         AgentCard,
         AgentInterface,
         AgentSkill,
+        CancelTaskRequest,
         GetExtendedAgentCardRequest,
         GetTaskRequest,
         Message,
@@ -129,10 +130,13 @@ class EchoExecutor(AgentExecutor):
     """Answers ``<text>`` with the Message ``bob got: <text>``, and
     ``task: <text>`` with a Task: submitted, working, an artifact
     ``bob did: <text>``, completed. ``task: wait <name> ...`` waits, once
-    working, until the gate ``<name>`` opens."""
+    working, until the gate ``<name>`` opens. Canceling a task marks it
+    canceled (and lets a wait end)."""
 
     def __init__(self, gates: Gates) -> None:
         self.gates = gates
+        self.canceled: set[str] = set()
+        self.waiting: dict[str, threading.Event] = {}
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         text = context.get_user_input()
@@ -152,14 +156,25 @@ class EchoExecutor(AgentExecutor):
         words = body.split()
         if len(words) >= 2 and words[0] == "wait":
             gate = self.gates.get(words[1])
+            self.waiting[task.id] = gate
             if not await asyncio.to_thread(gate.wait, 120):
                 await updater.failed()
                 return
+        if task.id in self.canceled:
+            return
         await updater.add_artifact([new_text_part(f"bob did: {body}")], name="result")
         await updater.complete()
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        raise NotImplementedError
+        task_id, context_id = context.task_id, context.context_id
+        assert task_id is not None and context_id is not None
+        self.canceled.add(task_id)
+        await TaskUpdater(event_queue, task_id, context_id).cancel(
+            new_text_message("canceled", context_id=context_id, task_id=task_id)
+        )
+        # The task's wait ends (its thread would otherwise run on).
+        if (gate := self.waiting.get(task_id)) is not None:
+            gate.set()
 
 
 class RecordingHandler(DefaultRequestHandler):
@@ -570,6 +585,49 @@ def test_streamed_events_reach_the_client_as_the_upstream_sends_them(
         f"bob did: wait {name} then finish"
     )
     assert events[3].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+def test_a_client_cancels_a_running_task_through_the_gateway(
+    a2a_mesh: LocalMesh, upstream: Upstream
+) -> None:
+    """A streamed task is working (its gate never opens); another client
+    cancels it through the gateway: CancelTask answers with the task
+    canceled, the stream ends, and GetTask finds it canceled."""
+    url = agent_url(a2a_mesh, "alice", "bob")
+    name = f"g{uuid.uuid4().hex[:8]}"
+
+    async def go() -> tuple[Task, list[StreamResponse], Task]:
+        events: list[StreamResponse] = []
+        started = asyncio.Event()
+
+        async def follow(client: Client) -> None:
+            request = SendMessageRequest(message=user_message(f"task: wait {name}"))
+            async for event in client.send_message(request):
+                events.append(event)
+                if working(event):
+                    started.set()
+
+        async with a2a_client(url) as client:
+            streamed = asyncio.ensure_future(follow(client))
+            waited = asyncio.ensure_future(started.wait())
+            await asyncio.wait([streamed, waited], return_when=asyncio.FIRST_COMPLETED)
+            waited.cancel()
+            assert started.is_set(), f"the stream ended before the task worked: {events}"
+            task_id = events[0].task.id
+            async with a2a_client(url, streaming=False) as other:
+                canceled = await other.cancel_task(CancelTaskRequest(id=task_id))
+                await streamed
+                again = await other.get_task(GetTaskRequest(id=task_id))
+        return canceled, events, again
+
+    canceled, events, again = run(go())
+    assert canceled.status.state == TaskState.TASK_STATE_CANCELED, canceled
+    assert canceled.id == events[0].task.id
+    assert again.status.state == TaskState.TASK_STATE_CANCELED
+    assert upstream.gates.get(name).is_set(), "bob's executor was told to cancel"
+    kinds = [kind(e) for e in events]
+    assert kinds[:2] == ["task", "status_update"], kinds
+    assert "artifact_update" not in kinds, kinds
 
 
 def test_a_client_refused_by_the_knock_policy_gets_an_a2a_error(a2a_mesh: LocalMesh) -> None:
