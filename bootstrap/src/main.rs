@@ -150,6 +150,8 @@ struct RegistryFile {
     prekey_rate: RateLimit,
     /// Requests per peer over libp2p, `{ per_minute, burst }`.
     p2p_rate: RateLimit,
+    /// Signed requests per signing agent, `{ per_minute, burst }`.
+    signer_rate: RateLimit,
     /// HTTP requests served at once.
     http_max_in_flight: usize,
     /// PostgreSQL URL of a shared registry database (none: embedded).
@@ -169,6 +171,7 @@ impl Default for RegistryFile {
             http_rate: DEFAULT_HTTP_RATE,
             prekey_rate: DEFAULT_PREKEY_RATE,
             p2p_rate: DEFAULT_HTTP_RATE,
+            signer_rate: agentmesh_bootstrap::registry::DEFAULT_SIGNER_RATE,
             http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
             database: None,
         }
@@ -306,6 +309,7 @@ async fn main() -> Result<()> {
         settings.http_rate = r.http_rate;
         settings.prekey_rate = r.prekey_rate;
         settings.p2p_rate = r.p2p_rate;
+        settings.signer_rate = r.signer_rate;
         settings.http_max_in_flight = r.http_max_in_flight;
         settings.database = cli.database.clone().or_else(|| r.database.clone());
         let mut running =

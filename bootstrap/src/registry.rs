@@ -94,7 +94,7 @@ pub use errors::RegistryError;
 use root::{adopt_shared_root, publish_root};
 pub use settings::{
     RegistrySettings, DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE,
-    DEFAULT_RATE_MAX_CLIENTS,
+    DEFAULT_RATE_MAX_CLIENTS, DEFAULT_SIGNER_RATE,
 };
 
 /// Checks that an organization controls a domain (DNS TXT lookup).
@@ -165,6 +165,9 @@ struct Inner {
     /// Leaves of the log known to be on disk (on sled: those appended
     /// before the last flush began). No head is signed over more.
     durable_leaves: std::sync::atomic::AtomicU64,
+    /// Signed requests per signer ([`RegistrySettings::signer_rate`]),
+    /// whichever front end and client address they come from.
+    signers: std::sync::Mutex<agentmesh_node::ratelimit::RateLimiter<Amid>>,
 }
 
 /// A registry. Cheap to clone; clones share the database.
@@ -286,6 +289,8 @@ impl Registry {
         let log = TransLog::open(store.db()).map_err(log_store_error)?;
         // What is in the log at start is what the disk kept.
         let durable_leaves = std::sync::atomic::AtomicU64::new(log.size().unwrap_or(0));
+        let (settings_signer_rate, settings_max_clients) =
+            (settings.signer_rate, settings.rate_max_clients);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -299,6 +304,10 @@ impl Registry {
                 oauth: OnceLock::new(),
                 scores: scores::ScoreCache::default(),
                 durable_leaves,
+                signers: std::sync::Mutex::new(agentmesh_node::ratelimit::RateLimiter::new(
+                    settings_signer_rate,
+                    settings_max_clients,
+                )),
             }),
         })
     }
@@ -491,6 +500,17 @@ impl Registry {
     ) -> Result<Applied, RegistryError> {
         let VerifiedRequest { request: req, body } = verified;
         let signer = req.signer;
+        // One signer's budget, however many addresses or peers it uses;
+        // a poisoned limiter refuses (fails closed).
+        match self.inner.signers.lock() {
+            Ok(mut l) => {
+                l.try_acquire(&signer, now_ms)
+                    .map_err(|r| RegistryError::RateLimited {
+                        retry_after_ms: r.ms.max(1),
+                    })?
+            }
+            Err(_) => return Err(RegistryError::Busy),
+        }
         let out = match body.op {
             Operation::Register(r) => Applied::Registered(self.register(req, &signer, r, now_ms)?),
             Operation::Status { presence } => {

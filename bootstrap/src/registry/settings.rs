@@ -39,6 +39,11 @@ pub struct RegistrySettings {
     /// Requests per peer on `/agentmesh/registry/1`; over it the answer is
     /// the error `rate_limited`. Defaults to [`DEFAULT_HTTP_RATE`].
     pub p2p_rate: RateLimit,
+    /// Signed requests per signing agent, over both front ends together and
+    /// whatever its client addresses; over it the answer is
+    /// `rate_limited`. Defaults to [`DEFAULT_SIGNER_RATE`]: 120 a minute,
+    /// bursts of 60.
+    pub signer_rate: RateLimit,
     /// Client addresses (or peers) whose buckets are remembered, per
     /// limiter. Defaults to [`DEFAULT_RATE_MAX_CLIENTS`].
     pub rate_max_clients: usize,
@@ -54,6 +59,9 @@ pub struct RegistrySettings {
 /// Default [`RegistrySettings::http_rate`] and
 /// [`RegistrySettings::p2p_rate`]: 600 requests a minute, bursts of 120.
 pub const DEFAULT_HTTP_RATE: RateLimit = RateLimit::new(600, 120);
+/// Default [`RegistrySettings::signer_rate`]: 120 signed requests a
+/// minute, bursts of 60.
+pub const DEFAULT_SIGNER_RATE: RateLimit = RateLimit::new(120, 60);
 /// Default [`RegistrySettings::prekey_rate`]: 10 fetches a minute, bursts
 /// of 10.
 pub const DEFAULT_PREKEY_RATE: RateLimit = RateLimit::new(10, 10);
@@ -75,6 +83,7 @@ impl Default for RegistrySettings {
             http_rate: DEFAULT_HTTP_RATE,
             prekey_rate: DEFAULT_PREKEY_RATE,
             p2p_rate: DEFAULT_HTTP_RATE,
+            signer_rate: DEFAULT_SIGNER_RATE,
             rate_max_clients: DEFAULT_RATE_MAX_CLIENTS,
             http_max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
             database: None,

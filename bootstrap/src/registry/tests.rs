@@ -833,3 +833,53 @@ async fn credentials_of_a_certificate_not_yet_durable_come_without_a_proof() {
     let inc = creds.inclusion.expect("proven once durable");
     assert_eq!(inc.head.size, size);
 }
+
+#[tokio::test]
+async fn one_signer_is_held_to_its_rate_whatever_its_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RegistrySettings {
+        signer_rate: agentmesh_node::ratelimit::RateLimit::new(60, 3),
+        ..fast_settings()
+    };
+    let r = Registry::open(dir.path(), &Passphrase::new("test"), settings).unwrap();
+    let (a, b) = (Identity::generate(), Identity::generate());
+    register(&r, &a, &["chat"]).await;
+    // Two more from a, each from another client address: the bucket is the
+    // signer's, not the address's.
+    for i in 0..2u8 {
+        let req = SignedRequest::sign(
+            &a,
+            Operation::Status {
+                presence: agentmesh_node::Presence::Away,
+            },
+            NOW + u64::from(i) + 1,
+        )
+        .unwrap();
+        let client = Some(std::net::IpAddr::from([127, 0, 0, 10 + i]));
+        r.apply(&req, None, client, NOW).await.unwrap();
+    }
+    let req = SignedRequest::sign(
+        &a,
+        Operation::Status {
+            presence: agentmesh_node::Presence::Online,
+        },
+        NOW + 10,
+    )
+    .unwrap();
+    let refused = r
+        .apply(
+            &req,
+            None,
+            Some(std::net::IpAddr::from([127, 0, 0, 99])),
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, RegistryError::RateLimited { retry_after_ms } if retry_after_ms > 0),
+        "{refused:?}"
+    );
+    // Another signer is served meanwhile; a's next token comes a second on.
+    register(&r, &b, &["chat"]).await;
+    r.apply(&req, None, None, NOW + 1_000).await.unwrap();
+}
