@@ -850,18 +850,18 @@ async fn one_signer_is_held_to_its_rate_whatever_its_addresses() {
         let req = SignedRequest::sign(
             &a,
             Operation::Status {
-                presence: agentmesh_node::Presence::Away,
+                presence: Presence::Away,
             },
             NOW + u64::from(i) + 1,
         )
         .unwrap();
-        let client = Some(std::net::IpAddr::from([127, 0, 0, 10 + i]));
+        let client = Some(IpAddr::from([127, 0, 0, 10 + i]));
         r.apply(&req, None, client, NOW).await.unwrap();
     }
     let req = SignedRequest::sign(
         &a,
         Operation::Status {
-            presence: agentmesh_node::Presence::Online,
+            presence: Presence::Online,
         },
         NOW + 10,
     )
@@ -870,7 +870,7 @@ async fn one_signer_is_held_to_its_rate_whatever_its_addresses() {
         .apply(
             &req,
             None,
-            Some(std::net::IpAddr::from([127, 0, 0, 99])),
+            Some(IpAddr::from([127, 0, 0, 99])),
             NOW,
         )
         .await
