@@ -48,8 +48,17 @@ pub(crate) enum CredentialsCmd {
 pub(crate) enum Cmd {
     /// Register this agent with a registry (or update its entry); the
     /// request is signed with the agent's key.
+    ///
+    /// With a node running for the data directory, through its local API:
+    /// the node registers with its own registry (`run --registry`), its
+    /// relays and, without --capability, the capabilities it runs with.
+    /// With none running (or with --direct), straight to --registry.
     Register(RegisterArgs),
     /// Search a registry for agents offering a capability.
+    ///
+    /// With a node running for the data directory, through its local API
+    /// and the node's registry (`run --registry`); with none running (or
+    /// with --direct), straight to --registry.
     Search(SearchArgs),
     /// Set this agent's presence at a registry: online, away, dnd or
     /// offline (signed with the agent's key).
@@ -371,9 +380,15 @@ pub(crate) struct RegisterArgs {
     /// A capability offered (repeat for several).
     #[arg(long = "capability")]
     pub(crate) capabilities: Vec<String>,
-    /// A mailbox relay (multiaddr; repeat for several).
+    /// A mailbox relay (multiaddr; repeat for several). Only with
+    /// --direct, or with no node running: a running node registers the
+    /// relays it runs with.
     #[arg(long = "relay")]
     pub(crate) relays: Vec<String>,
+    /// Talk to --registry directly even when a node runs for the data
+    /// directory.
+    #[arg(long)]
+    pub(crate) direct: bool,
     #[command(flatten)]
     pub(crate) registry: registry_cli::RegistryArg,
 }
@@ -424,6 +439,10 @@ pub(crate) struct SearchArgs {
     /// At most this many results.
     #[arg(long)]
     pub(crate) limit: Option<usize>,
+    /// Talk to --registry directly even when a node runs for the data
+    /// directory.
+    #[arg(long)]
+    pub(crate) direct: bool,
     #[command(flatten)]
     pub(crate) registry: registry_cli::RegistryArg,
 }

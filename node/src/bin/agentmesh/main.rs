@@ -157,7 +157,7 @@ async fn main() -> Result<()> {
         Cmd::Credentials(cmd) => show::credentials(&dir, json, cmd).await,
         Cmd::Kill(a) => show::kill(&dir, a).await,
         Cmd::Register(a) => registry_cmds::register(&dir, json, a).await,
-        Cmd::Search(a) => registry_cmds::search(json, a).await,
+        Cmd::Search(a) => registry_cmds::search(&dir, json, a).await,
         Cmd::RegistryPresence(a) => registry_cmds::presence(&dir, json, a).await,
         Cmd::Capabilities(a) => registry_cmds::capabilities(&dir, json, a).await,
         Cmd::Revoke(a) => registry_cmds::revoke(&dir, json, a).await,

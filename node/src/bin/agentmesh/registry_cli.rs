@@ -1,7 +1,9 @@
 //! The CLI's registry commands: `register`, `search`, `did` and
-//! `reputation verify`, over the registry's HTTP API (`/v1`).
+//! `reputation verify`, over the registry's HTTP API (`/v1`). `register`
+//! and `search` go through the running node's local API instead when a
+//! node runs for the data directory (see [`running_node`]).
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -14,6 +16,8 @@ use hyper_util::{
 use serde_json::{json, Value};
 
 use agentmesh_node::{
+    api::{ApiError, ApiInfo, ErrorCode},
+    control::{Client as NodeClient, ControlError, Method},
     registry::{
         Feedback, Operation, ReceiptBody, Registration, RequestBody, SessionReceipt, SignedRequest,
     },
@@ -207,20 +211,80 @@ pub(crate) async fn register(
     let v = client
         .signed("/v1/registry/register", identity, Operation::Register(reg))
         .await?;
+    print_registered(&v, &identity.amid(), json_out);
+    Ok(())
+}
+
+/// Prints the registry's answer to a registration of `amid`.
+fn print_registered(v: &Value, amid: &Amid, json_out: bool) {
     if json_out {
         println!("{v}");
     } else {
         println!(
-            "{} {} (tier {})",
+            "{} {amid} (tier {})",
             if v["created"] == true {
                 "registered"
             } else {
                 "updated"
             },
-            identity.amid(),
             v["tier"].as_str().unwrap_or("?")
         );
     }
+}
+
+/// The local API of the node running for data directory `dir` (found as
+/// the other commands find it: `api.json` and the Unix socket there);
+/// `None` when no node runs for it.
+pub(crate) async fn running_node(dir: &Path) -> Result<Option<(NodeClient, ApiInfo)>> {
+    match NodeClient::connect(dir).await {
+        Ok(client) => {
+            let info = ApiInfo::read(dir).context("the node's api.json")?;
+            Ok(Some((client, info)))
+        }
+        Err(ControlError::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The answer of a local API registry route, or its error (with a hint
+/// when the node has no registry).
+async fn node_call(
+    node: &mut NodeClient,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    match node.call(method, path, body).await? {
+        Ok(v) => Ok(v),
+        Err(ApiError { code, message, .. }) if code == ErrorCode::NotFound => bail!(
+            "the running node: {message} ({}); or pass --direct to talk to --registry yourself",
+            code.as_str()
+        ),
+        Err(ApiError { code, message, .. }) => {
+            bail!("the running node: {message} ({})", code.as_str())
+        }
+    }
+}
+
+/// `agentmesh register` through the running node's local API
+/// (`POST /v1/registry/register`): the node signs and sends the
+/// registration to its registry, with its relays, and, when
+/// `capabilities` is empty, the capabilities it runs with.
+pub(crate) async fn register_via_node(
+    node: &mut NodeClient,
+    info: &ApiInfo,
+    name: Option<&str>,
+    capabilities: &[String],
+    json_out: bool,
+) -> Result<()> {
+    let amid: Amid = info.amid.parse().context("the node's AMID in api.json")?;
+    let name = name.map_or_else(|| format!("agent-{}", amid.short()), str::to_owned);
+    let mut body = json!({ "name": name });
+    if !capabilities.is_empty() {
+        body["capabilities"] = json!(capabilities);
+    }
+    let v = node_call(node, Method::POST, "/v1/registry/register", Some(&body)).await?;
+    print_registered(&v["registration"], &amid, json_out);
     Ok(())
 }
 
@@ -260,6 +324,37 @@ pub(crate) async fn search(
     json_out: bool,
 ) -> Result<()> {
     let client = RegistryClient::new(&registry.registry)?;
+    let path = search_path(capability, tier_min, reputation_min, limit);
+    let v = client.get(&path).await?;
+    print_search(&v, capability, json_out);
+    Ok(())
+}
+
+/// `agentmesh search` through the running node's local API
+/// (`GET /v1/registry/search`, the same query), asking the node's
+/// registry.
+pub(crate) async fn search_via_node(
+    node: &mut NodeClient,
+    capability: &str,
+    tier_min: Option<&str>,
+    reputation_min: Option<f64>,
+    limit: Option<usize>,
+    json_out: bool,
+) -> Result<()> {
+    let path = search_path(capability, tier_min, reputation_min, limit);
+    let v = node_call(node, Method::GET, &path, None).await?;
+    // `{"results": <the registry's answer>}`.
+    print_search(&v["results"], capability, json_out);
+    Ok(())
+}
+
+/// The path of a search, on the registry's API and on the local API alike.
+fn search_path(
+    capability: &str,
+    tier_min: Option<&str>,
+    reputation_min: Option<f64>,
+    limit: Option<usize>,
+) -> String {
     let mut path = format!("/v1/registry/search?capability={}", enc(capability));
     if let Some(t) = tier_min {
         path.push_str(&format!("&tier_min={}", enc(t)));
@@ -270,10 +365,14 @@ pub(crate) async fn search(
     if let Some(l) = limit {
         path.push_str(&format!("&limit={l}"));
     }
-    let v = client.get(&path).await?;
+    path
+}
+
+/// Prints a registry's search answer (`{count, results}`).
+fn print_search(v: &Value, capability: &str, json_out: bool) {
     if json_out {
         println!("{v}");
-        return Ok(());
+        return;
     }
     let results = v["results"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {
@@ -297,7 +396,6 @@ pub(crate) async fn search(
                 .unwrap_or_default(),
         );
     }
-    Ok(())
 }
 
 /// `agentmesh did`.

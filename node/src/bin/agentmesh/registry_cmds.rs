@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use agentmesh_node::{card::Presence, registry::Operation, Amid};
 use anyhow::Context;
@@ -53,14 +53,34 @@ pub(crate) async fn revoke(dir: &Path, json: bool, a: &RevokeArgs) -> Result<()>
     registry_cli::signed_op(ks.identity(), &a.registry, "/v1/registry/revoke", op, json).await
 }
 
-/// `agentmesh register`.
+/// `agentmesh register`: through the running node's local API when a node
+/// runs for `dir` (and not `--direct`), else straight to the registry.
 pub(crate) async fn register(dir: &Path, json: bool, a: &RegisterArgs) -> Result<()> {
     let RegisterArgs {
         name,
         capabilities,
         relays,
+        direct,
         registry,
     } = a;
+    if !direct {
+        if let Some((mut node, info)) = registry_cli::running_node(dir).await? {
+            if !relays.is_empty() {
+                bail!(
+                    "a node runs for {}: it registers the relays it runs with (`agentmesh run --relay`); pass --direct to register these instead",
+                    dir.display()
+                );
+            }
+            return registry_cli::register_via_node(
+                &mut node,
+                &info,
+                name.as_deref(),
+                capabilities,
+                json,
+            )
+            .await;
+        }
+    }
     let ks = load_keystore(dir)?;
     let name = name
         .clone()
@@ -69,15 +89,30 @@ pub(crate) async fn register(dir: &Path, json: bool, a: &RegisterArgs) -> Result
     Ok(())
 }
 
-/// `agentmesh search`.
-pub(crate) async fn search(json: bool, a: &SearchArgs) -> Result<()> {
+/// `agentmesh search`: through the running node's local API when a node
+/// runs for `dir` (and not `--direct`), else straight to the registry.
+pub(crate) async fn search(dir: &Path, json: bool, a: &SearchArgs) -> Result<()> {
     let SearchArgs {
         capability,
         tier_min,
         reputation_min,
         limit,
+        direct,
         registry,
     } = a;
+    if !direct {
+        if let Some((mut node, _)) = registry_cli::running_node(dir).await? {
+            return registry_cli::search_via_node(
+                &mut node,
+                capability,
+                tier_min.as_deref(),
+                *reputation_min,
+                *limit,
+                json,
+            )
+            .await;
+        }
+    }
     registry_cli::search(
         registry,
         capability,
