@@ -295,17 +295,21 @@ async fn offline_agent_gets_its_mail_once_in_order_and_the_sender_sees_it_delive
     let dialled = dials_to_bob(&alice);
     bob.shutdown().await;
     // His last card says offline; once alice has it she does not dial him.
-    tokio::time::timeout(WAIT, async {
+    let offline = tokio::time::timeout(WAIT, async {
         loop {
-            let card = alice.lookup(&bob_amid).await;
-            if card.is_some_and(|c| c.presence == Presence::Offline) {
-                break;
+            if let Some(card) = alice.lookup(&bob_amid).await {
+                if card.presence == Presence::Offline {
+                    break card;
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await
     .expect("bob's offline card");
+    // It lives as long as his mailbox keeps mail (72 h), not an hour.
+    let left = offline.expires_ms.saturating_sub(agentmesh_dht::now_ms());
+    assert!(left > 71 * 3600 * 1000, "offline card expires in {left} ms");
 
     // Bob is offline: the messages go to his mailbox, with no dial first.
     let mut alice_events = alice.events();

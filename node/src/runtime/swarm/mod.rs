@@ -310,6 +310,10 @@ pub(super) async fn run(
     debug!("swarm actor stopped");
 }
 
+/// Lifetime of the card a node with mailbox relays publishes as it stops:
+/// as long as a relay keeps mail.
+const OFFLINE_CARD_TTL: Duration = Duration::from_millis(crate::session::DEFAULT_MESSAGE_TTL_MS);
+
 /// Longest wait, as the node stops, for its connections to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -405,7 +409,15 @@ impl Actor {
         let now = now_ms();
         let seq = now.max(self.last_seq.saturating_add(1));
         self.last_seq = seq;
-        let expires = now.saturating_add(self.shared.config.card_ttl.as_millis() as u64);
+        // The card a node leaves as it stops lives as long as its mailbox
+        // keeps mail: senders, first contacts included, find its relays
+        // while it is away (a newer card replaces it when it is back).
+        let lifetime = if to_connected && !card.relays.is_empty() {
+            self.shared.config.card_ttl.max(OFFLINE_CARD_TTL)
+        } else {
+            self.shared.config.card_ttl
+        };
+        let expires = now.saturating_add(lifetime.as_millis() as u64);
         let record = card.to_payload().map_err(|e| e.to_string()).and_then(|p| {
             SignedRecord::sign(&self.key, CARD_NAMESPACE, p, seq, expires)
                 .map_err(|e| e.to_string())
