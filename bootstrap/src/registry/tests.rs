@@ -867,12 +867,7 @@ async fn one_signer_is_held_to_its_rate_whatever_its_addresses() {
     )
     .unwrap();
     let refused = r
-        .apply(
-            &req,
-            None,
-            Some(IpAddr::from([127, 0, 0, 99])),
-            NOW,
-        )
+        .apply(&req, None, Some(IpAddr::from([127, 0, 0, 99])), NOW)
         .await
         .unwrap_err();
     assert!(
