@@ -23,6 +23,8 @@ pub const MAX_ONE_TIME_KEYS: usize = 32;
 pub const MAX_ADDRS: usize = 16;
 /// Most capabilities a card lists.
 pub const MAX_CAPABILITIES: usize = 32;
+/// Most mailbox relays a card lists.
+pub const MAX_RELAYS: usize = 16;
 
 /// Errors reading a card.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +59,10 @@ pub enum Presence {
     Dnd,
     /// Not reachable.
     Offline,
+    /// A presence this version does not know (published by a newer
+    /// agent): the card is still read, and the agent treated as online.
+    #[serde(other)]
+    Unknown,
 }
 
 impl std::str::FromStr for Presence {
@@ -129,6 +135,9 @@ impl AgentCard {
         if card.addrs.len() > MAX_ADDRS {
             return Err(CardError::TooMany("addrs"));
         }
+        if card.relays.len() > MAX_RELAYS {
+            return Err(CardError::TooMany("relays"));
+        }
         if card.capabilities.len() > MAX_CAPABILITIES {
             return Err(CardError::TooMany("capabilities"));
         }
@@ -169,6 +178,23 @@ mod tests {
     use agentmesh_dht::SignedRecord;
 
     fn record(id: &Identity, capabilities: &[&str]) -> VerifiedRecord {
+        record_with(id, capabilities, Vec::new(), Presence::Online)
+    }
+
+    fn signed(id: &Identity, payload: Vec<u8>) -> VerifiedRecord {
+        let key = id.libp2p_keypair().unwrap();
+        SignedRecord::sign(&key, "card", payload, 1, u64::MAX)
+            .unwrap()
+            .verify(0)
+            .unwrap()
+    }
+
+    fn record_with(
+        id: &Identity,
+        capabilities: &[&str],
+        relays: Vec<String>,
+        presence: Presence,
+    ) -> VerifiedRecord {
         let card = AgentCard {
             amid: id.amid(),
             olm_identity_key: [1; 32],
@@ -176,16 +202,66 @@ mod tests {
             fallback_key: [2; 32],
             capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
             addrs: Vec::new(),
-            presence: Presence::Online,
-            relays: Vec::new(),
+            presence,
+            relays,
             seq: 0,
             expires_ms: 0,
         };
-        let key = id.libp2p_keypair().unwrap();
-        SignedRecord::sign(&key, "card", card.to_payload().unwrap(), 1, u64::MAX)
-            .unwrap()
-            .verify(0)
-            .unwrap()
+        signed(id, card.to_payload().unwrap())
+    }
+
+    #[test]
+    fn a_card_lists_a_bounded_number_of_relays() {
+        let id = Identity::from_seed(&[6; 32]);
+        let relays = |n: usize| {
+            (0..n)
+                .map(|i| format!("/ip4/127.0.0.1/udp/{i}/quic-v1"))
+                .collect()
+        };
+        let r = record_with(&id, &["chat"], relays(MAX_RELAYS), Presence::Online);
+        assert_eq!(AgentCard::from_record(&r).unwrap().relays.len(), MAX_RELAYS);
+        let r = record_with(&id, &["chat"], relays(MAX_RELAYS + 1), Presence::Online);
+        assert_eq!(
+            AgentCard::from_record(&r),
+            Err(CardError::TooMany("relays"))
+        );
+    }
+
+    #[test]
+    fn a_presence_from_a_newer_agent_does_not_make_its_card_unreadable() {
+        let id = Identity::from_seed(&[7; 32]);
+        // A card as a newer agent would write it, with a presence this
+        // version does not know (same fields, same order).
+        #[derive(serde::Serialize)]
+        struct Newer<'a> {
+            amid: Amid,
+            #[serde(with = "serde_bytes")]
+            olm_identity_key: [u8; 32],
+            one_time_keys: Vec<serde_bytes::ByteArray<32>>,
+            #[serde(with = "serde_bytes")]
+            fallback_key: [u8; 32],
+            capabilities: Vec<&'a str>,
+            addrs: Vec<String>,
+            presence: &'a str,
+            relays: Vec<String>,
+        }
+        let newer = |presence| Newer {
+            amid: id.amid(),
+            olm_identity_key: [1; 32],
+            one_time_keys: Vec::new(),
+            fallback_key: [2; 32],
+            capabilities: vec!["chat"],
+            addrs: Vec::new(),
+            presence,
+            relays: Vec::new(),
+        };
+        let read = |presence| {
+            AgentCard::from_record(&signed(&id, codec::encode(&newer(presence)).unwrap()))
+                .unwrap()
+                .presence
+        };
+        assert_eq!(read("away"), Presence::Away);
+        assert_eq!(read("sleeping"), Presence::Unknown);
     }
 
     #[test]
