@@ -207,7 +207,8 @@ export declare class Agent {
      * one stopped, without losing or repeating an event. Ends when
      * `idleTimeoutMs` passes without an event (never, by default) or
      * `signal` aborts. Events the node no longer had are counted in
-     * {@link eventsDropped}.
+     * {@link eventsDropped}, once: after a gap with no event (a `since` from
+     * an earlier run of the node), the next poll goes on past it.
      */
     events(options?: AgentEventsOptions): AsyncGenerator<Event, void, undefined>;
     /** The node's status. */

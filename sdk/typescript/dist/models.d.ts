@@ -164,7 +164,13 @@ export declare class Message {
  * prints (`{"event": "delivered", ...}`).
  */
 export interface Event {
-    /** Monotonic id, from 1 for the life of the node (0 for a stream's opening `dropped`). */
+    /**
+     * Monotonic id, for the life of the node's data directory: ids go on
+     * across restarts of the node (each run continues after the ids the
+     * last one handed out), so a `since` from an earlier run resumes after
+     * it, the events no longer kept reported as dropped. 0 for a stream's
+     * opening `dropped`.
+     */
     readonly id: number;
     /** When it happened, in milliseconds since the epoch. */
     readonly tsMs: number;
@@ -184,7 +190,10 @@ export declare function eventFromJson(v: unknown): Event;
 export interface EventBatch {
     /** The events, oldest first. */
     readonly events: Event[];
-    /** The id of the last event the node has. */
+    /**
+     * The id of the last event the node has (before the first event of a
+     * run: the highest id of earlier runs, 0 for a new data directory).
+     */
     readonly lastId: number;
     /** Events after `since` no longer kept. */
     readonly dropped: number;

@@ -534,7 +534,8 @@ export class Agent {
    * one stopped, without losing or repeating an event. Ends when
    * `idleTimeoutMs` passes without an event (never, by default) or
    * `signal` aborts. Events the node no longer had are counted in
-   * {@link eventsDropped}.
+   * {@link eventsDropped}, once: after a gap with no event (a `since` from
+   * an earlier run of the node), the next poll goes on past it.
    */
   async *events(options: AgentEventsOptions = {}): AsyncGenerator<Event, void, undefined> {
     let cursor = options.since ?? this.lastEventId ?? undefined;
@@ -558,7 +559,15 @@ export class Agent {
         if (options.signal?.aborted) return;
         throw e;
       }
-      if (batch.dropped) this.eventsDropped += batch.dropped;
+      if (batch.dropped) {
+        this.eventsDropped += batch.dropped;
+        if (batch.events.length === 0) {
+          // Only a gap (an id of an earlier run of the node, say): go on
+          // past it, so that it is counted once.
+          cursor = batch.lastId;
+          this.lastEventId = batch.lastId;
+        }
+      }
       if (batch.events.length === 0) continue;
       idleSince = Date.now();
       for (const e of batch.events) {

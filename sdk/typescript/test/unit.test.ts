@@ -8,6 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import {
+  Agent,
   AgentMeshError,
   BadHost,
   BadRequest,
@@ -221,5 +222,43 @@ describe("the client, against a fake API", () => {
 
   it("needs a URL or a socket", () => {
     assert.throws(() => new Client(null, "t"), /no URL and no socket/);
+  });
+});
+
+describe("an agent's events, against a fake API", () => {
+  let server: http.Server;
+  let url = "";
+  /** The `since` of each poll. */
+  const asked: (string | null)[] = [];
+
+  before(async () => {
+    // An id from an earlier run of the node: the node answers the gap
+    // before any event of its own run (ids 4 to 9 are gone).
+    server = http.createServer((req, res) => {
+      const since = new URL(req.url ?? "/", "http://x").searchParams.get("since");
+      asked.push(since);
+      res.setHeader("Content-Type", "application/json");
+      res.end(JSON.stringify({ events: [], last_id: 9, dropped: since === "3" ? 6 : 0 }));
+    });
+    await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+
+  after(() => {
+    server.close();
+    server.closeAllConnections();
+  });
+
+  it("count a gap without events once, and poll past it", async () => {
+    const agent = new Agent(new Client(url, "t"), { amid: "am1" });
+    const seen = [];
+    for await (const e of agent.events({ since: 3, waitMs: 0, idleTimeoutMs: 200 })) seen.push(e);
+    assert.deepEqual(seen, []);
+    assert.equal(agent.eventsDropped, 6);
+    assert.equal(agent.lastEventId, 9);
+    assert.equal(asked[0], "3");
+    assert.ok(asked.length > 1, `polled ${asked.length} times`);
+    assert.deepEqual(new Set(asked.slice(1)), new Set(["9"]));
+    agent.client.close();
   });
 });
