@@ -63,7 +63,10 @@ pub struct MailboxLimits {
     pub max_per_recipient: usize,
     /// Most deposits accepted from one sender per minute. Defaults to 100.
     pub deposits_per_minute: u32,
-    /// Largest envelope accepted, in bytes. Defaults to 256 KiB.
+    /// Largest envelope accepted, in bytes. Defaults to the largest
+    /// envelope a node seals or opens (`MAX_ENVELOPE_SIZE`, 96 KiB); a
+    /// larger value changes nothing, since a deposit's envelope is decoded
+    /// with that limit.
     pub max_envelope_bytes: usize,
     /// Most envelopes returned by one fetch. Defaults to 50.
     pub max_fetch: usize,
@@ -93,7 +96,7 @@ impl Default for MailboxLimits {
             ttl_secs: 72 * 3600,
             max_per_recipient: 100,
             deposits_per_minute: 100,
-            max_envelope_bytes: 256 * 1024,
+            max_envelope_bytes: agentmesh_node::envelope::MAX_ENVELOPE_SIZE,
             max_fetch: 50,
             stranger_share: 5,
             strangers_total: 25,
