@@ -42,6 +42,7 @@ pub mod openapi;
 mod routes;
 mod standing;
 mod timeseries;
+mod traffic;
 
 /// File in the data directory that tells clients where the API is.
 pub const INFO_FILE: &str = "api.json";
@@ -316,6 +317,8 @@ struct Ctx {
     dashboard: dashboard::Logins,
     /// Counters for `/metrics`.
     metrics: metrics::Counters,
+    /// Messages each way per peer, for `/v1/peers`.
+    traffic: traffic::Traffic,
     /// The last hour, minute by minute, for the dashboard's plots.
     timeseries: std::sync::Mutex<timeseries::Timeseries>,
     /// This agent's standing with its registry, as last looked up.
@@ -428,6 +431,7 @@ impl LocalApi {
             url: std::sync::OnceLock::new(),
             dashboard: dashboard::Logins::default(),
             metrics: metrics::Counters::default(),
+            traffic: traffic::Traffic::default(),
             timeseries: Default::default(),
             standing: Default::default(),
             dir: dir.to_path_buf(),
@@ -450,6 +454,7 @@ impl LocalApi {
                     match e {
                         Ok(e) => {
                             ctx.metrics.count(&e);
+                            ctx.traffic.count(&e);
                             ctx.timeseries
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())

@@ -5,9 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use agentmesh_transports::PathKind;
 
-use crate::{card::Presence, envelope::SessionId, identity::Amid, session::Role};
+use crate::{
+    card::Presence, envelope::SessionId, identity::Amid, knock::SessionType, session::Role,
+};
 
-use super::{LearnedPath, PathCounters, Reachability};
+use super::{LearnedPath, Node, PathCounters, Reachability};
 
 /// What the network reports about our reachability (AutoNAT).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +79,31 @@ pub struct NetStatus {
     /// [`crate::diagnostics`].
     #[serde(default)]
     pub probes: Vec<crate::diagnostics::PeerProbe>,
+}
+
+impl NetStatus {
+    /// The relays this node holds a circuit relay reservation on: for each
+    /// relay we listen through, once, the relay part (up to
+    /// `/p2p-circuit`, ending in `/p2p/<relay id>`) of an address we listen
+    /// on through it, the preferred transport's (QUIC, then TCP, …).
+    pub fn relay_reservations(&self) -> Vec<String> {
+        let mut relays: Vec<libp2p::Multiaddr> = self
+            .listen_addrs
+            .iter()
+            .filter_map(|a| a.split_once("/p2p-circuit"))
+            .filter_map(|(relay, _)| relay.parse().ok())
+            .collect();
+        agentmesh_transports::sort_by_preference(&mut relays);
+        let mut seen = Vec::new();
+        relays.retain(|a| match a.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(id)) if !seen.contains(&id) => {
+                seen.push(id);
+                true
+            }
+            _ => false,
+        });
+        relays.iter().map(|a| a.to_string()).collect()
+    }
 }
 
 /// What a relay node carries and stores.
@@ -180,10 +207,28 @@ pub struct KnownPeer {
     pub sessions: usize,
     /// When the latest of those sessions expires, ms since the epoch.
     pub session_expires_ms: Option<u64>,
+    /// The type of the newest of those sessions (`conversation`,
+    /// `request_response`, `stream`).
+    #[serde(default)]
+    pub session_type: Option<SessionType>,
+    /// When the newest of those sessions was opened, ms since the epoch.
+    #[serde(default)]
+    pub session_since_ms: Option<u64>,
+    /// Messages sent to it since the node started: delivered over a
+    /// connection, or deposited in its mailboxes (counted once).
+    #[serde(default)]
+    pub messages_sent: u64,
+    /// Messages received from it since the node started.
+    #[serde(default)]
+    pub messages_received: u64,
+    /// Whether it is on the blocklist (the owner's kill switch for it,
+    /// `block`, or the policy): its KNOCKs are refused.
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 impl KnownPeer {
-    pub(super) fn new(amid: Amid) -> Self {
+    pub(crate) fn new(amid: Amid) -> Self {
         Self {
             amid,
             name: None,
@@ -194,6 +239,79 @@ impl KnownPeer {
             path: None,
             sessions: 0,
             session_expires_ms: None,
+            session_type: None,
+            session_since_ms: None,
+            messages_sent: 0,
+            messages_received: 0,
+            blocked: false,
         }
+    }
+}
+
+impl Node {
+    /// Fills in what the node's own state says of each of `peers`: the
+    /// type of the newest session live at `now_ms` with it and when that
+    /// session was opened, and whether it is blocked. Blocked agents not
+    /// listed yet (the kill switch for one agent ends its sessions and
+    /// connections) are added, so the owner sees them; the list stays
+    /// ordered by AMID.
+    pub fn describe_peers(&self, peers: &mut Vec<KnownPeer>, now_ms: u64) {
+        let mut newest: std::collections::HashMap<Amid, (u64, SessionType)> = Default::default();
+        for s in self.shared.store().all_sessions() {
+            if s.expires_ms <= now_ms {
+                continue;
+            }
+            let e = newest
+                .entry(s.peer)
+                .or_insert((s.created_ms, s.intent.session_type));
+            if s.created_ms > e.0 {
+                *e = (s.created_ms, s.intent.session_type);
+            }
+        }
+        let blocked = self.policy().block;
+        for amid in &blocked {
+            if !peers.iter().any(|p| p.amid == *amid) {
+                peers.push(KnownPeer::new(*amid));
+            }
+        }
+        peers.sort_by_key(|p| p.amid);
+        for p in peers {
+            if let Some((since, kind)) = newest.get(&p.amid) {
+                p.session_since_ms = Some(*since);
+                p.session_type = Some(*kind);
+            }
+            p.blocked = blocked.contains(&p.amid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_the_relays_listened_through_once_each() {
+        let me = "12D3KooWEvTWQ3Ra5t34kDy5ABwxT7Qm6PZ5rc21sX8SrGBJpa5i";
+        let a = "12D3KooWB644s7yVBhhQquFs8Nhr8ZTg3UACtzL55YAVA4fSDLB9";
+        let b = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        let net = NetStatus {
+            listen_addrs: vec![
+                format!("/ip4/127.0.0.1/udp/5/quic-v1/p2p/{me}"),
+                format!("/ip4/10.0.0.1/tcp/2/p2p/{a}/p2p-circuit/p2p/{me}"),
+                format!("/ip4/10.0.0.1/udp/1/quic-v1/p2p/{a}/p2p-circuit/p2p/{me}"),
+                format!("/ip4/10.0.0.2/tcp/3/p2p/{b}/p2p-circuit/p2p/{me}"),
+                // No relay named: not a reservation we can show.
+                format!("/p2p-circuit/p2p/{me}"),
+            ],
+            ..NetStatus::default()
+        };
+        assert_eq!(
+            net.relay_reservations(),
+            [
+                format!("/ip4/10.0.0.1/udp/1/quic-v1/p2p/{a}"),
+                format!("/ip4/10.0.0.2/tcp/3/p2p/{b}"),
+            ]
+        );
+        assert!(NetStatus::default().relay_reservations().is_empty());
     }
 }

@@ -17,17 +17,29 @@ use crate::{
 
 use super::{amid, internal, name_error, recipient, Answer, Body};
 
+/// The node's status, with what the API adds: the inbox, the kill switch
+/// for everyone, and the relays we hold a circuit relay reservation on.
 pub(super) async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
     let status = ctx.node.status().await;
     let (ready, leased) = ctx.inbox.counts();
+    let reservations = status.net.relay_reservations();
     Ok(Json(json!({
         "status": status,
         "inbox": { "ready": ready, "leased": leased },
+        "killed": ctx.node.is_killed(),
+        "relay_reservations": reservations,
     })))
 }
 
+/// Every peer the node knows, with its newest session's type and age, the
+/// messages each way, and whether it is blocked.
 pub(super) async fn peers(State(ctx): State<Arc<Ctx>>) -> Answer {
-    Ok(Json(json!({ "peers": ctx.node.peers().await })))
+    let mut peers = ctx.node.peers().await;
+    ctx.node.describe_peers(&mut peers, agentmesh_dht::now_ms());
+    ctx.traffic.describe(&mut peers);
+    Ok(Json(
+        json!({ "peers": peers, "killed": ctx.node.is_killed() }),
+    ))
 }
 
 pub(super) async fn export_card(State(ctx): State<Arc<Ctx>>) -> Answer {

@@ -107,7 +107,9 @@ pub(super) async fn set_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<Policy
 
 pub(super) async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     let status = ctx.node.status().await;
-    let mut text = ctx.metrics.render(&status, ctx.inbox.counts());
+    let mut text = ctx
+        .metrics
+        .render(&status, ctx.inbox.counts(), ctx.node.is_killed());
     text.push_str(&ctx.node.libp2p_metrics());
     (
         [(
