@@ -58,6 +58,9 @@ fuzz_target!(|data: &[u8]| {
             let ids: Vec<[u8; 16]> = ids.into_iter().map(|i| i.into_array()).collect();
             let _ = s.ack(&me, &ids);
         }
+        Request::Count { .. } => {
+            let _ = s.held(&me, 1_000);
+        }
         Request::Senders { known, .. } => {
             let senders: Vec<PeerId> = known
                 .iter()

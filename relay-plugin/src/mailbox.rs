@@ -10,8 +10,8 @@ mod server;
 mod store;
 
 pub use agentmesh_node::mailbox::{
-    ack, deposit, fetch, name_senders, ByteArrayId, EnvelopeId, ErrorCode, MailItem, MailboxError,
-    Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE,
+    ack, count, deposit, fetch, name_senders, ByteArrayId, EnvelopeId, ErrorCode, MailItem,
+    MailboxError, Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE,
 };
 pub use server::serve;
 pub use store::{DepositError, MailboxStats, MailboxStore, StoreError};

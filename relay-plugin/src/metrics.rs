@@ -86,6 +86,8 @@ impl RelayMetrics {
             Response::Named { .. } => {
                 self.named.fetch_add(1, Relaxed);
             }
+            // A recipient asking how much waits changes nothing.
+            Response::Held { .. } => {}
             Response::Error { code, .. } => self.count_refusal(*code),
         }
     }

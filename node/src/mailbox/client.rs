@@ -173,3 +173,19 @@ pub async fn name_senders(
         r => Err(unexpected(r)),
     }
 }
+
+/// How much unexpired mail `relay` holds for `me`: envelopes and their
+/// size in bytes. Nothing is fetched or removed.
+pub async fn count(
+    control: &mut libp2p_stream::Control,
+    relay: PeerId,
+    me: &PeerId,
+) -> Result<(u64, u64), MailboxError> {
+    let req = Request::Count {
+        recipient: me.to_bytes(),
+    };
+    match request(control, relay, &req).await? {
+        Response::Held { envelopes, bytes } => Ok((envelopes, bytes)),
+        r => Err(unexpected(r)),
+    }
+}

@@ -14,6 +14,9 @@
 //!   connection the request came on.
 //! - `Ack { recipient, ids }` → `Acked { removed, unknown }` once the removal
 //!   is on disk. The recipient acks only what it has durably stored.
+//! - `Count { recipient }` → `Held { envelopes, bytes }`: how much unexpired
+//!   mail the relay holds for the recipient, without fetching it. Only the
+//!   recipient itself may ask, as for a fetch.
 //! - `Senders { recipient, known }` → `Named { count }`: the recipient names
 //!   the senders it has sessions with. Each sender has a bounded share of a
 //!   recipient's mailbox: a named one a larger share, a stranger a few
@@ -38,7 +41,7 @@ mod client;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-pub use client::{ack, deposit, fetch, name_senders, MailboxError};
+pub use client::{ack, count, deposit, fetch, name_senders, MailboxError};
 
 /// Protocol id of the mailbox.
 pub const MAILBOX_PROTOCOL: libp2p::StreamProtocol =
@@ -96,6 +99,13 @@ pub enum Request {
         /// The senders' PeerIds, as bytes.
         known: Vec<ByteBuf>,
     },
+    /// How much mail is held for `recipient` (answered with
+    /// [`Response::Held`]); nothing is fetched or changed.
+    Count {
+        /// The caller's own PeerId, as bytes.
+        #[serde(with = "serde_bytes")]
+        recipient: Vec<u8>,
+    },
 }
 
 /// An envelope id on the wire (a CBOR byte string).
@@ -145,6 +155,13 @@ pub enum Response {
         removed: u32,
         /// Ids that were not held (already acked, expired or never there).
         unknown: Vec<ByteArrayId>,
+    },
+    /// The unexpired mail held for the caller.
+    Held {
+        /// Envelopes.
+        envelopes: u64,
+        /// Their size in bytes (the sealed envelopes).
+        bytes: u64,
     },
     /// Refused.
     Error {

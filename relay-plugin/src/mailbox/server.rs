@@ -176,6 +176,15 @@ async fn answer(store: &MailboxStore, peer: &PeerId, req: Request) -> Response {
                 Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
             }
         }
+        Request::Count { recipient } => {
+            if let Err(r) = own(peer, &recipient) {
+                return r;
+            }
+            match store.held(peer, now) {
+                Ok((envelopes, bytes)) => Response::Held { envelopes, bytes },
+                Err(e) => Response::error(ErrorCode::Storage, e.to_string()),
+            }
+        }
         Request::Ack { recipient, ids } => {
             if let Err(r) = own(peer, &recipient) {
                 return r;
@@ -255,4 +264,220 @@ fn signed_by(
         return Err(forged("id or expiry differ from the envelope's"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use agentmesh_node::{
+        api::{ApiInfo, ApiOptions, LocalApi},
+        envelope::{EnvelopeBody, MessageId, SessionId, ENVELOPE_VERSION},
+        keystore::KdfParams,
+        Config, Node, Passphrase,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{MailboxLimits, RelayConfig, RelayPlugin};
+
+    const WAIT: Duration = Duration::from_secs(90);
+
+    fn store() -> (tempfile::TempDir, MailboxStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        (
+            dir,
+            MailboxStore::open(&db, MailboxLimits::default()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn only_the_recipient_may_count_its_mail() {
+        let (_d, s) = store();
+        let (alice, bob) = (PeerId::random(), PeerId::random());
+        let later = now_ms() + 60_000;
+        for i in 0..3u8 {
+            s.deposit(&alice, &bob.to_bytes(), [i; 16], later, &[i; 10], now_ms())
+                .unwrap();
+        }
+        let count = |recipient: &PeerId| Request::Count {
+            recipient: recipient.to_bytes(),
+        };
+        assert_eq!(
+            answer(&s, &bob, count(&bob)).await,
+            Response::Held {
+                envelopes: 3,
+                bytes: 30
+            }
+        );
+        // Alice deposited them but may not ask about bob's mailbox.
+        assert!(matches!(
+            answer(&s, &alice, count(&bob)).await,
+            Response::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ));
+        assert_eq!(
+            answer(&s, &alice, count(&alice)).await,
+            Response::Held {
+                envelopes: 0,
+                bytes: 0
+            }
+        );
+        // Counting takes nothing: the mail is still there to fetch.
+        assert_eq!(s.fetch(&bob, 10, now_ms()).unwrap().0.len(), 3);
+    }
+
+    async fn node(dir: &Path, name: &str, relay: bool, relays: Vec<libp2p::Multiaddr>) -> Node {
+        let mut c = Config::local();
+        c.kdf = KdfParams::throwaway();
+        c.relays = relays;
+        let mut b = Node::builder(c)
+            .data_dir(dir.join(name))
+            .passphrase(Passphrase::new(name));
+        if relay {
+            b = b.plugin(RelayPlugin::new(RelayConfig::default()));
+        }
+        let node = b.spawn().await.expect("node starts");
+        assert_eq!(node.wait_listening(2, WAIT).await.len(), 2);
+        node
+    }
+
+    /// An envelope signed by `from` for `to`, as a deposit must be.
+    fn envelope(from: &Node, to: &Node, id: u8) -> (MessageId, u64, Vec<u8>) {
+        let expires_ms = now_ms() + 600_000;
+        let body = EnvelopeBody {
+            v: ENVELOPE_VERSION,
+            id: MessageId([id; 16]),
+            from: from.amid(),
+            to: to.amid(),
+            session: SessionId([0; 16]),
+            seq: 0,
+            ts_ms: now_ms(),
+            expires_ms,
+            olm_type: 1,
+            ciphertext: vec![id; 64],
+        };
+        let bytes = SignedEnvelope::seal(from.identity(), &body)
+            .unwrap()
+            .to_bytes();
+        (body.id, expires_ms, bytes)
+    }
+
+    /// `GET path` on the local API of the node in `dir`: the JSON answer.
+    async fn api_get(dir: &Path, path: &str) -> serde_json::Value {
+        let info = ApiInfo::read(dir).unwrap();
+        let url = info.url.unwrap();
+        let host = url.trim_start_matches("http://").to_owned();
+        let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            info.token
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        tokio::time::timeout(WAIT, s.read_to_string(&mut resp))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{resp}");
+        serde_json::from_str(body).expect("JSON")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_counts_its_mail_at_a_relay_and_its_api_asks_its_relays() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let relay = node(dir.path(), "relay", true, Vec::new()).await;
+        let relay_peer = relay.amid().peer_id().unwrap();
+        let relay_addrs = relay.wait_listening(2, WAIT).await;
+        // Neither keeps its mailbox here, so nothing drains it.
+        let alice = node(dir.path(), "alice", false, Vec::new()).await;
+        let bob = node(dir.path(), "bob", false, Vec::new()).await;
+        let bob_peer = bob.amid().peer_id().unwrap();
+        for n in [&alice, &bob] {
+            tokio::time::timeout(WAIT, n.connect(relay_peer, relay_addrs.clone()))
+                .await
+                .expect("dialled in time")
+                .expect("connected");
+        }
+        let mut sizes = 0;
+        for id in 1..=2u8 {
+            let (mid, expires_ms, bytes) = envelope(&alice, &bob, id);
+            sizes += bytes.len() as u64;
+            crate::mailbox::deposit(
+                &mut alice.stream_control(),
+                relay_peer,
+                &bob_peer,
+                mid.0,
+                expires_ms,
+                bytes,
+            )
+            .await
+            .expect("deposited");
+        }
+        let held = crate::mailbox::count(&mut bob.stream_control(), relay_peer, &bob_peer)
+            .await
+            .expect("counted");
+        assert_eq!(held, (2, sizes));
+        // Nothing was taken: a fetch still gets both.
+        let (items, _) =
+            crate::mailbox::fetch(&mut bob.stream_control(), relay_peer, &bob_peer, 10)
+                .await
+                .unwrap();
+        assert_eq!(items.len(), 2);
+
+        // An agent that keeps its mailbox at the relay asks it through its
+        // local API (dialling it if need be), and one relay that is not
+        // there gets its error row.
+        let relay_addr = relay_addrs[0].to_string();
+        let gone =
+            "/ip4/127.0.0.1/udp/9/quic-v1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        let carol = node(
+            dir.path(),
+            "carol",
+            false,
+            vec![relay_addrs[0].clone(), gone.parse().unwrap()],
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !carol
+            .status()
+            .await
+            .net
+            .mailbox_relays
+            .contains(&relay_addr)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "carol never chose the relay"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let carol_dir = dir.path().join("carol");
+        let api = LocalApi::start(
+            carol,
+            &carol_dir,
+            ApiOptions::new(Some("127.0.0.1:0".parse().unwrap())),
+        )
+        .await
+        .unwrap();
+        let answer = api_get(&carol_dir, "/v1/mailbox").await;
+        let relays = answer["relays"].as_array().expect("a list");
+        let ours = relays
+            .iter()
+            .find(|r| r["relay"] == relay_addr.as_str())
+            .unwrap_or_else(|| panic!("the relay in {answer}"));
+        assert_eq!(ours["envelopes"], 0, "{answer}");
+        assert_eq!(ours["bytes"], 0, "{answer}");
+        assert!(ours.get("error").is_none(), "{answer}");
+        if let Some(other) = relays.iter().find(|r| r["relay"] == gone) {
+            assert!(other["error"].is_string(), "{answer}");
+            assert!(other.get("envelopes").is_none(), "{answer}");
+        }
+        api.stop().await;
+    }
 }

@@ -412,6 +412,25 @@ impl MailboxStore {
         Ok((items, false))
     }
 
+    /// How much unexpired mail is held for `recipient`: envelopes and the
+    /// size of their sealed envelopes in bytes.
+    pub fn held(&self, recipient: &PeerId, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        let mut envelopes = 0u64;
+        let mut bytes = 0u64;
+        for kv in self.mail.scan_prefix(prefix(recipient)) {
+            let (_, v) = kv?;
+            match decode_item(&v) {
+                Ok(item) if item.expires_ms > now_ms => {
+                    envelopes += 1;
+                    bytes += item.envelope.len() as u64;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "skipping a corrupt mailbox item"),
+            }
+        }
+        Ok((envelopes, bytes))
+    }
+
     /// Removes the envelopes `ids` held for `recipient`. Returns how many
     /// were removed and the ids that were not held. Not durable until
     /// [`MailboxStore::flush`].
@@ -725,6 +744,27 @@ mod tests {
         assert_eq!(s.stats().envelopes, 1);
         // The expired id is gone too: acking it reports it unknown.
         assert_eq!(s.ack(&b, &[[1; 16]]).unwrap(), (0, vec![[1; 16]]));
+    }
+
+    #[test]
+    fn held_counts_the_unexpired_mail_of_its_recipient_only() {
+        let (_d, s) = store(MailboxLimits::default());
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        s.deposit(&a, &b.to_bytes(), [1; 16], 100, &[1; 7], 1)
+            .unwrap();
+        s.deposit(&a, &b.to_bytes(), [2; 16], 10_000, &[2; 5], 1)
+            .unwrap();
+        s.deposit(&a, &b.to_bytes(), [3; 16], 10_000, &[3; 4], 1)
+            .unwrap();
+        s.deposit(&a, &c.to_bytes(), [4; 16], 10_000, &[4; 9], 1)
+            .unwrap();
+        assert_eq!(s.held(&b, 50).unwrap(), (3, 16));
+        // The first has expired at 100, swept or not.
+        assert_eq!(s.held(&b, 100).unwrap(), (2, 9));
+        assert_eq!(s.held(&c, 100).unwrap(), (1, 9));
+        assert_eq!(s.held(&a, 100).unwrap(), (0, 0));
+        // Counting changes nothing.
+        assert_eq!(s.fetch(&b, 10, 50).unwrap().0.len(), 3);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{openapi, ApiError, Ctx, ErrorCode, MAX_BODY};
 use crate::{contacts::NameError, identity::Amid, knock::Intent};
 
 mod directory;
+mod mailbox;
 mod messaging;
 mod owner;
 mod registry;
@@ -196,6 +197,7 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
             "/v1/diagnostics",
             get(super::diagnostics::route),
         ),
+        (Method::GET, "/v1/mailbox", get(mailbox::mailbox)),
         (Method::GET, "/metrics", get(metrics)),
         (Method::GET, "/", get(super::dashboard::page)),
         (
