@@ -294,6 +294,65 @@ async fn send_receive_acknowledge_request_reply_and_events() {
         .unwrap()
         .iter()
         .any(|p| p["amid"] == bob_amid && p["sessions"].as_u64().unwrap() >= 1));
+    // Each with its newest session's type and age, the messages each way
+    // (hello, the request and {n: 2} out; the reply in), and whether it
+    // is blocked.
+    let of_bob = |peers: &Value| {
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["amid"] == bob_amid)
+            .cloned()
+            .expect("bob among alice's peers")
+    };
+    let bob_peer = of_bob(&peers);
+    assert!(
+        ["conversation", "request_response"].contains(&bob_peer["session_type"].as_str().unwrap()),
+        "{bob_peer}"
+    );
+    let since = bob_peer["session_since_ms"].as_u64().unwrap();
+    assert!(since <= agentmesh_dht::now_ms() && since > agentmesh_dht::now_ms() - 600_000);
+    assert!(
+        bob_peer["messages_sent"].as_u64().unwrap() >= 2,
+        "{bob_peer}"
+    );
+    assert_eq!(bob_peer["messages_received"], 1, "{bob_peer}");
+    assert_eq!(bob_peer["blocked"], false);
+    assert_eq!(peers["killed"], false);
+    // The status says whether the kill switch is on, and which relays hold
+    // a reservation for us (none: we listen directly); with no mailbox
+    // relay, no mail to ask about.
+    let status = ok(&mut a, Method::GET, "/v1/status", None).await;
+    assert_eq!(status["killed"], false);
+    assert_eq!(status["relay_reservations"], json!([]));
+    let mailbox = ok(&mut a, Method::GET, "/v1/mailbox", None).await;
+    assert_eq!(mailbox, json!({ "relays": [] }));
+    // The kill switch for everyone shows, and clears; the one for bob
+    // blocks him: with no session nor connection left, he is still listed,
+    // blocked.
+    ok(&mut a, Method::POST, "/v1/kill", Some(json!({}))).await;
+    let status = ok(&mut a, Method::GET, "/v1/status", None).await;
+    assert_eq!(status["killed"], true);
+    assert_eq!(
+        ok(&mut a, Method::GET, "/v1/peers", None).await["killed"],
+        true
+    );
+    ok(&mut a, Method::POST, "/v1/kill/clear", None).await;
+    assert_eq!(
+        ok(&mut a, Method::GET, "/v1/status", None).await["killed"],
+        false
+    );
+    ok(
+        &mut a,
+        Method::POST,
+        "/v1/kill",
+        Some(json!({ "amid": bob_amid })),
+    )
+    .await;
+    let peers = ok(&mut a, Method::GET, "/v1/peers", None).await;
+    assert_eq!(of_bob(&peers)["blocked"], true);
+    assert_eq!(peers["killed"], false);
 
     alice_api.stop().await;
     bob_api.stop().await;
@@ -925,7 +984,10 @@ async fn the_dashboard_logs_in_once_and_metrics_and_policy_are_served() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for name in [
         "# TYPE agentmesh_messages_received_total counter",
-        "agentmesh_knocks_total{decision=\"accepted\"} 0",
+        "agentmesh_knocks_total{decision=\"accepted\",reason=\"none\"} 0",
+        "agentmesh_rate_limited_total{direction=\"inbound\",kind=\"knock\"} 0",
+        "agentmesh_messages_received_total{path=\"direct-quic\"} 0",
+        "agentmesh_kill_switch 0",
         "agentmesh_inbox_messages{state=\"ready\"} 0",
         "# TYPE agentmesh_dht_routing_table_peers gauge",
         "# TYPE agentmesh_delivery_latency_seconds histogram",

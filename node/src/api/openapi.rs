@@ -166,17 +166,37 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
             body: None,
             query: &[],
             answer: obj(
-                &["status", "inbox"],
-                json!({ "status": r("Status"), "inbox": { "type": "object" } }),
+                &["status", "inbox", "killed", "relay_reservations"],
+                json!({
+                    "status": r("Status"), "inbox": { "type": "object" },
+                    "killed": { "type": "boolean", "description": "The kill switch for everyone is on" },
+                    "relay_reservations": { "type": "array", "items": { "type": "string" }, "description": "The relays this node holds a circuit relay reservation on" }
+                }),
             ),
         },
-        ("GET", "/v1/peers") => Op {
-            summary: "Known agents (sessions, imported cards, petnames, connections): presence, last seen, path, sessions, petname",
+        ("GET", "/v1/mailbox") => Op {
+            summary: "Mail waiting for this agent at each relay that keeps its mailbox, asked now (nothing is fetched): envelopes and bytes, or why the relay could not say",
             body: None,
             query: &[],
             answer: obj(
-                &["peers"],
-                json!({ "peers": { "type": "array", "items": r("KnownPeer") } }),
+                &["relays"],
+                json!({ "relays": { "type": "array", "items": obj(&["relay"], json!({
+                    "relay": { "type": "string", "description": "The relay's address" },
+                    "envelopes": { "type": "integer" }, "bytes": { "type": "integer" },
+                    "error": { "type": "string" }
+                })) } }),
+            ),
+        },
+        ("GET", "/v1/peers") => Op {
+            summary: "Known agents (sessions, imported cards, petnames, connections, the blocklist): presence, last seen, path, sessions with the newest one's type and age, messages each way, blocked, petname; and whether the kill switch for everyone is on",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["peers", "killed"],
+                json!({
+                    "peers": { "type": "array", "items": r("KnownPeer") },
+                    "killed": { "type": "boolean", "description": "The kill switch for everyone is on" }
+                }),
             ),
         },
         ("GET", "/v1/card") => Op {
@@ -600,7 +620,12 @@ fn components() -> Value {
                 "card_imported": { "type": "boolean", "description": "A card of it was imported out of band" },
                 "last_seen_ms": { "type": ["integer", "null"], "description": "Last connected, wrote or acknowledged (since the node started)" },
                 "path": { "type": ["string", "null"], "description": "The connection's path, when connected" },
-                "sessions": { "type": "integer" }, "session_expires_ms": { "type": ["integer", "null"] }
+                "sessions": { "type": "integer" }, "session_expires_ms": { "type": ["integer", "null"] },
+                "session_type": { "type": ["string", "null"], "enum": ["conversation", "request_response", "stream", "unknown", null], "description": "The newest session's type" },
+                "session_since_ms": { "type": ["integer", "null"], "description": "When the newest session was opened" },
+                "messages_sent": { "type": "integer", "description": "Since the node started; a message left in a mailbox counts once" },
+                "messages_received": { "type": "integer", "description": "Since the node started" },
+                "blocked": { "type": "boolean", "description": "On the blocklist (killed, blocked or by the policy)" }
             })),
             "Name": obj(&["name", "amid"], json!({
                 "name": { "type": "string" }, "amid": { "type": "string" }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,31 +79,69 @@ def test_the_owner_sees_peers_knocks_audit_and_edits_the_policy(page: Any) -> No
         assert response is not None and response.status == 401
         second.close()
 
-        # Peers and sessions: alice, with her session and buttons.
+        # Peers and sessions: alice, with her session (its type, since
+        # when), the message each way, and buttons.
         page.get_by_role("button", name="Peers and sessions").click()
         row = page.locator(f'tr[data-amid="{alice.amid}"]')
         expect(row).to_be_visible()
-        expect(row.locator("td").nth(2)).to_have_text("1")
+        expect(cell(row, "path")).to_have_text("direct-quic")
+        expect(cell(row, "sessions")).to_have_text("1")
+        expect(cell(row, "session-type")).to_have_text("conversation")
+        expect(cell(row, "since")).not_to_have_text("")
+        [alice_peer] = [p for p in bob.peers() if p.amid == alice.amid]
+        assert alice_peer.session_type == "conversation"
+        assert alice_peer.session_since_ms is not None
+        assert alice_peer.session_since_ms <= int(time.time() * 1000)
+        assert (alice_peer.messages_received, alice_peer.blocked) == (1, False)
+        expect(cell(row, "received")).to_have_text("1")
+        expect(cell(row, "sent")).to_have_text("0")
+        # Bob answers: the page (refreshed every few seconds) counts it.
+        bob.send(alice, {"text": "hello alice"})
+        expect(cell(row, "sent")).to_have_text("1")
+        expect(cell(row, "state")).to_have_text("allowed")
+        expect(page.get_by_test_id("kill-switch")).to_have_text("kill switch: off")
 
-        # The kill switch for carol: bob's node refuses her from then on.
-        page.locator(f'tr[data-amid="{carol.amid}"] button[data-do="kill"]').click()
+        # The kill switch for carol: bob's node refuses her from then on,
+        # and her row says so at once.
+        carol_row = page.locator(f'tr[data-amid="{carol.amid}"]')
+        hash_before_kill = bob.client.policy()["policy_hash"]
+        carol_row.locator('button[data-do="kill"]').click()
         expect(page.get_by_test_id("error")).to_have_text("")
+        expect(carol_row).to_have_attribute("data-state", "blocked")
+        expect(cell(carol_row, "state")).to_have_text("blocked")
+        expect(carol_row.locator('button[data-do="kill"]')).to_be_disabled()
+        expect(cell(row, "state")).to_have_text("allowed")
         with pytest.raises(Rejected):
             carol.send(bob, {"text": "after the kill"})
         shoot(page, "peers")
 
         # KNOCKs, live (from the event stream): the accepted ones, and
-        # carol's refused one after the kill.
+        # carol's refused one after the kill, each with the sender's tier
+        # and reputation (none shown: no registry credentials here) and
+        # the hash of the policy that decided: the kill put carol on the
+        # blocklist, so hers is the new policy's.
+        hash_after_kill = bob.client.policy()["policy_hash"]
+        assert hash_after_kill != hash_before_kill
         page.get_by_role("button", name="KNOCKs").click()
         knocks = page.get_by_test_id("knock")
         expect(knocks.filter(has_text="accepted").first).to_be_visible()
         expect(knocks.first).to_contain_text("rejected")
         expect(knocks.first).to_contain_text("blocked")
+        expect(knocks.nth(2)).to_be_visible()
+        for i in range(knocks.count()):
+            knock = knocks.nth(i)
+            expect(cell(knock, "tier")).to_have_text("anonymous")
+            expect(cell(knock, "reputation")).to_have_text("none shown")
+            accepted = "accepted" in knock.inner_text()
+            decided_by = hash_before_kill if accepted else hash_after_kill
+            expect(cell(knock, "policy")).to_have_attribute("data-hash", decided_by)
+            expect(cell(knock, "policy")).to_have_text(decided_by[:12])
         shoot(page, "knocks")
 
         # Messages: metadata of what arrived, never its content.
         page.get_by_role("button", name="Messages").click()
-        expect(page.get_by_test_id("message").first).to_contain_text("received")
+        expect(page.get_by_test_id("message").first).to_be_visible()
+        expect(page.get_by_test_id("messages")).to_contain_text("received")
         expect(page.get_by_test_id("messages")).not_to_contain_text("hello bob")
 
         # Audit log: the chain verifies.
@@ -240,3 +279,118 @@ def test_the_doctor_panel_shows_the_findings_and_runs_again(page: Any) -> None:
         page.get_by_test_id("doctor-run").click()
         expect(state).to_contain_text("run 3 failed: invalid_amid")
         expect(data_dir).to_be_visible()
+
+
+def cell(row: Any, col: str) -> Any:
+    """The cell of a dashboard table row that holds column ``col``."""
+    return row.locator(f'td[data-col="{col}"]')
+
+
+def test_the_kill_switch_for_everyone_shows_its_state_and_clears(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    with LocalMesh(n=2) as mesh:
+        alice, bob = mesh.agents
+        alice.send(bob, {"text": "hello bob"})
+        page.goto(bob.dashboard_link().url)
+        badge = page.get_by_test_id("kill-switch")
+        expect(badge).to_have_text("kill switch: off")
+        expect(page.get_by_test_id("kill-state")).to_have_text("off")
+
+        # On: the header, the Peers tab and alice's row say so at once, and
+        # bob's node refuses her.
+        page.get_by_role("button", name="Peers and sessions").click()
+        row = page.locator(f'tr[data-amid="{alice.amid}"]')
+        expect(row).to_have_attribute("data-state", "allowed")
+        page.get_by_test_id("kill-all").click()
+        expect(badge).to_have_text("KILL SWITCH ON")
+        expect(badge).to_have_attribute("data-state", "on")
+        expect(page.get_by_test_id("peers-kill-state")).to_have_attribute("data-state", "on")
+        expect(row).to_have_attribute("data-state", "killed")
+        expect(cell(row, "state")).to_have_text("refused (kill switch)")
+        expect(page.get_by_test_id("error")).to_have_text("")
+        with pytest.raises(Rejected):
+            alice.send(bob, {"text": "while killed"})
+        assert "agentmesh_kill_switch 1" in bob.metrics().splitlines()
+        page.get_by_role("button", name="Overview").click()
+        expect(page.get_by_test_id("kill-state")).to_contain_text("on")
+
+        # Cleared: everything says off again, and alice gets through.
+        page.get_by_role("button", name="Peers and sessions").click()
+        page.get_by_test_id("clear-kill").click()
+        expect(badge).to_have_text("kill switch: off")
+        expect(page.get_by_test_id("peers-kill-state")).to_have_attribute("data-state", "off")
+        expect(row).to_have_attribute("data-state", "allowed")
+        alice.send(bob, {"text": "after the clear"})
+        expect(page.get_by_test_id("error")).to_have_text("")
+
+
+def test_messages_show_earlier_runs_from_the_audit_log_and_mail_at_the_relays(
+    page: Any,
+) -> None:
+    from playwright.sync_api import expect
+
+    with LocalMesh(n=2) as mesh:
+        alice, bob = mesh.agents
+        first = alice.send(bob, {"text": "before the restart"})
+        answer = bob.send(alice, {"text": "an answer"})
+        # A new run of bob's node: its event log starts empty, the audit
+        # log is on disk.
+        mesh.restart_agent(bob)
+
+        page.goto(bob.dashboard_link().url)
+        expect(page.get_by_test_id("amid")).to_have_text(bob.amid)
+        page.get_by_role("button", name="Messages").click()
+        messages = page.get_by_test_id("messages")
+        received = page.locator(f'tr[data-testid="message"][data-id="{first.id}"]')
+        expect(received).to_have_attribute("data-from", "history")
+        expect(received).to_contain_text("received")
+        sent = page.locator(f'tr[data-testid="message"][data-id="{answer.id}"]')
+        expect(sent).to_have_attribute("data-from", "history")
+        expect(sent).to_contain_text("sent")
+        expect(sent).to_contain_text("direct-quic")
+        expect(page.get_by_test_id("message-history")).to_contain_text("from the audit log")
+        expect(messages).not_to_contain_text("before the restart")
+
+        # A message now comes through the event stream, next to the history.
+        now = alice.send(bob, {"text": "after the restart"})
+        live = page.locator(f'tr[data-testid="message"][data-id="{now.id}"]')
+        expect(live).to_have_attribute("data-from", "live")
+        expect(live).to_contain_text("received")
+        expect(live).to_contain_text("direct-quic")
+        expect(messages).not_to_contain_text("after the restart")
+        # Filtered by peer: alice's three, then nobody's.
+        page.get_by_test_id("message-filter").fill(alice.amid)
+        expect(page.get_by_test_id("message")).to_have_count(3)
+        page.get_by_test_id("message-filter").fill("am1nobody")
+        expect(page.get_by_test_id("message")).to_have_count(0)
+        page.get_by_test_id("message-filter").fill("")
+
+        # Mail waiting at bob's relay, asked when the tab opened: his node
+        # drained it as it came back, so none.
+        relay = page.locator('tr[data-testid="mailbox-relay"]')
+        expect(relay).to_have_count(1)
+        expect(relay).to_have_attribute("data-relay", mesh.relay_addr)
+        expect(relay).to_have_attribute("data-envelopes", "0")
+        expect(page.get_by_test_id("mailbox-state")).to_contain_text("0 envelopes waiting")
+        page.get_by_test_id("mailbox-check").click()
+        expect(page.get_by_test_id("mailbox-state")).to_contain_text("0 envelopes waiting")
+        expect(page.get_by_test_id("error")).to_have_text("")
+        shoot(page, "messages")
+
+
+def test_the_overview_shows_the_relays_holding_a_reservation(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    # Alice is reachable only through the relay: she holds a circuit relay
+    # reservation there, besides keeping her mailbox at it.
+    with LocalMesh(n=1, private=["alice"]) as mesh:
+        [alice] = mesh.agents
+        relay_id = mesh.relay_addr.rsplit("/p2p/", 1)[1]
+        page.goto(alice.dashboard_link().url)
+        expect(page.get_by_test_id("amid")).to_have_text(alice.amid)
+        reserved = page.get_by_test_id("reservations")
+        expect(reserved).to_have_text(re.compile(rf"^/ip[46]/\S+/p2p/{relay_id}$"))
+        assert "agentmesh_relay_reservations 1" in alice.metrics().splitlines()
+        expect(page.get_by_test_id("kill-state")).to_have_text("off")
+        expect(page.get_by_test_id("error")).to_have_text("")

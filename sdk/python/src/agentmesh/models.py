@@ -346,7 +346,12 @@ class Peer:
     ``relayed``, ...) or ``None``; ``presence`` comes from the freshest card
     the node holds of it; ``last_seen_ms`` is when it last connected, wrote
     or acknowledged (ms since the epoch, ``None`` when not since the node
-    started); ``name`` is the local petname."""
+    started); ``name`` is the local petname. ``session_type``
+    (``conversation``, ``request_response``, ``stream``) and
+    ``session_since_ms`` describe the newest session with it;
+    ``messages_sent`` and ``messages_received`` count messages each way
+    since the node started (one left in a mailbox counts once); ``blocked``
+    is true when its KNOCKs are refused (killed, blocked or by the policy)."""
 
     amid: str
     path: str | None = None
@@ -357,6 +362,11 @@ class Peer:
     card_imported: bool = False
     card_expires_ms: int | None = None
     session_expires_ms: int | None = None
+    session_type: str | None = None
+    session_since_ms: int | None = None
+    messages_sent: int = 0
+    messages_received: int = 0
+    blocked: bool = False
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -379,6 +389,11 @@ class Peer:
             card_imported=d.get("card_imported") is True,
             card_expires_ms=opt_int("card_expires_ms"),
             session_expires_ms=opt_int("session_expires_ms"),
+            session_type=_opt_str(d, "session_type"),
+            session_since_ms=opt_int("session_since_ms"),
+            messages_sent=opt_int("messages_sent") or 0,
+            messages_received=opt_int("messages_received") or 0,
+            blocked=d.get("blocked") is True,
             raw=dict(d),
         )
 
