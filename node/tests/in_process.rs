@@ -206,6 +206,7 @@ async fn a_flooding_sender_is_rate_limited_while_a_polite_one_is_not() {
     let polite = node(dir.path(), "polite", Some(&boot)).await;
     assert!(bob.wait_published(WAIT).await);
     let mut inbox = bob.messages().unwrap();
+    let mut events = bob.events();
 
     // 60 messages at once: 3x the limit.
     for i in 0..60 {
@@ -253,6 +254,22 @@ async fn a_flooding_sender_is_rate_limited_while_a_polite_one_is_not() {
         .audit_log(&AuditFilter::default().kind("message_in"))
         .unwrap();
     assert_eq!(logged.len(), flood_seen + 5);
+    // The refusals were reported (what the metrics count), never audited.
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(NodeEvent::Refused {
+                reason: RejectReason::RateLimited,
+                from,
+                ..
+            }) = events.recv().await
+            {
+                return from;
+            }
+        }
+    })
+    .await
+    .expect("a rate-limit refusal event");
+    assert_eq!(refused, Some(flood.amid().to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,6 +284,12 @@ pub(super) fn decide(
         .unwrap_or(Some(crate::ratelimit::RetryAfter { ms: 1_000 }));
     if let Some(wait) = over_budget {
         debug!(from = %via.label(), "knock budget used up; refusing");
+        // Counted (an event, no audit entry: a flood must stay cheap).
+        shared.emit(NodeEvent::Refused {
+            from: Some(via.label()),
+            reason: RejectReason::RateLimited,
+            detail: "knock budget used up".into(),
+        });
         return (
             Decision::Reject {
                 reason: RejectReason::RateLimited,
@@ -647,6 +653,12 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         }
         if let Some(retry) = limited {
             debug!(%peer, retry_ms = retry.ms, "message rate limited");
+            // Counted (an event, no audit entry: a flood must stay cheap).
+            shared.emit(NodeEvent::Refused {
+                from: Some(peer_label(&peer)),
+                reason: RejectReason::RateLimited,
+                detail: "message rate limit".into(),
+            });
             burst.open(shared);
             if let Some(id) = env.peek_id() {
                 burst.acks.push(MsgFrame::Nack {
