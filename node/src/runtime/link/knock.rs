@@ -144,49 +144,19 @@ impl Link {
             Err(LinkError::Retry(_)) => return Some(out),
         };
         let now = now_ms();
-        let sealed = self.shared.store().seal_first(
-            &self.shared.identity,
-            &card,
-            // One-time keys may be used up by the time the peer reads it.
-            true,
-            out.intent.clone(),
-            out.id,
-            &out.content,
-            now,
-        );
-        let (pending, first) = match sealed {
-            Ok(s) => s,
-            Err(e) => {
-                self.fail(out, SendError::InvalidPayload(e.to_string()));
-                return None;
-            }
-        };
-        let Some(first_body) = first.peek() else {
-            self.fail(
-                out,
-                SendError::InvalidPayload("first message unreadable".into()),
-            );
-            return None;
-        };
-        let body = KnockBody {
-            from: self.shared.amid,
-            to: self.peer,
-            intent: out.intent.clone(),
-            session: SessionStore::pending_session_id(&pending),
-            ts_ms: now,
-            nonce: crate::storage::random_array(),
-            first: first.to_bytes(),
-            credentials: self.shared.credentials(),
-        };
-        let sealed = SignedKnock::sign(&self.shared.identity, &body)
-            .map_err(|e| e.to_string())
-            .and_then(|knock| {
-                first_contact::seal_knock(&self.shared.identity, &knock, &first_body)
-                    .map(|env| (knock, env.to_bytes()))
-                    .map_err(|e| e.to_string())
-            });
-        let (knock, bytes) = match sealed {
-            Ok(k) if k.1.len() <= MAX_ENVELOPE_SIZE => k,
+        // One-time keys may be used up by the time the peer reads it.
+        let sealed =
+            self.sealed_knock(&card, &out, true, now)
+                .and_then(|(pending, first, knock)| {
+                    let body = first
+                        .peek()
+                        .ok_or_else(|| "first message unreadable".to_string())?;
+                    let env = first_contact::seal_knock(&self.shared.identity, &knock, &body)
+                        .map_err(|e| e.to_string())?;
+                    Ok((pending, knock, env.to_bytes()))
+                });
+        let (pending, knock, bytes) = match sealed {
+            Ok(k) if k.2.len() <= MAX_ENVELOPE_SIZE => k,
             Ok(_) => {
                 let e = "the first message is too large to leave in a mailbox with its KNOCK";
                 self.fail(out, SendError::InvalidPayload(e.into()));
@@ -263,28 +233,35 @@ impl Link {
         None
     }
 
-    pub(super) async fn try_knock(
-        &mut self,
-        peer_id: PeerId,
+    /// A new outbound session to `card`'s agent, `out` sealed in it as its
+    /// first message, and the signed KNOCK that carries it.
+    fn sealed_knock(
+        &self,
+        card: &crate::card::AgentCard,
         out: &Outgoing,
         use_fallback: bool,
-    ) -> Result<(Decision, crate::session::PendingOutbound, PathKind), LinkError> {
-        let path = self.connect(peer_id).await?;
-        let card = self.resolve().await?;
-        let now = now_ms();
+        now: u64,
+    ) -> Result<
+        (
+            crate::session::PendingOutbound,
+            crate::envelope::SignedEnvelope,
+            SignedKnock,
+        ),
+        String,
+    > {
         let (pending, first) = self
             .shared
             .store()
             .seal_first(
                 &self.shared.identity,
-                &card,
+                card,
                 use_fallback,
                 out.intent.clone(),
                 out.id,
                 &out.content,
                 now,
             )
-            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
+            .map_err(|e| e.to_string())?;
         let body = KnockBody {
             from: self.shared.amid,
             to: self.peer,
@@ -295,8 +272,22 @@ impl Link {
             first: first.to_bytes(),
             credentials: self.shared.credentials(),
         };
-        let knock = SignedKnock::sign(&self.shared.identity, &body)
-            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e.to_string())))?;
+        let knock = SignedKnock::sign(&self.shared.identity, &body).map_err(|e| e.to_string())?;
+        Ok((pending, first, knock))
+    }
+
+    pub(super) async fn try_knock(
+        &mut self,
+        peer_id: PeerId,
+        out: &Outgoing,
+        use_fallback: bool,
+    ) -> Result<(Decision, crate::session::PendingOutbound, PathKind), LinkError> {
+        let path = self.connect(peer_id).await?;
+        let card = self.resolve().await?;
+        let now = now_ms();
+        let (pending, _, knock) = self
+            .sealed_knock(&card, out, use_fallback, now)
+            .map_err(|e| LinkError::Fatal(SendError::InvalidPayload(e)))?;
         let mut control = self.shared.control.clone();
         let stream = control
             .open_stream(peer_id, KNOCK_PROTOCOL)
