@@ -9,7 +9,7 @@
 //!   each event is passed on as soon as it crossed the mesh).
 //! - **Inbound:** a node with an upstream A2A server hands each A2A request
 //!   it accepted to that server and carries the answer back, a streaming
-//!   one event by event (see [`serve`]). Without one, A2A requests reach the
+//!   one event by event (the `serve` submodule). Without one, A2A requests reach the
 //!   application's inbox like any request.
 //!
 //! The gateway's own card (`/.well-known/agent-card.json`) is made from this
