@@ -514,6 +514,11 @@ impl Registry {
         let out = match body.op {
             Operation::Register(r) => Applied::Registered(self.register(req, &signer, r, now_ms)?),
             Operation::Status { presence } => {
+                if presence == agentmesh_node::Presence::Unknown {
+                    return Err(RegistryError::Invalid(
+                        "presence is online, away, dnd or offline".into(),
+                    ));
+                }
                 Applied::Updated(self.update(req, &signer, now_ms, |a| {
                     a.presence = presence;
                     Ok(())

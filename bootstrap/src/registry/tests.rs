@@ -878,3 +878,21 @@ async fn one_signer_is_held_to_its_rate_whatever_its_addresses() {
     register(&r, &b, &["chat"]).await;
     r.apply(&req, None, None, NOW + 1_000).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_presence_the_registry_does_not_know_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let a = Identity::generate();
+    register(&r, &a, &["chat"]).await;
+    let e = apply(
+        &r,
+        &a,
+        Operation::Status {
+            presence: Presence::Unknown,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, RegistryError::Invalid(_)), "{e:?}");
+}

@@ -14,7 +14,9 @@ use crate::{
 
 /// `agentmesh registry-presence`.
 pub(crate) async fn presence(dir: &Path, json: bool, a: &PresenceArgs) -> Result<()> {
-    let presence: Presence = serde_json::from_value(serde_json::Value::String(a.presence.clone()))
+    let presence: Presence = a
+        .presence
+        .parse()
         .with_context(|| format!("{:?}: presence is online, away, dnd or offline", a.presence))?;
     let ks = load_keystore(dir)?;
     let op = Operation::Status { presence };
