@@ -246,6 +246,10 @@ pub fn print_event(json: bool, e: &NodeEvent) {
             "refused input from {}: {reason} ({detail})",
             from.as_deref().unwrap_or("?")
         ),
+        NodeEvent::Throttled {
+            from,
+            retry_after_ms,
+        } => println!("rate limited {from}: to send again in {retry_after_ms} ms"),
         NodeEvent::Connected { peer, path } => println!("connected to {peer} via {path}"),
         NodeEvent::Disconnected { peer } => println!("disconnected from {peer}"),
         NodeEvent::PathUpgraded { peer, path, addr } => {

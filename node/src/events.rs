@@ -188,6 +188,14 @@ pub enum NodeEvent {
         /// The root key the registry named.
         offered: Amid,
     },
+    /// An incoming message was over its sender's rate limit: answered
+    /// with the wait, and sent again by its sender after it (not refused).
+    Throttled {
+        /// The sender.
+        from: String,
+        /// The wait the sender was given, ms.
+        retry_after_ms: u64,
+    },
     /// An incoming envelope or KNOCK was refused.
     Refused {
         /// The sender, when known.

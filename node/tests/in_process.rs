@@ -254,22 +254,17 @@ async fn a_flooding_sender_is_rate_limited_while_a_polite_one_is_not() {
         .audit_log(&AuditFilter::default().kind("message_in"))
         .unwrap();
     assert_eq!(logged.len(), flood_seen + 5);
-    // The refusals were reported (what the metrics count), never audited.
-    let refused = tokio::time::timeout(WAIT, async {
+    // The waits were reported (what the metrics count), never audited.
+    let throttled = tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(NodeEvent::Refused {
-                reason: RejectReason::RateLimited,
-                from,
-                ..
-            }) = events.recv().await
-            {
+            if let Ok(NodeEvent::Throttled { from, .. }) = events.recv().await {
                 return from;
             }
         }
     })
     .await
-    .expect("a rate-limit refusal event");
-    assert_eq!(refused, Some(flood.amid().to_string()));
+    .expect("a throttled event");
+    assert_eq!(throttled, flood.amid().to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,10 @@ impl Counters {
                 self.rate_limited_inputs.fetch_add(1, Relaxed);
                 &self.refused
             }
+            NodeEvent::Throttled { .. } => {
+                self.rate_limited_inputs.fetch_add(1, Relaxed);
+                return;
+            }
             NodeEvent::Rejected {
                 reason: RejectReason::RateLimited,
                 ..

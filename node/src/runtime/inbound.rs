@@ -654,10 +654,10 @@ async fn serve_messages(shared: &Arc<Shared>, peer: PeerId, stream: Stream) {
         if let Some(retry) = limited {
             debug!(%peer, retry_ms = retry.ms, "message rate limited");
             // Counted (an event, no audit entry: a flood must stay cheap).
-            shared.emit(NodeEvent::Refused {
-                from: Some(peer_label(&peer)),
-                reason: RejectReason::RateLimited,
-                detail: "message rate limit".into(),
+            // Not a refusal: the sender sends it again after the wait.
+            shared.emit(NodeEvent::Throttled {
+                from: peer_label(&peer),
+                retry_after_ms: retry.ms,
             });
             burst.open(shared);
             if let Some(id) = env.peek_id() {
