@@ -306,6 +306,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/mailbox": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Mail waiting for this agent at each relay that keeps its mailbox, asked now (nothing is fetched): envelopes and bytes, or why the relay could not say */
+        get: operations["get_v1_mailbox"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/messages": {
         parameters: {
             query?: never;
@@ -416,7 +433,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Known agents (sessions, imported cards, petnames, connections): presence, last seen, path, sessions, petname */
+        /** Known agents (sessions, imported cards, petnames, connections, the blocklist): presence, last seen, path, sessions with the newest one's type and age, messages each way, blocked, petname; and whether the kill switch for everyone is on */
         get: operations["get_v1_peers"];
         put?: never;
         post?: never;
@@ -712,11 +729,17 @@ export interface components {
         };
         KnownPeer: {
             amid: string;
+            /** @description On the blocklist (killed, blocked or by the policy) */
+            blocked?: boolean;
             card_expires_ms?: number | null;
             /** @description A card of it was imported out of band */
             card_imported: boolean;
             /** @description Last connected, wrote or acknowledged (since the node started) */
             last_seen_ms?: number | null;
+            /** @description Since the node started */
+            messages_received?: number;
+            /** @description Since the node started; a message left in a mailbox counts once */
+            messages_sent?: number;
             /** @description Our petname for it */
             name?: string | null;
             /** @description The connection's path, when connected */
@@ -727,6 +750,13 @@ export interface components {
              */
             presence?: "online" | "away" | "dnd" | "offline" | null;
             session_expires_ms?: number | null;
+            /** @description When the newest session was opened */
+            session_since_ms?: number | null;
+            /**
+             * @description The newest session's type
+             * @enum {string|null}
+             */
+            session_type?: "conversation" | "request_response" | "stream" | "unknown" | null;
             sessions: number;
         };
         Message: {
@@ -1483,6 +1513,43 @@ export interface operations {
             };
         };
     };
+    get_v1_mailbox: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        relays: {
+                            bytes?: number;
+                            envelopes?: number;
+                            error?: string;
+                            /** @description The relay's address */
+                            relay: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     get_v1_messages: {
         parameters: {
             query?: {
@@ -1738,6 +1805,8 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
+                        /** @description The kill switch for everyone is on */
+                        killed: boolean;
                         peers: components["schemas"]["KnownPeer"][];
                     };
                 };
@@ -2302,6 +2371,10 @@ export interface operations {
                 content: {
                     "application/json": {
                         inbox: Record<string, never>;
+                        /** @description The kill switch for everyone is on */
+                        killed: boolean;
+                        /** @description The relays this node holds a circuit relay reservation on */
+                        relay_reservations: string[];
                         status: components["schemas"]["Status"];
                     };
                 };
