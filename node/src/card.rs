@@ -43,6 +43,10 @@ pub enum CardError {
     /// [`crate::policy::is_valid_capability`]).
     #[error("card lists an invalid capability {0:?}")]
     InvalidCapability(String),
+    /// The schemas listed name an invalid schema id, or a capability the
+    /// card does not list.
+    #[error("card lists invalid schemas: {0}")]
+    InvalidSchemas(String),
 }
 
 /// Whether an agent wants to be reached, as published in its card.
@@ -107,6 +111,11 @@ pub struct AgentCard {
     /// agent cannot be reached.
     #[serde(default)]
     pub relays: Vec<String>,
+    /// Message schemas accepted per capability ([`crate::schema`]): a KNOCK
+    /// for a capability listed here must name one of its schemas. At most
+    /// [`crate::schema::MAX_CARD_SCHEMAS`] in all.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub schemas: std::collections::BTreeMap<String, Vec<String>>,
     /// Sequence number of the record (filled in on read).
     #[serde(skip)]
     pub seq: u64,
@@ -148,9 +157,42 @@ impl AgentCard {
         {
             return Err(CardError::InvalidCapability(bad.chars().take(64).collect()));
         }
+        card.check_schemas()?;
         card.seq = record.seq;
         card.expires_ms = record.expires_ms;
         Ok(card)
+    }
+
+    /// Checks the schemas listed: at most
+    /// [`MAX_CARD_SCHEMAS`](crate::schema::MAX_CARD_SCHEMAS), well-formed
+    /// ids, for capabilities the card lists.
+    fn check_schemas(&self) -> Result<(), CardError> {
+        let listed: usize = self.schemas.values().map(Vec::len).sum();
+        if self.schemas.len() > crate::schema::MAX_CARD_SCHEMAS
+            || listed > crate::schema::MAX_CARD_SCHEMAS
+        {
+            return Err(CardError::TooMany("schemas"));
+        }
+        for (capability, ids) in &self.schemas {
+            if !self.capabilities.contains(capability) {
+                return Err(CardError::InvalidSchemas(format!(
+                    "{} is not a listed capability",
+                    capability.chars().take(64).collect::<String>()
+                )));
+            }
+            if let Some(bad) = ids.iter().find(|id| !crate::schema::is_valid_schema_id(id)) {
+                return Err(CardError::InvalidSchemas(format!(
+                    "{:?} is not a schema id",
+                    bad.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The schemas the agent takes for `capability` (empty: any payload).
+    pub fn schemas_for(&self, capability: &str) -> &[String] {
+        self.schemas.get(capability).map_or(&[], Vec::as_slice)
     }
 
     /// The listed addresses that parse.
@@ -204,6 +246,7 @@ mod tests {
             addrs: Vec::new(),
             presence,
             relays,
+            schemas: Default::default(),
             seq: 0,
             expires_ms: 0,
         };

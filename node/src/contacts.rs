@@ -334,6 +334,7 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
             presence: Presence::Online,
             relays: Vec::new(),
+            schemas: Default::default(),
             seq: 0,
             expires_ms: 0,
         };

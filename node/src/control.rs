@@ -41,6 +41,9 @@ pub enum Request {
         /// Capability declared in the KNOCK.
         #[serde(default)]
         capability: Option<String>,
+        /// Schema the payload follows ([`crate::schema`]).
+        #[serde(default)]
+        schema: Option<String>,
     },
     /// Report status.
     Status,
@@ -115,6 +118,9 @@ pub enum Request {
         /// Capability declared in the KNOCK.
         #[serde(default)]
         capability: Option<String>,
+        /// Schema the payload follows ([`crate::schema`]).
+        #[serde(default)]
+        schema: Option<String>,
         /// How long to wait for the reply. Defaults to 30 s.
         #[serde(default)]
         timeout_ms: Option<u64>,
@@ -330,18 +336,23 @@ fn route(req: &Request) -> (Method, String, Option<Value>) {
             to,
             payload,
             capability,
+            schema,
         } => post(
             "/v1/send",
-            json!({ "to": to, "payload": payload, "capability": capability }),
+            json!({ "to": to, "payload": payload, "capability": capability, "schema": schema }),
         ),
         Request::SendRequest {
             to,
             payload,
             capability,
+            schema,
             timeout_ms,
         } => post(
             "/v1/request",
-            json!({ "to": to, "payload": payload, "capability": capability, "timeout_ms": timeout_ms }),
+            json!({
+                "to": to, "payload": payload, "capability": capability, "schema": schema,
+                "timeout_ms": timeout_ms
+            }),
         ),
         Request::Reply {
             to,

@@ -56,6 +56,7 @@ pub mod memory_cap;
 pub mod plugin;
 pub mod registry;
 mod runtime;
+pub mod schema;
 pub mod storage;
 pub mod trust;
 pub mod wire;

@@ -186,6 +186,8 @@ struct Shared {
     identity: Identity,
     amid: Amid,
     config: Config,
+    /// The message schemas known (standard and custom).
+    schemas: Arc<crate::schema::Schemas>,
     store: Mutex<SessionStore>,
     policy: RwLock<Policy>,
     events: broadcast::Sender<NodeEvent>,

@@ -328,6 +328,38 @@ async fn send_receive_acknowledge_request_reply_and_events() {
     assert_eq!(status["relay_reservations"], json!([]));
     let mailbox = ok(&mut a, Method::GET, "/v1/mailbox", None).await;
     assert_eq!(mailbox, json!({ "relays": [] }));
+    // The schemas alice knows: the standard ones, with their JSON Schema;
+    // she takes none in particular.
+    let schemas = ok(&mut a, Method::GET, "/v1/schemas", None).await;
+    let ids: Vec<&str> = schemas["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        agentmesh_node::schema::STANDARD.len(),
+        "{schemas}"
+    );
+    assert!(ids.contains(&"agentmesh/request@1"), "{schemas}");
+    let request = schemas["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "agentmesh/request@1")
+        .unwrap();
+    assert_eq!(request["schema"]["required"], json!(["type", "action"]));
+    assert_eq!(schemas["accepted"], json!({}));
+    // A payload that fails a schema alice knows is refused before sending.
+    let refused = err(
+        &mut a,
+        Method::POST,
+        "/v1/send",
+        Some(json!({"to": bob_amid, "payload": {"note": 1}, "schema": "agentmesh/text@1"})),
+    )
+    .await;
+    assert_eq!(refused, ErrorCode::InvalidPayload);
     // The kill switch for everyone shows, and clears; the one for bob
     // blocks him: with no session nor connection left, he is still listed,
     // blocked.

@@ -136,6 +136,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
                     to: agents[to].amid.clone(),
                     payload: payload.clone(),
                     capability: None,
+                    schema: None,
                 }),
             )
             .await
@@ -186,6 +187,7 @@ pub async fn run(opts: DevnetOptions) -> Result<usize> {
             to: bob.amid.clone(),
             payload: payload.clone(),
             capability: None,
+            schema: None,
         }),
     )
     .await

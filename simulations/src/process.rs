@@ -386,6 +386,7 @@ pub async fn control_send(
         to: to.into(),
         payload,
         capability: None,
+        schema: None,
     };
     tokio::time::timeout(timeout, c.request(&request))
         .await

@@ -32,6 +32,7 @@ fn send(to: &str, payload: Value) -> Request {
         to: to.into(),
         payload,
         capability: None,
+        schema: None,
     }
 }
 
@@ -237,6 +238,7 @@ async fn requests_conversations_and_streams_across_processes() {
                     to,
                     payload: json!({"q": "weather?"}),
                     capability: Some("research/search".into()),
+                    schema: None,
                     timeout_ms: Some(60_000),
                 },
             )
@@ -275,6 +277,7 @@ async fn requests_conversations_and_streams_across_processes() {
             to: bob_amid.clone(),
             payload: json!({"q": "anyone?"}),
             capability: None,
+            schema: None,
             timeout_ms: Some(1500),
         },
     )

@@ -42,7 +42,9 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 &["to", "payload"],
                 json!({
                     "to": { "type": "string" }, "payload": {},
-                    "capability": { "type": "string" }, "wait": { "type": "boolean", "default": true }
+                    "capability": { "type": "string" },
+                    "schema": { "type": "string", "description": "schema the payload follows, e.g. `agentmesh/request@1` (see GET /v1/schemas)" },
+                    "wait": { "type": "boolean", "default": true }
                 }),
             )),
             query: &[],
@@ -54,7 +56,9 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 &["to", "payload"],
                 json!({
                     "to": { "type": "string" }, "payload": {},
-                    "capability": { "type": "string" }, "timeout_ms": { "type": "integer", "minimum": 0 }
+                    "capability": { "type": "string" },
+                    "schema": { "type": "string", "description": "schema the payload follows, e.g. `agentmesh/request@1` (see GET /v1/schemas)" },
+                    "timeout_ms": { "type": "integer", "minimum": 0 }
                 }),
             )),
             query: &[],
@@ -196,6 +200,18 @@ fn describe(method: &Method, path: &str) -> Option<Op> {
                 json!({
                     "peers": { "type": "array", "items": r("KnownPeer") },
                     "killed": { "type": "boolean", "description": "The kill switch for everyone is on" }
+                }),
+            ),
+        },
+        ("GET", "/v1/schemas") => Op {
+            summary: "The message schemas this agent knows (JSON Schema), and those it takes per capability (listed in its card)",
+            body: None,
+            query: &[],
+            answer: obj(
+                &["schemas", "accepted"],
+                json!({
+                    "schemas": { "type": "array", "items": obj(&["id", "schema"], json!({ "id": { "type": "string" }, "schema": { "type": "object" } })) },
+                    "accepted": { "type": "object", "additionalProperties": { "type": "array", "items": { "type": "string" } } }
                 }),
             ),
         },

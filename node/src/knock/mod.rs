@@ -86,6 +86,11 @@ pub struct Intent {
     pub action: String,
     /// Session type.
     pub session_type: SessionType,
+    /// The schema the initiator's messages and requests follow, e.g.
+    /// `agentmesh/request@1` ([`crate::schema`]); the receiver checks each
+    /// one against it. `None`: payloads are free-form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 impl Default for Intent {
@@ -94,6 +99,7 @@ impl Default for Intent {
             capability: "communication/messaging".into(),
             action: "send".into(),
             session_type: SessionType::Conversation,
+            schema: None,
         }
     }
 }
@@ -105,12 +111,19 @@ impl Intent {
             capability: capability.into(),
             action: action.into(),
             session_type: SessionType::Conversation,
+            schema: None,
         }
     }
 
     /// The same intent for a session of type `t`.
     pub fn with_session_type(mut self, t: SessionType) -> Self {
         self.session_type = t;
+        self
+    }
+
+    /// The same intent, its messages following schema `id`.
+    pub fn with_schema(mut self, id: impl Into<String>) -> Self {
+        self.schema = Some(id.into());
         self
     }
 }
@@ -203,6 +216,14 @@ pub enum RejectReason {
     /// or none is shown.
     #[error("reputation too low")]
     ReputationTooLow,
+    /// The KNOCK names a schema the receiver does not know or does not
+    /// take for this capability, or names none where the capability needs
+    /// one (the receiver's card lists what it takes).
+    #[error("unsupported schema")]
+    UnsupportedSchema,
+    /// The message does not conform to the session's schema.
+    #[error("payload does not conform to the schema")]
+    SchemaInvalid,
     /// A reason this version does not know.
     #[serde(other)]
     #[error("other")]
@@ -291,6 +312,11 @@ impl SignedKnock {
             .map_err(|e| KnockError::Malformed(e.to_string()))?;
         if body.intent.capability.len() > MAX_INTENT_FIELD
             || body.intent.action.len() > MAX_INTENT_FIELD
+            || body
+                .intent
+                .schema
+                .as_ref()
+                .is_some_and(|s| s.len() > MAX_INTENT_FIELD)
         {
             return Err(KnockError::Malformed("intent too long".into()));
         }

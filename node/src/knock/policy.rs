@@ -410,6 +410,11 @@ impl Policy {
         if !is_valid_capability(&knock.intent.capability)
             || knock.intent.action.is_empty()
             || knock.intent.session_type == SessionType::Unknown
+            || knock
+                .intent
+                .schema
+                .as_deref()
+                .is_some_and(|s| !crate::schema::is_valid_schema_id(s))
         {
             return reject(RejectReason::InvalidIntent);
         }

@@ -128,6 +128,7 @@ impl NodeBuilder {
         if let Some(path) = &self.config.policy_file {
             self.config.policy = Policy::from_file(path)?;
         }
+        let schemas = Arc::new(schemas_of(&self.config)?);
         let pass = match self.passphrase {
             Some(p) => p,
             None => Passphrase::from_env()?,
@@ -139,8 +140,45 @@ impl NodeBuilder {
         })
         .await
         .map_err(|_| SpawnError::NoDataDir)??;
-        Node::start(keystore, dir, self.config, self.bootstrap, self.plugins)
+        Node::start(
+            keystore,
+            dir,
+            self.config,
+            schemas,
+            self.bootstrap,
+            self.plugins,
+        )
     }
+}
+
+/// The standard schemas with the configuration's custom ones, after
+/// checking that what the card will list is known and advertised.
+fn schemas_of(config: &Config) -> Result<crate::schema::Schemas, SpawnError> {
+    let mut schemas = crate::schema::Schemas::standard();
+    for (id, json) in &config.custom_schemas {
+        schemas.add(id, json.clone())?;
+    }
+    let mut listed = 0;
+    for (capability, ids) in &config.accept_schemas {
+        if !config.capabilities.contains(capability) {
+            return Err(SpawnError::AcceptSchemas(format!(
+                "{capability} is not among the capabilities advertised"
+            )));
+        }
+        for id in ids {
+            if !schemas.contains(id) {
+                return Err(crate::schema::SchemaError::Unknown(id.clone()).into());
+            }
+        }
+        listed += ids.len();
+    }
+    if listed > crate::schema::MAX_CARD_SCHEMAS {
+        return Err(SpawnError::AcceptSchemas(format!(
+            "{listed} schemas listed; a card holds at most {}",
+            crate::schema::MAX_CARD_SCHEMAS
+        )));
+    }
+    Ok(schemas)
 }
 
 impl Node {
@@ -159,6 +197,7 @@ impl Node {
         keystore: Keystore,
         dir: PathBuf,
         config: Config,
+        schemas: Arc<crate::schema::Schemas>,
         bootstrap: Vec<Multiaddr>,
         plugins: Vec<Arc<dyn Plugin>>,
     ) -> Result<Node, SpawnError> {
@@ -169,6 +208,7 @@ impl Node {
             .flush_every_ms(Some(200))
             .open()?;
         let mut store = SessionStore::open(amid, &db, keystore.storage_key())?;
+        store.set_payload_check(schemas.clone());
         let audit = AuditLog::open(&db, Some(keystore.storage_key()))?;
         let killed_all = db.get(KILLED_ALL_KEY)?.is_some();
         let (knock_rate, msg_rate) = rate_limits(&config.policy);
@@ -235,6 +275,7 @@ impl Node {
             amid,
             policy: RwLock::new(config.policy.clone()),
             config,
+            schemas,
             store: Mutex::new(store),
             events,
             inbox_tx,

@@ -61,6 +61,30 @@ impl Node {
         }
     }
 
+    /// The message schemas this node knows ([`crate::schema`]).
+    pub fn schemas(&self) -> &crate::schema::Schemas {
+        &self.shared.schemas
+    }
+
+    /// The schemas this node takes per capability (listed in its card).
+    pub fn accepted_schemas(&self) -> &crate::schema::Accepted {
+        &self.shared.config.accept_schemas
+    }
+
+    /// The schemas `amid` takes per capability, from its card (the DHT's,
+    /// else one imported out of band): what a sender names in its intent.
+    /// `None` when no card is found.
+    pub async fn schemas_of(&self, amid: &Amid) -> Option<crate::schema::Accepted> {
+        let card = match self.lookup(amid).await {
+            Some(c) => c,
+            None => self
+                .imported_cards()
+                .into_iter()
+                .find(|c| &c.amid == amid)?,
+        };
+        Some(card.schemas)
+    }
+
     /// Looks up an agent's card (keys, addresses, capabilities, presence)
     /// through the DHT.
     pub async fn lookup(&self, amid: &Amid) -> Option<AgentCard> {

@@ -24,6 +24,14 @@ pub struct Config {
     /// Capabilities advertised in the card. Defaults to
     /// `["communication/messaging"]`.
     pub capabilities: Vec<String>,
+    /// Message schemas accepted per capability, listed in the card: a KNOCK
+    /// for one of these capabilities must name one of its schemas, and the
+    /// initiator's messages are checked against it ([`crate::schema`]).
+    /// Defaults to none (payloads are free-form).
+    pub accept_schemas: crate::schema::Accepted,
+    /// Custom schemas (`x-<namespace>/<name>@<major>` and their JSON
+    /// Schema), added in order after the standard ones. Defaults to none.
+    pub custom_schemas: Vec<(String, serde_json::Value)>,
     /// Lifetime of a published card. Defaults to 1 h.
     pub card_ttl: Duration,
     /// Republish the card after this long. Defaults to 20 min.
@@ -225,6 +233,8 @@ impl Config {
             transport: TransportConfig::default(),
             dht,
             capabilities: vec!["communication/messaging".into()],
+            accept_schemas: Default::default(),
+            custom_schemas: Vec::new(),
             card_ttl: Duration::from_secs(3600),
             republish_every: Duration::from_secs(20 * 60),
             delivery_timeout: Duration::from_secs(60),

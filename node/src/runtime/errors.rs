@@ -50,6 +50,14 @@ pub enum SpawnError {
     /// [`crate::policy::is_valid_capability`]).
     #[error("capability {0:?} is not a lowercase path such as `chat` or `weather/forecast`")]
     InvalidCapability(String),
+    /// A custom schema does not compile, or `accept_schemas` names a
+    /// schema not known or a capability not advertised.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    /// `accept_schemas` lists schemas for a capability the node does not
+    /// advertise, or more than a card holds.
+    #[error("accept_schemas: {0}")]
+    AcceptSchemas(String),
 }
 
 /// Why a dial made through the node failed.

@@ -373,6 +373,21 @@ pub(super) fn decide(
         Via::Connection(_) => policy.evaluate(&shared.amid, &body, ctx, now),
         Via::Mailbox(_) => policy.evaluate_mailed(&shared.amid, &body, ctx, now, max_age),
     };
+    if matches!(decision, Decision::Accept { .. }) {
+        // The schema the KNOCK names must be one we take for its capability.
+        if let Err(detail) = crate::schema::knock_schema_ok(
+            &shared.schemas,
+            &shared.config.accept_schemas,
+            &body.intent.capability,
+            body.intent.schema.as_deref(),
+        ) {
+            debug!(from = %body.from, %detail, "knock names no schema we take");
+            decision = Decision::Reject {
+                reason: RejectReason::UnsupportedSchema,
+                retry_after_ms: None,
+            };
+        }
+    }
     if shared.killed_all.load(std::sync::atomic::Ordering::SeqCst) {
         // The owner's kill switch overrides every policy.
         decision = Decision::Reject {

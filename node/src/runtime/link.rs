@@ -435,10 +435,15 @@ impl Link {
             return;
         }
         let current = match out.session {
+            // A message naming a schema goes in a session we opened with
+            // that schema (the peer checks it there); one naming none, in
+            // any session where our messages are not checked.
             None => self
                 .shared
                 .store()
-                .current_session(&self.peer, now_ms())
+                .current_session_where(&self.peer, now_ms(), |s| {
+                    crate::schema::session_fits(s, out.intent.schema.as_deref())
+                })
                 .map(|s| s.id),
             // A message of a given session (a reply, a conversation's end)
             // never opens another one.

@@ -278,6 +278,31 @@ impl Node {
         self.enqueue(to, id, content, None, intent, None).await
     }
 
+    /// Checks a message or request naming a schema against it before it is
+    /// sealed, when the schema is known here (the receiver checks again).
+    fn check_schema(&self, intent: &Intent, content: &Content) -> Result<(), SendError> {
+        let Some(id) = &intent.schema else {
+            return Ok(());
+        };
+        if !crate::schema::is_valid_schema_id(id) {
+            return Err(SendError::InvalidPayload(format!(
+                "invalid schema id {id:?}"
+            )));
+        }
+        if !matches!(content.kind, Kind::Message | Kind::Request)
+            || !self.shared.schemas.contains(id)
+        {
+            return Ok(());
+        }
+        let payload = content
+            .payload()
+            .map_err(|e| SendError::InvalidPayload(e.to_string()))?;
+        self.shared
+            .schemas
+            .validate(id, &payload)
+            .map_err(|e| SendError::InvalidPayload(e.to_string()))
+    }
+
     /// Queues `content` for `to` in `session` (or the current one).
     pub(super) async fn enqueue(
         &self,
@@ -294,6 +319,7 @@ impl Node {
         if to == &self.shared.amid {
             return Err(SendError::InvalidPayload("cannot send to self".into()));
         }
+        self.check_schema(&intent, &content)?;
         let out = Outgoing {
             id,
             content,

@@ -131,6 +131,17 @@ pub(super) async fn sessions(State(ctx): State<Arc<Ctx>>) -> Answer {
     ))
 }
 
+pub(super) async fn schemas(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let known = ctx.node.schemas();
+    let list: Vec<Value> = known
+        .ids()
+        .filter_map(|id| known.get(id).map(|s| json!({ "id": id, "schema": s })))
+        .collect();
+    Ok(Json(
+        json!({ "schemas": list, "accepted": ctx.node.accepted_schemas() }),
+    ))
+}
+
 pub(super) async fn lookup(State(ctx): State<Arc<Ctx>>, Path(text): Path<String>) -> Answer {
     let a = recipient(&ctx, &text)?;
     // The DHT's card, else one imported out of band.

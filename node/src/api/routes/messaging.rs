@@ -22,7 +22,7 @@ use crate::{
     envelope::{MessageId, SessionId},
 };
 
-use super::{id16, intent, internal, recipient, AmidBody, Answer, Body, Q};
+use super::{id16, intent, intent_with, internal, recipient, AmidBody, Answer, Body, Q};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +31,8 @@ pub(super) struct SendBody {
     payload: Value,
     #[serde(default)]
     capability: Option<String>,
+    #[serde(default)]
+    schema: Option<String>,
     #[serde(default = "yes")]
     wait: bool,
 }
@@ -44,13 +46,13 @@ pub(super) async fn send(State(ctx): State<Arc<Ctx>>, Body(b): Body<SendBody>) -
     if b.wait {
         let receipt = ctx
             .node
-            .send_with(&to, b.payload, intent(b.capability))
+            .send_with(&to, b.payload, intent_with(b.capability, b.schema))
             .await?;
         Ok(Json(json!({ "receipt": receipt })))
     } else {
         let id = ctx
             .node
-            .send_nowait_with(&to, b.payload, intent(b.capability))
+            .send_nowait_with(&to, b.payload, intent_with(b.capability, b.schema))
             .await?;
         Ok(Json(json!({ "id": id })))
     }
@@ -63,6 +65,8 @@ pub(super) struct RequestBody {
     payload: Value,
     #[serde(default)]
     capability: Option<String>,
+    #[serde(default)]
+    schema: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
 }
@@ -80,7 +84,7 @@ pub(super) async fn request(State(ctx): State<Arc<Ctx>>, Body(b): Body<RequestBo
         .min(MAX_REPLY_TIMEOUT);
     let reply = ctx
         .node
-        .request(&to, intent(b.capability), b.payload, timeout)
+        .request(&to, intent_with(b.capability, b.schema), b.payload, timeout)
         .await?;
     Ok(Json(json!({ "reply": reply })))
 }

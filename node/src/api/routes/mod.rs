@@ -23,7 +23,7 @@ mod owner;
 mod registry;
 
 use directory::{
-    export_card, import_card, imported_cards, lookup, names, peers, remove_name, sessions,
+    export_card, import_card, imported_cards, lookup, names, peers, remove_name, schemas, sessions,
     set_name, status,
 };
 use messaging::{ack, end, events, events_stream, messages, release, reply, request, send, stream};
@@ -122,6 +122,13 @@ fn intent(capability: Option<String>) -> Intent {
     intent
 }
 
+/// The intent of a message or request: its capability and schema.
+fn intent_with(capability: Option<String>, schema: Option<String>) -> Intent {
+    let mut intent = intent(capability);
+    intent.schema = schema;
+    intent
+}
+
 fn ok() -> Answer {
     Ok(Json(json!({})))
 }
@@ -154,6 +161,7 @@ pub(super) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Ctx>>)> {
         (Method::GET, "/v1/status", get(status)),
         (Method::GET, "/v1/peers", get(peers)),
         (Method::GET, "/v1/sessions", get(sessions)),
+        (Method::GET, "/v1/schemas", get(schemas)),
         (Method::GET, "/v1/card", get(export_card)),
         (Method::POST, "/v1/cards", post(import_card)),
         (Method::GET, "/v1/cards", get(imported_cards)),

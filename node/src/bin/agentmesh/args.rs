@@ -194,6 +194,17 @@ pub(crate) struct RunArgs {
     /// `communication/messaging`.
     #[arg(long)]
     pub(crate) capability: Vec<String>,
+    /// Message schemas a capability takes, as `CAPABILITY=SCHEMA`
+    /// (repeatable; e.g. `weather/forecast=agentmesh/request@1`): listed in
+    /// the card; KNOCKs for the capability must name one, and messages are
+    /// checked against it.
+    #[arg(long = "accept-schema", value_name = "CAPABILITY=SCHEMA")]
+    pub(crate) accept_schema: Vec<String>,
+    /// A custom message schema, as `ID=FILE` (repeatable): `ID` is
+    /// `x-<namespace>/<name>@<major>`, `FILE` a JSON Schema (draft
+    /// 2020-12) that may `$ref` the standard schemas by id.
+    #[arg(long = "schema-file", value_name = "ID=FILE")]
+    pub(crate) schema_file: Vec<String>,
     /// Policy file (TOML); reloaded on SIGHUP or `agentmesh policy reload`.
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
@@ -268,6 +279,10 @@ pub(crate) struct SendArgs {
     /// Capability declared in the KNOCK.
     #[arg(long)]
     pub(crate) capability: Option<String>,
+    /// Schema the payload follows, e.g. `agentmesh/request@1`: named in
+    /// the KNOCK, checked here and by the recipient.
+    #[arg(long)]
+    pub(crate) schema: Option<String>,
 }
 
 /// Arguments of `request`.
@@ -280,6 +295,9 @@ pub(crate) struct RequestArgs {
     /// Capability declared in the KNOCK.
     #[arg(long)]
     pub(crate) capability: Option<String>,
+    /// Schema the payload follows, e.g. `agentmesh/request@1`.
+    #[arg(long)]
+    pub(crate) schema: Option<String>,
     /// Seconds to wait for the reply.
     #[arg(long, default_value_t = 30)]
     pub(crate) timeout: u64,

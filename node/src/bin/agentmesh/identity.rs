@@ -105,6 +105,8 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
         block,
         allow,
         capability,
+        accept_schema,
+        schema_file,
         policy,
         relays,
         private,
@@ -141,6 +143,24 @@ pub(crate) async fn run(dir: &Path, json: bool, a: &RunArgs) -> Result<()> {
     }
     if !capability.is_empty() {
         config.capabilities = capability.clone();
+    }
+    for a in accept_schema {
+        let (cap, id) = a
+            .split_once('=')
+            .with_context(|| format!("--accept-schema {a:?}: CAPABILITY=SCHEMA expected"))?;
+        config
+            .accept_schemas
+            .entry(cap.to_string())
+            .or_default()
+            .push(id.to_string());
+    }
+    for f in schema_file {
+        let (id, path) = f
+            .split_once('=')
+            .with_context(|| format!("--schema-file {f:?}: ID=FILE expected"))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let json = serde_json::from_str(&text).with_context(|| format!("{path}: not JSON"))?;
+        config.custom_schemas.push((id.to_string(), json));
     }
     config.policy_file = policy.clone();
     config.policy.block.extend(block.iter().copied());

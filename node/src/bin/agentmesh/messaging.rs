@@ -19,6 +19,7 @@ pub(crate) async fn send(dir: &Path, json: bool, a: &SendArgs) -> Result<()> {
         to,
         payload,
         capability,
+        schema,
     } = a;
     let payload = json_or_text(payload);
     let mut client = Client::connect(dir).await?;
@@ -27,6 +28,7 @@ pub(crate) async fn send(dir: &Path, json: bool, a: &SendArgs) -> Result<()> {
             to: to.to_string(),
             payload,
             capability: capability.clone(),
+            schema: schema.clone(),
         })
         .await?;
     if json {
@@ -54,12 +56,14 @@ pub(crate) async fn request(dir: &Path, json: bool, a: &RequestArgs) -> Result<(
         to,
         payload,
         capability,
+        schema,
         timeout,
     } = a;
     let req = Request::SendRequest {
         to: to.to_string(),
         payload: json_or_text(payload),
         capability: capability.clone(),
+        schema: schema.clone(),
         timeout_ms: Some(timeout.saturating_mul(1000)),
     };
     let resp = ask(dir, &req).await?;

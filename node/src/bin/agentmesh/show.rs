@@ -116,6 +116,9 @@ pub(crate) async fn lookup(dir: &Path, json: bool, amid: &str) -> Result<()> {
         println!("amid          {}", card.amid);
         println!("presence      {:?}", card.presence);
         println!("capabilities  {}", card.capabilities.join(", "));
+        for (capability, ids) in &card.schemas {
+            println!("schemas       {capability}: {}", ids.join(", "));
+        }
         for a in &card.addrs {
             println!("address       {a}");
         }

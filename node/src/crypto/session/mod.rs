@@ -140,6 +140,22 @@ pub struct SessionStore {
     pickle_key: SubKey,
     inbox_sealer: Sealer,
     prekeys_changed: bool,
+    /// Checks payloads before they are accepted (message schemas).
+    payload_check: Option<std::sync::Arc<dyn PayloadCheck>>,
+}
+
+/// Checks a decrypted payload before the store accepts it: the node's
+/// message schemas ([`crate::schema`]). A payload refused is not put in
+/// the inbox and its sender gets
+/// [`RejectReason::SchemaInvalid`](crate::RejectReason::SchemaInvalid).
+pub trait PayloadCheck: Send + Sync {
+    /// `Err(detail)` refuses the message.
+    fn check(
+        &self,
+        session: &SessionInfo,
+        kind: &crate::content::Kind,
+        payload: &serde_json::Value,
+    ) -> Result<(), String>;
 }
 
 impl std::fmt::Debug for SessionStore {
@@ -210,6 +226,7 @@ impl SessionStore {
             inbox_sealer: Sealer::new(derive(storage_key, "inbox")),
             pickle_key,
             prekeys_changed: false,
+            payload_check: None,
         };
         let mut batch = sled::Batch::default();
         store.put_account(&mut batch);
@@ -335,10 +352,34 @@ impl SessionStore {
         Ok(rotated)
     }
 
+    /// Sets the check every received payload passes before it is accepted.
+    pub fn set_payload_check(&mut self, check: std::sync::Arc<dyn PayloadCheck>) {
+        self.payload_check = Some(check);
+    }
+
     /// Whether the prekeys changed since the last call (the card must be
     /// republished).
     pub fn take_prekeys_changed(&mut self) -> bool {
         std::mem::take(&mut self.prekeys_changed)
+    }
+
+    /// The newest valid session with `peer` at `now_ms` that `fits`, for
+    /// which we also hold an Olm session.
+    pub fn current_session_where(
+        &self,
+        peer: &Amid,
+        now_ms: u64,
+        fits: impl Fn(&SessionInfo) -> bool,
+    ) -> Option<SessionInfo> {
+        if !self.has_olm(peer) {
+            return None;
+        }
+        self.sessions
+            .get(peer)?
+            .iter()
+            .filter(|s| s.expires_ms > now_ms && fits(s))
+            .max_by_key(|s| s.created_ms)
+            .cloned()
     }
 
     /// The newest valid session with `peer` at `now_ms` for which we also
@@ -500,6 +541,7 @@ mod tests {
             addrs: vec![],
             presence: Default::default(),
             relays: Vec::new(),
+            schemas: Default::default(),
             seq: 0,
             expires_ms: 0,
         }

@@ -67,6 +67,9 @@ pub enum OpenError {
     /// The payload is not JSON.
     #[error("payload is not valid JSON")]
     BadPayload,
+    /// The payload does not conform to the session's schema.
+    #[error("{0}")]
+    SchemaInvalid(String),
     /// Local storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -82,6 +85,7 @@ impl OpenError {
                 EnvelopeError::Expired | EnvelopeError::FromTheFuture | EnvelopeError::ExpiryTooFar,
             ) => RejectReason::StaleTimestamp,
             OpenError::Envelope(_) | OpenError::BadPayload => RejectReason::Malformed,
+            OpenError::SchemaInvalid(_) => RejectReason::SchemaInvalid,
             OpenError::UnknownSession => RejectReason::UnknownSession,
             OpenError::PrekeyUnavailable => RejectReason::PrekeyUnavailable,
             OpenError::Decrypt(_) => RejectReason::DecryptFailed,
@@ -210,6 +214,13 @@ impl SessionStore {
             self.olm.entry(body.from).or_default().push(olm);
             return Err(OpenError::BadPayload);
         };
+        if let Some(check) = &self.payload_check {
+            if let Err(detail) = check.check(&info, &content.kind, &payload) {
+                // Refused like a payload that is not JSON.
+                self.olm.entry(body.from).or_default().push(olm);
+                return Err(OpenError::SchemaInvalid(detail));
+            }
+        }
         let received = Received {
             id: body.id,
             from: body.from,

@@ -403,6 +403,7 @@ impl Actor {
                 .iter()
                 .map(|(_, a)| a.to_string())
                 .collect(),
+            schemas: self.shared.config.accept_schemas.clone(),
             seq: 0,
             expires_ms: 0,
         };
