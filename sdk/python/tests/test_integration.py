@@ -757,3 +757,107 @@ def test_timeseries_standing_and_diagnostics(mesh: LocalMesh) -> None:
     assert probe["result"] == "ok", probe
     assert probed["punch"]["peer"] == alice.amid and probed["punch"]["outcome"] == "direct"
     assert bob.diagnostics(punch=alice)["punch"]["outcome"] == "direct"
+
+
+FORECAST = {"type": "request", "action": "forecast", "params": {"city": "Oslo"}}
+ALERT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["type", "severity"],
+    "properties": {"type": {"const": "alert"}, "severity": {"enum": ["low", "high"]}},
+}
+
+
+def test_message_schemas(mesh: LocalMesh, tmp_path: Path) -> None:
+    # A weather agent (agentmesh run: the mesh's agents take no schema
+    # flags) whose weather/forecast takes agentmesh/request@1 only, and
+    # whose weather/alerts takes a custom schema only it knows.
+    (tmp_path / "alert.json").write_text(json.dumps(ALERT_SCHEMA))
+    wes = Agent.start(
+        "wes",
+        data_dir=tmp_path / "wes",
+        bootstrap=mesh.bootstrap_addr,
+        relays=[mesh.relay_addr],
+        extra_args=[
+            "--capability",
+            "weather/forecast",
+            "--capability",
+            "weather/alerts",
+            "--accept-schema",
+            "weather/forecast=agentmesh/request@1",
+            "--schema-file",
+            f"x-acme/alert@1={tmp_path / 'alert.json'}",
+            "--accept-schema",
+            "weather/alerts=x-acme/alert@1",
+        ],
+    )
+    alice, carol = mesh["alice"], mesh["carol"]
+    try:
+        # What wes knows and takes, as it says and as its card says.
+        known = wes.schemas()
+        assert set(agentmesh.STANDARD_SCHEMAS) | {"x-acme/alert@1"} <= set(known.ids)
+        assert known.schemas["x-acme/alert@1"]["required"] == ["type", "severity"]
+        assert known.accepted == {
+            "weather/alerts": ["x-acme/alert@1"],
+            "weather/forecast": ["agentmesh/request@1"],
+        }
+        assert alice.schemas_of(wes) == known.accepted
+        assert alice.schemas().accepted == {}
+        assert wes.schemas_of(alice) == {}  # no schemas in its card: any payload
+
+        # No schema, one wes does not take for the capability, or one it
+        # does not know: refused.
+        with pytest.raises(agentmesh.Rejected) as refused:
+            alice.send(wes, FORECAST, capability="weather/forecast")
+        assert refused.value.reason == "unsupported_schema", refused.value.body
+        text = {"type": "text", "text": "Oslo?"}
+        for payload, schema in ((text, "agentmesh/text@1"), (FORECAST, "x-acme/unknown@1")):
+            with pytest.raises(agentmesh.Rejected) as refused:
+                alice.send(wes, payload, capability="weather/forecast", schema=schema)
+            assert refused.value.reason == "unsupported_schema", refused.value.body
+
+        # A conforming request arrives.
+        r = alice.send(wes, FORECAST, capability="weather/forecast", schema="agentmesh/request@1")
+        assert r.to == wes.amid
+        assert wait_message(wes, lambda m: m.id == r.id).payload == FORECAST
+
+        # One that does not conform to a schema alice's node knows fails
+        # there, before anything is sent.
+        with pytest.raises(agentmesh.InvalidPayload) as invalid:
+            alice.send(
+                wes,
+                {"type": "request", "params": {"city": "Oslo"}},
+                capability="weather/forecast",
+                schema="agentmesh/request@1",
+            )
+        assert invalid.value.status == 400
+
+        # A schema only the receiver knows: the receiver checks.
+        with pytest.raises(agentmesh.Rejected) as refused:
+            carol.send(
+                wes,
+                {"type": "alert", "severity": "dire"},
+                capability="weather/alerts",
+                schema="x-acme/alert@1",
+            )
+        assert refused.value.reason == "schema_invalid", refused.value.body
+        alert = {"type": "alert", "severity": "high"}
+        r = carol.send(wes, alert, capability="weather/alerts", schema="x-acme/alert@1")
+        assert wait_message(wes, lambda m: m.id == r.id).payload == alert
+
+        # A request with a schema, answered.
+        @wes.on_message(kind="request", sender=alice)
+        def answer(msg: Message) -> None:
+            msg.reply({"type": "response", "result": {"city": "Oslo", "temp_c": 3}})
+
+        with wes.run_in_background(poll=1.0):
+            reply = alice.request(
+                wes,
+                {"type": "request", "action": "forecast", "params": {"city": "Oslo"}},
+                capability="weather/forecast",
+                schema="agentmesh/request@1",
+                timeout=WAIT,
+            )
+        assert reply.kind == "reply" and reply.payload["result"]["temp_c"] == 3
+    finally:
+        wes.stop()

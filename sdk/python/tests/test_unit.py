@@ -757,3 +757,141 @@ def test_registry_policy_dashboard_and_metrics_routes(node: FakeNode, client: Cl
                 await c.search("weather")
 
     asyncio.run(main())
+
+
+# Message schemas
+
+FORECAST = {"type": "request", "action": "forecast", "params": {"city": "Oslo"}}
+REQUEST_SCHEMA = {"$id": "agentmesh/request@1", "type": "object", "required": ["type", "action"]}
+
+
+def test_send_and_request_name_a_schema(node: FakeNode, client: Client) -> None:
+    node.route("POST", "/v1/send")(lambda r: ok({"receipt": receipt()}))
+    node.route("POST", "/v1/request")(
+        lambda r: ok({"reply": message("11" * 16, kind="reply", reply_to=HEX)})
+    )
+    client.send(AMID_B, FORECAST, capability="weather/forecast", schema="agentmesh/request@1")
+    assert node.body() == {
+        "to": AMID_B,
+        "payload": FORECAST,
+        "capability": "weather/forecast",
+        "schema": "agentmesh/request@1",
+    }
+    # No schema: none in the body (the recipient decides what that means).
+    client.send(AMID_B, FORECAST, capability="weather/forecast")
+    assert "schema" not in node.body()
+    node.route("POST", "/v1/send")(lambda r: ok({"id": HEX}))
+    assert client.send(AMID_B, "hi", schema="agentmesh/text@1", wait=False) == HEX
+    assert node.body() == {
+        "to": AMID_B,
+        "payload": {"text": "hi"},
+        "schema": "agentmesh/text@1",
+        "wait": False,
+    }
+    client.request(AMID_B, FORECAST, capability="weather/forecast", schema="x-acme/q@2", timeout=3)
+    assert node.body() == {
+        "to": AMID_B,
+        "payload": FORECAST,
+        "timeout_ms": 3000,
+        "capability": "weather/forecast",
+        "schema": "x-acme/q@2",
+    }
+    with pytest.raises(TypeError):
+        client.send(AMID_B, {}, schema=1)  # type: ignore[call-overload]
+
+    # The Agent passes it along, with or without waiting.
+    agent = Agent(client, name="alice")
+    node.route("POST", "/v1/send")(lambda r: ok({"receipt": receipt()}))
+    agent.send(AMID_B, FORECAST, capability="weather/forecast", schema="agentmesh/request@1")
+    assert node.body()["schema"] == "agentmesh/request@1" and "wait" not in node.body()
+    node.route("POST", "/v1/send")(lambda r: ok({"id": HEX}))
+    assert agent.send(AMID_B, FORECAST, schema="agentmesh/request@1", wait=False) == HEX
+    assert node.body()["schema"] == "agentmesh/request@1" and node.body()["wait"] is False
+    agent.request(AMID_B, FORECAST, schema="agentmesh/request@1", timeout=1)
+    assert node.body()["schema"] == "agentmesh/request@1"
+
+    async def main() -> None:
+        async with AsyncClient(
+            "http://127.0.0.1:1", TOKEN, transport=httpx.MockTransport(node)
+        ) as c:
+            assert await c.send(AMID_B, FORECAST, schema="agentmesh/request@1", wait=False) == HEX
+            assert node.body()["schema"] == "agentmesh/request@1"
+            await c.request(AMID_B, FORECAST, capability="weather/forecast", schema="a/b@1")
+            assert node.body()["schema"] == "a/b@1"
+
+    asyncio.run(main())
+
+
+def test_schemas_and_a_peers_accepted_schemas(node: FakeNode, client: Client) -> None:
+    answer = {
+        "schemas": [
+            {"id": "agentmesh/text@1", "schema": {"type": "object"}},
+            {"id": "agentmesh/request@1", "schema": REQUEST_SCHEMA},
+        ],
+        "accepted": {"weather/forecast": ["agentmesh/request@1"]},
+    }
+    node.route("GET", "/v1/schemas")(lambda r: ok(answer))
+    cat = client.schemas()
+    assert isinstance(cat, agentmesh.SchemaCatalog)
+    assert node.requests[-1].method == "GET" and node.requests[-1].content == b""
+    assert cat.ids == ["agentmesh/text@1", "agentmesh/request@1"]
+    assert cat.schemas["agentmesh/request@1"] == REQUEST_SCHEMA
+    assert cat.accepted == {"weather/forecast": ["agentmesh/request@1"]}
+    assert cat.accepts("weather/forecast") == ["agentmesh/request@1"]
+    assert cat.accepts("chat") == []
+    assert cat.raw == answer
+    assert set(agentmesh.STANDARD_SCHEMAS) >= set(cat.ids)
+    # Nothing accepted: an empty object.
+    node.route("GET", "/v1/schemas")(lambda r: ok({"schemas": [], "accepted": {}}))
+    assert Agent(client).schemas() == agentmesh.SchemaCatalog(schemas={}, accepted={})
+    bad_answers: list[dict[str, Any]] = [
+        {"accepted": {}},
+        {"schemas": [{"id": "a/b@1"}], "accepted": {}},
+        {"schemas": [], "accepted": {"chat": "agentmesh/text@1"}},
+    ]
+    for bad in bad_answers:
+
+        def bad_answer(r: httpx.Request, bad: dict[str, Any] = bad) -> httpx.Response:
+            return ok(bad)
+
+        node.route("GET", "/v1/schemas")(bad_answer)
+        with pytest.raises(BadResponse):
+            client.schemas()
+
+    card: dict[str, Any] = {"amid": AMID_B, "capabilities": ["weather/forecast"]}
+    node.route("GET", f"/v1/lookup/{AMID_B}")(lambda r: ok({"card": card}))
+    assert client.schemas_of(AMID_B) == {}  # absent: any payload
+    card["schemas"] = {"weather/forecast": ["agentmesh/request@1"]}
+    assert client.schemas_of(AMID_B) == {"weather/forecast": ["agentmesh/request@1"]}
+    bob = Agent(
+        Client("http://127.0.0.1:2", TOKEN, amid=AMID_B, transport=httpx.MockTransport(node)),
+        name="bob",
+    )
+    assert Agent(client).schemas_of(bob) == {"weather/forecast": ["agentmesh/request@1"]}
+    assert agentmesh.card_schemas({"amid": AMID_B}) == {}
+
+    async def main() -> None:
+        async with AsyncClient(
+            "http://127.0.0.1:1", TOKEN, transport=httpx.MockTransport(node)
+        ) as c:
+            node.route("GET", "/v1/schemas")(lambda r: ok(answer))
+            assert (await c.schemas()).accepts("weather/forecast") == ["agentmesh/request@1"]
+            assert await c.schemas_of(AMID_B) == {"weather/forecast": ["agentmesh/request@1"]}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("reason", ["unsupported_schema", "schema_invalid"])
+def test_schema_refusals(node: FakeNode, client: Client, reason: str) -> None:
+    node.route("POST", "/v1/send")(
+        lambda r: err(403, "rejected", f"rejected by recipient: {reason}", reason=reason)
+    )
+    with pytest.raises(Rejected) as e:
+        client.send(AMID_B, {}, capability="weather/forecast")
+    assert e.value.reason == reason
+    node.route("POST", "/v1/request")(
+        lambda r: err(400, "invalid_payload", "the payload does not conform to agentmesh/request@1")
+    )
+    with pytest.raises(agentmesh.InvalidPayload) as bad:
+        client.request(AMID_B, {"type": "request"}, schema="agentmesh/request@1")
+    assert bad.value.status == 400 and "conform" in bad.value.message

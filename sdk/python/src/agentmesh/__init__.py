@@ -47,6 +47,7 @@ from .errors import (
 )
 from .mesh import LocalMesh
 from .models import (
+    STANDARD_SCHEMAS,
     ApiInfo,
     Card,
     DashboardLink,
@@ -56,7 +57,9 @@ from .models import (
     Peer,
     PolicyCheck,
     Receipt,
+    SchemaCatalog,
     StreamResult,
+    card_schemas,
     default_data_dir,
 )
 
@@ -104,12 +107,15 @@ __all__ = [
     "Rejected",
     "ReplyTimeout",
     "Runner",
+    "STANDARD_SCHEMAS",
+    "SchemaCatalog",
     "StorageError",
     "Stopped",
     "StreamResult",
     "Unauthorized",
     "Unreachable",
     "__version__",
+    "card_schemas",
     "default_data_dir",
     "error_class",
     "error_from_body",

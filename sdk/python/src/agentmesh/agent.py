@@ -36,6 +36,7 @@ from .models import (
     Peer,
     PolicyCheck,
     Receipt,
+    SchemaCatalog,
     StreamResult,
 )
 
@@ -338,12 +339,19 @@ class Agent:
         payload: Any,
         *,
         capability: str | None = ...,
+        schema: str | None = ...,
         wait: Literal[True] = ...,
     ) -> Receipt: ...
 
     @overload
     def send(
-        self, to: str | Agent, payload: Any, *, capability: str | None = ..., wait: Literal[False]
+        self,
+        to: str | Agent,
+        payload: Any,
+        *,
+        capability: str | None = ...,
+        schema: str | None = ...,
+        wait: Literal[False],
     ) -> str: ...
 
     def send(
@@ -352,16 +360,20 @@ class Agent:
         payload: Any,
         *,
         capability: str | None = None,
+        schema: str | None = None,
         wait: bool = True,
     ) -> Receipt | str:
         """Sends ``payload`` (any JSON value; a string is sent as
         ``{"text": ...}``) to an AMID or an :class:`Agent`. Returns the
         :class:`Receipt` (``id``, ``to``, ``path``, ``knocked``, ``session``)
         once delivered or deposited in a relay mailbox; with ``wait=False``
-        the message id at once."""
+        the message id at once. ``schema`` names the message schema the
+        payload follows (see :meth:`Client.send` and :meth:`schemas_of`)."""
         if wait:
-            return self.client.send(_amid(to), payload, capability=capability)
-        return self.client.send(_amid(to), payload, capability=capability, wait=False)
+            return self.client.send(_amid(to), payload, capability=capability, schema=schema)
+        return self.client.send(
+            _amid(to), payload, capability=capability, schema=schema, wait=False
+        )
 
     def request(
         self,
@@ -369,10 +381,14 @@ class Agent:
         payload: Any,
         *,
         capability: str | None = None,
+        schema: str | None = None,
         timeout: float = 30.0,
     ) -> Message:
-        """Sends a request and returns the reply :class:`Message`."""
-        return self.client.request(_amid(to), payload, capability=capability, timeout=timeout)
+        """Sends a request and returns the reply :class:`Message`
+        (``schema`` as for :meth:`send`)."""
+        return self.client.request(
+            _amid(to), payload, capability=capability, schema=schema, timeout=timeout
+        )
 
     def reply(self, msg: Message, payload: Any, *, same_session: bool = False) -> Receipt:
         """Answers ``msg`` (same as ``msg.reply(payload)``)."""
@@ -625,6 +641,16 @@ class Agent:
     def lookup(self, amid: str | Agent) -> JSON:
         """An agent's card, from the DHT."""
         return self.client.lookup(_amid(amid))
+
+    def schemas(self) -> SchemaCatalog:
+        """The message schemas this agent's node knows, and those it takes
+        per capability (see :meth:`Client.schemas`)."""
+        return self.client.schemas()
+
+    def schemas_of(self, amid: str | Agent) -> dict[str, list[str]]:
+        """The message schemas another agent takes, per capability, from its
+        card: ``{}`` when it lists none."""
+        return self.client.schemas_of(_amid(amid))
 
     def block(self, amid: str | Agent) -> None:
         """Refuses this agent from now on."""

@@ -31,7 +31,9 @@ from .models import (
     Peer,
     PolicyCheck,
     Receipt,
+    SchemaCatalog,
     StreamResult,
+    card_schemas,
 )
 
 __all__ = ["AsyncClient", "Client", "DEFAULT_TIMEOUT"]
@@ -124,10 +126,21 @@ def _as_int(v: Any, what: str) -> int:
 # Route builders and answer parsers, shared by both clients.
 
 
-def _send_call(to: str, payload: Any, capability: str | None, wait: bool, timeout: float) -> _Call:
-    body: JSON = {"to": to, "payload": _payload(payload)}
+def _intent(body: JSON, capability: str | None, schema: str | None) -> JSON:
+    """``body`` with the intent's ``capability`` and ``schema``, when given."""
     if capability is not None:
         body["capability"] = capability
+    if schema is not None:
+        if not isinstance(schema, str):
+            raise TypeError("schema: a schema id such as 'agentmesh/request@1'")
+        body["schema"] = schema
+    return body
+
+
+def _send_call(
+    to: str, payload: Any, capability: str | None, schema: str | None, wait: bool, timeout: float
+) -> _Call:
+    body = _intent({"to": to, "payload": _payload(payload)}, capability, schema)
     if not wait:
         body["wait"] = False
     return _post("/v1/send", body, timeout)
@@ -142,10 +155,11 @@ def _send_answer(data: Any, wait: bool) -> Receipt | str:
     return mid
 
 
-def _request_call(to: str, payload: Any, capability: str | None, timeout: float) -> _Call:
+def _request_call(
+    to: str, payload: Any, capability: str | None, schema: str | None, timeout: float
+) -> _Call:
     body: JSON = {"to": to, "payload": _payload(payload), "timeout_ms": _ms(timeout, 1, 2**53)}
-    if capability is not None:
-        body["capability"] = capability
+    _intent(body, capability, schema)
     return _post("/v1/request", body, timeout + _GRACE)
 
 
@@ -284,6 +298,7 @@ _DASHBOARD_LINK = _Call("POST", "/v1/dashboard/link")
 _KILL_CLEAR = _Call("POST", "/v1/kill/clear")
 _RELOAD_POLICY = _Call("POST", "/v1/policy/reload")
 _METRICS = _Call("GET", "/metrics", text=True, headers={"Accept": "text/plain"})
+_SCHEMAS = _Call("GET", "/v1/schemas")
 
 
 def _session_answer(data: Any) -> str | None:
@@ -554,30 +569,65 @@ class Client(_Base):
 
     @overload
     def send(
-        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[True] = ...
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = ...,
+        schema: str | None = ...,
+        wait: Literal[True] = ...,
     ) -> Receipt: ...
 
     @overload
     def send(
-        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[False]
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = ...,
+        schema: str | None = ...,
+        wait: Literal[False],
     ) -> str: ...
 
     def send(
-        self, to: str, payload: Any, *, capability: str | None = None, wait: bool = True
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = None,
+        schema: str | None = None,
+        wait: bool = True,
     ) -> Receipt | str:
         """Sends ``payload`` (any JSON value; a string is sent as
         ``{"text": ...}``) to ``to``. Returns the :class:`Receipt` once the
         recipient acknowledged it (or a relay mailbox took it); with
-        ``wait=False``, the message id at once (the outcome comes as an event)."""
-        data = self._do(_send_call(to, payload, capability, wait, self.timeout))
+        ``wait=False``, the message id at once (the outcome comes as an event).
+
+        ``capability`` is the intent declared in the KNOCK (default
+        ``communication/messaging``); ``schema`` names the message schema
+        the payload follows (``agentmesh/request@1``, or a custom
+        ``x-<ns>/<name>@<major>``). A recipient that lists schemas for the
+        capability (:meth:`schemas_of`) refuses a KNOCK naming none or
+        another (:class:`Rejected`, ``reason == "unsupported_schema"``) and a
+        payload its schema refuses (``reason == "schema_invalid"``); a
+        payload that fails a schema this node knows raises
+        :class:`InvalidPayload` before anything is sent."""
+        data = self._do(_send_call(to, payload, capability, schema, wait, self.timeout))
         return _send_answer(data, wait)
 
     def request(
-        self, to: str, payload: Any, *, capability: str | None = None, timeout: float = 30.0
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = None,
+        schema: str | None = None,
+        timeout: float = 30.0,
     ) -> Message:
         """Sends a request and returns the reply (raises :class:`ReplyTimeout`
-        when none comes within ``timeout`` seconds)."""
-        data = self._do(_request_call(to, payload, capability, timeout))
+        when none comes within ``timeout`` seconds). ``capability`` and
+        ``schema`` as for :meth:`send`."""
+        data = self._do(_request_call(to, payload, capability, schema, timeout))
         return Message.from_json(_dict(data, "reply"), self)
 
     def reply(self, to: str, id: str, payload: Any, *, session: str | None = None) -> Receipt:
@@ -708,6 +758,18 @@ class Client(_Base):
     def lookup(self, amid: str) -> JSON:
         """An agent's card from the DHT (raises :class:`NotFound` if none)."""
         return _dict(self._do(_get(f"/v1/lookup/{amid}")), "card")
+
+    def schemas(self) -> SchemaCatalog:
+        """The message schemas this node knows (the standard ones and those
+        given with ``--schema-file``) and those it takes per capability
+        (``--accept-schema``, listed in its card): ``GET /v1/schemas``."""
+        return SchemaCatalog.from_json(_dict(self._do(_SCHEMAS)))
+
+    def schemas_of(self, amid: str) -> dict[str, list[str]]:
+        """The message schemas another agent takes, per capability, from
+        its card (:meth:`lookup`): ``{}`` when it lists none (it takes any
+        payload)."""
+        return card_schemas(self.lookup(amid))
 
     def close_sessions(self, amid: str) -> int:
         """Ends every session with ``amid``; returns how many."""
@@ -943,26 +1005,50 @@ class AsyncClient(_Base):
 
     @overload
     async def send(
-        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[True] = ...
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = ...,
+        schema: str | None = ...,
+        wait: Literal[True] = ...,
     ) -> Receipt: ...
 
     @overload
     async def send(
-        self, to: str, payload: Any, *, capability: str | None = ..., wait: Literal[False]
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = ...,
+        schema: str | None = ...,
+        wait: Literal[False],
     ) -> str: ...
 
     async def send(
-        self, to: str, payload: Any, *, capability: str | None = None, wait: bool = True
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = None,
+        schema: str | None = None,
+        wait: bool = True,
     ) -> Receipt | str:
         """See :meth:`Client.send`."""
-        data = await self._do(_send_call(to, payload, capability, wait, self.timeout))
+        data = await self._do(_send_call(to, payload, capability, schema, wait, self.timeout))
         return _send_answer(data, wait)
 
     async def request(
-        self, to: str, payload: Any, *, capability: str | None = None, timeout: float = 30.0
+        self,
+        to: str,
+        payload: Any,
+        *,
+        capability: str | None = None,
+        schema: str | None = None,
+        timeout: float = 30.0,
     ) -> Message:
         """See :meth:`Client.request`."""
-        data = await self._do(_request_call(to, payload, capability, timeout))
+        data = await self._do(_request_call(to, payload, capability, schema, timeout))
         return Message.from_json(_dict(data, "reply"), self)
 
     async def reply(self, to: str, id: str, payload: Any, *, session: str | None = None) -> Receipt:
@@ -1071,6 +1157,14 @@ class AsyncClient(_Base):
     async def lookup(self, amid: str) -> JSON:
         """See :meth:`Client.lookup`."""
         return _dict(await self._do(_get(f"/v1/lookup/{amid}")), "card")
+
+    async def schemas(self) -> SchemaCatalog:
+        """See :meth:`Client.schemas`."""
+        return SchemaCatalog.from_json(_dict(await self._do(_SCHEMAS)))
+
+    async def schemas_of(self, amid: str) -> dict[str, list[str]]:
+        """See :meth:`Client.schemas_of`."""
+        return card_schemas(await self.lookup(amid))
 
     async def close_sessions(self, amid: str) -> int:
         """See :meth:`Client.close_sessions`."""

@@ -192,7 +192,10 @@ class MethodNotAllowed(AgentMeshError):
 @_register
 class Rejected(AgentMeshError):
     """403: the recipient refused; ``reason`` is the KNOCK reject reason
-    (``"blocked"``, ``"intent_denied"``, ``"not_allowed"``, ...)."""
+    (``"blocked"``, ``"intent_denied"``, ``"not_allowed"``, ...; for message
+    schemas ``"unsupported_schema"``: the KNOCK named no schema, or one the
+    recipient does not take for the capability, and ``"schema_invalid"``: the
+    recipient's schema refused the payload)."""
 
     CODE = "rejected"
     STATUS = 403
@@ -214,7 +217,9 @@ class Rejected(AgentMeshError):
 
 @_register
 class InvalidPayload(AgentMeshError):
-    """400: the payload is too large for one message, or not encodable."""
+    """400: the payload is too large for one message, not encodable, or does
+    not conform to the message schema named (when this node knows it: checked
+    before anything is sent)."""
 
     CODE = "invalid_payload"
     STATUS = 400

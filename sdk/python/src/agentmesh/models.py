@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_FILE",
     "PATH_KINDS",
+    "STANDARD_SCHEMAS",
     "ApiInfo",
     "DashboardLink",
     "Event",
@@ -26,7 +27,9 @@ __all__ = [
     "Peer",
     "PolicyCheck",
     "Receipt",
+    "SchemaCatalog",
     "StreamResult",
+    "card_schemas",
     "default_data_dir",
 ]
 
@@ -489,3 +492,74 @@ class StreamResult:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> StreamResult:
         return cls(chunks=_int(d, "chunks", "stream", 0), bytes=_int(d, "bytes", "stream", 0))
+
+
+#: The ids of the standard message schemas every node knows.
+STANDARD_SCHEMAS = (
+    "agentmesh/text@1",
+    "agentmesh/request@1",
+    "agentmesh/response@1",
+    "agentmesh/error@1",
+    "agentmesh/task-update@1",
+    "agentmesh/file-offer@1",
+)
+
+
+def _accepted(v: Any, what: str) -> dict[str, list[str]]:
+    """``{capability: [schema id, ...]}``, checked."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise BadResponse(f"{what}: expected an object of capabilities")
+    out: dict[str, list[str]] = {}
+    for capability, ids in v.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BadResponse(f"{what}: the schemas of {capability!r} are not a list of ids")
+        out[capability] = list(ids)
+    return out
+
+
+def card_schemas(card: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The message schemas an agent's card (:meth:`Client.lookup`) says it
+    takes, per capability: ``{}`` when the card lists none."""
+    return _accepted(card.get("schemas"), "card schemas")
+
+
+@dataclass(frozen=True)
+class SchemaCatalog:
+    """The message schemas a node knows and those it takes
+    (``GET /v1/schemas``).
+
+    ``schemas`` maps each schema id it knows (the standard ones,
+    :data:`STANDARD_SCHEMAS`, and custom ``x-<ns>/<name>@<major>`` ones) to
+    its JSON Schema, in the node's order; ``accepted`` maps each capability
+    that takes schemas to their ids (what its card lists). A capability not
+    in ``accepted`` takes any payload."""
+
+    schemas: dict[str, JSON]
+    accepted: dict[str, list[str]]
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids of the schemas the node knows."""
+        return list(self.schemas)
+
+    def accepts(self, capability: str) -> list[str]:
+        """The schemas the node takes for ``capability`` (``[]``: any payload)."""
+        return list(self.accepted.get(capability, []))
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SchemaCatalog:
+        what = "schemas"
+        raw = d.get("schemas")
+        if not isinstance(raw, list):
+            raise BadResponse(f"{what}: 'schemas' is missing or not a list")
+        schemas: dict[str, JSON] = {}
+        for item in raw:
+            entry = _object(item, what)
+            schema = entry.get("schema")
+            if not isinstance(schema, dict):
+                raise BadResponse(f"{what}: the schema of {entry.get('id')!r} is not an object")
+            schemas[_str(entry, "id", what)] = schema
+        return cls(schemas=schemas, accepted=_accepted(d.get("accepted"), what), raw=dict(d))
