@@ -10,7 +10,7 @@
  * @module
  */
 import { Client, type AuditOptions, type CheckPolicyOptions, type Diagnostics, type MessagesOptions, type Presence, type Recipient, type RegistryStanding, type RequestOptions, type SearchOptions, type SearchResults, type SendOptions, type StreamOptions, type Timeseries } from "./client.js";
-import { type ApiInfo, type Card, type Event, type JsonObject, type Message, type Peer, type PolicyCheck, type Receipt, type ReplyOptions, type Status, type StreamResult } from "./models.js";
+import { type ApiInfo, type Card, type Event, type JsonObject, type Message, type Peer, type PolicyCheck, type Receipt, type ReplyOptions, type SchemaCatalog, type Status, type StreamResult } from "./models.js";
 import { NodeProcess } from "./process.js";
 /** The passphrase file {@link Agent.start} creates when none is given. */
 export declare const PASSPHRASE_FILE = "passphrase";
@@ -231,6 +231,10 @@ export declare class Agent {
     sessions(): Promise<JsonObject[]>;
     /** An agent's signed card, from the DHT (`NotFound` if none). */
     lookup(amid: Recipient): Promise<JsonObject>;
+    /** The message schemas this agent's node knows, and those it takes per capability. */
+    schemas(): Promise<SchemaCatalog>;
+    /** The message schemas another agent takes, per capability, from its card: `{}` when none. */
+    schemasOf(amid: Recipient): Promise<Record<string, string[]>>;
     /** Agents offering `capability`, from the node's registry. */
     search(capability: string, options?: SearchOptions): Promise<SearchResults>;
     /** Registers this agent with the node's registry. */

@@ -484,6 +484,14 @@ export class Agent {
     lookup(amid) {
         return this.client.lookup(amidOf(amid));
     }
+    /** The message schemas this agent's node knows, and those it takes per capability. */
+    schemas() {
+        return this.client.schemas();
+    }
+    /** The message schemas another agent takes, per capability, from its card: `{}` when none. */
+    schemasOf(amid) {
+        return this.client.schemasOf(amidOf(amid));
+    }
     /** Agents offering `capability`, from the node's registry. */
     search(capability, options = {}) {
         return this.client.search(capability, options);

@@ -6,7 +6,7 @@
  * @module
  */
 import type { ApiAnswer, ApiBody, ApiMethod, ApiPath, ApiPathParams, ApiQuery, MethodOf } from "./api.js";
-import { type ApiInfo, type Card, type Event, type EventBatch, type InboxCounts, type JsonObject, type Peer, type PolicyCheck, type Receipt, type Status, type StreamResult, Message } from "./models.js";
+import { type ApiInfo, type Card, type Event, type EventBatch, type InboxCounts, type JsonObject, type Peer, type PolicyCheck, type Receipt, type SchemaCatalog, type Status, type StreamResult, Message } from "./models.js";
 /**
  * Milliseconds to wait for an answer that is not a long-poll (a send waits
  * for the recipient's acknowledgement, up to a minute on the node's side).
@@ -95,6 +95,16 @@ export interface SendOptions {
     /** The capability declared in the KNOCK (default `communication/messaging`). */
     capability?: string;
     /**
+     * The message schema the payload follows (`agentmesh/request@1`, or a
+     * custom `x-<ns>/<name>@<major>`). A recipient that lists schemas for the
+     * capability ({@link Client.schemasOf}) refuses a KNOCK naming none or
+     * another (`Rejected`, `reason` `unsupported_schema`) and a payload its
+     * schema refuses (`reason` `schema_invalid`); a payload that fails a
+     * schema this node knows rejects with `InvalidPayload` before anything is
+     * sent.
+     */
+    schema?: string;
+    /**
      * Wait for the receipt (default). With `false`, {@link Client.send}
      * returns the message id at once; the outcome comes as an event.
      */
@@ -104,6 +114,8 @@ export interface SendOptions {
 export interface RequestOptions {
     /** The capability declared in the KNOCK. */
     capability?: string;
+    /** The message schema the payload follows (see {@link SendOptions.schema}). */
+    schema?: string;
     /** Milliseconds to wait for the reply (default 30 000). */
     timeoutMs?: number;
 }
@@ -326,6 +338,17 @@ export declare class Client {
     sessions(): Promise<JsonObject[]>;
     /** An agent's signed card from the DHT (rejects with `NotFound` if none). */
     lookup(amid: string): Promise<JsonObject>;
+    /**
+     * The message schemas this node knows (the standard ones and those given
+     * with `--schema-file`) and those it takes per capability
+     * (`--accept-schema`, listed in its card): `GET /v1/schemas`.
+     */
+    schemas(): Promise<SchemaCatalog>;
+    /**
+     * The message schemas another agent takes, per capability, from its card
+     * ({@link lookup}): `{}` when it lists none (it takes any payload).
+     */
+    schemasOf(amid: string): Promise<Record<string, string[]>>;
     /** Ends every session with `amid`; resolves to how many. */
     closeSessions(amid: string): Promise<number>;
     /** Closes every connection to `amid` (sessions stay). */

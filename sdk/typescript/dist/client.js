@@ -8,7 +8,7 @@
 import http from "node:http";
 import { resolve as resolvePath } from "node:path";
 import { AgentMeshError, BadResponse, NodeNotRunning, errorFromBody } from "./errors.js";
-import { Message, cardFromJson, eventBatchFromJson, eventFromJson, isObject, loadApiInfo, object, peerFromJson, policyCheckFromJson, receiptFromJson, } from "./models.js";
+import { Message, cardFromJson, cardSchemas, eventBatchFromJson, eventFromJson, isObject, loadApiInfo, object, peerFromJson, policyCheckFromJson, receiptFromJson, schemaCatalogFromJson, } from "./models.js";
 import { VERSION } from "./version.js";
 /**
  * Milliseconds to wait for an answer that is not a long-poll (a send waits
@@ -293,6 +293,8 @@ export class Client {
         const body = { to, payload: payloadOf(payload) };
         if (options.capability !== undefined)
             body.capability = options.capability;
+        if (options.schema !== undefined)
+            body.schema = options.schema;
         if (options.wait === false)
             body.wait = false;
         const data = await this.api("post", "/v1/send", { body });
@@ -317,6 +319,8 @@ export class Client {
         };
         if (options.capability !== undefined)
             body.capability = options.capability;
+        if (options.schema !== undefined)
+            body.schema = options.schema;
         const data = await this.api("post", "/v1/request", { body, timeoutMs: timeoutMs + GRACE_MS });
         return Message.fromJson(field(data, "reply"), this);
     }
@@ -536,6 +540,21 @@ export class Client {
     async lookup(amid) {
         const data = await this.api("get", "/v1/lookup/{amid}", { params: { amid } });
         return object(field(data, "card"), "card");
+    }
+    /**
+     * The message schemas this node knows (the standard ones and those given
+     * with `--schema-file`) and those it takes per capability
+     * (`--accept-schema`, listed in its card): `GET /v1/schemas`.
+     */
+    async schemas() {
+        return schemaCatalogFromJson(await this.api("get", "/v1/schemas"));
+    }
+    /**
+     * The message schemas another agent takes, per capability, from its card
+     * ({@link lookup}): `{}` when it lists none (it takes any payload).
+     */
+    async schemasOf(amid) {
+        return cardSchemas(await this.lookup(amid));
     }
     /** Ends every session with `amid`; resolves to how many. */
     async closeSessions(amid) {

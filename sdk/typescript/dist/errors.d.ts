@@ -112,7 +112,10 @@ export declare class MethodNotAllowed extends AgentMeshError {
 }
 /**
  * 403: the recipient refused; `reason` is the KNOCK reject reason
- * (`"blocked"`, `"intent_denied"`, `"not_allowed"`, …).
+ * (`"blocked"`, `"intent_denied"`, `"not_allowed"`, …; for message schemas
+ * `"unsupported_schema"`: the KNOCK named no schema, or one the recipient
+ * does not take for the capability, and `"schema_invalid"`: the recipient's
+ * schema refused the payload).
  */
 export declare class Rejected extends AgentMeshError {
     static readonly CODE = "rejected";
@@ -121,7 +124,11 @@ export declare class Rejected extends AgentMeshError {
     readonly reason: string | null;
     constructor(message: string, options?: AgentMeshErrorOptions);
 }
-/** 400: the payload is too large for one message (64 KiB), or not encodable. */
+/**
+ * 400: the payload is too large for one message (64 KiB), not encodable, or
+ * does not conform to the message schema named (when this node knows it:
+ * checked before anything is sent).
+ */
 export declare class InvalidPayload extends AgentMeshError {
     static readonly CODE = "invalid_payload";
     static readonly STATUS = 400;

@@ -105,7 +105,10 @@ export class MethodNotAllowed extends AgentMeshError {
 }
 /**
  * 403: the recipient refused; `reason` is the KNOCK reject reason
- * (`"blocked"`, `"intent_denied"`, `"not_allowed"`, …).
+ * (`"blocked"`, `"intent_denied"`, `"not_allowed"`, …; for message schemas
+ * `"unsupported_schema"`: the KNOCK named no schema, or one the recipient
+ * does not take for the capability, and `"schema_invalid"`: the recipient's
+ * schema refused the payload).
  */
 export class Rejected extends AgentMeshError {
     static CODE = "rejected";
@@ -118,7 +121,11 @@ export class Rejected extends AgentMeshError {
         this.reason = typeof r === "string" ? r : null;
     }
 }
-/** 400: the payload is too large for one message (64 KiB), or not encodable. */
+/**
+ * 400: the payload is too large for one message (64 KiB), not encodable, or
+ * does not conform to the message schema named (when this node knows it:
+ * checked before anything is sent).
+ */
 export class InvalidPayload extends AgentMeshError {
     static CODE = "invalid_payload";
     static STATUS = 400;

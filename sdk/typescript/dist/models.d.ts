@@ -270,4 +270,30 @@ export interface InboxCounts {
     /** Handed out and not yet acknowledged. */
     readonly leased: number;
 }
+/** The ids of the standard message schemas every node knows. */
+export declare const STANDARD_SCHEMAS: readonly ["agentmesh/text@1", "agentmesh/request@1", "agentmesh/response@1", "agentmesh/error@1", "agentmesh/task-update@1", "agentmesh/file-offer@1"];
+/**
+ * The message schemas a node knows and those it takes (`GET /v1/schemas`).
+ * A capability not in `accepted` takes any payload.
+ */
+export interface SchemaCatalog {
+    /** The ids of the schemas the node knows, in the node's order. */
+    readonly ids: string[];
+    /**
+     * Each schema the node knows ({@link STANDARD_SCHEMAS} and custom
+     * `x-<ns>/<name>@<major>` ones), by id: its JSON Schema.
+     */
+    readonly schemas: Record<string, JsonObject>;
+    /** Per capability that takes schemas, their ids (what its card lists). */
+    readonly accepted: Record<string, string[]>;
+    /** The answer as it came. */
+    readonly raw: JsonObject;
+}
+/**
+ * The message schemas an agent's card (`Client.lookup`) says it takes, per
+ * capability: `{}` when the card lists none.
+ */
+export declare function cardSchemas(card: unknown): Record<string, string[]>;
+/** Reads a {@link SchemaCatalog}. */
+export declare function schemaCatalogFromJson(v: unknown): SchemaCatalog;
 //# sourceMappingURL=models.d.ts.map

@@ -293,4 +293,53 @@ export function policyCheckFromJson(v) {
     }
     return { accepted, reason, policyHash: str(d, "policy_hash", "policy check"), decision };
 }
+/** The ids of the standard message schemas every node knows. */
+export const STANDARD_SCHEMAS = [
+    "agentmesh/text@1",
+    "agentmesh/request@1",
+    "agentmesh/response@1",
+    "agentmesh/error@1",
+    "agentmesh/task-update@1",
+    "agentmesh/file-offer@1",
+];
+function accepted(v, what) {
+    if (v === undefined || v === null)
+        return {};
+    const d = object(v, what);
+    const out = {};
+    for (const [capability, ids] of Object.entries(d)) {
+        if (!Array.isArray(ids) || !ids.every((i) => typeof i === "string")) {
+            throw new BadResponse(`${what}: the schemas of '${capability}' are not a list of ids`);
+        }
+        out[capability] = [...ids];
+    }
+    return out;
+}
+/**
+ * The message schemas an agent's card (`Client.lookup`) says it takes, per
+ * capability: `{}` when the card lists none.
+ */
+export function cardSchemas(card) {
+    return accepted(object(card, "card")["schemas"], "card schemas");
+}
+/** Reads a {@link SchemaCatalog}. */
+export function schemaCatalogFromJson(v) {
+    const what = "schemas";
+    const d = object(v, what);
+    const list = d["schemas"];
+    if (!Array.isArray(list))
+        throw new BadResponse(`${what}: 'schemas' is missing or not a list`);
+    const schemas = {};
+    const ids = [];
+    for (const item of list) {
+        const entry = object(item, what);
+        const id = str(entry, "id", what);
+        const schema = entry["schema"];
+        if (!isObject(schema))
+            throw new BadResponse(`${what}: the schema of '${id}' is not an object`);
+        schemas[id] = schema;
+        ids.push(id);
+    }
+    return { ids, schemas, accepted: accepted(d["accepted"], what), raw: d };
+}
 //# sourceMappingURL=models.js.map

@@ -45,6 +45,7 @@ import {
   type PolicyCheck,
   type Receipt,
   type ReplyOptions,
+  type SchemaCatalog,
   type Status,
   type StreamResult,
   defaultDataDir,
@@ -623,6 +624,16 @@ export class Agent {
   /** An agent's signed card, from the DHT (`NotFound` if none). */
   lookup(amid: Recipient): Promise<JsonObject> {
     return this.client.lookup(amidOf(amid));
+  }
+
+  /** The message schemas this agent's node knows, and those it takes per capability. */
+  schemas(): Promise<SchemaCatalog> {
+    return this.client.schemas();
+  }
+
+  /** The message schemas another agent takes, per capability, from its card: `{}` when none. */
+  schemasOf(amid: Recipient): Promise<Record<string, string[]>> {
+    return this.client.schemasOf(amidOf(amid));
   }
 
   /** Agents offering `capability`, from the node's registry. */

@@ -21,10 +21,12 @@ import {
   type Peer,
   type PolicyCheck,
   type Receipt,
+  type SchemaCatalog,
   type Status,
   type StreamResult,
   Message,
   cardFromJson,
+  cardSchemas,
   eventBatchFromJson,
   eventFromJson,
   isObject,
@@ -33,6 +35,7 @@ import {
   peerFromJson,
   policyCheckFromJson,
   receiptFromJson,
+  schemaCatalogFromJson,
 } from "./models.js";
 import { VERSION } from "./version.js";
 
@@ -139,6 +142,16 @@ export interface SendOptions {
   /** The capability declared in the KNOCK (default `communication/messaging`). */
   capability?: string;
   /**
+   * The message schema the payload follows (`agentmesh/request@1`, or a
+   * custom `x-<ns>/<name>@<major>`). A recipient that lists schemas for the
+   * capability ({@link Client.schemasOf}) refuses a KNOCK naming none or
+   * another (`Rejected`, `reason` `unsupported_schema`) and a payload its
+   * schema refuses (`reason` `schema_invalid`); a payload that fails a
+   * schema this node knows rejects with `InvalidPayload` before anything is
+   * sent.
+   */
+  schema?: string;
+  /**
    * Wait for the receipt (default). With `false`, {@link Client.send}
    * returns the message id at once; the outcome comes as an event.
    */
@@ -149,6 +162,8 @@ export interface SendOptions {
 export interface RequestOptions {
   /** The capability declared in the KNOCK. */
   capability?: string;
+  /** The message schema the payload follows (see {@link SendOptions.schema}). */
+  schema?: string;
   /** Milliseconds to wait for the reply (default 30 000). */
   timeoutMs?: number;
 }
@@ -519,6 +534,7 @@ export class Client {
   async send(to: string, payload: unknown, options: SendOptions = {}): Promise<Receipt | string> {
     const body: ApiBody<"/v1/send", "post"> = { to, payload: payloadOf(payload) };
     if (options.capability !== undefined) body.capability = options.capability;
+    if (options.schema !== undefined) body.schema = options.schema;
     if (options.wait === false) body.wait = false;
     const data = await this.api("post", "/v1/send", { body });
     if (options.wait === false) {
@@ -541,6 +557,7 @@ export class Client {
       timeout_ms: Math.max(1, Math.round(timeoutMs)),
     };
     if (options.capability !== undefined) body.capability = options.capability;
+    if (options.schema !== undefined) body.schema = options.schema;
     const data = await this.api("post", "/v1/request", { body, timeoutMs: timeoutMs + GRACE_MS });
     return Message.fromJson(field(data, "reply"), this);
   }
@@ -763,6 +780,23 @@ export class Client {
   async lookup(amid: string): Promise<JsonObject> {
     const data = await this.api("get", "/v1/lookup/{amid}", { params: { amid } });
     return object(field(data, "card"), "card") as JsonObject;
+  }
+
+  /**
+   * The message schemas this node knows (the standard ones and those given
+   * with `--schema-file`) and those it takes per capability
+   * (`--accept-schema`, listed in its card): `GET /v1/schemas`.
+   */
+  async schemas(): Promise<SchemaCatalog> {
+    return schemaCatalogFromJson(await this.api("get", "/v1/schemas"));
+  }
+
+  /**
+   * The message schemas another agent takes, per capability, from its card
+   * ({@link lookup}): `{}` when it lists none (it takes any payload).
+   */
+  async schemasOf(amid: string): Promise<Record<string, string[]>> {
+    return cardSchemas(await this.lookup(amid));
   }
 
   /** Ends every session with `amid`; resolves to how many. */

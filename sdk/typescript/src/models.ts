@@ -513,3 +513,71 @@ export interface InboxCounts {
   /** Handed out and not yet acknowledged. */
   readonly leased: number;
 }
+
+/** The ids of the standard message schemas every node knows. */
+export const STANDARD_SCHEMAS = [
+  "agentmesh/text@1",
+  "agentmesh/request@1",
+  "agentmesh/response@1",
+  "agentmesh/error@1",
+  "agentmesh/task-update@1",
+  "agentmesh/file-offer@1",
+] as const;
+
+/**
+ * The message schemas a node knows and those it takes (`GET /v1/schemas`).
+ * A capability not in `accepted` takes any payload.
+ */
+export interface SchemaCatalog {
+  /** The ids of the schemas the node knows, in the node's order. */
+  readonly ids: string[];
+  /**
+   * Each schema the node knows ({@link STANDARD_SCHEMAS} and custom
+   * `x-<ns>/<name>@<major>` ones), by id: its JSON Schema.
+   */
+  readonly schemas: Record<string, JsonObject>;
+  /** Per capability that takes schemas, their ids (what its card lists). */
+  readonly accepted: Record<string, string[]>;
+  /** The answer as it came. */
+  readonly raw: JsonObject;
+}
+
+function accepted(v: unknown, what: string): Record<string, string[]> {
+  if (v === undefined || v === null) return {};
+  const d = object(v, what);
+  const out: Record<string, string[]> = {};
+  for (const [capability, ids] of Object.entries(d)) {
+    if (!Array.isArray(ids) || !ids.every((i) => typeof i === "string")) {
+      throw new BadResponse(`${what}: the schemas of '${capability}' are not a list of ids`);
+    }
+    out[capability] = [...(ids as string[])];
+  }
+  return out;
+}
+
+/**
+ * The message schemas an agent's card (`Client.lookup`) says it takes, per
+ * capability: `{}` when the card lists none.
+ */
+export function cardSchemas(card: unknown): Record<string, string[]> {
+  return accepted(object(card, "card")["schemas"], "card schemas");
+}
+
+/** Reads a {@link SchemaCatalog}. */
+export function schemaCatalogFromJson(v: unknown): SchemaCatalog {
+  const what = "schemas";
+  const d = object(v, what);
+  const list = d["schemas"];
+  if (!Array.isArray(list)) throw new BadResponse(`${what}: 'schemas' is missing or not a list`);
+  const schemas: Record<string, JsonObject> = {};
+  const ids: string[] = [];
+  for (const item of list) {
+    const entry = object(item, what);
+    const id = str(entry, "id", what);
+    const schema = entry["schema"];
+    if (!isObject(schema)) throw new BadResponse(`${what}: the schema of '${id}' is not an object`);
+    schemas[id] = schema as JsonObject;
+    ids.push(id);
+  }
+  return { ids, schemas, accepted: accepted(d["accepted"], what), raw: d as JsonObject };
+}

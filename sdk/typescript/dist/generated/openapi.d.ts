@@ -614,6 +614,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/schemas": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The message schemas this agent knows (JSON Schema), and those it takes per capability (listed in its card) */
+        get: operations["get_v1_schemas"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/send": {
         parameters: {
             query?: never;
@@ -2202,6 +2219,8 @@ export interface operations {
                 "application/json": {
                     capability?: string;
                     payload: unknown;
+                    /** @description schema the payload follows, e.g. `agentmesh/request@1` (see GET /v1/schemas) */
+                    schema?: string;
                     timeout_ms?: number;
                     to: string;
                 };
@@ -2230,6 +2249,43 @@ export interface operations {
             };
         };
     };
+    get_v1_schemas: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        accepted: {
+                            [key: string]: string[];
+                        };
+                        schemas: {
+                            id: string;
+                            schema: Record<string, never>;
+                        }[];
+                    };
+                };
+            };
+            /** @description An error */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     post_v1_send: {
         parameters: {
             query?: never;
@@ -2242,6 +2298,8 @@ export interface operations {
                 "application/json": {
                     capability?: string;
                     payload: unknown;
+                    /** @description schema the payload follows, e.g. `agentmesh/request@1` (see GET /v1/schemas) */
+                    schema?: string;
                     to: string;
                     /** @default true */
                     wait?: boolean;
