@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets in fuzz/ and replays every seed and every saved
-# regression once per target (cheap: no fuzzing, each input run once).
+# Builds the fuzz targets in fuzz/ and replays every seed, every saved
+# regression and the minimised corpus of the last campaign (FUZZING.md)
+# once per target (cheap: no fuzzing, each input run once).
 # cargo-fuzz needs nightly-only flags; RUSTC_BOOTSTRAP=1 lets stable Rust use them.
 set -euo pipefail
 
@@ -33,7 +34,7 @@ fi
 echo "fuzz targets build"
 
 for target in $(cargo fuzz list); do
-    for dir in "seeds/$target" "regressions/$target"; do
+    for dir in "seeds/$target" "regressions/$target" "corpus-min/$target"; do
         if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
             echo "replaying $dir"
             cargo fuzz run -O "$target" "$dir" -- -runs=0 >/dev/null 2>"/tmp/fuzz-replay-$target.log" || {
@@ -44,4 +45,4 @@ for target in $(cargo fuzz list); do
         fi
     done
 done
-echo "seeds and regressions replayed"
+echo "seeds, regressions and minimised corpora replayed"

@@ -15,7 +15,10 @@
 use std::sync::LazyLock;
 
 use agentmesh_node::{
-    envelope::{EnvelopeBody, SignedEnvelope, ENVELOPE_VERSION, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE_SIZE},
+    envelope::{
+        EnvelopeBody, SignedEnvelope, ENVELOPE_VERSION, MAX_CLOCK_SKEW_MS,
+        MAX_ENVELOPE_LIFETIME_MS, MAX_ENVELOPE_SIZE,
+    },
     identity::{Amid, Identity},
 };
 use agentmesh_transports::codec;
@@ -66,6 +69,8 @@ fuzz_target!(|data: &[u8]| {
     let should_open = body.v == ENVELOPE_VERSION
         && body.to == fx.me
         && body.expires_ms > NOW
+        // An expiry over a week away is refused (`ExpiryTooFar`).
+        && body.expires_ms <= NOW + MAX_ENVELOPE_LIFETIME_MS
         && body.ts_ms <= NOW + MAX_CLOCK_SKEW_MS;
     if should_open {
         assert_eq!(opened.expect("a valid envelope opens"), body);
