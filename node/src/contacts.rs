@@ -34,6 +34,9 @@ pub const MAX_CARD_TEXT: usize = 64 * 1024;
 
 const CARDS_TREE: &str = "contacts_cards";
 const NAMES_TREE: &str = "contacts_names";
+const MOVED_TREE: &str = "contacts_moved";
+/// Most rotations remembered (old AMID to new).
+const MAX_MOVED: usize = 4096;
 
 /// Why a card was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,6 +182,9 @@ pub struct Contact {
 pub(crate) struct Contacts {
     cards: sled::Tree,
     names: sled::Tree,
+    /// Agents that rotated their identity: old AMID to new, as followed
+    /// from their checked rotation records.
+    moved: sled::Tree,
 }
 
 fn storage(e: impl std::fmt::Display) -> String {
@@ -191,6 +197,7 @@ impl Contacts {
         Ok(Self {
             cards: db.open_tree(CARDS_TREE)?,
             names: db.open_tree(NAMES_TREE)?,
+            moved: db.open_tree(MOVED_TREE)?,
         })
     }
 
@@ -299,6 +306,51 @@ impl Contacts {
             .into_iter()
             .find(|(_, a)| a == amid)
             .map(|(n, _)| n)
+    }
+
+    /// Notes that `old` moved to `new` (a checked rotation) and points the
+    /// petnames of `old` at `new`. Returns how many names moved.
+    pub(crate) fn set_moved(&self, old: &Amid, new: &Amid) -> Result<usize, NameError> {
+        let st = |e: sled::Error| NameError::Storage(storage(e));
+        if self.moved.len() >= MAX_MOVED && !self.moved.contains_key(old.as_bytes()).map_err(st)? {
+            return Err(NameError::Full);
+        }
+        self.moved
+            .insert(old.as_bytes(), new.as_bytes().as_slice())
+            .map_err(st)?;
+        let mut renamed = 0;
+        for (name, amid) in self.names() {
+            if &amid == old {
+                self.names
+                    .insert(name.as_bytes(), new.to_string().as_bytes())
+                    .map_err(st)?;
+                renamed += 1;
+            }
+        }
+        self.moved.flush().map_err(st)?;
+        self.names.flush().map_err(st)?;
+        Ok(renamed)
+    }
+
+    /// The AMID `amid` holds now, following the rotations noted (at most
+    /// [`MAX_HOPS`](crate::identity::rotation::MAX_HOPS)); `amid` itself
+    /// when none is noted.
+    pub(crate) fn moved_to(&self, amid: &Amid) -> Amid {
+        let mut at = *amid;
+        for _ in 0..crate::identity::rotation::MAX_HOPS {
+            let next = self
+                .moved
+                .get(at.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok())
+                .and_then(|b| Amid::from_bytes(&b).ok());
+            match next {
+                Some(n) if n != *amid => at = n,
+                _ => break,
+            }
+        }
+        at
     }
 
     /// An AMID, or the AMID a petname names.

@@ -20,6 +20,7 @@ mod mailbox;
 mod messages;
 mod paths;
 mod registry;
+mod rotation;
 mod status;
 mod swarm;
 mod trust;
@@ -156,6 +157,12 @@ enum Command {
         namespace: String,
         subject: PeerId,
         reply: oneshot::Sender<Option<agentmesh_dht::VerifiedRecord>>,
+    },
+    /// Stores a record signed elsewhere (a rotation record, signed by a key
+    /// the node left).
+    PutSigned {
+        record: agentmesh_dht::SignedRecord,
+        reply: oneshot::Sender<Result<bool, String>>,
     },
 }
 

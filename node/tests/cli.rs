@@ -56,6 +56,45 @@ fn init_then_id_gives_the_same_identity() {
 }
 
 #[test]
+fn rotate_key_moves_to_a_new_amid_and_id_lists_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        json_of(
+            agentmesh()
+                .args(["--json", "--data-dir", d])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let first = run(&["init"])["amid"].clone();
+    assert_eq!(run(&["id"])["previous"], serde_json::json!([]));
+    let moved = run(&["rotate-key"]);
+    assert_eq!(moved["old"], first);
+    assert_ne!(moved["new"], first);
+    let second = run(&["rotate-key"]);
+    assert_eq!(second["old"], moved["new"]);
+    let id = run(&["id"]);
+    assert_eq!(id["amid"], second["new"]);
+    let previous: Vec<_> = id["previous"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["amid"].clone())
+        .collect();
+    assert_eq!(previous, vec![first, moved["new"].clone()]);
+    // The keystore still opens only with its passphrase.
+    let bad = agentmesh()
+        .args(["--data-dir", d, "rotate-key"])
+        .env("AGENTMESH_PASSPHRASE", "wrong")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert_eq!(run(&["id"])["amid"], second["new"]);
+}
+
+#[test]
 fn policy_check_is_a_dry_run_of_the_policy_file() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.toml");
     let check = |args: &[&str]| {

@@ -22,7 +22,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use agentmesh_transports::codec;
 
-use crate::{identity::Identity, storage::random_array};
+use crate::{
+    identity::{rotation::SignedRotation, Identity},
+    storage::random_array,
+};
 
 /// Environment variable holding the keystore passphrase.
 pub const PASSPHRASE_ENV: &str = "AGENTMESH_PASSPHRASE";
@@ -150,12 +153,31 @@ struct Secrets {
     identity_seed: [u8; 32],
     #[serde(with = "serde_bytes")]
     storage_key: [u8; 32],
+    /// Identities rotated away from, oldest first, each with the statement
+    /// that moved it to the next. Absent when the identity never rotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    previous: Vec<PreviousSecret>,
 }
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct PreviousSecret {
+    #[serde(with = "serde_bytes")]
+    seed: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    rotation: Vec<u8>,
+}
+
+/// Most identities rotated away from that a keystore keeps (and whose
+/// rotation records the node keeps publishing), as
+/// [`MAX_HOPS`](crate::identity::rotation::MAX_HOPS).
+pub const MAX_PREVIOUS: usize = crate::identity::rotation::MAX_HOPS;
 
 /// The unlocked secrets of an agent.
 pub struct Keystore {
     identity: Identity,
     storage_key: Zeroizing<[u8; 32]>,
+    /// Identities rotated away from, oldest first, with their statements.
+    previous: Vec<(Identity, SignedRotation)>,
 }
 
 impl std::fmt::Debug for Keystore {
@@ -197,7 +219,57 @@ impl Keystore {
         Self {
             identity: Identity::generate(),
             storage_key: Zeroizing::new(random_array()),
+            previous: Vec::new(),
         }
+    }
+
+    /// Moves to a fresh identity: the current one signs, with the new one,
+    /// the statement that it moved ([`SignedRotation`]) and is kept with it
+    /// (at most [`MAX_PREVIOUS`], the oldest dropped), so the node keeps
+    /// publishing where it went. The storage key stays: the node's data
+    /// stays readable.
+    pub fn rotate(&mut self, now_ms: u64) -> Result<SignedRotation, KeystoreError> {
+        let new = Identity::generate();
+        let rotation = SignedRotation::sign(&self.identity, &new, now_ms)
+            .map_err(|e| KeystoreError::Malformed(e.to_string()))?;
+        let old = std::mem::replace(&mut self.identity, new);
+        self.previous.push((old, rotation.clone()));
+        if self.previous.len() > MAX_PREVIOUS {
+            self.previous.remove(0);
+        }
+        Ok(rotation)
+    }
+
+    /// The rotations of this agent, oldest first: its AMID history.
+    pub fn rotations(&self) -> Vec<SignedRotation> {
+        self.previous.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The identities rotated away from, with the statements that moved
+    /// them.
+    pub(crate) fn previous(&self) -> &[(Identity, SignedRotation)] {
+        &self.previous
+    }
+
+    /// [`Keystore::rotate`] on the keystore file in `dir`: decrypts it with
+    /// `pass`, rotates, and writes it back encrypted with `kdf`. Returns
+    /// the statement. The node must not be running.
+    pub fn rotate_file(
+        dir: &Path,
+        pass: &Passphrase,
+        kdf: KdfParams,
+        now_ms: u64,
+    ) -> Result<SignedRotation, KeystoreError> {
+        let path = dir.join(KEYSTORE_FILE);
+        let io = |source| KeystoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut ks = Self::decrypt(&fs::read(&path).map_err(io)?, pass)?;
+        let rotation = ks.rotate(now_ms)?;
+        let bytes = ks.encrypt(pass, kdf)?;
+        write_private(&path, &bytes).map_err(io)?;
+        Ok(rotation)
     }
 
     /// The identity.
@@ -217,6 +289,14 @@ impl Keystore {
         let secrets = Secrets {
             identity_seed: *self.identity.seed(),
             storage_key: *self.storage_key,
+            previous: self
+                .previous
+                .iter()
+                .map(|(id, r)| PreviousSecret {
+                    seed: *id.seed(),
+                    rotation: r.to_bytes(),
+                })
+                .collect(),
         };
         let plain = Zeroizing::new(
             codec::encode(&secrets).map_err(|e| KeystoreError::Malformed(e.to_string()))?,
@@ -280,9 +360,19 @@ impl Keystore {
         );
         let secrets: Secrets =
             codec::decode(&plain, MAX_KEYSTORE_SIZE).map_err(|_| KeystoreError::Decrypt)?;
+        let previous = secrets
+            .previous
+            .iter()
+            .map(|p| {
+                SignedRotation::from_bytes(&p.rotation)
+                    .map(|r| (Identity::from_seed(&p.seed), r))
+                    .map_err(|_| KeystoreError::Decrypt)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             identity: Identity::from_seed(&secrets.identity_seed),
             storage_key: Zeroizing::new(secrets.storage_key),
+            previous,
         })
     }
 

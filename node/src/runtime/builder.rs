@@ -31,8 +31,8 @@ use crate::{
 };
 
 use super::{
-    exchange, inbound, rate_limits, registry, swarm, trust, Config, Delivery, DropGuard, NatStatus,
-    Node, Reachability, Shared, SpawnError, COMMAND_QUEUE, EVENT_QUEUE, INBOX_QUEUE,
+    exchange, inbound, rate_limits, registry, rotation, swarm, trust, Config, Delivery, DropGuard,
+    NatStatus, Node, Reachability, Shared, SpawnError, COMMAND_QUEUE, EVENT_QUEUE, INBOX_QUEUE,
     KILLED_ALL_KEY, MAX_RATE_KEYS,
 };
 
@@ -222,6 +222,11 @@ impl Node {
             tracing::warn!(error = %e, "rotating the fallback prekey failed");
         }
         let backlog = store.inbox();
+        let previous: Vec<_> = keystore
+            .previous()
+            .iter()
+            .map(|(id, r)| (Identity::from_seed(&id.seed()), r.clone()))
+            .collect();
         drop(keystore);
 
         if let Some(addr) = &config.registry {
@@ -361,6 +366,7 @@ impl Node {
             tokio::spawn(registry::run(shared.clone()).instrument(span.clone()));
         }
         tokio::spawn(track_last_seen(shared.clone()).instrument(span.clone()));
+        tokio::spawn(rotation::publish(shared.clone(), previous).instrument(span.clone()));
         tokio::spawn(inbound::run(shared.clone(), backlog_done).instrument(span));
         Ok(Node {
             _guard: Arc::new(DropGuard(cancel)),

@@ -222,7 +222,7 @@ pub enum Reachability {
 /// A record in any other namespace is refused with a typed error, so
 /// nobody can fill a node's store with records nothing reads. Set
 /// `dht.store.namespaces` to change it (empty takes every namespace).
-pub const KNOWN_NAMESPACES: &[&str] = &["card", "rv-*", "x-*"];
+pub const KNOWN_NAMESPACES: &[&str] = &["card", "rot", "rv-*", "x-*"];
 
 impl Config {
     /// Everything on loopback: the preset for a local network and tests.

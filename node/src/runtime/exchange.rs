@@ -356,7 +356,9 @@ impl Node {
         };
         let (tx, rx) = oneshot::channel();
         let intent = intent.with_session_type(SessionType::RequestResponse);
-        self.enqueue(to, id, content, None, intent, Some(tx))
+        // An agent known to have moved to a new key is asked there.
+        let to = self.current_amid(to);
+        self.enqueue(&to, id, content, None, intent, Some(tx))
             .await?;
         let wait = async {
             rx.await.map_err(|_| SendError::Stopped)??;

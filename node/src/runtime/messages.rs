@@ -248,11 +248,25 @@ impl Node {
         payload: serde_json::Value,
         intent: Intent,
     ) -> Result<Receipt, SendError> {
-        let (tx, rx) = oneshot::channel();
+        let to = self.current_amid(to);
         let content = json_content(Kind::Message, &payload)?;
-        self.enqueue(to, MessageId::random(), content, None, intent, Some(tx))
-            .await?;
-        rx.await.map_err(|_| SendError::Stopped)?
+        let once = |to: Amid| {
+            let (content, intent) = (content.clone(), intent.clone());
+            async move {
+                let (tx, rx) = oneshot::channel();
+                self.enqueue(&to, MessageId::random(), content, None, intent, Some(tx))
+                    .await?;
+                rx.await.map_err(|_| SendError::Stopped)?
+            }
+        };
+        match once(to).await {
+            // An agent that moved to a new key is followed, once.
+            Err(e) if super::rotation::maybe_moved(&e) => match self.follow_rotation(&to).await {
+                Some((now, _)) if now != to => once(now).await,
+                _ => Err(e),
+            },
+            r => r,
+        }
     }
 
     /// Queues `payload` for `to` and returns at once with its id; the outcome
@@ -275,7 +289,8 @@ impl Node {
     ) -> Result<MessageId, SendError> {
         let content = json_content(Kind::Message, &payload)?;
         let id = MessageId::random();
-        self.enqueue(to, id, content, None, intent, None).await
+        let to = self.current_amid(to);
+        self.enqueue(&to, id, content, None, intent, None).await
     }
 
     /// Checks a message or request naming a schema against it before it is

@@ -86,8 +86,12 @@ pub(crate) enum Cmd {
     Reputation(registry_cli::ReputationCmd),
     /// Create the identity in the data directory (if there is none).
     Init,
-    /// Print this agent's AMID and fingerprint.
+    /// Print this agent's AMID and fingerprint (and the AMIDs it held
+    /// before, if it rotated).
     Id,
+    /// Move this agent to a new identity key (with the node stopped): the
+    /// old key signs the move, the node publishes it, peers follow.
+    RotateKey,
     /// Join the network and run until interrupted.
     Run(Box<RunArgs>),
     /// Check or reload a KNOCK policy.

@@ -39,14 +39,49 @@ pub(crate) fn id(dir: &Path, json: bool) -> Result<()> {
     let pass = Passphrase::from_env()?;
     let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
         .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
-    let amid = Keystore::decrypt(&bytes, &pass)?.identity().amid();
+    let ks = Keystore::decrypt(&bytes, &pass)?;
+    let amid = ks.identity().amid();
+    // The AMIDs this agent held before, oldest first (each checked).
+    let history = ks
+        .rotations()
+        .iter()
+        .map(|r| r.verify().map(|b| (b.old, b.ts_ms)))
+        .collect::<Result<Vec<_>, _>>()?;
     if json {
+        let previous: Vec<_> = history
+            .iter()
+            .map(|(a, ts)| json!({"amid": a, "rotated_ms": ts}))
+            .collect();
         println!(
             "{}",
-            json!({"amid": amid, "fingerprint": amid.fingerprint(), "peer_id": amid.peer_id()?.to_string()})
+            json!({"amid": amid, "fingerprint": amid.fingerprint(), "peer_id": amid.peer_id()?.to_string(), "previous": previous})
         );
     } else {
         println!("{amid}\nfingerprint {}", amid.fingerprint());
+        for (a, _) in &history {
+            println!("previously  {a}");
+        }
+    }
+    Ok(())
+}
+
+/// `agentmesh rotate-key`: moves the agent to a new identity key (the node
+/// must be stopped). The old key signs, with the new one, the statement
+/// that it moved; the node publishes it under the old key from its next
+/// start, and senders that knew the old AMID follow it.
+pub(crate) fn rotate_key(dir: &Path, json: bool) -> Result<()> {
+    let pass = Passphrase::from_env()?;
+    let rotation = Keystore::rotate_file(dir, &pass, KdfParams::default(), agentmesh_dht::now_ms())
+        .context("rotating the identity key (is the node stopped?)")?;
+    let body = rotation.verify()?;
+    if json {
+        println!(
+            "{}",
+            json!({"old": body.old, "new": body.new, "rotated_ms": body.ts_ms})
+        );
+    } else {
+        println!("rotated {} -> {}", body.old, body.new);
+        println!("start the node again: it publishes where it went under the old key");
     }
     Ok(())
 }

@@ -88,6 +88,7 @@ async fn main() -> Result<()> {
     match &cli.command {
         Cmd::Init => identity::init(&dir, json),
         Cmd::Id => identity::id(&dir, json),
+        Cmd::RotateKey => identity::rotate_key(&dir, json),
         Cmd::Run(a) => identity::run(&dir, json, a).await,
         Cmd::Policy(PolicyCmd::Check(a)) => identity::check(a, json),
         Cmd::Policy(PolicyCmd::Reload) => {

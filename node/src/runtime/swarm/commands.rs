@@ -137,6 +137,16 @@ impl Actor {
                     }
                 }
             }
+            Command::PutSigned { record, reply } => {
+                match self.swarm.behaviour_mut().dht.put(record) {
+                    Ok(q) => {
+                        self.record_puts.insert(q, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
             Command::GetRecord {
                 namespace,
                 subject,

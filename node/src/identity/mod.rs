@@ -12,6 +12,8 @@
 //! ([`AmidError::InvalidKey`]) or is of small order ([`AmidError::WeakKey`]),
 //! so an `Amid` always names a key whose signatures only its secret can make.
 
+pub mod rotation;
+
 use std::{fmt, str::FromStr};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};

@@ -1,0 +1,182 @@
+//! Identity rotation end to end, nodes in one process on real loopback
+//! sockets and sled databases: bob moves to a new key while alice is
+//! offline; when she is back, a send to his old AMID finds where he went
+//! (his rotation record in the DHT, signed by both keys), reaches him, and
+//! her petname for him follows.
+
+use std::{path::Path, time::Duration};
+
+use agentmesh_node::{
+    identity::rotation::follow,
+    keystore::{KdfParams, Keystore},
+    Config, Node, Passphrase,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn config() -> Config {
+    let mut c = Config::local();
+    c.kdf = KdfParams::throwaway();
+    c
+}
+
+/// Starts `name` in `dir` (again, once a stopped node let go of its
+/// database: its lock is the event waited on).
+async fn start(dir: &Path, name: &str, boot: Option<&Node>) -> Node {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let addrs = match boot {
+        Some(b) => b.listen_addrs().await,
+        None => Vec::new(),
+    };
+    loop {
+        let b = Node::builder(config())
+            .data_dir(dir.join(name))
+            .passphrase(Passphrase::new(name))
+            .bootstraps(addrs.clone());
+        match b.spawn().await {
+            Ok(n) => return n,
+            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{name} starts: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_offline_during_a_rotation_follows_the_agent_to_its_new_key() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start(dir.path(), "bootstrap", None).await;
+    tokio::time::timeout(WAIT, async {
+        while boot.listen_addrs().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("bootstrap listens");
+    let alice = start(dir.path(), "alice", Some(&boot)).await;
+    let bob = start(dir.path(), "bob", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await);
+    assert!(bob.wait_published(WAIT).await);
+    let old_bob = bob.amid();
+    alice.set_name("bob", &old_bob).unwrap();
+    alice
+        .send(&old_bob, json!({ "text": "before" }))
+        .await
+        .unwrap();
+
+    // Alice goes offline; bob stops, moves to a new key, and comes back.
+    alice.shutdown().await;
+    bob.shutdown().await;
+    let rotation = Keystore::rotate_file(
+        &dir.path().join("bob"),
+        &Passphrase::new("bob"),
+        KdfParams::throwaway(),
+        agentmesh_dht::now_ms(),
+    )
+    .expect("bob's keystore rotates");
+    let body = rotation.verify().expect("signed by both keys");
+    assert_eq!(body.old, old_bob);
+    let bob = start(dir.path(), "bob", Some(&boot)).await;
+    let new_bob = bob.amid();
+    assert_eq!(new_bob, body.new);
+    assert_ne!(new_bob, old_bob);
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+
+    // Alice is back. Her send to the old AMID finds bob's new key once
+    // his rotation record is out.
+    let alice = start(dir.path(), "alice", Some(&boot)).await;
+    assert!(alice.wait_published(WAIT).await);
+    let chain = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some((now, chain)) = alice.follow_rotation(&old_bob).await {
+                assert_eq!(now, new_bob);
+                return chain;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("bob's rotation record is found");
+    // The history checks by itself, by anyone.
+    assert_eq!(follow(old_bob, &chain), Ok(new_bob));
+    assert_eq!(chain, vec![rotation]);
+    // Known from now on: sends to the old AMID and to the petname go to
+    // the new key at once.
+    assert_eq!(alice.current_amid(&old_bob), new_bob);
+    assert_eq!(alice.resolve_name("bob").unwrap(), new_bob);
+    let receipt = alice
+        .send(&old_bob, json!({ "text": "after" }))
+        .await
+        .expect("sent to bob's new key");
+    assert_eq!(receipt.to, new_bob);
+    assert!(receipt.knocked);
+    // (What the old bob's application never read is handed out first.)
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            let m = inbox.recv().await.unwrap();
+            if m.payload != json!({ "text": "before" }) {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("bob gets it");
+    assert_eq!(got.from, alice.amid());
+    assert_eq!(got.payload, json!({ "text": "after" }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answer() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start(dir.path(), "bootstrap", None).await;
+    tokio::time::timeout(WAIT, async {
+        while boot.listen_addrs().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("bootstrap listens");
+    let alice = start(dir.path(), "alice", Some(&boot)).await;
+    let bob = start(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let old_bob = bob.amid();
+    bob.shutdown().await;
+    Keystore::rotate_file(
+        &dir.path().join("bob"),
+        &Passphrase::new("bob"),
+        KdfParams::throwaway(),
+        agentmesh_dht::now_ms(),
+    )
+    .unwrap();
+    let bob = start(dir.path(), "bob", Some(&boot)).await;
+    assert!(bob.wait_published(WAIT).await);
+    let mut inbox = bob.messages().unwrap();
+    assert!(alice.wait_published(WAIT).await);
+    // Alice has not learned of the rotation: the send tries the old key
+    // (its card says offline, with no mailbox), then follows the record.
+    let receipt = tokio::time::timeout(WAIT * 2, async {
+        loop {
+            match alice.send(&old_bob, json!({ "text": "found you" })).await {
+                Ok(r) => return r,
+                // The rotation record may not be out yet.
+                Err(e) => {
+                    eprintln!("not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the send follows bob");
+    assert_eq!(receipt.to, bob.amid());
+    let got = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("bob gets it")
+        .unwrap();
+    assert_eq!(got.payload, json!({ "text": "found you" }));
+}
