@@ -514,7 +514,10 @@ impl Registry {
         let out = match body.op {
             Operation::Register(r) => Applied::Registered(self.register(req, &signer, r, now_ms)?),
             Operation::Status { presence } => {
-                if presence == agentmesh_node::Presence::Unknown {
+                if matches!(
+                    presence,
+                    agentmesh_node::Presence::Unknown | agentmesh_node::Presence::Moved
+                ) {
                     return Err(RegistryError::Invalid(
                         "presence is online, away, dnd or offline".into(),
                     ));

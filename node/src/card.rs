@@ -63,6 +63,11 @@ pub enum Presence {
     Dnd,
     /// Not reachable.
     Offline,
+    /// The agent moved to a new key: this card is the tombstone its
+    /// successor leaves under the old key (no addresses, no keys), and its
+    /// rotation record says where it went
+    /// ([`crate::identity::rotation`]). Never set by hand.
+    Moved,
     /// A presence this version does not know (published by a newer
     /// agent): the card is still read, and the agent treated as online.
     #[serde(other)]
@@ -128,6 +133,25 @@ impl AgentCard {
     /// Encodes the card as a record payload.
     pub fn to_payload(&self) -> Result<Vec<u8>, CardError> {
         codec::encode(self).map_err(|e| CardError::Malformed(e.to_string()))
+    }
+
+    /// The tombstone an agent that moved to a new key leaves under `old`:
+    /// presence [`Presence::Moved`], no addresses, relays, capabilities nor
+    /// keys.
+    pub fn moved(old: Amid) -> Self {
+        Self {
+            amid: old,
+            olm_identity_key: [0; 32],
+            one_time_keys: Vec::new(),
+            fallback_key: [0; 32],
+            capabilities: Vec::new(),
+            addrs: Vec::new(),
+            presence: Presence::Moved,
+            relays: Vec::new(),
+            schemas: Default::default(),
+            seq: 0,
+            expires_ms: 0,
+        }
     }
 
     /// Reads a card from a verified DHT record, checking that the card is

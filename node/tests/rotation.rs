@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 use agentmesh_node::{
     identity::rotation::follow,
     keystore::{KdfParams, Keystore},
-    Config, Node, Passphrase,
+    Config, Node, Passphrase, Presence,
 };
 use serde_json::json;
 
@@ -157,8 +157,16 @@ async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answ
     assert!(bob.wait_published(WAIT).await);
     let mut inbox = bob.messages().unwrap();
     assert!(alice.wait_published(WAIT).await);
-    // Alice has not learned of the rotation: the send tries the old key
-    // (its card says offline, with no mailbox), then follows the record.
+    // Alice has not learned of the rotation. Bob's old card is replaced by
+    // the tombstone his new node leaves under the old key.
+    tokio::time::timeout(WAIT, async {
+        while alice.lookup(&old_bob).await.map(|c| c.presence) != Some(Presence::Moved) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the old card says moved");
+    // The send to the old key fails at once on it, and follows the record.
     let receipt = tokio::time::timeout(WAIT * 2, async {
         loop {
             match alice.send(&old_bob, json!({ "text": "found you" })).await {

@@ -11,6 +11,7 @@ use agentmesh_dht::{now_ms, SignedRecord};
 
 use super::{Command, Node, SendError, Shared};
 use crate::{
+    card::AgentCard,
     events::NodeEvent,
     identity::{
         rotation::{SignedRotation, MAX_HOPS, ROTATION_NAMESPACE},
@@ -57,13 +58,26 @@ pub(super) async fn publish(shared: Arc<Shared>, previous: Vec<(Identity, Signed
     }
 }
 
-/// Stores one rotation record, signed by the key left.
+/// Stores one rotation record, and the tombstone card that replaces the
+/// last card of the key left (so that senders stop writing to its mailbox
+/// and follow), both signed by the key left.
 async fn put(shared: &Shared, old: &Identity, rotation: &SignedRotation) -> Result<bool, String> {
     let key = old.libp2p_keypair().map_err(|e| e.to_string())?;
     let now = now_ms();
     let expires = now.saturating_add(RECORD_TTL.as_millis() as u64);
+    let tombstone = AgentCard::moved(old.amid())
+        .to_payload()
+        .map_err(|e| e.to_string())?;
+    let card = SignedRecord::sign(&key, crate::card::CARD_NAMESPACE, tombstone, now, expires)
+        .map_err(|e| e.to_string())?;
+    put_signed(shared, card).await?;
     let record = SignedRecord::sign(&key, ROTATION_NAMESPACE, rotation.to_bytes(), now, expires)
         .map_err(|e| e.to_string())?;
+    put_signed(shared, record).await
+}
+
+/// Stores a record signed elsewhere; whether another peer stored it.
+async fn put_signed(shared: &Shared, record: SignedRecord) -> Result<bool, String> {
     let (tx, rx) = oneshot::channel();
     shared
         .commands

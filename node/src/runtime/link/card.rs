@@ -15,7 +15,19 @@ use crate::{
 };
 
 impl Link {
+    /// The peer's card ([`Self::resolve_any`]); one that says the peer
+    /// moved to a new key fails the send as not found (the sender follows
+    /// its rotation record, see [`Node::send`](crate::Node::send)).
     pub(super) async fn resolve(&mut self) -> Result<AgentCard, LinkError> {
+        let card = self.resolve_any().await?;
+        if card.presence == Presence::Moved {
+            return Err(LinkError::Fatal(SendError::NotFound(self.peer)));
+        }
+        Ok(card)
+    }
+
+    /// The peer's card, cached, imported, from the DHT or the registry.
+    async fn resolve_any(&mut self) -> Result<AgentCard, LinkError> {
         if let Some(c) = &self.card {
             if c.expires_ms > now_ms() {
                 return Ok(c.clone());
@@ -105,7 +117,7 @@ impl Link {
         let stale = self.card_at.is_none_or(|t| t.elapsed() >= OFFLINE_RECHECK);
         if offline(&self.card) && stale {
             let believed = self.card.take();
-            if self.resolve().await.is_err() {
+            if self.resolve().await.is_err() && self.card.is_none() {
                 // Not found now: keep what we had, and ask again later.
                 self.card = believed;
                 self.card_at = Some(Instant::now());
