@@ -91,6 +91,7 @@ fn spawn_link(shared: &Arc<Shared>, links: &mut Links, peer: Amid) -> mpsc::Send
         requeued: VecDeque::new(),
         card: None,
         card_at: None,
+        moved_checked: None,
         stream_path: PathKind::Other,
         writer: None,
         reader: None,
@@ -146,6 +147,9 @@ struct Link {
     card: Option<AgentCard>,
     /// When `card` was looked up or read.
     card_at: Option<Instant>,
+    /// When the DHT was last asked whether the peer moved to a new key
+    /// (before mail goes to its mailbox).
+    moved_checked: Option<Instant>,
     /// The path of the connection the message stream was opened on.
     stream_path: PathKind,
     writer: Option<FrameWriter>,

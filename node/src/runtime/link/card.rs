@@ -9,6 +9,10 @@ use agentmesh_dht::now_ms;
 use agentmesh_transports::PathKind;
 
 use super::{Link, LinkError, OFFLINE_RECHECK, RESOLVE_TIMEOUT};
+
+/// The DHT is asked at most this often whether a peer moved to a new key,
+/// before mail goes to its mailbox (see [`Link::moved_since_resolved`]).
+const MOVED_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::{
     card::{AgentCard, Presence},
     runtime::{Command, SendError},
@@ -124,6 +128,36 @@ impl Link {
             }
         }
         offline(&self.card)
+    }
+
+    /// Whether the peer's card, looked up again in the DHT (at most once
+    /// per [`MOVED_RECHECK`]), now says it moved to a new key (a
+    /// tombstone): mail for a key left is read by nobody. A failed lookup
+    /// keeps the card held.
+    pub(super) async fn moved_since_resolved(&mut self) -> bool {
+        if self
+            .moved_checked
+            .is_some_and(|t| t.elapsed() < MOVED_RECHECK)
+        {
+            return self
+                .card
+                .as_ref()
+                .is_some_and(|c| c.presence == Presence::Moved);
+        }
+        self.moved_checked = Some(Instant::now());
+        let believed = self.card.take();
+        match self.resolve().await {
+            Ok(_) => false,
+            Err(_) if self.card.is_none() => {
+                self.card = believed;
+                self.card_at = Some(Instant::now());
+                false
+            }
+            Err(_) => self
+                .card
+                .as_ref()
+                .is_some_and(|c| c.presence == Presence::Moved),
+        }
     }
 
     pub(super) fn is_connected(&self, peer_id: PeerId) -> bool {

@@ -52,6 +52,14 @@ impl Link {
         if self.delivery.in_flight() == 0 || self.peer_relays.is_empty() {
             return;
         }
+        if self.moved_since_resolved().await {
+            // The peer moved to a new key: its old mailbox is read by
+            // nobody. The sends fail as not found and follow it.
+            while let Some(m) = self.delivery.pop_front() {
+                self.fail(m.out, SendError::NotFound(self.peer));
+            }
+            return;
+        }
         if !self.make_durable().await {
             // Nothing leaves before it is durable: try again later.
             if self.delivery.reconnect_at().is_none() {
