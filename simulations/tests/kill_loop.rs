@@ -11,7 +11,6 @@
 //! names its seed.
 
 use std::{
-    collections::HashSet,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,10 +19,13 @@ use std::{
     time::Duration,
 };
 
-use agentmesh_node::control::{Client, Method};
 use agentmesh_sim::process::{control_send, start_agent, start_bootstrap, Proc};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+
+mod support;
+
+use support::{application, AppLog};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// Sends in flight at once.
@@ -35,79 +37,6 @@ fn exe() -> &'static Path {
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// What bob's application saw over the whole run.
-#[derive(Debug, Default)]
-struct AppLog {
-    /// Ids whose acknowledgement the node confirmed.
-    confirmed: HashSet<String>,
-    /// Broken promises, as they were seen.
-    violations: Vec<String>,
-    /// Connections made to the local API (one per run of bob, or more).
-    connections: u32,
-}
-
-/// Bob's application: reads his inbox and acknowledges each message,
-/// connecting again whenever bob was restarted, until `stop`.
-async fn application(dir: PathBuf, log: Arc<Mutex<AppLog>>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::SeqCst) {
-        let Ok(mut api) = Client::connect(&dir).await else {
-            // Bob is down, or not yet up: his api.json names a dead socket.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        log.lock().unwrap().connections += 1;
-        // Handed out on this connection: never twice within it.
-        let mut handed = HashSet::new();
-        while !stop.load(Ordering::SeqCst) {
-            let Ok(Ok(page)) = api
-                .call(
-                    Method::GET,
-                    "/v1/messages?wait_ms=500&max=64&lease_ms=600000",
-                    None,
-                )
-                .await
-            else {
-                break;
-            };
-            let ids: Vec<String> = page["messages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            {
-                let mut l = log.lock().unwrap();
-                for id in &ids {
-                    if l.confirmed.contains(id) {
-                        l.violations.push(format!(
-                            "{id} handed out again after its acknowledgement was confirmed"
-                        ));
-                    }
-                    if !handed.insert(id.clone()) {
-                        l.violations
-                            .push(format!("{id} handed out twice to one reader"));
-                    }
-                }
-            }
-            let acked = api
-                .call(
-                    Method::POST,
-                    "/v1/messages/ack",
-                    Some(&json!({ "ids": ids })),
-                )
-                .await;
-            match acked {
-                Ok(Ok(_)) => log.lock().unwrap().confirmed.extend(ids),
-                // Bob died before answering: these come again.
-                _ => break,
-            }
-        }
-    }
 }
 
 /// What alice's sends returned.
@@ -248,14 +177,10 @@ async fn random_kills_of_sender_and_receiver_lose_and_repeat_nothing() {
     let mut expected = sent.receipted.clone();
     expected.push(hello.clone());
     loop {
-        let missing: Vec<String> = {
-            let l = log.lock().unwrap();
-            expected
-                .iter()
-                .filter(|id| !l.confirmed.contains(*id))
-                .cloned()
-                .collect()
-        };
+        // Handed to the application counts: one whose acknowledgement went
+        // unanswered (bob killed between writing the removal and answering)
+        // is not handed out again.
+        let missing = log.lock().unwrap().missing(&expected);
         if missing.is_empty() {
             break;
         }
