@@ -1,6 +1,8 @@
 //! The local API of real nodes (real sockets, real sled databases), called
 //! over its Unix socket and over loopback TCP as any client would.
 
+mod support;
+
 use std::{path::Path, time::Duration};
 
 use agentmesh_node::{
@@ -39,24 +41,7 @@ async fn restart(dir: &Path, name: &str) -> Node {
 
 /// [`restart`], joining the network through `bootstrap`.
 async fn restart_with(dir: &Path, name: &str, bootstrap: Option<&Node>) -> Node {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let addrs = match bootstrap {
-        Some(boot) => boot.listen_addrs().await,
-        None => Vec::new(),
-    };
-    loop {
-        let b = Node::builder(config())
-            .data_dir(dir.join(name))
-            .passphrase(Passphrase::new(name))
-            .bootstraps(addrs.clone());
-        match b.spawn().await {
-            Ok(n) => return n,
-            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("{name} restarts: {e}"),
-        }
-    }
+    support::start_node(dir, name, config(), bootstrap, WAIT).await
 }
 
 async fn bootstrap(dir: &Path) -> Node {

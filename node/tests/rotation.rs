@@ -13,6 +13,8 @@ use agentmesh_node::{
 };
 use serde_json::json;
 
+mod support;
+
 const WAIT: Duration = Duration::from_secs(90);
 
 fn config() -> Config {
@@ -22,26 +24,9 @@ fn config() -> Config {
 }
 
 /// Starts `name` in `dir` (again, once a stopped node let go of its
-/// database: its lock is the event waited on).
+/// database).
 async fn start(dir: &Path, name: &str, boot: Option<&Node>) -> Node {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let addrs = match boot {
-        Some(b) => b.listen_addrs().await,
-        None => Vec::new(),
-    };
-    loop {
-        let b = Node::builder(config())
-            .data_dir(dir.join(name))
-            .passphrase(Passphrase::new(name))
-            .bootstraps(addrs.clone());
-        match b.spawn().await {
-            Ok(n) => return n,
-            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("{name} starts: {e}"),
-        }
-    }
+    support::start_node(dir, name, config(), boot, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

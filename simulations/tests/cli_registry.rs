@@ -7,6 +7,8 @@ use std::{path::Path, time::Duration};
 use agentmesh_sim::process::{start_agent, start_bootstrap_with_registry};
 use serde_json::Value;
 
+mod support;
+
 const WAIT: Duration = Duration::from_secs(90);
 /// A registry URL nothing listens on: a command that reaches a registry
 /// while given it went through the running node.
@@ -16,29 +18,12 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
 }
 
-/// The `agentmesh` binary of this build: in `$AGENTMESH_BIN_DIR`, else
-/// next to `agentmesh-sim` (`cargo test --workspace` and `.ci/run` build
-/// every binary of the workspace; alone, build it first with
-/// `cargo build -p agentmesh-node --bin agentmesh`).
-fn agentmesh_cli() -> std::path::PathBuf {
-    let dir = std::env::var_os("AGENTMESH_BIN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| exe().parent().unwrap().to_owned());
-    let cli = dir.join("agentmesh");
-    assert!(
-        cli.exists(),
-        "no agentmesh binary at {}: run `cargo build -p agentmesh-node --bin agentmesh` first",
-        cli.display()
-    );
-    cli
-}
-
 /// `agentmesh --json --data-dir <dir> <args>`: whether it succeeded, its
 /// stdout and stderr.
 async fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let out = tokio::time::timeout(
         WAIT,
-        tokio::process::Command::new(agentmesh_cli())
+        tokio::process::Command::new(support::agentmesh_cli())
             .env("AGENTMESH_PASSPHRASE", "test passphrase")
             .env_remove("AGENTMESH_PASSPHRASE_FILE")
             .env_remove("AGENTMESH_REGISTRY")

@@ -6,13 +6,12 @@
 //! mailbox until he is back; bob rotates his key and alice's next send
 //! follows him to his new AMID.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use agentmesh_sim::process::{start_bootstrap_with_registry, start_relay, Proc, DEVNET_PASSPHRASE};
 use serde_json::{json, Value};
+
+mod support;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -20,29 +19,12 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
 }
 
-/// The `agentmesh` binary of this build: in `$AGENTMESH_BIN_DIR`, else
-/// next to `agentmesh-sim` (`cargo test --workspace` builds every binary of
-/// the workspace; alone, build it first with `cargo build -p
-/// agentmesh-node --bin agentmesh`).
-fn agentmesh() -> PathBuf {
-    let dir = std::env::var_os("AGENTMESH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| exe().parent().unwrap().to_owned());
-    let cli = dir.join("agentmesh");
-    assert!(
-        cli.exists(),
-        "no agentmesh binary at {}: run `cargo build -p agentmesh-node --bin agentmesh` first",
-        cli.display()
-    );
-    cli
-}
-
 /// `agentmesh --json --data-dir <dir> <args>`, which must succeed: what it
 /// printed, as JSON.
 async fn cli(dir: &Path, args: &[&str]) -> Value {
     let out = tokio::time::timeout(
         WAIT * 2,
-        tokio::process::Command::new(agentmesh())
+        tokio::process::Command::new(support::agentmesh_cli())
             .env("AGENTMESH_PASSPHRASE", DEVNET_PASSPHRASE)
             .env_remove("AGENTMESH_PASSPHRASE_FILE")
             .env_remove("AGENTMESH_REGISTRY")
@@ -73,7 +55,7 @@ async fn run(name: &str, dir: &Path, args: &[String]) -> (Proc, String) {
         "run".into(),
     ];
     all.extend_from_slice(args);
-    let mut p = Proc::spawn(name, &agentmesh(), &all, dir).unwrap();
+    let mut p = Proc::spawn(name, &support::agentmesh_cli(), &all, dir).unwrap();
     let started = p.wait_event(WAIT, "started").await.unwrap();
     let amid = started["amid"].as_str().unwrap().to_owned();
     p.wait_for(WAIT, |v| {
@@ -162,7 +144,7 @@ async fn the_readme_walkthrough_runs_as_written() {
     let sent = cli(&alice_dir, &send).await;
     assert_eq!(sent["receipt"]["knocked"], true, "{sent}");
     // A payload its schema refuses is not sent.
-    let out = tokio::process::Command::new(agentmesh())
+    let out = tokio::process::Command::new(support::agentmesh_cli())
         .env("AGENTMESH_PASSPHRASE", DEVNET_PASSPHRASE)
         .arg("--data-dir")
         .arg(&alice_dir)
@@ -224,7 +206,7 @@ async fn the_readme_walkthrough_runs_as_written() {
     // holds it, alice's send finds no way to bob.
     let sent = tokio::time::timeout(WAIT * 2, async {
         loop {
-            let out = tokio::process::Command::new(agentmesh())
+            let out = tokio::process::Command::new(support::agentmesh_cli())
                 .env("AGENTMESH_PASSPHRASE", DEVNET_PASSPHRASE)
                 .arg("--json")
                 .arg("--data-dir")

@@ -13,7 +13,7 @@ use agentmesh_node::{
     envelope::SessionId,
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
-    Amid, Identity, Intent,
+    Amid, Config, Identity, Intent, Node, Passphrase,
 };
 use agentmesh_transports::framing::FramedStream;
 
@@ -82,4 +82,34 @@ pub async fn sybil_knock(
         .verify(&bob, &knock)
         .expect("bob signs every answer, refusals included");
     Some(decision)
+}
+
+/// Starts the node `name` in `dir` with `config`, joined through `boot`:
+/// again too, once a stopped node let go of its database (its lock is the
+/// event waited on, for up to `wait`).
+pub async fn start_node(
+    dir: &std::path::Path,
+    name: &str,
+    config: Config,
+    boot: Option<&Node>,
+    wait: Duration,
+) -> Node {
+    let deadline = tokio::time::Instant::now() + wait;
+    let addrs = match boot {
+        Some(b) => b.listen_addrs().await,
+        None => Vec::new(),
+    };
+    loop {
+        let b = Node::builder(config.clone())
+            .data_dir(dir.join(name))
+            .passphrase(Passphrase::new(name))
+            .bootstraps(addrs.clone());
+        match b.spawn().await {
+            Ok(n) => return n,
+            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{name} starts: {e}"),
+        }
+    }
 }

@@ -129,3 +129,25 @@ pub async fn application(dir: PathBuf, log: Arc<Mutex<AppLog>>, stop: Arc<Atomic
         }
     }
 }
+
+/// The `agentmesh` binary of this build: in `$AGENTMESH_BIN_DIR`, else
+/// next to `agentmesh-sim` (`cargo test --workspace` and `.ci/run` build
+/// every binary of the workspace; alone, build it first with
+/// `cargo build -p agentmesh-node --bin agentmesh`).
+pub fn agentmesh_cli() -> PathBuf {
+    let dir = std::env::var_os("AGENTMESH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_BIN_EXE_agentmesh-sim"))
+                .parent()
+                .expect("a directory")
+                .to_owned()
+        });
+    let cli = dir.join("agentmesh");
+    assert!(
+        cli.exists(),
+        "no agentmesh binary at {}: run `cargo build -p agentmesh-node --bin agentmesh` first",
+        cli.display()
+    );
+    cli
+}
