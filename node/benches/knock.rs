@@ -45,6 +45,7 @@ fn knock_body(from: &Identity, to: agentmesh_node::Amid) -> KnockBody {
         nonce: [4; 16],
         first: vec![0; 64],
         credentials: Default::default(),
+        moved_from: Vec::new(),
     }
 }
 

@@ -195,6 +195,9 @@ struct Shared {
     config: Config,
     /// The message schemas known (standard and custom).
     schemas: Arc<crate::schema::Schemas>,
+    /// Our own rotation statements, oldest first: our KNOCKs show them so
+    /// that peers' lists follow us to this key.
+    rotations: Vec<crate::identity::rotation::SignedRotation>,
     store: Mutex<SessionStore>,
     policy: RwLock<Policy>,
     events: broadcast::Sender<NodeEvent>,

@@ -241,6 +241,7 @@ async fn knocks_outside_the_time_window_leave_no_nonce_behind() {
                 nonce,
                 first: Vec::new(),
                 credentials: Default::default(),
+                moved_from: Vec::new(),
             },
         )
         .unwrap();

@@ -173,3 +173,72 @@ async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answ
         .unwrap();
     assert_eq!(got.payload, json!({ "text": "found you" }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_and_block_lists_follow_an_agent_that_rotated() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start(dir.path(), "bootstrap", None).await;
+    tokio::time::timeout(WAIT, async {
+        while boot.listen_addrs().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("bootstrap listens");
+    let carol = start(dir.path(), "carol", Some(&boot)).await;
+    let old_carol = carol.amid();
+    carol.shutdown().await;
+    Keystore::rotate_file(
+        &dir.path().join("carol"),
+        &Passphrase::new("carol"),
+        KdfParams::throwaway(),
+        agentmesh_dht::now_ms(),
+    )
+    .unwrap();
+
+    // Alice takes only the old carol; bob blocks her.
+    let alice = start(dir.path(), "alice", Some(&boot)).await;
+    let mut only_carol = alice.policy();
+    only_carol.allow.insert(old_carol);
+    alice.set_policy(only_carol);
+    let bob = start(dir.path(), "bob", Some(&boot)).await;
+    bob.block(old_carol);
+    let carol = start(dir.path(), "carol", Some(&boot)).await;
+    let new_carol = carol.amid();
+    assert_ne!(new_carol, old_carol);
+    let mut inbox = alice.messages().unwrap();
+    for n in [&alice, &bob, &carol] {
+        assert!(n.wait_published(WAIT).await);
+    }
+
+    // Her KNOCK shows her history: alice's allowlist lets the new key in,
+    // and alice notes where carol went.
+    let receipt = tokio::time::timeout(WAIT, carol.send(&alice.amid(), json!({ "text": "me" })))
+        .await
+        .expect("in time")
+        .expect("alice takes the new key of an agent she allowed");
+    assert!(receipt.knocked);
+    let got = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("alice gets it")
+        .unwrap();
+    assert_eq!(
+        (got.from, got.payload),
+        (new_carol, json!({ "text": "me" }))
+    );
+    assert_eq!(alice.current_amid(&old_carol), new_carol);
+
+    // Bob's blocklist holds the new key too.
+    let refused = tokio::time::timeout(WAIT, carol.send(&bob.amid(), json!({ "text": "me" })))
+        .await
+        .expect("in time")
+        .expect_err("bob refuses the new key of an agent he blocked");
+    assert!(
+        matches!(
+            refused,
+            agentmesh_node::SendError::Rejected(agentmesh_node::RejectReason::Blocked)
+        ),
+        "{refused:?}"
+    );
+}

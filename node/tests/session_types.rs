@@ -364,6 +364,7 @@ async fn a_knock_for_an_unknown_session_type_is_refused_as_an_invalid_intent() {
         nonce: [42; 16],
         first: Vec::new(),
         credentials: Default::default(),
+        moved_from: Vec::new(),
     };
     let knock = SignedKnock::sign(alice.identity(), &body).unwrap();
     let mut control = alice.stream_control();

@@ -1031,6 +1031,7 @@ fn build(olm: &OlmFixture) -> Built {
             nonce: NONCE,
             first: e1.to_bytes(),
             credentials: Default::default(),
+            moved_from: Vec::new(),
         },
     )
     .expect("sign");

@@ -24,12 +24,15 @@ use agentmesh_node::{
         self, Credentials, LogInclusion, Reputation, ReputationAttestation, SignedAttestation,
         MAX_ATTESTATION_SIZE,
     },
+    envelope::SessionId,
+    identity::rotation::SignedRotation,
+    knock::{KnockBody, SignedKnock},
     registry::{Revocation, SignedRevocation, MAX_REVOCATION_SIZE},
     transparency::{
         leaf_hash, ConsistencyProof, InclusionProof, LeafKind, MemoryTree, SignedTreeHead,
         DOMAIN_SEP_TREE_HEAD,
     },
-    Amid, Identity, Tier,
+    Amid, Identity, Intent, Tier,
 };
 use agentmesh_transports::codec;
 use ed25519_dalek::VerifyingKey;
@@ -53,6 +56,8 @@ const ALICE: u8 = 1;
 const BOB: u8 = 2;
 const REGISTRY_ROOT: u8 = 4;
 const ORG: u8 = 5;
+/// The key alice held before she rotated to her present one.
+const ALICE_OLD: u8 = 6;
 
 /// Certificate serials.
 const SERIAL_ALICE: [u8; 16] = [0xa1; 16];
@@ -311,6 +316,27 @@ fn decode(v: &Vector, bytes: &[u8]) -> Result<Value, String> {
                 out["reputation_hex"] = json!(h(&codec::encode(a).map_err(err)?));
             }
             Ok(out)
+        }
+        "signed_knock" => {
+            let k = SignedKnock::from_bytes(bytes).map_err(err)?;
+            same_bytes("the knock", bytes, &k.to_bytes())?;
+            // The initiator's signature and its rotation history.
+            let body = k.verify().map_err(err)?;
+            let now = ctx_u64(&v.context, "now_ms")?;
+            let checked =
+                credentials::check(&body.credentials, &body.from, &key, true, now, |_| false)
+                    .map_err(err)?;
+            Ok(json!({
+                "from": body.from.to_string(),
+                "to": body.to.to_string(),
+                "capability": body.intent.capability,
+                "ts_ms": body.ts_ms,
+                "credentials_hex": h(&body.credentials.to_bytes().map_err(err)?),
+                "tier": checked.tier,
+                "reputation": checked.reputation,
+                "moved_from": body.former().iter().map(Amid::to_string).collect::<Vec<_>>(),
+                "moved_from_hex": body.moved_from.iter().map(|r| h(&r.to_bytes())).collect::<Vec<_>>(),
+            }))
         }
         other => Err(format!("unknown vector type {other:?}")),
     }
@@ -602,6 +628,41 @@ fn build() -> Vec<(&'static str, VectorFile)> {
                 .to_bytes()
                 .expect("credentials"),
                 "what alice's KNOCKs show: her chain, its inclusion in the log (leaf 2 of the 7-leaf head of transparency.json) and her reputation; checked with the inclusion required",
+                check_ctx(ALICE),
+            ),
+            vector(
+                "knock_with_credentials_and_history",
+                "signed_knock",
+                REGISTRY_ROOT,
+                SignedKnock::sign(
+                    &identity(ALICE),
+                    &KnockBody {
+                        from: amid(ALICE),
+                        to: amid(BOB),
+                        intent: Intent::new("weather/forecast", "query"),
+                        session: SessionId([0x5e; 16]),
+                        ts_ms: CHECK_AT,
+                        nonce: [0x4e; 16],
+                        first: Vec::new(),
+                        credentials: Credentials {
+                            chain: Some(f.chain_verified.clone()),
+                            inclusion: Some(LogInclusion {
+                                proof: f.log.inclusion_proof(2, f.log.len()).expect("proof"),
+                                head: f.newer_head.clone(),
+                            }),
+                            reputation: Some(f.attestation.clone()),
+                        },
+                        moved_from: vec![SignedRotation::sign(
+                            &identity(ALICE_OLD),
+                            &identity(ALICE),
+                            T0,
+                        )
+                        .expect("rotation")],
+                    },
+                )
+                .expect("knock")
+                .to_bytes(),
+                "a KNOCK from alice to bob (SPEC.md §5.2) showing the credentials above and her rotation history (§2.4: she moved from seed 6 to seed 1); signed by alice (checked with the key in `from`), credentials checked against the root. `first` is empty here: knock.json has a KNOCK with its first envelope",
                 check_ctx(ALICE),
             ),
         ],

@@ -119,6 +119,14 @@ impl SignedRotation {
         Ok(body)
     }
 
+    /// The key left, read without checking the signatures (for a statement
+    /// already checked).
+    pub fn old_unverified(&self) -> Option<Amid> {
+        codec::decode::<RotationBody>(&self.body, MAX_ROTATION_SIZE)
+            .ok()
+            .map(|b| b.old)
+    }
+
     /// Encodes for the DHT or the keystore.
     pub fn to_bytes(&self) -> Vec<u8> {
         // A struct of three byte strings always encodes.
@@ -135,6 +143,32 @@ impl SignedRotation {
 /// `from`, each next one about the previous one's new key): checks every
 /// statement and returns the AMID the agent holds now.
 pub fn follow(from: Amid, chain: &[SignedRotation]) -> Result<Amid, RotationError> {
+    let visited = walk(from, chain)?;
+    Ok(*visited.last().unwrap_or(&from))
+}
+
+/// Checks an agent's own history: `chain`, oldest first, must lead to `to`.
+/// Returns the AMIDs held before `to`, oldest first (empty for an empty
+/// chain).
+pub fn history(chain: &[SignedRotation], to: &Amid) -> Result<Vec<Amid>, RotationError> {
+    let Some(first) = chain.first() else {
+        return Ok(Vec::new());
+    };
+    let from = first.verify()?.old;
+    let mut visited = walk(from, chain)?;
+    let end = visited.pop().unwrap_or(from);
+    if &end != to {
+        return Err(RotationError::WrongSubject {
+            expected: *to,
+            found: end,
+        });
+    }
+    Ok(visited)
+}
+
+/// Every AMID from `from` through `chain`, `from` first, each statement
+/// checked.
+fn walk(from: Amid, chain: &[SignedRotation]) -> Result<Vec<Amid>, RotationError> {
     if chain.len() > MAX_HOPS {
         return Err(RotationError::TooLong);
     }
@@ -154,7 +188,7 @@ pub fn follow(from: Amid, chain: &[SignedRotation]) -> Result<Amid, RotationErro
         seen.push(body.new);
         at = body.new;
     }
-    Ok(at)
+    Ok(seen)
 }
 
 #[cfg(test)]
@@ -173,6 +207,18 @@ mod tests {
             assert_eq!(&back, r);
         }
         assert_eq!(follow(keys[0].amid(), &chain), Ok(keys[3].amid()));
+        let before: Vec<Amid> = keys[..3].iter().map(Identity::amid).collect();
+        assert_eq!(history(&chain, &keys[3].amid()), Ok(before));
+        assert_eq!(history(&[], &keys[3].amid()), Ok(Vec::new()));
+        // a history must end at the agent that shows it
+        assert!(matches!(
+            history(&chain, &keys[2].amid()),
+            Err(RotationError::WrongSubject { .. })
+        ));
+        assert!(matches!(
+            history(&chain[1..], &keys[3].amid()),
+            Ok(v) if v == [keys[1].amid(), keys[2].amid()]
+        ));
         assert_eq!(follow(keys[1].amid(), &chain[1..]), Ok(keys[3].amid()));
         assert_eq!(follow(keys[0].amid(), &[]), Ok(keys[0].amid()));
         // Out of order: the second statement is not about the start.

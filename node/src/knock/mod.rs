@@ -31,7 +31,10 @@ use agentmesh_transports::codec;
 use crate::{
     credentials::Credentials,
     envelope::{SessionId, MAX_ENVELOPE_SIZE},
-    identity::{Amid, Identity},
+    identity::{
+        rotation::{self, SignedRotation},
+        Amid, Identity,
+    },
 };
 
 /// Domain-separation context of KNOCK signatures.
@@ -151,6 +154,23 @@ pub struct KnockBody {
     /// The initiator's certificates and reputation; empty when anonymous.
     #[serde(default, skip_serializing_if = "Credentials::is_empty")]
     pub credentials: Credentials,
+    /// The initiator's rotation statements, oldest first, leading to
+    /// `from` (at most [`MAX_HOPS`](rotation::MAX_HOPS)); empty when it never rotated. They let
+    /// the receiver's allow and block lists follow it to its new key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_from: Vec<SignedRotation>,
+}
+
+impl KnockBody {
+    /// The AMIDs the initiator held before `from`, oldest first, as its
+    /// [`moved_from`](Self::moved_from) statements show (of a KNOCK that
+    /// [`SignedKnock::verify`] accepted, which checked them).
+    pub fn former(&self) -> Vec<Amid> {
+        self.moved_from
+            .iter()
+            .filter_map(SignedRotation::old_unverified)
+            .collect()
+    }
 }
 
 /// Why a KNOCK (or a message) was refused. Travels on the wire; unknown
@@ -323,6 +343,12 @@ impl SignedKnock {
         if !body.from.verify(DOMAIN_SEP_KNOCK, &self.body, &self.sig) {
             return Err(KnockError::BadSignature);
         }
+        // The statements must be the initiator's own history, ending at the
+        // key that signed the KNOCK.
+        if !body.moved_from.is_empty() {
+            rotation::history(&body.moved_from, &body.from)
+                .map_err(|e| KnockError::Malformed(format!("rotation history: {e}")))?;
+        }
         Ok(body)
     }
 
@@ -424,6 +450,7 @@ mod tests {
             nonce: [4; 16],
             first: vec![1, 2, 3],
             credentials: Credentials::default(),
+            moved_from: Vec::new(),
         }
     }
 
@@ -450,6 +477,34 @@ mod tests {
             d2.verify(&b.amid(), &other).unwrap_err(),
             KnockError::Unrelated
         );
+    }
+
+    #[test]
+    fn a_knock_shows_only_its_own_rotation_history() {
+        let (old, a, b, other) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let mut body = knock(&a, b.amid(), 5);
+        body.moved_from = vec![SignedRotation::sign(&old, &a, 1).unwrap()];
+        let k = SignedKnock::sign(&a, &body).unwrap();
+        let back = SignedKnock::from_bytes(&k.to_bytes())
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert_eq!(back.former(), vec![old.amid()]);
+        // a history that ends at someone else's key is refused
+        body.moved_from = vec![SignedRotation::sign(&old, &other, 1).unwrap()];
+        let k = SignedKnock::sign(&a, &body).unwrap();
+        assert!(matches!(k.verify(), Err(KnockError::Malformed(_))));
+        // and so is one with a forged signature
+        let mut forged = SignedRotation::sign(&old, &a, 1).unwrap();
+        forged.sig_old[0] ^= 1;
+        body.moved_from = vec![forged];
+        let k = SignedKnock::sign(&a, &body).unwrap();
+        assert!(matches!(k.verify(), Err(KnockError::Malformed(_))));
     }
 
     #[test]

@@ -424,10 +424,16 @@ impl Policy {
         if ctx.invalid_credentials {
             return reject(RejectReason::InvalidCredentials);
         }
-        if self.block.contains(&knock.from) {
+        // The lists follow an agent that rotated its key: the AMIDs its
+        // KNOCK proves it held before count as its own.
+        let former = knock.former();
+        let is = |list: &BTreeSet<Amid>| {
+            list.contains(&knock.from) || former.iter().any(|a| list.contains(a))
+        };
+        if is(&self.block) {
             return reject(RejectReason::Blocked);
         }
-        if !self.allow.is_empty() && !self.allow.contains(&knock.from) {
+        if !self.allow.is_empty() && !is(&self.allow) {
             return reject(RejectReason::NotAllowed);
         }
         if ctx.tier < self.min_tier {
@@ -478,6 +484,7 @@ mod tests {
             nonce: [4; 16],
             first: vec![],
             credentials: Default::default(),
+            moved_from: Vec::new(),
         }
     }
 
@@ -486,6 +493,48 @@ mod tests {
             Decision::Accept { .. } => None,
             Decision::Reject { reason, .. } => Some(reason),
         }
+    }
+
+    #[test]
+    fn allow_and_block_lists_follow_a_rotated_key() {
+        use crate::identity::rotation::SignedRotation;
+        let (old, mid, new, b) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let chain = vec![
+            SignedRotation::sign(&old, &mid, 1).unwrap(),
+            SignedRotation::sign(&mid, &new, 2).unwrap(),
+        ];
+        let mut moved = knock(&new, b.amid(), "chat", "hello", NOW);
+        moved.moved_from = chain;
+        let plain = knock(&new, b.amid(), "chat", "hello", NOW);
+        let ctx = KnockContext::default();
+
+        let mut allow_old = Policy::permissive();
+        allow_old.allow.insert(old.amid());
+        assert_eq!(
+            reason(allow_old.evaluate(&b.amid(), &moved, ctx, NOW)),
+            None
+        );
+        // without its history, the new key is a stranger
+        assert_eq!(
+            reason(allow_old.evaluate(&b.amid(), &plain, ctx, NOW)),
+            Some(RejectReason::NotAllowed)
+        );
+
+        let mut block_mid = Policy::permissive();
+        block_mid.block.insert(mid.amid());
+        assert_eq!(
+            reason(block_mid.evaluate(&b.amid(), &moved, ctx, NOW)),
+            Some(RejectReason::Blocked)
+        );
+        assert_eq!(
+            reason(block_mid.evaluate(&b.amid(), &plain, ctx, NOW)),
+            None
+        );
     }
 
     #[test]

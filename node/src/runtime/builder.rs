@@ -227,6 +227,7 @@ impl Node {
             .iter()
             .map(|(id, r)| (Identity::from_seed(&id.seed()), r.clone()))
             .collect();
+        let rotations = keystore.rotations();
         drop(keystore);
 
         if let Some(addr) = &config.registry {
@@ -281,6 +282,7 @@ impl Node {
             policy: RwLock::new(config.policy.clone()),
             config,
             schemas,
+            rotations,
             store: Mutex::new(store),
             events,
             inbox_tx,

@@ -427,6 +427,7 @@ pub(super) fn decide(
         });
         return (decision, None);
     };
+    super::rotation::note_history(shared, &body);
     let info =
         SessionStore::responder_info(body.from, session, body.intent.clone(), now, expires_ms);
     let first = match SignedEnvelope::from_bytes(&body.first) {

@@ -17,6 +17,7 @@ use crate::{
         rotation::{SignedRotation, MAX_HOPS, ROTATION_NAMESPACE},
         Amid, Identity,
     },
+    knock::KnockBody,
 };
 
 /// Lifetime of a published rotation record.
@@ -102,6 +103,25 @@ pub(super) fn maybe_moved(e: &SendError) -> bool {
             | SendError::Mailbox(_)
             | SendError::CircuitOpen { .. }
     )
+}
+
+/// Notes the rotations an accepted KNOCK showed (checked with it), so that
+/// sends to the initiator's old AMIDs, and petnames of them, go to its key.
+pub(super) fn note_history(shared: &Shared, body: &KnockBody) {
+    let former = body.former();
+    let Some(first) = former.first() else {
+        return;
+    };
+    if shared.contacts.moved_to(first) == body.from {
+        return;
+    }
+    let next = former.iter().skip(1).chain(std::iter::once(&body.from));
+    for (old, new) in former.iter().zip(next) {
+        match shared.contacts.set_moved(old, new) {
+            Ok(renamed) => info!(%old, %new, renamed, "agent moved to a new key"),
+            Err(e) => warn!(error = %e, "could not note a rotation"),
+        }
+    }
 }
 
 impl Node {

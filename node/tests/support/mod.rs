@@ -65,6 +65,7 @@ pub async fn sybil_knock(
             nonce: seed[..16].try_into().unwrap(),
             first: Vec::new(),
             credentials: Default::default(),
+            moved_from: Vec::new(),
         },
     )
     .unwrap();

@@ -194,6 +194,7 @@ pub(super) async fn check_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<Chec
         nonce: [0; 16],
         first: Vec::new(),
         credentials: Default::default(),
+        moved_from: Vec::new(),
     };
     let kctx = KnockContext {
         tier: b.tier.unwrap_or_default(),

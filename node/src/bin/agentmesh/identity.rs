@@ -111,6 +111,7 @@ pub(crate) fn check(a: &CheckArgs, json: bool) -> Result<()> {
         nonce: [0; 16],
         first: Vec::new(),
         credentials: Default::default(),
+        moved_from: Vec::new(),
     };
     let ctx = KnockContext {
         tier,

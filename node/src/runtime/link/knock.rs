@@ -271,6 +271,7 @@ impl Link {
             nonce: crate::storage::random_array(),
             first: first.to_bytes(),
             credentials: self.shared.credentials(),
+            moved_from: self.shared.rotations.clone(),
         };
         let knock = SignedKnock::sign(&self.shared.identity, &body).map_err(|e| e.to_string())?;
         Ok((pending, first, knock))
