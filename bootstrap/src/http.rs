@@ -291,6 +291,7 @@ pub fn router_with_metrics(registry: Registry, metrics: Arc<RegistryMetrics>) ->
         .route("/v1/registry/reputation/session", signed("session"))
         .route("/v1/registry/reputation/evidence", get(evidence))
         .route("/v1/registry/revoke", signed("revoke"))
+        .route("/v1/registry/rotate", signed("rotate"))
         .route("/v1/registry/revocation", get(revocation))
         .route("/v1/registry/crl", get(crl))
         .route("/v1/registry/root", get(root))
@@ -677,6 +678,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/registry/reputation/session"),
     ("get", "/v1/registry/reputation/evidence"),
     ("post", "/v1/registry/revoke"),
+    ("post", "/v1/registry/rotate"),
     ("get", "/v1/registry/revocation"),
     ("get", "/v1/registry/crl"),
     ("get", "/v1/registry/root"),

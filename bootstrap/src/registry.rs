@@ -42,6 +42,7 @@ mod prekeys;
 mod reputation;
 mod revocation;
 mod root;
+mod rotation;
 pub mod scores;
 mod search;
 mod settings;
@@ -83,6 +84,7 @@ pub use reputation::{
     DEFAULT_LEADERBOARD_LIMIT,
 };
 pub use revocation::{Crl, RevocationEntry, RevocationStatus, Revoked, REVOCATION_RECORD_TTL};
+pub use rotation::Rotated;
 pub use search::{
     parse_tier, SearchError, SearchQuery, SearchResults, DEFAULT_LIMIT, MAX_LIMIT,
     MAX_SEARCH_CAPABILITY,
@@ -231,6 +233,8 @@ pub enum Applied {
     OrgAgent(OrgAgentFiled),
     /// `oauth_authorize`.
     OauthStarted(OauthStarted),
+    /// `rotate`.
+    Rotated(Rotated),
 }
 
 /// The root key, the registry node and where revocations are in the DHT.
@@ -557,6 +561,9 @@ impl Registry {
             }
             Operation::OrgAgent { agent, certificate } => {
                 Applied::OrgAgent(self.org_agent(req, &signer, agent, certificate, now_ms)?)
+            }
+            Operation::Rotate { rotations } => {
+                Applied::Rotated(self.rotate(req, &signer, rotations, now_ms)?)
             }
             _ => return Err(RegistryError::Invalid("unsupported operation".into())),
         };

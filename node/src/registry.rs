@@ -423,6 +423,14 @@ pub enum Operation {
         /// [`crate::cert::SignedCertificate`], hex.
         certificate: String,
     },
+    /// Move the registration of a key the signer rotated away from to the
+    /// signer: its record, tier (a tier 1 certificate is issued again for
+    /// the new key) and reputation history. The old key is revoked.
+    Rotate {
+        /// The signer's rotation history, oldest first, ending at the
+        /// signer: each a CBOR [`SignedRotation`](crate::identity::rotation::SignedRotation), hex.
+        rotations: Vec<String>,
+    },
 }
 
 impl Operation {
@@ -440,6 +448,7 @@ impl Operation {
             Self::OrgVerify { .. } => "org_verify",
             Self::OrgAgent { .. } => "org_agent",
             Self::OauthAuthorize {} => "oauth_authorize",
+            Self::Rotate { .. } => "rotate",
         }
     }
 }

@@ -185,6 +185,32 @@ async fn the_readme_walkthrough_runs_as_written() {
     let new_bob = moved["new"].as_str().unwrap().to_owned();
     let (mut bob, now) = run("bob", &bob_dir, &bob_args).await;
     assert_eq!(now, new_bob);
+    // Registering again takes the old registration along; searches find
+    // the new key only.
+    let registered = cli(
+        &bob_dir,
+        &[
+            "register",
+            "--name",
+            "Weather bot",
+            "--capability",
+            "weather/forecast",
+        ],
+    )
+    .await;
+    assert_eq!(registered["rotated"]["moved"], true, "{registered}");
+    assert_eq!(
+        registered["rotated"]["from"],
+        bob_amid.as_str(),
+        "{registered}"
+    );
+    let found = cli(&alice_dir, &["search", "weather"]).await;
+    assert_eq!(found["results"][0]["amid"], new_bob.as_str(), "{found}");
+    assert_eq!(
+        found["results"].as_array().map(Vec::len),
+        Some(1),
+        "{found}"
+    );
     // Once the tombstone bob's new node leaves under his old key is out,
     // the old AMID's card says he moved (mail sent before that would wait
     // at his old mailbox, read by nobody).

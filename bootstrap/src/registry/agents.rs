@@ -46,6 +46,12 @@ pub struct AgentView {
     pub last_seen_ms: u64,
     /// Whether revoked.
     pub revoked: bool,
+    /// The keys the agent rotated away from, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<Amid>,
+    /// The key the agent rotated to, when this one was left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<Amid>,
 }
 
 /// A transparency-log entry binding an AMID to its key-agreement key, logged
@@ -160,6 +166,8 @@ impl Registry {
             registered_ms: old.as_ref().map(|o| o.registered_ms).unwrap_or(now_ms),
             last_seen_ms: now_ms,
             revoked: false,
+            previous: old.as_ref().map(|o| o.previous.clone()).unwrap_or_default(),
+            moved_to: None,
         };
         let rebound = old.as_ref().is_none_or(|o| o.x25519_key != rec.x25519_key);
         self.mark_seen(req, now_ms)?;
@@ -248,6 +256,8 @@ impl Registry {
             registered_ms: a.registered_ms,
             last_seen_ms: a.last_seen_ms,
             revoked: a.revoked,
+            previous: a.previous,
+            moved_to: a.moved_to,
         }
     }
 

@@ -126,6 +126,8 @@ mod tests {
             registered_ms: 0,
             last_seen_ms: 0,
             revoked: false,
+            previous: Vec::new(),
+            moved_to: None,
         };
         let d = document(&rec, "http://r.example/", &["/dns4/relay/tcp/1".into()]);
         assert_eq!(d["id"], format!("did:agentmesh:{amid}"));

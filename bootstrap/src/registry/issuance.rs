@@ -204,6 +204,23 @@ impl Registry {
         Ok(cert.sign_as(self.root())?)
     }
 
+    /// A tier 1 agent certificate for `amid`, named `subject_name`.
+    pub(super) fn new_agent_cert(
+        &self,
+        amid: &Amid,
+        subject_name: &str,
+        now_ms: u64,
+    ) -> Result<SignedCertificate, RegistryError> {
+        self.new_cert(
+            CertKind::Agent,
+            *amid.as_bytes(),
+            subject_name,
+            Tier::Verified,
+            self.inner.settings.agent_cert_validity,
+            now_ms,
+        )
+    }
+
     /// Issues a tier 1 certificate to `amid` after its owner proved an
     /// account at an OAuth provider (`subject_name` = `provider:subject`),
     /// stores it on the agent and returns the chain. An agent of an
@@ -215,14 +232,7 @@ impl Registry {
         now_ms: u64,
     ) -> Result<CertChain, RegistryError> {
         let old = self.live_agent(amid)?;
-        let cert = self.new_cert(
-            CertKind::Agent,
-            *amid.as_bytes(),
-            subject_name,
-            Tier::Verified,
-            self.inner.settings.agent_cert_validity,
-            now_ms,
-        )?;
+        let cert = self.new_agent_cert(amid, subject_name, now_ms)?;
         let chain = CertChain(vec![cert]);
         self.log_append_leaf(&Credentials::log_leaf(&chain)?)?;
         if old.tier != Tier::Organization {

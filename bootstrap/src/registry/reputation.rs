@@ -256,17 +256,22 @@ impl Registry {
             return Ok(None);
         };
         let mut outcomes = Vec::new();
-        for r in self.inner.store.receipts_of(amid)? {
-            // Both signatures were checked when the receipt was filed.
-            if let Ok(b) = serde_json::from_str::<ReceiptBody>(&r.body) {
-                outcomes.push(SessionOutcome {
-                    ended_ms: b.ended_ms,
-                    completed: b.completed,
-                });
+        let mut ratings = Vec::new();
+        let mut rated = HashSet::new();
+        // The history of the keys it rotated away from is its own.
+        for key in agent.previous.iter().chain(std::iter::once(amid)) {
+            for r in self.inner.store.receipts_of(key)? {
+                // Both signatures were checked when the receipt was filed.
+                if let Ok(b) = serde_json::from_str::<ReceiptBody>(&r.body) {
+                    outcomes.push(SessionOutcome {
+                        ended_ms: b.ended_ms,
+                        completed: b.completed,
+                    });
+                }
             }
+            ratings.extend(self.inner.store.feedback_of(key)?);
+            rated.extend(self.inner.store.rated_by(key)?);
         }
-        let ratings = self.inner.store.feedback_of(amid)?;
-        let rated = self.inner.store.rated_by(amid)?.into_iter().collect();
         Ok(Some(Gathered {
             agent,
             outcomes,

@@ -149,6 +149,30 @@ impl Registry {
         if self.is_revoked_key(subject.as_bytes())? {
             return Err(RegistryError::Conflict("already revoked".into()));
         }
+        self.mark_seen(req, now_ms)?;
+        let bytes = self.revoke_key(&subject, reason, now_ms)?;
+        if let Some(old) = agent {
+            let mut rec = old.clone();
+            rec.revoked = true;
+            self.put_agent(&rec, Some(&old))?;
+        }
+        info!(target: "agentmesh::registry", amid = %subject, by = %signer, "revoked");
+        Ok(Revoked {
+            subject,
+            revoked: true,
+            revocation: hex::encode(bytes),
+        })
+    }
+
+    /// Revokes `subject`'s key: a revocation signed by the root, stored,
+    /// logged and published; the key's prekeys are dropped. The caller
+    /// marks the agent record. Returns the signed revocation, encoded.
+    pub(super) fn revoke_key(
+        &self,
+        subject: &Amid,
+        reason: String,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let rev = Revocation {
             subject_key: *subject.as_bytes(),
             serial: None,
@@ -158,25 +182,14 @@ impl Registry {
         };
         let signed = rev.sign(self.root())?;
         let bytes = signed.to_bytes()?;
-        self.mark_seen(req, now_ms)?;
         self.inner
             .store
             .revocations
             .insert(subject.as_bytes(), bytes.clone())?;
         self.log_append(LeafKind::Revocation, &bytes)?;
-        if let Some(old) = agent {
-            let mut rec = old.clone();
-            rec.revoked = true;
-            self.put_agent(&rec, Some(&old))?;
-            self.inner.store.prekeys.remove(subject.as_bytes())?;
-        }
-        info!(target: "agentmesh::registry", amid = %subject, by = %signer, "revoked");
+        self.inner.store.prekeys.remove(subject.as_bytes())?;
         self.publish_revocation(&signed);
-        Ok(Revoked {
-            subject,
-            revoked: true,
-            revocation: hex::encode(bytes),
-        })
+        Ok(bytes)
     }
 
     /// Publishes a revocation in the DHT in the background (when running on

@@ -56,6 +56,13 @@ pub struct AgentRecord {
     pub last_seen_ms: u64,
     /// Whether the agent is revoked.
     pub revoked: bool,
+    /// The keys this agent rotated away from, oldest first: their
+    /// reputation history is its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<Amid>,
+    /// The key this agent rotated to (its registration moved there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<Amid>,
 }
 
 /// A stored prekey bundle.

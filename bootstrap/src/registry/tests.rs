@@ -896,3 +896,88 @@ async fn a_presence_the_registry_does_not_know_is_refused() {
     .unwrap_err();
     assert!(matches!(e, RegistryError::Invalid(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_rotation_moves_the_registration_tier_and_history_to_the_new_key() {
+    use agentmesh_node::identity::rotation::SignedRotation;
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(dir.path());
+    let (old, b) = two_agents(&r).await;
+    r.issue_verified(&old.amid(), "github:12345", NOW)
+        .await
+        .unwrap();
+    file_receipt(&r, &old, &b, [1; 16], true).await;
+    let history = cached_equals_fresh(&r, &old.amid(), NOW);
+    assert_eq!(history.sessions, 1);
+
+    // The new key registers (a fresh, anonymous entry), then files its
+    // history.
+    let new = id(9);
+    register(&r, &new, &["weather/forecast"]).await;
+    let statement = SignedRotation::sign(&old, &new, NOW - 10).unwrap();
+    let rotate = |chain: Vec<&SignedRotation>| Operation::Rotate {
+        rotations: chain.iter().map(|s| hex::encode(s.to_bytes())).collect(),
+    };
+    // Someone else cannot file it.
+    let carol = id(7);
+    register(&r, &carol, &["chat"]).await;
+    assert!(matches!(
+        apply(&r, &carol, rotate(vec![&statement])).await,
+        Err(RegistryError::Invalid(_))
+    ));
+    let log_before = r.log().size().unwrap();
+    let moved = apply(&r, &new, rotate(vec![&statement])).await.unwrap();
+    assert_eq!(moved["from"], json!(old.amid().to_string()));
+    assert_eq!(moved["tier"], json!("verified"));
+    assert_eq!(moved["moved"], json!(true));
+
+    // The new key holds the tier (a certificate of its own), the age and
+    // the reputation history; its own capabilities are kept.
+    let view = r.lookup(&new.amid(), NOW).unwrap();
+    assert_eq!(view.tier, Tier::Verified);
+    assert_eq!(view.previous, vec![old.amid()]);
+    assert_eq!(view.capabilities, vec!["weather/forecast".to_string()]);
+    let chain = CertChain::from_bytes(&hex::decode(view.certificate.unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        chain.verify(&new.amid(), &r.root_key(), NOW, |_| false),
+        Ok(Tier::Verified)
+    );
+    let after = cached_equals_fresh(&r, &new.amid(), NOW);
+    assert_eq!(after.sessions, history.sessions);
+    // The old key is revoked and points to the new one.
+    let left = r.lookup(&old.amid(), NOW).unwrap();
+    assert!(left.revoked);
+    assert_eq!(left.moved_to, Some(new.amid()));
+    assert_eq!(left.presence, Presence::Moved);
+    assert!(matches!(
+        r.revocation(&old.amid()).unwrap(),
+        RevocationStatus::Revoked(_)
+    ));
+    // Logged: the statement, the new certificate, the revocation.
+    let leaves: Vec<Vec<u8>> = (log_before..r.log().size().unwrap())
+        .map(|i| r.log().leaf(i).unwrap().unwrap())
+        .collect();
+    assert!(leaves.contains(&LeafKind::Rotation.leaf(&statement.to_bytes())));
+    assert!(leaves.iter().any(|l| l[0] == LeafKind::Revocation as u8));
+    assert_eq!(leaves.len(), 3, "{leaves:?}");
+
+    // Filing it again changes nothing; a key that holds a registration of
+    // its own cannot take another's.
+    let again = apply(&r, &new, rotate(vec![&statement])).await.unwrap();
+    assert_eq!(again["moved"], json!(false));
+    let mid = id(8);
+    let forked = SignedRotation::sign(&b, &carol, NOW).unwrap();
+    r.issue_verified(&carol.amid(), "github:777", NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        apply(&r, &carol, rotate(vec![&forked])).await,
+        Err(RegistryError::Conflict(_))
+    ));
+    // An unknown history has nothing to move.
+    let unknown = SignedRotation::sign(&id(20), &mid, NOW).unwrap();
+    assert!(matches!(
+        apply(&r, &mid, rotate(vec![&unknown])).await,
+        Err(RegistryError::UnknownAgent(_))
+    ));
+}

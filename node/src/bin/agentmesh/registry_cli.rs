@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use agentmesh_node::{
     api::{ApiError, ApiInfo, ErrorCode},
     control::{Client as NodeClient, ControlError, Method},
+    identity::rotation::SignedRotation,
     registry::{
         Feedback, Operation, ReceiptBody, Registration, RequestBody, SessionReceipt, SignedRequest,
     },
@@ -196,9 +197,11 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-/// `agentmesh register`.
+/// `agentmesh register`. An agent that rotated its key (`rotations`, its
+/// history) takes its old registration along.
 pub(crate) async fn register(
     identity: &Identity,
+    rotations: &[SignedRotation],
     registry: &RegistryArg,
     name: &str,
     capabilities: &[String],
@@ -208,9 +211,34 @@ pub(crate) async fn register(
     let client = RegistryClient::new(&registry.registry)?;
     let mut reg = Registration::new(name, capabilities.to_vec());
     reg.relays = relays.to_vec();
-    let v = client
+    let mut v = client
         .signed("/v1/registry/register", identity, Operation::Register(reg))
         .await?;
+    if !rotations.is_empty() {
+        let op = Operation::Rotate {
+            rotations: rotations
+                .iter()
+                .map(|r| hex::encode(r.to_bytes()))
+                .collect(),
+        };
+        let req = SignedRequest::sign(identity, op, agentmesh_dht::now_ms())?;
+        let (status, moved) = client
+            .try_call(
+                "POST",
+                "/v1/registry/rotate",
+                Some(serde_json::to_vec(&req)?),
+            )
+            .await?;
+        if status.is_success() {
+            v["rotated"] = moved;
+        } else if moved["error"]["code"] != "unknown_agent" {
+            bail!(
+                "registered, but the old registration did not move: {status}: {} ({})",
+                moved["error"]["message"].as_str().unwrap_or("error"),
+                moved["error"]["code"].as_str().unwrap_or("?")
+            );
+        }
+    }
     print_registered(&v, &identity.amid(), json_out);
     Ok(())
 }
@@ -229,6 +257,14 @@ fn print_registered(v: &Value, amid: &Amid, json_out: bool) {
             },
             v["tier"].as_str().unwrap_or("?")
         );
+        let moved = &v["rotated"];
+        if moved["moved"] == true {
+            println!(
+                "moved the registration of {} here (tier {}; the old key is revoked)",
+                moved["from"].as_str().unwrap_or("?"),
+                moved["tier"].as_str().unwrap_or("?")
+            );
+        }
     }
 }
 

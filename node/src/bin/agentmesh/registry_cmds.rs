@@ -87,7 +87,16 @@ pub(crate) async fn register(dir: &Path, json: bool, a: &RegisterArgs) -> Result
     let name = name
         .clone()
         .unwrap_or_else(|| format!("agent-{}", ks.identity().amid().short()));
-    registry_cli::register(ks.identity(), registry, &name, capabilities, relays, json).await?;
+    registry_cli::register(
+        ks.identity(),
+        &ks.rotations(),
+        registry,
+        &name,
+        capabilities,
+        relays,
+        json,
+    )
+    .await?;
     Ok(())
 }
 

@@ -306,12 +306,50 @@ impl Node {
             now_ms(),
         )
         .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
-        let answer = call(&self.shared, Request::Signed { request: signed }).await?;
+        let mut answer = call(&self.shared, Request::Signed { request: signed }).await?;
         // Registered: the prekey bundle and card follow.
         self.shared
             .registered
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.registry_wake.notify_one();
+        // An agent that rotated its key takes its old registration along.
+        if !self.shared.rotations.is_empty() {
+            match self.move_registration().await {
+                Ok(moved) => answer["rotated"] = moved,
+                // None of the old keys was registered: nothing to move.
+                Err(RegistryClientError::Refused { code, .. }) if code == "unknown_agent" => {}
+                Err(e) => warn!(error = %e, "registration not moved to the new key"),
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Moves the registration of the keys this agent rotated away from
+    /// to its key now (registry operation `rotate`): the record, a tier 1
+    /// certificate issued again for the new key, and the reputation
+    /// history; the old key is revoked. Does nothing (`"moved": false`)
+    /// when it moved before. [`Node::register`] calls it for an agent that
+    /// rotated.
+    pub async fn move_registration(&self) -> Result<serde_json::Value, RegistryClientError> {
+        let rotations = self
+            .shared
+            .rotations
+            .iter()
+            .map(|r| hex::encode(r.to_bytes()))
+            .collect();
+        let signed = SignedRequest::sign(
+            &self.shared.identity,
+            Operation::Rotate { rotations },
+            now_ms(),
+        )
+        .map_err(|e| RegistryClientError::Answer(e.to_string()))?;
+        let answer = call(&self.shared, Request::Signed { request: signed }).await?;
+        if answer["moved"] == true && answer["tier"] != "anonymous" {
+            // The new key's certificate: shown in the next KNOCKs.
+            if let Err(e) = renew(&self.shared).await {
+                warn!(error = %e, "credentials of the new key not fetched");
+            }
+        }
         Ok(answer)
     }
 

@@ -156,6 +156,9 @@ pub enum LeafKind {
     Certificate = 1,
     /// A revocation.
     Revocation = 2,
+    /// An identity rotation an agent filed (the encoded
+    /// [`SignedRotation`](crate::identity::rotation::SignedRotation)).
+    Rotation = 3,
 }
 
 impl LeafKind {
