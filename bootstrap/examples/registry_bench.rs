@@ -29,7 +29,7 @@ use agentmesh_bootstrap::{
     registry::{Registry, RegistrySettings},
 };
 use agentmesh_node::{
-    ratelimit::RateLimit,
+    knock::ratelimit::RateLimit,
     registry::{Operation, Registration, SignedRequest},
     Identity, Passphrase,
 };

@@ -56,7 +56,7 @@ use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
 use agentmesh_node::{
-    ratelimit::{RateLimiter, RetryAfter},
+    knock::ratelimit::{RateLimiter, RetryAfter},
     registry::SignedRequest,
     Amid, Tier,
 };

@@ -20,7 +20,7 @@ use agentmesh_bootstrap::{
         RegistrySettings, DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE,
     },
 };
-use agentmesh_node::{ratelimit::RateLimit, MemoryCap, Multiaddr, Node, Passphrase};
+use agentmesh_node::{knock::ratelimit::RateLimit, MemoryCap, Multiaddr, Node, Passphrase};
 
 #[derive(Parser)]
 #[command(

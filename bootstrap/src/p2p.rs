@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use agentmesh_dht::now_ms;
 use agentmesh_node::{
-    ratelimit::RateLimiter,
+    knock::ratelimit::RateLimiter,
     registry::protocol::{read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL},
 };
 

@@ -8,7 +8,7 @@
 //! request stores nothing.
 //!
 //! The registry root key (Ed25519, in an encrypted keystore under
-//! `<data dir>/root`) signs tier certificates ([`agentmesh_node::cert`]) and
+//! `<data dir>/root`) signs tier certificates ([`agentmesh_node::trust::cert`]) and
 //! revocations. Revocations are also published in the DHT when the
 //! registry runs on a node ([`Registry::set_node`]).
 //!
@@ -61,8 +61,8 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use agentmesh_node::{
+    crypto::keystore::{Keystore, KeystoreError},
     identity::Identity,
-    keystore::{Keystore, KeystoreError},
     registry::{check_capabilities, Operation, RequestBody, SignedRequest, MAX_CLOCK_SKEW_MS},
     Amid, Node, Passphrase,
 };
@@ -101,12 +101,13 @@ pub use settings::{
 
 /// Checks that an organization controls a domain (DNS TXT lookup).
 pub trait DomainVerifier: Send + Sync + std::fmt::Debug {
-    /// Whether a TXT record at `name` holds exactly `value`.
+    /// Whether a TXT record at `name` holds exactly `value` (`false` when
+    /// there is no such record); an error when the lookup itself failed.
     fn verify<'a>(
         &'a self,
         name: &'a str,
         value: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<bool, crate::dns::DnsChallengeError>> + Send + 'a>>;
 }
 
 /// Organizations' TXT records checked at a real nameserver.
@@ -115,7 +116,8 @@ impl DomainVerifier for crate::dns::DnsVerifier {
         &'a self,
         name: &'a str,
         value: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<bool, crate::dns::DnsChallengeError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let fqdn = if name.ends_with('.') {
                 name.to_owned()
@@ -125,7 +127,7 @@ impl DomainVerifier for crate::dns::DnsVerifier {
             match self.txt(&fqdn).await {
                 Ok(values) => Ok(values.iter().any(|v| v.trim() == value)),
                 Err(crate::dns::DnsChallengeError::NoRecord { .. }) => Ok(false),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             }
         })
     }
@@ -169,7 +171,7 @@ struct Inner {
     durable_leaves: std::sync::atomic::AtomicU64,
     /// Signed requests per signer ([`RegistrySettings::signer_rate`]),
     /// whichever front end and client address they come from.
-    signers: std::sync::Mutex<agentmesh_node::ratelimit::RateLimiter<Amid>>,
+    signers: std::sync::Mutex<agentmesh_node::knock::ratelimit::RateLimiter<Amid>>,
 }
 
 /// A registry. Cheap to clone; clones share the database.
@@ -308,7 +310,7 @@ impl Registry {
                 oauth: OnceLock::new(),
                 scores: scores::ScoreCache::default(),
                 durable_leaves,
-                signers: std::sync::Mutex::new(agentmesh_node::ratelimit::RateLimiter::new(
+                signers: std::sync::Mutex::new(agentmesh_node::knock::ratelimit::RateLimiter::new(
                     settings_signer_rate,
                     settings_max_clients,
                 )),

@@ -1,5 +1,5 @@
 //! The registry's transparency log on disk: an append-only Merkle log
-//! (RFC 9162 hashing, see [`agentmesh_node::transparency`]) kept in the
+//! (RFC 9162 hashing, see [`agentmesh_node::trust::transparency`]) kept in the
 //! registry's database ([`crate::storage`]: sled or PostgreSQL).
 //!
 //! Every append stores, in one transaction, the leaf data, the leaf hash ->
@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use agentmesh_bootstrap::translog::TransLog;
-//! use agentmesh_node::{identity::Identity, transparency::LeafKind};
+//! use agentmesh_node::{identity::Identity, trust::transparency::LeafKind};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -22,7 +22,7 @@
 //! let head = log.sign_head(&root_key, 1_700_000_000_000)?; // GET /log/head
 //! let proof = log.inclusion_proof(index, head.size)?; // GET /log/proof?index=..&size=..
 //! let leaf = log.leaf(index)?.expect("stored");
-//! proof.verify(&agentmesh_node::transparency::leaf_hash(&leaf), &head)?;
+//! proof.verify(&agentmesh_node::trust::transparency::leaf_hash(&leaf), &head)?;
 //! let older = log.consistency_proof(0, head.size)?; // GET /log/consistency?first=..&second=..
 //! # let _ = older;
 //! # Ok(())
@@ -33,7 +33,7 @@ use std::sync::Mutex;
 
 use agentmesh_node::{
     identity::Identity,
-    transparency::{
+    trust::transparency::{
         prove_consistency, prove_inclusion, tree_root, ConsistencyProof, Hash, InclusionProof,
         LeafKind, ProofError, ProveError, SignedTreeHead, SubtreeHashes,
     },
@@ -228,7 +228,7 @@ impl SubtreeHashes for TransLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentmesh_node::transparency::{leaf_hash, verify_consistency, MemoryTree};
+    use agentmesh_node::trust::transparency::{leaf_hash, verify_consistency, MemoryTree};
 
     #[test]
     fn appends_prove_and_survive_a_restart() {

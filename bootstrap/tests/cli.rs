@@ -11,7 +11,9 @@ use agentmesh_node::{
 mod support;
 
 use agentmesh_bootstrap::loopback::{DnsServer, OidcProvider};
-use agentmesh_node::{keystore::KdfParams, Amid, Config, Node, NodeEvent, Passphrase, Policy};
+use agentmesh_node::{
+    crypto::keystore::KdfParams, Amid, Config, Node, NodeEvent, Passphrase, Policy,
+};
 use serde_json::Value;
 use support::{json_of, oauth_config, start, start_registry, Running};
 
@@ -199,7 +201,9 @@ async fn verify_stores_credentials_that_run_shows_in_its_knocks() {
         .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(stored["tier"], "verified");
     assert!(stored["log_index"].is_u64(), "{stored}");
-    let creds = agentmesh_node::credentials::load(&alice).unwrap().unwrap();
+    let creds = agentmesh_node::trust::credentials::load(&alice)
+        .unwrap()
+        .unwrap();
     assert!(creds.chain.is_some() && creds.inclusion.is_some() && creds.reputation.is_some());
 
     // Tier 1.5: the CLI prints the TXT record and asks the registry to

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use agentmesh_node::{
     registry::{Operation, Registration, SignedRequest},
-    transparency::{ConsistencyProof, SignedTreeHead},
+    trust::transparency::{ConsistencyProof, SignedTreeHead},
     Amid, Identity,
 };
 

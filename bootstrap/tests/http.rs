@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use agentmesh_bootstrap::http::MAX_BODY;
 use agentmesh_node::{
     card::Presence,
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     registry::{
         revocation_namespace, Feedback, Operation, PrekeyBundle, ReceiptBody, Registration,
         SessionReceipt, SignedRequest, SignedRevocation,

@@ -20,7 +20,7 @@ use agentmesh_bootstrap::{
     registry::{DEFAULT_HTTP_RATE, DEFAULT_PREKEY_RATE},
 };
 use agentmesh_node::{
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     registry::{
         protocol::{call, ProtocolError, Request, Response, PROTOCOL},
         Operation, PrekeyBundle, Registration,

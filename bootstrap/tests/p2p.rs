@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use agentmesh_node::{
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     registry::{
         protocol::{call, read_frame, write_frame, Request, Response, MAX_RESPONSE_SIZE, PROTOCOL},
         Feedback, Operation, Registration, SignedRequest,
     },
-    transparency::{leaf_hash, InclusionProof, SignedTreeHead},
+    trust::transparency::{leaf_hash, InclusionProof, SignedTreeHead},
     Amid, Config, Identity, Node, Passphrase, PeerId, Tier,
 };
 use futures::{AsyncReadExt, AsyncWriteExt};

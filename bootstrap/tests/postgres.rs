@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use agentmesh_node::{
     registry::{Operation, ReceiptBody, Registration, SessionReceipt, SignedRequest},
-    transparency::{ConsistencyProof, SignedTreeHead},
+    trust::transparency::{ConsistencyProof, SignedTreeHead},
     Amid, Identity,
 };
 

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use agentmesh_node::{
     events::NodeEvent,
-    receipts::Filing,
     registry::{
         protocol::{call, ProtocolError, Request, Response},
         Operation, ReceiptBody, Registration, SignedRequest,
     },
+    trust::receipts::Filing,
     Amid, Config, Node, PeerId, Policy,
 };
 use serde_json::{json, Value};
@@ -199,7 +199,7 @@ async fn a_node_renews_its_credentials_from_the_registry() {
 
     // Stored for the next start, and shown in KNOCKs: a receiver that
     // trusts the root sees the attested reputation.
-    let stored = agentmesh_node::credentials::load(&dir.path().join("alice"))
+    let stored = agentmesh_node::trust::credentials::load(&dir.path().join("alice"))
         .unwrap()
         .expect("stored");
     assert!(stored.reputation.is_some());

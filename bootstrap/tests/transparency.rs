@@ -6,12 +6,12 @@
 
 use agentmesh_bootstrap::loopback::OidcProvider;
 use agentmesh_node::{
-    cert::{CertChain, CertKind, Certificate, CERT_VERSION},
-    credentials::{Credentials, LogInclusion},
-    keystore::{KdfParams, Keystore},
-    policy::Policy,
+    crypto::keystore::{KdfParams, Keystore},
+    knock::policy::Policy,
     registry::{Operation, Registration},
-    transparency::{leaf_hash, ConsistencyProof, InclusionProof, SignedTreeHead},
+    trust::cert::{CertChain, CertKind, Certificate, CERT_VERSION},
+    trust::credentials::{Credentials, LogInclusion},
+    trust::transparency::{leaf_hash, ConsistencyProof, InclusionProof, SignedTreeHead},
     Amid, Node, NodeEvent, Passphrase, RejectReason, SendError, Tier,
 };
 use serde_json::{json, Value};

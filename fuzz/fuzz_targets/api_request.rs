@@ -26,11 +26,11 @@ use std::sync::LazyLock;
 use agentmesh_node::{
     contacts,
     content::{Content, Kind},
-    credentials::Reputation,
-    envelope::SessionId,
+    crypto::envelope::SessionId,
     identity::{Amid, Identity},
+    knock::policy::{KnockContext, Policy, Tier},
     knock::{Intent, KnockBody, MAX_KNOCK_SIZE},
-    policy::{KnockContext, Policy, Tier},
+    trust::credentials::Reputation,
     Presence,
 };
 use agentmesh_transports::codec;
@@ -301,7 +301,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = b.session.as_deref().map(id16);
             payload(
                 Kind::Reply {
-                    to: agentmesh_node::envelope::MessageId(id),
+                    to: agentmesh_node::crypto::envelope::MessageId(id),
                 },
                 &b.payload,
             );

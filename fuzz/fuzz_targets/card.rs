@@ -12,10 +12,10 @@
 use std::sync::LazyLock;
 
 use agentmesh_dht::SignedRecord;
-use agentmesh_node::identity::Amid;
 use agentmesh_node::card::{
     AgentCard, CARD_NAMESPACE, MAX_ADDRS, MAX_CAPABILITIES, MAX_CARD_SIZE, MAX_ONE_TIME_KEYS,
 };
+use agentmesh_node::identity::Amid;
 use agentmesh_transports::codec;
 use libfuzzer_sys::fuzz_target;
 use libp2p::identity::Keypair;

@@ -14,10 +14,10 @@
 use std::sync::LazyLock;
 
 use agentmesh_node::{
-    cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
     identity::{Amid, Identity},
-    policy::Tier,
+    knock::policy::Tier,
     registry::SignedRevocation,
+    trust::cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
 };
 use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;

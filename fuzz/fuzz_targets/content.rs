@@ -8,11 +8,11 @@
 
 use agentmesh_node::{
     content::{Content, Kind},
-    envelope::SessionId,
+    crypto::envelope::SessionId,
+    crypto::session::{Role, SessionInfo},
     identity::Identity,
     knock::Intent,
-    receipts::{countersign, Proposal},
-    session::{Role, SessionInfo},
+    trust::receipts::{countersign, Proposal},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
             );
             if let Ok(signed) = countersign(&me, &info, &p, true, 1_500) {
                 // Only a proposal the peer signed is countersigned.
-                signed.receipt.verify().expect("a countersigned receipt verifies");
+                signed
+                    .receipt
+                    .verify()
+                    .expect("a countersigned receipt verifies");
             }
         }
     }

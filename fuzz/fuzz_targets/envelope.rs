@@ -15,7 +15,7 @@
 use std::sync::LazyLock;
 
 use agentmesh_node::{
-    envelope::{
+    crypto::envelope::{
         EnvelopeBody, SignedEnvelope, ENVELOPE_VERSION, MAX_CLOCK_SKEW_MS,
         MAX_ENVELOPE_LIFETIME_MS, MAX_ENVELOPE_SIZE,
     },

@@ -9,7 +9,7 @@
 //! the caps ever go, over-cap inputs show up as fuzzer timeouts or OOMs.
 #![no_main]
 
-use agentmesh_node::keystore::{KdfParams, Keystore, Passphrase};
+use agentmesh_node::crypto::keystore::{KdfParams, Keystore, Passphrase};
 use agentmesh_transports::codec;
 use libfuzzer_sys::fuzz_target;
 use serde::{de::IgnoredAny, Deserialize};

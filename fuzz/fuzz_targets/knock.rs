@@ -20,14 +20,14 @@
 use std::sync::LazyLock;
 
 use agentmesh_node::{
-    credentials::{self, CredentialError},
-    envelope::SessionId,
+    crypto::envelope::SessionId,
     identity::{Amid, Identity},
+    knock::policy::{KnockContext, Policy},
     knock::{
         Intent, KnockBody, SignedDecision, SignedKnock, DOMAIN_SEP_DECISION, MAX_DECISION_SIZE,
         MAX_KNOCK_SIZE,
     },
-    policy::{KnockContext, Policy},
+    trust::credentials::{self, CredentialError},
 };
 use agentmesh_transports::codec;
 use libfuzzer_sys::fuzz_target;
@@ -108,7 +108,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = k.hash();
         let _ = k.to_bytes();
         if let Ok(body) = k.verify() {
-            let _ = fx.policy.evaluate(&fx.me, &body, KnockContext::default(), NOW);
+            let _ = fx
+                .policy
+                .evaluate(&fx.me, &body, KnockContext::default(), NOW);
         }
     }
 
@@ -168,7 +170,10 @@ fuzz_target!(|data: &[u8]| {
     // 5. Arbitrary decision body, validly signed by the receiver.
     if rest.len() <= MAX_DECISION_SIZE {
         let sig = fx.receiver.sign(DOMAIN_SEP_DECISION, rest);
-        if let Ok(bytes) = codec::encode(&SignedWire { body: rest, sig: &sig }) {
+        if let Ok(bytes) = codec::encode(&SignedWire {
+            body: rest,
+            sig: &sig,
+        }) {
             if let Ok(d) = SignedDecision::from_bytes(&bytes) {
                 let _ = d.verify(&fx.me, &fx.knock);
             }

@@ -2,7 +2,7 @@
 //! from a peer. Decoded frames must re-encode and decode to themselves.
 #![no_main]
 
-use agentmesh_node::{envelope::MAX_ENVELOPE_SIZE, wire::MsgFrame};
+use agentmesh_node::{crypto::envelope::MAX_ENVELOPE_SIZE, wire::MsgFrame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,6 +9,9 @@ fuzz_target!(|data: &[u8]| {
     let from = "192.0.2.1:3478".parse().expect("address");
     if let Ok(reply) = respond(data, from) {
         assert!(reply.len() >= 20);
-        assert!(respond(&reply, from).is_err(), "a response is not a request");
+        assert!(
+            respond(&reply, from).is_err(),
+            "a response is not a request"
+        );
     }
 });

@@ -13,7 +13,9 @@ use std::sync::LazyLock;
 
 use agentmesh_node::{
     identity::Identity,
-    transparency::{leaf_hash, ConsistencyProof, InclusionProof, MemoryTree, SignedTreeHead},
+    trust::transparency::{
+        leaf_hash, ConsistencyProof, InclusionProof, MemoryTree, SignedTreeHead,
+    },
 };
 use ed25519_dalek::VerifyingKey;
 use libfuzzer_sys::fuzz_target;

@@ -19,7 +19,7 @@ use std::{
 use agentmesh_node::{
     api::{ApiOptions, LocalApi},
     control::Client,
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     Config, Node, Passphrase,
 };
 use hyper::Method;

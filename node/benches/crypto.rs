@@ -58,7 +58,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use vodozemac::olm::OlmMessage;
 
 use agentmesh_node::{
-    envelope::{EnvelopeBody, MessageId, SignedEnvelope, DOMAIN_SEP_ENVELOPE},
+    crypto::envelope::{EnvelopeBody, MessageId, SignedEnvelope, DOMAIN_SEP_ENVELOPE},
     identity::Identity,
 };
 use agentmesh_transports::codec;

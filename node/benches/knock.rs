@@ -25,10 +25,10 @@ use std::{
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use agentmesh_node::{
-    envelope::SessionId,
-    keystore::KdfParams,
+    crypto::envelope::SessionId,
+    crypto::keystore::KdfParams,
+    knock::policy::{IntentRule, KnockContext, Policy, Preset, Tier},
     knock::{Intent, KnockBody},
-    policy::{IntentRule, KnockContext, Policy, Preset, Tier},
     Config, Identity, Node, Passphrase,
 };
 use serde_json::json;

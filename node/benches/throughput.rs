@@ -54,8 +54,8 @@ use tokio::{
 use vodozemac::olm::OlmMessage;
 
 use agentmesh_node::{
-    envelope::{EnvelopeBody, MessageId, DOMAIN_SEP_ENVELOPE},
-    keystore::KdfParams,
+    crypto::envelope::{EnvelopeBody, MessageId, DOMAIN_SEP_ENVELOPE},
+    crypto::keystore::KdfParams,
     Config, Node, Passphrase,
 };
 use agentmesh_transports::codec;

@@ -41,8 +41,8 @@ use agentmesh_dht::{now_ms, SignedRecord};
 use agentmesh_node::{
     card::{AgentCard, MAX_CARD_SIZE},
     content::{Content, Kind},
-    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
-    session::{SessionStore, DEFAULT_MESSAGE_TTL_MS},
+    crypto::envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    crypto::session::{SessionStore, DEFAULT_MESSAGE_TTL_MS},
     Amid, Identity, Intent, Presence,
 };
 use agentmesh_transports::codec;

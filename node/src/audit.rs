@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use agentmesh_transports::codec;
 
 use crate::{
-    envelope::{MessageId, SessionId},
+    crypto::envelope::{MessageId, SessionId},
     identity::Amid,
     knock::{Intent, RejectReason},
     storage::{derive, Sealer},
@@ -633,7 +633,7 @@ mod flex {
     };
 
     use crate::{
-        envelope::{MessageId, SessionId},
+        crypto::envelope::{MessageId, SessionId},
         identity::Amid,
     };
 

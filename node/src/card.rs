@@ -40,7 +40,7 @@ pub enum CardError {
     #[error("card field {0} is over its limit")]
     TooMany(&'static str),
     /// A listed capability is not a valid capability (see
-    /// [`crate::policy::is_valid_capability`]).
+    /// [`crate::knock::policy::is_valid_capability`]).
     #[error("card lists an invalid capability {0:?}")]
     InvalidCapability(String),
     /// The schemas listed name an invalid schema id, or a capability the
@@ -177,7 +177,7 @@ impl AgentCard {
         if let Some(bad) = card
             .capabilities
             .iter()
-            .find(|c| !crate::policy::is_valid_capability(c))
+            .find(|c| !crate::knock::policy::is_valid_capability(c))
         {
             return Err(CardError::InvalidCapability(bad.chars().take(64).collect()));
         }

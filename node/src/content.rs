@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use agentmesh_transports::codec;
 
-use crate::envelope::{MessageId, StreamId, MAX_PAYLOAD_SIZE};
+use crate::crypto::envelope::{MessageId, StreamId, MAX_PAYLOAD_SIZE};
 
 /// Largest encoded [`Content`]: a payload of [`MAX_PAYLOAD_SIZE`] plus room
 /// for the kind.

@@ -20,8 +20,8 @@ use crate::{
     card::AgentCard,
     events::{Message, Receipt},
     knock::RejectReason,
-    receipts::Held,
     runtime::{CredentialsState, NodeStatus},
+    trust::receipts::Held,
 };
 
 /// File name of the node's Unix socket inside the data directory.

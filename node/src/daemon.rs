@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::{ApiOptions, LocalApi},
     events::{Message, MessageKind, NodeEvent},
-    receipts::Filing,
     runtime::{Node, Streams},
+    trust::receipts::Filing,
 };
 
 /// Sets up a process that runs nodes: installs the TLS crypto provider (QUIC

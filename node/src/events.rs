@@ -6,10 +6,10 @@ use agentmesh_transports::PathKind;
 
 use crate::{
     content::Kind,
-    envelope::{MessageId, SessionId},
+    crypto::envelope::{MessageId, SessionId},
+    crypto::session::Received,
     identity::Amid,
     knock::RejectReason,
-    session::Received,
 };
 
 /// An event of a running node. Also printed, one JSON object per line, by
@@ -137,10 +137,10 @@ pub enum NodeEvent {
         /// The initiator's tier, as its certificates showed it (absent
         /// when the KNOCK was refused before they were read).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        tier: Option<crate::policy::Tier>,
+        tier: Option<crate::knock::policy::Tier>,
         /// The initiator's registry-attested reputation, if it showed one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        reputation: Option<crate::credentials::Reputation>,
+        reputation: Option<crate::trust::credentials::Reputation>,
         /// Hash (hex) of the policy that decided, as the signed decision
         /// names it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,7 +156,7 @@ pub enum NodeEvent {
         by_peer: bool,
     },
     /// Both sides signed the receipt of a session that ended (see
-    /// [`crate::receipts`]).
+    /// [`crate::trust::receipts`]).
     ReceiptSigned {
         /// The other agent.
         peer: Amid,
@@ -164,7 +164,7 @@ pub enum NodeEvent {
         session: SessionId,
     },
     /// A session receipt was filed with the registry, or refused by it, or
-    /// put off ([`Filing::Pending`](crate::receipts::Filing::Pending): the
+    /// put off ([`Filing::Pending`](crate::trust::receipts::Filing::Pending): the
     /// registry does not know one of the agents yet; it is filed again
     /// later, for up to a week after the session ended).
     ReceiptFiled {
@@ -173,7 +173,7 @@ pub enum NodeEvent {
         /// The session.
         session: SessionId,
         /// Where it stands.
-        filing: crate::receipts::Filing,
+        filing: crate::trust::receipts::Filing,
     },
     /// New credentials are shown in our KNOCKs (renewed from the registry
     /// or reloaded from the data directory).

@@ -68,18 +68,13 @@ pub mod cores {
     pub use crate::runtime::cores::delivery;
 }
 
-// The parts' modules at their earlier paths.
-pub use crypto::{envelope, keystore, session};
-pub use knock::{breaker, policy, ratelimit};
-pub use trust::{cert, credentials, receipts, reputation, transparency};
-
 pub use card::{AgentCard, Presence};
+pub use crypto::keystore::Passphrase;
 pub use events::{Message, MessageKind, NodeEvent, Receipt};
 pub use identity::{Amid, Identity};
-pub use keystore::Passphrase;
+pub use knock::policy::{Policy, Preset, Tier};
 pub use knock::{Intent, RejectReason, SessionType};
 pub use memory_cap::MemoryCap;
-pub use policy::{Policy, Preset, Tier};
 pub use runtime::{
     amid_of_peer, Config, ConnectionCaps, CredentialsState, DialError, HolePunch, InboxKey,
     KnownPeer, LearnedPath, LogCheck, MessageFilter, Messages, NatStatus, NetStatus, Node,

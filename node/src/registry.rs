@@ -11,7 +11,7 @@
 //! Reputation evidence is public: a [`SessionReceipt`] is signed by both
 //! sides of a session, and ratings are signed requests that name such a
 //! session, so anyone can recompute a score with
-//! [`crate::reputation::score`].
+//! [`crate::trust::reputation::score`].
 //!
 //! Revocations are [`SignedRevocation`]s signed by the registry root key;
 //! the registry serves them as a list and publishes each one in the DHT
@@ -157,7 +157,7 @@ impl Registration {
 
 /// Checks a capability list: at most [`MAX_CAPABILITIES`], each one a
 /// valid capability (the KNOCK's vocabulary: see
-/// [`crate::policy::is_valid_capability`]) of at most
+/// [`crate::knock::policy::is_valid_capability`]) of at most
 /// [`MAX_CAPABILITY_LEN`] bytes.
 pub fn check_capabilities(caps: &[String]) -> Result<(), RegistryError> {
     if caps.len() > MAX_CAPABILITIES {
@@ -167,7 +167,7 @@ pub fn check_capabilities(caps: &[String]) -> Result<(), RegistryError> {
     }
     if let Some(bad) = caps
         .iter()
-        .find(|c| c.len() > MAX_CAPABILITY_LEN || !crate::policy::is_valid_capability(c))
+        .find(|c| c.len() > MAX_CAPABILITY_LEN || !crate::knock::policy::is_valid_capability(c))
     {
         let shown: String = bad.chars().take(64).collect();
         return Err(RegistryError::Malformed(format!(
@@ -420,7 +420,7 @@ pub enum Operation {
         /// The agent.
         agent: Amid,
         /// The agent certificate signed by the organization key: CBOR of a
-        /// [`crate::cert::SignedCertificate`], hex.
+        /// [`crate::trust::cert::SignedCertificate`], hex.
         certificate: String,
     },
     /// Move the registration of a key the signer rotated away from to the

@@ -63,19 +63,19 @@ pub use status::{
 
 use crate::{
     audit::{AuditEvent, AuditLog},
-    breaker::CircuitBreakers,
     card::{AgentCard, Presence},
     contacts::Contacts,
     content::{Content, Kind},
-    credentials::Credentials,
-    envelope::{MessageId, SessionId},
+    crypto::envelope::{MessageId, SessionId},
+    crypto::session::SessionStore,
     events::{Message, NodeEvent, Receipt},
     identity::{Amid, Identity},
+    knock::breaker::CircuitBreakers,
+    knock::policy::Policy,
+    knock::ratelimit::{RateLimit, RateLimiter},
     knock::Intent,
     plugin::Plugin,
-    policy::Policy,
-    ratelimit::{RateLimit, RateLimiter},
-    session::SessionStore,
+    trust::credentials::Credentials,
 };
 
 /// Most senders tracked by each rate limiter.
@@ -243,7 +243,7 @@ struct Shared {
     /// What our KNOCKs show.
     credentials: RwLock<Credentials>,
     /// Session receipts proposed and held.
-    receipts: crate::receipts::ReceiptStore,
+    receipts: crate::trust::receipts::ReceiptStore,
     /// Wakes the registry task (a receipt to file).
     registry_wake: tokio::sync::Notify,
     /// The data directory (stored credentials).
@@ -371,7 +371,7 @@ impl Node {
     }
 
     /// How many peers' Olm sessions are held in memory (at most
-    /// [`crate::session::MAX_CACHED_PEERS`]; the others wait on disk).
+    /// [`crate::crypto::session::MAX_CACHED_PEERS`]; the others wait on disk).
     pub fn cached_session_peers(&self) -> usize {
         self.shared.store().cached_peers()
     }
@@ -566,7 +566,7 @@ impl Node {
 fn json_content(kind: Kind, payload: &serde_json::Value) -> Result<Content, SendError> {
     let content =
         Content::json(kind, payload).map_err(|e| SendError::InvalidPayload(e.to_string()))?;
-    if content.body.len() > crate::envelope::MAX_PAYLOAD_SIZE {
+    if content.body.len() > crate::crypto::envelope::MAX_PAYLOAD_SIZE {
         return Err(SendError::InvalidPayload(format!(
             "{} bytes is too large",
             content.body.len()
@@ -597,8 +597,8 @@ fn peer_label(peer: &PeerId) -> String {
 fn rotate_prekeys(shared: &Shared) -> bool {
     let rotated = shared.store().rotate_fallback_key(
         now_ms(),
-        crate::session::FALLBACK_KEY_ROTATION_MS,
-        crate::session::FALLBACK_KEY_GRACE_MS,
+        crate::crypto::session::FALLBACK_KEY_ROTATION_MS,
+        crate::crypto::session::FALLBACK_KEY_GRACE_MS,
     );
     match rotated {
         Ok(r) => {

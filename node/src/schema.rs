@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{content::Kind, session::Role, session::SessionInfo};
+use crate::{content::Kind, crypto::session::Role, crypto::session::SessionInfo};
 
 /// The standard schemas: id and JSON text.
 pub const STANDARD: &[(&str, &str)] = &[
@@ -282,7 +282,7 @@ impl Schemas {
     }
 }
 
-impl crate::session::PayloadCheck for Schemas {
+impl crate::crypto::session::PayloadCheck for Schemas {
     fn check(
         &self,
         session: &SessionInfo,
@@ -378,7 +378,7 @@ fn shorten(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::SessionId, Identity, Intent};
+    use crate::{crypto::envelope::SessionId, Identity, Intent};
     use serde_json::json;
 
     #[test]
@@ -571,7 +571,7 @@ mod tests {
             .check_session_payload(&responder, &Kind::Request, &bad)
             .is_err());
         let reply = Kind::Reply {
-            to: crate::envelope::MessageId([2; 16]),
+            to: crate::crypto::envelope::MessageId([2; 16]),
         };
         assert!(s.check_session_payload(&responder, &reply, &bad).is_ok());
         assert!(s

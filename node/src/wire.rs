@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use agentmesh_transports::codec;
 
 use crate::{
-    envelope::{MessageId, SessionId, MAX_ENVELOPE_SIZE},
+    crypto::envelope::{MessageId, SessionId, MAX_ENVELOPE_SIZE},
     knock::{RejectReason, MAX_KNOCK_SIZE},
 };
 
@@ -33,7 +33,7 @@ pub const MAX_FRAME_SIZE: usize = MAX_KNOCK_SIZE + 1024;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum MsgFrame {
-    /// An encoded [`SignedEnvelope`](crate::envelope::SignedEnvelope).
+    /// An encoded [`SignedEnvelope`](crate::crypto::envelope::SignedEnvelope).
     Envelope(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The message was stored (or was a duplicate of a stored one).
     Ack {
@@ -58,9 +58,9 @@ pub enum MsgFrame {
         /// The session.
         session: SessionId,
         /// Our half of the session's receipt, recording it as not
-        /// completed (see [`crate::receipts`]).
+        /// completed (see [`crate::trust::receipts`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        receipt: Option<crate::receipts::Proposal>,
+        receipt: Option<crate::trust::receipts::Proposal>,
     },
     /// Delivery receipts: the sender of this frame fetched these messages
     /// from its mailbox and stored them. Authenticated by the connection;
@@ -70,7 +70,7 @@ pub enum MsgFrame {
         ids: Vec<MessageId>,
     },
     /// The sender's signature of the session receipt we proposed in our
-    /// end message for `session` (see [`crate::receipts`]). Checked
+    /// end message for `session` (see [`crate::trust::receipts`]). Checked
     /// against the proposal; the signature authenticates it.
     Countersigned {
         /// The session.
@@ -135,7 +135,7 @@ mod tests {
             },
             MsgFrame::Close {
                 session: SessionId([4; 16]),
-                receipt: Some(crate::receipts::Proposal {
+                receipt: Some(crate::trust::receipts::Proposal {
                     body: "{}".into(),
                     signature: [7; 64],
                 }),

@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use agentmesh_node::{
     api::{ApiInfo, ApiOptions, ErrorCode, LocalApi, INFO_FILE},
     control::Client,
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     Config, Node, Passphrase,
 };
 use hyper::Method;
@@ -1415,7 +1415,7 @@ async fn the_doctor_measures_the_bootstrap_the_disk_and_the_clock_and_names_what
 
     // A keystore that is no longer one fails, and says what to do.
     std::fs::write(
-        alice_dir.join(agentmesh_node::keystore::KEYSTORE_FILE),
+        alice_dir.join(agentmesh_node::crypto::keystore::KEYSTORE_FILE),
         b"junk",
     )
     .unwrap();

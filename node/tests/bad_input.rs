@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use agentmesh_node::{
-    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
-    keystore::KdfParams,
+    crypto::envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    crypto::keystore::KdfParams,
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
     Config, Identity, Intent, MemoryCap, Node, NodeEvent, Passphrase, RejectReason,

@@ -21,7 +21,7 @@ use std::{path::Path, time::Duration};
 
 use agentmesh_node::{
     api::{ApiInfo, ApiOptions, LocalApi},
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     plugin::{Plugin, PluginContext, PluginError},
     Config, Node, Passphrase,
 };

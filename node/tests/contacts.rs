@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use agentmesh_dht::SignedRecord;
 use agentmesh_node::{
-    card::CardError, contacts::CardImportError, contacts::NameError, keystore::KdfParams, Config,
-    Identity, MessageFilter, MessageKind, Node, Passphrase, PathKind, Presence,
+    card::CardError, contacts::CardImportError, contacts::NameError, crypto::keystore::KdfParams,
+    Config, Identity, MessageFilter, MessageKind, Node, Passphrase, PathKind, Presence,
 };
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use agentmesh_node::{
-    audit::AuditFilter, keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind,
+    audit::AuditFilter, crypto::keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind,
     Presence, RejectReason, SendError,
 };
 use serde_json::json;
@@ -175,7 +175,7 @@ async fn blocked_sender_gets_reject_with_reason() {
         (
             false,
             Some(RejectReason::Blocked),
-            Some(agentmesh_node::policy::Tier::Anonymous),
+            Some(agentmesh_node::knock::policy::Tier::Anonymous),
             Some(hex::encode(bob.policy().hash())),
         )
     );

@@ -13,13 +13,13 @@ use futures::{AsyncWriteExt, StreamExt};
 use serde_json::json;
 
 use agentmesh_node::{
+    crypto::keystore::KdfParams,
     identity::Identity,
-    keystore::KdfParams,
     registry::{
         protocol::{read_frame, write_frame, Request, Response, MAX_REQUEST_SIZE, PROTOCOL},
         Revocation, SignedRevocation, DOMAIN_SEP_REVOCATION,
     },
-    transparency::{MemoryTree, SignedTreeHead},
+    trust::transparency::{MemoryTree, SignedTreeHead},
     Amid, Config, LogCheck, Node, NodeEvent, Passphrase, RegistryClientError, RejectReason,
     RevocationSource, RootPinError, SendError,
 };

@@ -7,8 +7,8 @@
 use std::{path::Path, time::Duration};
 
 use agentmesh_node::{
+    crypto::keystore::{KdfParams, Keystore},
     identity::rotation::follow,
-    keystore::{KdfParams, Keystore},
     Config, Node, Passphrase, Presence,
 };
 use serde_json::json;

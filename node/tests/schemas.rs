@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use agentmesh_node::{
-    keystore::KdfParams, schema::SchemaError, Config, Intent, Node, NodeEvent, Passphrase,
+    crypto::keystore::KdfParams, schema::SchemaError, Config, Intent, Node, NodeEvent, Passphrase,
     RejectReason, SendError, SpawnError,
 };
 use serde_json::{json, Value};

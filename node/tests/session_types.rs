@@ -12,8 +12,8 @@ use std::{
 };
 
 use agentmesh_node::{
-    envelope::SessionId,
-    keystore::KdfParams,
+    crypto::envelope::SessionId,
+    crypto::keystore::KdfParams,
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
     Config, Intent, MessageKind, Node, NodeEvent, Passphrase, RejectReason, SendError, SessionType,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use agentmesh_node::{
-    keystore::KdfParams, knock::Decision, Config, Node, Passphrase, RejectReason,
+    crypto::keystore::KdfParams, knock::Decision, Config, Node, Passphrase, RejectReason,
 };
 
 mod support;

@@ -28,7 +28,7 @@ use tokio::{
 };
 
 use agentmesh_node::{
-    keystore::KdfParams, knock::Decision, Amid, Config, Node, Passphrase, RejectReason,
+    crypto::keystore::KdfParams, knock::Decision, Amid, Config, Node, Passphrase, RejectReason,
 };
 
 mod support;

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use agentmesh_node::{
-    cert::{CertChain, CertKind, Certificate, SignedCertificate, CERT_VERSION},
-    credentials::{Credentials, LogInclusion},
+    crypto::keystore::KdfParams,
     identity::Identity,
-    keystore::KdfParams,
-    policy::Policy,
+    knock::policy::Policy,
     registry::Revocation,
-    transparency::{MemoryTree, SignedTreeHead},
+    trust::cert::{CertChain, CertKind, Certificate, SignedCertificate, CERT_VERSION},
+    trust::credentials::{Credentials, LogInclusion},
+    trust::transparency::{MemoryTree, SignedTreeHead},
     Amid, Config, Node, NodeEvent, Passphrase, RejectReason, SendError, Tier,
 };
 use serde_json::json;

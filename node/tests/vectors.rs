@@ -27,18 +27,18 @@ use agentmesh_node::{
     card::{AgentCard, MAX_CARD_SIZE},
     contacts,
     content::{Content, Kind},
-    envelope::{
+    crypto::envelope::{
         EnvelopeBody, MessageId, SessionId, SignedEnvelope, StreamId, ENVELOPE_VERSION,
         OLM_TYPE_DECISION, OLM_TYPE_KNOCK,
     },
+    crypto::session::{Role, SessionInfo, DEFAULT_MESSAGE_TTL_MS},
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     mailbox,
-    receipts::{self, Proposal},
     registry::{
         protocol::{Request as RegistryRequest, Response as RegistryResponse},
         Operation, Registration, SignedRequest, DOMAIN_SEP_RECEIPT, DOMAIN_SEP_REQUEST,
     },
-    session::{Role, SessionInfo, DEFAULT_MESSAGE_TTL_MS},
+    trust::receipts::{self, Proposal},
     wire::MsgFrame,
     Amid, Identity, Intent, Presence, RejectReason, SessionType, Tier,
 };
@@ -375,7 +375,7 @@ fn envelope_json(bytes: &[u8], signer: &Amid) -> Result<Value, String> {
     // It opens for its recipient when it was sent: version, recipient and
     // time window.
     env.open(&body.to, body.ts_ms).map_err(err)?;
-    let o = outer(bytes, agentmesh_node::envelope::MAX_ENVELOPE_SIZE)?;
+    let o = outer(bytes, agentmesh_node::crypto::envelope::MAX_ENVELOPE_SIZE)?;
     let ciphertext = match body.olm_type {
         0 | 1 => olm_json(body.olm_type, &body.ciphertext)?,
         OLM_TYPE_KNOCK => {

@@ -19,16 +19,16 @@ use std::{
 };
 
 use agentmesh_node::{
-    cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
-    credentials::{
-        self, Credentials, LogInclusion, Reputation, ReputationAttestation, SignedAttestation,
-        MAX_ATTESTATION_SIZE,
-    },
-    envelope::SessionId,
+    crypto::envelope::SessionId,
     identity::rotation::SignedRotation,
     knock::{KnockBody, SignedKnock},
     registry::{Revocation, SignedRevocation, MAX_REVOCATION_SIZE},
-    transparency::{
+    trust::cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
+    trust::credentials::{
+        self, Credentials, LogInclusion, Reputation, ReputationAttestation, SignedAttestation,
+        MAX_ATTESTATION_SIZE,
+    },
+    trust::transparency::{
         leaf_hash, ConsistencyProof, InclusionProof, LeafKind, MemoryTree, SignedTreeHead,
         DOMAIN_SEP_TREE_HEAD,
     },

@@ -18,11 +18,11 @@
 
 use std::time::{Duration, Instant};
 
-use agentmesh_node::envelope::{
+use agentmesh_node::crypto::envelope::{
     EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION,
 };
 use agentmesh_node::{
-    keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind, Reachability,
+    crypto::keystore::KdfParams, Config, Node, NodeEvent, Passphrase, PathKind, Reachability,
 };
 use agentmesh_relay::{
     mailbox::{self, MailboxStore},

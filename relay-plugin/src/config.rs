@@ -96,7 +96,7 @@ impl Default for MailboxLimits {
             ttl_secs: 72 * 3600,
             max_per_recipient: 100,
             deposits_per_minute: 100,
-            max_envelope_bytes: agentmesh_node::envelope::MAX_ENVELOPE_SIZE,
+            max_envelope_bytes: agentmesh_node::crypto::envelope::MAX_ENVELOPE_SIZE,
             max_fetch: 50,
             stranger_share: 5,
             strangers_total: 25,

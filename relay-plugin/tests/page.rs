@@ -9,8 +9,8 @@
 use std::{path::Path, process::Stdio, time::Duration};
 
 use agentmesh_node::{
-    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
-    keystore::KdfParams,
+    crypto::envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    crypto::keystore::KdfParams,
     Amid, Config, Identity, Multiaddr, Node, Passphrase, PathKind, PeerId, Reachability,
 };
 use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};

@@ -7,8 +7,8 @@ use std::{collections::HashSet, path::Path, time::Duration};
 
 use agentmesh_node::{
     audit::{AuditEvent, AuditFilter},
-    envelope::MessageId,
-    keystore::KdfParams,
+    crypto::envelope::MessageId,
+    crypto::keystore::KdfParams,
     Config, HolePunch, Node, NodeEvent, Passphrase, PathKind, Presence, Reachability,
 };
 use agentmesh_relay::{RelayConfig, RelayPlugin};

@@ -33,7 +33,9 @@ use tokio::{
     task::JoinSet,
 };
 
-use agentmesh_node::{keystore::KdfParams, Amid, Config, Multiaddr, Node, NodeBuilder, Passphrase};
+use agentmesh_node::{
+    crypto::keystore::KdfParams, Amid, Config, Multiaddr, Node, NodeBuilder, Passphrase,
+};
 use agentmesh_relay::{RelayConfig, RelayPlugin};
 
 /// Generous bound on each wait (the machine may be loaded).

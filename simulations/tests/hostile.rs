@@ -5,8 +5,8 @@
 use std::{path::Path, time::Duration};
 
 use agentmesh_node::{
-    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
-    keystore::KdfParams,
+    crypto::envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    crypto::keystore::KdfParams,
     mailbox::{self, ErrorCode, MailboxError},
     Amid, Config, Multiaddr, Node, Passphrase, PathKind, PeerId,
 };

@@ -15,8 +15,8 @@ use std::{
 
 use agentmesh_node::{
     control::Response,
-    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
-    keystore::KdfParams,
+    crypto::envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    crypto::keystore::KdfParams,
     Amid, Config, Node, Passphrase, PathKind,
 };
 use agentmesh_relay::mailbox::{self, ErrorCode, MailboxError};

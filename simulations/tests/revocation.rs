@@ -17,7 +17,7 @@ use tokio::sync::broadcast::Receiver;
 
 use agentmesh_bootstrap::{registry::RegistrySettings, start_registry, RunningRegistry};
 use agentmesh_node::{
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     registry::{protocol::Request, Operation, SignedRequest},
     Amid, Config, Multiaddr, Node, NodeEvent, Passphrase, Policy, RejectReason, RevocationSource,
     RevocationSync, SendError, Tier,

@@ -9,7 +9,7 @@ use tracing::info;
 use agentmesh_node::{
     card::Presence,
     registry::{Registration, SignedRequest},
-    transparency::LeafKind,
+    trust::transparency::LeafKind,
     Amid, Tier,
 };
 

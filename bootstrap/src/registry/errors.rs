@@ -1,7 +1,7 @@
 //! [`RegistryError`]: why an operation was refused, with its stable code
 //! and HTTP status, and the conversions from the errors beneath it.
 
-use agentmesh_node::{cert::CertError, registry::RegistryError as WireError};
+use agentmesh_node::{registry::RegistryError as WireError, trust::cert::CertError};
 
 use crate::translog::LogError;
 

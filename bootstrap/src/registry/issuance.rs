@@ -11,9 +11,9 @@ use serde::Serialize;
 use tracing::info;
 
 use agentmesh_node::{
-    cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
-    credentials::{Credentials, LogInclusion, Reputation, ReputationAttestation},
     registry::SignedRequest,
+    trust::cert::{CertChain, CertKind, Certificate, Revocable, SignedCertificate, CERT_VERSION},
+    trust::credentials::{Credentials, LogInclusion, Reputation, ReputationAttestation},
     Amid, Tier,
 };
 
@@ -373,7 +373,7 @@ impl Registry {
         let ok = verifier
             .verify(&name, &value)
             .await
-            .map_err(RegistryError::VerificationFailed)?;
+            .map_err(|e| RegistryError::VerificationFailed(e.to_string()))?;
         if !ok {
             return Err(RegistryError::VerificationFailed(format!(
                 "TXT {name} does not hold {value}"

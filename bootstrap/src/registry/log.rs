@@ -6,9 +6,11 @@ use serde::Serialize;
 use tracing::debug;
 
 use agentmesh_node::{
-    cert::CertChain,
-    credentials::{Credentials, LogInclusion},
-    transparency::{leaf_hash, ConsistencyProof, Hash, InclusionProof, LeafKind, SignedTreeHead},
+    trust::cert::CertChain,
+    trust::credentials::{Credentials, LogInclusion},
+    trust::transparency::{
+        leaf_hash, ConsistencyProof, Hash, InclusionProof, LeafKind, SignedTreeHead,
+    },
 };
 
 use super::{Registry, RegistryError};
@@ -124,7 +126,7 @@ impl Registry {
         let size = match size {
             Some(s) if s > durable => {
                 return Err(LogQueryError::Log(LogError::Range(
-                    agentmesh_node::transparency::ProofError::IndexOutOfRange {
+                    agentmesh_node::trust::transparency::ProofError::IndexOutOfRange {
                         index: s,
                         size: durable,
                     },

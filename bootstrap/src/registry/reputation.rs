@@ -9,7 +9,7 @@ use tracing::warn;
 
 use agentmesh_node::{
     registry::{Feedback, ReceiptBody, SessionReceipt, SignedRequest, MAX_CLOCK_SKEW_MS},
-    reputation::{Rating, Score, SessionOutcome},
+    trust::reputation::{Rating, Score, SessionOutcome},
     Amid, Tier,
 };
 

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use agentmesh_node::{
     registry::{revocation_namespace, Revocation, SignedRequest, SignedRevocation, MAX_REASON},
-    transparency::LeafKind,
+    trust::transparency::LeafKind,
     Amid,
 };
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use tracing::info;
 
 use agentmesh_node::{
-    keystore::{Keystore, KeystoreError, KEYSTORE_FILE},
+    crypto::keystore::{Keystore, KeystoreError, KEYSTORE_FILE},
     Passphrase,
 };
 

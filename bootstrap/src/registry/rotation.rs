@@ -6,11 +6,11 @@ use serde::Serialize;
 use tracing::info;
 
 use agentmesh_node::{
-    cert::{CertChain, CertKind},
-    credentials::Credentials,
     identity::rotation::{self, SignedRotation, MAX_HOPS},
     registry::SignedRequest,
-    transparency::LeafKind,
+    trust::cert::{CertChain, CertKind},
+    trust::credentials::Credentials,
+    trust::transparency::LeafKind,
     Amid, Presence, Tier,
 };
 

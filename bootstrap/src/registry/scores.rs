@@ -26,8 +26,8 @@ use std::{
 
 use agentmesh_node::{
     identity::Amid,
-    policy::Tier,
-    reputation::{self, Evidence, Rating, Score, SessionOutcome},
+    knock::policy::Tier,
+    trust::reputation::{self, Evidence, Rating, Score, SessionOutcome},
 };
 
 /// Entries kept before the cache is emptied and refilled.

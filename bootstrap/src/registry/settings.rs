@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agentmesh_node::{keystore::KdfParams, ratelimit::RateLimit};
+use agentmesh_node::{crypto::keystore::KdfParams, knock::ratelimit::RateLimit};
 
 /// Registry settings.
 #[derive(Debug, Clone)]

@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 use super::*;
 use agentmesh_node::{
     card::Presence,
-    cert::{CertChain, CertKind, Certificate, CERT_VERSION},
-    credentials::Credentials,
-    keystore::KdfParams,
+    crypto::keystore::KdfParams,
     registry::{Feedback, ReceiptBody, Registration, SessionReceipt},
-    reputation::Score,
-    transparency::{leaf_hash, LeafKind},
+    trust::cert::{CertChain, CertKind, Certificate, CERT_VERSION},
+    trust::credentials::Credentials,
+    trust::reputation::Score,
+    trust::transparency::{leaf_hash, LeafKind},
     Tier,
 };
 
@@ -57,7 +57,8 @@ impl DomainVerifier for FakeDns {
         &'a self,
         name: &'a str,
         value: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<bool, crate::dns::DnsChallengeError>> + Send + 'a>>
+    {
         let found = self.0.lock().unwrap().get(name) == Some(&value.to_owned());
         Box::pin(async move { Ok(found) })
     }
@@ -487,7 +488,7 @@ async fn agents_whose_key_holds_zero_bytes_are_found() {
 
 #[tokio::test]
 async fn bindings_certificates_and_revocations_are_logged_and_proven() {
-    use agentmesh_node::credentials::{check, CredentialError};
+    use agentmesh_node::trust::credentials::{check, CredentialError};
     let dir = tempfile::tempdir().unwrap();
     let r = open(dir.path());
     let root = r.root_key();
@@ -682,7 +683,7 @@ async fn cached_score_follows_a_tier_change() {
     let after = cached_equals_fresh(&r, &b.amid(), NOW);
     assert_eq!(
         after.tier_bonus,
-        agentmesh_node::reputation::tier_bonus(Tier::Verified)
+        agentmesh_node::trust::reputation::tier_bonus(Tier::Verified)
     );
     assert!(after.score > before.score);
 }
@@ -838,7 +839,7 @@ async fn credentials_of_a_certificate_not_yet_durable_come_without_a_proof() {
 async fn one_signer_is_held_to_its_rate_whatever_its_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let settings = RegistrySettings {
-        signer_rate: agentmesh_node::ratelimit::RateLimit::new(60, 3),
+        signer_rate: agentmesh_node::knock::ratelimit::RateLimit::new(60, 3),
         ..fast_settings()
     };
     let r = Registry::open(dir.path(), &Passphrase::new("test"), settings).unwrap();

@@ -24,7 +24,7 @@ pub mod postgres;
 
 use std::sync::Arc;
 
-use agentmesh_node::transparency::{complete_subtrees, leaf_hash, Hash};
+use agentmesh_node::trust::transparency::{complete_subtrees, leaf_hash, Hash};
 use sled::Transactional;
 
 /// A storage failure.

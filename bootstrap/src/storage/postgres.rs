@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use agentmesh_node::transparency::{complete_subtrees, leaf_hash};
+use agentmesh_node::trust::transparency::{complete_subtrees, leaf_hash};
 use postgres::{types::ToSql, Client, NoTls, Statement};
 use tracing::{debug, warn};
 

@@ -29,7 +29,7 @@ use agentmesh_node::{
 /// A node configuration for tests: loopback, and a cheap key derivation.
 pub fn fast_config() -> agentmesh_node::Config {
     let mut c = agentmesh_node::Config::local();
-    c.kdf = agentmesh_node::keystore::KdfParams::throwaway();
+    c.kdf = agentmesh_node::crypto::keystore::KdfParams::throwaway();
     c
 }
 

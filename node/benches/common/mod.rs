@@ -9,10 +9,10 @@ use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
 
 use agentmesh_node::{
     card::AgentCard,
-    envelope::MessageId,
+    crypto::envelope::MessageId,
+    crypto::session::SessionStore,
     identity::{Amid, Identity},
     knock::Intent,
-    session::SessionStore,
 };
 use agentmesh_transports::codec;
 

@@ -27,14 +27,14 @@ use super::{
     ApiError, Ctx, ErrorCode,
 };
 use crate::{
+    crypto::keystore::{Keystore, KEYSTORE_FILE},
     diagnostics::{
         diagnose, nat_mapping, DataDirCheck, Inputs, KeystoreCheck, LocalChecks, PolicyCheck,
         PunchOutcome, PunchProbe, PunchWatch, RegistryClockCheck, PUNCH_WAIT,
     },
     events::Message,
     identity::Amid,
-    keystore::{Keystore, KEYSTORE_FILE},
-    policy::Policy,
+    knock::policy::Policy,
     Node, NodeEvent, PathKind, RegistryClientError,
 };
 

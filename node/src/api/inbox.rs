@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::{broadcast, Notify};
 
-use crate::{envelope::MessageId, events::Message, runtime::InboxKey};
+use crate::{crypto::envelope::MessageId, events::Message, runtime::InboxKey};
 
 /// Most messages held (ready and leased) before the inbox stops taking more
 /// from the node; the rest wait in the node's durable inbox.
@@ -266,7 +266,7 @@ impl LeasedInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::SessionId, events::MessageKind, identity::Identity, PathKind};
+    use crate::{crypto::envelope::SessionId, events::MessageKind, identity::Identity, PathKind};
 
     fn msg(n: u8) -> Message {
         Message {

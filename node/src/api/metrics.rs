@@ -385,7 +385,7 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::MessageId, identity::Identity};
+    use crate::{crypto::envelope::MessageId, identity::Identity};
     use agentmesh_transports::PathKind;
 
     #[test]

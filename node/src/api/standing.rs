@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiError, Ctx};
-use crate::{policy::Tier, registry::protocol::Request, runtime::RegistryClientError};
+use crate::{knock::policy::Tier, registry::protocol::Request, runtime::RegistryClientError};
 
 /// How long an answer (registered, not registered, no registry) is kept.
 const FRESH_MS: u64 = 60_000;

@@ -160,7 +160,7 @@ impl Timeseries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::MessageId, identity::Identity, knock::RejectReason};
+    use crate::{crypto::envelope::MessageId, identity::Identity, knock::RejectReason};
     use proptest::prelude::*;
 
     const T0: u64 = 1_800_000_000_000;

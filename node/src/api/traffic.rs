@@ -82,7 +82,7 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::MessageId, identity::Identity};
+    use crate::{crypto::envelope::MessageId, identity::Identity};
 
     #[test]
     fn each_message_is_counted_once_per_peer_and_direction() {

@@ -2,7 +2,7 @@
 //! bootstrap nodes, reachability, hole punching, the NAT mapping, relays and
 //! clocks.
 
-use crate::{envelope::MAX_CLOCK_SKEW_MS, NatStatus, NetStatus, Reachability};
+use crate::{crypto::envelope::MAX_CLOCK_SKEW_MS, NatStatus, NetStatus, Reachability};
 
 use super::{
     bad, ok, Finding, Inputs, NatMapping, Outcome, PeerProbe, PeerRole, PunchOutcome, PunchProbe,

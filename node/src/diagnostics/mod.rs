@@ -33,7 +33,7 @@
 //! clock halfway through the round trip, our clock minus the registry's is
 //! [`ClockReading::offset_ms`], off by at most half the round trip. KNOCKs
 //! and signed registry requests are refused when stamped more than
-//! [`MAX_CLOCK_SKEW_MS`](crate::envelope::MAX_CLOCK_SKEW_MS) away from the
+//! [`MAX_CLOCK_SKEW_MS`](crate::crypto::envelope::MAX_CLOCK_SKEW_MS) away from the
 //! receiver's clock, so that is the window the check holds the offset to.
 //!
 //! # Hole-punch probe
@@ -532,7 +532,7 @@ pub fn diagnose(inputs: &Inputs<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::MAX_CLOCK_SKEW_MS, NatStatus, PathKind};
+    use crate::{crypto::envelope::MAX_CLOCK_SKEW_MS, NatStatus, PathKind};
 
     fn probe(peer: &str, role: PeerRole, addr: &str, rtt: Option<u64>, seen: &str) -> PeerProbe {
         PeerProbe {

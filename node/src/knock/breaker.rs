@@ -158,7 +158,7 @@ impl Phase {
 /// with a bound on how many are remembered.
 ///
 /// ```
-/// use agentmesh_node::breaker::{BreakerConfig, BreakerState, CircuitBreakers};
+/// use agentmesh_node::knock::breaker::{BreakerConfig, BreakerState, CircuitBreakers};
 ///
 /// let mut breakers = CircuitBreakers::new(BreakerConfig::new(2, 30_000, 1), 10_000);
 /// let t = 1_700_000_000_000;

@@ -29,12 +29,12 @@ use sha2::{Digest, Sha256};
 use agentmesh_transports::codec;
 
 use crate::{
-    credentials::Credentials,
-    envelope::{SessionId, MAX_ENVELOPE_SIZE},
+    crypto::envelope::{SessionId, MAX_ENVELOPE_SIZE},
     identity::{
         rotation::{self, SignedRotation},
         Amid, Identity,
     },
+    trust::credentials::Credentials,
 };
 
 /// Domain-separation context of KNOCK signatures.

@@ -36,10 +36,10 @@ use sha2::{Digest, Sha256};
 use agentmesh_transports::codec;
 
 use crate::{
-    credentials::Reputation,
-    envelope::MAX_CLOCK_SKEW_MS,
+    crypto::envelope::MAX_CLOCK_SKEW_MS,
     identity::Amid,
     knock::{Decision, KnockBody, RejectReason, SessionType},
+    trust::credentials::Reputation,
 };
 
 /// Capability categories of the AgentMesh taxonomy. Custom categories are
@@ -469,7 +469,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{envelope::SessionId, identity::Identity, knock::Intent};
+    use crate::{crypto::envelope::SessionId, identity::Identity, knock::Intent};
     use proptest::prelude::*;
 
     const NOW: u64 = 10_000_000;

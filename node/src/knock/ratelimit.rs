@@ -180,7 +180,7 @@ impl Bucket {
 /// Token buckets for many keys, with a bound on how many are remembered.
 ///
 /// ```
-/// use agentmesh_node::ratelimit::{RateLimit, RateLimiter};
+/// use agentmesh_node::knock::ratelimit::{RateLimit, RateLimiter};
 ///
 /// let mut limiter = RateLimiter::new(RateLimit::new(30, 2), 10_000);
 /// let now_ms = 1_700_000_000_000;

@@ -23,7 +23,7 @@
 //!   slots, and strangers together a bounded part, so no sender, nor many
 //!   fresh identities, can fill it and lock the others out.
 //!
-//! A deposit's envelope must be a [`SignedEnvelope`](crate::envelope::SignedEnvelope)
+//! A deposit's envelope must be a [`SignedEnvelope`](crate::crypto::envelope::SignedEnvelope)
 //! signed by the depositing peer (the PeerId of the connection), addressed
 //! to the recipient, with the deposit's id and expiry; anything else is
 //! refused as [`ErrorCode::Forged`].

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use agentmesh_transports::codec;
 
-use crate::{identity::Amid, policy::Tier, registry::SignedRequest};
+use crate::{identity::Amid, knock::policy::Tier, registry::SignedRequest};
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/registry/1");

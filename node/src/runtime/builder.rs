@@ -17,17 +17,17 @@ use agentmesh_transports::PathKind;
 
 use crate::{
     audit::AuditLog,
-    breaker::CircuitBreakers,
     card::Presence,
     contacts::Contacts,
     content::Kind,
+    crypto::keystore::{Keystore, Passphrase},
+    crypto::session::SessionStore,
     events::{Message, NodeEvent},
     identity::Identity,
-    keystore::{Keystore, Passphrase},
+    knock::breaker::CircuitBreakers,
+    knock::policy::Policy,
+    knock::ratelimit::{RateLimit, RateLimiter},
     plugin::{Plugin, PluginContext},
-    policy::Policy,
-    ratelimit::{RateLimit, RateLimiter},
-    session::SessionStore,
 };
 
 use super::{
@@ -121,7 +121,7 @@ impl NodeBuilder {
             .config
             .capabilities
             .iter()
-            .find(|c| !crate::policy::is_valid_capability(c))
+            .find(|c| !crate::knock::policy::is_valid_capability(c))
         {
             return Err(SpawnError::InvalidCapability(bad.clone()));
         }
@@ -216,8 +216,8 @@ impl Node {
         let _ = store.sweep(now_ms());
         if let Err(e) = store.rotate_fallback_key(
             now_ms(),
-            crate::session::FALLBACK_KEY_ROTATION_MS,
-            crate::session::FALLBACK_KEY_GRACE_MS,
+            crate::crypto::session::FALLBACK_KEY_ROTATION_MS,
+            crate::crypto::session::FALLBACK_KEY_GRACE_MS,
         ) {
             tracing::warn!(error = %e, "rotating the fallback prekey failed");
         }
@@ -233,7 +233,7 @@ impl Node {
         if let Some(addr) = &config.registry {
             registry::registry_peer(addr)?;
         }
-        let receipts = crate::receipts::ReceiptStore::open(&db)?;
+        let receipts = crate::trust::receipts::ReceiptStore::open(&db)?;
         let _ = receipts.sweep(now_ms());
         let mut config = config;
         if config.reachability == Reachability::Private {

@@ -10,7 +10,8 @@ use agentmesh_dht::DhtConfig;
 use agentmesh_transports::TransportConfig;
 
 use crate::{
-    breaker::BreakerConfig, credentials::Credentials, keystore::KdfParams, policy::Policy,
+    crypto::keystore::KdfParams, knock::breaker::BreakerConfig, knock::policy::Policy,
+    trust::credentials::Credentials,
 };
 
 /// Node settings. Build with a preset ([`Config::local`]) and adjust fields.

@@ -7,11 +7,11 @@ use agentmesh_dht::now_ms;
 
 use crate::{
     audit::{AuditEntry, AuditError, AuditEvent, AuditFilter},
-    envelope::SessionId,
+    crypto::envelope::SessionId,
+    crypto::session::SessionInfo,
     events::NodeEvent,
     identity::Amid,
-    policy::Policy,
-    session::SessionInfo,
+    knock::policy::Policy,
 };
 
 use super::{exchange, rate_limits, registry, Command, Node, KILLED_ALL_KEY};
@@ -58,7 +58,7 @@ impl Node {
     /// Reads the policy file again (see
     /// [`Config::policy_file`](super::Config::policy_file)) and applies it.
     /// Returns the new policy's hash.
-    pub fn reload_policy(&self) -> Result<[u8; 32], crate::policy::PolicyError> {
+    pub fn reload_policy(&self) -> Result<[u8; 32], crate::knock::policy::PolicyError> {
         let Some(path) = &self.shared.config.policy_file else {
             return Ok(self.policy().hash());
         };

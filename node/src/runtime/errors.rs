@@ -3,8 +3,8 @@
 use crate::mailbox::MailboxError;
 
 use crate::{
-    audit::AuditError, envelope::SessionId, identity::Amid, keystore::KeystoreError,
-    knock::RejectReason, storage::StorageError,
+    audit::AuditError, crypto::envelope::SessionId, crypto::keystore::KeystoreError,
+    identity::Amid, knock::RejectReason, storage::StorageError,
 };
 
 use super::RegistryClientError;
@@ -36,7 +36,7 @@ pub enum SpawnError {
     Identity(#[from] crate::identity::AmidError),
     /// The policy file is invalid.
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
+    Policy(#[from] crate::knock::policy::PolicyError),
     /// The audit log does not open (tampered, or another key).
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
@@ -47,7 +47,7 @@ pub enum SpawnError {
     #[error(transparent)]
     Registry(#[from] RegistryClientError),
     /// A capability in the configuration is not a valid capability (see
-    /// [`crate::policy::is_valid_capability`]).
+    /// [`crate::knock::policy::is_valid_capability`]).
     #[error("capability {0:?} is not a lowercase path such as `chat` or `weather/forecast`")]
     InvalidCapability(String),
     /// A custom schema does not compile, or `accept_schemas` names a

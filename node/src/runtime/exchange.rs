@@ -32,11 +32,11 @@ use super::{json_content, Delivery, Node, SendError, Shared};
 use crate::{
     audit::AuditEvent,
     content::{Content, Kind, MAX_CHUNK_SIZE},
-    envelope::{MessageId, SessionId, StreamId},
+    crypto::envelope::{MessageId, SessionId, StreamId},
+    crypto::session::Received,
     events::{Message, NodeEvent, Receipt},
     identity::Amid,
     knock::{Intent, SessionType},
-    session::Received,
 };
 
 /// Depth of the queue of new incoming streams to the application.

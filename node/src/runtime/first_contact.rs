@@ -35,14 +35,14 @@ use agentmesh_transports::{codec, PathKind};
 use super::{inbound, Command, Delivery, Shared};
 use crate::{
     audit::AuditEvent,
-    envelope::{
+    crypto::envelope::{
         EnvelopeBody, EnvelopeError, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION,
         MAX_CLOCK_SKEW_MS, OLM_TYPE_DECISION, OLM_TYPE_KNOCK,
     },
+    crypto::session::DEFAULT_MESSAGE_TTL_MS,
     events::NodeEvent,
     identity::{Amid, Identity},
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
-    session::DEFAULT_MESSAGE_TTL_MS,
     wire::MsgFrame,
 };
 

@@ -17,11 +17,11 @@ use super::{peer_label, Command, Delivery, Shared};
 use crate::{
     audit::AuditEvent,
     content::Kind,
-    envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
+    crypto::envelope::{SignedEnvelope, MAX_CLOCK_SKEW_MS},
+    crypto::session::{OpenError, SessionStore},
     events::NodeEvent,
+    knock::policy::KnockContext,
     knock::{Decision, RejectReason, SignedDecision, SignedKnock},
-    policy::KnockContext,
-    session::{OpenError, SessionStore},
     wire::{MsgFrame, KNOCK_PROTOCOL, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
 
@@ -237,7 +237,7 @@ pub(super) enum Via {
 /// How old a KNOCK that waited in a mailbox may be: as long as a message
 /// lives, and the clock skew.
 pub(super) const MAILED_KNOCK_MAX_AGE_MS: u64 =
-    crate::session::DEFAULT_MESSAGE_TTL_MS + MAX_CLOCK_SKEW_MS;
+    crate::crypto::session::DEFAULT_MESSAGE_TTL_MS + MAX_CLOCK_SKEW_MS;
 
 impl Via {
     fn label(&self) -> String {
@@ -281,7 +281,7 @@ pub(super) fn decide(
         .knock_budget
         .lock()
         .map(|mut b| b.try_acquire(&(), now).err())
-        .unwrap_or(Some(crate::ratelimit::RetryAfter { ms: 1_000 }));
+        .unwrap_or(Some(crate::knock::ratelimit::RetryAfter { ms: 1_000 }));
     if let Some(wait) = over_budget {
         debug!(from = %via.label(), "knock budget used up; refusing");
         // Counted (an event, no audit entry: a flood must stay cheap).
@@ -712,7 +712,7 @@ impl Burst {
     }
 
     /// Opens the envelopes gathered so far, all in one write (see
-    /// [`crate::session::SessionStore::receive_burst`]).
+    /// [`crate::crypto::session::SessionStore::receive_burst`]).
     fn open(&mut self, shared: &Arc<Shared>) {
         if self.envs.is_empty() {
             return;

@@ -37,11 +37,11 @@ use super::{
 use crate::{
     audit::AuditEvent,
     card::AgentCard,
-    envelope::SessionId,
+    crypto::envelope::SessionId,
+    crypto::session::SealError,
     events::{NodeEvent, Receipt},
     identity::Amid,
     knock::RejectReason,
-    session::SealError,
     wire::{MsgFrame, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
 
@@ -114,7 +114,7 @@ struct InFlight {
 }
 
 impl Pending for InFlight {
-    fn id(&self) -> crate::envelope::MessageId {
+    fn id(&self) -> crate::crypto::envelope::MessageId {
         self.out.id
     }
 

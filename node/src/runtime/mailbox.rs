@@ -16,10 +16,10 @@ use agentmesh_transports::{framing::FramedStream, PathKind};
 use super::{inbound, Command, DialError, Shared};
 use crate::{
     audit::AuditEvent,
-    envelope::{MessageId, SignedEnvelope, OLM_TYPE_DECISION, OLM_TYPE_KNOCK},
+    crypto::envelope::{MessageId, SignedEnvelope, OLM_TYPE_DECISION, OLM_TYPE_KNOCK},
+    crypto::session::OpenError,
     events::NodeEvent,
     identity::Amid,
-    session::OpenError,
     wire::{MsgFrame, MAX_FRAME_SIZE, MSG_PROTOCOL},
 };
 

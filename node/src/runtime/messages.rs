@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     content::{Content, Kind},
-    envelope::{MessageId, SessionId},
+    crypto::envelope::{MessageId, SessionId},
     events::{Message, MessageKind, Receipt},
     identity::Amid,
     knock::Intent,

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use agentmesh_transports::PathKind;
 
 use crate::{
-    card::Presence, envelope::SessionId, identity::Amid, knock::SessionType, session::Role,
+    card::Presence, crypto::envelope::SessionId, crypto::session::Role, identity::Amid,
+    knock::SessionType,
 };
 
 use super::{LearnedPath, Node, PathCounters, Reachability};

@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 use super::{Node, Shared};
 use crate::{
     audit::AuditEvent,
-    cert::{CertChain, Revocable},
-    credentials::{self, Checked, CredentialError, Credentials},
     events::NodeEvent,
     identity::Amid,
     knock::KnockBody,
     lru::BoundedLru,
     registry::{revocation_namespace, Revocation, SignedRevocation},
+    trust::cert::{CertChain, Revocable},
+    trust::credentials::{self, Checked, CredentialError, Credentials},
 };
 
 /// Sled tree of revoked keys (`k` ‖ key) and serials (`s` ‖ serial).
@@ -454,9 +454,9 @@ impl Node {
 mod tests {
     use super::*;
     use crate::{
-        cert::{CertKind, Certificate, CERT_VERSION},
         identity::Identity,
-        policy::Tier,
+        knock::policy::Tier,
+        trust::cert::{CertKind, Certificate, CERT_VERSION},
     };
 
     fn chain(root: &Identity, agent: &Identity, serial: u8) -> CertChain {

@@ -27,7 +27,7 @@ use agentmesh_transports::codec;
 
 use crate::{
     identity::{Amid, Identity},
-    policy::Tier,
+    knock::policy::Tier,
 };
 
 /// Domain-separation context of certificate signatures.

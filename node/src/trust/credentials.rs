@@ -14,10 +14,10 @@
 //! The receiver runs [`check`] with the registry root key it was configured
 //! with and its local revocation set, and gets the [`Tier`] and
 //! [`Reputation`] that go into the policy's
-//! [`KnockContext`](crate::policy::KnockContext).
+//! [`KnockContext`](crate::knock::policy::KnockContext).
 //!
 //! ```
-//! use agentmesh_node::credentials::{check, Credentials, Reputation, ReputationAttestation};
+//! use agentmesh_node::trust::credentials::{check, Credentials, Reputation, ReputationAttestation};
 //! use agentmesh_node::identity::Identity;
 //!
 //! let root = Identity::generate();
@@ -45,10 +45,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use agentmesh_transports::codec;
 
 use crate::{
-    cert::{CertChain, CertError, Revocable},
     identity::{Amid, Identity},
-    policy::Tier,
-    transparency::{leaf_hash, InclusionProof, LeafKind, SignedTreeHead},
+    knock::policy::Tier,
+    trust::cert::{CertChain, CertError, Revocable},
+    trust::transparency::{leaf_hash, InclusionProof, LeafKind, SignedTreeHead},
 };
 
 /// Domain-separation context of reputation attestations.
@@ -57,9 +57,9 @@ pub const DOMAIN_SEP_REPUTATION: &[u8] = b"agentmesh/reputation/v1\0";
 pub const MAX_ATTESTATION_SIZE: usize = 256;
 /// Largest encoded [`Credentials`] accepted: a chain, a proof, a tree head
 /// and an attestation.
-pub const MAX_CREDENTIALS_SIZE: usize = crate::cert::MAX_CHAIN_SIZE
-    + crate::transparency::MAX_PROOF_SIZE
-    + crate::transparency::MAX_TREE_HEAD_SIZE
+pub const MAX_CREDENTIALS_SIZE: usize = crate::trust::cert::MAX_CHAIN_SIZE
+    + crate::trust::transparency::MAX_PROOF_SIZE
+    + crate::trust::transparency::MAX_TREE_HEAD_SIZE
     + MAX_ATTESTATION_SIZE
     + 256;
 
@@ -198,7 +198,7 @@ impl SignedAttestation {
 #[serde(deny_unknown_fields)]
 pub struct LogInclusion {
     /// Inclusion of `LeafKind::Certificate ‖ agent certificate` (CBOR of the
-    /// chain's first [`SignedCertificate`](crate::cert::SignedCertificate)).
+    /// chain's first [`SignedCertificate`](crate::trust::cert::SignedCertificate)).
     pub proof: InclusionProof,
     /// The head the proof leads to, signed by the registry root.
     pub head: SignedTreeHead,
@@ -280,7 +280,7 @@ pub fn save(dir: &std::path::Path, creds: &Credentials) -> Result<(), StoredCred
             path: path.clone(),
             source,
         })?;
-    crate::keystore::write_private(&path, &bytes)
+    crate::crypto::keystore::write_private(&path, &bytes)
         .map_err(|source| StoredCredentialsError::Io { path, source })
 }
 
@@ -395,8 +395,8 @@ pub fn check(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cert::{CertKind, Certificate, SignedCertificate};
-    use crate::transparency::MemoryTree;
+    use crate::trust::cert::{CertKind, Certificate, SignedCertificate};
+    use crate::trust::transparency::MemoryTree;
 
     pub(crate) const NOW: u64 = 1_700_000_000_000;
 
@@ -410,7 +410,7 @@ pub(crate) mod tests {
         not_after_ms: u64,
     ) -> SignedCertificate {
         Certificate {
-            version: crate::cert::CERT_VERSION,
+            version: crate::trust::cert::CERT_VERSION,
             kind,
             subject_key: subject,
             subject_name: "example.org".into(),

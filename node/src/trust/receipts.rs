@@ -36,17 +36,17 @@ use serde::{Deserialize, Serialize};
 use agentmesh_transports::codec;
 
 use crate::{
-    envelope::SessionId,
+    crypto::envelope::SessionId,
+    crypto::session::{Role, SessionInfo},
     identity::{Amid, Identity},
     registry::{ReceiptBody, SessionReceipt, DOMAIN_SEP_RECEIPT, MAX_CLOCK_SKEW_MS},
-    session::{Role, SessionInfo},
 };
 
 /// Largest encoded [`Proposal`] accepted.
 pub const MAX_PROPOSAL_SIZE: usize = 1024;
 /// How long a proposal waits for its countersignature: as long as the end
 /// message may wait in a mailbox, and a day more.
-pub const PROPOSAL_TTL_MS: u64 = crate::session::DEFAULT_MESSAGE_TTL_MS + 24 * 3600 * 1000;
+pub const PROPOSAL_TTL_MS: u64 = crate::crypto::session::DEFAULT_MESSAGE_TTL_MS + 24 * 3600 * 1000;
 
 const TREE: &str = "receipts";
 const PROPOSED: u8 = b'p';

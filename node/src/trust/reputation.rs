@@ -33,7 +33,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{identity::Amid, policy::Tier};
+use crate::{identity::Amid, knock::policy::Tier};
 
 /// Weight of the completion rate.
 pub const W_COMPLETION: f64 = 0.3;

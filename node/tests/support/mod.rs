@@ -10,7 +10,7 @@ use futures::StreamExt;
 use libp2p::{swarm::SwarmEvent, Multiaddr, PeerId};
 
 use agentmesh_node::{
-    envelope::SessionId,
+    crypto::envelope::SessionId,
     knock::{Decision, KnockBody, SignedDecision, SignedKnock},
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
     Amid, Config, Identity, Intent, Node, Passphrase,

@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use agentmesh_node::envelope::{EnvelopeError, SignedEnvelope};
+use agentmesh_node::crypto::envelope::{EnvelopeError, SignedEnvelope};
 use agentmesh_transports::framing::FramedStream;
 
 use super::{store::MailboxStore, ErrorCode, Request, Response, MAILBOX_PROTOCOL, MAX_FRAME_SIZE};
@@ -272,8 +272,8 @@ mod tests {
 
     use agentmesh_node::{
         api::{ApiInfo, ApiOptions, LocalApi},
-        envelope::{EnvelopeBody, MessageId, SessionId, ENVELOPE_VERSION},
-        keystore::KdfParams,
+        crypto::envelope::{EnvelopeBody, MessageId, SessionId, ENVELOPE_VERSION},
+        crypto::keystore::KdfParams,
         Config, Node, Passphrase,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use agentmesh_node::{
-    keystore::{Keystore, Passphrase, KEYSTORE_FILE},
+    crypto::keystore::{Keystore, Passphrase, KEYSTORE_FILE},
     registry::{
         protocol::{call, Request, Response},
         Operation, Registration, SignedRequest,

@@ -40,9 +40,9 @@ pub(super) const PULL_WAIT: Duration = Duration::from_secs(20);
 /// How long an open stream is kept while nobody asks for its events.
 const STREAM_IDLE: Duration = Duration::from_secs(90);
 /// Largest event carried, in bytes of JSON: one event fits in one message.
-const MAX_EVENT: usize = crate::envelope::MAX_PAYLOAD_SIZE - 4 * 1024;
+const MAX_EVENT: usize = crate::crypto::envelope::MAX_PAYLOAD_SIZE - 4 * 1024;
 /// Largest batch of events in one reply, in bytes of JSON.
-const MAX_BATCH: usize = crate::envelope::MAX_PAYLOAD_SIZE - 2 * 1024;
+const MAX_BATCH: usize = crate::crypto::envelope::MAX_PAYLOAD_SIZE - 2 * 1024;
 /// Events read ahead from the upstream and not yet asked for.
 const READ_AHEAD: usize = 64;
 /// Most streams open at once (over all gateways asking).
@@ -440,7 +440,7 @@ async fn whole_answer(
     resp: hyper::Response<hyper::body::Incoming>,
     is_sse: bool,
 ) -> Result<Whole, UpstreamError> {
-    let limit = crate::envelope::MAX_PAYLOAD_SIZE;
+    let limit = crate::crypto::envelope::MAX_PAYLOAD_SIZE;
     let body = tokio::time::timeout(
         ANSWER_TIMEOUT,
         Limited::new(resp.into_body(), limit).collect(),
@@ -492,7 +492,7 @@ mod tests {
         let mut number = 1;
         loop {
             let b = stream.batch(&stop, number, &id).await;
-            assert!(b.to_string().len() <= crate::envelope::MAX_PAYLOAD_SIZE);
+            assert!(b.to_string().len() <= crate::crypto::envelope::MAX_PAYLOAD_SIZE);
             let events = b[keys::STREAM_EVENTS].as_array().unwrap();
             assert!(events.len() <= 2, "{}", events.len());
             seen.extend(events.iter().map(|e| e["n"].as_u64().unwrap()));

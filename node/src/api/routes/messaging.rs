@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::{
     api::{events, ApiError, Ctx, ErrorCode, MAX_WAIT},
-    envelope::{MessageId, SessionId},
+    crypto::envelope::{MessageId, SessionId},
 };
 
 use super::{id16, intent, intent_with, internal, recipient, AmidBody, Answer, Body, Q};

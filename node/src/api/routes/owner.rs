@@ -15,7 +15,7 @@ use crate::{
     api::{ApiError, Ctx, ErrorCode},
     audit::AuditFilter,
     card::Presence,
-    envelope::SessionId,
+    crypto::envelope::SessionId,
     knock::Intent,
 };
 
@@ -98,7 +98,7 @@ pub(super) struct PolicyBody {
 /// Puts a policy (TOML) in force at once. The policy file, if any, is not
 /// changed: a reload or a restart reads it again.
 pub(super) async fn set_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<PolicyBody>) -> Answer {
-    let policy = crate::policy::Policy::from_toml(&b.policy)
+    let policy = crate::knock::policy::Policy::from_toml(&b.policy)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("policy: {e}")))?;
     let hash = hex::encode(policy.hash());
     ctx.node.set_policy(policy);
@@ -153,7 +153,7 @@ pub(super) struct CheckBody {
     #[serde(default)]
     action: Option<String>,
     #[serde(default)]
-    tier: Option<crate::policy::Tier>,
+    tier: Option<crate::knock::policy::Tier>,
     #[serde(default)]
     reputation: Option<f64>,
     /// A policy (TOML) to judge with instead of the one in force.
@@ -165,8 +165,8 @@ pub(super) struct CheckBody {
 /// (or the one given) would take. Pure: nothing is recorded.
 pub(super) async fn check_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<CheckBody>) -> Answer {
     use crate::{
+        knock::policy::{KnockContext, Policy},
         knock::KnockBody,
-        policy::{KnockContext, Policy},
     };
     let policy = match &b.policy {
         Some(text) => Policy::from_toml(text)
@@ -198,7 +198,9 @@ pub(super) async fn check_policy(State(ctx): State<Arc<Ctx>>, Body(b): Body<Chec
     };
     let kctx = KnockContext {
         tier: b.tier.unwrap_or_default(),
-        reputation: b.reputation.map(crate::credentials::Reputation::from_f64),
+        reputation: b
+            .reputation
+            .map(crate::trust::credentials::Reputation::from_f64),
         ..KnockContext::default()
     };
     let decision = policy.evaluate(&me, &knock, kctx, now);

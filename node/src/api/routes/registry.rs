@@ -80,7 +80,7 @@ pub(super) async fn registry_register(
 pub(super) struct SearchQuery {
     capability: String,
     #[serde(default)]
-    tier_min: Option<crate::policy::Tier>,
+    tier_min: Option<crate::knock::policy::Tier>,
     #[serde(default)]
     reputation_min: Option<f64>,
     #[serde(default)]

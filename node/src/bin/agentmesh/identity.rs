@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use agentmesh_node::{
-    keystore::{KdfParams, Keystore},
+    crypto::keystore::{KdfParams, Keystore},
+    knock::policy::KnockContext,
     knock::{Decision, KnockBody},
-    policy::KnockContext,
     Config, Identity, Intent, Node, Passphrase, Policy, Tier,
 };
 
@@ -37,7 +37,7 @@ pub(crate) fn init(dir: &Path, json: bool) -> Result<()> {
 /// `agentmesh id`: the AMID, its fingerprint and PeerId.
 pub(crate) fn id(dir: &Path, json: bool) -> Result<()> {
     let pass = Passphrase::from_env()?;
-    let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
+    let bytes = std::fs::read(dir.join(agentmesh_node::crypto::keystore::KEYSTORE_FILE))
         .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
     let ks = Keystore::decrypt(&bytes, &pass)?;
     let amid = ks.identity().amid();
@@ -106,7 +106,7 @@ pub(crate) fn check(a: &CheckArgs, json: bool) -> Result<()> {
         from,
         to: me.amid(),
         intent: Intent::new(capability.clone(), action.clone()),
-        session: agentmesh_node::envelope::SessionId([0; 16]),
+        session: agentmesh_node::crypto::envelope::SessionId([0; 16]),
         ts_ms: now,
         nonce: [0; 16],
         first: Vec::new(),
@@ -115,7 +115,7 @@ pub(crate) fn check(a: &CheckArgs, json: bool) -> Result<()> {
     };
     let ctx = KnockContext {
         tier,
-        reputation: reputation.map(agentmesh_node::credentials::Reputation::from_f64),
+        reputation: reputation.map(agentmesh_node::trust::credentials::Reputation::from_f64),
         ..KnockContext::default()
     };
     let decision = policy.evaluate(&me.amid(), &knock, ctx, now);

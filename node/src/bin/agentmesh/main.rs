@@ -44,14 +44,14 @@ use args::{Cli, Cmd, PolicyCmd};
 
 use agentmesh_node::{
     control::{Client, Request, Response},
-    keystore::Keystore,
+    crypto::keystore::Keystore,
     Passphrase,
 };
 
 /// The agent's keystore in `dir`.
 pub(crate) fn load_keystore(dir: &std::path::Path) -> Result<Keystore> {
     let pass = Passphrase::from_env()?;
-    let bytes = std::fs::read(dir.join(agentmesh_node::keystore::KEYSTORE_FILE))
+    let bytes = std::fs::read(dir.join(agentmesh_node::crypto::keystore::KEYSTORE_FILE))
         .with_context(|| format!("no identity in {} (run `agentmesh init`)", dir.display()))?;
     Ok(Keystore::decrypt(&bytes, &pass)?)
 }

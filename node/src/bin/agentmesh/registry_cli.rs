@@ -22,7 +22,7 @@ use agentmesh_node::{
     registry::{
         Feedback, Operation, ReceiptBody, Registration, RequestBody, SessionReceipt, SignedRequest,
     },
-    reputation::{self, Evidence, Rating, SessionOutcome},
+    trust::reputation::{self, Evidence, Rating, SessionOutcome},
     Amid, Identity, Tier,
 };
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use agentmesh_node::{control::Request, receipts::Filing};
+use agentmesh_node::{control::Request, trust::receipts::Filing};
 
 use crate::{
     args::{AuditArgs, CredentialsCmd, KillArgs},

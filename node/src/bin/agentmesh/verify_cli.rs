@@ -19,10 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use agentmesh_node::{
-    cert::{CertKind, Certificate, SignedCertificate, CERT_VERSION},
     control::{Client, Request},
-    credentials::{self, Credentials},
     registry::Operation,
+    trust::cert::{CertKind, Certificate, SignedCertificate, CERT_VERSION},
+    trust::credentials::{self, Credentials},
     Amid, Identity, Tier,
 };
 

@@ -30,7 +30,7 @@ use vodozemac::olm::{Account, AccountPickle, Session, SessionPickle};
 use agentmesh_transports::codec;
 
 use crate::{
-    envelope::SessionId,
+    crypto::envelope::SessionId,
     identity::Amid,
     knock::Intent,
     storage::{derive, Sealer, StorageError, SubKey},
@@ -505,7 +505,7 @@ pub const FALLBACK_KEY_ROTATION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// How long a replaced fallback key still opens sessions: as long as a
 /// KNOCK sealed to it may wait in a mailbox, and the clock skew.
 pub const FALLBACK_KEY_GRACE_MS: u64 =
-    DEFAULT_MESSAGE_TTL_MS + 2 * crate::envelope::MAX_CLOCK_SKEW_MS;
+    DEFAULT_MESSAGE_TTL_MS + 2 * crate::crypto::envelope::MAX_CLOCK_SKEW_MS;
 
 /// When the fallback key was made, and when the one before it was
 /// replaced (while it is still kept).
@@ -521,7 +521,7 @@ mod tests {
     use crate::{
         card::AgentCard,
         content::{Content, Kind},
-        envelope::{MessageId, SignedEnvelope},
+        crypto::envelope::{MessageId, SignedEnvelope},
         identity::Identity,
     };
     use serde_json::json;

@@ -10,7 +10,7 @@ use agentmesh_transports::codec;
 
 use crate::{
     content::{Content, Kind},
-    envelope::{EnvelopeError, MessageId, SessionId, SignedEnvelope, MAX_CLOCK_SKEW_MS},
+    crypto::envelope::{EnvelopeError, MessageId, SessionId, SignedEnvelope, MAX_CLOCK_SKEW_MS},
     identity::Amid,
     knock::{Intent, RejectReason},
     storage::StorageError,

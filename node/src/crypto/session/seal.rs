@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::{
     card::AgentCard,
     content::{Content, MAX_CONTENT_SIZE},
-    envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
+    crypto::envelope::{EnvelopeBody, MessageId, SessionId, SignedEnvelope, ENVELOPE_VERSION},
     identity::{Amid, Identity},
     knock::Intent,
     storage::StorageError,

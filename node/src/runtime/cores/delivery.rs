@@ -39,7 +39,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{envelope::MessageId, knock::RejectReason};
+use crate::{crypto::envelope::MessageId, knock::RejectReason};
 
 /// First reconnection delay; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);

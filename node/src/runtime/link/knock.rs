@@ -11,11 +11,11 @@ use agentmesh_transports::{framing::FramedStream, PathKind};
 use super::{Link, LinkError, KNOCK_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF};
 use crate::{
     audit::AuditEvent,
-    envelope::MAX_ENVELOPE_SIZE,
+    crypto::envelope::MAX_ENVELOPE_SIZE,
+    crypto::session::SessionStore,
     events::{NodeEvent, Receipt},
     knock::{Decision, KnockBody, RejectReason, SignedDecision, SignedKnock},
     runtime::{first_contact, Outgoing, SendError},
-    session::SessionStore,
     wire::{KNOCK_PROTOCOL, MAX_FRAME_SIZE},
 };
 
@@ -243,8 +243,8 @@ impl Link {
         now: u64,
     ) -> Result<
         (
-            crate::session::PendingOutbound,
-            crate::envelope::SignedEnvelope,
+            crate::crypto::session::PendingOutbound,
+            crate::crypto::envelope::SignedEnvelope,
             SignedKnock,
         ),
         String,
@@ -282,7 +282,7 @@ impl Link {
         peer_id: PeerId,
         out: &Outgoing,
         use_fallback: bool,
-    ) -> Result<(Decision, crate::session::PendingOutbound, PathKind), LinkError> {
+    ) -> Result<(Decision, crate::crypto::session::PendingOutbound, PathKind), LinkError> {
         let path = self.connect(peer_id).await?;
         let card = self.resolve().await?;
         let now = now_ms();

@@ -7,13 +7,13 @@ use tracing::{debug, info, warn};
 use agentmesh_dht::now_ms;
 
 use crate::{
-    envelope::SessionId,
+    crypto::envelope::SessionId,
+    crypto::session::SessionInfo,
     events::NodeEvent,
     identity::Amid,
-    receipts::{self, Filing, Held, Proposal, Proposed, PROPOSAL_TTL_MS},
     registry::{protocol::Request, Operation, SignedRequest},
     runtime::{mailbox, Shared},
-    session::SessionInfo,
+    trust::receipts::{self, Filing, Held, Proposal, Proposed, PROPOSAL_TTL_MS},
     wire::MsgFrame,
 };
 

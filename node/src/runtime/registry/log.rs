@@ -8,7 +8,7 @@ use agentmesh_transports::codec;
 use crate::{
     registry::protocol::Request,
     runtime::Shared,
-    transparency::{ConsistencyProof, SignedTreeHead},
+    trust::transparency::{ConsistencyProof, SignedTreeHead},
 };
 
 use super::{call, registry_root, RegistryClientError};

@@ -24,14 +24,14 @@ use agentmesh_dht::now_ms;
 
 use super::{mailbox, trust, Node, Shared};
 use crate::{
-    credentials,
     diagnostics::ClockReading,
     identity::Amid,
-    receipts::Held,
     registry::{
         protocol::{self, ProtocolError, Request, Response},
         Operation, SignedRequest,
     },
+    trust::credentials,
+    trust::receipts::Held,
 };
 
 mod bundle;

@@ -5,11 +5,11 @@ use tracing::info;
 use agentmesh_dht::now_ms;
 
 use crate::{
-    credentials::{self, Checked, Credentials},
     events::NodeEvent,
-    policy::Tier,
+    knock::policy::Tier,
     registry::protocol::Request,
     runtime::Shared,
+    trust::credentials::{self, Checked, Credentials},
 };
 
 use super::{call, root, RegistryClientError};

@@ -167,7 +167,7 @@ async fn check_keys(
         let Ok(amid) = Amid::from_bytes(key) else {
             continue;
         };
-        if shared.is_revoked(crate::cert::Revocable::Key(key)) {
+        if shared.is_revoked(crate::trust::cert::Revocable::Key(key)) {
             continue;
         }
         if *source != RevocationSource::Dht {

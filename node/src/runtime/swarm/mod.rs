@@ -312,7 +312,8 @@ pub(super) async fn run(
 
 /// Lifetime of the card a node with mailbox relays publishes as it stops:
 /// as long as a relay keeps mail.
-const OFFLINE_CARD_TTL: Duration = Duration::from_millis(crate::session::DEFAULT_MESSAGE_TTL_MS);
+const OFFLINE_CARD_TTL: Duration =
+    Duration::from_millis(crate::crypto::session::DEFAULT_MESSAGE_TTL_MS);
 
 /// Longest wait, as the node stops, for its connections to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use agentmesh_node::identity::Identity;
-//! use agentmesh_node::transparency::{leaf_hash, LeafKind, MemoryTree, SignedTreeHead};
+//! use agentmesh_node::trust::transparency::{leaf_hash, LeafKind, MemoryTree, SignedTreeHead};
 //!
 //! let registry = Identity::generate();
 //! let mut log = MemoryTree::default();

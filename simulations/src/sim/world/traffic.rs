@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use agentmesh_node::cores::delivery::{Delivery, Pending, ACK_TIMEOUT};
-use agentmesh_node::envelope::MessageId;
+use agentmesh_node::crypto::envelope::MessageId;
 use rand::Rng;
 
 use super::{Ev, Message, Purpose, Session, World, DRAIN_EVERY_MS, MINUTE};
