@@ -7,6 +7,7 @@ use std::time::Duration;
 use agentmesh_node::{
     crypto::keystore::KdfParams,
     registry::{
+        self,
         protocol::{call, read_frame, write_frame, Request, Response, MAX_RESPONSE_SIZE, PROTOCOL},
         Feedback, Operation, Registration, SignedRequest,
     },
@@ -189,6 +190,27 @@ async fn the_registry_answers_over_libp2p() {
     assert!(read.is_err() || rest.is_empty());
     // The registry still answers.
     ok(ask(Request::Root).await);
+
+    // A program that is not a node asks through a client of its own.
+    let client = registry::Client::connect(&server.addr.parse().unwrap()).unwrap();
+    assert_eq!(client.peer(), registry);
+    let v = ok(client
+        .call(&Request::Lookup { amid: me_amid }, TIMEOUT)
+        .await
+        .unwrap());
+    assert_eq!(v["amid"], me_amid.to_string());
+    let status = Operation::Status {
+        presence: agentmesh_node::Presence::Away,
+    };
+    let v = ok(client
+        .signed(SignedRequest::sign(me, status, now_ms()).unwrap(), TIMEOUT)
+        .await
+        .unwrap());
+    assert_eq!(v["presence"], "away");
+    assert!(matches!(
+        registry::Client::connect(&"/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()),
+        Err(registry::ClientError::Address(_))
+    ));
     node.shutdown().await;
 
     // The operator's metrics counted the requests, by kind and result.

@@ -18,7 +18,10 @@
 //! under [`revocation_namespace`], so nodes can check them while the
 //! registry is down.
 
+pub mod client;
 pub mod protocol;
+
+pub use client::{Client, ClientError};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};

@@ -1,84 +1,45 @@
 //! The CLI's registry client over libp2p (`/agentmesh/registry/1`), used
 //! when `--registry` is a multiaddr ending in `/p2p/<peer id>` instead of an
-//! http(s) URL. It runs a small swarm of its own (an ephemeral key, no
-//! listener) and maps the HTTP API paths the commands use onto protocol
-//! requests, so every command answers the same JSON either way.
+//! http(s) URL: the library's [`registry::Client`](agentmesh_node::registry::Client)
+//! (a small swarm of its own), with the HTTP API paths the commands use
+//! mapped onto protocol requests, so every command answers the same JSON
+//! either way.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use futures::StreamExt;
-use libp2p::{identity::Keypair, multiaddr::Protocol, relay, swarm::NetworkBehaviour};
 use serde_json::{json, Value};
 
 use agentmesh_node::{
     registry::{
-        protocol::{call, Request, Response},
-        SignedRequest,
+        protocol::{Request, Response},
+        Client, SignedRequest,
     },
-    Amid, Multiaddr, PeerId,
+    Amid, Multiaddr,
 };
-use agentmesh_transports::{build_swarm, TransportConfig};
 
 /// Time for one request, connection included.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(NetworkBehaviour)]
-struct ClientBehaviour {
-    relay: relay::client::Behaviour,
-    stream: libp2p_stream::Behaviour,
-}
-
 /// A connection to a registry node.
 pub(crate) struct P2pRegistry {
-    control: libp2p_stream::Control,
-    peer: PeerId,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for P2pRegistry {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    client: Client,
 }
 
 impl P2pRegistry {
     /// Dials the registry node at `addr`.
     pub(crate) fn connect(addr: &Multiaddr) -> Result<Self> {
-        let peer = addr
-            .iter()
-            .find_map(|p| match p {
-                Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-            .context("a registry multiaddr must end in /p2p/<peer id>")?;
-        let mut config = TransportConfig::default();
-        config.listen = Vec::new();
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), &config, |_, relay| {
-            ClientBehaviour {
-                relay,
-                stream: libp2p_stream::Behaviour::new(),
-            }
-        })?;
-        let control = swarm.behaviour().stream.new_control();
-        swarm.dial(addr.clone()).context("dialling the registry")?;
-        let task = tokio::spawn(async move {
-            loop {
-                swarm.select_next_some().await;
-            }
-        });
         Ok(Self {
-            control,
-            peer,
-            task,
+            client: Client::connect(addr)?,
         })
     }
 
     async fn ask(&self, request: Request) -> Result<(hyper::StatusCode, Value)> {
-        let mut control = self.control.clone();
-        let response = call(&mut control, self.peer, &request, TIMEOUT)
+        let response = self
+            .client
+            .call(&request, TIMEOUT)
             .await
-            .with_context(|| format!("registry {}", self.peer))?;
+            .with_context(|| format!("registry {}", self.client.peer()))?;
         Ok(match response {
             Response::Ok { body } => (hyper::StatusCode::OK, body),
             Response::Error { code, message } => (
