@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 use agentmesh_node::{
     crypto::keystore::{KdfParams, Keystore},
     identity::rotation::follow,
-    Config, Node, Passphrase, Presence,
+    Config, Intent, MessageKind, Node, Passphrase, Presence,
 };
 use serde_json::json;
 
@@ -127,6 +127,7 @@ async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answ
     .await
     .expect("bootstrap listens");
     let alice = start(dir.path(), "alice", Some(&boot)).await;
+    let carol = start(dir.path(), "carol", Some(&boot)).await;
     let bob = start(dir.path(), "bob", Some(&boot)).await;
     assert!(bob.wait_published(WAIT).await);
     let old_bob = bob.amid();
@@ -172,6 +173,25 @@ async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answ
         .expect("bob gets it")
         .unwrap();
     assert_eq!(got.payload, json!({ "text": "found you" }));
+
+    // A request follows him the same way (carol has not learned of the
+    // rotation; the record is out by now).
+    let answering = bob.clone();
+    tokio::spawn(async move {
+        while let Some(m) = inbox.recv().await {
+            if m.kind == MessageKind::Request {
+                let _ = answering.reply(&m, json!({ "pong": m.payload })).await;
+            }
+        }
+    });
+    assert!(carol.wait_published(WAIT).await);
+    let answer = carol
+        .request(&old_bob, Intent::new("chat", "ping"), json!(1), WAIT)
+        .await
+        .expect("the request follows bob");
+    assert_eq!(answer.from, bob.amid());
+    assert_eq!(answer.payload, json!({ "pong": 1 }));
+    assert_eq!(carol.current_amid(&old_bob), bob.amid());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

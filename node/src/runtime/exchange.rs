@@ -354,14 +354,29 @@ impl Node {
             shared: &self.shared,
             id,
         };
-        let (tx, rx) = oneshot::channel();
         let intent = intent.with_session_type(SessionType::RequestResponse);
         // An agent known to have moved to a new key is asked there.
         let to = self.current_amid(to);
-        self.enqueue(&to, id, content, None, intent, Some(tx))
-            .await?;
+        let deliver = |to: Amid| {
+            let (content, intent) = (content.clone(), intent.clone());
+            async move {
+                let (tx, rx) = oneshot::channel();
+                self.enqueue(&to, id, content, None, intent, Some(tx))
+                    .await?;
+                rx.await.map_err(|_| SendError::Stopped)?
+            }
+        };
         let wait = async {
-            rx.await.map_err(|_| SendError::Stopped)??;
+            match deliver(to).await {
+                // One that moved without our knowing is followed, once.
+                Err(e) if super::rotation::maybe_moved(&e) => {
+                    match self.follow_rotation(&to).await {
+                        Some((now, _)) if now != to => deliver(now).await?,
+                        _ => return Err(e),
+                    }
+                }
+                r => r?,
+            };
             reply_rx.await.map_err(|_| SendError::Stopped)
         };
         tokio::time::timeout_at(deadline, wait)
