@@ -22,6 +22,8 @@
 //!   `cbor decode (body)`: the inner `EnvelopeBody` decode that `open` and
 //!   `peek_id` do; `cbor encode+decode (body + envelope)`: all CBOR of a
 //!   seal and an open.
+//! - `schema check (…)`: `Schemas::validate` of a 1 KiB payload that
+//!   conforms, what a session opened with a schema adds per message.
 //! - `json encode+decode (payload)`: `serde_json` to bytes and back to a
 //!   `Value`, as the store does around Olm.
 //! - `vodozemac pickle encrypt`: `Session::pickle().encrypt`, which the store
@@ -185,6 +187,34 @@ fn bench_envelope(c: &mut Criterion) {
             black_box((back, SignedEnvelope::from_bytes(&bytes).expect("decodes")))
         })
     });
+    {
+        // What a session opened with a schema adds on the receive path: one
+        // check of the JSON payload (already parsed) against its schema.
+        let schemas = agentmesh_node::schema::Schemas::standard();
+        let mut request = serde_json::json!({
+            "type": "request",
+            "action": "forecast",
+            "params": { "city": "Oslo", "days": 3, "notes": "" },
+        });
+        let len = serde_json::to_vec(&request).expect("json").len();
+        request["params"]["notes"] = serde_json::Value::String("n".repeat(PAYLOAD_BYTES - len));
+        assert_eq!(serde_json::to_vec(&request).expect("json").len(), PAYLOAD_BYTES);
+        g.bench_function("schema check (agentmesh/request@1)", |bench| {
+            bench.iter(|| {
+                schemas
+                    .validate("agentmesh/request@1", black_box(&request))
+                    .expect("conforms")
+            })
+        });
+        let text = serde_json::json!({ "type": "text", "text": "t".repeat(PAYLOAD_BYTES - 27) });
+        g.bench_function("schema check (agentmesh/text@1)", |bench| {
+            bench.iter(|| {
+                schemas
+                    .validate("agentmesh/text@1", black_box(&text))
+                    .expect("conforms")
+            })
+        });
+    }
     g.bench_function("json encode+decode (payload)", |bench| {
         bench.iter(|| {
             let bytes = serde_json::to_vec(black_box(&value)).expect("encodes");
