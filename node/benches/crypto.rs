@@ -198,7 +198,10 @@ fn bench_envelope(c: &mut Criterion) {
         });
         let len = serde_json::to_vec(&request).expect("json").len();
         request["params"]["notes"] = serde_json::Value::String("n".repeat(PAYLOAD_BYTES - len));
-        assert_eq!(serde_json::to_vec(&request).expect("json").len(), PAYLOAD_BYTES);
+        assert_eq!(
+            serde_json::to_vec(&request).expect("json").len(),
+            PAYLOAD_BYTES
+        );
         g.bench_function("schema check (agentmesh/request@1)", |bench| {
             bench.iter(|| {
                 schemas
