@@ -29,11 +29,9 @@ async fn start(dir: &Path, name: &str, boot: Option<&Node>) -> Node {
     support::start_node(dir, name, config(), boot, WAIT).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_offline_during_a_rotation_follows_the_agent_to_its_new_key() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let boot = start(dir.path(), "bootstrap", None).await;
+/// Starts the bootstrap node in `dir`, once it listens.
+async fn start_bootstrap(dir: &Path) -> Node {
+    let boot = start(dir, "bootstrap", None).await;
     tokio::time::timeout(WAIT, async {
         while boot.listen_addrs().await.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -41,6 +39,14 @@ async fn a_peer_offline_during_a_rotation_follows_the_agent_to_its_new_key() {
     })
     .await
     .expect("bootstrap listens");
+    boot
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_offline_during_a_rotation_follows_the_agent_to_its_new_key() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start_bootstrap(dir.path()).await;
     let alice = start(dir.path(), "alice", Some(&boot)).await;
     let bob = start(dir.path(), "bob", Some(&boot)).await;
     assert!(alice.wait_published(WAIT).await);
@@ -118,14 +124,7 @@ async fn a_peer_offline_during_a_rotation_follows_the_agent_to_its_new_key() {
 async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answer() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = start(dir.path(), "bootstrap", None).await;
-    tokio::time::timeout(WAIT, async {
-        while boot.listen_addrs().await.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("bootstrap listens");
+    let boot = start_bootstrap(dir.path()).await;
     let alice = start(dir.path(), "alice", Some(&boot)).await;
     let carol = start(dir.path(), "carol", Some(&boot)).await;
     let bob = start(dir.path(), "bob", Some(&boot)).await;
@@ -198,14 +197,7 @@ async fn a_send_to_an_agent_that_moved_follows_it_when_the_old_key_does_not_answ
 async fn allow_and_block_lists_follow_an_agent_that_rotated() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let boot = start(dir.path(), "bootstrap", None).await;
-    tokio::time::timeout(WAIT, async {
-        while boot.listen_addrs().await.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("bootstrap listens");
+    let boot = start_bootstrap(dir.path()).await;
     let carol = start(dir.path(), "carol", Some(&boot)).await;
     let old_carol = carol.amid();
     carol.shutdown().await;
